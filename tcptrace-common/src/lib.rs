@@ -1,0 +1,274 @@
+//! Records shared by the kernel programs and userspace.
+//!
+//! Everything that crosses the kernel boundary is `#[repr(C)]` with
+//! fixed-width integers and explicit padding only: no `bool`, no Rust enums
+//! (a bad byte would be undefined behaviour). Userspace converts the raw
+//! numbers with `TryFrom` in its decoder.
+#![no_std]
+
+#[cfg(feature = "user")]
+mod user;
+
+use core::mem::size_of;
+
+/// Event kinds (`Event::kind`). Also the index into the per-kind counters.
+pub mod kind {
+    /// A TCP state transition that is not one of the connect outcomes below.
+    pub const STATE: u8 = 0;
+    /// SYN_SENT -> ESTABLISHED: an active open that succeeded.
+    pub const CONNECT: u8 = 1;
+    /// SYN_SENT -> CLOSE: an active open that failed.
+    pub const CONNECT_FAILED: u8 = 2;
+    /// `tcp:tcp_retransmit_skb`.
+    pub const RETRANSMIT: u8 = 3;
+    /// `tcp:tcp_retransmit_synack`.
+    pub const SYNACK_RETRANSMIT: u8 = 4;
+    /// `tcp:tcp_send_reset`.
+    pub const RST_SENT: u8 = 5;
+    /// `tcp:tcp_receive_reset`.
+    pub const RST_RECEIVED: u8 = 6;
+    /// Number of kinds; size of the per-kind counter arrays.
+    pub const COUNT: u32 = 7;
+}
+
+/// Bits of `Config::kind_mask` (in-kernel event selection).
+pub mod kind_mask {
+    use super::kind;
+    pub const STATE: u32 = 1 << kind::STATE;
+    pub const CONNECT: u32 = (1 << kind::CONNECT) | (1 << kind::CONNECT_FAILED);
+    pub const RETRANSMIT: u32 = (1 << kind::RETRANSMIT) | (1 << kind::SYNACK_RETRANSMIT);
+    pub const RST: u32 = (1 << kind::RST_SENT) | (1 << kind::RST_RECEIVED);
+    pub const ALL: u32 = STATE | CONNECT | RETRANSMIT | RST;
+}
+
+/// TCP states as numbered in include/net/tcp_states.h (unchanged since
+/// 2.6). The kernel programs need them for logic; userspace takes the
+/// display names from the running kernel's format file instead.
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const SYN_RECV: i32 = 3;
+    pub const TIME_WAIT: i32 = 6;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+    pub const NEW_SYN_RECV: i32 = 12;
+}
+
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Marks a field absent from this kernel's tracepoint, or a value unknown.
+pub const ABSENT_OFFSET: u16 = u16::MAX;
+pub const UNKNOWN_U32: u32 = u32::MAX;
+
+/// The process that owns a socket, recorded where it really runs
+/// (inside connect(), listen() or accept()), never taken from `current`
+/// in softirq. `tgid == 0` means unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<Owner>() == 32);
+
+/// Per-socket bookkeeping kept in the kernel (LRU map keyed by sock address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub owner: Owner,
+    /// When connect() moved the socket to SYN_SENT (0: passive open).
+    pub syn_sent_ns: u64,
+    /// When the socket reached ESTABLISHED (0: not yet).
+    pub established_ns: u64,
+}
+const _: () = assert!(size_of::<SockInfo>() == 48);
+
+/// Key of the listener map: the (netns, local port) a listen() bound, so
+/// connections not yet accepted are attributed to the listening process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<ListenKey>() == 8);
+
+/// One record on the ring buffer. Same layout for every kind; fields a
+/// kind does not use are zero (or `UNKNOWN_U32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Kernel address of the socket (0 when the kernel had none).
+    pub skaddr: u64,
+    pub owner: Owner,
+    /// Network namespace inode (0: unknown).
+    pub netns: u32,
+    pub kind: u8,
+    /// Low byte of AF_INET / AF_INET6.
+    pub family: u8,
+    /// STATE/CONNECT*: the old state. RST/retransmit: the socket's state.
+    pub old_state: u8,
+    /// STATE/CONNECT*: the new state.
+    pub new_state: u8,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// RST_SENT: `enum sk_rst_reason` value; `UNKNOWN_U32` when this
+    /// kernel's tracepoint has no reason.
+    pub rst_reason: u32,
+    /// IPv4 in the first four bytes, IPv6 (maybe v4-mapped) in all 16.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// CONNECT: SYN_SENT -> ESTABLISHED; CONNECT_FAILED: SYN_SENT -> CLOSE.
+    pub duration_ns: u64,
+    /// RST: time since the socket reached ESTABLISHED (0: unknown).
+    pub age_ns: u64,
+    /// RST: jiffies since the last send / last receive (`UNKNOWN_U32`).
+    pub idle_send_jiffies: u32,
+    pub idle_recv_jiffies: u32,
+    /// RETRANSMIT: the `err` field (kernels >= 6.17), else 0.
+    pub err: i32,
+    pub _pad: u32,
+}
+pub const EVENT_SIZE: usize = 128;
+const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
+
+/// Tracepoints the programs read, in `Config::layouts` order.
+pub mod tracepoint {
+    pub const SET_STATE: usize = 0;
+    pub const RETRANSMIT_SKB: usize = 1;
+    pub const RETRANSMIT_SYNACK: usize = 2;
+    pub const SEND_RESET: usize = 3;
+    pub const RECEIVE_RESET: usize = 4;
+    pub const COUNT: usize = 5;
+    /// (category, name, program name in the object).
+    pub const ALL: [(&str, &str, &str); COUNT] = [
+        ("sock", "inet_sock_set_state", "inet_sock_set_state"),
+        ("tcp", "tcp_retransmit_skb", "tcp_retransmit_skb"),
+        ("tcp", "tcp_retransmit_synack", "tcp_retransmit_synack"),
+        ("tcp", "tcp_send_reset", "tcp_send_reset"),
+        ("tcp", "tcp_receive_reset", "tcp_receive_reset"),
+    ];
+}
+
+/// Field slots of a `TracepointLayout`.
+pub mod field {
+    pub const SKADDR: usize = 0;
+    pub const OLDSTATE: usize = 1;
+    pub const NEWSTATE: usize = 2;
+    pub const SPORT: usize = 3;
+    pub const DPORT: usize = 4;
+    pub const FAMILY: usize = 5;
+    pub const PROTOCOL: usize = 6;
+    pub const SADDR: usize = 7;
+    pub const DADDR: usize = 8;
+    pub const SADDR_V6: usize = 9;
+    pub const DADDR_V6: usize = 10;
+    pub const STATE: usize = 11;
+    pub const REASON: usize = 12;
+    pub const ERR: usize = 13;
+    pub const COUNT: usize = 16;
+    /// Names as they appear in the format files, by slot.
+    pub const NAMES: [&str; 14] = [
+        "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr",
+        "daddr", "saddr_v6", "daddr_v6", "state", "reason", "err",
+    ];
+}
+
+/// Where each field sits in one tracepoint's record on this kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointLayout {
+    /// Byte offsets by `field::*` slot; `ABSENT_OFFSET` if missing.
+    pub offsets: [u16; field::COUNT],
+    /// 1 when `saddr`/`daddr` are sockaddr_in/sockaddr_in6 images
+    /// (tcp_send_reset since 6.10) instead of separate fields.
+    pub sockaddr_style: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<TracepointLayout>() == 40);
+
+impl Default for TracepointLayout {
+    fn default() -> Self {
+        Self { offsets: [ABSENT_OFFSET; field::COUNT], sockaddr_style: 0, _pad: [0; 7] }
+    }
+}
+
+/// Struct member offsets from the running kernel's BTF, used with
+/// `bpf_probe_read_kernel`. `ABSENT_OFFSET` disables the read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `sock_common.skc_state` (u8).
+    pub skc_state: u16,
+    /// `sock_common.skc_net` (pointer to `struct net`).
+    pub skc_net: u16,
+    /// `net.ns.inum` (u32), relative to `struct net`.
+    pub net_inum: u16,
+    /// `tcp_sock.lsndtime` (u32 jiffies of the last data sent).
+    pub lsndtime: u16,
+    /// `tcp_sock.rcv_tstamp` (u32 jiffies of the last ACK received).
+    pub rcv_tstamp: u16,
+    /// `inet_connection_sock.icsk_ack.lrcvtime` (u32 jiffies of the last data received).
+    pub lrcvtime: u16,
+    pub _pad: [u16; 2],
+}
+const _: () = assert!(size_of::<SockLayout>() == 16);
+
+impl Default for SockLayout {
+    fn default() -> Self {
+        Self {
+            skc_state: ABSENT_OFFSET,
+            skc_net: ABSENT_OFFSET,
+            net_inum: ABSENT_OFFSET,
+            lsndtime: ABSENT_OFFSET,
+            rcv_tstamp: ABSENT_OFFSET,
+            lrcvtime: ABSENT_OFFSET,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The single entry of the `CONFIG` map, written before the programs attach.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    pub layouts: [TracepointLayout; tracepoint::COUNT],
+    pub sock: SockLayout,
+    /// Bits of `kind_mask::*`; events of other kinds are not emitted.
+    pub kind_mask: u32,
+    /// Owner tgid to keep (0: all).
+    pub filter_tgid: u32,
+    /// Owner comm to keep, NUL padded (all zero: all).
+    pub filter_comm: [u8; 16],
+    /// Network namespace inode to keep (0: all).
+    pub filter_netns: u32,
+    /// Local or remote port to keep (0: all).
+    pub filter_port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Config>() == 248);
+
+/// Map names shared by both sides.
+pub mod map {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SOCKS: &str = "SOCKS";
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Per-CPU, by kind: events that passed the filters (ground truth).
+    pub const PRODUCED: &str = "PRODUCED";
+    /// Per-CPU, by kind: events lost because the ring buffer was full.
+    pub const LOST: &str = "LOST";
+}
+
+/// Default ring buffer size in bytes (power of two, page multiple).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;

@@ -1,0 +1,11 @@
+//! Userspace additions: `aya::Pod` so the records can live in maps.
+
+use crate::{Config, Event, ListenKey, Owner, SockInfo};
+
+// SAFETY: all are #[repr(C)], contain only integers and arrays of
+// integers, and have explicit padding, so every bit pattern is valid.
+unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for Event {}
+unsafe impl aya::Pod for ListenKey {}
+unsafe impl aya::Pod for Owner {}
+unsafe impl aya::Pod for SockInfo {}

@@ -1,0 +1,34 @@
+//! Every map the programs share, in one place.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use tcptrace_common::{Config, DEFAULT_RING_BYTES, ListenKey, Owner, SockInfo, kind};
+
+/// Events to userspace. Userspace may resize it before load.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Offsets and filters; one entry.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Socket address -> owner and open timestamps. LRU so it stays bounded
+/// whatever the churn; a reused address is overwritten when the new
+/// socket opens.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// (netns, port) of a listen() -> the listening process, so connections
+/// the application has not accepted yet still have an owner.
+#[map]
+pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// Events that passed the filters, by kind: the ground truth for loss.
+#[map]
+pub static PRODUCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// Events dropped because the ring buffer was full, by kind.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);

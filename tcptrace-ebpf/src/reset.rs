@@ -1,0 +1,92 @@
+//! `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`, with how old the
+//! connection was and how long it had been idle: the figures that expose
+//! load-balancer idle timeouts.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tcptrace_common::{Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp};
+
+use crate::{emit, owner, read};
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = handle(&ctx, tp::SEND_RESET, kind::RST_SENT);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = handle(&ctx, tp::RECEIVE_RESET, kind::RST_RECEIVED);
+    0
+}
+
+#[inline(always)]
+fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
+    let cfg = read::config()?;
+    let layout = cfg.layouts.get(which)?;
+    // 0 when the kernel answered a segment no socket owns.
+    let sk: u64 = read::field(ctx, layout, field::SKADDR).unwrap_or(0);
+    let ends = read::endpoints(ctx, layout)?;
+    let state: i32 = match read::field::<i32>(ctx, layout, field::STATE) {
+        Some(state) => state,
+        None => read::member::<u8>(sk, cfg.sock.skc_state).map_or(0, i32::from),
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut ev = Event {
+        ts_ns: now,
+        skaddr: sk,
+        netns: read::netns(&cfg.sock, sk),
+        kind: event_kind,
+        family: ends.family as u8,
+        old_state: state as u8,
+        sport: ends.sport,
+        dport: ends.dport,
+        saddr: ends.saddr,
+        daddr: ends.daddr,
+        rst_reason: read::field(ctx, layout, field::REASON).unwrap_or(UNKNOWN_U32),
+        idle_send_jiffies: UNKNOWN_U32,
+        idle_recv_jiffies: UNKNOWN_U32,
+        ..Event::default()
+    };
+    if is_full_tcp_sock(state) {
+        idle(cfg, sk, &mut ev);
+    }
+    if let Some(info) = owner::sock_info(sk) {
+        ev.owner = info.owner;
+        if info.established_ns != 0 {
+            ev.age_ns = now - info.established_ns;
+        }
+    }
+    emit::submit(cfg, &ev);
+    Some(())
+}
+
+/// Time-wait and request sockets are smaller structs without the
+/// `tcp_sock` members; a listener's timestamps mean nothing.
+#[inline(always)]
+fn is_full_tcp_sock(state: i32) -> bool {
+    state != 0
+        && state != tcp_state::TIME_WAIT
+        && state != tcp_state::NEW_SYN_RECV
+        && state != tcp_state::LISTEN
+}
+
+/// Jiffies since the last data sent, and since the last data or ACK
+/// received (whichever is more recent).
+#[inline(always)]
+fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
+    let now = unsafe { bpf_jiffies64() } as u32;
+    if let Some(sent) = read::member::<u32>(sk, cfg.sock.lsndtime) {
+        ev.idle_send_jiffies = now.wrapping_sub(sent);
+    }
+    let data = read::member::<u32>(sk, cfg.sock.lrcvtime).map(|t| now.wrapping_sub(t));
+    let ack = read::member::<u32>(sk, cfg.sock.rcv_tstamp).map(|t| now.wrapping_sub(t));
+    ev.idle_recv_jiffies = match (data, ack) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => UNKNOWN_U32,
+    };
+}

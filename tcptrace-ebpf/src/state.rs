@@ -1,0 +1,99 @@
+//! `sock:inet_sock_set_state`: state changes, connect latency and failed
+//! connects, and the ownership bookkeeping at the process-context
+//! transitions (CLOSE->SYN_SENT in connect, ->LISTEN in listen).
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use tcptrace_common::{Event, IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
+
+use crate::{emit, owner, read};
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = handle(&ctx);
+    0
+}
+
+#[inline(always)]
+fn handle(ctx: &TracePointContext) -> Option<()> {
+    let cfg = read::config()?;
+    let layout = &cfg.layouts[tp::SET_STATE];
+    // Kernels before the protocol field only reported TCP here.
+    if read::field::<u16>(ctx, layout, field::PROTOCOL).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = read::field(ctx, layout, field::SKADDR)?;
+    let old: i32 = read::field(ctx, layout, field::OLDSTATE)?;
+    let new: i32 = read::field(ctx, layout, field::NEWSTATE)?;
+    let ends = read::endpoints(ctx, layout)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let netns = read::netns(&cfg.sock, sk);
+
+    let mut ev = Event {
+        ts_ns: now,
+        skaddr: sk,
+        netns,
+        kind: kind::STATE,
+        family: ends.family as u8,
+        old_state: old as u8,
+        new_state: new as u8,
+        sport: ends.sport,
+        dport: ends.dport,
+        saddr: ends.saddr,
+        daddr: ends.daddr,
+        ..Event::default()
+    };
+
+    let info = match new {
+        tcp_state::SYN_SENT => {
+            // Inside connect(): the running task is the owner.
+            let info = SockInfo { owner: owner::current(), syn_sent_ns: now, established_ns: 0 };
+            owner::remember(sk, &info);
+            Some(info)
+        }
+        tcp_state::LISTEN => {
+            let info = SockInfo { owner: owner::current(), ..SockInfo::default() };
+            owner::remember_listener(netns, ends.sport, &info.owner);
+            owner::remember(sk, &info);
+            Some(info)
+        }
+        tcp_state::SYN_RECV => {
+            // A passive child, created in softirq: provisionally owned by
+            // the listener until accept() names the real owner.
+            let info = SockInfo { owner: owner::listener(netns, ends.sport), ..SockInfo::default() };
+            owner::remember(sk, &info);
+            Some(info)
+        }
+        tcp_state::ESTABLISHED => {
+            let mut info = owner::sock_info(sk);
+            if let Some(info) = info.as_mut() {
+                info.established_ns = now;
+                owner::remember(sk, info);
+                if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
+                    ev.kind = kind::CONNECT;
+                    ev.duration_ns = now - info.syn_sent_ns;
+                }
+            }
+            info
+        }
+        tcp_state::CLOSE => {
+            let info = owner::sock_info(sk);
+            if old == tcp_state::SYN_SENT {
+                ev.kind = kind::CONNECT_FAILED;
+                if let Some(info) = info.as_ref() {
+                    if info.syn_sent_ns != 0 {
+                        ev.duration_ns = now - info.syn_sent_ns;
+                    }
+                }
+            } else if old == tcp_state::LISTEN {
+                owner::forget_listener(netns, ends.sport);
+            }
+            info
+        }
+        _ => owner::sock_info(sk),
+    };
+    if let Some(info) = info {
+        ev.owner = info.owner;
+    }
+    emit::submit(cfg, &ev);
+    Some(())
+}

@@ -1,0 +1,44 @@
+//! Shared harness for the root integration tests: throw-away network
+//! namespaces, veth links and helpers to run code inside them. Everything
+//! is undone in `Drop`, so a failed assertion leaves the host as it was.
+//!
+//! Traffic stays inside namespaces made here: addresses come from the
+//! benchmarking range 198.18.0.0/15 and the documentation prefix
+//! 2001:db8::/32, which never leave this machine.
+
+pub mod netns;
+
+pub use netns::{Netns, NetnsPair};
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Path of the built `tcptrace` binary (set by `cargo xtask test`, or
+/// found next to the test executable).
+pub fn tcptrace_bin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("TCPTRACE_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("tcptrace");
+    assert!(bin.exists(), "{} missing: run the tests through `cargo xtask test`", bin.display());
+    bin
+}
+
+/// Skips nothing: root tests are meant to run as root; say so clearly.
+pub fn require_root() {
+    assert!(unsafe { libc::geteuid() } == 0, "root integration tests must run as root (cargo xtask test)");
+}

@@ -1,0 +1,92 @@
+//! Developer tasks: `cargo xtask setup|build|run|test|bench`.
+//! Every task first installs what is missing (see `setup`), so a fresh
+//! machine needs nothing done by hand.
+
+mod setup;
+mod test;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and test peers that are missing.
+    Setup,
+    /// Build the tcptrace binary (release) with its embedded eBPF object.
+    Build,
+    /// Build, then run tcptrace with these arguments (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Unit tests, then the root integration and scenario tests.
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::ensure(setup::Need::Tests).map(drop),
+        Task::Build => {
+            let env = setup::ensure(setup::Need::Build)?;
+            build_release(&env)
+        }
+        Task::Run { args } => {
+            let env = setup::ensure(setup::Need::Build)?;
+            build_release(&env)?;
+            let status = Command::new(workspace_root().join("target/release/tcptrace"))
+                .args(&args)
+                .status()
+                .context("cannot start target/release/tcptrace")?;
+            if !status.success() {
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        Task::Test { filter } => {
+            let env = setup::ensure(setup::Need::Tests)?;
+            test::run(&env, filter.as_deref())
+        }
+    }
+}
+
+fn build_release(env: &setup::BuildEnv) -> Result<()> {
+    cargo(env, &["build", "--release", "--package", "tcptrace"])
+}
+
+/// Runs cargo with the build environment set up; fails on non-zero exit.
+pub fn cargo(env: &setup::BuildEnv, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    env.apply(&mut cmd);
+    let status = cmd.status().with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}

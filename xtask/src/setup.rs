@@ -1,0 +1,127 @@
+//! Installs what building and testing need, only when it is missing, with
+//! one line each saying what and why. A second run installs nothing.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// What the caller is about to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Build the binary (toolchain only).
+    Build,
+    /// Build and run the test suites (plus the real peers they drive).
+    Tests,
+}
+
+/// Environment the builds must run with.
+pub struct BuildEnv {
+    ebpf_toolchain: &'static str,
+}
+
+impl BuildEnv {
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("TCPTRACE_EBPF_TOOLCHAIN", self.ebpf_toolchain);
+        if self.ebpf_toolchain != "nightly" {
+            // Stable can build the eBPF crate (build-std) when told to.
+            cmd.env("RUSTC_BOOTSTRAP", "1");
+        }
+    }
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages: (package, why).
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links eBPF objects with LLVM 22"),
+    ("libpolly-22-dev", "bpf-linker's LLVM 22 link needs Polly"),
+];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "tests build network namespaces and veth links"),
+    ("iptables", "tests drop or queue packets to make loss and delay"),
+    ("procps", "tests read and write sysctls"),
+    ("haproxy", "scenario tests put a real load balancer in front of backends"),
+    ("nginx-light", "scenario tests use a real HTTP server"),
+];
+
+pub fn ensure(need: Need) -> Result<BuildEnv> {
+    let mut packages: Vec<(&str, &str)> = BUILD_PACKAGES.to_vec();
+    if need == Need::Tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    apt_install(&packages)?;
+    let ebpf_toolchain = rust_src()?;
+    bpf_linker()?;
+    Ok(BuildEnv { ebpf_toolchain })
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&(&str, &str)> = packages.iter().filter(|(p, _)| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (package, why) in &missing {
+        eprintln!("xtask: installing {package} (apt): {why}");
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(missing.iter().map(|(p, _)| *p))
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut cmd, "apt-get install")
+}
+
+/// The eBPF crate is built with `-Z build-std=core`, which needs rust-src.
+/// Prefer the machine's nightly; fall back to stable + RUSTC_BOOTSTRAP.
+fn rust_src() -> Result<&'static str> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let toolchain = if toolchains.lines().any(|l| l.starts_with("nightly")) { "nightly" } else { "stable" };
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for the {toolchain} toolchain (rustup): the eBPF crate builds core from source");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]), "rustup component add")?;
+    }
+    Ok(toolchain)
+}
+
+fn bpf_linker() -> Result<()> {
+    let current = Command::new("bpf-linker").arg("--version").output();
+    if current.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} (cargo, ~1 min): links the eBPF object, built against Debian's LLVM 22"
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "install",
+        "--quiet",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ])
+    .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+    run(&mut cmd, "cargo install bpf-linker")
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
