@@ -55,7 +55,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Run { args } => {
             let env = setup::ensure(setup::Need::Build)?;
             build_release(&env)?;
-            let status = Command::new(workspace_root().join("target/release/tcptrace"))
+            let status = Command::new(target_dir().join("release/tcptrace"))
                 .args(&args)
                 .status()
                 .context("cannot start target/release/tcptrace")?;
@@ -85,6 +85,11 @@ pub fn cargo(env: &setup::BuildEnv, args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Cargo's target directory (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), Into::into)
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{cargo, setup::BuildEnv, workspace_root};
+use crate::{cargo, setup::BuildEnv, target_dir};
 
 pub fn run(env: &BuildEnv, filter: Option<&str>) -> Result<()> {
     let filter: Vec<&str> = filter.into_iter().collect();
@@ -16,7 +16,7 @@ pub fn run(env: &BuildEnv, filter: Option<&str>) -> Result<()> {
         bail!("the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
     }
     cargo(env, &["build", "--package", "tcptrace"])?;
-    let bin = workspace_root().join("target/debug/tcptrace");
+    let bin = target_dir().join("debug/tcptrace");
     // SAFETY: set before any thread is spawned by this process.
     unsafe { std::env::set_var("TCPTRACE_BIN", &bin) };
     let mut integration = vec!["test", "--package", "tests", "--", "--test-threads=1"];
