@@ -34,11 +34,18 @@ pub fn tcptrace_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("tcptrace");
-    assert!(bin.exists(), "{} missing: run the tests through `cargo xtask test`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests through `cargo xtask test`",
+        bin.display()
+    );
     bin
 }
 
 /// Skips nothing: root tests are meant to run as root; say so clearly.
 pub fn require_root() {
-    assert!(unsafe { libc::geteuid() } == 0, "root integration tests must run as root (cargo xtask test)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "root integration tests must run as root (cargo xtask test)"
+    );
 }
