@@ -61,7 +61,7 @@ fn settle() {
 /// The client (this test process) connects to a server in another
 /// process, then aborts with linger 0: both ends' events, including the
 /// RST the server receives in softirq, must name the right pid.
-fn attribution(listen: &str, connect: &str, expect_family: &str) {
+fn attribution(listen: &str, connect: &str, expect_family: &str, server_sees: &str) {
     require_root();
     let ns = Netns::new("attr");
     let trace = Trace::start(&["--netns", &netns_arg(&ns)]);
@@ -125,18 +125,18 @@ fn attribution(listen: &str, connect: &str, expect_family: &str) {
 
 #[test]
 fn attribution_ipv4() {
-    attribution("127.0.0.1", "127.0.0.1", "ipv4");
+    attribution("127.0.0.1", "127.0.0.1", "ipv4", "127.0.0.1");
 }
 
 #[test]
 fn attribution_ipv6() {
-    attribution("::1", "::1", "ipv6");
+    attribution("::1", "::1", "ipv6", "::1");
 }
 
 #[test]
 fn attribution_v4_mapped() {
     // A dual-stack listener sees an IPv4 client as ::ffff:127.0.0.1.
-    attribution("::", "127.0.0.1", "ipv4");
+    attribution("::", "127.0.0.1", "ipv4", "::ffff:127.0.0.1");
 }
 
 /// A tracefs instance of our own, so the raw tracepoint can be read
