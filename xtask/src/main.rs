@@ -2,6 +2,7 @@
 //! Every task first installs what is missing (see `setup`), so a fresh
 //! machine needs nothing done by hand.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -33,6 +34,8 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// Benchmarks (root): tcptrace against a baseline in the same run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => {
             let env = setup::ensure(setup::Need::Tests)?;
             test::run(&env, filter.as_deref())
+        }
+        Task::Bench(args) => {
+            let env = setup::ensure(setup::Need::Bench)?;
+            bench::run(&env, &args)
         }
     }
 }
