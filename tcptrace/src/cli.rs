@@ -77,7 +77,30 @@ pub struct TraceArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SnapshotArgs {}
+pub struct SnapshotArgs {
+    /// Print JSON (with --watch, one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat every INTERVAL (e.g. 5s) with changes since the previous
+    /// report: socket states and kernel counters. Until Ctrl-C.
+    #[arg(long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub watch: Option<Duration>,
+    /// With --watch, stop after this many reports.
+    #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Look inside this network namespace: a name under /run/netns or a
+    /// path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Rows in each ranked table (processes, ports, peers, connections).
+    #[arg(long, default_value_t = 10, value_parser = parse_top)]
+    pub top: usize,
+    /// Flag a destination once it holds this percentage of the ephemeral
+    /// port range (net.ipv4.ip_local_port_range).
+    #[arg(long, default_value_t = 50, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub ephemeral_warn: u8,
+}
 
 #[derive(Debug, Args)]
 pub struct TuneArgs {}
@@ -105,6 +128,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is out of range (more than 0, at most a year)"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(top @ 1..=10_000) => Ok(top),
+        _ => Err(format!("'{text}': give a number of rows from 1 to 10000")),
+    }
 }
 
 fn parse_comm(text: &str) -> Result<String, String> {
@@ -146,7 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Trace(args) => crate::trace::run(args).await,
-            Command::Snapshot(_) | Command::Tune(_) | Command::Stress(_) => {
+            Command::Snapshot(args) => crate::snapshot::run(args).await,
+            Command::Tune(_) | Command::Stress(_) => {
                 anyhow::bail!("this command is not built yet")
             }
         }

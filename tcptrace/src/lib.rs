@@ -5,5 +5,9 @@
 //! its own module; `cli` only parses and dispatches.
 
 pub mod cli;
+pub mod counters;
 pub mod error;
+pub mod netns;
+pub mod snapshot;
+pub mod sysctl;
 pub mod trace;
