@@ -10,4 +10,6 @@ pub mod error;
 pub mod netns;
 pub mod snapshot;
 pub mod sysctl;
+pub mod text_table;
 pub mod trace;
+pub mod tune;

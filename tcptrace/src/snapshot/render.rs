@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use super::{Report, StateCounts, TcpState};
+use crate::text_table::write_table as table;
 
 pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
     let tables = &report.tables;
@@ -271,62 +272,9 @@ pub fn states_text(states: &StateCounts) -> String {
         .join(", ")
 }
 
-/// Columns padded to their widest cell, two spaces apart, indented two.
-fn table(
-    out: &mut impl Write,
-    headers: &[&str],
-    right: &[bool],
-    rows: &[Vec<String>],
-) -> io::Result<()> {
-    if rows.is_empty() {
-        return writeln!(out, "  (none)");
-    }
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .zip(right)
-            .map(|((cell, width), right)| {
-                if *right {
-                    format!("{cell:>width$}")
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        format!("  {}", padded.join("  ").trim_end())
-    };
-    writeln!(out, "{}", line(headers.to_vec()))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_align_and_say_none() {
-        let mut out = Vec::new();
-        let rows = vec![
-            vec!["a".to_string(), "1".into()],
-            vec!["long".into(), "100".into()],
-        ];
-        table(&mut out, &["NAME", "N"], &[false, true], &rows).unwrap();
-        table(&mut out, &["NAME"], &[false], &[]).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "  NAME    N\n  a       1\n  long  100\n  (none)\n"
-        );
-    }
 
     #[test]
     fn states_read_in_kernel_order() {
