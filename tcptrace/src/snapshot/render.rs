@@ -197,8 +197,8 @@ pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
                 format!("{:.2}", f64::from(c.rtt_us) / 1000.0),
                 format!("{}/{}", c.retransmits, c.total_retrans),
                 c.lost.to_string(),
-                c.last_send_ms.to_string(),
-                c.last_recv_ms.to_string(),
+                c.last_send_ms.map_or("-".into(), |ms| ms.to_string()),
+                c.last_recv_ms.map_or("-".into(), |ms| ms.to_string()),
                 format!("{}/{}", c.recv_q, c.send_q),
             ]
         })

@@ -145,8 +145,10 @@ pub struct ConnectionRow {
     pub total_retrans: u32,
     pub lost: u32,
     pub unacked: u32,
-    pub last_send_ms: u32,
-    pub last_recv_ms: u32,
+    /// Milliseconds since data was last sent and received; `None` before
+    /// the handshake completed, when the kernel has no such time.
+    pub last_send_ms: Option<u32>,
+    pub last_recv_ms: Option<u32>,
 }
 
 /// Builds every table from one socket dump.
@@ -336,6 +338,7 @@ fn top_connections<'a>(
         .filter(|socket| socket.state != TcpState::Listen)
         .filter_map(|socket| {
             let info = socket.info?;
+            let connected = socket.state != TcpState::SynSent;
             Some(ConnectionRow {
                 state: socket.state,
                 local: socket.local,
@@ -350,8 +353,8 @@ fn top_connections<'a>(
                 total_retrans: info.total_retrans,
                 lost: info.lost,
                 unacked: info.unacked,
-                last_send_ms: info.last_data_sent_ms,
-                last_recv_ms: info.last_data_recv_ms,
+                last_send_ms: connected.then_some(info.last_data_sent_ms),
+                last_recv_ms: connected.then_some(info.last_data_recv_ms),
             })
         })
         .collect();
@@ -578,6 +581,31 @@ mod tests {
             tables.top_connections[0].owner.as_ref().map(|o| o.pid),
             Some(200)
         );
+    }
+
+    #[test]
+    fn connects_in_progress_have_no_last_send_or_receive() {
+        let mut sockets = sockets();
+        sockets[5].info = Some(TcpInfo {
+            last_data_sent_ms: 999_999,
+            ..TcpInfo::default()
+        });
+        sockets[1].info = Some(TcpInfo {
+            last_data_sent_ms: 40,
+            last_data_recv_ms: 50,
+            ..TcpInfo::default()
+        });
+        let tables = build(&sockets, &owners(), RANGE, OPTIONS);
+        let times = |state| {
+            let row = tables
+                .top_connections
+                .iter()
+                .find(|r| r.state == state)
+                .unwrap();
+            (row.last_send_ms, row.last_recv_ms)
+        };
+        assert_eq!(times(TcpState::SynSent), (None, None));
+        assert_eq!(times(TcpState::Established), (Some(40), Some(50)));
     }
 
     #[test]

@@ -26,6 +26,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum TuneError {
+    #[error("tune --apply and --revert change kernel settings: run them as root")]
+    NotRoot,
     #[error("unknown key '{0}' (run `tcptrace tune` to list the keys it manages)")]
     UnknownKey(String),
     #[error("{key} = {value}: {reason}")]
@@ -88,6 +90,10 @@ pub async fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         let tuning = lb::LbTuning::for_profile(profile, idle);
         out.write_all(lb::snippet(balancer, profile, &tuning).as_bytes())?;
         return Ok(ExitCode::SUCCESS);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if (args.apply || args.revert) && unsafe { libc::geteuid() } != 0 {
+        return Err(TuneError::NotRoot.into());
     }
     let mut kernel = ProcSys;
     if args.revert {
