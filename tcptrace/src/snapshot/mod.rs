@@ -114,6 +114,18 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The socket tables of the calling thread's network namespace now
+/// (also what `diagnose` looks at).
+pub fn read_tables(options: Options) -> anyhow::Result<Tables> {
+    let sockets = dump_tcp().context("cannot list TCP sockets")?;
+    let owners = socket_owners();
+    let range_text = ProcSys.read("net.ipv4.ip_local_port_range")?;
+    let port_range = PortRange::parse(&range_text).with_context(|| {
+        format!("net.ipv4.ip_local_port_range reads {range_text:?}, not two ports")
+    })?;
+    Ok(tables::build(&sockets, &owners, port_range, options))
+}
+
 fn take(
     args: &SnapshotArgs,
     options: Options,
@@ -122,14 +134,8 @@ fn take(
     let proc_net = Path::new("/proc/thread-self/net");
     let counters = Counters::read().context("cannot read the kernel counters")?;
     let at = Instant::now();
-    let sockets = dump_tcp().context("cannot list TCP sockets")?;
-    let owners = socket_owners();
-    let range_text = ProcSys.read("net.ipv4.ip_local_port_range")?;
-    let port_range = PortRange::parse(&range_text).with_context(|| {
-        format!("net.ipv4.ip_local_port_range reads {range_text:?}, not two ports")
-    })?;
+    let tables = read_tables(options)?;
     let sockstat = sockstat::read_from(proc_net).context("cannot read /proc/net/sockstat")?;
-    let tables = tables::build(&sockets, &owners, port_range, options);
 
     let counter_view = match previous {
         Some(before) => view(

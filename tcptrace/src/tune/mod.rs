@@ -20,7 +20,7 @@ pub use self::{
 };
 use crate::{
     cli::{TuneArgs, TuneProfile},
-    sysctl::{ProcSys, SysctlBackend, SysctlError},
+    sysctl::{Access, ProcSys, SysctlBackend, SysctlError},
     text_table::write_table,
 };
 
@@ -234,6 +234,11 @@ pub fn revert(kernel: &mut impl SysctlBackend, drop_in: &Path) -> Result<usize, 
     })?;
     let mut changes = Vec::new();
     for (key, value) in &saved {
+        // A key gone since (nf_conntrack unloaded) has nothing to restore.
+        if kernel.access(key)? == Access::Absent {
+            log::warn!("{key} no longer exists; its saved value {value} is not restored");
+            continue;
+        }
         let current = kernel.read(key)?;
         if current != *value {
             changes.push(Change {
@@ -356,6 +361,24 @@ mod tests {
             fs::read_to_string(&drop_in).unwrap(),
             "net.core.somaxconn = 1\n"
         );
+    }
+
+    #[test]
+    fn revert_skips_keys_that_no_longer_exist() {
+        let dir = TempDir::new("gone");
+        let drop_in = dir.0.join("90-tcptrace.conf");
+        let mut kernel = FakeSysctl::stock();
+        kernel
+            .values
+            .insert("net.netfilter.nf_conntrack_max".into(), "65536".into());
+        let before = kernel.values.clone();
+        let plan = plan(&kernel, TuneProfile::Proxy, None, &[]).unwrap();
+        apply(&mut kernel, &plan, &drop_in).unwrap();
+        kernel.values.remove("net.netfilter.nf_conntrack_max");
+        revert(&mut kernel, &drop_in).unwrap();
+        let mut expected = before;
+        expected.remove("net.netfilter.nf_conntrack_max");
+        assert_eq!(kernel.values, expected);
     }
 
     #[test]
