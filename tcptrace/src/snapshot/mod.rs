@@ -87,9 +87,21 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         top: args.top,
         ephemeral_warn_percent: args.ephemeral_warn,
     };
+    // A steady cadence: a slow report delays the next one, not all after it.
+    let mut ticks = args.watch.map(|interval| {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut previous: Option<Reading> = None;
     let mut taken = 0u64;
     loop {
+        if let Some(ticks) = ticks.as_mut() {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
         let (report, reading) = take(&args, options, previous.as_ref())?;
         let mut out = io::stdout().lock();
         if args.json {
@@ -99,17 +111,11 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
             render::human(&mut out, &report)?;
         }
         out.flush()?;
-        drop(out);
         taken += 1;
-        let Some(interval) = args.watch else { break };
-        if args.count.is_some_and(|count| taken >= count) {
+        if args.watch.is_none() || args.count.is_some_and(|count| taken >= count) {
             break;
         }
         previous = Some(reading);
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => break,
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
