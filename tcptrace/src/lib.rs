@@ -5,13 +5,19 @@
 //! its own module; `cli` only parses and dispatches.
 
 pub mod cli;
+pub mod counters;
 pub mod decode;
 pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod kernel;
+pub mod netns;
 pub mod sink;
+pub mod snapshot;
 pub mod summary;
+pub mod sysctl;
+pub mod text_table;
 pub mod timefmt;
 pub mod trace;
 pub mod tracer;
+pub mod tune;
