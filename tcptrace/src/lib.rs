@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod error;
+pub mod stress;
 pub mod trace;
