@@ -187,8 +187,9 @@ fn drain(listener: &TcpListener, counters: &Counters) -> u64 {
 /// Serves one connection until the peer or a misbehaviour ends it.
 async fn serve(mut stream: TcpStream, behaviour: Behaviour, counters: &Counters) {
     if behaviour.close_unread {
-        // Closing with bytes unread makes the kernel send an RST.
-        if stream.readable().await.is_ok() {
+        // Wait for data without consuming it (readiness alone can be
+        // spurious): closing with bytes unread makes the kernel send an RST.
+        if let Ok(1..) = stream.peek(&mut [0u8; 1]).await {
             counters.closed_unread.fetch_add(1, Relaxed);
         }
         return close(stream, behaviour);
