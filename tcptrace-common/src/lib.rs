@@ -149,7 +149,11 @@ pub mod tracepoint {
     pub const RETRANSMIT_SYNACK: usize = 2;
     pub const SEND_RESET: usize = 3;
     pub const RECEIVE_RESET: usize = 4;
-    pub const COUNT: usize = 5;
+    /// accept()/accept4() returning: the process-context moment that
+    /// names the owner of a passive connection.
+    pub const EXIT_ACCEPT4: usize = 5;
+    pub const EXIT_ACCEPT: usize = 6;
+    pub const COUNT: usize = 7;
     /// (category, name, program name in the object).
     pub const ALL: [(&str, &str, &str); COUNT] = [
         ("sock", "inet_sock_set_state", "inet_sock_set_state"),
@@ -157,6 +161,8 @@ pub mod tracepoint {
         ("tcp", "tcp_retransmit_synack", "tcp_retransmit_synack"),
         ("tcp", "tcp_send_reset", "tcp_send_reset"),
         ("tcp", "tcp_receive_reset", "tcp_receive_reset"),
+        ("syscalls", "sys_exit_accept4", "sys_exit_accept4"),
+        ("syscalls", "sys_exit_accept", "sys_exit_accept"),
     ];
 }
 
@@ -176,11 +182,13 @@ pub mod field {
     pub const STATE: usize = 11;
     pub const REASON: usize = 12;
     pub const ERR: usize = 13;
+    /// Syscall exit tracepoints: the return value.
+    pub const RET: usize = 14;
     pub const COUNT: usize = 16;
     /// Names as they appear in the format files, by slot.
-    pub const NAMES: [&str; 14] = [
-        "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr",
-        "daddr", "saddr_v6", "daddr_v6", "state", "reason", "err",
+    pub const NAMES: [&str; 15] = [
+        "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr",
+        "saddr_v6", "daddr_v6", "state", "reason", "err", "ret",
     ];
 }
 
@@ -199,7 +207,11 @@ const _: () = assert!(size_of::<TracepointLayout>() == 40);
 
 impl Default for TracepointLayout {
     fn default() -> Self {
-        Self { offsets: [ABSENT_OFFSET; field::COUNT], sockaddr_style: 0, _pad: [0; 7] }
+        Self {
+            offsets: [ABSENT_OFFSET; field::COUNT],
+            sockaddr_style: 0,
+            _pad: [0; 7],
+        }
     }
 }
 
@@ -238,12 +250,41 @@ impl Default for SockLayout {
     }
 }
 
+/// Offsets to walk from the current task to the socket behind a file
+/// descriptor: task_struct.files -> files_struct.fdt -> fdtable.fd[fd]
+/// -> file.private_data (struct socket) -> socket.sk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLayout {
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
+    pub _pad: [u16; 3],
+}
+const _: () = assert!(size_of::<TaskLayout>() == 16);
+
+impl Default for TaskLayout {
+    fn default() -> Self {
+        Self {
+            task_files: ABSENT_OFFSET,
+            files_fdt: ABSENT_OFFSET,
+            fdt_fd: ABSENT_OFFSET,
+            file_private_data: ABSENT_OFFSET,
+            socket_sk: ABSENT_OFFSET,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// The single entry of the `CONFIG` map, written before the programs attach.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
     pub layouts: [TracepointLayout; tracepoint::COUNT],
     pub sock: SockLayout,
+    pub task: TaskLayout,
     /// Bits of `kind_mask::*`; events of other kinds are not emitted.
     pub kind_mask: u32,
     /// Owner tgid to keep (0: all).
@@ -256,7 +297,7 @@ pub struct Config {
     pub filter_port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<Config>() == 248);
+const _: () = assert!(size_of::<Config>() == 7 * 40 + 16 + 16 + 32);
 
 /// Map names shared by both sides.
 pub mod map {

@@ -1,7 +1,9 @@
 //! Who owns a socket. Captured only where the owner is really running
 //! (connect, listen, accept); everywhere else it is looked up.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+};
 use tcptrace_common::{ListenKey, Owner, SockInfo};
 
 use crate::maps::{LISTENERS, SOCKS};
@@ -33,18 +35,30 @@ pub fn remember(sk: u64, info: &SockInfo) {
 
 #[inline(always)]
 pub fn listener(netns: u32, port: u16) -> Owner {
-    let key = ListenKey { netns, port, _pad: 0 };
+    let key = ListenKey {
+        netns,
+        port,
+        _pad: 0,
+    };
     unsafe { LISTENERS.get(&key).copied() }.unwrap_or_default()
 }
 
 #[inline(always)]
 pub fn remember_listener(netns: u32, port: u16, owner: &Owner) {
-    let key = ListenKey { netns, port, _pad: 0 };
+    let key = ListenKey {
+        netns,
+        port,
+        _pad: 0,
+    };
     let _ = LISTENERS.insert(&key, owner, 0);
 }
 
 #[inline(always)]
 pub fn forget_listener(netns: u32, port: u16) {
-    let key = ListenKey { netns, port, _pad: 0 };
+    let key = ListenKey {
+        netns,
+        port,
+        _pad: 0,
+    };
     let _ = LISTENERS.remove(&key);
 }

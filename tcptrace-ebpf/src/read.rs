@@ -2,8 +2,12 @@
 //! the running kernel. Every read goes through a probe-read helper, so a
 //! wrong or absent offset yields `None`, never a fault.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TracePointContext};
-use tcptrace_common::{ABSENT_OFFSET, AF_INET, AF_INET6, Config, SockLayout, TracepointLayout, field};
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, programs::TracePointContext};
+use tcptrace_common::{
+    ABSENT_OFFSET, AF_INET, AF_INET6, Config, SockLayout, TracepointLayout, field,
+};
 
 use crate::maps::CONFIG;
 
@@ -21,13 +25,30 @@ pub fn field<T>(ctx: &TracePointContext, layout: &TracepointLayout, slot: usize)
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
 
-/// Reads a member of a kernel object at `offset`.
+/// Reads a member of a kernel object at `offset`, or `default` when the
+/// offset is unknown or the read fails. Values are always initialised:
+/// LLVM may hoist arithmetic above an `Option` check, and the verifier
+/// rejects any use of the undefined payload of a `None`.
 #[inline(always)]
-pub fn member<T>(base: u64, offset: u16) -> Option<T> {
+pub fn member_or<T: Copy>(base: u64, offset: u16, default: T) -> T {
     if base == 0 || offset == ABSENT_OFFSET {
-        return None;
+        return default;
     }
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+    read_kernel_or(base + offset as u64, default)
+}
+
+/// Reads a `T` at a kernel address, or `default`.
+#[inline(always)]
+pub fn read_kernel_or<T: Copy>(addr: u64, default: T) -> T {
+    let mut value = default;
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut T).cast::<c_void>(),
+            size_of::<T>() as u32,
+            addr as *const c_void,
+        )
+    };
+    if rc == 0 { value } else { default }
 }
 
 /// Addresses and ports of a tracepoint record in either layout.
@@ -91,9 +112,6 @@ fn sockaddr_endpoints(ctx: &TracePointContext, layout: &TracepointLayout) -> Opt
 /// Network namespace inode of a socket (0: unknown).
 #[inline(always)]
 pub fn netns(sock: &SockLayout, sk: u64) -> u32 {
-    let net: u64 = match member(sk, sock.skc_net) {
-        Some(net) => net,
-        None => return 0,
-    };
-    member(net, sock.net_inum).unwrap_or(0)
+    let net: u64 = member_or(sk, sock.skc_net, 0);
+    member_or(net, sock.net_inum, 0)
 }

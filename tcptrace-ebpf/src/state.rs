@@ -46,12 +46,19 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     let info = match new {
         tcp_state::SYN_SENT => {
             // Inside connect(): the running task is the owner.
-            let info = SockInfo { owner: owner::current(), syn_sent_ns: now, established_ns: 0 };
+            let info = SockInfo {
+                owner: owner::current(),
+                syn_sent_ns: now,
+                established_ns: 0,
+            };
             owner::remember(sk, &info);
             Some(info)
         }
         tcp_state::LISTEN => {
-            let info = SockInfo { owner: owner::current(), ..SockInfo::default() };
+            let info = SockInfo {
+                owner: owner::current(),
+                ..SockInfo::default()
+            };
             owner::remember_listener(netns, ends.sport, &info.owner);
             owner::remember(sk, &info);
             Some(info)
@@ -59,7 +66,10 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         tcp_state::SYN_RECV => {
             // A passive child, created in softirq: provisionally owned by
             // the listener until accept() names the real owner.
-            let info = SockInfo { owner: owner::listener(netns, ends.sport), ..SockInfo::default() };
+            let info = SockInfo {
+                owner: owner::listener(netns, ends.sport),
+                ..SockInfo::default()
+            };
             owner::remember(sk, &info);
             Some(info)
         }

@@ -43,7 +43,11 @@ pub struct FilterArgs {
     #[arg(long)]
     pub netns: Option<String>,
     /// Event kinds to keep, comma separated: rst, retrans, connect, state.
-    #[arg(long, value_delimiter = ',', default_value = "rst,retrans,connect,state")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "rst,retrans,connect,state"
+    )]
     pub events: Vec<EventClass>,
 }
 
@@ -239,7 +243,9 @@ pub struct Spread {
 /// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -250,10 +256,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "us" => value / 1e6,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("'{text}': unknown unit '{unit}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds <= 0.0 || seconds > 366.0 * 86400.0 {
-        return Err(format!("'{text}' is out of range (more than 0, at most a year)"));
+        return Err(format!(
+            "'{text}' is out of range (more than 0, at most a year)"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -288,16 +300,31 @@ fn parse_comm(text: &str) -> Result<String, String> {
 }
 
 fn parse_ring_kib(text: &str) -> Result<u32, String> {
-    let kib: u32 = text.parse().map_err(|_| format!("'{text}' is not a number of KiB"))?;
+    let kib: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of KiB"))?;
     if kib < 4 || !kib.is_power_of_two() || kib > 1 << 20 {
-        return Err(format!("{kib} KiB: the ring buffer size must be a power of two from 4 KiB to 1 GiB"));
+        return Err(format!(
+            "{kib} KiB: the ring buffer size must be a power of two from 4 KiB to 1 GiB"
+        ));
     }
     Ok(kib)
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("tcptrace: {} (see --help)", usage_error(&err));
+            return ExitCode::from(2);
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
@@ -331,6 +358,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// clap's message without its usage block: the first line, minus "error: ".
+fn usage_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("[possible values"))
+    {
+        Some(values) => format!("{first} {values}"),
+        None => first.to_string(),
+    }
+}
+
 /// The error and its causes on one line, without repeating a cause that
 /// the outer message already quotes.
 fn one_line(err: &anyhow::Error) -> String {
@@ -351,7 +393,9 @@ fn one_line(err: &anyhow::Error) -> String {
 /// A closed stdout (`tcptrace trace | head`) ends the run quietly.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
 }
 

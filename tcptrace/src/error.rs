@@ -4,10 +4,15 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tcptrace needs root (or CAP_BPF and CAP_PERFMON) to load its kernel programs; run it with sudo")]
+    #[error(
+        "tcptrace needs root (or CAP_BPF and CAP_PERFMON) to load its kernel programs; run it with sudo"
+    )]
     NotRoot,
     #[error("{0}")]
     Usage(String),
+    /// Something this kernel lacks or refuses.
+    #[error("{0}")]
+    Kernel(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -18,7 +23,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

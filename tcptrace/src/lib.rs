@@ -5,6 +5,14 @@
 //! its own module; `cli` only parses and dispatches.
 
 pub mod cli;
+pub mod decode;
+pub mod enrich;
 pub mod error;
+pub mod event;
+pub mod kernel;
+pub mod sink;
 pub mod stress;
+pub mod summary;
+pub mod timefmt;
 pub mod trace;
+pub mod tracer;

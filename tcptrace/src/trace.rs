@@ -1,7 +1,207 @@
-use std::process::ExitCode;
+//! `tcptrace trace`: stream every event to a sink until Ctrl-C or
+//! `--duration`, then detach, drain, and summarise. Nothing is lost
+//! silently: ring buffer losses become loss records and summary lines.
 
-use crate::cli::TraceArgs;
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-pub async fn run(_args: TraceArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("trace is not built yet")
+use anyhow::Context as _;
+use tcptrace_common::kind_mask;
+
+use crate::{
+    cli::{EventClass, FilterArgs, TraceArgs},
+    enrich::Cgroups,
+    event::TcpEvent,
+    kernel::clock::WallClock,
+    sink::{Context, HumanSink, JsonSink, Output, Sink},
+    summary::Summary,
+    tracer::{self, KernelCounts, Tracer, TracerOptions},
+};
+
+/// How often losses are checked and reported.
+const LOSS_CHECK: Duration = Duration::from_secs(1);
+
+pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let options = tracer_options(&args.filter, args.ring_kib)?;
+    let (out, destination) = open_output(args.output.as_deref())?;
+    let mut sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink::new(out))
+    } else {
+        Box::new(HumanSink::new(out))
+    };
+
+    let mut tracer = Tracer::start(&options)?;
+    for missing in tracer.missing() {
+        eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
+    }
+    // Tests and scripts wait for this line before making traffic.
+    eprintln!("tcptrace: tracing; Ctrl-C to stop");
+    let started = Instant::now();
+    let clock = WallClock::now();
+    let mut cgroups = Cgroups::default();
+    let mut summary = Summary::default();
+    let mut losses = LossTracker::default();
+    let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    let mut loss_tick = tokio::time::interval(LOSS_CHECK);
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
+
+    let write_err =
+        |e: io::Error| anyhow::Error::new(e).context(format!("writing events to {destination}"));
+    loop {
+        tokio::select! {
+            biased;
+            reason = &mut stop => {
+                log::debug!("stopping: {reason}");
+                break;
+            }
+            ready = tracer.next_batch(&mut batch) => {
+                ready?;
+                let names = tracer.names().clone();
+                let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
+                for ev in batch.drain(..) {
+                    summary.add(&ev);
+                    sink.event(&ev, &mut ctx).map_err(write_err)?;
+                }
+                sink.flush().map_err(write_err)?;
+            }
+            _ = loss_tick.tick() => {
+                if args.output.is_none() && stdout_closed() {
+                    // `tcptrace trace | head -1`: the reader is gone; leave quietly.
+                    return Ok(ExitCode::SUCCESS);
+                }
+                losses.report(&tracer.kernel_counts()?, sink.as_mut()).map_err(write_err)?;
+                sink.flush().map_err(write_err)?;
+            }
+        }
+    }
+
+    // Detach first so nothing new arrives, then take what is left.
+    tracer.detach();
+    tracer.drain(&mut batch);
+    let names = tracer.names().clone();
+    let mut ctx = Context {
+        names: &names,
+        clock: &clock,
+        cgroups: &mut cgroups,
+    };
+    for ev in batch.drain(..) {
+        summary.add(&ev);
+        sink.event(&ev, &mut ctx).map_err(write_err)?;
+    }
+    let kernel = tracer.kernel_counts()?;
+    losses.report(&kernel, sink.as_mut()).map_err(write_err)?;
+    summary.finish(started.elapsed().as_secs_f64(), kernel, tracer.missing());
+    if args.json {
+        sink.summary(&summary).map_err(write_err)?;
+    }
+    sink.flush().map_err(write_err)?;
+    if !args.no_summary {
+        // stderr keeps the event stream clean for pipes.
+        let _ = io::stderr().write_all(summary.to_human().as_bytes());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Turns the CLI filters into tracer options (resolving --netns).
+pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<TracerOptions> {
+    let mut kinds = 0;
+    for class in &filter.events {
+        kinds |= match class {
+            EventClass::Rst => kind_mask::RST,
+            EventClass::Retrans => kind_mask::RETRANSMIT,
+            EventClass::Connect => kind_mask::CONNECT,
+            EventClass::State => kind_mask::STATE,
+        };
+    }
+    let netns = filter
+        .netns
+        .as_deref()
+        .map(tracer::resolve_netns)
+        .transpose()?;
+    Ok(TracerOptions {
+        pid: filter.pid,
+        comm: filter.comm.clone(),
+        port: filter.port,
+        netns,
+        kinds,
+        ring_bytes: ring_kib * 1024,
+    })
+}
+
+fn open_output(path: Option<&std::path::Path>) -> anyhow::Result<(Output, String)> {
+    Ok(match path {
+        Some(path) => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            (
+                BufWriter::with_capacity(1 << 16, Box::new(file)),
+                path.display().to_string(),
+            )
+        }
+        None => (
+            BufWriter::with_capacity(1 << 16, Box::new(io::stdout())),
+            "stdout".to_string(),
+        ),
+    })
+}
+
+/// True when stdout is a pipe whose reader has gone away, noticed even
+/// when no event has been written since.
+pub fn stdout_closed() -> bool {
+    let mut fds = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut fds, 1, 0) };
+    ready > 0 && fds.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Resolves on Ctrl-C, SIGTERM or when `duration` has passed.
+pub async fn stop_signal(duration: Option<Duration>) -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let terminate = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = terminate => "terminated",
+        _ = timer => "duration reached",
+    }
+}
+
+/// Turns the kernel's cumulative loss counters into loss records.
+#[derive(Default)]
+struct LossTracker {
+    reported: [u64; 7],
+}
+
+impl LossTracker {
+    fn report(&mut self, counts: &KernelCounts, sink: &mut dyn Sink) -> io::Result<()> {
+        let total = counts.total_lost();
+        for (i, (kind, lost)) in counts.lost_by_kind().enumerate() {
+            if lost > self.reported[i] {
+                sink.loss(kind, lost - self.reported[i], total)?;
+                self.reported[i] = lost;
+            }
+        }
+        Ok(())
+    }
 }

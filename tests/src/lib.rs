@@ -8,8 +8,10 @@
 
 pub mod delay;
 pub mod netns;
+pub mod trace;
 
 pub use netns::{Netns, NetnsPair};
+pub use trace::{Records, Trace, owner_pid};
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
@@ -35,11 +37,18 @@ pub fn tcptrace_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("tcptrace");
-    assert!(bin.exists(), "{} missing: run the tests through `cargo xtask test`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run the tests through `cargo xtask test`",
+        bin.display()
+    );
     bin
 }
 
 /// Skips nothing: root tests are meant to run as root; say so clearly.
 pub fn require_root() {
-    assert!(unsafe { libc::geteuid() } == 0, "root integration tests must run as root (cargo xtask test)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "root integration tests must run as root (cargo xtask test)"
+    );
 }

@@ -20,7 +20,11 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace with loopback up.
     pub fn new(tag: &str) -> Netns {
-        let name = format!("tt-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "tt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         sh("ip", &["netns", "add", &name]);
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -90,7 +94,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -110,10 +116,32 @@ impl NetnsPair {
     pub fn new(tag: &str) -> NetnsPair {
         let a = Netns::new(&format!("{tag}a"));
         let b = Netns::new(&format!("{tag}b"));
-        a.ip(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", b.name()]);
-        for (ns, dev, v4, v6) in [(&a, "veth0", Self::A4, Self::A6), (&b, "veth1", Self::B4, Self::B6)] {
+        a.ip(&[
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            b.name(),
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&a, "veth0", Self::A4, Self::A6),
+            (&b, "veth1", Self::B4, Self::B6),
+        ] {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             ns.ip(&["link", "set", dev, "up"]);
         }
         NetnsPair { a, b }

@@ -38,9 +38,15 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[
 ];
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "tests build network namespaces and veth links"),
-    ("iptables", "tests drop or queue packets to make loss and delay"),
+    (
+        "iptables",
+        "tests drop or queue packets to make loss and delay",
+    ),
     ("procps", "tests read and write sysctls"),
-    ("haproxy", "scenario tests put a real load balancer in front of backends"),
+    (
+        "haproxy",
+        "scenario tests put a real load balancer in front of backends",
+    ),
     ("nginx-light", "scenario tests use a real HTTP server"),
 ];
 
@@ -70,7 +76,10 @@ fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
     for (package, why) in &missing {
         eprintln!("xtask: installing {package} (apt): {why}");
     }
-    run(Command::new("apt-get").arg("update").arg("-qq"), "apt-get update")?;
+    run(
+        Command::new("apt-get").arg("update").arg("-qq"),
+        "apt-get update",
+    )?;
     let mut cmd = Command::new("apt-get");
     cmd.args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(missing.iter().map(|(p, _)| *p))
@@ -82,12 +91,26 @@ fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
 /// Prefer the machine's nightly; fall back to stable + RUSTC_BOOTSTRAP.
 fn rust_src() -> Result<&'static str> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
-    let toolchain = if toolchains.lines().any(|l| l.starts_with("nightly")) { "nightly" } else { "stable" };
-    let components =
-        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))?;
+    let toolchain = if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        "nightly"
+    } else {
+        "stable"
+    };
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: installing rust-src for the {toolchain} toolchain (rustup): the eBPF crate builds core from source");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]), "rustup component add")?;
+        eprintln!(
+            "xtask: installing rust-src for the {toolchain} toolchain (rustup): the eBPF crate builds core from source"
+        );
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", toolchain]),
+            "rustup component add",
+        )?;
     }
     Ok(toolchain)
 }
@@ -114,7 +137,9 @@ fn bpf_linker() -> Result<()> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {what}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -122,6 +147,8 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -13,7 +13,9 @@ pub fn run(env: &BuildEnv, filter: Option<&str>) -> Result<()> {
     cargo(env, &unit)?;
 
     if unsafe_geteuid() != 0 {
-        bail!("the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
+        bail!(
+            "the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root"
+        );
     }
     cargo(env, &["build", "--package", "tcptrace"])?;
     let bin = target_dir().join("debug/tcptrace");

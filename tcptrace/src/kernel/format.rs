@@ -1,0 +1,203 @@
+//! Parser of tracepoint format files
+//! (`/sys/kernel/tracing/events/<cat>/<name>/format`): field offsets for
+//! the kernel programs, and the enum tables of `print fmt` to name states
+//! and reset reasons exactly as this kernel numbers them.
+
+use std::collections::BTreeMap;
+
+use tcptrace_common::{TracepointLayout, field};
+
+/// One `field:` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u16,
+    pub size: u16,
+}
+
+/// A parsed format file.
+#[derive(Debug, Clone, Default)]
+pub struct Format {
+    pub fields: Vec<Field>,
+    pub print_fmt: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed tracepoint format: {0}")]
+pub struct FormatError(String);
+
+impl Format {
+    pub fn parse(text: &str) -> Result<Format, FormatError> {
+        let mut format = Format::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("field:") {
+                format.fields.push(parse_field(rest)?);
+            } else if let Some(rest) = line.strip_prefix("print fmt:") {
+                format.print_fmt = rest.trim().to_string();
+            }
+        }
+        if format.fields.is_empty() {
+            return Err(FormatError("no fields".into()));
+        }
+        Ok(format)
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Offsets of the fields the kernel programs read.
+    pub fn layout(&self) -> TracepointLayout {
+        let mut layout = TracepointLayout::default();
+        for (slot, name) in field::NAMES.iter().enumerate() {
+            if let Some(f) = self.field(name) {
+                layout.offsets[slot] = f.offset;
+            }
+        }
+        // Since 6.10 tcp_send_reset carries sockaddr images (28 bytes)
+        // instead of separate family/port/address fields.
+        if self.field("saddr").is_some_and(|f| f.size >= 16) && self.field("family").is_none() {
+            layout.sockaddr_style = 1;
+        }
+        layout
+    }
+
+    /// The `{ value, "NAME" }` table of `__print_symbolic(REC->field, ...)`.
+    /// Entries whose value is a bare macro name (not a number) are skipped.
+    pub fn symbols(&self, field_name: &str) -> BTreeMap<u32, String> {
+        let mut table = BTreeMap::new();
+        let needle = format!("__print_symbolic(REC->{field_name},");
+        let Some(start) = self.print_fmt.find(&needle) else {
+            return table;
+        };
+        let mut rest = &self.print_fmt[start + needle.len()..];
+        loop {
+            rest = rest.trim_start();
+            let Some(body) = rest.strip_prefix('{') else {
+                break;
+            };
+            let Some(end) = body.find('}') else { break };
+            let entry = &body[..end];
+            rest = body[end + 1..].trim_start().trim_start_matches(',');
+            let Some((value, name)) = entry.split_once(',') else {
+                continue;
+            };
+            let name = name.trim().trim_matches('"');
+            if let Ok(value) = parse_int(value.trim()) {
+                table.insert(value, name.to_string());
+            }
+        }
+        table
+    }
+}
+
+fn parse_int(text: &str) -> Result<u32, std::num::ParseIntError> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+}
+
+/// `unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;`
+fn parse_field(text: &str) -> Result<Field, FormatError> {
+    let mut parts = text.split(';').map(str::trim);
+    let decl = parts.next().unwrap_or_default();
+    let name = decl
+        .rsplit(|c: char| c.is_whitespace() || c == '*')
+        .next()
+        .map(|n| n.split('[').next().unwrap_or(n))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| FormatError(format!("no field name in '{decl}'")))?;
+    let mut offset = None;
+    let mut size = None;
+    for part in parts {
+        if let Some(v) = part.strip_prefix("offset:") {
+            offset = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("size:") {
+            size = v.parse().ok();
+        }
+    }
+    match (offset, size) {
+        (Some(offset), Some(size)) => Ok(Field {
+            name: name.to_string(),
+            offset,
+            size,
+        }),
+        _ => Err(FormatError(format!(
+            "field '{name}' without offset or size"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tcptrace_common::ABSENT_OFFSET;
+
+    use super::*;
+
+    const SEND_RESET_6_18: &str = include_str!("../../tests/fixtures/tcp_send_reset-6.18.format");
+    const SEND_RESET_6_1: &str = include_str!("../../tests/fixtures/tcp_send_reset-6.1.format");
+    const SET_STATE_6_18: &str =
+        include_str!("../../tests/fixtures/inet_sock_set_state-6.18.format");
+    const RETRANSMIT_6_1: &str = include_str!("../../tests/fixtures/tcp_retransmit_skb-6.1.format");
+
+    #[test]
+    fn send_reset_on_6_18_uses_sockaddr_and_has_reason() {
+        let f = Format::parse(SEND_RESET_6_18).unwrap();
+        let layout = f.layout();
+        assert_eq!(layout.sockaddr_style, 1);
+        assert_eq!(layout.offsets[field::SKADDR], 16);
+        assert_eq!(layout.offsets[field::STATE], 24);
+        assert_eq!(layout.offsets[field::REASON], 28);
+        assert_eq!(layout.offsets[field::SADDR], 32);
+        assert_eq!(layout.offsets[field::DADDR], 60);
+        assert_eq!(layout.offsets[field::FAMILY], ABSENT_OFFSET);
+        let reasons = f.symbols("reason");
+        assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
+        assert_eq!(
+            reasons.get(&11).map(String::as_str),
+            Some("TCP_ABORT_ON_CLOSE")
+        );
+        assert_eq!(reasons.get(&14).map(String::as_str), Some("TCP_STATE"));
+    }
+
+    #[test]
+    fn send_reset_before_6_10_has_separate_fields_and_no_reason() {
+        let f = Format::parse(SEND_RESET_6_1).unwrap();
+        let layout = f.layout();
+        assert_eq!(layout.sockaddr_style, 0);
+        assert_eq!(layout.offsets[field::REASON], ABSENT_OFFSET);
+        assert_eq!(layout.offsets[field::SPORT], 28);
+        assert_eq!(layout.offsets[field::FAMILY], 32);
+        assert_eq!(layout.offsets[field::SADDR], 34);
+        assert_eq!(layout.offsets[field::SADDR_V6], 42);
+        assert!(f.symbols("reason").is_empty());
+    }
+
+    #[test]
+    fn state_names_come_from_print_fmt() {
+        let f = Format::parse(SET_STATE_6_18).unwrap();
+        let states = f.symbols("newstate");
+        assert_eq!(states.len(), 12);
+        assert_eq!(states[&1], "TCP_ESTABLISHED");
+        assert_eq!(states[&12], "TCP_NEW_SYN_RECV");
+        let layout = f.layout();
+        assert_eq!(layout.offsets[field::PROTOCOL], 30);
+        assert_eq!(layout.offsets[field::DADDR_V6], 56);
+    }
+
+    #[test]
+    fn retransmit_before_6_17_has_no_err() {
+        let f = Format::parse(RETRANSMIT_6_1).unwrap();
+        assert_eq!(f.layout().offsets[field::ERR], ABSENT_OFFSET);
+        // Symbolic values that are macro names are skipped, not guessed.
+        assert!(f.symbols("state").is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Format::parse("").is_err());
+        assert!(Format::parse("field:int x;\toffset:zz;\tsize:4;").is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! What userspace learns from the running kernel before the programs
+//! attach: where tracefs is, tracepoint layouts and enum names, struct
+//! member offsets from BTF, and the jiffies rate.
+
+pub mod btf;
+pub mod clock;
+pub mod format;
+pub mod tracefs;

@@ -1,0 +1,260 @@
+//! End-of-run summary of a trace: counts by kind, loss, connect latency
+//! percentiles and the processes most hit by resets and retransmits.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::{
+    event::{EventKind, TcpEvent},
+    sink::SCHEMA_VERSION,
+    timefmt,
+    tracer::KernelCounts,
+};
+
+/// Processes listed in the summary.
+const TOP: usize = 10;
+
+#[derive(Debug, Default, Clone)]
+struct ProcessCounts {
+    comm: String,
+    rst_sent: u64,
+    rst_received: u64,
+    retransmits: u64,
+    failed_connects: u64,
+}
+
+impl ProcessCounts {
+    fn weight(&self) -> u64 {
+        self.rst_sent + self.rst_received + self.retransmits + self.failed_connects
+    }
+}
+
+pub struct Summary {
+    seconds: f64,
+    by_kind: [u64; 7],
+    connect_latency_us: Histogram<u64>,
+    processes: HashMap<u32, ProcessCounts>,
+    kernel: KernelCounts,
+    missing: Vec<String>,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Summary {
+            seconds: 0.0,
+            by_kind: [0; 7],
+            connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static bounds"),
+            processes: HashMap::new(),
+            kernel: KernelCounts::default(),
+            missing: Vec::new(),
+        }
+    }
+}
+
+impl Summary {
+    pub fn add(&mut self, ev: &TcpEvent) {
+        self.by_kind[ev.kind as usize] += 1;
+        if ev.kind == EventKind::Connect {
+            if let Some(ns) = ev.connect_ns {
+                self.connect_latency_us
+                    .saturating_record((ns / 1000).max(1));
+            }
+        }
+        let Some(owner) = &ev.owner else { return };
+        let counts = match ev.kind {
+            EventKind::RstSent
+            | EventKind::RstReceived
+            | EventKind::Retransmit
+            | EventKind::SynAckRetransmit
+            | EventKind::ConnectFailed => self.processes.entry(owner.pid).or_default(),
+            _ => return,
+        };
+        counts.comm.clone_from(&owner.comm);
+        match ev.kind {
+            EventKind::RstSent => counts.rst_sent += 1,
+            EventKind::RstReceived => counts.rst_received += 1,
+            EventKind::ConnectFailed => counts.failed_connects += 1,
+            _ => counts.retransmits += 1,
+        }
+    }
+
+    pub fn finish(&mut self, seconds: f64, kernel: KernelCounts, missing: &[String]) {
+        self.seconds = seconds;
+        self.kernel = kernel;
+        self.missing = missing.to_vec();
+    }
+
+    pub fn received(&self) -> u64 {
+        self.by_kind.iter().sum()
+    }
+
+    fn top(&self) -> Vec<(u32, &ProcessCounts)> {
+        let mut top: Vec<_> = self.processes.iter().map(|(pid, c)| (*pid, c)).collect();
+        top.sort_by(|a, b| b.1.weight().cmp(&a.1.weight()).then(a.0.cmp(&b.0)));
+        top.truncate(TOP);
+        top
+    }
+
+    fn latency(&self, quantile: f64) -> Option<u64> {
+        (!self.connect_latency_us.is_empty())
+            .then(|| self.connect_latency_us.value_at_quantile(quantile))
+    }
+
+    pub fn to_json(&self) -> Value {
+        let by_kind: serde_json::Map<String, Value> = EventKind::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), json!(self.by_kind[*k as usize])))
+            .collect();
+        let lost: serde_json::Map<String, Value> = self
+            .kernel
+            .lost_by_kind()
+            .map(|(k, n)| (k.name().to_string(), json!(n)))
+            .collect();
+        json!({
+            "v": SCHEMA_VERSION,
+            "type": "summary",
+            "seconds": self.seconds,
+            "events_received": self.received(),
+            "events_produced": self.kernel.total_produced(),
+            "events_lost": self.kernel.total_lost(),
+            "by_kind": by_kind,
+            "lost_by_kind": lost,
+            "connect_latency_us": {
+                "count": self.connect_latency_us.len(),
+                "p50": self.latency(0.5),
+                "p90": self.latency(0.9),
+                "p99": self.latency(0.99),
+                "max": self.latency(1.0),
+            },
+            "top_processes": self.top().iter().map(|(pid, c)| json!({
+                "pid": pid, "comm": c.comm, "rst_sent": c.rst_sent, "rst_received": c.rst_received,
+                "retransmits": c.retransmits, "failed_connects": c.failed_connects,
+            })).collect::<Vec<_>>(),
+            "missing": self.missing,
+        })
+    }
+
+    pub fn to_human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "--- tcptrace: {:.1} s, {} events received, {} produced, {} lost ---",
+            self.seconds,
+            self.received(),
+            self.kernel.total_produced(),
+            self.kernel.total_lost()
+        );
+        let kinds: Vec<String> = EventKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.name(), self.by_kind[*k as usize]))
+            .collect();
+        let _ = writeln!(s, "events: {}", kinds.join(", "));
+        if self.kernel.total_lost() > 0 {
+            let lost: Vec<String> = self
+                .kernel
+                .lost_by_kind()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{} {n}", k.name()))
+                .collect();
+            let _ = writeln!(
+                s,
+                "LOST (ring buffer full; try --ring-kib larger): {}",
+                lost.join(", ")
+            );
+        }
+        if let (Some(p50), Some(p99), Some(max)) =
+            (self.latency(0.5), self.latency(0.99), self.latency(1.0))
+        {
+            let _ = writeln!(
+                s,
+                "connect latency: n={} p50={} p99={} max={}",
+                self.connect_latency_us.len(),
+                timefmt::duration_ns(p50 * 1000),
+                timefmt::duration_ns(p99 * 1000),
+                timefmt::duration_ns(max * 1000)
+            );
+        }
+        let top = self.top();
+        if !top.is_empty() {
+            let _ = writeln!(
+                s,
+                "{:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
+                "PID", "COMM", "RST_SENT", "RST_RECV", "RETRANS", "CONNECT_FAIL"
+            );
+            for (pid, c) in top {
+                let _ = writeln!(
+                    s,
+                    "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
+                    c.comm, c.rst_sent, c.rst_received, c.retransmits, c.failed_connects
+                );
+            }
+        }
+        for missing in &self.missing {
+            let _ = writeln!(s, "not traced on this kernel: {missing}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::event::Owner;
+
+    fn event(kind: EventKind, pid: u32) -> TcpEvent {
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        TcpEvent {
+            mono_ns: 0,
+            kind,
+            sock: 1,
+            netns: None,
+            local: addr,
+            remote: addr,
+            owner: Some(Owner {
+                pid,
+                tid: pid,
+                comm: format!("p{pid}"),
+                cgroup_id: 0,
+            }),
+            transition: None,
+            state: None,
+            rst_reason: None,
+            connect_ns: Some(2_000_000),
+            age_ns: None,
+            idle_send_ns: None,
+            idle_recv_ns: None,
+            err: None,
+        }
+    }
+
+    #[test]
+    fn ranks_processes_and_counts_kinds() {
+        let mut s = Summary::default();
+        for _ in 0..3 {
+            s.add(&event(EventKind::RstReceived, 7));
+        }
+        s.add(&event(EventKind::RstSent, 9));
+        s.add(&event(EventKind::Connect, 9));
+        s.finish(
+            1.0,
+            KernelCounts {
+                produced: [0, 1, 0, 0, 0, 1, 3],
+                lost: [0; 7],
+            },
+            &[],
+        );
+        let j = s.to_json();
+        assert_eq!(j["events_received"], 5);
+        assert_eq!(j["events_produced"], 5);
+        assert_eq!(j["by_kind"]["rst_received"], 3);
+        assert_eq!(j["top_processes"][0]["pid"], 7);
+        assert_eq!(j["top_processes"][0]["rst_received"], 3);
+        assert_eq!(j["connect_latency_us"]["count"], 1);
+        assert!(s.to_human().contains("connect latency: n=1 p50=2.0ms"));
+    }
+}

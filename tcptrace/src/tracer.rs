@@ -1,0 +1,420 @@
+//! The tracer as a library: configure the kernel side from the running
+//! kernel, attach, and hand out decoded events. `trace`, `top`,
+//! `diagnose`, `stress --trace` and the tests all start here.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tcptrace_common::{Config, kind, kind_mask, map, tracepoint};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    decode::Decoder,
+    error::{Error, Result},
+    event::{EventKind, TcpEvent},
+    kernel::{btf, clock, format::Format, tracefs},
+};
+
+/// The compiled kernel programs, embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+/// What to trace. Filters run in the kernel.
+#[derive(Debug, Clone)]
+pub struct TracerOptions {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub port: Option<u16>,
+    /// Network namespace inode.
+    pub netns: Option<u32>,
+    /// `tcptrace_common::kind_mask` bits.
+    pub kinds: u32,
+    /// Ring buffer bytes (power of two, page multiple).
+    pub ring_bytes: u32,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions {
+            pid: None,
+            comm: None,
+            port: None,
+            netns: None,
+            kinds: kind_mask::ALL,
+            ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
+        }
+    }
+}
+
+/// Names this kernel gives to TCP states and reset reasons.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    states: BTreeMap<u32, String>,
+    reasons: BTreeMap<u32, String>,
+}
+
+impl Names {
+    pub fn new(states: BTreeMap<u32, String>, reasons: BTreeMap<u32, String>) -> Names {
+        Names { states, reasons }
+    }
+
+    /// `ESTABLISHED`, `SYN_SENT`, ... (the kernel's names without `TCP_`).
+    pub fn state(&self, state: u8) -> String {
+        match self.states.get(&u32::from(state)) {
+            Some(name) => name.strip_prefix("TCP_").unwrap_or(name).to_string(),
+            None => format!("STATE_{state}"),
+        }
+    }
+
+    /// `TCP_ABORT_ON_CLOSE`, `NO_SOCKET`, ... as this kernel names them.
+    pub fn reason(&self, reason: u32) -> String {
+        self.reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("REASON_{reason}"))
+    }
+}
+
+/// Per-kind totals kept by the kernel programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounts {
+    /// Events that passed the filters (what userspace should see).
+    pub produced: [u64; kind::COUNT as usize],
+    /// Events the ring buffer had no room for.
+    pub lost: [u64; kind::COUNT as usize],
+}
+
+impl KernelCounts {
+    pub fn total_produced(&self) -> u64 {
+        self.produced.iter().sum()
+    }
+    pub fn total_lost(&self) -> u64 {
+        self.lost.iter().sum()
+    }
+    pub fn lost_by_kind(&self) -> impl Iterator<Item = (EventKind, u64)> + '_ {
+        EventKind::ALL.into_iter().zip(self.lost.iter().copied())
+    }
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    names: Names,
+    missing: Vec<String>,
+    decode_errors: u64,
+    attached: Vec<&'static str>,
+}
+
+impl Tracer {
+    /// Loads and attaches everything this kernel supports. What it lacks
+    /// is listed in `missing()`; only a kernel with none of the
+    /// tracepoints is an error.
+    pub fn start(options: &TracerOptions) -> Result<Tracer> {
+        check_privileges()?;
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::Kernel(
+                "this binary was built with AYA_BUILD_SKIP=1 and has no kernel programs; build it with `cargo xtask build`".into(),
+            ));
+        }
+        raise_memlock_limit();
+        let root = tracefs::root()?;
+        let mut missing = Vec::new();
+
+        let mut config = Config {
+            kind_mask: options.kinds,
+            ..Config::default()
+        };
+        let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();
+        for (i, (category, name, _)) in tracepoint::ALL.iter().enumerate() {
+            let path = tracefs::format_path(&root, category, name);
+            match fs::read_to_string(&path) {
+                Ok(text) => match Format::parse(&text) {
+                    Ok(format) => {
+                        config.layouts[i] = format.layout();
+                        formats[i] = Some(format);
+                    }
+                    Err(err) => missing.push(format!("{category}:{name} ({err})")),
+                },
+                Err(_) => missing.push(format!(
+                    "{category}:{name} (no such tracepoint on this kernel)"
+                )),
+            }
+        }
+        let (sock, task, btf_missing) = btf::layouts();
+        config.sock = sock;
+        config.task = task;
+        missing.extend(btf_missing);
+        apply_filters(&mut config, options)?;
+
+        let names = Names::new(
+            formats[tracepoint::SET_STATE]
+                .as_ref()
+                .map(|f| f.symbols("newstate"))
+                .unwrap_or_default(),
+            formats[tracepoint::SEND_RESET]
+                .as_ref()
+                .map(|f| f.symbols("reason"))
+                .unwrap_or_default(),
+        );
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::EVENTS, options.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Kernel(format!("loading the eBPF object failed: {e}")))?;
+        {
+            let map = ebpf
+                .map_mut(map::CONFIG)
+                .ok_or_else(|| missing_map(map::CONFIG))?;
+            let mut array: Array<_, Config> =
+                Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
+            array
+                .set(0, config, 0)
+                .map_err(|e| map_error(map::CONFIG, e))?;
+        }
+
+        let mut attached = Vec::new();
+        for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
+            if formats[i].is_none() {
+                continue;
+            }
+            match attach_tracepoint(&mut ebpf, program, category, name) {
+                Ok(()) => attached.push(*program),
+                Err(err) => missing.push(format!("{category}:{name} ({err})")),
+            }
+        }
+        if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
+            missing.push("accept() attribution: accepted connections stay attributed to the listening process".into());
+        }
+        if attached.is_empty() {
+            return Err(Error::Kernel(format!(
+                "no TCP tracepoint could be attached: {}",
+                missing.join("; ")
+            )));
+        }
+
+        let ring = ebpf
+            .take_map(map::EVENTS)
+            .ok_or_else(|| missing_map(map::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| map_error(map::EVENTS, e))?;
+        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so
+        // the fd stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| Error::io("watching the ring buffer", e.into_parts().1))?;
+        let hz = clock::hz();
+        if hz.is_none() {
+            missing.push("the kernel's HZ (no /proc/config.gz, /boot/config or /proc/timer_list): idle times unknown".into());
+        }
+        Ok(Tracer {
+            ebpf,
+            ring,
+            decoder: Decoder::new(hz),
+            names,
+            missing,
+            decode_errors: 0,
+            attached,
+        })
+    }
+
+    /// What this kernel could not provide, one phrase each.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Records that failed to decode (a bug, never expected).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Waits until events are available, then appends all of them.
+    pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .map_err(|e| Error::io("waiting for events", e))?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(event) => out.push(event),
+                Err(err) => {
+                    self.decode_errors += 1;
+                    log::warn!("{err}");
+                }
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Appends whatever is in the ring buffer now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<TcpEvent>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(event) => out.push(event),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+    }
+
+    /// Produced and lost events so far, summed over CPUs.
+    pub fn kernel_counts(&self) -> Result<KernelCounts> {
+        Ok(KernelCounts {
+            produced: self.per_kind(map::PRODUCED)?,
+            lost: self.per_kind(map::LOST)?,
+        })
+    }
+
+    fn per_kind(&self, name: &'static str) -> Result<[u64; kind::COUNT as usize]> {
+        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        let mut totals = [0u64; kind::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = array
+                .get(&(index as u32), 0)
+                .map_err(|e| map_error(name, e))?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Detaches every program; events already in the ring buffer stay
+    /// readable with `drain`.
+    pub fn detach(&mut self) {
+        for name in std::mem::take(&mut self.attached) {
+            let result = match self.ebpf.program_mut(name) {
+                Some(aya::programs::Program::TracePoint(p)) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(err) = result {
+                log::warn!("detaching {name}: {err}");
+            }
+        }
+    }
+}
+
+fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {
+    config.filter_tgid = options.pid.unwrap_or(0);
+    config.filter_port = options.port.unwrap_or(0);
+    config.filter_netns = options.netns.unwrap_or(0);
+    if let Some(comm) = &options.comm {
+        if comm.is_empty() || comm.len() > 15 {
+            return Err(Error::Usage(format!(
+                "--comm '{comm}': a command name is 1 to 15 bytes"
+            )));
+        }
+        config.filter_comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    }
+    Ok(())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    category: &str,
+    name: &str,
+) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or("program missing from the object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| one_line("load", &e))?;
+    prog.attach(category, name)
+        .map_err(|e| one_line("attach", &e))?;
+    Ok(())
+}
+
+/// aya's load errors carry the whole verifier log: keep the first line
+/// and the verifier's verdict, log the rest at debug level.
+fn one_line(step: &str, err: &dyn std::fmt::Display) -> String {
+    let text = err.to_string();
+    log::debug!("{step}: {text}");
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.split(". Verifier output").next().unwrap_or(first);
+    let verdict = text
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("processed")
+                && !l.starts_with("stack depth")
+        })
+        .filter(|l| *l != first);
+    match verdict {
+        Some(v) if text.contains("Verifier output") => format!("{step}: {first}; verifier: {v}"),
+        _ => format!("{step}: {first}"),
+    }
+}
+
+fn missing_map(name: &str) -> Error {
+    Error::Kernel(format!("map {name} missing from the eBPF object"))
+}
+
+fn map_error(name: &str, err: aya::maps::MapError) -> Error {
+    Error::Kernel(format!("map {name}: {err}"))
+}
+
+/// Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set.
+fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it can
+/// fail without CAP_SYS_RESOURCE, which newer kernels do not need.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Inode of a network namespace given as a number, a name under
+/// /run/netns, or a path (e.g. /proc/PID/ns/net).
+pub fn resolve_netns(spec: &str) -> Result<u32> {
+    if let Ok(inode) = spec.parse::<u32>() {
+        return Ok(inode);
+    }
+    let path = if spec.contains('/') {
+        Path::new(spec).to_path_buf()
+    } else {
+        Path::new("/run/netns").join(spec)
+    };
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(&path)
+        .map_err(|e| Error::Usage(format!("--netns {spec}: {} ({e})", path.display())))?;
+    Ok(meta.ino() as u32)
+}
