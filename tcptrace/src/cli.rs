@@ -286,8 +286,14 @@ pub fn parse_spread(text: &str) -> Result<Spread, String> {
 }
 
 fn parse_http_path(text: &str) -> Result<String, String> {
-    if !text.starts_with('/') || text.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
-        return Err(format!("'{text}': an HTTP path starts with / and has no spaces"));
+    if !text.starts_with('/')
+        || text
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err(format!(
+            "'{text}': an HTTP path starts with / and has no spaces"
+        ));
     }
     Ok(text.to_string())
 }
@@ -345,8 +351,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stress(_) => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     };
-    let runtime =
-        builder.enable_all().build().map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let runtime = builder
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         match cli.command {
             Command::Trace(args) => crate::trace::run(args).await,
@@ -423,10 +431,19 @@ mod tests {
     #[test]
     fn spreads() {
         let fixed = parse_spread("5s").unwrap();
-        assert_eq!((fixed.min, fixed.max), (Duration::from_secs(5), Duration::from_secs(5)));
+        assert_eq!(
+            (fixed.min, fixed.max),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
         let spread = parse_spread("1s..8s").unwrap();
-        assert_eq!((spread.min, spread.max), (Duration::from_secs(1), Duration::from_secs(8)));
-        assert_eq!(parse_spread("500ms..2").unwrap().max, Duration::from_secs(2));
+        assert_eq!(
+            (spread.min, spread.max),
+            (Duration::from_secs(1), Duration::from_secs(8))
+        );
+        assert_eq!(
+            parse_spread("500ms..2").unwrap().max,
+            Duration::from_secs(2)
+        );
         assert!(parse_spread("8s..1s").is_err());
         assert!(parse_spread("1s..").is_err());
         assert!(parse_spread("..1s").is_err());
@@ -447,10 +464,25 @@ mod tests {
         assert!(parse(&["churn"]).is_err(), "the target is required");
         assert!(parse(&["churn", "127.0.0.1:80", "--concurrency", "0"]).is_err());
         assert!(parse(&["churn", "127.0.0.1:80", "--count", "0"]).is_err());
-        assert!(parse(&["pool", "127.0.0.1:80", "--host", "x"]).is_err(), "--host needs --http");
-        assert!(parse(&["serve", "127.0.0.1:0", "--no-accept", "--accept-delay", "1s"]).is_err());
-        let Command::Stress(StressArgs { mode: StressMode::Pool(pool) }) =
-            parse(&["pool", "lb:80", "--idle", "1s..8s", "--http", "/"]).unwrap().command
+        assert!(
+            parse(&["pool", "127.0.0.1:80", "--host", "x"]).is_err(),
+            "--host needs --http"
+        );
+        assert!(
+            parse(&[
+                "serve",
+                "127.0.0.1:0",
+                "--no-accept",
+                "--accept-delay",
+                "1s"
+            ])
+            .is_err()
+        );
+        let Command::Stress(StressArgs {
+            mode: StressMode::Pool(pool),
+        }) = parse(&["pool", "lb:80", "--idle", "1s..8s", "--http", "/"])
+            .unwrap()
+            .command
         else {
             panic!("pool arguments parse into pool mode");
         };

@@ -75,7 +75,9 @@ impl<'a> Delay<'a> {
         let number = NEXT_QUEUE.fetch_add(1, Ordering::Relaxed);
         // The netlink socket must belong to the namespace whose packets it
         // queues: create it there; the descriptor then works from anywhere.
-        let queue = netns.run(|| Queue::bind(number)).unwrap_or_else(|e| panic!("NFQUEUE {number}: {e}"));
+        let queue = netns
+            .run(|| Queue::bind(number))
+            .unwrap_or_else(|e| panic!("NFQUEUE {number}: {e}"));
         let stop = Arc::new(AtomicBool::new(false));
         let packets = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -87,10 +89,22 @@ impl<'a> Delay<'a> {
         };
         let mut rule: Vec<String> = ["-p", "tcp"].iter().map(|s| s.to_string()).collect();
         rule.extend(matches.iter().map(|s| s.to_string()));
-        rule.extend(["-j", "NFQUEUE", "--queue-num", &number.to_string()].iter().map(|s| s.to_string()));
-        let delay = Delay { netns, rule, stop, packets, thread: Some(thread) };
+        rule.extend(
+            ["-j", "NFQUEUE", "--queue-num", &number.to_string()]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        let delay = Delay {
+            netns,
+            rule,
+            stop,
+            packets,
+            thread: Some(thread),
+        };
         for tables in ["iptables", "ip6tables"] {
-            delay.iptables(tables, "-A").unwrap_or_else(|e| panic!("{e}"));
+            delay
+                .iptables(tables, "-A")
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         delay
     }
@@ -103,9 +117,15 @@ impl<'a> Delay<'a> {
     fn iptables(&self, tables: &str, action: &str) -> Result<(), String> {
         let mut cmd = self.netns.command(tables);
         cmd.args(["-w", action, "OUTPUT"]).args(&self.rule);
-        let out = cmd.output().map_err(|e| format!("cannot run {tables}: {e}"))?;
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run {tables}: {e}"))?;
         if !out.status.success() {
-            return Err(format!("{tables} {action} OUTPUT {:?}: {}", self.rule, String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "{tables} {action} OUTPUT {:?}: {}",
+                self.rule,
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         Ok(())
     }
@@ -155,13 +175,21 @@ struct Queue {
 impl Queue {
     fn bind(number: u16) -> io::Result<Queue> {
         // SAFETY: plain socket(2); the descriptor is owned at once.
-        let raw =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let queue = Queue { fd: unsafe { OwnedFd::from_raw_fd(raw) }, number };
+        let queue = Queue {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            number,
+        };
         // SAFETY: a zeroed sockaddr_nl is "any port id, no groups".
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -187,7 +215,16 @@ impl Queue {
     fn setsockopt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
         let len = size_of::<i32>() as libc::socklen_t;
         // SAFETY: `value` is a live i32 of `len` bytes.
-        if unsafe { libc::setsockopt(self.fd.as_raw_fd(), level, name, (&raw const value).cast(), len) } < 0 {
+        if unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                len,
+            )
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -195,13 +232,24 @@ impl Queue {
 
     /// Sends a config message and waits for the kernel's acknowledgement.
     fn configure(&self, attrs: &[(u16, &[u8])]) -> io::Result<()> {
-        self.send(&message(NFQNL_MSG_CONFIG, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16, self.number, attrs))?;
+        self.send(&message(
+            NFQNL_MSG_CONFIG,
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+            self.number,
+            attrs,
+        ))?;
         let mut buf = vec![0u8; 8192];
         let len = self.recv(&mut buf, 0)?;
         for (msg_type, payload) in messages(&buf[..len]) {
             if msg_type == libc::NLMSG_ERROR as u16 {
-                let errno = payload.get(..4).map_or(-libc::EPROTO, |b| i32::from_ne_bytes(b.try_into().unwrap()));
-                return if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-errno)) };
+                let errno = payload
+                    .get(..4)
+                    .map_or(-libc::EPROTO, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                return if errno == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-errno))
+                };
             }
         }
         Err(io::Error::other("no acknowledgement from nfnetlink_queue"))
@@ -217,14 +265,30 @@ impl Queue {
 
     fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
         // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     fn accept(&self, packet_id: u32) -> io::Result<()> {
         let mut verdict = NF_ACCEPT.to_be_bytes().to_vec();
         verdict.extend_from_slice(&packet_id.to_be_bytes());
-        self.send(&message(NFQNL_MSG_VERDICT, libc::NLM_F_REQUEST as u16, self.number, &[(NFQA_VERDICT_HDR, &verdict)]))
+        self.send(&message(
+            NFQNL_MSG_VERDICT,
+            libc::NLM_F_REQUEST as u16,
+            self.number,
+            &[(NFQA_VERDICT_HDR, &verdict)],
+        ))
     }
 
     /// Reads every packet waiting on the socket, without blocking.
@@ -242,7 +306,9 @@ impl Queue {
                         packet(id);
                     }
                 } else if msg_type == libc::NLMSG_ERROR as u16 {
-                    let errno = payload.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    let errno = payload
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                     if errno != 0 {
                         return Err(io::Error::from_raw_os_error(-errno));
                     }
@@ -253,7 +319,12 @@ impl Queue {
 
     /// The delay loop: queue arrivals with their release time, release
     /// the head when due, sleep in ppoll until the next arrival or release.
-    fn delay_until_stopped(self, delay: Duration, stop: &AtomicBool, packets: &AtomicU64) -> io::Result<()> {
+    fn delay_until_stopped(
+        self,
+        delay: Duration,
+        stop: &AtomicBool,
+        packets: &AtomicU64,
+    ) -> io::Result<()> {
         let mut held: VecDeque<(Instant, u32)> = VecDeque::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -274,10 +345,19 @@ impl Queue {
                 return Ok(());
             }
             // Wake at the next release, or now and then to see `stop`.
-            let wait =
-                held.front().map_or(Duration::from_millis(20), |(due, _)| *due - now).min(Duration::from_millis(20));
-            let timeout = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as libc::c_long };
-            let mut poll = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let wait = held
+                .front()
+                .map_or(Duration::from_millis(20), |(due, _)| *due - now)
+                .min(Duration::from_millis(20));
+            let timeout = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: wait.as_nanos() as libc::c_long,
+            };
+            let mut poll = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd, a valid timespec, no signal mask.
             let ready = unsafe { libc::ppoll(&mut poll, 1, &timeout, std::ptr::null()) };
             if ready < 0 {
@@ -355,7 +435,12 @@ mod tests {
 
     #[test]
     fn delay_messages_round_trip() {
-        let msg = message(NFQNL_MSG_PACKET, 0, 7, &[(9, &[1, 2, 3]), (NFQA_PACKET_HDR, &[0, 0, 1, 2, 8, 0, 3])]);
+        let msg = message(
+            NFQNL_MSG_PACKET,
+            0,
+            7,
+            &[(9, &[1, 2, 3]), (NFQA_PACKET_HDR, &[0, 0, 1, 2, 8, 0, 3])],
+        );
         assert_eq!(msg.len() % 4, 0);
         let parsed: Vec<_> = messages(&msg).collect();
         assert_eq!(parsed.len(), 1);

@@ -15,7 +15,8 @@ fn median_connect(netns: &Netns, addr: SocketAddr, n: usize) -> Duration {
         (0..n)
             .map(|_| {
                 let start = Instant::now();
-                let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+                let stream =
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
                 let elapsed = start.elapsed();
                 drop(stream);
                 elapsed
@@ -35,7 +36,10 @@ fn delay_adds_the_configured_latency_and_goes_away() {
     let listener = pair.b.run(|| TcpListener::bind(addr).expect("listen in b"));
 
     let before = median_connect(&pair.a, addr, 15);
-    assert!(before < Duration::from_millis(5), "undelayed connect took {before:?}");
+    assert!(
+        before < Duration::from_millis(5),
+        "undelayed connect took {before:?}"
+    );
 
     let delay = Delay::new(&pair.b, Duration::from_millis(30));
     let delayed = median_connect(&pair.a, addr, 15);
@@ -44,12 +48,19 @@ fn delay_adds_the_configured_latency_and_goes_away() {
         delayed >= Duration::from_millis(30) && delayed < Duration::from_millis(33),
         "connect under a 30 ms delay took {delayed:?}"
     );
-    assert!(delay.packets() >= 15, "the rule matched {} packets", delay.packets());
+    assert!(
+        delay.packets() >= 15,
+        "the rule matched {} packets",
+        delay.packets()
+    );
     drop(delay);
 
     let after = median_connect(&pair.a, addr, 15);
     eprintln!("median connect: before {before:?}, under 30 ms delay {delayed:?}, after {after:?}");
-    assert!(after < Duration::from_millis(5), "connect after the delay was removed took {after:?}");
+    assert!(
+        after < Duration::from_millis(5),
+        "connect after the delay was removed took {after:?}"
+    );
     let rules = pair.b.exec("iptables", &["-S", "OUTPUT"]);
     assert!(!rules.contains("NFQUEUE"), "rule left behind: {rules}");
     drop(listener);
@@ -61,10 +72,17 @@ fn delay_matching_only_synacks_on_one_loopback() {
     let ns = Netns::new("dlo");
     let addr: SocketAddr = "127.0.0.1:7101".parse().unwrap();
     let listener = ns.run(|| TcpListener::bind(addr).expect("listen"));
-    let delay = Delay::matching(&ns, Duration::from_millis(20), &["--tcp-flags", "SYN,ACK", "SYN,ACK"]);
+    let delay = Delay::matching(
+        &ns,
+        Duration::from_millis(20),
+        &["--tcp-flags", "SYN,ACK", "SYN,ACK"],
+    );
     let median = median_connect(&ns, addr, 11);
     eprintln!("median connect under a 20 ms SYN-ACK delay: {median:?}");
-    assert!(median >= Duration::from_millis(20) && median < Duration::from_millis(23), "median {median:?}");
+    assert!(
+        median >= Duration::from_millis(20) && median < Duration::from_millis(23),
+        "median {median:?}"
+    );
     // One SYN-ACK per connect, nothing else.
     assert_eq!(delay.packets(), 11);
     drop(delay);

@@ -32,7 +32,11 @@ pub enum Bench {
 
 pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
     match what {
-        Bench::Stress { concurrency, seconds, rounds } => stress(env, concurrency, seconds, rounds),
+        Bench::Stress {
+            concurrency,
+            seconds,
+            rounds,
+        } => stress(env, concurrency, seconds, rounds),
     }
 }
 
@@ -48,8 +52,14 @@ impl Netns {
         // Churn on one loopback address runs out of ephemeral ports within
         // seconds: use all of them and let TIME_WAIT ports be reused after
         // a second (both are per-namespace sysctls; the host is untouched).
-        run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"]))?;
-        run_ok(ns.command("sysctl").args(["-q", "-w", "net.ipv4.tcp_tw_reuse=1"]))?;
+        run_ok(
+            ns.command("sysctl")
+                .args(["-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"]),
+        )?;
+        run_ok(
+            ns.command("sysctl")
+                .args(["-q", "-w", "net.ipv4.tcp_tw_reuse=1"]),
+        )?;
         Ok(ns)
     }
 
@@ -77,9 +87,14 @@ impl Drop for Running {
 }
 
 fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -95,12 +110,26 @@ fn private_copy(built: &Path, dir: &Path) -> Result<PathBuf> {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result<()> {
     cargo(env, &["build", "--release", "--package", "tcptrace"])?;
-    cargo(env, &["build", "--release", "--package", "xtask", "--bin", "churn-baseline"])?;
+    cargo(
+        env,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "xtask",
+            "--bin",
+            "churn-baseline",
+        ],
+    )?;
     let dir = std::env::temp_dir().join(format!("tt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let tcptrace = private_copy(&target_dir().join("release/tcptrace"), &dir)?;
@@ -114,7 +143,13 @@ fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result
     // stalls a client for a whole second, which measures nothing useful.
     let server = ns
         .command(&tcptrace)
-        .args(["stress", "serve", addr, "--duration", &format!("{}s", seconds * rounds * 4 + 60)])
+        .args([
+            "stress",
+            "serve",
+            addr,
+            "--duration",
+            &format!("{}s", seconds * rounds * 4 + 60),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -143,10 +178,16 @@ fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result
                 ]))?;
                 let rate = json_number(&out, "connect_rate_per_s")?;
                 let failed = json_number(&out, "failed")?;
-                eprintln!("round {}: tcptrace stress churn  {rate:>9.0}/s  ({failed} failed)", round + 1);
+                eprintln!(
+                    "round {}: tcptrace stress churn  {rate:>9.0}/s  ({failed} failed)",
+                    round + 1
+                );
                 ours.push(rate);
             } else {
-                let out = run_ok(ns.command(&baseline).args(["connect", addr, &threads, &secs]))?;
+                let out = run_ok(
+                    ns.command(&baseline)
+                        .args(["connect", addr, &threads, &secs]),
+                )?;
                 let field = |key: &str| -> Result<f64> {
                     out.split_whitespace()
                         .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
@@ -154,17 +195,28 @@ fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result
                         .with_context(|| format!("no {key} in baseline output: {out}"))
                 };
                 let rate = field("connections")? / field("seconds")?;
-                eprintln!("round {}: blocking baseline      {rate:>9.0}/s  ({} failed)", round + 1, field("failures")?);
+                eprintln!(
+                    "round {}: blocking baseline      {rate:>9.0}/s  ({} failed)",
+                    round + 1,
+                    field("failures")?
+                );
                 theirs.push(rate);
             }
         }
     }
     let (ours, theirs) = (median(ours), median(theirs));
-    println!("stress churn, loopback in a netns, concurrency {concurrency}, {seconds} s x {rounds} rounds (medians):");
+    println!(
+        "stress churn, loopback in a netns, concurrency {concurrency}, {seconds} s x {rounds} rounds (medians):"
+    );
     println!("  tcptrace stress churn   {ours:>9.0} connections/s");
     println!("  blocking baseline       {theirs:>9.0} connections/s");
-    println!("  ratio                   {:>9.1}%  (goal: at least 90%)", ours / theirs * 100.0);
-    println!("  command: cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}");
+    println!(
+        "  ratio                   {:>9.1}%  (goal: at least 90%)",
+        ours / theirs * 100.0
+    );
+    println!(
+        "  command: cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -173,8 +225,15 @@ fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result
 /// in xtask: the report's keys are fixed and its numbers plain.
 fn json_number(json: &str, key: &str) -> Result<f64> {
     let pattern = format!("\"{key}\":");
-    let start = json.find(&pattern).with_context(|| format!("no {key} in: {json}"))? + pattern.len();
+    let start = json
+        .find(&pattern)
+        .with_context(|| format!("no {key} in: {json}"))?
+        + pattern.len();
     let rest = &json[start..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
-    rest[..end].parse().with_context(|| format!("{key} is not a number in: {json}"))
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .with_context(|| format!("{key} is not a number in: {json}"))
 }

@@ -22,7 +22,13 @@ use crate::{
 };
 
 pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
-    let ChurnArgs { count, concurrency, rate, rst, .. } = args;
+    let ChurnArgs {
+        count,
+        concurrency,
+        rate,
+        rst,
+        ..
+    } = args;
     let workers = concurrency as usize;
     let live = Live::new(workers);
     let _progress = live.progress(Mode::Churn, run.start);

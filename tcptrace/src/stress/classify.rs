@@ -88,7 +88,12 @@ mod tests {
     #[test]
     fn stress_errno_table_has_no_duplicates() {
         for (i, (number, name)) in ERRNO_NAMES.iter().enumerate() {
-            assert!(ERRNO_NAMES[i + 1..].iter().all(|(n, m)| n != number && m != name), "{name} listed twice");
+            assert!(
+                ERRNO_NAMES[i + 1..]
+                    .iter()
+                    .all(|(n, m)| n != number && m != name),
+                "{name} listed twice"
+            );
         }
     }
 }

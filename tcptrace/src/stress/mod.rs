@@ -61,10 +61,21 @@ impl Mode {
 pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
     raise_fd_limit();
     match args.mode {
-        StressMode::Churn(args) => client(Mode::Churn, &args.load.clone(), |run| churn::run(run, args)).await,
-        StressMode::Hold(args) => client(Mode::Hold, &args.load.clone(), |run| hold::run(run, args)).await,
-        StressMode::Pool(args) => client(Mode::Pool, &args.load.clone(), |run| pool::run(run, args)).await,
-        StressMode::Latency(args) => client(Mode::Latency, &args.load.clone(), |run| latency::run(run, args)).await,
+        StressMode::Churn(args) => {
+            client(Mode::Churn, &args.load.clone(), |run| churn::run(run, args)).await
+        }
+        StressMode::Hold(args) => {
+            client(Mode::Hold, &args.load.clone(), |run| hold::run(run, args)).await
+        }
+        StressMode::Pool(args) => {
+            client(Mode::Pool, &args.load.clone(), |run| pool::run(run, args)).await
+        }
+        StressMode::Latency(args) => {
+            client(Mode::Latency, &args.load.clone(), |run| {
+                latency::run(run, args)
+            })
+            .await
+        }
         StressMode::Serve(args) => server::run(args).await,
     }
 }
@@ -95,7 +106,13 @@ where
         connect_timeout: load.connect_timeout,
     };
     let tally = work(run).await?;
-    let report = Report::new(mode, &target.text, &target.addr.to_string(), start.elapsed(), &tally);
+    let report = Report::new(
+        mode,
+        &target.text,
+        &target.addr.to_string(),
+        start.elapsed(),
+        &tally,
+    );
     let mut out = io::stdout().lock();
     report.write(load.json, &mut out)?;
     out.flush()?;
@@ -122,10 +139,14 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 /// Held connections and fast churn need many descriptors: use the hard
 /// limit, as servers do. If that fails, EMFILE in the report says so.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

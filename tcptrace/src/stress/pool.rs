@@ -46,10 +46,21 @@ struct Exchange {
 pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
     let exchange = Arc::new(match &args.http {
         Some(path) => {
-            let host = args.host.clone().unwrap_or_else(|| host_header(&run.target));
-            Exchange { request: wire::http_request(path, &host), parse: wire::http_reply, timeout: args.reply_timeout }
+            let host = args
+                .host
+                .clone()
+                .unwrap_or_else(|| host_header(&run.target));
+            Exchange {
+                request: wire::http_request(path, &host),
+                parse: wire::http_reply,
+                timeout: args.reply_timeout,
+            }
         }
-        None => Exchange { request: wire::RAW_REQUEST.to_vec(), parse: wire::raw_reply, timeout: args.reply_timeout },
+        None => Exchange {
+            request: wire::RAW_REQUEST.to_vec(),
+            parse: wire::raw_reply,
+            timeout: args.reply_timeout,
+        },
     });
     let workers = args.connections as usize;
     let live = Live::new(workers);
@@ -57,12 +68,18 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
     let tickets = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..workers {
-        let (run, live, tickets, exchange) =
-            (run.clone(), Arc::clone(&live), Arc::clone(&tickets), Arc::clone(&exchange));
+        let (run, live, tickets, exchange) = (
+            run.clone(),
+            Arc::clone(&live),
+            Arc::clone(&tickets),
+            Arc::clone(&exchange),
+        );
         let (requests, idle) = (args.requests, args.idle);
         tasks.spawn(async move {
             let mut pooled: Option<Pooled> = None;
-            while tickets.fetch_add(1, Ordering::Relaxed) < requests && Instant::now() < run.deadline {
+            while tickets.fetch_add(1, Ordering::Relaxed) < requests
+                && Instant::now() < run.deadline
+            {
                 let (mut conn, idle_before) = match pooled.take() {
                     Some(conn) => {
                         let idle = conn.last_used.elapsed();
@@ -73,7 +90,14 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
                         match connect(run.target.addr, run.connect_timeout).await {
                             Ok(stream) => {
                                 live.with(worker, |t| t.connect_ok(started.elapsed()));
-                                (Pooled { stream, last_used: started, buf: Vec::new() }, None)
+                                (
+                                    Pooled {
+                                        stream,
+                                        last_used: started,
+                                        buf: Vec::new(),
+                                    },
+                                    None,
+                                )
                             }
                             Err(class) => {
                                 live.with(worker, |t| t.connect_failed(class));
@@ -88,7 +112,9 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
                 let started = Instant::now();
                 let outcome = use_once(&mut conn, &exchange).await;
                 let elapsed = started.elapsed();
-                live.with(worker, |t| t.request(idle_before, outcome.clone().map(|_| elapsed)));
+                live.with(worker, |t| {
+                    t.request(idle_before, outcome.clone().map(|_| elapsed))
+                });
                 if outcome == Ok(true) {
                     conn.last_used = Instant::now();
                     pooled = Some(conn);
@@ -125,7 +151,10 @@ async fn use_once(conn: &mut Pooled, exchange: &Exchange) -> Result<bool, Class>
 }
 
 async fn request(conn: &mut Pooled, exchange: &Exchange) -> Result<bool, Class> {
-    conn.stream.write_all(&exchange.request).await.map_err(|e| classify::io_error(&e))?;
+    conn.stream
+        .write_all(&exchange.request)
+        .await
+        .map_err(|e| classify::io_error(&e))?;
     loop {
         match (exchange.parse)(&conn.buf) {
             Ok(Some(reply)) => {
@@ -149,7 +178,11 @@ async fn request(conn: &mut Pooled, exchange: &Exchange) -> Result<bool, Class> 
 
 /// `Host:` as a browser would send it: the name given, the port if not 80.
 fn host_header(target: &target::Target) -> String {
-    let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
+    let host = if target.host.contains(':') {
+        format!("[{}]", target.host)
+    } else {
+        target.host.clone()
+    };
     match target.addr.port() {
         80 => host,
         port => format!("{host}:{port}"),

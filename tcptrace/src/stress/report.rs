@@ -20,7 +20,9 @@ use crate::stress::{Mode, classify::Class};
 
 /// Upper edges of the idle-before-use buckets of `pool`, in milliseconds.
 /// A use of a fresh connection goes in its own bucket before these.
-const IDLE_EDGES_MS: [u64; 9] = [10, 100, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000];
+const IDLE_EDGES_MS: [u64; 9] = [
+    10, 100, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000,
+];
 /// Fresh, one per edge, and one past the last edge.
 pub const IDLE_BUCKETS: usize = IDLE_EDGES_MS.len() + 2;
 
@@ -56,7 +58,9 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 fn count(map: &mut BTreeMap<Class, u64>, class: Class) {
@@ -120,12 +124,16 @@ impl Tally {
         self.attempts += other.attempts;
         self.connected += other.connected;
         add(&mut self.connect_errors, &other.connect_errors);
-        self.connect_us.add(&other.connect_us).expect("same histogram bounds");
+        self.connect_us
+            .add(&other.connect_us)
+            .expect("same histogram bounds");
         self.held += other.held;
         add(&mut self.lost, &other.lost);
         self.requests += other.requests;
         self.replies += other.replies;
-        self.reply_us.add(&other.reply_us).expect("same histogram bounds");
+        self.reply_us
+            .add(&other.reply_us)
+            .expect("same histogram bounds");
         for (into, from) in self.by_idle.iter_mut().zip(&other.by_idle) {
             into.uses += from.uses;
             add(&mut into.errors, &from.errors);
@@ -148,7 +156,10 @@ fn idle_bucket(idle: Option<Duration>) -> usize {
         None => 0,
         Some(idle) => {
             let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-            1 + IDLE_EDGES_MS.iter().position(|edge| ms < *edge).unwrap_or(IDLE_EDGES_MS.len())
+            1 + IDLE_EDGES_MS
+                .iter()
+                .position(|edge| ms < *edge)
+                .unwrap_or(IDLE_EDGES_MS.len())
         }
     }
 }
@@ -172,13 +183,17 @@ impl Live {
     /// Slots for `workers` workers; more than a few dozen would only make
     /// merging slower without lowering contention further.
     pub fn new(workers: usize) -> Arc<Live> {
-        let slots = (0..workers.clamp(1, 32)).map(|_| Mutex::new(Tally::default())).collect();
+        let slots = (0..workers.clamp(1, 32))
+            .map(|_| Mutex::new(Tally::default()))
+            .collect();
         Arc::new(Live { slots })
     }
 
     /// Runs `f` on the slot of worker `worker`.
     pub fn with<T>(&self, worker: usize, f: impl FnOnce(&mut Tally) -> T) -> T {
-        let mut slot = self.slots[worker % self.slots.len()].lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.slots[worker % self.slots.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&mut slot)
     }
 
@@ -242,7 +257,10 @@ fn progress_line(mode: Mode, elapsed: Duration, tally: &Tally) -> String {
         line += &format!("  {} requests  {} errors", tally.requests, errors);
     }
     if !tally.connect_us.is_empty() {
-        line += &format!("  p99 {}", format_micros(tally.connect_us.value_at_quantile(0.99)));
+        line += &format!(
+            "  p99 {}",
+            format_micros(tally.connect_us.value_at_quantile(0.99))
+        );
     }
     line
 }
@@ -350,8 +368,17 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 }
 
 impl Report {
-    pub fn new(mode: Mode, target: &str, address: &str, elapsed: Duration, tally: &Tally) -> Report {
-        let hold = (mode == Mode::Hold).then(|| Held { held: tally.held, lost: tally.lost.clone() });
+    pub fn new(
+        mode: Mode,
+        target: &str,
+        address: &str,
+        elapsed: Duration,
+        tally: &Tally,
+    ) -> Report {
+        let hold = (mode == Mode::Hold).then(|| Held {
+            held: tally.held,
+            lost: tally.lost.clone(),
+        });
         let requests = (mode == Mode::Pool).then(|| {
             let errors = tally.request_errors();
             Requests {
@@ -394,7 +421,11 @@ impl Report {
             serde_json::to_writer(&mut *out, self)?;
             return writeln!(out);
         }
-        writeln!(out, "{} {} ({}) for {:.2}s", self.mode, self.target, self.address, self.elapsed_s)?;
+        writeln!(
+            out,
+            "{} {} ({}) for {:.2}s",
+            self.mode, self.target, self.address, self.elapsed_s
+        )?;
         writeln!(
             out,
             "  connects      {} attempted, {} ok ({}/s), {} failed",
@@ -429,7 +460,12 @@ impl Report {
             for bucket in &req.by_idle {
                 write!(out, "    {:<12} {} uses", bucket.idle, bucket.uses)?;
                 if bucket.failed > 0 {
-                    write!(out, ", {} failed: {}", bucket.failed, classes(&bucket.errors))?;
+                    write!(
+                        out,
+                        ", {} failed: {}",
+                        bucket.failed,
+                        classes(&bucket.errors)
+                    )?;
                 }
                 writeln!(out)?;
             }
@@ -442,7 +478,11 @@ impl Report {
 pub fn classes(map: &BTreeMap<Class, u64>) -> String {
     let mut sorted: Vec<_> = map.iter().collect();
     sorted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    sorted.iter().map(|(class, n)| format!("{class} {n}")).collect::<Vec<_>>().join(", ")
+    sorted
+        .iter()
+        .map(|(class, n)| format!("{class} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -467,10 +507,22 @@ mod tests {
     #[test]
     fn stress_idle_buckets() {
         assert_eq!(idle_bucket(None), 0);
-        assert_eq!(idle_label(idle_bucket(Some(Duration::from_millis(3)))), "<10ms");
-        assert_eq!(idle_label(idle_bucket(Some(Duration::from_millis(500)))), "100ms..1s");
-        assert_eq!(idle_label(idle_bucket(Some(Duration::from_secs(5)))), "5s..10s");
-        assert_eq!(idle_label(idle_bucket(Some(Duration::from_secs(600)))), ">=120s");
+        assert_eq!(
+            idle_label(idle_bucket(Some(Duration::from_millis(3)))),
+            "<10ms"
+        );
+        assert_eq!(
+            idle_label(idle_bucket(Some(Duration::from_millis(500)))),
+            "100ms..1s"
+        );
+        assert_eq!(
+            idle_label(idle_bucket(Some(Duration::from_secs(5)))),
+            "5s..10s"
+        );
+        assert_eq!(
+            idle_label(idle_bucket(Some(Duration::from_secs(600)))),
+            ">=120s"
+        );
         assert_eq!(idle_bucket(Some(Duration::MAX)), IDLE_BUCKETS - 1);
     }
 
@@ -486,8 +538,22 @@ mod tests {
             });
         }
         let total = live.total();
-        assert_eq!((total.attempts, total.connected, total.requests, total.replies), (8, 4, 8, 4));
-        let report = Report::new(Mode::Pool, "lb:80", "198.18.0.2:80", Duration::from_secs(2), &total);
+        assert_eq!(
+            (
+                total.attempts,
+                total.connected,
+                total.requests,
+                total.replies
+            ),
+            (8, 4, 8, 4)
+        );
+        let report = Report::new(
+            Mode::Pool,
+            "lb:80",
+            "198.18.0.2:80",
+            Duration::from_secs(2),
+            &total,
+        );
         assert_eq!(report.failed, 4);
         assert_eq!(report.connect_rate_per_s, 2.0);
         let connect = report.connect_us.as_ref().unwrap();
@@ -505,19 +571,32 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["errors"]["ECONNREFUSED"], 4);
         assert_eq!(value["requests"]["by_idle"][1]["failed"], 4);
-        assert!(value.get("hold").is_none(), "hold section only in hold mode");
+        assert!(
+            value.get("hold").is_none(),
+            "hold section only in hold mode"
+        );
 
         let mut human = Vec::new();
         report.write(false, &mut human).unwrap();
         let human = String::from_utf8(human).unwrap();
-        assert!(human.contains("8 attempted, 4 ok (2/s), 4 failed"), "{human}");
+        assert!(
+            human.contains("8 attempted, 4 ok (2/s), 4 failed"),
+            "{human}"
+        );
         assert!(human.contains("errors        ECONNREFUSED 4"), "{human}");
-        assert!(human.contains("100ms..1s    4 uses, 4 failed: ECONNRESET 4"), "{human}");
+        assert!(
+            human.contains("100ms..1s    4 uses, 4 failed: ECONNRESET 4"),
+            "{human}"
+        );
     }
 
     #[test]
     fn stress_classes_most_frequent_first() {
-        let map = BTreeMap::from([(class("ECONNREFUSED"), 2), (class("ETIMEDOUT"), 7), (class("EOF"), 2)]);
+        let map = BTreeMap::from([
+            (class("ECONNREFUSED"), 2),
+            (class("ETIMEDOUT"), 7),
+            (class("EOF"), 2),
+        ]);
         assert_eq!(classes(&map), "ETIMEDOUT 7, ECONNREFUSED 2, EOF 2");
     }
 

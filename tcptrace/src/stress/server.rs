@@ -82,9 +82,13 @@ struct ServeReport {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr: SocketAddr = args.listen.parse().map_err(|_| {
-        anyhow::anyhow!("'{}' is not a listen address: give IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080", args.listen)
+        anyhow::anyhow!(
+            "'{}' is not a listen address: give IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080",
+            args.listen
+        )
     })?;
-    let listener = listen(addr, args.backlog).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        listen(addr, args.backlog).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let start = Instant::now();
     let behaviour = Behaviour {
@@ -103,7 +107,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         loop {
             // The semaphore is never closed: acquiring only waits.
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             if let Some(delay) = args.accept_delay {
                 tokio::time::sleep(delay).await;
             }
@@ -127,7 +133,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         () = accepting => {}
         () = stopped(args.duration) => {}
     }
-    let drained = if args.no_accept { 0 } else { drain(&listener, &counters) };
+    let drained = if args.no_accept {
+        0
+    } else {
+        drain(&listener, &counters)
+    };
     let report = counters.report(local, start.elapsed(), drained, args.linger0);
     let mut out = io::stdout().lock();
     if args.json {
@@ -141,7 +151,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // A restarted server must not wait for its old connections' TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
@@ -255,10 +269,21 @@ impl Counters {
     }
 
     fn error(&self, class: Class) {
-        *self.errors.lock().unwrap_or_else(PoisonError::into_inner).entry(class).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(class)
+            .or_default() += 1;
     }
 
-    fn report(&self, listen: SocketAddr, elapsed: Duration, drained: u64, linger0: bool) -> ServeReport {
+    fn report(
+        &self,
+        listen: SocketAddr,
+        elapsed: Duration,
+        drained: u64,
+        linger0: bool,
+    ) -> ServeReport {
         ServeReport {
             listen: listen.to_string(),
             elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
@@ -272,7 +297,11 @@ impl Counters {
             closed_after: self.closed_after.load(Relaxed),
             closed_unread: self.closed_unread.load(Relaxed),
             linger0,
-            errors: self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }

@@ -7,7 +7,8 @@ pub const RAW_REQUEST: &[u8] = b"tcptrace ping\n";
 /// The built-in server's reply to a raw request line.
 pub const RAW_REPLY: &[u8] = b"ok\n";
 /// The built-in server's reply to an HTTP request.
-pub const HTTP_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
+pub const HTTP_REPLY: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
 /// Longest request head or reply either side buffers before giving up.
 pub const MAX_MESSAGE: usize = 1 << 20;
 
@@ -40,7 +41,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// A raw reply is one line.
 pub fn raw_reply(buf: &[u8]) -> Result<Option<Reply>, BadReply> {
     match buf.iter().position(|&b| b == b'\n') {
-        Some(end) => Ok(Some(Reply { len: end + 1, status: 200, close: false })),
+        Some(end) => Ok(Some(Reply {
+            len: end + 1,
+            status: 200,
+            close: false,
+        })),
         None if buf.len() > MAX_MESSAGE => Err(BadReply),
         None => Ok(None),
     }
@@ -50,7 +55,11 @@ pub fn raw_reply(buf: &[u8]) -> Result<Option<Reply>, BadReply> {
 /// Content-Length or chunked body, as keep-alive responses have.
 pub fn http_reply(buf: &[u8]) -> Result<Option<Reply>, BadReply> {
     let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return if buf.len() > MAX_MESSAGE { Err(BadReply) } else { Ok(None) };
+        return if buf.len() > MAX_MESSAGE {
+            Err(BadReply)
+        } else {
+            Ok(None)
+        };
     };
     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| BadReply)?;
     let mut lines = head.split("\r\n");
@@ -94,7 +103,11 @@ pub fn http_reply(buf: &[u8]) -> Result<Option<Reply>, BadReply> {
 fn chunked_end(buf: &[u8], mut pos: usize) -> Result<Option<usize>, BadReply> {
     loop {
         let Some(line_len) = find(&buf[pos..], b"\r\n") else {
-            return if buf.len() > MAX_MESSAGE { Err(BadReply) } else { Ok(None) };
+            return if buf.len() > MAX_MESSAGE {
+                Err(BadReply)
+            } else {
+                Ok(None)
+            };
         };
         let line = std::str::from_utf8(&buf[pos..pos + line_len]).map_err(|_| BadReply)?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
@@ -103,7 +116,9 @@ fn chunked_end(buf: &[u8], mut pos: usize) -> Result<Option<usize>, BadReply> {
         if size == 0 {
             // Trailer fields, then an empty line.
             loop {
-                let Some(end) = find(&buf[pos..], b"\r\n") else { return Ok(None) };
+                let Some(end) = find(&buf[pos..], b"\r\n") else {
+                    return Ok(None);
+                };
                 pos += end + 2;
                 if end == 0 {
                     return Ok(Some(pos));
@@ -151,7 +166,11 @@ impl Request {
 /// request line (`METHOD /path HTTP/1.x`), otherwise one raw line.
 pub fn next_request(buf: &[u8]) -> Result<Option<Request>, BadReply> {
     let Some(line_end) = buf.iter().position(|&b| b == b'\n') else {
-        return if buf.len() > MAX_MESSAGE { Err(BadReply) } else { Ok(None) };
+        return if buf.len() > MAX_MESSAGE {
+            Err(BadReply)
+        } else {
+            Ok(None)
+        };
     };
     let line = &buf[..line_end];
     if !line.ends_with(b" HTTP/1.1\r") && !line.ends_with(b" HTTP/1.0\r") {
@@ -172,7 +191,10 @@ mod tests {
     fn stress_wire_raw() {
         assert_eq!(raw_reply(b"o").unwrap(), None);
         assert_eq!(raw_reply(b"ok\nmore").unwrap().unwrap().len, 3);
-        assert_eq!(next_request(RAW_REQUEST).unwrap(), Some(Request::Raw(RAW_REQUEST.len())));
+        assert_eq!(
+            next_request(RAW_REQUEST).unwrap(),
+            Some(Request::Raw(RAW_REQUEST.len()))
+        );
         assert_eq!(next_request(b"tcptrace pi").unwrap(), None);
     }
 
@@ -181,25 +203,61 @@ mod tests {
         let request = http_request("/health", "lb:8080");
         let half = &request[..request.len() - 2];
         assert_eq!(next_request(half).unwrap(), None);
-        assert_eq!(next_request(&request).unwrap(), Some(Request::Http(request.len())));
+        assert_eq!(
+            next_request(&request).unwrap(),
+            Some(Request::Http(request.len()))
+        );
         let reply = http_reply(HTTP_REPLY).unwrap().unwrap();
-        assert_eq!(reply, Reply { len: HTTP_REPLY.len(), status: 200, close: false });
-        assert_eq!(http_reply(&HTTP_REPLY[..HTTP_REPLY.len() - 1]).unwrap(), None);
+        assert_eq!(
+            reply,
+            Reply {
+                len: HTTP_REPLY.len(),
+                status: 200,
+                close: false
+            }
+        );
+        assert_eq!(
+            http_reply(&HTTP_REPLY[..HTTP_REPLY.len() - 1]).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn stress_wire_http_replies() {
-        let close = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 2\r\n\r\nno";
-        assert_eq!(http_reply(close).unwrap(), Some(Reply { len: close.len(), status: 503, close: true }));
+        let close =
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\ncontent-length: 2\r\n\r\nno";
+        assert_eq!(
+            http_reply(close).unwrap(),
+            Some(Reply {
+                len: close.len(),
+                status: 503,
+                close: true
+            })
+        );
         let chunked =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
         assert_eq!(http_reply(chunked).unwrap().unwrap().len, chunked.len());
         assert_eq!(http_reply(&chunked[..chunked.len() - 1]).unwrap(), None);
         let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(http_reply(no_content).unwrap().unwrap().len, no_content.len());
-        assert!(http_reply(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap().close);
+        assert_eq!(
+            http_reply(no_content).unwrap().unwrap().len,
+            no_content.len()
+        );
+        assert!(
+            http_reply(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .close
+        );
         assert_eq!(http_reply(b"SSH-2.0-OpenSSH\r\n\r\n"), Err(BadReply));
-        assert_eq!(http_reply(b"HTTP/1.1 200 OK\r\n\r\n"), Err(BadReply), "no length on keep-alive");
-        assert_eq!(http_reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), Err(BadReply));
+        assert_eq!(
+            http_reply(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Err(BadReply),
+            "no length on keep-alive"
+        );
+        assert_eq!(
+            http_reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            Err(BadReply)
+        );
     }
 }

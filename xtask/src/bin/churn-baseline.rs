@@ -21,7 +21,9 @@ fn main() -> ExitCode {
             .ok()
             .zip(threads.parse::<usize>().ok().filter(|t| *t > 0))
             .zip(seconds.parse::<u64>().ok().filter(|s| *s > 0))
-            .map(|((addr, threads), seconds)| (mode.as_str(), addr, threads, Duration::from_secs(seconds))),
+            .map(|((addr, threads), seconds)| {
+                (mode.as_str(), addr, threads, Duration::from_secs(seconds))
+            }),
         _ => None,
     };
     match parsed {
