@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod netns;
 pub mod sink;
 pub mod snapshot;
+pub mod stress;
 pub mod summary;
 pub mod sysctl;
 pub mod text_table;

@@ -34,8 +34,12 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
-    /// Benchmarks (root): tcptrace against a baseline in the same run.
-    Bench(bench::BenchArgs),
+    /// Benchmarks (as root): tcptrace against a baseline in the same run;
+    /// figures for BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,9 +75,9 @@ fn run(cli: Cli) -> Result<()> {
             let env = setup::ensure(setup::Need::Tests)?;
             test::run(&env, filter.as_deref())
         }
-        Task::Bench(args) => {
+        Task::Bench { what } => {
             let env = setup::ensure(setup::Need::Bench)?;
-            bench::run(&env, &args)
+            bench::run(&env, what)
         }
     }
 }

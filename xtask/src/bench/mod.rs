@@ -4,6 +4,7 @@
 
 mod churn;
 mod overhead;
+mod stress;
 
 use std::{fmt::Write as _, fs, path::Path};
 
@@ -11,16 +12,28 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{setup::BuildEnv, target_dir, workspace_root};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Which {
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
     /// Churn throughput, loss, CPU and RSS with and without tracers.
-    Overhead,
+    Overhead(OverheadArgs),
+    /// Churn rate of `tcptrace stress churn` against a blocking std
+    /// connect/close loop with as many threads, on loopback in a netns.
+    Stress {
+        /// Connections in flight: tcptrace's --concurrency and the
+        /// baseline's thread count.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Length of each run, in seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// A/B rounds (the order alternates); the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Which benchmark.
-    pub which: Which,
+pub struct OverheadArgs {
     /// Seconds of churn per run.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -35,18 +48,24 @@ pub struct BenchArgs {
     pub no_write: bool,
 }
 
-pub fn run(env: &BuildEnv, args: &BenchArgs) -> Result<()> {
+pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
     if crate::test::euid() != 0 {
-        bail!("benchmarks load eBPF programs and create a network namespace: run as root");
+        bail!("benchmarks load eBPF programs and create network namespaces: run as root");
     }
-    crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
-    let tcptrace = target_dir().join("release/tcptrace");
-    match args.which {
-        Which::Overhead => overhead(&tcptrace, args),
+    match what {
+        Bench::Overhead(args) => {
+            crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
+            overhead(&target_dir().join("release/tcptrace"), &args)
+        }
+        Bench::Stress {
+            concurrency,
+            seconds,
+            rounds,
+        } => stress::stress(env, concurrency, seconds, rounds),
     }
 }
 
-fn overhead(tcptrace: &Path, args: &BenchArgs) -> Result<()> {
+fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     use overhead::Setup;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = args.threads.unwrap_or(2 * cores);
