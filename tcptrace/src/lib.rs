@@ -4,6 +4,7 @@
 //! `decode` -> `enrich` -> aggregation / sinks. Each subcommand lives in
 //! its own module; `cli` only parses and dispatches.
 
+pub mod aggregate;
 pub mod cli;
 pub mod decode;
 pub mod enrich;
