@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod decode;
+pub mod diagnose;
 pub mod enrich;
 pub mod error;
 pub mod event;

@@ -63,6 +63,8 @@ pub struct Stats {
     /// Time without receiving anything before an RST arrived: the
     /// connection's idle gap (the send that provoked the RST is ~0).
     pub idle_before_rst: Dist,
+    /// The same for the resets after a quiet gap (>= `QUIET_GAP_NS`).
+    pub quiet_gap_idle: Dist,
     pub age_at_rst: Dist,
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
@@ -87,7 +89,7 @@ pub struct Stats {
     pub retransmitting_for: Dist,
     pub lifetimes: Dist,
     /// Remote endpoints (for a process) or processes (for an endpoint)
-    /// involved in incidents.
+    /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
 }
 
@@ -112,6 +114,7 @@ impl Default for Stats {
             syn_retransmits: 0,
             synack_retransmits: 0,
             idle_before_rst: Dist::new(Dist::MILLIS),
+            quiet_gap_idle: Dist::new(Dist::MILLIS),
             age_at_rst: Dist::new(Dist::MILLIS),
             rst_after_quiet_gap: 0,
             rst_after_peer_close: 0,
@@ -289,12 +292,12 @@ impl Aggregate {
             process.comm = "?".into();
         }
         update.apply(&mut process.stats);
-        if update.incident {
+        if update.incident || update.connect_ns.is_some() {
             *process.stats.related.entry(&Related::Peer(peer), || 0) += 1;
         }
         let peer_stats = self.peers.entry(&peer, Stats::default);
         update.apply(peer_stats);
-        if update.incident {
+        if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
         }
     }
@@ -424,12 +427,14 @@ impl Update {
                 let st = ev.state.unwrap_or(0);
                 u.rst_received_state = Some(state(st));
                 u.age_at_rst_ns = ev.age_ns;
-                u.idle_before_rst_ns = ev.idle_recv_ns;
                 let conn = conns.get_or_insert(ev.sock);
                 conn.reset = true;
                 match i32::from(st) {
                     tcp_state::SYN_SENT => u.refused = true,
                     tcp_state::ESTABLISHED => {
+                        // Only here is "idle" the connection's idle gap;
+                        // in SYN_SENT nothing was ever received.
+                        u.idle_before_rst_ns = ev.idle_recv_ns;
                         u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                     }
                     tcp_state::CLOSE_WAIT => {
@@ -526,6 +531,9 @@ impl Update {
         s.synack_retransmits += u64::from(self.synack_retransmit);
         if let Some(ns) = self.idle_before_rst_ns {
             s.idle_before_rst.record(ns);
+            if self.quiet_gap_rst {
+                s.quiet_gap_idle.record(ns);
+            }
         }
         if let Some(ns) = self.age_at_rst_ns {
             s.age_at_rst.record(ns);
