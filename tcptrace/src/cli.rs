@@ -140,7 +140,18 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("tcptrace: {} (see --help)", usage_error(&err));
+            return ExitCode::from(2);
+        }
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
@@ -167,6 +178,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// clap's message without its usage block: the first line, minus "error: ".
+fn usage_error(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("[possible values"))
+    {
+        Some(values) => format!("{first} {values}"),
+        None => first.to_string(),
+    }
 }
 
 /// The error and its causes on one line, without repeating a cause that

@@ -38,6 +38,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     for missing in tracer.missing() {
         eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
     }
+    // Tests and scripts wait for this line before making traffic.
+    eprintln!("tcptrace: tracing; Ctrl-C to stop");
     let started = Instant::now();
     let clock = WallClock::now();
     let mut cgroups = Cgroups::default();

@@ -7,8 +7,10 @@
 //! 2001:db8::/32, which never leave this machine.
 
 pub mod netns;
+pub mod trace;
 
 pub use netns::{Netns, NetnsPair};
+pub use trace::{Records, Trace, owner_pid};
 
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {

@@ -1,0 +1,72 @@
+//! A TCP peer the tests run as a separate process (so attribution to a
+//! pid other than the test's own can be checked).
+//!
+//! `peer hold ADDR`: listen, print `port N`, accept one connection, read
+//! until EOF or error, print `ended: ...`, exit.
+//! `peer reset-after ADDR MS`: listen, print `port N`, accept one
+//! connection, read one request, answer it, wait MS, then close with
+//! SO_LINGER 0 (the client receives an RST after an idle gap of MS).
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, addr) = match (args.get(1), args.get(2)) {
+        (Some(m), Some(a)) => (m.as_str(), a.as_str()),
+        _ => {
+            eprintln!("usage: peer hold|reset-after ADDR [MS]");
+            std::process::exit(2);
+        }
+    };
+    let listener = TcpListener::bind(addr).expect("bind");
+    println!("port {}", listener.local_addr().expect("local addr").port());
+    std::io::stdout().flush().expect("flush");
+    let (mut conn, _) = listener.accept().expect("accept");
+    match mode {
+        "hold" => {
+            let mut buf = [0u8; 4096];
+            let end = loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break "eof".to_string(),
+                    Ok(_) => continue,
+                    Err(e) => break format!("{:?}", e.kind()),
+                }
+            };
+            println!("ended: {end}");
+        }
+        "reset-after" => {
+            let ms: u64 = args.get(3).and_then(|m| m.parse().ok()).expect("MS");
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf).expect("read request");
+            conn.write_all(&buf[..n]).expect("answer");
+            std::thread::sleep(Duration::from_millis(ms));
+            close_with_reset(conn);
+            println!("reset sent");
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn close_with_reset(conn: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket and option struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(conn);
+}

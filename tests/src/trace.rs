@@ -1,0 +1,130 @@
+//! Runs the real `tcptrace trace --json` as a child and collects its
+//! NDJSON records.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::tcptrace_bin;
+
+pub struct Trace {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Trace {
+    /// Starts `tcptrace trace --json ARGS...` and waits until it says it
+    /// is tracing (programs attached).
+    pub fn start(args: &[&str]) -> Trace {
+        let mut child = Command::new(tcptrace_bin())
+            .args(["trace", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcptrace");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut trace = Trace {
+            child,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match trace.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("tracing; Ctrl-C to stop");
+                    trace.stderr_seen.push(line);
+                    if ready {
+                        return trace;
+                    }
+                }
+                Err(_) => panic!("tcptrace did not start: {:?}", trace.stderr_seen),
+            }
+        }
+    }
+
+    /// Sends SIGINT (as Ctrl-C does), waits, and returns every record.
+    pub fn stop(mut self) -> Records {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read stdout");
+        let status = self.child.wait().expect("wait");
+        self.stderr_seen.extend(self.stderr.try_iter());
+        assert!(
+            status.success(),
+            "tcptrace exited with {status}: {:?}",
+            self.stderr_seen
+        );
+        let records = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l}: {e}")))
+            .collect();
+        Records {
+            records,
+            stderr: std::mem::take(&mut self.stderr_seen),
+        }
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Records {
+    pub records: Vec<Value>,
+    pub stderr: Vec<String>,
+}
+
+impl Records {
+    pub fn events(&self) -> impl Iterator<Item = &Value> {
+        self.records.iter().filter(|r| r["type"] == "event")
+    }
+
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> {
+        self.events().filter(move |r| r["kind"] == kind)
+    }
+
+    pub fn summary(&self) -> &Value {
+        self.records
+            .iter()
+            .find(|r| r["type"] == "summary")
+            .expect("a summary record")
+    }
+
+    /// Events of `kind` with this local or remote port.
+    pub fn on_port<'a>(&'a self, kind: &'a str, port: u16) -> Vec<&'a Value> {
+        self.of_kind(kind)
+            .filter(|r| r["local_port"] == port || r["remote_port"] == port)
+            .collect()
+    }
+}
+
+/// The pid the tracer attributed an event to (panics if unknown).
+pub fn owner_pid(event: &Value) -> u64 {
+    event["owner"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("event without owner: {event}"))
+}

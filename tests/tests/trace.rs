@@ -1,0 +1,493 @@
+//! Root integration tests of the tracer: the real eBPF programs, real
+//! traffic in a network namespace made by each test, exact assertions on
+//! the NDJSON records `tcptrace trace --json` prints.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use tests::{Netns, NetnsPair, Trace, owner_pid, require_root, sh};
+
+fn netns_arg(ns: &Netns) -> String {
+    ns.inode().to_string()
+}
+
+/// Starts the `peer` helper inside `ns`; returns it and its port.
+fn spawn_peer(ns: &Netns, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>, u16) {
+    let mut child = ns
+        .command(env!("CARGO_BIN_EXE_peer"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn peer");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("peer port line");
+    let port = line
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .expect("port N");
+    (child, out, port)
+}
+
+fn linger0_close(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and option struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(stream);
+}
+
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// The client (this test process) connects to a server in another
+/// process, then aborts with linger 0: both ends' events, including the
+/// RST the server receives in softirq, must name the right pid.
+fn attribution(listen: &str, connect: &str, expect_family: &str, server_sees: &str) {
+    require_root();
+    let ns = Netns::new("attr");
+    let trace = Trace::start(&["--netns", &netns_arg(&ns)]);
+    let bind = std::net::SocketAddr::new(listen.parse().unwrap(), 0).to_string();
+    let (mut server, mut server_out, port) = spawn_peer(&ns, &["hold", &bind]);
+    let client_port = ns.run(|| {
+        let mut s = TcpStream::connect((connect, port)).expect("connect");
+        s.write_all(b"hello").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let local = s.local_addr().unwrap().port();
+        linger0_close(s);
+        local
+    });
+    let mut ended = String::new();
+    server_out.read_line(&mut ended).unwrap();
+    assert_eq!(
+        ended.trim(),
+        "ended: ConnectionReset",
+        "server should see the reset"
+    );
+    server.wait().unwrap();
+    settle();
+    let records = trace.stop();
+
+    let me = u64::from(std::process::id());
+    let server_pid = u64::from(server.id());
+
+    let connects: Vec<_> = records.on_port("connect", client_port);
+    assert_eq!(connects.len(), 1, "one connect: {:?}", records.records);
+    assert_eq!(owner_pid(connects[0]), me);
+    assert_eq!(connects[0]["family"], expect_family);
+    assert!(connects[0]["connect_ns"].as_u64().unwrap() > 0);
+
+    let passive: Vec<_> = records
+        .on_port("state", client_port)
+        .into_iter()
+        .filter(|e| e["local_port"] == port && e["new_state"] == "ESTABLISHED")
+        .collect();
+    assert_eq!(passive.len(), 1, "server side SYN_RECV -> ESTABLISHED");
+    assert_eq!(
+        owner_pid(passive[0]),
+        server_pid,
+        "passive open belongs to the server process"
+    );
+
+    let sent: Vec<_> = records.on_port("rst_sent", client_port);
+    assert_eq!(sent.len(), 1, "the client's abort: {:?}", records.records);
+    assert_eq!(owner_pid(sent[0]), me);
+    assert_eq!(sent[0]["local_port"], client_port);
+
+    let received: Vec<_> = records.on_port("rst_received", client_port);
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        owner_pid(received[0]),
+        server_pid,
+        "RST received in softirq is the server's"
+    );
+    assert_eq!(received[0]["local_port"], port);
+    assert_eq!(received[0]["state"], "ESTABLISHED");
+}
+
+#[test]
+fn attribution_ipv4() {
+    attribution("127.0.0.1", "127.0.0.1", "ipv4", "127.0.0.1");
+}
+
+#[test]
+fn attribution_ipv6() {
+    attribution("::1", "::1", "ipv6", "::1");
+}
+
+#[test]
+fn attribution_v4_mapped() {
+    // A dual-stack listener sees an IPv4 client as ::ffff:127.0.0.1.
+    attribution("::", "127.0.0.1", "ipv4", "::ffff:127.0.0.1");
+}
+
+/// A tracefs instance of our own, so the raw tracepoint can be read
+/// without touching the global trace buffer.
+struct RawTracepoint {
+    dir: std::path::PathBuf,
+}
+
+impl RawTracepoint {
+    fn enable(event: &str) -> RawTracepoint {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/kernel/tracing/instances/tcptrace-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&dir).expect("create tracefs instance");
+        std::fs::write(dir.join("events").join(event).join("enable"), "1").expect("enable event");
+        RawTracepoint { dir }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("trace")).expect("read trace")
+    }
+}
+
+impl Drop for RawTracepoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `reason=` of the raw tcp_send_reset line whose source port is `port`.
+fn raw_reason(text: &str, port: u16) -> Option<String> {
+    text.lines()
+        .filter(|l| l.contains("tcp_send_reset") && l.contains(&format!(":{port} dest=")))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("reason="))
+                .map(str::to_string)
+        })
+}
+
+#[test]
+fn reset_reasons_match_the_kernel() {
+    require_root();
+    let ns = Netns::new("reason");
+    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "rst"]);
+    let raw = RawTracepoint::enable("tcp/tcp_send_reset");
+    let (linger_port, unread_port) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        // 1. The client aborts with SO_LINGER 0.
+        let client = TcpStream::connect(addr).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let linger_port = client.local_addr().unwrap().port();
+        linger0_close(client);
+
+        // 2. The server closes with unread data in its receive queue.
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        client.write_all(b"never read").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let unread_port = accepted.local_addr().unwrap().port();
+        drop(accepted);
+        let mut buf = [0u8; 8];
+        let _ = client.read(&mut buf);
+        (linger_port, unread_port)
+    });
+    settle();
+    let records = trace.stop();
+    let kernel = raw.text();
+
+    let ours = |port: u16| -> String {
+        let sent: Vec<_> = records
+            .of_kind("rst_sent")
+            .filter(|e| e["local_port"] == port)
+            .collect();
+        assert!(
+            !sent.is_empty(),
+            "no rst_sent from port {port}: {:?}",
+            records.records
+        );
+        sent[0]["reason"]
+            .as_str()
+            .expect("a reason on this kernel")
+            .to_string()
+    };
+    let linger_reason = ours(linger_port);
+    assert_eq!(
+        Some(linger_reason.clone()),
+        raw_reason(&kernel, linger_port),
+        "kernel said:\n{kernel}"
+    );
+    let unread_reason = ours(unread_port);
+    assert_eq!(
+        Some(unread_reason.clone()),
+        raw_reason(&kernel, unread_port),
+        "kernel said:\n{kernel}"
+    );
+    assert_eq!(unread_reason, "TCP_ABORT_ON_CLOSE");
+    assert_ne!(linger_reason, unread_reason);
+}
+
+#[test]
+fn idle_before_reset_matches_the_gap() {
+    require_root();
+    const GAP_MS: u64 = 1500;
+    let ns = Netns::new("idle");
+    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "rst"]);
+    let (mut server, _out, port) =
+        spawn_peer(&ns, &["reset-after", "127.0.0.1:0", &GAP_MS.to_string()]);
+    let client_port = ns.run(|| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        let started = Instant::now();
+        let err = s.read(&mut buf).expect_err("the server resets");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(started.elapsed() >= Duration::from_millis(GAP_MS));
+        s.local_addr().unwrap().port()
+    });
+    server.wait().unwrap();
+    settle();
+    let records = trace.stop();
+    let received: Vec<_> = records
+        .of_kind("rst_received")
+        .filter(|e| e["local_port"] == client_port)
+        .collect();
+    assert_eq!(received.len(), 1, "{:?}", records.records);
+    let idle_ms = received[0]["idle_ns"].as_u64().expect("idle known") as f64 / 1e6;
+    assert!(
+        (idle_ms - GAP_MS as f64).abs() <= 100.0,
+        "idle {idle_ms} ms, gap {GAP_MS} ms"
+    );
+    let age_ms = received[0]["age_ns"].as_u64().expect("age known") as f64 / 1e6;
+    assert!(
+        age_ms >= GAP_MS as f64 && age_ms < GAP_MS as f64 + 1000.0,
+        "age {age_ms} ms"
+    );
+    assert_eq!(owner_pid(received[0]), u64::from(std::process::id()));
+}
+
+#[test]
+fn retransmits_under_loss_are_counted_and_attributed() {
+    require_root();
+    let pair = NetnsPair::new("loss");
+    let trace = Trace::start(&["--netns", &netns_arg(&pair.a), "--events", "retrans"]);
+    let (mut server, _out, port) = spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)]);
+    let rule = ["-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"];
+    let client_port = pair.a.run(|| {
+        let mut s = TcpStream::connect((NetnsPair::B4, port)).unwrap();
+        s.write_all(b"before").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Everything to the server is lost for a while: the client retransmits.
+        let mut add = vec!["iptables", "-A", "INPUT"];
+        add.extend_from_slice(&rule);
+        pair.b.exec(add[0], &add[1..]);
+        s.write_all(b"lost for a while").unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        let mut del = vec!["iptables", "-D", "INPUT"];
+        del.extend_from_slice(&rule);
+        pair.b.exec(del[0], &del[1..]);
+        std::thread::sleep(Duration::from_millis(1000));
+        let local = s.local_addr().unwrap().port();
+        drop(s);
+        local
+    });
+    server.wait().unwrap();
+    settle();
+    let records = trace.stop();
+    let retrans: Vec<_> = records
+        .of_kind("retransmit")
+        .filter(|e| e["local_port"] == client_port)
+        .collect();
+    assert!(
+        retrans.len() >= 2,
+        "expected RTO retransmits, got {:?}",
+        records.records
+    );
+    for event in &retrans {
+        assert_eq!(owner_pid(event), u64::from(std::process::id()));
+        assert_eq!(event["state"], "ESTABLISHED");
+        assert_eq!(event["remote_addr"], NetnsPair::B4);
+    }
+    assert_eq!(
+        records.summary()["by_kind"]["retransmit"].as_u64(),
+        Some(retrans.len() as u64)
+    );
+}
+
+#[test]
+fn failed_connect_to_a_closed_port() {
+    require_root();
+    let ns = Netns::new("refused");
+    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "connect"]);
+    ns.run(|| {
+        let err = TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on 9");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    });
+    settle();
+    let records = trace.stop();
+    let failed: Vec<_> = records.of_kind("connect_failed").collect();
+    assert_eq!(failed.len(), 1, "{:?}", records.records);
+    assert_eq!(failed[0]["remote_port"], 9);
+    assert_eq!(owner_pid(failed[0]), u64::from(std::process::id()));
+    assert_eq!(failed[0]["old_state"], "SYN_SENT");
+    assert_eq!(failed[0]["new_state"], "CLOSE");
+    assert!(failed[0]["connect_ns"].as_u64().is_some());
+}
+
+#[test]
+fn ring_buffer_loss_is_counted_exactly() {
+    require_root();
+    let ns = Netns::new("storm");
+    // 4 KiB holds about 30 records: a connection storm must overflow it.
+    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--ring-kib", "4"]);
+    let made = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = std::thread::spawn(move || {
+            for _ in 0..2000 {
+                let (s, _) = listener.accept().unwrap();
+                drop(s);
+            }
+        });
+        for _ in 0..2000 {
+            let s = TcpStream::connect(addr).unwrap();
+            linger0_close(s);
+        }
+        acceptor.join().unwrap();
+        2000
+    });
+    settle();
+    let records = trace.stop();
+    let summary = records.summary();
+    let received = summary["events_received"].as_u64().unwrap();
+    let produced = summary["events_produced"].as_u64().unwrap();
+    let lost = summary["events_lost"].as_u64().unwrap();
+    assert!(
+        lost > 0,
+        "a 4 KiB ring should overflow under {made} connections"
+    );
+    assert_eq!(
+        received + lost,
+        produced,
+        "received {received} + lost {lost} != produced {produced}"
+    );
+    assert_eq!(records.events().count() as u64, received);
+    let loss_records: u64 = records
+        .records
+        .iter()
+        .filter(|r| r["type"] == "loss")
+        .map(|r| r["lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(loss_records, lost, "loss records add up to the total");
+    // Every connection produced at least its connect and its reset.
+    assert!(produced >= 2 * made);
+}
+
+#[test]
+fn json_piped_to_head_exits_quietly() {
+    require_root();
+    let ns = Netns::new("head");
+    let bin = tests::tcptrace_bin();
+    let script = format!(
+        "{} trace --json --netns {} | head -1",
+        bin.display(),
+        netns_arg(&ns)
+    );
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    ns.run(|| {
+        let _ = TcpStream::connect("127.0.0.1:9");
+    });
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "tcptrace kept running after head exited"
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("error") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn full_disk_is_one_clear_error() {
+    require_root();
+    let ns = Netns::new("full");
+    let child = std::process::Command::new(tests::tcptrace_bin())
+        .args([
+            "trace",
+            "--json",
+            "--output",
+            "/dev/full",
+            "--netns",
+            &netns_arg(&ns),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    ns.run(|| {
+        let _ = TcpStream::connect("127.0.0.1:9");
+    });
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("tcptrace: writing events to /dev/full:")
+            && last.contains("No space left"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn not_root_is_one_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(tests::tcptrace_bin())
+        .args(["trace", "--duration", "1s"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2() {
+    let out = std::process::Command::new(tests::tcptrace_bin())
+        .args(["trace", "--pid", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let _ = sh("true", &[]);
+}
