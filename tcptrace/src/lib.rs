@@ -15,5 +15,6 @@ pub mod kernel;
 pub mod sink;
 pub mod summary;
 pub mod timefmt;
+pub mod top;
 pub mod trace;
 pub mod tracer;

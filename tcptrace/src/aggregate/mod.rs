@@ -273,15 +273,13 @@ impl Aggregate {
         if update.is_empty() {
             return;
         }
-        if let Some(owner) = &ev.owner {
-            if let Some(idle) = update.local_close_idle_ns {
-                let closer = self.closers.entry(&ev.local, || Closer {
-                    pid: owner.pid,
-                    comm: owner.comm.clone(),
-                    idle: Dist::new(Dist::MILLIS),
-                });
-                closer.idle.record(idle);
-            }
+        if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
+            let closer = self.closers.entry(&ev.local, || Closer {
+                pid: owner.pid,
+                comm: owner.comm.clone(),
+                idle: Dist::new(Dist::MILLIS),
+            });
+            closer.idle.record(idle);
         }
         update.apply(&mut self.total);
         let process = self.processes.entry(&pid, Process::default);
@@ -467,11 +465,10 @@ impl Update {
                     }
                     (_, tcp_state::CLOSE) => {
                         let conn = conns.remove(ev.sock);
-                        if let Some(conn) = &conn {
-                            if conn.established_ns != 0 {
-                                u.lifetime_ns =
-                                    Some(ev.mono_ns.saturating_sub(conn.established_ns));
-                            }
+                        if let Some(conn) = &conn
+                            && conn.established_ns != 0
+                        {
+                            u.lifetime_ns = Some(ev.mono_ns.saturating_sub(conn.established_ns));
                         }
                         let abortive = matches!(
                             old,

@@ -528,7 +528,7 @@ fn port_exhaustion(i: &Inputs) -> Outcome {
         .map(|(pid, p)| (pid, p, p.stats.connects))
         .filter(|h| h.2 > 0)
         .collect();
-    hit.sort_by(|a, b| b.2.cmp(&a.2));
+    hit.sort_by_key(|h| std::cmp::Reverse(h.2));
     let client = hit
         .first()
         .map_or_else(|| "clients".into(), |(pid, p, _)| who(*pid, &p.comm));
