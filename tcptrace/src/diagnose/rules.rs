@@ -470,12 +470,12 @@ fn accept_queue(i: &Inputs) -> Outcome {
     f.fix.push(
         "Accept faster: more accept threads / workers, no blocking work before accept().".into(),
     );
-    if let Some(v) = i.host.sysctl_u64("net.ipv4.tcp_max_syn_backlog") {
-        if v < 4096 {
-            f.fix.push(format!(
-                "Raise net.ipv4.tcp_max_syn_backlog (now {v}) to 4096."
-            ));
-        }
+    if let Some(v) = i.host.sysctl_u64("net.ipv4.tcp_max_syn_backlog")
+        && v < 4096
+    {
+        f.fix.push(format!(
+            "Raise net.ipv4.tcp_max_syn_backlog (now {v}) to 4096."
+        ));
     }
     f.affected = affected(&hit, "client");
     Outcome {
