@@ -24,6 +24,10 @@ pub enum Command {
     Tune(TuneArgs),
     /// Generate load on purpose to reproduce a storm.
     Stress(StressArgs),
+    /// Watch for a while, then name the cause of resets/timeouts and the fix.
+    Diagnose(DiagnoseArgs),
+    /// Live per-process / per-peer view of resets, retransmits, connects.
+    Top(TopArgs),
 }
 
 /// Filters shared by every command that traces.
@@ -324,6 +328,45 @@ pub struct Spread {
     pub max: Duration,
 }
 
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the report as one JSON document (schema in docs/diagnose.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh interval (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long; default: until q / Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub rows: u16,
+    /// Without a terminal: print each snapshot as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print periodic plain snapshots even on a terminal (no TUI).
+    #[arg(long)]
+    pub plain: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
 /// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -475,6 +518,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Snapshot(args) => crate::snapshot::run(args).await,
             Command::Tune(args) => crate::tune::run(args).await,
             Command::Stress(args) => crate::stress::run(args).await,
+            Command::Diagnose(args) => crate::diagnose::run(args).await,
+            Command::Top(args) => crate::top::run(args).await,
         }
     })
 }
