@@ -118,7 +118,11 @@ pub struct Tracer {
     names: Names,
     missing: Vec<String>,
     decode_errors: u64,
+    /// Records read off the ring buffer (decoded or not).
+    read: u64,
     attached: Vec<&'static str>,
+    /// Set by `detach`: how long `drain_final` waits for stragglers.
+    final_deadline: Option<std::time::Instant>,
 }
 
 impl Tracer {
@@ -227,7 +231,9 @@ impl Tracer {
             names,
             missing,
             decode_errors: 0,
+            read: 0,
             attached,
+            final_deadline: None,
         })
     }
 
@@ -257,6 +263,7 @@ impl Tracer {
                 self.ring.get_mut(),
                 &self.decoder,
                 &mut self.decode_errors,
+                &mut self.read,
                 out,
             );
             if more || !out.is_empty() {
@@ -278,6 +285,7 @@ impl Tracer {
             self.ring.get_mut(),
             &self.decoder,
             &mut self.decode_errors,
+            &mut self.read,
             out,
         )
     }
@@ -304,8 +312,29 @@ impl Tracer {
         Ok(totals)
     }
 
+    /// After `detach`: appends what is left, in bounded batches. Returns
+    /// true while more may come. A program that was running when it was
+    /// detached may still be committing its record, which the reader sees
+    /// as not ready; so this keeps looking until every event the kernel
+    /// counted as produced was read or counted lost (for at most 1 s).
+    pub async fn drain_final(&mut self, out: &mut Vec<TcpEvent>) -> Result<bool> {
+        if self.drain(out) {
+            return Ok(true);
+        }
+        let counts = self.kernel_counts()?;
+        let settled = self.read + counts.total_lost() >= counts.total_produced();
+        let deadline = *self
+            .final_deadline
+            .get_or_insert_with(|| std::time::Instant::now() + std::time::Duration::from_secs(1));
+        if settled || std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        Ok(true)
+    }
+
     /// Detaches every program; events already in the ring buffer stay
-    /// readable with `drain`.
+    /// readable with `drain` / `drain_final`.
     pub fn detach(&mut self) {
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
@@ -327,12 +356,14 @@ fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
     errors: &mut u64,
+    read: &mut u64,
     out: &mut Vec<TcpEvent>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
             return false;
         };
+        *read += 1;
         match decoder.decode(&item) {
             Ok(event) => out.push(event),
             Err(err) => {
