@@ -54,11 +54,10 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if is_full_tcp_sock(state) {
         idle(cfg, sk, &mut ev);
     }
-    if let Some(info) = owner::sock_info(sk) {
-        ev.owner = info.owner;
-        if info.established_ns != 0 {
-            ev.age_ns = now - info.established_ns;
-        }
+    let info = owner::sock_info(sk);
+    ev.owner = info.owner;
+    if info.established_ns != 0 {
+        ev.age_ns = now - info.established_ns;
     }
     emit::submit(cfg, &ev);
     Some(())
@@ -78,7 +77,7 @@ fn is_full_tcp_sock(state: i32) -> bool {
 /// received (whichever is more recent). Plain sentinels rather than
 /// `Option` pairs: the verifier rejects the code LLVM makes for those.
 #[inline(always)]
-fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
+pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
     let now = unsafe { bpf_jiffies64() } as u32;
     ev.idle_send_jiffies = jiffies_since(sk, cfg.sock.lsndtime, now);
     let data = jiffies_since(sk, cfg.sock.lrcvtime, now);

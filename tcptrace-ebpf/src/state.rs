@@ -3,9 +3,11 @@
 //! transitions (CLOSE->SYN_SENT in connect, ->LISTEN in listen).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{Event, IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{
+    Event, IPPROTO_TCP, SockInfo, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp,
+};
 
-use crate::{emit, owner, read};
+use crate::{emit, owner, read, reset};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -40,9 +42,14 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         dport: ends.dport,
         saddr: ends.saddr,
         daddr: ends.daddr,
+        idle_send_jiffies: UNKNOWN_U32,
+        idle_recv_jiffies: UNKNOWN_U32,
         ..Event::default()
     };
 
+    // Plain values, never `Option<SockInfo>`: an unknown socket reads as
+    // zeros (owner unknown, times unknown). LLVM turns Option copies into
+    // code that reads an undefined register, which the verifier rejects.
     let info = match new {
         tcp_state::SYN_SENT => {
             // Inside connect(): the running task is the owner.
@@ -52,7 +59,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 established_ns: 0,
             };
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::LISTEN => {
             let info = SockInfo {
@@ -61,7 +68,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             };
             owner::remember_listener(netns, ends.sport, &info.owner);
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::SYN_RECV => {
             // A passive child, created in softirq: provisionally owned by
@@ -71,17 +78,13 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 ..SockInfo::default()
             };
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::ESTABLISHED => {
-            let mut info = owner::sock_info(sk);
-            if let Some(info) = info.as_mut() {
-                info.established_ns = now;
-                owner::remember(sk, info);
-                if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
-                    ev.kind = kind::CONNECT;
-                    ev.duration_ns = now - info.syn_sent_ns;
-                }
+            let info = owner::mark_established(sk, now);
+            if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
+                ev.kind = kind::CONNECT;
+                ev.duration_ns = now - info.syn_sent_ns;
             }
             info
         }
@@ -89,21 +92,28 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             let info = owner::sock_info(sk);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
-                if let Some(info) = info.as_ref() {
-                    if info.syn_sent_ns != 0 {
-                        ev.duration_ns = now - info.syn_sent_ns;
-                    }
+                if info.syn_sent_ns != 0 {
+                    ev.duration_ns = now - info.syn_sent_ns;
                 }
             } else if old == tcp_state::LISTEN {
                 owner::forget_listener(netns, ends.sport);
             }
             info
         }
+        tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT if old == tcp_state::ESTABLISHED => {
+            // The first close of an established connection, by us
+            // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
+            // been idle is the closer's idle timeout (keep-alive, LB).
+            reset::idle(cfg, sk, &mut ev);
+            let info = owner::sock_info(sk);
+            if info.established_ns != 0 {
+                ev.age_ns = now - info.established_ns;
+            }
+            info
+        }
         _ => owner::sock_info(sk),
     };
-    if let Some(info) = info {
-        ev.owner = info.owner;
-    }
+    ev.owner = info.owner;
     emit::submit(cfg, &ev);
     Some(())
 }

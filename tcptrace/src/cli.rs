@@ -24,6 +24,10 @@ pub enum Command {
     Tune(TuneArgs),
     /// Generate load on purpose to reproduce a storm.
     Stress(StressArgs),
+    /// Watch for a while, then name the cause of resets/timeouts and the fix.
+    Diagnose(DiagnoseArgs),
+    /// Live per-process / per-peer view of resets, retransmits, connects.
+    Top(TopArgs),
 }
 
 /// Filters shared by every command that traces.
@@ -147,8 +151,12 @@ pub enum TuneProfile {
 }
 
 impl TuneProfile {
-    pub const ALL: [TuneProfile; 4] =
-        [TuneProfile::Default, TuneProfile::LbBackend, TuneProfile::HighChurnClient, TuneProfile::Proxy];
+    pub const ALL: [TuneProfile; 4] = [
+        TuneProfile::Default,
+        TuneProfile::LbBackend,
+        TuneProfile::HighChurnClient,
+        TuneProfile::Proxy,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -167,7 +175,197 @@ pub enum LoadBalancer {
 }
 
 #[derive(Debug, Args)]
-pub struct StressArgs {}
+pub struct StressArgs {
+    #[command(subcommand)]
+    pub mode: StressMode,
+}
+
+/// Load patterns; every client mode stops by itself (count and duration).
+#[derive(Debug, Subcommand)]
+pub enum StressMode {
+    /// Open and close connections as fast as possible (or at --rate).
+    Churn(ChurnArgs),
+    /// Open connections and keep them open; report how many succeeded and
+    /// why the others failed.
+    Hold(HoldArgs),
+    /// Keep-alive client pool with idle gaps between uses: the pattern that
+    /// runs into load-balancer and server idle timeouts.
+    Pool(PoolArgs),
+    /// Connect-time probe: N samples at an interval, p50/p90/p99/max.
+    Latency(LatencyArgs),
+    /// Built-in sink server that can misbehave on purpose.
+    Serve(ServeArgs),
+}
+
+/// What every client mode needs: where, how long, how to report.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Where to connect: HOST:PORT, e.g. 127.0.0.1:8080, [::1]:80, lb.internal:443.
+    pub target: String,
+    /// Stop after this long [default: churn 10s, hold 30s, pool 60s, latency 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Give up on a connect after this long (counted as ETIMEDOUT).
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub connect_timeout: Duration,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Stop after this many connection attempts.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Attempts per second, in total (default: as fast as possible).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Close with SO_LINGER 0, so every close sends an RST.
+    #[arg(long)]
+    pub rst: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Connections to open and keep.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub count: u64,
+    /// Connects in flight at once while opening.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Keep the connections this long after the last connect (default: until --duration).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Pooled connections, each used by one request at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Idle gap between two uses of a connection: a duration (5s) or a
+    /// uniform spread (1s..8s).
+    #[arg(long, default_value = "1s", value_parser = parse_spread)]
+    pub idle: Spread,
+    /// Send HTTP/1.1 keep-alive `GET PATH` (for nginx, HAProxy...) instead of
+    /// the built-in server's one-line request.
+    #[arg(long, value_name = "PATH", value_parser = parse_http_path)]
+    pub http: Option<String>,
+    /// Host header for --http (default: the target's host).
+    #[arg(long, requires = "http")]
+    pub host: Option<String>,
+    /// Give up waiting for a reply after this long (counted as ETIMEDOUT).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub reply_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Number of connects to time.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub samples: u64,
+    /// Time between the starts of two samples.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on: IP:PORT (port 0 picks a free port, printed at start).
+    pub listen: String,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=65535))]
+    pub backlog: u32,
+    /// Wait this long before each accept (a slow server).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "no_accept")]
+    pub accept_delay: Option<Duration>,
+    /// Never accept: connections pile up in the accept queue, then SYNs are dropped.
+    #[arg(long)]
+    pub no_accept: bool,
+    /// Close a connection as soon as data arrives, without reading it (the
+    /// kernel answers with an RST).
+    #[arg(long)]
+    pub close_unread: bool,
+    /// Close a connection that has been idle this long.
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_close: Option<Duration>,
+    /// Close a connection after answering this many requests.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_after: Option<u64>,
+    /// Make the server's own closes abortive (SO_LINGER 0: RST, no FIN).
+    #[arg(long)]
+    pub linger0: bool,
+    /// Stop after this long (also stops on Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub duration: Duration,
+    /// Open connections at most; beyond it the server stops accepting for a while.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: u32,
+    /// Print the final report (printed on exit) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An idle gap: fixed (`min == max`) or drawn uniformly from `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the report as one JSON document (schema in docs/diagnose.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh interval (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long; default: until q / Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub rows: u16,
+    /// Without a terminal: print each snapshot as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print periodic plain snapshots even on a terminal (no TUI).
+    #[arg(long)]
+    pub plain: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
 
 /// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -213,7 +411,9 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.trim().is_empty() && !value.trim().is_empty() => {
             Ok((key.trim().to_string(), value.trim().to_string()))
         }
-        _ => Err(format!("'{text}': expected KEY=VALUE, e.g. net.ipv4.tcp_fin_timeout=20")),
+        _ => Err(format!(
+            "'{text}': expected KEY=VALUE, e.g. net.ipv4.tcp_fin_timeout=20"
+        )),
     }
 }
 
@@ -225,6 +425,34 @@ fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}': an idle timeout is at least 1s"));
     }
     Ok(idle)
+}
+
+/// Parses `5s` (a fixed gap) or `1s..8s` (a uniform spread).
+pub fn parse_spread(text: &str) -> Result<Spread, String> {
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
+        None => {
+            let gap = parse_duration(text)?;
+            (gap, gap)
+        }
+    };
+    if min > max {
+        return Err(format!("'{text}': the spread must go from short to long"));
+    }
+    Ok(Spread { min, max })
+}
+
+fn parse_http_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/')
+        || text
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err(format!(
+            "'{text}': an HTTP path starts with / and has no spaces"
+        ));
+    }
+    Ok(text.to_string())
 }
 
 fn parse_comm(text: &str) -> Result<String, String> {
@@ -274,7 +502,13 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One thread is plenty to read events; a load generator must use every
+    // core to keep up with a blocking connect loop on as many threads.
+    let mut builder = match cli.command {
+        Command::Stress(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
@@ -283,9 +517,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Trace(args) => crate::trace::run(args).await,
             Command::Snapshot(args) => crate::snapshot::run(args).await,
             Command::Tune(args) => crate::tune::run(args).await,
-            Command::Stress(_) => {
-                anyhow::bail!("this command is not built yet")
-            }
+            Command::Stress(args) => crate::stress::run(args).await,
+            Command::Diagnose(args) => crate::diagnose::run(args).await,
+            Command::Top(args) => crate::top::run(args).await,
         }
     })
 }
@@ -352,7 +586,9 @@ mod tests {
             ("net.core.somaxconn".to_string(), "8192".to_string())
         );
         assert_eq!(
-            parse_key_value("net.ipv4.ip_local_port_range=1024 65535").unwrap().1,
+            parse_key_value("net.ipv4.ip_local_port_range=1024 65535")
+                .unwrap()
+                .1,
             "1024 65535"
         );
         assert!(parse_key_value("net.core.somaxconn").is_err());
@@ -366,12 +602,27 @@ mod tests {
     fn tune_flags_that_contradict_are_refused() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["tcptrace", "tune"], args].concat());
         assert!(parse(&["--apply", "--revert"]).is_err());
-        assert!(parse(&["--lb", "haproxy"]).is_err(), "--lb needs --idle-timeout");
+        assert!(
+            parse(&["--lb", "haproxy"]).is_err(),
+            "--lb needs --idle-timeout"
+        );
         assert!(parse(&["--lb", "nginx", "--idle-timeout", "50s"]).is_ok());
         assert!(parse(&["--lb", "nginx", "--idle-timeout", "5s", "--set", "a.b=1"]).is_err());
         assert!(parse(&["--revert", "--profile", "proxy"]).is_err());
-        assert!(parse(&["--profile", "lb-backend", "--set", "net.core.somaxconn=1", "--apply"]).is_ok());
-        assert!(Cli::try_parse_from(["tcptrace", "snapshot", "--count", "2"]).is_err(), "--count needs --watch");
+        assert!(
+            parse(&[
+                "--profile",
+                "lb-backend",
+                "--set",
+                "net.core.somaxconn=1",
+                "--apply"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["tcptrace", "snapshot", "--count", "2"]).is_err(),
+            "--count needs --watch"
+        );
     }
 
     #[test]
@@ -379,6 +630,68 @@ mod tests {
         assert!(parse_ring_kib("4").is_ok());
         assert!(parse_ring_kib("3").is_err());
         assert!(parse_ring_kib("1000").is_err());
+    }
+
+    #[test]
+    fn spreads() {
+        let fixed = parse_spread("5s").unwrap();
+        assert_eq!(
+            (fixed.min, fixed.max),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        let spread = parse_spread("1s..8s").unwrap();
+        assert_eq!(
+            (spread.min, spread.max),
+            (Duration::from_secs(1), Duration::from_secs(8))
+        );
+        assert_eq!(
+            parse_spread("500ms..2").unwrap().max,
+            Duration::from_secs(2)
+        );
+        assert!(parse_spread("8s..1s").is_err());
+        assert!(parse_spread("1s..").is_err());
+        assert!(parse_spread("..1s").is_err());
+        assert!(parse_spread("soon").is_err());
+    }
+
+    #[test]
+    fn http_paths() {
+        assert!(parse_http_path("/").is_ok());
+        assert!(parse_http_path("/health?x=1").is_ok());
+        assert!(parse_http_path("health").is_err());
+        assert!(parse_http_path("/a b").is_err());
+    }
+
+    #[test]
+    fn stress_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["tcptrace", "stress"].iter().chain(args));
+        assert!(parse(&["churn"]).is_err(), "the target is required");
+        assert!(parse(&["churn", "127.0.0.1:80", "--concurrency", "0"]).is_err());
+        assert!(parse(&["churn", "127.0.0.1:80", "--count", "0"]).is_err());
+        assert!(
+            parse(&["pool", "127.0.0.1:80", "--host", "x"]).is_err(),
+            "--host needs --http"
+        );
+        assert!(
+            parse(&[
+                "serve",
+                "127.0.0.1:0",
+                "--no-accept",
+                "--accept-delay",
+                "1s"
+            ])
+            .is_err()
+        );
+        let Command::Stress(StressArgs {
+            mode: StressMode::Pool(pool),
+        }) = parse(&["pool", "lb:80", "--idle", "1s..8s", "--http", "/"])
+            .unwrap()
+            .command
+        else {
+            panic!("pool arguments parse into pool mode");
+        };
+        assert_eq!(pool.idle.max, Duration::from_secs(8));
+        assert_eq!(pool.load.target, "lb:80");
     }
 
     #[test]
