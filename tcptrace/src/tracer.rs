@@ -16,7 +16,7 @@ use crate::{
     decode::Decoder,
     error::{Error, Result},
     event::{EventKind, TcpEvent},
-    kernel::{btf, clock, format::Format, tracefs},
+    kernel::{btf, clock, format::Format, proginfo, tracefs},
 };
 
 /// The compiled kernel programs, embedded in the binary.
@@ -97,6 +97,10 @@ pub struct KernelCounts {
     pub produced: [u64; kind::COUNT as usize],
     /// Events the ring buffer had no room for.
     pub lost: [u64; kind::COUNT as usize],
+    /// Hook invocations the kernel skipped because the same program was
+    /// already running on that CPU (`recursion_misses`): events that were
+    /// never produced. Rare; reported so nothing is lost silently.
+    pub missed_by_kernel: u64,
 }
 
 impl KernelCounts {
@@ -123,6 +127,8 @@ pub struct Tracer {
     attached: Vec<&'static str>,
     /// Set by `detach`: how long `drain_final` waits for stragglers.
     final_deadline: Option<std::time::Instant>,
+    /// `missed_by_kernel` as it was when the programs were unloaded.
+    missed_at_detach: u64,
 }
 
 impl Tracer {
@@ -234,6 +240,7 @@ impl Tracer {
             read: 0,
             attached,
             final_deadline: None,
+            missed_at_detach: 0,
         })
     }
 
@@ -295,7 +302,20 @@ impl Tracer {
         Ok(KernelCounts {
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
+            missed_by_kernel: if self.attached.is_empty() {
+                self.missed_at_detach
+            } else {
+                self.missed_by_kernel()
+            },
         })
+    }
+
+    fn missed_by_kernel(&self) -> u64 {
+        self.attached
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| proginfo::recursion_misses(fd))
+            .sum()
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; kind::COUNT as usize]> {
@@ -336,6 +356,7 @@ impl Tracer {
     /// Detaches every program; events already in the ring buffer stay
     /// readable with `drain` / `drain_final`.
     pub fn detach(&mut self) {
+        self.missed_at_detach = self.missed_by_kernel();
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::TracePoint(p)) => p.unload(),
