@@ -57,11 +57,11 @@ impl Default for Summary {
 impl Summary {
     pub fn add(&mut self, ev: &TcpEvent) {
         self.by_kind[ev.kind as usize] += 1;
-        if ev.kind == EventKind::Connect {
-            if let Some(ns) = ev.connect_ns {
-                self.connect_latency_us
-                    .saturating_record((ns / 1000).max(1));
-            }
+        if ev.kind == EventKind::Connect
+            && let Some(ns) = ev.connect_ns
+        {
+            self.connect_latency_us
+                .saturating_record((ns / 1000).max(1));
         }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {

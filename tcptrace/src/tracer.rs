@@ -314,7 +314,7 @@ impl Tracer {
         self.attached
             .iter()
             .filter_map(|name| self.ebpf.program(name)?.fd().ok())
-            .filter_map(|fd| proginfo::recursion_misses(fd))
+            .filter_map(proginfo::recursion_misses)
             .sum()
     }
 

@@ -61,7 +61,7 @@ fn settle() {
 /// The client (this test process) connects to a server in another
 /// process, then aborts with linger 0: both ends' events, including the
 /// RST the server receives in softirq, must name the right pid.
-fn attribution(listen: &str, connect: &str, expect_family: &str, server_sees: &str) {
+fn attribution(listen: &str, connect: &str, expect_family: &str, _server_sees: &str) {
     require_root();
     let ns = Netns::new("attr");
     let trace = Trace::start(&["--netns", &netns_arg(&ns)]);
