@@ -123,6 +123,10 @@ pub struct LoadArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Trace the kernel during the load (needs root) and add what it saw on
+    /// the target's port to the report: connects, retransmits, resets by reason.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 #[derive(Debug, Args)]

@@ -427,3 +427,75 @@ fn stress_stops_by_itself_at_the_duration() {
     assert!((150..=201).contains(&connected), "{report}");
     assert_eq!(server.stop()["accepted"], connected);
 }
+
+#[test]
+fn stress_trace_reports_what_the_kernel_saw() {
+    require_root();
+    let ns = Netns::new("str");
+    let server = Server::start(&ns, "127.0.0.1:7210", &[]);
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "churn",
+            "127.0.0.1:7210",
+            "--count",
+            "300",
+            "--rst",
+            "--trace",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report["connected"], 300, "{report}");
+    let kernel = &report["kernel"];
+    assert_eq!(kernel["lost"], 0, "{kernel}");
+    // Each connect seen once by the kernel; each linger-0 close is one RST
+    // sent by the client and received by the server, all on this port.
+    assert_eq!(kernel["connects"], 300, "{kernel}");
+    assert_eq!(kernel["connect_failed"], 0, "{kernel}");
+    assert_eq!(kernel["rst_sent"], 300, "{kernel}");
+    assert_eq!(kernel["rst_received"], 300, "{kernel}");
+    let by_reason = kernel["rst_sent_by_reason"].as_object().unwrap();
+    let reasons: u64 = by_reason.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(reasons, 300, "{kernel}");
+    assert_eq!(kernel["connect_us"]["count"], 300, "{kernel}");
+    assert_eq!(server.stop()["accepted"], 300);
+}
+
+#[test]
+fn stress_trace_sees_a_servers_idle_resets() {
+    require_root();
+    let ns = Netns::new("sti");
+    let server = Server::start(
+        &ns,
+        "127.0.0.1:7211",
+        &["--idle-close", "100ms", "--linger0"],
+    );
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "pool",
+            "127.0.0.1:7211",
+            "--connections",
+            "2",
+            "--requests",
+            "6",
+            "--idle",
+            "250ms",
+            "--trace",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let seen = server.stop();
+    let kernel = &report["kernel"];
+    // Every RST on the port is the server's idle close, received by the pool.
+    assert_eq!(kernel["rst_sent"], seen["closed_idle"], "{kernel} {seen}");
+    assert_eq!(
+        kernel["rst_received"], seen["closed_idle"],
+        "{kernel} {seen}"
+    );
+    assert_eq!(
+        report["requests"]["errors"]["ECONNRESET"], seen["closed_idle"],
+        "{report} {seen}"
+    );
+    assert_eq!(kernel["connects"], report["connected"], "{kernel}");
+}

@@ -13,6 +13,7 @@ mod pool;
 pub mod report;
 mod server;
 pub mod target;
+mod traced;
 mod wire;
 
 use std::{
@@ -98,6 +99,9 @@ where
     Fut: Future<Output = anyhow::Result<report::Tally>>,
 {
     let target = target::resolve(&load.target).await?;
+    // Attached before the first connect, so the kernel view misses none.
+    let port = target.addr.port();
+    let watch = load.trace.then(|| traced::Watch::start(port)).transpose()?;
     let start = Instant::now();
     let run = Run {
         deadline: start + load.duration.unwrap_or(mode.default_duration()),
@@ -106,13 +110,12 @@ where
         connect_timeout: load.connect_timeout,
     };
     let tally = work(run).await?;
-    let report = Report::new(
-        mode,
-        &target.text,
-        &target.addr.to_string(),
-        start.elapsed(),
-        &tally,
-    );
+    let elapsed = start.elapsed();
+    let address = target.addr.to_string();
+    let mut report = Report::new(mode, &target.text, &address, elapsed, &tally);
+    if let Some(watch) = watch {
+        report.kernel = Some(watch.finish().await?);
+    }
     let mut out = io::stdout().lock();
     report.write(load.json, &mut out)?;
     out.flush()?;
