@@ -48,8 +48,10 @@ pub mod tcp_state {
     pub const ESTABLISHED: i32 = 1;
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
+    pub const FIN_WAIT1: i32 = 4;
     pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
     pub const LISTEN: i32 = 10;
     pub const NEW_SYN_RECV: i32 = 12;
 }
@@ -296,8 +298,13 @@ pub struct Config {
     /// Local or remote port to keep (0: all).
     pub filter_port: u16,
     pub _pad: u16,
+    /// Wake the reader only once this many bytes wait in the ring buffer
+    /// (0: wake on every event). The reader also drains on a short timer,
+    /// so batching costs a few milliseconds of latency and saves a wakeup
+    /// per event under load.
+    pub wakeup_bytes: u32,
 }
-const _: () = assert!(size_of::<Config>() == 7 * 40 + 16 + 16 + 32);
+const _: () = assert!(size_of::<Config>() == 7 * 40 + 16 + 16 + 36);
 
 /// Map names shared by both sides.
 pub mod map {

@@ -78,7 +78,7 @@ fn is_full_tcp_sock(state: i32) -> bool {
 /// received (whichever is more recent). Plain sentinels rather than
 /// `Option` pairs: the verifier rejects the code LLVM makes for those.
 #[inline(always)]
-fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
+pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
     let now = unsafe { bpf_jiffies64() } as u32;
     ev.idle_send_jiffies = jiffies_since(sk, cfg.sock.lsndtime, now);
     let data = jiffies_since(sk, cfg.sock.lrcvtime, now);

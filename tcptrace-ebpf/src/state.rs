@@ -3,9 +3,11 @@
 //! transitions (CLOSE->SYN_SENT in connect, ->LISTEN in listen).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{Event, IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{
+    Event, IPPROTO_TCP, SockInfo, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp,
+};
 
-use crate::{emit, owner, read};
+use crate::{emit, owner, read, reset};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -40,6 +42,8 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         dport: ends.dport,
         saddr: ends.saddr,
         daddr: ends.daddr,
+        idle_send_jiffies: UNKNOWN_U32,
+        idle_recv_jiffies: UNKNOWN_U32,
         ..Event::default()
     };
 
@@ -96,6 +100,19 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 }
             } else if old == tcp_state::LISTEN {
                 owner::forget_listener(netns, ends.sport);
+            }
+            info
+        }
+        tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT if old == tcp_state::ESTABLISHED => {
+            // The first close of an established connection, by us
+            // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
+            // been idle is the closer's idle timeout (keep-alive, LB).
+            reset::idle(cfg, sk, &mut ev);
+            let info = owner::sock_info(sk);
+            if let Some(info) = info.as_ref() {
+                if info.established_ns != 0 {
+                    ev.age_ns = now - info.established_ns;
+                }
             }
             info
         }

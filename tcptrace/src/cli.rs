@@ -24,6 +24,10 @@ pub enum Command {
     Tune(TuneArgs),
     /// Generate load on purpose to reproduce a storm.
     Stress(StressArgs),
+    /// Watch for a while, then name the cause of resets/timeouts and the fix.
+    Diagnose(DiagnoseArgs),
+    /// Live per-process / per-peer view of resets, retransmits, connects.
+    Top(TopArgs),
 }
 
 /// Filters shared by every command that traces.
@@ -81,10 +85,94 @@ pub struct TraceArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SnapshotArgs {}
+pub struct SnapshotArgs {
+    /// Print JSON (with --watch, one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat every INTERVAL (e.g. 5s) with changes since the previous
+    /// report: socket states and kernel counters. Until Ctrl-C.
+    #[arg(long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub watch: Option<Duration>,
+    /// With --watch, stop after this many reports.
+    #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Look inside this network namespace: a name under /run/netns or a
+    /// path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Rows in each ranked table (processes, ports, peers, connections).
+    #[arg(long, default_value_t = 10, value_parser = parse_top)]
+    pub top: usize,
+    /// Flag a destination once it holds this percentage of the ephemeral
+    /// port range (net.ipv4.ip_local_port_range).
+    #[arg(long, default_value_t = 50, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub ephemeral_warn: u8,
+}
 
 #[derive(Debug, Args)]
-pub struct TuneArgs {}
+pub struct TuneArgs {
+    /// The workload to tune for (default: default; with --lb: proxy).
+    #[arg(long, value_enum)]
+    pub profile: Option<TuneProfile>,
+    /// Use this value instead of the profile's (repeatable), e.g.
+    /// --set net.ipv4.tcp_fin_timeout=20.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// Write the drop-in file and apply the values (all or nothing); the
+    /// values replaced are saved next to it as FILE.before.
+    #[arg(long, conflicts_with_all = ["revert", "lb"])]
+    pub apply: bool,
+    /// Restore the values saved by --apply and remove the drop-in file.
+    #[arg(long, conflicts_with_all = ["profile", "set", "lb", "idle_timeout"])]
+    pub revert: bool,
+    /// The sysctl.d drop-in file --apply writes and --revert removes.
+    #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
+    pub file: PathBuf,
+    /// Print a load-balancer config consistent with the profile.
+    #[arg(long, value_enum, requires = "idle_timeout")]
+    pub lb: Option<LoadBalancer>,
+    /// The idle timeout of the load balancer or middlebox in front
+    /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
+    #[arg(long, value_parser = parse_idle_timeout, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TuneProfile {
+    /// General-purpose host: the kernel defaults that cause incidents fixed.
+    Default,
+    /// A server behind a load balancer: deep accept queues, short keepalive.
+    LbBackend,
+    /// Many short outbound connections: wide port range, TIME_WAIT reuse.
+    HighChurnClient,
+    /// The load balancer or proxy itself: both of the above, bigger buffers.
+    Proxy,
+}
+
+impl TuneProfile {
+    pub const ALL: [TuneProfile; 4] = [
+        TuneProfile::Default,
+        TuneProfile::LbBackend,
+        TuneProfile::HighChurnClient,
+        TuneProfile::Proxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TuneProfile::Default => "default",
+            TuneProfile::LbBackend => "lb-backend",
+            TuneProfile::HighChurnClient => "high-churn-client",
+            TuneProfile::Proxy => "proxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadBalancer {
+    Haproxy,
+    Nginx,
+}
 
 #[derive(Debug, Args)]
 pub struct StressArgs {
@@ -244,6 +332,45 @@ pub struct Spread {
     pub max: Duration,
 }
 
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print the report as one JSON document (schema in docs/diagnose.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh interval (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long; default: until q / Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Rows per table.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub rows: u16,
+    /// Without a terminal: print each snapshot as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print periodic plain snapshots even on a terminal (no TUI).
+    #[arg(long)]
+    pub plain: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
 /// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -272,6 +399,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(top @ 1..=10_000) => Ok(top),
+        _ => Err(format!("'{text}': give a number of rows from 1 to 10000")),
+    }
+}
+
+/// `KEY=VALUE`; the key and value are checked by `tune` against the
+/// running kernel, with errors that name the key.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!(
+            "'{text}': expected KEY=VALUE, e.g. net.ipv4.tcp_fin_timeout=20"
+        )),
+    }
+}
+
+/// TCP keepalive counts whole seconds, so an idle timeout under 1 s
+/// cannot be honoured.
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let idle = parse_duration(text)?;
+    if idle < Duration::from_secs(1) {
+        return Err(format!("'{text}': an idle timeout is at least 1s"));
+    }
+    Ok(idle)
 }
 
 /// Parses `5s` (a fixed gap) or `1s..8s` (a uniform spread).
@@ -362,10 +519,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match cli.command {
             Command::Trace(args) => crate::trace::run(args).await,
+            Command::Snapshot(args) => crate::snapshot::run(args).await,
+            Command::Tune(args) => crate::tune::run(args).await,
             Command::Stress(args) => crate::stress::run(args).await,
-            Command::Snapshot(_) | Command::Tune(_) => {
-                anyhow::bail!("this command is not built yet")
-            }
+            Command::Diagnose(args) => crate::diagnose::run(args).await,
+            Command::Top(args) => crate::top::run(args).await,
         }
     })
 }
@@ -423,6 +581,51 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn key_values_and_idle_timeouts() {
+        assert_eq!(
+            parse_key_value(" net.core.somaxconn = 8192 ").unwrap(),
+            ("net.core.somaxconn".to_string(), "8192".to_string())
+        );
+        assert_eq!(
+            parse_key_value("net.ipv4.ip_local_port_range=1024 65535")
+                .unwrap()
+                .1,
+            "1024 65535"
+        );
+        assert!(parse_key_value("net.core.somaxconn").is_err());
+        assert!(parse_key_value("=5").is_err());
+        assert!(parse_key_value("net.core.somaxconn=").is_err());
+        assert_eq!(parse_idle_timeout("60s").unwrap(), Duration::from_secs(60));
+        assert!(parse_idle_timeout("500ms").is_err());
+    }
+
+    #[test]
+    fn tune_flags_that_contradict_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tcptrace", "tune"], args].concat());
+        assert!(parse(&["--apply", "--revert"]).is_err());
+        assert!(
+            parse(&["--lb", "haproxy"]).is_err(),
+            "--lb needs --idle-timeout"
+        );
+        assert!(parse(&["--lb", "nginx", "--idle-timeout", "50s"]).is_ok());
+        assert!(parse(&["--revert", "--profile", "proxy"]).is_err());
+        assert!(
+            parse(&[
+                "--profile",
+                "lb-backend",
+                "--set",
+                "net.core.somaxconn=1",
+                "--apply"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["tcptrace", "snapshot", "--count", "2"]).is_err(),
+            "--count needs --watch"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32};
 
-use crate::event::{EventKind, Owner, TcpEvent};
+use crate::event::{Comm, EventKind, Owner, TcpEvent};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -63,6 +63,8 @@ impl Decoder {
                 .and(self.ns_per_jiffy)
                 .map(|ns| u64::from(j) * ns)
         };
+        // Resets, and the first close of an established connection.
+        let has_idle = kind.is_rst() || kind == EventKind::State;
         Ok(TcpEvent {
             mono_ns: raw.ts_ns,
             kind,
@@ -78,13 +80,13 @@ impl Decoder {
             connect_ns: matches!(kind, EventKind::Connect | EventKind::ConnectFailed)
                 .then_some(raw.duration_ns)
                 .filter(|ns| *ns != 0),
-            age_ns: (kind.is_rst() && raw.age_ns != 0).then_some(raw.age_ns),
-            idle_send_ns: if kind.is_rst() {
+            age_ns: (has_idle && raw.age_ns != 0).then_some(raw.age_ns),
+            idle_send_ns: if has_idle {
                 jiffies(raw.idle_send_jiffies)
             } else {
                 None
             },
-            idle_recv_ns: if kind.is_rst() {
+            idle_recv_ns: if has_idle {
                 jiffies(raw.idle_recv_jiffies)
             } else {
                 None
@@ -102,15 +104,10 @@ fn owner(raw: &tcptrace_common::Owner) -> Option<Owner> {
     if raw.tgid == 0 {
         return None;
     }
-    let len = raw
-        .comm
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(raw.comm.len());
     Some(Owner {
         pid: raw.tgid,
         tid: raw.pid,
-        comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+        comm: Comm::new(&raw.comm),
         cgroup_id: raw.cgroup_id,
     })
 }
@@ -226,5 +223,19 @@ mod tests {
         assert_eq!(ev.connect_ns, Some(50_000_000));
         assert_eq!(ev.state, None);
         assert_eq!(ev.idle_ns(), None);
+    }
+
+    #[test]
+    fn idle_at_first_close() {
+        let mut raw = rst(kind::STATE);
+        raw.old_state = 1;
+        raw.new_state = 8; // CLOSE_WAIT: the peer closed
+        raw.idle_send_jiffies = 500;
+        raw.idle_recv_jiffies = 1;
+        raw.age_ns = 3_000_000_000;
+        let ev = Decoder::new(Some(250)).decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.transition, Some((1, 8)));
+        assert_eq!(ev.idle_send_ns, Some(2_000_000_000));
+        assert_eq!(ev.age_ns, Some(3_000_000_000));
     }
 }

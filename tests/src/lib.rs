@@ -7,7 +7,9 @@
 //! 2001:db8::/32, which never leave this machine.
 
 pub mod delay;
+pub mod host;
 pub mod netns;
+pub mod sockets;
 pub mod trace;
 
 pub use netns::{Netns, NetnsPair};

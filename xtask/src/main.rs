@@ -34,7 +34,8 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
-    /// Benchmarks (as root): figures for BENCHMARKS.md.
+    /// Benchmarks (as root): tcptrace against a baseline in the same run;
+    /// figures for BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
         what: bench::Bench,
@@ -75,7 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             test::run(&env, filter.as_deref())
         }
         Task::Bench { what } => {
-            let env = setup::ensure(setup::Need::Build)?;
+            let env = setup::ensure(setup::Need::Bench)?;
             bench::run(&env, what)
         }
     }

@@ -64,10 +64,17 @@ impl KernelView {
             EventKind::SynAckRetransmit => self.synack_retransmits += 1,
             EventKind::RstSent => {
                 self.rst_sent += 1;
-                let reason = ev
-                    .rst_reason
-                    .map_or_else(|| "UNKNOWN".to_string(), |r| names.reason(r));
-                *self.rst_sent_by_reason.entry(reason).or_default() += 1;
+                let reason = match ev.rst_reason {
+                    Some(reason) => names.reason(reason),
+                    None => "UNKNOWN".into(),
+                };
+                // Look up by &str first: no allocation per reset once seen.
+                match self.rst_sent_by_reason.get_mut(&*reason) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.rst_sent_by_reason.insert(reason.into_owned(), 1);
+                    }
+                }
             }
             EventKind::RstReceived => self.rst_received += 1,
             EventKind::State => {}

@@ -1,5 +1,5 @@
-//! `cargo xtask bench WHAT`: benchmarks (not tests). Each prints its
-//! figures and the command that reproduced them, for BENCHMARKS.md.
+//! `cargo xtask bench stress`: churn rate of `tcptrace stress churn`
+//! against a blocking std connect/close loop with as many threads.
 
 use std::{
     path::{Path, PathBuf},
@@ -8,37 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Subcommand;
 
 use crate::{cargo, setup::BuildEnv, target_dir};
-
-#[derive(Subcommand)]
-pub enum Bench {
-    /// Churn rate of `tcptrace stress churn` against a blocking std
-    /// connect/close loop with as many threads, on loopback in a netns.
-    Stress {
-        /// Connections in flight: tcptrace's --concurrency and the
-        /// baseline's thread count.
-        #[arg(long, default_value_t = 4)]
-        concurrency: u32,
-        /// Length of each run, in seconds.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// A/B rounds (the order alternates); the medians are reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-    },
-}
-
-pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
-    match what {
-        Bench::Stress {
-            concurrency,
-            seconds,
-            rounds,
-        } => stress(env, concurrency, seconds, rounds),
-    }
-}
 
 /// A namespace of our own for the benchmark, deleted on drop.
 struct Netns(String);
@@ -117,7 +88,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result<()> {
+pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result<()> {
     cargo(env, &["build", "--release", "--package", "tcptrace"])?;
     cargo(
         env,

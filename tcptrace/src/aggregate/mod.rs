@@ -1,0 +1,584 @@
+//! Events -> per-process and per-peer statistics, bounded in memory.
+//!
+//! `top` shows these live and `diagnose` hands them to its rules. Each
+//! group keeps RSTs sent by reason and received by state, retransmits by
+//! state (SYN apart), connects and failures, and distributions of connect
+//! latency, idle-before-reset, age-at-reset and lifetimes. Groups live in
+//! `TopN` maps and per-connection memory in a two-generation table, so a
+//! day-long run or a port scan cannot grow either without limit.
+
+mod conns;
+mod dist;
+mod topn;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+use tcptrace_common::tcp_state;
+
+use self::conns::{ConnTable, PendingClose};
+pub use self::{
+    dist::{Dist, Percentiles},
+    topn::{TopN, Weight},
+};
+use crate::{
+    event::{EventKind, TcpEvent},
+    tracer::Names,
+};
+
+/// Processes kept (the heaviest by incidents, then activity).
+pub const MAX_PROCESSES: usize = 128;
+/// Remote endpoints kept.
+pub const MAX_PEERS: usize = 256;
+/// Remote endpoints remembered per process, processes per endpoint.
+const MAX_RELATED: usize = 8;
+/// Connections whose closes by idle time are kept, by local endpoint.
+const MAX_CLOSERS: usize = 64;
+/// A received RST after this long without receiving anything counts as a
+/// reset on reuse after an idle gap (a middlebox forgot the flow).
+pub const QUIET_GAP_NS: u64 = 1_000_000_000;
+/// An abortive close is silent (a timeout) unless an RST for the same
+/// socket shows up within this window (linger-0 sends it just after).
+const CLOSE_SETTLE_NS: u64 = 100_000_000;
+
+/// Connect outcomes, resets, retransmits and timing of one group.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub connects: u64,
+    pub connect_failed: u64,
+    /// Failed connects answered by an RST (nothing listening).
+    pub refused: u64,
+    pub connect_latency: Dist,
+    /// By reason name (`UNKNOWN` on kernels without reasons).
+    pub rst_sent: BTreeMap<String, u64>,
+    /// By the socket's state when the RST arrived.
+    pub rst_received: BTreeMap<String, u64>,
+    /// Data retransmits by state; SYNs are counted apart.
+    pub retransmits: BTreeMap<String, u64>,
+    pub syn_retransmits: u64,
+    pub synack_retransmits: u64,
+    /// Time without receiving anything before an RST arrived: the
+    /// connection's idle gap (the send that provoked the RST is ~0).
+    pub idle_before_rst: Dist,
+    /// The same for the resets after a quiet gap (>= `QUIET_GAP_NS`).
+    pub quiet_gap_idle: Dist,
+    pub age_at_rst: Dist,
+    /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
+    /// something in between had forgotten, no FIN seen.
+    pub rst_after_quiet_gap: u64,
+    /// RSTs received in CLOSE_WAIT: the peer had closed (FIN), the
+    /// application still sent on the connection.
+    pub rst_after_peer_close: u64,
+    /// Time from the peer's FIN to that RST: how long the pool kept
+    /// using a connection the peer had already closed.
+    pub reuse_after_peer_close: Dist,
+    /// How long connections had been idle when the peer closed them
+    /// (ESTABLISHED -> CLOSE_WAIT): the peer's idle/keep-alive timeout.
+    pub peer_close_idle: Dist,
+    /// Same when this side closed first (ESTABLISHED -> FIN_WAIT1).
+    pub local_close_idle: Dist,
+    /// Active closes: each leaves a TIME_WAIT on this side.
+    pub active_closes: u64,
+    /// Connections that died after retransmitting with no RST either way:
+    /// retransmission (or user) timeout.
+    pub timeout_aborts: u64,
+    /// First retransmit to abort, for those.
+    pub retransmitting_for: Dist,
+    pub lifetimes: Dist,
+    /// Remote endpoints (for a process) or processes (for an endpoint)
+    /// involved in incidents and connects.
+    pub related: TopN<Related, u64>,
+}
+
+/// The other side of a group, for "who is affected".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(untagged)]
+pub enum Related {
+    Peer(SocketAddr),
+    Process(u32),
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            connects: 0,
+            connect_failed: 0,
+            refused: 0,
+            connect_latency: Dist::new(Dist::MICROS),
+            rst_sent: BTreeMap::new(),
+            rst_received: BTreeMap::new(),
+            retransmits: BTreeMap::new(),
+            syn_retransmits: 0,
+            synack_retransmits: 0,
+            idle_before_rst: Dist::new(Dist::MILLIS),
+            quiet_gap_idle: Dist::new(Dist::MILLIS),
+            age_at_rst: Dist::new(Dist::MILLIS),
+            rst_after_quiet_gap: 0,
+            rst_after_peer_close: 0,
+            reuse_after_peer_close: Dist::new(Dist::MILLIS),
+            peer_close_idle: Dist::new(Dist::MILLIS),
+            local_close_idle: Dist::new(Dist::MILLIS),
+            active_closes: 0,
+            timeout_aborts: 0,
+            retransmitting_for: Dist::new(Dist::MILLIS),
+            lifetimes: Dist::new(Dist::MILLIS),
+            related: TopN::new(MAX_RELATED),
+        }
+    }
+}
+
+impl Stats {
+    pub fn rst_sent_total(&self) -> u64 {
+        self.rst_sent.values().sum()
+    }
+    pub fn rst_received_total(&self) -> u64 {
+        self.rst_received.values().sum()
+    }
+    pub fn retransmits_total(&self) -> u64 {
+        self.retransmits.values().sum()
+    }
+    pub fn rst_sent_with(&self, reason: &str) -> u64 {
+        self.rst_sent.get(reason).copied().unwrap_or(0)
+    }
+    pub fn rst_received_in(&self, state: &str) -> u64 {
+        self.rst_received.get(state).copied().unwrap_or(0)
+    }
+
+    /// Things that went wrong: what ranks groups in `top` and reports.
+    pub fn incidents(&self) -> u64 {
+        self.rst_sent_total()
+            + self.rst_received_total()
+            + self.retransmits_total()
+            + self.syn_retransmits
+            + self.synack_retransmits
+            + self.connect_failed
+            + self.timeout_aborts
+    }
+}
+
+impl Weight for Stats {
+    fn weight(&self) -> u64 {
+        // Incidents dominate; activity breaks ties so a busy healthy
+        // process outlives a one-off.
+        self.incidents() * 64 + self.connects + self.active_closes
+    }
+}
+
+impl Weight for u64 {
+    fn weight(&self) -> u64 {
+        *self
+    }
+}
+
+/// A process as the kernel attributed its sockets. pid 0: no owner known
+/// (the kernel answered for no socket, or the socket predates the trace).
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub stats: Stats,
+}
+
+impl Weight for Process {
+    fn weight(&self) -> u64 {
+        self.stats.weight()
+    }
+}
+
+/// Connections a local process closed after they had been idle, by the
+/// local endpoint they were accepted on: who closes idle connections.
+#[derive(Debug, Clone)]
+pub struct Closer {
+    pub pid: u32,
+    pub comm: String,
+    pub idle: Dist,
+}
+
+impl Weight for Closer {
+    fn weight(&self) -> u64 {
+        self.idle.count()
+    }
+}
+
+pub struct Aggregate {
+    names: Names,
+    pub total: Stats,
+    pub processes: TopN<u32, Process>,
+    pub peers: TopN<SocketAddr, Stats>,
+    pub closers: TopN<SocketAddr, Closer>,
+    conns: ConnTable,
+    pending: Vec<PendingClose>,
+    pub events: u64,
+    pub first_ns: Option<u64>,
+    pub last_ns: u64,
+}
+
+impl Aggregate {
+    pub fn new(names: Names) -> Aggregate {
+        Aggregate {
+            names,
+            total: Stats::default(),
+            processes: TopN::new(MAX_PROCESSES),
+            peers: TopN::new(MAX_PEERS),
+            closers: TopN::new(MAX_CLOSERS),
+            conns: ConnTable::default(),
+            pending: Vec::new(),
+            events: 0,
+            first_ns: None,
+            last_ns: 0,
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// Processes by incidents, heaviest first; ties by pid.
+    pub fn ranked_processes(&self) -> Vec<(u32, &Process)> {
+        let mut all: Vec<_> = self.processes.iter().map(|(p, v)| (*p, v)).collect();
+        all.sort_by(|a, b| {
+            (b.1.stats.incidents(), b.1.stats.weight(), a.0).cmp(&(
+                a.1.stats.incidents(),
+                a.1.stats.weight(),
+                b.0,
+            ))
+        });
+        all
+    }
+
+    pub fn ranked_peers(&self) -> Vec<(SocketAddr, &Stats)> {
+        let mut all: Vec<_> = self.peers.iter().map(|(p, v)| (*p, v)).collect();
+        all.sort_by(|a, b| {
+            (b.1.incidents(), b.1.weight(), a.0).cmp(&(a.1.incidents(), a.1.weight(), b.0))
+        });
+        all
+    }
+
+    pub fn add(&mut self, ev: &TcpEvent) {
+        self.events += 1;
+        self.first_ns.get_or_insert(ev.mono_ns);
+        self.last_ns = self.last_ns.max(ev.mono_ns);
+        self.settle(ev.mono_ns, false);
+
+        let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
+        let peer = peer_key(ev);
+        let update = Update::from_event(ev, &self.names, &mut self.conns, &mut self.pending);
+        if update.is_empty() {
+            return;
+        }
+        if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
+            let closer = self.closers.entry(&ev.local, || Closer {
+                pid: owner.pid,
+                comm: owner.comm.to_string(),
+                idle: Dist::new(Dist::MILLIS),
+            });
+            closer.idle.record(idle);
+        }
+        update.apply(&mut self.total);
+        let process = self.processes.entry(&pid, Process::default);
+        if let Some(owner) = &ev.owner {
+            if process.comm != *owner.comm {
+                process.comm = owner.comm.to_string();
+            }
+            process.cgroup_id = owner.cgroup_id;
+        } else if process.comm.is_empty() {
+            process.comm = "?".into();
+        }
+        update.apply(&mut process.stats);
+        if update.incident || update.connect_ns.is_some() {
+            *process.stats.related.entry(&Related::Peer(peer), || 0) += 1;
+        }
+        let peer_stats = self.peers.entry(&peer, Stats::default);
+        update.apply(peer_stats);
+        if update.incident || update.connect_ns.is_some() {
+            *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
+        }
+    }
+
+    /// Decides the abortive closes still waiting for a possible RST; call
+    /// once the run is over.
+    pub fn finish(&mut self) {
+        self.settle(u64::MAX, true);
+    }
+
+    /// Abortive closes with no RST within the window are timeouts (when
+    /// the connection had been retransmitting).
+    fn settle(&mut self, now_ns: u64, all: bool) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| all || p.closed_ns.saturating_add(CLOSE_SETTLE_NS) < now_ns);
+        self.pending = keep;
+        for close in due {
+            if close.retransmits == 0 {
+                continue;
+            }
+            let apply = |s: &mut Stats| {
+                s.timeout_aborts += 1;
+                s.retransmitting_for
+                    .record(close.closed_ns.saturating_sub(close.first_retransmit_ns));
+            };
+            apply(&mut self.total);
+            let process = self.processes.entry(&close.pid, Process::default);
+            if process.comm.is_empty() {
+                process.comm.clone_from(&close.comm);
+            }
+            apply(&mut process.stats);
+            *process
+                .stats
+                .related
+                .entry(&Related::Peer(close.peer), || 0) += 1;
+            let peer = self.peers.entry(&close.peer, Stats::default);
+            apply(peer);
+            *peer.related.entry(&Related::Process(close.pid), || 0) += 1;
+        }
+    }
+}
+
+/// What one event changes, computed once and applied to the total, the
+/// process and the peer alike.
+#[derive(Debug, Default)]
+struct Update {
+    connect_ns: Option<u64>,
+    connect_failed: bool,
+    refused: bool,
+    rst_sent_reason: Option<String>,
+    rst_received_state: Option<String>,
+    retransmit_state: Option<String>,
+    syn_retransmit: bool,
+    synack_retransmit: bool,
+    idle_before_rst_ns: Option<u64>,
+    age_at_rst_ns: Option<u64>,
+    quiet_gap_rst: bool,
+    peer_close_rst_after_ns: Option<u64>,
+    peer_close_rst: bool,
+    peer_close_idle_ns: Option<u64>,
+    local_close_idle_ns: Option<u64>,
+    active_close: bool,
+    lifetime_ns: Option<u64>,
+    incident: bool,
+    changed: bool,
+}
+
+impl Update {
+    fn from_event(
+        ev: &TcpEvent,
+        names: &Names,
+        conns: &mut ConnTable,
+        pending: &mut Vec<PendingClose>,
+    ) -> Update {
+        let mut u = Update {
+            changed: true,
+            ..Update::default()
+        };
+        let state = |s: u8| names.state(s).to_string();
+        match ev.kind {
+            EventKind::Connect => {
+                u.connect_ns = Some(ev.connect_ns.unwrap_or(0));
+                conns.get_or_insert(ev.sock).established_ns = ev.mono_ns;
+            }
+            EventKind::ConnectFailed => {
+                u.connect_failed = true;
+                u.incident = true;
+                conns.remove(ev.sock);
+            }
+            EventKind::Retransmit => {
+                u.incident = true;
+                let st = ev.state.unwrap_or(0);
+                if i32::from(st) == tcp_state::SYN_SENT {
+                    u.syn_retransmit = true;
+                } else {
+                    u.retransmit_state = Some(state(st));
+                    let conn = conns.get_or_insert(ev.sock);
+                    if conn.retransmits == 0 {
+                        conn.first_retransmit_ns = ev.mono_ns;
+                    }
+                    conn.retransmits += 1;
+                }
+            }
+            EventKind::SynAckRetransmit => {
+                u.incident = true;
+                u.synack_retransmit = true;
+            }
+            EventKind::RstSent => {
+                u.incident = true;
+                u.rst_sent_reason = Some(
+                    ev.rst_reason
+                        .map_or_else(|| "UNKNOWN".to_string(), |r| names.reason(r).into_owned()),
+                );
+                u.age_at_rst_ns = ev.age_ns;
+                // The RST explains an abortive close just before it.
+                pending.retain(|p| p.sock != ev.sock || ev.sock == 0);
+                if ev.sock != 0 {
+                    conns.get_or_insert(ev.sock).reset = true;
+                }
+            }
+            EventKind::RstReceived => {
+                u.incident = true;
+                let st = ev.state.unwrap_or(0);
+                u.rst_received_state = Some(state(st));
+                u.age_at_rst_ns = ev.age_ns;
+                let conn = conns.get_or_insert(ev.sock);
+                conn.reset = true;
+                match i32::from(st) {
+                    tcp_state::SYN_SENT => u.refused = true,
+                    tcp_state::ESTABLISHED => {
+                        // Only here is "idle" the connection's idle gap;
+                        // in SYN_SENT nothing was ever received.
+                        u.idle_before_rst_ns = ev.idle_recv_ns;
+                        u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                    }
+                    tcp_state::CLOSE_WAIT => {
+                        u.peer_close_rst = true;
+                        u.peer_close_rst_after_ns = conn
+                            .peer_closed_ns
+                            .map(|fin| ev.mono_ns.saturating_sub(fin));
+                    }
+                    _ => {}
+                }
+            }
+            EventKind::State => {
+                let Some((old, new)) = ev.transition else {
+                    return Update::default();
+                };
+                let (old, new) = (i32::from(old), i32::from(new));
+                match (old, new) {
+                    (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
+                        conns.get_or_insert(ev.sock).established_ns = ev.mono_ns;
+                    }
+                    (tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT) => {
+                        // Our last send is when the connection went idle
+                        // (the peer's FIN just updated the receive side).
+                        u.peer_close_idle_ns = ev.idle_send_ns;
+                        conns.get_or_insert(ev.sock).peer_closed_ns = Some(ev.mono_ns);
+                    }
+                    (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1) => {
+                        u.active_close = true;
+                        u.local_close_idle_ns = ev.idle_ns();
+                    }
+                    (_, tcp_state::CLOSE) => {
+                        let conn = conns.remove(ev.sock);
+                        if let Some(conn) = &conn
+                            && conn.established_ns != 0
+                        {
+                            u.lifetime_ns = Some(ev.mono_ns.saturating_sub(conn.established_ns));
+                        }
+                        let abortive = matches!(
+                            old,
+                            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1
+                        );
+                        let conn = conn.unwrap_or_default();
+                        if abortive && !conn.reset && pending.len() < MAX_PENDING {
+                            let owner = ev.owner.as_ref();
+                            pending.push(PendingClose {
+                                sock: ev.sock,
+                                closed_ns: ev.mono_ns,
+                                pid: owner.map_or(0, |o| o.pid),
+                                comm: owner.map_or_else(|| "?".into(), |o| o.comm.to_string()),
+                                peer: peer_key(ev),
+                                retransmits: conn.retransmits,
+                                first_retransmit_ns: conn.first_retransmit_ns,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                if u.lifetime_ns.is_none() && !u.active_close && u.peer_close_idle_ns.is_none() {
+                    u.changed = false;
+                }
+            }
+        }
+        u
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.changed
+    }
+
+    fn apply(&self, s: &mut Stats) {
+        if let Some(ns) = self.connect_ns {
+            s.connects += 1;
+            if ns > 0 {
+                s.connect_latency.record(ns);
+            }
+        }
+        if self.connect_failed {
+            s.connect_failed += 1;
+        }
+        if self.refused {
+            s.refused += 1;
+        }
+        if let Some(reason) = &self.rst_sent_reason {
+            *s.rst_sent.entry(reason.clone()).or_default() += 1;
+        }
+        if let Some(state) = &self.rst_received_state {
+            *s.rst_received.entry(state.clone()).or_default() += 1;
+        }
+        if let Some(state) = &self.retransmit_state {
+            *s.retransmits.entry(state.clone()).or_default() += 1;
+        }
+        s.syn_retransmits += u64::from(self.syn_retransmit);
+        s.synack_retransmits += u64::from(self.synack_retransmit);
+        if let Some(ns) = self.idle_before_rst_ns {
+            s.idle_before_rst.record(ns);
+            if self.quiet_gap_rst {
+                s.quiet_gap_idle.record(ns);
+            }
+        }
+        if let Some(ns) = self.age_at_rst_ns {
+            s.age_at_rst.record(ns);
+        }
+        s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
+        s.rst_after_peer_close += u64::from(self.peer_close_rst);
+        if let Some(ns) = self.peer_close_rst_after_ns {
+            s.reuse_after_peer_close.record(ns);
+        }
+        if let Some(ns) = self.peer_close_idle_ns {
+            s.peer_close_idle.record(ns);
+        }
+        if let Some(ns) = self.local_close_idle_ns {
+            s.local_close_idle.record(ns);
+        }
+        s.active_closes += u64::from(self.active_close);
+        if let Some(ns) = self.lifetime_ns {
+            s.lifetimes.record(ns);
+        }
+    }
+}
+
+/// Abortive closes waiting for their RST; beyond this they are dropped
+/// (a storm of aborts is visible through its RSTs anyway).
+const MAX_PENDING: usize = 65_536;
+
+/// The remote endpoint a group is keyed by. For a connection accepted
+/// from a client, the client's ephemeral port would make every
+/// connection its own endpoint: key those by address alone (port 0).
+pub fn peer_key(ev: &TcpEvent) -> SocketAddr {
+    let remote = SocketAddr::new(ev.remote_ip(), ev.remote.port());
+    let passive = ev.local.port() < 32_768 && remote.port() >= 32_768;
+    if passive {
+        SocketAddr::new(remote.ip(), 0)
+    } else {
+        remote
+    }
+}
+
+/// Is `ip` the same host in both notations (v4-mapped v6 or not)?
+pub fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+#[cfg(test)]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;

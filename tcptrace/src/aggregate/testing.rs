@@ -1,0 +1,169 @@
+//! Synthesized event streams for unit tests of the aggregator and the
+//! diagnosis rules: what the tracer emits, without a kernel.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use crate::{
+    event::{EventKind, Owner, TcpEvent},
+    tracer::Names,
+};
+
+pub const STATES: [&str; 13] = [
+    "",
+    "TCP_ESTABLISHED",
+    "TCP_SYN_SENT",
+    "TCP_SYN_RECV",
+    "TCP_FIN_WAIT1",
+    "TCP_FIN_WAIT2",
+    "TCP_TIME_WAIT",
+    "TCP_CLOSE",
+    "TCP_CLOSE_WAIT",
+    "TCP_LAST_ACK",
+    "TCP_LISTEN",
+    "TCP_CLOSING",
+    "TCP_NEW_SYN_RECV",
+];
+
+/// `enum sk_rst_reason` as Linux 6.12+ numbers it.
+pub const REASONS: [&str; 17] = [
+    "NOT_SPECIFIED",
+    "NO_SOCKET",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RFC7323_PAWS",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS",
+    "TCP_OLD_ACK",
+    "TCP_ABORT_ON_DATA",
+    "TCP_TIMEWAIT_SOCKET",
+    "INVALID_SYN",
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_MEMORY",
+    "TCP_STATE",
+    "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA",
+];
+
+pub fn names() -> Names {
+    let states: BTreeMap<u32, String> = STATES
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, s)| (i as u32, s.to_string()))
+        .collect();
+    let reasons = REASONS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u32, s.to_string()))
+        .collect();
+    Names::new(states, reasons)
+}
+
+pub fn state(name: &str) -> u8 {
+    STATES
+        .iter()
+        .position(|s| s.strip_prefix("TCP_") == Some(name))
+        .unwrap_or_else(|| panic!("no state {name}")) as u8
+}
+
+/// Builder: `ev(EventKind::RstReceived, 1_000).sock(7).owner(42, "curl")...`
+#[derive(Debug, Clone)]
+pub struct Ev(pub TcpEvent);
+
+pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
+    Ev(TcpEvent {
+        mono_ns: at_ms * 1_000_000,
+        kind,
+        sock: 1,
+        netns: Some(4026531840),
+        local: "10.0.0.1:40000".parse().unwrap(),
+        remote: "10.0.0.2:443".parse().unwrap(),
+        owner: None,
+        transition: None,
+        state: None,
+        rst_reason: None,
+        connect_ns: None,
+        age_ns: None,
+        idle_send_ns: None,
+        idle_recv_ns: None,
+        err: None,
+    })
+}
+
+impl Ev {
+    pub fn sock(mut self, sock: u64) -> Ev {
+        self.0.sock = sock;
+        self
+    }
+    pub fn owner(mut self, pid: u32, comm: &str) -> Ev {
+        self.0.owner = Some(Owner {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+            cgroup_id: 0,
+        });
+        self
+    }
+    pub fn local(mut self, addr: &str) -> Ev {
+        self.0.local = addr.parse::<SocketAddr>().unwrap();
+        self
+    }
+    pub fn remote(mut self, addr: &str) -> Ev {
+        self.0.remote = addr.parse::<SocketAddr>().unwrap();
+        self
+    }
+    pub fn transition(mut self, old: &str, new: &str) -> Ev {
+        self.0.transition = Some((state(old), state(new)));
+        self
+    }
+    pub fn state(mut self, name: &str) -> Ev {
+        self.0.state = Some(state(name));
+        self
+    }
+    pub fn reason(mut self, name: &str) -> Ev {
+        let reason = REASONS.iter().position(|r| *r == name).expect("reason");
+        self.0.rst_reason = Some(reason as u32);
+        self
+    }
+    pub fn connect_ms(mut self, ms: f64) -> Ev {
+        self.0.connect_ns = Some((ms * 1e6) as u64);
+        self
+    }
+    pub fn age_ms(mut self, ms: u64) -> Ev {
+        self.0.age_ns = Some(ms * 1_000_000);
+        self
+    }
+    /// Idle since the last send and the last receive.
+    pub fn idle_ms(mut self, send: u64, recv: u64) -> Ev {
+        self.0.idle_send_ns = Some(send * 1_000_000);
+        self.0.idle_recv_ns = Some(recv * 1_000_000);
+        self
+    }
+    pub fn build(self) -> TcpEvent {
+        self.0
+    }
+}
+
+/// A client connection's life as the tracer reports it, as a starting
+/// point: connect at `at_ms`.
+pub fn connect(sock: u64, at_ms: u64, pid: u32, comm: &str, remote: &str) -> Vec<TcpEvent> {
+    let local = format!("10.0.0.1:{}", 40_000 + sock % 20_000);
+    vec![
+        ev(EventKind::State, at_ms)
+            .sock(sock)
+            .owner(pid, comm)
+            .local("10.0.0.1:0")
+            .remote(remote)
+            .transition("CLOSE", "SYN_SENT")
+            .build(),
+        ev(EventKind::Connect, at_ms)
+            .sock(sock)
+            .owner(pid, comm)
+            .local(&local)
+            .remote(remote)
+            .transition("SYN_SENT", "ESTABLISHED")
+            .connect_ms(0.2)
+            .build(),
+    ]
+}

@@ -1,0 +1,207 @@
+use super::{testing::*, *};
+use crate::event::EventKind as K;
+
+fn agg(events: impl IntoIterator<Item = TcpEvent>) -> Aggregate {
+    let mut a = Aggregate::new(names());
+    for e in events {
+        a.add(&e);
+    }
+    a.finish();
+    a
+}
+
+#[test]
+fn groups_by_process_and_peer_with_reasons_and_states() {
+    let mut events = connect(1, 0, 42, "api-client", "10.0.0.7:443");
+    events.push(
+        ev(K::RstReceived, 5_000)
+            .sock(1)
+            .owner(42, "api-client")
+            .remote("10.0.0.7:443")
+            .state("ESTABLISHED")
+            .age_ms(5_000)
+            .idle_ms(0, 4_900)
+            .build(),
+    );
+    events.push(
+        ev(K::RstSent, 6_000)
+            .sock(2)
+            .owner(7, "nginx")
+            .local("10.0.0.1:80")
+            .remote("10.0.0.9:51000")
+            .reason("TCP_ABORT_ON_CLOSE")
+            .build(),
+    );
+    events.push(
+        ev(K::Retransmit, 6_100)
+            .sock(3)
+            .owner(42, "api-client")
+            .state("SYN_SENT")
+            .build(),
+    );
+    events.push(
+        ev(K::Retransmit, 6_200)
+            .sock(1)
+            .owner(42, "api-client")
+            .state("ESTABLISHED")
+            .build(),
+    );
+    let a = agg(events);
+    let client = &a.process(42).unwrap().stats;
+    assert_eq!(a.process(42).unwrap().comm, "api-client");
+    assert_eq!(client.connects, 1);
+    assert_eq!(client.rst_received_in("ESTABLISHED"), 1);
+    assert_eq!(client.rst_after_quiet_gap, 1);
+    assert_eq!(client.syn_retransmits, 1);
+    assert_eq!(client.retransmits.get("ESTABLISHED"), Some(&1));
+    assert_eq!(client.retransmits.get("SYN_SENT"), None, "SYNs apart");
+    let idle = client.idle_before_rst.percentiles().unwrap();
+    assert!(
+        (4_850_000_000..=4_950_000_000).contains(&idle.p50_ns),
+        "{idle:?}"
+    );
+    assert_eq!(
+        a.process(7)
+            .unwrap()
+            .stats
+            .rst_sent_with("TCP_ABORT_ON_CLOSE"),
+        1
+    );
+    let peer = a.peers.get(&"10.0.0.7:443".parse().unwrap()).unwrap();
+    assert_eq!(peer.rst_received_total(), 1);
+    // The server-side peer is keyed without the client's ephemeral port.
+    assert!(a.peers.get(&"10.0.0.9:0".parse().unwrap()).is_some());
+    assert_eq!(a.total.incidents(), 4);
+    assert_eq!(a.ranked_processes()[0].0, 42);
+}
+
+#[test]
+fn reuse_after_peer_close_is_timed_from_the_fin() {
+    let mut events = connect(1, 0, 42, "client", "10.0.0.2:8080");
+    events.push(
+        ev(K::State, 2_200)
+            .sock(1)
+            .owner(42, "client")
+            .transition("ESTABLISHED", "CLOSE_WAIT")
+            .idle_ms(2_000, 0)
+            .age_ms(2_200)
+            .build(),
+    );
+    events.push(
+        ev(K::RstReceived, 3_200)
+            .sock(1)
+            .owner(42, "client")
+            .state("CLOSE_WAIT")
+            .idle_ms(0, 1_000)
+            .build(),
+    );
+    let a = agg(events);
+    let s = &a.process(42).unwrap().stats;
+    assert_eq!(s.rst_after_peer_close, 1);
+    let idle = s.peer_close_idle.percentiles().unwrap();
+    assert!((1_990_000_000..=2_010_000_000).contains(&idle.p50_ns));
+    let reuse = s.reuse_after_peer_close.percentiles().unwrap();
+    assert!((990_000_000..=1_010_000_000).contains(&reuse.p50_ns));
+}
+
+#[test]
+fn silent_abort_after_retransmits_is_a_timeout_but_linger_zero_is_not() {
+    let mut events = connect(1, 100, 42, "client", "10.0.0.2:8080");
+    events.extend(connect(2, 100, 43, "closer", "10.0.0.2:8080"));
+    for t in [1_000, 1_200, 1_600] {
+        events.push(
+            ev(K::Retransmit, t)
+                .sock(1)
+                .owner(42, "client")
+                .state("ESTABLISHED")
+                .build(),
+        );
+    }
+    events.push(
+        ev(K::State, 3_000)
+            .sock(1)
+            .owner(42, "client")
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    // linger 0: the state change comes first, the RST right after.
+    events.push(
+        ev(K::Retransmit, 3_000)
+            .sock(2)
+            .owner(43, "closer")
+            .state("ESTABLISHED")
+            .build(),
+    );
+    events.push(
+        ev(K::State, 3_001)
+            .sock(2)
+            .owner(43, "closer")
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    events.push(
+        ev(K::RstSent, 3_001)
+            .sock(2)
+            .owner(43, "closer")
+            .reason("TCP_STATE")
+            .build(),
+    );
+    let a = agg(events);
+    let s = &a.process(42).unwrap().stats;
+    assert_eq!(s.timeout_aborts, 1);
+    let for_ = s.retransmitting_for.percentiles().unwrap();
+    assert!((1_990_000_000..=2_010_000_000).contains(&for_.p50_ns));
+    assert_eq!(a.process(43).unwrap().stats.timeout_aborts, 0);
+    assert_eq!(a.total.timeout_aborts, 1);
+    assert_eq!(a.process(42).unwrap().stats.lifetimes.count(), 1);
+}
+
+#[test]
+fn refused_connects_and_idle_closers() {
+    let events = vec![
+        ev(K::RstReceived, 10)
+            .sock(5)
+            .owner(9, "curl")
+            .state("SYN_SENT")
+            .build(),
+        ev(K::ConnectFailed, 10)
+            .sock(5)
+            .owner(9, "curl")
+            .connect_ms(0.1)
+            .build(),
+        ev(K::State, 20)
+            .sock(6)
+            .owner(11, "haproxy")
+            .local("127.0.0.1:8080")
+            .remote("127.0.0.1:50000")
+            .transition("ESTABLISHED", "FIN_WAIT1")
+            .idle_ms(2_000, 2_000)
+            .build(),
+    ];
+    let a = agg(events);
+    let curl = &a.process(9).unwrap().stats;
+    assert_eq!((curl.refused, curl.connect_failed), (1, 1));
+    let closer = a.closers.get(&"127.0.0.1:8080".parse().unwrap()).unwrap();
+    assert_eq!((closer.pid, closer.comm.as_str()), (11, "haproxy"));
+    assert_eq!(a.process(11).unwrap().stats.active_closes, 1);
+}
+
+#[test]
+fn memory_stays_bounded_under_a_scan() {
+    let mut a = Aggregate::new(names());
+    for i in 0..20_000u64 {
+        let remote = format!("10.1.{}.{}:{}", i / 250 % 250, i % 250, 1 + i % 60_000);
+        a.add(
+            &ev(K::RstReceived, i)
+                .sock(i + 10)
+                .owner(1000 + (i % 1000) as u32, "scanner")
+                .remote(&remote)
+                .state("SYN_SENT")
+                .build(),
+        );
+    }
+    assert!(a.processes.len() <= MAX_PROCESSES);
+    assert!(a.peers.len() <= MAX_PEERS);
+    assert!(a.peers.evicted() > 0);
+    assert_eq!(a.total.refused, 20_000);
+}

@@ -1,0 +1,101 @@
+//! A map that keeps at most `capacity` entries: when full, the entry with
+//! the least weight makes room. A port scan or a day of churn cannot grow
+//! it; the heavy hitters, the ones a report shows, stay.
+
+use std::{collections::HashMap, hash::Hash};
+
+pub trait Weight {
+    fn weight(&self) -> u64;
+}
+
+#[derive(Debug, Clone)]
+pub struct TopN<K, V> {
+    capacity: usize,
+    entries: HashMap<K, V>,
+    evicted: u64,
+}
+
+impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
+    pub fn new(capacity: usize) -> TopN<K, V> {
+        TopN {
+            capacity: capacity.max(1),
+            entries: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
+    /// The entry for `key`, made with `make` (evicting the lightest entry
+    /// if the map is full).
+    pub fn entry(&mut self, key: &K, make: impl FnOnce() -> V) -> &mut V {
+        if !self.entries.contains_key(key) {
+            if self.entries.len() >= self.capacity {
+                // O(capacity) only when a new key arrives at a full map;
+                // capacities are a few hundred.
+                let lightest = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, v)| v.weight())
+                    .map(|(k, _)| k.clone());
+                if let Some(lightest) = lightest {
+                    self.entries.remove(&lightest);
+                    self.evicted += 1;
+                }
+            }
+            self.entries.insert(key.clone(), make());
+        }
+        self.entries.get_mut(key).expect("inserted above")
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries dropped to stay within capacity.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Entries by descending weight (ties in key order of insertion are
+    /// not stable, so callers that need a stable order sort further).
+    pub fn ranked(&self) -> Vec<(&K, &V)> {
+        let mut all: Vec<_> = self.entries.iter().collect();
+        all.sort_by_key(|(_, v)| std::cmp::Reverse(v.weight()));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_the_lightest_and_stays_bounded() {
+        let mut top: TopN<u32, u64> = TopN::new(3);
+        *top.entry(&1, || 0) += 10;
+        *top.entry(&2, || 0) += 5;
+        *top.entry(&3, || 0) += 1;
+        *top.entry(&4, || 0) += 7;
+        assert_eq!(top.len(), 3);
+        assert_eq!(top.evicted(), 1);
+        assert!(top.get(&3).is_none(), "lightest entry evicted");
+        // A scan of 10,000 one-off keys keeps the heavy hitter.
+        for key in 100..10_100 {
+            *top.entry(&key, || 0) += 1;
+        }
+        assert_eq!(top.len(), 3);
+        assert_eq!(top.get(&1), Some(&10));
+        assert_eq!(*top.ranked()[0].0, 1);
+    }
+}

@@ -1,0 +1,127 @@
+//! What a rule concludes: a known cause, how sure, the figures that show
+//! it, who is hit, and the exact fix.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Serialize;
+
+/// The causes `diagnose` knows (docs/diagnose.md describes each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    LbIdleTimeout,
+    ServerKeepaliveTimeout,
+    AcceptQueueOverflow,
+    PortExhaustion,
+    CloseWithUnreadData,
+    LingerZeroAbort,
+    RetransmissionTimeout,
+    NothingListening,
+    HalfOpenAfterPeerRestart,
+}
+
+impl Cause {
+    pub fn id(self) -> &'static str {
+        match self {
+            Cause::LbIdleTimeout => "lb_idle_timeout",
+            Cause::ServerKeepaliveTimeout => "server_keepalive_timeout",
+            Cause::AcceptQueueOverflow => "accept_queue_overflow",
+            Cause::PortExhaustion => "port_exhaustion",
+            Cause::CloseWithUnreadData => "close_with_unread_data",
+            Cause::LingerZeroAbort => "linger_zero_abort",
+            Cause::RetransmissionTimeout => "retransmission_timeout",
+            Cause::NothingListening => "nothing_listening",
+            Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Cause::LbIdleTimeout => {
+                "Load balancer / middlebox idle timeout shorter than the client pool's idle time"
+            }
+            Cause::ServerKeepaliveTimeout => {
+                "Server keep-alive timeout shorter than the client pool's idle time"
+            }
+            Cause::AcceptQueueOverflow => "Accept queue overflow (listen backlog full)",
+            Cause::PortExhaustion => "Ephemeral port exhaustion (TIME_WAIT)",
+            Cause::CloseWithUnreadData => "Close with unread data (RST instead of FIN)",
+            Cause::LingerZeroAbort => "Abortive close (SO_LINGER 0 / application abort)",
+            Cause::RetransmissionTimeout => "Retransmission timeout (packet loss or black hole)",
+            Cause::NothingListening => "Nothing listening (connections refused)",
+            Cause::HalfOpenAfterPeerRestart => "Half-open connections after a peer restart",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    Low,
+    Medium,
+    High,
+}
+
+impl Confidence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Confidence::Low => "low",
+            Confidence::Medium => "medium",
+            Confidence::High => "high",
+        }
+    }
+}
+
+/// A process hit by (or causing) the problem.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Affected {
+    /// 0 when the kernel could not attribute the sockets.
+    pub pid: u32,
+    pub comm: String,
+    /// The remote endpoint most involved (port 0: many client ports).
+    pub peer: Option<SocketAddr>,
+    /// Events of this cause that involve it.
+    pub events: u64,
+    /// What it does in this finding: "client", "server", "closer", ...
+    pub role: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub cause: Cause,
+    pub title: &'static str,
+    pub confidence: Confidence,
+    /// Ranks findings of equal confidence: events explained.
+    pub score: u64,
+    /// One sentence naming who and how much.
+    pub summary: String,
+    /// The figures behind it, one fact a line.
+    pub evidence: Vec<String>,
+    pub affected: Vec<Affected>,
+    /// Exact changes, most direct first.
+    pub fix: Vec<String>,
+    /// The key figures as numbers for machines (seconds, counts).
+    pub figures: BTreeMap<&'static str, f64>,
+}
+
+impl Finding {
+    pub fn new(cause: Cause, confidence: Confidence, score: u64, summary: String) -> Finding {
+        Finding {
+            cause,
+            title: cause.title(),
+            confidence,
+            score,
+            summary,
+            evidence: Vec::new(),
+            affected: Vec::new(),
+            fix: Vec::new(),
+            figures: BTreeMap::new(),
+        }
+    }
+}
+
+/// Findings by confidence, then by events explained.
+pub fn rank(findings: &mut [Finding]) {
+    findings
+        .sort_by(|a, b| (b.confidence, b.score, a.cause).cmp(&(a.confidence, a.score, b.cause)));
+}

@@ -1,0 +1,275 @@
+//! The diagnosis report: ranked findings, what was checked, and the raw
+//! figures behind them; human text that fits a terminal, or one JSON
+//! document (schema in docs/diagnose.md).
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{
+    facts::HostFacts,
+    finding::{Confidence, Finding},
+};
+use crate::{
+    aggregate::{Aggregate, Percentiles},
+    sink::SCHEMA_VERSION,
+    timefmt::duration_ns,
+};
+
+/// Processes listed in the report's figures.
+const TOP_PROCESSES: usize = 10;
+/// Text width for the human report.
+const WIDTH: usize = 100;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seconds: f64,
+    pub netns: Option<String>,
+    pub events: u64,
+    pub events_lost: u64,
+    pub findings: Vec<Finding>,
+    pub checked: Vec<String>,
+    pub host: HostFacts,
+    pub missing: Vec<String>,
+}
+
+impl Report {
+    /// Findings a reader should act on.
+    pub fn problems(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.confidence > Confidence::Low)
+    }
+
+    pub fn to_json(&self, agg: &Aggregate) -> Value {
+        let nonzero: serde_json::Map<String, Value> = self
+            .host
+            .counters
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        json!({
+            "v": SCHEMA_VERSION,
+            "type": "diagnose",
+            "seconds": self.seconds,
+            "netns": self.netns,
+            "events": self.events,
+            "events_lost": self.events_lost,
+            "verdict": if self.problems().next().is_some() { "problem" } else { "no_problem" },
+            "findings": self.findings,
+            "checked": self.checked,
+            "counters": nonzero,
+            "sysctls": self.host.sysctls,
+            "sockets_start": self.host.sockets_start,
+            "sockets_end": self.host.sockets_end,
+            "processes": processes_json(agg),
+            "missing": self.missing,
+        })
+    }
+
+    pub fn write_human(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "tcptrace diagnose: watched {:.1} s{}, {} events ({} lost)",
+            self.seconds,
+            self.netns
+                .as_deref()
+                .map_or_else(String::new, |n| format!(" in netns {n}")),
+            self.events,
+            self.events_lost
+        )?;
+        if self.events_lost > 0 {
+            writeln!(
+                out,
+                "warning: {} events were lost (ring buffer full): counts are lower bounds; try --ring-kib larger",
+                self.events_lost
+            )?;
+        }
+        writeln!(out)?;
+        let problems: Vec<_> = self.problems().collect();
+        if problems.is_empty() {
+            writeln!(
+                out,
+                "No problem found (nothing at medium or high confidence)."
+            )?;
+            writeln!(out)?;
+        }
+        for (n, f) in self.findings.iter().enumerate() {
+            let head = format!(
+                "{}. [{}] {} ({})",
+                n + 1,
+                f.confidence.name().to_uppercase(),
+                f.title,
+                f.cause.id()
+            );
+            wrap(out, &head, "", "   ")?;
+            wrap(out, &f.summary, "   ", "   ")?;
+            writeln!(out, "   evidence:")?;
+            for e in &f.evidence {
+                wrap(out, e, "   - ", "     ")?;
+            }
+            if !f.affected.is_empty() {
+                writeln!(out, "   affected:")?;
+                for a in &f.affected {
+                    let who = if a.pid == 0 {
+                        "unattributed".to_string()
+                    } else {
+                        format!("pid {} ({})", a.pid, a.comm)
+                    };
+                    let peer = a.peer.map_or_else(String::new, |p| format!(" peer {p}"));
+                    writeln!(out, "   - {who} {}{peer}: {} events", a.role, a.events)?;
+                }
+            }
+            writeln!(out, "   fix:")?;
+            for fix in &f.fix {
+                wrap(out, fix, "   - ", "     ")?;
+            }
+            writeln!(out)?;
+        }
+        writeln!(out, "Checked:")?;
+        for c in &self.checked {
+            wrap(out, c, "  - ", "    ")?;
+        }
+        let changed: Vec<String> = self
+            .host
+            .counters
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|(k, v)| format!("{k} {v:+}"))
+            .collect();
+        if !changed.is_empty() {
+            wrap(
+                out,
+                &format!("Kernel counters changed: {}", changed.join(", ")),
+                "",
+                "  ",
+            )?;
+        }
+        for m in &self.missing {
+            wrap(out, &format!("not traced on this kernel: {m}"), "", "  ")?;
+        }
+        Ok(())
+    }
+}
+
+fn pct(p: Option<Percentiles>) -> Value {
+    match p {
+        Some(p) => json!({
+            "count": p.count, "p50_ns": p.p50_ns, "p90_ns": p.p90_ns,
+            "p99_ns": p.p99_ns, "max_ns": p.max_ns,
+        }),
+        None => Value::Null,
+    }
+}
+
+fn processes_json(agg: &Aggregate) -> Value {
+    agg.ranked_processes()
+        .into_iter()
+        .take(TOP_PROCESSES)
+        .map(|(pid, p)| {
+            let s = &p.stats;
+            json!({
+                "pid": pid,
+                "comm": p.comm,
+                "connects": s.connects,
+                "connect_failed": s.connect_failed,
+                "refused": s.refused,
+                "rst_sent": s.rst_sent,
+                "rst_received": s.rst_received,
+                "retransmits": s.retransmits,
+                "syn_retransmits": s.syn_retransmits,
+                "synack_retransmits": s.synack_retransmits,
+                "timeout_aborts": s.timeout_aborts,
+                "connect_latency": pct(s.connect_latency.percentiles()),
+                "idle_before_rst": pct(s.idle_before_rst.percentiles()),
+                "age_at_rst": pct(s.age_at_rst.percentiles()),
+                "lifetime": pct(s.lifetimes.percentiles()),
+            })
+        })
+        .collect()
+}
+
+/// Writes `text` wrapped at `WIDTH`, the first line after `first`, the
+/// others after `rest`.
+fn wrap(out: &mut impl Write, text: &str, first: &str, rest: &str) -> io::Result<()> {
+    let mut line = String::from(first);
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.len() + 1 + word.len() > WIDTH {
+            writeln!(out, "{line}")?;
+            line = String::from(rest);
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    writeln!(out, "{line}")
+}
+
+/// `p50 1.2ms p99 3.0s` for the human report and `top`.
+pub fn latency_text(p: &Percentiles) -> String {
+    format!(
+        "p50 {} p90 {} p99 {} max {}",
+        duration_ns(p.p50_ns),
+        duration_ns(p.p90_ns),
+        duration_ns(p.p99_ns),
+        duration_ns(p.max_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::testing::names,
+        diagnose::finding::{Cause, Finding},
+    };
+
+    fn report(findings: Vec<Finding>) -> Report {
+        Report {
+            seconds: 10.0,
+            netns: Some("blue".into()),
+            events: 12,
+            events_lost: 0,
+            findings,
+            checked: vec!["accept queues: ListenOverflows +0".into()],
+            host: HostFacts::default(),
+            missing: vec![],
+        }
+    }
+
+    #[test]
+    fn human_report_wraps_and_says_when_nothing_is_wrong() {
+        let agg = Aggregate::new(names());
+        let mut text = Vec::new();
+        report(vec![]).write_human(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("No problem found"), "{text}");
+        assert!(text.contains("Checked:\n  - accept queues: ListenOverflows +0"));
+
+        let mut f = Finding::new(
+            Cause::NothingListening,
+            Confidence::High,
+            3,
+            "x ".repeat(80),
+        );
+        f.fix.push("start it".into());
+        let r = report(vec![f]);
+        let mut text = Vec::new();
+        r.write_human(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("1. [HIGH] Nothing listening"));
+        assert!(!text.contains("No problem found"));
+        assert!(text.lines().all(|l| l.len() <= WIDTH), "{text}");
+        let j = r.to_json(&agg);
+        assert_eq!(j["type"], "diagnose");
+        assert_eq!(j["verdict"], "problem");
+        assert_eq!(j["findings"][0]["cause"], "nothing_listening");
+        assert_eq!(j["findings"][0]["confidence"], "high");
+    }
+}

@@ -1,0 +1,392 @@
+//! Rules on synthesized event streams shaped like what the tracer
+//! recorded for each cause (see the scenario tests for the real thing).
+
+use super::*;
+use crate::{
+    aggregate::testing::*,
+    diagnose::{
+        facts::{Listener, SocketFacts},
+        finding::rank,
+    },
+    event::{EventKind as K, TcpEvent},
+};
+
+fn run(events: &[TcpEvent], host: &HostFacts) -> (Vec<Finding>, Vec<String>) {
+    let mut agg = Aggregate::new(names());
+    for e in events {
+        agg.add(e);
+    }
+    agg.finish();
+    let outcomes = evaluate(&Inputs {
+        agg: &agg,
+        host,
+        seconds: 10.0,
+    });
+    let checked = outcomes.iter().map(|o| o.checked.clone()).collect();
+    let mut findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
+    rank(&mut findings);
+    (findings, checked)
+}
+
+fn high(findings: &[Finding]) -> Vec<Cause> {
+    findings
+        .iter()
+        .filter(|f| f.confidence == Confidence::High)
+        .map(|f| f.cause)
+        .collect()
+}
+
+/// A pooled client (pid 42) whose connections to 127.0.0.1:8080 are
+/// closed by the peer after `idle_ms` and reused 1 s later.
+fn pool_reuse_after_close(closer: Option<(u32, &str)>, idle_ms: &[u64]) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for (n, idle) in idle_ms.iter().enumerate() {
+        let sock = 100 + n as u64;
+        let local = format!("127.0.0.1:{}", 50_000 + n);
+        events.extend(connect(sock, 10, 42, "python3", "127.0.0.1:8080"));
+        let fin_at = 300 + idle;
+        if let Some((pid, comm)) = closer {
+            events.push(
+                ev(K::State, fin_at)
+                    .sock(1000 + sock)
+                    .owner(pid, comm)
+                    .local("127.0.0.1:8080")
+                    .remote(&local)
+                    .transition("ESTABLISHED", "FIN_WAIT1")
+                    .idle_ms(*idle, *idle)
+                    .build(),
+            );
+        }
+        events.push(
+            ev(K::State, fin_at)
+                .sock(sock)
+                .owner(42, "python3")
+                .local(&local)
+                .remote("127.0.0.1:8080")
+                .transition("ESTABLISHED", "CLOSE_WAIT")
+                .idle_ms(*idle, 0)
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, fin_at + 1_000)
+                .sock(sock)
+                .owner(42, "python3")
+                .local(&local)
+                .remote("127.0.0.1:8080")
+                .state("CLOSE_WAIT")
+                .idle_ms(0, 1_000)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn proxy_closing_idle_connections_is_an_lb_idle_timeout() {
+    let events = pool_reuse_after_close(Some((11, "haproxy")), &[2_000, 2_010, 1_995]);
+    let (findings, _) = run(&events, &HostFacts::default());
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::LbIdleTimeout);
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!(top.affected[0].pid, 42);
+    assert_eq!(top.affected[0].role, "client");
+    assert!(
+        top.affected
+            .iter()
+            .any(|a| a.pid == 11 && a.role == "closer")
+    );
+    let idle = top.figures["idle_timeout_s"];
+    assert!((1.95..=2.05).contains(&idle), "{idle}");
+    assert!((0.95..=1.05).contains(&top.figures["reuse_after_close_s"]));
+    assert!(top.summary.contains("pid 42 (python3)"), "{}", top.summary);
+    assert!(
+        top.fix[0].contains("below 2.0 s (e.g. 1.6 s)"),
+        "{}",
+        top.fix[0]
+    );
+    assert_eq!(high(&findings), vec![Cause::LbIdleTimeout]);
+}
+
+#[test]
+fn unseen_closer_is_a_server_keepalive_timeout() {
+    let events = pool_reuse_after_close(None, &[5_000, 5_020]);
+    let (findings, _) = run(&events, &HostFacts::default());
+    assert_eq!(findings[0].cause, Cause::ServerKeepaliveTimeout);
+    assert_eq!(findings[0].confidence, Confidence::High);
+    assert!((4.9..=5.1).contains(&findings[0].figures["idle_timeout_s"]));
+    // One reset with scattered idle times is not enough to be sure.
+    let events = pool_reuse_after_close(None, &[5_000]);
+    let (findings, _) = run(&events, &HostFacts::default());
+    assert_eq!(findings[0].confidence, Confidence::Medium);
+}
+
+fn quiet_gap_resets(idle_ms: &[u64]) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for (n, idle) in idle_ms.iter().enumerate() {
+        let sock = 200 + n as u64;
+        events.extend(connect(sock, 10, 42, "api-client", "10.0.0.7:443"));
+        events.push(
+            ev(K::RstReceived, 20 + idle)
+                .sock(sock)
+                .owner(42, "api-client")
+                .remote("10.0.0.7:443")
+                .state("ESTABLISHED")
+                .idle_ms(1, *idle)
+                .age_ms(*idle + 10)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn clustered_resets_after_idle_without_fin_are_a_middlebox_timeout() {
+    let (findings, _) = run(
+        &quiet_gap_resets(&[59_800, 60_100, 60_300, 59_900]),
+        &HostFacts::default(),
+    );
+    assert_eq!(findings[0].cause, Cause::LbIdleTimeout);
+    assert_eq!(findings[0].confidence, Confidence::High);
+    assert!((59.0..=61.0).contains(&findings[0].figures["idle_timeout_s"]));
+    assert!(
+        findings[0].fix[0].contains("e.g. 45 s"),
+        "{}",
+        findings[0].fix[0]
+    );
+    assert_eq!(high(&findings), vec![Cause::LbIdleTimeout]);
+}
+
+#[test]
+fn scattered_resets_after_idle_are_half_open_connections() {
+    let (findings, _) = run(
+        &quiet_gap_resets(&[3_000, 45_000, 200_000]),
+        &HostFacts::default(),
+    );
+    assert_eq!(findings[0].cause, Cause::HalfOpenAfterPeerRestart);
+    assert_eq!(findings[0].confidence, Confidence::Medium);
+    assert!(high(&findings).is_empty());
+}
+
+fn counters(pairs: &[(&str, i64)]) -> HostFacts {
+    let mut host = HostFacts::default();
+    for (k, v) in pairs {
+        host.counters.insert(k.to_string(), *v);
+    }
+    host.sysctls
+        .insert("net.core.somaxconn".into(), "4096".into());
+    host
+}
+
+#[test]
+fn accept_queue_overflow_needs_the_counters() {
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.extend(connect(300 + n, 10, 77, "loadgen", "127.0.0.1:7003"));
+        events.push(
+            ev(K::Retransmit, 1_010)
+                .sock(300 + n)
+                .owner(77, "loadgen")
+                .remote("127.0.0.1:7003")
+                .state("SYN_SENT")
+                .build(),
+        );
+    }
+    let mut host = counters(&[("ListenOverflows", 12), ("ListenDrops", 12)]);
+    host.sockets_end = Some(SocketFacts {
+        listeners: vec![Listener {
+            local: "127.0.0.1:7003".parse().unwrap(),
+            queued: 2,
+            limit: Some(1),
+        }],
+        ..SocketFacts::default()
+    });
+    let (findings, _) = run(&events, &host);
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::AcceptQueueOverflow);
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!(top.affected[0].pid, 77);
+    assert!(top.summary.contains("127.0.0.1:7003"), "{}", top.summary);
+    assert!(top.fix[0].contains("now 1"), "{}", top.fix[0]);
+    assert_eq!(top.figures["listen_overflows"], 12.0);
+    // SYN retransmits alone are loss, not an overflow.
+    let (findings, _) = run(&events, &counters(&[]));
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.cause != Cause::AcceptQueueOverflow)
+    );
+}
+
+#[test]
+fn time_wait_filling_the_port_range_is_port_exhaustion() {
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.extend(connect(400 + n, 10 + n, 55, "churn", "198.18.0.2:8000"));
+        events.push(
+            ev(K::State, 20 + n)
+                .sock(400 + n)
+                .owner(55, "churn")
+                .remote("198.18.0.2:8000")
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(0, 0)
+                .build(),
+        );
+    }
+    let mut host = counters(&[]);
+    host.sysctls
+        .insert("net.ipv4.ip_local_port_range".into(), "40000\t40009".into());
+    host.sysctls
+        .insert("net.ipv4.tcp_tw_reuse".into(), "2".into());
+    host.sockets_end = Some(SocketFacts {
+        states: [("TIME_WAIT".to_string(), 10)].into(),
+        time_wait_by_peer: vec![("198.18.0.2:8000".parse().unwrap(), 10)],
+        ..SocketFacts::default()
+    });
+    let (findings, _) = run(&events, &host);
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::PortExhaustion);
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!(top.affected[0].pid, 55);
+    assert_eq!(top.figures["port_range_size"], 10.0);
+    assert!(top.fix.iter().any(|f| f.contains("tcp_tw_reuse=1 (now 2)")));
+    // Half the range is a warning; a few TIME_WAIT nothing.
+    host.sockets_end.as_mut().unwrap().time_wait_by_peer[0].1 = 6;
+    assert_eq!(run(&events, &host).0[0].confidence, Confidence::Medium);
+    host.sockets_end.as_mut().unwrap().time_wait_by_peer[0].1 = 2;
+    assert!(run(&events, &host).0.is_empty());
+}
+
+fn resets_sent(pid: u32, comm: &str, reason: &str, n: u64) -> Vec<TcpEvent> {
+    (0..n)
+        .map(|i| {
+            ev(K::RstSent, 100 + i)
+                .sock(500 + i)
+                .owner(pid, comm)
+                .local("127.0.0.1:7001")
+                .remote("127.0.0.1:51000")
+                .reason(reason)
+                .age_ms(50)
+                .build()
+        })
+        .collect()
+}
+
+#[test]
+fn close_with_unread_data_names_the_closer() {
+    let events = resets_sent(31, "server", "TCP_ABORT_ON_CLOSE", 3);
+    let (findings, _) = run(&events, &counters(&[("TCPAbortOnClose", 3)]));
+    assert_eq!(findings[0].cause, Cause::CloseWithUnreadData);
+    assert_eq!(findings[0].confidence, Confidence::High);
+    assert_eq!(findings[0].affected[0].pid, 31);
+    assert_eq!(high(&findings), vec![Cause::CloseWithUnreadData]);
+    // Kernels without reasons: the counter alone, less sure.
+    let (findings, _) = run(&[], &counters(&[("TCPAbortOnClose", 4)]));
+    assert_eq!(findings[0].confidence, Confidence::Medium);
+}
+
+#[test]
+fn linger_zero_by_an_app_is_high_by_a_proxy_low() {
+    let (findings, _) = run(&resets_sent(32, "closer", "TCP_STATE", 5), &counters(&[]));
+    assert_eq!(findings[0].cause, Cause::LingerZeroAbort);
+    assert_eq!(findings[0].confidence, Confidence::High);
+    assert_eq!(findings[0].affected[0].pid, 32);
+    let (findings, _) = run(&resets_sent(33, "haproxy", "TCP_STATE", 5), &counters(&[]));
+    assert_eq!(findings[0].confidence, Confidence::Low);
+}
+
+#[test]
+fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
+    let mut events = connect(600, 10, 61, "client", "198.18.0.2:9000");
+    for t in [500, 700, 1_100, 1_900] {
+        events.push(
+            ev(K::Retransmit, t)
+                .sock(600)
+                .owner(61, "client")
+                .remote("198.18.0.2:9000")
+                .state("ESTABLISHED")
+                .build(),
+        );
+    }
+    events.push(
+        ev(K::State, 2_500)
+            .sock(600)
+            .owner(61, "client")
+            .remote("198.18.0.2:9000")
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    let (findings, _) = run(&events, &counters(&[("TCPAbortOnTimeout", 1)]));
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::RetransmissionTimeout);
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!(top.affected[0].pid, 61);
+    assert!((1.9..=2.1).contains(&top.figures["retransmitting_for_s"]));
+    assert_eq!(high(&findings), vec![Cause::RetransmissionTimeout]);
+}
+
+#[test]
+fn refused_connects_mean_nothing_listens() {
+    let mut events = Vec::new();
+    for n in 0..4 {
+        let remote = "127.0.0.1:7999";
+        events.push(
+            ev(K::RstReceived, 10 + n)
+                .sock(700 + n)
+                .owner(71, "curl")
+                .remote(remote)
+                .state("SYN_SENT")
+                .idle_ms(971_000, 971_000)
+                .build(),
+        );
+        events.push(
+            ev(K::ConnectFailed, 10 + n)
+                .sock(700 + n)
+                .owner(71, "curl")
+                .remote(remote)
+                .transition("SYN_SENT", "CLOSE")
+                .connect_ms(0.1)
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    assert_eq!(findings[0].cause, Cause::NothingListening);
+    assert_eq!(findings[0].confidence, Confidence::High);
+    assert!(findings[0].summary.contains("127.0.0.1:7999"));
+    assert_eq!(high(&findings), vec![Cause::NothingListening]);
+}
+
+#[test]
+fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
+    let mut events = Vec::new();
+    for n in 0..50 {
+        let sock = 800 + n;
+        events.extend(connect(sock, 10 + n, 81, "client", "127.0.0.1:8000"));
+        events.push(
+            ev(K::State, 20 + n)
+                .sock(sock)
+                .owner(81, "client")
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(1, 1)
+                .build(),
+        );
+        events.push(
+            ev(K::State, 21 + n)
+                .sock(sock)
+                .owner(81, "client")
+                .transition("FIN_WAIT2", "CLOSE")
+                .build(),
+        );
+    }
+    let mut host = counters(&[]);
+    host.sysctls
+        .insert("net.ipv4.ip_local_port_range".into(), "32768 60999".into());
+    host.sockets_end = Some(SocketFacts {
+        states: [("TIME_WAIT".to_string(), 50)].into(),
+        time_wait_by_peer: vec![("127.0.0.1:8000".parse().unwrap(), 50)],
+        ..SocketFacts::default()
+    });
+    let (findings, checked) = run(&events, &host);
+    assert!(findings.is_empty(), "{findings:#?}");
+    assert_eq!(checked.len(), RULES.len());
+    assert!(checked.iter().any(|c| c.contains("ListenOverflows +0")));
+}

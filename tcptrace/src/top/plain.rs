@@ -1,0 +1,122 @@
+//! `top` without a terminal: a table per interval, or one JSON line.
+
+use std::io::{self, Write};
+
+use super::view::{Row, Snapshot};
+
+pub fn write(out: &mut impl Write, snap: &Snapshot, rows: usize, json: bool) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, &Limited { snap, rows }).map_err(io::Error::from)?;
+        writeln!(out)?;
+        return out.flush();
+    }
+    writeln!(
+        out,
+        "--- {:.0} s: {} events, {} lost ---",
+        snap.elapsed_s, snap.events, snap.events_lost
+    )?;
+    table(out, "PROCESS", &snap.processes, rows)?;
+    table(out, "PEER", &snap.peers, rows)?;
+    writeln!(out)?;
+    out.flush()
+}
+
+/// The snapshot with each table cut to `rows`.
+struct Limited<'a> {
+    snap: &'a Snapshot,
+    rows: usize,
+}
+
+impl serde::Serialize for Limited<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Snapshot", 6)?;
+        st.serialize_field("v", &crate::sink::SCHEMA_VERSION)?;
+        st.serialize_field("type", "top")?;
+        st.serialize_field("elapsed_s", &self.snap.elapsed_s)?;
+        st.serialize_field("events", &self.snap.events)?;
+        st.serialize_field("events_lost", &self.snap.events_lost)?;
+        let cut = |rows: &'_ [Row]| rows[..rows.len().min(self.rows)].to_vec();
+        st.serialize_field("processes", &cut(&self.snap.processes))?;
+        st.serialize_field("peers", &cut(&self.snap.peers))?;
+        st.end()
+    }
+}
+
+pub const HEADER: [&str; 9] = [
+    "INC/s", "RST/s", "RST_TX", "RST_RX", "RETRANS", "CONN", "FAILED", "P50", "P99",
+];
+
+/// The numeric cells of a row, in `HEADER` order.
+pub fn cells(r: &Row) -> [String; 9] {
+    let us =
+        |v: Option<u64>| v.map_or_else(|| "-".into(), |us| crate::timefmt::duration_ns(us * 1000));
+    [
+        format!("{:.1}", r.incidents_per_s),
+        format!("{:.1}", r.resets_per_s),
+        r.rst_sent.to_string(),
+        r.rst_received.to_string(),
+        r.retransmits.to_string(),
+        r.connects.to_string(),
+        r.connect_failed.to_string(),
+        us(r.connect_p50_us),
+        us(r.connect_p99_us),
+    ]
+}
+
+fn table(out: &mut impl Write, title: &str, rows: &[Row], limit: usize) -> io::Result<()> {
+    write!(out, "{title:<28}")?;
+    for h in HEADER {
+        write!(out, " {h:>8}")?;
+    }
+    writeln!(out)?;
+    for r in rows.iter().take(limit) {
+        let mut label = r.label.clone();
+        label.truncate(28);
+        write!(out, "{label:<28}")?;
+        for c in cells(r) {
+            write!(out, " {c:>8}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_json_snapshots() {
+        let snap = Snapshot {
+            elapsed_s: 2.0,
+            events: 5,
+            events_lost: 0,
+            processes: vec![
+                Row {
+                    label: "42 curl".into(),
+                    rst_received: 3,
+                    connect_p99_us: Some(1500),
+                    ..Row::default()
+                },
+                Row {
+                    label: "43 wget".into(),
+                    ..Row::default()
+                },
+            ],
+            peers: vec![],
+        };
+        let mut text = Vec::new();
+        write(&mut text, &snap, 1, false).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("42 curl"), "{text}");
+        assert!(text.contains("1.5ms"), "{text}");
+        assert!(!text.contains("43 wget"), "limited to 1 row: {text}");
+        let mut line = Vec::new();
+        write(&mut line, &snap, 10, true).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(j["type"], "top");
+        assert_eq!(j["processes"][0]["rst_received"], 3);
+        assert_eq!(j["processes"].as_array().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,221 @@
+//! What `top` shows, as plain data: one row per process and per peer,
+//! with totals, per-second rates since the previous snapshot, and
+//! connect latency percentiles. Both front ends render a `Snapshot`.
+
+use std::{collections::HashMap, time::Duration};
+
+use serde::Serialize;
+
+use crate::aggregate::{Aggregate, Stats};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    /// `pid 42 (curl)` or `10.0.0.7:443`.
+    pub label: String,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub peer: Option<String>,
+    pub rst_sent: u64,
+    pub rst_received: u64,
+    /// Data, SYN and SYN-ACK retransmits.
+    pub retransmits: u64,
+    pub connects: u64,
+    pub connect_failed: u64,
+    pub timeout_aborts: u64,
+    /// Resets + retransmits + failed connects per second since the
+    /// previous snapshot.
+    pub incidents_per_s: f64,
+    pub resets_per_s: f64,
+    pub connect_p50_us: Option<u64>,
+    pub connect_p99_us: Option<u64>,
+}
+
+impl Row {
+    fn from_stats(label: String, s: &Stats) -> Row {
+        let latency = s.connect_latency.percentiles();
+        Row {
+            label,
+            rst_sent: s.rst_sent_total(),
+            rst_received: s.rst_received_total(),
+            retransmits: s.retransmits_total() + s.syn_retransmits + s.synack_retransmits,
+            connects: s.connects,
+            connect_failed: s.connect_failed,
+            timeout_aborts: s.timeout_aborts,
+            connect_p50_us: latency.map(|p| p.p50_ns / 1000),
+            connect_p99_us: latency.map(|p| p.p99_ns / 1000),
+            ..Row::default()
+        }
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.rst_sent + self.rst_received
+    }
+
+    pub fn incidents(&self) -> u64 {
+        self.resets() + self.retransmits + self.connect_failed + self.timeout_aborts
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Incidents,
+    Resets,
+    Retransmits,
+    Failed,
+    Connects,
+    Latency,
+}
+
+impl SortKey {
+    pub const ALL: [SortKey; 6] = [
+        SortKey::Incidents,
+        SortKey::Resets,
+        SortKey::Retransmits,
+        SortKey::Failed,
+        SortKey::Connects,
+        SortKey::Latency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortKey::Incidents => "incidents/s",
+            SortKey::Resets => "resets",
+            SortKey::Retransmits => "retransmits",
+            SortKey::Failed => "failed connects",
+            SortKey::Connects => "connects",
+            SortKey::Latency => "connect p99",
+        }
+    }
+
+    pub fn next(self) -> SortKey {
+        let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
+        SortKey::ALL[(i + 1) % SortKey::ALL.len()]
+    }
+
+    pub fn sort(self, rows: &mut [Row]) {
+        rows.sort_by(|a, b| {
+            let order = match self {
+                SortKey::Incidents => b
+                    .incidents_per_s
+                    .total_cmp(&a.incidents_per_s)
+                    .then(b.incidents().cmp(&a.incidents())),
+                SortKey::Resets => b.resets().cmp(&a.resets()),
+                SortKey::Retransmits => b.retransmits.cmp(&a.retransmits),
+                SortKey::Failed => b.connect_failed.cmp(&a.connect_failed),
+                SortKey::Connects => b.connects.cmp(&a.connects),
+                SortKey::Latency => b.connect_p99_us.cmp(&a.connect_p99_us),
+            };
+            order.then_with(|| a.label.cmp(&b.label))
+        });
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub elapsed_s: f64,
+    pub events: u64,
+    pub events_lost: u64,
+    pub processes: Vec<Row>,
+    pub peers: Vec<Row>,
+}
+
+impl Snapshot {
+    /// Rows from the aggregate, rates against `previous`.
+    pub fn take(agg: &Aggregate, previous: &Snapshot, elapsed: Duration, lost: u64) -> Snapshot {
+        let elapsed_s = elapsed.as_secs_f64();
+        let dt = (elapsed_s - previous.elapsed_s).max(1e-3);
+        let mut processes: Vec<Row> = agg
+            .processes
+            .iter()
+            .map(|(pid, p)| {
+                let label = if *pid == 0 {
+                    "(no owner)".to_string()
+                } else {
+                    format!("{pid} {}", p.comm)
+                };
+                Row {
+                    pid: Some(*pid),
+                    comm: Some(p.comm.clone()),
+                    ..Row::from_stats(label, &p.stats)
+                }
+            })
+            .collect();
+        let mut peers: Vec<Row> = agg
+            .peers
+            .iter()
+            .map(|(addr, s)| {
+                let label = if addr.port() == 0 {
+                    format!("{} (clients)", addr.ip())
+                } else {
+                    addr.to_string()
+                };
+                Row {
+                    peer: Some(addr.to_string()),
+                    ..Row::from_stats(label, s)
+                }
+            })
+            .collect();
+        rates(&mut processes, &previous.processes, dt);
+        rates(&mut peers, &previous.peers, dt);
+        SortKey::Incidents.sort(&mut processes);
+        SortKey::Incidents.sort(&mut peers);
+        Snapshot {
+            elapsed_s,
+            events: agg.events,
+            events_lost: lost,
+            processes,
+            peers,
+        }
+    }
+}
+
+fn rates(rows: &mut [Row], previous: &[Row], dt: f64) {
+    let before: HashMap<&str, &Row> = previous.iter().map(|r| (r.label.as_str(), r)).collect();
+    for row in rows {
+        let (incidents, resets) = before
+            .get(row.label.as_str())
+            .map_or((0, 0), |p| (p.incidents(), p.resets()));
+        row.incidents_per_s = row.incidents().saturating_sub(incidents) as f64 / dt;
+        row.resets_per_s = row.resets().saturating_sub(resets) as f64 / dt;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{aggregate::testing::*, event::EventKind as K};
+
+    #[test]
+    fn rates_are_per_second_since_the_previous_snapshot() {
+        let mut agg = Aggregate::new(names());
+        let rst = |t: u64, pid: u32| {
+            ev(K::RstReceived, t)
+                .sock(t)
+                .owner(pid, "app")
+                .state("ESTABLISHED")
+                .build()
+        };
+        for t in 1..=4 {
+            agg.add(&rst(t, 1));
+        }
+        let first = Snapshot::take(&agg, &Snapshot::default(), Duration::from_secs(1), 0);
+        assert_eq!(first.processes[0].pid, Some(1));
+        assert_eq!(first.processes[0].resets_per_s, 4.0);
+        for t in 5..=6 {
+            agg.add(&rst(t, 1));
+        }
+        for t in 7..=16 {
+            agg.add(&rst(t, 2));
+        }
+        let second = Snapshot::take(&agg, &first, Duration::from_secs(3), 0);
+        // pid 2 had 10 in 2 s, pid 1 had 2 in 2 s.
+        assert_eq!(second.processes[0].pid, Some(2));
+        assert_eq!(second.processes[0].incidents_per_s, 5.0);
+        assert_eq!(second.processes[1].incidents_per_s, 1.0);
+        let mut rows = second.processes.clone();
+        SortKey::Resets.sort(&mut rows);
+        assert_eq!(rows[0].pid, Some(2));
+        assert_eq!(SortKey::Latency.next(), SortKey::Incidents);
+    }
+}
