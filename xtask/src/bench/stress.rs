@@ -2,12 +2,15 @@
 //! against a blocking std connect/close loop with as many threads.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use super::StressArgs;
 
 use crate::{cargo, setup::BuildEnv, target_dir};
 
@@ -88,7 +91,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result<()> {
+pub fn stress(env: &BuildEnv, args: &StressArgs) -> Result<()> {
+    let StressArgs {
+        concurrency,
+        seconds,
+        rounds,
+        no_write,
+    } = *args;
     cargo(env, &["build", "--release", "--package", "tcptrace"])?;
     cargo(
         env,
@@ -133,8 +142,9 @@ pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Re
     let duration = format!("{seconds}s");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for tcptrace_first in [round % 2 == 0, round % 2 != 0] {
-            if tcptrace_first {
+        // Alternate who goes first, so neither always meets a warmer system.
+        for ours_now in [round % 2 == 0, round % 2 != 0] {
+            if ours_now {
                 let out = run_ok(ns.command(&tcptrace).args([
                     "stress",
                     "churn",
@@ -175,19 +185,47 @@ pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Re
             }
         }
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    println!(
-        "stress churn, loopback in a netns, concurrency {concurrency}, {seconds} s x {rounds} rounds (medians):"
+    let (ours_median, theirs_median) = (median(ours.clone()), median(theirs.clone()));
+    let ratio = ours_median / theirs_median * 100.0;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    let per_round = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut table = String::new();
+    let _ = writeln!(table, "| churner | connections/s (median) | rounds |");
+    let _ = writeln!(table, "| --- | ---: | --- |");
+    let _ = writeln!(
+        table,
+        "| `tcptrace stress churn --concurrency {concurrency}` (tokio, release) | {ours_median:.0} | {} |",
+        per_round(&ours)
     );
-    println!("  tcptrace stress churn   {ours:>9.0} connections/s");
-    println!("  blocking baseline       {theirs:>9.0} connections/s");
-    println!(
-        "  ratio                   {:>9.1}%  (goal: at least 90%)",
-        ours / theirs * 100.0
+    let _ = writeln!(
+        table,
+        "| blocking std connect/close loop, {concurrency} threads | {theirs_median:.0} | {} |",
+        per_round(&theirs)
     );
-    println!(
-        "  command: cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}"
+    let _ = writeln!(
+        table,
+        "\ntcptrace / baseline: **{ratio:.1}%** (goal: at least 90%)."
     );
+    println!("{table}");
+    if !no_write {
+        let command = format!(
+            "sudo cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}"
+        );
+        let body = format!(
+            "Command: `{command}` ({cores} cores, load average {load} at the end; \
+             loopback in a fresh netns with ip_local_port_range 1024-65535 and tcp_tw_reuse=1; \
+             both churners against `tcptrace stress serve`).\n\n{table}"
+        );
+        super::write_section("stress", &body)?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
