@@ -7,6 +7,7 @@
 
 mod churn;
 pub mod classify;
+mod connect;
 mod hold;
 mod latency;
 mod pool;
@@ -18,16 +19,13 @@ mod wire;
 
 use std::{
     io::{self, Write as _},
-    net::SocketAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
-
 use crate::{
     cli::{LoadArgs, StressArgs, StressMode},
-    stress::{classify::Class, report::Report},
+    stress::report::Report,
 };
 
 /// The client modes, as named in reports.
@@ -128,15 +126,6 @@ where
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Connects within `timeout`; the failure is already classified.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Class> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(classify::io_error(&err)),
-        Err(_) => Err(Class::Borrowed(classify::TIMEOUT)),
-    }
 }
 
 /// Held connections and fast churn need many descriptors: use the hard
