@@ -274,7 +274,9 @@ pub fn stress(env: &BuildEnv, args: &StressArgs) -> Result<()> {
         let body = format!(
             "Command: `{command}` ({cores} cores, load average {load} at the end; \
              loopback in a fresh netns with ip_local_port_range 1024-65535 and tcp_tw_reuse=1; \
-             both churners against `tcptrace stress serve`).\n\n{table}"
+             both churners against `tcptrace stress serve`). Client and server share the \
+             cores, and rates move with whatever else the machine runs: CPU per connection \
+             (user + system, from wait4) is the steadier figure.\n\n{table}"
         );
         super::write_section("stress", &body)?;
     }
