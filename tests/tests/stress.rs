@@ -614,3 +614,32 @@ fn stress_pool_against_nginx_keepalive_timeout() {
         "{report}"
     );
 }
+
+#[test]
+fn stress_slow_accept_counts_stay_exact() {
+    require_root();
+    let ns = Netns::new("ssa");
+    // One accept every 100 ms: the client is done long before the server
+    // has accepted its connections; the kernel queue holds them, and the
+    // server drains the queue before it reports, so the counts still match.
+    let server = Server::start(&ns, "127.0.0.1:7212", &["--accept-delay", "100ms"]);
+    let (ok, report, _) = stress(
+        &ns,
+        &[
+            "churn",
+            "127.0.0.1:7212",
+            "--count",
+            "50",
+            "--concurrency",
+            "5",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(report["connected"], 50, "{report}");
+    let seen = server.stop();
+    assert_eq!(seen["accepted"], 50, "{seen}");
+    assert!(
+        seen["drained"].as_u64().unwrap() > 0,
+        "the queue was drained: {seen}"
+    );
+}
