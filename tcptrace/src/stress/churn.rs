@@ -38,7 +38,7 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     for worker in 0..workers {
         let (run, live, tickets) = (run.clone(), Arc::clone(&live), Arc::clone(&tickets));
         tasks.spawn(async move {
-            loop {
+            for round in 1u64.. {
                 let ticket = tickets.fetch_add(1, Ordering::Relaxed);
                 if ticket >= count {
                     break;
@@ -57,15 +57,18 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
                 match connect(run.target.addr, run.connect_timeout).await {
                     Ok(socket) => {
                         live.with(worker, |t| t.connect_ok(started.elapsed()));
+                        // Closing at once is the churn: a FIN, or an RST with --rst.
                         if rst {
                             close_with_reset(socket);
+                        } else {
+                            drop(socket);
                         }
                     }
                     Err(class) => live.with(worker, |t| t.connect_failed(class)),
                 }
                 // A local connect never waits, so the loop would never
                 // yield: let the other workers and the progress line run.
-                if ticket % 16 == 0 {
+                if round % 16 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
