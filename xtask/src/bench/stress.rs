@@ -258,7 +258,7 @@ pub fn stress(env: &BuildEnv, args: &StressArgs) -> Result<()> {
     );
     let _ = writeln!(
         table,
-        "| blocking std connect/close loop, {concurrency} threads | {theirs_median:.0} | {:.1} | {} |",
+        "| blocking std connect/close loop (threads: {concurrency}) | {theirs_median:.0} | {:.1} | {} |",
         median(theirs_cpu),
         per_round(&theirs)
     );
