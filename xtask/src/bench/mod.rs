@@ -18,18 +18,24 @@ pub enum Bench {
     Overhead(OverheadArgs),
     /// Churn rate of `tcptrace stress churn` against a blocking std
     /// connect/close loop with as many threads, on loopback in a netns.
-    Stress {
-        /// Connections in flight: tcptrace's --concurrency and the
-        /// baseline's thread count.
-        #[arg(long, default_value_t = 4)]
-        concurrency: u32,
-        /// Length of each run, in seconds.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// A/B rounds (the order alternates); the medians are reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-    },
+    Stress(StressArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct StressArgs {
+    /// Connections in flight: tcptrace's --concurrency and the
+    /// baseline's thread count.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u32,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// A/B rounds (the order alternates); the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Do not rewrite BENCHMARKS.md.
+    #[arg(long)]
+    pub no_write: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,11 +63,7 @@ pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
             crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
             overhead(&target_dir().join("release/tcptrace"), &args)
         }
-        Bench::Stress {
-            concurrency,
-            seconds,
-            rounds,
-        } => stress::stress(env, concurrency, seconds, rounds),
+        Bench::Stress(args) => stress::stress(env, &args),
     }
 }
 
