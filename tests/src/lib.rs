@@ -6,6 +6,7 @@
 //! benchmarking range 198.18.0.0/15 and the documentation prefix
 //! 2001:db8::/32, which never leave this machine.
 
+pub mod diagnose;
 pub mod netns;
 pub mod trace;
 

@@ -82,8 +82,8 @@ pub struct Stats {
     pub local_close_idle: Dist,
     /// Active closes: each leaves a TIME_WAIT on this side.
     pub active_closes: u64,
-    /// Connections that died after retransmitting with no RST either way:
-    /// retransmission (or user) timeout.
+    /// Connections the kernel closed with no RST either way: the
+    /// retransmission (or user) timeout gave up.
     pub timeout_aborts: u64,
     /// First retransmit to abort, for those.
     pub retransmitting_for: Dist,
@@ -306,8 +306,7 @@ impl Aggregate {
         self.settle(u64::MAX, true);
     }
 
-    /// Abortive closes with no RST within the window are timeouts (when
-    /// the connection had been retransmitting).
+    /// Abortive closes with no RST within the window are timeouts.
     fn settle(&mut self, now_ns: u64, all: bool) {
         if self.pending.is_empty() {
             return;
@@ -317,13 +316,16 @@ impl Aggregate {
             .partition(|p| all || p.closed_ns.saturating_add(CLOSE_SETTLE_NS) < now_ns);
         self.pending = keep;
         for close in due {
-            if close.retransmits == 0 {
-                continue;
-            }
+            // Only the kernel's write/user timeout ends an established
+            // connection with no RST either way. Retransmits may be
+            // missing: one that fails locally (a local firewall DROP) is
+            // not traced.
             let apply = |s: &mut Stats| {
                 s.timeout_aborts += 1;
-                s.retransmitting_for
-                    .record(close.closed_ns.saturating_sub(close.first_retransmit_ns));
+                if close.retransmits > 0 {
+                    s.retransmitting_for
+                        .record(close.closed_ns.saturating_sub(close.first_retransmit_ns));
+                }
             };
             apply(&mut self.total);
             let process = self.processes.entry(&close.pid, Process::default);

@@ -41,6 +41,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     for missing in tracer.missing() {
         eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
     }
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
     let started = Instant::now();
     match args.duration {
         Some(d) => eprintln!(
@@ -51,8 +53,6 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     }
     let mut agg = Aggregate::new(tracer.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;

@@ -757,7 +757,7 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
     let summary = if aborts + keepalive > 0 {
         format!(
-            "{} lost {} connections to {peer}: retransmitted without an answer until the kernel gave up",
+            "{} lost {} connections to {peer}: sent without an answer until the kernel gave up",
             who(pid, &process.comm),
             process.stats.timeout_aborts + process.stats.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
         )
@@ -794,6 +794,12 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
             spread(&p)
         ));
         f.figures.insert("retransmitting_for_s", secs(p.p50_ns));
+    }
+    let local_fail = i.host.counter("TCPRetransFail");
+    if local_fail > 0 {
+        f.evidence.push(format!(
+            "TCPRetransFail {local_fail:+}: retransmits failed on this host before leaving it (a local firewall or qdisc drops them)"
+        ));
     }
     if keepalive > 0 {
         f.evidence.push(format!(
