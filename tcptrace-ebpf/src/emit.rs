@@ -1,6 +1,7 @@
 //! The in-kernel filters and the one way out: the ring buffer, with every
 //! failed write counted.
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use tcptrace_common::{Config, Event};
 
 use crate::maps::{EVENTS, LOST, PRODUCED};
@@ -40,7 +41,14 @@ pub fn submit(cfg: &Config, ev: &Event) {
         return;
     }
     bump(&PRODUCED, ev.kind);
-    if EVENTS.output::<Event>(ev, 0).is_err() {
+    let flags = if cfg.wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(cfg.wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    if EVENTS.output::<Event>(ev, flags).is_err() {
         bump(&LOST, ev.kind);
     }
 }

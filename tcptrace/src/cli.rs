@@ -85,21 +85,262 @@ pub struct TraceArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct SnapshotArgs {}
+pub struct SnapshotArgs {
+    /// Print JSON (with --watch, one object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat every INTERVAL (e.g. 5s) with changes since the previous
+    /// report: socket states and kernel counters. Until Ctrl-C.
+    #[arg(long, value_parser = parse_duration, value_name = "INTERVAL")]
+    pub watch: Option<Duration>,
+    /// With --watch, stop after this many reports.
+    #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Look inside this network namespace: a name under /run/netns or a
+    /// path such as /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Rows in each ranked table (processes, ports, peers, connections).
+    #[arg(long, default_value_t = 10, value_parser = parse_top)]
+    pub top: usize,
+    /// Flag a destination once it holds this percentage of the ephemeral
+    /// port range (net.ipv4.ip_local_port_range).
+    #[arg(long, default_value_t = 50, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub ephemeral_warn: u8,
+}
 
 #[derive(Debug, Args)]
-pub struct TuneArgs {}
+pub struct TuneArgs {
+    /// The workload to tune for (default: default; with --lb: proxy).
+    #[arg(long, value_enum)]
+    pub profile: Option<TuneProfile>,
+    /// Use this value instead of the profile's (repeatable), e.g.
+    /// --set net.ipv4.tcp_fin_timeout=20.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub set: Vec<(String, String)>,
+    /// Write the drop-in file and apply the values (all or nothing); the
+    /// values replaced are saved next to it as FILE.before.
+    #[arg(long, conflicts_with_all = ["revert", "lb"])]
+    pub apply: bool,
+    /// Restore the values saved by --apply and remove the drop-in file.
+    #[arg(long, conflicts_with_all = ["profile", "set", "lb", "idle_timeout"])]
+    pub revert: bool,
+    /// The sysctl.d drop-in file --apply writes and --revert removes.
+    #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
+    pub file: PathBuf,
+    /// Print a load-balancer config consistent with the profile.
+    #[arg(long, value_enum, requires = "idle_timeout")]
+    pub lb: Option<LoadBalancer>,
+    /// The idle timeout of the load balancer or middlebox in front
+    /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
+    #[arg(long, value_parser = parse_idle_timeout, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TuneProfile {
+    /// General-purpose host: the kernel defaults that cause incidents fixed.
+    Default,
+    /// A server behind a load balancer: deep accept queues, short keepalive.
+    LbBackend,
+    /// Many short outbound connections: wide port range, TIME_WAIT reuse.
+    HighChurnClient,
+    /// The load balancer or proxy itself: both of the above, bigger buffers.
+    Proxy,
+}
+
+impl TuneProfile {
+    pub const ALL: [TuneProfile; 4] = [
+        TuneProfile::Default,
+        TuneProfile::LbBackend,
+        TuneProfile::HighChurnClient,
+        TuneProfile::Proxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TuneProfile::Default => "default",
+            TuneProfile::LbBackend => "lb-backend",
+            TuneProfile::HighChurnClient => "high-churn-client",
+            TuneProfile::Proxy => "proxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadBalancer {
+    Haproxy,
+    Nginx,
+}
 
 #[derive(Debug, Args)]
-pub struct StressArgs {}
+pub struct StressArgs {
+    #[command(subcommand)]
+    pub mode: StressMode,
+}
+
+/// Load patterns; every client mode stops by itself (count and duration).
+#[derive(Debug, Subcommand)]
+pub enum StressMode {
+    /// Open and close connections as fast as possible (or at --rate).
+    Churn(ChurnArgs),
+    /// Open connections and keep them open; report how many succeeded and
+    /// why the others failed.
+    Hold(HoldArgs),
+    /// Keep-alive client pool with idle gaps between uses: the pattern that
+    /// runs into load-balancer and server idle timeouts.
+    Pool(PoolArgs),
+    /// Connect-time probe: N samples at an interval, p50/p90/p99/max.
+    Latency(LatencyArgs),
+    /// Built-in sink server that can misbehave on purpose.
+    Serve(ServeArgs),
+}
+
+/// What every client mode needs: where, how long, how to report.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Where to connect: HOST:PORT, e.g. 127.0.0.1:8080, [::1]:80, lb.internal:443.
+    pub target: String,
+    /// Stop after this long [default: churn 10s, hold 30s, pool 60s, latency 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Give up on a connect after this long (counted as ETIMEDOUT).
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub connect_timeout: Duration,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Stop after this many connection attempts.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Attempts per second, in total (default: as fast as possible).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Close with SO_LINGER 0, so every close sends an RST.
+    #[arg(long)]
+    pub rst: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Connections to open and keep.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub count: u64,
+    /// Connects in flight at once while opening.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Keep the connections this long after the last connect (default: until --duration).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Pooled connections, each used by one request at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Idle gap between two uses of a connection: a duration (5s) or a
+    /// uniform spread (1s..8s).
+    #[arg(long, default_value = "1s", value_parser = parse_spread)]
+    pub idle: Spread,
+    /// Send HTTP/1.1 keep-alive `GET PATH` (for nginx, HAProxy...) instead of
+    /// the built-in server's one-line request.
+    #[arg(long, value_name = "PATH", value_parser = parse_http_path)]
+    pub http: Option<String>,
+    /// Host header for --http (default: the target's host).
+    #[arg(long, requires = "http")]
+    pub host: Option<String>,
+    /// Give up waiting for a reply after this long (counted as ETIMEDOUT).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub reply_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Number of connects to time.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub samples: u64,
+    /// Time between the starts of two samples.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on: IP:PORT (port 0 picks a free port, printed at start).
+    pub listen: String,
+    /// Listen backlog (the kernel caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=65535))]
+    pub backlog: u32,
+    /// Wait this long before each accept (a slow server).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "no_accept")]
+    pub accept_delay: Option<Duration>,
+    /// Never accept: connections pile up in the accept queue, then SYNs are dropped.
+    #[arg(long)]
+    pub no_accept: bool,
+    /// Close a connection as soon as data arrives, without reading it (the
+    /// kernel answers with an RST).
+    #[arg(long)]
+    pub close_unread: bool,
+    /// Close a connection that has been idle this long.
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_close: Option<Duration>,
+    /// Close a connection after answering this many requests.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_after: Option<u64>,
+    /// Make the server's own closes abortive (SO_LINGER 0: RST, no FIN).
+    #[arg(long)]
+    pub linger0: bool,
+    /// Stop after this long (also stops on Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub duration: Duration,
+    /// Open connections at most; beyond it the server stops accepting for a while.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: u32,
+    /// Print the final report (printed on exit) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An idle gap: fixed (`min == max`) or drawn uniformly from `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    pub min: Duration,
+    pub max: Duration,
+}
 
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C.
+    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C, or until the
+    /// --during load ends.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Generate load while watching, e.g. 'stress churn 127.0.0.1:8080
+    /// --duration 10s' (runs in this network namespace; its report goes
+    /// to stderr).
+    #[arg(long, value_name = "STRESS")]
+    pub during: Option<String>,
     /// Print the report as one JSON document (schema in docs/diagnose.md).
     #[arg(long)]
     pub json: bool,
@@ -162,6 +403,64 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+fn parse_top(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(top @ 1..=10_000) => Ok(top),
+        _ => Err(format!("'{text}': give a number of rows from 1 to 10000")),
+    }
+}
+
+/// `KEY=VALUE`; the key and value are checked by `tune` against the
+/// running kernel, with errors that name the key.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!(
+            "'{text}': expected KEY=VALUE, e.g. net.ipv4.tcp_fin_timeout=20"
+        )),
+    }
+}
+
+/// TCP keepalive counts whole seconds, so an idle timeout under 1 s
+/// cannot be honoured.
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let idle = parse_duration(text)?;
+    if idle < Duration::from_secs(1) {
+        return Err(format!("'{text}': an idle timeout is at least 1s"));
+    }
+    Ok(idle)
+}
+
+/// Parses `5s` (a fixed gap) or `1s..8s` (a uniform spread).
+pub fn parse_spread(text: &str) -> Result<Spread, String> {
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
+        None => {
+            let gap = parse_duration(text)?;
+            (gap, gap)
+        }
+    };
+    if min > max {
+        return Err(format!("'{text}': the spread must go from short to long"));
+    }
+    Ok(Spread { min, max })
+}
+
+fn parse_http_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/')
+        || text
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err(format!(
+            "'{text}': an HTTP path starts with / and has no spaces"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 fn parse_comm(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 15 {
         return Err("a command name is 1 to 15 bytes (the kernel's TASK_COMM_LEN)".into());
@@ -209,18 +508,24 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One thread is plenty to read events; a load generator must use every
+    // core to keep up with a blocking connect loop on as many threads.
+    let mut builder = match cli.command {
+        Command::Stress(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         match cli.command {
             Command::Trace(args) => crate::trace::run(args).await,
+            Command::Snapshot(args) => crate::snapshot::run(args).await,
+            Command::Tune(args) => crate::tune::run(args).await,
+            Command::Stress(args) => crate::stress::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::Top(args) => crate::top::run(args).await,
-            Command::Snapshot(_) | Command::Tune(_) | Command::Stress(_) => {
-                anyhow::bail!("this command is not built yet")
-            }
         }
     })
 }
@@ -281,10 +586,117 @@ mod tests {
     }
 
     #[test]
+    fn key_values_and_idle_timeouts() {
+        assert_eq!(
+            parse_key_value(" net.core.somaxconn = 8192 ").unwrap(),
+            ("net.core.somaxconn".to_string(), "8192".to_string())
+        );
+        assert_eq!(
+            parse_key_value("net.ipv4.ip_local_port_range=1024 65535")
+                .unwrap()
+                .1,
+            "1024 65535"
+        );
+        assert!(parse_key_value("net.core.somaxconn").is_err());
+        assert!(parse_key_value("=5").is_err());
+        assert!(parse_key_value("net.core.somaxconn=").is_err());
+        assert_eq!(parse_idle_timeout("60s").unwrap(), Duration::from_secs(60));
+        assert!(parse_idle_timeout("500ms").is_err());
+    }
+
+    #[test]
+    fn tune_flags_that_contradict_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tcptrace", "tune"], args].concat());
+        assert!(parse(&["--apply", "--revert"]).is_err());
+        assert!(
+            parse(&["--lb", "haproxy"]).is_err(),
+            "--lb needs --idle-timeout"
+        );
+        assert!(parse(&["--lb", "nginx", "--idle-timeout", "50s"]).is_ok());
+        assert!(parse(&["--revert", "--profile", "proxy"]).is_err());
+        assert!(
+            parse(&[
+                "--profile",
+                "lb-backend",
+                "--set",
+                "net.core.somaxconn=1",
+                "--apply"
+            ])
+            .is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["tcptrace", "snapshot", "--count", "2"]).is_err(),
+            "--count needs --watch"
+        );
+    }
+
+    #[test]
     fn ring_sizes() {
         assert!(parse_ring_kib("4").is_ok());
         assert!(parse_ring_kib("3").is_err());
         assert!(parse_ring_kib("1000").is_err());
+    }
+
+    #[test]
+    fn spreads() {
+        let fixed = parse_spread("5s").unwrap();
+        assert_eq!(
+            (fixed.min, fixed.max),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        let spread = parse_spread("1s..8s").unwrap();
+        assert_eq!(
+            (spread.min, spread.max),
+            (Duration::from_secs(1), Duration::from_secs(8))
+        );
+        assert_eq!(
+            parse_spread("500ms..2").unwrap().max,
+            Duration::from_secs(2)
+        );
+        assert!(parse_spread("8s..1s").is_err());
+        assert!(parse_spread("1s..").is_err());
+        assert!(parse_spread("..1s").is_err());
+        assert!(parse_spread("soon").is_err());
+    }
+
+    #[test]
+    fn http_paths() {
+        assert!(parse_http_path("/").is_ok());
+        assert!(parse_http_path("/health?x=1").is_ok());
+        assert!(parse_http_path("health").is_err());
+        assert!(parse_http_path("/a b").is_err());
+    }
+
+    #[test]
+    fn stress_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["tcptrace", "stress"].iter().chain(args));
+        assert!(parse(&["churn"]).is_err(), "the target is required");
+        assert!(parse(&["churn", "127.0.0.1:80", "--concurrency", "0"]).is_err());
+        assert!(parse(&["churn", "127.0.0.1:80", "--count", "0"]).is_err());
+        assert!(
+            parse(&["pool", "127.0.0.1:80", "--host", "x"]).is_err(),
+            "--host needs --http"
+        );
+        assert!(
+            parse(&[
+                "serve",
+                "127.0.0.1:0",
+                "--no-accept",
+                "--accept-delay",
+                "1s"
+            ])
+            .is_err()
+        );
+        let Command::Stress(StressArgs {
+            mode: StressMode::Pool(pool),
+        }) = parse(&["pool", "lb:80", "--idle", "1s..8s", "--http", "/"])
+            .unwrap()
+            .command
+        else {
+            panic!("pool arguments parse into pool mode");
+        };
+        assert_eq!(pool.idle.max, Duration::from_secs(8));
+        assert_eq!(pool.load.target, "lb:80");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32};
 
-use crate::event::{EventKind, Owner, TcpEvent};
+use crate::event::{Comm, EventKind, Owner, TcpEvent};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -104,15 +104,10 @@ fn owner(raw: &tcptrace_common::Owner) -> Option<Owner> {
     if raw.tgid == 0 {
         return None;
     }
-    let len = raw
-        .comm
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(raw.comm.len());
     Some(Owner {
         pid: raw.tgid,
         tid: raw.pid,
-        comm: String::from_utf8_lossy(&raw.comm[..len]).into_owned(),
+        comm: Comm::new(&raw.comm),
         cgroup_id: raw.cgroup_id,
     })
 }

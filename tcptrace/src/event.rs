@@ -61,8 +61,81 @@ pub struct Owner {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
+}
+
+/// A task's command name (at most 15 bytes), stored inline: events are
+/// decoded by the hundred thousand a second and must not allocate.
+/// Bytes that are not UTF-8 read as `?`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    pub fn new(raw: &[u8]) -> Comm {
+        let raw = &raw[..raw
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(raw.len())
+            .min(16)];
+        let mut bytes = [0u8; 16];
+        bytes[..raw.len()].copy_from_slice(raw);
+        if std::str::from_utf8(raw).is_err() {
+            for b in &mut bytes[..raw.len()] {
+                if !b.is_ascii() {
+                    *b = b'?';
+                }
+            }
+        }
+        Comm {
+            bytes,
+            len: raw.len() as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(text: &str) -> Comm {
+        Comm::new(text.as_bytes())
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

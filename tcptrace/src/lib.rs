@@ -6,15 +6,22 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod counters;
 pub mod decode;
 pub mod diagnose;
 pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod kernel;
+pub mod netns;
 pub mod sink;
+pub mod snapshot;
+pub mod stress;
 pub mod summary;
+pub mod sysctl;
+pub mod text_table;
 pub mod timefmt;
 pub mod top;
 pub mod trace;
 pub mod tracer;
+pub mod tune;

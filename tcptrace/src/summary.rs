@@ -18,7 +18,7 @@ const TOP: usize = 10;
 
 #[derive(Debug, Default, Clone)]
 struct ProcessCounts {
-    comm: String,
+    comm: crate::event::Comm,
     rst_sent: u64,
     rst_received: u64,
     retransmits: u64,
@@ -72,7 +72,7 @@ impl Summary {
             | EventKind::ConnectFailed => self.processes.entry(owner.pid).or_default(),
             _ => return,
         };
-        counts.comm.clone_from(&owner.comm);
+        counts.comm = owner.comm;
         match ev.kind {
             EventKind::RstSent => counts.rst_sent += 1,
             EventKind::RstReceived => counts.rst_received += 1,
@@ -188,7 +188,11 @@ impl Summary {
                 let _ = writeln!(
                     s,
                     "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
-                    c.comm, c.rst_sent, c.rst_received, c.retransmits, c.failed_connects
+                    c.comm.as_str(),
+                    c.rst_sent,
+                    c.rst_received,
+                    c.retransmits,
+                    c.failed_connects
                 );
             }
         }
@@ -218,7 +222,7 @@ mod tests {
             owner: Some(Owner {
                 pid,
                 tid: pid,
-                comm: format!("p{pid}"),
+                comm: format!("p{pid}").as_str().into(),
                 cgroup_id: 0,
             }),
             transition: None,

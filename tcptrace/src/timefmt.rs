@@ -3,16 +3,50 @@
 
 /// `2026-11-24T14:53:01.123456789Z` from Unix nanoseconds.
 pub fn rfc3339(unix_ns: i128) -> String {
+    Rfc3339(unix_ns).to_string()
+}
+
+/// Unix nanoseconds that display as RFC 3339 UTC (no allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub i128);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let secs = self.0.div_euclid(1_000_000_000) as i64;
+        let nanos = self.0.rem_euclid(1_000_000_000) as u32;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+}
+
+/// Writes `Rfc3339(unix_ns)` with no formatting machinery (hot path).
+pub fn write_rfc3339(out: &mut impl std::io::Write, unix_ns: i128) -> std::io::Result<()> {
     let secs = unix_ns.div_euclid(1_000_000_000) as i64;
     let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let mut buf = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, (rem / 3600) as u64);
+    put(14, 2, (rem % 3600 / 60) as u64);
+    put(17, 2, (rem % 60) as u64);
+    put(20, 9, u64::from(nanos));
+    out.write_all(&buf)
 }
 
 /// `14:53:01.123456` in the local time zone.
@@ -69,6 +103,15 @@ mod tests {
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000000Z"
         );
+    }
+
+    #[test]
+    fn fast_writer_matches_display() {
+        for ns in [0i128, 1_795_963_981_123_456_789, 951_782_400_000_000_007] {
+            let mut buf = Vec::new();
+            write_rfc3339(&mut buf, ns).unwrap();
+            assert_eq!(String::from_utf8(buf).unwrap(), rfc3339(ns));
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut losses = LossTracker::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
+    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let names = tracer.names().clone();
     tokio::pin!(stop);
 
     let write_err =
@@ -61,13 +64,22 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             }
             ready = tracer.next_batch(&mut batch) => {
                 ready?;
-                let names = tracer.names().clone();
                 let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
-                for ev in batch.drain(..) {
-                    summary.add(&ev);
-                    sink.event(&ev, &mut ctx).map_err(write_err)?;
+                write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
+            }
+            _ = drain_tick.tick() => {
+                // Batched wakeups: what sits below the wakeup threshold is
+                // collected here.
+                loop {
+                    let more = tracer.drain(&mut batch);
+                    if !batch.is_empty() {
+                        let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
+                        write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
+                    }
+                    if !more {
+                        break;
+                    }
                 }
-                sink.flush().map_err(write_err)?;
             }
             _ = loss_tick.tick() => {
                 if args.output.is_none() && stdout_closed() {
@@ -107,6 +119,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn write_batch(
+    batch: &mut Vec<TcpEvent>,
+    summary: &mut Summary,
+    sink: &mut dyn Sink,
+    ctx: &mut Context,
+) -> io::Result<()> {
+    for ev in batch.drain(..) {
+        summary.add(&ev);
+        sink.event(&ev, ctx)?;
+    }
+    sink.flush()
+}
+
 /// Turns the CLI filters into tracer options (resolving --netns).
 pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<TracerOptions> {
     let mut kinds = 0;
@@ -130,6 +155,7 @@ pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<Trac
         netns,
         kinds,
         ring_bytes: ring_kib * 1024,
+        batch_wakeups: true,
     })
 }
 

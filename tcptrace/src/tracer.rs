@@ -34,7 +34,13 @@ pub struct TracerOptions {
     pub kinds: u32,
     /// Ring buffer bytes (power of two, page multiple).
     pub ring_bytes: u32,
+    /// Batch wakeups (see `Config::wakeup_bytes`); the reader must then
+    /// call `drain` every `DRAIN_INTERVAL` as well.
+    pub batch_wakeups: bool,
 }
+
+/// How often a reader of a batching tracer drains the ring buffer.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Default for TracerOptions {
     fn default() -> Self {
@@ -45,36 +51,42 @@ impl Default for TracerOptions {
             netns: None,
             kinds: kind_mask::ALL,
             ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
+            batch_wakeups: true,
         }
     }
 }
 
-/// Names this kernel gives to TCP states and reset reasons.
+/// Names this kernel gives to TCP states and reset reasons, looked up
+/// without allocating (they are printed for every event).
 #[derive(Debug, Clone, Default)]
 pub struct Names {
-    states: BTreeMap<u32, String>,
+    /// By state number: `ESTABLISHED`, `SYN_SENT`, ... (without `TCP_`).
+    states: Vec<String>,
     reasons: BTreeMap<u32, String>,
 }
 
 impl Names {
     pub fn new(states: BTreeMap<u32, String>, reasons: BTreeMap<u32, String>) -> Names {
+        let states = (0..=u8::MAX)
+            .map(|n| match states.get(&u32::from(n)) {
+                Some(name) => name.strip_prefix("TCP_").unwrap_or(name).to_string(),
+                None => format!("STATE_{n}"),
+            })
+            .collect();
         Names { states, reasons }
     }
 
-    /// `ESTABLISHED`, `SYN_SENT`, ... (the kernel's names without `TCP_`).
-    pub fn state(&self, state: u8) -> String {
-        match self.states.get(&u32::from(state)) {
-            Some(name) => name.strip_prefix("TCP_").unwrap_or(name).to_string(),
-            None => format!("STATE_{state}"),
-        }
+    pub fn state(&self, state: u8) -> &str {
+        &self.states[usize::from(state)]
     }
 
-    /// `TCP_ABORT_ON_CLOSE`, `NO_SOCKET`, ... as this kernel names them.
-    pub fn reason(&self, reason: u32) -> String {
-        self.reasons
-            .get(&reason)
-            .cloned()
-            .unwrap_or_else(|| format!("REASON_{reason}"))
+    /// `TCP_ABORT_ON_CLOSE`, `NO_SOCKET`, ... as this kernel names them;
+    /// `REASON_<n>` for a number it does not list.
+    pub fn reason(&self, reason: u32) -> std::borrow::Cow<'_, str> {
+        match self.reasons.get(&reason) {
+            Some(name) => name.as_str().into(),
+            None => format!("REASON_{reason}").into(),
+        }
     }
 }
 
@@ -233,36 +245,36 @@ impl Tracer {
         self.decode_errors
     }
 
-    /// Waits until events are available, then appends all of them.
+    /// Waits until events are available, then appends up to
+    /// `MAX_BATCH` of them (bounded, so memory stays flat in a storm).
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
         let mut guard = self
             .ring
             .readable_mut()
             .await
             .map_err(|e| Error::io("waiting for events", e))?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match self.decoder.decode(&item) {
-                Ok(event) => out.push(event),
-                Err(err) => {
-                    self.decode_errors += 1;
-                    log::warn!("{err}");
-                }
-            }
+        let more = read_ring(
+            guard.get_inner_mut(),
+            &self.decoder,
+            &mut self.decode_errors,
+            out,
+        );
+        if !more {
+            // Only an empty ring may wait for the next wakeup.
+            guard.clear_ready();
         }
-        guard.clear_ready();
         Ok(())
     }
 
-    /// Appends whatever is in the ring buffer now, without waiting.
-    pub fn drain(&mut self, out: &mut Vec<TcpEvent>) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match self.decoder.decode(&item) {
-                Ok(event) => out.push(event),
-                Err(_) => self.decode_errors += 1,
-            }
-        }
+    /// Appends up to `MAX_BATCH` events that are in the ring buffer now,
+    /// without waiting. Returns true if more may be waiting.
+    pub fn drain(&mut self, out: &mut Vec<TcpEvent>) -> bool {
+        read_ring(
+            self.ring.get_mut(),
+            &self.decoder,
+            &mut self.decode_errors,
+            out,
+        )
     }
 
     /// Produced and lost events so far, summed over CPUs.
@@ -300,6 +312,31 @@ impl Tracer {
             }
         }
     }
+}
+
+/// Events handed out per call.
+pub const MAX_BATCH: usize = 4096;
+
+/// Decodes up to `MAX_BATCH` items; true if the limit stopped it.
+fn read_ring(
+    ring: &mut RingBuf<MapData>,
+    decoder: &Decoder,
+    errors: &mut u64,
+    out: &mut Vec<TcpEvent>,
+) -> bool {
+    for _ in 0..MAX_BATCH {
+        let Some(item) = ring.next() else {
+            return false;
+        };
+        match decoder.decode(&item) {
+            Ok(event) => out.push(event),
+            Err(err) => {
+                *errors += 1;
+                log::warn!("{err}");
+            }
+        }
+    }
+    true
 }
 
 fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {

@@ -24,9 +24,15 @@ impl Diagnose {
     /// Starts `tcptrace diagnose --json --netns NETNS` and waits until it
     /// says it is diagnosing (programs attached, host facts read).
     pub fn start(netns: &str) -> Diagnose {
+        Diagnose::start_with(netns, &[])
+    }
+
+    /// The same with more arguments (e.g. `--during`).
+    pub fn start_with(netns: &str, args: &[&str]) -> Diagnose {
         let started = Instant::now();
         let mut child = Command::new(tcptrace_bin())
             .args(["diagnose", "--json", "--netns", netns])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,9 +68,21 @@ impl Diagnose {
 
     /// Stops it as Ctrl-C does and returns the report and the seconds
     /// since start.
-    pub fn finish(mut self) -> (Value, f64) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    pub fn finish(self) -> (Value, f64) {
+        self.finish_within(Duration::ZERO)
+    }
+
+    /// Lets it stop by itself (a `--during` load ending) for up to
+    /// `grace`, then stops it as Ctrl-C does.
+    pub fn finish_within(mut self, grace: Duration) -> (Value, f64) {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: plain kill(2) on our own child, still running.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        }
         let mut out = String::new();
         self.child
             .stdout
@@ -106,20 +124,15 @@ pub fn findings(report: &Value) -> &Vec<Value> {
     report["findings"].as_array().expect("findings array")
 }
 
-/// Asserts the top finding is `cause` at high confidence with `pid` first
-/// among the affected, and that no other finding is high; returns it.
-pub fn assert_top<'a>(report: &'a Value, cause: &str, pid: u32) -> &'a Value {
+/// Asserts the top finding is `cause` at high confidence and that no
+/// other finding is high; returns it.
+pub fn assert_top<'a>(report: &'a Value, cause: &str) -> &'a Value {
     let all = findings(report);
     let top = all
         .first()
         .unwrap_or_else(|| panic!("no finding; expected {cause}: {report:#}"));
     assert_eq!(top["cause"], cause, "top finding: {report:#}");
     assert_eq!(top["confidence"], "high", "{top:#}");
-    assert_eq!(
-        top["affected"][0]["pid"].as_u64(),
-        Some(u64::from(pid)),
-        "first affected process: {top:#}"
-    );
     let others: Vec<_> = all[1..]
         .iter()
         .filter(|f| f["confidence"] == "high")
@@ -130,6 +143,18 @@ pub fn assert_top<'a>(report: &'a Value, cause: &str, pid: u32) -> &'a Value {
         "other high findings {others:?}: {report:#}"
     );
     top
+}
+
+/// The first affected process of a finding (pid, comm, role).
+pub fn first_affected(finding: &Value) -> (u64, &str, &str) {
+    let a = &finding["affected"][0];
+    (
+        a["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no affected process: {finding:#}")),
+        a["comm"].as_str().unwrap_or_default(),
+        a["role"].as_str().unwrap_or_default(),
+    )
 }
 
 /// One line for the log (and the closing note).

@@ -6,8 +6,11 @@
 //! benchmarking range 198.18.0.0/15 and the documentation prefix
 //! 2001:db8::/32, which never leave this machine.
 
+pub mod delay;
 pub mod diagnose;
+pub mod host;
 pub mod netns;
+pub mod sockets;
 pub mod trace;
 
 pub use netns::{Netns, NetnsPair};

@@ -23,7 +23,7 @@ use std::{
 
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, findings},
+    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
     require_root,
 };
 
@@ -154,7 +154,8 @@ fn lb_idle_timeout_behind_haproxy() {
     let (report, seconds) = diagnose.finish();
     assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
 
-    let top = assert_top(&report, "lb_idle_timeout", me());
+    let top = assert_top(&report, "lb_idle_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
     assert!((1.9..=2.6).contains(&idle), "idle timeout {idle}: {top:#}");
     assert_eq!(top["figures"]["resets"], 3.0);
@@ -169,8 +170,8 @@ fn lb_idle_timeout_behind_haproxy() {
     let _ = seconds;
 }
 
-/// A listener with backlog 1 that accepts every 250 ms, hit by 30
-/// concurrent connects.
+/// A listener with backlog 1 that accepts every 250 ms, under the
+/// built-in `stress churn` run by `diagnose --during` in the namespace.
 #[test]
 fn accept_queue_overflow_on_a_tiny_backlog() {
     require_root();
@@ -182,40 +183,40 @@ fn accept_queue_overflow_on_a_tiny_backlog() {
     assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
-
-    let diagnose = Diagnose::start(ns.name());
     let done = Arc::new(AtomicBool::new(false));
     let acceptor = {
         let done = done.clone();
         thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut accepted = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut accepted = 0;
             while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(250));
-                if let Ok((conn, _)) = listener.accept() {
-                    accepted.push(conn);
+                if listener.accept().is_ok() {
+                    accepted += 1;
                 }
             }
+            accepted
         })
     };
-    let connected = ns.run(|| {
-        let clients: Vec<_> = (0..30)
-            .map(|_| {
-                thread::spawn(move || TcpStream::connect_timeout(&addr, Duration::from_secs(8)))
-            })
-            .collect();
-        clients
-            .into_iter()
-            .map(|c| c.join())
-            .filter(|r| matches!(r, Ok(Ok(_))))
-            .count()
-    });
-    done.store(true, Ordering::Relaxed);
-    acceptor.join().unwrap();
-    let (report, _) = diagnose.finish();
-    assert!(connected > 0, "no client got through at all");
 
-    let top = assert_top(&report, "accept_queue_overflow", me());
+    let load = format!(
+        "stress churn {addr} --count 40 --concurrency 40 --duration 6s --connect-timeout 5s"
+    );
+    let diagnose = Diagnose::start_with(ns.name(), &["--during", &load]);
+    // The run ends when the load does.
+    let (report, _) = diagnose.finish_within(Duration::from_secs(20));
+    done.store(true, Ordering::Relaxed);
+    assert!(acceptor.join().unwrap() > 0, "the server accepted nothing");
+
+    let top = assert_top(&report, "accept_queue_overflow");
+    // The clients are the stress child (its tokio worker threads), not us.
+    let (pid, _, role) = first_affected(top);
+    assert!(pid != 0 && pid != u64::from(me()), "{top:#}");
+    assert_eq!(role, "client", "{top:#}");
+    assert!(
+        report["load"]["status"].as_str().is_some(),
+        "the load ended by itself: {report:#}"
+    );
     assert!(top["figures"]["listen_overflows"].as_f64().unwrap() >= 1.0);
     assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 1.0);
     assert!(
@@ -280,7 +281,8 @@ fn port_exhaustion_with_a_narrow_port_range() {
     assert_eq!(ok, 10, "10 ports, 10 connections");
     assert_eq!(no_port, 20, "then EADDRNOTAVAIL");
 
-    let top = assert_top(&report, "port_exhaustion", me());
+    let top = assert_top(&report, "port_exhaustion");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["port_range_size"], 10.0);
     assert_eq!(top["figures"]["time_wait"], 10.0);
     describe("port_exhaustion", &report, t0.elapsed().as_secs_f64());
@@ -315,7 +317,8 @@ fn close_with_unread_data() {
     });
     let (report, _) = diagnose.finish();
     assert_eq!(resets, 5);
-    let top = assert_top(&report, "close_with_unread_data", me());
+    let top = assert_top(&report, "close_with_unread_data");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["resets"], 5.0);
     describe(
         "close_with_unread_data",
@@ -354,7 +357,8 @@ fn linger_zero_closer() {
     });
     let (report, _) = diagnose.finish();
     assert_eq!(resets, 5);
-    let top = assert_top(&report, "linger_zero_abort", me());
+    let top = assert_top(&report, "linger_zero_abort");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["resets"], 5.0);
     describe("linger_zero_abort", &report, t0.elapsed().as_secs_f64());
 }
@@ -424,7 +428,8 @@ fn retransmission_timeout_after_a_black_hole() {
     drop(pair); // ends the echo threads' connections
     let _ = echo.join();
     assert_eq!(timeouts, 2, "both connections time out");
-    let top = assert_top(&report, "retransmission_timeout", me());
+    let top = assert_top(&report, "retransmission_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["timeout_aborts"], 2.0);
     let for_s = top["figures"]["retransmitting_for_s"].as_f64().unwrap();
     assert!((1.0..=3.5).contains(&for_s), "{for_s}: {top:#}");
@@ -452,7 +457,8 @@ fn nothing_listening() {
     });
     let (report, _) = diagnose.finish();
     assert_eq!(refused, 5);
-    let top = assert_top(&report, "nothing_listening", me());
+    let top = assert_top(&report, "nothing_listening");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["refused"], 5.0);
     assert!(top["summary"].as_str().unwrap().contains("127.0.0.1:9"));
     describe("nothing_listening", &report, t0.elapsed().as_secs_f64());

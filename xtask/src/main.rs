@@ -2,6 +2,7 @@
 //! Every task first installs what is missing (see `setup`), so a fresh
 //! machine needs nothing done by hand.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -32,6 +33,12 @@ enum Task {
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+    },
+    /// Benchmarks (as root): tcptrace against a baseline in the same run;
+    /// figures for BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
     },
 }
 
@@ -67,6 +74,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { filter } => {
             let env = setup::ensure(setup::Need::Tests)?;
             test::run(&env, filter.as_deref())
+        }
+        Task::Bench { what } => {
+            let env = setup::ensure(setup::Need::Bench)?;
+            bench::run(&env, what)
         }
     }
 }

@@ -12,6 +12,8 @@ pub enum Need {
     Build,
     /// Build and run the test suites (plus the real peers they drive).
     Tests,
+    /// Benchmarks: the test peers plus the reference tracers.
+    Bench,
 }
 
 /// Environment the builds must run with.
@@ -50,10 +52,18 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx-light", "scenario tests use a real HTTP server"),
 ];
 
+const BENCH_PACKAGES: &[(&str, &str)] = &[(
+    "libbpf-tools",
+    "the overhead benchmark compares with libbpf-tools tcpstates",
+)];
+
 pub fn ensure(need: Need) -> Result<BuildEnv> {
     let mut packages: Vec<(&str, &str)> = BUILD_PACKAGES.to_vec();
-    if need == Need::Tests {
+    if need != Need::Build {
         packages.extend_from_slice(TEST_PACKAGES);
+    }
+    if need == Need::Bench {
+        packages.extend_from_slice(BENCH_PACKAGES);
     }
     apt_install(&packages)?;
     let ebpf_toolchain = rust_src()?;

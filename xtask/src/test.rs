@@ -12,7 +12,7 @@ pub fn run(env: &BuildEnv, filter: Option<&str>) -> Result<()> {
     unit.extend(&filter);
     cargo(env, &unit)?;
 
-    if unsafe_geteuid() != 0 {
+    if euid() != 0 {
         bail!(
             "the integration tests load eBPF programs and create network namespaces: run `cargo xtask test` as root"
         );
@@ -26,7 +26,7 @@ pub fn run(env: &BuildEnv, filter: Option<&str>) -> Result<()> {
     cargo(env, &integration)
 }
 
-fn unsafe_geteuid() -> u32 {
+pub fn euid() -> u32 {
     // Avoids a libc dependency for one call: /proc tells the effective uid.
     std::fs::read_to_string("/proc/self/status")
         .ok()

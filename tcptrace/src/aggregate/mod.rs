@@ -26,8 +26,23 @@ pub use self::{
 };
 use crate::{
     event::{EventKind, TcpEvent},
-    tracer::Names,
+    tracer::{Names, Tracer},
 };
+
+/// Adds everything waiting in the ring buffer now (the reader of a
+/// batching tracer calls this every `tracer::DRAIN_INTERVAL`, and once
+/// more after detaching).
+pub fn drain(tracer: &mut Tracer, agg: &mut Aggregate, batch: &mut Vec<TcpEvent>) {
+    loop {
+        let more = tracer.drain(batch);
+        for ev in batch.drain(..) {
+            agg.add(&ev);
+        }
+        if !more {
+            break;
+        }
+    }
+}
 
 /// Processes kept (the heaviest by incidents, then activity).
 pub const MAX_PROCESSES: usize = 128;
@@ -276,7 +291,7 @@ impl Aggregate {
         if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
             let closer = self.closers.entry(&ev.local, || Closer {
                 pid: owner.pid,
-                comm: owner.comm.clone(),
+                comm: owner.comm.to_string(),
                 idle: Dist::new(Dist::MILLIS),
             });
             closer.idle.record(idle);
@@ -284,7 +299,9 @@ impl Aggregate {
         update.apply(&mut self.total);
         let process = self.processes.entry(&pid, Process::default);
         if let Some(owner) = &ev.owner {
-            process.comm.clone_from(&owner.comm);
+            if process.comm != *owner.comm {
+                process.comm = owner.comm.to_string();
+            }
             process.cgroup_id = owner.cgroup_id;
         } else if process.comm.is_empty() {
             process.comm = "?".into();
@@ -380,7 +397,7 @@ impl Update {
             changed: true,
             ..Update::default()
         };
-        let state = |s: u8| names.state(s);
+        let state = |s: u8| names.state(s).to_string();
         match ev.kind {
             EventKind::Connect => {
                 u.connect_ns = Some(ev.connect_ns.unwrap_or(0));
@@ -413,7 +430,7 @@ impl Update {
                 u.incident = true;
                 u.rst_sent_reason = Some(
                     ev.rst_reason
-                        .map_or_else(|| "UNKNOWN".to_string(), |r| names.reason(r)),
+                        .map_or_else(|| "UNKNOWN".to_string(), |r| names.reason(r).into_owned()),
                 );
                 u.age_at_rst_ns = ev.age_ns;
                 // The RST explains an abortive close just before it.
@@ -483,7 +500,7 @@ impl Update {
                                 sock: ev.sock,
                                 closed_ns: ev.mono_ns,
                                 pid: owner.map_or(0, |o| o.pid),
-                                comm: owner.map_or_else(|| "?".into(), |o| o.comm.clone()),
+                                comm: owner.map_or_else(|| "?".into(), |o| o.comm.to_string()),
                                 peer: peer_key(ev),
                                 retransmits: conn.retransmits,
                                 first_retransmit_ns: conn.first_retransmit_ns,

@@ -4,6 +4,7 @@
 //! `--duration` or Ctrl-C while aggregating every event, reads the host
 //! facts again, and hands all of it to the rules as plain data.
 
+pub mod during;
 pub mod facts;
 pub mod finding;
 pub mod host;
@@ -13,7 +14,7 @@ pub mod rules;
 use std::{
     io::{self, Write as _},
     process::ExitCode,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -25,17 +26,21 @@ use self::{
     rules::{Inputs, evaluate},
 };
 use crate::{
-    aggregate::Aggregate,
+    aggregate::{self, Aggregate},
     cli::DiagnoseArgs,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
-    tracer::Tracer,
+    tracer::{self, Tracer},
 };
+
+/// How often the --during load is checked for having ended.
+const LOAD_CHECK: Duration = Duration::from_millis(100);
 
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let options = tracer_options(&args.filter, args.ring_kib)?;
+    let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns = args.filter.netns.as_deref();
-    let before = host::read(netns).map_err(anyhow::Error::msg)?;
+    let before = host::read(netns)?;
 
     let mut tracer = Tracer::start(&options)?;
     for missing in tracer.missing() {
@@ -49,10 +54,23 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             "tcptrace: diagnosing for {:.1} s; Ctrl-C to stop early",
             d.as_secs_f64()
         ),
+        None if load_words.is_some() => {
+            eprintln!("tcptrace: diagnosing while the load runs; Ctrl-C to stop")
+        }
         None => eprintln!("tcptrace: diagnosing; Ctrl-C to stop"),
     }
+    let mut load = match &load_words {
+        Some(words) => {
+            let ns = netns.map(host::netns_path).transpose()?;
+            Some(during::Load::start(words, ns.as_deref())?)
+        }
+        None => None,
+    };
+    let mut load_tick = tokio::time::interval(LOAD_CHECK);
     let mut agg = Aggregate::new(tracer.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -66,17 +84,25 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                     agg.add(&ev);
                 }
             }
+            _ = drain_tick.tick() => aggregate::drain(&mut tracer, &mut agg, &mut batch),
+            _ = load_tick.tick(), if load.is_some() => {
+                if let Some(status) = load.as_mut().and_then(during::Load::ended) {
+                    log::debug!("the load ended: {status}");
+                    if args.duration.is_none() {
+                        break;
+                    }
+                }
+            }
         }
     }
+    let load_status = load.map(during::Load::stop);
+    // Detach first so nothing new arrives, then take what is left.
     tracer.detach();
-    tracer.drain(&mut batch);
-    for ev in batch.drain(..) {
-        agg.add(&ev);
-    }
+    aggregate::drain(&mut tracer, &mut agg, &mut batch);
     agg.finish();
     let seconds = started.elapsed().as_secs_f64();
     let kernel = tracer.kernel_counts()?;
-    let after = host::read(netns).map_err(anyhow::Error::msg)?;
+    let after = host::read(netns)?;
 
     let host = HostFacts {
         counters: after.counter_delta(&before),
@@ -101,6 +127,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         checked,
         host,
         missing: tracer.missing().to_vec(),
+        load: args.during.clone().map(|command| report::LoadRun {
+            command,
+            status: load_status.flatten().map(|s| s.to_string()),
+        }),
     };
 
     let mut out = io::stdout().lock();

@@ -32,6 +32,15 @@ pub struct Report {
     pub checked: Vec<String>,
     pub host: HostFacts,
     pub missing: Vec<String>,
+    /// The `--during` load, if any.
+    pub load: Option<LoadRun>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadRun {
+    pub command: String,
+    /// How it ended (`exit status: 0`), or `None` if it was stopped.
+    pub status: Option<String>,
 }
 
 impl Report {
@@ -66,6 +75,7 @@ impl Report {
             "sockets_end": self.host.sockets_end,
             "processes": processes_json(agg),
             "missing": self.missing,
+            "load": self.load,
         })
     }
 
@@ -80,6 +90,14 @@ impl Report {
             self.events,
             self.events_lost
         )?;
+        if let Some(load) = &self.load {
+            writeln!(
+                out,
+                "load: {} ({})",
+                load.command,
+                load.status.as_deref().unwrap_or("stopped")
+            )?;
+        }
         if self.events_lost > 0 {
             writeln!(
                 out,
@@ -237,9 +255,10 @@ mod tests {
             events: 12,
             events_lost: 0,
             findings,
-            checked: vec!["accept queues: ListenOverflows +0".into()],
+            checked: vec!["accept queues: TcpExtListenOverflows +0".into()],
             host: HostFacts::default(),
             missing: vec![],
+            load: None,
         }
     }
 
@@ -250,7 +269,7 @@ mod tests {
         report(vec![]).write_human(&mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("No problem found"), "{text}");
-        assert!(text.contains("Checked:\n  - accept queues: ListenOverflows +0"));
+        assert!(text.contains("Checked:\n  - accept queues: TcpExtListenOverflows +0"));
 
         let mut f = Finding::new(
             Cause::NothingListening,

@@ -383,8 +383,8 @@ fn half_open(i: &Inputs) -> Outcome {
 /// Cause 2: a listener's accept queue is full; SYNs / final ACKs are
 /// dropped, clients retransmit their SYN and connects take 1 s, 3 s...
 fn accept_queue(i: &Inputs) -> Outcome {
-    let overflows = i.host.counter("ListenOverflows");
-    let drops = i.host.counter("ListenDrops");
+    let overflows = i.host.counter("TcpExtListenOverflows");
+    let drops = i.host.counter("TcpExtListenDrops");
     let syn = i.agg.total.syn_retransmits;
     let synack = i.agg.total.synack_retransmits;
     let full: Vec<_> = i
@@ -400,7 +400,7 @@ fn accept_queue(i: &Inputs) -> Outcome {
         .unwrap_or_default();
     let checked = format!(
         "accept queues: {}, SYN retransmits {syn}, SYN-ACK retransmits {synack}, {} listener(s) full",
-        counter_line(i.host, &["ListenOverflows", "ListenDrops"]),
+        counter_line(i.host, &["TcpExtListenOverflows", "TcpExtListenDrops"]),
         full.len()
     );
     let confidence = if overflows > 0 && (syn > 0 || synack > 0 || !full.is_empty()) {
@@ -432,7 +432,11 @@ fn accept_queue(i: &Inputs) -> Outcome {
         "{} over {:.1} s",
         counter_line(
             i.host,
-            &["ListenOverflows", "ListenDrops", "TCPReqQFullDrop"]
+            &[
+                "TcpExtListenOverflows",
+                "TcpExtListenDrops",
+                "TcpExtTCPReqQFullDrop"
+            ]
         ),
         i.seconds
     ));
@@ -586,9 +590,9 @@ fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Proces
 /// Cause 4a: close() with unread received data sends an RST.
 fn close_with_unread_data(i: &Inputs) -> Outcome {
     let events = i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
-    let counter = i.host.counter("TCPAbortOnClose");
+    let counter = i.host.counter("TcpExtTCPAbortOnClose");
     let checked = format!(
-        "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TCPAbortOnClose {counter:+}"
+        "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
     );
     let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
     let (confidence, score) = match events {
@@ -622,7 +626,7 @@ fn close_with_unread_data(i: &Inputs) -> Outcome {
         ));
     }
     f.evidence.push(format!(
-        "TCPAbortOnClose {counter:+} over {:.1} s",
+        "TcpExtTCPAbortOnClose {counter:+} over {:.1} s",
         i.seconds
     ));
     f.figures.insert("resets", score as f64);
@@ -722,10 +726,10 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     let t = &i.agg.total;
     let aborts = t.timeout_aborts;
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
-    let counter = i.host.counter("TCPAbortOnTimeout");
+    let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
     let retrans = t.retransmits_total();
     let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TCPAbortOnTimeout {counter:+}"
+        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}"
     );
     let hit = processes_with(i.agg, |s| {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
@@ -795,10 +799,10 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
         ));
         f.figures.insert("retransmitting_for_s", secs(p.p50_ns));
     }
-    let local_fail = i.host.counter("TCPRetransFail");
+    let local_fail = i.host.counter("TcpExtTCPRetransFail");
     if local_fail > 0 {
         f.evidence.push(format!(
-            "TCPRetransFail {local_fail:+}: retransmits failed on this host before leaving it (a local firewall or qdisc drops them)"
+            "TcpExtTCPRetransFail {local_fail:+}: retransmits failed on this host before leaving it (a local firewall or qdisc drops them)"
         ));
     }
     if keepalive > 0 {
@@ -808,7 +812,14 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     }
     f.evidence.push(format!(
         "{} over {:.1} s",
-        counter_line(i.host, &["TCPAbortOnTimeout", "TCPTimeouts", "RetransSegs"]),
+        counter_line(
+            i.host,
+            &[
+                "TcpExtTCPAbortOnTimeout",
+                "TcpExtTCPTimeouts",
+                "TcpRetransSegs"
+            ]
+        ),
         i.seconds
     ));
     f.figures

@@ -1,8 +1,17 @@
 //! NDJSON: one object per line, schema in docs/events.md. Stable: other
 //! tools parse it. Add fields, never rename or remove them without
 //! bumping `SCHEMA_VERSION`.
+//!
+//! Events are the hot path (hundreds of thousands a second in a storm),
+//! so they are written field by field with no allocation: keys are
+//! literals, numbers go through `itoa`, and only strings that can hold
+//! arbitrary bytes (comm, cgroup path) go through serde_json's escaping.
+//! Loss and summary records are rare and use plain serde.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
@@ -26,44 +35,6 @@ impl JsonSink {
 }
 
 #[derive(Serialize)]
-struct EventRecord<'a> {
-    v: u32,
-    #[serde(rename = "type")]
-    record: &'static str,
-    time: String,
-    mono_ns: u64,
-    kind: &'static str,
-    netns: Option<u32>,
-    family: &'static str,
-    local_addr: String,
-    local_port: u16,
-    remote_addr: String,
-    remote_port: u16,
-    owner: Option<OwnerRecord<'a>>,
-    old_state: Option<String>,
-    new_state: Option<String>,
-    state: Option<String>,
-    reason: Option<String>,
-    connect_ns: Option<u64>,
-    age_ns: Option<u64>,
-    idle_ns: Option<u64>,
-    idle_send_ns: Option<u64>,
-    idle_recv_ns: Option<u64>,
-    err: Option<i32>,
-    sock: String,
-}
-
-#[derive(Serialize)]
-struct OwnerRecord<'a> {
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    cgroup_id: u64,
-    cgroup: Option<&'a str>,
-    container: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct LossRecord {
     v: u32,
     #[serde(rename = "type")]
@@ -75,44 +46,7 @@ struct LossRecord {
 
 impl Sink for JsonSink {
     fn event(&mut self, ev: &TcpEvent, ctx: &mut Context) -> io::Result<()> {
-        let cgroup = ev
-            .owner
-            .as_ref()
-            .and_then(|o| ctx.cgroups.lookup(o.cgroup_id));
-        let record = EventRecord {
-            v: SCHEMA_VERSION,
-            record: "event",
-            time: timefmt::rfc3339(ctx.clock.unix_ns(ev.mono_ns)),
-            mono_ns: ev.mono_ns,
-            kind: ev.kind.name(),
-            netns: ev.netns,
-            family: if ev.local.is_ipv4() { "ipv4" } else { "ipv6" },
-            local_addr: ev.local.ip().to_string(),
-            local_port: ev.local.port(),
-            remote_addr: ev.remote.ip().to_string(),
-            remote_port: ev.remote.port(),
-            owner: ev.owner.as_ref().map(|o| OwnerRecord {
-                pid: o.pid,
-                tid: o.tid,
-                comm: &o.comm,
-                cgroup_id: o.cgroup_id,
-                cgroup: cgroup.map(|c| c.path.as_str()),
-                container: cgroup.and_then(|c| c.container.as_deref()),
-            }),
-            old_state: ev.transition.map(|(old, _)| ctx.names.state(old)),
-            new_state: ev.transition.map(|(_, new)| ctx.names.state(new)),
-            state: ev.state.map(|s| ctx.names.state(s)),
-            reason: ev.rst_reason.map(|r| ctx.names.reason(r)),
-            connect_ns: ev.connect_ns,
-            age_ns: ev.age_ns,
-            idle_ns: ev.idle_ns(),
-            idle_send_ns: ev.idle_send_ns,
-            idle_recv_ns: ev.idle_recv_ns,
-            err: ev.err,
-            sock: format!("{:#x}", ev.sock),
-        };
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")
+        write_event(&mut self.out, ev, ctx)
     }
 
     fn loss(&mut self, kind: EventKind, lost: u64, total_lost: u64) -> io::Result<()> {
@@ -134,5 +68,206 @@ impl Sink for JsonSink {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// One event as one line. Fields that do not apply to the event's kind,
+/// or that are unknown, are left out (jq reads them as null).
+pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io::Result<()> {
+    let mut n = itoa::Buffer::new();
+    out.write_all(b"{\"v\":1,\"type\":\"event\",\"time\":\"")?;
+    timefmt::write_rfc3339(out, ctx.clock.unix_ns(ev.mono_ns))?;
+    out.write_all(b"\",\"mono_ns\":")?;
+    out.write_all(n.format(ev.mono_ns).as_bytes())?;
+    out.write_all(b",\"kind\":\"")?;
+    out.write_all(ev.kind.name().as_bytes())?;
+    out.write_all(b"\"")?;
+    if let Some(netns) = ev.netns {
+        out.write_all(b",\"netns\":")?;
+        out.write_all(n.format(netns).as_bytes())?;
+    }
+    out.write_all(if ev.local.is_ipv4() {
+        b",\"family\":\"ipv4\""
+    } else {
+        b",\"family\":\"ipv6\""
+    })?;
+    out.write_all(b",\"local_addr\":\"")?;
+    write_ip(out, ev.local.ip())?;
+    out.write_all(b"\",\"local_port\":")?;
+    out.write_all(n.format(ev.local.port()).as_bytes())?;
+    out.write_all(b",\"remote_addr\":\"")?;
+    write_ip(out, ev.remote.ip())?;
+    out.write_all(b"\",\"remote_port\":")?;
+    out.write_all(n.format(ev.remote.port()).as_bytes())?;
+    match &ev.owner {
+        Some(owner) => {
+            out.write_all(b",\"owner\":{\"pid\":")?;
+            out.write_all(n.format(owner.pid).as_bytes())?;
+            out.write_all(b",\"tid\":")?;
+            out.write_all(n.format(owner.tid).as_bytes())?;
+            out.write_all(b",\"comm\":")?;
+            serde_json::to_writer(&mut *out, owner.comm.as_str())?;
+            out.write_all(b",\"cgroup_id\":")?;
+            out.write_all(n.format(owner.cgroup_id).as_bytes())?;
+            if let Some(cgroup) = ctx.cgroups.lookup(owner.cgroup_id) {
+                out.write_all(b",\"cgroup\":")?;
+                serde_json::to_writer(&mut *out, cgroup.path.as_str())?;
+                if let Some(container) = &cgroup.container {
+                    out.write_all(b",\"container\":\"")?;
+                    out.write_all(container.as_bytes())?;
+                    out.write_all(b"\"")?;
+                }
+            }
+            out.write_all(b"}")?;
+        }
+        None => out.write_all(b",\"owner\":null")?,
+    }
+    // State and reason names come from the kernel's format files: plain
+    // [A-Z0-9_] identifiers, no escaping needed.
+    if let Some((old, new)) = ev.transition {
+        str_field(out, b",\"old_state\":\"", ctx.names.state(old))?;
+        str_field(out, b",\"new_state\":\"", ctx.names.state(new))?;
+    }
+    if let Some(state) = ev.state {
+        str_field(out, b",\"state\":\"", ctx.names.state(state))?;
+    }
+    if let Some(reason) = ev.rst_reason {
+        str_field(out, b",\"reason\":\"", &ctx.names.reason(reason))?;
+    }
+    num_field(out, &mut n, b",\"connect_ns\":", ev.connect_ns)?;
+    num_field(out, &mut n, b",\"age_ns\":", ev.age_ns)?;
+    num_field(out, &mut n, b",\"idle_ns\":", ev.idle_ns())?;
+    num_field(out, &mut n, b",\"idle_send_ns\":", ev.idle_send_ns)?;
+    num_field(out, &mut n, b",\"idle_recv_ns\":", ev.idle_recv_ns)?;
+    if let Some(err) = ev.err {
+        out.write_all(b",\"err\":")?;
+        out.write_all(n.format(err).as_bytes())?;
+    }
+    write!(out, ",\"sock\":\"{:#x}\"}}\n", ev.sock)
+}
+
+fn str_field(out: &mut impl Write, key: &[u8], value: &str) -> io::Result<()> {
+    out.write_all(key)?;
+    out.write_all(value.as_bytes())?;
+    out.write_all(b"\"")
+}
+
+fn num_field(
+    out: &mut impl Write,
+    n: &mut itoa::Buffer,
+    key: &[u8],
+    value: Option<u64>,
+) -> io::Result<()> {
+    if let Some(value) = value {
+        out.write_all(key)?;
+        out.write_all(n.format(value).as_bytes())?;
+    }
+    Ok(())
+}
+
+fn write_ip(out: &mut impl Write, ip: IpAddr) -> io::Result<()> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b".")?;
+                }
+                out.write_all(n.format(octet).as_bytes())?;
+            }
+            Ok(())
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{enrich::Cgroups, event::Owner, kernel::clock::WallClock, tracer::Names};
+
+    fn line(ev: &TcpEvent) -> Value {
+        let names = Names::new(
+            BTreeMap::from([(1, "TCP_ESTABLISHED".into()), (7, "TCP_CLOSE".into())]),
+            BTreeMap::from([(11, "TCP_ABORT_ON_CLOSE".into())]),
+        );
+        let clock = WallClock::now();
+        let mut cgroups = Cgroups::new("/nonexistent");
+        let mut ctx = Context {
+            names: &names,
+            clock: &clock,
+            cgroups: &mut cgroups,
+        };
+        let mut buf = Vec::new();
+        write_event(&mut buf, ev, &mut ctx).unwrap();
+        assert_eq!(buf.last(), Some(&b'\n'));
+        assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    fn rst() -> TcpEvent {
+        TcpEvent {
+            mono_ns: 123,
+            kind: EventKind::RstSent,
+            sock: 0xffff_8880_1234,
+            netns: Some(4026531840),
+            local: "10.1.2.3:45678".parse().unwrap(),
+            remote: "[2001:db8::2]:443".parse().unwrap(),
+            owner: Some(Owner {
+                pid: 42,
+                tid: 43,
+                comm: "we\"ird\\co\nmm".into(),
+                cgroup_id: 9,
+            }),
+            transition: None,
+            state: Some(7),
+            rst_reason: Some(11),
+            connect_ns: None,
+            age_ns: Some(5_000_000_000),
+            idle_send_ns: Some(60_000_000_000),
+            idle_recv_ns: Some(59_000_000_000),
+            err: None,
+        }
+    }
+
+    #[test]
+    fn event_is_valid_json_with_the_documented_fields() {
+        let v = line(&rst());
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["kind"], "rst_sent");
+        assert_eq!(v["netns"], 4026531840u64);
+        assert_eq!(v["local_addr"], "10.1.2.3");
+        assert_eq!(v["local_port"], 45678);
+        assert_eq!(v["remote_addr"], "2001:db8::2");
+        assert_eq!(v["owner"]["pid"], 42);
+        assert_eq!(
+            v["owner"]["comm"], "we\"ird\\co\nmm",
+            "arbitrary comm bytes are escaped"
+        );
+        assert_eq!(v["state"], "CLOSE");
+        assert_eq!(v["reason"], "TCP_ABORT_ON_CLOSE");
+        assert_eq!(v["age_ns"], 5_000_000_000u64);
+        assert_eq!(v["idle_ns"], 59_000_000_000u64);
+        assert_eq!(v["sock"], "0xffff88801234");
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert!(
+            v.get("connect_ns").is_none(),
+            "fields that do not apply are left out"
+        );
+    }
+
+    #[test]
+    fn unknown_owner_is_null() {
+        let mut ev = rst();
+        ev.owner = None;
+        ev.rst_reason = Some(99);
+        let v = line(&ev);
+        assert!(v["owner"].is_null());
+        assert_eq!(v["reason"], "REASON_99");
     }
 }

@@ -1,0 +1,74 @@
+//! `churn`: open and close connections as fast as possible, or at a rate.
+//!
+//! `concurrency` workers each run connect -> close in a loop. They take
+//! numbered tickets from one counter: the count bound is exact, and with
+//! `--rate` ticket `i` starts at `start + i / rate`, which spreads the rate
+//! over all workers without a central scheduler.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cli::ChurnArgs,
+    stress::{
+        Mode, Run, connect,
+        report::{Live, Tally},
+    },
+};
+
+pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
+    let ChurnArgs {
+        count,
+        concurrency,
+        rate,
+        rst,
+        ..
+    } = args;
+    let workers = concurrency as usize;
+    let live = Live::new(workers);
+    let _progress = live.progress(Mode::Churn, run.start);
+    let tickets = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        let (run, live, tickets) = (run.clone(), Arc::clone(&live), Arc::clone(&tickets));
+        tasks.spawn(async move {
+            loop {
+                let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+                if ticket >= count {
+                    break;
+                }
+                if let Some(rate) = rate {
+                    let due = run.start + Duration::from_secs_f64(ticket as f64 / f64::from(rate));
+                    if due >= run.deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let started = Instant::now();
+                if started >= run.deadline {
+                    break;
+                }
+                match connect(run.target.addr, run.connect_timeout).await {
+                    Ok(stream) => {
+                        live.with(worker, |t| t.connect_ok(started.elapsed()));
+                        if rst {
+                            // An RST close cannot fail in a way worth counting.
+                            let _ = stream.set_zero_linger();
+                        }
+                        drop(stream);
+                    }
+                    Err(class) => live.with(worker, |t| t.connect_failed(class)),
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done?;
+    }
+    Ok(live.total())
+}

@@ -1,0 +1,154 @@
+//! `tcptrace stress`: make load on purpose to reproduce a storm (connect
+//! churn, held connections, a keep-alive pool with idle gaps, a connect
+//! latency probe) and a built-in server that misbehaves on demand.
+//!
+//! Every client mode is bounded twice, by a count and by a duration, and
+//! stops by itself; at most `--concurrency` connections are in flight.
+
+mod churn;
+pub mod classify;
+mod hold;
+mod latency;
+mod pool;
+pub mod report;
+mod server;
+pub mod target;
+mod wire;
+
+use std::{
+    io::{self, Write as _},
+    net::SocketAddr,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use tokio::net::TcpStream;
+
+use crate::{
+    cli::{LoadArgs, StressArgs, StressMode},
+    stress::{classify::Class, report::Report},
+};
+
+/// The client modes, as named in reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Churn,
+    Hold,
+    Pool,
+    Latency,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Churn => "churn",
+            Mode::Hold => "hold",
+            Mode::Pool => "pool",
+            Mode::Latency => "latency",
+        }
+    }
+
+    /// How long a run lasts when `--duration` is not given.
+    fn default_duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Mode::Churn => 10,
+            Mode::Hold => 30,
+            Mode::Pool | Mode::Latency => 60,
+        })
+    }
+}
+
+pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
+    raise_fd_limit();
+    match args.mode {
+        StressMode::Churn(args) => {
+            client(Mode::Churn, &args.load.clone(), |run| churn::run(run, args)).await
+        }
+        StressMode::Hold(args) => {
+            client(Mode::Hold, &args.load.clone(), |run| hold::run(run, args)).await
+        }
+        StressMode::Pool(args) => {
+            client(Mode::Pool, &args.load.clone(), |run| pool::run(run, args)).await
+        }
+        StressMode::Latency(args) => {
+            client(Mode::Latency, &args.load.clone(), |run| {
+                latency::run(run, args)
+            })
+            .await
+        }
+        StressMode::Serve(args) => server::run(args).await,
+    }
+}
+
+/// What every client mode runs with.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub target: target::Target,
+    pub start: Instant,
+    pub deadline: Instant,
+    pub connect_timeout: Duration,
+}
+
+/// Resolves the target, runs a client mode with live progress, prints the
+/// final report. A run where not a single connect succeeded ends with a
+/// non-zero exit, after the report says why.
+async fn client<F, Fut>(mode: Mode, load: &LoadArgs, work: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(Run) -> Fut,
+    Fut: Future<Output = anyhow::Result<report::Tally>>,
+{
+    let target = target::resolve(&load.target).await?;
+    let start = Instant::now();
+    let run = Run {
+        deadline: start + load.duration.unwrap_or(mode.default_duration()),
+        target: target.clone(),
+        start,
+        connect_timeout: load.connect_timeout,
+    };
+    let tally = work(run).await?;
+    let report = Report::new(
+        mode,
+        &target.text,
+        &target.addr.to_string(),
+        start.elapsed(),
+        &tally,
+    );
+    let mut out = io::stdout().lock();
+    report.write(load.json, &mut out)?;
+    out.flush()?;
+    if tally.connected == 0 {
+        anyhow::bail!(
+            "no connection to {} succeeded ({} attempts: {})",
+            target.addr,
+            tally.attempts,
+            report::classes(&tally.connect_errors)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects within `timeout`; the failure is already classified.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Class> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(classify::io_error(&err)),
+        Err(_) => Err(Class::Borrowed(classify::TIMEOUT)),
+    }
+}
+
+/// Held connections and fast churn need many descriptors: use the hard
+/// limit, as servers do. If that fails, EMFILE in the report says so.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

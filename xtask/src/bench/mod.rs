@@ -1,0 +1,158 @@
+//! `cargo xtask bench WHAT`: benchmarks, not tests. Each compares
+//! tcptrace with a baseline run side by side in the same command and
+//! writes its table into BENCHMARKS.md.
+
+mod churn;
+mod overhead;
+mod stress;
+
+use std::{fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup::BuildEnv, target_dir, workspace_root};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Churn throughput, loss, CPU and RSS with and without tracers.
+    Overhead(OverheadArgs),
+    /// Churn rate of `tcptrace stress churn` against a blocking std
+    /// connect/close loop with as many threads, on loopback in a netns.
+    Stress {
+        /// Connections in flight: tcptrace's --concurrency and the
+        /// baseline's thread count.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Length of each run, in seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// A/B rounds (the order alternates); the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OverheadArgs {
+    /// Seconds of churn per run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// A/B rounds (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Churn threads (default: 2 per core, to keep every core busy).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not rewrite BENCHMARKS.md.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
+    if crate::test::euid() != 0 {
+        bail!("benchmarks load eBPF programs and create network namespaces: run as root");
+    }
+    match what {
+        Bench::Overhead(args) => {
+            crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
+            overhead(&target_dir().join("release/tcptrace"), &args)
+        }
+        Bench::Stress {
+            concurrency,
+            seconds,
+            rounds,
+        } => stress::stress(env, concurrency, seconds, rounds),
+    }
+}
+
+fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
+    use overhead::Setup;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = args.threads.unwrap_or(2 * cores);
+    let mut setups = vec![Setup::Baseline, Setup::TraceJson];
+    let has_top = std::process::Command::new(tcptrace)
+        .args(["top", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_top {
+        setups.push(Setup::Aggregate);
+    } else {
+        eprintln!("xtask bench: `tcptrace top` is not built yet; skipping the aggregation run");
+    }
+    setups.push(Setup::Tcpstates);
+    let options = overhead::Options {
+        seconds: args.seconds,
+        rounds: args.rounds,
+        threads,
+        setups,
+    };
+    let results = overhead::run(tcptrace, &options)?;
+
+    let baseline = {
+        let mut rates: Vec<f64> = results[0].1.iter().map(|r| r.rate).collect();
+        overhead::median(&mut rates)
+    };
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| setup | churn conn/s (median) | vs baseline | events received / produced | lost | tracer CPU s per 1M events | tracer peak RSS |"
+    );
+    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (setup, runs) in &results {
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+        let rate = overhead::median(&mut rates);
+        let sum =
+            |f: fn(&overhead::Run) -> Option<u64>| -> Option<u64> { runs.iter().map(f).sum() };
+        let received = sum(|r| r.received);
+        let produced = sum(|r| r.produced);
+        let lost = sum(|r| r.lost);
+        let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
+        let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+        let events = match (received, produced) {
+            (Some(r), Some(p)) => format!("{r} / {p} ({:.1}%)", 100.0 * r as f64 / p.max(1) as f64),
+            _ => "-".into(),
+        };
+        let cpu_per_million = match received {
+            Some(r) if r > 0 => format!("{:.2}", cpu / r as f64 * 1e6),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {rate:.0} | {:.1}% | {events} | {} | {cpu_per_million} | {} |",
+            setup.name(),
+            100.0 * rate / baseline,
+            lost.map_or("-".into(), |l| l.to_string()),
+            if rss > 0 {
+                format!("{:.1} MiB", rss as f64 / 1024.0)
+            } else {
+                "-".into()
+            },
+        );
+    }
+    println!("{table}");
+    if !args.no_write {
+        let command = format!(
+            "sudo cargo xtask bench overhead --seconds {} --rounds {} (threads: {threads}, cores: {cores})",
+            args.seconds, args.rounds
+        );
+        write_section("overhead", &format!("Command: `{command}`\n\n{table}"))?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+/// in BENCHMARKS.md (appending the section if it is new).
+pub fn write_section(name: &str, body: &str) -> Result<()> {
+    let path = workspace_root().join("BENCHMARKS.md");
+    let text = fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let block = format!("{begin}\n{body}\n{end}");
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &text[..b], &text[e + end.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    };
+    fs::write(&path, new).with_context(|| format!("writing {}", path.display()))
+}

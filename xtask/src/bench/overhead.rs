@@ -1,0 +1,295 @@
+//! `cargo xtask bench overhead`: what tracing costs the traced host.
+//! The same connection churn runs with no tracer, then under each
+//! tracer, alternating A/B for several rounds; medians are reported as
+//! ratios of the untraced rate measured in the same command.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::churn::{BenchNetns, churn};
+
+/// One way of running the churn.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Setup {
+    /// No tracer attached.
+    Baseline,
+    /// `tcptrace trace --json --output FILE`: every event serialised.
+    TraceJson,
+    /// `tcptrace top` in plain (non-TTY) mode: aggregation only.
+    Aggregate,
+    /// libbpf-tools `tcpstates` writing text to a file.
+    Tcpstates,
+}
+
+impl Setup {
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Baseline => "no tracer (baseline)",
+            Setup::TraceJson => "tcptrace trace --json --output FILE",
+            Setup::Aggregate => "tcptrace top (aggregation only)",
+            Setup::Tcpstates => "libbpf-tools tcpstates > FILE",
+        }
+    }
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    pub rate: f64,
+    pub received: Option<u64>,
+    pub produced: Option<u64>,
+    pub lost: Option<u64>,
+    pub cpu_seconds: f64,
+    pub max_rss_kib: u64,
+}
+
+pub struct Options {
+    pub seconds: u64,
+    pub rounds: usize,
+    pub threads: usize,
+    pub setups: Vec<Setup>,
+}
+
+pub fn run(tcptrace: &Path, options: &Options) -> Result<Vec<(Setup, Vec<Run>)>> {
+    let ns = BenchNetns::new()?;
+    let tmp = std::env::temp_dir().join(format!("tcptrace-bench-{}", std::process::id()));
+    fs::create_dir_all(&tmp)?;
+    let mut results: Vec<(Setup, Vec<Run>)> =
+        options.setups.iter().map(|s| (*s, Vec::new())).collect();
+    for round in 0..options.rounds {
+        for (setup, runs) in results.iter_mut() {
+            let run = measure(*setup, tcptrace, &ns, &tmp, options)
+                .with_context(|| format!("round {}: {}", round + 1, setup.name()))?;
+            eprintln!(
+                "xtask bench: round {} {:<40} {:>9.0} conn/s{}",
+                round + 1,
+                setup.name(),
+                run.rate,
+                run.lost.map(|l| format!(", lost {l}")).unwrap_or_default()
+            );
+            runs.push(run);
+        }
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(results)
+}
+
+fn measure(
+    setup: Setup,
+    tcptrace: &Path,
+    ns: &BenchNetns,
+    tmp: &Path,
+    options: &Options,
+) -> Result<Run> {
+    let duration = Duration::from_secs(options.seconds);
+    let output = tmp.join("events.out");
+    let _ = fs::remove_file(&output);
+    let mut tracer = match setup {
+        Setup::Baseline => None,
+        Setup::TraceJson => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args(["trace", "--json", "--no-summary", "--output"])
+                .arg(&output),
+            Ready::StderrLine("tracing;"),
+            None,
+        )?),
+        Setup::Aggregate => Some(Tracer::start(
+            Command::new(tcptrace).args(["top", "--json", "--interval", "1s"]),
+            Ready::StderrLine("tracing;"),
+            Some(&output),
+        )?),
+        // tcpstates block-buffers its output to a file: give it time to attach.
+        Setup::Tcpstates => Some(Tracer::start(
+            &mut Command::new("tcpstates"),
+            Ready::After(Duration::from_secs(3)),
+            Some(&output),
+        )?),
+    };
+    let (rate, connections) = churn(ns, options.threads, duration)?;
+    let mut run = Run {
+        rate,
+        ..Run::default()
+    };
+    if let Some(tracer) = tracer.take() {
+        // Let the tracer catch up before it is stopped.
+        std::thread::sleep(Duration::from_millis(500));
+        run.max_rss_kib = tracer.peak_rss_kib();
+        let (usage, stderr) = tracer.stop()?;
+        run.cpu_seconds = usage.cpu_seconds;
+        match setup {
+            Setup::TraceJson | Setup::Aggregate => {
+                read_tcptrace_counts(&output, &stderr, &mut run)?
+            }
+            Setup::Tcpstates => {
+                // One line per state change, after a header line.
+                let lines = BufReader::new(fs::File::open(&output)?).lines().count() as u64;
+                run.received = Some(lines.saturating_sub(1));
+                // Client and server: CLOSE->SYN_SENT, SYN_SENT->ESTABLISHED,
+                // LISTEN->SYN_RECV, SYN_RECV->ESTABLISHED, 2x ESTABLISHED->CLOSE.
+                run.produced = Some(connections * 6);
+                run.lost = Some(
+                    stderr
+                        .iter()
+                        .filter_map(|l| {
+                            l.strip_prefix("lost ")
+                                .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                        })
+                        .sum(),
+                );
+            }
+            Setup::Baseline => {}
+        }
+    }
+    Ok(run)
+}
+
+/// tcptrace prints its JSON summary as the last record of the stream
+/// (trace) or its counters in the last snapshot (top).
+fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Result<()> {
+    let text = fs::read_to_string(output).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"events_produced\"") || l.contains("\"produced\""));
+    let Some(last) = last else {
+        bail!(
+            "no tcptrace summary in {} (stderr: {stderr:?})",
+            output.display()
+        );
+    };
+    let value: serde_json::Value = serde_json::from_str(last)?;
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| value.pointer(n).and_then(serde_json::Value::as_u64))
+    };
+    run.received = get(&["/events_received", "/events/received"]);
+    run.produced = get(&["/events_produced", "/events/produced"]);
+    run.lost = get(&["/events_lost", "/events/lost"]);
+    if run.received.is_none() {
+        // `trace` ran with --no-summary: count the event lines.
+        run.received = Some(
+            text.lines()
+                .filter(|l| l.contains("\"type\":\"event\""))
+                .count() as u64,
+        );
+    }
+    Ok(())
+}
+
+enum Ready {
+    /// A line on stderr containing this text.
+    StderrLine(&'static str),
+    /// A fixed delay (for tools that say nothing when attached).
+    After(Duration),
+}
+
+struct Tracer {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+struct Usage {
+    cpu_seconds: f64,
+}
+
+impl Tracer {
+    fn start(cmd: &mut Command, ready: Ready, stdout_to: Option<&PathBuf>) -> Result<Tracer> {
+        let stdout = match stdout_to {
+            Some(path) => Stdio::from(fs::File::create(path)?),
+            None => Stdio::null(),
+        };
+        let mut child = cmd
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            if Instant::now() > deadline {
+                bail!("tracer did not become ready: {seen:?}");
+            }
+            match ready {
+                Ready::StderrLine(text) => {
+                    if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                        let done = line.contains(text);
+                        seen.push(line);
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                Ready::After(delay) => {
+                    std::thread::sleep(delay);
+                    if child.try_wait()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("tracer exited early ({status}): {seen:?}");
+            }
+        }
+        Ok(Tracer { child, stderr: rx })
+    }
+
+    /// Peak resident set since exec (VmHWM). rusage's ru_maxrss would
+    /// include the parent's pages shared before exec.
+    fn peak_rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGINT, then wait4 for the CPU time and peak RSS of the process.
+    fn stop(self) -> Result<(Usage, Vec<String>)> {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling and reaping our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc != pid {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        std::mem::forget(self.child);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        Ok((
+            Usage {
+                cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
+            },
+            stderr,
+        ))
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
