@@ -889,4 +889,6 @@ fn nothing_listening(i: &Inputs) -> Outcome {
 }
 
 #[cfg(test)]
+mod recorded;
+#[cfg(test)]
 mod tests;
