@@ -209,6 +209,7 @@ impl Weight for Process {
 pub struct Closer {
     pub pid: u32,
     pub comm: String,
+    pub cgroup_id: u64,
     pub idle: Dist,
 }
 
@@ -292,6 +293,7 @@ impl Aggregate {
             let closer = self.closers.entry(&ev.local, || Closer {
                 pid: owner.pid,
                 comm: owner.comm.to_string(),
+                cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
             });
             closer.idle.record(idle);

@@ -34,13 +34,15 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
         }) => Ok(words),
         Ok(_) => anyhow::bail!("--during '{text}': not a stress command"),
         Err(err) => {
-            let first = err.to_string();
-            let first = first
+            // clap's message without its usage block, on one line.
+            let message = err.to_string();
+            let message: Vec<&str> = message
                 .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            anyhow::bail!("--during '{text}': {first}")
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(|l| l.trim().trim_start_matches("error: "))
+                .filter(|l| !l.is_empty())
+                .collect();
+            anyhow::bail!("--during '{text}': {}", message.join(" "))
         }
     }
 }
@@ -121,6 +123,9 @@ mod tests {
         assert!(err.contains("expected a stress command"), "{err}");
         let err = parse("stress nonsense").unwrap_err().to_string();
         assert!(err.starts_with("--during 'stress nonsense':"), "{err}");
+        assert!(!err.contains('\n'));
+        let err = parse("stress churn").unwrap_err().to_string();
+        assert!(err.contains("<TARGET>"), "{err}");
         assert!(!err.contains('\n'));
     }
 }

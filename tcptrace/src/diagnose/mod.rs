@@ -28,6 +28,7 @@ use self::{
 use crate::{
     aggregate::{self, Aggregate},
     cli::DiagnoseArgs,
+    enrich::Cgroups,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
     tracer::{self, Tracer},
@@ -118,6 +119,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let checked = outcomes.iter().map(|o| o.checked.clone()).collect();
     let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     rank(&mut findings);
+    name_cgroups(&mut findings);
     let report = Report {
         seconds,
         netns: args.filter.netns.clone(),
@@ -144,4 +146,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("writing the report")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who is affected, down to the container: cgroup ids to paths.
+fn name_cgroups(findings: &mut [finding::Finding]) {
+    let mut cgroups = Cgroups::default();
+    for affected in findings.iter_mut().flat_map(|f| f.affected.iter_mut()) {
+        affected.cgroup = cgroups
+            .lookup(affected.cgroup_id)
+            .map(|c| match &c.container {
+                Some(id) => format!("{} (container {id})", c.path),
+                None => c.path.clone(),
+            });
+    }
 }

@@ -137,7 +137,17 @@ impl Report {
                         format!("pid {} ({})", a.pid, a.comm)
                     };
                     let peer = a.peer.map_or_else(String::new, |p| format!(" peer {p}"));
-                    writeln!(out, "   - {who} {}{peer}: {} events", a.role, a.events)?;
+                    // The root cgroup says nothing; a service or container does.
+                    let cgroup = a
+                        .cgroup
+                        .as_deref()
+                        .filter(|c| *c != "/")
+                        .map_or_else(String::new, |c| format!(" in {c}"));
+                    writeln!(
+                        out,
+                        "   - {who} {}{peer}{cgroup}: {} events",
+                        a.role, a.events
+                    )?;
                 }
             }
             writeln!(out, "   fix:")?;

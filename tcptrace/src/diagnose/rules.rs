@@ -147,6 +147,8 @@ fn affected(hit: &[(u32, &Process, u64)], role: &'static str) -> Vec<Affected> {
             peer: top_peer(&p.stats),
             events: *n,
             role,
+            cgroup_id: p.cgroup_id,
+            cgroup: None,
         })
         .collect()
 }
@@ -264,6 +266,8 @@ fn idle_timeouts(i: &Inputs) -> Outcome {
                 peer,
                 events: c.idle.count(),
                 role: "closer",
+                cgroup_id: c.cgroup_id,
+                cgroup: None,
             });
         }
         findings.push(f);
