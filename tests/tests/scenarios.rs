@@ -170,6 +170,78 @@ fn lb_idle_timeout_behind_haproxy() {
     let _ = seconds;
 }
 
+/// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
+/// pooled client that reuses its connections after 2 s idle.
+#[test]
+fn server_keepalive_timeout_behind_nginx() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("ka");
+    let dir = TempDir::new("nginx");
+    let d = dir.0.display();
+    let config = dir.0.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+             error_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:8090;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    let _nginx = Guard(
+        ns.command("nginx")
+            .arg("-c")
+            .arg(&config)
+            .arg("-p")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (apt-get install nginx-light)"),
+    );
+    let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
+    ns.run(|| wait_listening(server));
+
+    let diagnose = Diagnose::start(ns.name());
+    let failed_reuses = ns.run(|| {
+        let mut pool: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(server).expect("connect to nginx"))
+            .collect();
+        for conn in &mut pool {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            request(conn).expect("request on a fresh pooled connection");
+        }
+        // Longer than nginx's 1 s keep-alive.
+        thread::sleep(Duration::from_secs(2));
+        pool.iter_mut().map(request).filter(Result::is_err).count()
+    });
+    let (report, _) = diagnose.finish();
+    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
+
+    let top = assert_top(&report, "server_keepalive_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
+    assert!(
+        top["affected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["role"] == "closer" && a["comm"] == "nginx"),
+        "{top:#}"
+    );
+    describe(
+        "server_keepalive_timeout",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
 /// A listener with backlog 1 that accepts every 250 ms, under the
 /// built-in `stress churn` run by `diagnose --during` in the namespace.
 #[test]
