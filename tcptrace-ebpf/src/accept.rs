@@ -48,8 +48,6 @@ fn handle(ctx: &TracePointContext, which: usize) -> Option<()> {
     if sk == 0 {
         return None;
     }
-    let mut info = owner::sock_info(sk).unwrap_or_default();
-    info.owner = owner::current();
-    owner::remember(sk, &info);
+    owner::claim(sk);
     Some(())
 }

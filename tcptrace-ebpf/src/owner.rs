@@ -20,12 +20,48 @@ pub fn current() -> Owner {
     }
 }
 
+/// The socket's entry, or zeros (owner unknown, times unknown).
 #[inline(always)]
-pub fn sock_info(sk: u64) -> Option<SockInfo> {
+pub fn sock_info(sk: u64) -> SockInfo {
     if sk == 0 {
-        return None;
+        return SockInfo::default();
     }
-    unsafe { SOCKS.get(&sk).copied() }
+    match SOCKS.get_ptr(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(entry) => unsafe { *entry },
+        None => SockInfo::default(),
+    }
+}
+
+/// Records the ESTABLISHED time in place (no second map update) and
+/// returns the socket's entry (zeros if unknown).
+#[inline(always)]
+pub fn mark_established(sk: u64, now: u64) -> SockInfo {
+    match SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(entry) => unsafe {
+            (*entry).established_ns = now;
+            *entry
+        },
+        None => SockInfo::default(),
+    }
+}
+
+/// Makes the running task the owner, in place when the socket is known.
+#[inline(always)]
+pub fn claim(sk: u64) {
+    let me = current();
+    match SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(entry) => unsafe { (*entry).owner = me },
+        None => remember(
+            sk,
+            &SockInfo {
+                owner: me,
+                ..SockInfo::default()
+            },
+        ),
+    }
 }
 
 #[inline(always)]

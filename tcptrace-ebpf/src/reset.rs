@@ -54,11 +54,10 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if is_full_tcp_sock(state) {
         idle(cfg, sk, &mut ev);
     }
-    if let Some(info) = owner::sock_info(sk) {
-        ev.owner = info.owner;
-        if info.established_ns != 0 {
-            ev.age_ns = now - info.established_ns;
-        }
+    let info = owner::sock_info(sk);
+    ev.owner = info.owner;
+    if info.established_ns != 0 {
+        ev.age_ns = now - info.established_ns;
     }
     emit::submit(cfg, &ev);
     Some(())

@@ -41,9 +41,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         err: read::field(ctx, layout, field::ERR).unwrap_or(0),
         ..Event::default()
     };
-    if let Some(info) = owner::sock_info(sk) {
-        ev.owner = info.owner;
-    }
+    ev.owner = owner::sock_info(sk).owner;
     emit::submit(cfg, &ev);
     Some(())
 }

@@ -47,6 +47,9 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         ..Event::default()
     };
 
+    // Plain values, never `Option<SockInfo>`: an unknown socket reads as
+    // zeros (owner unknown, times unknown). LLVM turns Option copies into
+    // code that reads an undefined register, which the verifier rejects.
     let info = match new {
         tcp_state::SYN_SENT => {
             // Inside connect(): the running task is the owner.
@@ -56,7 +59,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 established_ns: 0,
             };
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::LISTEN => {
             let info = SockInfo {
@@ -65,7 +68,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             };
             owner::remember_listener(netns, ends.sport, &info.owner);
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::SYN_RECV => {
             // A passive child, created in softirq: provisionally owned by
@@ -75,17 +78,13 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 ..SockInfo::default()
             };
             owner::remember(sk, &info);
-            Some(info)
+            info
         }
         tcp_state::ESTABLISHED => {
-            let mut info = owner::sock_info(sk);
-            if let Some(info) = info.as_mut() {
-                info.established_ns = now;
-                owner::remember(sk, info);
-                if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
-                    ev.kind = kind::CONNECT;
-                    ev.duration_ns = now - info.syn_sent_ns;
-                }
+            let info = owner::mark_established(sk, now);
+            if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
+                ev.kind = kind::CONNECT;
+                ev.duration_ns = now - info.syn_sent_ns;
             }
             info
         }
@@ -93,10 +92,8 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             let info = owner::sock_info(sk);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
-                if let Some(info) = info.as_ref() {
-                    if info.syn_sent_ns != 0 {
-                        ev.duration_ns = now - info.syn_sent_ns;
-                    }
+                if info.syn_sent_ns != 0 {
+                    ev.duration_ns = now - info.syn_sent_ns;
                 }
             } else if old == tcp_state::LISTEN {
                 owner::forget_listener(netns, ends.sport);
@@ -109,18 +106,14 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             // been idle is the closer's idle timeout (keep-alive, LB).
             reset::idle(cfg, sk, &mut ev);
             let info = owner::sock_info(sk);
-            if let Some(info) = info.as_ref() {
-                if info.established_ns != 0 {
-                    ev.age_ns = now - info.established_ns;
-                }
+            if info.established_ns != 0 {
+                ev.age_ns = now - info.established_ns;
             }
             info
         }
         _ => owner::sock_info(sk),
     };
-    if let Some(info) = info {
-        ev.owner = info.owner;
-    }
+    ev.owner = info.owner;
     emit::submit(cfg, &ev);
     Some(())
 }

@@ -48,8 +48,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut losses = LossTracker::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
-    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let names = tracer.names().clone();
     tokio::pin!(stop);
 
@@ -66,20 +64,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 ready?;
                 let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
                 write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
-            }
-            _ = drain_tick.tick() => {
-                // Batched wakeups: what sits below the wakeup threshold is
-                // collected here.
-                loop {
-                    let more = tracer.drain(&mut batch);
-                    if !batch.is_empty() {
-                        let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
-                        write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
-                    }
-                    if !more {
-                        break;
-                    }
-                }
             }
             _ = loss_tick.tick() => {
                 if args.output.is_none() && stdout_closed() {

@@ -34,12 +34,12 @@ pub struct TracerOptions {
     pub kinds: u32,
     /// Ring buffer bytes (power of two, page multiple).
     pub ring_bytes: u32,
-    /// Batch wakeups (see `Config::wakeup_bytes`); the reader must then
-    /// call `drain` every `DRAIN_INTERVAL` as well.
+    /// Batch wakeups (see `Config::wakeup_bytes`); `next_batch` then
+    /// also polls every `DRAIN_INTERVAL`.
     pub batch_wakeups: bool,
 }
 
-/// How often a reader of a batching tracer drains the ring buffer.
+/// How often `next_batch` looks at the ring buffer without a wakeup.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Default for TracerOptions {
@@ -247,23 +247,28 @@ impl Tracer {
 
     /// Waits until events are available, then appends up to
     /// `MAX_BATCH` of them (bounded, so memory stays flat in a storm).
+    /// With batched wakeups the kernel only signals once a backlog has
+    /// built up, so this also looks every `DRAIN_INTERVAL`: a quiet
+    /// connection's event arrives within that time. Cancel-safe: events
+    /// are only appended right before returning.
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .map_err(|e| Error::io("waiting for events", e))?;
-        let more = read_ring(
-            guard.get_inner_mut(),
-            &self.decoder,
-            &mut self.decode_errors,
-            out,
-        );
-        if !more {
-            // Only an empty ring may wait for the next wakeup.
-            guard.clear_ready();
+        loop {
+            let more = read_ring(
+                self.ring.get_mut(),
+                &self.decoder,
+                &mut self.decode_errors,
+                out,
+            );
+            if more || !out.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                ready = self.ring.readable_mut() => {
+                    ready.map_err(|e| Error::io("waiting for events", e))?.clear_ready();
+                }
+                _ = tokio::time::sleep(DRAIN_INTERVAL) => {}
+            }
         }
-        Ok(())
     }
 
     /// Appends up to `MAX_BATCH` events that are in the ring buffer now,

@@ -49,6 +49,17 @@ impl Trace {
                     let ready = line.contains("tracing; Ctrl-C to stop");
                     trace.stderr_seen.push(line);
                     if ready {
+                        // On the kernel CI runs, every program must load:
+                        // a verifier rejection would otherwise only degrade.
+                        let missing: Vec<_> = trace
+                            .stderr_seen
+                            .iter()
+                            .filter(|l| l.contains("not traced on this kernel"))
+                            .collect();
+                        assert!(
+                            missing.is_empty(),
+                            "tcptrace could not attach everything: {missing:?}"
+                        );
                         return trace;
                     }
                 }

@@ -29,9 +29,8 @@ use crate::{
     tracer::{Names, Tracer},
 };
 
-/// Adds everything waiting in the ring buffer now (the reader of a
-/// batching tracer calls this every `tracer::DRAIN_INTERVAL`, and once
-/// more after detaching).
+/// Adds everything waiting in the ring buffer now, however many batches
+/// that takes (after detaching, so the end of a run is not lost).
 pub fn drain(tracer: &mut Tracer, agg: &mut Aggregate, batch: &mut Vec<TcpEvent>) {
     loop {
         let more = tracer.drain(batch);

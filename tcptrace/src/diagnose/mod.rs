@@ -31,7 +31,7 @@ use crate::{
     enrich::Cgroups,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
-    tracer::{self, Tracer},
+    tracer::Tracer,
 };
 
 /// How often the --during load is checked for having ended.
@@ -70,8 +70,6 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
     let mut agg = Aggregate::new(tracer.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -85,7 +83,6 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                     agg.add(&ev);
                 }
             }
-            _ = drain_tick.tick() => aggregate::drain(&mut tracer, &mut agg, &mut batch),
             _ = load_tick.tick(), if load.is_some() => {
                 if let Some(status) = load.as_mut().and_then(during::Load::ended) {
                     log::debug!("the load ended: {status}");

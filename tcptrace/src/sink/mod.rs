@@ -2,7 +2,7 @@
 //! sinks see the same three things: events, loss records, the summary.
 
 mod human;
-mod json;
+pub mod json;
 
 use std::io::{self, Write};
 

@@ -10,11 +10,11 @@ use std::{io::IsTerminal as _, process::ExitCode, time::Instant};
 
 pub use self::view::{Row, Snapshot, SortKey};
 use crate::{
-    aggregate::{self, Aggregate},
+    aggregate::Aggregate,
     cli::TopArgs,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
-    tracer::{self, Tracer},
+    tracer::Tracer,
 };
 
 pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
@@ -43,8 +43,6 @@ async fn plain_loop(
     let started = Instant::now();
     let mut previous = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(args.interval);
     tick.tick().await;
     tokio::pin!(stop);
@@ -59,7 +57,6 @@ async fn plain_loop(
                     agg.add(&ev);
                 }
             }
-            _ = drain_tick.tick() => aggregate::drain(tracer, &mut agg, &mut batch),
             _ = tick.tick() => {
                 let snap = Snapshot::take(&agg, &previous, started.elapsed(), tracer.kernel_counts()?.total_lost());
                 plain::write(&mut out, &snap, args.rows.into(), args.json)?;

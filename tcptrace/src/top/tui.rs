@@ -29,12 +29,7 @@ use super::{
     plain::{HEADER, cells},
     view::{Row, Snapshot, SortKey},
 };
-use crate::{
-    aggregate::{self, Aggregate},
-    cli::TopArgs,
-    event::TcpEvent,
-    tracer::{self, Tracer},
-};
+use crate::{aggregate::Aggregate, cli::TopArgs, event::TcpEvent, tracer::Tracer};
 
 /// Raw mode and the alternate screen for as long as it lives.
 struct TerminalGuard {
@@ -116,8 +111,6 @@ pub async fn run(
     let mut sort = SortKey::default();
     let mut snap = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    let mut drain_tick = tokio::time::interval(tracer::DRAIN_INTERVAL);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
@@ -138,7 +131,6 @@ pub async fn run(
                     agg.add(&ev);
                 }
             }
-            _ = drain_tick.tick() => aggregate::drain(tracer, &mut agg, &mut batch),
             _ = tick.tick() => {
                 snap = Snapshot::take(&agg, &snap, started.elapsed(), tracer.kernel_counts()?.total_lost());
                 draw(&mut guard, &snap, sort)?;

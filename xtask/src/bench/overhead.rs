@@ -98,12 +98,12 @@ fn measure(
             Command::new(tcptrace)
                 .args(["trace", "--json", "--no-summary", "--output"])
                 .arg(&output),
-            Ready::StderrLine("tracing;"),
+            Ready::StderrLine("Ctrl-C to stop"),
             None,
         )?),
         Setup::Aggregate => Some(Tracer::start(
             Command::new(tcptrace).args(["top", "--json", "--interval", "1s"]),
-            Ready::StderrLine("tracing;"),
+            Ready::StderrLine("Ctrl-C to stop"),
             Some(&output),
         )?),
         // tcpstates block-buffers its output to a file: give it time to attach.

@@ -1,0 +1,151 @@
+//! Userspace cost per event, without root: decode a ring buffer record,
+//! add it to the aggregator, write it as NDJSON. A regression here shows
+//! up without running the kernel benchmark (`cargo xtask bench overhead`).
+//!
+//! Run: `AYA_BUILD_SKIP=1 cargo bench -p tcptrace --bench pipeline`
+
+use std::{collections::BTreeMap, hint::black_box, io};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tcptrace::{
+    aggregate::Aggregate,
+    decode::Decoder,
+    enrich::Cgroups,
+    kernel::clock::WallClock,
+    sink::{Context, json::write_event},
+    tracer::Names,
+};
+use tcptrace_common::{EVENT_SIZE, Event, Owner, kind};
+
+/// One connection's worth of records as the churn benchmark makes them:
+/// connect, state changes on both ends, an RST each way.
+fn records() -> Vec<Vec<u8>> {
+    let mut comm = [0u8; 16];
+    comm[..6].copy_from_slice(b"client");
+    let owner = Owner {
+        tgid: 4242,
+        pid: 4243,
+        cgroup_id: 1,
+        comm,
+    };
+    let mut saddr = [0u8; 16];
+    saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let base = Event {
+        ts_ns: 1,
+        skaddr: 0xffff_8880_0000_1000,
+        owner,
+        netns: 4026531840,
+        family: 2,
+        sport: 40000,
+        dport: 8080,
+        saddr,
+        daddr: saddr,
+        rst_reason: u32::MAX,
+        idle_send_jiffies: u32::MAX,
+        idle_recv_jiffies: u32::MAX,
+        ..Event::default()
+    };
+    let with = |k: u8, old: u8, new: u8| Event {
+        kind: k,
+        old_state: old,
+        new_state: new,
+        ..base
+    };
+    let mut events = vec![
+        with(kind::STATE, 7, 2),
+        Event {
+            duration_ns: 40_000,
+            ..with(kind::CONNECT, 2, 1)
+        },
+        with(kind::STATE, 10, 3),
+        with(kind::STATE, 3, 1),
+        with(kind::STATE, 1, 7),
+        Event {
+            rst_reason: 14,
+            age_ns: 50_000,
+            idle_send_jiffies: 1,
+            idle_recv_jiffies: 1,
+            ..with(kind::RST_SENT, 7, 0)
+        },
+        Event {
+            age_ns: 50_000,
+            idle_send_jiffies: 1,
+            idle_recv_jiffies: 1,
+            ..with(kind::RST_RECEIVED, 1, 0)
+        },
+        with(kind::STATE, 1, 7),
+    ];
+    // Vary the ports so the aggregator sees many peers, as in a storm.
+    events
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, e)| e.sport = 40000 + i as u16);
+    events
+        .iter()
+        .map(|e| {
+            unsafe { std::slice::from_raw_parts((e as *const Event).cast::<u8>(), EVENT_SIZE) }
+                .to_vec()
+        })
+        .collect()
+}
+
+fn names() -> Names {
+    let states = [
+        (1, "TCP_ESTABLISHED"),
+        (2, "TCP_SYN_SENT"),
+        (3, "TCP_SYN_RECV"),
+        (7, "TCP_CLOSE"),
+        (10, "TCP_LISTEN"),
+    ];
+    Names::new(
+        states.iter().map(|(n, s)| (*n, s.to_string())).collect(),
+        BTreeMap::from([(14, "TCP_STATE".to_string())]),
+    )
+}
+
+fn pipeline(c: &mut Criterion) {
+    let records = records();
+    let decoder = Decoder::new(Some(250));
+    let names = names();
+    let clock = WallClock::now();
+    let mut cgroups = Cgroups::new("/nonexistent");
+    let mut group = c.benchmark_group("per_event");
+    group.throughput(Throughput::Elements(records.len() as u64));
+
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for r in &records {
+                black_box(decoder.decode(black_box(r)).unwrap());
+            }
+        })
+    });
+
+    group.bench_function("decode+json", |b| {
+        let mut out = io::sink();
+        b.iter(|| {
+            for r in &records {
+                let ev = decoder.decode(black_box(r)).unwrap();
+                let mut ctx = Context {
+                    names: &names,
+                    clock: &clock,
+                    cgroups: &mut cgroups,
+                };
+                write_event(&mut out, &ev, &mut ctx).unwrap();
+            }
+        })
+    });
+
+    group.bench_function("decode+aggregate", |b| {
+        let mut agg = Aggregate::new(names.clone());
+        b.iter(|| {
+            for r in &records {
+                let ev = decoder.decode(black_box(r)).unwrap();
+                agg.add(&ev);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
