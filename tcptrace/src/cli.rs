@@ -336,9 +336,15 @@ pub struct Spread {
 pub struct DiagnoseArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C.
+    /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C, or until the
+    /// --during load ends.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Generate load while watching, e.g. 'stress churn 127.0.0.1:8080
+    /// --duration 10s' (runs in this network namespace; its report goes
+    /// to stderr).
+    #[arg(long, value_name = "STRESS")]
+    pub during: Option<String>,
     /// Print the report as one JSON document (schema in docs/diagnose.md).
     #[arg(long)]
     pub json: bool,

@@ -39,6 +39,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
     }
     // Tests and scripts wait for this line before making traffic.
+    let stop = stop_signal(args.duration);
     eprintln!("tcptrace: tracing; Ctrl-C to stop");
     let started = Instant::now();
     let clock = WallClock::now();
@@ -48,7 +49,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
     let names = tracer.names().clone();
-    let stop = stop_signal(args.duration);
     tokio::pin!(stop);
 
     let write_err =
@@ -174,27 +174,38 @@ pub fn stdout_closed() -> bool {
     ready > 0 && fds.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-/// Resolves on Ctrl-C, SIGTERM or when `duration` has passed.
-pub async fn stop_signal(duration: Option<Duration>) -> &'static str {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let timer = async {
-        match duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    let terminate = async {
-        match term.as_mut() {
-            Some(term) => {
-                term.recv().await;
+/// Resolves on Ctrl-C, SIGTERM or when `duration` has passed. The signal
+/// handlers are installed by this call, not at the first poll: a Ctrl-C
+/// that arrives right after "tracing" is printed must stop the run
+/// cleanly, not kill the process.
+pub fn stop_signal(duration: Option<Duration>) -> impl Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let timer = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        let interrupted = async {
+            match interrupt.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let terminated = async {
+            match terminate.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupted => "interrupted",
+            _ = terminated => "terminated",
+            _ = timer => "duration reached",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = terminate => "terminated",
-        _ = timer => "duration reached",
     }
 }
 

@@ -7,6 +7,7 @@
 //! 2001:db8::/32, which never leave this machine.
 
 pub mod delay;
+pub mod diagnose;
 pub mod host;
 pub mod netns;
 pub mod sockets;

@@ -26,8 +26,26 @@ pub use self::{
 };
 use crate::{
     event::{EventKind, TcpEvent},
-    tracer::Names,
+    tracer::{Names, Tracer},
 };
+
+/// After `tracer.detach()`: adds every event still in the ring buffer,
+/// until each one the kernel produced was read or counted lost.
+pub async fn drain(
+    tracer: &mut Tracer,
+    agg: &mut Aggregate,
+    batch: &mut Vec<TcpEvent>,
+) -> crate::error::Result<()> {
+    loop {
+        let more = tracer.drain_final(batch).await?;
+        for ev in batch.drain(..) {
+            agg.add(&ev);
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
 
 /// Processes kept (the heaviest by incidents, then activity).
 pub const MAX_PROCESSES: usize = 128;
@@ -82,8 +100,8 @@ pub struct Stats {
     pub local_close_idle: Dist,
     /// Active closes: each leaves a TIME_WAIT on this side.
     pub active_closes: u64,
-    /// Connections that died after retransmitting with no RST either way:
-    /// retransmission (or user) timeout.
+    /// Connections the kernel closed with no RST either way: the
+    /// retransmission (or user) timeout gave up.
     pub timeout_aborts: u64,
     /// First retransmit to abort, for those.
     pub retransmitting_for: Dist,
@@ -194,6 +212,7 @@ impl Weight for Process {
 pub struct Closer {
     pub pid: u32,
     pub comm: String,
+    pub cgroup_id: u64,
     pub idle: Dist,
 }
 
@@ -277,6 +296,7 @@ impl Aggregate {
             let closer = self.closers.entry(&ev.local, || Closer {
                 pid: owner.pid,
                 comm: owner.comm.to_string(),
+                cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
             });
             closer.idle.record(idle);
@@ -308,8 +328,7 @@ impl Aggregate {
         self.settle(u64::MAX, true);
     }
 
-    /// Abortive closes with no RST within the window are timeouts (when
-    /// the connection had been retransmitting).
+    /// Abortive closes with no RST within the window are timeouts.
     fn settle(&mut self, now_ns: u64, all: bool) {
         if self.pending.is_empty() {
             return;
@@ -319,13 +338,16 @@ impl Aggregate {
             .partition(|p| all || p.closed_ns.saturating_add(CLOSE_SETTLE_NS) < now_ns);
         self.pending = keep;
         for close in due {
-            if close.retransmits == 0 {
-                continue;
-            }
+            // Only the kernel's write/user timeout ends an established
+            // connection with no RST either way. Retransmits may be
+            // missing: one that fails locally (a local firewall DROP) is
+            // not traced.
             let apply = |s: &mut Stats| {
                 s.timeout_aborts += 1;
-                s.retransmitting_for
-                    .record(close.closed_ns.saturating_sub(close.first_retransmit_ns));
+                if close.retransmits > 0 {
+                    s.retransmitting_for
+                        .record(close.closed_ns.saturating_sub(close.first_retransmit_ns));
+                }
             };
             apply(&mut self.total);
             let process = self.processes.entry(&close.pid, Process::default);

@@ -167,3 +167,57 @@ pub fn connect(sock: u64, at_ms: u64, pid: u32, comm: &str, remote: &str) -> Vec
             .build(),
     ]
 }
+
+/// Events from `tcptrace trace --json` output (docs/events.md), state and
+/// reason names mapped back to this file's numbering: recorded streams
+/// replayed without a kernel.
+pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
+    use serde_json::Value;
+    let kinds = EventKind::ALL;
+    let u64_of = |v: &Value, k: &str| v[k].as_u64();
+    let addr = |v: &Value, side: &str| -> SocketAddr {
+        let ip: std::net::IpAddr = v[format!("{side}_addr")].as_str().unwrap().parse().unwrap();
+        SocketAddr::new(ip, v[format!("{side}_port")].as_u64().unwrap() as u16)
+    };
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("NDJSON line"))
+        .filter(|v| v["type"] == "event")
+        .map(|v| {
+            let kind = *kinds
+                .iter()
+                .find(|k| k.name() == v["kind"])
+                .expect("known kind");
+            let owner = v["owner"].as_object().map(|o| Owner {
+                pid: o["pid"].as_u64().unwrap() as u32,
+                tid: o["tid"].as_u64().unwrap() as u32,
+                comm: o["comm"].as_str().unwrap().into(),
+                cgroup_id: o["cgroup_id"].as_u64().unwrap_or(0),
+            });
+            let transition = match (v["old_state"].as_str(), v["new_state"].as_str()) {
+                (Some(old), Some(new)) => Some((state(old), state(new))),
+                _ => None,
+            };
+            let reason = v["reason"]
+                .as_str()
+                .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
+            let sock = v["sock"].as_str().expect("sock");
+            TcpEvent {
+                mono_ns: u64_of(&v, "mono_ns").unwrap(),
+                kind,
+                sock: u64::from_str_radix(sock.trim_start_matches("0x"), 16).unwrap(),
+                netns: u64_of(&v, "netns").map(|n| n as u32),
+                local: addr(&v, "local"),
+                remote: addr(&v, "remote"),
+                owner,
+                transition,
+                state: v["state"].as_str().map(state),
+                rst_reason: reason,
+                connect_ns: u64_of(&v, "connect_ns"),
+                age_ns: u64_of(&v, "age_ns"),
+                idle_send_ns: u64_of(&v, "idle_send_ns"),
+                idle_recv_ns: u64_of(&v, "idle_recv_ns"),
+                err: v["err"].as_i64().map(|e| e as i32),
+            }
+        })
+        .collect()
+}

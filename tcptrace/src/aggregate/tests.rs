@@ -157,6 +157,23 @@ fn silent_abort_after_retransmits_is_a_timeout_but_linger_zero_is_not() {
 }
 
 #[test]
+fn silent_abort_without_traced_retransmits_is_still_a_timeout() {
+    // A local firewall DROP makes retransmits fail before the tracepoint.
+    let mut events = connect(1, 100, 42, "client", "10.0.0.2:8080");
+    events.push(
+        ev(K::State, 2_300)
+            .sock(1)
+            .owner(42, "client")
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    let a = agg(events);
+    let s = &a.process(42).unwrap().stats;
+    assert_eq!(s.timeout_aborts, 1);
+    assert!(s.retransmitting_for.is_empty());
+}
+
+#[test]
 fn refused_connects_and_idle_closers() {
     let events = vec![
         ev(K::RstReceived, 10)

@@ -26,8 +26,7 @@ pub const SYSCTLS: [&str; 13] = [
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HostFacts {
     /// Change of each kernel counter over the run, by nstat name
-    /// (`TcpExtListenOverflows` is `ListenOverflows`, `Tcp` counters keep
-    /// their snmp name, e.g. `EstabResets`).
+    /// (`TcpExtListenOverflows`, `TcpEstabResets`, ...).
     pub counters: BTreeMap<String, i64>,
     /// Values at the start, by sysctl key; absent keys are missing.
     pub sysctls: BTreeMap<String, String>,

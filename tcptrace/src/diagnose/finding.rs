@@ -84,6 +84,10 @@ pub struct Affected {
     pub events: u64,
     /// What it does in this finding: "client", "server", "closer", ...
     pub role: &'static str,
+    /// cgroup v2 id (0: unknown) and, once resolved, its path with the
+    /// container id when it names one.
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -4,6 +4,7 @@
 //! `--duration` or Ctrl-C while aggregating every event, reads the host
 //! facts again, and hands all of it to the rules as plain data.
 
+pub mod during;
 pub mod facts;
 pub mod finding;
 pub mod host;
@@ -13,7 +14,7 @@ pub mod rules;
 use std::{
     io::{self, Write as _},
     process::ExitCode,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -25,34 +26,50 @@ use self::{
     rules::{Inputs, evaluate},
 };
 use crate::{
-    aggregate::Aggregate,
+    aggregate::{self, Aggregate},
     cli::DiagnoseArgs,
+    enrich::Cgroups,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
     tracer::Tracer,
 };
 
+/// How often the --during load is checked for having ended.
+const LOAD_CHECK: Duration = Duration::from_millis(100);
+
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let options = tracer_options(&args.filter, args.ring_kib)?;
+    let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns = args.filter.netns.as_deref();
-    let before = host::read(netns).map_err(anyhow::Error::msg)?;
+    let before = host::read(netns)?;
 
     let mut tracer = Tracer::start(&options)?;
     for missing in tracer.missing() {
         eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
     }
+    let stop = stop_signal(args.duration);
+    tokio::pin!(stop);
     let started = Instant::now();
     match args.duration {
         Some(d) => eprintln!(
             "tcptrace: diagnosing for {:.1} s; Ctrl-C to stop early",
             d.as_secs_f64()
         ),
+        None if load_words.is_some() => {
+            eprintln!("tcptrace: diagnosing while the load runs; Ctrl-C to stop")
+        }
         None => eprintln!("tcptrace: diagnosing; Ctrl-C to stop"),
     }
+    let mut load = match &load_words {
+        Some(words) => {
+            let ns = netns.map(host::netns_path).transpose()?;
+            Some(during::Load::start(words, ns.as_deref())?)
+        }
+        None => None,
+    };
+    let mut load_tick = tokio::time::interval(LOAD_CHECK);
     let mut agg = Aggregate::new(tracer.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
@@ -66,20 +83,24 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                     agg.add(&ev);
                 }
             }
+            _ = load_tick.tick(), if load.is_some() => {
+                if let Some(status) = load.as_mut().and_then(during::Load::ended) {
+                    log::debug!("the load ended: {status}");
+                    if args.duration.is_none() {
+                        break;
+                    }
+                }
+            }
         }
     }
+    let load_status = load.map(during::Load::stop);
+    // Detach first so nothing new arrives, then take what is left.
     tracer.detach();
-    loop {
-        let more = tracer.drain_final(&mut batch).await?;
-        batch.drain(..).for_each(|ev| agg.add(&ev));
-        if !more {
-            break;
-        }
-    }
+    aggregate::drain(&mut tracer, &mut agg, &mut batch).await?;
     agg.finish();
     let seconds = started.elapsed().as_secs_f64();
     let kernel = tracer.kernel_counts()?;
-    let after = host::read(netns).map_err(anyhow::Error::msg)?;
+    let after = host::read(netns)?;
 
     let host = HostFacts {
         counters: after.counter_delta(&before),
@@ -95,6 +116,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let checked = outcomes.iter().map(|o| o.checked.clone()).collect();
     let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     rank(&mut findings);
+    name_cgroups(&mut findings);
     let report = Report {
         seconds,
         netns: args.filter.netns.clone(),
@@ -104,6 +126,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         checked,
         host,
         missing: tracer.missing().to_vec(),
+        load: args.during.clone().map(|command| report::LoadRun {
+            command,
+            status: load_status.flatten().map(|s| s.to_string()),
+        }),
     };
 
     let mut out = io::stdout().lock();
@@ -117,4 +143,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("writing the report")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who is affected, down to the container: cgroup ids to paths.
+fn name_cgroups(findings: &mut [finding::Finding]) {
+    let mut cgroups = Cgroups::default();
+    for affected in findings.iter_mut().flat_map(|f| f.affected.iter_mut()) {
+        affected.cgroup = cgroups
+            .lookup(affected.cgroup_id)
+            .map(|c| match &c.container {
+                Some(id) => format!("{} (container {id})", c.path),
+                None => c.path.clone(),
+            });
+    }
 }

@@ -32,6 +32,15 @@ pub struct Report {
     pub checked: Vec<String>,
     pub host: HostFacts,
     pub missing: Vec<String>,
+    /// The `--during` load, if any.
+    pub load: Option<LoadRun>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadRun {
+    pub command: String,
+    /// How it ended (`exit status: 0`), or `None` if it was stopped.
+    pub status: Option<String>,
 }
 
 impl Report {
@@ -66,6 +75,7 @@ impl Report {
             "sockets_end": self.host.sockets_end,
             "processes": processes_json(agg),
             "missing": self.missing,
+            "load": self.load,
         })
     }
 
@@ -80,6 +90,14 @@ impl Report {
             self.events,
             self.events_lost
         )?;
+        if let Some(load) = &self.load {
+            writeln!(
+                out,
+                "load: {} ({})",
+                load.command,
+                load.status.as_deref().unwrap_or("stopped")
+            )?;
+        }
         if self.events_lost > 0 {
             writeln!(
                 out,
@@ -119,7 +137,17 @@ impl Report {
                         format!("pid {} ({})", a.pid, a.comm)
                     };
                     let peer = a.peer.map_or_else(String::new, |p| format!(" peer {p}"));
-                    writeln!(out, "   - {who} {}{peer}: {} events", a.role, a.events)?;
+                    // The root cgroup says nothing; a service or container does.
+                    let cgroup = a
+                        .cgroup
+                        .as_deref()
+                        .filter(|c| *c != "/")
+                        .map_or_else(String::new, |c| format!(" in {c}"));
+                    writeln!(
+                        out,
+                        "   - {who} {}{peer}{cgroup}: {} events",
+                        a.role, a.events
+                    )?;
                 }
             }
             writeln!(out, "   fix:")?;
@@ -237,9 +265,10 @@ mod tests {
             events: 12,
             events_lost: 0,
             findings,
-            checked: vec!["accept queues: ListenOverflows +0".into()],
+            checked: vec!["accept queues: TcpExtListenOverflows +0".into()],
             host: HostFacts::default(),
             missing: vec![],
+            load: None,
         }
     }
 
@@ -250,7 +279,7 @@ mod tests {
         report(vec![]).write_human(&mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("No problem found"), "{text}");
-        assert!(text.contains("Checked:\n  - accept queues: ListenOverflows +0"));
+        assert!(text.contains("Checked:\n  - accept queues: TcpExtListenOverflows +0"));
 
         let mut f = Finding::new(
             Cause::NothingListening,

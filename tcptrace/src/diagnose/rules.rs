@@ -147,6 +147,8 @@ fn affected(hit: &[(u32, &Process, u64)], role: &'static str) -> Vec<Affected> {
             peer: top_peer(&p.stats),
             events: *n,
             role,
+            cgroup_id: p.cgroup_id,
+            cgroup: None,
         })
         .collect()
 }
@@ -264,6 +266,8 @@ fn idle_timeouts(i: &Inputs) -> Outcome {
                 peer,
                 events: c.idle.count(),
                 role: "closer",
+                cgroup_id: c.cgroup_id,
+                cgroup: None,
             });
         }
         findings.push(f);
@@ -383,8 +387,8 @@ fn half_open(i: &Inputs) -> Outcome {
 /// Cause 2: a listener's accept queue is full; SYNs / final ACKs are
 /// dropped, clients retransmit their SYN and connects take 1 s, 3 s...
 fn accept_queue(i: &Inputs) -> Outcome {
-    let overflows = i.host.counter("ListenOverflows");
-    let drops = i.host.counter("ListenDrops");
+    let overflows = i.host.counter("TcpExtListenOverflows");
+    let drops = i.host.counter("TcpExtListenDrops");
     let syn = i.agg.total.syn_retransmits;
     let synack = i.agg.total.synack_retransmits;
     let full: Vec<_> = i
@@ -400,7 +404,7 @@ fn accept_queue(i: &Inputs) -> Outcome {
         .unwrap_or_default();
     let checked = format!(
         "accept queues: {}, SYN retransmits {syn}, SYN-ACK retransmits {synack}, {} listener(s) full",
-        counter_line(i.host, &["ListenOverflows", "ListenDrops"]),
+        counter_line(i.host, &["TcpExtListenOverflows", "TcpExtListenDrops"]),
         full.len()
     );
     let confidence = if overflows > 0 && (syn > 0 || synack > 0 || !full.is_empty()) {
@@ -432,7 +436,11 @@ fn accept_queue(i: &Inputs) -> Outcome {
         "{} over {:.1} s",
         counter_line(
             i.host,
-            &["ListenOverflows", "ListenDrops", "TCPReqQFullDrop"]
+            &[
+                "TcpExtListenOverflows",
+                "TcpExtListenDrops",
+                "TcpExtTCPReqQFullDrop"
+            ]
         ),
         i.seconds
     ));
@@ -586,9 +594,9 @@ fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Proces
 /// Cause 4a: close() with unread received data sends an RST.
 fn close_with_unread_data(i: &Inputs) -> Outcome {
     let events = i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
-    let counter = i.host.counter("TCPAbortOnClose");
+    let counter = i.host.counter("TcpExtTCPAbortOnClose");
     let checked = format!(
-        "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TCPAbortOnClose {counter:+}"
+        "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
     );
     let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
     let (confidence, score) = match events {
@@ -622,7 +630,7 @@ fn close_with_unread_data(i: &Inputs) -> Outcome {
         ));
     }
     f.evidence.push(format!(
-        "TCPAbortOnClose {counter:+} over {:.1} s",
+        "TcpExtTCPAbortOnClose {counter:+} over {:.1} s",
         i.seconds
     ));
     f.figures.insert("resets", score as f64);
@@ -722,10 +730,10 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     let t = &i.agg.total;
     let aborts = t.timeout_aborts;
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
-    let counter = i.host.counter("TCPAbortOnTimeout");
+    let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
     let retrans = t.retransmits_total();
     let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TCPAbortOnTimeout {counter:+}"
+        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}"
     );
     let hit = processes_with(i.agg, |s| {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
@@ -757,7 +765,7 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
     let summary = if aborts + keepalive > 0 {
         format!(
-            "{} lost {} connections to {peer}: retransmitted without an answer until the kernel gave up",
+            "{} lost {} connections to {peer}: sent without an answer until the kernel gave up",
             who(pid, &process.comm),
             process.stats.timeout_aborts + process.stats.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
         )
@@ -795,6 +803,12 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
         ));
         f.figures.insert("retransmitting_for_s", secs(p.p50_ns));
     }
+    let local_fail = i.host.counter("TcpExtTCPRetransFail");
+    if local_fail > 0 {
+        f.evidence.push(format!(
+            "TcpExtTCPRetransFail {local_fail:+}: retransmits failed on this host before leaving it (a local firewall or qdisc drops them)"
+        ));
+    }
     if keepalive > 0 {
         f.evidence.push(format!(
             "{keepalive} keepalive timeouts (RST reason TCP_KEEPALIVE_TIMEOUT)"
@@ -802,7 +816,14 @@ fn retransmission_timeout(i: &Inputs) -> Outcome {
     }
     f.evidence.push(format!(
         "{} over {:.1} s",
-        counter_line(i.host, &["TCPAbortOnTimeout", "TCPTimeouts", "RetransSegs"]),
+        counter_line(
+            i.host,
+            &[
+                "TcpExtTCPAbortOnTimeout",
+                "TcpExtTCPTimeouts",
+                "TcpRetransSegs"
+            ]
+        ),
         i.seconds
     ));
     f.figures
@@ -871,5 +892,7 @@ fn nothing_listening(i: &Inputs) -> Outcome {
     }
 }
 
+#[cfg(test)]
+mod recorded;
 #[cfg(test)]
 mod tests;

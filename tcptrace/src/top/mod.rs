@@ -25,11 +25,12 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
     }
     let agg = Aggregate::new(tracer.names().clone());
+    let stop = stop_signal(args.duration);
     if interactive {
-        tui::run(&mut tracer, agg, &args).await
+        tui::run(&mut tracer, agg, &args, stop).await
     } else {
         eprintln!("tcptrace: top; Ctrl-C to stop");
-        plain_loop(&mut tracer, agg, &args).await
+        plain_loop(&mut tracer, agg, &args, stop).await
     }
 }
 
@@ -37,13 +38,13 @@ async fn plain_loop(
     tracer: &mut Tracer,
     mut agg: Aggregate,
     args: &TopArgs,
+    stop: impl Future<Output = &'static str>,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut previous = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     let mut tick = tokio::time::interval(args.interval);
     tick.tick().await;
-    let stop = stop_signal(args.duration);
     tokio::pin!(stop);
     let mut out = std::io::stdout().lock();
     loop {
@@ -65,13 +66,7 @@ async fn plain_loop(
     }
     // Ctrl-C: detach, take what is left, and end with a complete snapshot.
     tracer.detach();
-    loop {
-        let more = tracer.drain_final(&mut batch).await?;
-        batch.drain(..).for_each(|ev| agg.add(&ev));
-        if !more {
-            break;
-        }
-    }
+    crate::aggregate::drain(tracer, &mut agg, &mut batch).await?;
     let snap = Snapshot::take(
         &agg,
         &previous,

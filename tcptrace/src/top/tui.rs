@@ -1,10 +1,186 @@
-//! The interactive `top` (ratatui + crossterm). Not built yet: falls back
-//! to plain snapshots.
+//! The interactive `top`: two tables (processes, peers) redrawn every
+//! interval; `s` cycles the sort key, `q`/Esc/Ctrl-C quits. The terminal
+//! is put back by `TerminalGuard`'s `Drop`, so an error or a panic
+//! restores it too.
 
-use std::process::ExitCode;
+use std::{
+    io::{self, Stdout},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use crate::{aggregate::Aggregate, cli::TopArgs, tracer::Tracer};
+use ratatui::{
+    Terminal,
+    backend::CrosstermBackend,
+    crossterm::{
+        cursor,
+        event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+        execute,
+        terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+    },
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Block, Borders, Paragraph, Row as TableRow, Table},
+};
+use tokio::sync::mpsc;
 
-pub async fn run(tracer: &mut Tracer, agg: Aggregate, args: &TopArgs) -> anyhow::Result<ExitCode> {
-    super::plain_loop(tracer, agg, args).await
+use super::{
+    plain::{HEADER, cells},
+    view::{Row, Snapshot, SortKey},
+};
+use crate::{aggregate::Aggregate, cli::TopArgs, event::TcpEvent, tracer::Tracer};
+
+/// Raw mode and the alternate screen for as long as it lives.
+struct TerminalGuard {
+    terminal: Terminal<CrosstermBackend<Stdout>>,
+}
+
+impl TerminalGuard {
+    fn enter() -> io::Result<TerminalGuard> {
+        terminal::enable_raw_mode()?;
+        // From here on, Drop undoes whatever was done.
+        let mut guard = TerminalGuard {
+            terminal: Terminal::new(CrosstermBackend::new(io::stdout()))?,
+        };
+        execute!(
+            guard.terminal.backend_mut(),
+            EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        guard.terminal.clear()?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = execute!(
+            self.terminal.backend_mut(),
+            LeaveAlternateScreen,
+            cursor::Show
+        );
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Quit,
+    Sort,
+}
+
+/// Keys from a thread of its own (crossterm's reads block); it ends when
+/// the receiver is gone.
+fn keys() -> mpsc::UnboundedReceiver<Key> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        while !tx.is_closed() {
+            if !event::poll(Duration::from_millis(100)).unwrap_or(false) {
+                continue;
+            }
+            let Ok(Event::Key(key)) = event::read() else {
+                continue;
+            };
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            let key = match key.code {
+                KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
+                KeyCode::Char('s') => Key::Sort,
+                _ => continue,
+            };
+            if tx.send(key).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+pub async fn run(
+    tracer: &mut Tracer,
+    mut agg: Aggregate,
+    args: &TopArgs,
+    stop: impl Future<Output = &'static str>,
+) -> anyhow::Result<ExitCode> {
+    let mut guard = TerminalGuard::enter()?;
+    let mut keys = keys();
+    let started = Instant::now();
+    let mut sort = SortKey::default();
+    let mut snap = Snapshot::default();
+    let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            key = keys.recv() => match key {
+                Some(Key::Sort) => {
+                    sort = sort.next();
+                    draw(&mut guard, &snap, sort)?;
+                }
+                Some(Key::Quit) | None => break,
+            },
+            ready = tracer.next_batch(&mut batch) => {
+                ready?;
+                for ev in batch.drain(..) {
+                    agg.add(&ev);
+                }
+            }
+            _ = tick.tick() => {
+                snap = Snapshot::take(&agg, &snap, started.elapsed(), tracer.kernel_counts()?.total_lost());
+                draw(&mut guard, &snap, sort)?;
+            }
+        }
+    }
+    drop(guard);
+    tracer.detach();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn draw(guard: &mut TerminalGuard, snap: &Snapshot, sort: SortKey) -> io::Result<()> {
+    let mut processes = snap.processes.clone();
+    let mut peers = snap.peers.clone();
+    sort.sort(&mut processes);
+    sort.sort(&mut peers);
+    guard.terminal.draw(|frame| {
+        let [head, top, bottom] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Percentage(50),
+            Constraint::Percentage(50),
+        ])
+        .areas(frame.area());
+        frame.render_widget(
+            Paragraph::new(Line::from(format!(
+                "tcptrace top  {:.0} s  {} events  {} lost  sort: {}  (s: sort, q: quit)",
+                snap.elapsed_s,
+                snap.events,
+                snap.events_lost,
+                sort.name()
+            ))),
+            head,
+        );
+        frame.render_widget(table("processes", &processes), top);
+        frame.render_widget(table("peers", &peers), bottom);
+    })?;
+    Ok(())
+}
+
+fn table<'a>(title: &'a str, rows: &[Row]) -> Table<'a> {
+    let header = TableRow::new(
+        std::iter::once("NAME".to_string()).chain(HEADER.iter().map(|h| h.to_string())),
+    )
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let body = rows
+        .iter()
+        .map(|r| TableRow::new(std::iter::once(r.label.clone()).chain(cells(r))));
+    let mut widths = vec![Constraint::Min(24)];
+    widths.extend(HEADER.iter().map(|_| Constraint::Length(8)));
+    Table::new(body, widths)
+        .header(header)
+        .block(Block::default().borders(Borders::TOP).title(title))
 }

@@ -191,7 +191,7 @@ fn accept_queue_overflow_needs_the_counters() {
                 .build(),
         );
     }
-    let mut host = counters(&[("ListenOverflows", 12), ("ListenDrops", 12)]);
+    let mut host = counters(&[("TcpExtListenOverflows", 12), ("TcpExtListenDrops", 12)]);
     host.sockets_end = Some(SocketFacts {
         listeners: vec![Listener {
             local: "127.0.0.1:7003".parse().unwrap(),
@@ -274,13 +274,13 @@ fn resets_sent(pid: u32, comm: &str, reason: &str, n: u64) -> Vec<TcpEvent> {
 #[test]
 fn close_with_unread_data_names_the_closer() {
     let events = resets_sent(31, "server", "TCP_ABORT_ON_CLOSE", 3);
-    let (findings, _) = run(&events, &counters(&[("TCPAbortOnClose", 3)]));
+    let (findings, _) = run(&events, &counters(&[("TcpExtTCPAbortOnClose", 3)]));
     assert_eq!(findings[0].cause, Cause::CloseWithUnreadData);
     assert_eq!(findings[0].confidence, Confidence::High);
     assert_eq!(findings[0].affected[0].pid, 31);
     assert_eq!(high(&findings), vec![Cause::CloseWithUnreadData]);
     // Kernels without reasons: the counter alone, less sure.
-    let (findings, _) = run(&[], &counters(&[("TCPAbortOnClose", 4)]));
+    let (findings, _) = run(&[], &counters(&[("TcpExtTCPAbortOnClose", 4)]));
     assert_eq!(findings[0].confidence, Confidence::Medium);
 }
 
@@ -315,7 +315,7 @@ fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
             .transition("ESTABLISHED", "CLOSE")
             .build(),
     );
-    let (findings, _) = run(&events, &counters(&[("TCPAbortOnTimeout", 1)]));
+    let (findings, _) = run(&events, &counters(&[("TcpExtTCPAbortOnTimeout", 1)]));
     let top = &findings[0];
     assert_eq!(top.cause, Cause::RetransmissionTimeout);
     assert_eq!(top.confidence, Confidence::High);
@@ -388,5 +388,9 @@ fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
     let (findings, checked) = run(&events, &host);
     assert!(findings.is_empty(), "{findings:#?}");
     assert_eq!(checked.len(), RULES.len());
-    assert!(checked.iter().any(|c| c.contains("ListenOverflows +0")));
+    assert!(
+        checked
+            .iter()
+            .any(|c| c.contains("TcpExtListenOverflows +0"))
+    );
 }

@@ -1,0 +1,590 @@
+//! Scenario tests: reproduce each cause for real (real HAProxy, real
+//! kernel queues, real port ranges, real packet drops) in a namespace of
+//! its own, run `tcptrace diagnose` on that namespace only, and assert
+//! that the top finding names the cause, the process and the figures,
+//! and that nothing else is reported at high confidence.
+//!
+//! Each scenario is bounded (a few seconds of traffic) and everything it
+//! starts is undone in `Drop`.
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    Netns, NetnsPair,
+    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    require_root,
+};
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
+    // SAFETY: a valid fd and a pointer to an int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+fn linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a pointer to a linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// A temporary directory removed at the end of the test.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", me()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Connects until something listens on `addr` (at most 10 s).
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request and its (small, complete) response.
+fn request(conn: &mut TcpStream) -> std::io::Result<usize> {
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf)?;
+    if n == 0 {
+        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed"));
+    }
+    Ok(n)
+}
+
+/// A real HAProxy with `timeout client 2s` in front of a backend; a
+/// pooled client keeps 3 keep-alive connections and reuses them after
+/// 3 s idle. HAProxy has closed them at 2 s; the reuse gets RSTs.
+#[test]
+fn lb_idle_timeout_behind_haproxy() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("lb");
+    let dir = TempDir::new("haproxy");
+    let config = dir.0.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        "global\n  maxconn 200\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 2s\n  timeout server 2s\n\
+         frontend lb\n  bind 127.0.0.1:8080\n  default_backend app\n\
+         backend app\n  server app1 127.0.0.1:8081\n\
+         frontend app\n  bind 127.0.0.1:8081\n  http-request return status 200 content-type text/plain string ok\n",
+    )
+    .expect("write haproxy.cfg");
+    let _haproxy = Guard(
+        ns.command("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy (apt-get install haproxy)"),
+    );
+    let lb: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    ns.run(|| wait_listening(lb));
+
+    let diagnose = Diagnose::start(ns.name());
+    let failed_reuses = ns.run(|| {
+        let mut pool: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(lb).expect("connect to haproxy"))
+            .collect();
+        for conn in &mut pool {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        // Busy use, then a short gap the LB tolerates...
+        for _ in 0..2 {
+            for conn in &mut pool {
+                request(conn).expect("request on a fresh pooled connection");
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+        // ...then a gap longer than its 2 s idle timeout.
+        thread::sleep(Duration::from_secs(3));
+        pool.iter_mut().map(request).filter(Result::is_err).count()
+    });
+    let (report, seconds) = diagnose.finish();
+    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
+
+    let top = assert_top(&report, "lb_idle_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    assert!((1.9..=2.6).contains(&idle), "idle timeout {idle}: {top:#}");
+    assert_eq!(top["figures"]["resets"], 3.0);
+    let closer = top["affected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["role"] == "closer")
+        .expect("the closer is named");
+    assert_eq!(closer["comm"], "haproxy");
+    describe("lb_idle_timeout", &report, t0.elapsed().as_secs_f64());
+    let _ = seconds;
+}
+
+/// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
+/// pooled client that reuses its connections after 2 s idle.
+#[test]
+fn server_keepalive_timeout_behind_nginx() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("ka");
+    let dir = TempDir::new("nginx");
+    let d = dir.0.display();
+    let config = dir.0.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
+             error_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen 127.0.0.1:8090;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    let _nginx = Guard(
+        ns.command("nginx")
+            .arg("-c")
+            .arg(&config)
+            .arg("-p")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (apt-get install nginx-light)"),
+    );
+    let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
+    ns.run(|| wait_listening(server));
+
+    let diagnose = Diagnose::start(ns.name());
+    let failed_reuses = ns.run(|| {
+        let mut pool: Vec<TcpStream> = (0..3)
+            .map(|_| TcpStream::connect(server).expect("connect to nginx"))
+            .collect();
+        for conn in &mut pool {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            request(conn).expect("request on a fresh pooled connection");
+        }
+        // Longer than nginx's 1 s keep-alive.
+        thread::sleep(Duration::from_secs(2));
+        pool.iter_mut().map(request).filter(Result::is_err).count()
+    });
+    let (report, _) = diagnose.finish();
+    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
+
+    let top = assert_top(&report, "server_keepalive_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
+    assert!(
+        top["affected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["role"] == "closer" && a["comm"] == "nginx"),
+        "{top:#}"
+    );
+    describe(
+        "server_keepalive_timeout",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// A listener with backlog 1 that accepts every 250 ms, under the
+/// built-in `stress churn` run by `diagnose --during` in the namespace.
+#[test]
+fn accept_queue_overflow_on_a_tiny_backlog() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("accq");
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    // listen() again only changes the backlog.
+    // SAFETY: a valid listening socket.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut accepted = 0;
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(250));
+                if listener.accept().is_ok() {
+                    accepted += 1;
+                }
+            }
+            accepted
+        })
+    };
+
+    let load = format!(
+        "stress churn {addr} --count 40 --concurrency 40 --duration 6s --connect-timeout 5s"
+    );
+    let diagnose = Diagnose::start_with(ns.name(), &["--during", &load]);
+    // The run ends when the load does.
+    let (report, _) = diagnose.finish_within(Duration::from_secs(20));
+    done.store(true, Ordering::Relaxed);
+    assert!(acceptor.join().unwrap() > 0, "the server accepted nothing");
+
+    let top = assert_top(&report, "accept_queue_overflow");
+    // The clients are the stress child (its tokio worker threads), not us.
+    let (pid, _, role) = first_affected(top);
+    assert!(pid != 0 && pid != u64::from(me()), "{top:#}");
+    assert_eq!(role, "client", "{top:#}");
+    assert!(
+        report["load"]["status"].as_str().is_some(),
+        "the load ended by itself: {report:#}"
+    );
+    assert!(top["figures"]["listen_overflows"].as_f64().unwrap() >= 1.0);
+    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 1.0);
+    assert!(
+        top["summary"].as_str().unwrap().contains(&addr.to_string()),
+        "{top:#}"
+    );
+    describe("accept_queue_overflow", &report, t0.elapsed().as_secs_f64());
+}
+
+/// A client that opens and closes a connection per request, in a
+/// namespace whose ephemeral port range has 10 ports.
+#[test]
+fn port_exhaustion_with_a_narrow_port_range() {
+    require_root();
+    let t0 = Instant::now();
+    let pair = NetnsPair::new("port");
+    pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
+    let server: SocketAddr = format!("{}:8000", NetnsPair::B4).parse().unwrap();
+    let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
+    listener.set_nonblocking(true).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        // Read to EOF: the client closes first and keeps
+                        // the TIME_WAIT.
+                        conn.set_nonblocking(false).unwrap();
+                        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 64];
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+
+    let diagnose = Diagnose::start(pair.a.name());
+    let (ok, no_port) = pair.a.run(|| {
+        let (mut ok, mut no_port) = (0, 0);
+        for _ in 0..30 {
+            match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
+                Ok(mut conn) => {
+                    conn.write_all(b"x").unwrap();
+                    conn.shutdown(Shutdown::Both).unwrap();
+                    ok += 1;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => no_port += 1,
+                Err(e) => panic!("unexpected connect error {e}"),
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        (ok, no_port)
+    });
+    let (report, _) = diagnose.finish();
+    done.store(true, Ordering::Relaxed);
+    acceptor.join().unwrap();
+    assert_eq!(ok, 10, "10 ports, 10 connections");
+    assert_eq!(no_port, 20, "then EADDRNOTAVAIL");
+
+    let top = assert_top(&report, "port_exhaustion");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["port_range_size"], 10.0);
+    assert_eq!(top["figures"]["time_wait"], 10.0);
+    describe("port_exhaustion", &report, t0.elapsed().as_secs_f64());
+}
+
+/// A server that closes connections without reading the request.
+#[test]
+fn close_with_unread_data() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("unread");
+    let diagnose = Diagnose::start(ns.name());
+    let resets = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut resets = 0;
+        for _ in 0..5 {
+            let mut client = TcpStream::connect(addr).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            client.write_all(&[b'x'; 100]).unwrap();
+            thread::sleep(Duration::from_millis(20));
+            drop(server); // 100 bytes unread
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            if matches!(client.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset) {
+                resets += 1;
+            }
+        }
+        resets
+    });
+    let (report, _) = diagnose.finish();
+    assert_eq!(resets, 5);
+    let top = assert_top(&report, "close_with_unread_data");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["resets"], 5.0);
+    describe(
+        "close_with_unread_data",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// A client that closes with SO_LINGER {1, 0}.
+#[test]
+fn linger_zero_closer() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("linger");
+    let diagnose = Diagnose::start(ns.name());
+    let resets = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut resets = 0;
+        for _ in 0..5 {
+            let mut client = TcpStream::connect(addr).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            client.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            server.read_exact(&mut buf).unwrap();
+            linger_zero(&client);
+            drop(client);
+            server
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            if matches!(server.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset) {
+                resets += 1;
+            }
+        }
+        resets
+    });
+    let (report, _) = diagnose.finish();
+    assert_eq!(resets, 5);
+    let top = assert_top(&report, "linger_zero_abort");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["resets"], 5.0);
+    describe("linger_zero_abort", &report, t0.elapsed().as_secs_f64());
+}
+
+/// Packets start being dropped mid-connection (iptables DROP on the
+/// server's side); TCP_USER_TIMEOUT 2 s makes the client's kernel give up.
+#[test]
+fn retransmission_timeout_after_a_black_hole() {
+    require_root();
+    let t0 = Instant::now();
+    let pair = NetnsPair::new("rto");
+    let server: SocketAddr = format!("{}:9000", NetnsPair::B4).parse().unwrap();
+    let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
+    let echo = thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(15)))
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+
+    let diagnose = Diagnose::start(pair.a.name());
+    let timeouts = pair.a.run(|| {
+        let mut conns: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut c = TcpStream::connect(server).unwrap();
+                setsockopt_int(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    2000,
+                );
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                c.write_all(b"hello").unwrap();
+                let mut buf = [0u8; 5];
+                c.read_exact(&mut buf).unwrap();
+                c
+            })
+            .collect();
+        // The server's side drops everything from now on: a black hole
+        // on the path (a local OUTPUT DROP would fail the sends locally).
+        pair.b.exec(
+            "iptables",
+            &["-A", "INPUT", "-p", "tcp", "--dport", "9000", "-j", "DROP"],
+        );
+        for c in &mut conns {
+            c.write_all(b"lost").unwrap();
+        }
+        let mut buf = [0u8; 4];
+        conns
+            .iter_mut()
+            .map(|c| c.read(&mut buf))
+            .filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::TimedOut))
+            .count()
+    });
+    let (report, _) = diagnose.finish();
+    drop(pair); // ends the echo threads' connections
+    let _ = echo.join();
+    assert_eq!(timeouts, 2, "both connections time out");
+    let top = assert_top(&report, "retransmission_timeout");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["timeout_aborts"], 2.0);
+    let for_s = top["figures"]["retransmitting_for_s"].as_f64().unwrap();
+    assert!((1.0..=3.5).contains(&for_s), "{for_s}: {top:#}");
+    describe(
+        "retransmission_timeout",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// Connects to a port where nothing listens.
+#[test]
+fn nothing_listening() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("refused");
+    let diagnose = Diagnose::start(ns.name());
+    let refused = ns.run(|| {
+        (0..5)
+            .filter(|_| {
+                matches!(TcpStream::connect("127.0.0.1:9"),
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+            })
+            .count()
+    });
+    let (report, _) = diagnose.finish();
+    assert_eq!(refused, 5);
+    let top = assert_top(&report, "nothing_listening");
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["refused"], 5.0);
+    assert!(top["summary"].as_str().unwrap().contains("127.0.0.1:9"));
+    describe("nothing_listening", &report, t0.elapsed().as_secs_f64());
+}
+
+/// Healthy request/response traffic: no finding above low confidence.
+#[test]
+fn clean_run_has_no_problem() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("clean");
+    let diagnose = Diagnose::start(ns.name());
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            for _ in 0..21 {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 256];
+                // Answer every request until the client closes.
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            }
+        });
+        for _ in 0..20 {
+            let mut conn = TcpStream::connect(addr).unwrap();
+            request(&mut conn).unwrap();
+            conn.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).unwrap();
+        }
+        let mut kept = TcpStream::connect(addr).unwrap();
+        for _ in 0..5 {
+            request(&mut kept).unwrap();
+            thread::sleep(Duration::from_millis(100));
+        }
+        kept.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        kept.read_to_end(&mut rest).unwrap();
+        server.join().unwrap();
+    });
+    let (report, _) = diagnose.finish();
+    let problems: Vec<_> = findings(&report)
+        .iter()
+        .filter(|f| f["confidence"] != "low")
+        .collect();
+    assert!(problems.is_empty(), "{report:#}");
+    assert_eq!(report["verdict"], "no_problem");
+    assert_eq!(report["checked"].as_array().unwrap().len(), 8);
+    assert!(report["events"].as_u64().unwrap() >= 40, "traffic was seen");
+    describe("clean", &report, t0.elapsed().as_secs_f64());
+}

@@ -1,0 +1,180 @@
+//! `tcptrace top`: the TUI on a real pseudo-terminal (drawn, sortable,
+//! quits on q or a signal with the terminal restored), and JSON snapshots
+//! without a terminal.
+
+use std::{
+    fs::File,
+    io::Read,
+    net::TcpStream,
+    os::fd::{FromRawFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{Netns, require_root, tcptrace_bin};
+
+/// `tcptrace top ARGS` on a 120x40 pseudo-terminal; the screen bytes
+/// accumulate in the returned buffer.
+fn top_on_pty(args: &[&str]) -> (Child, File, Arc<Mutex<Vec<u8>>>) {
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out-pointers and a winsize; no name buffer.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two fresh fds we now own.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let child = Command::new(tcptrace_bin())
+        .arg("top")
+        .args(args)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .expect("spawn tcptrace top");
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = File::from(master.try_clone().unwrap());
+    let sink = screen.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        // Ends with EIO once the child has closed the slave side.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    (child, File::from(master), screen)
+}
+
+fn screen_text(screen: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&screen.lock().unwrap()).into_owned()
+}
+
+fn wait_for(screen: &Mutex<Vec<u8>>, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !screen_text(screen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} never appeared: {:?}",
+            screen_text(screen)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tcptrace top did not exit");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_restored(screen: &str) {
+    let leave = screen
+        .rfind("\x1b[?1049l")
+        .expect("left the alternate screen");
+    assert!(
+        screen[leave..].contains("\x1b[?25h"),
+        "cursor shown again at the end"
+    );
+}
+
+#[test]
+fn tui_draws_sorts_and_quits_with_the_terminal_restored() {
+    require_root();
+    let ns = Netns::new("toptui");
+    let netns = ns.name().to_string();
+    let (mut child, mut master, screen) = top_on_pty(&["--netns", &netns, "--interval", "300ms"]);
+    wait_for(&screen, "processes", Duration::from_secs(20));
+    let refused = ns.run(|| {
+        (0..4)
+            .filter(|_| TcpStream::connect("127.0.0.1:9").is_err())
+            .count()
+    });
+    assert_eq!(refused, 4);
+    // The peer shows up with its failed connects.
+    wait_for(&screen, "127.0.0.1:9", Duration::from_secs(5));
+    use std::io::Write;
+    master.write_all(b"s").unwrap();
+    wait_for(&screen, "resets", Duration::from_secs(5));
+    master.write_all(b"q").unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert_restored(&screen_text(&screen));
+}
+
+#[test]
+fn tui_restores_the_terminal_on_sigterm() {
+    require_root();
+    let (mut child, _master, screen) = top_on_pty(&["--port", "9"]);
+    wait_for(&screen, "processes", Duration::from_secs(20));
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert_restored(&screen_text(&screen));
+}
+
+#[test]
+fn json_snapshots_without_a_terminal() {
+    require_root();
+    let ns = Netns::new("topjson");
+    let mut child = Command::new(tcptrace_bin())
+        .args(["top", "--json", "--interval", "500ms", "--duration", "3s"])
+        .args(["--netns", ns.name()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tcptrace top");
+    thread::sleep(Duration::from_millis(1500));
+    ns.run(|| {
+        for _ in 0..3 {
+            let _ = TcpStream::connect("127.0.0.1:9");
+        }
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let snapshots: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(snapshots.len() >= 3, "{out}");
+    assert!(snapshots.iter().all(|s| s["type"] == "top"));
+    let last = snapshots.last().unwrap();
+    let peer = last["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "127.0.0.1:9")
+        .unwrap_or_else(|| panic!("no row for the refused port: {last}"));
+    assert_eq!(peer["connect_failed"], 3, "{peer}");
+}
