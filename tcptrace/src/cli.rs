@@ -130,7 +130,7 @@ pub struct TuneArgs {
     #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
     pub file: PathBuf,
     /// Print a load-balancer config consistent with the profile.
-    #[arg(long, value_enum, requires = "idle_timeout")]
+    #[arg(long, value_enum, requires = "idle_timeout", conflicts_with = "set")]
     pub lb: Option<LoadBalancer>,
     /// The idle timeout of the load balancer or middlebox in front
     /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
@@ -611,6 +611,7 @@ mod tests {
             "--lb needs --idle-timeout"
         );
         assert!(parse(&["--lb", "nginx", "--idle-timeout", "50s"]).is_ok());
+        assert!(parse(&["--lb", "nginx", "--idle-timeout", "5s", "--set", "a.b=1"]).is_err());
         assert!(parse(&["--revert", "--profile", "proxy"]).is_err());
         assert!(
             parse(&[

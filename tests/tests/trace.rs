@@ -407,29 +407,32 @@ fn json_piped_to_head_exits_quietly() {
         bin.display(),
         netns_arg(&ns)
     );
-    let child = std::process::Command::new("sh")
+    let mut child = std::process::Command::new("sh")
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let stderr = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
     ns.run(|| {
         let _ = TcpStream::connect("127.0.0.1:9");
     });
-    let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "tcptrace kept running after head exited"
-    );
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // head exits after one line; tcptrace must notice and leave quietly.
+    let status = tests::trace::wait_within(&mut child, Duration::from_secs(5));
+    assert!(status.success());
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
     assert_eq!(stdout.lines().count(), 1);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rest: Vec<String> = stderr.try_iter().collect();
     assert!(
-        !stderr.contains("error") && !stderr.contains("panicked"),
-        "{stderr}"
+        rest.iter()
+            .all(|l| !l.contains("error") && !l.contains("panicked")),
+        "{rest:?}"
     );
 }
 
@@ -437,7 +440,7 @@ fn json_piped_to_head_exits_quietly() {
 fn full_disk_is_one_clear_error() {
     require_root();
     let ns = Netns::new("full");
-    let child = std::process::Command::new(tests::tcptrace_bin())
+    let mut child = std::process::Command::new(tests::tcptrace_bin())
         .args([
             "trace",
             "--json",
@@ -449,20 +452,20 @@ fn full_disk_is_one_clear_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let stderr = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
     ns.run(|| {
         let _ = TcpStream::connect("127.0.0.1:9");
     });
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
+    let status = tests::trace::wait_within(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let lines: Vec<String> = stderr.iter().collect();
+    let last = lines.last().map(String::as_str).unwrap_or_default();
     assert!(
         last.starts_with("tcptrace: writing events to /dev/full:")
             && last.contains("No space left"),
-        "{stderr}"
+        "{lines:?}"
     );
-    assert!(!stderr.contains("panicked"));
+    assert!(lines.iter().all(|l| !l.contains("panicked")));
 }
 
 #[test]

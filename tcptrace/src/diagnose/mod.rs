@@ -69,9 +69,12 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         }
     }
     tracer.detach();
-    tracer.drain(&mut batch);
-    for ev in batch.drain(..) {
-        agg.add(&ev);
+    loop {
+        let more = tracer.drain_final(&mut batch).await?;
+        batch.drain(..).for_each(|ev| agg.add(&ev));
+        if !more {
+            break;
+        }
     }
     agg.finish();
     let seconds = started.elapsed().as_secs_f64();

@@ -63,6 +63,21 @@ async fn plain_loop(
             }
         }
     }
+    // Ctrl-C: detach, take what is left, and end with a complete snapshot.
     tracer.detach();
+    loop {
+        let more = tracer.drain_final(&mut batch).await?;
+        batch.drain(..).for_each(|ev| agg.add(&ev));
+        if !more {
+            break;
+        }
+    }
+    let snap = Snapshot::take(
+        &agg,
+        &previous,
+        started.elapsed(),
+        tracer.kernel_counts()?.total_lost(),
+    );
+    plain::write(&mut out, &snap, args.rows.into(), args.json)?;
     Ok(ExitCode::SUCCESS)
 }
