@@ -494,3 +494,34 @@ fn bad_flags_are_one_line_and_exit_2() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let _ = sh("true", &[]);
 }
+
+#[test]
+fn connect_latency_matches_a_50ms_delay() {
+    require_root();
+    // No netem on this kernel: the server's namespace holds every packet
+    // it sends (its SYN-ACKs included) for 50 ms via NFQUEUE.
+    let pair = NetnsPair::new("lat");
+    let trace = Trace::start(&["--netns", &netns_arg(&pair.a), "--events", "connect"]);
+    let (mut server, _out, port) = spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)]);
+    let delay = tests::delay::Delay::new(&pair.b, Duration::from_millis(50));
+    let client_port = pair.a.run(|| {
+        let s = TcpStream::connect((NetnsPair::B4, port)).unwrap();
+        let local = s.local_addr().unwrap().port();
+        drop(s);
+        local
+    });
+    assert!(delay.packets() > 0, "the delay rule matched nothing");
+    drop(delay);
+    server.wait().unwrap();
+    settle();
+    let records = trace.stop();
+    let connects: Vec<_> = records.on_port("connect", client_port);
+    assert_eq!(connects.len(), 1, "{:?}", records.records);
+    let latency_ms = connects[0]["connect_ns"].as_u64().unwrap() as f64 / 1e6;
+    eprintln!("connect latency under a 50 ms delay: {latency_ms:.2} ms");
+    assert!(
+        (latency_ms - 50.0).abs() <= 5.0,
+        "connect latency {latency_ms} ms, delay 50 ms"
+    );
+    assert_eq!(owner_pid(connects[0]), u64::from(std::process::id()));
+}
