@@ -510,7 +510,7 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
     let (expected, warnings): (Vec<&str>, Vec<&str>) = stderr
         .iter()
         .copied()
-        .filter(|l| l.contains("not traced on this kernel"))
+        .filter(|l| l.starts_with("tcptrace: warning: not traced on this kernel"))
         .partition(|l| EXPECTED.iter().any(|e| l.contains(e)));
 
     let mut events = Vec::new();
