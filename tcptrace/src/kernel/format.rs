@@ -145,6 +145,11 @@ mod tests {
         include_str!("../../tests/fixtures/tcp_receive_reset-6.1.format");
     const SET_STATE_6_1: &str = include_str!("../../tests/fixtures/inet_sock_set_state-6.1.format");
     const SYNACK_6_1: &str = include_str!("../../tests/fixtures/tcp_retransmit_synack-6.1.format");
+    const SEND_RESET_6_12: &str = include_str!("../../tests/fixtures/tcp_send_reset-6.12.format");
+    const RETRANSMIT_6_12: &str =
+        include_str!("../../tests/fixtures/tcp_retransmit_skb-6.12.format");
+    const RETRANSMIT_6_18: &str =
+        include_str!("../../tests/fixtures/tcp_retransmit_skb-6.18.format");
 
     #[test]
     fn send_reset_on_6_18_uses_sockaddr_and_has_reason() {
@@ -244,6 +249,24 @@ mod tests {
         assert_eq!(synack.offsets[field::SPORT], 24);
         assert_eq!(synack.offsets[field::FAMILY], 28);
         assert_eq!(synack.offsets[field::STATE], ABSENT_OFFSET);
+    }
+
+    /// 6.10 to 6.16: the 6.18 send_reset layout, retransmits without `err`.
+    #[test]
+    fn on_6_12_send_reset_is_new_and_retransmit_has_no_err() {
+        let send_reset = Format::parse(SEND_RESET_6_12).unwrap();
+        assert_eq!(
+            send_reset.layout(),
+            Format::parse(SEND_RESET_6_18).unwrap().layout()
+        );
+        assert_eq!(send_reset.symbols("reason")[&1], "NO_SOCKET");
+        let retransmit = Format::parse(RETRANSMIT_6_12).unwrap().layout();
+        assert_eq!(retransmit.offsets[field::ERR], ABSENT_OFFSET);
+        let mut with_err = Format::parse(RETRANSMIT_6_18).unwrap().layout();
+        assert_eq!(with_err.offsets[field::ERR], 76);
+        with_err.offsets[field::ERR] = ABSENT_OFFSET;
+        assert_eq!(retransmit, with_err);
+        assert_eq!(retransmit, Format::parse(RETRANSMIT_6_1).unwrap().layout());
     }
 
     #[test]
