@@ -1,10 +1,11 @@
 //! `cargo xtask vm --kernel 6.1`: boots one of Debian's kernels under
 //! QEMU (software emulation: no KVM needed) with a tiny initramfs that
 //! runs the release `tcptrace trace --json` against loopback traffic
-//! inside the VM (a refused connect, an established connection, an
-//! active reset), then prints the events, the tracer's warnings and the
-//! kernel's tracepoint format files. Fails if the tracer could not
-//! attach something on that kernel, or saw no connect/reset events.
+//! inside the VM (refused connects, an established connection, an
+//! active reset, a SYN dropped by a full accept queue), then prints the
+//! events, the tracer's warnings and the kernel's tracepoint format
+//! files. Fails if the tracer could not attach something on that
+//! kernel, or the events are missing or decoded wrong.
 //!
 //! No network is involved: the VM has no NIC, only its own loopback.
 
@@ -251,6 +252,15 @@ while ! grep -q '^port ' /tmp/peer.out && [ $i -lt 100 ]; do i=$((i + 1)); uslee
 PORT=$(sed -n 's/^port //p' /tmp/peer.out)
 echo hello | timeout 10 nc 127.0.0.1 "$PORT"; echo "client of peer port $PORT: nc exit $?"
 wait $PEER; rc=$?; echo "peer: $(tr '\n' ' ' </tmp/peer.out)exit $rc"
+peer no-accept 127.0.0.1:0 4000 >/tmp/full.out 2>&1 &
+FULL=$!
+i=0
+while ! grep -q '^port ' /tmp/full.out && [ $i -lt 100 ]; do i=$((i + 1)); usleep 100000; done
+FPORT=$(sed -n 's/^port //p' /tmp/full.out)
+timeout 5 nc 127.0.0.1 "$FPORT" </dev/null >/dev/null 2>&1 &
+usleep 300000
+timeout 3 nc 127.0.0.1 "$FPORT" </dev/null; echo "connect to a full accept queue (port $FPORT): nc exit $?"
+wait $FULL
 mark "end traffic"
 usleep 500000
 kill -TERM $TRACER
@@ -555,7 +565,13 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
     if !warnings.is_empty() {
         problems.push(format!("could not trace: {warnings:?}"));
     }
-    for kind in ["connect", "connect_failed", "rst_sent", "rst_received"] {
+    for kind in [
+        "connect",
+        "connect_failed",
+        "rst_sent",
+        "rst_received",
+        "retransmit",
+    ] {
         if !by_kind.contains_key(kind) {
             problems.push(format!("no {kind} event"));
         }
@@ -606,6 +622,12 @@ fn check_events(console: &str, events: &[Value]) -> Vec<String> {
         if !refused {
             problems.push(format!("no {family} connect_failed to port 1 owned by nc"));
         }
+    }
+    // The SYN to the full accept queue is dropped and sent again.
+    let syn_again = of_kind("retransmit")
+        .any(|e| e["state"] == "SYN_SENT" && e["owner"]["comm"] == "nc" && e["family"] == "ipv4");
+    if !syn_again {
+        problems.push("no SYN retransmit owned by nc".into());
     }
     for ev in of_kind("rst_received").filter(|e| e["state"] == "SYN_SENT") {
         if !ev["idle_ns"].is_null() {
