@@ -102,6 +102,21 @@ pub struct ListenKey {
 }
 const _: () = assert!(size_of::<ListenKey>() == 8);
 
+/// A connection by its addresses, for sockets that were open before the
+/// tracer started (userspace finds their owners with sock_diag and /proc).
+/// Addresses as the tracepoints report them: IPv4 in the first 4 bytes
+/// for AF_INET sockets, 16 bytes (maybe v4-mapped) for AF_INET6 ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub netns: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnKey>() == 40);
+
 /// One record on the ring buffer. Same layout for every kind; fields a
 /// kind does not use are zero (or `UNKNOWN_U32`).
 #[repr(C)]
@@ -312,6 +327,7 @@ pub mod map {
     pub const CONFIG: &str = "CONFIG";
     pub const SOCKS: &str = "SOCKS";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const PREEXISTING: &str = "PREEXISTING";
     /// Per-CPU, by kind: events that passed the filters (ground truth).
     pub const PRODUCED: &str = "PRODUCED";
     /// Per-CPU, by kind: events lost because the ring buffer was full.

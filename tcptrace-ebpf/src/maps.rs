@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::{Config, DEFAULT_RING_BYTES, ListenKey, Owner, SockInfo, kind};
+use tcptrace_common::{Config, ConnKey, DEFAULT_RING_BYTES, ListenKey, Owner, SockInfo, kind};
 
 /// Events to userspace. Userspace may resize it before load.
 #[map]
@@ -24,6 +24,11 @@ pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536
 /// the application has not accepted yet still have an owner.
 #[map]
 pub static LISTENERS: LruHashMap<ListenKey, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+/// Connections open before the tracer started -> their owner (filled by
+/// userspace once; a hit is copied into SOCKS).
+#[map]
+pub static PREEXISTING: HashMap<ConnKey, Owner> = HashMap::with_max_entries(65536, 0);
 
 /// Events that passed the filters, by kind: the ground truth for loss.
 #[map]

@@ -2,9 +2,12 @@
 //! (connect, listen, accept); everywhere else it is looked up.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ListenKey, Owner, SockInfo};
+use tcptrace_common::{ConnKey, ListenKey, Owner, SockInfo};
 
-use crate::maps::{LISTENERS, SOCKS};
+use crate::{
+    maps::{LISTENERS, PREEXISTING, SOCKS},
+    read::Endpoints,
+};
 
 /// The task running now. Only meaningful in process context.
 #[inline(always)]
@@ -33,6 +36,36 @@ pub fn sock_info(sk: u64) -> SockInfo {
         // SAFETY: a valid map value pointer from the lookup.
         Some(entry) => unsafe { *entry },
         None => SockInfo::default(),
+    }
+}
+
+/// The socket's entry; for a socket the programs never saw open, the
+/// owner userspace found for its addresses at start-up (copied into
+/// SOCKS so the next event finds it directly).
+#[inline(always)]
+pub fn sock_info_or_preexisting(sk: u64, netns: u32, ends: &Endpoints) -> SockInfo {
+    let info = sock_info(sk);
+    if info.owner.tgid != 0 || sk == 0 {
+        return info;
+    }
+    let key = ConnKey {
+        netns,
+        sport: ends.sport,
+        dport: ends.dport,
+        saddr: ends.saddr(),
+        daddr: ends.daddr(),
+    };
+    match PREEXISTING.get_ptr(&key) {
+        Some(owner) => {
+            // SAFETY: a valid map value pointer from the lookup.
+            let info = SockInfo {
+                owner: unsafe { *owner },
+                ..info
+            };
+            remember(sk, &info);
+            info
+        }
+        None => info,
     }
 }
 

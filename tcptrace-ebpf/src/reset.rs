@@ -54,7 +54,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if is_full_tcp_sock(state) {
         idle(cfg, sk, &mut ev);
     }
-    let info = owner::sock_info(sk);
+    let info = owner::sock_info_or_preexisting(sk, ev.netns, &ends);
     ev.owner = info.owner;
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;

@@ -41,7 +41,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         err: read::field(ctx, layout, field::ERR).unwrap_or(0),
         ..Event::default()
     };
-    ev.owner = owner::sock_info(sk).owner;
+    ev.owner = owner::sock_info_or_preexisting(sk, ev.netns, &ends).owner;
     emit::submit(cfg, &ev);
     Some(())
 }

@@ -89,7 +89,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             info
         }
         tcp_state::CLOSE => {
-            let info = owner::sock_info(sk);
+            let info = owner::sock_info_or_preexisting(sk, netns, &ends);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
                 if info.syn_sent_ns != 0 {
@@ -105,13 +105,13 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
             // been idle is the closer's idle timeout (keep-alive, LB).
             reset::idle(cfg, sk, &mut ev);
-            let info = owner::sock_info(sk);
+            let info = owner::sock_info_or_preexisting(sk, netns, &ends);
             if info.established_ns != 0 {
                 ev.age_ns = now - info.established_ns;
             }
             info
         }
-        _ => owner::sock_info(sk),
+        _ => owner::sock_info_or_preexisting(sk, netns, &ends),
     };
     ev.owner = info.owner;
     emit::submit(cfg, &ev);

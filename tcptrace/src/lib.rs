@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod kernel;
 pub mod netns;
+pub mod preexisting;
 pub mod sink;
 pub mod snapshot;
 pub mod stress;

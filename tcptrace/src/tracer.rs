@@ -6,10 +6,10 @@ use std::{collections::BTreeMap, fs, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tcptrace_common::{Config, kind, kind_mask, map, tracepoint};
+use tcptrace_common::{Config, ConnKey, ListenKey, Owner, kind, kind_mask, map, tracepoint};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -17,6 +17,7 @@ use crate::{
     error::{Error, Result},
     event::{EventKind, TcpEvent},
     kernel::{btf, clock, format::Format, proginfo, tracefs},
+    preexisting::Preexisting,
 };
 
 /// The compiled kernel programs, embedded in the binary.
@@ -218,6 +219,9 @@ impl Tracer {
                 missing.join("; ")
             )));
         }
+        // Owners of what was open before we attached (new sockets are
+        // already being tracked, so nothing falls in between).
+        seed_preexisting(&mut ebpf, &Preexisting::scan(options.netns));
 
         let ring = ebpf
             .take_map(map::EVENTS)
@@ -427,6 +431,31 @@ fn attach_tracepoint(
     prog.attach(category, name)
         .map_err(|e| one_line("attach", &e))?;
     Ok(())
+}
+
+/// Puts the owners of pre-existing listeners and connections into the
+/// kernel maps. Never overwrites what the programs recorded meanwhile.
+fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
+    const BPF_NOEXIST: u64 = 1;
+    if let Some(map) = ebpf.map_mut(map::LISTENERS) {
+        if let Ok(mut listeners) = AyaHashMap::<_, ListenKey, Owner>::try_from(map) {
+            for (key, owner) in &found.listeners {
+                let _ = listeners.insert(key, owner, BPF_NOEXIST);
+            }
+        }
+    }
+    if let Some(map) = ebpf.map_mut(map::PREEXISTING) {
+        if let Ok(mut connections) = AyaHashMap::<_, ConnKey, Owner>::try_from(map) {
+            for (key, owner) in &found.connections {
+                let _ = connections.insert(key, owner, BPF_NOEXIST);
+            }
+        }
+    }
+    log::debug!(
+        "pre-existing: {} listeners, {} connection keys",
+        found.listeners.len(),
+        found.connections.len()
+    );
 }
 
 /// aya's load errors carry the whole verifier log: keep the first line

@@ -534,3 +534,144 @@ fn connect_latency_matches_a_50ms_delay() {
     );
     assert_eq!(owner_pid(connects[0]), u64::from(std::process::id()));
 }
+
+#[test]
+fn kernel_filters_keep_only_what_was_asked() {
+    require_root();
+    let ns = Netns::new("filter");
+    // The peer (another process, comm "peer") serves on one port; the
+    // test process also makes a failed connect to port 9.
+    let (mut server, mut server_out, port) = spawn_peer(&ns, &["hold", "127.0.0.1:0"]);
+    let server_pid = server.id();
+    let traces = [
+        Trace::start(&["--netns", &netns_arg(&ns), "--pid", &server_pid.to_string()]),
+        Trace::start(&["--netns", &netns_arg(&ns), "--port", "9"]),
+        Trace::start(&["--netns", &netns_arg(&ns), "--comm", "peer"]),
+        Trace::start(&["--netns", &netns_arg(&ns), "--events", "connect"]),
+    ];
+    ns.run(|| {
+        let _ = TcpStream::connect("127.0.0.1:9");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"x").unwrap();
+        linger0_close(s);
+    });
+    let mut ended = String::new();
+    server_out.read_line(&mut ended).unwrap();
+    server.wait().unwrap();
+    settle();
+    let [by_pid, by_port, by_comm, by_kind] = traces.map(Trace::stop);
+
+    let pids = |r: &tests::Records| -> Vec<u64> {
+        r.events()
+            .filter_map(|e| e["owner"]["pid"].as_u64())
+            .collect()
+    };
+    assert!(
+        by_pid.events().count() > 0,
+        "the server's events: {:?} / comm: {:?} / kind: {:?}",
+        by_pid.records,
+        by_comm.records,
+        by_kind.records
+    );
+    assert!(
+        pids(&by_pid).iter().all(|p| *p == u64::from(server_pid)),
+        "{:?}",
+        by_pid.records
+    );
+    assert!(
+        by_pid.events().all(|e| !e["owner"].is_null()),
+        "unknown owners are not the server's"
+    );
+
+    assert!(by_port.events().count() > 0);
+    assert!(
+        by_port
+            .events()
+            .all(|e| e["local_port"] == 9 || e["remote_port"] == 9),
+        "{:?}",
+        by_port.records
+    );
+
+    assert!(by_comm.events().count() > 0);
+    assert!(
+        by_comm.events().all(|e| e["owner"]["comm"] == "peer"),
+        "{:?}",
+        by_comm.records
+    );
+
+    let kinds: Vec<&str> = by_kind
+        .events()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"connect") && kinds.contains(&"connect_failed"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == "connect" || *k == "connect_failed"),
+        "{kinds:?}"
+    );
+    // Filtering happens in the kernel: what was filtered out was never produced.
+    for r in [&by_pid, &by_port, &by_comm, &by_kind] {
+        assert_eq!(
+            r.summary()["events_produced"].as_u64(),
+            Some(r.events().count() as u64)
+        );
+    }
+}
+
+#[test]
+fn connections_open_before_tracing_are_attributed() {
+    require_root();
+    // The incident case: a client pool connected long before anyone ran
+    // tcptrace; the reset that kills a pooled connection must still name
+    // the client process.
+    let ns = Netns::new("before");
+    let (mut server, _out, port) = spawn_peer(&ns, &["reset-after", "127.0.0.1:0", "3000"]);
+    let (client_port, reset) = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = s.spawn(|| {
+            ns.run(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 4];
+                c.read_exact(&mut buf).unwrap();
+                tx.send(c.local_addr().unwrap().port()).unwrap();
+                c.read(&mut buf).expect_err("the server resets").kind()
+            })
+        });
+        let client_port = rx.recv().unwrap();
+        // Only now does tracing start, while the connection sits idle.
+        let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "rst"]);
+        let reset = client.join().unwrap();
+        settle();
+        ((client_port, trace.stop()), reset)
+    });
+    assert_eq!(reset, std::io::ErrorKind::ConnectionReset);
+    server.wait().unwrap();
+    let (client_port, records) = client_port;
+    let received: Vec<_> = records
+        .of_kind("rst_received")
+        .filter(|e| e["local_port"] == client_port)
+        .collect();
+    assert_eq!(received.len(), 1, "{:?}", records.records);
+    assert_eq!(
+        owner_pid(received[0]),
+        u64::from(std::process::id()),
+        "the pooled client owns the reset"
+    );
+    let sent: Vec<_> = records
+        .of_kind("rst_sent")
+        .filter(|e| e["remote_port"] == client_port)
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        owner_pid(sent[0]),
+        u64::from(server.id()),
+        "the server that reset it"
+    );
+    let idle_ms = received[0]["idle_ns"].as_u64().unwrap() as f64 / 1e6;
+    assert!((idle_ms - 3000.0).abs() <= 100.0, "idle {idle_ms} ms");
+}

@@ -3,9 +3,9 @@
 //! destination; listen queues; the worst connections' tcp_info; sockstat;
 //! kernel counters. `--watch` repeats it with deltas.
 
-mod owners;
+pub mod owners;
 mod render;
-mod sock_diag;
+pub mod sock_diag;
 mod sockstat;
 mod tables;
 
