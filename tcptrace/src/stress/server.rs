@@ -58,6 +58,24 @@ struct Counters {
     closed_after: AtomicU64,
     closed_unread: AtomicU64,
     errors: Mutex<BTreeMap<Class, u64>>,
+    /// Held while a connection's end is booked (its close counted and
+    /// `open` decremented) and while the report is read, so the report
+    /// never counts a connection both as closed and as still open.
+    books: Mutex<()>,
+}
+
+/// How one connection ended.
+enum Ended {
+    ByPeer,
+    Idle,
+    After,
+    Unread,
+    Error(Class),
+    /// Closed by us for a reason not counted on its own.
+    Quietly,
+    /// Already booked by `serve`: our own closes are booked just before
+    /// the close, so a report never shows an RST that was not counted.
+    Booked,
 }
 
 /// What the server saw, printed when it stops.
@@ -118,8 +136,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     counters.opened();
                     let counters = Arc::clone(&counters);
                     tokio::spawn(async move {
-                        serve(stream, behaviour, &counters).await;
-                        counters.open.fetch_sub(1, Relaxed);
+                        let ended = serve(stream, behaviour, &counters).await;
+                        counters.ended(ended);
                         drop(slot);
                     });
                 }
@@ -199,14 +217,18 @@ fn drain(listener: &TcpListener, counters: &Counters) -> u64 {
 }
 
 /// Serves one connection until the peer or a misbehaviour ends it.
-async fn serve(mut stream: TcpStream, behaviour: Behaviour, counters: &Counters) {
+async fn serve(mut stream: TcpStream, behaviour: Behaviour, counters: &Counters) -> Ended {
     if behaviour.close_unread {
         // Wait for data without consuming it (readiness alone can be
         // spurious): closing with bytes unread makes the kernel send an RST.
-        if let Ok(1..) = stream.peek(&mut [0u8; 1]).await {
-            counters.closed_unread.fetch_add(1, Relaxed);
-        }
-        return close(stream, behaviour);
+        let unread = matches!(stream.peek(&mut [0u8; 1]).await, Ok(1..));
+        counters.ended(if unread {
+            Ended::Unread
+        } else {
+            Ended::Quietly
+        });
+        close(stream, behaviour);
+        return Ended::Booked;
     }
     let mut buf = Vec::new();
     let mut answered = 0;
@@ -216,17 +238,18 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, counters: &Counters)
                 Ok(Some(request)) => {
                     buf.drain(..request.len());
                     if let Err(err) = stream.write_all(request.reply()).await {
-                        return counters.error(classify::io_error(&err));
+                        return Ended::Error(classify::io_error(&err));
                     }
                     answered += 1;
                     counters.requests.fetch_add(1, Relaxed);
                     if behaviour.close_after == Some(answered) {
-                        counters.closed_after.fetch_add(1, Relaxed);
-                        return close(stream, behaviour);
+                        counters.ended(Ended::After);
+                        close(stream, behaviour);
+                        return Ended::Booked;
                     }
                 }
                 Ok(None) => break,
-                Err(wire::BadReply) => return counters.error(Class::Borrowed("BAD_REQUEST")),
+                Err(wire::BadReply) => return Ended::Error(Class::Borrowed("BAD_REQUEST")),
             }
         }
         buf.reserve(4096);
@@ -235,19 +258,17 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour, counters: &Counters)
             Some(idle) => match tokio::time::timeout(idle, read).await {
                 Ok(read) => read,
                 Err(_) => {
-                    counters.closed_idle.fetch_add(1, Relaxed);
-                    return close(stream, behaviour);
+                    counters.ended(Ended::Idle);
+                    close(stream, behaviour);
+                    return Ended::Booked;
                 }
             },
             None => read.await,
         };
         match read {
-            Ok(0) => {
-                counters.closed_by_peer.fetch_add(1, Relaxed);
-                return;
-            }
+            Ok(0) => return Ended::ByPeer,
             Ok(_) => {}
-            Err(err) => return counters.error(classify::io_error(&err)),
+            Err(err) => return Ended::Error(classify::io_error(&err)),
         }
     }
 }
@@ -263,9 +284,29 @@ fn close(stream: TcpStream, behaviour: Behaviour) {
 
 impl Counters {
     fn opened(&self) {
+        let _books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
         self.accepted.fetch_add(1, Relaxed);
         let open = self.open.fetch_add(1, Relaxed) + 1;
         self.peak_open.fetch_max(open, Relaxed);
+    }
+
+    /// Books a connection's end: its close counted and `open` decremented
+    /// together (see `books`).
+    fn ended(&self, ended: Ended) {
+        let _books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
+        match ended {
+            Ended::ByPeer => self.closed_by_peer.fetch_add(1, Relaxed),
+            Ended::Idle => self.closed_idle.fetch_add(1, Relaxed),
+            Ended::After => self.closed_after.fetch_add(1, Relaxed),
+            Ended::Unread => self.closed_unread.fetch_add(1, Relaxed),
+            Ended::Error(class) => {
+                self.error(class);
+                0
+            }
+            Ended::Quietly => 0,
+            Ended::Booked => return,
+        };
+        self.open.fetch_sub(1, Relaxed);
     }
 
     fn error(&self, class: Class) {
@@ -284,6 +325,7 @@ impl Counters {
         drained: u64,
         linger0: bool,
     ) -> ServeReport {
+        let _books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
         ServeReport {
             listen: listen.to_string(),
             elapsed_s: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
