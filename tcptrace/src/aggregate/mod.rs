@@ -83,6 +83,9 @@ pub struct Stats {
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
     pub rst_after_quiet_gap: u64,
+    /// RSTs received in ESTABLISHED on a connection in use (no quiet
+    /// gap): the peer (or something in between) aborted it.
+    pub rst_while_active: u64,
     /// RSTs received in CLOSE_WAIT: the peer had closed (FIN), the
     /// application still sent on the connection.
     pub rst_after_peer_close: u64,
@@ -131,6 +134,7 @@ impl Default for Stats {
             quiet_gap_idle: Dist::new(Dist::MILLIS),
             age_at_rst: Dist::new(Dist::MILLIS),
             rst_after_quiet_gap: 0,
+            rst_while_active: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
             peer_close_idle: Dist::new(Dist::MILLIS),
@@ -210,6 +214,10 @@ pub struct Closer {
     pub comm: String,
     pub cgroup_id: u64,
     pub idle: Dist,
+    /// RSTs this endpoint sent because data arrived after it had closed
+    /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
+    /// reusing connections it had closed for idleness.
+    pub late_data_resets: u64,
 }
 
 impl Weight for Closer {
@@ -294,8 +302,14 @@ impl Aggregate {
                 comm: owner.comm.to_string(),
                 cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
+                late_data_resets: 0,
             });
             closer.idle.record(idle);
+        }
+        if update.late_data_reset
+            && let Some(closer) = self.closers.get_mut(&ev.local)
+        {
+            closer.late_data_resets += 1;
         }
         update.apply(&mut self.total);
         let process = self.processes.entry(&pid, Process::default);
@@ -375,6 +389,8 @@ struct Update {
     idle_before_rst_ns: Option<u64>,
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
+    active_rst: bool,
+    late_data_reset: bool,
     peer_close_rst_after_ns: Option<u64>,
     peer_close_rst: bool,
     peer_close_idle_ns: Option<u64>,
@@ -426,7 +442,9 @@ impl Update {
             }
             EventKind::RstSent => {
                 u.incident = true;
-                u.rst_sent_reason = Some(ev.rst_reason.map_or("UNKNOWN", |r| names.reason(r)));
+                let reason = ev.rst_reason.map_or("UNKNOWN", |r| names.reason(r));
+                u.rst_sent_reason = Some(reason);
+                u.late_data_reset = matches!(reason, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
                 u.age_at_rst_ns = ev.age_ns;
                 // The RST explains an abortive close just before it.
                 pending.cancel(ev.sock);
@@ -448,6 +466,7 @@ impl Update {
                         // in SYN_SENT nothing was ever received.
                         u.idle_before_rst_ns = ev.idle_recv_ns;
                         u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                        u.active_rst = !u.quiet_gap_rst;
                     }
                     tcp_state::CLOSE_WAIT => {
                         u.peer_close_rst = true;
@@ -550,6 +569,7 @@ impl Update {
             s.age_at_rst.record(ns);
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
+        s.rst_while_active += u64::from(self.active_rst);
         s.rst_after_peer_close += u64::from(self.peer_close_rst);
         if let Some(ns) = self.peer_close_rst_after_ns {
             s.reuse_after_peer_close.record(ns);

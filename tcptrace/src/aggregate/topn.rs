@@ -57,6 +57,10 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
         self.entries.get(key)
     }
 
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.entries.iter()
     }

@@ -12,7 +12,7 @@ use super::{
     finding::{Affected, Cause, Confidence, Finding},
 };
 use crate::{
-    aggregate::{Aggregate, Percentiles, Process, Related, Stats},
+    aggregate::{Aggregate, Closer, Percentiles, Process, Related, Stats},
     timefmt::duration_ns,
 };
 
@@ -273,6 +273,21 @@ fn idle_timeouts(i: &Inputs) -> Outcome {
         findings.push(f);
     }
 
+    // Seen from the server's side only (its clients elsewhere): it closed
+    // idle connections, then data arrived on them and it answered RSTs.
+    if findings.is_empty() {
+        let mut closers: Vec<_> = i
+            .agg
+            .closers
+            .iter()
+            .filter(|(_, c)| c.late_data_resets > 0)
+            .collect();
+        closers.sort_by_key(|(ep, c)| (std::cmp::Reverse(c.late_data_resets), **ep));
+        if let Some((ep, c)) = closers.first() {
+            findings.push(late_data_finding(**ep, c));
+        }
+    }
+
     // No FIN: a middlebox forgot the flow; its idle times cluster.
     let hit: Vec<_> = processes_with(i.agg, |s| s.rst_after_quiet_gap)
         .into_iter()
@@ -329,6 +344,68 @@ fn idle_timeouts(i: &Inputs) -> Outcome {
         findings.push(f);
     }
     Outcome { checked, findings }
+}
+
+/// The server-side view of an idle timeout: `closer` on `ep` closed idle
+/// connections and later got data on some of them.
+fn late_data_finding(ep: SocketAddr, c: &Closer) -> Finding {
+    let idle = c.idle.percentiles();
+    let proxy = is_proxy(&c.comm);
+    let cause = if proxy {
+        Cause::LbIdleTimeout
+    } else {
+        Cause::ServerKeepaliveTimeout
+    };
+    let n = c.late_data_resets;
+    let confidence = match idle {
+        Some(p) if n >= 2 && p.count >= 2 && p.clustered(CLUSTER) => Confidence::High,
+        Some(_) => Confidence::Medium,
+        None => Confidence::Low,
+    };
+    let idle_text = idle.map_or_else(|| "an unknown idle time".into(), |p| duration_ns(p.p50_ns));
+    let mut f = Finding::new(
+        cause,
+        confidence,
+        n,
+        format!(
+            "{} on {ep} closed idle connections after {idle_text}; clients then sent on {n} of them and got RSTs",
+            who(c.pid, &c.comm)
+        ),
+    );
+    f.evidence.push(format!(
+        "{n} RSTs sent from {ep} with reason TCP_ABORT_ON_DATA / TCP_TIMEWAIT_SOCKET: data arrived on connections it had already closed"
+    ));
+    if let Some(p) = idle {
+        f.evidence.push(format!(
+            "it closed connections idle {}: its idle timeout is ~{:.1} s; the clients keep them idle longer",
+            spread(&p),
+            secs(p.p50_ns)
+        ));
+        f.figures.insert("idle_timeout_s", secs(p.p50_ns));
+        f.fix.push(format!(
+            "Set the clients' pool idle timeout below {:.1} s (e.g. {}), or make them validate pooled connections before reuse.",
+            secs(p.p50_ns),
+            below(p.p50_ns)
+        ));
+    }
+    f.fix.push(if proxy {
+        format!("Or raise {}'s idle timeout above the clients' pool idle time (HAProxy: `timeout client` and `timeout http-keep-alive`).", c.comm)
+    } else {
+        format!("Or raise {}'s keep-alive timeout above the clients' pool idle time (nginx keepalive_timeout, Node server.keepAliveTimeout).", c.comm)
+    });
+    f.fix
+        .push("Clients should retry idempotent requests once on ECONNRESET.".into());
+    f.figures.insert("resets", n as f64);
+    f.affected.push(Affected {
+        pid: c.pid,
+        comm: c.comm.clone(),
+        peer: None,
+        events: n,
+        role: "closer",
+        cgroup_id: c.cgroup_id,
+        cgroup: None,
+    });
+    f
 }
 
 /// Cause 8: the peer lost its state (restart, failover): RSTs after idle
@@ -654,8 +731,9 @@ fn abortive_close(i: &Inputs) -> Outcome {
     ];
     let events: u64 = REASONS.iter().map(|r| i.agg.total.rst_sent_with(r)).sum();
     let checked = format!(
-        "abortive closes: {events} RSTs with reason {}",
-        REASONS.join("/")
+        "abortive closes: {events} RSTs sent with reason {}, {} received on connections in use",
+        REASONS.join("/"),
+        i.agg.total.rst_while_active
     );
     let hit = rst_sent_by(i.agg, &REASONS);
     let mut findings = Vec::new();
@@ -718,6 +796,34 @@ fn abortive_close(i: &Inputs) -> Outcome {
         }
         f.figures.insert("resets", n as f64);
         f.affected = affected(&group, "closer");
+        findings.push(f);
+    }
+    // Aborts by a peer we do not see: only the receiving side is here.
+    let local = events + i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
+    let hit = processes_with(i.agg, |s| s.rst_while_active);
+    if local == 0
+        && let Some((pid, process, n)) = hit.first().copied()
+        && n >= 3
+    {
+        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+        let mut f = Finding::new(
+            Cause::LingerZeroAbort,
+            Confidence::Medium,
+            hit.iter().map(|h| h.2).sum(),
+            format!(
+                "{peer} reset {n} connections of {} while they were in use",
+                who(pid, &process.comm)
+            ),
+        );
+        f.evidence.push(format!(
+            "{n} RSTs received by {} in ESTABLISHED with no idle gap, no FIN first; no local process sent such RSTs",
+            who(pid, &process.comm)
+        ));
+        f.fix.push(format!(
+            "On {peer}: look for SO_LINGER 0 or close() with unread data (its TcpExtTCPAbortOnClose / TCPAbortOnLinger counters), or a proxy/firewall in between resetting; run `tcptrace diagnose` there."
+        ));
+        f.figures.insert("resets", n as f64);
+        f.affected = affected(&hit, "client");
         findings.push(f);
     }
     Outcome { checked, findings }
