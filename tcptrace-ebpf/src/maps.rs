@@ -1,6 +1,5 @@
 //! Every map the programs share, in one place.
 
-use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -17,12 +16,9 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Socket address -> owner and open timestamps. LRU so it stays bounded
 /// whatever the churn; a reused address is overwritten when the new
-/// socket opens. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): under a
-/// connection storm every CPU inserts, and one shared list lock is the
-/// first thing to contend.
+/// socket opens.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> =
-    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// (netns, port) of a listen() -> the listening process, so connections
 /// the application has not accepted yet still have an owner.

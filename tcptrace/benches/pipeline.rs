@@ -51,7 +51,7 @@ fn records() -> Vec<Vec<u8>> {
         new_state: new,
         ..base
     };
-    let mut events = vec![
+    let mut events = [
         with(kind::STATE, 7, 2),
         Event {
             duration_ns: 40_000,

@@ -130,7 +130,7 @@ pub struct TuneArgs {
     #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
     pub file: PathBuf,
     /// Print a load-balancer config consistent with the profile.
-    #[arg(long, value_enum, requires = "idle_timeout")]
+    #[arg(long, value_enum, requires = "idle_timeout", conflicts_with = "set")]
     pub lb: Option<LoadBalancer>,
     /// The idle timeout of the load balancer or middlebox in front
     /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
@@ -211,6 +211,10 @@ pub struct LoadArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Trace the kernel during the load (needs root) and add what it saw on
+    /// the target's port to the report: connects, retransmits, resets by reason.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 #[derive(Debug, Args)]
@@ -253,7 +257,7 @@ pub struct PoolArgs {
     /// Pooled connections, each used by one request at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
-    /// Stop after this many requests.
+    /// Stop after this many uses of the pool (a failed connect counts as one).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: u64,
     /// Idle gap between two uses of a connection: a duration (5s) or a
@@ -613,6 +617,7 @@ mod tests {
             "--lb needs --idle-timeout"
         );
         assert!(parse(&["--lb", "nginx", "--idle-timeout", "50s"]).is_ok());
+        assert!(parse(&["--lb", "nginx", "--idle-timeout", "5s", "--set", "a.b=1"]).is_err());
         assert!(parse(&["--revert", "--profile", "proxy"]).is_err());
         assert!(
             parse(&[

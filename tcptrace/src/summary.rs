@@ -57,11 +57,11 @@ impl Default for Summary {
 impl Summary {
     pub fn add(&mut self, ev: &TcpEvent) {
         self.by_kind[ev.kind as usize] += 1;
-        if ev.kind == EventKind::Connect {
-            if let Some(ns) = ev.connect_ns {
-                self.connect_latency_us
-                    .saturating_record((ns / 1000).max(1));
-            }
+        if ev.kind == EventKind::Connect
+            && let Some(ns) = ev.connect_ns
+        {
+            self.connect_latency_us
+                .saturating_record((ns / 1000).max(1));
         }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
@@ -120,6 +120,7 @@ impl Summary {
             "events_received": self.received(),
             "events_produced": self.kernel.total_produced(),
             "events_lost": self.kernel.total_lost(),
+            "missed_by_kernel": self.kernel.missed_by_kernel,
             "by_kind": by_kind,
             "lost_by_kind": lost,
             "connect_latency_us": {
@@ -196,6 +197,13 @@ impl Summary {
                 );
             }
         }
+        if self.kernel.missed_by_kernel > 0 {
+            let _ = writeln!(
+                s,
+                "MISSED by the kernel: {} hook runs skipped (the same program was already running on that CPU)",
+                self.kernel.missed_by_kernel
+            );
+        }
         for missing in &self.missing {
             let _ = writeln!(s, "not traced on this kernel: {missing}");
         }
@@ -249,6 +257,7 @@ mod tests {
             KernelCounts {
                 produced: [0, 1, 0, 0, 0, 1, 3],
                 lost: [0; 7],
+                missed_by_kernel: 0,
             },
             &[],
         );

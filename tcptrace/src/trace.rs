@@ -78,16 +78,17 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
     // Detach first so nothing new arrives, then take what is left.
     tracer.detach();
-    tracer.drain(&mut batch);
-    let names = tracer.names().clone();
     let mut ctx = Context {
         names: &names,
         clock: &clock,
         cgroups: &mut cgroups,
     };
-    for ev in batch.drain(..) {
-        summary.add(&ev);
-        sink.event(&ev, &mut ctx).map_err(write_err)?;
+    loop {
+        let more = tracer.drain_final(&mut batch).await?;
+        write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
+        if !more {
+            break;
+        }
     }
     let kernel = tracer.kernel_counts()?;
     losses.report(&kernel, sink.as_mut()).map_err(write_err)?;

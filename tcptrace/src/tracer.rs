@@ -16,7 +16,7 @@ use crate::{
     decode::Decoder,
     error::{Error, Result},
     event::{EventKind, TcpEvent},
-    kernel::{btf, clock, format::Format, tracefs},
+    kernel::{btf, clock, format::Format, proginfo, tracefs},
 };
 
 /// The compiled kernel programs, embedded in the binary.
@@ -97,6 +97,10 @@ pub struct KernelCounts {
     pub produced: [u64; kind::COUNT as usize],
     /// Events the ring buffer had no room for.
     pub lost: [u64; kind::COUNT as usize],
+    /// Hook invocations the kernel skipped because the same program was
+    /// already running on that CPU (`recursion_misses`): events that were
+    /// never produced. Rare; reported so nothing is lost silently.
+    pub missed_by_kernel: u64,
 }
 
 impl KernelCounts {
@@ -118,7 +122,13 @@ pub struct Tracer {
     names: Names,
     missing: Vec<String>,
     decode_errors: u64,
+    /// Records read off the ring buffer (decoded or not).
+    read: u64,
     attached: Vec<&'static str>,
+    /// Set by `detach`: how long `drain_final` waits for stragglers.
+    final_deadline: Option<std::time::Instant>,
+    /// `missed_by_kernel` as it was when the programs were unloaded.
+    missed_at_detach: u64,
 }
 
 impl Tracer {
@@ -227,7 +237,10 @@ impl Tracer {
             names,
             missing,
             decode_errors: 0,
+            read: 0,
             attached,
+            final_deadline: None,
+            missed_at_detach: 0,
         })
     }
 
@@ -257,6 +270,7 @@ impl Tracer {
                 self.ring.get_mut(),
                 &self.decoder,
                 &mut self.decode_errors,
+                &mut self.read,
                 out,
             );
             if more || !out.is_empty() {
@@ -278,6 +292,7 @@ impl Tracer {
             self.ring.get_mut(),
             &self.decoder,
             &mut self.decode_errors,
+            &mut self.read,
             out,
         )
     }
@@ -287,7 +302,20 @@ impl Tracer {
         Ok(KernelCounts {
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
+            missed_by_kernel: if self.attached.is_empty() {
+                self.missed_at_detach
+            } else {
+                self.missed_by_kernel()
+            },
         })
+    }
+
+    fn missed_by_kernel(&self) -> u64 {
+        self.attached
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(proginfo::recursion_misses)
+            .sum()
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; kind::COUNT as usize]> {
@@ -304,9 +332,31 @@ impl Tracer {
         Ok(totals)
     }
 
+    /// After `detach`: appends what is left, in bounded batches. Returns
+    /// true while more may come. A program that was running when it was
+    /// detached may still be committing its record, which the reader sees
+    /// as not ready; so this keeps looking until every event the kernel
+    /// counted as produced was read or counted lost (for at most 1 s).
+    pub async fn drain_final(&mut self, out: &mut Vec<TcpEvent>) -> Result<bool> {
+        if self.drain(out) {
+            return Ok(true);
+        }
+        let counts = self.kernel_counts()?;
+        let settled = self.read + counts.total_lost() >= counts.total_produced();
+        let deadline = *self
+            .final_deadline
+            .get_or_insert_with(|| std::time::Instant::now() + std::time::Duration::from_secs(1));
+        if settled || std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        Ok(true)
+    }
+
     /// Detaches every program; events already in the ring buffer stay
-    /// readable with `drain`.
+    /// readable with `drain` / `drain_final`.
     pub fn detach(&mut self) {
+        self.missed_at_detach = self.missed_by_kernel();
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::TracePoint(p)) => p.unload(),
@@ -327,12 +377,14 @@ fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
     errors: &mut u64,
+    read: &mut u64,
     out: &mut Vec<TcpEvent>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
             return false;
         };
+        *read += 1;
         match decoder.decode(&item) {
             Ok(event) => out.push(event),
             Err(err) => {

@@ -115,8 +115,7 @@ pub struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        crate::kill_group(&mut self.0);
     }
 }
 

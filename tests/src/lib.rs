@@ -55,3 +55,12 @@ pub fn require_root() {
         "root integration tests must run as root (cargo xtask test)"
     );
 }
+
+/// Kills a child started with `Netns::command` and everything it forked
+/// (its process group), then reaps it: no orphaned nginx workers.
+pub fn kill_group(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on a process group we created.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.kill();
+    let _ = child.wait();
+}

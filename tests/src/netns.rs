@@ -59,10 +59,15 @@ impl Netns {
         sh("ip", &all)
     }
 
-    /// A `Command` that will run inside the namespace.
+    /// A `Command` that will run inside the namespace, in a process group
+    /// of its own so `crate::kill_group` also reaches any workers it forks
+    /// (nginx, haproxy).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd.args(["netns", "exec", &self.name])
+            .arg(program)
+            .process_group(0);
         cmd
     }
 

@@ -139,3 +139,38 @@ pub fn owner_pid(event: &Value) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("event without owner: {event}"))
 }
+
+/// Reads `stderr` until a line contains `text` (panics after 20 s).
+pub fn wait_for_stderr(stderr: std::process::ChildStderr, text: &str) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(text) => return rx,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no '{text}' on stderr: {seen:?}"),
+        }
+    }
+}
+
+/// Waits for `child` to exit within `limit`; kills it and panics otherwise.
+pub fn wait_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

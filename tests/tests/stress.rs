@@ -427,3 +427,218 @@ fn stress_stops_by_itself_at_the_duration() {
     assert!((150..=201).contains(&connected), "{report}");
     assert_eq!(server.stop()["accepted"], connected);
 }
+
+#[test]
+fn stress_trace_reports_what_the_kernel_saw() {
+    require_root();
+    let ns = Netns::new("str");
+    let server = Server::start(&ns, "127.0.0.1:7210", &[]);
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "churn",
+            "127.0.0.1:7210",
+            "--count",
+            "300",
+            "--rst",
+            "--trace",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report["connected"], 300, "{report}");
+    let kernel = &report["kernel"];
+    assert_eq!(kernel["lost"], 0, "{kernel}");
+    // Each connect seen once by the kernel; each linger-0 close is one RST
+    // sent by the client and received by the server, all on this port.
+    assert_eq!(kernel["connects"], 300, "{kernel}");
+    assert_eq!(kernel["connect_failed"], 0, "{kernel}");
+    assert_eq!(kernel["rst_sent"], 300, "{kernel}");
+    assert_eq!(kernel["rst_received"], 300, "{kernel}");
+    let by_reason = kernel["rst_sent_by_reason"].as_object().unwrap();
+    let reasons: u64 = by_reason.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(reasons, 300, "{kernel}");
+    assert_eq!(kernel["connect_us"]["count"], 300, "{kernel}");
+    assert_eq!(server.stop()["accepted"], 300);
+}
+
+#[test]
+fn stress_trace_sees_a_servers_idle_resets() {
+    require_root();
+    let ns = Netns::new("sti");
+    let server = Server::start(
+        &ns,
+        "127.0.0.1:7211",
+        &["--idle-close", "100ms", "--linger0"],
+    );
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "pool",
+            "127.0.0.1:7211",
+            "--connections",
+            "2",
+            "--requests",
+            "6",
+            "--idle",
+            "250ms",
+            "--trace",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let seen = server.stop();
+    let kernel = &report["kernel"];
+    // Every RST on the port is the server's idle close, received by the pool.
+    assert_eq!(kernel["rst_sent"], seen["closed_idle"], "{kernel} {seen}");
+    assert_eq!(
+        kernel["rst_received"], seen["closed_idle"],
+        "{kernel} {seen}"
+    );
+    assert_eq!(
+        report["requests"]["errors"]["ECONNRESET"], seen["closed_idle"],
+        "{report} {seen}"
+    );
+    assert_eq!(kernel["connects"], report["connected"], "{kernel}");
+}
+
+/// A real nginx in a namespace, with a short keep-alive timeout; stopped
+/// and its files removed on drop.
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(netns: &Netns, listen: &str, keepalive_timeout: &str) -> Nginx {
+        let dir =
+            std::env::temp_dir().join(format!("tt-nginx-{}-{}", std::process::id(), netns.name()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  keepalive_timeout {keepalive_timeout};\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
+             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             server {{ listen {listen}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let conf_path = dir.join("nginx.conf");
+        let child = netns
+            .command("nginx")
+            .args(["-p"])
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx { child, dir };
+        // Ready once it answers a connect (not counted anywhere).
+        let addr: std::net::SocketAddr = listen.parse().unwrap();
+        let ready = netns.run(|| {
+            (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                std::net::TcpStream::connect(addr).is_ok()
+            })
+        });
+        assert!(
+            ready,
+            "nginx did not start: {:?}",
+            std::fs::read_to_string(nginx.dir.join("error.log"))
+        );
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        tests::kill_group(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn stress_pool_against_nginx_keepalive_timeout() {
+    require_root();
+    let ns = Netns::new("sng");
+    let _nginx = Nginx::start(&ns, "127.0.0.1:7220", "1s");
+    // Reused well within nginx's keep-alive timeout: every request works
+    // on the same two connections.
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "pool",
+            "127.0.0.1:7220",
+            "--http",
+            "/",
+            "--connections",
+            "2",
+            "--requests",
+            "10",
+            "--idle",
+            "50ms",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(report["connected"], 2, "{report}");
+    assert_eq!(report["requests"]["ok"], 10, "{report}");
+    // Reused after 1.5 s, past nginx's 1 s: nginx has closed each one, so
+    // every reuse fails (EOF, or a reset if our request hit the closed socket first).
+    let (ok, report, stderr) = stress(
+        &ns,
+        &[
+            "pool",
+            "127.0.0.1:7220",
+            "--http",
+            "/",
+            "--connections",
+            "2",
+            "--requests",
+            "4",
+            "--idle",
+            "1500ms",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let by_idle = report["requests"]["by_idle"].as_array().unwrap();
+    assert_eq!(by_idle.len(), 2, "{report}");
+    assert_eq!(by_idle[0]["failed"], 0, "fresh connections work: {report}");
+    assert_eq!(by_idle[1]["idle"], "1s..2s", "{report}");
+    assert_eq!(by_idle[1]["failed"], 2, "{report}");
+    let errors = by_idle[1]["errors"].as_object().unwrap();
+    assert!(
+        errors.keys().all(|e| e == "EOF" || e == "ECONNRESET"),
+        "{report}"
+    );
+}
+
+#[test]
+fn stress_slow_accept_counts_stay_exact() {
+    require_root();
+    let ns = Netns::new("ssa");
+    // One accept every 100 ms: the client is done long before the server
+    // has accepted its connections; the kernel queue holds them, and the
+    // server drains the queue before it reports, so the counts still match.
+    let server = Server::start(&ns, "127.0.0.1:7212", &["--accept-delay", "100ms"]);
+    let (ok, report, _) = stress(
+        &ns,
+        &[
+            "churn",
+            "127.0.0.1:7212",
+            "--count",
+            "50",
+            "--concurrency",
+            "5",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(report["connected"], 50, "{report}");
+    let seen = server.stop();
+    assert_eq!(seen["accepted"], 50, "{seen}");
+    assert!(
+        seen["drained"].as_u64().unwrap() > 0,
+        "the queue was drained: {seen}"
+    );
+}

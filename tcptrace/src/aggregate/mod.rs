@@ -29,16 +29,20 @@ use crate::{
     tracer::{Names, Tracer},
 };
 
-/// Adds everything waiting in the ring buffer now, however many batches
-/// that takes (after detaching, so the end of a run is not lost).
-pub fn drain(tracer: &mut Tracer, agg: &mut Aggregate, batch: &mut Vec<TcpEvent>) {
+/// After `tracer.detach()`: adds every event still in the ring buffer,
+/// until each one the kernel produced was read or counted lost.
+pub async fn drain(
+    tracer: &mut Tracer,
+    agg: &mut Aggregate,
+    batch: &mut Vec<TcpEvent>,
+) -> crate::error::Result<()> {
     loop {
-        let more = tracer.drain(batch);
+        let more = tracer.drain_final(batch).await?;
         for ev in batch.drain(..) {
             agg.add(&ev);
         }
         if !more {
-            break;
+            return Ok(());
         }
     }
 }

@@ -96,7 +96,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let load_status = load.map(during::Load::stop);
     // Detach first so nothing new arrives, then take what is left.
     tracer.detach();
-    aggregate::drain(&mut tracer, &mut agg, &mut batch);
+    aggregate::drain(&mut tracer, &mut agg, &mut batch).await?;
     agg.finish();
     let seconds = started.elapsed().as_secs_f64();
     let kernel = tracer.kernel_counts()?;

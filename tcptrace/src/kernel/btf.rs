@@ -75,10 +75,10 @@ fn find_member(btf: &Btf, strukt: &Type, name: &str) -> Option<(u32, Type)> {
         if member_name == name {
             return Some((member.bit_offset(), member_type));
         }
-        if member_name.is_empty() {
-            if let Some((inner, found)) = find_member(btf, &member_type, name) {
-                return Some((member.bit_offset() + inner, found));
-            }
+        if member_name.is_empty()
+            && let Some((inner, found)) = find_member(btf, &member_type, name)
+        {
+            return Some((member.bit_offset() + inner, found));
         }
     }
     None

@@ -5,4 +5,5 @@
 pub mod btf;
 pub mod clock;
 pub mod format;
+pub mod proginfo;
 pub mod tracefs;

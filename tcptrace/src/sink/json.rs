@@ -143,7 +143,7 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
         out.write_all(b",\"err\":")?;
         out.write_all(n.format(err).as_bytes())?;
     }
-    write!(out, ",\"sock\":\"{:#x}\"}}\n", ev.sock)
+    writeln!(out, ",\"sock\":\"{:#x}\"}}", ev.sock)
 }
 
 fn str_field(out: &mut impl Write, key: &[u8], value: &str) -> io::Result<()> {

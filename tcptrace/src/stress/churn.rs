@@ -16,7 +16,8 @@ use std::{
 use crate::{
     cli::ChurnArgs,
     stress::{
-        Mode, Run, connect,
+        Mode, Run,
+        connect::{close_with_reset, connect},
         report::{Live, Tally},
     },
 };
@@ -37,7 +38,7 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     for worker in 0..workers {
         let (run, live, tickets) = (run.clone(), Arc::clone(&live), Arc::clone(&tickets));
         tasks.spawn(async move {
-            loop {
+            for round in 1u64.. {
                 let ticket = tickets.fetch_add(1, Ordering::Relaxed);
                 if ticket >= count {
                     break;
@@ -54,15 +55,21 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
                     break;
                 }
                 match connect(run.target.addr, run.connect_timeout).await {
-                    Ok(stream) => {
+                    Ok(socket) => {
                         live.with(worker, |t| t.connect_ok(started.elapsed()));
+                        // Closing at once is the churn: a FIN, or an RST with --rst.
                         if rst {
-                            // An RST close cannot fail in a way worth counting.
-                            let _ = stream.set_zero_linger();
+                            close_with_reset(socket);
+                        } else {
+                            drop(socket);
                         }
-                        drop(stream);
                     }
                     Err(class) => live.with(worker, |t| t.connect_failed(class)),
+                }
+                // A local connect never waits, so the loop would never
+                // yield: let the other workers and the progress line run.
+                if round % 16 == 0 {
+                    tokio::task::yield_now().await;
                 }
             }
         });

@@ -12,7 +12,7 @@ use crate::{
     stress::{
         Mode, Run,
         classify::{self, Class},
-        connect,
+        connect::{connect, into_stream},
         report::{Live, Tally},
     },
 };
@@ -32,7 +32,9 @@ pub async fn run(run: Run, args: HoldArgs) -> anyhow::Result<Tally> {
         let worker = usize::try_from(i).unwrap_or_default();
         tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let result = connect(run.target.addr, run.connect_timeout).await;
+            let result = connect(run.target.addr, run.connect_timeout)
+                .await
+                .and_then(into_stream);
             drop(permit);
             let mut stream = match result {
                 Ok(stream) => {

@@ -7,7 +7,8 @@ use std::time::Instant;
 use crate::{
     cli::LatencyArgs,
     stress::{
-        Mode, Run, connect,
+        Mode, Run,
+        connect::connect,
         report::{Live, Tally},
     },
 };
@@ -23,9 +24,9 @@ pub async fn run(run: Run, args: LatencyArgs) -> anyhow::Result<Tally> {
         tokio::time::sleep_until(due.into()).await;
         let started = Instant::now();
         match connect(run.target.addr, run.connect_timeout).await {
-            Ok(stream) => {
+            Ok(socket) => {
                 let elapsed = started.elapsed();
-                drop(stream);
+                drop(socket);
                 live.with(0, |t| t.connect_ok(elapsed));
             }
             Err(class) => live.with(0, |t| t.connect_failed(class)),

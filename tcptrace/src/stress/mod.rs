@@ -7,26 +7,25 @@
 
 mod churn;
 pub mod classify;
+mod connect;
 mod hold;
 mod latency;
 mod pool;
 pub mod report;
 mod server;
 pub mod target;
+mod traced;
 mod wire;
 
 use std::{
     io::{self, Write as _},
-    net::SocketAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
-
 use crate::{
     cli::{LoadArgs, StressArgs, StressMode},
-    stress::{classify::Class, report::Report},
+    stress::report::Report,
 };
 
 /// The client modes, as named in reports.
@@ -98,6 +97,9 @@ where
     Fut: Future<Output = anyhow::Result<report::Tally>>,
 {
     let target = target::resolve(&load.target).await?;
+    // Attached before the first connect, so the kernel view misses none.
+    let port = target.addr.port();
+    let watch = load.trace.then(|| traced::Watch::start(port)).transpose()?;
     let start = Instant::now();
     let run = Run {
         deadline: start + load.duration.unwrap_or(mode.default_duration()),
@@ -106,13 +108,12 @@ where
         connect_timeout: load.connect_timeout,
     };
     let tally = work(run).await?;
-    let report = Report::new(
-        mode,
-        &target.text,
-        &target.addr.to_string(),
-        start.elapsed(),
-        &tally,
-    );
+    let elapsed = start.elapsed();
+    let address = target.addr.to_string();
+    let mut report = Report::new(mode, &target.text, &address, elapsed, &tally);
+    if let Some(watch) = watch {
+        report.kernel = Some(watch.finish().await?);
+    }
     let mut out = io::stdout().lock();
     report.write(load.json, &mut out)?;
     out.flush()?;
@@ -125,15 +126,6 @@ where
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Connects within `timeout`; the failure is already classified.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Class> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(classify::io_error(&err)),
-        Err(_) => Err(Class::Borrowed(classify::TIMEOUT)),
-    }
 }
 
 /// Held connections and fast churn need many descriptors: use the hard

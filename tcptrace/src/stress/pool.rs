@@ -23,7 +23,7 @@ use crate::{
     stress::{
         Mode, Run,
         classify::{self, Class},
-        connect,
+        connect::{connect, into_stream},
         report::{Live, Tally},
         target, wire,
     },
@@ -87,7 +87,10 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
                     }
                     None => {
                         let started = Instant::now();
-                        match connect(run.target.addr, run.connect_timeout).await {
+                        match connect(run.target.addr, run.connect_timeout)
+                            .await
+                            .and_then(into_stream)
+                        {
                             Ok(stream) => {
                                 live.with(worker, |t| t.connect_ok(started.elapsed()));
                                 (

@@ -16,7 +16,7 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::stress::{Mode, classify::Class};
+use crate::stress::{Mode, classify::Class, traced::KernelView};
 
 /// Upper edges of the idle-before-use buckets of `pool`, in milliseconds.
 /// A use of a fresh connection goes in its own bucket before these.
@@ -278,7 +278,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
         (!h.is_empty()).then(|| Percentiles {
             count: h.len(),
             min: h.min(),
@@ -360,6 +360,9 @@ pub struct Report {
     pub hold: Option<Held>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<Requests>,
+    /// `--trace`: what the kernel saw on the target's port meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelView>,
 }
 
 fn rate(n: u64, elapsed: Duration) -> f64 {
@@ -412,6 +415,7 @@ impl Report {
             connect_us: Percentiles::of(&tally.connect_us),
             hold,
             requests,
+            kernel: None,
         }
     }
 
@@ -468,6 +472,11 @@ impl Report {
                     )?;
                 }
                 writeln!(out)?;
+            }
+        }
+        if let Some(kernel) = &self.kernel {
+            for line in kernel.human() {
+                writeln!(out, "  {line}")?;
             }
         }
         Ok(())

@@ -64,6 +64,15 @@ async fn plain_loop(
             }
         }
     }
+    // Ctrl-C: detach, take what is left, and end with a complete snapshot.
     tracer.detach();
+    crate::aggregate::drain(tracer, &mut agg, &mut batch).await?;
+    let snap = Snapshot::take(
+        &agg,
+        &previous,
+        started.elapsed(),
+        tracer.kernel_counts()?.total_lost(),
+    );
+    plain::write(&mut out, &snap, args.rows.into(), args.json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -18,18 +18,24 @@ pub enum Bench {
     Overhead(OverheadArgs),
     /// Churn rate of `tcptrace stress churn` against a blocking std
     /// connect/close loop with as many threads, on loopback in a netns.
-    Stress {
-        /// Connections in flight: tcptrace's --concurrency and the
-        /// baseline's thread count.
-        #[arg(long, default_value_t = 4)]
-        concurrency: u32,
-        /// Length of each run, in seconds.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// A/B rounds (the order alternates); the medians are reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: u32,
-    },
+    Stress(StressArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct StressArgs {
+    /// Connections in flight: tcptrace's --concurrency and the
+    /// baseline's thread count.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u32,
+    /// Length of each run, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+    /// A/B rounds (the order alternates); the medians are reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Do not rewrite BENCHMARKS.md.
+    #[arg(long)]
+    pub no_write: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,11 +63,7 @@ pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
             crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
             overhead(&target_dir().join("release/tcptrace"), &args)
         }
-        Bench::Stress {
-            concurrency,
-            seconds,
-            rounds,
-        } => stress::stress(env, concurrency, seconds, rounds),
+        Bench::Stress(args) => stress::stress(env, &args),
     }
 }
 
@@ -95,9 +97,12 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| setup | churn conn/s (median) | vs baseline | events received / produced | lost | tracer CPU s per 1M events | tracer peak RSS |"
+        "| setup | churn conn/s (median) | vs baseline | events received / produced | lost | tracer CPU s per 1M events | tracer peak RSS | Ctrl-C to exit, in the storm (max) |"
     );
-    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        table,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for (setup, runs) in &results {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
         let rate = overhead::median(&mut rates);
@@ -108,6 +113,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         let lost = sum(|r| r.lost);
         let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
         let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+        let stop = runs.iter().map(|r| r.stop_seconds).fold(0.0, f64::max);
         let events = match (received, produced) {
             (Some(r), Some(p)) => format!("{r} / {p} ({:.1}%)", 100.0 * r as f64 / p.max(1) as f64),
             _ => "-".into(),
@@ -118,12 +124,17 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         };
         let _ = writeln!(
             table,
-            "| {} | {rate:.0} | {:.1}% | {events} | {} | {cpu_per_million} | {} |",
+            "| {} | {rate:.0} | {:.1}% | {events} | {} | {cpu_per_million} | {} | {} |",
             setup.name(),
             100.0 * rate / baseline,
             lost.map_or("-".into(), |l| l.to_string()),
             if rss > 0 {
                 format!("{:.1} MiB", rss as f64 / 1024.0)
+            } else {
+                "-".into()
+            },
+            if stop > 0.0 {
+                format!("{stop:.2} s")
             } else {
                 "-".into()
             },

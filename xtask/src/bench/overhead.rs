@@ -49,6 +49,8 @@ pub struct Run {
     pub lost: Option<u64>,
     pub cpu_seconds: f64,
     pub max_rss_kib: u64,
+    /// From SIGINT to exit, while the storm is still on.
+    pub stop_seconds: f64,
 }
 
 pub struct Options {
@@ -113,17 +115,25 @@ fn measure(
             Some(&output),
         )?),
     };
-    let (rate, connections) = churn(ns, options.threads, duration)?;
+    // The tracer is stopped while the storm still runs (the churn goes on
+    // 400 ms longer): Ctrl-C must work when things are worst.
+    let stopper = tracer.take().map(|tracer| {
+        std::thread::spawn(move || {
+            std::thread::sleep(duration + Duration::from_millis(200));
+            let rss = tracer.peak_rss_kib();
+            tracer.stop().map(|(usage, stderr)| (rss, usage, stderr))
+        })
+    });
+    let (rate, connections) = churn(ns, options.threads, duration + Duration::from_millis(400))?;
     let mut run = Run {
         rate,
         ..Run::default()
     };
-    if let Some(tracer) = tracer.take() {
-        // Let the tracer catch up before it is stopped.
-        std::thread::sleep(Duration::from_millis(500));
-        run.max_rss_kib = tracer.peak_rss_kib();
-        let (usage, stderr) = tracer.stop()?;
+    if let Some(stopper) = stopper {
+        let (rss, usage, stderr) = stopper.join().expect("stopper thread")?;
+        run.max_rss_kib = rss;
         run.cpu_seconds = usage.cpu_seconds;
+        run.stop_seconds = usage.stop_seconds;
         match setup {
             Setup::TraceJson | Setup::Aggregate => {
                 read_tcptrace_counts(&output, &stderr, &mut run)?
@@ -158,7 +168,7 @@ fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Resu
     let last = text
         .lines()
         .rev()
-        .find(|l| l.contains("\"events_produced\"") || l.contains("\"produced\""));
+        .find(|l| l.contains("\"events_produced\"") || l.contains("\"type\":\"top\""));
     let Some(last) = last else {
         bail!(
             "no tcptrace summary in {} (stderr: {stderr:?})",
@@ -171,9 +181,11 @@ fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Resu
             .iter()
             .find_map(|n| value.pointer(n).and_then(serde_json::Value::as_u64))
     };
-    run.received = get(&["/events_received", "/events/received"]);
-    run.produced = get(&["/events_produced", "/events/produced"]);
-    run.lost = get(&["/events_lost", "/events/lost"]);
+    // trace's summary has all three; top's last snapshot has events and
+    // events_lost (produced = received + lost, both exact).
+    run.received = get(&["/events_received", "/events"]);
+    run.lost = get(&["/events_lost"]);
+    run.produced = get(&["/events_produced"]).or_else(|| Some(run.received? + run.lost?));
     if run.received.is_none() {
         // `trace` ran with --no-summary: count the event lines.
         run.received = Some(
@@ -199,6 +211,7 @@ struct Tracer {
 
 struct Usage {
     cpu_seconds: f64,
+    stop_seconds: f64,
 }
 
 impl Tracer {
@@ -265,6 +278,7 @@ impl Tracer {
     /// SIGINT, then wait4 for the CPU time and peak RSS of the process.
     fn stop(self) -> Result<(Usage, Vec<String>)> {
         let pid = self.child.id() as i32;
+        let asked = Instant::now();
         // SAFETY: signalling and reaping our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
         let mut status = 0;
@@ -279,6 +293,7 @@ impl Tracer {
         Ok((
             Usage {
                 cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
+                stop_seconds: asked.elapsed().as_secs_f64(),
             },
             stderr,
         ))

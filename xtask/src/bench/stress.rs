@@ -2,12 +2,16 @@
 //! against a blocking std connect/close loop with as many threads.
 
 use std::{
+    fmt::Write as _,
+    io::Read as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use super::StressArgs;
 
 use crate::{cargo, setup::BuildEnv, target_dir};
 
@@ -70,6 +74,42 @@ fn run_ok(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs a churner to completion; returns its stdout and the CPU time
+/// (user + system) it used, from wait4: the rate depends on what else
+/// the machine runs, CPU per connection much less.
+fn run_measured(cmd: &mut Command) -> Result<(String, f64)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stdout)?;
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)?;
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 reaps our own child, which
+    // `ip netns exec` became by exec (same pid), so its usage is the churner's.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } != pid {
+        bail!("wait4 {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed ({status:#x}): {}", stderr.trim());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((stdout, secs(usage.ru_utime) + secs(usage.ru_stime)))
+}
+
 /// Copies a freshly built binary out of the target directory, which other
 /// worktrees may share and rebuild under our feet.
 fn private_copy(built: &Path, dir: &Path) -> Result<PathBuf> {
@@ -88,7 +128,13 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Result<()> {
+pub fn stress(env: &BuildEnv, args: &StressArgs) -> Result<()> {
+    let StressArgs {
+        concurrency,
+        seconds,
+        rounds,
+        no_write,
+    } = *args;
     cargo(env, &["build", "--release", "--package", "tcptrace"])?;
     cargo(
         env,
@@ -132,10 +178,12 @@ pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Re
     let secs = seconds.to_string();
     let duration = format!("{seconds}s");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours_cpu, mut theirs_cpu) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for tcptrace_first in [round % 2 == 0, round % 2 != 0] {
-            if tcptrace_first {
-                let out = run_ok(ns.command(&tcptrace).args([
+        // Alternate who goes first, so neither always meets a warmer system.
+        for ours_now in [round % 2 == 0, round % 2 != 0] {
+            let (name, rate, connections, cpu) = if ours_now {
+                let (out, cpu) = run_measured(ns.command(&tcptrace).args([
                     "stress",
                     "churn",
                     addr,
@@ -147,15 +195,18 @@ pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Re
                     "1000000000",
                     "--json",
                 ]))?;
-                let rate = json_number(&out, "connect_rate_per_s")?;
-                let failed = json_number(&out, "failed")?;
-                eprintln!(
-                    "round {}: tcptrace stress churn  {rate:>9.0}/s  ({failed} failed)",
-                    round + 1
-                );
+                let report: serde_json::Value = serde_json::from_str(&out)
+                    .with_context(|| format!("tcptrace's report is not JSON: {out}"))?;
+                let number = |key: &str| report[key].as_f64().unwrap_or(0.0);
+                if number("failed") > 0.0 {
+                    bail!("tcptrace churn had failures: {out}");
+                }
+                let (rate, connections) = (number("connect_rate_per_s"), number("connected"));
                 ours.push(rate);
+                ours_cpu.push(cpu / connections * 1e6);
+                ("tcptrace stress churn", rate, connections, cpu)
             } else {
-                let out = run_ok(
+                let (out, cpu) = run_measured(
                     ns.command(&baseline)
                         .args(["connect", addr, &threads, &secs]),
                 )?;
@@ -165,46 +216,70 @@ pub fn stress(env: &BuildEnv, concurrency: u32, seconds: u32, rounds: u32) -> Re
                         .and_then(|v| v.parse().ok())
                         .with_context(|| format!("no {key} in baseline output: {out}"))
                 };
-                let rate = field("connections")? / field("seconds")?;
-                eprintln!(
-                    "round {}: blocking baseline      {rate:>9.0}/s  ({} failed)",
-                    round + 1,
-                    field("failures")?
-                );
+                if field("failures")? > 0.0 {
+                    bail!("the baseline had failures: {out}");
+                }
+                let connections = field("connections")?;
+                let rate = connections / field("seconds")?;
                 theirs.push(rate);
-            }
+                theirs_cpu.push(cpu / connections * 1e6);
+                ("blocking baseline", rate, connections, cpu)
+            };
+            eprintln!(
+                "round {}: {name:<22} {rate:>9.0}/s  {:>5.1} µs CPU per connection",
+                round + 1,
+                cpu / connections * 1e6
+            );
         }
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    println!(
-        "stress churn, loopback in a netns, concurrency {concurrency}, {seconds} s x {rounds} rounds (medians):"
+    let (ours_median, theirs_median) = (median(ours.clone()), median(theirs.clone()));
+    let ratio = ours_median / theirs_median * 100.0;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?");
+    let per_round = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| churner | connections/s (median) | CPU µs per connection (median) | connections/s by round |"
     );
-    println!("  tcptrace stress churn   {ours:>9.0} connections/s");
-    println!("  blocking baseline       {theirs:>9.0} connections/s");
-    println!(
-        "  ratio                   {:>9.1}%  (goal: at least 90%)",
-        ours / theirs * 100.0
+    let _ = writeln!(table, "| --- | ---: | ---: | --- |");
+    let _ = writeln!(
+        table,
+        "| `tcptrace stress churn --concurrency {concurrency}` (tokio, release) | {ours_median:.0} | {:.1} | {} |",
+        median(ours_cpu),
+        per_round(&ours)
     );
-    println!(
-        "  command: cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}"
+    let _ = writeln!(
+        table,
+        "| blocking std connect/close loop (threads: {concurrency}) | {theirs_median:.0} | {:.1} | {} |",
+        median(theirs_cpu),
+        per_round(&theirs)
     );
+    let _ = writeln!(
+        table,
+        "\ntcptrace / baseline: **{ratio:.1}%** (goal: at least 90%)."
+    );
+    println!("{table}");
+    if !no_write {
+        let command = format!(
+            "sudo cargo xtask bench stress --concurrency {concurrency} --seconds {seconds} --rounds {rounds}"
+        );
+        let body = format!(
+            "Command: `{command}` ({cores} cores, load average {load} at the end; \
+             loopback in a fresh netns with ip_local_port_range 1024-65535 and tcp_tw_reuse=1; \
+             both churners against `tcptrace stress serve`). Client and server share the \
+             cores, and rates move with whatever else the machine runs: CPU per connection \
+             (user + system, from wait4) is the steadier figure.\n\n{table}"
+        );
+        super::write_section("stress", &body)?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// A top-level number from a one-line JSON report, without a JSON parser
-/// in xtask: the report's keys are fixed and its numbers plain.
-fn json_number(json: &str, key: &str) -> Result<f64> {
-    let pattern = format!("\"{key}\":");
-    let start = json
-        .find(&pattern)
-        .with_context(|| format!("no {key} in: {json}"))?
-        + pattern.len();
-    let rest = &json[start..];
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(rest.len());
-    rest[..end]
-        .parse()
-        .with_context(|| format!("{key} is not a number in: {json}"))
 }
