@@ -47,7 +47,43 @@ pub const RULES: [Rule; 8] = [
 
 /// Runs every rule.
 pub fn evaluate(inputs: &Inputs) -> Vec<Outcome> {
-    RULES.iter().map(|rule| rule(inputs)).collect()
+    RULES
+        .iter()
+        .map(|rule| {
+            let mut outcome = rule(inputs);
+            outcome.checked = singular(&outcome.checked);
+            for f in &mut outcome.findings {
+                f.summary = singular(&f.summary);
+                f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
+            }
+            outcome
+        })
+        .collect()
+}
+
+/// "1 RSTs" -> "1 RST": the rules format counts with plural nouns.
+fn singular(text: &str) -> String {
+    const NOUNS: [(&str, &str); 7] = [
+        ("RSTs", "RST"),
+        ("connections", "connection"),
+        ("SYNs", "SYN"),
+        ("retransmits", "retransmit"),
+        ("connects", "connect"),
+        ("times", "time"),
+        ("segments", "segment"),
+    ];
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let after_one = i > 0 && words[i - 1] == "1";
+        let fixed = NOUNS.iter().find_map(|(plural, one)| {
+            let rest = word.strip_prefix(plural)?;
+            (after_one && rest.chars().all(|c| c.is_ascii_punctuation()))
+                .then(|| format!("{one}{rest}"))
+        });
+        out.push(fixed.unwrap_or_else(|| word.to_string()));
+    }
+    out.join(" ")
 }
 
 /// Idle times within ±15 % of their median come from one timeout.

@@ -464,3 +464,11 @@ fn a_remote_peer_resetting_connections_in_use() {
     assert_eq!(findings.len(), 1, "{findings:#?}");
     assert_eq!(findings[0].cause, Cause::CloseWithUnreadData);
 }
+
+#[test]
+fn counts_of_one_are_singular() {
+    assert_eq!(
+        singular("1 RSTs sent, 11 RSTs received, 1 connections: 1 times"),
+        "1 RST sent, 11 RSTs received, 1 connection: 1 time"
+    );
+}
