@@ -1,9 +1,7 @@
 //! Who owns a socket. Captured only where the owner is really running
 //! (connect, listen, accept); everywhere else it is looked up.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
 use tcptrace_common::{ListenKey, Owner, SockInfo};
 
 use crate::maps::{LISTENERS, SOCKS};
@@ -12,12 +10,17 @@ use crate::maps::{LISTENERS, SOCKS};
 #[inline(always)]
 pub fn current() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Owner {
+    let mut owner = Owner {
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    }
+        comm: [0; 16],
+    };
+    // Straight into the 8-aligned struct: aya's wrapper zeroes a byte
+    // array of its own first, which costs a byte-at-a-time memset call.
+    // SAFETY: comm is 16 writable bytes.
+    unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
+    owner
 }
 
 /// The socket's entry, or zeros (owner unknown, times unknown).

@@ -44,8 +44,8 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         old_state: state as u8,
         sport: ends.sport,
         dport: ends.dport,
-        saddr: ends.saddr,
-        daddr: ends.daddr,
+        saddr: ends.saddr(),
+        daddr: ends.daddr(),
         rst_reason: read::field(ctx, layout, field::REASON).unwrap_or(UNKNOWN_U32),
         idle_send_jiffies: UNKNOWN_U32,
         idle_recv_jiffies: UNKNOWN_U32,
@@ -64,13 +64,16 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
 }
 
 /// Time-wait and request sockets are smaller structs without the
-/// `tcp_sock` members; a listener's timestamps mean nothing.
+/// `tcp_sock` members; a listener's timestamps mean nothing, and a
+/// connecting socket's are still zero (the kernel sets them when the
+/// handshake completes), so "idle" would be jiffies since boot.
 #[inline(always)]
 fn is_full_tcp_sock(state: i32) -> bool {
     state != 0
         && state != tcp_state::TIME_WAIT
         && state != tcp_state::NEW_SYN_RECV
         && state != tcp_state::LISTEN
+        && state != tcp_state::SYN_SENT
 }
 
 /// Jiffies since the last data sent, and since the last data or ACK

@@ -36,8 +36,8 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         old_state: state as u8,
         sport: ends.sport,
         dport: ends.dport,
-        saddr: ends.saddr,
-        daddr: ends.daddr,
+        saddr: ends.saddr(),
+        daddr: ends.daddr(),
         err: read::field(ctx, layout, field::ERR).unwrap_or(0),
         ..Event::default()
     };

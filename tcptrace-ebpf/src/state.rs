@@ -40,8 +40,8 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         new_state: new as u8,
         sport: ends.sport,
         dport: ends.dport,
-        saddr: ends.saddr,
-        daddr: ends.daddr,
+        saddr: ends.saddr(),
+        daddr: ends.daddr(),
         idle_send_jiffies: UNKNOWN_U32,
         idle_recv_jiffies: UNKNOWN_U32,
         ..Event::default()

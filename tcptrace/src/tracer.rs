@@ -166,6 +166,7 @@ impl Tracer {
                 )),
             }
         }
+        missing.extend(tracepoint_limits(&formats));
         let (sock, task, btf_missing) = btf::layouts();
         config.sock = sock;
         config.task = task;
@@ -453,6 +454,23 @@ fn one_line(step: &str, err: &dyn std::fmt::Display) -> String {
     }
 }
 
+/// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
+pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
+
+/// What this kernel's tracepoints leave out even though they attach.
+fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT]) -> Vec<String> {
+    let mut limits = Vec::new();
+    // 6.10 added `reason` and, in the same series, the calls for resets
+    // sent with no socket or a time-wait one.
+    if formats[tracepoint::SEND_RESET]
+        .as_ref()
+        .is_some_and(|f| f.field("reason").is_none())
+    {
+        limits.push(SEND_RESET_BEFORE_6_10.to_string());
+    }
+    limits
+}
+
 fn missing_map(name: &str) -> Error {
     Error::Kernel(format!("map {name} missing from the eBPF object"))
 }
@@ -511,4 +529,24 @@ pub fn resolve_netns(spec: &str) -> Result<u32> {
     let meta = fs::metadata(&path)
         .map_err(|e| Error::Usage(format!("--netns {spec}: {} ({e})", path.display())))?;
     Ok(meta.ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formats(send_reset: &str) -> [Option<Format>; tracepoint::COUNT] {
+        let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();
+        formats[tracepoint::SEND_RESET] = Some(Format::parse(send_reset).unwrap());
+        formats
+    }
+
+    #[test]
+    fn send_reset_before_6_10_is_reported_as_partial() {
+        let old = formats(include_str!("../tests/fixtures/tcp_send_reset-6.1.format"));
+        assert_eq!(tracepoint_limits(&old), vec![SEND_RESET_BEFORE_6_10]);
+        let new = formats(include_str!("../tests/fixtures/tcp_send_reset-6.18.format"));
+        assert!(tracepoint_limits(&new).is_empty());
+        assert!(tracepoint_limits(&Default::default()).is_empty());
+    }
 }

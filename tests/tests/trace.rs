@@ -332,7 +332,7 @@ fn retransmits_under_loss_are_counted_and_attributed() {
 fn failed_connect_to_a_closed_port() {
     require_root();
     let ns = Netns::new("refused");
-    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "connect"]);
+    let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "connect,rst"]);
     ns.run(|| {
         let err = TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on 9");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -346,6 +346,15 @@ fn failed_connect_to_a_closed_port() {
     assert_eq!(failed[0]["old_state"], "SYN_SENT");
     assert_eq!(failed[0]["new_state"], "CLOSE");
     assert!(failed[0]["connect_ns"].as_u64().is_some());
+    // The connecting socket receives the RST; it never exchanged data, so
+    // there is no idle time or age (its timestamps are still zero).
+    let received: Vec<_> = records.of_kind("rst_received").collect();
+    assert_eq!(received.len(), 1, "{:?}", records.records);
+    assert_eq!(received[0]["state"], "SYN_SENT");
+    assert_eq!(received[0]["remote_port"], 9);
+    for field in ["idle_ns", "idle_send_ns", "idle_recv_ns", "age_ns"] {
+        assert!(received[0][field].is_null(), "{field}: {}", received[0]);
+    }
 }
 
 #[test]

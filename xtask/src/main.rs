@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask setup|build|run|test|bench`.
+//! Developer tasks: `cargo xtask setup|build|run|test|bench|vm`.
 //! Every task first installs what is missing (see `setup`), so a fresh
 //! machine needs nothing done by hand.
 
 mod bench;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -40,6 +41,9 @@ enum Task {
         #[command(subcommand)]
         what: bench::Bench,
     },
+    /// Boot one of Debian's kernels under QEMU (software emulation) and
+    /// check that the release binary attaches and decodes events there.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench { what } => {
             let env = setup::ensure(setup::Need::Bench)?;
             bench::run(&env, what)
+        }
+        Task::Vm(args) => {
+            let env = setup::ensure(setup::Need::Vm)?;
+            vm::run(&env, &args)
         }
     }
 }

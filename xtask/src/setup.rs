@@ -14,6 +14,8 @@ pub enum Need {
     Tests,
     /// Benchmarks: the test peers plus the reference tracers.
     Bench,
+    /// `xtask vm`: build, plus QEMU and a static busybox for the VM.
+    Vm,
 }
 
 /// Environment the builds must run with.
@@ -57,10 +59,24 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[(
     "the overhead benchmark compares with libbpf-tools tcpstates",
 )];
 
+const VM_PACKAGES: &[(&str, &str)] = &[
+    (
+        "qemu-system-x86",
+        "`xtask vm` boots other kernels in QEMU (software emulation)",
+    ),
+    (
+        "busybox-static",
+        "`xtask vm` puts a static shell and nc in the VM's initramfs",
+    ),
+];
+
 pub fn ensure(need: Need) -> Result<BuildEnv> {
     let mut packages: Vec<(&str, &str)> = BUILD_PACKAGES.to_vec();
-    if need != Need::Build {
+    if need == Need::Tests || need == Need::Bench {
         packages.extend_from_slice(TEST_PACKAGES);
+    }
+    if need == Need::Vm {
+        packages.extend_from_slice(VM_PACKAGES);
     }
     if need == Need::Bench {
         packages.extend_from_slice(BENCH_PACKAGES);

@@ -141,6 +141,15 @@ mod tests {
     const SET_STATE_6_18: &str =
         include_str!("../../tests/fixtures/inet_sock_set_state-6.18.format");
     const RETRANSMIT_6_1: &str = include_str!("../../tests/fixtures/tcp_retransmit_skb-6.1.format");
+    const RECEIVE_RESET_6_1: &str =
+        include_str!("../../tests/fixtures/tcp_receive_reset-6.1.format");
+    const SET_STATE_6_1: &str = include_str!("../../tests/fixtures/inet_sock_set_state-6.1.format");
+    const SYNACK_6_1: &str = include_str!("../../tests/fixtures/tcp_retransmit_synack-6.1.format");
+    const SEND_RESET_6_12: &str = include_str!("../../tests/fixtures/tcp_send_reset-6.12.format");
+    const RETRANSMIT_6_12: &str =
+        include_str!("../../tests/fixtures/tcp_retransmit_skb-6.12.format");
+    const RETRANSMIT_6_18: &str =
+        include_str!("../../tests/fixtures/tcp_retransmit_skb-6.18.format");
 
     #[test]
     fn send_reset_on_6_18_uses_sockaddr_and_has_reason() {
@@ -193,6 +202,71 @@ mod tests {
         assert_eq!(f.layout().offsets[field::ERR], ABSENT_OFFSET);
         // Symbolic values that are macro names are skipped, not guessed.
         assert!(f.symbols("state").is_empty());
+    }
+
+    #[test]
+    fn receive_reset_on_6_1_has_separate_fields() {
+        let f = Format::parse(RECEIVE_RESET_6_1).unwrap();
+        let layout = f.layout();
+        assert_eq!(layout.sockaddr_style, 0);
+        assert_eq!(layout.offsets[field::SKADDR], 8);
+        assert_eq!(layout.offsets[field::SPORT], 16);
+        assert_eq!(layout.offsets[field::DPORT], 18);
+        assert_eq!(layout.offsets[field::FAMILY], 20);
+        assert_eq!(layout.offsets[field::SADDR], 22);
+        assert_eq!(layout.offsets[field::DADDR], 26);
+        assert_eq!(layout.offsets[field::SADDR_V6], 30);
+        assert_eq!(layout.offsets[field::DADDR_V6], 46);
+        // No state field: the programs read it from the socket.
+        assert_eq!(layout.offsets[field::STATE], ABSENT_OFFSET);
+        assert_eq!(layout.offsets[field::REASON], ABSENT_OFFSET);
+    }
+
+    #[test]
+    fn set_state_on_6_1_matches_6_18() {
+        let old = Format::parse(SET_STATE_6_1).unwrap();
+        let new = Format::parse(SET_STATE_6_18).unwrap();
+        assert_eq!(old.layout(), new.layout());
+        let layout = old.layout();
+        assert_eq!(layout.offsets[field::OLDSTATE], 16);
+        assert_eq!(layout.offsets[field::NEWSTATE], 20);
+        assert_eq!(layout.offsets[field::FAMILY], 28);
+        assert_eq!(layout.offsets[field::PROTOCOL], 30);
+        assert_eq!(layout.offsets[field::SADDR], 32);
+        assert_eq!(old.symbols("newstate"), new.symbols("newstate"));
+        assert_eq!(old.symbols("newstate")[&7], "TCP_CLOSE");
+    }
+
+    #[test]
+    fn retransmits_on_6_1() {
+        let skb = Format::parse(RETRANSMIT_6_1).unwrap().layout();
+        assert_eq!(skb.offsets[field::SKADDR], 16);
+        assert_eq!(skb.offsets[field::STATE], 24);
+        assert_eq!(skb.offsets[field::SPORT], 28);
+        assert_eq!(skb.offsets[field::DADDR_V6], 58);
+        let synack = Format::parse(SYNACK_6_1).unwrap().layout();
+        assert_eq!(synack.offsets[field::SKADDR], 8);
+        assert_eq!(synack.offsets[field::SPORT], 24);
+        assert_eq!(synack.offsets[field::FAMILY], 28);
+        assert_eq!(synack.offsets[field::STATE], ABSENT_OFFSET);
+    }
+
+    /// 6.10 to 6.16: the 6.18 send_reset layout, retransmits without `err`.
+    #[test]
+    fn on_6_12_send_reset_is_new_and_retransmit_has_no_err() {
+        let send_reset = Format::parse(SEND_RESET_6_12).unwrap();
+        assert_eq!(
+            send_reset.layout(),
+            Format::parse(SEND_RESET_6_18).unwrap().layout()
+        );
+        assert_eq!(send_reset.symbols("reason")[&1], "NO_SOCKET");
+        let retransmit = Format::parse(RETRANSMIT_6_12).unwrap().layout();
+        assert_eq!(retransmit.offsets[field::ERR], ABSENT_OFFSET);
+        let mut with_err = Format::parse(RETRANSMIT_6_18).unwrap().layout();
+        assert_eq!(with_err.offsets[field::ERR], 76);
+        with_err.offsets[field::ERR] = ABSENT_OFFSET;
+        assert_eq!(retransmit, with_err);
+        assert_eq!(retransmit, Format::parse(RETRANSMIT_6_1).unwrap().layout());
     }
 
     #[test]

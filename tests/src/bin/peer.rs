@@ -6,6 +6,9 @@
 //! `peer reset-after ADDR MS`: listen, print `port N`, accept one
 //! connection, read one request, answer it, wait MS, then close with
 //! SO_LINGER 0 (the client receives an RST after an idle gap of MS).
+//! `peer no-accept ADDR MS`: listen with a backlog of 0, print `port N`,
+//! never accept, exit after MS. Once one connection waits in the accept
+//! queue, further SYNs are dropped and their clients retransmit them.
 
 use std::{
     io::{Read, Write},
@@ -19,10 +22,14 @@ fn main() {
     let (mode, addr) = match (args.get(1), args.get(2)) {
         (Some(m), Some(a)) => (m.as_str(), a.as_str()),
         _ => {
-            eprintln!("usage: peer hold|reset-after ADDR [MS]");
+            eprintln!("usage: peer hold|reset-after|no-accept ADDR [MS]");
             std::process::exit(2);
         }
     };
+    if mode == "no-accept" {
+        no_accept(addr, args.get(3).and_then(|m| m.parse().ok()).expect("MS"));
+        return;
+    }
     let listener = TcpListener::bind(addr).expect("bind");
     println!("port {}", listener.local_addr().expect("local addr").port());
     std::io::stdout().flush().expect("flush");
@@ -69,4 +76,21 @@ fn close_with_reset(conn: TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER");
     drop(conn);
+}
+
+fn no_accept(addr: &str, ms: u64) {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket.bind(&addr.into()).expect("bind");
+    socket.listen(0).expect("listen");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("local addr")
+        .port();
+    println!("port {port}");
+    std::io::stdout().flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(ms));
 }
