@@ -6,10 +6,9 @@
 //! and the young one ages. Connections seen recently survive; memory is
 //! bounded by twice the generation size whatever the churn.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+use super::fxhash::FxHashMap;
 
 /// Connections per generation.
 const GENERATION: usize = 32_768;
@@ -25,8 +24,8 @@ pub struct Conn {
 
 #[derive(Debug, Default)]
 pub struct ConnTable {
-    young: HashMap<u64, Conn>,
-    old: HashMap<u64, Conn>,
+    young: FxHashMap<u64, Conn>,
+    old: FxHashMap<u64, Conn>,
 }
 
 impl ConnTable {
@@ -71,7 +70,7 @@ pub struct PendingCloses {
     order: VecDeque<PendingClose>,
     /// Socket -> close time of its live entry (a socket address can be
     /// reused; only the newest entry counts).
-    live: HashMap<u64, u64>,
+    live: FxHashMap<u64, u64>,
 }
 
 impl PendingCloses {

@@ -9,17 +9,21 @@
 
 mod conns;
 mod dist;
+mod fxhash;
 mod topn;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
 };
 
 use serde::Serialize;
 use tcptrace_common::tcp_state;
 
-use self::conns::{ConnTable, PendingClose, PendingCloses};
+use self::{
+    conns::{ConnTable, PendingClose, PendingCloses},
+    fxhash::FxHashMap,
+};
 pub use self::{
     dist::{Dist, Percentiles},
     topn::{TopN, Weight},
@@ -595,8 +599,8 @@ impl Update {
 /// life of the process, so counting by name costs no allocation per event.
 struct Interned {
     names: Names,
-    states: HashMap<u8, &'static str>,
-    reasons: HashMap<u32, &'static str>,
+    states: FxHashMap<u8, &'static str>,
+    reasons: FxHashMap<u32, &'static str>,
 }
 
 /// Distinct reason values named; beyond this (only a corrupt value could
@@ -607,8 +611,8 @@ impl Interned {
     fn new(names: Names) -> Interned {
         Interned {
             names,
-            states: HashMap::new(),
-            reasons: HashMap::new(),
+            states: FxHashMap::default(),
+            reasons: FxHashMap::default(),
         }
     }
 

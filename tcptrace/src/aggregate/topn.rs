@@ -2,7 +2,9 @@
 //! the least weight makes room. A port scan or a day of churn cannot grow
 //! it; the heavy hitters, the ones a report shows, stay.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use super::fxhash::FxHashMap;
 
 pub trait Weight {
     fn weight(&self) -> u64;
@@ -11,7 +13,7 @@ pub trait Weight {
 #[derive(Debug, Clone)]
 pub struct TopN<K, V> {
     capacity: usize,
-    entries: HashMap<K, V>,
+    entries: FxHashMap<K, V>,
     evicted: u64,
 }
 
@@ -19,7 +21,7 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
     pub fn new(capacity: usize) -> TopN<K, V> {
         TopN {
             capacity: capacity.max(1),
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             evicted: 0,
         }
     }
