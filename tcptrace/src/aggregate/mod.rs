@@ -243,8 +243,6 @@ pub struct Aggregate {
     conns: ConnTable,
     pending: PendingCloses,
     pub events: u64,
-    pub first_ns: Option<u64>,
-    pub last_ns: u64,
 }
 
 impl Aggregate {
@@ -258,13 +256,7 @@ impl Aggregate {
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             events: 0,
-            first_ns: None,
-            last_ns: 0,
         }
-    }
-
-    pub fn names(&self) -> &Names {
-        &self.names.names
     }
 
     pub fn process(&self, pid: u32) -> Option<&Process> {
@@ -284,18 +276,8 @@ impl Aggregate {
         all
     }
 
-    pub fn ranked_peers(&self) -> Vec<(SocketAddr, &Stats)> {
-        let mut all: Vec<_> = self.peers.iter().map(|(p, v)| (*p, v)).collect();
-        all.sort_by(|a, b| {
-            (b.1.incidents(), b.1.weight(), a.0).cmp(&(a.1.incidents(), a.1.weight(), b.0))
-        });
-        all
-    }
-
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
-        self.first_ns.get_or_insert(ev.mono_ns);
-        self.last_ns = self.last_ns.max(ev.mono_ns);
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
