@@ -170,14 +170,10 @@ fn lb_idle_timeout_behind_haproxy() {
     let _ = seconds;
 }
 
-/// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
-/// pooled client that reuses its connections after 2 s idle.
-#[test]
-fn server_keepalive_timeout_behind_nginx() {
-    require_root();
-    let t0 = Instant::now();
-    let ns = Netns::new("ka");
-    let dir = TempDir::new("nginx");
+/// A real nginx in `ns` on `listen` with `keepalive_timeout 1s`; stopped
+/// and its directory removed when the returned values drop.
+fn start_nginx(ns: &Netns, listen: SocketAddr) -> (Guard, TempDir) {
+    let dir = TempDir::new(&format!("nginx-{}", ns.name()));
     let d = dir.0.display();
     let config = dir.0.join("nginx.conf");
     std::fs::write(
@@ -189,11 +185,11 @@ fn server_keepalive_timeout_behind_nginx() {
              http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
                client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen 127.0.0.1:8090;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+               server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
         ),
     )
     .expect("write nginx.conf");
-    let _nginx = Guard(
+    let nginx = Guard(
         ns.command("nginx")
             .arg("-c")
             .arg(&config)
@@ -204,22 +200,36 @@ fn server_keepalive_timeout_behind_nginx() {
             .spawn()
             .expect("start nginx (apt-get install nginx-light)"),
     );
+    ns.run(|| wait_listening(listen));
+    (nginx, dir)
+}
+
+/// Three keep-alive connections used once, then again after `idle`;
+/// returns how many of the reuses failed.
+fn pooled_reuse(server: SocketAddr, idle: Duration) -> usize {
+    let mut pool: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server).expect("connect"))
+        .collect();
+    for conn in &mut pool {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        request(conn).expect("request on a fresh pooled connection");
+    }
+    thread::sleep(idle);
+    pool.iter_mut().map(request).filter(Result::is_err).count()
+}
+
+/// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
+/// pooled client that reuses its connections after 2 s idle.
+#[test]
+fn server_keepalive_timeout_behind_nginx() {
+    require_root();
+    let t0 = Instant::now();
+    let ns = Netns::new("ka");
     let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
-    ns.run(|| wait_listening(server));
+    let _nginx = start_nginx(&ns, server);
 
     let diagnose = Diagnose::start(ns.name());
-    let failed_reuses = ns.run(|| {
-        let mut pool: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(server).expect("connect to nginx"))
-            .collect();
-        for conn in &mut pool {
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            request(conn).expect("request on a fresh pooled connection");
-        }
-        // Longer than nginx's 1 s keep-alive.
-        thread::sleep(Duration::from_secs(2));
-        pool.iter_mut().map(request).filter(Result::is_err).count()
-    });
+    let failed_reuses = ns.run(|| pooled_reuse(server, Duration::from_secs(2)));
     let (report, _) = diagnose.finish();
     assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
 
@@ -237,6 +247,35 @@ fn server_keepalive_timeout_behind_nginx() {
     );
     describe(
         "server_keepalive_timeout",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// The same race watched from the server's host only: the clients are in
+/// another namespace, tcptrace sees nginx close idle connections and then
+/// answer the late requests with RSTs.
+#[test]
+fn server_keepalive_timeout_seen_from_the_server_host() {
+    require_root();
+    let t0 = Instant::now();
+    let pair = NetnsPair::new("kas");
+    let server: SocketAddr = format!("{}:8090", NetnsPair::B4).parse().unwrap();
+    let (_nginx, _dir) = start_nginx(&pair.b, server);
+
+    let diagnose = Diagnose::start(pair.b.name());
+    let failed_reuses = pair.a.run(|| pooled_reuse(server, Duration::from_secs(2)));
+    let (report, _) = diagnose.finish();
+    assert_eq!(failed_reuses, 3);
+
+    let top = assert_top(&report, "server_keepalive_timeout");
+    let (_, comm, role) = first_affected(top);
+    assert_eq!((comm, role), ("nginx", "closer"), "{top:#}");
+    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
+    assert_eq!(top["figures"]["resets"], 3.0, "{top:#}");
+    describe(
+        "server_keepalive_timeout (server host)",
         &report,
         t0.elapsed().as_secs_f64(),
     );

@@ -6,7 +6,9 @@
 //! and the young one ages. Connections seen recently survive; memory is
 //! bounded by twice the generation size whatever the churn.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::VecDeque, net::SocketAddr};
+
+use super::fxhash::FxHashMap;
 
 /// Connections per generation.
 const GENERATION: usize = 32_768;
@@ -22,8 +24,8 @@ pub struct Conn {
 
 #[derive(Debug, Default)]
 pub struct ConnTable {
-    young: HashMap<u64, Conn>,
-    old: HashMap<u64, Conn>,
+    young: FxHashMap<u64, Conn>,
+    old: FxHashMap<u64, Conn>,
 }
 
 impl ConnTable {
@@ -61,6 +63,55 @@ pub struct PendingClose {
     pub first_retransmit_ns: u64,
 }
 
+/// Abortive closes in arrival order, each cancelled if an RST for its
+/// socket follows. O(1) per event whatever the storm: no scan per RST.
+#[derive(Debug, Default)]
+pub struct PendingCloses {
+    order: VecDeque<PendingClose>,
+    /// Socket -> close time of its live entry (a socket address can be
+    /// reused; only the newest entry counts).
+    live: FxHashMap<u64, u64>,
+}
+
+impl PendingCloses {
+    /// Beyond this many waiting, new ones are not tracked (a storm of
+    /// aborts shows through its RSTs and counters anyway).
+    const MAX: usize = 65_536;
+
+    pub fn push(&mut self, close: PendingClose) {
+        if self.order.len() < Self::MAX {
+            self.live.insert(close.sock, close.closed_ns);
+            self.order.push_back(close);
+        }
+    }
+
+    /// An RST for `sock` explains its abortive close.
+    pub fn cancel(&mut self, sock: u64) {
+        self.live.remove(&sock);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Takes the closes older than `window_ns` at `now_ns` (all if
+    /// `now_ns` is `u64::MAX`) that no RST cancelled.
+    pub fn due(&mut self, now_ns: u64, window_ns: u64) -> Vec<PendingClose> {
+        let mut due = Vec::new();
+        while let Some(front) = self.order.front() {
+            if front.closed_ns.saturating_add(window_ns) >= now_ns && now_ns != u64::MAX {
+                break;
+            }
+            let close = self.order.pop_front().expect("front exists");
+            if self.live.get(&close.sock) == Some(&close.closed_ns) {
+                self.live.remove(&close.sock);
+                due.push(close);
+            }
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +126,33 @@ mod tests {
         let last = GENERATION as u64 * 5 - 1;
         assert_eq!(t.remove(last).map(|c| c.retransmits), Some(1));
         assert!(t.remove(0).is_none());
+    }
+
+    fn close(sock: u64, closed_ns: u64) -> PendingClose {
+        PendingClose {
+            sock,
+            closed_ns,
+            pid: 1,
+            comm: "c".into(),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            retransmits: 0,
+            first_retransmit_ns: 0,
+        }
+    }
+
+    #[test]
+    fn pending_closes_settle_unless_cancelled() {
+        let mut p = PendingCloses::default();
+        p.push(close(1, 100));
+        p.push(close(2, 150));
+        p.push(close(3, 400));
+        p.cancel(2);
+        let due: Vec<u64> = p.due(300, 100).iter().map(|c| c.sock).collect();
+        assert_eq!(due, vec![1]);
+        // A reused socket address: only the newest close counts.
+        p.push(close(3, 500));
+        let due: Vec<u64> = p.due(u64::MAX, 100).iter().map(|c| c.closed_ns).collect();
+        assert_eq!(due, vec![500]);
+        assert!(p.is_empty());
     }
 }

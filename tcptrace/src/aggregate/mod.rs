@@ -9,6 +9,7 @@
 
 mod conns;
 mod dist;
+mod fxhash;
 mod topn;
 
 use std::{
@@ -19,7 +20,10 @@ use std::{
 use serde::Serialize;
 use tcptrace_common::tcp_state;
 
-use self::conns::{ConnTable, PendingClose};
+use self::{
+    conns::{ConnTable, PendingClose, PendingCloses},
+    fxhash::FxHashMap,
+};
 pub use self::{
     dist::{Dist, Percentiles},
     topn::{TopN, Weight},
@@ -71,11 +75,11 @@ pub struct Stats {
     pub refused: u64,
     pub connect_latency: Dist,
     /// By reason name (`UNKNOWN` on kernels without reasons).
-    pub rst_sent: BTreeMap<String, u64>,
+    pub rst_sent: BTreeMap<&'static str, u64>,
     /// By the socket's state when the RST arrived.
-    pub rst_received: BTreeMap<String, u64>,
+    pub rst_received: BTreeMap<&'static str, u64>,
     /// Data retransmits by state; SYNs are counted apart.
-    pub retransmits: BTreeMap<String, u64>,
+    pub retransmits: BTreeMap<&'static str, u64>,
     pub syn_retransmits: u64,
     pub synack_retransmits: u64,
     /// Time without receiving anything before an RST arrived: the
@@ -87,6 +91,9 @@ pub struct Stats {
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
     pub rst_after_quiet_gap: u64,
+    /// RSTs received in ESTABLISHED on a connection in use (no quiet
+    /// gap): the peer (or something in between) aborted it.
+    pub rst_while_active: u64,
     /// RSTs received in CLOSE_WAIT: the peer had closed (FIN), the
     /// application still sent on the connection.
     pub rst_after_peer_close: u64,
@@ -135,6 +142,7 @@ impl Default for Stats {
             quiet_gap_idle: Dist::new(Dist::MILLIS),
             age_at_rst: Dist::new(Dist::MILLIS),
             rst_after_quiet_gap: 0,
+            rst_while_active: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
             peer_close_idle: Dist::new(Dist::MILLIS),
@@ -214,6 +222,10 @@ pub struct Closer {
     pub comm: String,
     pub cgroup_id: u64,
     pub idle: Dist,
+    /// RSTs this endpoint sent because data arrived after it had closed
+    /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
+    /// reusing connections it had closed for idleness.
+    pub late_data_resets: u64,
 }
 
 impl Weight for Closer {
@@ -223,36 +235,28 @@ impl Weight for Closer {
 }
 
 pub struct Aggregate {
-    names: Names,
+    names: Interned,
     pub total: Stats,
     pub processes: TopN<u32, Process>,
     pub peers: TopN<SocketAddr, Stats>,
     pub closers: TopN<SocketAddr, Closer>,
     conns: ConnTable,
-    pending: Vec<PendingClose>,
+    pending: PendingCloses,
     pub events: u64,
-    pub first_ns: Option<u64>,
-    pub last_ns: u64,
 }
 
 impl Aggregate {
     pub fn new(names: Names) -> Aggregate {
         Aggregate {
-            names,
+            names: Interned::new(names),
             total: Stats::default(),
             processes: TopN::new(MAX_PROCESSES),
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
             conns: ConnTable::default(),
-            pending: Vec::new(),
+            pending: PendingCloses::default(),
             events: 0,
-            first_ns: None,
-            last_ns: 0,
         }
-    }
-
-    pub fn names(&self) -> &Names {
-        &self.names
     }
 
     pub fn process(&self, pid: u32) -> Option<&Process> {
@@ -272,23 +276,13 @@ impl Aggregate {
         all
     }
 
-    pub fn ranked_peers(&self) -> Vec<(SocketAddr, &Stats)> {
-        let mut all: Vec<_> = self.peers.iter().map(|(p, v)| (*p, v)).collect();
-        all.sort_by(|a, b| {
-            (b.1.incidents(), b.1.weight(), a.0).cmp(&(a.1.incidents(), a.1.weight(), b.0))
-        });
-        all
-    }
-
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
-        self.first_ns.get_or_insert(ev.mono_ns);
-        self.last_ns = self.last_ns.max(ev.mono_ns);
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
         let peer = peer_key(ev);
-        let update = Update::from_event(ev, &self.names, &mut self.conns, &mut self.pending);
+        let update = Update::from_event(ev, &mut self.names, &mut self.conns, &mut self.pending);
         if update.is_empty() {
             return;
         }
@@ -298,8 +292,14 @@ impl Aggregate {
                 comm: owner.comm.to_string(),
                 cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
+                late_data_resets: 0,
             });
             closer.idle.record(idle);
+        }
+        if update.late_data_reset
+            && let Some(closer) = self.closers.get_mut(&ev.local)
+        {
+            closer.late_data_resets += 1;
         }
         update.apply(&mut self.total);
         let process = self.processes.entry(&pid, Process::default);
@@ -333,10 +333,8 @@ impl Aggregate {
         if self.pending.is_empty() {
             return;
         }
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|p| all || p.closed_ns.saturating_add(CLOSE_SETTLE_NS) < now_ns);
-        self.pending = keep;
+        let now_ns = if all { u64::MAX } else { now_ns };
+        let due = self.pending.due(now_ns, CLOSE_SETTLE_NS);
         for close in due {
             // Only the kernel's write/user timeout ends an established
             // connection with no RST either way. Retransmits may be
@@ -373,14 +371,16 @@ struct Update {
     connect_ns: Option<u64>,
     connect_failed: bool,
     refused: bool,
-    rst_sent_reason: Option<String>,
-    rst_received_state: Option<String>,
-    retransmit_state: Option<String>,
+    rst_sent_reason: Option<&'static str>,
+    rst_received_state: Option<&'static str>,
+    retransmit_state: Option<&'static str>,
     syn_retransmit: bool,
     synack_retransmit: bool,
     idle_before_rst_ns: Option<u64>,
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
+    active_rst: bool,
+    late_data_reset: bool,
     peer_close_rst_after_ns: Option<u64>,
     peer_close_rst: bool,
     peer_close_idle_ns: Option<u64>,
@@ -394,15 +394,14 @@ struct Update {
 impl Update {
     fn from_event(
         ev: &TcpEvent,
-        names: &Names,
+        names: &mut Interned,
         conns: &mut ConnTable,
-        pending: &mut Vec<PendingClose>,
+        pending: &mut PendingCloses,
     ) -> Update {
         let mut u = Update {
             changed: true,
             ..Update::default()
         };
-        let state = |s: u8| names.state(s).to_string();
         match ev.kind {
             EventKind::Connect => {
                 u.connect_ns = Some(ev.connect_ns.unwrap_or(0));
@@ -419,7 +418,7 @@ impl Update {
                 if i32::from(st) == tcp_state::SYN_SENT {
                     u.syn_retransmit = true;
                 } else {
-                    u.retransmit_state = Some(state(st));
+                    u.retransmit_state = Some(names.state(st));
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -433,13 +432,12 @@ impl Update {
             }
             EventKind::RstSent => {
                 u.incident = true;
-                u.rst_sent_reason = Some(
-                    ev.rst_reason
-                        .map_or_else(|| "UNKNOWN".to_string(), |r| names.reason(r).into_owned()),
-                );
+                let reason = ev.rst_reason.map_or("UNKNOWN", |r| names.reason(r));
+                u.rst_sent_reason = Some(reason);
+                u.late_data_reset = matches!(reason, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
                 u.age_at_rst_ns = ev.age_ns;
                 // The RST explains an abortive close just before it.
-                pending.retain(|p| p.sock != ev.sock || ev.sock == 0);
+                pending.cancel(ev.sock);
                 if ev.sock != 0 {
                     conns.get_or_insert(ev.sock).reset = true;
                 }
@@ -447,7 +445,7 @@ impl Update {
             EventKind::RstReceived => {
                 u.incident = true;
                 let st = ev.state.unwrap_or(0);
-                u.rst_received_state = Some(state(st));
+                u.rst_received_state = Some(names.state(st));
                 u.age_at_rst_ns = ev.age_ns;
                 let conn = conns.get_or_insert(ev.sock);
                 conn.reset = true;
@@ -458,6 +456,7 @@ impl Update {
                         // in SYN_SENT nothing was ever received.
                         u.idle_before_rst_ns = ev.idle_recv_ns;
                         u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                        u.active_rst = !u.quiet_gap_rst;
                     }
                     tcp_state::CLOSE_WAIT => {
                         u.peer_close_rst = true;
@@ -499,7 +498,7 @@ impl Update {
                             tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1
                         );
                         let conn = conn.unwrap_or_default();
-                        if abortive && !conn.reset && pending.len() < MAX_PENDING {
+                        if abortive && !conn.reset {
                             let owner = ev.owner.as_ref();
                             pending.push(PendingClose {
                                 sock: ev.sock,
@@ -539,14 +538,14 @@ impl Update {
         if self.refused {
             s.refused += 1;
         }
-        if let Some(reason) = &self.rst_sent_reason {
-            *s.rst_sent.entry(reason.clone()).or_default() += 1;
+        if let Some(reason) = self.rst_sent_reason {
+            *s.rst_sent.entry(reason).or_default() += 1;
         }
-        if let Some(state) = &self.rst_received_state {
-            *s.rst_received.entry(state.clone()).or_default() += 1;
+        if let Some(state) = self.rst_received_state {
+            *s.rst_received.entry(state).or_default() += 1;
         }
-        if let Some(state) = &self.retransmit_state {
-            *s.retransmits.entry(state.clone()).or_default() += 1;
+        if let Some(state) = self.retransmit_state {
+            *s.retransmits.entry(state).or_default() += 1;
         }
         s.syn_retransmits += u64::from(self.syn_retransmit);
         s.synack_retransmits += u64::from(self.synack_retransmit);
@@ -560,6 +559,7 @@ impl Update {
             s.age_at_rst.record(ns);
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
+        s.rst_while_active += u64::from(self.active_rst);
         s.rst_after_peer_close += u64::from(self.peer_close_rst);
         if let Some(ns) = self.peer_close_rst_after_ns {
             s.reuse_after_peer_close.record(ns);
@@ -577,9 +577,44 @@ impl Update {
     }
 }
 
-/// Abortive closes waiting for their RST; beyond this they are dropped
-/// (a storm of aborts is visible through its RSTs anyway).
-const MAX_PENDING: usize = 65_536;
+/// State and reason names, made once per distinct value and kept for the
+/// life of the process, so counting by name costs no allocation per event.
+struct Interned {
+    names: Names,
+    states: FxHashMap<u8, &'static str>,
+    reasons: FxHashMap<u32, &'static str>,
+}
+
+/// Distinct reason values named; beyond this (only a corrupt value could
+/// get here) they share one name, so a bad stream cannot leak memory.
+const MAX_REASONS: usize = 256;
+
+impl Interned {
+    fn new(names: Names) -> Interned {
+        Interned {
+            names,
+            states: FxHashMap::default(),
+            reasons: FxHashMap::default(),
+        }
+    }
+
+    fn state(&mut self, state: u8) -> &'static str {
+        let names = &self.names;
+        self.states
+            .entry(state)
+            .or_insert_with(|| Box::leak(Box::from(names.state(state))))
+    }
+
+    fn reason(&mut self, reason: u32) -> &'static str {
+        if self.reasons.len() >= MAX_REASONS && !self.reasons.contains_key(&reason) {
+            return "REASON_OTHER";
+        }
+        let names = &self.names;
+        self.reasons
+            .entry(reason)
+            .or_insert_with(|| Box::leak(Box::from(names.reason(reason).as_ref())))
+    }
+}
 
 /// The remote endpoint a group is keyed by. For a connection accepted
 /// from a client, the client's ephemeral port would make every

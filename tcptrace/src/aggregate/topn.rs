@@ -2,7 +2,9 @@
 //! the least weight makes room. A port scan or a day of churn cannot grow
 //! it; the heavy hitters, the ones a report shows, stay.
 
-use std::{collections::HashMap, hash::Hash};
+use std::hash::Hash;
+
+use super::fxhash::FxHashMap;
 
 pub trait Weight {
     fn weight(&self) -> u64;
@@ -11,7 +13,7 @@ pub trait Weight {
 #[derive(Debug, Clone)]
 pub struct TopN<K, V> {
     capacity: usize,
-    entries: HashMap<K, V>,
+    entries: FxHashMap<K, V>,
     evicted: u64,
 }
 
@@ -19,35 +21,46 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
     pub fn new(capacity: usize) -> TopN<K, V> {
         TopN {
             capacity: capacity.max(1),
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             evicted: 0,
         }
     }
 
-    /// The entry for `key`, made with `make` (evicting the lightest entry
-    /// if the map is full).
+    /// The entry for `key`, made with `make` (evicting the lightest
+    /// entries first if the map is full).
     pub fn entry(&mut self, key: &K, make: impl FnOnce() -> V) -> &mut V {
         if !self.entries.contains_key(key) {
             if self.entries.len() >= self.capacity {
-                // O(capacity) only when a new key arrives at a full map;
-                // capacities are a few hundred.
-                let lightest = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, v)| v.weight())
-                    .map(|(k, _)| k.clone());
-                if let Some(lightest) = lightest {
-                    self.entries.remove(&lightest);
-                    self.evicted += 1;
-                }
+                self.evict();
             }
             self.entries.insert(key.clone(), make());
         }
         self.entries.get_mut(key).expect("inserted above")
     }
 
+    /// Drops the lightest eighth of the entries at once: a scan of one-off
+    /// keys (a port scan) then costs O(1) amortized per key, not a full
+    /// pass over the map each.
+    fn evict(&mut self) {
+        let n = (self.capacity / 8).max(1);
+        let mut weights: Vec<(u64, K)> = self
+            .entries
+            .iter()
+            .map(|(k, v)| (v.weight(), k.clone()))
+            .collect();
+        weights.select_nth_unstable_by_key(n - 1, |(w, _)| *w);
+        for (_, key) in weights.into_iter().take(n) {
+            self.entries.remove(&key);
+            self.evicted += 1;
+        }
+    }
+
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
@@ -90,12 +103,17 @@ mod tests {
         assert_eq!(top.len(), 3);
         assert_eq!(top.evicted(), 1);
         assert!(top.get(&3).is_none(), "lightest entry evicted");
-        // A scan of 10,000 one-off keys keeps the heavy hitter.
+        // A scan of 10,000 one-off keys keeps the heavy hitters.
+        let mut top: TopN<u32, u64> = TopN::new(64);
+        for key in 0..8 {
+            *top.entry(&key, || 0) += 100 + u64::from(key);
+        }
         for key in 100..10_100 {
             *top.entry(&key, || 0) += 1;
         }
-        assert_eq!(top.len(), 3);
-        assert_eq!(top.get(&1), Some(&10));
-        assert_eq!(*top.ranked()[0].0, 1);
+        assert!(top.len() <= 64);
+        assert!((0..8).all(|k| top.get(&k).is_some()));
+        assert_eq!(*top.ranked()[0].0, 7);
+        assert_eq!(top.evicted() as usize, 8 + 10_000 - top.len());
     }
 }

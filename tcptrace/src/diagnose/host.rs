@@ -32,11 +32,13 @@ pub struct Reading {
 }
 
 impl Reading {
-    /// Counter changes from `before` to `self`, by nstat name.
+    /// TCP counter changes from `before` to `self`, by nstat name (the
+    /// IP/UDP ones say nothing about TCP resets and only add noise).
     pub fn counter_delta(&self, before: &Reading) -> BTreeMap<String, i64> {
         self.counters
             .delta(&before.counters)
             .iter()
+            .filter(|(k, _)| k.starts_with("Tcp"))
             .map(|(k, v)| (k.to_string(), v))
             .collect()
     }

@@ -38,6 +38,13 @@ struct TerminalGuard {
 
 impl TerminalGuard {
     fn enter() -> io::Result<TerminalGuard> {
+        // A panic message printed on the alternate screen in raw mode is
+        // lost; put the terminal back first, then let the old hook print.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore(&mut io::stdout());
+            previous(info);
+        }));
         terminal::enable_raw_mode()?;
         // From here on, Drop undoes whatever was done.
         let mut guard = TerminalGuard {
@@ -55,13 +62,15 @@ impl TerminalGuard {
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        let _ = execute!(
-            self.terminal.backend_mut(),
-            LeaveAlternateScreen,
-            cursor::Show
-        );
-        let _ = terminal::disable_raw_mode();
+        restore(self.terminal.backend_mut());
     }
+}
+
+/// Leaves the alternate screen, shows the cursor, ends raw mode. Safe to
+/// do twice.
+fn restore(out: &mut impl io::Write) {
+    let _ = execute!(out, LeaveAlternateScreen, cursor::Show);
+    let _ = terminal::disable_raw_mode();
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -119,3 +119,31 @@ fn healthy_traffic() {
     );
     assert!(findings.is_empty(), "{findings:#?}");
 }
+
+#[test]
+fn haproxy_idle_timeout_seen_from_the_lb_host_only() {
+    // The same recording without the client's own events: what a run on
+    // the load balancer's host sees.
+    let mut agg = Aggregate::new(names());
+    for e in from_ndjson(include_str!("../recorded/lb.ndjson")) {
+        if e.owner.as_ref().is_none_or(|o| o.pid != 11037) {
+            agg.add(&e);
+        }
+    }
+    agg.finish();
+    let mut findings: Vec<Finding> = evaluate(&Inputs {
+        agg: &agg,
+        host: &HostFacts::default(),
+        seconds: 5.0,
+    })
+    .into_iter()
+    .flat_map(|o| o.findings)
+    .collect();
+    rank(&mut findings);
+    let f = top(&findings, Cause::LbIdleTimeout);
+    assert_eq!(
+        (f.affected[0].comm.as_str(), f.affected[0].role),
+        ("haproxy", "closer")
+    );
+    assert!((1.95..=2.1).contains(&f.figures["idle_timeout_s"]));
+}

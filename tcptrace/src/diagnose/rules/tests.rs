@@ -394,3 +394,81 @@ fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
             .any(|c| c.contains("TcpExtListenOverflows +0"))
     );
 }
+
+#[test]
+fn server_side_view_of_a_keepalive_race() {
+    let mut events = Vec::new();
+    for n in 0..3u64 {
+        let client = format!("10.0.0.{}:5000{n}", 20 + n);
+        events.push(
+            ev(K::State, 100 + n)
+                .sock(900 + n)
+                .owner(7, "nginx")
+                .local("10.0.0.1:80")
+                .remote(&client)
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(1_000 + n * 5, 1_000 + n * 5)
+                .build(),
+        );
+        // The client's next request hits the closed connection.
+        events.push(
+            ev(K::RstSent, 900 + n)
+                .sock(950 + n)
+                .local("10.0.0.1:80")
+                .remote(&client)
+                .reason("TCP_TIMEWAIT_SOCKET")
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::ServerKeepaliveTimeout);
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!((top.affected[0].pid, top.affected[0].role), (7, "closer"));
+    assert!((0.95..=1.05).contains(&top.figures["idle_timeout_s"]));
+    assert!(
+        top.fix[1].contains("nginx's keep-alive timeout"),
+        "{:?}",
+        top.fix
+    );
+    assert_eq!(high(&findings), vec![Cause::ServerKeepaliveTimeout]);
+}
+
+#[test]
+fn a_remote_peer_resetting_connections_in_use() {
+    let mut events = Vec::new();
+    for n in 0..4u64 {
+        events.extend(connect(960 + n, 10, 42, "api-client", "10.0.0.9:443"));
+        events.push(
+            ev(K::RstReceived, 50 + n)
+                .sock(960 + n)
+                .owner(42, "api-client")
+                .remote("10.0.0.9:443")
+                .state("ESTABLISHED")
+                .idle_ms(1, 5)
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    assert_eq!(findings[0].cause, Cause::LingerZeroAbort);
+    assert_eq!(findings[0].confidence, Confidence::Medium);
+    assert_eq!(findings[0].affected[0].pid, 42);
+    assert!(
+        findings[0].summary.starts_with("10.0.0.9:443 reset 4"),
+        "{}",
+        findings[0].summary
+    );
+    // When the resetting side is local, its own finding explains them.
+    events.extend(resets_sent(43, "server", "TCP_ABORT_ON_CLOSE", 4));
+    let (findings, _) = run(&events, &counters(&[]));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].cause, Cause::CloseWithUnreadData);
+}
+
+#[test]
+fn counts_of_one_are_singular() {
+    assert_eq!(
+        singular("1 RSTs sent, 11 RSTs received, 1 connections: 1 times"),
+        "1 RST sent, 11 RSTs received, 1 connection: 1 time"
+    );
+}

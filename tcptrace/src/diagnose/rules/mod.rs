@@ -1,0 +1,210 @@
+//! The diagnosis rules: plain data in (event aggregates, counter deltas,
+//! sysctls, socket tables), findings out. Each rule also says what it
+//! checked, so a run without a problem can show its work.
+//!
+//! Signatures and fixes follow shared/diagnosis.md; thresholds are chosen
+//! so that one stray event never reaches high confidence.
+
+mod accept;
+mod idle;
+mod ports;
+mod refused;
+mod resets;
+mod timeout;
+
+use std::net::SocketAddr;
+
+use super::{
+    facts::HostFacts,
+    finding::{Affected, Cause, Confidence, Finding},
+};
+use crate::{
+    aggregate::{Aggregate, Closer, Percentiles, Process, Related, Stats},
+    timefmt::duration_ns,
+};
+
+/// Everything a rule may look at.
+pub struct Inputs<'a> {
+    pub agg: &'a Aggregate,
+    pub host: &'a HostFacts,
+    /// Length of the observation.
+    pub seconds: f64,
+}
+
+/// One rule's result: what it looked at, and what it concluded.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub checked: String,
+    pub findings: Vec<Finding>,
+}
+
+type Rule = fn(&Inputs) -> Outcome;
+
+/// Every rule, in the order the "checked" list shows them.
+pub const RULES: [Rule; 8] = [
+    idle::idle_timeouts,
+    idle::half_open,
+    accept::accept_queue,
+    ports::port_exhaustion,
+    resets::close_with_unread_data,
+    resets::abortive_close,
+    timeout::retransmission_timeout,
+    refused::nothing_listening,
+];
+
+/// Runs every rule.
+pub fn evaluate(inputs: &Inputs) -> Vec<Outcome> {
+    RULES
+        .iter()
+        .map(|rule| {
+            let mut outcome = rule(inputs);
+            outcome.checked = singular(&outcome.checked);
+            for f in &mut outcome.findings {
+                f.summary = singular(&f.summary);
+                f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
+            }
+            outcome
+        })
+        .collect()
+}
+
+/// "1 RSTs" -> "1 RST": the rules format counts with plural nouns.
+fn singular(text: &str) -> String {
+    const NOUNS: [(&str, &str); 7] = [
+        ("RSTs", "RST"),
+        ("connections", "connection"),
+        ("SYNs", "SYN"),
+        ("retransmits", "retransmit"),
+        ("connects", "connect"),
+        ("times", "time"),
+        ("segments", "segment"),
+    ];
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let after_one = i > 0 && words[i - 1] == "1";
+        let fixed = NOUNS.iter().find_map(|(plural, one)| {
+            let rest = word.strip_prefix(plural)?;
+            (after_one && rest.chars().all(|c| c.is_ascii_punctuation()))
+                .then(|| format!("{one}{rest}"))
+        });
+        out.push(fixed.unwrap_or_else(|| word.to_string()));
+    }
+    out.join(" ")
+}
+
+/// Idle times within ±15 % of their median come from one timeout.
+const CLUSTER: f64 = 0.15;
+
+/// Processes whose name says they are a proxy / load balancer.
+const PROXIES: [&str; 6] = [
+    "haproxy",
+    "envoy",
+    "traefik",
+    "linkerd2-proxy",
+    "pgbouncer",
+    "varnishd",
+];
+
+fn is_proxy(comm: &str) -> bool {
+    PROXIES.iter().any(|p| comm.starts_with(p))
+}
+
+fn who(pid: u32, comm: &str) -> String {
+    if pid == 0 {
+        "unattributed sockets".into()
+    } else {
+        format!("pid {pid} ({comm})")
+    }
+}
+
+fn endpoint(peer: SocketAddr) -> String {
+    if peer.port() == 0 {
+        format!("{} (many ports)", peer.ip())
+    } else {
+        peer.to_string()
+    }
+}
+
+/// `2.00s (1.99s-2.01s, n=3)`
+fn spread(p: &Percentiles) -> String {
+    if p.count == 1 {
+        return duration_ns(p.p50_ns);
+    }
+    format!(
+        "{} ({}-{}, n={})",
+        duration_ns(p.p50_ns),
+        duration_ns(p.min_ns),
+        duration_ns(p.max_ns),
+        p.count
+    )
+}
+
+/// A pool idle time safely below a timeout: 80 %, rounded down to a
+/// tenth of a second (whole seconds from 10 s, multiples of 5 from 20 s).
+fn below(timeout_ns: u64) -> String {
+    let s = timeout_ns as f64 / 1e9 * 0.8;
+    if s >= 20.0 {
+        format!("{} s", (s / 5.0).floor() * 5.0)
+    } else if s >= 10.0 {
+        format!("{} s", s.floor())
+    } else {
+        format!("{:.1} s", (s * 10.0).floor() / 10.0)
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// The remote endpoint most involved in a process's incidents.
+fn top_peer(stats: &Stats) -> Option<SocketAddr> {
+    stats
+        .related
+        .ranked()
+        .into_iter()
+        .find_map(|(r, _)| match r {
+            Related::Peer(peer) => Some(*peer),
+            Related::Process(_) => None,
+        })
+}
+
+/// Processes with a positive count, heaviest first.
+fn processes_with(agg: &Aggregate, count: impl Fn(&Stats) -> u64) -> Vec<(u32, &Process, u64)> {
+    let mut hit: Vec<_> = agg
+        .ranked_processes()
+        .into_iter()
+        .map(|(pid, p)| (pid, p, count(&p.stats)))
+        .filter(|(_, _, n)| *n > 0)
+        .collect();
+    hit.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    hit
+}
+
+fn affected(hit: &[(u32, &Process, u64)], role: &'static str) -> Vec<Affected> {
+    hit.iter()
+        .take(5)
+        .map(|(pid, p, n)| Affected {
+            pid: *pid,
+            comm: p.comm.clone(),
+            peer: top_peer(&p.stats),
+            events: *n,
+            role,
+            cgroup_id: p.cgroup_id,
+            cgroup: None,
+        })
+        .collect()
+}
+
+fn counter_line(host: &HostFacts, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n} {:+}", host.counter(n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod recorded;
+#[cfg(test)]
+mod tests;

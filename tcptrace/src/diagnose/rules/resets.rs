@@ -1,0 +1,169 @@
+//! Causes 4a and 4b: resets on close (unread data, SO_LINGER 0 and
+//! other application aborts).
+
+use super::*;
+
+fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Process, u64)> {
+    processes_with(agg, |s| reasons.iter().map(|r| s.rst_sent_with(r)).sum())
+}
+
+/// Cause 4a: close() with unread received data sends an RST.
+pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
+    let events = i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
+    let counter = i.host.counter("TcpExtTCPAbortOnClose");
+    let checked = format!(
+        "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
+    );
+    let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
+    let (confidence, score) = match events {
+        0 if counter > 0 => (Confidence::Medium, counter as u64),
+        0 => {
+            return Outcome {
+                checked,
+                findings: Vec::new(),
+            };
+        }
+        1..=2 => (Confidence::Medium, events),
+        _ => (Confidence::High, events),
+    };
+    let culprit = hit.first().map_or_else(
+        || "a local process".into(),
+        |(pid, p, _)| who(*pid, &p.comm),
+    );
+    let mut f = Finding::new(
+        Cause::CloseWithUnreadData,
+        confidence,
+        score,
+        format!(
+            "{culprit} closed {score} connections with unread data; the kernel sent an RST instead of a FIN"
+        ),
+    );
+    for (pid, p, n) in hit.iter().take(3) {
+        f.evidence.push(format!(
+            "{n} RSTs sent by {} with reason TCP_ABORT_ON_CLOSE{}",
+            who(*pid, &p.comm),
+            top_peer(&p.stats).map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
+        ));
+    }
+    f.evidence.push(format!(
+        "TcpExtTCPAbortOnClose {counter:+} over {:.1} s",
+        i.seconds
+    ));
+    f.figures.insert("resets", score as f64);
+    f.fix.push(format!(
+        "In {culprit}: read the request completely (drain the socket) before close(), or shutdown(SHUT_WR) and read until EOF; HTTP servers must consume the request body before replying with an error and closing."
+    ));
+    f.affected = affected(&hit, "closer");
+    Outcome {
+        checked,
+        findings: vec![f],
+    }
+}
+
+/// Cause 4b: SO_LINGER 0 (or another application abort) resets
+/// connections on close.
+pub(super) fn abortive_close(i: &Inputs) -> Outcome {
+    const REASONS: [&str; 3] = [
+        "TCP_ABORT_ON_LINGER",
+        "TCP_STATE",
+        "TCP_DISCONNECT_WITH_DATA",
+    ];
+    let events: u64 = REASONS.iter().map(|r| i.agg.total.rst_sent_with(r)).sum();
+    let checked = format!(
+        "abortive closes: {events} RSTs sent with reason {}, {} received on connections in use",
+        REASONS.join("/"),
+        i.agg.total.rst_while_active
+    );
+    let hit = rst_sent_by(i.agg, &REASONS);
+    let mut findings = Vec::new();
+    // A proxy resetting its own backend connections does it on purpose
+    // (HAProxy avoids TIME_WAIT that way): worth knowing, rarely the bug.
+    let (apps, proxies): (Vec<_>, Vec<_>) = hit
+        .into_iter()
+        .filter(|(pid, ..)| *pid != 0)
+        .partition(|(_, p, _)| !is_proxy(&p.comm));
+    for (group, proxy) in [(apps, false), (proxies, true)] {
+        let Some((pid, process, n)) = group.first().copied() else {
+            continue;
+        };
+        let total: u64 = group.iter().map(|g| g.2).sum();
+        let confidence = match (proxy, n) {
+            (true, _) => Confidence::Low,
+            (false, 1..=2) => Confidence::Medium,
+            (false, _) => Confidence::High,
+        };
+        let reasons: Vec<String> = REASONS
+            .iter()
+            .filter_map(|r| {
+                let c = process.stats.rst_sent_with(r);
+                (c > 0).then(|| format!("{r} {c}"))
+            })
+            .collect();
+        let mut f = Finding::new(
+            Cause::LingerZeroAbort,
+            confidence,
+            total,
+            format!(
+                "{} aborted {n} connections with an RST on close (SO_LINGER 0 or abort)",
+                who(pid, &process.comm)
+            ),
+        );
+        f.evidence.push(format!(
+            "{n} RSTs sent by {} ({}){}",
+            who(pid, &process.comm),
+            reasons.join(", "),
+            top_peer(&process.stats)
+                .map_or_else(String::new, |p| format!(", mostly to {}", endpoint(p)))
+        ));
+        if let Some(age) = process.stats.age_at_rst.percentiles() {
+            f.evidence
+                .push(format!("connections were {} old when reset", spread(&age)));
+        }
+        if proxy {
+            f.evidence.push(format!(
+                "{} is a proxy: it resets connections on purpose to avoid TIME_WAIT; harmless unless the peers log the resets as errors",
+                process.comm
+            ));
+            f.fix.push(
+                "HAProxy: remove `option nolinger` where set; otherwise nothing to fix.".into(),
+            );
+        } else {
+            f.fix.push(format!(
+                "In {}: do not set SO_LINGER {{on, 0}} before close(); close normally (FIN) and let TIME_WAIT happen, or fix port exhaustion with pooling / tcp_tw_reuse instead.",
+                who(pid, &process.comm)
+            ));
+        }
+        f.figures.insert("resets", n as f64);
+        f.affected = affected(&group, "closer");
+        findings.push(f);
+    }
+    // Aborts by a peer we do not see: only the receiving side is here.
+    let local = events + i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
+    let hit = processes_with(i.agg, |s| s.rst_while_active);
+    if local == 0
+        && let Some((pid, process, n)) = hit.first().copied()
+        && n >= 3
+    {
+        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+        let mut f = Finding::new(
+            Cause::LingerZeroAbort,
+            Confidence::Medium,
+            hit.iter().map(|h| h.2).sum(),
+            format!(
+                "{peer} reset {n} connections of {} while they were in use",
+                who(pid, &process.comm)
+            ),
+        );
+        f.evidence.push(format!(
+            "{n} RSTs received by {} in ESTABLISHED with no idle gap, no FIN first; no local process sent such RSTs",
+            who(pid, &process.comm)
+        ));
+        f.fix.push(format!(
+            "On {peer}: look for SO_LINGER 0 or close() with unread data (its TcpExtTCPAbortOnClose / TCPAbortOnLinger counters), or a proxy/firewall in between resetting; run `tcptrace diagnose` there."
+        ));
+        f.figures.insert("resets", n as f64);
+        f.affected = affected(&hit, "client");
+        findings.push(f);
+    }
+    Outcome { checked, findings }
+}
