@@ -2,7 +2,10 @@
 //! failed write counted.
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use tcptrace_common::{Config, Event};
+use tcptrace_common::{Config, EVENT_SIZE, Event};
+
+/// An event's footprint in the ring buffer: record plus 8-byte header.
+const EVENT_RECORD_BYTES: u64 = EVENT_SIZE as u64 + 8;
 
 use crate::maps::{EVENTS, LOST, PRODUCED};
 
@@ -41,12 +44,21 @@ pub fn submit(cfg: &Config, ev: &Event) {
         return;
     }
     bump(&PRODUCED, ev.kind);
+    // Batched wakeups: wake the reader only on the record that takes the
+    // backlog across the threshold. Forcing a wakeup on every record above
+    // it (while the reader is busy with a batch) costs an irq_work per
+    // event for nothing; a crossing missed between two producers is picked
+    // up by the reader's 20 ms poll.
     let flags = if cfg.wakeup_bytes == 0 {
         0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(cfg.wakeup_bytes) {
-        BPF_RB_FORCE_WAKEUP as u64
     } else {
-        BPF_RB_NO_WAKEUP as u64
+        let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+        let threshold = u64::from(cfg.wakeup_bytes);
+        if backlog >= threshold && backlog < threshold + 4 * EVENT_RECORD_BYTES {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
     };
     if EVENTS.output::<Event>(ev, flags).is_err() {
         bump(&LOST, ev.kind);

@@ -3,12 +3,13 @@
 //! rescanned at most once a second, and only on a miss.
 
 use std::{
-    collections::HashMap,
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use rustc_hash::FxHashMap;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -24,7 +25,8 @@ pub struct CgroupInfo {
 
 pub struct Cgroups {
     root: PathBuf,
-    by_id: HashMap<u64, CgroupInfo>,
+    /// FxHash: looked up for every event written.
+    by_id: FxHashMap<u64, CgroupInfo>,
     last_scan: Option<Instant>,
 }
 
@@ -38,7 +40,7 @@ impl Cgroups {
     pub fn new(root: impl Into<PathBuf>) -> Cgroups {
         Cgroups {
             root: root.into(),
-            by_id: HashMap::new(),
+            by_id: FxHashMap::default(),
             last_scan: None,
         }
     }

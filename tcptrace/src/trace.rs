@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter, IsTerminal as _, Write},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -24,6 +24,8 @@ use crate::{
 
 /// How often losses are checked and reported.
 const LOSS_CHECK: Duration = Duration::from_secs(1);
+/// How often buffered output is written when it is not a terminal.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let options = tracer_options(&args.filter, args.ring_kib)?;
@@ -53,18 +55,22 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
 
     let write_err =
         |e: io::Error| anyhow::Error::new(e).context(format!("writing events to {destination}"));
+    // On a terminal every batch shows at once; into a pipe or a file the
+    // output is flushed every FLUSH_EVERY, so a storm costs one write(2)
+    // per 256 KiB or 50 ms, not one per handful of events.
+    let interactive = args.output.is_none() && io::stdout().is_terminal();
+    let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+    flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Biased, ticks before events: a storm keeps `next_batch` always
+        // ready and must not starve the flush and loss reporting.
         tokio::select! {
             biased;
             reason = &mut stop => {
                 log::debug!("stopping: {reason}");
                 break;
             }
-            ready = tracer.next_batch(&mut batch) => {
-                ready?;
-                let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
-                write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
-            }
+            _ = flush_tick.tick() => sink.flush().map_err(write_err)?,
             _ = loss_tick.tick() => {
                 if args.output.is_none() && stdout_closed() {
                     // `tcptrace trace | head -1`: the reader is gone; leave quietly.
@@ -72,6 +78,14 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                 }
                 losses.report(&tracer.kernel_counts()?, sink.as_mut()).map_err(write_err)?;
                 sink.flush().map_err(write_err)?;
+            }
+            ready = tracer.next_batch(&mut batch) => {
+                ready?;
+                let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
+                write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
+                if interactive {
+                    sink.flush().map_err(write_err)?;
+                }
             }
         }
     }
@@ -114,7 +128,7 @@ fn write_batch(
         summary.add(&ev);
         sink.event(&ev, ctx)?;
     }
-    sink.flush()
+    Ok(())
 }
 
 /// Turns the CLI filters into tracer options (resolving --netns).

@@ -149,6 +149,11 @@ impl Tracer {
 
         let mut config = Config {
             kind_mask: options.kinds,
+            wakeup_bytes: if options.batch_wakeups {
+                options.ring_bytes / 8
+            } else {
+                0
+            },
             ..Config::default()
         };
         let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();

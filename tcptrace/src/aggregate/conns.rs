@@ -8,7 +8,7 @@
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use super::fxhash::FxHashMap;
+use rustc_hash::FxHashMap;
 
 /// Connections per generation.
 const GENERATION: usize = 32_768;

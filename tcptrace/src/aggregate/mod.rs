@@ -9,7 +9,6 @@
 
 mod conns;
 mod dist;
-mod fxhash;
 mod topn;
 
 use std::{
@@ -20,10 +19,9 @@ use std::{
 use serde::Serialize;
 use tcptrace_common::tcp_state;
 
-use self::{
-    conns::{ConnTable, PendingClose, PendingCloses},
-    fxhash::FxHashMap,
-};
+use rustc_hash::FxHashMap;
+
+use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
     dist::{Dist, Percentiles},
     topn::{TopN, Weight},

@@ -4,7 +4,7 @@
 
 use std::hash::Hash;
 
-use super::fxhash::FxHashMap;
+use rustc_hash::FxHashMap;
 
 pub trait Weight {
     fn weight(&self) -> u64;

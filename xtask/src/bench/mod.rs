@@ -97,11 +97,12 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| setup | churn conn/s (median) | vs baseline | events received / produced | lost | tracer CPU s per 1M events | tracer peak RSS | Ctrl-C to exit, in the storm (max) |"
+        "| setup | churn conn/s (median) | vs baseline | events received / produced | lost | \
+         tracer CPU s per 1M events | tracer start-up CPU s | tracer peak RSS | Ctrl-C to exit, mid-storm (max) |"
     );
     let _ = writeln!(
         table,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (setup, runs) in &results {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -111,32 +112,42 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         let received = sum(|r| r.received);
         let produced = sum(|r| r.produced);
         let lost = sum(|r| r.lost);
+        // CPU that scales with events: start-up (BTF, verifier, socket
+        // scan) is shown in its own column.
         let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
+        let startup = runs.iter().map(|r| r.startup_cpu).sum::<f64>() / runs.len().max(1) as f64;
         let rss = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
         let stop = runs.iter().map(|r| r.stop_seconds).fold(0.0, f64::max);
+        let dash = || "-".to_string();
         let events = match (received, produced) {
             (Some(r), Some(p)) => format!("{r} / {p} ({:.1}%)", 100.0 * r as f64 / p.max(1) as f64),
-            _ => "-".into(),
+            _ => dash(),
         };
         let cpu_per_million = match received {
             Some(r) if r > 0 => format!("{:.2}", cpu / r as f64 * 1e6),
-            _ => "-".into(),
+            _ => dash(),
         };
+        let is_tracer = *setup != Setup::Baseline;
         let _ = writeln!(
             table,
-            "| {} | {rate:.0} | {:.1}% | {events} | {} | {cpu_per_million} | {} | {} |",
+            "| {} | {rate:.0} | {:.1}% | {events} | {} | {cpu_per_million} | {} | {} | {} |",
             setup.name(),
             100.0 * rate / baseline,
-            lost.map_or("-".into(), |l| l.to_string()),
+            lost.map_or_else(dash, |l| l.to_string()),
+            if is_tracer {
+                format!("{startup:.2}")
+            } else {
+                dash()
+            },
             if rss > 0 {
                 format!("{:.1} MiB", rss as f64 / 1024.0)
             } else {
-                "-".into()
+                dash()
             },
             if stop > 0.0 {
                 format!("{stop:.2} s")
             } else {
-                "-".into()
+                dash()
             },
         );
     }

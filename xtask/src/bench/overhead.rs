@@ -48,6 +48,7 @@ pub struct Run {
     pub produced: Option<u64>,
     pub lost: Option<u64>,
     pub cpu_seconds: f64,
+    pub startup_cpu: f64,
     pub max_rss_kib: u64,
     /// From SIGINT to exit, while the storm is still on.
     pub stop_seconds: f64,
@@ -133,6 +134,7 @@ fn measure(
         let (rss, usage, stderr) = stopper.join().expect("stopper thread")?;
         run.max_rss_kib = rss;
         run.cpu_seconds = usage.cpu_seconds;
+        run.startup_cpu = usage.startup_cpu;
         run.stop_seconds = usage.stop_seconds;
         match setup {
             Setup::TraceJson | Setup::Aggregate => {
@@ -207,10 +209,25 @@ enum Ready {
 struct Tracer {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    startup_cpu: f64,
+}
+
+/// utime + stime of a live process, from /proc/PID/stat.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
 }
 
 struct Usage {
+    /// CPU after start-up: the part that scales with events.
     cpu_seconds: f64,
+    startup_cpu: f64,
     stop_seconds: f64,
 }
 
@@ -259,7 +276,14 @@ impl Tracer {
                 bail!("tracer exited early ({status}): {seen:?}");
             }
         }
-        Ok(Tracer { child, stderr: rx })
+        // CPU spent starting up (BTF, verifier, the socket scan) is
+        // reported apart from the CPU per event.
+        let startup_cpu = process_cpu_seconds(child.id()).unwrap_or(0.0);
+        Ok(Tracer {
+            child,
+            stderr: rx,
+            startup_cpu,
+        })
     }
 
     /// Peak resident set since exec (VmHWM). rusage's ru_maxrss would
@@ -292,7 +316,9 @@ impl Tracer {
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         Ok((
             Usage {
-                cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
+                cpu_seconds: (secs(usage.ru_utime) + secs(usage.ru_stime) - self.startup_cpu)
+                    .max(0.0),
+                startup_cpu: self.startup_cpu,
                 stop_seconds: asked.elapsed().as_secs_f64(),
             },
             stderr,
