@@ -514,8 +514,19 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One thread is plenty to read events; a load generator must use every
     // core to keep up with a blocking connect loop on as many threads.
-    let mut builder = match cli.command {
-        Command::Stress(_) => tokio::runtime::Builder::new_multi_thread(),
+    let mut builder = match &cli.command {
+        Command::Stress(args) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            // A local connect completes inside the syscall, so churn is
+            // CPU-bound in the kernel: as many workers as connections in
+            // flight (within 1 to 4 per core) get the same share of the
+            // CPU as a blocking loop with that many threads.
+            if let StressMode::Churn(churn) = &args.mode {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                builder.worker_threads((churn.concurrency as usize).clamp(cores, 4 * cores));
+            }
+            builder
+        }
         _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = builder

@@ -3,8 +3,8 @@
 //! and look at its report.
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    io::Read,
+    process::{Child, Command},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -30,39 +30,15 @@ impl Diagnose {
     /// The same with more arguments (e.g. `--during`).
     pub fn start_with(netns: &str, args: &[&str]) -> Diagnose {
         let started = Instant::now();
-        let mut child = Command::new(tcptrace_bin())
-            .args(["diagnose", "--json", "--netns", netns])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcptrace diagnose");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut d = Diagnose {
+        let mut cmd = Command::new(tcptrace_bin());
+        cmd.args(["diagnose", "--json", "--netns", netns])
+            .args(args);
+        let (child, stderr, seen) = crate::trace::spawn_until(&mut cmd, "diagnosing");
+        Diagnose {
             child,
-            stderr: rx,
-            seen: Vec::new(),
+            stderr,
+            seen,
             started,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match d.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains("diagnosing");
-                    d.seen.push(line);
-                    if ready {
-                        return d;
-                    }
-                }
-                Err(_) => panic!("tcptrace diagnose did not start: {:?}", d.seen),
-            }
         }
     }
 

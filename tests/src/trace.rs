@@ -22,49 +22,23 @@ impl Trace {
     /// Starts `tcptrace trace --json ARGS...` and waits until it says it
     /// is tracing (programs attached).
     pub fn start(args: &[&str]) -> Trace {
-        let mut child = Command::new(tcptrace_bin())
-            .args(["trace", "--json"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcptrace");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut trace = Trace {
+        let mut cmd = Command::new(tcptrace_bin());
+        cmd.args(["trace", "--json"]).args(args);
+        let (child, stderr, stderr_seen) = spawn_until(&mut cmd, "tracing; Ctrl-C to stop");
+        // On the kernel CI runs, every program must load: a verifier
+        // rejection would otherwise only degrade.
+        let missing: Vec<_> = stderr_seen
+            .iter()
+            .filter(|l| l.contains("not traced on this kernel"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "tcptrace could not attach everything: {missing:?}"
+        );
+        Trace {
             child,
-            stderr: rx,
-            stderr_seen: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match trace.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let ready = line.contains("tracing; Ctrl-C to stop");
-                    trace.stderr_seen.push(line);
-                    if ready {
-                        // On the kernel CI runs, every program must load:
-                        // a verifier rejection would otherwise only degrade.
-                        let missing: Vec<_> = trace
-                            .stderr_seen
-                            .iter()
-                            .filter(|l| l.contains("not traced on this kernel"))
-                            .collect();
-                        assert!(
-                            missing.is_empty(),
-                            "tcptrace could not attach everything: {missing:?}"
-                        );
-                        return trace;
-                    }
-                }
-                Err(_) => panic!("tcptrace did not start: {:?}", trace.stderr_seen),
-            }
+            stderr,
+            stderr_seen,
         }
     }
 
@@ -140,20 +114,41 @@ pub fn owner_pid(event: &Value) -> u64 {
         .unwrap_or_else(|| panic!("event without owner: {event}"))
 }
 
-/// Reads `stderr` until a line contains `text` (panics after 20 s).
-pub fn wait_for_stderr(stderr: std::process::ChildStderr, text: &str) -> mpsc::Receiver<String> {
+/// Spawns `cmd` with piped stdout and stderr and waits (30 s at most)
+/// until a stderr line contains `ready`. Returns the child, the rest of
+/// its stderr, and the lines seen so far.
+pub fn spawn_until(cmd: &mut Command, ready: &str) -> (Child, mpsc::Receiver<String>, Vec<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tcptrace");
+    let (rx, seen) = wait_for_stderr(child.stderr.take().expect("stderr"), ready);
+    (child, rx, seen)
+}
+
+/// Reads `stderr` until a line contains `text` (panics after 30 s).
+pub fn wait_for_stderr(
+    stderr: std::process::ChildStderr,
+    text: &str,
+) -> (mpsc::Receiver<String>, Vec<String>) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains(text) => return rx,
-            Ok(line) => seen.push(line),
+            Ok(line) => {
+                let ready = line.contains(text);
+                seen.push(line);
+                if ready {
+                    return (rx, seen);
+                }
+            }
             Err(_) => panic!("no '{text}' on stderr: {seen:?}"),
         }
     }

@@ -422,7 +422,7 @@ fn json_piped_to_head_exits_quietly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
+    let (stderr, _) = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
     ns.run(|| {
         let _ = TcpStream::connect("127.0.0.1:9");
     });
@@ -461,7 +461,7 @@ fn full_disk_is_one_clear_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
+    let (stderr, _) = tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
     ns.run(|| {
         let _ = TcpStream::connect("127.0.0.1:9");
     });

@@ -82,6 +82,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         eprintln!("xtask bench: `tcptrace top` is not built yet; skipping the aggregation run");
     }
     setups.push(Setup::Tcpstates);
+    setups.push(Setup::KernelOnly);
     let options = overhead::Options {
         seconds: args.seconds,
         rounds: args.rounds,

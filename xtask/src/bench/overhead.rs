@@ -27,6 +27,9 @@ pub enum Setup {
     Aggregate,
     /// libbpf-tools `tcpstates` writing text to a file.
     Tcpstates,
+    /// tcptrace with a filter no event passes (`--port 1`): the kernel
+    /// hooks and socket bookkeeping alone, the floor of any mode.
+    KernelOnly,
 }
 
 impl Setup {
@@ -36,6 +39,7 @@ impl Setup {
             Setup::TraceJson => "tcptrace trace --json --output FILE",
             Setup::Aggregate => "tcptrace top (aggregation only)",
             Setup::Tcpstates => "libbpf-tools tcpstates > FILE",
+            Setup::KernelOnly => "tcptrace hooks only (filter passes nothing)",
         }
     }
 }
@@ -104,6 +108,13 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             None,
         )?),
+        Setup::KernelOnly => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args(["trace", "--json", "--port", "1", "--output"])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
         Setup::Aggregate => Some(Tracer::start(
             Command::new(tcptrace).args(["top", "--json", "--interval", "1s"]),
             Ready::StderrLine("Ctrl-C to stop"),
@@ -137,7 +148,7 @@ fn measure(
         run.startup_cpu = usage.startup_cpu;
         run.stop_seconds = usage.stop_seconds;
         match setup {
-            Setup::TraceJson | Setup::Aggregate => {
+            Setup::TraceJson | Setup::Aggregate | Setup::KernelOnly => {
                 read_tcptrace_counts(&output, &stderr, &mut run)?
             }
             Setup::Tcpstates => {
