@@ -3,7 +3,6 @@
 //! and look at its report.
 
 use std::{
-    io::Read,
     process::{Child, Command},
     sync::mpsc,
     time::{Duration, Instant},
@@ -59,15 +58,7 @@ impl Diagnose {
             // SAFETY: plain kill(2) on our own child, still running.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         }
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read stdout");
-        let status = self.child.wait().expect("wait");
-        self.seen.extend(self.stderr.try_iter());
+        let (out, status) = crate::trace::collect(&mut self.child, &self.stderr, &mut self.seen);
         assert!(
             status.success(),
             "tcptrace diagnose exited with {status}: {:?}",

@@ -46,15 +46,7 @@ impl Trace {
     pub fn stop(mut self) -> Records {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read stdout");
-        let status = self.child.wait().expect("wait");
-        self.stderr_seen.extend(self.stderr.try_iter());
+        let (out, status) = collect(&mut self.child, &self.stderr, &mut self.stderr_seen);
         assert!(
             status.success(),
             "tcptrace exited with {status}: {:?}",
@@ -112,6 +104,25 @@ pub fn owner_pid(event: &Value) -> u64 {
     event["owner"]["pid"]
         .as_u64()
         .unwrap_or_else(|| panic!("event without owner: {event}"))
+}
+
+/// Reads all of a finishing child's stdout, reaps it, and appends the
+/// rest of its stderr to `seen`.
+pub fn collect(
+    child: &mut Child,
+    stderr: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+) -> (String, std::process::ExitStatus) {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    let status = child.wait().expect("wait");
+    seen.extend(stderr.try_iter());
+    (out, status)
 }
 
 /// Spawns `cmd` with piped stdout and stderr and waits (30 s at most)

@@ -5,7 +5,6 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -36,21 +35,7 @@ fn spawn_peer(ns: &Netns, args: &[&str]) -> (Child, BufReader<std::process::Chil
 }
 
 fn linger0_close(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket fd and option struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    tests::set_linger_zero(&stream);
     drop(stream);
 }
 
