@@ -312,7 +312,10 @@ pub struct Config {
     pub filter_netns: u32,
     /// Local or remote port to keep (0: all).
     pub filter_port: u16,
-    pub _pad: u16,
+    /// 1: do not emit the opening transitions (->SYN_SENT, ->LISTEN,
+    /// ->SYN_RECV). Aggregating readers have no use for them; the
+    /// bookkeeping they drive still happens.
+    pub skip_opening: u16,
     /// Wake the reader only once this many bytes wait in the ring buffer
     /// (0: wake on every event). The reader also drains on a short timer,
     /// so batching costs a few milliseconds of latency and saves a wakeup

@@ -114,6 +114,10 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         _ => owner::sock_info_or_preexisting(sk, netns, &ends),
     };
     ev.owner = info.owner;
-    emit::submit(cfg, &ev);
+    let opening =
+        new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
+    if !(opening && cfg.skip_opening != 0) {
+        emit::submit(cfg, &ev);
+    }
     Some(())
 }

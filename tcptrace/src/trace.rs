@@ -155,6 +155,7 @@ pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<Trac
         kinds,
         ring_bytes: ring_kib * 1024,
         batch_wakeups: true,
+        skip_opening: false,
     })
 }
 

@@ -33,6 +33,9 @@ pub struct TracerOptions {
     pub netns: Option<u32>,
     /// `tcptrace_common::kind_mask` bits.
     pub kinds: u32,
+    /// Leave out the opening state transitions (->SYN_SENT, ->LISTEN,
+    /// ->SYN_RECV): aggregating readers (top, diagnose) do not use them.
+    pub skip_opening: bool,
     /// Ring buffer bytes (power of two, page multiple).
     pub ring_bytes: u32,
     /// Batch wakeups (see `Config::wakeup_bytes`); `next_batch` then
@@ -53,6 +56,7 @@ impl Default for TracerOptions {
             kinds: kind_mask::ALL,
             ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
             batch_wakeups: true,
+            skip_opening: false,
         }
     }
 }
@@ -149,6 +153,7 @@ impl Tracer {
 
         let mut config = Config {
             kind_mask: options.kinds,
+            skip_opening: u16::from(options.skip_opening),
             wakeup_bytes: if options.batch_wakeups {
                 options.ring_bytes / 8
             } else {

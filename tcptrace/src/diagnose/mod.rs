@@ -31,14 +31,19 @@ use crate::{
     enrich::Cgroups,
     event::TcpEvent,
     trace::{stop_signal, tracer_options},
-    tracer::Tracer,
+    tracer::{Tracer, TracerOptions},
 };
 
 /// How often the --during load is checked for having ended.
 const LOAD_CHECK: Duration = Duration::from_millis(100);
 
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
-    let options = tracer_options(&args.filter, args.ring_kib)?;
+    // The rules work on aggregates, which have no use for the opening
+    // transitions.
+    let options = TracerOptions {
+        skip_opening: true,
+        ..tracer_options(&args.filter, args.ring_kib)?
+    };
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns = args.filter.netns.as_deref();
     let before = host::read(netns)?;
