@@ -82,18 +82,20 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                 log::debug!("stopping: {reason}");
                 break;
             }
-            ready = tracer.next_batch(&mut batch) => {
-                ready?;
-                for ev in batch.drain(..) {
-                    agg.add(&ev);
-                }
-            }
+            // Before the events: a storm keeps `next_batch` always ready
+            // and must not hide the end of the `--during` load.
             _ = load_tick.tick(), if load.is_some() => {
                 if let Some(status) = load.as_mut().and_then(during::Load::ended) {
                     log::debug!("the load ended: {status}");
                     if args.duration.is_none() {
                         break;
                     }
+                }
+            }
+            ready = tracer.next_batch(&mut batch) => {
+                ready?;
+                for ev in batch.drain(..) {
+                    agg.add(&ev);
                 }
             }
         }
