@@ -218,8 +218,18 @@ pub struct TracepointLayout {
     /// 1 when `saddr`/`daddr` are sockaddr_in/sockaddr_in6 images
     /// (tcp_send_reset since 6.10) instead of separate fields.
     pub sockaddr_style: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Bytes of the record the programs copy in one read: up to the end
+    /// of its last field, at most `RECORD_BYTES`.
+    pub record_bytes: u16,
+    pub _pad2: [u8; 4],
 }
+
+/// The most of a tracepoint record a program copies (a power of two: the
+/// programs mask offsets with it) (the largest tcptrace
+/// reads ends at byte 88 on 6.18). Fields beyond it are treated as absent.
+pub const RECORD_BYTES: usize = 128;
+const _: () = assert!(RECORD_BYTES.is_power_of_two());
 const _: () = assert!(size_of::<TracepointLayout>() == 40);
 
 impl Default for TracepointLayout {
@@ -227,7 +237,9 @@ impl Default for TracepointLayout {
         Self {
             offsets: [ABSENT_OFFSET; field::COUNT],
             sockaddr_style: 0,
-            _pad: [0; 7],
+            _pad: 0,
+            record_bytes: 0,
+            _pad2: [0; 4],
         }
     }
 }

@@ -2,12 +2,32 @@
 //! failed write counted.
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use tcptrace_common::{Config, EVENT_SIZE, Event};
+use tcptrace_common::{Config, EVENT_SIZE, Event, UNKNOWN_U32};
 
 /// An event's footprint in the ring buffer: record plus 8-byte header.
 const EVENT_RECORD_BYTES: u64 = EVENT_SIZE as u64 + 8;
 
-use crate::maps::{EVENTS, LOST, PRODUCED};
+use crate::maps::{EVENT, EVENTS, LOST, PRODUCED};
+
+/// The CPU's event under construction, all zero but the idle times
+/// (unknown). Built in a map rather than on the 512-byte stack, and
+/// zeroed with word stores: LLVM would turn a plain `Event::default()`
+/// into a call to aya-ebpf's byte-at-a-time `memset`.
+#[inline(always)]
+pub fn blank() -> Option<&'static mut Event> {
+    let ev = EVENT.get_ptr_mut(0)?;
+    let words = ev.cast::<u64>();
+    for i in 0..EVENT_SIZE / 8 {
+        // SAFETY: within the EVENT_SIZE-byte map value; volatile so the
+        // stores stay stores.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: a valid, exclusive (one program at a time per CPU) value.
+    let ev = unsafe { &mut *ev };
+    ev.idle_send_jiffies = UNKNOWN_U32;
+    ev.idle_recv_jiffies = UNKNOWN_U32;
+    Some(ev)
+}
 
 #[inline(always)]
 fn wanted(cfg: &Config, ev: &Event) -> bool {

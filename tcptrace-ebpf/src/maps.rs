@@ -4,11 +4,23 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tcptrace_common::{Config, ConnKey, DEFAULT_RING_BYTES, ListenKey, Owner, SockInfo, kind};
+use tcptrace_common::{
+    Config, ConnKey, DEFAULT_RING_BYTES, Event, ListenKey, Owner, RECORD_BYTES, SockInfo, kind,
+};
 
 /// Events to userspace. Userspace may resize it before load.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-CPU copy of the tracepoint record being handled (see
+/// `read::Record`); twice the copied size, so that a field read at any
+/// offset below `RECORD_BYTES` is provably in bounds for the verifier.
+#[map]
+pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU event under construction (see `emit::blank`).
+#[map]
+pub static EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 /// Offsets and filters; one entry.
 #[map]

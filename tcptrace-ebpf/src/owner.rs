@@ -1,29 +1,29 @@
 //! Who owns a socket. Captured only where the owner is really running
 //! (connect, listen, accept); everywhere else it is looked up.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, ListenKey, Owner, SockInfo};
+use core::mem::MaybeUninit;
 
-use crate::{
-    maps::{LISTENERS, PREEXISTING, SOCKS},
-    read::Endpoints,
-};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
+use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo};
+
+use crate::maps::{LISTENERS, PREEXISTING, SOCKS};
 
 /// The task running now. Only meaningful in process context.
 #[inline(always)]
 pub fn current() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut owner = Owner {
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: [0; 16],
-    };
-    // Straight into the 8-aligned struct: aya's wrapper zeroes a byte
-    // array of its own first, which costs a byte-at-a-time memset call.
-    // SAFETY: comm is 16 writable bytes.
-    unsafe { generated::bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), 16) };
-    owner
+    let mut owner = MaybeUninit::<Owner>::uninit();
+    let ptr = owner.as_mut_ptr();
+    // SAFETY: every field is written before `assume_init`; the helper
+    // fills all 16 comm bytes (NUL-padded, or zeroed on failure), so comm
+    // needs no zeroing first (which LLVM makes a byte-loop memset call).
+    unsafe {
+        (*ptr).tgid = (pid_tgid >> 32) as u32;
+        (*ptr).pid = pid_tgid as u32;
+        (*ptr).cgroup_id = bpf_get_current_cgroup_id();
+        generated::bpf_get_current_comm((*ptr).comm.as_mut_ptr().cast(), 16);
+        owner.assume_init()
+    }
 }
 
 /// The socket's entry, or zeros (owner unknown, times unknown).
@@ -41,19 +41,19 @@ pub fn sock_info(sk: u64) -> SockInfo {
 
 /// The socket's entry; for a socket the programs never saw open, the
 /// owner userspace found for its addresses at start-up (copied into
-/// SOCKS so the next event finds it directly).
+/// SOCKS so the next event finds it directly). `ev` holds the addresses.
 #[inline(always)]
-pub fn sock_info_or_preexisting(sk: u64, netns: u32, ends: &Endpoints) -> SockInfo {
+pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
     let info = sock_info(sk);
     if info.owner.tgid != 0 || sk == 0 {
         return info;
     }
     let key = ConnKey {
-        netns,
-        sport: ends.sport,
-        dport: ends.dport,
-        saddr: ends.saddr(),
-        daddr: ends.daddr(),
+        netns: ev.netns,
+        sport: ev.sport,
+        dport: ev.dport,
+        saddr: ev.saddr,
+        daddr: ev.daddr,
     };
     match PREEXISTING.get_ptr(&key) {
         Some(owner) => {

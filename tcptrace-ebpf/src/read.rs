@@ -1,23 +1,31 @@
 //! Reading tracepoint fields and socket members at offsets learnt from
-//! the running kernel. Every read goes through a probe-read helper, so a
-//! wrong or absent offset yields `None`, never a fault.
+//! the running kernel. The tracepoint record is copied once per hook into
+//! a per-CPU buffer (one probe-read instead of one per field: the helper
+//! call is most of a field read's cost); socket members go through a
+//! probe-read each, so a wrong or absent offset yields a default, never a
+//! fault.
 
-use core::{ffi::c_void, mem::size_of};
+use core::{
+    ffi::c_void,
+    mem::{align_of, size_of},
+};
 
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_probe_read_kernel, programs::TracePointContext,
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, AF_INET, AF_INET6, Config, SockLayout, TracepointLayout, field,
+    ABSENT_OFFSET, AF_INET6, Config, Event, RECORD_BYTES, SockLayout, TracepointLayout, field,
 };
 
-use crate::maps::CONFIG;
+use crate::maps::{CONFIG, RECORD};
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// One field read straight from the record, for a hook that needs just
+/// one (accept's return value): no copy of the record.
 #[inline(always)]
 pub fn field<T>(ctx: &TracePointContext, layout: &TracepointLayout, slot: usize) -> Option<T> {
     let offset = *layout.offsets.get(slot)?;
@@ -25,6 +33,120 @@ pub fn field<T>(ctx: &TracePointContext, layout: &TracepointLayout, slot: usize)
         return None;
     }
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
+}
+
+/// A tracepoint record copied out of the kernel's trace buffer, read at
+/// the offsets of its layout. Programs of the same CPU never overlap
+/// (the kernel skips a nested run), so one buffer per CPU is enough.
+pub struct Record<'a> {
+    bytes: *const u8,
+    layout: &'a TracepointLayout,
+}
+
+/// Copies the record `ctx` points to.
+#[inline(always)]
+pub fn record<'a>(ctx: &TracePointContext, layout: &'a TracepointLayout) -> Option<Record<'a>> {
+    let buf = RECORD.get_ptr_mut(0)?;
+    // Bounded for the verifier; userspace already caps it.
+    let len = if usize::from(layout.record_bytes) > RECORD_BYTES {
+        RECORD_BYTES as u32
+    } else {
+        u32::from(layout.record_bytes)
+    };
+    // SAFETY: buf is a RECORD_BYTES map value; the source is read with a
+    // fault-safe helper.
+    let rc = unsafe { bpf_probe_read_kernel(buf.cast::<c_void>(), len, ctx.as_ptr().cast_const()) };
+    (rc == 0).then_some(Record {
+        bytes: buf.cast::<u8>().cast_const(),
+        layout,
+    })
+}
+
+impl Record<'_> {
+    /// The field in `slot`, if this kernel's record has it.
+    #[inline(always)]
+    pub fn field<T: Copy>(&self, slot: usize) -> Option<T> {
+        self.at(self.offset(slot)?)
+    }
+
+    #[inline(always)]
+    fn offset(&self, slot: usize) -> Option<usize> {
+        let offset = *self.layout.offsets.get(slot)?;
+        (offset != ABSENT_OFFSET).then_some(offset as usize)
+    }
+
+    /// A `T` at byte `offset`. Scalar fields of a trace record are
+    /// naturally aligned; anything else reads as absent.
+    #[inline(always)]
+    fn at<T: Copy>(&self, offset: usize) -> Option<T> {
+        const { assert!(size_of::<T>() <= 16) };
+        let offset = in_buffer(offset);
+        if offset % align_of::<T>() != 0 {
+            return None;
+        }
+        // SAFETY: offset < RECORD_BYTES and size_of::<T>() <= 16, inside
+        // the 2 * RECORD_BYTES buffer; aligned (checked above).
+        Some(unsafe { self.bytes.add(offset).cast::<T>().read() })
+    }
+
+    /// Copies the address at `offset` into `dst`: 4 bytes (IPv4) or 16
+    /// (IPv6). `dst` starts zeroed, so an IPv4 address is zero-padded.
+    #[inline(always)]
+    fn copy_addr(&self, offset: usize, v6: bool, dst: &mut [u8; 16]) {
+        let offset = in_buffer(offset);
+        let len = if v6 { 16 } else { 4 };
+        // Byte copies (addresses in a record are byte arrays, maybe
+        // unaligned) with a fixed bound, so LLVM unrolls the loop instead
+        // of calling memcpy.
+        for i in 0..16 {
+            if i < len {
+                // SAFETY: offset < RECORD_BYTES, so offset + 16 is inside
+                // the 2 * RECORD_BYTES buffer.
+                dst[i] = unsafe { *self.bytes.add(offset + i) };
+            }
+        }
+    }
+
+    /// Family, ports and addresses into a blank event, from either layout.
+    #[inline(always)]
+    pub fn endpoints_into(&self, ev: &mut Event) -> Option<()> {
+        if self.layout.sockaddr_style != 0 {
+            // `saddr`/`daddr` hold sockaddr_in / sockaddr_in6 images:
+            // family at 0, port (network order) at 2, IPv4 at 4, IPv6 at 8.
+            let s = self.offset(field::SADDR)?;
+            let d = self.offset(field::DADDR)?;
+            let family: u16 = self.at(s)?;
+            let v6 = family == AF_INET6;
+            let at = if v6 { 8 } else { 4 };
+            ev.family = family as u8;
+            ev.sport = u16::from_be(self.at(s + 2)?);
+            ev.dport = u16::from_be(self.at(d + 2)?);
+            self.copy_addr(s + at, v6, &mut ev.saddr);
+            self.copy_addr(d + at, v6, &mut ev.daddr);
+            return Some(());
+        }
+        let family: u16 = self.field(field::FAMILY)?;
+        let v6 = family == AF_INET6;
+        let (s, d) = if v6 {
+            (self.offset(field::SADDR_V6)?, self.offset(field::DADDR_V6)?)
+        } else {
+            (self.offset(field::SADDR)?, self.offset(field::DADDR)?)
+        };
+        ev.family = family as u8;
+        ev.sport = self.field(field::SPORT).unwrap_or(0);
+        ev.dport = self.field(field::DPORT).unwrap_or(0);
+        self.copy_addr(s, v6, &mut ev.saddr);
+        self.copy_addr(d, v6, &mut ev.daddr);
+        Some(())
+    }
+}
+
+/// `offset` masked below `RECORD_BYTES`, a bound the verifier can see
+/// (userspace never hands out a larger one). Reads of up to 16 bytes from
+/// there stay inside the per-CPU buffer, which is twice `RECORD_BYTES`.
+#[inline(always)]
+fn in_buffer(offset: usize) -> usize {
+    offset & (RECORD_BYTES - 1)
 }
 
 /// Reads a member of a kernel object at `offset`, or `default` when the
@@ -51,109 +173,6 @@ pub fn read_kernel_or<T: Copy>(addr: u64, default: T) -> T {
         )
     };
     if rc == 0 { value } else { default }
-}
-
-/// Addresses and ports of a tracepoint record in either layout. 8-byte
-/// aligned so zeroing and copying it are word stores, not calls to
-/// aya-ebpf's byte-at-a-time `memset`.
-#[repr(C, align(8))]
-pub struct Endpoints {
-    /// Address bytes, held as words so zeroing them is two stores.
-    saddr: [u64; 2],
-    daddr: [u64; 2],
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    /// Keeps the size a multiple of 8 (whole-word zeroing).
-    pub _pad: u16,
-}
-
-#[inline(always)]
-pub fn endpoints(ctx: &TracePointContext, layout: &TracepointLayout) -> Option<Endpoints> {
-    let mut ends = Endpoints {
-        saddr: [0; 2],
-        daddr: [0; 2],
-        family: 0,
-        sport: 0,
-        dport: 0,
-        _pad: 0,
-    };
-    if layout.sockaddr_style != 0 {
-        // `saddr`/`daddr` hold sockaddr_in / sockaddr_in6 images: family
-        // at 0, port (network order) at 2, IPv4 at 4, IPv6 at 8.
-        let s = offset(layout, field::SADDR)?;
-        let d = offset(layout, field::DADDR)?;
-        ends.family = read_ctx(ctx, s)?;
-        ends.sport = u16::from_be(read_ctx(ctx, s + 2)?);
-        ends.dport = u16::from_be(read_ctx(ctx, d + 2)?);
-        let (at, len) = if ends.family == AF_INET {
-            (4, 4)
-        } else {
-            (8, 16)
-        };
-        read_ctx_into(ctx, s + at, &mut ends.saddr, len);
-        read_ctx_into(ctx, d + at, &mut ends.daddr, len);
-        return Some(ends);
-    }
-    ends.family = field(ctx, layout, field::FAMILY)?;
-    ends.sport = field(ctx, layout, field::SPORT).unwrap_or(0);
-    ends.dport = field(ctx, layout, field::DPORT).unwrap_or(0);
-    let (s, d, len) = if ends.family == AF_INET6 {
-        (
-            offset(layout, field::SADDR_V6)?,
-            offset(layout, field::DADDR_V6)?,
-            16,
-        )
-    } else {
-        (
-            offset(layout, field::SADDR)?,
-            offset(layout, field::DADDR)?,
-            4,
-        )
-    };
-    read_ctx_into(ctx, s, &mut ends.saddr, len);
-    read_ctx_into(ctx, d, &mut ends.daddr, len);
-    Some(ends)
-}
-
-impl Endpoints {
-    #[inline(always)]
-    pub fn saddr(&self) -> [u8; 16] {
-        // SAFETY: [u64; 2] and [u8; 16] have the same size; any bytes are valid.
-        unsafe { core::mem::transmute(self.saddr) }
-    }
-
-    #[inline(always)]
-    pub fn daddr(&self) -> [u8; 16] {
-        // SAFETY: as above.
-        unsafe { core::mem::transmute(self.daddr) }
-    }
-}
-
-#[inline(always)]
-fn offset(layout: &TracepointLayout, slot: usize) -> Option<usize> {
-    let offset = *layout.offsets.get(slot)?;
-    (offset != ABSENT_OFFSET).then_some(offset as usize)
-}
-
-#[inline(always)]
-fn read_ctx<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
-    unsafe { ctx.read_at::<T>(offset).ok() }
-}
-
-/// Reads `len` (4 or 16) bytes of the record straight into `dst` (left
-/// zero if the read fails).
-#[inline(always)]
-fn read_ctx_into(ctx: &TracePointContext, offset: usize, dst: &mut [u64; 2], len: u32) {
-    // SAFETY: dst has room for 16 >= len bytes; the source is read with
-    // a fault-safe helper.
-    unsafe {
-        bpf_probe_read_kernel(
-            dst.as_mut_ptr().cast::<c_void>(),
-            len,
-            ctx.as_ptr().add(offset).cast_const(),
-        )
-    };
 }
 
 /// Network namespace inode of a socket (0: unknown).

@@ -26,40 +26,31 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     let cfg = read::config()?;
-    let layout = cfg.layouts.get(which)?;
+    let rec = read::record(ctx, cfg.layouts.get(which)?)?;
     // 0 when the kernel answered a segment no socket owns.
-    let sk: u64 = read::field(ctx, layout, field::SKADDR).unwrap_or(0);
-    let ends = read::endpoints(ctx, layout)?;
-    let state: i32 = match read::field::<i32>(ctx, layout, field::STATE) {
+    let sk: u64 = rec.field(field::SKADDR).unwrap_or(0);
+    let state: i32 = match rec.field::<i32>(field::STATE) {
         Some(state) => state,
         None => i32::from(read::member_or::<u8>(sk, cfg.sock.skc_state, 0)),
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut ev = Event {
-        ts_ns: now,
-        skaddr: sk,
-        netns: read::netns(&cfg.sock, sk),
-        kind: event_kind,
-        family: ends.family as u8,
-        old_state: state as u8,
-        sport: ends.sport,
-        dport: ends.dport,
-        saddr: ends.saddr(),
-        daddr: ends.daddr(),
-        rst_reason: read::field(ctx, layout, field::REASON).unwrap_or(UNKNOWN_U32),
-        idle_send_jiffies: UNKNOWN_U32,
-        idle_recv_jiffies: UNKNOWN_U32,
-        ..Event::default()
-    };
+    let ev = emit::blank()?;
+    rec.endpoints_into(ev)?;
+    ev.ts_ns = now;
+    ev.skaddr = sk;
+    ev.netns = read::netns(&cfg.sock, sk);
+    ev.kind = event_kind;
+    ev.old_state = state as u8;
+    ev.rst_reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if is_full_tcp_sock(state) {
-        idle(cfg, sk, &mut ev);
+        idle(cfg, sk, ev);
     }
-    let info = owner::sock_info_or_preexisting(sk, ev.netns, &ends);
+    let info = owner::sock_info_or_preexisting(sk, ev);
     ev.owner = info.owner;
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }
-    emit::submit(cfg, &ev);
+    emit::submit(cfg, ev);
     Some(())
 }
 

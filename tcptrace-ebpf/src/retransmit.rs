@@ -2,7 +2,7 @@
 //! timer context: the owner comes from the socket map).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{Event, field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{field, kind, tcp_state, tracepoint as tp};
 
 use crate::{emit, owner, read};
 
@@ -21,27 +21,23 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     let cfg = read::config()?;
-    let layout = cfg.layouts.get(which)?;
-    let sk: u64 = read::field(ctx, layout, field::SKADDR).unwrap_or(0);
-    let ends = read::endpoints(ctx, layout)?;
+    let rec = read::record(ctx, cfg.layouts.get(which)?)?;
+    let sk: u64 = rec.field(field::SKADDR).unwrap_or(0);
     // A SYN-ACK is retransmitted for a request socket; `skaddr` is then
     // the listener, whose owner we know from listen().
-    let state: i32 = read::field(ctx, layout, field::STATE).unwrap_or(tcp_state::NEW_SYN_RECV);
-    let mut ev = Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        skaddr: sk,
-        netns: read::netns(&cfg.sock, sk),
-        kind: event_kind,
-        family: ends.family as u8,
-        old_state: state as u8,
-        sport: ends.sport,
-        dport: ends.dport,
-        saddr: ends.saddr(),
-        daddr: ends.daddr(),
-        err: read::field(ctx, layout, field::ERR).unwrap_or(0),
-        ..Event::default()
-    };
-    ev.owner = owner::sock_info_or_preexisting(sk, ev.netns, &ends).owner;
-    emit::submit(cfg, &ev);
+    let state: i32 = rec.field(field::STATE).unwrap_or(tcp_state::NEW_SYN_RECV);
+    let ev = emit::blank()?;
+    rec.endpoints_into(ev)?;
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = sk;
+    ev.netns = read::netns(&cfg.sock, sk);
+    ev.kind = event_kind;
+    ev.old_state = state as u8;
+    ev.err = rec.field(field::ERR).unwrap_or(0);
+    // Unused here: zero, as before (blank() marks them unknown).
+    ev.idle_send_jiffies = 0;
+    ev.idle_recv_jiffies = 0;
+    ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
+    emit::submit(cfg, ev);
     Some(())
 }

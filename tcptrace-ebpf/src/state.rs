@@ -3,9 +3,7 @@
 //! transitions (CLOSE->SYN_SENT in connect, ->LISTEN in listen).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{
-    Event, IPPROTO_TCP, SockInfo, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp,
-};
+use tcptrace_common::{IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
 
 use crate::{emit, owner, read, reset};
 
@@ -18,34 +16,25 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn handle(ctx: &TracePointContext) -> Option<()> {
     let cfg = read::config()?;
-    let layout = &cfg.layouts[tp::SET_STATE];
+    let rec = read::record(ctx, &cfg.layouts[tp::SET_STATE])?;
     // Kernels before the protocol field only reported TCP here.
-    if read::field::<u16>(ctx, layout, field::PROTOCOL).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
+    if rec.field::<u16>(field::PROTOCOL).unwrap_or(IPPROTO_TCP) != IPPROTO_TCP {
         return None;
     }
-    let sk: u64 = read::field(ctx, layout, field::SKADDR)?;
-    let old: i32 = read::field(ctx, layout, field::OLDSTATE)?;
-    let new: i32 = read::field(ctx, layout, field::NEWSTATE)?;
-    let ends = read::endpoints(ctx, layout)?;
+    let sk: u64 = rec.field(field::SKADDR)?;
+    let old: i32 = rec.field(field::OLDSTATE)?;
+    let new: i32 = rec.field(field::NEWSTATE)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let netns = read::netns(&cfg.sock, sk);
 
-    let mut ev = Event {
-        ts_ns: now,
-        skaddr: sk,
-        netns,
-        kind: kind::STATE,
-        family: ends.family as u8,
-        old_state: old as u8,
-        new_state: new as u8,
-        sport: ends.sport,
-        dport: ends.dport,
-        saddr: ends.saddr(),
-        daddr: ends.daddr(),
-        idle_send_jiffies: UNKNOWN_U32,
-        idle_recv_jiffies: UNKNOWN_U32,
-        ..Event::default()
-    };
+    let ev = emit::blank()?;
+    rec.endpoints_into(ev)?;
+    ev.ts_ns = now;
+    ev.skaddr = sk;
+    ev.netns = netns;
+    ev.kind = kind::STATE;
+    ev.old_state = old as u8;
+    ev.new_state = new as u8;
 
     // Plain values, never `Option<SockInfo>`: an unknown socket reads as
     // zeros (owner unknown, times unknown). LLVM turns Option copies into
@@ -66,7 +55,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 owner: owner::current(),
                 ..SockInfo::default()
             };
-            owner::remember_listener(netns, ends.sport, &info.owner);
+            owner::remember_listener(netns, ev.sport, &info.owner);
             owner::remember(sk, &info);
             info
         }
@@ -74,7 +63,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             // A passive child, created in softirq: provisionally owned by
             // the listener until accept() names the real owner.
             let info = SockInfo {
-                owner: owner::listener(netns, ends.sport),
+                owner: owner::listener(netns, ev.sport),
                 ..SockInfo::default()
             };
             owner::remember(sk, &info);
@@ -89,14 +78,14 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             info
         }
         tcp_state::CLOSE => {
-            let info = owner::sock_info_or_preexisting(sk, netns, &ends);
+            let info = owner::sock_info_or_preexisting(sk, ev);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
                 if info.syn_sent_ns != 0 {
                     ev.duration_ns = now - info.syn_sent_ns;
                 }
             } else if old == tcp_state::LISTEN {
-                owner::forget_listener(netns, ends.sport);
+                owner::forget_listener(netns, ev.sport);
             }
             info
         }
@@ -104,20 +93,20 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             // The first close of an established connection, by us
             // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
             // been idle is the closer's idle timeout (keep-alive, LB).
-            reset::idle(cfg, sk, &mut ev);
-            let info = owner::sock_info_or_preexisting(sk, netns, &ends);
+            reset::idle(cfg, sk, ev);
+            let info = owner::sock_info_or_preexisting(sk, ev);
             if info.established_ns != 0 {
                 ev.age_ns = now - info.established_ns;
             }
             info
         }
-        _ => owner::sock_info_or_preexisting(sk, netns, &ends),
+        _ => owner::sock_info_or_preexisting(sk, ev),
     };
     ev.owner = info.owner;
     let opening =
         new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
     if !(opening && cfg.skip_opening != 0) {
-        emit::submit(cfg, &ev);
+        emit::submit(cfg, ev);
     }
     Some(())
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use tcptrace_common::{TracepointLayout, field};
+use tcptrace_common::{RECORD_BYTES, TracepointLayout, field};
 
 /// One `field:` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,14 +47,25 @@ impl Format {
         self.fields.iter().find(|f| f.name == name)
     }
 
-    /// Offsets of the fields the kernel programs read.
+    /// Offsets of the fields the kernel programs read. The programs copy
+    /// the record's first `RECORD_BYTES` at most; a field past that is
+    /// left absent (degraded, never read out of bounds).
     pub fn layout(&self) -> TracepointLayout {
         let mut layout = TracepointLayout::default();
         for (slot, name) in field::NAMES.iter().enumerate() {
-            if let Some(f) = self.field(name) {
+            if let Some(f) = self.field(name)
+                && usize::from(f.offset) + usize::from(f.size) <= RECORD_BYTES
+            {
                 layout.offsets[slot] = f.offset;
             }
         }
+        let end = self
+            .fields
+            .iter()
+            .map(|f| usize::from(f.offset) + usize::from(f.size))
+            .max()
+            .unwrap_or(0);
+        layout.record_bytes = end.min(RECORD_BYTES) as u16;
         // Since 6.10 tcp_send_reset carries sockaddr images (28 bytes)
         // instead of separate family/port/address fields.
         if self.field("saddr").is_some_and(|f| f.size >= 16) && self.field("family").is_none() {
@@ -152,6 +163,16 @@ mod tests {
         include_str!("../../tests/fixtures/tcp_retransmit_skb-6.18.format");
 
     #[test]
+    fn a_field_past_the_copied_bytes_is_absent() {
+        let text = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
+                    \tfield:int newstate;\toffset:200;\tsize:4;\tsigned:1;\n";
+        let layout = Format::parse(text).unwrap().layout();
+        assert_eq!(layout.offsets[field::SKADDR], 8);
+        assert_eq!(layout.offsets[field::NEWSTATE], ABSENT_OFFSET);
+        assert_eq!(usize::from(layout.record_bytes), RECORD_BYTES);
+    }
+
+    #[test]
     fn send_reset_on_6_18_uses_sockaddr_and_has_reason() {
         let f = Format::parse(SEND_RESET_6_18).unwrap();
         let layout = f.layout();
@@ -161,6 +182,7 @@ mod tests {
         assert_eq!(layout.offsets[field::REASON], 28);
         assert_eq!(layout.offsets[field::SADDR], 32);
         assert_eq!(layout.offsets[field::DADDR], 60);
+        assert_eq!(usize::from(layout.record_bytes), 60 + 28);
         assert_eq!(layout.offsets[field::FAMILY], ABSENT_OFFSET);
         let reasons = f.symbols("reason");
         assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
