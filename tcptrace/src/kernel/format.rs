@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(retransmit.offsets[field::ERR], ABSENT_OFFSET);
         let mut with_err = Format::parse(RETRANSMIT_6_18).unwrap().layout();
         assert_eq!(with_err.offsets[field::ERR], 76);
+        assert_eq!(with_err.record_bytes, 80);
+        assert_eq!(retransmit.record_bytes, 74);
         with_err.offsets[field::ERR] = ABSENT_OFFSET;
+        with_err.record_bytes = retransmit.record_bytes;
         assert_eq!(retransmit, with_err);
         assert_eq!(retransmit, Format::parse(RETRANSMIT_6_1).unwrap().layout());
     }
