@@ -20,6 +20,9 @@ pub struct Conn {
     pub retransmits: u32,
     pub first_retransmit_ns: u64,
     pub reset: bool,
+    /// Accepted from a listener (true) or connected out (false), once
+    /// the handshake was seen.
+    pub accepted: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +41,14 @@ impl ConnTable {
             self.young.insert(sock, conn);
         }
         self.young.get_mut(&sock).expect("inserted above")
+    }
+
+    /// How the connection was opened, if it was seen opening.
+    pub fn accepted(&self, sock: u64) -> Option<bool> {
+        self.young
+            .get(&sock)
+            .or_else(|| self.old.get(&sock))
+            .and_then(|c| c.accepted)
     }
 
     pub fn remove(&mut self, sock: u64) -> Option<Conn> {

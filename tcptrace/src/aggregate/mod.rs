@@ -279,8 +279,14 @@ impl Aggregate {
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
-        let peer = peer_key(ev);
-        let update = Update::from_event(ev, &mut self.names, &mut self.conns, &mut self.pending);
+        let peer = peer_key(ev, self.conns.accepted(ev.sock));
+        let update = Update::from_event(
+            ev,
+            peer,
+            &mut self.names,
+            &mut self.conns,
+            &mut self.pending,
+        );
         if update.is_empty() {
             return;
         }
@@ -392,6 +398,7 @@ struct Update {
 impl Update {
     fn from_event(
         ev: &TcpEvent,
+        peer: SocketAddr,
         names: &mut Interned,
         conns: &mut ConnTable,
         pending: &mut PendingCloses,
@@ -403,7 +410,9 @@ impl Update {
         match ev.kind {
             EventKind::Connect => {
                 u.connect_ns = Some(ev.connect_ns.unwrap_or(0));
-                conns.get_or_insert(ev.sock).established_ns = ev.mono_ns;
+                let conn = conns.get_or_insert(ev.sock);
+                conn.established_ns = ev.mono_ns;
+                conn.accepted = Some(false);
             }
             EventKind::ConnectFailed => {
                 u.connect_failed = true;
@@ -472,7 +481,9 @@ impl Update {
                 let (old, new) = (i32::from(old), i32::from(new));
                 match (old, new) {
                     (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
-                        conns.get_or_insert(ev.sock).established_ns = ev.mono_ns;
+                        let conn = conns.get_or_insert(ev.sock);
+                        conn.established_ns = ev.mono_ns;
+                        conn.accepted = Some(true);
                     }
                     (tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT) => {
                         // Our last send is when the connection went idle
@@ -503,7 +514,7 @@ impl Update {
                                 closed_ns: ev.mono_ns,
                                 pid: owner.map_or(0, |o| o.pid),
                                 comm: owner.map_or_else(|| "?".into(), |o| o.comm.to_string()),
-                                peer: peer_key(ev),
+                                peer,
                                 retransmits: conn.retransmits,
                                 first_retransmit_ns: conn.first_retransmit_ns,
                             });
@@ -617,9 +628,17 @@ impl Interned {
 /// The remote endpoint a group is keyed by. For a connection accepted
 /// from a client, the client's ephemeral port would make every
 /// connection its own endpoint: key those by address alone (port 0).
-pub fn peer_key(ev: &TcpEvent) -> SocketAddr {
+/// `accepted` is what the connection's own handshake showed (SYN_RECV or
+/// SYN_SENT before ESTABLISHED); without it, guess from the ports (a
+/// wide `ip_local_port_range` can defeat the guess).
+pub fn peer_key(ev: &TcpEvent, accepted: Option<bool>) -> SocketAddr {
     let remote = SocketAddr::new(ev.remote_ip(), ev.remote.port());
-    let passive = ev.local.port() < 32_768 && remote.port() >= 32_768;
+    let passive = match (accepted, ev.kind, ev.transition) {
+        (Some(known), _, _) => known,
+        (None, EventKind::Connect | EventKind::ConnectFailed, _) => false,
+        (None, _, Some((old, _))) if i32::from(old) == tcp_state::SYN_RECV => true,
+        (None, _, _) => ev.local.port() < 32_768 && remote.port() >= 32_768,
+    };
     if passive {
         SocketAddr::new(remote.ip(), 0)
     } else {

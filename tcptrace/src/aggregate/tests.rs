@@ -222,3 +222,39 @@ fn memory_stays_bounded_under_a_scan() {
     assert!(a.peers.evicted() > 0);
     assert_eq!(a.total.refused, 20_000);
 }
+
+#[test]
+fn accepted_connections_are_keyed_by_client_address_whatever_its_ports() {
+    // A server in a namespace with ip_local_port_range 1024-65000: client
+    // ports below 32768 defeat the port guess; the handshake decides.
+    let mut events = Vec::new();
+    for (sock, client_port) in [(1u64, 20_000u16), (2, 20_001), (3, 50_000)] {
+        let remote = format!("10.0.0.9:{client_port}");
+        events.push(
+            ev(K::State, sock)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:9000")
+                .remote(&remote)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, 10 + sock)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:9000")
+                .remote(&remote)
+                .state("ESTABLISHED")
+                .build(),
+        );
+    }
+    // A client of port 9000 with a low port of its own stays keyed by the
+    // server's full address.
+    events.extend(connect(4, 20, 42, "client", "10.0.0.1:9000"));
+    let a = agg(events);
+    let clients = a.peers.get(&"10.0.0.9:0".parse().unwrap()).unwrap();
+    assert_eq!(clients.rst_received_total(), 3);
+    assert_eq!(a.peers.len(), 2, "one per client host, one per server");
+    assert!(a.peers.get(&"10.0.0.1:9000".parse().unwrap()).is_some());
+}
