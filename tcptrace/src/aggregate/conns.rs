@@ -10,6 +10,8 @@ use std::{collections::VecDeque, net::SocketAddr};
 
 use rustc_hash::FxHashMap;
 
+use crate::event::Comm;
+
 /// Connections per generation.
 const GENERATION: usize = 32_768;
 
@@ -68,7 +70,8 @@ pub struct PendingClose {
     pub sock: u64,
     pub closed_ns: u64,
     pub pid: u32,
-    pub comm: String,
+    /// Copied, not allocated: one of these per abortive close.
+    pub comm: Comm,
     pub peer: SocketAddr,
     pub retransmits: u32,
     pub first_retransmit_ns: u64,
@@ -144,7 +147,7 @@ mod tests {
             sock,
             closed_ns,
             pid: 1,
-            comm: "c".into(),
+            comm: Comm::new(b"c"),
             peer: "127.0.0.1:1".parse().unwrap(),
             retransmits: 0,
             first_retransmit_ns: 0,

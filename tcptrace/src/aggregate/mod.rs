@@ -27,7 +27,7 @@ pub use self::{
     topn::{TopN, Weight},
 };
 use crate::{
-    event::{EventKind, TcpEvent},
+    event::{Comm, EventKind, TcpEvent},
     tracer::{Names, Tracer},
 };
 
@@ -354,7 +354,7 @@ impl Aggregate {
             apply(&mut self.total);
             let process = self.processes.entry(&close.pid, Process::default);
             if process.comm.is_empty() {
-                process.comm.clone_from(&close.comm);
+                process.comm = close.comm.to_string();
             }
             apply(&mut process.stats);
             *process
@@ -513,7 +513,7 @@ impl Update {
                                 sock: ev.sock,
                                 closed_ns: ev.mono_ns,
                                 pid: owner.map_or(0, |o| o.pid),
-                                comm: owner.map_or_else(|| "?".into(), |o| o.comm.to_string()),
+                                comm: owner.map_or_else(|| Comm::new(b"?"), |o| o.comm),
                                 peer,
                                 retransmits: conn.retransmits,
                                 first_retransmit_ns: conn.first_retransmit_ns,
