@@ -34,9 +34,6 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.err = rec.field(field::ERR).unwrap_or(0);
-    // Unused here: zero, as before (blank() marks them unknown).
-    ev.idle_send_jiffies = 0;
-    ev.idle_recv_jiffies = 0;
     ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
     emit::submit(cfg, ev);
     Some(())
