@@ -10,7 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tcptrace::{
     aggregate::Aggregate,
     decode::Decoder,
-    enrich::Cgroups,
+    host::cgroups::Cgroups,
     kernel::clock::WallClock,
     sink::{Context, json::write_event},
     tracer::Names,

@@ -6,20 +6,16 @@
 
 pub mod aggregate;
 pub mod cli;
-pub mod counters;
 pub mod decode;
 pub mod diagnose;
-pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod host;
 pub mod kernel;
-pub mod netns;
-pub mod preexisting;
 pub mod sink;
 pub mod snapshot;
 pub mod stress;
 pub mod summary;
-pub mod sysctl;
 pub mod text_table;
 pub mod timefmt;
 pub mod top;

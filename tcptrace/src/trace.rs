@@ -14,8 +14,8 @@ use tcptrace_common::kind_mask;
 
 use crate::{
     cli::{EventClass, FilterArgs, TraceArgs},
-    enrich::Cgroups,
     event::TcpEvent,
+    host::cgroups::Cgroups,
     kernel::clock::WallClock,
     sink::{Context, HumanSink, JsonSink, Output, Sink},
     summary::Summary,

@@ -16,8 +16,8 @@ use crate::{
     decode::Decoder,
     error::{Error, Result},
     event::{EventKind, TcpEvent},
+    host::preexisting::Preexisting,
     kernel::{btf, clock, format::Format, proginfo, tracefs},
-    preexisting::Preexisting,
 };
 
 /// The compiled kernel programs, embedded in the binary.

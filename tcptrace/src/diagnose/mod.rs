@@ -7,7 +7,6 @@
 pub mod during;
 pub mod facts;
 pub mod finding;
-pub mod host;
 pub mod report;
 pub mod rules;
 
@@ -28,8 +27,9 @@ use self::{
 use crate::{
     aggregate::{self, Aggregate},
     cli::DiagnoseArgs,
-    enrich::Cgroups,
     event::TcpEvent,
+    host::cgroups::Cgroups,
+    host::reading as host,
     trace::{stop_signal, tracer_options},
     tracer::{Tracer, TracerOptions},
 };

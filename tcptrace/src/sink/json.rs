@@ -188,7 +188,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{enrich::Cgroups, event::Owner, kernel::clock::WallClock, tracer::Names};
+    use crate::{event::Owner, host::cgroups::Cgroups, kernel::clock::WallClock, tracer::Names};
 
     fn line(ev: &TcpEvent) -> Value {
         let names = Names::new(

@@ -10,8 +10,8 @@ pub use human::HumanSink;
 pub use json::{JsonSink, SCHEMA_VERSION};
 
 use crate::{
-    enrich::Cgroups,
     event::{EventKind, TcpEvent},
+    host::cgroups::Cgroups,
     kernel::clock::WallClock,
     summary::Summary,
     tracer::Names,

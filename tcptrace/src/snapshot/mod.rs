@@ -3,10 +3,7 @@
 //! destination; listen queues; the worst connections' tcp_info; sockstat;
 //! kernel counters. `--watch` repeats it with deltas.
 
-pub mod owners;
 mod render;
-pub mod sock_diag;
-mod sockstat;
 mod tables;
 
 use std::{
@@ -19,17 +16,17 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
-pub use self::{
-    owners::{Owner, socket_owners},
-    sock_diag::{TcpInfo, TcpSocket, TcpState, dump_tcp},
-    sockstat::Sockstat,
-    tables::{Options, PortRange, StateCounts, Tables},
-};
+pub use self::tables::{Options, PortRange, StateCounts, Tables};
 use crate::{
     cli::SnapshotArgs,
-    counters::{Counters, KEY_COUNTERS},
-    netns,
-    sysctl::{ProcSys, SysctlBackend as _},
+    host::{
+        counters::{Counters, KEY_COUNTERS},
+        netns,
+        owners::socket_owners,
+        sock_diag::{TcpState, dump_tcp},
+        sockstat::{self, Sockstat},
+        sysctl::{ProcSys, SysctlBackend as _},
+    },
 };
 
 /// Everything one snapshot shows; also its JSON form.

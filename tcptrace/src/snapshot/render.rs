@@ -2,7 +2,8 @@
 
 use std::io::{self, Write};
 
-use super::{Report, StateCounts, TcpState};
+use super::{Report, StateCounts};
+use crate::host::{owners::Owner, sock_diag::TcpState};
 use crate::text_table::write_table as table;
 
 pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
@@ -257,7 +258,7 @@ fn section(out: &mut impl Write, title: &str) -> io::Result<()> {
     writeln!(out, "\n{title}")
 }
 
-fn owner_columns(owner: Option<&super::Owner>) -> (String, String) {
+fn owner_columns(owner: Option<&Owner>) -> (String, String) {
     owner.map_or(("-".into(), "-".into()), |o| {
         (o.pid.to_string(), o.comm.clone())
     })

@@ -8,7 +8,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
+use crate::host::{
     owners::Owner,
     sock_diag::{TcpSocket, TcpState},
 };
@@ -370,7 +370,7 @@ fn top_connections<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::sock_diag::TcpInfo;
+    use crate::host::sock_diag::TcpInfo;
 
     const RANGE: PortRange = PortRange {
         low: 40000,

@@ -60,8 +60,8 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| format!("line {}: expected 'key = value', got {line:?}", number + 1))?;
-        let (key, value) = (key.trim(), crate::sysctl::normalize(value));
-        crate::sysctl::proc_path(key).map_err(|e| format!("line {}: {e}", number + 1))?;
+        let (key, value) = (key.trim(), crate::host::sysctl::normalize(value));
+        crate::host::sysctl::proc_path(key).map_err(|e| format!("line {}: {e}", number + 1))?;
         entries.push((key.to_string(), value));
     }
     Ok(entries)

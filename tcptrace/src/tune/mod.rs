@@ -20,7 +20,7 @@ pub use self::{
 };
 use crate::{
     cli::{TuneArgs, TuneProfile},
-    sysctl::{Access, ProcSys, SysctlBackend, SysctlError},
+    host::sysctl::{Access, ProcSys, SysctlBackend, SysctlError},
     text_table::write_table,
 };
 

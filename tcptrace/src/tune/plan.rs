@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     cli::TuneProfile,
-    sysctl::{Access, SysctlBackend, SysctlError},
+    host::sysctl::{Access, SysctlBackend, SysctlError},
 };
 
 /// What happens to one key.

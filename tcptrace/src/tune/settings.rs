@@ -193,7 +193,7 @@ pub fn find(key: &str) -> Option<&'static Setting> {
 /// spaces), or why it is refused. `choices` is the list a `Choice` key
 /// accepts (read from the kernel by the caller).
 pub fn validate(kind: Kind, value: &str, choices: &[String]) -> Result<String, String> {
-    let value = crate::sysctl::normalize(value);
+    let value = crate::host::sysctl::normalize(value);
     let int = |text: &str, min: i64, max: i64| match text.parse::<i64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         Ok(_) => Err(format!("out of range ({min} to {max})")),

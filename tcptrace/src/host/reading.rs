@@ -14,13 +14,13 @@ use std::{
     path::PathBuf,
 };
 
-use super::facts::{Listener, SYSCTLS, SocketFacts};
-use crate::{
+use super::{
     counters::Counters,
     netns,
-    snapshot::{TcpSocket, TcpState, dump_tcp},
+    sock_diag::{TcpSocket, TcpState, dump_tcp},
     sysctl::{ProcSys, SysctlBackend as _},
 };
+use crate::diagnose::facts::{Listener, SYSCTLS, SocketFacts};
 
 /// One reading of everything that changes or matters over a run.
 #[derive(Debug, Clone, Default)]

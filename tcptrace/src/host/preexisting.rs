@@ -18,7 +18,7 @@ use std::{
 
 use tcptrace_common::{ConnKey, ListenKey, Owner};
 
-use crate::snapshot::{
+use super::{
     owners::socket_owners,
     sock_diag::{TcpState, dump_tcp},
 };
@@ -41,7 +41,7 @@ impl Preexisting {
         let mut cgroups = HashMap::new();
         for (inode, path) in namespaces(netns) {
             let Ok(Ok(sockets)) = std::thread::spawn(move || {
-                crate::netns::enter(&path.to_string_lossy()).map_err(|e| e.to_string())?;
+                super::netns::enter(&path.to_string_lossy()).map_err(|e| e.to_string())?;
                 dump_tcp().map_err(|e| e.to_string())
             })
             .join() else {
