@@ -1,8 +1,9 @@
-//! Command line: every clap struct lives here; each subcommand's work
-//! lives in its own module. `main` parses, dispatches, and turns any error
-//! into one line on stderr and a non-zero exit.
+//! Command line: every clap struct and value parser lives here, and
+//! nothing else. A leaf: it imports nothing of the crate. Each
+//! subcommand's work lives in its own module, which takes its own args
+//! from here; `app` parses and dispatches.
 
-use std::{io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -114,7 +115,7 @@ pub struct SnapshotArgs {
 pub struct TuneArgs {
     /// The workload to tune for (default: default; with --lb: proxy).
     #[arg(long, value_enum)]
-    pub profile: Option<TuneProfile>,
+    pub profile: Option<ProfileArg>,
     /// Use this value instead of the profile's (repeatable), e.g.
     /// --set net.ipv4.tcp_fin_timeout=20.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
@@ -131,15 +132,16 @@ pub struct TuneArgs {
     pub file: PathBuf,
     /// Print a load-balancer config consistent with the profile.
     #[arg(long, value_enum, requires = "idle_timeout", conflicts_with = "set")]
-    pub lb: Option<LoadBalancer>,
+    pub lb: Option<LbArg>,
     /// The idle timeout of the load balancer or middlebox in front
     /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
     #[arg(long, value_parser = parse_idle_timeout, value_name = "DURATION")]
     pub idle_timeout: Option<Duration>,
 }
 
+/// `tune --profile`: the workload to tune for (`tune` owns what each means).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TuneProfile {
+pub enum ProfileArg {
     /// General-purpose host: the kernel defaults that cause incidents fixed.
     Default,
     /// A server behind a load balancer: deep accept queues, short keepalive.
@@ -150,27 +152,12 @@ pub enum TuneProfile {
     Proxy,
 }
 
-impl TuneProfile {
-    pub const ALL: [TuneProfile; 4] = [
-        TuneProfile::Default,
-        TuneProfile::LbBackend,
-        TuneProfile::HighChurnClient,
-        TuneProfile::Proxy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TuneProfile::Default => "default",
-            TuneProfile::LbBackend => "lb-backend",
-            TuneProfile::HighChurnClient => "high-churn-client",
-            TuneProfile::Proxy => "proxy",
-        }
-    }
-}
-
+/// `tune --lb`: the load balancer whose configuration to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LoadBalancer {
+pub enum LbArg {
+    /// HAProxy (`timeout client`, `timeout server`, `backlog`).
     Haproxy,
+    /// nginx (`keepalive_timeout`, `listen ... backlog=`).
     Nginx,
 }
 
@@ -484,106 +471,19 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
-/// Entry point of the binary.
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => {
-            // --help and --version.
-            let _ = err.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("tcptrace: {} (see --help)", usage_error(&err));
-            return ExitCode::from(2);
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tcptrace: {}", one_line(&err));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // One thread is plenty to read events; a load generator must use every
-    // core to keep up with a blocking connect loop on as many threads.
-    let mut builder = match &cli.command {
-        Command::Stress(args) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            // A local connect completes inside the syscall, so churn is
-            // CPU-bound in the kernel: as many workers as connections in
-            // flight (within 1 to 4 per core) get the same share of the
-            // CPU as a blocking loop with that many threads.
-            if let StressMode::Churn(churn) = &args.mode {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                builder.worker_threads((churn.concurrency as usize).clamp(cores, 4 * cores));
-            }
-            builder
-        }
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Trace(args) => crate::trace::run(args).await,
-            Command::Snapshot(args) => crate::snapshot::run(args).await,
-            Command::Tune(args) => crate::tune::run(args).await,
-            Command::Stress(args) => crate::stress::run(args).await,
-            Command::Diagnose(args) => crate::diagnose::run(args).await,
-            Command::Top(args) => crate::top::run(args).await,
-        }
-    })
-}
-
-/// clap's message without its usage block: the first line, minus "error: ".
-fn usage_error(err: &clap::Error) -> String {
+/// A clap error as one line, for stderr: the message and its details
+/// (the missing argument's name, the possible values, a tip) without the
+/// usage block, the `error: ` prefix or the pointer to --help. `app` and
+/// `diagnose --during` both report usage errors with it.
+pub fn usage_error(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match text
-        .lines()
+    text.lines()
+        .take_while(|line| !line.starts_with("Usage:"))
         .map(str::trim)
-        .find(|l| l.starts_with("[possible values"))
-    {
-        Some(values) => format!("{first} {values}"),
-        None => first.to_string(),
-    }
-}
-
-/// The error and its causes on one line, without repeating a cause that
-/// the outer message already quotes.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line.replace('\n', " ")
-}
-
-/// A closed stdout (`tcptrace trace | head`) ends the run quietly.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    })
+        .map(|line| line.strip_prefix("error: ").unwrap_or(line))
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -713,6 +613,20 @@ mod tests {
         };
         assert_eq!(pool.idle.max, Duration::from_secs(8));
         assert_eq!(pool.load.target, "lb:80");
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_and_name_what_is_wrong() {
+        let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
+        let missing = error(&["tcptrace", "stress", "churn"]);
+        assert!(missing.contains("<TARGET>"), "{missing}");
+        let invalid = error(&["tcptrace", "tune", "--profile", "fast"]);
+        assert!(invalid.contains("'fast'"), "{invalid}");
+        assert!(invalid.contains("[possible values:"), "{invalid}");
+        for message in [missing, invalid] {
+            assert!(!message.contains('\n'), "{message}");
+            assert!(!message.starts_with("error:"), "{message}");
+        }
     }
 
     #[test]

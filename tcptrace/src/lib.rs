@@ -5,6 +5,7 @@
 //! its own module; `cli` only parses and dispatches.
 
 pub mod aggregate;
+pub mod app;
 pub mod cli;
 pub mod decode;
 pub mod diagnose;

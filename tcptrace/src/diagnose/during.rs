@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command as CliCommand};
+use crate::cli::{Cli, Command as CliCommand, usage_error};
 
 /// Checks `text` is a `stress` command line and returns its words.
 pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
@@ -33,17 +33,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
             command: CliCommand::Stress(_),
         }) => Ok(words),
         Ok(_) => anyhow::bail!("--during '{text}': not a stress command"),
-        Err(err) => {
-            // clap's message without its usage block, on one line.
-            let message = err.to_string();
-            let message: Vec<&str> = message
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:"))
-                .map(|l| l.trim().trim_start_matches("error: "))
-                .filter(|l| !l.is_empty())
-                .collect();
-            anyhow::bail!("--during '{text}': {}", message.join(" "))
-        }
+        Err(err) => anyhow::bail!("--during '{text}': {}", usage_error(&err)),
     }
 }
 

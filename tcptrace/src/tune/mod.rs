@@ -6,6 +6,7 @@
 mod files;
 mod lb;
 mod plan;
+mod profile;
 mod settings;
 
 use std::{
@@ -16,10 +17,11 @@ use std::{
 
 pub use self::{
     plan::{Action, Change, Plan, Row, apply_all, plan},
+    profile::{LoadBalancer, TuneProfile},
     settings::{SETTINGS, Setting},
 };
 use crate::{
-    cli::{TuneArgs, TuneProfile},
+    cli::TuneArgs,
     host::sysctl::{Access, ProcSys, SysctlBackend, SysctlError},
     text_table::write_table,
 };
@@ -84,7 +86,8 @@ fn file_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Tu
 pub async fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     if let Some(balancer) = args.lb {
-        let profile = args.profile.unwrap_or(TuneProfile::Proxy);
+        let balancer = LoadBalancer::from(balancer);
+        let profile = args.profile.map_or(TuneProfile::Proxy, TuneProfile::from);
         // Required by clap together with --lb.
         let idle = args.idle_timeout.unwrap_or_default();
         let tuning = lb::LbTuning::for_profile(profile, idle);
@@ -105,7 +108,7 @@ pub async fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    let profile = args.profile.unwrap_or(TuneProfile::Default);
+    let profile = args.profile.map_or(TuneProfile::Default, TuneProfile::from);
     let plan = plan(&kernel, profile, args.idle_timeout, &args.set)?;
     show(&mut out, &plan)?;
     let changes = plan.changes().len();

@@ -5,12 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     TuneError,
+    profile::TuneProfile,
     settings::{self, KEEPALIVE_TIME, Kind, SETTINGS, Setting},
 };
-use crate::{
-    cli::TuneProfile,
-    host::sysctl::{Access, SysctlBackend, SysctlError},
-};
+use crate::host::sysctl::{Access, SysctlBackend, SysctlError};
 
 /// What happens to one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The TCP sysctls `tune` knows: how to validate a value, what each
 //! profile recommends, and one line of why.
 
-use crate::cli::TuneProfile;
+use super::profile::TuneProfile;
 
 /// What values a key accepts. Ranges follow the kernel's own limits where
 /// it has them and sanity where it has none.
