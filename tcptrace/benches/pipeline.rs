@@ -12,8 +12,8 @@ use tcptrace::{
     decode::Decoder,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
+    kernel::names::Names,
     sink::{Context, json::write_event},
-    tracer::Names,
 };
 use tcptrace_common::{EVENT_SIZE, Event, Owner, kind};
 

@@ -7,10 +7,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::{
-    event::{EventKind, TcpEvent},
-    sink::SCHEMA_VERSION,
+    counts::Counts,
+    event::{Comm, EventKind, SCHEMA_VERSION, TcpEvent},
     timefmt,
-    tracer::KernelCounts,
 };
 
 /// Processes listed in the summary.
@@ -18,7 +17,7 @@ const TOP: usize = 10;
 
 #[derive(Debug, Default, Clone)]
 struct ProcessCounts {
-    comm: crate::event::Comm,
+    comm: Comm,
     rst_sent: u64,
     rst_received: u64,
     retransmits: u64,
@@ -31,12 +30,15 @@ impl ProcessCounts {
     }
 }
 
+/// What `trace` prints at the end: events by kind, the exact loss
+/// accounting, connect latency percentiles (µs resolution) and the
+/// processes most hit. Human text on stderr, one JSON record in the
+/// stream (`"type": "summary"`, docs/events.md).
 pub struct Summary {
     seconds: f64,
-    by_kind: [u64; 7],
     connect_latency_us: Histogram<u64>,
     processes: HashMap<u32, ProcessCounts>,
-    kernel: KernelCounts,
+    counts: Counts,
     missing: Vec<String>,
 }
 
@@ -44,19 +46,18 @@ impl Default for Summary {
     fn default() -> Self {
         Summary {
             seconds: 0.0,
-            by_kind: [0; 7],
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
             processes: HashMap::new(),
-            kernel: KernelCounts::default(),
+            counts: Counts::default(),
             missing: Vec::new(),
         }
     }
 }
 
 impl Summary {
+    /// Takes one event into the latency and per-process figures.
     pub fn add(&mut self, ev: &TcpEvent) {
-        self.by_kind[ev.kind as usize] += 1;
         if ev.kind == EventKind::Connect
             && let Some(ns) = ev.connect_ns
         {
@@ -81,14 +82,12 @@ impl Summary {
         }
     }
 
-    pub fn finish(&mut self, seconds: f64, kernel: KernelCounts, missing: &[String]) {
+    /// Completes it with the run's length in seconds, the session's
+    /// exact counts and what this kernel could not trace.
+    pub fn finish(&mut self, seconds: f64, counts: Counts, missing: &[String]) {
         self.seconds = seconds;
-        self.kernel = kernel;
+        self.counts = counts;
         self.missing = missing.to_vec();
-    }
-
-    pub fn received(&self) -> u64 {
-        self.by_kind.iter().sum()
     }
 
     fn top(&self) -> Vec<(u32, &ProcessCounts)> {
@@ -103,24 +102,23 @@ impl Summary {
             .then(|| self.connect_latency_us.value_at_quantile(quantile))
     }
 
+    /// The summary record of the NDJSON stream.
     pub fn to_json(&self) -> Value {
-        let by_kind: serde_json::Map<String, Value> = EventKind::ALL
-            .iter()
-            .map(|k| (k.name().to_string(), json!(self.by_kind[*k as usize])))
+        let by_kind: serde_json::Map<String, Value> = self
+            .counts
+            .received_by_kind()
+            .map(|(k, n)| (k.name().to_string(), json!(n)))
             .collect();
         let lost: serde_json::Map<String, Value> = self
+            .counts
             .kernel
             .lost_by_kind()
             .map(|(k, n)| (k.name().to_string(), json!(n)))
             .collect();
-        json!({
+        let mut record = json!({
             "v": SCHEMA_VERSION,
             "type": "summary",
             "seconds": self.seconds,
-            "events_received": self.received(),
-            "events_produced": self.kernel.total_produced(),
-            "events_lost": self.kernel.total_lost(),
-            "missed_by_kernel": self.kernel.missed_by_kernel,
             "by_kind": by_kind,
             "lost_by_kind": lost,
             "connect_latency_us": {
@@ -135,26 +133,31 @@ impl Summary {
                 "retransmits": c.retransmits, "failed_connects": c.failed_connects,
             })).collect::<Vec<_>>(),
             "missing": self.missing,
-        })
+        });
+        if let Value::Object(fields) = &mut record {
+            fields.extend(self.counts.json_fields());
+        }
+        record
     }
 
+    /// The summary as text, for stderr.
     pub fn to_human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "--- tcptrace: {:.1} s, {} events received, {} produced, {} lost ---",
+            "--- tcptrace: {:.1} s, {} ---",
             self.seconds,
-            self.received(),
-            self.kernel.total_produced(),
-            self.kernel.total_lost()
+            self.counts.human()
         );
-        let kinds: Vec<String> = EventKind::ALL
-            .iter()
-            .map(|k| format!("{} {}", k.name(), self.by_kind[*k as usize]))
+        let kinds: Vec<String> = self
+            .counts
+            .received_by_kind()
+            .map(|(k, n)| format!("{} {n}", k.name()))
             .collect();
         let _ = writeln!(s, "events: {}", kinds.join(", "));
-        if self.kernel.total_lost() > 0 {
+        if self.counts.lost() > 0 {
             let lost: Vec<String> = self
+                .counts
                 .kernel
                 .lost_by_kind()
                 .filter(|(_, n)| *n > 0)
@@ -197,11 +200,11 @@ impl Summary {
                 );
             }
         }
-        if self.kernel.missed_by_kernel > 0 {
+        if self.counts.missed_by_kernel() > 0 {
             let _ = writeln!(
                 s,
                 "MISSED by the kernel: {} hook runs skipped (the same program was already running on that CPU)",
-                self.kernel.missed_by_kernel
+                self.counts.missed_by_kernel()
             );
         }
         for missing in &self.missing {
@@ -247,20 +250,19 @@ mod tests {
     #[test]
     fn ranks_processes_and_counts_kinds() {
         let mut s = Summary::default();
-        for _ in 0..3 {
-            s.add(&event(EventKind::RstReceived, 7));
+        let mut counts = Counts::default();
+        for (kind, pid, times) in [
+            (EventKind::RstReceived, 7, 3),
+            (EventKind::RstSent, 9, 1),
+            (EventKind::Connect, 9, 1),
+        ] {
+            for _ in 0..times {
+                s.add(&event(kind, pid));
+                counts.received[kind.index()] += 1;
+                counts.kernel.produced[kind.index()] += 1;
+            }
         }
-        s.add(&event(EventKind::RstSent, 9));
-        s.add(&event(EventKind::Connect, 9));
-        s.finish(
-            1.0,
-            KernelCounts {
-                produced: [0, 1, 0, 0, 0, 1, 3],
-                lost: [0; 7],
-                missed_by_kernel: 0,
-            },
-            &[],
-        );
+        s.finish(1.0, counts, &[]);
         let j = s.to_json();
         assert_eq!(j["events_received"], 5);
         assert_eq!(j["events_produced"], 5);
@@ -268,6 +270,10 @@ mod tests {
         assert_eq!(j["top_processes"][0]["pid"], 7);
         assert_eq!(j["top_processes"][0]["rst_received"], 3);
         assert_eq!(j["connect_latency_us"]["count"], 1);
-        assert!(s.to_human().contains("connect latency: n=1 p50=2.0ms"));
+        assert!(s.to_human().contains("connect latency: n=1 p50=2ms"));
+        assert!(
+            s.to_human()
+                .starts_with("--- tcptrace: 1.0 s, 5 events received, 5 produced, 0 lost ---")
+        );
     }
 }

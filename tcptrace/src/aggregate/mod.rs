@@ -23,31 +23,13 @@ use rustc_hash::FxHashMap;
 
 use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
-    dist::{Dist, Percentiles},
+    dist::{Dist, Micros, Percentiles, serialize_micros},
     topn::{TopN, Weight},
 };
 use crate::{
     event::{Comm, EventKind, TcpEvent},
-    tracer::{Names, Tracer},
+    kernel::names::Names,
 };
-
-/// After `tracer.detach()`: adds every event still in the ring buffer,
-/// until each one the kernel produced was read or counted lost.
-pub async fn drain(
-    tracer: &mut Tracer,
-    agg: &mut Aggregate,
-    batch: &mut Vec<TcpEvent>,
-) -> crate::error::Result<()> {
-    loop {
-        let more = tracer.drain_final(batch).await?;
-        for ev in batch.drain(..) {
-            agg.add(&ev);
-        }
-        if !more {
-            return Ok(());
-        }
-    }
-}
 
 /// Processes kept (the heaviest by incidents, then activity).
 pub const MAX_PROCESSES: usize = 128;

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
     event::{EventKind, Owner, TcpEvent},
-    tracer::Names,
+    kernel::names::Names,
 };
 
 pub const STATES: [&str; 13] = [

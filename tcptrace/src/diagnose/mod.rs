@@ -13,48 +13,49 @@ pub mod rules;
 use std::{
     io::{self, Write as _},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 
 use self::{
-    facts::HostFacts,
+    facts::{HostFacts, SYSCTLS, SocketFacts},
     finding::rank,
     report::Report,
     rules::{Inputs, evaluate},
 };
 use crate::{
-    aggregate::{self, Aggregate},
+    aggregate::Aggregate,
     cli::DiagnoseArgs,
     event::TcpEvent,
-    host::cgroups::Cgroups,
-    host::reading as host,
-    trace::{stop_signal, tracer_options},
-    tracer::{Tracer, TracerOptions},
+    filter_args::session_options,
+    host::{cgroups::Cgroups, reading},
+    session::{Next, Session, TracerOptions},
+    stop::stop_signal,
 };
 
 /// How often the --during load is checked for having ended.
 const LOAD_CHECK: Duration = Duration::from_millis(100);
 
+/// Runs `tcptrace diagnose`.
+///
+/// # Errors
+/// What the session refuses, a `--during` that is no stress command or
+/// does not start, host facts that cannot be read, and failures to write
+/// the report.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
+    let (options, netns) = session_options(&args.filter, args.ring_kib)?;
     // The rules work on aggregates, which have no use for the opening
     // transitions.
     let options = TracerOptions {
         skip_opening: true,
-        ..tracer_options(&args.filter, args.ring_kib)?
+        ..options
     };
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
-    let netns = args.filter.netns.as_deref();
-    let before = host::read(netns)?;
+    let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
+    let before = reading::read(netns_path, &SYSCTLS)?;
 
-    let mut tracer = Tracer::start(&options)?;
-    for missing in tracer.missing() {
-        eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
-    }
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
-    let started = Instant::now();
+    let mut session = Session::start(&options, stop_signal(args.duration))?;
     match args.duration {
         Some(d) => eprintln!(
             "tcptrace: diagnosing for {:.1} s; Ctrl-C to stop early",
@@ -66,24 +67,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("tcptrace: diagnosing; Ctrl-C to stop"),
     }
     let mut load = match &load_words {
-        Some(words) => {
-            let ns = netns.map(host::netns_path).transpose()?;
-            Some(during::Load::start(words, ns.as_deref())?)
-        }
+        Some(words) => Some(during::Load::start(words, netns_path)?),
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
-    let mut agg = Aggregate::new(tracer.names().clone());
+    let mut agg = Aggregate::new(session.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         tokio::select! {
             biased;
-            reason = &mut stop => {
-                log::debug!("stopping: {reason}");
-                break;
-            }
-            // Before the events: a storm keeps `next_batch` always ready
-            // and must not hide the end of the `--during` load.
+            // Before the events: a storm keeps the ring always ready and
+            // must not hide the end of the `--during` load.
             _ = load_tick.tick(), if load.is_some() => {
                 if let Some(status) = load.as_mut().and_then(during::Load::ended) {
                     log::debug!("the load ended: {status}");
@@ -92,28 +86,29 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            ready = tracer.next_batch(&mut batch) => {
-                ready?;
-                for ev in batch.drain(..) {
-                    agg.add(&ev);
-                }
-            }
+            next = session.next(&mut batch) => match next? {
+                Next::Stopped(_) => break,
+                Next::Events => batch.drain(..).for_each(|ev| agg.add(&ev)),
+            },
         }
     }
     let load_status = load.map(during::Load::stop);
-    // Detach first so nothing new arrives, then take what is left.
-    tracer.detach();
-    aggregate::drain(&mut tracer, &mut agg, &mut batch).await?;
+    let seconds = session.elapsed().as_secs_f64();
+    let missing = session.missing().to_vec();
+    let counts = session
+        .finish(&mut batch, |batch| {
+            batch.drain(..).for_each(|ev| agg.add(&ev));
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
     agg.finish();
-    let seconds = started.elapsed().as_secs_f64();
-    let kernel = tracer.kernel_counts()?;
-    let after = host::read(netns)?;
+    let after = reading::read(netns_path, &SYSCTLS)?;
 
     let host = HostFacts {
         counters: after.counter_delta(&before),
         sysctls: before.sysctls.clone(),
-        sockets_start: before.sockets,
-        sockets_end: after.sockets,
+        sockets_start: before.sockets.as_deref().map(SocketFacts::of),
+        sockets_end: after.sockets.as_deref().map(SocketFacts::of),
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,
@@ -128,11 +123,11 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         seconds,
         netns: args.filter.netns.clone(),
         events: agg.events,
-        events_lost: kernel.total_lost(),
+        counts,
         findings,
         checked,
         host,
-        missing: tracer.missing().to_vec(),
+        missing,
         load: args.during.clone().map(|command| report::LoadRun {
             command,
             status: load_status.flatten().map(|s| s.to_string()),

@@ -89,6 +89,20 @@ impl Cgroups {
     }
 }
 
+/// cgroup v2 id of process `pid`: the inode of its cgroup directory (the
+/// `0::` line of /proc/PID/cgroup, under /sys/fs/cgroup). `None` when the
+/// process is gone or is not in a v2 hierarchy.
+pub fn cgroup_id_of(pid: u32) -> Option<u64> {
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let v2 = process
+        .cgroups()
+        .ok()?
+        .into_iter()
+        .find(|cgroup| cgroup.hierarchy == 0)?;
+    let dir = Path::new(CGROUP_ROOT).join(v2.pathname.trim_start_matches('/'));
+    fs::metadata(dir).ok().map(|meta| meta.ino())
+}
+
 /// The container id in a cgroup path, shortened to 12 characters.
 pub fn container_id(path: &str) -> Option<String> {
     path.rsplit('/').find_map(|part| {
@@ -124,6 +138,14 @@ mod tests {
             container_id("/user.slice/user-0.slice/session-1.scope"),
             None
         );
+    }
+
+    #[test]
+    fn our_own_cgroup_id_is_found() {
+        if let Some(id) = cgroup_id_of(std::process::id()) {
+            assert!(Cgroups::default().lookup(id).is_some());
+        }
+        assert_eq!(cgroup_id_of(u32::MAX), None);
     }
 
     #[test]

@@ -17,12 +17,10 @@ use serde::Serialize;
 
 use super::{Context, Output, Sink};
 use crate::{
-    event::{EventKind, TcpEvent},
+    event::{EventKind, SCHEMA_VERSION, TcpEvent},
     summary::Summary,
     timefmt,
 };
-
-pub const SCHEMA_VERSION: u32 = 1;
 
 pub struct JsonSink {
     out: Output,
@@ -70,6 +68,9 @@ impl Sink for JsonSink {
         self.out.flush()
     }
 }
+
+// The event writer spells the version out (hot path): a bump must update it.
+const _: () = assert!(SCHEMA_VERSION == 1);
 
 /// One event as one line. Fields that do not apply to the event's kind,
 /// or that are unknown, are left out (jq reads them as null).
@@ -188,7 +189,11 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{event::Owner, host::cgroups::Cgroups, kernel::clock::WallClock, tracer::Names};
+    use crate::{
+        event::Owner,
+        host::cgroups::Cgroups,
+        kernel::{clock::WallClock, names::Names},
+    };
 
     fn line(ev: &TcpEvent) -> Value {
         let names = Names::new(

@@ -7,14 +7,13 @@ pub mod json;
 use std::io::{self, Write};
 
 pub use human::HumanSink;
-pub use json::{JsonSink, SCHEMA_VERSION};
+pub use json::JsonSink;
 
 use crate::{
     event::{EventKind, TcpEvent},
     host::cgroups::Cgroups,
-    kernel::clock::WallClock,
+    kernel::{clock::WallClock, names::Names},
     summary::Summary,
-    tracer::Names,
 };
 
 /// What a sink needs besides the event itself.

@@ -27,6 +27,7 @@ use crate::{
         sockstat::{self, Sockstat},
         sysctl::{ProcSys, SysctlBackend as _},
     },
+    stop::stop_signal,
 };
 
 /// Everything one snapshot shows; also its JSON form.
@@ -74,11 +75,11 @@ struct Reading {
 }
 
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    if let Some(name) = &args.netns {
+    if let Some(spec) = &args.netns {
         // This thread (the one the command runs on, it spawns no task)
         // moves into the namespace; sockets it opens and the /proc files it
         // reads through thread-self follow it.
-        netns::enter(name)?;
+        netns::enter(&netns::resolve(spec)?.path)?;
     }
     let options = Options {
         top: args.top,
@@ -92,11 +93,14 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     });
     let mut previous: Option<Reading> = None;
     let mut taken = 0u64;
+    // Ctrl-C, SIGTERM or SIGHUP end --watch after the last full report.
+    let stopped = stop_signal(None);
+    tokio::pin!(stopped);
     loop {
         if let Some(ticks) = ticks.as_mut() {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut stopped => break,
             }
         }
         let (report, reading) = take(&args, options, previous.as_ref())?;

@@ -6,7 +6,10 @@ use std::{collections::HashMap, time::Duration};
 
 use serde::Serialize;
 
-use crate::aggregate::{Aggregate, Stats};
+use crate::{
+    aggregate::{Aggregate, Stats},
+    counts::Counts,
+};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
@@ -111,18 +114,34 @@ impl SortKey {
     }
 }
 
+/// One refresh of `top`: both tables, ranked by incidents per second,
+/// with the session's counts at that moment.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// Seconds since tracing started.
     pub elapsed_s: f64,
+    /// Events aggregated so far.
     pub events: u64,
+    /// Events the ring buffer had no room for, so far.
     pub events_lost: u64,
+    /// One row per process (pid 0: no owner known).
     pub processes: Vec<Row>,
+    /// One row per remote endpoint.
     pub peers: Vec<Row>,
+    /// Received, produced, lost, hook runs skipped: exact in the last
+    /// snapshot, taken after the session drained.
+    #[serde(skip)]
+    pub counts: Counts,
 }
 
 impl Snapshot {
     /// Rows from the aggregate, rates against `previous`.
-    pub fn take(agg: &Aggregate, previous: &Snapshot, elapsed: Duration, lost: u64) -> Snapshot {
+    pub fn take(
+        agg: &Aggregate,
+        previous: &Snapshot,
+        elapsed: Duration,
+        counts: Counts,
+    ) -> Snapshot {
         let elapsed_s = elapsed.as_secs_f64();
         let dt = (elapsed_s - previous.elapsed_s).max(1e-3);
         let mut processes: Vec<Row> = agg
@@ -163,9 +182,10 @@ impl Snapshot {
         Snapshot {
             elapsed_s,
             events: agg.events,
-            events_lost: lost,
+            events_lost: counts.lost(),
             processes,
             peers,
+            counts,
         }
     }
 }
@@ -199,7 +219,12 @@ mod tests {
         for t in 1..=4 {
             agg.add(&rst(t, 1));
         }
-        let first = Snapshot::take(&agg, &Snapshot::default(), Duration::from_secs(1), 0);
+        let first = Snapshot::take(
+            &agg,
+            &Snapshot::default(),
+            Duration::from_secs(1),
+            Counts::default(),
+        );
         assert_eq!(first.processes[0].pid, Some(1));
         assert_eq!(first.processes[0].resets_per_s, 4.0);
         for t in 5..=6 {
@@ -208,7 +233,7 @@ mod tests {
         for t in 7..=16 {
             agg.add(&rst(t, 2));
         }
-        let second = Snapshot::take(&agg, &first, Duration::from_secs(3), 0);
+        let second = Snapshot::take(&agg, &first, Duration::from_secs(3), Counts::default());
         // pid 2 had 10 in 2 s, pid 1 had 2 in 2 s.
         assert_eq!(second.processes[0].pid, Some(2));
         assert_eq!(second.processes[0].incidents_per_s, 5.0);
