@@ -94,8 +94,7 @@ pub async fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         out.write_all(lb::snippet(balancer, profile, &tuning).as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    // SAFETY: geteuid has no preconditions.
-    if (args.apply || args.revert) && unsafe { libc::geteuid() } != 0 {
+    if (args.apply || args.revert) && !rustix::process::geteuid().is_root() {
         return Err(TuneError::NotRoot.into());
     }
     let mut kernel = ProcSys;
