@@ -11,10 +11,12 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tcptrace", version, propagate_version = true)]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream TCP events (state changes, connects, retransmits, resets).
@@ -56,16 +58,23 @@ pub struct FilterArgs {
     pub events: Vec<EventClass>,
 }
 
+/// `--events`: the event kinds to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventClass {
+    /// RSTs sent and received.
     Rst,
+    /// Retransmits (data, SYN, SYN-ACK).
     Retrans,
+    /// Connect outcomes (succeeded, failed).
     Connect,
+    /// Other TCP state changes.
     State,
 }
 
+/// `tcptrace trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Print NDJSON (one object per line, schema in docs/events.md).
@@ -85,6 +94,7 @@ pub struct TraceArgs {
     pub no_summary: bool,
 }
 
+/// `tcptrace snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// Print JSON (with --watch, one object per line).
@@ -111,6 +121,7 @@ pub struct SnapshotArgs {
     pub ephemeral_warn: u8,
 }
 
+/// `tcptrace tune`.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The workload to tune for (default: default; with --lb: proxy).
@@ -161,8 +172,10 @@ pub enum LbArg {
     Nginx,
 }
 
+/// `tcptrace stress`.
 #[derive(Debug, Args)]
 pub struct StressArgs {
+    /// The load pattern.
     #[command(subcommand)]
     pub mode: StressMode,
 }
@@ -204,8 +217,10 @@ pub struct LoadArgs {
     pub trace: bool,
 }
 
+/// `tcptrace stress churn`.
 #[derive(Debug, Args)]
 pub struct ChurnArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Stop after this many connection attempts.
@@ -222,8 +237,10 @@ pub struct ChurnArgs {
     pub rst: bool,
 }
 
+/// `tcptrace stress hold`.
 #[derive(Debug, Args)]
 pub struct HoldArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Connections to open and keep.
@@ -237,8 +254,10 @@ pub struct HoldArgs {
     pub hold: Option<Duration>,
 }
 
+/// `tcptrace stress pool`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Pooled connections, each used by one request at a time.
@@ -263,8 +282,10 @@ pub struct PoolArgs {
     pub reply_timeout: Duration,
 }
 
+/// `tcptrace stress latency`.
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Number of connects to time.
@@ -275,6 +296,7 @@ pub struct LatencyArgs {
     pub interval: Duration,
 }
 
+/// `tcptrace stress serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on: IP:PORT (port 0 picks a free port, printed at start).
@@ -315,12 +337,16 @@ pub struct ServeArgs {
 /// An idle gap: fixed (`min == max`) or drawn uniformly from `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spread {
+    /// Shortest gap.
     pub min: Duration,
+    /// Longest gap.
     pub max: Duration,
 }
 
+/// `tcptrace diagnose`.
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C, or until the
@@ -340,8 +366,10 @@ pub struct DiagnoseArgs {
     pub ring_kib: u32,
 }
 
+/// `tcptrace top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Refresh interval (e.g. 1s, 500ms).

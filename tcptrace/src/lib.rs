@@ -12,7 +12,9 @@
 //!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`;
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
-//!   `timefmt`, `error`.
+//!   `timefmt`, `text_table`, `error`.
+
+#![warn(missing_docs)]
 
 pub mod aggregate;
 pub mod app;

@@ -173,8 +173,11 @@ fn snippet(rest: &str) -> String {
         .collect()
 }
 
-/// file -> (top-level modules it imports, with the import text).
-fn graph() -> BTreeMap<String, (Vec<String>, BTreeSet<(String, String)>)> {
+/// A file's module path and what it imports: (top-level module, import text).
+type Imports = (Vec<String>, BTreeSet<(String, String)>);
+
+/// Every source file (path under src/) with its imports.
+fn graph() -> BTreeMap<String, Imports> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);

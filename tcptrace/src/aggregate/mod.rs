@@ -49,10 +49,13 @@ const CLOSE_SETTLE_NS: u64 = 100_000_000;
 /// Connect outcomes, resets, retransmits and timing of one group.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// Connects that succeeded.
     pub connects: u64,
+    /// Connects that failed (refused, timed out, reset).
     pub connect_failed: u64,
     /// Failed connects answered by an RST (nothing listening).
     pub refused: u64,
+    /// SYN_SENT -> ESTABLISHED time of the successful connects.
     pub connect_latency: Dist,
     /// By reason name (`UNKNOWN` on kernels without reasons).
     pub rst_sent: BTreeMap<&'static str, u64>,
@@ -60,13 +63,16 @@ pub struct Stats {
     pub rst_received: BTreeMap<&'static str, u64>,
     /// Data retransmits by state; SYNs are counted apart.
     pub retransmits: BTreeMap<&'static str, u64>,
+    /// SYN retransmits (a connect waiting for an answer).
     pub syn_retransmits: u64,
+    /// SYN-ACK retransmits (a handshake this side answered, unacknowledged).
     pub synack_retransmits: u64,
     /// Time without receiving anything before an RST arrived: the
     /// connection's idle gap (the send that provoked the RST is ~0).
     pub idle_before_rst: Dist,
     /// The same for the resets after a quiet gap (>= `QUIET_GAP_NS`).
     pub quiet_gap_idle: Dist,
+    /// Age of the connection (since ESTABLISHED) when an RST was sent or received.
     pub age_at_rst: Dist,
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
@@ -92,6 +98,7 @@ pub struct Stats {
     pub timeout_aborts: u64,
     /// First retransmit to abort, for those.
     pub retransmitting_for: Dist,
+    /// Lifetimes of the connections that closed (ESTABLISHED to close).
     pub lifetimes: Dist,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
@@ -102,7 +109,9 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(untagged)]
 pub enum Related {
+    /// A remote endpoint (port 0: many client ports of one address).
     Peer(SocketAddr),
+    /// A process id.
     Process(u32),
 }
 
@@ -137,18 +146,23 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// RSTs sent, all reasons.
     pub fn rst_sent_total(&self) -> u64 {
         self.rst_sent.values().sum()
     }
+    /// RSTs received, all states.
     pub fn rst_received_total(&self) -> u64 {
         self.rst_received.values().sum()
     }
+    /// Data retransmits, all states (SYNs apart).
     pub fn retransmits_total(&self) -> u64 {
         self.retransmits.values().sum()
     }
+    /// RSTs sent with this reason name.
     pub fn rst_sent_with(&self, reason: &str) -> u64 {
         self.rst_sent.get(reason).copied().unwrap_or(0)
     }
+    /// RSTs received in this state (`ESTABLISHED`, `SYN_SENT`, ...).
     pub fn rst_received_in(&self, state: &str) -> u64 {
         self.rst_received.get(state).copied().unwrap_or(0)
     }
@@ -183,8 +197,11 @@ impl Weight for u64 {
 /// (the kernel answered for no socket, or the socket predates the trace).
 #[derive(Debug, Clone, Default)]
 pub struct Process {
+    /// Its command name, as last seen.
     pub comm: String,
+    /// Its cgroup v2 id (0 when unknown).
     pub cgroup_id: u64,
+    /// What happened to its connections.
     pub stats: Stats,
 }
 
@@ -198,9 +215,13 @@ impl Weight for Process {
 /// local endpoint they were accepted on: who closes idle connections.
 #[derive(Debug, Clone)]
 pub struct Closer {
+    /// The process that closed them.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
+    /// Its cgroup v2 id.
     pub cgroup_id: u64,
+    /// How long the connections had been idle when it closed them.
     pub idle: Dist,
     /// RSTs this endpoint sent because data arrived after it had closed
     /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
@@ -214,18 +235,25 @@ impl Weight for Closer {
     }
 }
 
+/// Everything `top` and `diagnose` know from the events: totals, per process, per peer and per idle-closing endpoint, bounded in memory.
 pub struct Aggregate {
     names: Interned,
+    /// All events together.
     pub total: Stats,
+    /// By process id (pid 0: no owner known), the `MAX_PROCESSES` heaviest.
     pub processes: TopN<u32, Process>,
+    /// By remote endpoint (port 0 for the clients of a local server), the `MAX_PEERS` heaviest.
     pub peers: TopN<SocketAddr, Stats>,
+    /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
     conns: ConnTable,
     pending: PendingCloses,
+    /// Events added.
     pub events: u64,
 }
 
 impl Aggregate {
+    /// An empty aggregate that names states and reasons with `names`.
     pub fn new(names: Names) -> Aggregate {
         Aggregate {
             names: Interned::new(names),
@@ -239,6 +267,7 @@ impl Aggregate {
         }
     }
 
+    /// The figures of process `pid`, if it is among those kept.
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
     }
@@ -256,6 +285,7 @@ impl Aggregate {
         all
     }
 
+    /// Takes one event into every figure it changes.
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
         self.settle(ev.mono_ns, false);

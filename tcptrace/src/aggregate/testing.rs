@@ -8,6 +8,7 @@ use crate::{
     kernel::names::Names,
 };
 
+/// The kernel's state names by number (include/net/tcp_states.h).
 pub const STATES: [&str; 13] = [
     "",
     "TCP_ESTABLISHED",
@@ -45,6 +46,7 @@ pub const REASONS: [&str; 17] = [
     "TCP_DISCONNECT_WITH_DATA",
 ];
 
+/// Names as a 6.18 kernel's format files give them.
 pub fn names() -> Names {
     let states: BTreeMap<u32, String> = STATES
         .iter()
@@ -60,6 +62,7 @@ pub fn names() -> Names {
     Names::new(states, reasons)
 }
 
+/// The number of state `name` (`ESTABLISHED` -> 1).
 pub fn state(name: &str) -> u8 {
     STATES
         .iter()
@@ -71,6 +74,7 @@ pub fn state(name: &str) -> u8 {
 #[derive(Debug, Clone)]
 pub struct Ev(pub TcpEvent);
 
+/// An event of `kind` at `at_ms` milliseconds, IPv4, no owner.
 pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
     Ev(TcpEvent {
         mono_ns: at_ms * 1_000_000,
@@ -92,10 +96,12 @@ pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
 }
 
 impl Ev {
+    /// The kernel socket address.
     pub fn sock(mut self, sock: u64) -> Ev {
         self.0.sock = sock;
         self
     }
+    /// Owned by `pid` (`comm`).
     pub fn owner(mut self, pid: u32, comm: &str) -> Ev {
         self.0.owner = Some(Owner {
             pid,
@@ -105,31 +111,38 @@ impl Ev {
         });
         self
     }
+    /// The local endpoint, `IP:PORT`.
     pub fn local(mut self, addr: &str) -> Ev {
         self.0.local = addr.parse::<SocketAddr>().unwrap();
         self
     }
+    /// The remote endpoint, `IP:PORT`.
     pub fn remote(mut self, addr: &str) -> Ev {
         self.0.remote = addr.parse::<SocketAddr>().unwrap();
         self
     }
+    /// A state change `old` -> `new` (names).
     pub fn transition(mut self, old: &str, new: &str) -> Ev {
         self.0.transition = Some((state(old), state(new)));
         self
     }
+    /// The socket's state (names).
     pub fn state(mut self, name: &str) -> Ev {
         self.0.state = Some(state(name));
         self
     }
+    /// An RST reason by name.
     pub fn reason(mut self, name: &str) -> Ev {
         let reason = REASONS.iter().position(|r| *r == name).expect("reason");
         self.0.rst_reason = Some(reason as u32);
         self
     }
+    /// Connect latency or time to failure, ms.
     pub fn connect_ms(mut self, ms: f64) -> Ev {
         self.0.connect_ns = Some((ms * 1e6) as u64);
         self
     }
+    /// Age at the reset, ms.
     pub fn age_ms(mut self, ms: u64) -> Ev {
         self.0.age_ns = Some(ms * 1_000_000);
         self
@@ -140,6 +153,7 @@ impl Ev {
         self.0.idle_recv_ns = Some(recv * 1_000_000);
         self
     }
+    /// The event.
     pub fn build(self) -> TcpEvent {
         self.0
     }

@@ -81,6 +81,7 @@ impl Load {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kills the load if it still runs; its exit status.
     pub fn stop(mut self) -> Option<ExitStatus> {
         if let Some(status) = self.ended() {
             return Some(status);

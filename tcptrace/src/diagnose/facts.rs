@@ -28,6 +28,7 @@ pub const SYSCTLS: [&str; 13] = [
     "net.netfilter.nf_conntrack_max",
 ];
 
+/// The host's side of a diagnosis, read before and after the watch.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HostFacts {
     /// Change of each kernel counter over the run, by nstat name
@@ -35,19 +36,24 @@ pub struct HostFacts {
     pub counters: BTreeMap<String, i64>,
     /// Values at the start, by sysctl key; absent keys are missing.
     pub sysctls: BTreeMap<String, String>,
+    /// The socket table when the watch started (`None`: sock_diag failed).
     pub sockets_start: Option<SocketFacts>,
+    /// The socket table when it ended.
     pub sockets_end: Option<SocketFacts>,
 }
 
 impl HostFacts {
+    /// A counter's change by nstat name; 0 when absent.
     pub fn counter(&self, name: &str) -> i64 {
         self.counters.get(name).copied().unwrap_or(0)
     }
 
+    /// A sysctl's value at the start, by key.
     pub fn sysctl(&self, key: &str) -> Option<&str> {
         self.sysctls.get(key).map(String::as_str)
     }
 
+    /// A numeric sysctl's value.
     pub fn sysctl_u64(&self, key: &str) -> Option<u64> {
         self.sysctl(key)?.trim().parse().ok()
     }
@@ -72,6 +78,7 @@ pub struct SocketFacts {
     pub states: BTreeMap<String, u64>,
     /// TIME_WAIT sockets by remote endpoint, most first (top 10).
     pub time_wait_by_peer: Vec<(SocketAddr, u64)>,
+    /// Listening sockets with their accept queues.
     pub listeners: Vec<Listener>,
 }
 
@@ -110,8 +117,10 @@ impl SocketFacts {
     }
 }
 
+/// A listening socket and its accept queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listener {
+    /// The address it listens on.
     pub local: SocketAddr,
     /// Connections waiting to be accepted.
     pub queued: u32,

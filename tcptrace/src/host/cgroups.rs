@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// A cgroup as a report names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupInfo {
     /// Path below the cgroup v2 root, e.g. `/system.slice/nginx.service`.
@@ -23,6 +24,7 @@ pub struct CgroupInfo {
     pub container: Option<String>,
 }
 
+/// cgroup id -> path and container id, cached.
 pub struct Cgroups {
     root: PathBuf,
     /// FxHash: looked up for every event written.
@@ -37,6 +39,7 @@ impl Default for Cgroups {
 }
 
 impl Cgroups {
+    /// Looks up cgroups under `root` (normally /sys/fs/cgroup).
     pub fn new(root: impl Into<PathBuf>) -> Cgroups {
         Cgroups {
             root: root.into(),

@@ -36,16 +36,26 @@ pub const KEY_COUNTERS: &[&str] = &[
     "TcpInErrs",
 ];
 
+/// Why the counters could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
+    /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// A file was not shaped as header/value line pairs.
     #[error("{file}: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// `netstat` or `snmp`.
+        file: String,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 /// All counters at one moment. Values are signed because a few snmp
@@ -101,6 +111,7 @@ impl Counters {
         CounterDelta { values }
     }
 
+    /// Every counter, by nstat name, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.values
             .iter()
@@ -138,55 +149,6 @@ impl CounterDelta {
             .iter()
             .filter(|(name, value)| *value != 0 && !KEY_COUNTERS.contains(name));
         key.chain(rest).collect()
-    }
-
-    pub fn listen_overflows(&self) -> i64 {
-        self.get("TcpExtListenOverflows")
-    }
-    pub fn listen_drops(&self) -> i64 {
-        self.get("TcpExtListenDrops")
-    }
-    pub fn req_q_full_drops(&self) -> i64 {
-        self.get("TcpExtTCPReqQFullDrop")
-    }
-    pub fn backlog_drops(&self) -> i64 {
-        self.get("TcpExtTCPBacklogDrop")
-    }
-    pub fn abort_on_data(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnData")
-    }
-    pub fn abort_on_close(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnClose")
-    }
-    pub fn abort_on_timeout(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnTimeout")
-    }
-    pub fn abort_on_memory(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnMemory")
-    }
-    pub fn timeouts(&self) -> i64 {
-        self.get("TcpExtTCPTimeouts")
-    }
-    pub fn syn_retransmits(&self) -> i64 {
-        self.get("TcpExtTCPSynRetrans")
-    }
-    pub fn challenge_acks(&self) -> i64 {
-        self.get("TcpExtTCPChallengeACK")
-    }
-    pub fn time_wait_overflows(&self) -> i64 {
-        self.get("TcpExtTCPTimeWaitOverflow")
-    }
-    pub fn established_resets(&self) -> i64 {
-        self.get("TcpEstabResets")
-    }
-    pub fn resets_sent(&self) -> i64 {
-        self.get("TcpOutRsts")
-    }
-    pub fn failed_connects(&self) -> i64 {
-        self.get("TcpAttemptFails")
-    }
-    pub fn retransmitted_segments(&self) -> i64 {
-        self.get("TcpRetransSegs")
     }
 }
 
@@ -277,10 +239,10 @@ Udp: 5 0
         )
         .unwrap();
         let delta = after.delta(&before);
-        assert_eq!(delta.listen_overflows(), 2);
-        assert_eq!(delta.listen_drops(), 3);
-        assert_eq!(delta.abort_on_data(), 0);
-        assert_eq!(delta.retransmitted_segments(), 9);
+        assert_eq!(delta.get("TcpExtListenOverflows"), 2);
+        assert_eq!(delta.get("TcpExtListenDrops"), 3);
+        assert_eq!(delta.get("TcpExtTCPAbortOnData"), 0);
+        assert_eq!(delta.get("TcpRetransSegs"), 9);
         assert_eq!(delta.get("TcpCurrEstab"), -2);
         assert_eq!(delta.get("NoSuchCounter"), 0);
         assert_eq!(

@@ -22,11 +22,13 @@ use crate::{
     timefmt,
 };
 
+/// NDJSON, one record a line (`trace --json`).
 pub struct JsonSink {
     out: Output,
 }
 
 impl JsonSink {
+    /// Writes to `out`.
     pub fn new(out: Output) -> JsonSink {
         JsonSink { out }
     }

@@ -37,15 +37,19 @@ pub struct Report {
     pub time: f64,
     /// The namespace given with --netns; `None` for the caller's own.
     pub netns: Option<String>,
+    /// Sockets by state, process, port and peer; listeners; ephemeral ports; the worst connections.
     #[serde(flatten)]
     pub tables: Tables,
     /// With --watch, the change of each state's count since the previous report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub states_delta: Option<StateDelta>,
+    /// /proc/net/sockstat.
     pub sockstat: Sockstat,
+    /// Kernel counters.
     pub counters: CounterView,
 }
 
+/// Per-state change of the socket count (negative: fewer).
 pub type StateDelta = std::collections::BTreeMap<TcpState, i64>;
 
 /// Kernel counters: totals since boot for a single snapshot, the change
@@ -74,6 +78,7 @@ struct Reading {
     states: StateCounts,
 }
 
+/// Runs `tcptrace snapshot`.
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     if let Some(spec) = &args.netns {
         // This thread (the one the command runs on, it spawns no task)

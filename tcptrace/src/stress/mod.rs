@@ -31,13 +31,18 @@ use crate::{
 /// The client modes, as named in reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Open and close connections as fast as possible.
     Churn,
+    /// Open connections and keep them.
     Hold,
+    /// A keep-alive pool with idle gaps.
     Pool,
+    /// A connect-time probe.
     Latency,
 }
 
 impl Mode {
+    /// The mode's name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Churn => "churn",
@@ -57,6 +62,7 @@ impl Mode {
     }
 }
 
+/// Runs `tcptrace stress`.
 pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
     raise_fd_limit();
     match args.mode {
@@ -82,9 +88,13 @@ pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
 /// What every client mode runs with.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// Where to connect.
     pub target: target::Target,
+    /// When the run started.
     pub start: Instant,
+    /// When it must stop (`--duration`).
     pub deadline: Instant,
+    /// How long a connect may take before it counts as ETIMEDOUT.
     pub connect_timeout: Duration,
 }
 

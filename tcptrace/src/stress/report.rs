@@ -33,25 +33,34 @@ pub const IDLE_BUCKETS: usize = IDLE_EDGES_MS.len() + 2;
 /// Uses of pooled connections in one idle bucket.
 #[derive(Debug, Clone, Default)]
 pub struct Uses {
+    /// Uses of a connection that had been idle this long.
     pub uses: u64,
+    /// Failed uses, by failure class.
     pub errors: BTreeMap<Class, u64>,
 }
 
 /// Everything one slot counted.
 #[derive(Debug, Clone)]
 pub struct Tally {
+    /// Connects tried.
     pub attempts: u64,
+    /// Connects that succeeded.
     pub connected: u64,
+    /// Failed connects, by failure class (errno name).
     pub connect_errors: BTreeMap<Class, u64>,
     /// Connect time of the successful connects, in microseconds.
     pub connect_us: Histogram<u64>,
     /// `hold`: connections still open at the end, and why the others died.
     pub held: u64,
+    /// `hold`: held connections that died, by failure class.
     pub lost: BTreeMap<Class, u64>,
     /// `pool`: requests sent and answered, reply time, uses by idle gap.
     pub requests: u64,
+    /// `pool`: requests answered.
     pub replies: u64,
+    /// `pool`: time from request to reply, in microseconds.
     pub reply_us: Histogram<u64>,
+    /// `pool`: uses by how long the connection had been idle, `IDLE_BUCKETS` buckets (fresh first).
     pub by_idle: [Uses; IDLE_BUCKETS],
 }
 
@@ -89,12 +98,14 @@ impl Default for Tally {
 }
 
 impl Tally {
+    /// A connect that succeeded after `elapsed`.
     pub fn connect_ok(&mut self, elapsed: Duration) {
         self.attempts += 1;
         self.connected += 1;
         self.connect_us.saturating_record(micros(elapsed));
     }
 
+    /// A connect that failed with `class`.
     pub fn connect_failed(&mut self, class: Class) {
         self.attempts += 1;
         count(&mut self.connect_errors, class);
@@ -119,6 +130,7 @@ impl Tally {
         }
     }
 
+    /// Adds `other`'s counts and histograms to this one.
     pub fn merge(&mut self, other: &Tally) {
         fn add(into: &mut BTreeMap<Class, u64>, from: &BTreeMap<Class, u64>) {
             for (class, n) in from {
@@ -201,6 +213,7 @@ impl Live {
         f(&mut slot)
     }
 
+    /// The slots merged into one tally.
     pub fn total(&self) -> Tally {
         let mut total = Tally::default();
         for slot in &self.slots {
@@ -285,10 +298,15 @@ fn percentiles_text(p: &Percentiles) -> String {
 /// `pool` only: what happened to the requests.
 #[derive(Debug, Serialize)]
 pub struct Requests {
+    /// Requests sent.
     pub sent: u64,
+    /// Requests answered.
     pub ok: u64,
+    /// Requests that failed.
     pub failed: u64,
+    /// Answered requests per second, one decimal.
     pub rate_per_s: f64,
+    /// Failed requests, by failure class.
     pub errors: BTreeMap<Class, u64>,
     /// Time from sending a request to its reply.
     #[serde(serialize_with = "serialize_micros")]
@@ -298,38 +316,56 @@ pub struct Requests {
     pub by_idle: Vec<IdleUses>,
 }
 
+/// Uses of pooled connections in one idle bucket, as reported.
 #[derive(Debug, Serialize)]
 pub struct IdleUses {
+    /// The bucket: `fresh`, `<10ms`, `100ms..1s`, `>=2m`, ...
     pub idle: String,
+    /// Uses in the bucket.
     pub uses: u64,
+    /// Failed uses in the bucket.
     pub failed: u64,
+    /// Failed uses by failure class.
     pub errors: BTreeMap<Class, u64>,
 }
 
 /// `hold` only: connections still open at the end, and why the others died.
 #[derive(Debug, Serialize)]
 pub struct Held {
+    /// Connections still open at the end.
     pub held: u64,
+    /// Connections that died while held, by failure class.
     pub lost: BTreeMap<Class, u64>,
 }
 
 /// The final report of a client mode.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The client mode: `churn`, `hold`, `pool` or `latency`.
     pub mode: &'static str,
+    /// The target as given (`HOST:PORT`).
     pub target: String,
+    /// The address it resolved to.
     pub address: String,
+    /// Length of the run in seconds (three decimals).
     pub elapsed_s: f64,
+    /// Connects tried.
     pub attempts: u64,
+    /// Connects that succeeded.
     pub connected: u64,
+    /// Connects that failed.
     pub failed: u64,
+    /// Successful connects per second, one decimal.
     pub connect_rate_per_s: f64,
+    /// Failed connects by failure class (errno name).
     pub errors: BTreeMap<Class, u64>,
     /// Connect time of the successful connects, measured by the client.
     #[serde(serialize_with = "serialize_micros")]
     pub connect_us: Option<Percentiles>,
+    /// `hold` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<Held>,
+    /// `pool` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<Requests>,
     /// `--trace`: what the kernel saw on the target's port meanwhile.
@@ -343,6 +379,7 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 }
 
 impl Report {
+    /// The report of a run of `mode` against `target` (resolved to `address`) that lasted `elapsed` and counted `tally`.
     pub fn new(
         mode: Mode,
         target: &str,

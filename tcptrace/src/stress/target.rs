@@ -9,25 +9,41 @@ use std::{
 
 use crate::stress::classify;
 
+/// Why a stress target cannot be used; each names the target.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    /// Not `HOST:PORT`.
     #[error(
         "'{0}' is not a target: give HOST:PORT, e.g. 127.0.0.1:8080, [::1]:80 or lb.internal:443"
     )]
     Syntax(String),
+    /// Port 0.
     #[error("'{0}': port 0 cannot be connected to; give the port the server listens on")]
     PortZero(String),
+    /// The host name does not resolve.
     #[error("'{target}': cannot resolve '{host}': {source}")]
     Dns {
+        /// The target as given.
         target: String,
+        /// The host part.
         host: String,
+        /// The resolver's error.
         source: io::Error,
     },
+    /// The host name resolves to nothing.
     #[error("'{target}': '{host}' resolves to no address")]
-    NoAddress { target: String, host: String },
+    NoAddress {
+        /// The target as given.
+        target: String,
+        /// The host part.
+        host: String,
+    },
+    /// No route to the address.
     #[error("{addr} is unreachable from here ({class}): check the address and the routes")]
     Unreachable {
+        /// The address.
         addr: SocketAddr,
+        /// How connecting failed (ENETUNREACH, EHOSTUNREACH, ...).
         class: classify::Class,
     },
 }
@@ -35,8 +51,11 @@ pub enum TargetError {
 /// A resolved target: what the user wrote and the address used.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// As given.
     pub text: String,
+    /// The host part.
     pub host: String,
+    /// The address it resolved to (the first one).
     pub addr: SocketAddr,
 }
 

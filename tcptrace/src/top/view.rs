@@ -11,25 +11,37 @@ use crate::{
     counts::Counts,
 };
 
+/// One row of a `top` table: a process or a peer, its totals, rates and connect latency.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
     /// `pid 42 (curl)` or `10.0.0.7:443`.
     pub label: String,
+    /// Process rows: the pid (0: no owner known).
     pub pid: Option<u32>,
+    /// Process rows: the command name.
     pub comm: Option<String>,
+    /// Peer rows: the remote endpoint.
     pub peer: Option<String>,
+    /// RSTs sent.
     pub rst_sent: u64,
+    /// RSTs received.
     pub rst_received: u64,
     /// Data, SYN and SYN-ACK retransmits.
     pub retransmits: u64,
+    /// Connects that succeeded.
     pub connects: u64,
+    /// Connects that failed.
     pub connect_failed: u64,
+    /// Connections the kernel gave up on (retransmission timeout, no RST).
     pub timeout_aborts: u64,
     /// Resets + retransmits + failed connects per second since the
     /// previous snapshot.
     pub incidents_per_s: f64,
+    /// RSTs (both ways) per second since the previous snapshot.
     pub resets_per_s: f64,
+    /// Median connect latency, µs.
     pub connect_p50_us: Option<u64>,
+    /// 99th percentile connect latency, µs.
     pub connect_p99_us: Option<u64>,
 }
 
@@ -50,27 +62,37 @@ impl Row {
         }
     }
 
+    /// RSTs sent and received.
     pub fn resets(&self) -> u64 {
         self.rst_sent + self.rst_received
     }
 
+    /// Resets, retransmits, failed connects and timeouts together.
     pub fn incidents(&self) -> u64 {
         self.resets() + self.retransmits + self.connect_failed + self.timeout_aborts
     }
 }
 
+/// What the TUI sorts its tables by (`s` cycles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortKey {
+    /// Incidents per second (the default).
     #[default]
     Incidents,
+    /// RSTs, both ways.
     Resets,
+    /// Retransmits.
     Retransmits,
+    /// Failed connects.
     Failed,
+    /// Successful connects.
     Connects,
+    /// 99th percentile connect latency.
     Latency,
 }
 
 impl SortKey {
+    /// Every key, in the order `s` cycles through.
     pub const ALL: [SortKey; 6] = [
         SortKey::Incidents,
         SortKey::Resets,
@@ -80,6 +102,7 @@ impl SortKey {
         SortKey::Latency,
     ];
 
+    /// How the header names it.
     pub fn name(self) -> &'static str {
         match self {
             SortKey::Incidents => "incidents/s",
@@ -91,11 +114,13 @@ impl SortKey {
         }
     }
 
+    /// The key after this one (wrapping).
     pub fn next(self) -> SortKey {
         let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
         SortKey::ALL[(i + 1) % SortKey::ALL.len()]
     }
 
+    /// Sorts `rows` by this key, heaviest first, then by label.
     pub fn sort(self, rows: &mut [Row]) {
         rows.sort_by(|a, b| {
             let order = match self {

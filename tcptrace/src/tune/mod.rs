@@ -26,38 +26,63 @@ use crate::{
     text_table::write_table,
 };
 
+/// Why `tune` refused or failed; nothing is left half-applied.
 #[derive(Debug, thiserror::Error)]
 pub enum TuneError {
+    /// `--apply`/`--revert` without root.
     #[error("tune --apply and --revert change kernel settings: run them as root")]
     NotRoot,
+    /// A `--set` key `tune` does not manage.
     #[error("unknown key '{0}' (run `tcptrace tune` to list the keys it manages)")]
     UnknownKey(String),
+    /// A `--set` value the key does not accept.
     #[error("{key} = {value}: {reason}")]
     BadValue {
+        /// The key.
         key: String,
+        /// The value given.
         value: String,
+        /// Why it is refused.
         reason: String,
     },
+    /// A key that cannot be written here.
     #[error("{0} is read-only here (a host-wide key seen from a network namespace?)")]
     ReadOnly(String),
+    /// Reading or writing a sysctl failed.
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
+    /// A write failed part way; what was written was undone.
     #[error("{reason}; {}", rollback_note(*undone, not_restored))]
     Applied {
+        /// What failed.
         reason: String,
+        /// Writes rolled back.
         undone: usize,
+        /// Keys that could not be put back.
         not_restored: Vec<String>,
     },
+    /// The drop-in file exists and was not written by `tune`.
     #[error("{}: not written by tcptrace tune; refusing to replace it (choose another --file)", .0.display())]
     NotOurs(PathBuf),
+    /// `--revert` without a drop-in file.
     #[error("nothing to revert: {} does not exist", .0.display())]
     NothingToRevert(PathBuf),
+    /// A drop-in or state file that does not parse.
     #[error("{}: {reason}", path.display())]
-    BadFile { path: PathBuf, reason: String },
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file could not be read, written or removed.
     #[error("cannot {action} {}: {source}", path.display())]
     File {
+        /// `read`, `write`, `remove`, ...
         action: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -83,6 +108,7 @@ fn file_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Tu
     }
 }
 
+/// Runs `tcptrace tune`.
 pub async fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     if let Some(balancer) = args.lb {

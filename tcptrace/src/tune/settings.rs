@@ -19,21 +19,27 @@ pub enum Kind {
     },
     /// One of the words listed by another (read-only) sysctl.
     Choice {
+        /// The sysctl that lists the accepted words.
         listed_by: &'static str,
     },
 }
 
+/// A sysctl `tune` manages: its value kind, a recommendation per profile, and why it matters.
 #[derive(Debug)]
 pub struct Setting {
+    /// The sysctl key.
     pub key: &'static str,
+    /// What values it takes.
     pub kind: Kind,
     /// Recommended value per profile, in [`TuneProfile::ALL`] order;
     /// `None`: no opinion, the current value stays.
     values: [Option<&'static str>; 4],
+    /// Why it matters for resets and timeouts, one sentence.
     pub why: &'static str,
 }
 
 impl Setting {
+    /// The value recommended for `profile`; `None` when the profile has no opinion.
     pub fn recommended(&self, profile: TuneProfile) -> Option<&'static str> {
         let index = TuneProfile::ALL
             .iter()
