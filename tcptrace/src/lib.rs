@@ -15,6 +15,7 @@ pub mod event;
 pub mod kernel;
 pub mod netns;
 pub mod preexisting;
+pub mod safe_file;
 pub mod sink;
 pub mod snapshot;
 pub mod stress;

@@ -3,13 +3,11 @@
 //! silently: ring buffer losses become loss records and summary lines.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, IsTerminal as _, Write},
     process::ExitCode,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use tcptrace_common::kind_mask;
 
 use crate::{
@@ -162,8 +160,9 @@ pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<Trac
 fn open_output(path: Option<&std::path::Path>) -> anyhow::Result<(Output, String)> {
     Ok(match path {
         Some(path) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            // Root writes it, often into /tmp: no links, no one else's
+            // file, mode 0600 (it names processes and peers).
+            let file = crate::safe_file::create(path)?;
             (
                 BufWriter::with_capacity(1 << 16, Box::new(file)),
                 path.display().to_string(),
