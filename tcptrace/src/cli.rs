@@ -120,7 +120,7 @@ pub struct TuneArgs {
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub set: Vec<(String, String)>,
     /// Write the drop-in file and apply the values (all or nothing); the
-    /// values replaced are saved next to it as FILE.before.
+    /// values replaced are saved in --state-dir.
     #[arg(long, conflicts_with_all = ["revert", "lb"])]
     pub apply: bool,
     /// Restore the values saved by --apply and remove the drop-in file.
@@ -129,6 +129,10 @@ pub struct TuneArgs {
     /// The sysctl.d drop-in file --apply writes and --revert removes.
     #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
     pub file: PathBuf,
+    /// Where --apply saves the values it replaces and --revert reads them:
+    /// a directory only root can write (created with mode 0700).
+    #[arg(long, default_value = "/var/lib/tcptrace", value_name = "DIR")]
+    pub state_dir: PathBuf,
     /// Print a load-balancer config consistent with the profile.
     #[arg(long, value_enum, requires = "idle_timeout", conflicts_with = "set")]
     pub lb: Option<LoadBalancer>,
