@@ -33,17 +33,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
             command: CliCommand::Stress(_),
         }) => Ok(words),
         Ok(_) => anyhow::bail!("--during '{text}': not a stress command"),
-        Err(err) => {
-            // clap's message without its usage block, on one line.
-            let message = err.to_string();
-            let message: Vec<&str> = message
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:"))
-                .map(|l| l.trim().trim_start_matches("error: "))
-                .filter(|l| !l.is_empty())
-                .collect();
-            anyhow::bail!("--during '{text}': {}", message.join(" "))
-        }
+        Err(err) => anyhow::bail!("--during '{text}': {}", crate::cli::usage_error(&err)),
     }
 }
 
