@@ -226,6 +226,11 @@ pub struct LoadArgs {
     /// the target's port to the report: connects, retransmits, resets by reason.
     #[arg(long)]
     pub trace: bool,
+    /// Write one byte to this inherited fd once the load has started (the
+    /// target resolved, the tracer attached), then close it: how
+    /// `diagnose --during` tells a load that failed at once from one that ran.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(i32).range(3..))]
+    pub started_fd: Option<i32>,
 }
 
 #[derive(Debug, Args)]
