@@ -199,7 +199,17 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(|e| Error::Kernel(format!("loading the eBPF object failed: {e}")))?;
+            .map_err(|e| match e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                    if name == map::EVENTS =>
+                {
+                    Error::Kernel(format!(
+                        "cannot create the {} KiB ring buffer ({name}): {io_error}; try a smaller --ring-kib",
+                        options.ring_bytes / 1024
+                    ))
+                }
+                e => Error::Kernel(format!("loading the eBPF object failed: {e}")),
+            })?;
         {
             let map = ebpf
                 .map_mut(map::CONFIG)
@@ -237,7 +247,7 @@ impl Tracer {
         let ring = ebpf
             .take_map(map::EVENTS)
             .ok_or_else(|| missing_map(map::EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| map_error(map::EVENTS, e))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| ring_error(options.ring_bytes, e))?;
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so
         // the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -513,6 +523,21 @@ fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT]) -> Vec<Strin
 
 fn missing_map(name: &str) -> Error {
     Error::Kernel(format!("map {name} missing from the eBPF object"))
+}
+
+/// Mapping the ring buffer into our memory fails when the address space
+/// or locked-memory limits are too small for it: name the errno and the
+/// flag that sizes it.
+fn ring_error(ring_bytes: u32, err: aya::maps::MapError) -> Error {
+    let cause = match &err {
+        aya::maps::MapError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
+        other => other.to_string(),
+    };
+    Error::Kernel(format!(
+        "cannot map the {} KiB ring buffer ({}): {cause}; try a smaller --ring-kib",
+        ring_bytes / 1024,
+        map::EVENTS
+    ))
 }
 
 fn map_error(name: &str, err: aya::maps::MapError) -> Error {
