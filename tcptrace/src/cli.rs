@@ -226,11 +226,12 @@ pub struct LoadArgs {
     /// the target's port to the report: connects, retransmits, resets by reason.
     #[arg(long)]
     pub trace: bool,
-    /// Write one byte to this inherited fd once the load has started (the
-    /// target resolved, the tracer attached), then close it: how
-    /// `diagnose --during` tells a load that failed at once from one that ran.
+    /// An inherited socket to the `diagnose --during` that started this
+    /// load: one byte is written to it once the load has started (target
+    /// resolved, tracer attached); when it closes (diagnose died), the
+    /// load ends at once.
     #[arg(long, hide = true, value_parser = clap::value_parser!(i32).range(3..))]
-    pub started_fd: Option<i32>,
+    pub parent_fd: Option<i32>,
 }
 
 #[derive(Debug, Args)]

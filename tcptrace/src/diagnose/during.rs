@@ -11,17 +11,19 @@
 //! spawned the child exits: diagnose runs on a current-thread runtime, so
 //! that is the main thread, which lives as long as the process.
 //!
-//! The load tells us when it has started making load (resolved its target,
-//! attached its tracer) by writing one byte to a pipe (`--started-fd`); a
-//! load that exits before that failed at once, and diagnosing nothing is an
-//! error, not "no problem found".
+//! A Unix socket links the two (`--parent-fd`): the load writes one byte
+//! once it has started making load (resolved its target, attached its
+//! tracer), so a load that exits before that failed at once, and
+//! diagnosing nothing is an error, not "no problem found". And the load
+//! ends as soon as our end closes, which on a SIGKILL happens before the
+//! kernel has torn down our eBPF programs and sends the death signal.
 
 use std::{
     fs::File,
     io::Read as _,
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
-        unix::process::CommandExt as _,
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+        unix::{net::UnixStream, process::CommandExt as _},
     },
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
@@ -53,14 +55,13 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
 /// The load, started; killed if the diagnosis stops first.
 pub struct Load {
     child: Child,
-    /// Read end of the pipe the load writes one byte to once it has
-    /// started; non-blocking.
-    started_pipe: File,
+    /// Our end of the link (see the module doc); non-blocking.
+    link: UnixStream,
     started: bool,
 }
 
 impl Load {
-    /// Starts `tcptrace WORDS... --started-fd N`, inside the namespace at
+    /// Starts `tcptrace WORDS... --parent-fd N`, inside the namespace at
     /// `netns` if any.
     pub fn start(words: &[String], netns: Option<&Path>) -> anyhow::Result<Load> {
         let exe = std::env::current_exe().context("cannot find the tcptrace executable")?;
@@ -68,10 +69,10 @@ impl Load {
             .as_fd()
             .try_clone_to_owned()
             .context("cannot share stderr with the load")?;
-        let (started_pipe, started_fd) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )
-        .context("cannot make a pipe for the load")?;
+        // Both ends close-on-exec; the child clears it on its own end.
+        let (link, their_end) = UnixStream::pair().context("cannot make a socket for the load")?;
+        link.set_nonblocking(true)
+            .context("cannot make a socket for the load")?;
         let ns = netns
             .map(|path| {
                 File::open(path)
@@ -82,8 +83,8 @@ impl Load {
         let mut command = Command::new(exe);
         command
             .args(words)
-            .arg("--started-fd")
-            .arg(started_fd.as_raw_fd().to_string())
+            .arg("--parent-fd")
+            .arg(their_end.as_raw_fd().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stderr))
             // Its own group: `stop` reaches whatever it forks, and a Ctrl-C
@@ -94,7 +95,7 @@ impl Load {
         // async-signal-safe, on fds that stay open in `command`'s closure.
         unsafe {
             command.pre_exec(move || {
-                in_child(parent, &started_fd, ns.as_ref().map(|f| f.as_fd()))
+                in_child(parent, their_end.as_fd(), ns.as_ref().map(|f| f.as_fd()))
             });
         }
         let child = command
@@ -102,7 +103,7 @@ impl Load {
             .context("cannot start the load (tcptrace stress)")?;
         Ok(Load {
             child,
-            started_pipe: File::from(started_pipe),
+            link,
             started: false,
         })
     }
@@ -115,7 +116,7 @@ impl Load {
         // counts.
         if !self.started {
             let mut byte = [0u8; 1];
-            self.started = matches!(self.started_pipe.read(&mut byte), Ok(1));
+            self.started = matches!((&self.link).read(&mut byte), Ok(1));
         }
         match status {
             Some(status) if !self.started => anyhow::bail!(
@@ -148,11 +149,11 @@ impl Drop for Load {
     }
 }
 
-/// Runs in the forked child before exec: die with the parent, keep the
-/// started pipe across exec, enter the namespace.
+/// Runs in the forked child before exec: die with the parent, keep its
+/// end of the link across exec, enter the namespace.
 fn in_child(
     parent: rustix::process::Pid,
-    started_fd: &OwnedFd,
+    link: BorrowedFd<'_>,
     netns: Option<BorrowedFd<'_>>,
 ) -> std::io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
@@ -161,7 +162,7 @@ fn in_child(
     if rustix::process::getppid() != Some(parent) {
         return Err(std::io::Error::from(rustix::io::Errno::SRCH));
     }
-    rustix::io::fcntl_setfd(started_fd, rustix::io::FdFlags::empty())?;
+    rustix::io::fcntl_setfd(link, rustix::io::FdFlags::empty())?;
     if let Some(fd) = netns {
         rustix::thread::move_into_link_name_space(
             fd,

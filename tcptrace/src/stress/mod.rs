@@ -10,6 +10,7 @@ pub mod classify;
 mod connect;
 mod hold;
 mod latency;
+mod parent;
 mod pool;
 pub mod report;
 mod server;
@@ -96,12 +97,13 @@ where
     F: FnOnce(Run) -> Fut,
     Fut: Future<Output = anyhow::Result<report::Tally>>,
 {
+    let parent = load.parent_fd.and_then(parent::adopt);
     let target = target::resolve(&load.target).await?;
     // Attached before the first connect, so the kernel view misses none.
     let port = target.addr.port();
     let watch = load.trace.then(|| traced::Watch::start(port)).transpose()?;
-    if let Some(fd) = load.started_fd {
-        say_started(fd);
+    if let Some(parent) = &parent {
+        parent::say_started(parent);
     }
     let start = Instant::now();
     let run = Run {
@@ -129,20 +131,6 @@ where
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Tells a `diagnose --during` parent that the load is under way: one
-/// byte on the pipe it handed down (`--started-fd`). Anything but a pipe
-/// (a wrong number given by hand) is left alone.
-fn say_started(fd: i32) {
-    // SAFETY: only borrowed for the two calls below; an fd that is not
-    // open makes them fail with EBADF.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let is_pipe = rustix::fs::fstat(fd)
-        .is_ok_and(|s| rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Fifo);
-    if !is_pipe || rustix::io::write(fd, b"1").is_err() {
-        log::debug!("--started-fd: not a pipe we can write to");
-    }
 }
 
 /// Held connections and fast churn need many descriptors: use the hard
