@@ -506,9 +506,10 @@ fn parse_during(text: &str) -> Result<String, String> {
     }
     match Cli::try_parse_from(std::iter::once("tcptrace").chain(words)) {
         Ok(Cli {
-            command: Command::Stress(StressArgs {
-                mode: StressMode::Serve(_),
-            }),
+            command:
+                Command::Stress(StressArgs {
+                    mode: StressMode::Serve(_),
+                }),
         }) => Err("a server is not a load: give churn, hold, pool or latency".into()),
         Ok(_) => Ok(text.to_string()),
         Err(err) => Err(usage_error(&err)),
@@ -727,8 +728,20 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
         for bad in [
-            "0s", "0", "0.0000000001s", "999us", "0.5ms", "10 parsecs", "", "-1s", "1e3", ".", "nan",
-            "inf", "367d", "9999999999h",
+            "0s",
+            "0",
+            "0.0000000001s",
+            "999us",
+            "0.5ms",
+            "10 parsecs",
+            "",
+            "-1s",
+            "1e3",
+            ".",
+            "nan",
+            "inf",
+            "367d",
+            "9999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
@@ -736,7 +749,10 @@ mod tests {
             parse_duration("0.0000000001s").unwrap_err(),
             "'0.0000000001s' is too short: at least 1ms"
         );
-        assert_eq!(parse_fine_duration("500us").unwrap(), Duration::from_micros(500));
+        assert_eq!(
+            parse_fine_duration("500us").unwrap(),
+            Duration::from_micros(500)
+        );
         assert!(parse_fine_duration("0.1us").is_err());
         assert!(parse_idle_timeout("0.0000001s").is_err());
     }
@@ -749,8 +765,16 @@ mod tests {
         assert_eq!(parse_target("lb.internal:443").unwrap().host, "lb.internal");
         assert!(parse_target("127.0.0.1:0").unwrap_err().contains("port 0"));
         for bad in [
-            "127.0.0.1", "::1:80", ":80", "host:http", "host:70000", "[::1:80", "[nope]:80", "",
-            "a b:80", "host:-1",
+            "127.0.0.1",
+            "::1:80",
+            ":80",
+            "host:http",
+            "host:70000",
+            "[::1:80",
+            "[nope]:80",
+            "",
+            "a b:80",
+            "host:-1",
         ] {
             let err = parse_target(bad).unwrap_err();
             assert!(err.contains("is not a target"), "{bad}: {err}");
@@ -815,11 +839,9 @@ mod tests {
                 unit in "(|s|ms|us|m|h|d|µs)",
             ) {
                 let text = format!("{number}{unit}");
-                for parsed in [parse_duration(&text), parse_fine_duration(&text)] {
-                    if let Ok(d) = parsed {
-                        prop_assert!(d >= Duration::from_micros(1));
-                        prop_assert!(d <= Duration::from_secs(366 * 86400));
-                    }
+                for d in [parse_duration(&text), parse_fine_duration(&text)].into_iter().flatten() {
+                    prop_assert!(d >= Duration::from_micros(1));
+                    prop_assert!(d <= Duration::from_secs(366 * 86400));
                 }
                 if let Ok(spread) = parse_spread(&format!("{text}..{text}")) {
                     prop_assert!(spread.min == spread.max);

@@ -538,7 +538,8 @@ mod tests {
     struct Scratch(PathBuf);
     impl Scratch {
         fn new(tag: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("tcptrace-safe-{tag}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("tcptrace-safe-{tag}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
@@ -567,7 +568,10 @@ mod tests {
 
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         let err = create(&path).unwrap_err().to_string();
-        assert!(err.contains("group or others can write to it (mode 0666)"), "{err}");
+        assert!(
+            err.contains("group or others can write to it (mode 0666)"),
+            "{err}"
+        );
         assert_eq!(fs::read_to_string(&path).unwrap(), "2\n", "left as it was");
     }
 
@@ -585,7 +589,10 @@ mod tests {
             write_atomically(&link, b"x"),
             Err(SafeFileError::Symlink(_))
         ));
-        assert!(matches!(read_trusted(&link), Err(SafeFileError::Symlink(_))));
+        assert!(matches!(
+            read_trusted(&link),
+            Err(SafeFileError::Symlink(_))
+        ));
         // A dangling link is refused too, not created through.
         let dangling = dir.0.join("dangling");
         symlink(dir.0.join("nowhere"), &dangling).unwrap();
@@ -603,7 +610,10 @@ mod tests {
     fn not_a_regular_file_is_refused() {
         let dir = Scratch::new("kinds");
         let err = create(&dir.0).unwrap_err().to_string();
-        assert!(err.contains("not a file name") || err.contains("a directory"), "{err}");
+        assert!(
+            err.contains("not a file name") || err.contains("a directory"),
+            "{err}"
+        );
         let sub = dir.0.join("sub");
         fs::create_dir(&sub).unwrap();
         let err = create(&sub).unwrap_err().to_string();

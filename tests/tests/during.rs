@@ -42,7 +42,12 @@ fn children_of(parent: u32) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|stat| {
-                    let after = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string();
+                    let after = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .to_string();
                     after.parse::<u32>().ok()
                 })
                 == Some(parent)
@@ -68,7 +73,14 @@ fn load_dies_with_diagnose(signal: i32, tag: &str) {
     let (_server, port) = server(&ns);
     let load = format!("stress churn 127.0.0.1:{port} --rate 100 --duration 30s");
     let mut cmd = Command::new(tcptrace_bin());
-    cmd.args(["diagnose", "--json", "--netns", ns.name(), "--during", &load]);
+    cmd.args([
+        "diagnose",
+        "--json",
+        "--netns",
+        ns.name(),
+        "--during",
+        &load,
+    ]);
     let (mut diagnose, _stderr, _seen) = spawn_until(&mut cmd, "diagnosing");
     let deadline = Instant::now() + Duration::from_secs(10);
     let load_pid = loop {
@@ -133,7 +145,11 @@ fn diagnose_during_load_that_fails_at_once_is_an_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(out.stdout.is_empty(), "no report: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "no report: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let last = stderr.lines().last().unwrap();
     assert!(
         last.starts_with("tcptrace: the --during load failed before it made any load"),
@@ -144,7 +160,10 @@ fn diagnose_during_load_that_fails_at_once_is_an_error() {
         "the load's own reason: {stderr}"
     );
     assert!(!stderr.contains("panicked"));
-    assert!(t0.elapsed() < Duration::from_secs(15), "at once, not after 20 s");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "at once, not after 20 s"
+    );
 
     // Refused connects are load, and worth a diagnosis.
     let out = Command::new(tcptrace_bin())

@@ -98,7 +98,11 @@ fn stress_failure(netns: &Netns, args: &[&str], code: i32) -> String {
         .output()
         .expect("run tcptrace");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "{args:?} should fail: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?} should fail: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "no report on a setup error");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
@@ -445,15 +449,28 @@ fn stress_churn_interrupted_prints_the_report_so_far() {
         "stopped within the connect timeout"
     );
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("SIGINT: stopping"), "{stderr}");
     let report: Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("no report ({e}): {out} {stderr}"));
     let connected = report["connected"].as_u64().unwrap();
-    assert!((100..=600).contains(&connected), "about 1.5 s at 200/s: {report}");
+    assert!(
+        (100..=600).contains(&connected),
+        "about 1.5 s at 200/s: {report}"
+    );
     assert_eq!(report["attempts"], report["connected"], "{report}");
     assert_eq!(server.stop()["accepted"], connected);
 }

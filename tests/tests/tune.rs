@@ -353,7 +353,14 @@ fn tune_concurrent_applies_keep_the_originals() {
     let revert = || {
         success(&tcptrace_in(
             &ns,
-            &["tune", "--revert", "--file", drop_in, "--state-dir", state_arg],
+            &[
+                "tune",
+                "--revert",
+                "--file",
+                drop_in,
+                "--state-dir",
+                state_arg,
+            ],
         ))
     };
     let spawn = |profile: &str| {
@@ -380,18 +387,30 @@ fn tune_concurrent_applies_keep_the_originals() {
         first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none(),
         "both wait for the lock"
     );
-    assert_eq!(values_in(&ns), before, "nothing applied while the lock is held");
+    assert_eq!(
+        values_in(&ns),
+        before,
+        "nothing applied while the lock is held"
+    );
     drop(gate);
     wait(first);
     wait(second);
     assert_ne!(values_in(&ns), before);
     revert();
-    assert_eq!(values_in(&ns), before, "the originals, not the first run's values");
+    assert_eq!(
+        values_in(&ns),
+        before,
+        "the originals, not the first run's values"
+    );
 
     // Then started together, no gate, a few times.
     for round in 0..3 {
         let first = spawn("high-churn-client");
-        let second = spawn(if round % 2 == 0 { "proxy" } else { "lb-backend" });
+        let second = spawn(if round % 2 == 0 {
+            "proxy"
+        } else {
+            "lb-backend"
+        });
         wait(first);
         wait(second);
         revert();
@@ -402,8 +421,14 @@ fn tune_concurrent_applies_keep_the_originals() {
     let gate = hold_lock(&state_dir.join("tune.lock"));
     let t0 = std::time::Instant::now();
     let error = failure(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
-    assert!(error.contains("another tcptrace run has held this lock for"), "{error}");
-    assert!(t0.elapsed() < std::time::Duration::from_secs(8), "bounded wait");
+    assert!(
+        error.contains("another tcptrace run has held this lock for"),
+        "{error}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "bounded wait"
+    );
     drop(gate);
     assert_eq!(values_in(&ns), before);
     assert!(!Path::new(drop_in).exists());
@@ -424,7 +449,14 @@ fn tune_killed_applies_leave_no_temp_files() {
     let revert = || {
         success(&tcptrace_in(
             &ns,
-            &["tune", "--revert", "--file", drop_in, "--state-dir", state_arg],
+            &[
+                "tune",
+                "--revert",
+                "--file",
+                drop_in,
+                "--state-dir",
+                state_arg,
+            ],
         ))
     };
     let out = success(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));

@@ -44,7 +44,11 @@ fn shared_dir(tag: &str) -> ScratchDir {
 }
 
 fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
 }
 
 fn s(path: &Path) -> &str {
@@ -89,7 +93,10 @@ fn unprivileged_plants_under_trace_output_are_refused() {
     let dir_link = shared.path().join("d");
     as_nobody("ln", &["-s", s(private.path()), s(&dir_link)]);
     let error = trace_to(&dir_link.join("victim"));
-    assert!(error.contains("a symbolic link owned by uid 65534"), "{error}");
+    assert!(
+        error.contains("a symbolic link owned by uid 65534"),
+        "{error}"
+    );
     // nobody's own file: theirs to read, so not for pids and peers.
     let theirs = shared.path().join("theirs.ndjson");
     as_nobody("sh", &["-c", &format!("echo mine > {}", s(&theirs))]);
@@ -163,7 +170,11 @@ fn unprivileged_plants_under_tune_are_refused() {
     );
     as_nobody(
         "sh",
-        &["-c", &format!("printf '%s' \"$0\" > {}", s(&saved)), &planted],
+        &[
+            "-c",
+            &format!("printf '%s' \"$0\" > {}", s(&saved)),
+            &planted,
+        ],
     );
     assert_eq!(std::fs::metadata(&saved).unwrap().uid(), NOBODY);
     let error = refused(&["--revert"], state_dir);
@@ -175,7 +186,11 @@ fn unprivileged_plants_under_tune_are_refused() {
 
     // A link to a state file of root's.
     let elsewhere = private.path().join("saved");
-    std::fs::write(&elsewhere, "# Written by tcptrace tune.\nnet.ipv4.tcp_fin_timeout = 7\n").unwrap();
+    std::fs::write(
+        &elsewhere,
+        "# Written by tcptrace tune.\nnet.ipv4.tcp_fin_timeout = 7\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o600)).unwrap();
     as_nobody("ln", &["-s", s(&elsewhere), s(&saved)]);
     let error = refused(&["--revert"], state_dir);
@@ -190,7 +205,10 @@ fn unprivileged_plants_under_tune_are_refused() {
     // root's and private, but with a key tune does not manage.
     std::fs::set_permissions(&saved, std::fs::Permissions::from_mode(0o600)).unwrap();
     let error = refused(&["--revert"], state_dir);
-    assert!(error.contains("kernel.core_pattern is not a key tune manages"), "{error}");
+    assert!(
+        error.contains("kernel.core_pattern is not a key tune manages"),
+        "{error}"
+    );
     std::fs::remove_file(&saved).unwrap();
 
     // A state directory of nobody's.
@@ -208,7 +226,10 @@ fn unprivileged_plants_under_tune_are_refused() {
     std::fs::remove_file(&drop_in).unwrap();
     as_nobody(
         "sh",
-        &["-c", &format!("echo '# Written by tcptrace tune.' > {}", s(&drop_in))],
+        &[
+            "-c",
+            &format!("echo '# Written by tcptrace tune.' > {}", s(&drop_in)),
+        ],
     );
     let error = refused(&apply, &private_state);
     assert!(error.contains("owned by uid 65534"), "{error}");
@@ -240,11 +261,25 @@ fn unprivileged_users_cannot_read_outputs_at_umask_000() {
             .unwrap();
         success(&out)
     };
-    with_umask_000(&["trace", "--json", "--output", s(&output), "--duration", "1s"]);
+    with_umask_000(&[
+        "trace",
+        "--json",
+        "--output",
+        s(&output),
+        "--duration",
+        "1s",
+    ]);
     assert_eq!(mode(&output), 0o600);
     // An existing file of root's with a looser mode is tightened.
     std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644)).unwrap();
-    with_umask_000(&["trace", "--json", "--output", s(&output), "--duration", "1s"]);
+    with_umask_000(&[
+        "trace",
+        "--json",
+        "--output",
+        s(&output),
+        "--duration",
+        "1s",
+    ]);
     assert_eq!(mode(&output), 0o600);
     let read = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])

@@ -119,7 +119,10 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
 /// anything else tune does not manage.
 pub fn parse_state(text: &str) -> Result<Vec<(String, String)>, String> {
     let entries = parse(text)?;
-    if let Some((key, _)) = entries.iter().find(|(key, _)| settings::find(key).is_none()) {
+    if let Some((key, _)) = entries
+        .iter()
+        .find(|(key, _)| settings::find(key).is_none())
+    {
         return Err(format!(
             "{key} is not a key tune manages; refusing the whole file"
         ));
@@ -199,7 +202,10 @@ mod tests {
             "{MARKER}\nnet.ipv4.tcp_fin_timeout = 60\nkernel.core_pattern = |/tmp/x\n"
         ))
         .unwrap_err();
-        assert!(err.starts_with("kernel.core_pattern is not a key tune manages"), "{err}");
+        assert!(
+            err.starts_with("kernel.core_pattern is not a key tune manages"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -209,7 +215,10 @@ mod tests {
         let by_rel = Tuning::locate(Path::new("/etc/./sysctl.d/90-tcptrace.conf"), state).unwrap();
         assert_eq!(by_abs.state, by_rel.state);
         let name = by_abs.state.file_name().unwrap().to_str().unwrap();
-        assert!(name.starts_with("tune-90-tcptrace.conf-") && name.ends_with(".before"), "{name}");
+        assert!(
+            name.starts_with("tune-90-tcptrace.conf-") && name.ends_with(".before"),
+            "{name}"
+        );
         let other = Tuning::locate(Path::new("/tmp/90-tcptrace.conf"), state).unwrap();
         assert_ne!(other.state, by_abs.state);
         assert_eq!(by_abs.lock, state.join("tune.lock"));

@@ -223,8 +223,8 @@ pub fn apply(kernel: &mut impl SysctlBackend, plan: &Plan, at: &Tuning) -> Resul
 /// The saved values are used only from a file of ours (see
 /// [`safe_file::read_trusted`]) that lists keys of tune's catalogue.
 pub fn revert(kernel: &mut impl SysctlBackend, at: &Tuning) -> Result<usize, TuneError> {
-    let text = files::read_ours(&at.state)?
-        .ok_or_else(|| TuneError::NothingToRevert(at.state.clone()))?;
+    let text =
+        files::read_ours(&at.state)?.ok_or_else(|| TuneError::NothingToRevert(at.state.clone()))?;
     let saved = files::parse_state(&text).map_err(|reason| TuneError::BadFile {
         path: at.state.clone(),
         reason,
@@ -361,7 +361,11 @@ mod tests {
         let at = tuning(&dir);
         let drop_in = at.drop_in.clone();
         fs::write(&drop_in, "net.core.somaxconn = 1\n").unwrap();
-        fs::set_permissions(&drop_in, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        fs::set_permissions(
+            &drop_in,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let mut kernel = FakeSysctl::stock();
         let plan = plan(&kernel, TuneProfile::Proxy, None, &[]).unwrap();
         assert!(matches!(
@@ -398,10 +402,17 @@ mod tests {
         assert!(err.contains("group or others can write to it"), "{err}");
 
         // Ours, but with a key tune does not manage.
-        fs::write(&at.state, format!("{planted}kernel.core_pattern = |/tmp/x %p\n")).unwrap();
+        fs::write(
+            &at.state,
+            format!("{planted}kernel.core_pattern = |/tmp/x %p\n"),
+        )
+        .unwrap();
         fs::set_permissions(&at.state, fs::Permissions::from_mode(0o600)).unwrap();
         let (err, _) = refused(&mut kernel);
-        assert!(err.contains("kernel.core_pattern is not a key tune manages"), "{err}");
+        assert!(
+            err.contains("kernel.core_pattern is not a key tune manages"),
+            "{err}"
+        );
 
         // A link to a file of ours.
         fs::remove_file(&at.state).unwrap();
