@@ -826,6 +826,8 @@ mod tests {
                 let _ = parse_spread(&text);
                 let _ = parse_target(&text);
                 let _ = parse_listen(&text);
+                let _ = parse_during(&text);
+                let _ = parse_during(&format!("stress {text}"));
                 let _ = parse_key_value(&text);
                 let _ = parse_http_path(&text);
                 let _ = parse_comm(&text);
