@@ -94,10 +94,18 @@ type Result<T, E = SafeFileError> = std::result::Result<T, E>;
 
 /// Creates `path` for writing a stream (trace output): a new file with
 /// mode 0600, or, if one is there already, our own file emptied (and its
-/// mode set to 0600). A symbolic link, a device, a FIFO or a file another
-/// user owns or could write is refused and left as it is.
+/// mode set to 0600). A symbolic link, a FIFO, a block device or a file
+/// another user owns or could write is refused and left as it is.
+///
+/// A character device of root's with one name (`/dev/null`, `/dev/full`,
+/// a terminal) is written as it is: no one else can make one (mknod needs
+/// CAP_MKNOD, and a hard link cannot cross into /dev's file system), so
+/// it is there because the user named it.
 pub fn create(path: &Path) -> Result<File> {
     let (dir, name) = open_parent(path)?;
+    if let Some(device) = system_char_device(&dir, &name, path)? {
+        return Ok(device);
+    }
     let created = rustix::fs::openat(
         &dir,
         &name,
@@ -117,6 +125,36 @@ pub fn create(path: &Path) -> Result<File> {
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
         .map_err(SafeFileError::io("set the mode of", path))?;
     Ok(File::from(fd))
+}
+
+/// `path`, opened for writing, if it is a character device owned by root
+/// with one name; `None` if it is anything else (or nothing).
+fn system_char_device(dir: &OwnedFd, name: &OsStr, path: &Path) -> Result<Option<File>> {
+    let is_device = |stat: &Stat| {
+        FileType::from_raw_mode(stat.st_mode) == FileType::CharacterDevice
+            && stat.st_uid == 0
+            && stat.st_nlink == 1
+    };
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if is_device(&stat) => {}
+        _ => return Ok(None),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| refusal(dir, name, path, errno, "open"))?;
+    // Checked again on what was opened: the name may have changed since.
+    let stat = rustix::fs::fstat(&fd).map_err(SafeFileError::io("inspect", path))?;
+    if !is_device(&stat) {
+        return Err(SafeFileError::NotRegular {
+            path: path.to_path_buf(),
+            kind: "no longer the device it was",
+        });
+    }
+    Ok(Some(File::from(fd)))
 }
 
 /// Reads a file only if it is ours (see [`check_ours`]); `None` if it
@@ -629,7 +667,16 @@ mod tests {
         .unwrap();
         let err = create(&fifo).unwrap_err().to_string();
         assert!(err.contains("is a FIFO"), "{err}");
-        let err = create(Path::new("/dev/null")).unwrap_err().to_string();
+        // A device of root's that the user named is written as it is.
+        create(Path::new("/dev/null"))
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(mode(Path::new("/dev/null")), 0o666, "left as it was");
+        // Anything else that is not a file is refused.
+        let err = read_trusted(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("character device"), "{err}");
     }
 
