@@ -95,11 +95,7 @@ const CASES: &[Case] = &[
         ERROR,
         "is a directory, not a regular file",
     ),
-    (
-        &["trace", "--output", "/dev/null"],
-        ERROR,
-        "character device",
-    ),
+    (&["trace", "--output", ""], ERROR, "not a file name"),
     (
         &["trace", "--output", "/proc/self/fd/1"],
         ERROR,
