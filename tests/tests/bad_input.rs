@@ -95,7 +95,11 @@ const CASES: &[Case] = &[
         ERROR,
         "is a directory, not a regular file",
     ),
-    (&["trace", "--output", ""], ERROR, "not a file name"),
+    (
+        &["trace", "--output", ""],
+        USAGE,
+        "a value is required for '--output",
+    ),
     (
         &["trace", "--output", "/proc/self/fd/1"],
         ERROR,
