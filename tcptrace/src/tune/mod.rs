@@ -443,6 +443,16 @@ mod tests {
     }
 
     #[test]
+    fn the_default_state_dir_is_the_documented_one() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["tcptrace", "tune"]).unwrap();
+        let crate::cli::Command::Tune(args) = cli.command else {
+            panic!("tune parses as tune");
+        };
+        assert_eq!(args.state_dir, std::path::Path::new(STATE_DIR));
+    }
+
+    #[test]
     fn rollback_messages() {
         assert_eq!(rollback_note(0, &[]), "nothing was applied");
         assert_eq!(
