@@ -146,10 +146,13 @@ fn json_snapshots_without_a_terminal() {
         .args(["top", "--json", "--interval", "500ms", "--duration", "3s"])
         .args(["--netns", ns.name()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tcptrace top");
-    thread::sleep(Duration::from_millis(1500));
+    // Attached once it says so (a debug build parses BTF for seconds on a
+    // busy machine): a fixed sleep raced with that.
+    let (_stderr, _) =
+        tests::trace::wait_for_stderr(child.stderr.take().unwrap(), "Ctrl-C to stop");
     ns.run(|| {
         for _ in 0..3 {
             let _ = TcpStream::connect("127.0.0.1:9");
