@@ -26,6 +26,18 @@ pub enum Error {
     /// The embedded eBPF object did not load (maps created, BTF relocated).
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
+    /// The ring buffer could not be created or mapped: the address-space
+    /// or locked-memory limits are too small for its size.
+    #[error("cannot {step} the {kib} KiB ring buffer; try a smaller --ring-kib")]
+    RingBuffer {
+        /// `create` (the map) or `map` (into our memory).
+        step: &'static str,
+        /// The size asked for (`--ring-kib`).
+        kib: u32,
+        /// What the kernel said (the errno).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The eBPF object lacks a map this binary expects (a build mismatch).
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),

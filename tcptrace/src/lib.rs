@@ -12,7 +12,7 @@
 //!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`;
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
-//!   `timefmt`, `text_table`, `error`.
+//!   `timefmt`, `text_table`, `error`, `safe_file` (every file we write).
 
 #![warn(missing_docs)]
 
@@ -27,6 +27,7 @@ pub mod event;
 pub mod filter_args;
 pub mod host;
 pub mod kernel;
+pub mod safe_file;
 pub mod session;
 pub mod sink;
 pub mod snapshot;

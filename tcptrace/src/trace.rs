@@ -4,13 +4,11 @@
 //! summary lines.
 
 use std::{
-    fs::File,
     io::{self, BufWriter, IsTerminal as _, Write},
     process::ExitCode,
     time::Duration,
 };
 
-use anyhow::Context as _;
 
 use crate::{
     cli::TraceArgs,
@@ -131,8 +129,9 @@ fn write_batch(
 fn open_output(path: Option<&std::path::Path>) -> anyhow::Result<(Output, String)> {
     Ok(match path {
         Some(path) => {
-            let file =
-                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            // Root writes it, often into /tmp: no links, no one else's
+            // file, mode 0600 (it names processes and peers).
+            let file = crate::safe_file::create(path)?;
             (
                 BufWriter::with_capacity(1 << 16, Box::new(file)),
                 path.display().to_string(),

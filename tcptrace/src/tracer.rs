@@ -174,7 +174,18 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+            .map_err(|e| match e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                    if name == map::EVENTS =>
+                {
+                    Error::RingBuffer {
+                        step: "create",
+                        kib: options.ring_bytes / 1024,
+                        source: Box::new(io_error),
+                    }
+                }
+                e => Error::Load(Box::new(e)),
+            })?;
         {
             let map = ebpf
                 .map_mut(map::CONFIG)
@@ -212,7 +223,11 @@ impl Tracer {
         let ring = ebpf
             .take_map(map::EVENTS)
             .ok_or(Error::MissingMap(map::EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| map_error(map::EVENTS, e))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| Error::RingBuffer {
+            step: "map",
+            kib: options.ring_bytes / 1024,
+            source: Box::new(e),
+        })?;
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so
         // the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }

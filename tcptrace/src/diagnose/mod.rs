@@ -79,7 +79,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             // Before the events: a storm keeps the ring always ready and
             // must not hide the end of the `--during` load.
             _ = load_tick.tick(), if load.is_some() => {
-                if let Some(status) = load.as_mut().and_then(during::Load::ended) {
+                if let Some(status) = load.as_mut().map(during::Load::ended).transpose()?.flatten() {
                     log::debug!("the load ended: {status}");
                     if args.duration.is_none() {
                         break;

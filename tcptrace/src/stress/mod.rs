@@ -10,6 +10,7 @@ pub mod classify;
 mod connect;
 mod hold;
 mod latency;
+mod parent;
 mod pool;
 pub mod report;
 mod server;
@@ -106,10 +107,14 @@ where
     F: FnOnce(Run) -> Fut,
     Fut: Future<Output = anyhow::Result<report::Tally>>,
 {
+    let parent = load.parent_fd.and_then(parent::adopt);
     let target = target::resolve(&load.target).await?;
     // Attached before the first connect, so the kernel view misses none.
     let port = target.addr.port();
     let watch = load.trace.then(|| traced::Watch::start(port)).transpose()?;
+    if let Some(parent) = &parent {
+        parent::say_started(parent);
+    }
     let start = Instant::now();
     let run = Run {
         deadline: start + load.duration.unwrap_or(mode.default_duration()),

@@ -100,12 +100,7 @@ struct ServeReport {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let addr: SocketAddr = args.listen.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "'{}' is not a listen address: give IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080",
-            args.listen
-        )
-    })?;
+    let addr = args.listen;
     let listener =
         listen(addr, args.backlog).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
