@@ -12,6 +12,7 @@ pub mod diagnose;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod host;
 pub mod kernel;
 pub mod netns;
 pub mod preexisting;

@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
 
+use crate::host::{conntrack::ConntrackChange, global::HostGlobal};
+
 /// Sysctls the rules read and the report shows.
 pub const SYSCTLS: [&str; 13] = [
     "net.core.somaxconn",
@@ -32,6 +34,13 @@ pub struct HostFacts {
     pub sysctls: BTreeMap<String, String>,
     pub sockets_start: Option<SocketFacts>,
     pub sockets_end: Option<SocketFacts>,
+    /// The namespace's conntrack at the start and the end; `None` when a
+    /// reading failed.
+    pub conntrack: Option<ConntrackChange>,
+    /// Host-wide TCP limits and usage (initial namespace) at the start
+    /// and the end.
+    pub host_global_start: Option<HostGlobal>,
+    pub host_global_end: Option<HostGlobal>,
 }
 
 impl HostFacts {

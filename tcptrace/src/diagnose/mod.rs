@@ -30,6 +30,7 @@ use crate::{
     cli::DiagnoseArgs,
     enrich::Cgroups,
     event::TcpEvent,
+    host::conntrack::ConntrackChange,
     trace::{stop_signal, tracer_options},
     tracer::{Tracer, TracerOptions},
 };
@@ -114,6 +115,12 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         sysctls: before.sysctls.clone(),
         sockets_start: before.sockets,
         sockets_end: after.sockets,
+        conntrack: before
+            .conntrack
+            .zip(after.conntrack)
+            .map(|(start, end)| ConntrackChange::new(start, end)),
+        host_global_start: before.host_global,
+        host_global_end: after.host_global,
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,

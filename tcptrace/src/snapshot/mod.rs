@@ -28,6 +28,7 @@ pub use self::{
 use crate::{
     cli::SnapshotArgs,
     counters::{Counters, KEY_COUNTERS},
+    host::{conntrack::Conntrack, global::HostGlobal},
     netns,
     sysctl::{ProcSys, SysctlBackend as _},
 };
@@ -46,6 +47,10 @@ pub struct Report {
     pub states_delta: Option<StateDelta>,
     pub sockstat: Sockstat,
     pub counters: CounterView,
+    /// The namespace's conntrack (`{"loaded": false}` without the module).
+    pub conntrack: Conntrack,
+    /// Host-wide TCP limits and usage, read in the initial namespace.
+    pub host_global: HostGlobal,
 }
 
 pub type StateDelta = std::collections::BTreeMap<TcpState, i64>;
@@ -142,6 +147,8 @@ fn take(
     let at = Instant::now();
     let tables = read_tables(options)?;
     let sockstat = sockstat::read_from(proc_net).context("cannot read /proc/net/sockstat")?;
+    let conntrack = Conntrack::read().context("cannot read conntrack")?;
+    let host_global = HostGlobal::read().context("cannot read the host-wide TCP figures")?;
 
     let counter_view = match previous {
         Some(before) => view(
@@ -175,6 +182,8 @@ fn take(
         states_delta,
         sockstat,
         counters: counter_view,
+        conntrack,
+        host_global,
     };
     Ok((report, reading))
 }
