@@ -142,7 +142,7 @@ fn fetch_kernel(work: &Path, series: &str, flavor: &str) -> Result<Kernel> {
         let download = work.join("download");
         let deb = download_deb(&package, &download).map_err(|err| {
             anyhow::anyhow!(
-                "could not download {package} from the package mirror, twice ({err:#}): \
+                "could not download {package} from the package mirror, tried twice ({err:#}): \
                  a download problem, not a failure of kernel {series}"
             )
         })?;
@@ -175,11 +175,21 @@ fn download_deb(package: &str, dir: &Path) -> Result<PathBuf> {
     let attempt = || -> Result<PathBuf> {
         let _ = fs::remove_dir_all(dir);
         fs::create_dir_all(dir)?;
-        output(
-            Command::new("apt-get")
-                .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
-                .current_dir(dir),
-        )?;
+        let out = Command::new("apt-get")
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run apt-get download")?;
+        if !out.status.success() {
+            // apt's own reason, e.g. `E: Failed to fetch URL  Could not connect ...`.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let reason = stderr
+                .lines()
+                .find(|l| l.starts_with("E:"))
+                .unwrap_or(stderr.trim());
+            bail!("apt-get download: {reason}");
+        }
         find_prefixed(dir, package)
             .with_context(|| format!("apt-get download left no {package} .deb"))
     };
@@ -497,8 +507,13 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Resu
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
-                if line.starts_with(MARK) {
-                    eprintln!("xtask: vm: {}", line.trim_start_matches(MARK).trim());
+                // Progress a reader can follow; the section markers are
+                // for `check` only.
+                let mark = line.strip_prefix(MARK).map(str::trim);
+                if let Some(mark) =
+                    mark.filter(|m| !m.starts_with("begin ") && !m.starts_with("end "))
+                {
+                    eprintln!("xtask: vm: {mark}");
                 }
                 writeln!(file, "{line}")?;
                 console.push_str(&line);
