@@ -6,8 +6,11 @@
 //! only, so inside any other one they do not exist. The TCP `orphan`,
 //! `alloc` and `mem` figures of /proc/net/sockstat are host-wide counters
 //! too (only `inuse` and `tw` are per namespace). When the reader sits in
-//! another namespace (`--netns`), a helper thread enters pid 1's namespace
-//! to read them, so the rest of the process stays where it was.
+//! another namespace (`--netns`), a helper thread enters the initial
+//! namespace to read them, so the rest of the process stays where it was.
+//! The initial namespace is pid 1's or, where pid 1 is out of reach (an
+//! init holding capabilities we lack makes its /proc/1/ns refuse even
+//! root), kthreadd's: kernel threads always live in it.
 
 use std::{
     fmt, fs,
@@ -18,9 +21,6 @@ use std::{
 
 use serde::Serialize;
 
-/// The initial namespace as seen through the first process.
-const INIT_NETNS: &str = "/proc/1/ns/net";
-
 #[derive(Debug, thiserror::Error)]
 pub enum GlobalError {
     #[error("cannot read {path}: {source}")]
@@ -29,7 +29,7 @@ pub enum GlobalError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot enter the initial network namespace ({INIT_NETNS}): {0}")]
+    #[error("cannot enter the initial network namespace: {0}")]
     Enter(#[source] io::Error),
 }
 
@@ -68,21 +68,22 @@ impl HostGlobal {
     /// Reads the initial namespace's values, from whichever namespace the
     /// calling thread is in.
     pub fn read() -> Result<HostGlobal, GlobalError> {
-        let here = Path::new("/proc/thread-self/ns/net");
-        let same = match (fs::metadata(here), fs::metadata(INIT_NETNS)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            // Not root: pid 1's namespace is out of sight, and so is
+        let here = fs::metadata("/proc/thread-self/ns/net");
+        let init = init_netns();
+        let elsewhere = match (&here, &init) {
+            (Ok(here), Some((_, init))) => here.dev() != init.dev() || here.ino() != init.ino(),
+            // Not root: the initial namespace is out of sight, and so is
             // entering it. Read here: sockstat's figures are host-wide in
             // every namespace; the sysctls exist only if here is the
             // initial namespace.
-            _ => true,
+            _ => false,
         };
-        if same {
+        let Some((init_path, _)) = init.filter(|_| elsewhere) else {
             return Self::read_here();
-        }
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
-                enter(Path::new(INIT_NETNS))?;
+                enter(&init_path)?;
                 Self::read_here()
             })
             .join()
@@ -179,6 +180,36 @@ fn read_optional(path: &Path) -> Result<Option<String>, GlobalError> {
     }
 }
 
+/// A path to the initial network namespace and its metadata: pid 1's,
+/// else kthreadd's, if we may look.
+fn init_netns() -> Option<(PathBuf, fs::Metadata)> {
+    let pid1 = Path::new("/proc/1/ns/net");
+    if let Ok(meta) = fs::metadata(pid1) {
+        return Some((pid1.to_path_buf(), meta));
+    }
+    let kthreadd = Path::new("/proc/2/ns/net");
+    if !is_kthreadd(Path::new("/proc/2/status")) {
+        return None;
+    }
+    let meta = fs::metadata(kthreadd).ok()?;
+    Some((kthreadd.to_path_buf(), meta))
+}
+
+/// Whether a /proc/PID/status describes kthreadd (in a container's pid
+/// namespace, pid 2 is an ordinary process).
+fn is_kthreadd(status: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(status) else {
+        return false;
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    field("PPid:") == Some("0")
+        && (field("Kthread:") == Some("1") || field("Name:") == Some("kthreadd"))
+}
+
 /// Moves the calling thread (only it) into the network namespace at `path`.
 fn enter(path: &Path) -> Result<(), GlobalError> {
     let file = fs::File::open(path).map_err(GlobalError::Enter)?;
@@ -247,11 +278,17 @@ mod tests {
         assert!(global.tcp_mem_pages.is_some(), "{global:?}");
         // The test runs in the initial namespace, or as root: either way
         // the sysctls are found.
-        if fs::metadata(INIT_NETNS).is_ok() {
+        if init_netns().is_some() {
             assert!(
                 global.tcp_mem.is_some() && global.tcp_max_orphans.is_some(),
                 "{global:?}"
             );
         }
+    }
+
+    #[test]
+    fn kthreadd_is_recognised() {
+        assert!(is_kthreadd(Path::new("/proc/2/status")) || !Path::new("/proc/2").exists());
+        assert!(!is_kthreadd(Path::new("/proc/self/status")));
     }
 }
