@@ -14,7 +14,16 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tcptrace_build::{EbpfBuild, OBJECT_ENV, OBJECT_NAME, Progress, TOOLCHAIN_ENV};
 
-fn main() -> Result<()> {
+fn main() {
+    // Not `main() -> Result`: that prints a backtrace under RUST_BACKTRACE,
+    // burying the compiler's message in the build script's stderr.
+    if let Err(err) = run() {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     for var in [
         OBJECT_ENV,
         TOOLCHAIN_ENV,
