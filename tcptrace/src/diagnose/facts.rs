@@ -9,7 +9,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::host::sock_diag::{TcpSocket, TcpState};
+use crate::host::{
+    conntrack::ConntrackChange,
+    global::HostGlobal,
+    sock_diag::{TcpSocket, TcpState},
+};
 
 /// Sysctls the rules read and the report shows.
 pub const SYSCTLS: [&str; 13] = [
@@ -40,6 +44,14 @@ pub struct HostFacts {
     pub sockets_start: Option<SocketFacts>,
     /// The socket table when it ended.
     pub sockets_end: Option<SocketFacts>,
+    /// The namespace's conntrack at the start and the end; `None` when a
+    /// reading failed.
+    pub conntrack: Option<ConntrackChange>,
+    /// Host-wide TCP limits and usage (initial namespace) at the start
+    /// and the end.
+    pub host_global_start: Option<HostGlobal>,
+    /// The same at the end.
+    pub host_global_end: Option<HostGlobal>,
 }
 
 impl HostFacts {

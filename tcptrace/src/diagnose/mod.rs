@@ -29,7 +29,7 @@ use crate::{
     cli::DiagnoseArgs,
     event::TcpEvent,
     filter_args::session_options,
-    host::{cgroups::Cgroups, reading},
+    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading},
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };
@@ -109,6 +109,12 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         sysctls: before.sysctls.clone(),
         sockets_start: before.sockets.as_deref().map(SocketFacts::of),
         sockets_end: after.sockets.as_deref().map(SocketFacts::of),
+        conntrack: before
+            .conntrack
+            .zip(after.conntrack)
+            .map(|(start, end)| ConntrackChange::new(start, end)),
+        host_global_start: before.host_global,
+        host_global_end: after.host_global,
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,

@@ -86,6 +86,11 @@ impl Report {
             "sysctls": self.host.sysctls,
             "sockets_start": self.host.sockets_start,
             "sockets_end": self.host.sockets_end,
+            "conntrack": self.host.conntrack,
+            "host_global": {
+                "start": self.host.host_global_start,
+                "end": self.host.host_global_end,
+            },
             "processes": processes_json(agg),
             "missing": self.missing,
             "load": self.load,
@@ -191,6 +196,12 @@ impl Report {
                 "",
                 "  ",
             )?;
+        }
+        if let Some(conntrack) = &self.host.conntrack {
+            wrap(out, &conntrack.to_string(), "", "  ")?;
+        }
+        if let Some(global) = self.host.host_global_end.as_ref() {
+            wrap(out, &global.to_string(), "", "  ")?;
         }
         for m in &self.missing {
             wrap(out, &format!("not traced on this kernel: {m}"), "", "  ")?;

@@ -1,8 +1,9 @@
-//! Kernel TCP counters from `/proc/net/netstat` and `/proc/net/snmp`, and
+//! Kernel counters from `/proc/net/netstat`, `/proc/net/snmp` and `snmp6`, and
 //! their change over an interval.
 //!
-//! Both files hold pairs of lines, a header and its values, under a
-//! prefix (`TcpExt:`, `Tcp:`, `Ip:`, ...). Every counter is kept, named the
+//! `netstat` and `snmp` hold pairs of lines, a header and its values, under
+//! a prefix (`TcpExt:`, `Tcp:`, `Ip:`, ...); `snmp6` one counter per line
+//! (see [`crate::host::icmp`]). Every counter is kept, named the
 //! way `nstat` names it (prefix + field, `TcpExtListenOverflows`), so the
 //! ones not listed in [`KEY_COUNTERS`] are still available to `diagnose`.
 //! The files are read through `/proc/thread-self/net`, which follows the
@@ -11,6 +12,8 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use serde::Serialize;
+
+use crate::host::icmp;
 
 /// The counters that explain resets, drops and retransmits, in the order
 /// reports show them.
@@ -81,7 +84,24 @@ impl Counters {
                 source,
             })
         };
-        Self::parse(&read("netstat")?, &read("snmp")?)
+        let mut counters = Self::parse(&read("netstat")?, &read("snmp")?)?;
+        // IPv6 ICMP counters (Packet Too Big) live in snmp6, absent when
+        // IPv6 is disabled.
+        let snmp6 = icmp::read_snmp6(dir).map_err(|source| CounterError::Read {
+            path: dir.join("snmp6").display().to_string(),
+            source,
+        })?;
+        if let Some(text) = snmp6 {
+            let values = icmp::parse_snmp6(&text).map_err(|message| CounterError::Parse {
+                file: "snmp6".into(),
+                message,
+            })?;
+            counters.values.extend(values);
+        }
+        for name in icmp::ZERO_WHEN_ABSENT {
+            counters.values.entry(name.to_string()).or_insert(0);
+        }
+        Ok(counters)
     }
 
     /// Parses the text of /proc/net/netstat and /proc/net/snmp.
@@ -285,5 +305,10 @@ Udp: 5 0
         let counters = Counters::read().unwrap();
         assert!(counters.get("TcpExtListenOverflows").is_some());
         assert!(counters.get("TcpRetransSegs").is_some());
+        // Every ICMP counter diagnose shows is known, IcmpMsg ones included
+        // before any such message was counted (IPv6 may be disabled).
+        for name in icmp::ICMP_COUNTERS.iter().filter(|n| !n.contains('6')) {
+            assert!(counters.get(name).is_some(), "{name}");
+        }
     }
 }

@@ -7,7 +7,10 @@
 use std::{collections::BTreeMap, path::Path};
 
 use super::{
+    conntrack::Conntrack,
     counters::{CounterError, Counters},
+    global::HostGlobal,
+    icmp,
     netns::{self, NetnsError},
     sock_diag::{TcpSocket, dump_tcp},
     sysctl::{ProcSys, SysctlBackend as _},
@@ -22,6 +25,11 @@ pub struct Reading {
     pub sysctls: BTreeMap<String, String>,
     /// Every TCP socket; `None` when sock_diag failed (the reason is logged).
     pub sockets: Option<Vec<TcpSocket>>,
+    /// The namespace's conntrack; `None` when it could not be read (logged).
+    pub conntrack: Option<Conntrack>,
+    /// Host-wide limits and usage, from the initial namespace; `None` when
+    /// they could not be read (logged).
+    pub host_global: Option<HostGlobal>,
 }
 
 /// Why a reading failed.
@@ -36,13 +44,14 @@ pub enum ReadingError {
 }
 
 impl Reading {
-    /// TCP counter changes from `before` to `self`, by nstat name (the
-    /// IP/UDP ones say nothing about TCP resets and only add noise).
+    /// TCP and ICMP counter changes from `before` to `self`, by nstat
+    /// name (the other IP/UDP ones say nothing about TCP and only add
+    /// noise; ICMP unreachable / too big and failed fragmentation do).
     pub fn counter_delta(&self, before: &Reading) -> BTreeMap<String, i64> {
         self.counters
             .delta(&before.counters)
             .iter()
-            .filter(|(k, _)| k.starts_with("Tcp"))
+            .filter(|(k, _)| k.starts_with("Tcp") || icmp::matters(k))
             .map(|(k, v)| (k.to_string(), v))
             .collect()
     }
@@ -67,10 +76,18 @@ pub fn read(netns: Option<&Path>, sysctls: &[&str]) -> Result<Reading, ReadingEr
                 None
             }
         };
+        let conntrack = Conntrack::read()
+            .inspect_err(|err| log::warn!("no conntrack figures: {err}"))
+            .ok();
+        let host_global = HostGlobal::read()
+            .inspect_err(|err| log::warn!("no host-wide TCP figures: {err}"))
+            .ok();
         Ok(Reading {
             counters,
             sysctls,
             sockets,
+            conntrack,
+            host_global,
         })
     })
 }

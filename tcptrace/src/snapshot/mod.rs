@@ -20,7 +20,9 @@ pub use self::tables::{Options, PortRange, StateCounts, Tables};
 use crate::{
     cli::SnapshotArgs,
     host::{
+        conntrack::Conntrack,
         counters::{Counters, KEY_COUNTERS},
+        global::HostGlobal,
         netns,
         owners::socket_owners,
         sock_diag::{TcpState, dump_tcp},
@@ -47,6 +49,10 @@ pub struct Report {
     pub sockstat: Sockstat,
     /// Kernel counters.
     pub counters: CounterView,
+    /// The namespace's conntrack (`{"loaded": false}` without the module).
+    pub conntrack: Conntrack,
+    /// Host-wide TCP limits and usage, read in the initial namespace.
+    pub host_global: HostGlobal,
 }
 
 /// Per-state change of the socket count (negative: fewer).
@@ -148,6 +154,8 @@ fn take(
     let at = Instant::now();
     let tables = read_tables(options)?;
     let sockstat = sockstat::read_from(proc_net).context("cannot read /proc/net/sockstat")?;
+    let conntrack = Conntrack::read().context("cannot read conntrack")?;
+    let host_global = HostGlobal::read().context("cannot read the host-wide TCP figures")?;
 
     let counter_view = match previous {
         Some(before) => view(
@@ -181,6 +189,8 @@ fn take(
         states_delta,
         sockstat,
         counters: counter_view,
+        conntrack,
+        host_global,
     };
     Ok((report, reading))
 }

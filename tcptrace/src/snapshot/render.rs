@@ -240,6 +240,11 @@ pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
         }
     }
 
+    section(out, "Conntrack (this namespace)")?;
+    writeln!(out, "  {}", report.conntrack)?;
+    section(out, "Host-wide TCP (initial namespace)")?;
+    writeln!(out, "  {}", report.host_global)?;
+
     match report.counters.interval {
         Some(seconds) => section(out, &format!("Kernel counters over the last {seconds:.1}s"))?,
         None => section(out, "Kernel counters since boot")?,
