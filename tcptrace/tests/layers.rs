@@ -51,6 +51,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "timefmt",
             "text_table",
             "error",
+            "safe_file",
         ],
     ),
 ];
