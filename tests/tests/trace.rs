@@ -235,10 +235,13 @@ fn idle_before_reset_matches_the_gap() {
         spawn_peer(&ns, &["reset-after", "127.0.0.1:0", &GAP_MS.to_string()]);
     let client_port = ns.run(|| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Started before the exchange: the server's gap starts after it
+        // answers, so this can only be longer than the gap, however late
+        // a busy machine schedules this thread after the answer.
+        let started = Instant::now();
         s.write_all(b"ping").unwrap();
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).unwrap();
-        let started = Instant::now();
         let err = s.read(&mut buf).expect_err("the server resets");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
         assert!(started.elapsed() >= Duration::from_millis(GAP_MS));
