@@ -46,13 +46,16 @@ pub struct FilterArgs {
     /// /run/netns, or a path such as /proc/PID/ns/net.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Event kinds to keep, comma separated: rst, retrans, connect, state.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "rst,retrans,connect,state"
-    )]
+    /// Event kinds to keep, comma separated: rst, retrans, connect, state,
+    /// drop (packets the kernel dropped), error (errors handed to
+    /// applications), reuse (sends after an idle gap), all.
+    /// [default: all but reuse; diagnose: all]
+    #[arg(long, value_delimiter = ',')]
     pub events: Vec<EventClass>,
+    /// With reuse events: the idle gap (no data sent or received) after
+    /// which a send is reported.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub reuse_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +64,10 @@ pub enum EventClass {
     Retrans,
     Connect,
     State,
+    Drop,
+    Error,
+    Reuse,
+    All,
 }
 
 #[derive(Debug, Args)]

@@ -1,16 +1,21 @@
 //! End-of-run summary of a trace: counts by kind, loss, connect latency
-//! percentiles and the processes most hit by resets and retransmits.
+//! percentiles, drops by reason and socket errors by errno, and the
+//! processes most hit by resets, retransmits, drops and errors.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::{
-    event::{EventKind, TcpEvent},
+    event::{EventKind, KIND_COUNT, TcpEvent},
+    kernel::errno,
     sink::SCHEMA_VERSION,
     timefmt,
-    tracer::KernelCounts,
+    tracer::{KernelCounts, Names},
 };
 
 /// Processes listed in the summary.
@@ -23,17 +28,28 @@ struct ProcessCounts {
     rst_received: u64,
     retransmits: u64,
     failed_connects: u64,
+    drops: u64,
+    socket_errors: u64,
 }
 
 impl ProcessCounts {
     fn weight(&self) -> u64 {
-        self.rst_sent + self.rst_received + self.retransmits + self.failed_connects
+        self.rst_sent
+            + self.rst_received
+            + self.retransmits
+            + self.failed_connects
+            + self.drops
+            + self.socket_errors
     }
 }
 
 pub struct Summary {
     seconds: f64,
-    by_kind: [u64; 7],
+    by_kind: [u64; KIND_COUNT],
+    /// Socket errors by errno name (`ERRNO_<n>` when unnamed), from events.
+    socket_errors: BTreeMap<String, u64>,
+    /// TCP drops by reason name, as the kernel counted them (exact).
+    drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
     processes: HashMap<u32, ProcessCounts>,
     kernel: KernelCounts,
@@ -44,7 +60,9 @@ impl Default for Summary {
     fn default() -> Self {
         Summary {
             seconds: 0.0,
-            by_kind: [0; 7],
+            by_kind: [0; KIND_COUNT],
+            socket_errors: BTreeMap::new(),
+            drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
             processes: HashMap::new(),
@@ -63,13 +81,18 @@ impl Summary {
             self.connect_latency_us
                 .saturating_record((ns / 1000).max(1));
         }
+        if let Some(errno) = ev.socket_errno() {
+            *self.socket_errors.entry(errno_name(errno)).or_default() += 1;
+        }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
             EventKind::RstSent
             | EventKind::RstReceived
             | EventKind::Retransmit
             | EventKind::SynAckRetransmit
-            | EventKind::ConnectFailed => self.processes.entry(owner.pid).or_default(),
+            | EventKind::ConnectFailed
+            | EventKind::Drop
+            | EventKind::SocketError => self.processes.entry(owner.pid).or_default(),
             _ => return,
         };
         counts.comm = owner.comm;
@@ -77,8 +100,18 @@ impl Summary {
             EventKind::RstSent => counts.rst_sent += 1,
             EventKind::RstReceived => counts.rst_received += 1,
             EventKind::ConnectFailed => counts.failed_connects += 1,
+            EventKind::Drop => counts.drops += 1,
+            EventKind::SocketError => counts.socket_errors += 1,
             _ => counts.retransmits += 1,
         }
+    }
+
+    /// The kernel's exact per-reason drop counts (`Tracer::drop_reason_counts`).
+    pub fn set_drop_counts(&mut self, counts: &BTreeMap<u32, u64>, names: &Names) {
+        self.drops_by_reason = counts
+            .iter()
+            .map(|(reason, n)| (names.drop_reason(*reason).into_owned(), *n))
+            .collect();
     }
 
     pub fn finish(&mut self, seconds: f64, kernel: KernelCounts, missing: &[String]) {
@@ -130,9 +163,12 @@ impl Summary {
                 "p99": self.latency(0.99),
                 "max": self.latency(1.0),
             },
+            "drops_by_reason": self.drops_by_reason,
+            "socket_errors_by_errno": self.socket_errors,
             "top_processes": self.top().iter().map(|(pid, c)| json!({
                 "pid": pid, "comm": c.comm, "rst_sent": c.rst_sent, "rst_received": c.rst_received,
                 "retransmits": c.retransmits, "failed_connects": c.failed_connects,
+                "drops": c.drops, "socket_errors": c.socket_errors,
             })).collect::<Vec<_>>(),
             "missing": self.missing,
         })
@@ -178,22 +214,41 @@ impl Summary {
                 timefmt::duration_ns(max * 1000)
             );
         }
+        let listed = |counts: &BTreeMap<String, u64>| {
+            counts
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.drops_by_reason.is_empty() {
+            let _ = writeln!(
+                s,
+                "TCP drops by reason (kernel counts): {}",
+                listed(&self.drops_by_reason)
+            );
+        }
+        if !self.socket_errors.is_empty() {
+            let _ = writeln!(s, "socket errors: {}", listed(&self.socket_errors));
+        }
         let top = self.top();
         if !top.is_empty() {
             let _ = writeln!(
                 s,
-                "{:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
-                "PID", "COMM", "RST_SENT", "RST_RECV", "RETRANS", "CONNECT_FAIL"
+                "{:>8} {:<16} {:>8} {:>8} {:>8} {:>12} {:>6} {:>6}",
+                "PID", "COMM", "RST_SENT", "RST_RECV", "RETRANS", "CONNECT_FAIL", "DROPS", "ERRORS"
             );
             for (pid, c) in top {
                 let _ = writeln!(
                     s,
-                    "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
+                    "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12} {:>6} {:>6}",
                     c.comm.as_str(),
                     c.rst_sent,
                     c.rst_received,
                     c.retransmits,
-                    c.failed_connects
+                    c.failed_connects,
+                    c.drops,
+                    c.socket_errors
                 );
             }
         }
@@ -208,6 +263,14 @@ impl Summary {
             let _ = writeln!(s, "not traced on this kernel: {missing}");
         }
         s
+    }
+}
+
+/// `ECONNRESET`, or `ERRNO_<n>` for a number without a name.
+pub fn errno_name(errno: i32) -> String {
+    match errno::name(errno) {
+        Some(name) => name.to_string(),
+        None => format!("ERRNO_{errno}"),
     }
 }
 
@@ -241,6 +304,7 @@ mod tests {
             idle_send_ns: None,
             idle_recv_ns: None,
             err: None,
+            detail: Default::default(),
         }
     }
 
@@ -255,8 +319,8 @@ mod tests {
         s.finish(
             1.0,
             KernelCounts {
-                produced: [0, 1, 0, 0, 0, 1, 3],
-                lost: [0; 7],
+                produced: [0, 1, 0, 0, 0, 1, 3, 0, 0, 0],
+                lost: [0; KIND_COUNT],
                 missed_by_kernel: 0,
             },
             &[],

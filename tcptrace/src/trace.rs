@@ -107,6 +107,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let kernel = tracer.kernel_counts()?;
     losses.report(&kernel, sink.as_mut()).map_err(write_err)?;
     summary.finish(started.elapsed().as_secs_f64(), kernel, tracer.missing());
+    summary.set_drop_counts(&tracer.drop_reason_counts()?, &names);
     if args.json {
         sink.summary(&summary).map_err(write_err)?;
     }
@@ -131,15 +132,28 @@ fn write_batch(
     Ok(())
 }
 
+/// Kinds traced without `--events`: everything but reuse after idle,
+/// which `diagnose` adds (a send per idle gap: cheap, but only an
+/// idle-timeout diagnosis needs it).
+pub const DEFAULT_KINDS: u32 = kind_mask::ALL & !kind_mask::REUSE;
+
 /// Turns the CLI filters into tracer options (resolving --netns).
 pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<TracerOptions> {
-    let mut kinds = 0;
+    let mut kinds = if filter.events.is_empty() {
+        DEFAULT_KINDS
+    } else {
+        0
+    };
     for class in &filter.events {
         kinds |= match class {
             EventClass::Rst => kind_mask::RST,
             EventClass::Retrans => kind_mask::RETRANSMIT,
             EventClass::Connect => kind_mask::CONNECT,
             EventClass::State => kind_mask::STATE,
+            EventClass::Drop => kind_mask::DROP,
+            EventClass::Error => kind_mask::ERROR,
+            EventClass::Reuse => kind_mask::REUSE,
+            EventClass::All => kind_mask::ALL,
         };
     }
     let netns = filter
@@ -156,6 +170,7 @@ pub fn tracer_options(filter: &FilterArgs, ring_kib: u32) -> anyhow::Result<Trac
         ring_bytes: ring_kib * 1024,
         batch_wakeups: true,
         skip_opening: false,
+        reuse_idle: filter.reuse_idle,
     })
 }
 
@@ -227,7 +242,7 @@ pub fn stop_signal(duration: Option<Duration>) -> impl Future<Output = &'static 
 /// Turns the kernel's cumulative loss counters into loss records.
 #[derive(Default)]
 struct LossTracker {
-    reported: [u64; 7],
+    reported: [u64; crate::event::KIND_COUNT],
 }
 
 impl LossTracker {

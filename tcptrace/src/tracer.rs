@@ -7,9 +7,12 @@ use std::{collections::BTreeMap, fs, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
-use tcptrace_common::{Config, ConnKey, ListenKey, Owner, kind, kind_mask, map, tracepoint};
+use tcptrace_common::{
+    Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, field, kind, kind_mask, map,
+    raw_tracepoint, tracepoint,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -41,7 +44,13 @@ pub struct TracerOptions {
     /// Batch wakeups (see `Config::wakeup_bytes`); `next_batch` then
     /// also polls every `DRAIN_INTERVAL`.
     pub batch_wakeups: bool,
+    /// `reuse` events: a send after at least this long without sending
+    /// or receiving on the connection.
+    pub reuse_idle: std::time::Duration,
 }
+
+/// Default `TracerOptions::reuse_idle`.
+pub const DEFAULT_REUSE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often `next_batch` looks at the ring buffer without a wakeup.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -57,17 +66,21 @@ impl Default for TracerOptions {
             ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
             batch_wakeups: true,
             skip_opening: false,
+            reuse_idle: DEFAULT_REUSE_IDLE,
         }
     }
 }
 
-/// Names this kernel gives to TCP states and reset reasons, looked up
-/// without allocating (they are printed for every event).
+/// Names this kernel gives to TCP states, reset reasons and drop
+/// reasons, looked up without allocating (they are printed for every
+/// event).
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// By state number: `ESTABLISHED`, `SYN_SENT`, ... (without `TCP_`).
     states: Vec<String>,
     reasons: BTreeMap<u32, String>,
+    /// `enum skb_drop_reason`, from `skb:kfree_skb`'s format.
+    drop_reasons: BTreeMap<u32, String>,
 }
 
 impl Names {
@@ -78,7 +91,17 @@ impl Names {
                 None => format!("STATE_{n}"),
             })
             .collect();
-        Names { states, reasons }
+        Names {
+            states,
+            reasons,
+            drop_reasons: BTreeMap::new(),
+        }
+    }
+
+    /// The same names plus this kernel's drop reasons (`NETFILTER_DROP`, ...).
+    pub fn with_drop_reasons(mut self, drop_reasons: BTreeMap<u32, String>) -> Names {
+        self.drop_reasons = drop_reasons;
+        self
     }
 
     pub fn state(&self, state: u8) -> &str {
@@ -91,6 +114,16 @@ impl Names {
         match self.reasons.get(&reason) {
             Some(name) => name.as_str().into(),
             None => format!("REASON_{reason}").into(),
+        }
+    }
+
+    /// `NETFILTER_DROP`, `NO_SOCKET`, ... as this kernel names its
+    /// `enum skb_drop_reason`; `DROP_REASON_<n>` for a number it does not
+    /// list (a subsystem's reason, or a kernel without reasons).
+    pub fn drop_reason(&self, reason: u32) -> std::borrow::Cow<'_, str> {
+        match self.drop_reasons.get(&reason) {
+            Some(name) => name.as_str().into(),
+            None => format!("DROP_REASON_{reason}").into(),
         }
     }
 }
@@ -178,12 +211,18 @@ impl Tracer {
                 )),
             }
         }
-        missing.extend(tracepoint_limits(&formats));
-        let (sock, task, btf_missing) = btf::layouts();
-        config.sock = sock;
-        config.task = task;
+        missing.extend(tracepoint_limits(&formats, options.kinds));
+        let (layouts, btf_missing) = btf::layouts();
+        config.sock = layouts.sock;
+        config.task = layouts.task;
+        config.skb = layouts.skb;
         missing.extend(btf_missing);
         apply_filters(&mut config, options)?;
+        let hz = clock::hz();
+        if hz.is_none() {
+            missing.push("the kernel's HZ (no /proc/config.gz, /boot/config or /proc/timer_list): idle times unknown, no reuse events".into());
+        }
+        config.reuse_idle_jiffies = reuse_idle_jiffies(options.reuse_idle, hz);
 
         let names = Names::new(
             formats[tracepoint::SET_STATE]
@@ -191,6 +230,12 @@ impl Tracer {
                 .map(|f| f.symbols("newstate"))
                 .unwrap_or_default(),
             formats[tracepoint::SEND_RESET]
+                .as_ref()
+                .map(|f| f.symbols("reason"))
+                .unwrap_or_default(),
+        )
+        .with_drop_reasons(
+            formats[tracepoint::KFREE_SKB]
                 .as_ref()
                 .map(|f| f.symbols("reason"))
                 .unwrap_or_default(),
@@ -213,12 +258,37 @@ impl Tracer {
 
         let mut attached = Vec::new();
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
-            if formats[i].is_none() {
+            // The hooks of the new signals only run when their events are
+            // wanted: a host dropping or sending a lot pays nothing else.
+            if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP))
+            {
                 continue;
             }
             match attach_tracepoint(&mut ebpf, program, category, name) {
                 Ok(()) => attached.push(*program),
                 Err(err) => missing.push(format!("{category}:{name} ({err})")),
+            }
+        }
+        for (i, (category, name, program)) in raw_tracepoint::ALL.iter().enumerate() {
+            let (wanted, gives) = match i {
+                raw_tracepoint::ERROR_REPORT => (wants(options, kind::SOCKET_ERROR), "socket_error events"),
+                _ => (
+                    wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0,
+                    "reuse events (reuse after idle)",
+                ),
+            };
+            if !wanted {
+                continue;
+            }
+            if !tracefs::format_path(&root, category, name).exists() {
+                missing.push(format!(
+                    "{category}:{name} (no such tracepoint on this kernel): no {gives}"
+                ));
+                continue;
+            }
+            match attach_raw_tracepoint(&mut ebpf, program, name) {
+                Ok(()) => attached.push(*program),
+                Err(err) => missing.push(format!("{category}:{name} as a raw tracepoint ({err}): no {gives}")),
             }
         }
         if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
@@ -242,10 +312,6 @@ impl Tracer {
         // the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| Error::io("watching the ring buffer", e.into_parts().1))?;
-        let hz = clock::hz();
-        if hz.is_none() {
-            missing.push("the kernel's HZ (no /proc/config.gz, /boot/config or /proc/timer_list): idle times unknown".into());
-        }
         Ok(Tracer {
             ebpf,
             ring,
@@ -334,6 +400,29 @@ impl Tracer {
             .sum()
     }
 
+    /// Exact counts of the TCP drops the filters kept, by `enum
+    /// skb_drop_reason` value (non-zero ones only), whether or not their
+    /// events reached userspace. The last slot gathers reasons of
+    /// `DROP_REASON_SLOTS - 1` and above.
+    pub fn drop_reason_counts(&self) -> Result<BTreeMap<u32, u64>> {
+        let name = map::DROP_REASONS;
+        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        let mut counts = BTreeMap::new();
+        for reason in 0..DROP_REASON_SLOTS {
+            let total: u64 = array
+                .get(&reason, 0)
+                .map_err(|e| map_error(name, e))?
+                .iter()
+                .sum();
+            if total > 0 {
+                counts.insert(reason, total);
+            }
+        }
+        Ok(counts)
+    }
+
     fn per_kind(&self, name: &'static str) -> Result<[u64; kind::COUNT as usize]> {
         let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
         let array: PerCpuArray<_, u64> =
@@ -376,6 +465,7 @@ impl Tracer {
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::TracePoint(p)) => p.unload(),
+                Some(aya::programs::Program::RawTracePoint(p)) => p.unload(),
                 _ => Ok(()),
             };
             if let Err(err) = result {
@@ -444,6 +534,31 @@ fn attach_tracepoint(
     Ok(())
 }
 
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> Result<(), String> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or("program missing from the object")?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| one_line("load", &e))?;
+    prog.attach(name).map_err(|e| one_line("attach", &e))?;
+    Ok(())
+}
+
+fn wants(options: &TracerOptions, kind: u8) -> bool {
+    options.kinds & (1 << kind) != 0
+}
+
+/// `reuse_idle` in jiffies, at least 1; 0 (no reuse events) when HZ is
+/// unknown.
+fn reuse_idle_jiffies(reuse_idle: std::time::Duration, hz: Option<u32>) -> u32 {
+    let Some(hz) = hz.filter(|hz| *hz > 0) else {
+        return 0;
+    };
+    let jiffies = reuse_idle.as_nanos() * u128::from(hz) / 1_000_000_000;
+    jiffies.clamp(1, u128::from(u32::MAX / 2)) as u32
+}
+
 /// Puts the owners of pre-existing listeners and connections into the
 /// kernel maps. Never overwrites what the programs recorded meanwhile.
 fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
@@ -497,9 +612,26 @@ fn one_line(step: &str, err: &dyn std::fmt::Display) -> String {
 /// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
 pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
 
+/// Said when `skb:kfree_skb` has no `rx_sk` (kernels before 6.11).
+pub const KFREE_SKB_WITHOUT_RX_SK: &str = "skb:kfree_skb without rx_sk (kernels before 6.11): packets dropped on receive once TCP had looked up their socket have no owner";
+/// Said when `skb:kfree_skb` has no `reason` (kernels before 5.17).
+pub const KFREE_SKB_WITHOUT_REASON: &str =
+    "skb:kfree_skb without a drop reason (kernels before 5.17): drops are reported with reason unknown";
+
 /// What this kernel's tracepoints leave out even though they attach.
-fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT]) -> Vec<String> {
+fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) -> Vec<String> {
     let mut limits = Vec::new();
+    if kinds & kind_mask::DROP != 0
+        && let Some(kfree_skb) = &formats[tracepoint::KFREE_SKB]
+    {
+        let layout = kfree_skb.layout();
+        if layout.offsets[field::REASON] == tcptrace_common::ABSENT_OFFSET {
+            limits.push(KFREE_SKB_WITHOUT_REASON.to_string());
+        }
+        if layout.offsets[field::RX_SK] == tcptrace_common::ABSENT_OFFSET {
+            limits.push(KFREE_SKB_WITHOUT_RX_SK.to_string());
+        }
+    }
     // 6.10 added `reason` and, in the same series, the calls for resets
     // sent with no socket or a time-wait one.
     if formats[tracepoint::SEND_RESET]
@@ -603,9 +735,42 @@ mod tests {
     #[test]
     fn send_reset_before_6_10_is_reported_as_partial() {
         let old = formats(include_str!("../tests/fixtures/tcp_send_reset-6.1.format"));
-        assert_eq!(tracepoint_limits(&old), vec![SEND_RESET_BEFORE_6_10]);
+        assert_eq!(
+            tracepoint_limits(&old, kind_mask::ALL),
+            vec![SEND_RESET_BEFORE_6_10]
+        );
         let new = formats(include_str!("../tests/fixtures/tcp_send_reset-6.18.format"));
-        assert!(tracepoint_limits(&new).is_empty());
-        assert!(tracepoint_limits(&Default::default()).is_empty());
+        assert!(tracepoint_limits(&new, kind_mask::ALL).is_empty());
+        assert!(tracepoint_limits(&Default::default(), kind_mask::ALL).is_empty());
+    }
+
+    #[test]
+    fn kfree_skb_without_rx_sk_is_named() {
+        let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();
+        let with_rx_sk = include_str!("../tests/fixtures/kfree_skb-6.18.format");
+        formats[tracepoint::KFREE_SKB] = Some(Format::parse(with_rx_sk).unwrap());
+        assert!(tracepoint_limits(&formats, kind_mask::ALL).is_empty());
+        // 6.1's layout: the same fields up to `protocol`, no `rx_sk`.
+        let without: String = with_rx_sk
+            .lines()
+            .filter(|l| !l.contains("rx_sk;"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        formats[tracepoint::KFREE_SKB] = Some(Format::parse(&without).unwrap());
+        assert_eq!(
+            tracepoint_limits(&formats, kind_mask::ALL),
+            vec![KFREE_SKB_WITHOUT_RX_SK]
+        );
+        // Not asked for drops: nothing to say.
+        assert!(tracepoint_limits(&formats, kind_mask::RST).is_empty());
+    }
+
+    #[test]
+    fn reuse_threshold_in_jiffies() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(reuse_idle_jiffies(ms(500), Some(250)), 125);
+        assert_eq!(reuse_idle_jiffies(ms(500), Some(1000)), 500);
+        assert_eq!(reuse_idle_jiffies(ms(1), Some(100)), 1, "never 0 (off)");
+        assert_eq!(reuse_idle_jiffies(ms(500), None), 0);
     }
 }

@@ -111,6 +111,19 @@ pub struct Stats {
     /// First retransmit to abort, for those.
     pub retransmitting_for: Dist,
     pub lifetimes: Dist,
+    /// TCP packets the kernel dropped, by drop reason name.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Errors handed to applications, by errno name (`ECONNRESET`, ...).
+    pub socket_errors: BTreeMap<&'static str, u64>,
+    /// Sends after an idle gap of at least `--reuse-idle`, and those gaps:
+    /// the reuses that worked bound a middlebox's idle timeout from below.
+    pub reuses: u64,
+    pub reuse_idle: Dist,
+    /// Data retransmits whose segments were all as big as the MSS
+    /// allows (what a PMTU black hole retransmits), and those whose size
+    /// was known at all.
+    pub full_size_retransmits: u64,
+    pub sized_retransmits: u64,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -149,6 +162,12 @@ impl Default for Stats {
             timeout_aborts: 0,
             retransmitting_for: Dist::new(Dist::MILLIS),
             lifetimes: Dist::new(Dist::MILLIS),
+            drops: BTreeMap::new(),
+            socket_errors: BTreeMap::new(),
+            reuses: 0,
+            reuse_idle: Dist::new(Dist::MILLIS),
+            full_size_retransmits: 0,
+            sized_retransmits: 0,
             related: TopN::new(MAX_RELATED),
         }
     }
@@ -170,6 +189,12 @@ impl Stats {
     pub fn rst_received_in(&self, state: &str) -> u64 {
         self.rst_received.get(state).copied().unwrap_or(0)
     }
+    pub fn drops_total(&self) -> u64 {
+        self.drops.values().sum()
+    }
+    pub fn socket_errors_total(&self) -> u64 {
+        self.socket_errors.values().sum()
+    }
 
     /// Things that went wrong: what ranks groups in `top` and reports.
     pub fn incidents(&self) -> u64 {
@@ -180,6 +205,8 @@ impl Stats {
             + self.synack_retransmits
             + self.connect_failed
             + self.timeout_aborts
+            + self.drops_total()
+            + self.socket_errors_total()
     }
 }
 
@@ -391,6 +418,11 @@ struct Update {
     local_close_idle_ns: Option<u64>,
     active_close: bool,
     lifetime_ns: Option<u64>,
+    drop_reason: Option<&'static str>,
+    socket_error: Option<&'static str>,
+    reuse_idle_ns: Option<Option<u64>>,
+    /// Some(full size?) for a data retransmit of known size.
+    retransmit_full_size: Option<bool>,
     incident: bool,
     changed: bool,
 }
@@ -426,6 +458,7 @@ impl Update {
                     u.syn_retransmit = true;
                 } else {
                     u.retransmit_state = Some(names.state(st));
+                    u.retransmit_full_size = ev.segment().and_then(|s| s.is_full_size());
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -474,6 +507,19 @@ impl Update {
                     _ => {}
                 }
             }
+            EventKind::Drop => {
+                u.incident = true;
+                u.drop_reason = Some(
+                    ev.dropped()
+                        .and_then(|d| d.reason)
+                        .map_or("UNKNOWN", |r| names.drop_reason(r)),
+                );
+            }
+            EventKind::SocketError => {
+                u.incident = true;
+                u.socket_error = Some(ev.socket_errno().map_or("UNKNOWN", |e| names.errno(e)));
+            }
+            EventKind::Reuse => u.reuse_idle_ns = Some(ev.idle_ns()),
             EventKind::State => {
                 let Some((old, new)) = ev.transition else {
                     return Update::default();
@@ -583,6 +629,22 @@ impl Update {
         if let Some(ns) = self.lifetime_ns {
             s.lifetimes.record(ns);
         }
+        if let Some(reason) = self.drop_reason {
+            *s.drops.entry(reason).or_default() += 1;
+        }
+        if let Some(error) = self.socket_error {
+            *s.socket_errors.entry(error).or_default() += 1;
+        }
+        if let Some(idle) = self.reuse_idle_ns {
+            s.reuses += 1;
+            if let Some(ns) = idle {
+                s.reuse_idle.record(ns);
+            }
+        }
+        if let Some(full) = self.retransmit_full_size {
+            s.sized_retransmits += 1;
+            s.full_size_retransmits += u64::from(full);
+        }
     }
 }
 
@@ -592,6 +654,8 @@ struct Interned {
     names: Names,
     states: FxHashMap<u8, &'static str>,
     reasons: FxHashMap<u32, &'static str>,
+    drop_reasons: FxHashMap<u32, &'static str>,
+    errnos: FxHashMap<i32, &'static str>,
 }
 
 /// Distinct reason values named; beyond this (only a corrupt value could
@@ -604,6 +668,8 @@ impl Interned {
             names,
             states: FxHashMap::default(),
             reasons: FxHashMap::default(),
+            drop_reasons: FxHashMap::default(),
+            errnos: FxHashMap::default(),
         }
     }
 
@@ -622,6 +688,25 @@ impl Interned {
         self.reasons
             .entry(reason)
             .or_insert_with(|| Box::leak(Box::from(names.reason(reason).as_ref())))
+    }
+
+    fn drop_reason(&mut self, reason: u32) -> &'static str {
+        if self.drop_reasons.len() >= MAX_REASONS && !self.drop_reasons.contains_key(&reason) {
+            return "DROP_REASON_OTHER";
+        }
+        let names = &self.names;
+        self.drop_reasons
+            .entry(reason)
+            .or_insert_with(|| Box::leak(Box::from(names.drop_reason(reason).as_ref())))
+    }
+
+    fn errno(&mut self, errno: i32) -> &'static str {
+        if self.errnos.len() >= MAX_REASONS && !self.errnos.contains_key(&errno) {
+            return "ERRNO_OTHER";
+        }
+        self.errnos
+            .entry(errno)
+            .or_insert_with(|| Box::leak(Box::from(crate::summary::errno_name(errno))))
     }
 }
 

@@ -88,6 +88,7 @@ pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
         idle_send_ns: None,
         idle_recv_ns: None,
         err: None,
+        detail: Default::default(),
     })
 }
 
@@ -197,8 +198,10 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 (Some(old), Some(new)) => Some((state(old), state(new))),
                 _ => None,
             };
+            // Drop reasons share the field name but not the table.
             let reason = v["reason"]
                 .as_str()
+                .filter(|_| kind == EventKind::RstSent)
                 .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
             let sock = v["sock"].as_str().expect("sock");
             TcpEvent {
@@ -217,6 +220,7 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 idle_send_ns: u64_of(&v, "idle_send_ns"),
                 idle_recv_ns: u64_of(&v, "idle_recv_ns"),
                 err: v["err"].as_i64().map(|e| e as i32),
+                detail: Default::default(),
             }
         })
         .collect()

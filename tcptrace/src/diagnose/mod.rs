@@ -40,10 +40,14 @@ const LOAD_CHECK: Duration = Duration::from_millis(100);
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     // The rules work on aggregates, which have no use for the opening
     // transitions.
-    let options = TracerOptions {
+    let mut options = TracerOptions {
         skip_opening: true,
         ..tracer_options(&args.filter, args.ring_kib)?
     };
+    if args.filter.events.is_empty() {
+        // The reuses that worked are what bounds an idle timeout.
+        options.kinds |= tcptrace_common::kind_mask::REUSE;
+    }
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns = args.filter.netns.as_deref();
     let before = host::read(netns)?;

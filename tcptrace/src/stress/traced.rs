@@ -77,7 +77,8 @@ impl KernelView {
                 }
             }
             EventKind::RstReceived => self.rst_received += 1,
-            EventKind::State => {}
+            // Not asked for (see the tracer options below).
+            EventKind::State | EventKind::Drop | EventKind::SocketError | EventKind::Reuse => {}
         }
     }
 

@@ -2,7 +2,10 @@
 //! with totals, per-second rates since the previous snapshot, and
 //! connect latency percentiles. Both front ends render a `Snapshot`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -22,6 +25,12 @@ pub struct Row {
     pub connects: u64,
     pub connect_failed: u64,
     pub timeout_aborts: u64,
+    /// TCP packets the kernel dropped, and by drop reason.
+    pub drops: u64,
+    pub drops_by_reason: BTreeMap<&'static str, u64>,
+    /// Errors handed to applications, and by errno name.
+    pub socket_errors: u64,
+    pub socket_errors_by_errno: BTreeMap<&'static str, u64>,
     /// Resets + retransmits + failed connects per second since the
     /// previous snapshot.
     pub incidents_per_s: f64,
@@ -41,6 +50,10 @@ impl Row {
             connects: s.connects,
             connect_failed: s.connect_failed,
             timeout_aborts: s.timeout_aborts,
+            drops: s.drops_total(),
+            drops_by_reason: s.drops.clone(),
+            socket_errors: s.socket_errors_total(),
+            socket_errors_by_errno: s.socket_errors.clone(),
             connect_p50_us: latency.map(|p| p.p50_ns / 1000),
             connect_p99_us: latency.map(|p| p.p99_ns / 1000),
             ..Row::default()
@@ -52,7 +65,12 @@ impl Row {
     }
 
     pub fn incidents(&self) -> u64 {
-        self.resets() + self.retransmits + self.connect_failed + self.timeout_aborts
+        self.resets()
+            + self.retransmits
+            + self.connect_failed
+            + self.timeout_aborts
+            + self.drops
+            + self.socket_errors
     }
 }
 

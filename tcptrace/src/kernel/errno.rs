@@ -1,0 +1,53 @@
+//! Names of the errors a TCP socket can hand its application
+//! (`sk_err`, as `sock:inet_sk_error_report` sees it). The numbers are
+//! the kernel's ABI for this architecture, taken from libc; the names are
+//! the ones applications log (`ECONNRESET`, not "Connection reset").
+
+/// `ECONNRESET`, `ETIMEDOUT`, ... for a positive errno; `None` for one
+/// this table does not list.
+pub fn name(errno: i32) -> Option<&'static str> {
+    NAMES.iter().find(|(n, _)| *n == errno).map(|(_, name)| *name)
+}
+
+/// Errors TCP sets on a socket (tcp_reset, tcp_write_err, ICMP errors via
+/// tcp_v4_err/ip_icmp_error), plus the common ones around them.
+const NAMES: &[(i32, &str)] = &[
+    (libc::ECONNRESET, "ECONNRESET"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::ECONNABORTED, "ECONNABORTED"),
+    (libc::EPIPE, "EPIPE"),
+    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    (libc::ENETUNREACH, "ENETUNREACH"),
+    (libc::EHOSTDOWN, "EHOSTDOWN"),
+    (libc::ENETDOWN, "ENETDOWN"),
+    (libc::ENETRESET, "ENETRESET"),
+    (libc::EMSGSIZE, "EMSGSIZE"),
+    (libc::ENOPROTOOPT, "ENOPROTOOPT"),
+    (libc::EPROTO, "EPROTO"),
+    (libc::EACCES, "EACCES"),
+    (libc::EPERM, "EPERM"),
+    (libc::ENOBUFS, "ENOBUFS"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+    (libc::EADDRINUSE, "EADDRINUSE"),
+    (libc::ENONET, "ENONET"),
+    (libc::EREMOTEIO, "EREMOTEIO"),
+    (libc::EKEYREJECTED, "EKEYREJECTED"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::EIO, "EIO"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_what_applications_log() {
+        assert_eq!(name(104), Some("ECONNRESET"), "x86-64 and arm64 number");
+        assert_eq!(name(libc::ETIMEDOUT), Some("ETIMEDOUT"));
+        assert_eq!(name(libc::ECONNREFUSED), Some("ECONNREFUSED"));
+        assert_eq!(name(0), None);
+        assert_eq!(name(9999), None);
+    }
+}
