@@ -71,6 +71,12 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     ev.kind = kind::DROP;
     ev.reason = reason;
     ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
+    if ev.owner.tgid == 0 && incoming {
+        // No socket took it (dropped before TCP looked, or it was for a
+        // listener): a packet for a port a process listens on is that
+        // process's traffic, as connections not yet accepted are.
+        ev.owner = owner::listener(ev.netns, ev.sport);
+    }
     if !emit::in_scope(cfg, ev) {
         return None;
     }

@@ -4,9 +4,7 @@
 //! tracepoint only carries the addresses; the raw one gets the socket
 //! itself, so the owner comes from the socket map like everywhere else.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
 use tcptrace_common::{IPPROTO_TCP, kind};
 
 use crate::{emit, owner, read};

@@ -2,9 +2,7 @@
 //! timer context: the owner comes from the socket map).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{
-    Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp,
-};
+use tcptrace_common::{Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp};
 
 use crate::{emit, owner, read, read::Record};
 

@@ -282,7 +282,10 @@ mod tests {
         raw.pmtu = 1500;
         let ev = d.decode(&bytes(&raw)).unwrap();
         let seg = ev.segment().unwrap();
-        assert_eq!((seg.len, seg.segs, seg.mss, seg.pmtu), (Some(2896), Some(2), Some(1448), Some(1500)));
+        assert_eq!(
+            (seg.len, seg.segs, seg.mss, seg.pmtu),
+            (Some(2896), Some(2), Some(1448), Some(1500))
+        );
         assert_eq!(seg.is_full_size(), Some(true));
         raw.seg_len = UNKNOWN_U32;
         raw.mss = 0;

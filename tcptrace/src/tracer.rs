@@ -260,8 +260,7 @@ impl Tracer {
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
             // The hooks of the new signals only run when their events are
             // wanted: a host dropping or sending a lot pays nothing else.
-            if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP))
-            {
+            if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP)) {
                 continue;
             }
             match attach_tracepoint(&mut ebpf, program, category, name) {
@@ -271,7 +270,9 @@ impl Tracer {
         }
         for (i, (category, name, program)) in raw_tracepoint::ALL.iter().enumerate() {
             let (wanted, gives) = match i {
-                raw_tracepoint::ERROR_REPORT => (wants(options, kind::SOCKET_ERROR), "socket_error events"),
+                raw_tracepoint::ERROR_REPORT => {
+                    (wants(options, kind::SOCKET_ERROR), "socket_error events")
+                }
                 _ => (
                     wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0,
                     "reuse events (reuse after idle)",
@@ -288,7 +289,9 @@ impl Tracer {
             }
             match attach_raw_tracepoint(&mut ebpf, program, name) {
                 Ok(()) => attached.push(*program),
-                Err(err) => missing.push(format!("{category}:{name} as a raw tracepoint ({err}): no {gives}")),
+                Err(err) => missing.push(format!(
+                    "{category}:{name} as a raw tracepoint ({err}): no {gives}"
+                )),
             }
         }
         if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
@@ -615,8 +618,7 @@ pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent wit
 /// Said when `skb:kfree_skb` has no `rx_sk` (kernels before 6.11).
 pub const KFREE_SKB_WITHOUT_RX_SK: &str = "skb:kfree_skb without rx_sk (kernels before 6.11): packets dropped on receive once TCP had looked up their socket have no owner";
 /// Said when `skb:kfree_skb` has no `reason` (kernels before 5.17).
-pub const KFREE_SKB_WITHOUT_REASON: &str =
-    "skb:kfree_skb without a drop reason (kernels before 5.17): drops are reported with reason unknown";
+pub const KFREE_SKB_WITHOUT_REASON: &str = "skb:kfree_skb without a drop reason (kernels before 5.17): drops are reported with reason unknown";
 
 /// What this kernel's tracepoints leave out even though they attach.
 fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) -> Vec<String> {

@@ -6,7 +6,10 @@
 /// `ECONNRESET`, `ETIMEDOUT`, ... for a positive errno; `None` for one
 /// this table does not list.
 pub fn name(errno: i32) -> Option<&'static str> {
-    NAMES.iter().find(|(n, _)| *n == errno).map(|(_, name)| *name)
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == errno)
+        .map(|(_, name)| *name)
 }
 
 /// Errors TCP sets on a socket (tcp_reset, tcp_write_err, ICMP errors via
