@@ -47,6 +47,40 @@ fn me() -> u64 {
     u64::from(std::process::id())
 }
 
+/// One line per event for the test log: what was seen, for the record.
+fn show(test: &str, ev: &Value) {
+    let keep = [
+        "kind",
+        "local_addr",
+        "local_port",
+        "remote_addr",
+        "remote_port",
+        "netns",
+        "state",
+        "reason",
+        "tcp_flags",
+        "direction",
+        "error",
+        "errno",
+        "idle_ns",
+        "age_ns",
+        "seg_len",
+        "segs",
+        "mss",
+        "pmtu",
+        "err",
+    ];
+    let mut line: serde_json::Map<String, Value> = keep
+        .iter()
+        .filter_map(|k| ev.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    line.insert(
+        "owner".into(),
+        ev["owner"].get("pid").cloned().unwrap_or(Value::Null),
+    );
+    eprintln!("[{test}] {}", Value::Object(line));
+}
+
 /// Every drop event in `records` whose 4-tuple involves `port`.
 fn drops_on_port(records: &Records, port: u16) -> Vec<&Value> {
     records.on_port("drop", port)
@@ -122,6 +156,7 @@ fn syn_dropped_on_the_way_out(loopback: &str, v6: bool) {
         records.records
     );
     for d in &drops {
+        show("syn_dropped_on_the_way_out", d);
         assert_eq!(d["reason"], "NETFILTER_DROP", "{d}");
         assert_eq!(d["tcp_flags"], "SYN", "{d}");
         assert_eq!(d["direction"], "out", "{d}");
@@ -184,6 +219,7 @@ fn syn_dropped_on_arrival_belongs_to_the_listener() {
     let drops = drops_on_port(&records, port);
     assert!(drops.len() >= 2, "{:?}", records.records);
     for d in &drops {
+        show("syn_dropped_on_arrival", d);
         assert_eq!(d["reason"], "NETFILTER_DROP", "{d}");
         assert_eq!(d["direction"], "in", "{d}");
         assert_eq!(d["tcp_flags"], "SYN");
@@ -223,6 +259,7 @@ fn reset_by_peer_is_econnreset_for_its_owner() {
     let errors: Vec<_> = records.on_port("socket_error", port);
     assert_eq!(errors.len(), 1, "only the client's: {:?}", records.records);
     let e = errors[0];
+    show("reset_by_peer", e);
     assert_eq!(e["error"], "ECONNRESET");
     assert_eq!(e["errno"], libc::ECONNRESET);
     assert_eq!(owner_pid(e), me(), "the client process");
@@ -289,6 +326,7 @@ fn user_timeout_expiry_is_etimedout() {
     let errors: Vec<_> = records.on_port("socket_error", port);
     assert_eq!(errors.len(), 1, "{:?}", records.records);
     let e = errors[0];
+    show("user_timeout", e);
     assert_eq!(e["error"], "ETIMEDOUT");
     assert_eq!(e["errno"], libc::ETIMEDOUT);
     assert_eq!(owner_pid(e), me());
@@ -355,6 +393,7 @@ fn reuse_after_idle_gaps() {
     let reuses: Vec<_> = records.of_kind("reuse").collect();
     assert_eq!(reuses.len(), 2, "{:?}", records.records);
     for (ev, gap) in reuses.iter().zip(&measured[1..]) {
+        show(&format!("reuse_after_idle (gap {gap:?})"), ev);
         assert_eq!(ev["local_port"], client_port, "the client's send: {ev}");
         assert_eq!(owner_pid(ev), me());
         assert_eq!(ev["state"], "ESTABLISHED");
@@ -492,6 +531,7 @@ fn pmtu_black_hole_retransmits_full_size_segments() {
         .collect();
     assert!(retransmits.len() >= 2, "{:?}", records.records);
     for r in &retransmits {
+        show("pmtu_black_hole", r);
         let len = r["seg_len"].as_u64().expect("seg_len");
         let segs = r["segs"].as_u64().expect("segs");
         assert_eq!(r["mss"], u64::from(mss), "{r}");
@@ -510,6 +550,7 @@ fn pmtu_black_hole_retransmits_full_size_segments() {
         records.records
     );
     for d in &too_big {
+        show("pmtu_black_hole", d);
         assert_eq!(d["netns"], router.inode(), "{d}");
         assert_eq!(d["direction"], "in");
         assert_eq!(
