@@ -57,7 +57,10 @@ pub fn names() -> Names {
         .enumerate()
         .map(|(i, s)| (i as u32, s.to_string()))
         .collect();
-    Names::new(states, reasons)
+    Names::new(states, reasons).with_drop_reasons(BTreeMap::from([
+        (12, "NETFILTER_DROP".to_string()),
+        (93, "PKT_TOO_BIG".to_string()),
+    ]))
 }
 
 pub fn state(name: &str) -> u8 {
@@ -139,6 +142,29 @@ impl Ev {
     pub fn idle_ms(mut self, send: u64, recv: u64) -> Ev {
         self.0.idle_send_ns = Some(send * 1_000_000);
         self.0.idle_recv_ns = Some(recv * 1_000_000);
+        self
+    }
+    /// A drop with this kernel reason number and TCP flags.
+    pub fn dropped(mut self, reason: u32, tcp_flags: u8) -> Ev {
+        self.0.detail = crate::event::Detail::Drop(crate::event::Dropped {
+            reason: Some(reason),
+            tcp_flags,
+            incoming: false,
+        });
+        self
+    }
+    pub fn socket_errno(mut self, errno: i32) -> Ev {
+        self.0.detail = crate::event::Detail::SocketError { errno };
+        self
+    }
+    /// A retransmitted segment of `len` bytes in `segs` segments.
+    pub fn segment(mut self, len: u32, segs: u16, mss: u32) -> Ev {
+        self.0.detail = crate::event::Detail::Segment(crate::event::Segment {
+            len: Some(len),
+            segs: Some(segs),
+            mss: Some(mss),
+            pmtu: Some(1500),
+        });
         self
     }
     pub fn build(self) -> TcpEvent {

@@ -161,6 +161,7 @@ mod tests {
         include_str!("../../tests/fixtures/tcp_retransmit_skb-6.12.format");
     const RETRANSMIT_6_18: &str =
         include_str!("../../tests/fixtures/tcp_retransmit_skb-6.18.format");
+    const KFREE_SKB_6_18: &str = include_str!("../../tests/fixtures/kfree_skb-6.18.format");
 
     #[test]
     fn a_field_past_the_copied_bytes_is_absent() {
@@ -292,6 +293,28 @@ mod tests {
         with_err.record_bytes = retransmit.record_bytes;
         assert_eq!(retransmit, with_err);
         assert_eq!(retransmit, Format::parse(RETRANSMIT_6_1).unwrap().layout());
+    }
+
+    #[test]
+    fn kfree_skb_on_6_18_has_reason_names_and_rx_sk() {
+        let f = Format::parse(KFREE_SKB_6_18).unwrap();
+        let layout = f.layout();
+        assert_eq!(layout.offsets[field::SKBADDR], 8);
+        assert_eq!(layout.offsets[field::RX_SK], 24);
+        assert_eq!(layout.offsets[field::PROTOCOL], 32);
+        assert_eq!(layout.offsets[field::REASON], 36);
+        assert_eq!(layout.record_bytes, 40);
+        let reasons = f.symbols("reason");
+        assert_eq!(reasons[&12], "NETFILTER_DROP");
+        assert_eq!(reasons[&3], "NO_SOCKET");
+        assert_eq!(reasons[&93], "PKT_TOO_BIG");
+        assert!(reasons.len() > 120, "6.18 lists ~127 reasons");
+        assert!(
+            reasons
+                .keys()
+                .all(|r| *r < tcptrace_common::DROP_REASON_SLOTS - 1),
+            "every reason has its own in-kernel counter"
+        );
     }
 
     #[test]
