@@ -120,7 +120,9 @@ pub struct SockInfo {
     /// was sent for, so a gap is reported once even when one send makes
     /// the hook fire several times (0: none yet).
     pub reuse_mark: u32,
-    pub _pad: u32,
+    /// Jiffies of the last send seen by `sock_send_length` (kernels
+    /// without `tcp_sendmsg_locked`; 0: none seen).
+    pub last_send_jiffies: u32,
 }
 const _: () = assert!(size_of::<SockInfo>() == 56);
 
@@ -245,11 +247,16 @@ pub mod raw_tracepoint {
     /// before anything is sent, so `lsndtime` still holds the previous
     /// send.
     pub const SENDMSG: usize = 1;
-    pub const COUNT: usize = 2;
+    /// `sock_send_length(struct sock *sk, int ret, int flags)` (6.2+):
+    /// after the data was sent; reuse after idle where `tcp_sendmsg_locked`
+    /// is missing (6.12 and earlier).
+    pub const SEND_LENGTH: usize = 2;
+    pub const COUNT: usize = 3;
     /// (category, name, program name in the object).
     pub const ALL: [(&str, &str, &str); COUNT] = [
         ("sock", "inet_sk_error_report", "inet_sk_error_report"),
         ("tcp", "tcp_sendmsg_locked", "tcp_sendmsg_locked"),
+        ("sock", "sock_send_length", "sock_send_length"),
     ];
 }
 

@@ -71,10 +71,11 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     ev.kind = kind::DROP;
     ev.reason = reason;
     ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
-    if ev.owner.tgid == 0 && incoming {
-        // No socket took it (dropped before TCP looked, or it was for a
-        // listener): a packet for a port a process listens on is that
-        // process's traffic, as connections not yet accepted are.
+    if ev.owner.tgid == 0 {
+        // No known socket: dropped before TCP looked it up, or one the
+        // programs never saw open (a request socket's SYN-ACK). A packet
+        // to or from a port a process listens on is that process's
+        // traffic, as connections it has not accepted yet are.
         ev.owner = owner::listener(ev.netns, ev.sport);
     }
     if !emit::in_scope(cfg, ev) {

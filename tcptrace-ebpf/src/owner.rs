@@ -108,10 +108,42 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
         syn_sent_ns: 0,
         established_ns: 0,
         reuse_mark: mark,
-        _pad: 0,
+        last_send_jiffies: 0,
     };
     remember(sk, &info);
     info
+}
+
+/// Records a send at `stamp` (never 0) and returns the socket's entry
+/// as it was before, its `last_send_jiffies` 0 when no send was seen. A
+/// socket the programs never saw gets an entry owned by the task sending
+/// now (sendmsg runs in the owner's process context).
+#[inline(always)]
+pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
+    if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        unsafe {
+            let mut before = *entry;
+            if before.owner.tgid == 0 {
+                before.owner = current();
+                (*entry).owner = before.owner;
+            }
+            (*entry).last_send_jiffies = stamp;
+            return before;
+        }
+    }
+    let info = SockInfo {
+        owner: current(),
+        syn_sent_ns: 0,
+        established_ns: 0,
+        reuse_mark: 0,
+        last_send_jiffies: stamp,
+    };
+    remember(sk, &info);
+    SockInfo {
+        last_send_jiffies: 0,
+        ..info
+    }
 }
 
 /// Records the ESTABLISHED time in place (no second map update) and

@@ -47,7 +47,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 syn_sent_ns: now,
                 established_ns: 0,
                 reuse_mark: 0,
-                _pad: 0,
+                last_send_jiffies: 0,
             };
             owner::remember(sk, &info);
             info

@@ -268,30 +268,40 @@ impl Tracer {
                 Err(err) => missing.push(format!("{category}:{name} ({err})")),
             }
         }
-        for (i, (category, name, program)) in raw_tracepoint::ALL.iter().enumerate() {
-            let (wanted, gives) = match i {
-                raw_tracepoint::ERROR_REPORT => {
-                    (wants(options, kind::SOCKET_ERROR), "socket_error events")
-                }
-                _ => (
-                    wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0,
-                    "reuse events (reuse after idle)",
-                ),
-            };
-            if !wanted {
-                continue;
-            }
-            if !tracefs::format_path(&root, category, name).exists() {
-                missing.push(format!(
-                    "{category}:{name} (no such tracepoint on this kernel): no {gives}"
-                ));
-                continue;
-            }
+        let exists = |which: usize| {
+            let (category, name, _) = raw_tracepoint::ALL[which];
+            tracefs::format_path(&root, category, name).exists()
+        };
+        let mut attach_raw = |which: usize, gives: &str, missing: &mut Vec<String>| {
+            let (category, name, program) = raw_tracepoint::ALL[which];
             match attach_raw_tracepoint(&mut ebpf, program, name) {
-                Ok(()) => attached.push(*program),
+                Ok(()) => attached.push(program),
                 Err(err) => missing.push(format!(
                     "{category}:{name} as a raw tracepoint ({err}): no {gives}"
                 )),
+            }
+        };
+        if wants(options, kind::SOCKET_ERROR) {
+            if exists(raw_tracepoint::ERROR_REPORT) {
+                attach_raw(
+                    raw_tracepoint::ERROR_REPORT,
+                    "socket_error events",
+                    &mut missing,
+                );
+            } else {
+                missing.push(NO_ERROR_REPORT.to_string());
+            }
+        }
+        // Tests take the fallback on kernels that have both.
+        let send_length_only = std::env::var_os(REUSE_HOOK_ENV).is_some_and(|v| v == "send_length");
+        if wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0 {
+            if exists(raw_tracepoint::SENDMSG) && !send_length_only {
+                attach_raw(raw_tracepoint::SENDMSG, "reuse events", &mut missing);
+            } else if exists(raw_tracepoint::SEND_LENGTH) {
+                missing.push(REUSE_FROM_SEND_LENGTH.to_string());
+                attach_raw(raw_tracepoint::SEND_LENGTH, "reuse events", &mut missing);
+            } else {
+                missing.push(NO_REUSE.to_string());
             }
         }
         if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
@@ -615,6 +625,19 @@ fn one_line(step: &str, err: &dyn std::fmt::Display) -> String {
 /// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
 pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
 
+/// `TCPTRACE_REUSE_HOOK=send_length` makes reuse after idle use the
+/// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`
+/// exists (how the fallback is tested on new kernels).
+pub const REUSE_HOOK_ENV: &str = "TCPTRACE_REUSE_HOOK";
+
+/// Said when `sock:inet_sk_error_report` is missing (kernels before 5.13).
+pub const NO_ERROR_REPORT: &str =
+    "sock:inet_sk_error_report (no such tracepoint on this kernel): no socket_error events";
+/// Said when reuse after idle falls back to `sock:sock_send_length`
+/// (kernels with it but without `tcp:tcp_sendmsg_locked`, 6.12 among them).
+pub const REUSE_FROM_SEND_LENGTH: &str = "tcp:tcp_sendmsg_locked (no such tracepoint on this kernel): reuse after idle comes from sock:sock_send_length instead, which costs a map lookup per send and times a gap only from sends seen since tracing started, and from data received (not bare ACKs)";
+/// Said when neither send tracepoint exists (6.1 and earlier).
+pub const NO_REUSE: &str = "tcp:tcp_sendmsg_locked and sock:sock_send_length (no such tracepoints on this kernel): no reuse events (reuse after idle)";
 /// Said when `skb:kfree_skb` has no `rx_sk` (kernels before 6.11).
 pub const KFREE_SKB_WITHOUT_RX_SK: &str = "skb:kfree_skb without rx_sk (kernels before 6.11): packets dropped on receive once TCP had looked up their socket have no owner";
 /// Said when `skb:kfree_skb` has no `reason` (kernels before 5.17).

@@ -344,18 +344,22 @@ fn user_timeout_expiry_is_etimedout() {
 /// exactly the two longer gaps are `reuse` events, their idle within
 /// 50 ms of the gap, on the client's socket; the server answering at
 /// once never is.
-#[test]
-fn reuse_after_idle_gaps() {
+fn reuse_after_idle_gaps(hook: Option<&str>) {
     require_root();
     let ns = Netns::new("reuse");
-    let trace = Trace::start(&[
+    let netns = ns.inode().to_string();
+    let args = [
         "--netns",
-        &ns.inode().to_string(),
+        &netns,
         "--events",
         "reuse,connect",
         "--reuse-idle",
         "500ms",
-    ]);
+    ];
+    let trace = match hook {
+        None => Tracing::Default(Trace::start(&args)),
+        Some(hook) => Tracing::Hook(TraceWithHook::start(&args, hook)),
+    };
     let gaps = [200u64, 800, 1500];
     let (client_port, measured) = ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -389,7 +393,10 @@ fn reuse_after_idle_gaps() {
         (port, measured)
     });
     thread::sleep(Duration::from_millis(200));
-    let records = trace.stop();
+    let records = match trace {
+        Tracing::Default(trace) => trace.stop(),
+        Tracing::Hook(trace) => trace.stop(),
+    };
     let reuses: Vec<_> = records.of_kind("reuse").collect();
     assert_eq!(reuses.len(), 2, "{:?}", records.records);
     for (ev, gap) in reuses.iter().zip(&measured[1..]) {
@@ -404,6 +411,76 @@ fn reuse_after_idle_gaps() {
             "idle {idle} ns vs gap {gap} ns: {ev}"
         );
         assert!(ev["age_ns"].as_u64().unwrap() as i128 >= gap);
+    }
+}
+
+#[test]
+fn reuse_after_idle_gaps_from_tcp_sendmsg_locked() {
+    reuse_after_idle_gaps(None);
+}
+
+/// The same on the fallback that kernels without `tcp_sendmsg_locked`
+/// (6.12) use, forced here: `sock_send_length` and the socket map.
+#[test]
+fn reuse_after_idle_gaps_from_sock_send_length() {
+    reuse_after_idle_gaps(Some("send_length"));
+}
+
+enum Tracing {
+    Default(Trace),
+    Hook(TraceWithHook),
+}
+
+/// `tcptrace trace --json` with `TCPTRACE_REUSE_HOOK` set; it must say
+/// that it took the fallback, and nothing else.
+struct TraceWithHook {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl TraceWithHook {
+    fn start(args: &[&str], hook: &str) -> TraceWithHook {
+        let mut cmd = std::process::Command::new(tests::tcptrace_bin());
+        cmd.args(["trace", "--json"])
+            .args(args)
+            .env("TCPTRACE_REUSE_HOOK", hook);
+        let (child, stderr, seen) = tests::trace::spawn_until(&mut cmd, "tracing; Ctrl-C to stop");
+        let warnings: Vec<_> = seen
+            .iter()
+            .filter(|l| l.contains("not traced on this kernel"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{seen:?}");
+        assert!(
+            warnings[0].contains("reuse after idle comes from sock:sock_send_length"),
+            "{seen:?}"
+        );
+        TraceWithHook {
+            child,
+            stderr,
+            seen,
+        }
+    }
+
+    fn stop(mut self) -> Records {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let (out, status) = tests::trace::collect(&mut self.child, &self.stderr, &mut self.seen);
+        assert!(status.success(), "{status}: {:?}", self.seen);
+        Records {
+            records: out
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("NDJSON"))
+                .collect(),
+            stderr: std::mem::take(&mut self.seen),
+        }
+    }
+}
+
+impl Drop for TraceWithHook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
