@@ -662,3 +662,75 @@ fn set_linger_zero_and_close(s: TcpStream) {
     tests::set_linger_zero(&s);
     drop(s);
 }
+
+/// `top --json` counts drops by reason and socket errors by errno in the
+/// rows of the process and of the peer they concern.
+#[test]
+fn top_shows_drops_by_reason_and_errors_by_errno() {
+    require_root();
+    let ns = Netns::new("topsig");
+    let mut cmd = std::process::Command::new(tests::tcptrace_bin());
+    cmd.args(["top", "--json", "--interval", "500ms", "--duration", "4s"])
+        .args(["--netns", ns.name()]);
+    let (mut child, _stderr, _seen) = tests::trace::spawn_until(&mut cmd, "top; Ctrl-C to stop");
+    let port = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        iptables(
+            &ns,
+            false,
+            &[
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "--syn",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ],
+        );
+        let pending = tests::sockets::connect_pending(&format!("127.0.0.1:{port}"));
+        thread::sleep(Duration::from_millis(1300));
+        drop(pending);
+        // Nothing listens on 9: ECONNREFUSED.
+        assert!(TcpStream::connect("127.0.0.1:9").is_err());
+        port
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let last: Value = serde_json::from_str(out.lines().last().expect("a snapshot")).unwrap();
+    let me_row = last["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == me())
+        .unwrap_or_else(|| panic!("no row for this process: {last}"));
+    eprintln!("[top] {me_row}");
+    assert!(
+        me_row["drops_by_reason"]["NETFILTER_DROP"].as_u64() >= Some(2),
+        "{me_row}"
+    );
+    assert_eq!(
+        me_row["socket_errors_by_errno"]["ECONNREFUSED"], 1,
+        "{me_row}"
+    );
+    assert_eq!(
+        me_row["socket_errors"], 1,
+        "the failed connect's clean-up is no second error"
+    );
+    let peer = last["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("no row for the firewalled port: {last}"));
+    assert_eq!(peer["drops"], me_row["drops_by_reason"]["NETFILTER_DROP"]);
+}
