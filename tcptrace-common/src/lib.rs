@@ -522,6 +522,8 @@ pub mod map {
     /// TCP drops the filters keep, counted before the ring buffer, so
     /// exact even when events are lost.
     pub const DROP_REASONS: &str = "DROP_REASONS";
+    /// The same for every TCP drop on the host, counted before any filter.
+    pub const HOST_DROP_REASONS: &str = "HOST_DROP_REASONS";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

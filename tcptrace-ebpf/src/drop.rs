@@ -3,9 +3,9 @@
 //! packet's own headers (offsets of `struct sk_buff` from BTF), and the
 //! socket the packet belonged to when there is one.
 //!
-//! Every TCP drop the user's filters keep is counted by reason in
-//! `DROP_REASONS` before the ring buffer is asked for room, so the
-//! counts stay exact when events are lost.
+//! Every TCP drop is counted by reason in `HOST_DROP_REASONS` before any
+//! filter, and those the user's filters keep in `DROP_REASONS` before the
+//! ring buffer is asked for room: both exact when events are lost.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{
@@ -13,7 +13,11 @@ use tcptrace_common::{
     direction, field, kind, tracepoint as tp,
 };
 
-use crate::{emit, maps::DROP_REASONS, owner, read};
+use crate::{
+    emit,
+    maps::{DROP_REASONS, HOST_DROP_REASONS},
+    owner, read,
+};
 
 const IPPROTO_TCP: u8 = 6;
 /// `network_header` / `transport_header` of an skb that has none.
@@ -66,6 +70,12 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         read::member_or(net, cfg.sock.net_inum, 0)
     };
     let reason: u32 = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
+    let slot = if reason < DROP_REASON_SLOTS {
+        reason
+    } else {
+        DROP_REASON_SLOTS - 1
+    };
+    emit::bump(&HOST_DROP_REASONS, slot);
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skaddr = sk;
     ev.kind = kind::DROP;
@@ -81,11 +91,6 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     if !emit::in_scope(cfg, ev) {
         return None;
     }
-    let slot = if reason < DROP_REASON_SLOTS {
-        reason
-    } else {
-        DROP_REASON_SLOTS - 1
-    };
     emit::bump(&DROP_REASONS, slot);
     if emit::selected(cfg, kind::DROP) {
         emit::send(cfg, ev);

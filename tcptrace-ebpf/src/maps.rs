@@ -55,3 +55,9 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0
 /// counted before the ring buffer, so exact even when events are lost.
 #[map]
 pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Every TCP drop on the host by reason, counted before any filter: what
+/// the kernel dropped outside the traced scope too.
+#[map]
+pub static HOST_DROP_REASONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);

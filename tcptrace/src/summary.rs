@@ -48,8 +48,10 @@ pub struct Summary {
     by_kind: [u64; KIND_COUNT],
     /// Socket errors by errno name (`ERRNO_<n>` when unnamed), from events.
     socket_errors: BTreeMap<String, u64>,
-    /// TCP drops by reason name, as the kernel counted them (exact).
+    /// TCP drops by reason name, as the kernel counted them (exact):
+    /// those the filters kept, and every one on the host.
     drops_by_reason: BTreeMap<String, u64>,
+    host_drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
     processes: HashMap<u32, ProcessCounts>,
     kernel: KernelCounts,
@@ -63,6 +65,7 @@ impl Default for Summary {
             by_kind: [0; KIND_COUNT],
             socket_errors: BTreeMap::new(),
             drops_by_reason: BTreeMap::new(),
+            host_drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
             processes: HashMap::new(),
@@ -106,12 +109,23 @@ impl Summary {
         }
     }
 
-    /// The kernel's exact per-reason drop counts (`Tracer::drop_reason_counts`).
-    pub fn set_drop_counts(&mut self, counts: &BTreeMap<u32, u64>, names: &Names) {
-        self.drops_by_reason = counts
-            .iter()
-            .map(|(reason, n)| (names.drop_reason(*reason).into_owned(), *n))
-            .collect();
+    /// The kernel's exact per-reason drop counts, in the traced scope and
+    /// on the whole host (`Tracer::drop_reason_counts`,
+    /// `host_drop_reason_counts`).
+    pub fn set_drop_counts(
+        &mut self,
+        in_scope: &BTreeMap<u32, u64>,
+        host: &BTreeMap<u32, u64>,
+        names: &Names,
+    ) {
+        let named = |counts: &BTreeMap<u32, u64>| {
+            counts
+                .iter()
+                .map(|(reason, n)| (names.drop_reason(*reason).into_owned(), *n))
+                .collect()
+        };
+        self.drops_by_reason = named(in_scope);
+        self.host_drops_by_reason = named(host);
     }
 
     pub fn finish(&mut self, seconds: f64, kernel: KernelCounts, missing: &[String]) {
@@ -164,6 +178,7 @@ impl Summary {
                 "max": self.latency(1.0),
             },
             "drops_by_reason": self.drops_by_reason,
+            "host_drops_by_reason": self.host_drops_by_reason,
             "socket_errors_by_errno": self.socket_errors,
             "top_processes": self.top().iter().map(|(pid, c)| json!({
                 "pid": pid, "comm": c.comm, "rst_sent": c.rst_sent, "rst_received": c.rst_received,
@@ -226,6 +241,13 @@ impl Summary {
                 s,
                 "TCP drops by reason (kernel counts): {}",
                 listed(&self.drops_by_reason)
+            );
+        }
+        if self.host_drops_by_reason != self.drops_by_reason {
+            let _ = writeln!(
+                s,
+                "TCP drops on the whole host, outside the filters too: {}",
+                listed(&self.host_drops_by_reason)
             );
         }
         if !self.socket_errors.is_empty() {

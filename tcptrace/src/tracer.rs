@@ -418,7 +418,16 @@ impl Tracer {
     /// events reached userspace. The last slot gathers reasons of
     /// `DROP_REASON_SLOTS - 1` and above.
     pub fn drop_reason_counts(&self) -> Result<BTreeMap<u32, u64>> {
-        let name = map::DROP_REASONS;
+        self.per_reason(map::DROP_REASONS)
+    }
+
+    /// The same for every TCP drop on the host, before any filter
+    /// (another namespace, process or port included).
+    pub fn host_drop_reason_counts(&self) -> Result<BTreeMap<u32, u64>> {
+        self.per_reason(map::HOST_DROP_REASONS)
+    }
+
+    fn per_reason(&self, name: &'static str) -> Result<BTreeMap<u32, u64>> {
         let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;

@@ -105,6 +105,14 @@ fn assert_counts_match_events(records: &Records) {
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
         .collect();
     assert_eq!(counted, seen, "kernel counts vs events");
+    // The host-wide counts (before any filter) hold these and maybe more.
+    let host = &summary["host_drops_by_reason"];
+    for (reason, n) in &counted {
+        assert!(
+            host[reason].as_u64() >= Some(*n),
+            "host-wide {reason}: {host} vs {n}"
+        );
+    }
     assert_eq!(
         summary["by_kind"]["drop"].as_u64(),
         Some(seen.values().sum()),

@@ -324,3 +324,45 @@ fn accepted_connections_are_keyed_by_client_address_whatever_its_ports() {
     assert_eq!(a.peers.len(), 2, "one per client host, one per server");
     assert!(a.peers.get(&"10.0.0.1:9000".parse().unwrap()).is_some());
 }
+
+/// A reset server socket reports its error after its CLOSE: the error is
+/// still keyed by the client's address, not by each ephemeral port (a
+/// wide ip_local_port_range defeats the port guess).
+#[test]
+fn socket_error_after_close_keeps_the_accepted_side() {
+    let mut events = Vec::new();
+    for (sock, port) in [(1u64, 2_000u16), (2, 3_000)] {
+        let remote = format!("10.0.0.9:{port}");
+        events.push(
+            ev(K::State, 0)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::State, 10)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .transition("ESTABLISHED", "CLOSE")
+                .build(),
+        );
+        events.push(
+            ev(K::SocketError, 10)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .socket_errno(libc::ECONNRESET)
+                .build(),
+        );
+    }
+    let a = agg(events);
+    let clients = a.peers.get(&"10.0.0.9:0".parse().unwrap()).unwrap();
+    assert_eq!(clients.socket_errors.get("ECONNRESET"), Some(&2));
+    assert_eq!(a.peers.len(), 1, "one peer for the client host");
+}
