@@ -504,8 +504,14 @@ pub struct Config {
     /// receiving is reported (0: never).
     pub reuse_idle_jiffies: u32,
     pub _pad: u32,
+    /// DROP: reasons (bit `reason` of this bitmap, below
+    /// `DROP_REASON_SLOTS`) that are counted but not sent as events.
+    pub quiet_drop_reasons: [u32; DROP_REASON_SLOTS as usize / 32],
 }
-const _: () = assert!(size_of::<Config>() == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44);
+const _: () = assert!(
+    size_of::<Config>()
+        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8
+);
 
 /// Map names shared by both sides.
 pub mod map {

@@ -92,7 +92,11 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     emit::bump(&DROP_REASONS, slot);
-    if emit::selected(cfg, kind::DROP) {
+    let quiet = cfg
+        .quiet_drop_reasons
+        .get((slot / 32) as usize)
+        .is_some_and(|bits| bits & (1 << (slot % 32)) != 0);
+    if emit::selected(cfg, kind::DROP) && !quiet {
         emit::send(cfg, ev);
     }
     Some(())

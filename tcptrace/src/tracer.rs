@@ -241,6 +241,12 @@ impl Tracer {
                 .unwrap_or_default(),
         );
 
+        config.quiet_drop_reasons = quiet_drop_reasons(
+            &formats[tracepoint::KFREE_SKB]
+                .as_ref()
+                .map(|f| f.symbols("reason"))
+                .unwrap_or_default(),
+        );
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(EBPF_OBJECT)
@@ -567,6 +573,24 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> Result<(
     Ok(())
 }
 
+/// Drop reasons counted but not sent as events. `QUEUE_PURGE` is what a
+/// socket's queues hold when it is freed: on a healthy host most often
+/// the peer's FIN reaching a socket its application had already closed,
+/// about one per actively closed connection. Counted (the summary shows
+/// it), never streamed.
+pub const QUIET_DROP_REASONS: &[&str] = &["QUEUE_PURGE"];
+
+/// The `Config::quiet_drop_reasons` bitmap for this kernel's numbering.
+fn quiet_drop_reasons(names: &BTreeMap<u32, String>) -> [u32; DROP_REASON_SLOTS as usize / 32] {
+    let mut bits = [0u32; DROP_REASON_SLOTS as usize / 32];
+    for (reason, name) in names {
+        if *reason < DROP_REASON_SLOTS && QUIET_DROP_REASONS.contains(&name.as_str()) {
+            bits[(*reason / 32) as usize] |= 1 << (reason % 32);
+        }
+    }
+    bits
+}
+
 fn wants(options: &TracerOptions, kind: u8) -> bool {
     options.kinds & (1 << kind) != 0
 }
@@ -797,6 +821,25 @@ mod tests {
         );
         // Not asked for drops: nothing to say.
         assert!(tracepoint_limits(&formats, kind_mask::RST).is_empty());
+    }
+
+    #[test]
+    fn queue_purge_is_quiet_whatever_its_number() {
+        for (fixture, number) in [
+            (include_str!("../tests/fixtures/kfree_skb-6.18.format"), 104),
+            (include_str!("../tests/fixtures/kfree_skb-6.12.format"), 91),
+        ] {
+            let names = Format::parse(fixture).unwrap().symbols("reason");
+            assert_eq!(names[&number], "QUEUE_PURGE");
+            let bits = quiet_drop_reasons(&names);
+            assert_eq!(bits[number as usize / 32], 1 << (number % 32));
+            assert_eq!(bits.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        }
+        // 6.1 has no such reason: nothing is quiet.
+        let names = Format::parse(include_str!("../tests/fixtures/kfree_skb-6.1.format"))
+            .unwrap()
+            .symbols("reason");
+        assert_eq!(quiet_drop_reasons(&names), [0; 8]);
     }
 
     #[test]
