@@ -609,18 +609,18 @@ fn reuse_idle_jiffies(reuse_idle: std::time::Duration, hz: Option<u32>) -> u32 {
 /// kernel maps. Never overwrites what the programs recorded meanwhile.
 fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
     const BPF_NOEXIST: u64 = 1;
-    if let Some(map) = ebpf.map_mut(map::LISTENERS) {
-        if let Ok(mut listeners) = AyaHashMap::<_, ListenKey, Owner>::try_from(map) {
-            for (key, owner) in &found.listeners {
-                let _ = listeners.insert(key, owner, BPF_NOEXIST);
-            }
+    if let Some(map) = ebpf.map_mut(map::LISTENERS)
+        && let Ok(mut listeners) = AyaHashMap::<_, ListenKey, Owner>::try_from(map)
+    {
+        for (key, owner) in &found.listeners {
+            let _ = listeners.insert(key, owner, BPF_NOEXIST);
         }
     }
-    if let Some(map) = ebpf.map_mut(map::PREEXISTING) {
-        if let Ok(mut connections) = AyaHashMap::<_, ConnKey, Owner>::try_from(map) {
-            for (key, owner) in &found.connections {
-                let _ = connections.insert(key, owner, BPF_NOEXIST);
-            }
+    if let Some(map) = ebpf.map_mut(map::PREEXISTING)
+        && let Ok(mut connections) = AyaHashMap::<_, ConnKey, Owner>::try_from(map)
+    {
+        for (key, owner) in &found.connections {
+            let _ = connections.insert(key, owner, BPF_NOEXIST);
         }
     }
     log::debug!(
