@@ -137,6 +137,20 @@ pub struct ListenKey {
 }
 const _: () = assert!(size_of::<ListenKey>() == 8);
 
+impl ListenKey {
+    /// The key of a listener on `port` in network namespace `netns`
+    /// (inode): the one constructor, used by the kernel programs and by
+    /// userspace seeding pre-existing listeners, so both build the same
+    /// bytes (padding zeroed).
+    pub const fn new(netns: u32, port: u16) -> ListenKey {
+        ListenKey {
+            netns,
+            port,
+            _pad: 0,
+        }
+    }
+}
+
 /// A connection by its addresses, for sockets that were open before the
 /// tracer started (userspace finds their owners with sock_diag and /proc).
 /// Addresses as the tracepoints report them: IPv4 in the first 4 bytes

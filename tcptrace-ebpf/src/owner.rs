@@ -184,30 +184,18 @@ pub fn remember(sk: u64, info: &SockInfo) {
 
 #[inline(always)]
 pub fn listener(netns: u32, port: u16) -> Owner {
-    let key = ListenKey {
-        netns,
-        port,
-        _pad: 0,
-    };
+    let key = ListenKey::new(netns, port);
     unsafe { LISTENERS.get(&key).copied() }.unwrap_or_default()
 }
 
 #[inline(always)]
 pub fn remember_listener(netns: u32, port: u16, owner: &Owner) {
-    let key = ListenKey {
-        netns,
-        port,
-        _pad: 0,
-    };
+    let key = ListenKey::new(netns, port);
     let _ = LISTENERS.insert(&key, owner, 0);
 }
 
 #[inline(always)]
 pub fn forget_listener(netns: u32, port: u16) {
-    let key = ListenKey {
-        netns,
-        port,
-        _pad: 0,
-    };
+    let key = ListenKey::new(netns, port);
     let _ = LISTENERS.remove(&key);
 }

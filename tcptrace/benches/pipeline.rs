@@ -10,10 +10,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tcptrace::{
     aggregate::Aggregate,
     decode::Decoder,
-    enrich::Cgroups,
+    host::cgroups::Cgroups,
     kernel::clock::WallClock,
+    kernel::names::Names,
     sink::{Context, json::write_event},
-    tracer::Names,
 };
 use tcptrace_common::{EVENT_SIZE, Event, Owner, kind};
 

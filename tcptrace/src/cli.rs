@@ -1,8 +1,13 @@
-//! Command line: every clap struct lives here; each subcommand's work
-//! lives in its own module. `main` parses, dispatches, and turns any error
-//! into one line on stderr and a non-zero exit.
+//! Command line: every clap struct and value parser lives here, and
+//! nothing else. A leaf: it imports nothing of the crate. Each
+//! subcommand's work lives in its own module, which takes its own args
+//! from here; `app` parses and dispatches.
 
-use std::{io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -10,10 +15,12 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tcptrace", version, propagate_version = true)]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream TCP events (state changes, connects, retransmits, resets).
@@ -58,20 +65,31 @@ pub struct FilterArgs {
     pub reuse_idle: Duration,
 }
 
+/// `--events`: the event kinds to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventClass {
+    /// RSTs sent and received.
     Rst,
+    /// Retransmits (data, SYN, SYN-ACK).
     Retrans,
+    /// Connect outcomes (succeeded, failed).
     Connect,
+    /// Other TCP state changes.
     State,
+    /// TCP packets the kernel dropped, with the drop reason.
     Drop,
+    /// Errors handed to applications (ECONNRESET, ETIMEDOUT, ...).
     Error,
+    /// Sends after an idle gap of at least --reuse-idle.
     Reuse,
+    /// Every kind above.
     All,
 }
 
+/// `tcptrace trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Print NDJSON (one object per line, schema in docs/events.md).
@@ -91,6 +109,7 @@ pub struct TraceArgs {
     pub no_summary: bool,
 }
 
+/// `tcptrace snapshot`.
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// Print JSON (with --watch, one object per line).
@@ -117,17 +136,18 @@ pub struct SnapshotArgs {
     pub ephemeral_warn: u8,
 }
 
+/// `tcptrace tune`.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The workload to tune for (default: default; with --lb: proxy).
     #[arg(long, value_enum)]
-    pub profile: Option<TuneProfile>,
+    pub profile: Option<ProfileArg>,
     /// Use this value instead of the profile's (repeatable), e.g.
     /// --set net.ipv4.tcp_fin_timeout=20.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub set: Vec<(String, String)>,
     /// Write the drop-in file and apply the values (all or nothing); the
-    /// values replaced are saved next to it as FILE.before.
+    /// values replaced are saved in --state-dir.
     #[arg(long, conflicts_with_all = ["revert", "lb"])]
     pub apply: bool,
     /// Restore the values saved by --apply and remove the drop-in file.
@@ -136,17 +156,22 @@ pub struct TuneArgs {
     /// The sysctl.d drop-in file --apply writes and --revert removes.
     #[arg(long, default_value = "/etc/sysctl.d/90-tcptrace.conf")]
     pub file: PathBuf,
+    /// Where --apply saves the values it replaces and --revert reads them:
+    /// a directory only root can write (created with mode 0700).
+    #[arg(long, default_value = "/var/lib/tcptrace", value_name = "DIR")]
+    pub state_dir: PathBuf,
     /// Print a load-balancer config consistent with the profile.
     #[arg(long, value_enum, requires = "idle_timeout", conflicts_with = "set")]
-    pub lb: Option<LoadBalancer>,
+    pub lb: Option<LbArg>,
     /// The idle timeout of the load balancer or middlebox in front
     /// (e.g. 60s): keepalive starts before it; --lb uses it throughout.
     #[arg(long, value_parser = parse_idle_timeout, value_name = "DURATION")]
     pub idle_timeout: Option<Duration>,
 }
 
+/// `tune --profile`: the workload to tune for (`tune` owns what each means).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TuneProfile {
+pub enum ProfileArg {
     /// General-purpose host: the kernel defaults that cause incidents fixed.
     Default,
     /// A server behind a load balancer: deep accept queues, short keepalive.
@@ -157,32 +182,19 @@ pub enum TuneProfile {
     Proxy,
 }
 
-impl TuneProfile {
-    pub const ALL: [TuneProfile; 4] = [
-        TuneProfile::Default,
-        TuneProfile::LbBackend,
-        TuneProfile::HighChurnClient,
-        TuneProfile::Proxy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TuneProfile::Default => "default",
-            TuneProfile::LbBackend => "lb-backend",
-            TuneProfile::HighChurnClient => "high-churn-client",
-            TuneProfile::Proxy => "proxy",
-        }
-    }
-}
-
+/// `tune --lb`: the load balancer whose configuration to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LoadBalancer {
+pub enum LbArg {
+    /// HAProxy (`timeout client`, `timeout server`, `backlog`).
     Haproxy,
+    /// nginx (`keepalive_timeout`, `listen ... backlog=`).
     Nginx,
 }
 
+/// `tcptrace stress`.
 #[derive(Debug, Args)]
 pub struct StressArgs {
+    /// The load pattern.
     #[command(subcommand)]
     pub mode: StressMode,
 }
@@ -208,7 +220,8 @@ pub enum StressMode {
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// Where to connect: HOST:PORT, e.g. 127.0.0.1:8080, [::1]:80, lb.internal:443.
-    pub target: String,
+    #[arg(value_parser = parse_target)]
+    pub target: TargetSpec,
     /// Stop after this long [default: churn 10s, hold 30s, pool 60s, latency 60s].
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -222,10 +235,18 @@ pub struct LoadArgs {
     /// the target's port to the report: connects, retransmits, resets by reason.
     #[arg(long)]
     pub trace: bool,
+    /// An inherited socket to the `diagnose --during` that started this
+    /// load: one byte is written to it once the load has started (target
+    /// resolved, tracer attached); when it closes (diagnose died), the
+    /// load ends at once.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(i32).range(3..))]
+    pub parent_fd: Option<i32>,
 }
 
+/// `tcptrace stress churn`.
 #[derive(Debug, Args)]
 pub struct ChurnArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Stop after this many connection attempts.
@@ -242,8 +263,10 @@ pub struct ChurnArgs {
     pub rst: bool,
 }
 
+/// `tcptrace stress hold`.
 #[derive(Debug, Args)]
 pub struct HoldArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Connections to open and keep.
@@ -257,8 +280,10 @@ pub struct HoldArgs {
     pub hold: Option<Duration>,
 }
 
+/// `tcptrace stress pool`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Pooled connections, each used by one request at a time.
@@ -268,7 +293,7 @@ pub struct PoolArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: u64,
     /// Idle gap between two uses of a connection: a duration (5s) or a
-    /// uniform spread (1s..8s).
+    /// uniform spread (1s..8s); from 1us.
     #[arg(long, default_value = "1s", value_parser = parse_spread)]
     pub idle: Spread,
     /// Send HTTP/1.1 keep-alive `GET PATH` (for nginx, HAProxy...) instead of
@@ -283,27 +308,31 @@ pub struct PoolArgs {
     pub reply_timeout: Duration,
 }
 
+/// `tcptrace stress latency`.
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
+    /// Target, duration, report.
     #[command(flatten)]
     pub load: LoadArgs,
     /// Number of connects to time.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub samples: u64,
-    /// Time between the starts of two samples.
-    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    /// Time between the starts of two samples (from 1us).
+    #[arg(long, value_parser = parse_fine_duration, default_value = "100ms")]
     pub interval: Duration,
 }
 
+/// `tcptrace stress serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on: IP:PORT (port 0 picks a free port, printed at start).
-    pub listen: String,
+    #[arg(value_parser = parse_listen)]
+    pub listen: SocketAddr,
     /// Listen backlog (the kernel caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=65535))]
     pub backlog: u32,
-    /// Wait this long before each accept (a slow server).
-    #[arg(long, value_parser = parse_duration, conflicts_with = "no_accept")]
+    /// Wait this long before each accept (a slow server; from 1us).
+    #[arg(long, value_parser = parse_fine_duration, conflicts_with = "no_accept")]
     pub accept_delay: Option<Duration>,
     /// Never accept: connections pile up in the accept queue, then SYNs are dropped.
     #[arg(long)]
@@ -332,15 +361,32 @@ pub struct ServeArgs {
     pub json: bool,
 }
 
+/// A client mode's target as written, `HOST:PORT`; resolved when the load
+/// starts (stress/target.rs), so a syntax error is a usage error (exit 2)
+/// and a name that does not resolve is a run-time one (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    /// What the user wrote, for reports.
+    pub text: String,
+    /// A name or an IP literal (IPv6 without its brackets).
+    pub host: String,
+    /// Never 0.
+    pub port: u16,
+}
+
 /// An idle gap: fixed (`min == max`) or drawn uniformly from `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spread {
+    /// Shortest gap.
     pub min: Duration,
+    /// Longest gap.
     pub max: Duration,
 }
 
+/// `tcptrace diagnose`.
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C, or until the
@@ -350,7 +396,7 @@ pub struct DiagnoseArgs {
     /// Generate load while watching, e.g. 'stress churn 127.0.0.1:8080
     /// --duration 10s' (runs in this network namespace; its report goes
     /// to stderr).
-    #[arg(long, value_name = "STRESS")]
+    #[arg(long, value_name = "STRESS", value_parser = parse_during)]
     pub during: Option<String>,
     /// Print the report as one JSON document (schema in docs/diagnose.md).
     #[arg(long)]
@@ -360,8 +406,10 @@ pub struct DiagnoseArgs {
     pub ring_kib: u32,
 }
 
+/// `tcptrace top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
+    /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Refresh interval (e.g. 1s, 500ms).
@@ -384,8 +432,32 @@ pub struct TopArgs {
     pub ring_kib: u32,
 }
 
-/// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds.
+/// Parses durations such as `500ms`, `30s`, `5m`, `1h`, or bare seconds,
+/// from 1 ms to a year: every flag that takes it (run lengths, refresh
+/// intervals, timeouts) means nothing, or spins, below a millisecond.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    at_least(text, Duration::from_millis(1), "1ms")
+}
+
+/// [`parse_duration`] down to 1 us, for gaps and delays where a fraction
+/// of a millisecond means something (`--interval 500us`, `--accept-delay`).
+pub fn parse_fine_duration(text: &str) -> Result<Duration, String> {
+    at_least(text, Duration::from_micros(1), "1us")
+}
+
+fn at_least(text: &str, min: Duration, min_text: &str) -> Result<Duration, String> {
+    let duration = parse_any_duration(text)?;
+    if duration < min {
+        return Err(format!(
+            "'{}' is too short: at least {min_text}",
+            text.trim()
+        ));
+    }
+    Ok(duration)
+}
+
+/// Any duration from 0 (exclusive) to a year, as text with a unit.
+fn parse_any_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -402,7 +474,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => {
             return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+                "'{text}': unknown unit '{unit}' (use us, ms, s, m or h)"
             ));
         }
     };
@@ -412,6 +484,67 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `HOST:PORT` with IPv6 literals in brackets; the port is 1 to 65535.
+pub fn parse_target(text: &str) -> Result<TargetSpec, String> {
+    let syntax = || {
+        format!(
+            "'{text}' is not a target: give HOST:PORT, e.g. 127.0.0.1:8080, [::1]:80 or lb.internal:443"
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(syntax)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .filter(|h| h.parse::<Ipv6Addr>().is_ok())
+            .ok_or_else(syntax)?,
+        // An unbracketed IPv6 literal would make the port ambiguous.
+        None if host.contains(':') || host.is_empty() => return Err(syntax()),
+        None => host,
+    };
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(syntax());
+    }
+    let port: u16 = port.parse().map_err(|_| syntax())?;
+    if port == 0 {
+        return Err(format!(
+            "'{text}': port 0 cannot be connected to; give the port the server listens on"
+        ));
+    }
+    Ok(TargetSpec {
+        text: text.to_string(),
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// A `stress` client command line for `diagnose --during`, checked as if
+/// typed on its own, so its mistakes are usage errors here too.
+fn parse_during(text: &str) -> Result<String, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.first() != Some(&"stress") {
+        return Err(
+            "expected a stress command, e.g. 'stress churn 127.0.0.1:8080 --duration 10s'".into(),
+        );
+    }
+    match Cli::try_parse_from(std::iter::once("tcptrace").chain(words)) {
+        Ok(Cli {
+            command:
+                Command::Stress(StressArgs {
+                    mode: StressMode::Serve(_),
+                }),
+        }) => Err("a server is not a load: give churn, hold, pool or latency".into()),
+        Ok(_) => Ok(text.to_string()),
+        Err(err) => Err(usage_error(&err)),
+    }
+}
+
+/// `IP:PORT` (IPv6 in brackets); port 0 picks a free port.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("'{text}' is not a listen address: give IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080")
+    })
 }
 
 fn parse_top(text: &str) -> Result<usize, String> {
@@ -437,7 +570,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 /// TCP keepalive counts whole seconds, so an idle timeout under 1 s
 /// cannot be honoured.
 fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
-    let idle = parse_duration(text)?;
+    let idle = parse_any_duration(text)?;
     if idle < Duration::from_secs(1) {
         return Err(format!("'{text}': an idle timeout is at least 1s"));
     }
@@ -447,9 +580,9 @@ fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
 /// Parses `5s` (a fixed gap) or `1s..8s` (a uniform spread).
 pub fn parse_spread(text: &str) -> Result<Spread, String> {
     let (min, max) = match text.split_once("..") {
-        Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
+        Some((min, max)) => (parse_fine_duration(min)?, parse_fine_duration(max)?),
         None => {
-            let gap = parse_duration(text)?;
+            let gap = parse_fine_duration(text)?;
             (gap, gap)
         }
     };
@@ -491,106 +624,35 @@ fn parse_ring_kib(text: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
-/// Entry point of the binary.
-pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => {
-            // --help and --version.
-            let _ = err.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("tcptrace: {} (see --help)", usage_error(&err));
-            return ExitCode::from(2);
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tcptrace: {}", one_line(&err));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // One thread is plenty to read events; a load generator must use every
-    // core to keep up with a blocking connect loop on as many threads.
-    let mut builder = match &cli.command {
-        Command::Stress(args) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            // A local connect completes inside the syscall, so churn is
-            // CPU-bound in the kernel: as many workers as connections in
-            // flight (within 1 to 4 per core) get the same share of the
-            // CPU as a blocking loop with that many threads.
-            if let StressMode::Churn(churn) = &args.mode {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                builder.worker_threads((churn.concurrency as usize).clamp(cores, 4 * cores));
-            }
-            builder
-        }
-        _ => tokio::runtime::Builder::new_current_thread(),
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Trace(args) => crate::trace::run(args).await,
-            Command::Snapshot(args) => crate::snapshot::run(args).await,
-            Command::Tune(args) => crate::tune::run(args).await,
-            Command::Stress(args) => crate::stress::run(args).await,
-            Command::Diagnose(args) => crate::diagnose::run(args).await,
-            Command::Top(args) => crate::top::run(args).await,
-        }
-    })
-}
-
-/// clap's message without its usage block: the first line, minus "error: ".
-fn usage_error(err: &clap::Error) -> String {
+/// clap's message on one line, without its usage block: the error with
+/// what it names (a missing argument, the possible values, a tip). A
+/// missing subcommand lists the subcommands instead of printing the help.
+/// `app` and `diagnose --during` both report usage errors with it.
+pub fn usage_error(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first = text.lines().next().unwrap_or_default();
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match text
-        .lines()
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let usage = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Usage: "))
+            .unwrap_or("tcptrace <COMMAND>");
+        let command = usage.split(" <COMMAND>").next().unwrap_or("tcptrace");
+        let names: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| *name != "help")
+            .collect();
+        return format!("{command} needs a subcommand: {}", names.join(", "));
+    }
+    text.lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
-        .find(|l| l.starts_with("[possible values"))
-    {
-        Some(values) => format!("{first} {values}"),
-        None => first.to_string(),
-    }
-}
-
-/// The error and its causes on one line, without repeating a cause that
-/// the outer message already quotes.
-fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line.replace('\n', " ")
-}
-
-/// A closed stdout (`tcptrace trace | head`) ends the run quietly.
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    })
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -602,9 +664,157 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        for bad in [
+            "0s",
+            "0",
+            "0.0000000001s",
+            "999us",
+            "0.5ms",
+            "10 parsecs",
+            "",
+            "-1s",
+            "1e3",
+            ".",
+            "nan",
+            "inf",
+            "367d",
+            "9999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(
+            parse_duration("0.0000000001s").unwrap_err(),
+            "'0.0000000001s' is too short: at least 1ms"
+        );
+        assert_eq!(
+            parse_fine_duration("500us").unwrap(),
+            Duration::from_micros(500)
+        );
+        assert!(parse_fine_duration("0.1us").is_err());
+        assert!(parse_idle_timeout("0.0000001s").is_err());
+    }
+
+    #[test]
+    fn targets_and_listen_addresses() {
+        let target = parse_target("127.0.0.1:8080").unwrap();
+        assert_eq!((target.host.as_str(), target.port), ("127.0.0.1", 8080));
+        assert_eq!(parse_target("[::1]:80").unwrap().host, "::1");
+        assert_eq!(parse_target("lb.internal:443").unwrap().host, "lb.internal");
+        assert!(parse_target("127.0.0.1:0").unwrap_err().contains("port 0"));
+        for bad in [
+            "127.0.0.1",
+            "::1:80",
+            ":80",
+            "host:http",
+            "host:70000",
+            "[::1:80",
+            "[nope]:80",
+            "",
+            "a b:80",
+            "host:-1",
+        ] {
+            let err = parse_target(bad).unwrap_err();
+            assert!(err.contains("is not a target"), "{bad}: {err}");
+        }
+        assert!(parse_listen("[::]:0").is_ok());
+        assert!(parse_listen("localhost:80").is_err());
+    }
+
+    #[test]
+    fn usage_errors_name_what_is_missing_on_one_line() {
+        let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
+        assert_eq!(
+            error(&["tcptrace"]),
+            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top"
+        );
+        assert_eq!(
+            error(&["tcptrace", "stress"]),
+            "tcptrace stress needs a subcommand: churn, hold, pool, latency, serve"
+        );
+        assert_eq!(
+            error(&["tcptrace", "stress", "churn"]),
+            "the following required arguments were not provided: <TARGET>"
+        );
+        let profile = error(&["tcptrace", "tune", "--profile", "x"]);
+        assert!(profile.contains("[possible values: default,"), "{profile}");
+        for args in [
+            &["tcptrace", "tune", "--profile", "x"][..],
+            &["tcptrace", "trace", "--bogus"],
+            &["tcptrace", "top", "--interval", "0.0000000001s"],
+            &["tcptrace", "stress", "churn", "nonsense"],
+        ] {
+            let line = error(args);
+            assert!(!line.contains('\n') && !line.is_empty(), "{args:?}: {line}");
+        }
+    }
+
+    /// No input makes a value parser panic, whatever it is.
+    mod no_panics {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn value_parsers(text in ".*") {
+                let _ = parse_duration(&text);
+                let _ = parse_fine_duration(&text);
+                let _ = parse_idle_timeout(&text);
+                let _ = parse_spread(&text);
+                let _ = parse_target(&text);
+                let _ = parse_listen(&text);
+                let _ = parse_during(&text);
+                let _ = parse_during(&format!("stress {text}"));
+                let _ = parse_key_value(&text);
+                let _ = parse_http_path(&text);
+                let _ = parse_comm(&text);
+                let _ = parse_ring_kib(&text);
+                let _ = parse_top(&text);
+            }
+
+            #[test]
+            fn duration_like_text(
+                number in "[0-9]{0,30}(\\.[0-9]{0,30})?",
+                unit in "(|s|ms|us|m|h|d|µs)",
+            ) {
+                let text = format!("{number}{unit}");
+                for d in [parse_duration(&text), parse_fine_duration(&text)].into_iter().flatten() {
+                    prop_assert!(d >= Duration::from_micros(1));
+                    prop_assert!(d <= Duration::from_secs(366 * 86400));
+                }
+                if let Ok(spread) = parse_spread(&format!("{text}..{text}")) {
+                    prop_assert!(spread.min == spread.max);
+                }
+            }
+
+            /// Whole command lines made of real flags and arbitrary values:
+            /// an error or a parse, never a panic.
+            #[test]
+            fn command_lines(
+                words in proptest::collection::vec(
+                    prop_oneof![
+                        Just("trace".to_string()), Just("top".to_string()),
+                        Just("diagnose".to_string()), Just("snapshot".to_string()),
+                        Just("tune".to_string()), Just("stress".to_string()),
+                        Just("churn".to_string()), Just("serve".to_string()),
+                        Just("pool".to_string()),
+                        Just("--duration".to_string()), Just("--interval".to_string()),
+                        Just("--ring-kib".to_string()), Just("--pid".to_string()),
+                        Just("--port".to_string()), Just("--idle".to_string()),
+                        Just("--watch".to_string()), Just("--set".to_string()),
+                        Just("--idle-timeout".to_string()), Just("--events".to_string()),
+                        ".{0,12}",
+                    ],
+                    0..8,
+                )
+            ) {
+                let argv = std::iter::once("tcptrace".to_string()).chain(words);
+                if let Err(err) = Cli::try_parse_from(argv) {
+                    let _ = usage_error(&err);
+                }
+            }
+        }
     }
 
     #[test]
@@ -719,7 +929,22 @@ mod tests {
             panic!("pool arguments parse into pool mode");
         };
         assert_eq!(pool.idle.max, Duration::from_secs(8));
-        assert_eq!(pool.load.target, "lb:80");
+        assert_eq!(pool.load.target.text, "lb:80");
+        assert_eq!(pool.load.target.port, 80);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_and_name_what_is_wrong() {
+        let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
+        let missing = error(&["tcptrace", "stress", "churn"]);
+        assert!(missing.contains("<TARGET>"), "{missing}");
+        let invalid = error(&["tcptrace", "tune", "--profile", "fast"]);
+        assert!(invalid.contains("'fast'"), "{invalid}");
+        assert!(invalid.contains("[possible values:"), "{invalid}");
+        for message in [missing, invalid] {
+            assert!(!message.contains('\n'), "{message}");
+            assert!(!message.starts_with("error:"), "{message}");
+        }
     }
 
     #[test]

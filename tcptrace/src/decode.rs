@@ -7,12 +7,16 @@ use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32, directi
 
 use crate::event::{Comm, Detail, Dropped, EventKind, Owner, Segment, TcpEvent};
 
+/// A ring buffer record that is not an event this binary knows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The record has the wrong length (a kernel/userspace build mismatch).
     #[error("ring buffer item of {0} bytes, expected {EVENT_SIZE}")]
     Size(usize),
+    /// The kind number is unknown.
     #[error("unknown event kind {0}")]
     Kind(u8),
+    /// The address family is neither AF_INET nor AF_INET6.
     #[error("unknown address family {0}")]
     Family(u8),
 }
@@ -25,6 +29,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A decoder for a kernel ticking `hz` times a second (`None`: idle times unknown).
     pub fn new(hz: Option<u32>) -> Decoder {
         Decoder {
             ns_per_jiffy: hz
@@ -33,6 +38,7 @@ impl Decoder {
         }
     }
 
+    /// Decodes one ring buffer record: length checked, read unaligned.
     pub fn decode(&self, bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         if bytes.len() != EVENT_SIZE {
             return Err(DecodeError::Size(bytes.len()));
@@ -43,6 +49,7 @@ impl Decoder {
         self.from_raw(&raw)
     }
 
+    /// Converts a kernel record, every number checked.
     pub fn from_raw(&self, raw: &Event) -> Result<TcpEvent, DecodeError> {
         let kind = EventKind::try_from(raw.kind).map_err(DecodeError::Kind)?;
         let (local_ip, remote_ip) = match u16::from(raw.family) {

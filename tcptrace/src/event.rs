@@ -1,33 +1,53 @@
-//! Decoded TCP events: plain data, owned, safe to pass anywhere.
+//! Decoded TCP events: plain data, owned, safe to pass anywhere; and the
+//! version of the schema they are written in.
 
 use std::net::{IpAddr, SocketAddr};
 
 use tcptrace_common::kind;
 
-/// What happened. Mirrors `tcptrace_common::kind` (same order, same
-/// number: `ALL[kind::X]` is the variant of `kind::X`).
+/// Version of every JSON record tcptrace writes (events, loss records,
+/// summaries, `top` snapshots, the `diagnose` report): the `"v"` field.
+/// Fields may be added; renaming or removing one bumps it
+/// (docs/events.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Number of event kinds: the length of every per-kind array, as the
+/// kernel programs size their per-kind counters (`tcptrace_common::kind::COUNT`).
+pub const KINDS: usize = kind::COUNT as usize;
+
+/// What happened. The discriminants are the kernel's kind numbers
+/// (`tcptrace_common::kind`), so `kind as usize` indexes per-kind arrays
+/// and a kind added there must be added here (the build fails otherwise).
+#[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {
-    State,
-    Connect,
-    ConnectFailed,
-    Retransmit,
-    SynAckRetransmit,
-    RstSent,
-    RstReceived,
-    /// A TCP packet the kernel dropped (`skb:kfree_skb`).
-    Drop,
-    /// The error a socket handed its application (`inet_sk_error_report`).
-    SocketError,
-    /// A send on a connection after an idle gap of at least `--reuse-idle`.
-    Reuse,
+    /// A TCP state change that is not a connect outcome.
+    State = kind::STATE,
+    /// SYN_SENT -> ESTABLISHED: an active open succeeded.
+    Connect = kind::CONNECT,
+    /// SYN_SENT -> CLOSE: an active open failed.
+    ConnectFailed = kind::CONNECT_FAILED,
+    /// `tcp:tcp_retransmit_skb`: a data (or SYN) segment was retransmitted.
+    Retransmit = kind::RETRANSMIT,
+    /// `tcp:tcp_retransmit_synack`: a SYN-ACK was retransmitted.
+    SynAckRetransmit = kind::SYNACK_RETRANSMIT,
+    /// `tcp:tcp_send_reset`: this host sent an RST.
+    RstSent = kind::RST_SENT,
+    /// `tcp:tcp_receive_reset`: this host received an RST.
+    RstReceived = kind::RST_RECEIVED,
+    /// `skb:kfree_skb`: a TCP packet the kernel dropped, with its reason.
+    Drop = kind::DROP,
+    /// `sock:inet_sk_error_report`: the error a socket handed its
+    /// application (`sk_err`: ECONNRESET, ETIMEDOUT, ...).
+    SocketError = kind::SOCKET_ERROR,
+    /// A send on a connection after an idle gap of at least `--reuse-idle`
+    /// (`tcp:tcp_sendmsg_locked`, or `sock:sock_send_length`).
+    Reuse = kind::REUSE,
 }
 
-/// Number of event kinds: the size of per-kind arrays.
-pub const KIND_COUNT: usize = kind::COUNT as usize;
-
 impl EventKind {
-    pub const ALL: [EventKind; KIND_COUNT] = [
+    /// Every kind, in kernel number order (`ALL[k as usize] == k`).
+    pub const ALL: [EventKind; KINDS] = [
         EventKind::State,
         EventKind::Connect,
         EventKind::ConnectFailed,
@@ -39,6 +59,11 @@ impl EventKind {
         EventKind::SocketError,
         EventKind::Reuse,
     ];
+
+    /// Index into per-kind arrays (`[T; KINDS]`).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// The name used in JSON and in human output.
     pub fn name(self) -> &'static str {
@@ -56,19 +81,31 @@ impl EventKind {
         }
     }
 
+    /// An RST sent or received.
     pub fn is_rst(self) -> bool {
         matches!(self, EventKind::RstSent | EventKind::RstReceived)
     }
 
+    /// A retransmitted segment or SYN-ACK.
     pub fn is_retransmit(self) -> bool {
         matches!(self, EventKind::Retransmit | EventKind::SynAckRetransmit)
     }
 }
 
+// `ALL` lists the kinds at their own index, so `TryFrom` can index it.
+const _: () = {
+    let mut i = 0;
+    while i < KINDS {
+        assert!(EventKind::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 impl TryFrom<u8> for EventKind {
     type Error = u8;
+    /// The kind with this kernel number; the number itself if unknown.
     fn try_from(raw: u8) -> Result<Self, u8> {
-        EventKind::ALL.get(raw as usize).copied().ok_or(raw)
+        EventKind::ALL.get(usize::from(raw)).copied().ok_or(raw)
     }
 }
 
@@ -79,7 +116,9 @@ pub struct Owner {
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
+    /// Command name of the thread (`comm`, at most 15 bytes).
     pub comm: Comm,
+    /// cgroup v2 id: the inode of the process's cgroup directory.
     pub cgroup_id: u64,
 }
 
@@ -93,6 +132,8 @@ pub struct Comm {
 }
 
 impl Comm {
+    /// From the kernel's NUL-padded bytes (or any bytes): up to the first
+    /// NUL, at most 16 bytes.
     pub fn new(raw: &[u8]) -> Comm {
         let raw = &raw[..raw
             .iter()
@@ -114,6 +155,7 @@ impl Comm {
         }
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         // SAFETY: `new` keeps the bytes valid UTF-8 (non-ASCII bytes of an
         // invalid name become '?'); this runs for every event written.
@@ -158,17 +200,25 @@ impl serde::Serialize for Comm {
     }
 }
 
+/// One event from the kernel, decoded: when, what, on which connection,
+/// whose, and the kind-specific figures (`None` where they do not apply
+/// or the kernel could not tell).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TcpEvent {
-    /// CLOCK_MONOTONIC nanoseconds.
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub mono_ns: u64,
+    /// What happened.
     pub kind: EventKind,
     /// Kernel socket address: stable for a connection's life.
     pub sock: u64,
     /// Network namespace inode; `None` when the kernel had no socket.
     pub netns: Option<u32>,
+    /// This host's end.
     pub local: SocketAddr,
+    /// The peer's end.
     pub remote: SocketAddr,
+    /// Who owns the socket, as recorded where it really ran; `None` when
+    /// unknown (never guessed from the softirq's `current`).
     pub owner: Option<Owner>,
     /// State changes and connect outcomes: (old, new) state numbers.
     pub transition: Option<(u8, u8)>,
@@ -178,10 +228,13 @@ pub struct TcpEvent {
     pub rst_reason: Option<u32>,
     /// Connect latency (Connect) or time to failure (ConnectFailed).
     pub connect_ns: Option<u64>,
-    /// Resets: time since the connection was established.
+    /// Resets, reuses, socket errors: time since the connection was
+    /// established.
     pub age_ns: Option<u64>,
-    /// Resets: time since the last data sent / received.
+    /// Resets and reuses: time since the last data sent (for a reuse, the
+    /// idle gap the send ended).
     pub idle_send_ns: Option<u64>,
+    /// Resets and reuses: time since the last data received.
     pub idle_recv_ns: Option<u64>,
     /// Retransmits on kernels >= 6.17: the transmit error, if any.
     pub err: Option<i32>,
@@ -193,12 +246,15 @@ pub struct TcpEvent {
 /// Kind-specific figures of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Detail {
+    /// Kinds without extra figures.
     #[default]
     None,
+    /// `drop`: the dropped packet.
     Drop(Dropped),
-    /// `socket_error`: the positive errno the kernel set on the socket
-    /// (`sk_err`), e.g. 104 (ECONNRESET).
+    /// `socket_error`: what the kernel set on the socket.
     SocketError {
+        /// The positive errno of `sk_err`, e.g. 104 (ECONNRESET); named
+        /// with `kernel::errno::name`.
         errno: i32,
     },
     /// `retransmit`: the segment and the path.
@@ -223,9 +279,14 @@ pub struct Dropped {
 /// `None` (a BTF member this kernel lacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// Payload bytes of the retransmitted skb (`skb->len`); 0 for a bare
+    /// SYN or FIN.
     pub len: Option<u32>,
+    /// Segments the skb is sent as (`tcp_skb_pcount`, GSO).
     pub segs: Option<u16>,
+    /// The connection's MSS in bytes (`tcp_sock.mss_cache`).
     pub mss: Option<u32>,
+    /// The path MTU in bytes (`inet_connection_sock.icsk_pmtu_cookie`).
     pub pmtu: Option<u32>,
 }
 
@@ -267,6 +328,7 @@ impl TcpEvent {
         self.remote.ip().to_canonical()
     }
 
+    /// `drop` events: the dropped packet.
     pub fn dropped(&self) -> Option<&Dropped> {
         match &self.detail {
             Detail::Drop(d) => Some(d),
@@ -274,6 +336,7 @@ impl TcpEvent {
         }
     }
 
+    /// `socket_error` events: the positive errno handed to the application.
     pub fn socket_errno(&self) -> Option<i32> {
         match self.detail {
             Detail::SocketError { errno } => Some(errno),
@@ -281,6 +344,7 @@ impl TcpEvent {
         }
     }
 
+    /// `retransmit` events: the retransmitted segment and the path.
     pub fn segment(&self) -> Option<&Segment> {
         match &self.detail {
             Detail::Segment(s) => Some(s),

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tcptrace::cli::main()
+    tcptrace::app::main()
 }

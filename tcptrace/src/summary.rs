@@ -11,11 +11,10 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::{
-    event::{EventKind, KIND_COUNT, TcpEvent},
-    kernel::errno,
-    sink::SCHEMA_VERSION,
+    counts::Counts,
+    event::{Comm, EventKind, SCHEMA_VERSION, TcpEvent},
+    kernel::{errno, names::Names},
     timefmt,
-    tracer::{KernelCounts, Names},
 };
 
 /// Processes listed in the summary.
@@ -23,7 +22,7 @@ const TOP: usize = 10;
 
 #[derive(Debug, Default, Clone)]
 struct ProcessCounts {
-    comm: crate::event::Comm,
+    comm: Comm,
     rst_sent: u64,
     rst_received: u64,
     retransmits: u64,
@@ -43,9 +42,12 @@ impl ProcessCounts {
     }
 }
 
+/// What `trace` prints at the end: events by kind, the exact loss
+/// accounting, connect latency percentiles (µs resolution) and the
+/// processes most hit. Human text on stderr, one JSON record in the
+/// stream (`"type": "summary"`, docs/events.md).
 pub struct Summary {
     seconds: f64,
-    by_kind: [u64; KIND_COUNT],
     /// Socket errors by errno name (`ERRNO_<n>` when unnamed), from events.
     socket_errors: BTreeMap<String, u64>,
     /// TCP drops by reason name, as the kernel counted them (exact):
@@ -54,7 +56,7 @@ pub struct Summary {
     host_drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
     processes: HashMap<u32, ProcessCounts>,
-    kernel: KernelCounts,
+    counts: Counts,
     missing: Vec<String>,
 }
 
@@ -62,22 +64,21 @@ impl Default for Summary {
     fn default() -> Self {
         Summary {
             seconds: 0.0,
-            by_kind: [0; KIND_COUNT],
             socket_errors: BTreeMap::new(),
             drops_by_reason: BTreeMap::new(),
             host_drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
             processes: HashMap::new(),
-            kernel: KernelCounts::default(),
+            counts: Counts::default(),
             missing: Vec::new(),
         }
     }
 }
 
 impl Summary {
+    /// Takes one event into the latency and per-process figures.
     pub fn add(&mut self, ev: &TcpEvent) {
-        self.by_kind[ev.kind as usize] += 1;
         if ev.kind == EventKind::Connect
             && let Some(ns) = ev.connect_ns
         {
@@ -85,7 +86,7 @@ impl Summary {
                 .saturating_record((ns / 1000).max(1));
         }
         if let Some(errno) = ev.socket_errno() {
-            *self.socket_errors.entry(errno_name(errno)).or_default() += 1;
+            *self.socket_errors.entry(errno::label(errno)).or_default() += 1;
         }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
@@ -109,33 +110,21 @@ impl Summary {
         }
     }
 
-    /// The kernel's exact per-reason drop counts, in the traced scope and
-    /// on the whole host (`Tracer::drop_reason_counts`,
-    /// `host_drop_reason_counts`).
-    pub fn set_drop_counts(
-        &mut self,
-        in_scope: &BTreeMap<u32, u64>,
-        host: &BTreeMap<u32, u64>,
-        names: &Names,
-    ) {
+    /// Completes it with the run's length in seconds, the session's
+    /// exact counts (the kernel's per-reason drop counts among them, named
+    /// with this kernel's `names`) and what this kernel could not trace.
+    pub fn finish(&mut self, seconds: f64, counts: Counts, missing: &[String], names: &Names) {
         let named = |counts: &BTreeMap<u32, u64>| {
             counts
                 .iter()
                 .map(|(reason, n)| (names.drop_reason(*reason).into_owned(), *n))
                 .collect()
         };
-        self.drops_by_reason = named(in_scope);
-        self.host_drops_by_reason = named(host);
-    }
-
-    pub fn finish(&mut self, seconds: f64, kernel: KernelCounts, missing: &[String]) {
+        self.drops_by_reason = named(&counts.drops.in_scope);
+        self.host_drops_by_reason = named(&counts.drops.host);
         self.seconds = seconds;
-        self.kernel = kernel;
+        self.counts = counts;
         self.missing = missing.to_vec();
-    }
-
-    pub fn received(&self) -> u64 {
-        self.by_kind.iter().sum()
     }
 
     fn top(&self) -> Vec<(u32, &ProcessCounts)> {
@@ -150,24 +139,23 @@ impl Summary {
             .then(|| self.connect_latency_us.value_at_quantile(quantile))
     }
 
+    /// The summary record of the NDJSON stream.
     pub fn to_json(&self) -> Value {
-        let by_kind: serde_json::Map<String, Value> = EventKind::ALL
-            .iter()
-            .map(|k| (k.name().to_string(), json!(self.by_kind[*k as usize])))
+        let by_kind: serde_json::Map<String, Value> = self
+            .counts
+            .received_by_kind()
+            .map(|(k, n)| (k.name().to_string(), json!(n)))
             .collect();
         let lost: serde_json::Map<String, Value> = self
+            .counts
             .kernel
             .lost_by_kind()
             .map(|(k, n)| (k.name().to_string(), json!(n)))
             .collect();
-        json!({
+        let mut record = json!({
             "v": SCHEMA_VERSION,
             "type": "summary",
             "seconds": self.seconds,
-            "events_received": self.received(),
-            "events_produced": self.kernel.total_produced(),
-            "events_lost": self.kernel.total_lost(),
-            "missed_by_kernel": self.kernel.missed_by_kernel,
             "by_kind": by_kind,
             "lost_by_kind": lost,
             "connect_latency_us": {
@@ -186,26 +174,31 @@ impl Summary {
                 "drops": c.drops, "socket_errors": c.socket_errors,
             })).collect::<Vec<_>>(),
             "missing": self.missing,
-        })
+        });
+        if let Value::Object(fields) = &mut record {
+            fields.extend(self.counts.json_fields());
+        }
+        record
     }
 
+    /// The summary as text, for stderr.
     pub fn to_human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "--- tcptrace: {:.1} s, {} events received, {} produced, {} lost ---",
+            "--- tcptrace: {:.1} s, {} ---",
             self.seconds,
-            self.received(),
-            self.kernel.total_produced(),
-            self.kernel.total_lost()
+            self.counts.human()
         );
-        let kinds: Vec<String> = EventKind::ALL
-            .iter()
-            .map(|k| format!("{} {}", k.name(), self.by_kind[*k as usize]))
+        let kinds: Vec<String> = self
+            .counts
+            .received_by_kind()
+            .map(|(k, n)| format!("{} {n}", k.name()))
             .collect();
         let _ = writeln!(s, "events: {}", kinds.join(", "));
-        if self.kernel.total_lost() > 0 {
+        if self.counts.lost() > 0 {
             let lost: Vec<String> = self
+                .counts
                 .kernel
                 .lost_by_kind()
                 .filter(|(_, n)| *n > 0)
@@ -274,25 +267,17 @@ impl Summary {
                 );
             }
         }
-        if self.kernel.missed_by_kernel > 0 {
+        if self.counts.missed_by_kernel() > 0 {
             let _ = writeln!(
                 s,
                 "MISSED by the kernel: {} hook runs skipped (the same program was already running on that CPU)",
-                self.kernel.missed_by_kernel
+                self.counts.missed_by_kernel()
             );
         }
         for missing in &self.missing {
             let _ = writeln!(s, "not traced on this kernel: {missing}");
         }
         s
-    }
-}
-
-/// `ECONNRESET`, or `ERRNO_<n>` for a number without a name.
-pub fn errno_name(errno: i32) -> String {
-    match errno::name(errno) {
-        Some(name) => name.to_string(),
-        None => format!("ERRNO_{errno}"),
     }
 }
 
@@ -333,20 +318,19 @@ mod tests {
     #[test]
     fn ranks_processes_and_counts_kinds() {
         let mut s = Summary::default();
-        for _ in 0..3 {
-            s.add(&event(EventKind::RstReceived, 7));
+        let mut counts = Counts::default();
+        for (kind, pid, times) in [
+            (EventKind::RstReceived, 7, 3),
+            (EventKind::RstSent, 9, 1),
+            (EventKind::Connect, 9, 1),
+        ] {
+            for _ in 0..times {
+                s.add(&event(kind, pid));
+                counts.received[kind.index()] += 1;
+                counts.kernel.produced[kind.index()] += 1;
+            }
         }
-        s.add(&event(EventKind::RstSent, 9));
-        s.add(&event(EventKind::Connect, 9));
-        s.finish(
-            1.0,
-            KernelCounts {
-                produced: [0, 1, 0, 0, 0, 1, 3, 0, 0, 0],
-                lost: [0; KIND_COUNT],
-                missed_by_kernel: 0,
-            },
-            &[],
-        );
+        s.finish(1.0, counts, &[], &Names::default());
         let j = s.to_json();
         assert_eq!(j["events_received"], 5);
         assert_eq!(j["events_produced"], 5);
@@ -354,6 +338,10 @@ mod tests {
         assert_eq!(j["top_processes"][0]["pid"], 7);
         assert_eq!(j["top_processes"][0]["rst_received"], 3);
         assert_eq!(j["connect_latency_us"]["count"], 1);
-        assert!(s.to_human().contains("connect latency: n=1 p50=2.0ms"));
+        assert!(s.to_human().contains("connect latency: n=1 p50=2ms"));
+        assert!(
+            s.to_human()
+                .starts_with("--- tcptrace: 1.0 s, 5 events received, 5 produced, 0 lost ---")
+        );
     }
 }

@@ -1,10 +1,14 @@
-//! Plain aligned text tables for human output (snapshot, tune).
+//! Plain aligned tables for human output (`snapshot`, `tune`), drawn by
+//! comfy-table without borders: columns padded to their widest cell, two
+//! spaces apart, indented by two, numbers right-aligned.
 
 use std::io::{self, Write};
 
-/// Writes columns padded to their widest cell, two spaces apart and
-/// indented by two; `right[i]` right-aligns column i (numbers). An empty
-/// table prints `(none)` so a section never looks cut off.
+use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
+
+/// Writes `rows` under `headers`; `right[i]` right-aligns column `i`
+/// (numbers). An empty table prints `(none)` so a section never looks
+/// cut off. Lines carry no trailing spaces.
 pub fn write_table(
     out: &mut impl Write,
     headers: &[&str],
@@ -14,30 +18,21 @@ pub fn write_table(
     if rows.is_empty() {
         return writeln!(out, "  (none)");
     }
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+    let mut table = Table::new();
+    table
+        .load_style(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.to_vec())
+        .add_rows(rows.iter().cloned());
+    for (column, right) in table.column_iter_mut().zip(right) {
+        if *right {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .zip(right.iter().chain(std::iter::repeat(&false)))
-            .map(|((cell, width), right)| {
-                if *right {
-                    format!("{cell:>width$}")
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        format!("  {}", padded.join("  ").trim_end())
-    };
-    writeln!(out, "{}", line(headers.to_vec()))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    // NOTHING pads each cell with one space either side: one more space
+    // makes the two-space indent.
+    for line in table.lines() {
+        writeln!(out, " {}", line.trim_end())?;
     }
     Ok(())
 }
@@ -58,6 +53,23 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "  NAME    N\n  a       1\n  long  100\n  (none)\n"
+        );
+    }
+
+    #[test]
+    fn an_empty_header_keeps_the_columns() {
+        let mut out = Vec::new();
+        let rows = vec![vec!["ESTABLISHED".to_string(), "3".into(), "+1".into()]];
+        write_table(
+            &mut out,
+            &["STATE", "COUNT", ""],
+            &[false, true, true],
+            &rows,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "  STATE        COUNT\n  ESTABLISHED      3  +1\n"
         );
     }
 }

@@ -1,26 +1,32 @@
-//! The tracer as a library: configure the kernel side from the running
-//! kernel, attach, and hand out decoded events. `trace`, `top`,
-//! `diagnose`, `stress --trace` and the tests all start here.
+//! The tracer: configure the kernel side from the running kernel, load
+//! and attach the programs, and hand out decoded events with exact
+//! counts. Commands do not use it directly: `session` drives its
+//! lifecycle (start, read, stop, detach, drain).
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, field, kind, kind_mask, map,
-    raw_tracepoint, tracepoint,
+    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, SockLayout, field, kind,
+    kind_mask, map, raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    counts::{Counts, DropCounts, KernelCounts},
     decode::Decoder,
     error::{Error, Result},
-    event::{EventKind, TcpEvent},
-    kernel::{btf, clock, format::Format, proginfo, tracefs},
-    preexisting::Preexisting,
+    event::{KINDS, TcpEvent},
+    host::preexisting::Preexisting,
+    kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs},
 };
 
 /// The compiled kernel programs, embedded in the binary.
@@ -29,10 +35,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// What to trace. Filters run in the kernel.
 #[derive(Debug, Clone)]
 pub struct TracerOptions {
+    /// Only sockets owned by this process id (tgid).
     pub pid: Option<u32>,
+    /// Only sockets owned by a task with this command name (1-15 bytes).
     pub comm: Option<String>,
+    /// Only connections with this local or remote port.
     pub port: Option<u16>,
-    /// Network namespace inode.
+    /// Only this network namespace (its inode, see `host::netns::resolve`).
+    /// Needs kernel BTF: `Tracer::start` refuses it without.
     pub netns: Option<u32>,
     /// `tcptrace_common::kind_mask` bits.
     pub kinds: u32,
@@ -46,14 +56,17 @@ pub struct TracerOptions {
     pub batch_wakeups: bool,
     /// `reuse` events: a send after at least this long without sending
     /// or receiving on the connection.
-    pub reuse_idle: std::time::Duration,
+    pub reuse_idle: Duration,
 }
 
 /// Default `TracerOptions::reuse_idle`.
-pub const DEFAULT_REUSE_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
+pub const DEFAULT_REUSE_IDLE: Duration = Duration::from_millis(500);
 
 /// How often `next_batch` looks at the ring buffer without a wakeup.
-pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long `drain_final` waits for records still being committed.
+const FINAL_DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 impl Default for TracerOptions {
     fn default() -> Self {
@@ -71,108 +84,48 @@ impl Default for TracerOptions {
     }
 }
 
-/// Names this kernel gives to TCP states, reset reasons and drop
-/// reasons, looked up without allocating (they are printed for every
-/// event).
-#[derive(Debug, Clone, Default)]
-pub struct Names {
-    /// By state number: `ESTABLISHED`, `SYN_SENT`, ... (without `TCP_`).
-    states: Vec<String>,
-    reasons: BTreeMap<u32, String>,
-    /// `enum skb_drop_reason`, from `skb:kfree_skb`'s format.
-    drop_reasons: BTreeMap<u32, String>,
-}
-
-impl Names {
-    pub fn new(states: BTreeMap<u32, String>, reasons: BTreeMap<u32, String>) -> Names {
-        let states = (0..=u8::MAX)
-            .map(|n| match states.get(&u32::from(n)) {
-                Some(name) => name.strip_prefix("TCP_").unwrap_or(name).to_string(),
-                None => format!("STATE_{n}"),
-            })
-            .collect();
-        Names {
-            states,
-            reasons,
-            drop_reasons: BTreeMap::new(),
-        }
-    }
-
-    /// The same names plus this kernel's drop reasons (`NETFILTER_DROP`, ...).
-    pub fn with_drop_reasons(mut self, drop_reasons: BTreeMap<u32, String>) -> Names {
-        self.drop_reasons = drop_reasons;
-        self
-    }
-
-    pub fn state(&self, state: u8) -> &str {
-        &self.states[usize::from(state)]
-    }
-
-    /// `TCP_ABORT_ON_CLOSE`, `NO_SOCKET`, ... as this kernel names them;
-    /// `REASON_<n>` for a number it does not list.
-    pub fn reason(&self, reason: u32) -> std::borrow::Cow<'_, str> {
-        match self.reasons.get(&reason) {
-            Some(name) => name.as_str().into(),
-            None => format!("REASON_{reason}").into(),
-        }
-    }
-
-    /// `NETFILTER_DROP`, `NO_SOCKET`, ... as this kernel names its
-    /// `enum skb_drop_reason`; `DROP_REASON_<n>` for a number it does not
-    /// list (a subsystem's reason, or a kernel without reasons).
-    pub fn drop_reason(&self, reason: u32) -> std::borrow::Cow<'_, str> {
-        match self.drop_reasons.get(&reason) {
-            Some(name) => name.as_str().into(),
-            None => format!("DROP_REASON_{reason}").into(),
-        }
-    }
-}
-
-/// Per-kind totals kept by the kernel programs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct KernelCounts {
-    /// Events that passed the filters (what userspace should see).
-    pub produced: [u64; kind::COUNT as usize],
-    /// Events the ring buffer had no room for.
-    pub lost: [u64; kind::COUNT as usize],
-    /// Hook invocations the kernel skipped because the same program was
-    /// already running on that CPU (`recursion_misses`): events that were
-    /// never produced. Rare; reported so nothing is lost silently.
-    pub missed_by_kernel: u64,
-}
-
-impl KernelCounts {
-    pub fn total_produced(&self) -> u64 {
-        self.produced.iter().sum()
-    }
-    pub fn total_lost(&self) -> u64 {
-        self.lost.iter().sum()
-    }
-    pub fn lost_by_kind(&self) -> impl Iterator<Item = (EventKind, u64)> + '_ {
-        EventKind::ALL.into_iter().zip(self.lost.iter().copied())
-    }
-}
-
+/// The loaded and attached kernel programs and their ring buffer.
 pub struct Tracer {
     ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     decoder: Decoder,
     names: Names,
     missing: Vec<String>,
-    decode_errors: u64,
-    /// Records read off the ring buffer (decoded or not).
-    read: u64,
+    /// What has been read off the ring buffer.
+    reader: ReadCounts,
     attached: Vec<&'static str>,
     /// Set by `detach`: how long `drain_final` waits for stragglers.
-    final_deadline: Option<std::time::Instant>,
+    final_deadline: Option<Instant>,
     /// `missed_by_kernel` as it was when the programs were unloaded.
     missed_at_detach: u64,
+    /// `skb:kfree_skb` is attached: `counts` reads the drop counters.
+    drops_traced: bool,
+}
+
+/// Records read off the ring buffer.
+#[derive(Debug, Default)]
+struct ReadCounts {
+    /// Decoded events by kind.
+    received: [u64; KINDS],
+    /// Records that failed to decode (a bug, never expected).
+    decode_errors: u64,
+}
+
+impl ReadCounts {
+    /// Records read, decoded or not.
+    fn read(&self) -> u64 {
+        self.received.iter().sum::<u64>() + self.decode_errors
+    }
 }
 
 impl Tracer {
     /// Loads and attaches everything this kernel supports. What it lacks
-    /// is listed in `missing()`; only a kernel with none of the
-    /// tracepoints is an error.
+    /// is listed in `missing()`.
+    ///
+    /// # Errors
+    /// Not root; no tracefs; a filter this kernel cannot apply (`--netns`
+    /// without BTF); the object or its maps refused; none of the
+    /// tracepoints attached.
     pub fn start(options: &TracerOptions) -> Result<Tracer> {
         check_privileges()?;
         if EBPF_OBJECT.is_empty() {
@@ -181,7 +134,6 @@ impl Tracer {
             ));
         }
         raise_memlock_limit();
-        raise_reader_priority();
         let root = tracefs::root()?;
         let mut missing = Vec::new();
 
@@ -213,6 +165,7 @@ impl Tracer {
         }
         missing.extend(tracepoint_limits(&formats, options.kinds));
         let (layouts, btf_missing) = btf::layouts();
+        check_netns_filter(options.netns, &layouts.sock, &btf_missing)?;
         config.sock = layouts.sock;
         config.task = layouts.task;
         config.skb = layouts.skb;
@@ -224,6 +177,11 @@ impl Tracer {
         }
         config.reuse_idle_jiffies = reuse_idle_jiffies(options.reuse_idle, hz);
 
+        let drop_reasons = formats[tracepoint::KFREE_SKB]
+            .as_ref()
+            .map(|f| f.symbols("reason"))
+            .unwrap_or_default();
+        config.quiet_drop_reasons = quiet_drop_reasons(&drop_reasons);
         let names = Names::new(
             formats[tracepoint::SET_STATE]
                 .as_ref()
@@ -234,27 +192,27 @@ impl Tracer {
                 .map(|f| f.symbols("reason"))
                 .unwrap_or_default(),
         )
-        .with_drop_reasons(
-            formats[tracepoint::KFREE_SKB]
-                .as_ref()
-                .map(|f| f.symbols("reason"))
-                .unwrap_or_default(),
-        );
+        .with_drop_reasons(drop_reasons);
 
-        config.quiet_drop_reasons = quiet_drop_reasons(
-            &formats[tracepoint::KFREE_SKB]
-                .as_ref()
-                .map(|f| f.symbols("reason"))
-                .unwrap_or_default(),
-        );
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(EBPF_OBJECT)
-            .map_err(|e| Error::Kernel(format!("loading the eBPF object failed: {e}")))?;
+            .map_err(|e| match e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                    if name == map::EVENTS =>
+                {
+                    Error::RingBuffer {
+                        step: "create",
+                        kib: options.ring_bytes / 1024,
+                        source: Box::new(io_error),
+                    }
+                }
+                e => Error::Load(Box::new(e)),
+            })?;
         {
             let map = ebpf
                 .map_mut(map::CONFIG)
-                .ok_or_else(|| missing_map(map::CONFIG))?;
+                .ok_or(Error::MissingMap(map::CONFIG))?;
             let mut array: Array<_, Config> =
                 Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
             array
@@ -319,14 +277,19 @@ impl Tracer {
                 missing.join("; ")
             )));
         }
+        let drops_traced = attached.contains(&tracepoint::ALL[tracepoint::KFREE_SKB].2);
         // Owners of what was open before we attached (new sockets are
         // already being tracked, so nothing falls in between).
         seed_preexisting(&mut ebpf, &Preexisting::scan(options.netns));
 
         let ring = ebpf
             .take_map(map::EVENTS)
-            .ok_or_else(|| missing_map(map::EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(|e| map_error(map::EVENTS, e))?;
+            .ok_or(Error::MissingMap(map::EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| Error::RingBuffer {
+            step: "map",
+            kib: options.ring_bytes / 1024,
+            source: Box::new(e),
+        })?;
         // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so
         // the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -337,11 +300,11 @@ impl Tracer {
             decoder: Decoder::new(hz),
             names,
             missing,
-            decode_errors: 0,
-            read: 0,
+            reader: ReadCounts::default(),
             attached,
             final_deadline: None,
             missed_at_detach: 0,
+            drops_traced,
         })
     }
 
@@ -350,13 +313,9 @@ impl Tracer {
         &self.missing
     }
 
+    /// This kernel's names for TCP states, reset reasons and drop reasons.
     pub fn names(&self) -> &Names {
         &self.names
-    }
-
-    /// Records that failed to decode (a bug, never expected).
-    pub fn decode_errors(&self) -> u64 {
-        self.decode_errors
     }
 
     /// Waits until events are available, then appends up to
@@ -367,13 +326,7 @@ impl Tracer {
     /// are only appended right before returning.
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
         loop {
-            let more = read_ring(
-                self.ring.get_mut(),
-                &self.decoder,
-                &mut self.decode_errors,
-                &mut self.read,
-                out,
-            );
+            let more = read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out);
             if more || !out.is_empty() {
                 return Ok(());
             }
@@ -389,17 +342,31 @@ impl Tracer {
     /// Appends up to `MAX_BATCH` events that are in the ring buffer now,
     /// without waiting. Returns true if more may be waiting.
     pub fn drain(&mut self, out: &mut Vec<TcpEvent>) -> bool {
-        read_ring(
-            self.ring.get_mut(),
-            &self.decoder,
-            &mut self.decode_errors,
-            &mut self.read,
-            out,
-        )
+        read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out)
+    }
+
+    /// Received, produced and lost events so far, the hook runs the
+    /// kernel skipped and, when drops are traced, the per-reason drop
+    /// counts. Exact once `drain_final` has returned false.
+    pub fn counts(&self) -> Result<Counts> {
+        let drops = if self.drops_traced {
+            DropCounts {
+                in_scope: self.per_reason(map::DROP_REASONS)?,
+                host: self.per_reason(map::HOST_DROP_REASONS)?,
+            }
+        } else {
+            DropCounts::default()
+        };
+        Ok(Counts {
+            received: self.reader.received,
+            kernel: self.kernel_counts()?,
+            decode_errors: self.reader.decode_errors,
+            drops,
+        })
     }
 
     /// Produced and lost events so far, summed over CPUs.
-    pub fn kernel_counts(&self) -> Result<KernelCounts> {
+    fn kernel_counts(&self) -> Result<KernelCounts> {
         Ok(KernelCounts {
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
@@ -419,22 +386,10 @@ impl Tracer {
             .sum()
     }
 
-    /// Exact counts of the TCP drops the filters kept, by `enum
-    /// skb_drop_reason` value (non-zero ones only), whether or not their
-    /// events reached userspace. The last slot gathers reasons of
-    /// `DROP_REASON_SLOTS - 1` and above.
-    pub fn drop_reason_counts(&self) -> Result<BTreeMap<u32, u64>> {
-        self.per_reason(map::DROP_REASONS)
-    }
-
-    /// The same for every TCP drop on the host, before any filter
-    /// (another namespace, process or port included).
-    pub fn host_drop_reason_counts(&self) -> Result<BTreeMap<u32, u64>> {
-        self.per_reason(map::HOST_DROP_REASONS)
-    }
-
+    /// A per-CPU array of drop counts by reason (`map::DROP_REASONS` or
+    /// `HOST_DROP_REASONS`), summed over CPUs, non-zero ones only.
     fn per_reason(&self, name: &'static str) -> Result<BTreeMap<u32, u64>> {
-        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
         let mut counts = BTreeMap::new();
@@ -451,11 +406,11 @@ impl Tracer {
         Ok(counts)
     }
 
-    fn per_kind(&self, name: &'static str) -> Result<[u64; kind::COUNT as usize]> {
-        let map = self.ebpf.map(name).ok_or_else(|| missing_map(name))?;
+    fn per_kind(&self, name: &'static str) -> Result<[u64; KINDS]> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
-        let mut totals = [0u64; kind::COUNT as usize];
+        let mut totals = [0u64; KINDS];
         for (index, total) in totals.iter_mut().enumerate() {
             let values = array
                 .get(&(index as u32), 0)
@@ -475,14 +430,14 @@ impl Tracer {
             return Ok(true);
         }
         let counts = self.kernel_counts()?;
-        let settled = self.read + counts.total_lost() >= counts.total_produced();
+        let settled = self.reader.read() + counts.total_lost() >= counts.total_produced();
         let deadline = *self
             .final_deadline
-            .get_or_insert_with(|| std::time::Instant::now() + std::time::Duration::from_secs(1));
-        if settled || std::time::Instant::now() >= deadline {
+            .get_or_insert_with(|| Instant::now() + FINAL_DRAIN_LIMIT);
+        if settled || Instant::now() >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         Ok(true)
     }
 
@@ -510,24 +465,43 @@ pub const MAX_BATCH: usize = 4096;
 fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
-    errors: &mut u64,
-    read: &mut u64,
+    counts: &mut ReadCounts,
     out: &mut Vec<TcpEvent>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
             return false;
         };
-        *read += 1;
         match decoder.decode(&item) {
-            Ok(event) => out.push(event),
+            Ok(event) => {
+                counts.received[event.kind.index()] += 1;
+                out.push(event);
+            }
             Err(err) => {
-                *errors += 1;
+                counts.decode_errors += 1;
                 log::warn!("{err}");
             }
         }
     }
     true
+}
+
+/// The kernel programs read a socket's namespace through BTF offsets
+/// (`sock_common.skc_net`, `net.ns.inum`); without them every socket's
+/// namespace reads as unknown and a `--netns` filter would silently match
+/// nothing.
+fn check_netns_filter(netns: Option<u32>, sock: &SockLayout, btf_missing: &[String]) -> Result<()> {
+    if netns.is_none() || (sock.skc_net != ABSENT_OFFSET && sock.net_inum != ABSENT_OFFSET) {
+        return Ok(());
+    }
+    let why = if btf_missing.is_empty() {
+        "this kernel's BTF lacks sock_common.skc_net or net.ns.inum".to_string()
+    } else {
+        btf_missing.join("; ")
+    };
+    Err(Error::Kernel(format!(
+        "--netns needs the kernel's BTF to read each socket's network namespace ({why}); run without --netns, or inside the namespace (ip netns exec)"
+    )))
 }
 
 fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {
@@ -545,31 +519,76 @@ fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {
     Ok(())
 }
 
+/// Why a tracepoint's program could not be loaded or attached (it is
+/// then listed as not traced on this kernel).
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("{step}: {}", brief(source))]
+    Program {
+        step: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// aya's load error carries the whole verifier log: say the syscall's
+/// error and the verifier's last word (the log's last line that is not
+/// statistics); the whole log goes to the debug log.
+fn brief(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            log::debug!("verifier log:\n{log}");
+            let verdict = log.lines().rev().map(str::trim).find(|l| {
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("processed")
+                    && !l.starts_with("stack depth")
+            });
+            match verdict {
+                Some(verdict) => format!("BPF_PROG_LOAD: {io_error}; verifier: {verdict}"),
+                None => format!("BPF_PROG_LOAD: {io_error}"),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
-    program: &str,
+    program: &'static str,
     category: &str,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), AttachError> {
+    let step = |step| move |source| AttachError::Program { step, source };
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
-        .ok_or("program missing from the object")?
+        .ok_or(AttachError::MissingProgram(program))?
         .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| one_line("load", &e))?;
-    prog.attach(category, name)
-        .map_err(|e| one_line("attach", &e))?;
+        .map_err(step("type"))?;
+    prog.load().map_err(step("load"))?;
+    prog.attach(category, name).map_err(step("attach"))?;
     Ok(())
 }
 
-fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> Result<(), String> {
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    name: &str,
+) -> Result<(), AttachError> {
+    let step = |step| move |source| AttachError::Program { step, source };
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
-        .ok_or("program missing from the object")?
+        .ok_or(AttachError::MissingProgram(program))?
         .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| one_line("load", &e))?;
-    prog.attach(name).map_err(|e| one_line("attach", &e))?;
+        .map_err(step("type"))?;
+    prog.load().map_err(step("load"))?;
+    prog.attach(name).map_err(step("attach"))?;
     Ok(())
 }
 
@@ -597,7 +616,7 @@ fn wants(options: &TracerOptions, kind: u8) -> bool {
 
 /// `reuse_idle` in jiffies, at least 1; 0 (no reuse events) when HZ is
 /// unknown.
-fn reuse_idle_jiffies(reuse_idle: std::time::Duration, hz: Option<u32>) -> u32 {
+fn reuse_idle_jiffies(reuse_idle: Duration, hz: Option<u32>) -> u32 {
     let Some(hz) = hz.filter(|hz| *hz > 0) else {
         return 0;
     };
@@ -630,31 +649,6 @@ fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
     );
 }
 
-/// aya's load errors carry the whole verifier log: keep the first line
-/// and the verifier's verdict, log the rest at debug level.
-fn one_line(step: &str, err: &dyn std::fmt::Display) -> String {
-    let text = err.to_string();
-    log::debug!("{step}: {text}");
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or_default();
-    let first = first.split(". Verifier output").next().unwrap_or(first);
-    let verdict = text
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| {
-            !l.is_empty()
-                && !l.starts_with("verification time")
-                && !l.starts_with("processed")
-                && !l.starts_with("stack depth")
-        })
-        .filter(|l| *l != first);
-    match verdict {
-        Some(v) if text.contains("Verifier output") => format!("{step}: {first}; verifier: {v}"),
-        _ => format!("{step}: {first}"),
-    }
-}
-
 /// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
 pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
 
@@ -683,10 +677,10 @@ fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) 
         && let Some(kfree_skb) = &formats[tracepoint::KFREE_SKB]
     {
         let layout = kfree_skb.layout();
-        if layout.offsets[field::REASON] == tcptrace_common::ABSENT_OFFSET {
+        if layout.offsets[field::REASON] == ABSENT_OFFSET {
             limits.push(KFREE_SKB_WITHOUT_REASON.to_string());
         }
-        if layout.offsets[field::RX_SK] == tcptrace_common::ABSENT_OFFSET {
+        if layout.offsets[field::RX_SK] == ABSENT_OFFSET {
             limits.push(KFREE_SKB_WITHOUT_RX_SK.to_string());
         }
     }
@@ -701,25 +695,19 @@ fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) 
     limits
 }
 
-fn missing_map(name: &str) -> Error {
-    Error::Kernel(format!("map {name} missing from the eBPF object"))
+fn map_error(name: &'static str, source: aya::maps::MapError) -> Error {
+    Error::Map { name, source }
 }
 
-fn map_error(name: &str, err: aya::maps::MapError) -> Error {
-    Error::Kernel(format!("map {name}: {err}"))
-}
-
-/// Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set.
+/// Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective
+/// set (include/uapi/linux/capability.h numbers).
 fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let effective = procfs::process::Process::myself()
+        .and_then(|me| me.status())
+        .map_or(0, |status| status.capeff);
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         Ok(())
@@ -731,53 +719,14 @@ fn check_privileges() -> Result<()> {
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK. Raising it can
 /// fail without CAP_SYS_RESOURCE, which newer kernels do not need.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        log::debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(err) = setrlimit(Resource::Memlock, unlimited) {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {err}");
     }
-}
-
-/// Nice value of the thread that reads the ring buffer.
-const READER_NICE: i32 = -10;
-
-/// The reader must not be starved by the storm it records: with every
-/// core busy, a reader at the default priority gets one share among the
-/// storm's many threads, falls behind and the ring overflows. It runs
-/// only while events wait, so the higher priority costs the host no more
-/// CPU than reading them does (the benchmark's CPU per event), it just
-/// gets it in time. Per-thread on Linux: threads made later inherit it.
-fn raise_reader_priority() {
-    // SAFETY: plain syscall on the calling thread (who = 0).
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, READER_NICE) } != 0 {
-        log::debug!(
-            "could not raise the reader's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Inode of a network namespace given as a number, a name under
-/// /run/netns, or a path (e.g. /proc/PID/ns/net).
-pub fn resolve_netns(spec: &str) -> Result<u32> {
-    if let Ok(inode) = spec.parse::<u32>() {
-        return Ok(inode);
-    }
-    let path = if spec.contains('/') {
-        Path::new(spec).to_path_buf()
-    } else {
-        Path::new("/run/netns").join(spec)
-    };
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(&path)
-        .map_err(|e| Error::Usage(format!("--netns {spec}: {} ({e})", path.display())))?;
-    Ok(meta.ino() as u32)
 }
 
 #[cfg(test)]
@@ -788,6 +737,29 @@ mod tests {
         let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();
         formats[tracepoint::SEND_RESET] = Some(Format::parse(send_reset).unwrap());
         formats
+    }
+
+    #[test]
+    fn netns_filter_needs_btf_offsets() {
+        let with_btf = SockLayout {
+            skc_net: 48,
+            net_inum: 136,
+            ..SockLayout::default()
+        };
+        assert!(check_netns_filter(Some(4026531840), &with_btf, &[]).is_ok());
+        let without = SockLayout {
+            skc_net: ABSENT_OFFSET,
+            net_inum: ABSENT_OFFSET,
+            ..SockLayout::default()
+        };
+        assert!(check_netns_filter(None, &without, &[]).is_ok());
+        let missing = vec!["kernel BTF (/sys/kernel/btf/vmlinux: not found)".to_string()];
+        let err = check_netns_filter(Some(4026531840), &without, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--netns needs the kernel's BTF"), "{err}");
+        assert!(err.contains("/sys/kernel/btf/vmlinux"), "{err}");
+        assert!(!err.contains('\n'));
     }
 
     #[test]
@@ -844,7 +816,7 @@ mod tests {
 
     #[test]
     fn reuse_threshold_in_jiffies() {
-        let ms = std::time::Duration::from_millis;
+        let ms = Duration::from_millis;
         assert_eq!(reuse_idle_jiffies(ms(500), Some(250)), 125);
         assert_eq!(reuse_idle_jiffies(ms(500), Some(1000)), 500);
         assert_eq!(reuse_idle_jiffies(ms(1), Some(100)), 1, "never 0 (off)");

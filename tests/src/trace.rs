@@ -121,7 +121,12 @@ pub fn collect(
         .read_to_string(&mut out)
         .expect("read stdout");
     let status = child.wait().expect("wait");
-    seen.extend(stderr.try_iter());
+    // The child has exited: its stderr reaches EOF, the reader thread
+    // forwards the last lines and ends. Wait for that (bounded: a
+    // grandchild could keep the pipe open), or the last lines are lost.
+    while let Ok(line) = stderr.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+    }
     (out, status)
 }
 

@@ -82,6 +82,15 @@ fn stress(netns: &Netns, args: &[&str]) -> (bool, Value, String) {
 
 /// Runs tcptrace expecting a one-line error; returns it.
 fn stress_error(netns: &Netns, args: &[&str]) -> String {
+    stress_failure(netns, args, 1)
+}
+
+/// The same for a usage error (a target that is not HOST:PORT): exit 2.
+fn stress_usage_error(netns: &Netns, args: &[&str]) -> String {
+    stress_failure(netns, args, 2)
+}
+
+fn stress_failure(netns: &Netns, args: &[&str], code: i32) -> String {
     let out = netns
         .command(tcptrace_bin())
         .arg("stress")
@@ -89,7 +98,11 @@ fn stress_error(netns: &Netns, args: &[&str]) -> String {
         .output()
         .expect("run tcptrace");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args:?} should fail: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{args:?} should fail: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "no report on a setup error");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
@@ -388,20 +401,78 @@ fn stress_latency_under_a_20ms_delay() {
 fn stress_target_errors_are_one_line() {
     require_root();
     let ns = Netns::new("ste");
-    assert!(stress_error(&ns, &["churn", "127.0.0.1:0"]).contains("port 0"));
-    assert!(stress_error(&ns, &["churn", "127.0.0.1"]).contains("HOST:PORT"));
-    assert!(stress_error(&ns, &["hold", "::1:80"]).contains("HOST:PORT"));
+    assert!(stress_usage_error(&ns, &["churn", "127.0.0.1:0"]).contains("port 0"));
+    assert!(stress_usage_error(&ns, &["churn", "127.0.0.1"]).contains("HOST:PORT"));
+    assert!(stress_usage_error(&ns, &["hold", "::1:80"]).contains("HOST:PORT"));
     // Inside a namespace with only loopback, no lookup can leave the host.
     assert!(stress_error(&ns, &["latency", "no-such-host.invalid:80"]).contains("cannot resolve"));
     assert!(stress_error(&ns, &["pool", "198.51.100.7:80"]).contains("unreachable"));
-    assert!(stress_error(&ns, &["serve", "not-an-address"]).contains("listen address"));
-    // A bad flag value is clap's error: not one line, but exit 2 and no panic.
-    let out = ns
+    assert!(stress_usage_error(&ns, &["serve", "not-an-address"]).contains("listen address"));
+    assert!(
+        stress_usage_error(&ns, &["churn", "127.0.0.1:80", "--concurrency", "0"])
+            .contains("--concurrency")
+    );
+}
+
+/// Ctrl-C in the middle of a churn: the workers stop, and the report of
+/// the attempts made so far is printed, with counts that match the server's.
+#[test]
+fn stress_churn_interrupted_prints_the_report_so_far() {
+    require_root();
+    let ns = Netns::new("sint");
+    let server = Server::start(&ns, "127.0.0.1:7210", &[]);
+    let mut child = ns
         .command(tcptrace_bin())
-        .args(["stress", "churn", "127.0.0.1:80", "--concurrency", "0"])
-        .output()
+        .args([
+            "stress",
+            "churn",
+            "127.0.0.1:7210",
+            "--rate",
+            "200",
+            "--concurrency",
+            "4",
+            "--duration",
+            "60s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    std::thread::sleep(Duration::from_millis(1500));
+    let interrupted = std::time::Instant::now();
+    // SAFETY: kill(2) on our own child (ip netns exec became tcptrace).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = tests::trace::wait_within(&mut child, Duration::from_secs(10));
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(5),
+        "stopped within the connect timeout"
+    );
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("SIGINT: stopping"), "{stderr}");
+    let report: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("no report ({e}): {out} {stderr}"));
+    let connected = report["connected"].as_u64().unwrap();
+    assert!(
+        (100..=600).contains(&connected),
+        "about 1.5 s at 200/s: {report}"
+    );
+    assert_eq!(report["attempts"], report["connected"], "{report}");
+    assert_eq!(server.stop()["accepted"], connected);
 }
 
 #[test]

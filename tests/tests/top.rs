@@ -142,14 +142,13 @@ fn tui_restores_the_terminal_on_sigterm() {
 fn json_snapshots_without_a_terminal() {
     require_root();
     let ns = Netns::new("topjson");
-    let mut child = Command::new(tcptrace_bin())
-        .args(["top", "--json", "--interval", "500ms", "--duration", "3s"])
-        .args(["--netns", ns.name()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn tcptrace top");
-    thread::sleep(Duration::from_millis(1500));
+    let mut cmd = Command::new(tcptrace_bin());
+    cmd.args(["top", "--json", "--interval", "500ms", "--duration", "3s"])
+        .args(["--netns", ns.name()]);
+    // Traffic only once the programs are attached: start-up (BTF, the
+    // socket scan) takes over a second on a busy machine.
+    let (mut child, _stderr, _) = tests::trace::spawn_until(&mut cmd, "top; Ctrl-C to stop");
+    thread::sleep(Duration::from_millis(200));
     ns.run(|| {
         for _ in 0..3 {
             let _ = TcpStream::connect("127.0.0.1:9");

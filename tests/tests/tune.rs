@@ -3,7 +3,10 @@
 //! file in a scratch directory: the host's own values and files are never
 //! touched, which the tests check too.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use tests::{
     Netns,
@@ -72,6 +75,39 @@ fn tweaked_netns(tag: &str) -> Netns {
     ns
 }
 
+/// The state file named in `--apply`'s output ("previous values in PATH").
+fn saved_values_path(apply_output: &str) -> PathBuf {
+    let after = apply_output
+        .split("previous values in ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no state path in: {apply_output}"));
+    PathBuf::from(after.split_whitespace().next().unwrap())
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Every file below `dir`, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
 fn file_entries(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -92,8 +128,9 @@ fn apply_then_revert_restores_every_value_exactly() {
     let ns = tweaked_netns("tune");
     let scratch = ScratchDir::new("tune");
     let drop_in = scratch.path().join("90-tcptrace.conf");
-    let saved = scratch.path().join("90-tcptrace.conf.before");
     let drop_in_arg = drop_in.to_str().unwrap();
+    let state_dir = scratch.path().join("state");
+    let state_dir_arg = state_dir.to_str().unwrap();
     let before = values_in(&ns);
     let host_before = host_values();
     let changes = HIGH_CHURN_CLIENT
@@ -133,10 +170,17 @@ fn apply_then_revert_restores_every_value_exactly() {
             "high-churn-client",
             "--file",
             drop_in_arg,
+            "--state-dir",
+            state_dir_arg,
             "--apply",
         ],
     ));
     assert!(out.contains(&format!("applied {changes} changes")), "{out}");
+    let saved = saved_values_path(&out);
+    assert_eq!(saved.parent(), Some(state_dir.as_path()), "{out}");
+    assert_eq!(mode(&drop_in), 0o600);
+    assert_eq!(mode(&saved), 0o600);
+    assert_eq!(mode(&state_dir), 0o700);
     let expected: Vec<(String, String)> = HIGH_CHURN_CLIENT
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -163,7 +207,14 @@ fn apply_then_revert_restores_every_value_exactly() {
 
     let out = success(&tcptrace_in(
         &ns,
-        &["tune", "--revert", "--file", drop_in_arg],
+        &[
+            "tune",
+            "--revert",
+            "--file",
+            drop_in_arg,
+            "--state-dir",
+            state_dir_arg,
+        ],
     ));
     assert!(
         out.starts_with(&format!("restored {} values", expected.len())),
@@ -174,7 +225,14 @@ fn apply_then_revert_restores_every_value_exactly() {
 
     let error = failure(&tcptrace_in(
         &ns,
-        &["tune", "--revert", "--file", drop_in_arg],
+        &[
+            "tune",
+            "--revert",
+            "--file",
+            drop_in_arg,
+            "--state-dir",
+            state_dir_arg,
+        ],
     ));
     assert!(error.contains("nothing to revert"), "{error}");
 }
@@ -186,6 +244,7 @@ fn bad_values_keys_and_absent_keys_apply_nothing() {
     let scratch = ScratchDir::new("tunebad");
     let drop_in = scratch.path().join("90-tcptrace.conf");
     let drop_in_arg = drop_in.to_str().unwrap();
+    let state_dir = scratch.path().join("state");
     let before = values_in(&ns);
     let apply_with = |set: &str| {
         let args = [
@@ -194,6 +253,8 @@ fn bad_values_keys_and_absent_keys_apply_nothing() {
             "high-churn-client",
             "--file",
             drop_in_arg,
+            "--state-dir",
+            state_dir.to_str().unwrap(),
             "--set",
             set,
             "--apply",
@@ -201,9 +262,9 @@ fn bad_values_keys_and_absent_keys_apply_nothing() {
         let error = failure(&tcptrace_in(&ns, &args));
         assert_eq!(values_in(&ns), before, "nothing applied after: {error}");
         assert_eq!(
-            std::fs::read_dir(scratch.path()).unwrap().count(),
-            0,
-            "no file after: {error}"
+            files_under(scratch.path()),
+            vec![state_dir.join("tune.lock")],
+            "no file but the lock after: {error}"
         );
         error
     };
@@ -243,4 +304,198 @@ fn bad_values_keys_and_absent_keys_apply_nothing() {
     );
     let rolled_back = format!("nothing was applied ({written_before} earlier writes rolled back)");
     assert!(error.ends_with(&rolled_back), "{error}");
+}
+
+/// `tune --apply` ARGS with the drop-in and state in `scratch`.
+fn apply_args<'a>(profile: &'a str, drop_in: &'a str, state_dir: &'a str) -> [&'a str; 8] {
+    [
+        "tune",
+        "--profile",
+        profile,
+        "--file",
+        drop_in,
+        "--state-dir",
+        state_dir,
+        "--apply",
+    ]
+}
+
+/// An exclusive flock on `path`, as a running `tune --apply` holds it.
+fn hold_lock(path: &Path) -> std::fs::File {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    // SAFETY: flock(2) on an open file.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file
+}
+
+/// Two `--apply` of different profiles at once, the second started
+/// later: the second must not save the first one's values as the
+/// originals, so one `--revert` returns every value to what it was.
+#[test]
+fn tune_concurrent_applies_keep_the_originals() {
+    require_root();
+    let ns = tweaked_netns("tunelock");
+    let scratch = ScratchDir::new("tunelock");
+    let drop_in = scratch.path().join("90-tcptrace.conf");
+    let drop_in = drop_in.to_str().unwrap();
+    let state_dir = scratch.path().join("state");
+    let state_arg = state_dir.to_str().unwrap();
+    let before = values_in(&ns);
+    let revert = || {
+        success(&tcptrace_in(
+            &ns,
+            &[
+                "tune",
+                "--revert",
+                "--file",
+                drop_in,
+                "--state-dir",
+                state_arg,
+            ],
+        ))
+    };
+    let spawn = |profile: &str| {
+        ns.command(tests::tcptrace_bin())
+            .args(apply_args(profile, drop_in, state_arg))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait = |child: std::process::Child| success(&child.wait_with_output().unwrap());
+
+    // First with the lock held by someone else (as a run in progress
+    // holds it): both wait for it instead of going ahead.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let gate = hold_lock(&state_dir.join("tune.lock"));
+    let mut first = spawn("high-churn-client");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut second = spawn("proxy");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        first.try_wait().unwrap().is_none() && second.try_wait().unwrap().is_none(),
+        "both wait for the lock"
+    );
+    assert_eq!(
+        values_in(&ns),
+        before,
+        "nothing applied while the lock is held"
+    );
+    drop(gate);
+    wait(first);
+    wait(second);
+    assert_ne!(values_in(&ns), before);
+    revert();
+    assert_eq!(
+        values_in(&ns),
+        before,
+        "the originals, not the first run's values"
+    );
+
+    // Then started together, no gate, a few times.
+    for round in 0..3 {
+        let first = spawn("high-churn-client");
+        let second = spawn(if round % 2 == 0 {
+            "proxy"
+        } else {
+            "lb-backend"
+        });
+        wait(first);
+        wait(second);
+        revert();
+        assert_eq!(values_in(&ns), before, "round {round}");
+    }
+
+    // A lock held for longer than tune waits: refused, nothing written.
+    let gate = hold_lock(&state_dir.join("tune.lock"));
+    let t0 = std::time::Instant::now();
+    let error = failure(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
+    assert!(
+        error.contains("another tcptrace run has held this lock for"),
+        "{error}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "bounded wait"
+    );
+    drop(gate);
+    assert_eq!(values_in(&ns), before);
+    assert!(!Path::new(drop_in).exists());
+}
+
+/// SIGKILL at any point of an `--apply`: the next run removes the
+/// temporary files left behind, and `--revert` still finds the originals.
+#[test]
+fn tune_killed_applies_leave_no_temp_files() {
+    require_root();
+    let ns = tweaked_netns("tunekill");
+    let scratch = ScratchDir::new("tunekill");
+    let drop_in_path = scratch.path().join("90-tcptrace.conf");
+    let drop_in = drop_in_path.to_str().unwrap();
+    let state_dir = scratch.path().join("state");
+    let state_arg = state_dir.to_str().unwrap();
+    let before = values_in(&ns);
+    let revert = || {
+        success(&tcptrace_in(
+            &ns,
+            &[
+                "tune",
+                "--revert",
+                "--file",
+                drop_in,
+                "--state-dir",
+                state_arg,
+            ],
+        ))
+    };
+    let out = success(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
+    let saved = saved_values_path(&out);
+    revert();
+
+    // What a SIGKILL between create and rename leaves, from a pid that is
+    // gone now.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let temp_of = |path: &Path| {
+        path.with_file_name(format!(
+            ".{}.tmp{dead}",
+            path.file_name().unwrap().to_str().unwrap()
+        ))
+    };
+    for path in [&drop_in_path, &saved] {
+        std::fs::write(temp_of(path), "half a file").unwrap();
+    }
+    // And real kills at various points of a run.
+    for delay_ms in [0, 2, 4, 6, 8, 10, 15, 20, 30, 40] {
+        let mut child = ns
+            .command(tests::tcptrace_bin())
+            .args(apply_args("high-churn-client", drop_in, state_arg))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    success(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
+    let temps: Vec<PathBuf> = files_under(scratch.path())
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().contains(".tmp"))
+        .collect();
+    assert_eq!(temps, Vec::<PathBuf>::new(), "temporary files left");
+    revert();
+    assert_eq!(values_in(&ns), before, "the originals after kills");
 }

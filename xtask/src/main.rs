@@ -7,10 +7,14 @@ mod setup;
 mod test;
 mod vm;
 
-use std::process::{Command, ExitCode};
+use std::{
+    io::{BufRead as _, BufReader, IsTerminal as _},
+    process::{Command, ExitCode, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use tcptrace_build::{CargoLine, classify};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -21,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain pieces and test peers that are missing.
+    /// Install the toolchain pieces, test peers and QEMU that are missing.
     Setup,
     /// Build the tcptrace binary (release) with its embedded eBPF object.
     Build,
@@ -30,11 +34,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Unit tests, then the root integration and scenario tests.
-    Test {
-        /// Only run tests whose name contains this.
-        filter: Option<String>,
-    },
+    /// Unit tests, then the root integration and scenario tests, then
+    /// (without a filter) the release binary on Debian's 6.1 and 6.12
+    /// kernels in QEMU, as `xtask vm` does.
+    Test(test::TestArgs),
     /// Benchmarks (as root): tcptrace against a baseline in the same run;
     /// figures for BENCHMARKS.md.
     Bench {
@@ -58,13 +61,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
-        Task::Setup => setup::ensure(setup::Need::Tests).map(drop),
+        Task::Setup => setup::ensure(setup::Need::TestsAndVm).map(drop),
         Task::Build => {
-            let env = setup::ensure(setup::Need::Build)?;
+            let env = setup::ensure(setup::Need::Build)?.with_ebpf()?;
             build_release(&env)
         }
         Task::Run { args } => {
-            let env = setup::ensure(setup::Need::Build)?;
+            let env = setup::ensure(setup::Need::Build)?.with_ebpf()?;
             build_release(&env)?;
             let status = Command::new(target_dir().join("release/tcptrace"))
                 .args(&args)
@@ -75,33 +78,68 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { filter } => {
-            let env = setup::ensure(setup::Need::Tests)?;
-            test::run(&env, filter.as_deref())
+        Task::Test(args) => {
+            let need = if args.runs_vm() {
+                setup::Need::TestsAndVm
+            } else {
+                setup::Need::Tests
+            };
+            let env = setup::ensure(need)?.with_ebpf()?;
+            test::run(&env, &args)
         }
         Task::Bench { what } => {
-            let env = setup::ensure(setup::Need::Bench)?;
+            let env = setup::ensure(setup::Need::Bench)?.with_ebpf()?;
             bench::run(&env, what)
         }
         Task::Vm(args) => {
-            let env = setup::ensure(setup::Need::Vm)?;
+            let env = setup::ensure(setup::Need::Vm)?.with_ebpf()?;
             vm::run(&env, &args)
         }
     }
 }
 
 fn build_release(env: &setup::BuildEnv) -> Result<()> {
-    cargo(env, &["build", "--release", "--package", "tcptrace"])
+    cargo(
+        env,
+        "tcptrace (release)",
+        &["build", "--release", "--package", "tcptrace"],
+    )
 }
 
 /// Runs cargo with the build environment set up; fails on non-zero exit.
-pub fn cargo(env: &setup::BuildEnv, args: &[&str]) -> Result<()> {
+///
+/// Quiet: cargo's progress lines (`Compiling ...`, `Finished ...`) are
+/// replaced by one `xtask: building WHAT ...` line when something really
+/// compiles; warnings, errors and test output pass through.
+pub fn cargo(env: &setup::BuildEnv, what: &str, args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(args).current_dir(workspace_root());
+    let (subcommand, rest) = args.split_first().context("cargo without a subcommand")?;
+    cmd.arg(subcommand);
+    // Cargo only colours a terminal; its stderr is a pipe to us.
+    if std::io::stderr().is_terminal() {
+        cmd.arg("--color=always");
+    }
+    cmd.args(rest)
+        .current_dir(workspace_root())
+        .stderr(Stdio::piped());
     env.apply(&mut cmd);
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    let stderr = child.stderr.take().context("cargo stderr")?;
+    let mut announced = false;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.context("reading cargo's output")?;
+        match classify(&line) {
+            CargoLine::Compiling if !announced => {
+                announced = true;
+                eprintln!("xtask: building {what} ...");
+            }
+            CargoLine::Compiling | CargoLine::Progress => {}
+            CargoLine::Other => eprintln!("{line}"),
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

@@ -1,9 +1,16 @@
 //! Installs what building and testing need, only when it is missing, with
-//! one line each saying what and why. A second run installs nothing.
+//! one line each saying what and why (the installers' own output is kept
+//! for when they fail). A second run installs nothing. Then builds the
+//! eBPF object once for every cargo build that follows.
 
-use std::process::Command;
+use std::{
+    io::IsTerminal as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
+use tcptrace_build::{EbpfBuild, OBJECT_ENV, Progress, TOOLCHAIN_ENV};
 
 /// What the caller is about to do.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -12,6 +19,8 @@ pub enum Need {
     Build,
     /// Build and run the test suites (plus the real peers they drive).
     Tests,
+    /// The test suites, then the kernel checks in QEMU.
+    TestsAndVm,
     /// Benchmarks: the test peers plus the reference tracers.
     Bench,
     /// `xtask vm`: build, plus QEMU and a static busybox for the VM.
@@ -21,15 +30,42 @@ pub enum Need {
 /// Environment the builds must run with.
 pub struct BuildEnv {
     ebpf_toolchain: &'static str,
+    /// The eBPF object built by [`BuildEnv::with_ebpf`], embedded by
+    /// every tcptrace build (debug, release) instead of each building it.
+    ebpf_object: Option<PathBuf>,
 }
 
 impl BuildEnv {
     pub fn apply(&self, cmd: &mut Command) {
-        cmd.env("TCPTRACE_EBPF_TOOLCHAIN", self.ebpf_toolchain);
+        cmd.env(TOOLCHAIN_ENV, self.ebpf_toolchain);
         if self.ebpf_toolchain != "nightly" {
             // Stable can build the eBPF crate (build-std) when told to.
             cmd.env("RUSTC_BOOTSTRAP", "1");
         }
+        if let Some(object) = &self.ebpf_object {
+            cmd.env(OBJECT_ENV, object);
+        }
+    }
+
+    /// Builds the eBPF object (one line when it really compiles, real
+    /// warnings and errors only) for the builds that follow.
+    pub fn with_ebpf(mut self) -> Result<BuildEnv> {
+        let workspace = crate::workspace_root();
+        let target_dir = crate::target_dir().join("ebpf");
+        let object = EbpfBuild {
+            workspace: &workspace,
+            toolchain: self.ebpf_toolchain,
+            target_dir: &target_dir,
+            arch: std::env::consts::ARCH,
+            big_endian: cfg!(target_endian = "big"),
+            color: std::io::stderr().is_terminal(),
+        }
+        .run(|progress| match progress {
+            Progress::Compiling => eprintln!("xtask: building the eBPF programs ..."),
+            Progress::Diagnostic(line) => eprintln!("{line}"),
+        })?;
+        self.ebpf_object = Some(object);
+        Ok(self)
     }
 }
 
@@ -72,10 +108,10 @@ const VM_PACKAGES: &[(&str, &str)] = &[
 
 pub fn ensure(need: Need) -> Result<BuildEnv> {
     let mut packages: Vec<(&str, &str)> = BUILD_PACKAGES.to_vec();
-    if need == Need::Tests || need == Need::Bench {
+    if matches!(need, Need::Tests | Need::TestsAndVm | Need::Bench) {
         packages.extend_from_slice(TEST_PACKAGES);
     }
-    if need == Need::Vm {
+    if matches!(need, Need::Vm | Need::TestsAndVm) {
         packages.extend_from_slice(VM_PACKAGES);
     }
     if need == Need::Bench {
@@ -84,7 +120,10 @@ pub fn ensure(need: Need) -> Result<BuildEnv> {
     apt_install(&packages)?;
     let ebpf_toolchain = rust_src()?;
     bpf_linker()?;
-    Ok(BuildEnv { ebpf_toolchain })
+    Ok(BuildEnv {
+        ebpf_toolchain,
+        ebpf_object: None,
+    })
 }
 
 fn installed(package: &str) -> bool {
@@ -110,6 +149,7 @@ fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
     cmd.args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(missing.iter().map(|(p, _)| *p))
         .env("DEBIAN_FRONTEND", "noninteractive");
+    // dpkg's "Unpacking ... / Setting up ..." ignore apt's -qq.
     run(&mut cmd, "apt-get install")
 }
 
@@ -162,12 +202,19 @@ fn bpf_linker() -> Result<()> {
     run(&mut cmd, "cargo install bpf-linker")
 }
 
+/// Runs an installer with its output kept aside: shown only if it fails.
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd
-        .status()
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
         .with_context(|| format!("cannot start {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
+    if !out.status.success() {
+        eprint!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bail!("{what} failed ({}); its output is above", out.status);
     }
     Ok(())
 }

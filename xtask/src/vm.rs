@@ -40,6 +40,18 @@ pub struct VmArgs {
     save_formats: Option<PathBuf>,
 }
 
+impl VmArgs {
+    /// The defaults, for one kernel series (what `cargo xtask test` runs).
+    pub fn for_kernel(kernel: &str) -> VmArgs {
+        VmArgs {
+            kernel: kernel.to_string(),
+            flavor: "cloud".into(),
+            timeout: 300,
+            save_formats: None,
+        }
+    }
+}
+
 /// Tracepoints whose format files the VM prints.
 const FORMATS: &[&str] = &[
     "sock/inet_sock_set_state",
@@ -57,9 +69,14 @@ const EXPECTED: &[&str] = &["kernels before 6.10 report only resets sent by a fu
 
 pub fn run(env: &BuildEnv, args: &VmArgs) -> Result<()> {
     let started = Instant::now();
-    cargo(env, &["build", "--release", "--package", "tcptrace"])?;
     cargo(
         env,
+        "tcptrace (release)",
+        &["build", "--release", "--package", "tcptrace"],
+    )?;
+    cargo(
+        env,
+        "the VM's test peer (release)",
         &["build", "--release", "--package", "tests", "--bin", "peer"],
     )?;
     let release = target_dir().join("release");
@@ -123,16 +140,12 @@ fn fetch_kernel(work: &Path, series: &str, flavor: &str) -> Result<Kernel> {
     if find_prefixed(&boot, "vmlinuz-").is_none() {
         eprintln!("xtask: downloading {package} (apt): the kernel to boot");
         let download = work.join("download");
-        let _ = fs::remove_dir_all(&download);
-        fs::create_dir_all(&download)?;
-        status(
-            Command::new("apt-get")
-                .args(["download", "-qq", "-o", "APT::Sandbox::User=root", &package])
-                .current_dir(&download),
-            "apt-get download",
-        )?;
-        let deb = find_prefixed(&download, &package)
-            .with_context(|| format!("apt-get download left no {package} .deb"))?;
+        let deb = download_deb(&package, &download).map_err(|err| {
+            anyhow::anyhow!(
+                "could not download {package} from the package mirror, tried twice ({err:#}): \
+                 a download problem, not a failure of kernel {series}"
+            )
+        })?;
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         // Only /boot: vmlinuz and its config (the modules are not needed).
@@ -152,6 +165,40 @@ fn fetch_kernel(work: &Path, series: &str, flavor: &str) -> Result<Kernel> {
         config: find_prefixed(&boot, "config-")
             .with_context(|| format!("{package} has no /boot/config-*"))?,
         package,
+    })
+}
+
+/// `apt-get download` of one package into an empty `dir`; on failure
+/// the package lists are refreshed and it is tried once more (a mirror
+/// that rotated the file away, a dropped connection).
+fn download_deb(package: &str, dir: &Path) -> Result<PathBuf> {
+    let attempt = || -> Result<PathBuf> {
+        let _ = fs::remove_dir_all(dir);
+        fs::create_dir_all(dir)?;
+        let out = Command::new("apt-get")
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run apt-get download")?;
+        if !out.status.success() {
+            // apt's own reason, e.g. `E: Failed to fetch URL  Could not connect ...`.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let reason = stderr
+                .lines()
+                .find(|l| l.starts_with("E:"))
+                .unwrap_or(stderr.trim());
+            bail!("apt-get download: {reason}");
+        }
+        find_prefixed(dir, package)
+            .with_context(|| format!("apt-get download left no {package} .deb"))
+    };
+    attempt().or_else(|err| {
+        eprintln!(
+            "xtask: downloading {package} failed ({err:#}); refreshing the package lists and trying once more"
+        );
+        let _ = output(Command::new("apt-get").args(["update", "-qq"]));
+        attempt()
     })
 }
 
@@ -460,8 +507,13 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Resu
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
-                if line.starts_with(MARK) {
-                    eprintln!("xtask: vm: {}", line.trim_start_matches(MARK).trim());
+                // Progress a reader can follow; the section markers are
+                // for `check` only.
+                let mark = line.strip_prefix(MARK).map(str::trim);
+                if let Some(mark) =
+                    mark.filter(|m| !m.starts_with("begin ") && !m.starts_with("end "))
+                {
+                    eprintln!("xtask: vm: {mark}");
                 }
                 writeln!(file, "{line}")?;
                 console.push_str(&line);
@@ -647,9 +699,15 @@ fn status(cmd: &mut Command, what: &str) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
+        .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
-    ensure!(out.status.success(), "{cmd:?} failed ({})", out.status);
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -1,7 +1,8 @@
 //! A latency/duration distribution: an hdrhistogram allocated on first
-//! use, so the many groups that never see a value cost nothing.
+//! use, so the many groups that never see a value cost nothing; and the
+//! one `Percentiles` every report takes from a histogram.
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{Counter, Histogram};
 use serde::Serialize;
 
 /// Values are recorded in whole units of `unit_ns` (microseconds for
@@ -13,19 +14,50 @@ pub struct Dist {
     hist: Option<Box<Histogram<u32>>>,
 }
 
-/// Percentiles in nanoseconds, for reports.
+/// Percentiles of a distribution of durations, in nanoseconds. Values
+/// are hdrhistogram bucket bounds, so as precise as the histogram they
+/// come from (two or three significant digits).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Percentiles {
+    /// Values recorded.
     pub count: u64,
+    /// Smallest value.
     pub min_ns: u64,
+    /// Mean, in nanoseconds.
+    pub mean_ns: f64,
+    /// 10th percentile.
     pub p10_ns: u64,
+    /// Median.
     pub p50_ns: u64,
+    /// 90th percentile.
     pub p90_ns: u64,
+    /// 99th percentile.
     pub p99_ns: u64,
+    /// Largest value.
     pub max_ns: u64,
 }
 
 impl Percentiles {
+    /// The percentiles of `hist`, whose values are in units of `unit_ns`
+    /// nanoseconds (1,000 for a histogram of microseconds); `None` when
+    /// it is empty.
+    pub fn of<T: Counter>(hist: &Histogram<T>, unit_ns: u64) -> Option<Percentiles> {
+        if hist.is_empty() {
+            return None;
+        }
+        let at = |q: f64| hist.value_at_quantile(q) * unit_ns;
+        Some(Percentiles {
+            count: hist.len(),
+            min_ns: hist.min() * unit_ns,
+            mean_ns: hist.mean() * unit_ns as f64,
+            p10_ns: at(0.10),
+            p50_ns: at(0.50),
+            p90_ns: at(0.90),
+            p99_ns: at(0.99),
+            max_ns: hist.max() * unit_ns,
+        })
+    }
+
     /// True when the middle 80 % lie within ±`tolerance` of the median:
     /// a timeout, not chance, decided these values.
     pub fn clustered(&self, tolerance: f64) -> bool {
@@ -36,10 +68,58 @@ impl Percentiles {
     }
 }
 
+/// `Percentiles` in whole microseconds, the shape `stress` reports use
+/// (docs/stress.md): `count`, `min`, `mean` (one decimal), `p50`, `p90`,
+/// `p99`, `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Micros {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest, µs.
+    pub min: u64,
+    /// Mean, µs, one decimal.
+    pub mean: f64,
+    /// Median, µs.
+    pub p50: u64,
+    /// 90th percentile, µs.
+    pub p90: u64,
+    /// 99th percentile, µs.
+    pub p99: u64,
+    /// Largest, µs.
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// The same figures in whole microseconds.
+    pub fn micros(&self) -> Micros {
+        Micros {
+            count: self.count,
+            min: self.min_ns / 1000,
+            mean: (self.mean_ns / 100.0).round() / 10.0,
+            p50: self.p50_ns / 1000,
+            p90: self.p90_ns / 1000,
+            p99: self.p99_ns / 1000,
+            max: self.max_ns / 1000,
+        }
+    }
+}
+
+/// serde `serialize_with` for an `Option<Percentiles>` field shown in
+/// microseconds (`null` when empty).
+pub fn serialize_micros<S: serde::Serializer>(
+    percentiles: &Option<Percentiles>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    percentiles.map(|p| p.micros()).serialize(serializer)
+}
+
 impl Dist {
+    /// Record in microseconds (connect latency).
     pub const MICROS: u64 = 1_000;
+    /// Record in milliseconds (idle times, ages, lifetimes).
     pub const MILLIS: u64 = 1_000_000;
 
+    /// An empty distribution recording in units of `unit_ns`.
     pub fn new(unit_ns: u64) -> Dist {
         Dist {
             unit_ns,
@@ -47,6 +127,7 @@ impl Dist {
         }
     }
 
+    /// Records a duration in nanoseconds (at least one unit).
     pub fn record(&mut self, ns: u64) {
         let hist = self.hist.get_or_insert_with(|| {
             // 1 unit .. 1 day; bounds are valid, so this cannot fail.
@@ -56,27 +137,19 @@ impl Dist {
         hist.saturating_record((ns / self.unit_ns).max(1));
     }
 
+    /// Values recorded.
     pub fn count(&self) -> u64 {
         self.hist.as_ref().map_or(0, |h| h.len())
     }
 
+    /// True before the first value.
     pub fn is_empty(&self) -> bool {
         self.count() == 0
     }
 
+    /// Its percentiles; `None` while empty.
     pub fn percentiles(&self) -> Option<Percentiles> {
-        let h = self.hist.as_ref().filter(|h| !h.is_empty())?;
-        let at = |q: f64| h.value_at_quantile(q) * self.unit_ns;
-        // hdrhistogram reports bucket upper bounds; min/max are exact-ish.
-        Some(Percentiles {
-            count: h.len(),
-            min_ns: h.min() * self.unit_ns,
-            p10_ns: at(0.10),
-            p50_ns: at(0.50),
-            p90_ns: at(0.90),
-            p99_ns: at(0.99),
-            max_ns: h.max() * self.unit_ns,
-        })
+        Percentiles::of(self.hist.as_deref()?, self.unit_ns)
     }
 
     /// Values at or above `ns`.

@@ -23,33 +23,13 @@ use rustc_hash::FxHashMap;
 
 use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
-    dist::{Dist, Percentiles},
+    dist::{Dist, Micros, Percentiles, serialize_micros},
     topn::{TopN, Weight},
 };
 use crate::{
     event::{Comm, EventKind, TcpEvent},
-    tracer::{Names, Tracer},
+    kernel::names::Names,
 };
-
-/// After `tracer.detach()`: adds every event still in the ring buffer,
-/// until each one the kernel produced was read or counted lost.
-pub async fn drain(
-    tracer: &mut Tracer,
-    agg: &mut Aggregate,
-    batch: &mut Vec<TcpEvent>,
-) -> crate::error::Result<()> {
-    loop {
-        let more = tracer.drain_final(batch).await?;
-        // By reference: moving each 256-byte event out costs a copy.
-        for ev in batch.iter() {
-            agg.add(ev);
-        }
-        batch.clear();
-        if !more {
-            return Ok(());
-        }
-    }
-}
 
 /// Processes kept (the heaviest by incidents, then activity).
 pub const MAX_PROCESSES: usize = 128;
@@ -69,10 +49,13 @@ const CLOSE_SETTLE_NS: u64 = 100_000_000;
 /// Connect outcomes, resets, retransmits and timing of one group.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// Connects that succeeded.
     pub connects: u64,
+    /// Connects that failed (refused, timed out, reset).
     pub connect_failed: u64,
     /// Failed connects answered by an RST (nothing listening).
     pub refused: u64,
+    /// SYN_SENT -> ESTABLISHED time of the successful connects.
     pub connect_latency: Dist,
     /// By reason name (`UNKNOWN` on kernels without reasons).
     pub rst_sent: BTreeMap<&'static str, u64>,
@@ -80,13 +63,16 @@ pub struct Stats {
     pub rst_received: BTreeMap<&'static str, u64>,
     /// Data retransmits by state; SYNs are counted apart.
     pub retransmits: BTreeMap<&'static str, u64>,
+    /// SYN retransmits (a connect waiting for an answer).
     pub syn_retransmits: u64,
+    /// SYN-ACK retransmits (a handshake this side answered, unacknowledged).
     pub synack_retransmits: u64,
     /// Time without receiving anything before an RST arrived: the
     /// connection's idle gap (the send that provoked the RST is ~0).
     pub idle_before_rst: Dist,
     /// The same for the resets after a quiet gap (>= `QUIET_GAP_NS`).
     pub quiet_gap_idle: Dist,
+    /// Age of the connection (since ESTABLISHED) when an RST was sent or received.
     pub age_at_rst: Dist,
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
@@ -112,19 +98,22 @@ pub struct Stats {
     pub timeout_aborts: u64,
     /// First retransmit to abort, for those.
     pub retransmitting_for: Dist,
+    /// Lifetimes of the connections that closed (ESTABLISHED to close).
     pub lifetimes: Dist,
     /// TCP packets the kernel dropped, by drop reason name.
     pub drops: BTreeMap<&'static str, u64>,
     /// Errors handed to applications, by errno name (`ECONNRESET`, ...).
     pub socket_errors: BTreeMap<&'static str, u64>,
-    /// Sends after an idle gap of at least `--reuse-idle`, and those gaps:
-    /// the reuses that worked bound a middlebox's idle timeout from below.
+    /// Sends after an idle gap of at least `--reuse-idle`: the reuses
+    /// that worked bound a middlebox's idle timeout from below.
     pub reuses: u64,
+    /// The idle gaps those sends ended (ms resolution).
     pub reuse_idle: Dist,
     /// Data retransmits whose segments were all as big as the MSS
-    /// allows (what a PMTU black hole retransmits), and those whose size
-    /// was known at all.
+    /// allows (what a PMTU black hole retransmits).
     pub full_size_retransmits: u64,
+    /// Data retransmits whose size was known at all (the denominator of
+    /// `full_size_retransmits`).
     pub sized_retransmits: u64,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
@@ -135,7 +124,9 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(untagged)]
 pub enum Related {
+    /// A remote endpoint (port 0: many client ports of one address).
     Peer(SocketAddr),
+    /// A process id.
     Process(u32),
 }
 
@@ -176,24 +167,31 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// RSTs sent, all reasons.
     pub fn rst_sent_total(&self) -> u64 {
         self.rst_sent.values().sum()
     }
+    /// RSTs received, all states.
     pub fn rst_received_total(&self) -> u64 {
         self.rst_received.values().sum()
     }
+    /// Data retransmits, all states (SYNs apart).
     pub fn retransmits_total(&self) -> u64 {
         self.retransmits.values().sum()
     }
+    /// RSTs sent with this reason name.
     pub fn rst_sent_with(&self, reason: &str) -> u64 {
         self.rst_sent.get(reason).copied().unwrap_or(0)
     }
+    /// RSTs received in this state (`ESTABLISHED`, `SYN_SENT`, ...).
     pub fn rst_received_in(&self, state: &str) -> u64 {
         self.rst_received.get(state).copied().unwrap_or(0)
     }
+    /// TCP drops, all reasons.
     pub fn drops_total(&self) -> u64 {
         self.drops.values().sum()
     }
+    /// Socket errors, all errnos.
     pub fn socket_errors_total(&self) -> u64 {
         self.socket_errors.values().sum()
     }
@@ -230,8 +228,11 @@ impl Weight for u64 {
 /// (the kernel answered for no socket, or the socket predates the trace).
 #[derive(Debug, Clone, Default)]
 pub struct Process {
+    /// Its command name, as last seen.
     pub comm: String,
+    /// Its cgroup v2 id (0 when unknown).
     pub cgroup_id: u64,
+    /// What happened to its connections.
     pub stats: Stats,
 }
 
@@ -245,9 +246,13 @@ impl Weight for Process {
 /// local endpoint they were accepted on: who closes idle connections.
 #[derive(Debug, Clone)]
 pub struct Closer {
+    /// The process that closed them.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
+    /// Its cgroup v2 id.
     pub cgroup_id: u64,
+    /// How long the connections had been idle when it closed them.
     pub idle: Dist,
     /// RSTs this endpoint sent because data arrived after it had closed
     /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
@@ -261,18 +266,25 @@ impl Weight for Closer {
     }
 }
 
+/// Everything `top` and `diagnose` know from the events: totals, per process, per peer and per idle-closing endpoint, bounded in memory.
 pub struct Aggregate {
     names: Interned,
+    /// All events together.
     pub total: Stats,
+    /// By process id (pid 0: no owner known), the `MAX_PROCESSES` heaviest.
     pub processes: TopN<u32, Process>,
+    /// By remote endpoint (port 0 for the clients of a local server), the `MAX_PEERS` heaviest.
     pub peers: TopN<SocketAddr, Stats>,
+    /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
     conns: ConnTable,
     pending: PendingCloses,
+    /// Events added.
     pub events: u64,
 }
 
 impl Aggregate {
+    /// An empty aggregate that names states and reasons with `names`.
     pub fn new(names: Names) -> Aggregate {
         Aggregate {
             names: Interned::new(names),
@@ -286,6 +298,7 @@ impl Aggregate {
         }
     }
 
+    /// The figures of process `pid`, if it is among those kept.
     pub fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
     }
@@ -303,6 +316,16 @@ impl Aggregate {
         all
     }
 
+    /// Takes every event of `batch` (in order) and empties it. By
+    /// reference: moving each 256-byte event out of the batch costs a copy.
+    pub fn add_batch(&mut self, batch: &mut Vec<TcpEvent>) {
+        for ev in batch.iter() {
+            self.add(ev);
+        }
+        batch.clear();
+    }
+
+    /// Takes one event into every figure it changes.
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
         self.settle(ev.mono_ns, false);
@@ -713,7 +736,7 @@ impl Interned {
         }
         self.errnos
             .entry(errno)
-            .or_insert_with(|| Box::leak(Box::from(crate::summary::errno_name(errno))))
+            .or_insert_with(|| Box::leak(Box::from(crate::kernel::errno::label(errno))))
     }
 }
 

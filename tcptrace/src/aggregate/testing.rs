@@ -5,9 +5,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use crate::{
     event::{EventKind, Owner, TcpEvent},
-    tracer::Names,
+    kernel::names::Names,
 };
 
+/// The kernel's state names by number (include/net/tcp_states.h).
 pub const STATES: [&str; 13] = [
     "",
     "TCP_ESTABLISHED",
@@ -45,6 +46,7 @@ pub const REASONS: [&str; 17] = [
     "TCP_DISCONNECT_WITH_DATA",
 ];
 
+/// Names as a 6.18 kernel's format files give them.
 pub fn names() -> Names {
     let states: BTreeMap<u32, String> = STATES
         .iter()
@@ -63,6 +65,7 @@ pub fn names() -> Names {
     ]))
 }
 
+/// The number of state `name` (`ESTABLISHED` -> 1).
 pub fn state(name: &str) -> u8 {
     STATES
         .iter()
@@ -74,6 +77,7 @@ pub fn state(name: &str) -> u8 {
 #[derive(Debug, Clone)]
 pub struct Ev(pub TcpEvent);
 
+/// An event of `kind` at `at_ms` milliseconds, IPv4, no owner.
 pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
     Ev(TcpEvent {
         mono_ns: at_ms * 1_000_000,
@@ -96,10 +100,12 @@ pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
 }
 
 impl Ev {
+    /// The kernel socket address.
     pub fn sock(mut self, sock: u64) -> Ev {
         self.0.sock = sock;
         self
     }
+    /// Owned by `pid` (`comm`).
     pub fn owner(mut self, pid: u32, comm: &str) -> Ev {
         self.0.owner = Some(Owner {
             pid,
@@ -109,31 +115,38 @@ impl Ev {
         });
         self
     }
+    /// The local endpoint, `IP:PORT`.
     pub fn local(mut self, addr: &str) -> Ev {
         self.0.local = addr.parse::<SocketAddr>().unwrap();
         self
     }
+    /// The remote endpoint, `IP:PORT`.
     pub fn remote(mut self, addr: &str) -> Ev {
         self.0.remote = addr.parse::<SocketAddr>().unwrap();
         self
     }
+    /// A state change `old` -> `new` (names).
     pub fn transition(mut self, old: &str, new: &str) -> Ev {
         self.0.transition = Some((state(old), state(new)));
         self
     }
+    /// The socket's state (names).
     pub fn state(mut self, name: &str) -> Ev {
         self.0.state = Some(state(name));
         self
     }
+    /// An RST reason by name.
     pub fn reason(mut self, name: &str) -> Ev {
         let reason = REASONS.iter().position(|r| *r == name).expect("reason");
         self.0.rst_reason = Some(reason as u32);
         self
     }
+    /// Connect latency or time to failure, ms.
     pub fn connect_ms(mut self, ms: f64) -> Ev {
         self.0.connect_ns = Some((ms * 1e6) as u64);
         self
     }
+    /// Age at the reset, ms.
     pub fn age_ms(mut self, ms: u64) -> Ev {
         self.0.age_ns = Some(ms * 1_000_000);
         self
@@ -153,6 +166,7 @@ impl Ev {
         });
         self
     }
+    /// A socket error with this errno.
     pub fn socket_errno(mut self, errno: i32) -> Ev {
         self.0.detail = crate::event::Detail::SocketError { errno };
         self
@@ -167,6 +181,7 @@ impl Ev {
         });
         self
     }
+    /// The event.
     pub fn build(self) -> TcpEvent {
         self.0
     }

@@ -6,10 +6,13 @@ use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
 
+/// How heavy an entry is: the lightest is evicted first.
 pub trait Weight {
+    /// The weight; higher is kept longer.
     fn weight(&self) -> u64;
 }
 
+/// A map that keeps at most `capacity` entries, the heaviest by `Weight`: a port scan or a day-long run cannot grow it without limit.
 #[derive(Debug, Clone)]
 pub struct TopN<K, V> {
     capacity: usize,
@@ -18,6 +21,7 @@ pub struct TopN<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
+    /// An empty map of at most `capacity` entries.
     pub fn new(capacity: usize) -> TopN<K, V> {
         TopN {
             capacity: capacity.max(1),
@@ -55,22 +59,27 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
         }
     }
 
+    /// The entry for `key`, if kept.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key)
     }
 
+    /// The entry for `key`, mutably, if kept.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.entries.get_mut(key)
     }
 
+    /// Every entry kept, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.entries.iter()
     }
 
+    /// Entries kept.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when nothing is kept.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

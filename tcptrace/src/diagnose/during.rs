@@ -3,12 +3,27 @@
 //! network namespace; the run ends when the load ends. A child rather than
 //! a task: it can live in another namespace, and its progress and report
 //! go to our stderr, never mixed with the diagnose report.
+//!
+//! The load never outlives diagnose: it runs in a process group of its own
+//! that `stop` and `Drop` kill, and with `PR_SET_PDEATHSIG` = SIGKILL, so a
+//! SIGKILL of diagnose (or anything else that ends it without unwinding)
+//! ends the load too. The kernel sends that signal when the *thread* that
+//! spawned the child exits: diagnose runs on a current-thread runtime, so
+//! that is the main thread, which lives as long as the process.
+//!
+//! A Unix socket links the two (`--parent-fd`): the load writes one byte
+//! once it has started making load (resolved its target, attached its
+//! tracer), so a load that exits before that failed at once, and
+//! diagnosing nothing is an error, not "no problem found". And the load
+//! ends as soon as our end closes, which on a SIGKILL happens before the
+//! kernel has torn down our eBPF programs and sends the death signal.
 
 use std::{
     fs::File,
+    io::Read as _,
     os::{
-        fd::{AsFd as _, AsRawFd as _},
-        unix::process::CommandExt as _,
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+        unix::{net::UnixStream, process::CommandExt as _},
     },
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
@@ -17,7 +32,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command as CliCommand};
+use crate::cli::{Cli, Command as CliCommand, usage_error};
 
 /// Checks `text` is a `stress` command line and returns its words.
 pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
@@ -33,67 +48,95 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
             command: CliCommand::Stress(_),
         }) => Ok(words),
         Ok(_) => anyhow::bail!("--during '{text}': not a stress command"),
-        Err(err) => {
-            // clap's message without its usage block, on one line.
-            let message = err.to_string();
-            let message: Vec<&str> = message
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:"))
-                .map(|l| l.trim().trim_start_matches("error: "))
-                .filter(|l| !l.is_empty())
-                .collect();
-            anyhow::bail!("--during '{text}': {}", message.join(" "))
-        }
+        Err(err) => anyhow::bail!("--during '{text}': {}", usage_error(&err)),
     }
 }
 
 /// The load, started; killed if the diagnosis stops first.
 pub struct Load {
     child: Child,
+    /// Our end of the link (see the module doc); non-blocking.
+    link: UnixStream,
+    started: bool,
 }
 
 impl Load {
-    /// Starts `tcptrace WORDS...`, inside the namespace at `netns` if any.
+    /// Starts `tcptrace WORDS... --parent-fd N`, inside the namespace at
+    /// `netns` if any.
     pub fn start(words: &[String], netns: Option<&Path>) -> anyhow::Result<Load> {
         let exe = std::env::current_exe().context("cannot find the tcptrace executable")?;
         let stderr = std::io::stderr()
             .as_fd()
             .try_clone_to_owned()
             .context("cannot share stderr with the load")?;
+        // Both ends close-on-exec; the child clears it on its own end.
+        let (link, their_end) = UnixStream::pair().context("cannot make a socket for the load")?;
+        link.set_nonblocking(true)
+            .context("cannot make a socket for the load")?;
+        let ns = netns
+            .map(|path| {
+                File::open(path)
+                    .with_context(|| format!("cannot open network namespace {}", path.display()))
+            })
+            .transpose()?;
+        let parent = rustix::process::getpid();
         let mut command = Command::new(exe);
         command
             .args(words)
+            .arg("--parent-fd")
+            .arg(their_end.as_raw_fd().to_string())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(stderr));
-        if let Some(path) = netns {
-            let ns = File::open(path)
-                .with_context(|| format!("cannot open network namespace {}", path.display()))?;
-            // SAFETY: between fork and exec only setns(2), which is
-            // async-signal-safe, on an fd that stays open in `command`'s
-            // closure.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            .stdout(Stdio::from(stderr))
+            // Its own group: `stop` reaches whatever it forks, and a Ctrl-C
+            // on the terminal is ours to handle (we stop it, then report).
+            .process_group(0);
+        // SAFETY: between fork and exec only raw prctl(2), getppid(2),
+        // fcntl(2) and setns(2) system calls (rustix, no allocation), all
+        // async-signal-safe, on fds that stay open in `command`'s closure.
+        unsafe {
+            command.pre_exec(move || {
+                in_child(parent, their_end.as_fd(), ns.as_ref().map(|f| f.as_fd()))
+            });
         }
         let child = command
             .spawn()
             .context("cannot start the load (tcptrace stress)")?;
-        Ok(Load { child })
+        Ok(Load {
+            child,
+            link,
+            started: false,
+        })
     }
 
-    /// Exit status once it has ended, without waiting.
-    pub fn ended(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    /// Exit status once it has ended, without waiting. A load that ended
+    /// before it started making load is an error: nothing was diagnosed.
+    pub fn ended(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let status = self.child.try_wait().ok().flatten();
+        // Read after the exit is seen, so a byte written just before it
+        // counts.
+        if !self.started {
+            let mut byte = [0u8; 1];
+            self.started = matches!((&self.link).read(&mut byte), Ok(1));
+        }
+        match status {
+            Some(status) if !self.started => anyhow::bail!(
+                "the --during load failed before it made any load ({status}; its error is above): nothing to diagnose"
+            ),
+            status => Ok(status),
+        }
     }
 
+    /// Stops it (its whole process group) if it still runs; its exit status.
     pub fn stop(mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.ended() {
+        self.kill_and_reap()
+    }
+
+    fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
         let _ = self.child.kill();
         self.child.wait().ok()
@@ -102,11 +145,31 @@ impl Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
-        if self.ended().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.kill_and_reap();
     }
+}
+
+/// Runs in the forked child before exec: die with the parent, keep its
+/// end of the link across exec, enter the namespace.
+fn in_child(
+    parent: rustix::process::Pid,
+    link: BorrowedFd<'_>,
+    netns: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    // The parent may have died before the line above: then nobody would
+    // ever send the signal.
+    if rustix::process::getppid() != Some(parent) {
+        return Err(std::io::Error::from(rustix::io::Errno::SRCH));
+    }
+    rustix::io::fcntl_setfd(link, rustix::io::FdFlags::empty())?;
+    if let Some(fd) = netns {
+        rustix::thread::move_into_link_name_space(
+            fd,
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

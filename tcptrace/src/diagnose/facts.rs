@@ -2,9 +2,18 @@
 //! the relevant sysctls and socket tables at the start and the end. Plain
 //! data, so the rules can be tested without a kernel.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use serde::Serialize;
+
+use crate::host::{
+    conntrack::ConntrackChange,
+    global::HostGlobal,
+    sock_diag::{TcpSocket, TcpState},
+};
 
 /// Sysctls the rules read and the report shows.
 pub const SYSCTLS: [&str; 13] = [
@@ -23,6 +32,7 @@ pub const SYSCTLS: [&str; 13] = [
     "net.netfilter.nf_conntrack_max",
 ];
 
+/// The host's side of a diagnosis, read before and after the watch.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HostFacts {
     /// Change of each kernel counter over the run, by nstat name
@@ -30,19 +40,32 @@ pub struct HostFacts {
     pub counters: BTreeMap<String, i64>,
     /// Values at the start, by sysctl key; absent keys are missing.
     pub sysctls: BTreeMap<String, String>,
+    /// The socket table when the watch started (`None`: sock_diag failed).
     pub sockets_start: Option<SocketFacts>,
+    /// The socket table when it ended.
     pub sockets_end: Option<SocketFacts>,
+    /// The namespace's conntrack at the start and the end; `None` when a
+    /// reading failed.
+    pub conntrack: Option<ConntrackChange>,
+    /// Host-wide TCP limits and usage (initial namespace) at the start
+    /// and the end.
+    pub host_global_start: Option<HostGlobal>,
+    /// The same at the end.
+    pub host_global_end: Option<HostGlobal>,
 }
 
 impl HostFacts {
+    /// A counter's change by nstat name; 0 when absent.
     pub fn counter(&self, name: &str) -> i64 {
         self.counters.get(name).copied().unwrap_or(0)
     }
 
+    /// A sysctl's value at the start, by key.
     pub fn sysctl(&self, key: &str) -> Option<&str> {
         self.sysctls.get(key).map(String::as_str)
     }
 
+    /// A numeric sysctl's value.
     pub fn sysctl_u64(&self, key: &str) -> Option<u64> {
         self.sysctl(key)?.trim().parse().ok()
     }
@@ -67,20 +90,105 @@ pub struct SocketFacts {
     pub states: BTreeMap<String, u64>,
     /// TIME_WAIT sockets by remote endpoint, most first (top 10).
     pub time_wait_by_peer: Vec<(SocketAddr, u64)>,
+    /// Listening sockets with their accept queues.
     pub listeners: Vec<Listener>,
 }
 
 impl SocketFacts {
+    /// A socket table reduced to what the rules use: counts by state,
+    /// TIME_WAIT by peer (v4-mapped addresses shown as IPv4), listeners
+    /// with their accept queues.
+    pub fn of(sockets: &[TcpSocket]) -> SocketFacts {
+        let mut facts = SocketFacts::default();
+        let mut time_wait: HashMap<SocketAddr, u64> = HashMap::new();
+        for s in sockets {
+            *facts.states.entry(s.state.name().to_string()).or_default() += 1;
+            match s.state {
+                TcpState::TimeWait => {
+                    let remote = SocketAddr::new(s.remote.ip().to_canonical(), s.remote.port());
+                    *time_wait.entry(remote).or_default() += 1;
+                }
+                TcpState::Listen => facts.listeners.push(Listener {
+                    local: s.local,
+                    queued: s.recv_q,
+                    limit: Some(s.send_q),
+                }),
+                _ => {}
+            }
+        }
+        let mut by_peer: Vec<_> = time_wait.into_iter().collect();
+        by_peer.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        by_peer.truncate(10);
+        facts.time_wait_by_peer = by_peer;
+        facts
+    }
+
+    /// Sockets in the state named `state` (`TIME_WAIT`, ...).
     pub fn in_state(&self, state: &str) -> u64 {
         self.states.get(state).copied().unwrap_or(0)
     }
 }
 
+/// A listening socket and its accept queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listener {
+    /// The address it listens on.
     pub local: SocketAddr,
     /// Connections waiting to be accepted.
     pub queued: u32,
     /// The queue limit, min(backlog, somaxconn), when known.
     pub limit: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(state: TcpState, local: &str, remote: &str, recv_q: u32, send_q: u32) -> TcpSocket {
+        TcpSocket {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            recv_q,
+            send_q,
+            inode: 0,
+            uid: 0,
+            info: None,
+        }
+    }
+
+    #[test]
+    fn socket_tables_reduce_to_what_the_rules_use() {
+        let facts = SocketFacts::of(&[
+            socket(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 3, 1),
+            socket(
+                TcpState::TimeWait,
+                "198.18.0.1:40000",
+                "198.18.0.2:8000",
+                0,
+                0,
+            ),
+            socket(
+                TcpState::TimeWait,
+                "[::ffff:198.18.0.1]:40001",
+                "[::ffff:198.18.0.2]:8000",
+                0,
+                0,
+            ),
+            socket(TcpState::Established, "127.0.0.1:1", "127.0.0.1:2", 0, 0),
+        ]);
+        assert_eq!(facts.in_state("TIME_WAIT"), 2);
+        assert_eq!(
+            facts.time_wait_by_peer,
+            vec![("198.18.0.2:8000".parse().unwrap(), 2)]
+        );
+        assert_eq!(
+            facts.listeners,
+            vec![Listener {
+                local: "127.0.0.1:8080".parse().unwrap(),
+                queued: 3,
+                limit: Some(1)
+            }]
+        );
+    }
 }

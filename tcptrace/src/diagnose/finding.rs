@@ -9,18 +9,28 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// A load balancer or middlebox forgets idle pooled connections: RSTs on reuse after a quiet gap.
     LbIdleTimeout,
+    /// The server closes idle keep-alive connections before the client pool stops reusing them.
     ServerKeepaliveTimeout,
+    /// A listener's accept queue is full: SYNs dropped, connects time out or are reset.
     AcceptQueueOverflow,
+    /// Too few ephemeral ports for the connections in TIME_WAIT to one destination.
     PortExhaustion,
+    /// An application closes with unread data: the kernel sends RST instead of FIN.
     CloseWithUnreadData,
+    /// Abortive closes (SO_LINGER 0 or an application abort).
     LingerZeroAbort,
+    /// Packet loss or a black hole: retransmits until the kernel gives up.
     RetransmissionTimeout,
+    /// Connects to a port nothing listens on, answered with RST.
     NothingListening,
+    /// The peer restarted and answers old connections with RST.
     HalfOpenAfterPeerRestart,
 }
 
 impl Cause {
+    /// The stable identifier in reports and JSON (`lb_idle_timeout`, ...).
     pub fn id(self) -> &'static str {
         match self {
             Cause::LbIdleTimeout => "lb_idle_timeout",
@@ -35,6 +45,7 @@ impl Cause {
         }
     }
 
+    /// The headline a report gives the cause.
     pub fn title(self) -> &'static str {
         match self {
             Cause::LbIdleTimeout => {
@@ -54,15 +65,20 @@ impl Cause {
     }
 }
 
+/// How sure a finding is: only medium and high are reported as problems.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Confidence {
+    /// Consistent with the figures, not shown by them.
     Low,
+    /// Likely: the figures point at it.
     Medium,
+    /// The figures show it.
     High,
 }
 
 impl Confidence {
+    /// `low`, `medium` or `high`.
     pub fn name(self) -> &'static str {
         match self {
             Confidence::Low => "low",
@@ -77,6 +93,7 @@ impl Confidence {
 pub struct Affected {
     /// 0 when the kernel could not attribute the sockets.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
     /// The remote endpoint most involved (port 0: many client ports).
     pub peer: Option<SocketAddr>,
@@ -87,13 +104,18 @@ pub struct Affected {
     /// cgroup v2 id (0: unknown) and, once resolved, its path with the
     /// container id when it names one.
     pub cgroup_id: u64,
+    /// The cgroup path (and container id), once resolved.
     pub cgroup: Option<String>,
 }
 
+/// One cause found: how sure, how much it explains, the evidence, who is hit and the fix.
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
+    /// Which cause.
     pub cause: Cause,
+    /// The cause's headline.
     pub title: &'static str,
+    /// How sure.
     pub confidence: Confidence,
     /// Ranks findings of equal confidence: events explained.
     pub score: u64,
@@ -101,6 +123,7 @@ pub struct Finding {
     pub summary: String,
     /// The figures behind it, one fact a line.
     pub evidence: Vec<String>,
+    /// The processes hit or causing it, most involved first.
     pub affected: Vec<Affected>,
     /// Exact changes, most direct first.
     pub fix: Vec<String>,
@@ -109,6 +132,7 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A finding with no evidence, affected or fix yet.
     pub fn new(cause: Cause, confidence: Confidence, score: u64, summary: String) -> Finding {
         Finding {
             cause,

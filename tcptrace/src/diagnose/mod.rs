@@ -7,58 +7,60 @@
 pub mod during;
 pub mod facts;
 pub mod finding;
-pub mod host;
 pub mod report;
 pub mod rules;
 
 use std::{
     io::{self, Write as _},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
+use tcptrace_common::kind_mask;
 
 use self::{
-    facts::HostFacts,
+    facts::{HostFacts, SYSCTLS, SocketFacts},
     finding::rank,
     report::Report,
     rules::{Inputs, evaluate},
 };
 use crate::{
-    aggregate::{self, Aggregate},
+    aggregate::Aggregate,
     cli::DiagnoseArgs,
-    enrich::Cgroups,
     event::TcpEvent,
-    trace::{stop_signal, tracer_options},
-    tracer::{Tracer, TracerOptions},
+    filter_args::session_options,
+    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading},
+    session::{Next, Session, TracerOptions},
+    stop::stop_signal,
 };
 
 /// How often the --during load is checked for having ended.
 const LOAD_CHECK: Duration = Duration::from_millis(100);
 
+/// Runs `tcptrace diagnose`.
+///
+/// # Errors
+/// What the session refuses, a `--during` that is no stress command or
+/// does not start, host facts that cannot be read, and failures to write
+/// the report.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
+    let (options, netns) = session_options(&args.filter, args.ring_kib)?;
     // The rules work on aggregates, which have no use for the opening
     // transitions.
     let mut options = TracerOptions {
         skip_opening: true,
-        ..tracer_options(&args.filter, args.ring_kib)?
+        ..options
     };
     if args.filter.events.is_empty() {
         // The reuses that worked are what bounds an idle timeout.
-        options.kinds |= tcptrace_common::kind_mask::REUSE;
+        options.kinds |= kind_mask::REUSE;
     }
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
-    let netns = args.filter.netns.as_deref();
-    let before = host::read(netns)?;
+    let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
+    let before = reading::read(netns_path, &SYSCTLS)?;
 
-    let mut tracer = Tracer::start(&options)?;
-    for missing in tracer.missing() {
-        eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
-    }
-    let stop = stop_signal(args.duration);
-    tokio::pin!(stop);
-    let started = Instant::now();
+    let mut session = Session::start(&options, stop_signal(args.duration))?;
     match args.duration {
         Some(d) => eprintln!(
             "tcptrace: diagnosing for {:.1} s; Ctrl-C to stop early",
@@ -70,56 +72,54 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("tcptrace: diagnosing; Ctrl-C to stop"),
     }
     let mut load = match &load_words {
-        Some(words) => {
-            let ns = netns.map(host::netns_path).transpose()?;
-            Some(during::Load::start(words, ns.as_deref())?)
-        }
+        Some(words) => Some(during::Load::start(words, netns_path)?),
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
-    let mut agg = Aggregate::new(tracer.names().clone());
+    let mut agg = Aggregate::new(session.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         tokio::select! {
             biased;
-            reason = &mut stop => {
-                log::debug!("stopping: {reason}");
-                break;
-            }
-            // Before the events: a storm keeps `next_batch` always ready
-            // and must not hide the end of the `--during` load.
+            // Before the events: a storm keeps the ring always ready and
+            // must not hide the end of the `--during` load.
             _ = load_tick.tick(), if load.is_some() => {
-                if let Some(status) = load.as_mut().and_then(during::Load::ended) {
+                if let Some(status) = load.as_mut().map(during::Load::ended).transpose()?.flatten() {
                     log::debug!("the load ended: {status}");
                     if args.duration.is_none() {
                         break;
                     }
                 }
             }
-            ready = tracer.next_batch(&mut batch) => {
-                ready?;
-                // By reference: moving each 256-byte event out costs a copy.
-                for ev in batch.iter() {
-                    agg.add(ev);
-                }
-                batch.clear();
-            }
+            next = session.next(&mut batch) => match next? {
+                Next::Stopped(_) => break,
+                Next::Events => agg.add_batch(&mut batch),
+            },
         }
     }
     let load_status = load.map(during::Load::stop);
-    // Detach first so nothing new arrives, then take what is left.
-    tracer.detach();
-    aggregate::drain(&mut tracer, &mut agg, &mut batch).await?;
+    let seconds = session.elapsed().as_secs_f64();
+    let missing = session.missing().to_vec();
+    let counts = session
+        .finish(&mut batch, |batch| {
+            agg.add_batch(batch);
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
     agg.finish();
-    let seconds = started.elapsed().as_secs_f64();
-    let kernel = tracer.kernel_counts()?;
-    let after = host::read(netns)?;
+    let after = reading::read(netns_path, &SYSCTLS)?;
 
     let host = HostFacts {
         counters: after.counter_delta(&before),
         sysctls: before.sysctls.clone(),
-        sockets_start: before.sockets,
-        sockets_end: after.sockets,
+        sockets_start: before.sockets.as_deref().map(SocketFacts::of),
+        sockets_end: after.sockets.as_deref().map(SocketFacts::of),
+        conntrack: before
+            .conntrack
+            .zip(after.conntrack)
+            .map(|(start, end)| ConntrackChange::new(start, end)),
+        host_global_start: before.host_global,
+        host_global_end: after.host_global,
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,
@@ -134,11 +134,11 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         seconds,
         netns: args.filter.netns.clone(),
         events: agg.events,
-        events_lost: kernel.total_lost(),
+        counts,
         findings,
         checked,
         host,
-        missing: tracer.missing().to_vec(),
+        missing,
         load: args.during.clone().map(|command| report::LoadRun {
             command,
             status: load_status.flatten().map(|s| s.to_string()),

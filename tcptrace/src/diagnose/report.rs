@@ -13,7 +13,8 @@ use super::{
 };
 use crate::{
     aggregate::{Aggregate, Percentiles},
-    sink::SCHEMA_VERSION,
+    counts::Counts,
+    event::SCHEMA_VERSION,
     timefmt::duration_ns,
 };
 
@@ -22,22 +23,34 @@ const TOP_PROCESSES: usize = 10;
 /// Text width for the human report.
 const WIDTH: usize = 100;
 
-#[derive(Debug, Serialize)]
+/// Everything a diagnosis found and looked at (docs/diagnose.md).
+#[derive(Debug)]
 pub struct Report {
+    /// How long it watched.
     pub seconds: f64,
+    /// `--netns` as given.
     pub netns: Option<String>,
+    /// Events aggregated.
     pub events: u64,
-    pub events_lost: u64,
+    /// The session's exact counts: received, produced, lost, hook runs
+    /// the kernel skipped.
+    pub counts: Counts,
+    /// Ranked findings.
     pub findings: Vec<Finding>,
+    /// What each rule checked, one line each.
     pub checked: Vec<String>,
+    /// Counter deltas, sysctls, socket tables.
     pub host: HostFacts,
+    /// What this kernel could not trace.
     pub missing: Vec<String>,
     /// The `--during` load, if any.
     pub load: Option<LoadRun>,
 }
 
+/// The `--during` load and how it ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadRun {
+    /// The stress command line.
     pub command: String,
     /// How it ended (`exit status: 0`), or `None` if it was stopped.
     pub status: Option<String>,
@@ -51,6 +64,7 @@ impl Report {
             .filter(|f| f.confidence > Confidence::Low)
     }
 
+    /// The report as one JSON document.
     pub fn to_json(&self, agg: &Aggregate) -> Value {
         let nonzero: serde_json::Map<String, Value> = self
             .host
@@ -59,13 +73,12 @@ impl Report {
             .filter(|(_, v)| **v != 0)
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
-        json!({
+        let mut report = json!({
             "v": SCHEMA_VERSION,
             "type": "diagnose",
             "seconds": self.seconds,
             "netns": self.netns,
             "events": self.events,
-            "events_lost": self.events_lost,
             "verdict": if self.problems().next().is_some() { "problem" } else { "no_problem" },
             "findings": self.findings,
             "checked": self.checked,
@@ -73,22 +86,31 @@ impl Report {
             "sysctls": self.host.sysctls,
             "sockets_start": self.host.sockets_start,
             "sockets_end": self.host.sockets_end,
+            "conntrack": self.host.conntrack,
+            "host_global": {
+                "start": self.host.host_global_start,
+                "end": self.host.host_global_end,
+            },
             "processes": processes_json(agg),
             "missing": self.missing,
             "load": self.load,
-        })
+        });
+        if let Value::Object(fields) = &mut report {
+            fields.extend(self.counts.json_fields());
+        }
+        report
     }
 
+    /// The report as text that fits a terminal.
     pub fn write_human(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(
             out,
-            "tcptrace diagnose: watched {:.1} s{}, {} events ({} lost)",
+            "tcptrace diagnose: watched {:.1} s{}: {}",
             self.seconds,
             self.netns
                 .as_deref()
                 .map_or_else(String::new, |n| format!(" in netns {n}")),
-            self.events,
-            self.events_lost
+            self.counts.human()
         )?;
         if let Some(load) = &self.load {
             writeln!(
@@ -98,11 +120,11 @@ impl Report {
                 load.status.as_deref().unwrap_or("stopped")
             )?;
         }
-        if self.events_lost > 0 {
+        if self.counts.lost() > 0 {
             writeln!(
                 out,
                 "warning: {} events were lost (ring buffer full): counts are lower bounds; try --ring-kib larger",
-                self.events_lost
+                self.counts.lost()
             )?;
         }
         writeln!(out)?;
@@ -174,6 +196,12 @@ impl Report {
                 "",
                 "  ",
             )?;
+        }
+        if let Some(conntrack) = &self.host.conntrack {
+            wrap(out, &conntrack.to_string(), "", "  ")?;
+        }
+        if let Some(global) = self.host.host_global_end.as_ref() {
+            wrap(out, &global.to_string(), "", "  ")?;
         }
         for m in &self.missing {
             wrap(out, &format!("not traced on this kernel: {m}"), "", "  ")?;
@@ -263,7 +291,7 @@ mod tests {
             seconds: 10.0,
             netns: Some("blue".into()),
             events: 12,
-            events_lost: 0,
+            counts: Counts::default(),
             findings,
             checked: vec!["accept queues: TcpExtListenOverflows +0".into()],
             host: HostFacts::default(),

@@ -10,8 +10,13 @@ const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 /// Struct member offsets for the kernel programs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Layouts {
+    /// `struct sock` / `tcp_sock` / `inet_connection_sock` members.
     pub sock: SockLayout,
+    /// `task_struct` -> `files_struct` -> `fdtable` -> `file` -> `socket`
+    /// members: the socket behind an fd accept() returned.
     pub task: TaskLayout,
+    /// `struct sk_buff` members (headers of a dropped packet, size of a
+    /// retransmitted one).
     pub skb: SkbLayout,
 }
 

@@ -12,6 +12,15 @@ pub fn name(errno: i32) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// `ECONNRESET`, ... as `name` gives it, or `ERRNO_<n>` for a number
+/// without a name: the label of socket errors in summaries and `top`.
+pub fn label(errno: i32) -> String {
+    match name(errno) {
+        Some(name) => name.to_string(),
+        None => format!("ERRNO_{errno}"),
+    }
+}
+
 /// Errors TCP sets on a socket (tcp_reset, tcp_write_err, ICMP errors via
 /// tcp_v4_err/ip_icmp_error), plus the common ones around them.
 const NAMES: &[(i32, &str)] = &[

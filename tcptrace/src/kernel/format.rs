@@ -10,23 +10,30 @@ use tcptrace_common::{RECORD_BYTES, TracepointLayout, field};
 /// One `field:` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// The field's name (`saddr`, `newstate`, ...).
     pub name: String,
+    /// Byte offset in the record.
     pub offset: u16,
+    /// Size in bytes.
     pub size: u16,
 }
 
 /// A parsed format file.
 #[derive(Debug, Clone, Default)]
 pub struct Format {
+    /// Every field, in record order.
     pub fields: Vec<Field>,
+    /// The `print fmt:` line (holds the enum symbol tables).
     pub print_fmt: String,
 }
 
+/// A format file that could not be parsed, with what was wrong.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed tracepoint format: {0}")]
 pub struct FormatError(String);
 
 impl Format {
+    /// Parses the text of a tracefs `format` file.
     pub fn parse(text: &str) -> Result<Format, FormatError> {
         let mut format = Format::default();
         for line in text.lines() {
@@ -43,6 +50,7 @@ impl Format {
         Ok(format)
     }
 
+    /// The field named `name`, if the record has it.
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }

@@ -6,5 +6,6 @@ pub mod btf;
 pub mod clock;
 pub mod errno;
 pub mod format;
+pub mod names;
 pub mod proginfo;
 pub mod tracefs;

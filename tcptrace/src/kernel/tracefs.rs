@@ -1,9 +1,6 @@
 //! Finding (and if needed mounting) tracefs.
 
-use std::{
-    ffi::CString,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -23,27 +20,14 @@ pub fn root() -> Result<PathBuf> {
     Ok(PathBuf::from(TRACEFS))
 }
 
+/// `mount -t tracefs nodev /sys/kernel/tracing`.
 fn mount() -> Result<()> {
-    let target = CString::new(TRACEFS).expect("static path");
-    let fstype = CString::new("tracefs").expect("static");
-    let source = CString::new("nodev").expect("static");
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(Error::Kernel(format!(
+    use rustix::mount::{MountFlags, mount};
+    mount("nodev", TRACEFS, "tracefs", MountFlags::empty(), None).map_err(|err| {
+        Error::Kernel(format!(
             "tracefs is not mounted and mounting it at {TRACEFS} failed ({err}); mount it with `mount -t tracefs nodev {TRACEFS}`"
-        )));
-    }
-    Ok(())
+        ))
+    })
 }
 
 /// Path of a tracepoint's format file.

@@ -10,12 +10,14 @@ use crate::{
     timefmt,
 };
 
+/// Aligned columns, one event a line (`trace` without `--json`).
 pub struct HumanSink {
     out: Output,
     header_done: bool,
 }
 
 impl HumanSink {
+    /// Writes to `out`.
     pub fn new(out: Output) -> HumanSink {
         HumanSink {
             out,

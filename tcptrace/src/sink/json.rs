@@ -17,19 +17,19 @@ use serde::Serialize;
 
 use super::{Context, Output, Sink};
 use crate::{
-    event::{Detail, EventKind, TcpEvent, tcp_flag_names},
+    event::{Detail, EventKind, SCHEMA_VERSION, TcpEvent, tcp_flag_names},
     kernel::errno,
     summary::Summary,
     timefmt,
 };
 
-pub const SCHEMA_VERSION: u32 = 1;
-
+/// NDJSON, one record a line (`trace --json`).
 pub struct JsonSink {
     out: Output,
 }
 
 impl JsonSink {
+    /// Writes to `out`.
     pub fn new(out: Output) -> JsonSink {
         JsonSink { out }
     }
@@ -71,6 +71,9 @@ impl Sink for JsonSink {
         self.out.flush()
     }
 }
+
+// The event writer spells the version out (hot path): a bump must update it.
+const _: () = assert!(SCHEMA_VERSION == 1);
 
 /// One event as one line. Fields that do not apply to the event's kind,
 /// or that are unknown, are left out (jq reads them as null).
@@ -226,7 +229,11 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{enrich::Cgroups, event::Owner, kernel::clock::WallClock, tracer::Names};
+    use crate::{
+        event::Owner,
+        host::cgroups::Cgroups,
+        kernel::{clock::WallClock, names::Names},
+    };
 
     fn line(ev: &TcpEvent) -> Value {
         let names = Names::new(

@@ -7,28 +7,34 @@ pub mod json;
 use std::io::{self, Write};
 
 pub use human::HumanSink;
-pub use json::{JsonSink, SCHEMA_VERSION};
+pub use json::JsonSink;
 
 use crate::{
-    enrich::Cgroups,
     event::{EventKind, TcpEvent},
-    kernel::clock::WallClock,
+    host::cgroups::Cgroups,
+    kernel::{clock::WallClock, names::Names},
     summary::Summary,
-    tracer::Names,
 };
 
 /// What a sink needs besides the event itself.
 pub struct Context<'a> {
+    /// State and reset-reason names.
     pub names: &'a Names,
+    /// Turns event timestamps into wall time.
     pub clock: &'a WallClock,
+    /// cgroup ids to paths and container ids.
     pub cgroups: &'a mut Cgroups,
 }
 
+/// Where `trace` writes: events, loss records and the summary, in order.
 pub trait Sink {
+    /// Writes one event.
     fn event(&mut self, event: &TcpEvent, ctx: &mut Context) -> io::Result<()>;
     /// `lost` events of `kind` were dropped since the last loss record.
     fn loss(&mut self, kind: EventKind, lost: u64, total_lost: u64) -> io::Result<()>;
+    /// Writes the end-of-run summary.
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
+    /// Writes what is buffered.
     fn flush(&mut self) -> io::Result<()>;
 }
 

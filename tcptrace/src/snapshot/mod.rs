@@ -3,10 +3,7 @@
 //! destination; listen queues; the worst connections' tcp_info; sockstat;
 //! kernel counters. `--watch` repeats it with deltas.
 
-pub mod owners;
 mod render;
-pub mod sock_diag;
-mod sockstat;
 mod tables;
 
 use std::{
@@ -19,17 +16,20 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
-pub use self::{
-    owners::{Owner, socket_owners},
-    sock_diag::{TcpInfo, TcpSocket, TcpState, dump_tcp},
-    sockstat::Sockstat,
-    tables::{Options, PortRange, StateCounts, Tables},
-};
+pub use self::tables::{Options, PortRange, StateCounts, Tables};
 use crate::{
     cli::SnapshotArgs,
-    counters::{Counters, KEY_COUNTERS},
-    netns,
-    sysctl::{ProcSys, SysctlBackend as _},
+    host::{
+        conntrack::Conntrack,
+        counters::{Counters, KEY_COUNTERS},
+        global::HostGlobal,
+        netns,
+        owners::socket_owners,
+        sock_diag::{TcpState, dump_tcp},
+        sockstat::{self, Sockstat},
+        sysctl::{ProcSys, SysctlBackend as _},
+    },
+    stop::stop_signal,
 };
 
 /// Everything one snapshot shows; also its JSON form.
@@ -39,15 +39,23 @@ pub struct Report {
     pub time: f64,
     /// The namespace given with --netns; `None` for the caller's own.
     pub netns: Option<String>,
+    /// Sockets by state, process, port and peer; listeners; ephemeral ports; the worst connections.
     #[serde(flatten)]
     pub tables: Tables,
     /// With --watch, the change of each state's count since the previous report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub states_delta: Option<StateDelta>,
+    /// /proc/net/sockstat.
     pub sockstat: Sockstat,
+    /// Kernel counters.
     pub counters: CounterView,
+    /// The namespace's conntrack (`{"loaded": false}` without the module).
+    pub conntrack: Conntrack,
+    /// Host-wide TCP limits and usage, read in the initial namespace.
+    pub host_global: HostGlobal,
 }
 
+/// Per-state change of the socket count (negative: fewer).
 pub type StateDelta = std::collections::BTreeMap<TcpState, i64>;
 
 /// Kernel counters: totals since boot for a single snapshot, the change
@@ -76,12 +84,13 @@ struct Reading {
     states: StateCounts,
 }
 
+/// Runs `tcptrace snapshot`.
 pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    if let Some(name) = &args.netns {
+    if let Some(spec) = &args.netns {
         // This thread (the one the command runs on, it spawns no task)
         // moves into the namespace; sockets it opens and the /proc files it
         // reads through thread-self follow it.
-        netns::enter(name)?;
+        netns::enter(&netns::resolve(spec)?.path)?;
     }
     let options = Options {
         top: args.top,
@@ -95,11 +104,14 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     });
     let mut previous: Option<Reading> = None;
     let mut taken = 0u64;
+    // Ctrl-C, SIGTERM or SIGHUP end --watch after the last full report.
+    let stopped = stop_signal(None);
+    tokio::pin!(stopped);
     loop {
         if let Some(ticks) = ticks.as_mut() {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = tokio::signal::ctrl_c() => break,
+                _ = &mut stopped => break,
             }
         }
         let (report, reading) = take(&args, options, previous.as_ref())?;
@@ -142,6 +154,8 @@ fn take(
     let at = Instant::now();
     let tables = read_tables(options)?;
     let sockstat = sockstat::read_from(proc_net).context("cannot read /proc/net/sockstat")?;
+    let conntrack = Conntrack::read().context("cannot read conntrack")?;
+    let host_global = HostGlobal::read().context("cannot read the host-wide TCP figures")?;
 
     let counter_view = match previous {
         Some(before) => view(
@@ -175,6 +189,8 @@ fn take(
         states_delta,
         sockstat,
         counters: counter_view,
+        conntrack,
+        host_global,
     };
     Ok((report, reading))
 }

@@ -2,7 +2,8 @@
 
 use std::io::{self, Write};
 
-use super::{Report, StateCounts, TcpState};
+use super::{Report, StateCounts};
+use crate::host::{owners::Owner, sock_diag::TcpState};
 use crate::text_table::write_table as table;
 
 pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
@@ -239,6 +240,11 @@ pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
         }
     }
 
+    section(out, "Conntrack (this namespace)")?;
+    writeln!(out, "  {}", report.conntrack)?;
+    section(out, "Host-wide TCP (initial namespace)")?;
+    writeln!(out, "  {}", report.host_global)?;
+
     match report.counters.interval {
         Some(seconds) => section(out, &format!("Kernel counters over the last {seconds:.1}s"))?,
         None => section(out, "Kernel counters since boot")?,
@@ -257,7 +263,7 @@ fn section(out: &mut impl Write, title: &str) -> io::Result<()> {
     writeln!(out, "\n{title}")
 }
 
-fn owner_columns(owner: Option<&super::Owner>) -> (String, String) {
+fn owner_columns(owner: Option<&Owner>) -> (String, String) {
     owner.map_or(("-".into(), "-".into()), |o| {
         (o.pid.to_string(), o.comm.clone())
     })

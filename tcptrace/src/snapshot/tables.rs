@@ -8,7 +8,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
+use crate::host::{
     owners::Owner,
     sock_diag::{TcpSocket, TcpState},
 };
@@ -16,6 +16,7 @@ use super::{
 /// How many sockets are in each state (states with none are left out).
 pub type StateCounts = BTreeMap<TcpState, usize>;
 
+/// How the tables are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// Rows kept in each ranked table.
@@ -28,7 +29,9 @@ pub struct Options {
 /// `net.ipv4.ip_local_port_range`: the ports connect() picks from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PortRange {
+    /// First port.
     pub low: u16,
+    /// Last port (inclusive).
     pub high: u16,
 }
 
@@ -43,28 +46,40 @@ impl PortRange {
         (low <= high).then_some(PortRange { low, high })
     }
 
+    /// Ports in the range.
     pub fn size(self) -> u32 {
         u32::from(self.high) - u32::from(self.low) + 1
     }
 
+    /// True when `port` is in the range.
     pub fn contains(self, port: u16) -> bool {
         (self.low..=self.high).contains(&port)
     }
 }
 
+/// Every table of a snapshot, built from one socket dump.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tables {
+    /// TCP sockets in all.
     pub total: usize,
+    /// Sockets by state.
     pub states: StateCounts,
+    /// Processes holding the most sockets.
     pub processes: Vec<ProcessRow>,
     /// Sockets no process holds: TIME_WAIT, connections not yet accepted,
     /// orphans closing down.
     pub unowned: StateCounts,
+    /// Local ports with the most sockets.
     pub local_ports: Vec<PortRow>,
+    /// Remote endpoints with the most sockets.
     pub remote_endpoints: Vec<EndpointRow>,
+    /// TIME_WAIT sockets by destination, most first.
     pub time_wait_by_destination: Vec<DestinationCount>,
+    /// Ephemeral port use per source and destination.
     pub ephemeral_ports: EphemeralUse,
+    /// Listening sockets with their accept queue fill.
     pub listeners: Vec<ListenerRow>,
+    /// The connections that look worst (stalled, retransmitting, slow).
     pub top_connections: Vec<ConnectionRow>,
 }
 
@@ -370,7 +385,7 @@ fn top_connections<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::sock_diag::TcpInfo;
+    use crate::host::sock_diag::TcpInfo;
 
     const RANGE: PortRange = PortRange {
         low: 40000,

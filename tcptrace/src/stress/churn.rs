@@ -4,6 +4,9 @@
 //! numbered tickets from one counter: the count bound is exact, and with
 //! `--rate` ticket `i` starts at `start + i / rate`, which spreads the rate
 //! over all workers without a central scheduler.
+//!
+//! Ctrl-C, SIGTERM or SIGHUP end the run early: the workers stop, and the
+//! report of what was done so far is printed as at the end of a run.
 
 use std::{
     sync::{
@@ -34,11 +37,17 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     let live = Live::new(workers);
     let _progress = live.progress(Mode::Churn, run.start);
     let tickets = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(stop_on(stop_signals(), stop));
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..workers {
         let (run, live, tickets) = (run.clone(), Arc::clone(&live), Arc::clone(&tickets));
+        let mut stopped = stopped.clone();
         tasks.spawn(async move {
             for round in 1u64.. {
+                if *stopped.borrow() {
+                    break;
+                }
                 let ticket = tickets.fetch_add(1, Ordering::Relaxed);
                 if ticket >= count {
                     break;
@@ -48,13 +57,21 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
                     if due >= run.deadline {
                         break;
                     }
-                    tokio::time::sleep_until(due.into()).await;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due.into()) => {}
+                        _ = stopped.wait_for(|stop| *stop) => break,
+                    }
                 }
                 let started = Instant::now();
                 if started >= run.deadline {
                     break;
                 }
-                match connect(run.target.addr, run.connect_timeout).await {
+                let attempt = tokio::select! {
+                    attempt = connect(run.target.addr, run.connect_timeout) => attempt,
+                    // An attempt cut short is not counted: it has no outcome.
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                };
+                match attempt {
                     Ok(socket) => {
                         live.with(worker, |t| t.connect_ok(started.elapsed()));
                         // Closing at once is the churn: a FIN, or an RST with --rst.
@@ -77,5 +94,43 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     while let Some(done) = tasks.join_next().await {
         done?;
     }
+    signals.abort();
     Ok(live.total())
+}
+
+type Signals = Vec<(tokio::signal::unix::Signal, &'static str)>;
+
+/// Handlers for Ctrl-C, SIGTERM and SIGHUP, installed by this call (not
+/// at the first poll), so a signal right after the start stops the run
+/// cleanly instead of killing the process without a report.
+fn stop_signals() -> Signals {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ];
+    let mut streams = Vec::new();
+    for (kind, name) in kinds {
+        match signal(kind) {
+            Ok(stream) => streams.push((stream, name)),
+            Err(e) => log::debug!("cannot handle {name}: {e}"),
+        }
+    }
+    streams
+}
+
+/// Waits for the first of `signals`, then tells the workers to stop.
+async fn stop_on(mut signals: Signals, stop: tokio::sync::watch::Sender<bool>) {
+    let received = std::future::poll_fn(|cx| {
+        for (stream, name) in signals.iter_mut() {
+            if stream.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*name);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    eprintln!("tcptrace: {received}: stopping; the report covers the attempts so far");
+    let _ = stop.send(true);
 }

@@ -9,7 +9,7 @@
 //! only falls back to the runtime (epoll + the `--connect-timeout` timer)
 //! when the handshake really is in flight.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd as _, time::Duration};
+use std::{io, net::SocketAddr, time::Duration};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
@@ -53,16 +53,13 @@ fn finish(socket: Socket) -> Result<Socket, Class> {
 
 /// Whether the connect has finished (connected or failed), without waiting.
 fn settled(socket: &SockRef<'_>) -> io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd: socket.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(&**socket, PollFlags::OUT)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    match unsafe { libc::poll(&mut poll, 1, 0) } {
-        -1 => Err(io::Error::last_os_error()),
-        ready => Ok(ready > 0),
-    }
+    Ok(poll(&mut fds, Some(&zero))? > 0)
 }
 
 /// Waits until the connect settles; epoll readiness can be spurious, so

@@ -10,6 +10,7 @@ pub mod classify;
 mod connect;
 mod hold;
 mod latency;
+mod parent;
 mod pool;
 pub mod report;
 mod server;
@@ -31,13 +32,18 @@ use crate::{
 /// The client modes, as named in reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Open and close connections as fast as possible.
     Churn,
+    /// Open connections and keep them.
     Hold,
+    /// A keep-alive pool with idle gaps.
     Pool,
+    /// A connect-time probe.
     Latency,
 }
 
 impl Mode {
+    /// The mode's name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Churn => "churn",
@@ -57,6 +63,7 @@ impl Mode {
     }
 }
 
+/// Runs `tcptrace stress`.
 pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
     raise_fd_limit();
     match args.mode {
@@ -82,9 +89,13 @@ pub async fn run(args: StressArgs) -> anyhow::Result<ExitCode> {
 /// What every client mode runs with.
 #[derive(Debug, Clone)]
 pub struct Run {
+    /// Where to connect.
     pub target: target::Target,
+    /// When the run started.
     pub start: Instant,
+    /// When it must stop (`--duration`).
     pub deadline: Instant,
+    /// How long a connect may take before it counts as ETIMEDOUT.
     pub connect_timeout: Duration,
 }
 
@@ -96,10 +107,14 @@ where
     F: FnOnce(Run) -> Fut,
     Fut: Future<Output = anyhow::Result<report::Tally>>,
 {
+    let parent = load.parent_fd.and_then(parent::adopt);
     let target = target::resolve(&load.target).await?;
     // Attached before the first connect, so the kernel view misses none.
     let port = target.addr.port();
     let watch = load.trace.then(|| traced::Watch::start(port)).transpose()?;
+    if let Some(parent) = &parent {
+        parent::say_started(parent);
+    }
     let start = Instant::now();
     let run = Run {
         deadline: start + load.duration.unwrap_or(mode.default_duration()),
@@ -131,16 +146,15 @@ where
 /// Held connections and fast churn need many descriptors: use the hard
 /// limit, as servers do. If that fails, EMFILE in the report says so.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            log::debug!("could not raise RLIMIT_NOFILE: {err}");
         }
     }
 }

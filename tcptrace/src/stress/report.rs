@@ -16,7 +16,11 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::stress::{Mode, classify::Class, traced::KernelView};
+use crate::{
+    aggregate::{Percentiles, serialize_micros},
+    stress::{Mode, classify::Class, traced::KernelView},
+    timefmt::duration_ns,
+};
 
 /// Upper edges of the idle-before-use buckets of `pool`, in milliseconds.
 /// A use of a fresh connection goes in its own bucket before these.
@@ -29,25 +33,34 @@ pub const IDLE_BUCKETS: usize = IDLE_EDGES_MS.len() + 2;
 /// Uses of pooled connections in one idle bucket.
 #[derive(Debug, Clone, Default)]
 pub struct Uses {
+    /// Uses of a connection that had been idle this long.
     pub uses: u64,
+    /// Failed uses, by failure class.
     pub errors: BTreeMap<Class, u64>,
 }
 
 /// Everything one slot counted.
 #[derive(Debug, Clone)]
 pub struct Tally {
+    /// Connects tried.
     pub attempts: u64,
+    /// Connects that succeeded.
     pub connected: u64,
+    /// Failed connects, by failure class (errno name).
     pub connect_errors: BTreeMap<Class, u64>,
     /// Connect time of the successful connects, in microseconds.
     pub connect_us: Histogram<u64>,
     /// `hold`: connections still open at the end, and why the others died.
     pub held: u64,
+    /// `hold`: held connections that died, by failure class.
     pub lost: BTreeMap<Class, u64>,
     /// `pool`: requests sent and answered, reply time, uses by idle gap.
     pub requests: u64,
+    /// `pool`: requests answered.
     pub replies: u64,
+    /// `pool`: time from request to reply, in microseconds.
     pub reply_us: Histogram<u64>,
+    /// `pool`: uses by how long the connection had been idle, `IDLE_BUCKETS` buckets (fresh first).
     pub by_idle: [Uses; IDLE_BUCKETS],
 }
 
@@ -85,12 +98,14 @@ impl Default for Tally {
 }
 
 impl Tally {
+    /// A connect that succeeded after `elapsed`.
     pub fn connect_ok(&mut self, elapsed: Duration) {
         self.attempts += 1;
         self.connected += 1;
         self.connect_us.saturating_record(micros(elapsed));
     }
 
+    /// A connect that failed with `class`.
     pub fn connect_failed(&mut self, class: Class) {
         self.attempts += 1;
         count(&mut self.connect_errors, class);
@@ -115,6 +130,7 @@ impl Tally {
         }
     }
 
+    /// Adds `other`'s counts and histograms to this one.
     pub fn merge(&mut self, other: &Tally) {
         fn add(into: &mut BTreeMap<Class, u64>, from: &BTreeMap<Class, u64>) {
             for (class, n) in from {
@@ -165,7 +181,7 @@ fn idle_bucket(idle: Option<Duration>) -> usize {
 }
 
 fn idle_label(bucket: usize) -> String {
-    let ms = |i: usize| format_micros(IDLE_EDGES_MS[i] * 1000);
+    let ms = |i: usize| duration_ns(IDLE_EDGES_MS[i] * 1_000_000);
     match bucket {
         0 => "fresh".into(),
         1 => format!("<{}", ms(0)),
@@ -197,6 +213,7 @@ impl Live {
         f(&mut slot)
     }
 
+    /// The slots merged into one tally.
     pub fn total(&self) -> Tally {
         let mut total = Tally::default();
         for slot in &self.slots {
@@ -259,105 +276,96 @@ fn progress_line(mode: Mode, elapsed: Duration, tally: &Tally) -> String {
     if !tally.connect_us.is_empty() {
         line += &format!(
             "  p99 {}",
-            format_micros(tally.connect_us.value_at_quantile(0.99))
+            duration_ns(tally.connect_us.value_at_quantile(0.99) * 1000)
         );
     }
     line
 }
 
-/// Percentiles of a histogram of microseconds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub min: u64,
-    pub mean: f64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-}
-
-impl Percentiles {
-    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
-        (!h.is_empty()).then(|| Percentiles {
-            count: h.len(),
-            min: h.min(),
-            mean: (h.mean() * 10.0).round() / 10.0,
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        })
-    }
-
-    fn human(&self) -> String {
-        format!(
-            "p50 {}  p90 {}  p99 {}  max {}  (min {}, n={})",
-            format_micros(self.p50),
-            format_micros(self.p90),
-            format_micros(self.p99),
-            format_micros(self.max),
-            format_micros(self.min),
-            self.count
-        )
-    }
-}
-
-/// A duration in microseconds, short and readable: 45µs, 20.1ms, 3.00s.
-pub fn format_micros(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us}µs"),
-        1_000..1_000_000 if us.is_multiple_of(1_000) => format!("{}ms", us / 1_000),
-        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
-        _ if us.is_multiple_of(1_000_000) => format!("{}s", us / 1_000_000),
-        _ => format!("{:.2}s", us as f64 / 1e6),
-    }
+/// `p50 1.2ms  p90 ...  (min 45us, n=300)`.
+fn percentiles_text(p: &Percentiles) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  max {}  (min {}, n={})",
+        duration_ns(p.p50_ns),
+        duration_ns(p.p90_ns),
+        duration_ns(p.p99_ns),
+        duration_ns(p.max_ns),
+        duration_ns(p.min_ns),
+        p.count
+    )
 }
 
 /// `pool` only: what happened to the requests.
 #[derive(Debug, Serialize)]
 pub struct Requests {
+    /// Requests sent.
     pub sent: u64,
+    /// Requests answered.
     pub ok: u64,
+    /// Requests that failed.
     pub failed: u64,
+    /// Answered requests per second, one decimal.
     pub rate_per_s: f64,
+    /// Failed requests, by failure class.
     pub errors: BTreeMap<Class, u64>,
+    /// Time from sending a request to its reply.
+    #[serde(serialize_with = "serialize_micros")]
     pub reply_us: Option<Percentiles>,
     /// Uses and failures by how long the connection had been idle before
     /// the use: resets that cluster in one bucket point at an idle timeout.
     pub by_idle: Vec<IdleUses>,
 }
 
+/// Uses of pooled connections in one idle bucket, as reported.
 #[derive(Debug, Serialize)]
 pub struct IdleUses {
+    /// The bucket: `fresh`, `<10ms`, `100ms..1s`, `>=2m`, ...
     pub idle: String,
+    /// Uses in the bucket.
     pub uses: u64,
+    /// Failed uses in the bucket.
     pub failed: u64,
+    /// Failed uses by failure class.
     pub errors: BTreeMap<Class, u64>,
 }
 
 /// `hold` only: connections still open at the end, and why the others died.
 #[derive(Debug, Serialize)]
 pub struct Held {
+    /// Connections still open at the end.
     pub held: u64,
+    /// Connections that died while held, by failure class.
     pub lost: BTreeMap<Class, u64>,
 }
 
 /// The final report of a client mode.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The client mode: `churn`, `hold`, `pool` or `latency`.
     pub mode: &'static str,
+    /// The target as given (`HOST:PORT`).
     pub target: String,
+    /// The address it resolved to.
     pub address: String,
+    /// Length of the run in seconds (three decimals).
     pub elapsed_s: f64,
+    /// Connects tried.
     pub attempts: u64,
+    /// Connects that succeeded.
     pub connected: u64,
+    /// Connects that failed.
     pub failed: u64,
+    /// Successful connects per second, one decimal.
     pub connect_rate_per_s: f64,
+    /// Failed connects by failure class (errno name).
     pub errors: BTreeMap<Class, u64>,
+    /// Connect time of the successful connects, measured by the client.
+    #[serde(serialize_with = "serialize_micros")]
     pub connect_us: Option<Percentiles>,
+    /// `hold` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<Held>,
+    /// `pool` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<Requests>,
     /// `--trace`: what the kernel saw on the target's port meanwhile.
@@ -371,6 +379,7 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 }
 
 impl Report {
+    /// The report of a run of `mode` against `target` (resolved to `address`) that lasted `elapsed` and counted `tally`.
     pub fn new(
         mode: Mode,
         target: &str,
@@ -390,7 +399,7 @@ impl Report {
                 failed: errors.values().sum(),
                 rate_per_s: rate(tally.replies, elapsed),
                 errors,
-                reply_us: Percentiles::of(&tally.reply_us),
+                reply_us: Percentiles::of(&tally.reply_us, 1000),
                 by_idle: (tally.by_idle.iter().enumerate())
                     .filter(|(_, b)| b.uses > 0)
                     .map(|(i, b)| IdleUses {
@@ -412,7 +421,7 @@ impl Report {
             failed: tally.connect_errors.values().sum(),
             connect_rate_per_s: rate(tally.connected, elapsed),
             errors: tally.connect_errors.clone(),
-            connect_us: Percentiles::of(&tally.connect_us),
+            connect_us: Percentiles::of(&tally.connect_us, 1000),
             hold,
             requests,
             kernel: None,
@@ -439,7 +448,7 @@ impl Report {
             writeln!(out, "  errors        {}", classes(&self.errors))?;
         }
         if let Some(connect) = &self.connect_us {
-            writeln!(out, "  connect time  {}", connect.human())?;
+            writeln!(out, "  connect time  {}", percentiles_text(connect))?;
         }
         if let Some(hold) = &self.hold {
             write!(out, "  held          {} open at the end", hold.held)?;
@@ -458,7 +467,7 @@ impl Report {
                 writeln!(out, "  errors        {}", classes(&req.errors))?;
             }
             if let Some(reply) = &req.reply_us {
-                writeln!(out, "  reply time    {}", reply.human())?;
+                writeln!(out, "  reply time    {}", percentiles_text(reply))?;
             }
             writeln!(out, "  by idle before use:")?;
             for bucket in &req.by_idle {
@@ -506,11 +515,8 @@ mod tests {
 
     #[test]
     fn stress_micros_read_well() {
-        assert_eq!(format_micros(45), "45µs");
-        assert_eq!(format_micros(20_000), "20ms");
-        assert_eq!(format_micros(20_150), "20.1ms");
-        assert_eq!(format_micros(3_000_000), "3s");
-        assert_eq!(format_micros(1_234_567), "1.23s");
+        assert_eq!(duration_ns(45_000), "45us");
+        assert_eq!(duration_ns(20_150_000), "20.1ms");
     }
 
     #[test]
@@ -566,9 +572,9 @@ mod tests {
         assert_eq!(report.failed, 4);
         assert_eq!(report.connect_rate_per_s, 2.0);
         let connect = report.connect_us.as_ref().unwrap();
-        assert_eq!((connect.min, connect.count), (100, 4));
+        assert_eq!((connect.min_ns, connect.count), (100_000, 4));
         // Values share a bucket within 1% (2 significant digits).
-        assert!((400..=404).contains(&connect.max), "{connect:?}");
+        assert!((400_000..=404_000).contains(&connect.max_ns), "{connect:?}");
         let requests = report.requests.as_ref().unwrap();
         assert_eq!((requests.ok, requests.failed), (4, 4));
         assert_eq!(requests.by_idle.len(), 2);
@@ -579,6 +585,12 @@ mod tests {
         report.write(true, &mut json).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["errors"]["ECONNREFUSED"], 4);
+        // Percentiles stay in whole microseconds in the JSON (docs/stress.md).
+        assert_eq!(value["connect_us"]["min"], 100);
+        assert_eq!(value["connect_us"]["count"], 4);
+        // hdrhistogram averages bucket midpoints: within 1 % of 250 µs.
+        let mean = value["connect_us"]["mean"].as_f64().unwrap();
+        assert!((247.5..=252.5).contains(&mean), "{mean}");
         assert_eq!(value["requests"]["by_idle"][1]["failed"], 4);
         assert!(
             value.get("hold").is_none(),
@@ -615,6 +627,6 @@ mod tests {
         tally.connect_ok(Duration::from_micros(120));
         tally.connect_failed(class("ETIMEDOUT"));
         let line = progress_line(Mode::Churn, Duration::from_secs(1), &tally);
-        assert_eq!(line, "churn    1.0s  1 connects  1/s  1 failed  p99 120µs");
+        assert_eq!(line, "churn    1.0s  1 connects  1/s  1 failed  p99 120us");
     }
 }

@@ -32,6 +32,7 @@ use tokio::{
 
 use crate::{
     cli::ServeArgs,
+    stop::stop_signal,
     stress::{
         classify::{self, Class},
         report, wire,
@@ -99,12 +100,7 @@ struct ServeReport {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let addr: SocketAddr = args.listen.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "'{}' is not a listen address: give IP:PORT, e.g. 127.0.0.1:8080 or [::]:8080",
-            args.listen
-        )
-    })?;
+    let addr = args.listen;
     let listener =
         listen(addr, args.backlog).with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
@@ -117,6 +113,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let counters = Arc::new(Counters::default());
     let slots = Arc::new(Semaphore::new(args.max_conns as usize));
+    // Installed before saying it listens: the duration, Ctrl-C, SIGTERM
+    // or SIGHUP end the run with its report.
+    let stopped = stop_signal(Some(args.duration));
     writeln!(io::stderr(), "tcptrace stress serve: listening on {local}")?;
 
     let accepting = async {
@@ -149,7 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     tokio::select! {
         () = accepting => {}
-        () = stopped(args.duration) => {}
+        reason = stopped => log::debug!("stopping: {reason}"),
     }
     let drained = if args.no_accept {
         0
@@ -178,22 +177,6 @@ fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
-}
-
-/// Resolves at the end of the run: duration over, Ctrl-C or SIGTERM.
-async fn stopped(duration: Duration) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(term) => drop(term.recv().await),
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = tokio::time::sleep(duration) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
-    }
 }
 
 /// Accepts (and closes) whatever is still queued, without waiting.

@@ -3,54 +3,65 @@
 //! connects, retransmits, resets sent by reason and received), so a storm
 //! is reproduced and captured in one command.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, thread};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tcptrace_common::kind_mask;
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::sync::oneshot;
 
 use crate::{
+    aggregate::{Percentiles, serialize_micros},
+    counts::Counts,
+    error::{Error, Result},
     event::{EventKind, TcpEvent},
-    stress::report::{Percentiles, format_micros},
-    tracer::{Names, Tracer, TracerOptions},
+    kernel::names::Names,
+    session::{Next, Session, TracerOptions},
+    stop::StopReason,
+    timefmt::duration_ns,
 };
 
-/// What the kernel saw during the load.
-#[derive(Debug, Clone, Serialize)]
+/// What the kernel saw on the target's port during the load (JSON field
+/// `kernel` of the report, docs/stress.md).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct KernelView {
+    /// Connects that succeeded (SYN_SENT -> ESTABLISHED).
     pub connects: u64,
+    /// Connects that failed (SYN_SENT -> CLOSE).
     pub connect_failed: u64,
     /// Connect latency measured in the kernel (SYN_SENT -> ESTABLISHED).
+    #[serde(serialize_with = "serialize_micros")]
     pub connect_us: Option<Percentiles>,
+    /// Data (and SYN) retransmits.
     pub retransmits: u64,
+    /// SYN-ACK retransmits.
     pub synack_retransmits: u64,
+    /// RSTs sent.
     pub rst_sent: u64,
     /// Sent resets by the kernel's reason name (TCP_ABORT_ON_CLOSE, ...).
     pub rst_sent_by_reason: BTreeMap<String, u64>,
+    /// RSTs received.
     pub rst_received: u64,
-    /// Events the ring buffer had no room for: the figures above miss them.
+    /// Events the ring buffer had no room for: the figures above miss them
+    /// (the same as `events_lost`, kept for readers of the first schema).
     pub lost: u64,
+    /// Events read, all kinds.
+    pub events_received: u64,
+    /// Events the kernel produced on the port: `events_received +
+    /// events_lost`, exactly.
+    pub events_produced: u64,
+    /// Events the ring buffer had no room for.
+    pub events_lost: u64,
+    /// Hook runs the kernel skipped (see `KernelCounts::missed_by_kernel`).
+    pub missed_by_kernel: u64,
     /// What this kernel could not trace.
     pub missing: Vec<String>,
+    /// The exact counts, for the human lines.
+    #[serde(skip)]
+    counts: Counts,
 }
 
 impl KernelView {
-    fn new() -> KernelView {
-        KernelView {
-            connects: 0,
-            connect_failed: 0,
-            connect_us: None,
-            retransmits: 0,
-            synack_retransmits: 0,
-            rst_sent: 0,
-            rst_sent_by_reason: BTreeMap::new(),
-            rst_received: 0,
-            lost: 0,
-            missing: Vec::new(),
-        }
-    }
-
     fn add(&mut self, ev: &TcpEvent, names: &Names, connect_us: &mut Histogram<u64>) {
         match ev.kind {
             EventKind::Connect => {
@@ -91,9 +102,9 @@ impl KernelView {
         if let Some(connect) = &self.connect_us {
             lines.push(format!(
                 "              kernel connect time p50 {}  p99 {}  max {}",
-                format_micros(connect.p50),
-                format_micros(connect.p99),
-                format_micros(connect.max)
+                duration_ns(connect.p50_ns),
+                duration_ns(connect.p99_ns),
+                duration_ns(connect.max_ns)
             ));
         }
         let mut resets = format!(
@@ -109,6 +120,7 @@ impl KernelView {
             resets += &format!("; sent by reason: {}", reasons.join(", "));
         }
         lines.push(resets);
+        lines.push(format!("events        {}", self.counts.human()));
         if self.lost > 0 {
             lines.push(format!(
                 "LOST          {} events (ring buffer full): the kernel figures are short",
@@ -122,58 +134,120 @@ impl KernelView {
     }
 }
 
-/// The tracer running beside the load.
+/// The tracer running beside the load, on a thread of its own at the
+/// reader's priority (the load's runtime workers stay at the default
+/// one), through the same session as every other command.
 pub struct Watch {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<crate::error::Result<KernelView>>,
+    done: oneshot::Receiver<Result<KernelView>>,
 }
 
 impl Watch {
     /// Attaches the tracer, filtered in the kernel to `port` (local or
     /// remote) and to the event kinds the report uses: state changes
-    /// would only cost ring buffer space.
-    pub fn start(port: u16) -> crate::error::Result<Watch> {
+    /// would only cost ring buffer space. Returns once it is attached.
+    ///
+    /// # Errors
+    /// What the session refuses (not root, ...), or no thread.
+    pub fn start(port: u16) -> Result<Watch> {
         let options = TracerOptions {
             port: Some(port),
             kinds: kind_mask::CONNECT | kind_mask::RETRANSMIT | kind_mask::RST,
             ..TracerOptions::default()
         };
-        let mut tracer = Tracer::start(&options)?;
-        let (stop, mut stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut view = KernelView::new();
-            let mut connect_us =
-                Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds");
-            let mut batch = Vec::with_capacity(4096);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => break,
-                    ready = tracer.next_batch(&mut batch) => ready?,
-                }
-                let names = tracer.names();
-                for ev in batch.drain(..) {
-                    view.add(&ev, names, &mut connect_us);
-                }
-            }
-            // Detach first so nothing new arrives, then take what is left.
-            tracer.detach();
-            tracer.drain(&mut batch);
-            for ev in batch.drain(..) {
-                view.add(&ev, tracer.names(), &mut connect_us);
-            }
-            view.lost = tracer.kernel_counts()?.total_lost();
-            view.missing = tracer.missing().to_vec();
-            view.connect_us = Percentiles::of(&connect_us);
-            Ok(view)
-        });
-        Ok(Watch { stop, task })
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<Result<()>>();
+        let (done_tx, done) = oneshot::channel();
+        thread::Builder::new()
+            .name("tcptrace-reader".into())
+            .spawn(move || {
+                let view = watch(&options, stopped, &started_tx);
+                // The receiver is gone only if the load failed first.
+                let _ = done_tx.send(view);
+            })
+            .map_err(|e| Error::io("starting the reader thread", e))?;
+        match started.recv() {
+            Ok(Ok(())) => Ok(Watch { stop, done }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::Kernel("the reader thread ended at start".into())),
+        }
     }
 
-    /// Stops the tracer once the load is over and returns what it saw.
+    /// Stops the tracer once the load is over, drains it, and returns
+    /// what it saw, with exact counts.
+    ///
+    /// # Errors
+    /// A failure to read the ring buffer or the counters.
     pub async fn finish(self) -> anyhow::Result<KernelView> {
-        // The task may have ended on its own with an error: join tells.
         let _ = self.stop.send(());
-        Ok(self.task.await??)
+        let view = self
+            .done
+            .await
+            .map_err(|_| anyhow::anyhow!("the reader thread ended early"))??;
+        Ok(view)
     }
+}
+
+/// The reader thread: a session until `stopped`, then its exact view.
+/// Says on `started` whether the session could start.
+fn watch(
+    options: &TracerOptions,
+    stopped: oneshot::Receiver<()>,
+    started: &std::sync::mpsc::Sender<Result<()>>,
+) -> Result<KernelView> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = started.send(Err(Error::io("starting the reader's runtime", err)));
+            return Ok(KernelView::default());
+        }
+    };
+    runtime.block_on(async {
+        // The load ends it (or a load that failed, dropping the sender).
+        let stop = async move {
+            let _ = stopped.await;
+            StopReason::Requested
+        };
+        let mut session = match Session::start(options, stop) {
+            Ok(session) => {
+                let _ = started.send(Ok(()));
+                session
+            }
+            Err(err) => {
+                let _ = started.send(Err(err));
+                return Ok(KernelView::default());
+            }
+        };
+        let names = session.names().clone();
+        let mut view = KernelView::default();
+        let mut connect_us =
+            Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds");
+        let mut batch = Vec::with_capacity(4096);
+        while session.next(&mut batch).await? == Next::Events {
+            for ev in batch.iter() {
+                view.add(ev, &names, &mut connect_us);
+            }
+            batch.clear();
+        }
+        view.missing = session.missing().to_vec();
+        let counts = session
+            .finish(&mut batch, |batch| {
+                for ev in batch.iter() {
+                    view.add(ev, &names, &mut connect_us);
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+        view.lost = counts.lost();
+        view.events_received = counts.received();
+        view.events_produced = counts.produced();
+        view.events_lost = counts.lost();
+        view.missed_by_kernel = counts.missed_by_kernel();
+        view.counts = counts;
+        view.connect_us = Percentiles::of(&connect_us, 1000);
+        Ok(view)
+    })
 }

@@ -3,7 +3,9 @@
 use std::io::{self, Write};
 
 use super::view::{Row, Snapshot};
+use crate::timefmt::duration_ns;
 
+/// Writes one snapshot: two tables cut to `rows` rows, or one JSON line.
 pub fn write(out: &mut impl Write, snap: &Snapshot, rows: usize, json: bool) -> io::Result<()> {
     if json {
         serde_json::to_writer(&mut *out, &Limited { snap, rows }).map_err(io::Error::from)?;
@@ -12,8 +14,9 @@ pub fn write(out: &mut impl Write, snap: &Snapshot, rows: usize, json: bool) -> 
     }
     writeln!(
         out,
-        "--- {:.0} s: {} events, {} lost ---",
-        snap.elapsed_s, snap.events, snap.events_lost
+        "--- {:.0} s: {} ---",
+        snap.elapsed_s,
+        snap.counts.human()
     )?;
     table(out, "PROCESS", &snap.processes, rows)?;
     table(out, "PEER", &snap.peers, rows)?;
@@ -30,12 +33,16 @@ struct Limited<'a> {
 impl serde::Serialize for Limited<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Snapshot", 6)?;
-        st.serialize_field("v", &crate::sink::SCHEMA_VERSION)?;
+        let counts = &self.snap.counts;
+        let mut st = s.serialize_struct("Snapshot", 10)?;
+        st.serialize_field("v", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("type", "top")?;
         st.serialize_field("elapsed_s", &self.snap.elapsed_s)?;
         st.serialize_field("events", &self.snap.events)?;
-        st.serialize_field("events_lost", &self.snap.events_lost)?;
+        st.serialize_field("events_received", &counts.received())?;
+        st.serialize_field("events_produced", &counts.produced())?;
+        st.serialize_field("events_lost", &counts.lost())?;
+        st.serialize_field("missed_by_kernel", &counts.missed_by_kernel())?;
         let cut = |rows: &'_ [Row]| rows[..rows.len().min(self.rows)].to_vec();
         st.serialize_field("processes", &cut(&self.snap.processes))?;
         st.serialize_field("peers", &cut(&self.snap.peers))?;
@@ -43,6 +50,7 @@ impl serde::Serialize for Limited<'_> {
     }
 }
 
+/// Column titles of both tables, after the NAME column.
 pub const HEADER: [&str; 11] = [
     "INC/s", "RST/s", "RST_TX", "RST_RX", "RETRANS", "CONN", "FAILED", "DROPS", "ERRORS", "P50",
     "P99",
@@ -50,8 +58,7 @@ pub const HEADER: [&str; 11] = [
 
 /// The numeric cells of a row, in `HEADER` order.
 pub fn cells(r: &Row) -> [String; 11] {
-    let us =
-        |v: Option<u64>| v.map_or_else(|| "-".into(), |us| crate::timefmt::duration_ns(us * 1000));
+    let us = |v: Option<u64>| v.map_or_else(|| "-".into(), |us| duration_ns(us * 1000));
     [
         format!("{:.1}", r.incidents_per_s),
         format!("{:.1}", r.resets_per_s),
@@ -111,6 +118,8 @@ pub fn breakdown(r: &Row) -> Option<String> {
 mod tests {
     use super::*;
 
+    use crate::counts::Counts;
+
     #[test]
     fn plain_and_json_snapshots() {
         let snap = Snapshot {
@@ -134,6 +143,7 @@ mod tests {
                 },
             ],
             peers: vec![],
+            counts: Counts::default(),
         };
         let mut text = Vec::new();
         write(&mut text, &snap, 1, false).unwrap();
@@ -149,6 +159,14 @@ mod tests {
         write(&mut line, &snap, 10, true).unwrap();
         let j: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(j["type"], "top");
+        for field in [
+            "events_received",
+            "events_produced",
+            "events_lost",
+            "missed_by_kernel",
+        ] {
+            assert_eq!(j[field], 0, "{field}");
+        }
         assert_eq!(j["processes"][0]["rst_received"], 3);
         assert_eq!(j["processes"][0]["drops_by_reason"]["NETFILTER_DROP"], 2);
         assert_eq!(j["processes"][0]["socket_errors_by_errno"]["ETIMEDOUT"], 1);

@@ -5,8 +5,7 @@
 
 use std::{
     io::{self, Stdout},
-    process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ratatui::{
@@ -29,7 +28,13 @@ use super::{
     plain::{HEADER, cells},
     view::{Row, Snapshot, SortKey},
 };
-use crate::{aggregate::Aggregate, cli::TopArgs, event::TcpEvent, tracer::Tracer};
+use crate::{
+    aggregate::Aggregate,
+    cli::TopArgs,
+    counts::Counts,
+    event::TcpEvent,
+    session::{Next, Session},
+};
 
 /// Raw mode and the alternate screen for as long as it lives.
 struct TerminalGuard {
@@ -108,25 +113,23 @@ fn keys() -> mpsc::UnboundedReceiver<Key> {
     rx
 }
 
+/// Shows the view until `q`, Esc, Ctrl-C or the stop signal; puts the
+/// terminal back, then ends the session and returns its exact counts.
 pub async fn run(
-    tracer: &mut Tracer,
+    mut session: Session,
     mut agg: Aggregate,
     args: &TopArgs,
-    stop: impl Future<Output = &'static str>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Counts> {
     let mut guard = TerminalGuard::enter()?;
     let mut keys = keys();
-    let started = Instant::now();
     let mut sort = SortKey::default();
     let mut snap = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => break,
             key = keys.recv() => match key {
                 Some(Key::Sort) => {
                     sort = sort.next();
@@ -134,23 +137,24 @@ pub async fn run(
                 }
                 Some(Key::Quit) | None => break,
             },
-            ready = tracer.next_batch(&mut batch) => {
-                ready?;
-                // By reference: moving each 256-byte event out costs a copy.
-                for ev in batch.iter() {
-                    agg.add(ev);
-                }
-                batch.clear();
-            }
             _ = tick.tick() => {
-                snap = Snapshot::take(&agg, &snap, started.elapsed(), tracer.kernel_counts()?.total_lost());
+                snap = Snapshot::take(&agg, &snap, session.elapsed(), session.counts()?);
                 draw(&mut guard, &snap, sort)?;
             }
+            next = session.next(&mut batch) => match next? {
+                Next::Stopped(_) => break,
+                Next::Events => agg.add_batch(&mut batch),
+            },
         }
     }
     drop(guard);
-    tracer.detach();
-    Ok(ExitCode::SUCCESS)
+    let counts = session
+        .finish(&mut batch, |batch| {
+            agg.add_batch(batch);
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    Ok(counts)
 }
 
 fn draw(guard: &mut TerminalGuard, snap: &Snapshot, sort: SortKey) -> io::Result<()> {
@@ -167,10 +171,9 @@ fn draw(guard: &mut TerminalGuard, snap: &Snapshot, sort: SortKey) -> io::Result
         .areas(frame.area());
         frame.render_widget(
             Paragraph::new(Line::from(format!(
-                "tcptrace top  {:.0} s  {} events  {} lost  sort: {}  (s: sort, q: quit)",
+                "tcptrace top  {:.0} s  {}  sort: {}  (s: sort, q: quit)",
                 snap.elapsed_s,
-                snap.events,
-                snap.events_lost,
+                snap.counts.human(),
                 sort.name()
             ))),
             head,

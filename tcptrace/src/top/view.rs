@@ -9,33 +9,50 @@ use std::{
 
 use serde::Serialize;
 
-use crate::aggregate::{Aggregate, Stats};
+use crate::{
+    aggregate::{Aggregate, Stats},
+    counts::Counts,
+};
 
+/// One row of a `top` table: a process or a peer, its totals, rates and connect latency.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
     /// `pid 42 (curl)` or `10.0.0.7:443`.
     pub label: String,
+    /// Process rows: the pid (0: no owner known).
     pub pid: Option<u32>,
+    /// Process rows: the command name.
     pub comm: Option<String>,
+    /// Peer rows: the remote endpoint.
     pub peer: Option<String>,
+    /// RSTs sent.
     pub rst_sent: u64,
+    /// RSTs received.
     pub rst_received: u64,
     /// Data, SYN and SYN-ACK retransmits.
     pub retransmits: u64,
+    /// Connects that succeeded.
     pub connects: u64,
+    /// Connects that failed.
     pub connect_failed: u64,
+    /// Connections the kernel gave up on (retransmission timeout, no RST).
     pub timeout_aborts: u64,
-    /// TCP packets the kernel dropped, and by drop reason.
+    /// TCP packets the kernel dropped (`drop` events).
     pub drops: u64,
+    /// The same by drop reason name (`NETFILTER_DROP`, ...).
     pub drops_by_reason: BTreeMap<&'static str, u64>,
-    /// Errors handed to applications, and by errno name.
+    /// Errors handed to applications (`socket_error` events).
     pub socket_errors: u64,
+    /// The same by errno name (`ECONNRESET`, ...).
     pub socket_errors_by_errno: BTreeMap<&'static str, u64>,
-    /// Resets + retransmits + failed connects per second since the
-    /// previous snapshot.
+    /// Incidents (see `incidents`) per second since the previous
+    /// snapshot.
     pub incidents_per_s: f64,
+    /// RSTs (both ways) per second since the previous snapshot.
     pub resets_per_s: f64,
+    /// Median connect latency, µs.
     pub connect_p50_us: Option<u64>,
+    /// 99th percentile connect latency, µs.
     pub connect_p99_us: Option<u64>,
 }
 
@@ -60,10 +77,13 @@ impl Row {
         }
     }
 
+    /// RSTs sent and received.
     pub fn resets(&self) -> u64 {
         self.rst_sent + self.rst_received
     }
 
+    /// Resets, retransmits, failed connects, timeouts, drops and socket
+    /// errors together.
     pub fn incidents(&self) -> u64 {
         self.resets()
             + self.retransmits
@@ -74,18 +94,26 @@ impl Row {
     }
 }
 
+/// What the TUI sorts its tables by (`s` cycles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortKey {
+    /// Incidents per second (the default).
     #[default]
     Incidents,
+    /// RSTs, both ways.
     Resets,
+    /// Retransmits.
     Retransmits,
+    /// Failed connects.
     Failed,
+    /// Successful connects.
     Connects,
+    /// 99th percentile connect latency.
     Latency,
 }
 
 impl SortKey {
+    /// Every key, in the order `s` cycles through.
     pub const ALL: [SortKey; 6] = [
         SortKey::Incidents,
         SortKey::Resets,
@@ -95,6 +123,7 @@ impl SortKey {
         SortKey::Latency,
     ];
 
+    /// How the header names it.
     pub fn name(self) -> &'static str {
         match self {
             SortKey::Incidents => "incidents/s",
@@ -106,11 +135,13 @@ impl SortKey {
         }
     }
 
+    /// The key after this one (wrapping).
     pub fn next(self) -> SortKey {
         let i = SortKey::ALL.iter().position(|k| *k == self).unwrap_or(0);
         SortKey::ALL[(i + 1) % SortKey::ALL.len()]
     }
 
+    /// Sorts `rows` by this key, heaviest first, then by label.
     pub fn sort(self, rows: &mut [Row]) {
         rows.sort_by(|a, b| {
             let order = match self {
@@ -129,18 +160,34 @@ impl SortKey {
     }
 }
 
+/// One refresh of `top`: both tables, ranked by incidents per second,
+/// with the session's counts at that moment.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// Seconds since tracing started.
     pub elapsed_s: f64,
+    /// Events aggregated so far.
     pub events: u64,
+    /// Events the ring buffer had no room for, so far.
     pub events_lost: u64,
+    /// One row per process (pid 0: no owner known).
     pub processes: Vec<Row>,
+    /// One row per remote endpoint.
     pub peers: Vec<Row>,
+    /// Received, produced, lost, hook runs skipped: exact in the last
+    /// snapshot, taken after the session drained.
+    #[serde(skip)]
+    pub counts: Counts,
 }
 
 impl Snapshot {
     /// Rows from the aggregate, rates against `previous`.
-    pub fn take(agg: &Aggregate, previous: &Snapshot, elapsed: Duration, lost: u64) -> Snapshot {
+    pub fn take(
+        agg: &Aggregate,
+        previous: &Snapshot,
+        elapsed: Duration,
+        counts: Counts,
+    ) -> Snapshot {
         let elapsed_s = elapsed.as_secs_f64();
         let dt = (elapsed_s - previous.elapsed_s).max(1e-3);
         let mut processes: Vec<Row> = agg
@@ -181,9 +228,10 @@ impl Snapshot {
         Snapshot {
             elapsed_s,
             events: agg.events,
-            events_lost: lost,
+            events_lost: counts.lost(),
             processes,
             peers,
+            counts,
         }
     }
 }
@@ -217,7 +265,12 @@ mod tests {
         for t in 1..=4 {
             agg.add(&rst(t, 1));
         }
-        let first = Snapshot::take(&agg, &Snapshot::default(), Duration::from_secs(1), 0);
+        let first = Snapshot::take(
+            &agg,
+            &Snapshot::default(),
+            Duration::from_secs(1),
+            Counts::default(),
+        );
         assert_eq!(first.processes[0].pid, Some(1));
         assert_eq!(first.processes[0].resets_per_s, 4.0);
         for t in 5..=6 {
@@ -226,7 +279,7 @@ mod tests {
         for t in 7..=16 {
             agg.add(&rst(t, 2));
         }
-        let second = Snapshot::take(&agg, &first, Duration::from_secs(3), 0);
+        let second = Snapshot::take(&agg, &first, Duration::from_secs(3), Counts::default());
         // pid 2 had 10 in 2 s, pid 1 had 2 in 2 s.
         assert_eq!(second.processes[0].pid, Some(2));
         assert_eq!(second.processes[0].incidents_per_s, 5.0);

@@ -1,26 +1,76 @@
-//! The two files `tune --apply` leaves: the sysctl.d drop-in (the tuning,
-//! applied again at boot) and, next to it, the values it replaced (what
-//! `--revert` puts back). Both use the `key = value` format of sysctl.d,
-//! and both are replaced atomically, never appended to.
+//! The files `tune --apply` leaves: the sysctl.d drop-in (the tuning,
+//! applied again at boot) and the values it replaced (what `--revert`
+//! puts back), kept in a state directory only root can write, because
+//! whatever that file lists is written into the kernel as root. Both use
+//! the `key = value` format of sysctl.d and are replaced atomically
+//! through [`crate::safe_file`], never appended to.
 
-use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
+
+use super::{TuneError, settings};
+use crate::safe_file::{self, SafeFileError};
 
 /// First line of every file tune writes; a drop-in without it belongs to
 /// someone else and is never overwritten or removed.
 pub const MARKER: &str = "# Written by tcptrace tune.";
 
-/// `90-tcptrace.conf` -> `90-tcptrace.conf.before`: beside the drop-in so
-/// one `--file` names the whole tuning, and not `*.conf`, so sysctl
-/// --system never loads it.
-pub fn state_path(drop_in: &Path) -> PathBuf {
-    let mut name = drop_in.as_os_str().to_owned();
-    name.push(".before");
-    PathBuf::from(name)
+/// Where `--apply` keeps the values it replaced unless `--state-dir` says
+/// otherwise: root's own, mode 0700, as /var/lib is meant for.
+pub const STATE_DIR: &str = "/var/lib/tcptrace";
+
+/// The paths of one tuning: the drop-in named by `--file`, its saved
+/// values and the lock every `--apply`/`--revert` holds while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// The sysctl drop-in file (`--file`).
+    pub drop_in: PathBuf,
+    /// The values it replaced: `STATE_DIR/tune-NAME-HASH.before`.
+    pub state: PathBuf,
+    /// Held by every `--apply`/`--revert` while it runs.
+    pub lock: PathBuf,
+}
+
+impl Tuning {
+    /// The state file is named after the drop-in's real path
+    /// (`tune-90-tcptrace.conf-<FNV-1a of /etc/sysctl.d/90-tcptrace.conf>.before`),
+    /// so two drop-ins never share saved values, and `./x.conf` and its
+    /// absolute path do. Fails if the drop-in's directory does not exist.
+    pub fn locate(drop_in: &Path, state_dir: &Path) -> Result<Tuning, TuneError> {
+        let name = drop_in
+            .file_name()
+            .ok_or_else(|| TuneError::BadFile {
+                path: drop_in.to_path_buf(),
+                reason: "not a file name".into(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = drop_in
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let real = std::fs::canonicalize(parent)
+            .map_err(|source| {
+                TuneError::Unsafe(SafeFileError::Io {
+                    action: "find the directory of",
+                    path: drop_in.to_path_buf(),
+                    source,
+                })
+            })?
+            .join(&name);
+        let key = fnv1a(real.as_os_str().as_encoded_bytes());
+        Ok(Tuning {
+            drop_in: drop_in.to_path_buf(),
+            state: state_dir.join(format!("tune-{name}-{key:016x}.before")),
+            lock: state_dir.join("tune.lock"),
+        })
+    }
+}
+
+/// 64-bit FNV-1a: stable across versions, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub fn render_drop_in(profile: &str, entries: &[(&str, &str)], drop_in: &Path) -> String {
@@ -60,62 +110,43 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| format!("line {}: expected 'key = value', got {line:?}", number + 1))?;
-        let (key, value) = (key.trim(), crate::sysctl::normalize(value));
-        crate::sysctl::proc_path(key).map_err(|e| format!("line {}: {e}", number + 1))?;
+        let (key, value) = (key.trim(), crate::host::sysctl::normalize(value));
+        crate::host::sysctl::proc_path(key).map_err(|e| format!("line {}: {e}", number + 1))?;
         entries.push((key.to_string(), value));
     }
     Ok(entries)
 }
 
-/// Reads a file that may not exist yet.
-pub fn read_optional(path: &Path) -> io::Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// Parses saved values: only keys of tune's own catalogue are accepted,
+/// so a state file can never make root write `kernel.core_pattern` or
+/// anything else tune does not manage.
+pub fn parse_state(text: &str) -> Result<Vec<(String, String)>, String> {
+    let entries = parse(text)?;
+    if let Some((key, _)) = entries
+        .iter()
+        .find(|(key, _)| settings::find(key).is_none())
+    {
+        return Err(format!(
+            "{key} is not a key tune manages; refusing the whole file"
+        ));
     }
+    Ok(entries)
 }
 
-/// Replaces `path` with `contents` in one step: a reader (or a reboot)
-/// sees the old file or the new one, never a part.
-pub fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let temp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+/// Reads a file tune wrote: `None` if there is none; refused (nothing
+/// read) if it is a link, someone else's, or lacks the marker line.
+pub fn read_ours(path: &Path) -> Result<Option<String>, TuneError> {
+    match safe_file::read_trusted(path)? {
+        Some(text) if !is_ours(&text) => Err(TuneError::NotOurs(path.to_path_buf())),
+        found => Ok(found),
     }
-    result
 }
 
 /// Puts a file back as it was before (or removes it if it did not exist).
-pub fn restore(path: &Path, before: Option<&str>) -> io::Result<()> {
+pub fn restore(path: &Path, before: Option<&str>) -> Result<(), SafeFileError> {
     match before {
-        Some(text) => write_atomically(path, text),
-        None => match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
+        Some(text) => safe_file::write_atomically(path, text.as_bytes()),
+        None => safe_file::remove(path),
     }
 }
 
@@ -146,10 +177,6 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(
-            state_path(path),
-            PathBuf::from("/etc/sysctl.d/90-tcptrace.conf.before")
-        );
     }
 
     #[test]
@@ -168,23 +195,38 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_and_restore_undoes() {
-        let dir = std::env::temp_dir().join(format!("tcptrace-files-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("90-test.conf");
-        write_atomically(&path, "one\n").unwrap();
-        write_atomically(&path, "two\n").unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), "two\n");
-        assert_eq!(
-            fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temporary file left behind"
+    fn state_files_hold_only_catalogue_keys() {
+        let saved = parse_state(&format!(
+            "{MARKER}\nnet.ipv4.tcp_fin_timeout = 60\nnet.core.somaxconn = 4096\n"
+        ))
+        .unwrap();
+        assert_eq!(saved.len(), 2);
+        let err = parse_state(&format!(
+            "{MARKER}\nnet.ipv4.tcp_fin_timeout = 60\nkernel.core_pattern = |/tmp/x\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("kernel.core_pattern is not a key tune manages"),
+            "{err}"
         );
-        restore(&path, Some("one\n")).unwrap();
-        assert_eq!(read_optional(&path).unwrap().as_deref(), Some("one\n"));
-        restore(&path, None).unwrap();
-        assert_eq!(read_optional(&path).unwrap(), None);
-        restore(&path, None).unwrap();
-        fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn state_is_named_after_the_real_drop_in_path() {
+        let state = Path::new("/var/lib/tcptrace");
+        let by_abs = Tuning::locate(Path::new("/etc/sysctl.d/90-tcptrace.conf"), state).unwrap();
+        let by_rel = Tuning::locate(Path::new("/etc/./sysctl.d/90-tcptrace.conf"), state).unwrap();
+        assert_eq!(by_abs.state, by_rel.state);
+        let name = by_abs.state.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("tune-90-tcptrace.conf-") && name.ends_with(".before"),
+            "{name}"
+        );
+        let other = Tuning::locate(Path::new("/tmp/90-tcptrace.conf"), state).unwrap();
+        assert_ne!(other.state, by_abs.state);
+        assert_eq!(by_abs.lock, state.join("tune.lock"));
+        assert!(Tuning::locate(Path::new("/no/such/dir/x.conf"), state).is_err());
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
+use super::profile::{LoadBalancer, TuneProfile};
 use super::{
     plan::keepalive_below,
     settings::{self, KEEPALIVE_INTVL, KEEPALIVE_PROBES, KEEPALIVE_TIME, SOMAXCONN},
 };
-use crate::cli::{LoadBalancer, TuneProfile};
 
 /// The figures a snippet takes from the profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,12 +5,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use super::{
     TuneError,
+    profile::TuneProfile,
     settings::{self, KEEPALIVE_TIME, Kind, SETTINGS, Setting},
 };
-use crate::{
-    cli::TuneProfile,
-    sysctl::{Access, SysctlBackend, SysctlError},
-};
+use crate::host::sysctl::{Access, SysctlBackend, SysctlError};
 
 /// What happens to one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +26,7 @@ pub enum Action {
 }
 
 impl Action {
+    /// The word the table shows.
     pub fn label(self) -> &'static str {
         match self {
             Action::Change => "change",
@@ -39,18 +38,27 @@ impl Action {
     }
 }
 
+/// One key of the plan: its value now, the recommendation, what happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
+    /// The sysctl key.
     pub key: &'static str,
+    /// Its value now (`None`: absent here).
     pub current: Option<String>,
+    /// The profile's value (`None`: no opinion).
     pub recommended: Option<String>,
+    /// What `--apply` does with it.
     pub action: Action,
+    /// Why the value matters.
     pub why: String,
 }
 
+/// What `tune` would change for a profile, decided before anything is touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The profile planned for.
     pub profile: TuneProfile,
+    /// Every managed key, in catalogue order.
     pub rows: Vec<Row>,
 }
 
@@ -84,8 +92,11 @@ impl Plan {
 /// One sysctl write and the value to put back if the set fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The sysctl key.
     pub key: String,
+    /// The value to write.
     pub value: String,
+    /// The value to restore if the set fails.
     pub previous: String,
 }
 

@@ -1,7 +1,7 @@
 //! The TCP sysctls `tune` knows: how to validate a value, what each
 //! profile recommends, and one line of why.
 
-use crate::cli::TuneProfile;
+use super::profile::TuneProfile;
 
 /// What values a key accepts. Ranges follow the kernel's own limits where
 /// it has them and sanity where it has none.
@@ -19,21 +19,27 @@ pub enum Kind {
     },
     /// One of the words listed by another (read-only) sysctl.
     Choice {
+        /// The sysctl that lists the accepted words.
         listed_by: &'static str,
     },
 }
 
+/// A sysctl `tune` manages: its value kind, a recommendation per profile, and why it matters.
 #[derive(Debug)]
 pub struct Setting {
+    /// The sysctl key.
     pub key: &'static str,
+    /// What values it takes.
     pub kind: Kind,
     /// Recommended value per profile, in [`TuneProfile::ALL`] order;
     /// `None`: no opinion, the current value stays.
     values: [Option<&'static str>; 4],
+    /// Why it matters for resets and timeouts, one sentence.
     pub why: &'static str,
 }
 
 impl Setting {
+    /// The value recommended for `profile`; `None` when the profile has no opinion.
     pub fn recommended(&self, profile: TuneProfile) -> Option<&'static str> {
         let index = TuneProfile::ALL
             .iter()
@@ -193,7 +199,7 @@ pub fn find(key: &str) -> Option<&'static Setting> {
 /// spaces), or why it is refused. `choices` is the list a `Choice` key
 /// accepts (read from the kernel by the caller).
 pub fn validate(kind: Kind, value: &str, choices: &[String]) -> Result<String, String> {
-    let value = crate::sysctl::normalize(value);
+    let value = crate::host::sysctl::normalize(value);
     let int = |text: &str, min: i64, max: i64| match text.parse::<i64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         Ok(_) => Err(format!("out of range ({min} to {max})")),

@@ -64,7 +64,11 @@ pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
     }
     match what {
         Bench::Overhead(args) => {
-            crate::cargo(env, &["build", "--release", "--package", "tcptrace"])?;
+            crate::cargo(
+                env,
+                "tcptrace (release)",
+                &["build", "--release", "--package", "tcptrace"],
+            )?;
             overhead(&target_dir().join("release/tcptrace"), &args)
         }
         Bench::Stress(args) => stress::stress(env, &args),

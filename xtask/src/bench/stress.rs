@@ -135,9 +135,14 @@ pub fn stress(env: &BuildEnv, args: &StressArgs) -> Result<()> {
         rounds,
         no_write,
     } = *args;
-    cargo(env, &["build", "--release", "--package", "tcptrace"])?;
     cargo(
         env,
+        "tcptrace (release)",
+        &["build", "--release", "--package", "tcptrace"],
+    )?;
+    cargo(
+        env,
+        "the churn baseline (release)",
         &[
             "build",
             "--release",

@@ -25,7 +25,9 @@ use crate::{
 
 /// Everything a rule may look at.
 pub struct Inputs<'a> {
+    /// Every event, aggregated.
     pub agg: &'a Aggregate,
+    /// Counters, sysctls and socket tables.
     pub host: &'a HostFacts,
     /// Length of the observation.
     pub seconds: f64,
@@ -34,7 +36,9 @@ pub struct Inputs<'a> {
 /// One rule's result: what it looked at, and what it concluded.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// What the rule looked at, in one line (the report's "Checked" list).
     pub checked: String,
+    /// What it found; empty when nothing.
     pub findings: Vec<Finding>,
 }
 

@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// A cgroup as a report names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupInfo {
     /// Path below the cgroup v2 root, e.g. `/system.slice/nginx.service`.
@@ -23,6 +24,7 @@ pub struct CgroupInfo {
     pub container: Option<String>,
 }
 
+/// cgroup id -> path and container id, cached.
 pub struct Cgroups {
     root: PathBuf,
     /// FxHash: looked up for every event written.
@@ -37,6 +39,7 @@ impl Default for Cgroups {
 }
 
 impl Cgroups {
+    /// Looks up cgroups under `root` (normally /sys/fs/cgroup).
     pub fn new(root: impl Into<PathBuf>) -> Cgroups {
         Cgroups {
             root: root.into(),
@@ -89,6 +92,20 @@ impl Cgroups {
     }
 }
 
+/// cgroup v2 id of process `pid`: the inode of its cgroup directory (the
+/// `0::` line of /proc/PID/cgroup, under /sys/fs/cgroup). `None` when the
+/// process is gone or is not in a v2 hierarchy.
+pub fn cgroup_id_of(pid: u32) -> Option<u64> {
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    let v2 = process
+        .cgroups()
+        .ok()?
+        .into_iter()
+        .find(|cgroup| cgroup.hierarchy == 0)?;
+    let dir = Path::new(CGROUP_ROOT).join(v2.pathname.trim_start_matches('/'));
+    fs::metadata(dir).ok().map(|meta| meta.ino())
+}
+
 /// The container id in a cgroup path, shortened to 12 characters.
 pub fn container_id(path: &str) -> Option<String> {
     path.rsplit('/').find_map(|part| {
@@ -124,6 +141,14 @@ mod tests {
             container_id("/user.slice/user-0.slice/session-1.scope"),
             None
         );
+    }
+
+    #[test]
+    fn our_own_cgroup_id_is_found() {
+        if let Some(id) = cgroup_id_of(std::process::id()) {
+            assert!(Cgroups::default().lookup(id).is_some());
+        }
+        assert_eq!(cgroup_id_of(u32::MAX), None);
     }
 
     #[test]

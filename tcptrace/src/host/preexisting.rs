@@ -9,27 +9,41 @@
 //! pid/comm filters see these owners too).
 
 use std::{
-    collections::{HashMap, HashSet},
-    fs,
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
 };
 
 use tcptrace_common::{ConnKey, ListenKey, Owner};
 
-use crate::snapshot::{
+use super::{
+    cgroups::cgroup_id_of,
+    netns::{self, NetnsError},
     owners::socket_owners,
-    sock_diag::{TcpState, dump_tcp},
+    sock_diag::{SockDiagError, TcpState, dump_tcp},
 };
 
 /// Namespaces scanned at most (one thread each, one after the other).
 const MAX_NAMESPACES: usize = 256;
 
+/// Owners of the sockets open before tracing, keyed as the kernel
+/// programs look them up.
 #[derive(Debug, Default)]
 pub struct Preexisting {
+    /// Listening sockets: `(netns, port)` -> owner (the `LISTENERS` map).
     pub listeners: Vec<(ListenKey, Owner)>,
+    /// Connections, under every key form the programs may build (see
+    /// `conn_keys`) -> owner (the `PREEXISTING` map).
     pub connections: Vec<(ConnKey, Owner)>,
+}
+
+/// Why one namespace's sockets could not be listed (skipped, logged).
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    SockDiag(#[from] SockDiagError),
 }
 
 impl Preexisting {
@@ -40,18 +54,20 @@ impl Preexisting {
         let mut found = Preexisting::default();
         let mut cgroups = HashMap::new();
         for (inode, path) in namespaces(netns) {
-            let Ok(Ok(sockets)) = std::thread::spawn(move || {
-                crate::netns::enter(&path.to_string_lossy()).map_err(|e| e.to_string())?;
-                dump_tcp().map_err(|e| e.to_string())
-            })
-            .join() else {
-                continue;
+            let sockets = match netns::run_in(Some(&path), || Ok::<_, ScanError>(dump_tcp()?)) {
+                Ok(sockets) => sockets,
+                Err(err) => {
+                    log::debug!("pre-existing sockets in {}: {err}", path.display());
+                    continue;
+                }
             };
             for socket in sockets {
                 let Some(who) = owners.get(&socket.inode) else {
                     continue;
                 };
-                let cgroup_id = *cgroups.entry(who.pid).or_insert_with(|| cgroup_id(who.pid));
+                let cgroup_id = *cgroups
+                    .entry(who.pid)
+                    .or_insert_with(|| cgroup_id_of(who.pid).unwrap_or(0));
                 let mut owner = Owner {
                     tgid: who.pid,
                     pid: who.pid,
@@ -61,14 +77,9 @@ impl Preexisting {
                 let comm = who.comm.as_bytes();
                 owner.comm[..comm.len().min(15)].copy_from_slice(&comm[..comm.len().min(15)]);
                 if socket.state == TcpState::Listen {
-                    found.listeners.push((
-                        ListenKey {
-                            netns: inode,
-                            port: socket.local.port(),
-                            _pad: 0,
-                        },
-                        owner,
-                    ));
+                    found
+                        .listeners
+                        .push((ListenKey::new(inode, socket.local.port()), owner));
                 } else {
                     found
                         .connections
@@ -109,53 +120,22 @@ fn conn_keys(netns: u32, local: SocketAddr, remote: SocketAddr) -> impl Iterator
         .flatten()
 }
 
-/// (inode, a path that opens it) for each network namespace in use.
+/// (inode, a path that opens it) of `only`, or of every network
+/// namespace in use.
 fn namespaces(only: Option<u32>) -> Vec<(u32, PathBuf)> {
-    let mut seen = HashSet::new();
-    let mut found = Vec::new();
-    let mut consider = |path: PathBuf| {
-        if let Ok(meta) = fs::metadata(&path) {
-            let inode = meta.ino() as u32;
-            if only.is_none_or(|o| o == inode) && seen.insert(inode) && found.len() < MAX_NAMESPACES
-            {
-                found.push((inode, path));
-            }
-        }
-    };
-    // Named namespaces first (they may hold no process yet).
-    if let Ok(entries) = fs::read_dir("/run/netns") {
-        entries.flatten().for_each(|e| consider(e.path()));
-    }
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-            {
-                consider(entry.path().join("ns/net"));
-            }
-        }
-    }
+    let mut found = netns::in_use(usize::MAX);
+    found.retain(|(inode, _)| only.is_none_or(|o| o == *inode));
+    found.truncate(MAX_NAMESPACES);
     found
-}
-
-/// cgroup v2 id of a process: the inode of its cgroup directory.
-fn cgroup_id(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        })
-        .and_then(|path| fs::metadata(format!("/sys/fs/cgroup{path}")).ok())
-        .map_or(0, |meta| meta.ino())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::{TcpListener, TcpStream};
+    use std::{
+        fs,
+        net::{TcpListener, TcpStream},
+        os::unix::fs::MetadataExt as _,
+    };
 
     use super::*;
 

@@ -1,8 +1,9 @@
-//! Kernel TCP counters from `/proc/net/netstat` and `/proc/net/snmp`, and
+//! Kernel counters from `/proc/net/netstat`, `/proc/net/snmp` and `snmp6`, and
 //! their change over an interval.
 //!
-//! Both files hold pairs of lines, a header and its values, under a
-//! prefix (`TcpExt:`, `Tcp:`, `Ip:`, ...). Every counter is kept, named the
+//! `netstat` and `snmp` hold pairs of lines, a header and its values, under
+//! a prefix (`TcpExt:`, `Tcp:`, `Ip:`, ...); `snmp6` one counter per line
+//! (see [`crate::host::icmp`]). Every counter is kept, named the
 //! way `nstat` names it (prefix + field, `TcpExtListenOverflows`), so the
 //! ones not listed in [`KEY_COUNTERS`] are still available to `diagnose`.
 //! The files are read through `/proc/thread-self/net`, which follows the
@@ -11,6 +12,8 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use serde::Serialize;
+
+use crate::host::icmp;
 
 /// The counters that explain resets, drops and retransmits, in the order
 /// reports show them.
@@ -36,16 +39,26 @@ pub const KEY_COUNTERS: &[&str] = &[
     "TcpInErrs",
 ];
 
+/// Why the counters could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
+    /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// The error.
         #[source]
         source: std::io::Error,
     },
+    /// A file was not shaped as header/value line pairs.
     #[error("{file}: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// `netstat` or `snmp`.
+        file: String,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 /// All counters at one moment. Values are signed because a few snmp
@@ -71,7 +84,24 @@ impl Counters {
                 source,
             })
         };
-        Self::parse(&read("netstat")?, &read("snmp")?)
+        let mut counters = Self::parse(&read("netstat")?, &read("snmp")?)?;
+        // IPv6 ICMP counters (Packet Too Big) live in snmp6, absent when
+        // IPv6 is disabled.
+        let snmp6 = icmp::read_snmp6(dir).map_err(|source| CounterError::Read {
+            path: dir.join("snmp6").display().to_string(),
+            source,
+        })?;
+        if let Some(text) = snmp6 {
+            let values = icmp::parse_snmp6(&text).map_err(|message| CounterError::Parse {
+                file: "snmp6".into(),
+                message,
+            })?;
+            counters.values.extend(values);
+        }
+        for name in icmp::ZERO_WHEN_ABSENT {
+            counters.values.entry(name.to_string()).or_insert(0);
+        }
+        Ok(counters)
     }
 
     /// Parses the text of /proc/net/netstat and /proc/net/snmp.
@@ -101,6 +131,7 @@ impl Counters {
         CounterDelta { values }
     }
 
+    /// Every counter, by nstat name, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.values
             .iter()
@@ -138,55 +169,6 @@ impl CounterDelta {
             .iter()
             .filter(|(name, value)| *value != 0 && !KEY_COUNTERS.contains(name));
         key.chain(rest).collect()
-    }
-
-    pub fn listen_overflows(&self) -> i64 {
-        self.get("TcpExtListenOverflows")
-    }
-    pub fn listen_drops(&self) -> i64 {
-        self.get("TcpExtListenDrops")
-    }
-    pub fn req_q_full_drops(&self) -> i64 {
-        self.get("TcpExtTCPReqQFullDrop")
-    }
-    pub fn backlog_drops(&self) -> i64 {
-        self.get("TcpExtTCPBacklogDrop")
-    }
-    pub fn abort_on_data(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnData")
-    }
-    pub fn abort_on_close(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnClose")
-    }
-    pub fn abort_on_timeout(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnTimeout")
-    }
-    pub fn abort_on_memory(&self) -> i64 {
-        self.get("TcpExtTCPAbortOnMemory")
-    }
-    pub fn timeouts(&self) -> i64 {
-        self.get("TcpExtTCPTimeouts")
-    }
-    pub fn syn_retransmits(&self) -> i64 {
-        self.get("TcpExtTCPSynRetrans")
-    }
-    pub fn challenge_acks(&self) -> i64 {
-        self.get("TcpExtTCPChallengeACK")
-    }
-    pub fn time_wait_overflows(&self) -> i64 {
-        self.get("TcpExtTCPTimeWaitOverflow")
-    }
-    pub fn established_resets(&self) -> i64 {
-        self.get("TcpEstabResets")
-    }
-    pub fn resets_sent(&self) -> i64 {
-        self.get("TcpOutRsts")
-    }
-    pub fn failed_connects(&self) -> i64 {
-        self.get("TcpAttemptFails")
-    }
-    pub fn retransmitted_segments(&self) -> i64 {
-        self.get("TcpRetransSegs")
     }
 }
 
@@ -277,10 +259,10 @@ Udp: 5 0
         )
         .unwrap();
         let delta = after.delta(&before);
-        assert_eq!(delta.listen_overflows(), 2);
-        assert_eq!(delta.listen_drops(), 3);
-        assert_eq!(delta.abort_on_data(), 0);
-        assert_eq!(delta.retransmitted_segments(), 9);
+        assert_eq!(delta.get("TcpExtListenOverflows"), 2);
+        assert_eq!(delta.get("TcpExtListenDrops"), 3);
+        assert_eq!(delta.get("TcpExtTCPAbortOnData"), 0);
+        assert_eq!(delta.get("TcpRetransSegs"), 9);
         assert_eq!(delta.get("TcpCurrEstab"), -2);
         assert_eq!(delta.get("NoSuchCounter"), 0);
         assert_eq!(
@@ -323,5 +305,10 @@ Udp: 5 0
         let counters = Counters::read().unwrap();
         assert!(counters.get("TcpExtListenOverflows").is_some());
         assert!(counters.get("TcpRetransSegs").is_some());
+        // Every ICMP counter diagnose shows is known, IcmpMsg ones included
+        // before any such message was counted (IPv6 may be disabled).
+        for name in icmp::ICMP_COUNTERS.iter().filter(|n| !n.contains('6')) {
+            assert!(counters.get(name).is_some(), "{name}");
+        }
     }
 }

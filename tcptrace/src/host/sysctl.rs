@@ -11,22 +11,32 @@ use std::{
     path::PathBuf,
 };
 
+/// Why a sysctl could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SysctlError {
+    /// Not a sysctl name.
     #[error("'{0}' is not a sysctl name (letters, digits, '_' and '-' separated by dots)")]
     BadKey(String),
+    /// No such key on this kernel (or in this network namespace).
     #[error("{0} does not exist on this kernel (or in this network namespace)")]
     Absent(String),
+    /// The value could not be read.
     #[error("cannot read {key}: {source}")]
     Read {
+        /// The key.
         key: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The kernel refused the value.
     #[error("the kernel refused {key} = {value}: {source}")]
     Write {
+        /// The key.
         key: String,
+        /// The value refused.
         value: String,
+        /// The error.
         #[source]
         source: io::Error,
     },
@@ -35,16 +45,21 @@ pub enum SysctlError {
 /// Whether a key can be changed here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// No such key here.
     Absent,
+    /// Visible, not writable (e.g. a host-wide key inside a namespace).
     ReadOnly,
+    /// Can be changed.
     ReadWrite,
 }
 
 /// Where sysctl values live. The real one is [`ProcSys`].
 pub trait SysctlBackend {
+    /// Whether `key` exists and can be written.
     fn access(&self, key: &str) -> Result<Access, SysctlError>;
     /// The value, whitespace normalised (see [`normalize`]).
     fn read(&self, key: &str) -> Result<String, SysctlError>;
+    /// Writes `value` to `key`.
     fn write(&mut self, key: &str, value: &str) -> Result<(), SysctlError>;
 }
 

@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use procfs::process::{FDTarget, all_processes};
 use serde::Serialize;
 
+/// A process holding a socket.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Owner {
+    /// Process id.
     pub pid: u32,
+    /// Command name (`/proc/PID/stat`).
     pub comm: String,
 }
 

@@ -14,14 +14,19 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 use serde::Serialize;
 
+/// Why the sock_diag dump failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SockDiagError {
+    /// The netlink socket could not be opened, bound, written or read.
     #[error("netlink sock_diag: {context}: {source}")]
     Io {
+        /// What was being done.
         context: &'static str,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// A reply that did not decode, with netlink's message.
     #[error("netlink sock_diag: undecodable reply: {0}")]
     Decode(String),
 }
@@ -30,21 +35,34 @@ pub enum SockDiagError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TcpState {
+    /// `TCP_ESTABLISHED` (1).
     Established,
+    /// `TCP_SYN_SENT` (2).
     SynSent,
+    /// `TCP_SYN_RECV` (3).
     SynRecv,
+    /// `TCP_FIN_WAIT1` (4).
     FinWait1,
+    /// `TCP_FIN_WAIT2` (5).
     FinWait2,
+    /// `TCP_TIME_WAIT` (6).
     TimeWait,
+    /// `TCP_CLOSE` (7).
     Close,
+    /// `TCP_CLOSE_WAIT` (8).
     CloseWait,
+    /// `TCP_LAST_ACK` (9).
     LastAck,
+    /// `TCP_LISTEN` (10).
     Listen,
+    /// `TCP_CLOSING` (11).
     Closing,
+    /// `TCP_NEW_SYN_RECV` (12): a request socket, before the handshake completes.
     NewSynRecv,
 }
 
 impl TcpState {
+    /// Every state, in kernel number order.
     pub const ALL: [TcpState; 12] = [
         TcpState::Established,
         TcpState::SynSent,
@@ -60,6 +78,7 @@ impl TcpState {
         TcpState::NewSynRecv,
     ];
 
+    /// The name as `ss` and the kernel print it, without `TCP_`: `ESTABLISHED`, `TIME_WAIT`, ...
     pub fn name(self) -> &'static str {
         match self {
             TcpState::Established => "ESTABLISHED",
@@ -98,8 +117,11 @@ impl fmt::Display for TcpState {
 /// One socket as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpSocket {
+    /// The socket's state.
     pub state: TcpState,
+    /// This host's end.
     pub local: SocketAddr,
+    /// The peer's end (`0.0.0.0:0` for a listener).
     pub remote: SocketAddr,
     /// LISTEN: connections waiting in the accept queue; otherwise unread bytes.
     pub recv_q: u32,
@@ -107,7 +129,9 @@ pub struct TcpSocket {
     pub send_q: u32,
     /// 0 for sockets without a file (TIME_WAIT, not yet accepted).
     pub inode: u64,
+    /// Owner's user id (the socket's `sk_uid`).
     pub uid: u32,
+    /// `tcp_info` when the kernel sent it (not for TIME_WAIT or request sockets).
     pub info: Option<TcpInfo>,
 }
 
@@ -120,14 +144,23 @@ pub struct TcpInfo {
     pub retransmits: u8,
     /// Unanswered zero-window or keepalive probes.
     pub probes: u8,
+    /// Retransmission timeout, µs (`tcpi_rto`).
     pub rto_us: u32,
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
     pub unacked: u32,
+    /// Segments considered lost (`tcpi_lost`).
     pub lost: u32,
+    /// Milliseconds since data was last sent (`tcpi_last_data_sent`).
     pub last_data_sent_ms: u32,
+    /// Milliseconds since data was last received (`tcpi_last_data_recv`).
     pub last_data_recv_ms: u32,
+    /// Milliseconds since an ACK was last received (`tcpi_last_ack_recv`).
     pub last_ack_recv_ms: u32,
+    /// Smoothed round-trip time, µs (`tcpi_rtt`).
     pub rtt_us: u32,
+    /// Round-trip time variance, µs (`tcpi_rttvar`).
     pub rttvar_us: u32,
+    /// Retransmits over the connection's life (`tcpi_total_retrans`).
     pub total_retrans: u32,
 }
 

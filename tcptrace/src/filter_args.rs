@@ -1,0 +1,100 @@
+//! The flags every tracing command shares (`--pid`, `--comm`, `--port`,
+//! `--netns`, `--events`, `--reuse-idle`, `--ring-kib`) turned into session options: the
+//! one place `trace`, `top` and `diagnose` read them, so they mean the
+//! same everywhere. Part of the command layer (it reads `cli` types).
+
+use tcptrace_common::kind_mask;
+
+use crate::{
+    cli::{EventClass, FilterArgs},
+    host::netns::{self, Netns, NetnsError},
+    session::TracerOptions,
+};
+
+/// Tracer options for `filter` with a ring buffer of `ring_kib` KiB,
+/// and the namespace `--netns` names (resolved and checked).
+///
+/// # Errors
+/// A `--netns` value that is no network namespace (see `netns::resolve`).
+pub fn session_options(
+    filter: &FilterArgs,
+    ring_kib: u32,
+) -> Result<(TracerOptions, Option<Netns>), NetnsError> {
+    let netns = filter.netns.as_deref().map(netns::resolve).transpose()?;
+    let options = TracerOptions {
+        pid: filter.pid,
+        comm: filter.comm.clone(),
+        port: filter.port,
+        netns: netns.as_ref().map(|ns| ns.inode),
+        kinds: kind_mask_of(&filter.events),
+        ring_bytes: ring_kib * 1024,
+        batch_wakeups: true,
+        skip_opening: false,
+        reuse_idle: filter.reuse_idle,
+    };
+    Ok((options, netns))
+}
+
+/// Kinds traced without `--events`: everything but reuse after idle,
+/// which `diagnose` adds (a send per idle gap: cheap, but only an
+/// idle-timeout diagnosis needs it).
+pub const DEFAULT_KINDS: u32 = kind_mask::ALL & !kind_mask::REUSE;
+
+/// `tcptrace_common::kind_mask` bits for the `--events` classes;
+/// `DEFAULT_KINDS` when none is given.
+fn kind_mask_of(classes: &[EventClass]) -> u32 {
+    if classes.is_empty() {
+        return DEFAULT_KINDS;
+    }
+    classes.iter().fold(0, |mask, class| {
+        mask | match class {
+            EventClass::Rst => kind_mask::RST,
+            EventClass::Retrans => kind_mask::RETRANSMIT,
+            EventClass::Connect => kind_mask::CONNECT,
+            EventClass::State => kind_mask::STATE,
+            EventClass::Drop => kind_mask::DROP,
+            EventClass::Error => kind_mask::ERROR,
+            EventClass::Reuse => kind_mask::REUSE,
+            EventClass::All => kind_mask::ALL,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_options() {
+        let filter = FilterArgs {
+            pid: Some(42),
+            port: Some(80),
+            events: vec![EventClass::Rst, EventClass::Connect],
+            ..FilterArgs::default()
+        };
+        let (options, netns) = session_options(&filter, 64).unwrap();
+        assert_eq!(options.pid, Some(42));
+        assert_eq!(options.port, Some(80));
+        assert_eq!(options.kinds, kind_mask::RST | kind_mask::CONNECT);
+        assert_eq!(options.ring_bytes, 64 * 1024);
+        assert_eq!((options.netns, netns), (None, None));
+        let default = FilterArgs::default();
+        let (options, _) = session_options(&default, 64).unwrap();
+        assert_eq!(options.kinds, DEFAULT_KINDS);
+        assert_eq!(options.kinds & kind_mask::DROP, kind_mask::DROP);
+        assert_eq!(options.kinds & kind_mask::REUSE, 0);
+        let all = FilterArgs {
+            events: vec![EventClass::Drop, EventClass::All],
+            ..FilterArgs::default()
+        };
+        assert_eq!(session_options(&all, 64).unwrap().0.kinds, kind_mask::ALL);
+        let zero = FilterArgs {
+            netns: Some("0".into()),
+            ..FilterArgs::default()
+        };
+        assert!(matches!(
+            session_options(&zero, 64),
+            Err(NetnsError::ZeroInode)
+        ));
+    }
+}
