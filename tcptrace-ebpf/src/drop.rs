@@ -92,10 +92,15 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     emit::bump(&DROP_REASONS, slot);
-    let quiet = cfg
-        .quiet_drop_reasons
-        .get((slot / 32) as usize)
-        .is_some_and(|bits| bits & (1 << (slot % 32)) != 0);
+    // `slot` is below DROP_REASON_SLOTS, and LLVM knows it, so it drops
+    // any bound check on the word index; 6.1's verifier has lost the bound
+    // by now (`slot` went through the stack across the calls above) and
+    // refuses the load ("R1 max value is outside of the allowed memory
+    // range"). A volatile read hides the range from LLVM, so the mask it
+    // cannot prove redundant stays, and bounds the offset for the verifier.
+    let word =
+        (unsafe { core::ptr::read_volatile(&slot) } / 32) as usize % cfg.quiet_drop_reasons.len();
+    let quiet = cfg.quiet_drop_reasons[word] & (1 << (slot % 32)) != 0;
     if emit::selected(cfg, kind::DROP) && !quiet {
         emit::send(cfg, ev);
     }
