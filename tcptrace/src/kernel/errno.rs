@@ -1,5 +1,6 @@
 //! Names of the errors a TCP socket can hand its application
-//! (`sk_err`, as `sock:inet_sk_error_report` sees it). The numbers are
+//! (`sk_err`, as `sock:inet_sk_error_report` sees it, and what socket
+//! calls return): the one errno table of the crate. The numbers are
 //! the kernel's ABI for this architecture, taken from libc; the names are
 //! the ones applications log (`ECONNRESET`, not "Connection reset").
 
@@ -22,7 +23,8 @@ pub fn label(errno: i32) -> String {
 }
 
 /// Errors TCP sets on a socket (tcp_reset, tcp_write_err, ICMP errors via
-/// tcp_v4_err/ip_icmp_error), plus the common ones around them.
+/// tcp_v4_err/ip_icmp_error), plus those socket calls return to TCP
+/// clients and servers (what `stress` counts failures under).
 const NAMES: &[(i32, &str)] = &[
     (libc::ECONNRESET, "ECONNRESET"),
     (libc::ETIMEDOUT, "ETIMEDOUT"),
@@ -48,6 +50,14 @@ const NAMES: &[(i32, &str)] = &[
     (libc::EKEYREJECTED, "EKEYREJECTED"),
     (libc::EINVAL, "EINVAL"),
     (libc::EIO, "EIO"),
+    (libc::ENOTCONN, "ENOTCONN"),
+    (libc::ESHUTDOWN, "ESHUTDOWN"),
+    (libc::EMFILE, "EMFILE"),
+    (libc::ENFILE, "ENFILE"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::EINTR, "EINTR"),
+    (libc::EALREADY, "EALREADY"),
+    (libc::EISCONN, "EISCONN"),
 ];
 
 #[cfg(test)]
@@ -61,5 +71,15 @@ mod tests {
         assert_eq!(name(libc::ECONNREFUSED), Some("ECONNREFUSED"));
         assert_eq!(name(0), None);
         assert_eq!(name(9999), None);
+    }
+
+    #[test]
+    fn table_has_no_duplicates() {
+        for (i, (number, name)) in NAMES.iter().enumerate() {
+            assert!(
+                NAMES[i + 1..].iter().all(|(n, m)| n != number && m != name),
+                "{name} listed twice"
+            );
+        }
     }
 }
