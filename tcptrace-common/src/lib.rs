@@ -27,8 +27,16 @@ pub mod kind {
     pub const RST_SENT: u8 = 5;
     /// `tcp:tcp_receive_reset`.
     pub const RST_RECEIVED: u8 = 6;
+    /// `skb:kfree_skb` of a TCP segment: a packet the kernel dropped,
+    /// with its drop reason.
+    pub const DROP: u8 = 7;
+    /// `sock:inet_sk_error_report` on a TCP socket: the error the
+    /// application is handed (`sk_err`: ECONNRESET, ETIMEDOUT, ...).
+    pub const SOCKET_ERROR: u8 = 8;
+    /// A send on a connection idle for at least `Config::reuse_idle_jiffies`.
+    pub const REUSE: u8 = 9;
     /// Number of kinds; size of the per-kind counter arrays.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
 }
 
 /// Bits of `Config::kind_mask` (in-kernel event selection).
@@ -38,7 +46,10 @@ pub mod kind_mask {
     pub const CONNECT: u32 = (1 << kind::CONNECT) | (1 << kind::CONNECT_FAILED);
     pub const RETRANSMIT: u32 = (1 << kind::RETRANSMIT) | (1 << kind::SYNACK_RETRANSMIT);
     pub const RST: u32 = (1 << kind::RST_SENT) | (1 << kind::RST_RECEIVED);
-    pub const ALL: u32 = STATE | CONNECT | RETRANSMIT | RST;
+    pub const DROP: u32 = 1 << kind::DROP;
+    pub const ERROR: u32 = 1 << kind::SOCKET_ERROR;
+    pub const REUSE: u32 = 1 << kind::REUSE;
+    pub const ALL: u32 = STATE | CONNECT | RETRANSMIT | RST | DROP | ERROR | REUSE;
 }
 
 /// TCP states as numbered in include/net/tcp_states.h (unchanged since
@@ -57,6 +68,23 @@ pub mod tcp_state {
 }
 
 pub const IPPROTO_TCP: u16 = 6;
+
+/// `skb->protocol` (host order, as `skb:kfree_skb` reports it).
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// `Event::direction` of a dropped packet.
+pub mod direction {
+    /// Received (it came in on an interface): `saddr`/`daddr` of the
+    /// event are its destination/source, i.e. local/remote.
+    pub const IN: u8 = 1;
+    /// Sent by this host (never received): source/destination.
+    pub const OUT: u8 = 2;
+}
+
+/// Drop reasons counted one by one in `DROP_REASONS`; larger values
+/// (subsystem reasons have bits above 16 set) share the last slot.
+pub const DROP_REASON_SLOTS: u32 = 256;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -88,8 +116,15 @@ pub struct SockInfo {
     pub syn_sent_ns: u64,
     /// When the socket reached ESTABLISHED (0: not yet).
     pub established_ns: u64,
+    /// Jiffies of the last activity before the idle gap a `REUSE` event
+    /// was sent for, so a gap is reported once even when one send makes
+    /// the hook fire several times (0: none yet).
+    pub reuse_mark: u32,
+    /// Jiffies of the last send seen by `sock_send_length` (kernels
+    /// without `tcp_sendmsg_locked`; 0: none seen).
+    pub last_send_jiffies: u32,
 }
-const _: () = assert!(size_of::<SockInfo>() == 48);
+const _: () = assert!(size_of::<SockInfo>() == 56);
 
 /// Key of the listener map: the (netns, local port) a listen() bound, so
 /// connections not yet accepted are attributed to the listening process.
@@ -153,24 +188,39 @@ pub struct Event {
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
-    /// RST_SENT: `enum sk_rst_reason` value; `UNKNOWN_U32` when this
-    /// kernel's tracepoint has no reason.
-    pub rst_reason: u32,
+    /// RST_SENT: `enum sk_rst_reason` value; DROP: `enum skb_drop_reason`
+    /// value. `UNKNOWN_U32` when this kernel's tracepoint has no reason.
+    pub reason: u32,
     /// IPv4 in the first four bytes, IPv6 (maybe v4-mapped) in all 16.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// CONNECT: SYN_SENT -> ESTABLISHED; CONNECT_FAILED: SYN_SENT -> CLOSE.
     pub duration_ns: u64,
-    /// RST: time since the socket reached ESTABLISHED (0: unknown).
+    /// RST, REUSE, SOCKET_ERROR: time since the socket reached
+    /// ESTABLISHED (0: unknown).
     pub age_ns: u64,
-    /// RST: jiffies since the last send / last receive (`UNKNOWN_U32`).
+    /// RST, REUSE: jiffies since the last send / last receive (`UNKNOWN_U32`).
     pub idle_send_jiffies: u32,
     pub idle_recv_jiffies: u32,
     /// RETRANSMIT: the `err` field (kernels >= 6.17), else 0.
+    /// SOCKET_ERROR: the socket's `sk_err` (a positive errno).
     pub err: i32,
     pub _pad: u32,
+    /// RETRANSMIT: payload bytes of the retransmitted skb (`skb->len`;
+    /// 0 for a bare SYN/FIN) and the segments it is sent as
+    /// (`tcp_skb_pcount`); `UNKNOWN_U32` / 0 when unknown.
+    pub seg_len: u32,
+    /// RETRANSMIT: the connection's `tcp_sock.mss_cache` and
+    /// `icsk_pmtu_cookie` (path MTU) at the time (0: unknown).
+    pub mss: u32,
+    pub pmtu: u32,
+    pub segs: u16,
+    /// DROP: flags byte of the TCP header (FIN 0x01 ... CWR 0x80).
+    pub tcp_flags: u8,
+    /// DROP: `direction::IN` / `OUT` (0: unknown).
+    pub direction: u8,
 }
-pub const EVENT_SIZE: usize = 128;
+pub const EVENT_SIZE: usize = 144;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// Tracepoints the programs read, in `Config::layouts` order.
@@ -184,7 +234,9 @@ pub mod tracepoint {
     /// names the owner of a passive connection.
     pub const EXIT_ACCEPT4: usize = 5;
     pub const EXIT_ACCEPT: usize = 6;
-    pub const COUNT: usize = 7;
+    /// `skb:kfree_skb`: packets the kernel dropped, with the reason.
+    pub const KFREE_SKB: usize = 7;
+    pub const COUNT: usize = 8;
     /// (category, name, program name in the object).
     pub const ALL: [(&str, &str, &str); COUNT] = [
         ("sock", "inet_sock_set_state", "inet_sock_set_state"),
@@ -194,6 +246,31 @@ pub mod tracepoint {
         ("tcp", "tcp_receive_reset", "tcp_receive_reset"),
         ("syscalls", "sys_exit_accept4", "sys_exit_accept4"),
         ("syscalls", "sys_exit_accept", "sys_exit_accept"),
+        ("skb", "kfree_skb", "kfree_skb"),
+    ];
+}
+
+/// Raw tracepoints: the program gets the tracepoint's arguments (the
+/// `struct sock *` itself) instead of the formatted record, which is what
+/// these two need, and costs less than a formatted record on a hot path.
+pub mod raw_tracepoint {
+    /// `inet_sk_error_report(const struct sock *sk)` (kernels >= 5.13).
+    pub const ERROR_REPORT: usize = 0;
+    /// `tcp_sendmsg_locked(const struct sock *sk, const struct msghdr *msg,
+    /// const struct sk_buff *skb, int size_goal)`: runs inside sendmsg
+    /// before anything is sent, so `lsndtime` still holds the previous
+    /// send.
+    pub const SENDMSG: usize = 1;
+    /// `sock_send_length(struct sock *sk, int ret, int flags)` (6.2+):
+    /// after the data was sent; reuse after idle where `tcp_sendmsg_locked`
+    /// is missing (6.12 and earlier).
+    pub const SEND_LENGTH: usize = 2;
+    pub const COUNT: usize = 3;
+    /// (category, name, program name in the object).
+    pub const ALL: [(&str, &str, &str); COUNT] = [
+        ("sock", "inet_sk_error_report", "inet_sk_error_report"),
+        ("tcp", "tcp_sendmsg_locked", "tcp_sendmsg_locked"),
+        ("sock", "sock_send_length", "sock_send_length"),
     ];
 }
 
@@ -215,11 +292,15 @@ pub mod field {
     pub const ERR: usize = 13;
     /// Syscall exit tracepoints: the return value.
     pub const RET: usize = 14;
-    pub const COUNT: usize = 16;
+    /// `tcp_retransmit_skb`, `kfree_skb`: the `struct sk_buff *`.
+    pub const SKBADDR: usize = 15;
+    /// `kfree_skb` (kernels >= 6.11): the socket that was receiving it.
+    pub const RX_SK: usize = 16;
+    pub const COUNT: usize = 20;
     /// Names as they appear in the format files, by slot.
-    pub const NAMES: [&str; 15] = [
+    pub const NAMES: [&str; 17] = [
         "skaddr", "oldstate", "newstate", "sport", "dport", "family", "protocol", "saddr", "daddr",
-        "saddr_v6", "daddr_v6", "state", "reason", "err", "ret",
+        "saddr_v6", "daddr_v6", "state", "reason", "err", "ret", "skbaddr", "rx_sk",
     ];
 }
 
@@ -244,7 +325,7 @@ pub struct TracepointLayout {
 /// reads ends at byte 88 on 6.18). Fields beyond it are treated as absent.
 pub const RECORD_BYTES: usize = 128;
 const _: () = assert!(RECORD_BYTES.is_power_of_two());
-const _: () = assert!(size_of::<TracepointLayout>() == 40);
+const _: () = assert!(size_of::<TracepointLayout>() == 48);
 
 impl Default for TracepointLayout {
     fn default() -> Self {
@@ -275,9 +356,32 @@ pub struct SockLayout {
     pub rcv_tstamp: u16,
     /// `inet_connection_sock.icsk_ack.lrcvtime` (u32 jiffies of the last data received).
     pub lrcvtime: u16,
+    /// `sock_common.skc_family` (u16).
+    pub skc_family: u16,
+    /// `sock_common.skc_num` (u16, local port, host order).
+    pub skc_num: u16,
+    /// `sock_common.skc_dport` (__be16).
+    pub skc_dport: u16,
+    /// `sock_common.skc_rcv_saddr` / `skc_daddr` (__be32).
+    pub skc_rcv_saddr: u16,
+    pub skc_daddr: u16,
+    /// `sock_common.skc_v6_rcv_saddr` / `skc_v6_daddr` (16 bytes).
+    pub skc_v6_rcv_saddr: u16,
+    pub skc_v6_daddr: u16,
+    /// `sock.sk_protocol` (u16 since 5.6; a bitfield before: absent).
+    pub sk_protocol: u16,
+    /// `sock.sk_err` (int, positive errno).
+    pub sk_err: u16,
+    /// `tcp_sock.mss_cache` (u32).
+    pub mss_cache: u16,
+    /// `inet_connection_sock.icsk_pmtu_cookie` (u32).
+    pub pmtu_cookie: u16,
+    /// `inet_sock.inet_sport` (__be16): the local port, which (unlike
+    /// `skc_num`) survives the unhashing at close, when errors are reported.
+    pub inet_sport: u16,
     pub _pad: [u16; 2],
 }
-const _: () = assert!(size_of::<SockLayout>() == 16);
+const _: () = assert!(size_of::<SockLayout>() == 40);
 
 impl Default for SockLayout {
     fn default() -> Self {
@@ -288,6 +392,68 @@ impl Default for SockLayout {
             lsndtime: ABSENT_OFFSET,
             rcv_tstamp: ABSENT_OFFSET,
             lrcvtime: ABSENT_OFFSET,
+            skc_family: ABSENT_OFFSET,
+            skc_num: ABSENT_OFFSET,
+            skc_dport: ABSENT_OFFSET,
+            skc_rcv_saddr: ABSENT_OFFSET,
+            skc_daddr: ABSENT_OFFSET,
+            skc_v6_rcv_saddr: ABSENT_OFFSET,
+            skc_v6_daddr: ABSENT_OFFSET,
+            sk_protocol: ABSENT_OFFSET,
+            sk_err: ABSENT_OFFSET,
+            mss_cache: ABSENT_OFFSET,
+            pmtu_cookie: ABSENT_OFFSET,
+            inet_sport: ABSENT_OFFSET,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// `struct sk_buff` (and neighbours) member offsets from BTF, to parse the
+/// headers of a dropped packet and size a retransmitted one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbLayout {
+    /// `sk_buff.head` (pointer to the start of the buffer).
+    pub head: u16,
+    /// `sk_buff.network_header` / `transport_header` (u16 offsets from
+    /// `head`; `0xffff` when unset).
+    pub network_header: u16,
+    pub transport_header: u16,
+    /// `sk_buff.tail` (u32 offset from `head` on 64-bit kernels): the end
+    /// of the linear data, so a header is only read where it really is.
+    pub tail: u16,
+    /// `sk_buff.len` (u32, bytes of data).
+    pub len: u16,
+    /// `sk_buff.sk` (pointer: the owning socket on egress, or the socket
+    /// early demux found on ingress).
+    pub sk: u16,
+    /// `sk_buff.dev` (pointer to `struct net_device`).
+    pub dev: u16,
+    /// `sk_buff.skb_iif` (int): the interface it arrived on, 0 when sent
+    /// by this host.
+    pub skb_iif: u16,
+    /// `sk_buff.cb` + `tcp_skb_cb.tcp_gso_segs` (u16): segments of a TCP skb.
+    pub tcp_gso_segs: u16,
+    /// `net_device.nd_net.net` (pointer to `struct net`).
+    pub dev_net: u16,
+    pub _pad: [u16; 2],
+}
+const _: () = assert!(size_of::<SkbLayout>() == 24);
+
+impl Default for SkbLayout {
+    fn default() -> Self {
+        Self {
+            head: ABSENT_OFFSET,
+            network_header: ABSENT_OFFSET,
+            transport_header: ABSENT_OFFSET,
+            tail: ABSENT_OFFSET,
+            len: ABSENT_OFFSET,
+            sk: ABSENT_OFFSET,
+            dev: ABSENT_OFFSET,
+            skb_iif: ABSENT_OFFSET,
+            tcp_gso_segs: ABSENT_OFFSET,
+            dev_net: ABSENT_OFFSET,
             _pad: [0; 2],
         }
     }
@@ -328,6 +494,7 @@ pub struct Config {
     pub layouts: [TracepointLayout; tracepoint::COUNT],
     pub sock: SockLayout,
     pub task: TaskLayout,
+    pub skb: SkbLayout,
     /// Bits of `kind_mask::*`; events of other kinds are not emitted.
     pub kind_mask: u32,
     /// Owner tgid to keep (0: all).
@@ -347,8 +514,18 @@ pub struct Config {
     /// so batching costs a few milliseconds of latency and saves a wakeup
     /// per event under load.
     pub wakeup_bytes: u32,
+    /// REUSE: a send after at least this many jiffies without sending or
+    /// receiving is reported (0: never).
+    pub reuse_idle_jiffies: u32,
+    pub _pad: u32,
+    /// DROP: reasons (bit `reason` of this bitmap, below
+    /// `DROP_REASON_SLOTS`) that are counted but not sent as events.
+    pub quiet_drop_reasons: [u32; DROP_REASON_SLOTS as usize / 32],
 }
-const _: () = assert!(size_of::<Config>() == 7 * 40 + 16 + 16 + 36);
+const _: () = assert!(
+    size_of::<Config>()
+        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8
+);
 
 /// Map names shared by both sides.
 pub mod map {
@@ -361,6 +538,12 @@ pub mod map {
     pub const PRODUCED: &str = "PRODUCED";
     /// Per-CPU, by kind: events lost because the ring buffer was full.
     pub const LOST: &str = "LOST";
+    /// Per-CPU, by `enum skb_drop_reason` value (`DROP_REASON_SLOTS`):
+    /// TCP drops the filters keep, counted before the ring buffer, so
+    /// exact even when events are lost.
+    pub const DROP_REASONS: &str = "DROP_REASONS";
+    /// The same for every TCP drop on the host, counted before any filter.
+    pub const HOST_DROP_REASONS: &str = "HOST_DROP_REASONS";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

@@ -29,11 +29,10 @@ pub fn blank() -> Option<&'static mut Event> {
     Some(ev)
 }
 
+/// The user's scope filters (process, namespace, port), without the
+/// event-kind selection.
 #[inline(always)]
-fn wanted(cfg: &Config, ev: &Event) -> bool {
-    if cfg.kind_mask & (1u32 << ev.kind) == 0 {
-        return false;
-    }
+pub fn in_scope(cfg: &Config, ev: &Event) -> bool {
     if cfg.filter_tgid != 0 && ev.owner.tgid != cfg.filter_tgid {
         return false;
     }
@@ -50,8 +49,14 @@ fn wanted(cfg: &Config, ev: &Event) -> bool {
 }
 
 #[inline(always)]
-fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, kind: u8) {
-    if let Some(count) = counters.get_ptr_mut(kind as u32) {
+pub fn selected(cfg: &Config, kind: u8) -> bool {
+    cfg.kind_mask & (1u32 << kind) != 0
+}
+
+/// Adds one to `counters[index]` (a per-CPU array: no atomics needed).
+#[inline(always)]
+pub fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
+    if let Some(count) = counters.get_ptr_mut(index) {
         unsafe { *count += 1 };
     }
 }
@@ -60,10 +65,15 @@ fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, kind: u8) {
 /// `PRODUCED`; those the ring buffer had no room for in `LOST`.
 #[inline(always)]
 pub fn submit(cfg: &Config, ev: &Event) {
-    if !wanted(cfg, ev) {
-        return;
+    if selected(cfg, ev.kind) && in_scope(cfg, ev) {
+        send(cfg, ev);
     }
-    bump(&PRODUCED, ev.kind);
+}
+
+/// Sends `ev`, which the filters already kept.
+#[inline(always)]
+pub fn send(cfg: &Config, ev: &Event) {
+    bump(&PRODUCED, u32::from(ev.kind));
     // Batched wakeups: wake the reader only on the record that takes the
     // backlog across the threshold. Forcing a wakeup on every record above
     // it (while the reader is busy with a batch) costs an irq_work per
@@ -81,6 +91,6 @@ pub fn submit(cfg: &Config, ev: &Event) {
         }
     };
     if EVENTS.output::<Event>(ev, flags).is_err() {
-        bump(&LOST, ev.kind);
+        bump(&LOST, u32::from(ev.kind));
     }
 }

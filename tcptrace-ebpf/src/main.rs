@@ -7,12 +7,15 @@
 #![no_main]
 
 mod accept;
+mod drop;
 mod emit;
+mod error;
 mod maps;
 mod owner;
 mod read;
 mod reset;
 mod retransmit;
+mod reuse;
 mod state;
 
 /// Probe-read helpers need a GPL-compatible license.

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, Event, ListenKey, Owner, RECORD_BYTES, SockInfo, kind,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, ListenKey, Owner, RECORD_BYTES,
+    SockInfo, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -49,3 +50,14 @@ pub static PRODUCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUN
 /// Events dropped because the ring buffer was full, by kind.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// TCP drops the filters keep, by drop reason (`DROP_REASON_SLOTS`):
+/// counted before the ring buffer, so exact even when events are lost.
+#[map]
+pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Every TCP drop on the host by reason, counted before any filter: what
+/// the kernel dropped outside the traced scope too.
+#[map]
+pub static HOST_DROP_REASONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);

@@ -69,6 +69,83 @@ pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
     }
 }
 
+/// Marks the idle gap `mark` (never 0) of `sk` as reported and returns
+/// the socket's entry; `reuse_mark == 0` in it when the gap already was
+/// (the same send running the hook again for its next chunk). A socket
+/// the programs never saw gets an entry: its owner from the pre-existing
+/// connections, else the task sending now (sendmsg runs in process
+/// context, in the owner). A plain value, not an `Option`: see
+/// `state.rs` on what the verifier makes of those.
+#[inline(always)]
+pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
+    if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        unsafe {
+            if (*entry).reuse_mark == mark {
+                return SockInfo::default();
+            }
+            (*entry).reuse_mark = mark;
+            if (*entry).owner.tgid == 0 {
+                (*entry).owner = current();
+            }
+            return *entry;
+        }
+    }
+    let key = ConnKey {
+        netns: ev.netns,
+        sport: ev.sport,
+        dport: ev.dport,
+        saddr: ev.saddr,
+        daddr: ev.daddr,
+    };
+    let owner = match PREEXISTING.get_ptr(&key) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(owner) => unsafe { *owner },
+        None => current(),
+    };
+    let info = SockInfo {
+        owner,
+        syn_sent_ns: 0,
+        established_ns: 0,
+        reuse_mark: mark,
+        last_send_jiffies: 0,
+    };
+    remember(sk, &info);
+    info
+}
+
+/// Records a send at `stamp` (never 0) and returns the socket's entry
+/// as it was before, its `last_send_jiffies` 0 when no send was seen. A
+/// socket the programs never saw gets an entry owned by the task sending
+/// now (sendmsg runs in the owner's process context).
+#[inline(always)]
+pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
+    if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        unsafe {
+            let mut before = *entry;
+            if before.owner.tgid == 0 {
+                before.owner = current();
+                (*entry).owner = before.owner;
+            }
+            (*entry).last_send_jiffies = stamp;
+            return before;
+        }
+    }
+    let info = SockInfo {
+        owner: current(),
+        syn_sent_ns: 0,
+        established_ns: 0,
+        reuse_mark: 0,
+        last_send_jiffies: stamp,
+    };
+    remember(sk, &info);
+    SockInfo {
+        last_send_jiffies: 0,
+        ..info
+    }
+}
+
 /// Records the ESTABLISHED time in place (no second map update) and
 /// returns the socket's entry (zeros if unknown).
 #[inline(always)]

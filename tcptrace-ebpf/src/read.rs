@@ -14,7 +14,8 @@ use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_probe_read_kernel, programs::TracePointContext,
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, AF_INET6, Config, Event, RECORD_BYTES, SockLayout, TracepointLayout, field,
+    ABSENT_OFFSET, AF_INET, AF_INET6, Config, Event, RECORD_BYTES, SockLayout, TracepointLayout,
+    field,
 };
 
 use crate::maps::{CONFIG, RECORD};
@@ -180,4 +181,43 @@ pub fn read_kernel_or<T: Copy>(addr: u64, default: T) -> T {
 pub fn netns(sock: &SockLayout, sk: u64) -> u32 {
     let net: u64 = member_or(sk, sock.skc_net, 0);
     member_or(net, sock.net_inum, 0)
+}
+
+/// Copies `len` bytes of kernel memory at `addr` to `dst`; false if the
+/// read failed (`dst` is then zeroed by the helper).
+#[inline(always)]
+pub fn bytes_into(addr: u64, dst: *mut u8, len: u32) -> bool {
+    // SAFETY: the caller hands a writable buffer of at least `len` bytes;
+    // the source is read with the fault-safe helper.
+    unsafe { bpf_probe_read_kernel(dst.cast::<c_void>(), len, addr as *const c_void) == 0 }
+}
+
+/// Family, ports and addresses of a socket, from its `sock_common`, in
+/// the tracepoints' convention (local = s, remote = d). None for a
+/// socket that is neither IPv4 nor IPv6, or without BTF offsets.
+#[inline(always)]
+pub fn sock_endpoints(sock: &SockLayout, sk: u64, ev: &mut Event) -> Option<()> {
+    let family: u16 = member_or(sk, sock.skc_family, 0);
+    let v6 = family == AF_INET6;
+    if !v6 && family != AF_INET {
+        return None;
+    }
+    ev.family = family as u8;
+    ev.sport = if sock.inet_sport != ABSENT_OFFSET {
+        u16::from_be(member_or(sk, sock.inet_sport, 0))
+    } else {
+        member_or(sk, sock.skc_num, 0)
+    };
+    ev.dport = u16::from_be(member_or(sk, sock.skc_dport, 0));
+    let (s, d, len) = if v6 {
+        (sock.skc_v6_rcv_saddr, sock.skc_v6_daddr, 16)
+    } else {
+        (sock.skc_rcv_saddr, sock.skc_daddr, 4)
+    };
+    if s == ABSENT_OFFSET || d == ABSENT_OFFSET {
+        return None;
+    }
+    bytes_into(sk + u64::from(s), ev.saddr.as_mut_ptr(), len);
+    bytes_into(sk + u64::from(d), ev.daddr.as_mut_ptr(), len);
+    Some(())
 }

@@ -41,7 +41,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.netns = read::netns(&cfg.sock, sk);
     ev.kind = event_kind;
     ev.old_state = state as u8;
-    ev.rst_reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
+    ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if is_full_tcp_sock(state) {
         idle(cfg, sk, ev);
     }

@@ -2,9 +2,9 @@
 //! timer context: the owner comes from the socket map).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tcptrace_common::{field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp};
 
-use crate::{emit, owner, read};
+use crate::{emit, owner, read, read::Record};
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
@@ -34,7 +34,23 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.err = rec.field(field::ERR).unwrap_or(0);
+    if event_kind == kind::RETRANSMIT {
+        segment(cfg, &rec, sk, ev);
+    }
     ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
     emit::submit(cfg, ev);
     Some(())
+}
+
+/// How big the retransmitted segment is and what the path allows: a PMTU
+/// black hole shows as retransmits that are all full-size (`seg_len` =
+/// `segs` x `mss`) while small segments get through. The skb is the one
+/// on the retransmit queue: payload only, headers are added to its clone.
+#[inline(always)]
+fn segment(cfg: &Config, rec: &Record, sk: u64, ev: &mut Event) {
+    let skb: u64 = rec.field(field::SKBADDR).unwrap_or(0);
+    ev.seg_len = read::member_or(skb, cfg.skb.len, UNKNOWN_U32);
+    ev.segs = read::member_or::<u16>(skb, cfg.skb.tcp_gso_segs, 0);
+    ev.mss = read::member_or(sk, cfg.sock.mss_cache, 0);
+    ev.pmtu = read::member_or(sk, cfg.sock.pmtu_cookie, 0);
 }

@@ -46,6 +46,8 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 owner: owner::current(),
                 syn_sent_ns: now,
                 established_ns: 0,
+                reuse_mark: 0,
+                last_send_jiffies: 0,
             };
             owner::remember(sk, &info);
             info

@@ -40,7 +40,7 @@ fn records() -> Vec<Vec<u8>> {
         dport: 8080,
         saddr,
         daddr: saddr,
-        rst_reason: u32::MAX,
+        reason: u32::MAX,
         idle_send_jiffies: u32::MAX,
         idle_recv_jiffies: u32::MAX,
         ..Event::default()
@@ -61,7 +61,7 @@ fn records() -> Vec<Vec<u8>> {
         with(kind::STATE, 3, 1),
         with(kind::STATE, 1, 7),
         Event {
-            rst_reason: 14,
+            reason: 14,
             age_ns: 50_000,
             idle_send_jiffies: 1,
             idle_recv_jiffies: 1,

@@ -53,13 +53,16 @@ pub struct FilterArgs {
     /// /run/netns, or a path such as /proc/PID/ns/net.
     #[arg(long)]
     pub netns: Option<String>,
-    /// Event kinds to keep, comma separated: rst, retrans, connect, state.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "rst,retrans,connect,state"
-    )]
+    /// Event kinds to keep, comma separated: rst, retrans, connect, state,
+    /// drop (packets the kernel dropped), error (errors handed to
+    /// applications), reuse (sends after an idle gap), all.
+    /// [default: all but reuse; diagnose: all]
+    #[arg(long, value_delimiter = ',')]
     pub events: Vec<EventClass>,
+    /// With reuse events: the idle gap (no data sent or received) after
+    /// which a send is reported.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+    pub reuse_idle: Duration,
 }
 
 /// `--events`: the event kinds to keep.
@@ -73,6 +76,14 @@ pub enum EventClass {
     Connect,
     /// Other TCP state changes.
     State,
+    /// TCP packets the kernel dropped, with the drop reason.
+    Drop,
+    /// Errors handed to applications (ECONNRESET, ETIMEDOUT, ...).
+    Error,
+    /// Sends after an idle gap of at least --reuse-idle.
+    Reuse,
+    /// Every kind above.
+    All,
 }
 
 /// `tcptrace trace`.

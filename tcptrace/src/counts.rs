@@ -1,7 +1,9 @@
 //! How many events the kernel produced, how many the reader received,
 //! how many the ring buffer had no room for, and how many hook runs the
 //! kernel skipped: the figures every command reports, so that nothing is
-//! lost silently.
+//! lost silently. Also the kernel's exact per-reason drop counts.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
@@ -43,11 +45,26 @@ impl KernelCounts {
     }
 }
 
+/// TCP packets the kernel dropped, by `enum skb_drop_reason` value
+/// (non-zero counts only), as the kernel programs counted them (the
+/// per-CPU `DROP_REASONS` and `HOST_DROP_REASONS` arrays, summed over
+/// CPUs): exact whether or not their events reached userspace, reasons
+/// sent as no event (`QUEUE_PURGE`) included. Reasons of
+/// `tcptrace_common::DROP_REASON_SLOTS - 1` and above share that last
+/// number. Name them with `kernel::names::Names::drop_reason`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCounts {
+    /// Drops the session's filters (pid, comm, port, netns) kept.
+    pub in_scope: BTreeMap<u32, u64>,
+    /// Every TCP drop on the host, before any filter.
+    pub host: BTreeMap<u32, u64>,
+}
+
 /// A session's accounting: the kernel's counts and what the reader
 /// received. Once the session has finished (detached and drained) it is
 /// exact: for every kind, `received + lost = produced` (less any record
 /// that failed to decode, which would be a bug and is counted apart).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Events decoded and handed out, by `EventKind::index`.
     pub received: [u64; KINDS],
@@ -55,6 +72,8 @@ pub struct Counts {
     pub kernel: KernelCounts,
     /// Ring buffer records that did not decode (never expected).
     pub decode_errors: u64,
+    /// Drops by reason (empty when drops are not traced).
+    pub drops: DropCounts,
 }
 
 impl Counts {

@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32};
+use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32, direction};
 
-use crate::event::{Comm, EventKind, Owner, TcpEvent};
+use crate::event::{Comm, Detail, Dropped, EventKind, Owner, Segment, TcpEvent};
 
 /// A ring buffer record that is not an event this binary knows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,8 +70,9 @@ impl Decoder {
                 .and(self.ns_per_jiffy)
                 .map(|ns| u64::from(j) * ns)
         };
-        // Resets, and the first close of an established connection.
-        let has_idle = kind.is_rst() || kind == EventKind::State;
+        // Resets, the first close of an established connection, reuses.
+        let has_idle = kind.is_rst() || kind == EventKind::State || kind == EventKind::Reuse;
+        let has_age = has_idle || kind == EventKind::SocketError;
         Ok(TcpEvent {
             mono_ns: raw.ts_ns,
             kind,
@@ -82,12 +83,12 @@ impl Decoder {
             owner: owner(&raw.owner),
             transition: is_transition.then_some((raw.old_state, raw.new_state)),
             state: (!is_transition && raw.old_state != 0).then_some(raw.old_state),
-            rst_reason: (kind == EventKind::RstSent && raw.rst_reason != UNKNOWN_U32)
-                .then_some(raw.rst_reason),
+            rst_reason: (kind == EventKind::RstSent && raw.reason != UNKNOWN_U32)
+                .then_some(raw.reason),
             connect_ns: matches!(kind, EventKind::Connect | EventKind::ConnectFailed)
                 .then_some(raw.duration_ns)
                 .filter(|ns| *ns != 0),
-            age_ns: (has_idle && raw.age_ns != 0).then_some(raw.age_ns),
+            age_ns: (has_age && raw.age_ns != 0).then_some(raw.age_ns),
             idle_send_ns: if has_idle {
                 jiffies(raw.idle_send_jiffies)
             } else {
@@ -99,7 +100,26 @@ impl Decoder {
                 None
             },
             err: (kind == EventKind::Retransmit && raw.err != 0).then_some(raw.err),
+            detail: detail(kind, raw),
         })
+    }
+}
+
+fn detail(kind: EventKind, raw: &Event) -> Detail {
+    match kind {
+        EventKind::Drop => Detail::Drop(Dropped {
+            reason: (raw.reason != UNKNOWN_U32).then_some(raw.reason),
+            tcp_flags: raw.tcp_flags,
+            incoming: raw.direction == direction::IN,
+        }),
+        EventKind::SocketError => Detail::SocketError { errno: raw.err },
+        EventKind::Retransmit => Detail::Segment(Segment {
+            len: (raw.seg_len != UNKNOWN_U32).then_some(raw.seg_len),
+            segs: (raw.segs != 0).then_some(raw.segs),
+            mss: (raw.mss != 0).then_some(raw.mss),
+            pmtu: (raw.pmtu != 0).then_some(raw.pmtu),
+        }),
+        _ => Detail::None,
     }
 }
 
@@ -153,7 +173,7 @@ mod tests {
             old_state: 7,
             sport: 40000,
             dport: 80,
-            rst_reason: 11,
+            reason: 11,
             saddr,
             daddr,
             age_ns: 2_000_000_000,
@@ -183,7 +203,7 @@ mod tests {
     #[test]
     fn unknown_values_stay_unknown() {
         let mut raw = rst(kind::RST_SENT);
-        raw.rst_reason = UNKNOWN_U32;
+        raw.reason = UNKNOWN_U32;
         raw.idle_send_jiffies = UNKNOWN_U32;
         raw.owner = Default::default();
         let ev = Decoder::new(Some(250)).decode(&bytes(&raw)).unwrap();
@@ -230,6 +250,54 @@ mod tests {
         assert_eq!(ev.connect_ns, Some(50_000_000));
         assert_eq!(ev.state, None);
         assert_eq!(ev.idle_ns(), None);
+    }
+
+    #[test]
+    fn drop_socket_error_reuse_and_segment() {
+        let d = Decoder::new(Some(250));
+        let mut raw = rst(kind::DROP);
+        raw.reason = 12;
+        raw.tcp_flags = 0x02;
+        raw.direction = direction::OUT;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.kind, EventKind::Drop);
+        let dropped = ev.dropped().unwrap();
+        assert_eq!(dropped.reason, Some(12));
+        assert_eq!(dropped.tcp_flags, 0x02);
+        assert!(!dropped.incoming);
+        assert_eq!(ev.rst_reason, None, "a drop reason is not a reset reason");
+        assert_eq!(ev.idle_ns(), None);
+
+        let mut raw = rst(kind::SOCKET_ERROR);
+        raw.err = 104;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.socket_errno(), Some(104));
+        assert_eq!(ev.err, None, "err is the retransmit's transmit error");
+        assert_eq!(ev.age_ns, Some(2_000_000_000));
+
+        let mut raw = rst(kind::REUSE);
+        raw.idle_send_jiffies = 200;
+        raw.idle_recv_jiffies = 201;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.idle_ns(), Some(800_000_000));
+        assert_eq!(ev.detail, Detail::None);
+
+        let mut raw = rst(kind::RETRANSMIT);
+        raw.seg_len = 2896;
+        raw.segs = 2;
+        raw.mss = 1448;
+        raw.pmtu = 1500;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        let seg = ev.segment().unwrap();
+        assert_eq!(
+            (seg.len, seg.segs, seg.mss, seg.pmtu),
+            (Some(2896), Some(2), Some(1448), Some(1500))
+        );
+        assert_eq!(seg.is_full_size(), Some(true));
+        raw.seg_len = UNKNOWN_U32;
+        raw.mss = 0;
+        let seg = *d.decode(&bytes(&raw)).unwrap().segment().unwrap();
+        assert_eq!((seg.len, seg.mss), (None, None));
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub enum EventKind {
     RstSent = kind::RST_SENT,
     /// `tcp:tcp_receive_reset`: this host received an RST.
     RstReceived = kind::RST_RECEIVED,
+    /// `skb:kfree_skb`: a TCP packet the kernel dropped, with its reason.
+    Drop = kind::DROP,
+    /// `sock:inet_sk_error_report`: the error a socket handed its
+    /// application (`sk_err`: ECONNRESET, ETIMEDOUT, ...).
+    SocketError = kind::SOCKET_ERROR,
+    /// A send on a connection after an idle gap of at least `--reuse-idle`
+    /// (`tcp:tcp_sendmsg_locked`, or `sock:sock_send_length`).
+    Reuse = kind::REUSE,
 }
 
 impl EventKind {
@@ -47,6 +55,9 @@ impl EventKind {
         EventKind::SynAckRetransmit,
         EventKind::RstSent,
         EventKind::RstReceived,
+        EventKind::Drop,
+        EventKind::SocketError,
+        EventKind::Reuse,
     ];
 
     /// Index into per-kind arrays (`[T; KINDS]`).
@@ -64,6 +75,9 @@ impl EventKind {
             EventKind::SynAckRetransmit => "synack_retransmit",
             EventKind::RstSent => "rst_sent",
             EventKind::RstReceived => "rst_received",
+            EventKind::Drop => "drop",
+            EventKind::SocketError => "socket_error",
+            EventKind::Reuse => "reuse",
         }
     }
 
@@ -214,14 +228,97 @@ pub struct TcpEvent {
     pub rst_reason: Option<u32>,
     /// Connect latency (Connect) or time to failure (ConnectFailed).
     pub connect_ns: Option<u64>,
-    /// Resets: time since the connection was established.
+    /// Resets, reuses, socket errors: time since the connection was
+    /// established.
     pub age_ns: Option<u64>,
-    /// Resets: time since the last data sent.
+    /// Resets and reuses: time since the last data sent (for a reuse, the
+    /// idle gap the send ended).
     pub idle_send_ns: Option<u64>,
-    /// Resets: time since the last data received.
+    /// Resets and reuses: time since the last data received.
     pub idle_recv_ns: Option<u64>,
     /// Retransmits on kernels >= 6.17: the transmit error, if any.
     pub err: Option<i32>,
+    /// What only some kinds carry (drops, socket errors, retransmitted
+    /// segments).
+    pub detail: Detail,
+}
+
+/// Kind-specific figures of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Detail {
+    /// Kinds without extra figures.
+    #[default]
+    None,
+    /// `drop`: the dropped packet.
+    Drop(Dropped),
+    /// `socket_error`: what the kernel set on the socket.
+    SocketError {
+        /// The positive errno of `sk_err`, e.g. 104 (ECONNRESET); named
+        /// with `kernel::errno::name`.
+        errno: i32,
+    },
+    /// `retransmit`: the segment and the path.
+    Segment(Segment),
+}
+
+/// A dropped packet, as parsed from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// `enum skb_drop_reason` value; `None` on kernels without reasons.
+    pub reason: Option<u32>,
+    /// The TCP header's flags byte (FIN 0x01, SYN 0x02, RST 0x04,
+    /// PSH 0x08, ACK 0x10, URG 0x20, ECE 0x40, CWR 0x80).
+    pub tcp_flags: u8,
+    /// True for a packet this host received (the event's local end is its
+    /// destination), false for one it sent.
+    pub incoming: bool,
+}
+
+/// A retransmitted segment: `len` payload bytes sent as `segs` segments
+/// of at most `mss`, on a path whose MTU is `pmtu`. Unknown figures are
+/// `None` (a BTF member this kernel lacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Payload bytes of the retransmitted skb (`skb->len`); 0 for a bare
+    /// SYN or FIN.
+    pub len: Option<u32>,
+    /// Segments the skb is sent as (`tcp_skb_pcount`, GSO).
+    pub segs: Option<u16>,
+    /// The connection's MSS in bytes (`tcp_sock.mss_cache`).
+    pub mss: Option<u32>,
+    /// The path MTU in bytes (`inet_connection_sock.icsk_pmtu_cookie`).
+    pub pmtu: Option<u32>,
+}
+
+impl Segment {
+    /// Every segment as big as the MSS allows: what a PMTU black hole
+    /// retransmits (small ones get through).
+    pub fn is_full_size(&self) -> Option<bool> {
+        match (self.len, self.segs, self.mss) {
+            (Some(len), Some(segs), Some(mss)) if len > 0 && segs > 0 && mss > 0 => {
+                Some(len >= u32::from(segs) * mss)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Names of the TCP header flags set in `flags`, `|`-separated in header
+/// order (`SYN`, `SYN|ACK`, `FIN|ACK`, ...); `-` for none.
+pub fn tcp_flag_names(flags: u8) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    // Order people read them in: SYN|ACK, not ACK|SYN.
+    const ORDER: [usize; 8] = [1, 0, 2, 3, 4, 5, 6, 7];
+    let names: Vec<&str> = ORDER
+        .iter()
+        .filter(|bit| flags & (1 << **bit) != 0)
+        .map(|bit| NAMES[*bit])
+        .collect();
+    if names.is_empty() {
+        "-".to_string()
+    } else {
+        names.join("|")
+    }
 }
 
 impl TcpEvent {
@@ -231,11 +328,76 @@ impl TcpEvent {
         self.remote.ip().to_canonical()
     }
 
+    /// `drop` events: the dropped packet.
+    pub fn dropped(&self) -> Option<&Dropped> {
+        match &self.detail {
+            Detail::Drop(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// `socket_error` events: the positive errno handed to the application.
+    pub fn socket_errno(&self) -> Option<i32> {
+        match self.detail {
+            Detail::SocketError { errno } => Some(errno),
+            _ => None,
+        }
+    }
+
+    /// `retransmit` events: the retransmitted segment and the path.
+    pub fn segment(&self) -> Option<&Segment> {
+        match &self.detail {
+            Detail::Segment(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Idle time before a reset: since the most recent activity either way.
     pub fn idle_ns(&self) -> Option<u64> {
         match (self.idle_send_ns, self.idle_recv_ns) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_kernel_numbers() {
+        assert_eq!(EventKind::ALL[usize::from(kind::DROP)], EventKind::Drop);
+        assert_eq!(
+            EventKind::ALL[usize::from(kind::SOCKET_ERROR)],
+            EventKind::SocketError
+        );
+        assert_eq!(EventKind::ALL[usize::from(kind::REUSE)], EventKind::Reuse);
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+    }
+
+    #[test]
+    fn flag_names() {
+        assert_eq!(tcp_flag_names(0x02), "SYN");
+        assert_eq!(tcp_flag_names(0x12), "SYN|ACK");
+        assert_eq!(tcp_flag_names(0x11), "FIN|ACK");
+        assert_eq!(tcp_flag_names(0x14), "RST|ACK");
+        assert_eq!(tcp_flag_names(0), "-");
+    }
+
+    #[test]
+    fn full_size_segments() {
+        let seg = |len, segs, mss| Segment {
+            len: Some(len),
+            segs: Some(segs),
+            mss: Some(mss),
+            pmtu: Some(1500),
+        };
+        assert_eq!(seg(1448, 1, 1448).is_full_size(), Some(true));
+        assert_eq!(seg(2896, 2, 1448).is_full_size(), Some(true));
+        assert_eq!(seg(100, 1, 1448).is_full_size(), Some(false));
+        assert_eq!(seg(0, 1, 1448).is_full_size(), None, "a bare SYN or FIN");
     }
 }

@@ -1,5 +1,5 @@
 //! The flags every tracing command shares (`--pid`, `--comm`, `--port`,
-//! `--netns`, `--events`, `--ring-kib`) turned into session options: the
+//! `--netns`, `--events`, `--reuse-idle`, `--ring-kib`) turned into session options: the
 //! one place `trace`, `top` and `diagnose` read them, so they mean the
 //! same everywhere. Part of the command layer (it reads `cli` types).
 
@@ -30,18 +30,32 @@ pub fn session_options(
         ring_bytes: ring_kib * 1024,
         batch_wakeups: true,
         skip_opening: false,
+        reuse_idle: filter.reuse_idle,
     };
     Ok((options, netns))
 }
 
-/// `tcptrace_common::kind_mask` bits for the `--events` classes.
+/// Kinds traced without `--events`: everything but reuse after idle,
+/// which `diagnose` adds (a send per idle gap: cheap, but only an
+/// idle-timeout diagnosis needs it).
+pub const DEFAULT_KINDS: u32 = kind_mask::ALL & !kind_mask::REUSE;
+
+/// `tcptrace_common::kind_mask` bits for the `--events` classes;
+/// `DEFAULT_KINDS` when none is given.
 fn kind_mask_of(classes: &[EventClass]) -> u32 {
+    if classes.is_empty() {
+        return DEFAULT_KINDS;
+    }
     classes.iter().fold(0, |mask, class| {
         mask | match class {
             EventClass::Rst => kind_mask::RST,
             EventClass::Retrans => kind_mask::RETRANSMIT,
             EventClass::Connect => kind_mask::CONNECT,
             EventClass::State => kind_mask::STATE,
+            EventClass::Drop => kind_mask::DROP,
+            EventClass::Error => kind_mask::ERROR,
+            EventClass::Reuse => kind_mask::REUSE,
+            EventClass::All => kind_mask::ALL,
         }
     })
 }
@@ -64,6 +78,16 @@ mod tests {
         assert_eq!(options.kinds, kind_mask::RST | kind_mask::CONNECT);
         assert_eq!(options.ring_bytes, 64 * 1024);
         assert_eq!((options.netns, netns), (None, None));
+        let default = FilterArgs::default();
+        let (options, _) = session_options(&default, 64).unwrap();
+        assert_eq!(options.kinds, DEFAULT_KINDS);
+        assert_eq!(options.kinds & kind_mask::DROP, kind_mask::DROP);
+        assert_eq!(options.kinds & kind_mask::REUSE, 0);
+        let all = FilterArgs {
+            events: vec![EventClass::Drop, EventClass::All],
+            ..FilterArgs::default()
+        };
+        assert_eq!(session_options(&all, 64).unwrap().0.kinds, kind_mask::ALL);
         let zero = FilterArgs {
             netns: Some("0".into()),
             ..FilterArgs::default()

@@ -1,7 +1,11 @@
 //! End-of-run summary of a trace: counts by kind, loss, connect latency
-//! percentiles and the processes most hit by resets and retransmits.
+//! percentiles, drops by reason and socket errors by errno, and the
+//! processes most hit by resets, retransmits, drops and errors.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+};
 
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -9,6 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     counts::Counts,
     event::{Comm, EventKind, SCHEMA_VERSION, TcpEvent},
+    kernel::{errno, names::Names},
     timefmt,
 };
 
@@ -22,11 +27,18 @@ struct ProcessCounts {
     rst_received: u64,
     retransmits: u64,
     failed_connects: u64,
+    drops: u64,
+    socket_errors: u64,
 }
 
 impl ProcessCounts {
     fn weight(&self) -> u64 {
-        self.rst_sent + self.rst_received + self.retransmits + self.failed_connects
+        self.rst_sent
+            + self.rst_received
+            + self.retransmits
+            + self.failed_connects
+            + self.drops
+            + self.socket_errors
     }
 }
 
@@ -36,6 +48,12 @@ impl ProcessCounts {
 /// stream (`"type": "summary"`, docs/events.md).
 pub struct Summary {
     seconds: f64,
+    /// Socket errors by errno name (`ERRNO_<n>` when unnamed), from events.
+    socket_errors: BTreeMap<String, u64>,
+    /// TCP drops by reason name, as the kernel counted them (exact):
+    /// those the filters kept, and every one on the host.
+    drops_by_reason: BTreeMap<String, u64>,
+    host_drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
     processes: HashMap<u32, ProcessCounts>,
     counts: Counts,
@@ -46,6 +64,9 @@ impl Default for Summary {
     fn default() -> Self {
         Summary {
             seconds: 0.0,
+            socket_errors: BTreeMap::new(),
+            drops_by_reason: BTreeMap::new(),
+            host_drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
             processes: HashMap::new(),
@@ -64,13 +85,18 @@ impl Summary {
             self.connect_latency_us
                 .saturating_record((ns / 1000).max(1));
         }
+        if let Some(errno) = ev.socket_errno() {
+            *self.socket_errors.entry(errno::label(errno)).or_default() += 1;
+        }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
             EventKind::RstSent
             | EventKind::RstReceived
             | EventKind::Retransmit
             | EventKind::SynAckRetransmit
-            | EventKind::ConnectFailed => self.processes.entry(owner.pid).or_default(),
+            | EventKind::ConnectFailed
+            | EventKind::Drop
+            | EventKind::SocketError => self.processes.entry(owner.pid).or_default(),
             _ => return,
         };
         counts.comm = owner.comm;
@@ -78,13 +104,24 @@ impl Summary {
             EventKind::RstSent => counts.rst_sent += 1,
             EventKind::RstReceived => counts.rst_received += 1,
             EventKind::ConnectFailed => counts.failed_connects += 1,
+            EventKind::Drop => counts.drops += 1,
+            EventKind::SocketError => counts.socket_errors += 1,
             _ => counts.retransmits += 1,
         }
     }
 
     /// Completes it with the run's length in seconds, the session's
-    /// exact counts and what this kernel could not trace.
-    pub fn finish(&mut self, seconds: f64, counts: Counts, missing: &[String]) {
+    /// exact counts (the kernel's per-reason drop counts among them, named
+    /// with this kernel's `names`) and what this kernel could not trace.
+    pub fn finish(&mut self, seconds: f64, counts: Counts, missing: &[String], names: &Names) {
+        let named = |counts: &BTreeMap<u32, u64>| {
+            counts
+                .iter()
+                .map(|(reason, n)| (names.drop_reason(*reason).into_owned(), *n))
+                .collect()
+        };
+        self.drops_by_reason = named(&counts.drops.in_scope);
+        self.host_drops_by_reason = named(&counts.drops.host);
         self.seconds = seconds;
         self.counts = counts;
         self.missing = missing.to_vec();
@@ -128,9 +165,13 @@ impl Summary {
                 "p99": self.latency(0.99),
                 "max": self.latency(1.0),
             },
+            "drops_by_reason": self.drops_by_reason,
+            "host_drops_by_reason": self.host_drops_by_reason,
+            "socket_errors_by_errno": self.socket_errors,
             "top_processes": self.top().iter().map(|(pid, c)| json!({
                 "pid": pid, "comm": c.comm, "rst_sent": c.rst_sent, "rst_received": c.rst_received,
                 "retransmits": c.retransmits, "failed_connects": c.failed_connects,
+                "drops": c.drops, "socket_errors": c.socket_errors,
             })).collect::<Vec<_>>(),
             "missing": self.missing,
         });
@@ -181,22 +222,48 @@ impl Summary {
                 timefmt::duration_ns(max * 1000)
             );
         }
+        let listed = |counts: &BTreeMap<String, u64>| {
+            counts
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.drops_by_reason.is_empty() {
+            let _ = writeln!(
+                s,
+                "TCP drops by reason (kernel counts): {}",
+                listed(&self.drops_by_reason)
+            );
+        }
+        if self.host_drops_by_reason != self.drops_by_reason {
+            let _ = writeln!(
+                s,
+                "TCP drops on the whole host, outside the filters too: {}",
+                listed(&self.host_drops_by_reason)
+            );
+        }
+        if !self.socket_errors.is_empty() {
+            let _ = writeln!(s, "socket errors: {}", listed(&self.socket_errors));
+        }
         let top = self.top();
         if !top.is_empty() {
             let _ = writeln!(
                 s,
-                "{:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
-                "PID", "COMM", "RST_SENT", "RST_RECV", "RETRANS", "CONNECT_FAIL"
+                "{:>8} {:<16} {:>8} {:>8} {:>8} {:>12} {:>6} {:>6}",
+                "PID", "COMM", "RST_SENT", "RST_RECV", "RETRANS", "CONNECT_FAIL", "DROPS", "ERRORS"
             );
             for (pid, c) in top {
                 let _ = writeln!(
                     s,
-                    "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12}",
+                    "{pid:>8} {:<16} {:>8} {:>8} {:>8} {:>12} {:>6} {:>6}",
                     c.comm.as_str(),
                     c.rst_sent,
                     c.rst_received,
                     c.retransmits,
-                    c.failed_connects
+                    c.failed_connects,
+                    c.drops,
+                    c.socket_errors
                 );
             }
         }
@@ -244,6 +311,7 @@ mod tests {
             idle_send_ns: None,
             idle_recv_ns: None,
             err: None,
+            detail: Default::default(),
         }
     }
 
@@ -262,7 +330,7 @@ mod tests {
                 counts.kernel.produced[kind.index()] += 1;
             }
         }
-        s.finish(1.0, counts, &[]);
+        s.finish(1.0, counts, &[], &Names::default());
         let j = s.to_json();
         assert_eq!(j["events_received"], 5);
         assert_eq!(j["events_produced"], 5);

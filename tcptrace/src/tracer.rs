@@ -4,6 +4,7 @@
 //! lifecycle (start, read, stop, detach, drain).
 
 use std::{
+    collections::BTreeMap,
     fs,
     time::{Duration, Instant},
 };
@@ -11,15 +12,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, Config, ConnKey, ListenKey, Owner, SockLayout, kind_mask, map, tracepoint,
+    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, SockLayout, field, kind,
+    kind_mask, map, raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    counts::{Counts, KernelCounts},
+    counts::{Counts, DropCounts, KernelCounts},
     decode::Decoder,
     error::{Error, Result},
     event::{KINDS, TcpEvent},
@@ -52,7 +54,13 @@ pub struct TracerOptions {
     /// Batch wakeups (see `Config::wakeup_bytes`); `next_batch` then
     /// also polls every `DRAIN_INTERVAL`.
     pub batch_wakeups: bool,
+    /// `reuse` events: a send after at least this long without sending
+    /// or receiving on the connection.
+    pub reuse_idle: Duration,
 }
+
+/// Default `TracerOptions::reuse_idle`.
+pub const DEFAULT_REUSE_IDLE: Duration = Duration::from_millis(500);
 
 /// How often `next_batch` looks at the ring buffer without a wakeup.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -71,6 +79,7 @@ impl Default for TracerOptions {
             ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
             batch_wakeups: true,
             skip_opening: false,
+            reuse_idle: DEFAULT_REUSE_IDLE,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct Tracer {
     final_deadline: Option<Instant>,
     /// `missed_by_kernel` as it was when the programs were unloaded.
     missed_at_detach: u64,
+    /// `skb:kfree_skb` is attached: `counts` reads the drop counters.
+    drops_traced: bool,
 }
 
 /// Records read off the ring buffer.
@@ -152,14 +163,25 @@ impl Tracer {
                 )),
             }
         }
-        missing.extend(tracepoint_limits(&formats));
-        let (sock, task, btf_missing) = btf::layouts();
-        check_netns_filter(options.netns, &sock, &btf_missing)?;
-        config.sock = sock;
-        config.task = task;
+        missing.extend(tracepoint_limits(&formats, options.kinds));
+        let (layouts, btf_missing) = btf::layouts();
+        check_netns_filter(options.netns, &layouts.sock, &btf_missing)?;
+        config.sock = layouts.sock;
+        config.task = layouts.task;
+        config.skb = layouts.skb;
         missing.extend(btf_missing);
         apply_filters(&mut config, options)?;
+        let hz = clock::hz();
+        if hz.is_none() {
+            missing.push("the kernel's HZ (no /proc/config.gz, /boot/config or /proc/timer_list): idle times unknown, no reuse events".into());
+        }
+        config.reuse_idle_jiffies = reuse_idle_jiffies(options.reuse_idle, hz);
 
+        let drop_reasons = formats[tracepoint::KFREE_SKB]
+            .as_ref()
+            .map(|f| f.symbols("reason"))
+            .unwrap_or_default();
+        config.quiet_drop_reasons = quiet_drop_reasons(&drop_reasons);
         let names = Names::new(
             formats[tracepoint::SET_STATE]
                 .as_ref()
@@ -169,7 +191,8 @@ impl Tracer {
                 .as_ref()
                 .map(|f| f.symbols("reason"))
                 .unwrap_or_default(),
-        );
+        )
+        .with_drop_reasons(drop_reasons);
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
@@ -199,12 +222,50 @@ impl Tracer {
 
         let mut attached = Vec::new();
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
-            if formats[i].is_none() {
+            // The hooks of the new signals only run when their events are
+            // wanted: a host dropping or sending a lot pays nothing else.
+            if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP)) {
                 continue;
             }
             match attach_tracepoint(&mut ebpf, program, category, name) {
                 Ok(()) => attached.push(*program),
                 Err(err) => missing.push(format!("{category}:{name} ({err})")),
+            }
+        }
+        let exists = |which: usize| {
+            let (category, name, _) = raw_tracepoint::ALL[which];
+            tracefs::format_path(&root, category, name).exists()
+        };
+        let mut attach_raw = |which: usize, gives: &str, missing: &mut Vec<String>| {
+            let (category, name, program) = raw_tracepoint::ALL[which];
+            match attach_raw_tracepoint(&mut ebpf, program, name) {
+                Ok(()) => attached.push(program),
+                Err(err) => missing.push(format!(
+                    "{category}:{name} as a raw tracepoint ({err}): no {gives}"
+                )),
+            }
+        };
+        if wants(options, kind::SOCKET_ERROR) {
+            if exists(raw_tracepoint::ERROR_REPORT) {
+                attach_raw(
+                    raw_tracepoint::ERROR_REPORT,
+                    "socket_error events",
+                    &mut missing,
+                );
+            } else {
+                missing.push(NO_ERROR_REPORT.to_string());
+            }
+        }
+        // Tests take the fallback on kernels that have both.
+        let send_length_only = std::env::var_os(REUSE_HOOK_ENV).is_some_and(|v| v == "send_length");
+        if wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0 {
+            if exists(raw_tracepoint::SENDMSG) && !send_length_only {
+                attach_raw(raw_tracepoint::SENDMSG, "reuse events", &mut missing);
+            } else if exists(raw_tracepoint::SEND_LENGTH) {
+                missing.push(REUSE_FROM_SEND_LENGTH.to_string());
+                attach_raw(raw_tracepoint::SEND_LENGTH, "reuse events", &mut missing);
+            } else {
+                missing.push(NO_REUSE.to_string());
             }
         }
         if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
@@ -216,6 +277,7 @@ impl Tracer {
                 missing.join("; ")
             )));
         }
+        let drops_traced = attached.contains(&tracepoint::ALL[tracepoint::KFREE_SKB].2);
         // Owners of what was open before we attached (new sockets are
         // already being tracked, so nothing falls in between).
         seed_preexisting(&mut ebpf, &Preexisting::scan(options.netns));
@@ -232,10 +294,6 @@ impl Tracer {
         // the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| Error::io("watching the ring buffer", e.into_parts().1))?;
-        let hz = clock::hz();
-        if hz.is_none() {
-            missing.push("the kernel's HZ (no /proc/config.gz, /boot/config or /proc/timer_list): idle times unknown".into());
-        }
         Ok(Tracer {
             ebpf,
             ring,
@@ -246,6 +304,7 @@ impl Tracer {
             attached,
             final_deadline: None,
             missed_at_detach: 0,
+            drops_traced,
         })
     }
 
@@ -254,7 +313,7 @@ impl Tracer {
         &self.missing
     }
 
-    /// This kernel's names for TCP states and reset reasons.
+    /// This kernel's names for TCP states, reset reasons and drop reasons.
     pub fn names(&self) -> &Names {
         &self.names
     }
@@ -286,13 +345,23 @@ impl Tracer {
         read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out)
     }
 
-    /// Received, produced and lost events so far, and the hook runs the
-    /// kernel skipped. Exact once `drain_final` has returned false.
+    /// Received, produced and lost events so far, the hook runs the
+    /// kernel skipped and, when drops are traced, the per-reason drop
+    /// counts. Exact once `drain_final` has returned false.
     pub fn counts(&self) -> Result<Counts> {
+        let drops = if self.drops_traced {
+            DropCounts {
+                in_scope: self.per_reason(map::DROP_REASONS)?,
+                host: self.per_reason(map::HOST_DROP_REASONS)?,
+            }
+        } else {
+            DropCounts::default()
+        };
         Ok(Counts {
             received: self.reader.received,
             kernel: self.kernel_counts()?,
             decode_errors: self.reader.decode_errors,
+            drops,
         })
     }
 
@@ -315,6 +384,26 @@ impl Tracer {
             .filter_map(|name| self.ebpf.program(name)?.fd().ok())
             .filter_map(proginfo::recursion_misses)
             .sum()
+    }
+
+    /// A per-CPU array of drop counts by reason (`map::DROP_REASONS` or
+    /// `HOST_DROP_REASONS`), summed over CPUs, non-zero ones only.
+    fn per_reason(&self, name: &'static str) -> Result<BTreeMap<u32, u64>> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        let mut counts = BTreeMap::new();
+        for reason in 0..DROP_REASON_SLOTS {
+            let total: u64 = array
+                .get(&reason, 0)
+                .map_err(|e| map_error(name, e))?
+                .iter()
+                .sum();
+            if total > 0 {
+                counts.insert(reason, total);
+            }
+        }
+        Ok(counts)
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; KINDS]> {
@@ -359,6 +448,7 @@ impl Tracer {
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::TracePoint(p)) => p.unload(),
+                Some(aya::programs::Program::RawTracePoint(p)) => p.unload(),
                 _ => Ok(()),
             };
             if let Err(err) = result {
@@ -486,6 +576,54 @@ fn attach_tracepoint(
     Ok(())
 }
 
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    name: &str,
+) -> Result<(), AttachError> {
+    let step = |step| move |source| AttachError::Program { step, source };
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(AttachError::MissingProgram(program))?
+        .try_into()
+        .map_err(step("type"))?;
+    prog.load().map_err(step("load"))?;
+    prog.attach(name).map_err(step("attach"))?;
+    Ok(())
+}
+
+/// Drop reasons counted but not sent as events. `QUEUE_PURGE` is what a
+/// socket's queues hold when it is freed: on a healthy host most often
+/// the peer's FIN reaching a socket its application had already closed,
+/// about one per actively closed connection. Counted (the summary shows
+/// it), never streamed.
+pub const QUIET_DROP_REASONS: &[&str] = &["QUEUE_PURGE"];
+
+/// The `Config::quiet_drop_reasons` bitmap for this kernel's numbering.
+fn quiet_drop_reasons(names: &BTreeMap<u32, String>) -> [u32; DROP_REASON_SLOTS as usize / 32] {
+    let mut bits = [0u32; DROP_REASON_SLOTS as usize / 32];
+    for (reason, name) in names {
+        if *reason < DROP_REASON_SLOTS && QUIET_DROP_REASONS.contains(&name.as_str()) {
+            bits[(*reason / 32) as usize] |= 1 << (reason % 32);
+        }
+    }
+    bits
+}
+
+fn wants(options: &TracerOptions, kind: u8) -> bool {
+    options.kinds & (1 << kind) != 0
+}
+
+/// `reuse_idle` in jiffies, at least 1; 0 (no reuse events) when HZ is
+/// unknown.
+fn reuse_idle_jiffies(reuse_idle: Duration, hz: Option<u32>) -> u32 {
+    let Some(hz) = hz.filter(|hz| *hz > 0) else {
+        return 0;
+    };
+    let jiffies = reuse_idle.as_nanos() * u128::from(hz) / 1_000_000_000;
+    jiffies.clamp(1, u128::from(u32::MAX / 2)) as u32
+}
+
 /// Puts the owners of pre-existing listeners and connections into the
 /// kernel maps. Never overwrites what the programs recorded meanwhile.
 fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
@@ -514,9 +652,38 @@ fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
 /// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
 pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
 
+/// `TCPTRACE_REUSE_HOOK=send_length` makes reuse after idle use the
+/// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`
+/// exists (how the fallback is tested on new kernels).
+pub const REUSE_HOOK_ENV: &str = "TCPTRACE_REUSE_HOOK";
+
+/// Said when `sock:inet_sk_error_report` is missing (kernels before 5.13).
+pub const NO_ERROR_REPORT: &str =
+    "sock:inet_sk_error_report (no such tracepoint on this kernel): no socket_error events";
+/// Said when reuse after idle falls back to `sock:sock_send_length`
+/// (kernels with it but without `tcp:tcp_sendmsg_locked`, 6.12 among them).
+pub const REUSE_FROM_SEND_LENGTH: &str = "tcp:tcp_sendmsg_locked (no such tracepoint on this kernel): reuse after idle comes from sock:sock_send_length instead, which costs a map lookup per send and times a gap only from sends seen since tracing started, and from data received (not bare ACKs)";
+/// Said when neither send tracepoint exists (6.1 and earlier).
+pub const NO_REUSE: &str = "tcp:tcp_sendmsg_locked and sock:sock_send_length (no such tracepoints on this kernel): no reuse events (reuse after idle)";
+/// Said when `skb:kfree_skb` has no `rx_sk` (kernels before 6.11).
+pub const KFREE_SKB_WITHOUT_RX_SK: &str = "skb:kfree_skb without rx_sk (kernels before 6.11): packets dropped on receive once TCP had looked up their socket have no owner";
+/// Said when `skb:kfree_skb` has no `reason` (kernels before 5.17).
+pub const KFREE_SKB_WITHOUT_REASON: &str = "skb:kfree_skb without a drop reason (kernels before 5.17): drops are reported with reason unknown";
+
 /// What this kernel's tracepoints leave out even though they attach.
-fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT]) -> Vec<String> {
+fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) -> Vec<String> {
     let mut limits = Vec::new();
+    if kinds & kind_mask::DROP != 0
+        && let Some(kfree_skb) = &formats[tracepoint::KFREE_SKB]
+    {
+        let layout = kfree_skb.layout();
+        if layout.offsets[field::REASON] == ABSENT_OFFSET {
+            limits.push(KFREE_SKB_WITHOUT_REASON.to_string());
+        }
+        if layout.offsets[field::RX_SK] == ABSENT_OFFSET {
+            limits.push(KFREE_SKB_WITHOUT_RX_SK.to_string());
+        }
+    }
     // 6.10 added `reason` and, in the same series, the calls for resets
     // sent with no socket or a time-wait one.
     if formats[tracepoint::SEND_RESET]
@@ -598,9 +765,61 @@ mod tests {
     #[test]
     fn send_reset_before_6_10_is_reported_as_partial() {
         let old = formats(include_str!("../tests/fixtures/tcp_send_reset-6.1.format"));
-        assert_eq!(tracepoint_limits(&old), vec![SEND_RESET_BEFORE_6_10]);
+        assert_eq!(
+            tracepoint_limits(&old, kind_mask::ALL),
+            vec![SEND_RESET_BEFORE_6_10]
+        );
         let new = formats(include_str!("../tests/fixtures/tcp_send_reset-6.18.format"));
-        assert!(tracepoint_limits(&new).is_empty());
-        assert!(tracepoint_limits(&Default::default()).is_empty());
+        assert!(tracepoint_limits(&new, kind_mask::ALL).is_empty());
+        assert!(tracepoint_limits(&Default::default(), kind_mask::ALL).is_empty());
+    }
+
+    #[test]
+    fn kfree_skb_without_rx_sk_is_named() {
+        let mut formats: [Option<Format>; tracepoint::COUNT] = Default::default();
+        let with_rx_sk = include_str!("../tests/fixtures/kfree_skb-6.18.format");
+        formats[tracepoint::KFREE_SKB] = Some(Format::parse(with_rx_sk).unwrap());
+        assert!(tracepoint_limits(&formats, kind_mask::ALL).is_empty());
+        // 6.1's layout: the same fields up to `protocol`, no `rx_sk`.
+        let without: String = with_rx_sk
+            .lines()
+            .filter(|l| !l.contains("rx_sk;"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        formats[tracepoint::KFREE_SKB] = Some(Format::parse(&without).unwrap());
+        assert_eq!(
+            tracepoint_limits(&formats, kind_mask::ALL),
+            vec![KFREE_SKB_WITHOUT_RX_SK]
+        );
+        // Not asked for drops: nothing to say.
+        assert!(tracepoint_limits(&formats, kind_mask::RST).is_empty());
+    }
+
+    #[test]
+    fn queue_purge_is_quiet_whatever_its_number() {
+        for (fixture, number) in [
+            (include_str!("../tests/fixtures/kfree_skb-6.18.format"), 104),
+            (include_str!("../tests/fixtures/kfree_skb-6.12.format"), 91),
+        ] {
+            let names = Format::parse(fixture).unwrap().symbols("reason");
+            assert_eq!(names[&number], "QUEUE_PURGE");
+            let bits = quiet_drop_reasons(&names);
+            assert_eq!(bits[number as usize / 32], 1 << (number % 32));
+            assert_eq!(bits.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        }
+        // 6.1 has no such reason: nothing is quiet.
+        let names = Format::parse(include_str!("../tests/fixtures/kfree_skb-6.1.format"))
+            .unwrap()
+            .symbols("reason");
+        assert_eq!(quiet_drop_reasons(&names), [0; 8]);
+    }
+
+    #[test]
+    fn reuse_threshold_in_jiffies() {
+        let ms = Duration::from_millis;
+        assert_eq!(reuse_idle_jiffies(ms(500), Some(250)), 125);
+        assert_eq!(reuse_idle_jiffies(ms(500), Some(1000)), 500);
+        assert_eq!(reuse_idle_jiffies(ms(1), Some(100)), 1, "never 0 (off)");
+        assert_eq!(reuse_idle_jiffies(ms(500), None), 0);
     }
 }

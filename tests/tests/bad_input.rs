@@ -47,9 +47,12 @@ const CASES: &[Case] = &[
     (
         &["trace", "--events", "bogus"],
         USAGE,
-        "[possible values: rst, retrans, connect, state]",
+        "[possible values: rst, retrans, connect, state, drop, error, reuse, all]",
     ),
     (&["trace", "--events", ""], USAGE, "--events"),
+    (&["trace", "--reuse-idle", "0"], USAGE, "out of range"),
+    (&["trace", "--reuse-idle", "500us"], USAGE, "at least 1ms"),
+    (&["top", "--reuse-idle", "x"], USAGE, "--reuse-idle"),
     (&["trace", "--duration", "0"], USAGE, "out of range"),
     (
         &["trace", "--duration", "0.0000000001s"],

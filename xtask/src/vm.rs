@@ -1,11 +1,17 @@
 //! `cargo xtask vm --kernel 6.1`: boots one of Debian's kernels under
 //! QEMU (software emulation: no KVM needed) with a tiny initramfs that
-//! runs the release `tcptrace trace --json` against loopback traffic
-//! inside the VM (refused connects, an established connection, an
-//! active reset, a SYN dropped by a full accept queue), then prints the
-//! events, the tracer's warnings and the kernel's tracepoint format
-//! files. Fails if the tracer could not attach something on that
-//! kernel, or the events are missing or decoded wrong.
+//! runs the release `tcptrace trace --json --events all` against loopback
+//! traffic inside the VM (refused connects, an established connection, an
+//! active reset, a send after an idle second, a SYN dropped by a full
+//! accept queue), then prints the events, the tracer's warnings and the
+//! kernel's tracepoint format files. Fails if the tracer could not attach
+//! something on that kernel (other than the limits docs/kernels.md names
+//! for it, which must then be said), or the events are missing or decoded
+//! wrong: connects, resets, SYN retransmits with their segment figures,
+//! drops (`NO_SOCKET` for the refused connects), socket errors
+//! (`ECONNREFUSED`, `ECONNRESET`) and reuse after idle where the kernel
+//! has a hook for it (6.12: the `sock_send_length` fallback; 6.1: none,
+//! said by name).
 //!
 //! No network is involved: the VM has no NIC, only its own loopback.
 
@@ -52,20 +58,26 @@ impl VmArgs {
     }
 }
 
-/// Tracepoints whose format files the VM prints.
+/// Tracepoints whose format files the VM prints (an empty section: the
+/// kernel has no such tracepoint).
 const FORMATS: &[&str] = &[
     "sock/inet_sock_set_state",
     "tcp/tcp_send_reset",
     "tcp/tcp_receive_reset",
     "tcp/tcp_retransmit_skb",
     "tcp/tcp_retransmit_synack",
+    "skb/kfree_skb",
+    "sock/inet_sk_error_report",
+    "tcp/tcp_sendmsg_locked",
+    "sock/sock_send_length",
 ];
 
 const MARK: &str = "=== tcptrace-vm:";
 
-/// Warnings that describe a kernel's known limits (the tracer attached
-/// everything, the kernel reports less), not a failure to attach.
-const EXPECTED: &[&str] = &["kernels before 6.10 report only resets sent by a full socket"];
+/// `--reuse-idle` in the VM, and the idle gap its client makes between
+/// two sends on one connection (the `sleep 1` in `INIT`).
+const REUSE_IDLE_MS: u64 = 300;
+const REUSE_GAP_MS: u64 = 1000;
 
 pub fn run(env: &BuildEnv, args: &VmArgs) -> Result<()> {
     let started = Instant::now();
@@ -281,7 +293,7 @@ mount -t tmpfs tmpfs /tmp
 ip link set lo up
 mark() { echo "=== tcptrace-vm: $*"; }
 mark "uname $(uname -r)"
-tcptrace trace --json --duration 60s >/tmp/events.json 2>/tmp/trace.err &
+tcptrace trace --json --events all --reuse-idle REUSE_IDLE_MSms --duration 60s >/tmp/events.json 2>/tmp/trace.err &
 TRACER=$!
 i=0
 while ! grep -q 'tracing; Ctrl-C to stop' /tmp/trace.err; do
@@ -297,8 +309,17 @@ PEER=$!
 i=0
 while ! grep -q '^port ' /tmp/peer.out && [ $i -lt 100 ]; do i=$((i + 1)); usleep 100000; done
 PORT=$(sed -n 's/^port //p' /tmp/peer.out)
+echo "vm-port reset-after $PORT"
 echo hello | timeout 10 nc 127.0.0.1 "$PORT"; echo "client of peer port $PORT: nc exit $?"
 wait $PEER; rc=$?; echo "peer: $(tr '\n' ' ' </tmp/peer.out)exit $rc"
+peer hold 127.0.0.1:0 >/tmp/hold.out 2>&1 &
+HOLD=$!
+i=0
+while ! grep -q '^port ' /tmp/hold.out && [ $i -lt 100 ]; do i=$((i + 1)); usleep 100000; done
+HPORT=$(sed -n 's/^port //p' /tmp/hold.out)
+echo "vm-port hold $HPORT"
+(echo first; sleep 1; echo again) | timeout 10 nc 127.0.0.1 "$HPORT"; echo "client sending again after 1 s idle (port $HPORT): nc exit $?"
+wait $HOLD; rc=$?; echo "peer: $(tr '\n' ' ' </tmp/hold.out)exit $rc"
 peer no-accept 127.0.0.1:0 4000 >/tmp/full.out 2>&1 &
 FULL=$!
 i=0
@@ -316,7 +337,7 @@ mark "tracer exit $?"
 mark "begin stderr"; cat /tmp/trace.err; mark "end stderr"
 mark "begin events"; cat /tmp/events.json; mark "end events"
 for f in FORMATS; do
-  mark "begin format $f"; cat /sys/kernel/tracing/events/$f/format; mark "end format $f"
+  mark "begin format $f"; cat /sys/kernel/tracing/events/$f/format 2>/dev/null; mark "end format $f"
 done
 mark "done"
 poweroff -f
@@ -334,7 +355,10 @@ fn build_initramfs(out: &Path, tcptrace: &Path, peer: &Path, config: &Path) -> R
         cpio.dir(dir);
     }
     cpio.node("dev/console", 0o020_600, (5, 1));
-    let init = INIT.replace("FORMATS", &FORMATS.join(" "));
+    let init = INIT
+        .replace("FORMATS", &FORMATS.join(" "))
+        .replace("REUSE_IDLE_MS", &REUSE_IDLE_MS.to_string());
+    debug_assert!(INIT.contains(&format!("sleep {}", REUSE_GAP_MS / 1000)));
     cpio.file("init", 0o755, init.as_bytes());
     cpio.file("bin/busybox", 0o755, &fs::read(busybox)?);
     cpio.file("bin/sh", 0o755, &fs::read(busybox)?);
@@ -568,12 +592,29 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
     for line in &stderr {
         println!("{line}");
     }
-    // Limits the tracer knows this kernel has are reported, not failures.
+    let facts = Facts::of(console);
+    let mut problems = Vec::new();
+    if let Some(documented) = Facts::documented(&args.kernel)
+        && documented != facts
+    {
+        problems.push(format!(
+            "docs/kernels.md says {} has {documented:?}, this kernel has {facts:?}",
+            args.kernel
+        ));
+    }
+    // Limits this kernel has are said by name, not failures; anything
+    // else not traced is.
+    let limits = facts.limits();
     let (expected, warnings): (Vec<&str>, Vec<&str>) = stderr
         .iter()
         .copied()
         .filter(|l| l.starts_with("tcptrace: warning: not traced on this kernel"))
-        .partition(|l| EXPECTED.iter().any(|e| l.contains(e)));
+        .partition(|l| limits.iter().any(|e| l.contains(e)));
+    for limit in &limits {
+        if !expected.iter().any(|l| l.contains(limit)) {
+            problems.push(format!("no warning naming this kernel's limit {limit:?}"));
+        }
+    }
 
     let mut events = Vec::new();
     let mut bad = 0;
@@ -602,6 +643,9 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
         fs::create_dir_all(dir)?;
         for f in FORMATS {
             let body = section(console, &format!("format {f}")).unwrap_or_default();
+            if body.is_empty() {
+                continue;
+            }
             let name = f.rsplit('/').next().unwrap_or(f);
             let mut text = body.join("\n");
             text.push('\n');
@@ -613,42 +657,154 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
     for line in &expected {
         println!("--- kernel {release}: expected on this kernel: {line}");
     }
-    let mut problems = Vec::new();
     if !warnings.is_empty() {
         problems.push(format!("could not trace: {warnings:?}"));
     }
-    for kind in [
+    let mut required = vec![
         "connect",
         "connect_failed",
         "rst_sent",
         "rst_received",
         "retransmit",
-    ] {
+        "drop",
+        "socket_error",
+    ];
+    if facts.reuse_hook() {
+        required.push("reuse");
+    }
+    for kind in required {
         if !by_kind.contains_key(kind) {
             problems.push(format!("no {kind} event"));
         }
     }
-    problems.extend(check_events(console, &events));
+    problems.extend(check_events(console, &events, &facts));
     if !problems.is_empty() {
         bail!("on kernel {release}: {}", problems.join("; "));
     }
-    println!("--- kernel {release}: every program attached; connect and reset events decoded");
+    println!(
+        "--- kernel {release}: every program attached; connect, reset, retransmit, drop, socket error{} events decoded",
+        if facts.reuse_hook() {
+            " and reuse"
+        } else {
+            " (no reuse hook: said by name)"
+        }
+    );
     Ok(())
 }
 
+/// What a kernel offers the tracer, as the format files the VM printed
+/// show (an empty section: no such tracepoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Facts {
+    /// `tcp:tcp_send_reset` has `reason` (6.10+).
+    send_reset_reason: bool,
+    /// `skb:kfree_skb` has `reason` (5.17+).
+    drop_reason: bool,
+    /// `skb:kfree_skb` has `rx_sk` (6.11+).
+    rx_sk: bool,
+    /// `sock:inet_sk_error_report` exists (5.13+).
+    error_report: bool,
+    /// `tcp:tcp_sendmsg_locked` exists (after 6.12).
+    sendmsg_locked: bool,
+    /// `sock:sock_send_length` exists (6.2+).
+    send_length: bool,
+}
+
+impl Facts {
+    fn of(console: &str) -> Facts {
+        let format = |tp: &str| section(console, &format!("format {tp}")).unwrap_or_default();
+        let exists = |tp: &str| format(tp).iter().any(|l| l.starts_with("format:"));
+        let has = |tp: &str, field: &str| {
+            let field = format!(" {field};");
+            format(tp).iter().any(|l| l.contains(&field))
+        };
+        Facts {
+            send_reset_reason: has("tcp/tcp_send_reset", "reason"),
+            drop_reason: has("skb/kfree_skb", "reason"),
+            rx_sk: has("skb/kfree_skb", "rx_sk"),
+            error_report: exists("sock/inet_sk_error_report"),
+            sendmsg_locked: exists("tcp/tcp_sendmsg_locked"),
+            send_length: exists("sock/sock_send_length"),
+        }
+    }
+
+    /// What docs/kernels.md says a Debian series has; `None` for one it
+    /// does not list.
+    fn documented(series: &str) -> Option<Facts> {
+        let common = Facts {
+            send_reset_reason: true,
+            drop_reason: true,
+            rx_sk: true,
+            error_report: true,
+            sendmsg_locked: false,
+            send_length: true,
+        };
+        match series {
+            "6.1" => Some(Facts {
+                send_reset_reason: false,
+                rx_sk: false,
+                send_length: false,
+                ..common
+            }),
+            "6.12" => Some(common),
+            _ => None,
+        }
+    }
+
+    /// Some hook gives reuse events.
+    fn reuse_hook(&self) -> bool {
+        self.sendmsg_locked || self.send_length
+    }
+
+    /// Parts of the warnings the tracer must print on such a kernel
+    /// (tcptrace's `SEND_RESET_BEFORE_6_10`, `KFREE_SKB_WITHOUT_*`,
+    /// `NO_ERROR_REPORT`, `REUSE_FROM_SEND_LENGTH`, `NO_REUSE`).
+    fn limits(&self) -> Vec<&'static str> {
+        let mut limits = Vec::new();
+        if !self.send_reset_reason {
+            limits.push("kernels before 6.10 report only resets sent by a full socket");
+        }
+        if !self.drop_reason {
+            limits.push("skb:kfree_skb without a drop reason");
+        }
+        if !self.rx_sk {
+            limits.push("skb:kfree_skb without rx_sk");
+        }
+        if !self.error_report {
+            limits.push("no socket_error events");
+        }
+        if !self.sendmsg_locked {
+            limits.push(if self.send_length {
+                "reuse after idle comes from sock:sock_send_length instead"
+            } else {
+                "no reuse events (reuse after idle)"
+            });
+        }
+        limits
+    }
+}
+
+/// The port the VM's script printed as `vm-port NAME N`.
+fn console_port(console: &str, name: &str) -> Option<u64> {
+    let prefix = format!("vm-port {name} ");
+    console
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
 /// What the traffic in the VM must have produced, decoded right.
-fn check_events(console: &str, events: &[Value]) -> Vec<String> {
+fn check_events(console: &str, events: &[Value], facts: &Facts) -> Vec<String> {
     let mut problems = Vec::new();
     let of_kind = |kind: &'static str| events.iter().filter(move |e| e["kind"] == kind);
-    let has_reason = section(console, "format tcp/tcp_send_reset")
-        .unwrap_or_default()
-        .iter()
-        .any(|l| l.contains(" reason;"));
     for ev in of_kind("rst_sent") {
-        if ev["reason"].is_null() == has_reason {
+        if ev["reason"].is_null() == facts.send_reset_reason {
             problems.push(format!(
                 "rst_sent reason should be {} on this kernel: {ev}",
-                if has_reason { "named" } else { "absent" }
+                if facts.send_reset_reason {
+                    "named"
+                } else {
+                    "absent"
+                }
             ));
         }
     }
@@ -675,18 +831,119 @@ fn check_events(console: &str, events: &[Value]) -> Vec<String> {
             problems.push(format!("no {family} connect_failed to port 1 owned by nc"));
         }
     }
-    // The SYN to the full accept queue is dropped and sent again.
-    let syn_again = of_kind("retransmit")
-        .any(|e| e["state"] == "SYN_SENT" && e["owner"]["comm"] == "nc" && e["family"] == "ipv4");
-    if !syn_again {
+    // The SYN to the full accept queue is dropped and sent again: a bare
+    // SYN (no payload, one segment) on a path whose MSS and MTU are known.
+    let syn_again: Vec<&Value> = of_kind("retransmit")
+        .filter(|e| e["state"] == "SYN_SENT" && e["owner"]["comm"] == "nc" && e["family"] == "ipv4")
+        .collect();
+    if syn_again.is_empty() {
         problems.push("no SYN retransmit owned by nc".into());
+    }
+    for ev in syn_again {
+        if ev["seg_len"] != 0 || ev["segs"] != 1 || !ev["mss"].is_u64() || !ev["pmtu"].is_u64() {
+            problems.push(format!(
+                "a SYN retransmit is 0 bytes in 1 segment with mss and pmtu: {ev}"
+            ));
+        }
     }
     for ev in of_kind("rst_received").filter(|e| e["state"] == "SYN_SENT") {
         if !ev["idle_ns"].is_null() {
             problems.push(format!("a connecting socket has no idle time: {ev}"));
         }
     }
+    problems.extend(check_drops_and_errors(console, events, facts));
+    problems.extend(check_reuse(console, events, facts));
     problems
+}
+
+/// The refused connects' SYNs are dropped on the way in for want of a
+/// socket (`NO_SOCKET`, no owner); their clients are told ECONNREFUSED,
+/// and the client the peer reset is told ECONNRESET.
+fn check_drops_and_errors(console: &str, events: &[Value], facts: &Facts) -> Vec<String> {
+    let mut problems = Vec::new();
+    let of_kind = |kind: &'static str| events.iter().filter(move |e| e["kind"] == kind);
+    let refused_syn = of_kind("drop").find(|e| {
+        e["family"] == "ipv4"
+            && e["local_port"] == 1
+            && e["direction"] == "in"
+            && e["tcp_flags"] == "SYN"
+    });
+    match refused_syn {
+        None => problems.push("no drop of the SYN to 127.0.0.1:1".into()),
+        Some(ev) => {
+            let reason_ok = if facts.drop_reason {
+                ev["reason"] == "NO_SOCKET"
+            } else {
+                ev["reason"].is_null()
+            };
+            if !reason_ok || !ev["owner"].is_null() || ev["remote_addr"] != "127.0.0.1" {
+                problems.push(format!(
+                    "the SYN to 127.0.0.1:1 is dropped as NO_SOCKET, unowned: {ev}"
+                ));
+            }
+        }
+    }
+    if !facts.error_report {
+        if of_kind("socket_error").next().is_some() {
+            problems.push("socket_error events without inet_sk_error_report".into());
+        }
+        return problems;
+    }
+    let refused = of_kind("socket_error").any(|e| {
+        e["error"] == "ECONNREFUSED"
+            && e["errno"] == 111
+            && e["family"] == "ipv4"
+            && e["remote_port"] == 1
+            && e["owner"]["comm"] == "nc"
+    });
+    if !refused {
+        problems.push("no socket_error ECONNREFUSED for nc's connect to 127.0.0.1:1".into());
+    }
+    let reset_port = console_port(console, "reset-after");
+    let reset = of_kind("socket_error").any(|e| {
+        e["error"] == "ECONNRESET"
+            && e["owner"]["comm"] == "nc"
+            && e["remote_port"].as_u64() == reset_port
+    });
+    if !reset {
+        problems.push(format!(
+            "no socket_error ECONNRESET for nc, reset by peer on port {reset_port:?}"
+        ));
+    }
+    problems
+}
+
+/// One send after `REUSE_GAP_MS` idle: one `reuse` event, owned by the
+/// client, with that idle time; none where the kernel has no hook.
+fn check_reuse(console: &str, events: &[Value], facts: &Facts) -> Vec<String> {
+    let reuses: Vec<&Value> = events.iter().filter(|e| e["kind"] == "reuse").collect();
+    if !facts.reuse_hook() {
+        return match reuses.first() {
+            Some(ev) => vec![format!("a reuse event without a hook for it: {ev}")],
+            None => Vec::new(),
+        };
+    }
+    let port = console_port(console, "hold");
+    let [ev] = reuses.as_slice() else {
+        return vec![format!(
+            "one reuse event expected (the send after {REUSE_GAP_MS} ms idle), got {}: {reuses:?}",
+            reuses.len()
+        )];
+    };
+    let idle_ms = ev["idle_ns"].as_u64().map(|ns| ns / 1_000_000);
+    // The gap is `sleep 1`, timed in jiffies (4 ms at HZ=250) under TCG.
+    let idle_ok =
+        idle_ms.is_some_and(|ms| (REUSE_GAP_MS - 100..REUSE_GAP_MS + 1_500).contains(&ms));
+    if !idle_ok
+        || ev["owner"]["comm"] != "nc"
+        || ev["remote_port"].as_u64() != port
+        || ev["state"] != "ESTABLISHED"
+    {
+        return vec![format!(
+            "the reuse should be nc's send to port {port:?} after ~{REUSE_GAP_MS} ms idle: {ev}"
+        )];
+    }
+    Vec::new()
 }
 
 fn status(cmd: &mut Command, what: &str) -> Result<()> {
@@ -777,6 +1034,36 @@ mod tests {
         assert!(data.len().is_multiple_of(4));
         assert!(data.starts_with(b"070701"));
         assert!(data.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    #[test]
+    fn kernel_facts_from_format_files() {
+        let console = format!(
+            "{MARK} begin format skb/kfree_skb\nname: kfree_skb\nformat:\n\tfield:void * skbaddr;\toffset:8;\n\tfield:enum skb_drop_reason reason;\toffset:32;\n{MARK} end format skb/kfree_skb\n\
+             {MARK} begin format sock/inet_sk_error_report\nformat:\n{MARK} end format sock/inet_sk_error_report\n\
+             {MARK} begin format tcp/tcp_sendmsg_locked\n{MARK} end format tcp/tcp_sendmsg_locked\n\
+             {MARK} begin format sock/sock_send_length\n{MARK} end format sock/sock_send_length\n\
+             vm-port hold 4242\n"
+        );
+        let facts = Facts::of(&console);
+        assert_eq!(facts, Facts::documented("6.1").unwrap());
+        assert!(!facts.reuse_hook());
+        assert_eq!(
+            facts.limits(),
+            [
+                "kernels before 6.10 report only resets sent by a full socket",
+                "skb:kfree_skb without rx_sk",
+                "no reuse events (reuse after idle)"
+            ]
+        );
+        let on_6_12 = Facts::documented("6.12").unwrap();
+        assert!(on_6_12.reuse_hook());
+        assert_eq!(
+            on_6_12.limits(),
+            ["reuse after idle comes from sock:sock_send_length instead"]
+        );
+        assert_eq!(console_port(&console, "hold"), Some(4242));
+        assert_eq!(console_port(&console, "reset-after"), None);
     }
 
     #[test]

@@ -31,7 +31,14 @@ pub struct Conn {
 pub struct ConnTable {
     young: FxHashMap<u64, Conn>,
     old: FxHashMap<u64, Conn>,
+    /// How the last few connections removed at CLOSE were opened: the
+    /// error a reset socket reports comes right after its CLOSE.
+    recently_closed: VecDeque<(u64, bool)>,
 }
+
+/// Closed connections remembered for `ConnTable::recently_accepted`:
+/// enough for the events that follow a close on the other CPUs too.
+const RECENTLY_CLOSED: usize = 64;
 
 impl ConnTable {
     pub fn get_or_insert(&mut self, sock: u64) -> &mut Conn {
@@ -54,7 +61,23 @@ impl ConnTable {
     }
 
     pub fn remove(&mut self, sock: u64) -> Option<Conn> {
-        self.young.remove(&sock).or_else(|| self.old.remove(&sock))
+        let conn = self.young.remove(&sock).or_else(|| self.old.remove(&sock));
+        if let Some(accepted) = conn.and_then(|c| c.accepted) {
+            if self.recently_closed.len() >= RECENTLY_CLOSED {
+                self.recently_closed.pop_front();
+            }
+            self.recently_closed.push_back((sock, accepted));
+        }
+        conn
+    }
+
+    /// How a connection removed at its CLOSE a moment ago was opened.
+    pub fn recently_accepted(&self, sock: u64) -> Option<bool> {
+        self.recently_closed
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == sock)
+            .map(|(_, accepted)| *accepted)
     }
 
     #[cfg(test)]

@@ -100,6 +100,21 @@ pub struct Stats {
     pub retransmitting_for: Dist,
     /// Lifetimes of the connections that closed (ESTABLISHED to close).
     pub lifetimes: Dist,
+    /// TCP packets the kernel dropped, by drop reason name.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Errors handed to applications, by errno name (`ECONNRESET`, ...).
+    pub socket_errors: BTreeMap<&'static str, u64>,
+    /// Sends after an idle gap of at least `--reuse-idle`: the reuses
+    /// that worked bound a middlebox's idle timeout from below.
+    pub reuses: u64,
+    /// The idle gaps those sends ended (ms resolution).
+    pub reuse_idle: Dist,
+    /// Data retransmits whose segments were all as big as the MSS
+    /// allows (what a PMTU black hole retransmits).
+    pub full_size_retransmits: u64,
+    /// Data retransmits whose size was known at all (the denominator of
+    /// `full_size_retransmits`).
+    pub sized_retransmits: u64,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -140,6 +155,12 @@ impl Default for Stats {
             timeout_aborts: 0,
             retransmitting_for: Dist::new(Dist::MILLIS),
             lifetimes: Dist::new(Dist::MILLIS),
+            drops: BTreeMap::new(),
+            socket_errors: BTreeMap::new(),
+            reuses: 0,
+            reuse_idle: Dist::new(Dist::MILLIS),
+            full_size_retransmits: 0,
+            sized_retransmits: 0,
             related: TopN::new(MAX_RELATED),
         }
     }
@@ -166,6 +187,14 @@ impl Stats {
     pub fn rst_received_in(&self, state: &str) -> u64 {
         self.rst_received.get(state).copied().unwrap_or(0)
     }
+    /// TCP drops, all reasons.
+    pub fn drops_total(&self) -> u64 {
+        self.drops.values().sum()
+    }
+    /// Socket errors, all errnos.
+    pub fn socket_errors_total(&self) -> u64 {
+        self.socket_errors.values().sum()
+    }
 
     /// Things that went wrong: what ranks groups in `top` and reports.
     pub fn incidents(&self) -> u64 {
@@ -176,6 +205,8 @@ impl Stats {
             + self.synack_retransmits
             + self.connect_failed
             + self.timeout_aborts
+            + self.drops_total()
+            + self.socket_errors_total()
     }
 }
 
@@ -285,13 +316,27 @@ impl Aggregate {
         all
     }
 
+    /// Takes every event of `batch` (in order) and empties it. By
+    /// reference: moving each 256-byte event out of the batch costs a copy.
+    pub fn add_batch(&mut self, batch: &mut Vec<TcpEvent>) {
+        for ev in batch.iter() {
+            self.add(ev);
+        }
+        batch.clear();
+    }
+
     /// Takes one event into every figure it changes.
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
-        let peer = peer_key(ev, self.conns.accepted(ev.sock));
+        let mut accepted = self.conns.accepted(ev.sock);
+        if accepted.is_none() && ev.kind == EventKind::SocketError {
+            // Reported after the CLOSE that removed the connection.
+            accepted = self.conns.recently_accepted(ev.sock);
+        }
+        let peer = peer_key(ev, accepted);
         let update = Update::from_event(
             ev,
             peer,
@@ -403,6 +448,11 @@ struct Update {
     local_close_idle_ns: Option<u64>,
     active_close: bool,
     lifetime_ns: Option<u64>,
+    drop_reason: Option<&'static str>,
+    socket_error: Option<&'static str>,
+    reuse_idle_ns: Option<Option<u64>>,
+    /// Some(full size?) for a data retransmit of known size.
+    retransmit_full_size: Option<bool>,
     incident: bool,
     changed: bool,
 }
@@ -438,6 +488,7 @@ impl Update {
                     u.syn_retransmit = true;
                 } else {
                     u.retransmit_state = Some(names.state(st));
+                    u.retransmit_full_size = ev.segment().and_then(|s| s.is_full_size());
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -486,6 +537,19 @@ impl Update {
                     _ => {}
                 }
             }
+            EventKind::Drop => {
+                u.incident = true;
+                u.drop_reason = Some(
+                    ev.dropped()
+                        .and_then(|d| d.reason)
+                        .map_or("UNKNOWN", |r| names.drop_reason(r)),
+                );
+            }
+            EventKind::SocketError => {
+                u.incident = true;
+                u.socket_error = Some(ev.socket_errno().map_or("UNKNOWN", |e| names.errno(e)));
+            }
+            EventKind::Reuse => u.reuse_idle_ns = Some(ev.idle_ns()),
             EventKind::State => {
                 let Some((old, new)) = ev.transition else {
                     return Update::default();
@@ -595,6 +659,22 @@ impl Update {
         if let Some(ns) = self.lifetime_ns {
             s.lifetimes.record(ns);
         }
+        if let Some(reason) = self.drop_reason {
+            *s.drops.entry(reason).or_default() += 1;
+        }
+        if let Some(error) = self.socket_error {
+            *s.socket_errors.entry(error).or_default() += 1;
+        }
+        if let Some(idle) = self.reuse_idle_ns {
+            s.reuses += 1;
+            if let Some(ns) = idle {
+                s.reuse_idle.record(ns);
+            }
+        }
+        if let Some(full) = self.retransmit_full_size {
+            s.sized_retransmits += 1;
+            s.full_size_retransmits += u64::from(full);
+        }
     }
 }
 
@@ -604,6 +684,8 @@ struct Interned {
     names: Names,
     states: FxHashMap<u8, &'static str>,
     reasons: FxHashMap<u32, &'static str>,
+    drop_reasons: FxHashMap<u32, &'static str>,
+    errnos: FxHashMap<i32, &'static str>,
 }
 
 /// Distinct reason values named; beyond this (only a corrupt value could
@@ -616,6 +698,8 @@ impl Interned {
             names,
             states: FxHashMap::default(),
             reasons: FxHashMap::default(),
+            drop_reasons: FxHashMap::default(),
+            errnos: FxHashMap::default(),
         }
     }
 
@@ -634,6 +718,25 @@ impl Interned {
         self.reasons
             .entry(reason)
             .or_insert_with(|| Box::leak(Box::from(names.reason(reason).as_ref())))
+    }
+
+    fn drop_reason(&mut self, reason: u32) -> &'static str {
+        if self.drop_reasons.len() >= MAX_REASONS && !self.drop_reasons.contains_key(&reason) {
+            return "DROP_REASON_OTHER";
+        }
+        let names = &self.names;
+        self.drop_reasons
+            .entry(reason)
+            .or_insert_with(|| Box::leak(Box::from(names.drop_reason(reason).as_ref())))
+    }
+
+    fn errno(&mut self, errno: i32) -> &'static str {
+        if self.errnos.len() >= MAX_REASONS && !self.errnos.contains_key(&errno) {
+            return "ERRNO_OTHER";
+        }
+        self.errnos
+            .entry(errno)
+            .or_insert_with(|| Box::leak(Box::from(crate::kernel::errno::label(errno))))
     }
 }
 

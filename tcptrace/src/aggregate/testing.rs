@@ -59,7 +59,10 @@ pub fn names() -> Names {
         .enumerate()
         .map(|(i, s)| (i as u32, s.to_string()))
         .collect();
-    Names::new(states, reasons)
+    Names::new(states, reasons).with_drop_reasons(BTreeMap::from([
+        (12, "NETFILTER_DROP".to_string()),
+        (93, "PKT_TOO_BIG".to_string()),
+    ]))
 }
 
 /// The number of state `name` (`ESTABLISHED` -> 1).
@@ -92,6 +95,7 @@ pub fn ev(kind: EventKind, at_ms: u64) -> Ev {
         idle_send_ns: None,
         idle_recv_ns: None,
         err: None,
+        detail: Default::default(),
     })
 }
 
@@ -153,6 +157,30 @@ impl Ev {
         self.0.idle_recv_ns = Some(recv * 1_000_000);
         self
     }
+    /// A drop with this kernel reason number and TCP flags.
+    pub fn dropped(mut self, reason: u32, tcp_flags: u8) -> Ev {
+        self.0.detail = crate::event::Detail::Drop(crate::event::Dropped {
+            reason: Some(reason),
+            tcp_flags,
+            incoming: false,
+        });
+        self
+    }
+    /// A socket error with this errno.
+    pub fn socket_errno(mut self, errno: i32) -> Ev {
+        self.0.detail = crate::event::Detail::SocketError { errno };
+        self
+    }
+    /// A retransmitted segment of `len` bytes in `segs` segments.
+    pub fn segment(mut self, len: u32, segs: u16, mss: u32) -> Ev {
+        self.0.detail = crate::event::Detail::Segment(crate::event::Segment {
+            len: Some(len),
+            segs: Some(segs),
+            mss: Some(mss),
+            pmtu: Some(1500),
+        });
+        self
+    }
     /// The event.
     pub fn build(self) -> TcpEvent {
         self.0
@@ -211,8 +239,10 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 (Some(old), Some(new)) => Some((state(old), state(new))),
                 _ => None,
             };
+            // Drop reasons share the field name but not the table.
             let reason = v["reason"]
                 .as_str()
+                .filter(|_| kind == EventKind::RstSent)
                 .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
             let sock = v["sock"].as_str().expect("sock");
             TcpEvent {
@@ -231,6 +261,7 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 idle_send_ns: u64_of(&v, "idle_send_ns"),
                 idle_recv_ns: u64_of(&v, "idle_recv_ns"),
                 err: v["err"].as_i64().map(|e| e as i32),
+                detail: Default::default(),
             }
         })
         .collect()

@@ -76,6 +76,72 @@ fn groups_by_process_and_peer_with_reasons_and_states() {
 }
 
 #[test]
+fn drops_errors_reuses_and_segment_sizes_by_process() {
+    let mut events = connect(1, 0, 42, "client", "10.0.0.7:443");
+    for t in [100, 1_100] {
+        events.push(
+            ev(K::Drop, t)
+                .sock(1)
+                .owner(42, "client")
+                .remote("10.0.0.7:443")
+                .dropped(12, 0x02)
+                .build(),
+        );
+    }
+    // A drop no process owns (a router forwarding it).
+    events.push(ev(K::Drop, 1_200).sock(0).dropped(93, 0x10).build());
+    events.push(
+        ev(K::Reuse, 2_000)
+            .sock(1)
+            .owner(42, "client")
+            .remote("10.0.0.7:443")
+            .idle_ms(800, 801)
+            .build(),
+    );
+    for (t, len) in [(2_100, 1448), (2_300, 2896), (2_700, 100)] {
+        let segs = if len == 2896 { 2 } else { 1 };
+        events.push(
+            ev(K::Retransmit, t)
+                .sock(1)
+                .owner(42, "client")
+                .remote("10.0.0.7:443")
+                .state("ESTABLISHED")
+                .segment(len, segs, 1448)
+                .build(),
+        );
+    }
+    events.push(
+        ev(K::SocketError, 3_000)
+            .sock(1)
+            .owner(42, "client")
+            .remote("10.0.0.7:443")
+            .state("CLOSE")
+            .socket_errno(libc::ETIMEDOUT)
+            .build(),
+    );
+    let a = agg(events);
+    let client = &a.process(42).unwrap().stats;
+    assert_eq!(client.drops.get("NETFILTER_DROP"), Some(&2));
+    assert_eq!(client.socket_errors.get("ETIMEDOUT"), Some(&1));
+    assert_eq!(client.reuses, 1);
+    let reuse_idle_ms = client.reuse_idle.percentiles().unwrap().max_ns / 1_000_000;
+    assert!((790..=810).contains(&reuse_idle_ms), "{reuse_idle_ms}");
+    assert_eq!(
+        (client.full_size_retransmits, client.sized_retransmits),
+        (2, 3)
+    );
+    // 2 drops + 3 retransmits + 1 error; a reuse is no incident.
+    assert_eq!(client.incidents(), 6);
+    assert_eq!(
+        a.process(0).unwrap().stats.drops.get("PKT_TOO_BIG"),
+        Some(&1)
+    );
+    let peer = a.peers.get(&"10.0.0.7:443".parse().unwrap()).unwrap();
+    assert_eq!(peer.drops_total(), 2);
+    assert_eq!(a.total.drops_total(), 3);
+}
+
+#[test]
 fn reuse_after_peer_close_is_timed_from_the_fin() {
     let mut events = connect(1, 0, 42, "client", "10.0.0.2:8080");
     events.push(
@@ -257,4 +323,46 @@ fn accepted_connections_are_keyed_by_client_address_whatever_its_ports() {
     assert_eq!(clients.rst_received_total(), 3);
     assert_eq!(a.peers.len(), 2, "one per client host, one per server");
     assert!(a.peers.get(&"10.0.0.1:9000".parse().unwrap()).is_some());
+}
+
+/// A reset server socket reports its error after its CLOSE: the error is
+/// still keyed by the client's address, not by each ephemeral port (a
+/// wide ip_local_port_range defeats the port guess).
+#[test]
+fn socket_error_after_close_keeps_the_accepted_side() {
+    let mut events = Vec::new();
+    for (sock, port) in [(1u64, 2_000u16), (2, 3_000)] {
+        let remote = format!("10.0.0.9:{port}");
+        events.push(
+            ev(K::State, 0)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::State, 10)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .transition("ESTABLISHED", "CLOSE")
+                .build(),
+        );
+        events.push(
+            ev(K::SocketError, 10)
+                .sock(sock)
+                .owner(7, "server")
+                .local("10.0.0.1:8080")
+                .remote(&remote)
+                .socket_errno(libc::ECONNRESET)
+                .build(),
+        );
+    }
+    let a = agg(events);
+    let clients = a.peers.get(&"10.0.0.9:0".parse().unwrap()).unwrap();
+    assert_eq!(clients.socket_errors.get("ECONNRESET"), Some(&2));
+    assert_eq!(a.peers.len(), 1, "one peer for the client host");
 }

@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use tcptrace_common::kind_mask;
 
 use self::{
     facts::{HostFacts, SYSCTLS, SocketFacts},
@@ -47,10 +48,14 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let (options, netns) = session_options(&args.filter, args.ring_kib)?;
     // The rules work on aggregates, which have no use for the opening
     // transitions.
-    let options = TracerOptions {
+    let mut options = TracerOptions {
         skip_opening: true,
         ..options
     };
+    if args.filter.events.is_empty() {
+        // The reuses that worked are what bounds an idle timeout.
+        options.kinds |= kind_mask::REUSE;
+    }
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
     let before = reading::read(netns_path, &SYSCTLS)?;
@@ -88,7 +93,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
-                Next::Events => batch.drain(..).for_each(|ev| agg.add(&ev)),
+                Next::Events => agg.add_batch(&mut batch),
             },
         }
     }
@@ -97,7 +102,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let missing = session.missing().to_vec();
     let counts = session
         .finish(&mut batch, |batch| {
-            batch.drain(..).for_each(|ev| agg.add(&ev));
+            agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;

@@ -27,16 +27,29 @@ pub const KEY_STATS: &[&str] = &["invalid", "insert_failed", "drop", "early_drop
 /// repeated on every CPU's row), not a per-CPU counter to sum.
 const ENTRIES: &str = "entries";
 
+/// Why conntrack could not be read. A missing module or file is no error
+/// (see [`Conntrack::NotLoaded`]); these are.
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
+    /// A file exists but could not be read (permissions, I/O).
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What reading it returned.
         #[source]
         source: io::Error,
     },
+    /// A file's text is not what this kernel version writes (a header
+    /// without columns, rows of the wrong width, a value that is not hex
+    /// or a sysctl that is not a number).
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong, one line.
+        message: String,
+    },
 }
 
 /// Conntrack in one namespace at one moment.
@@ -48,6 +61,7 @@ pub enum Conntrack {
     /// No nf_conntrack module: nothing is tracked, nothing can be dropped
     /// by a full table or a stateful rule.
     NotLoaded,
+    /// The module is loaded in this namespace: its figures.
     Loaded(ConntrackState),
 }
 
@@ -95,6 +109,7 @@ impl Stats {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
 
+    /// Every column as (kernel name, sum over CPUs), in the kernel's order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
         self.0.iter().map(|(n, v)| (n.as_str(), *v))
     }
@@ -162,6 +177,7 @@ impl Conntrack {
         }))
     }
 
+    /// The figures, when the module is loaded.
     pub fn state(&self) -> Option<&ConntrackState> {
         match self {
             Conntrack::NotLoaded => None,
@@ -178,15 +194,20 @@ impl Conntrack {
 /// {"invalid": 8, ...}}` (`delta` has every column both readings have).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConntrackChange {
+    /// The reading before the run.
     pub start: Conntrack,
+    /// The reading after it.
     pub end: Conntrack,
 }
 
 impl ConntrackChange {
+    /// The change from `start` to `end`.
     pub fn new(start: Conntrack, end: Conntrack) -> ConntrackChange {
         ConntrackChange { start, end }
     }
 
+    /// Whether either reading found the module loaded (it can be loaded
+    /// during the run, by the first stateful rule).
     pub fn loaded(&self) -> bool {
         self.start.state().is_some() || self.end.state().is_some()
     }

@@ -7,30 +7,39 @@
 //! `alloc` and `mem` figures of /proc/net/sockstat are host-wide counters
 //! too (only `inuse` and `tw` are per namespace). When the reader sits in
 //! another namespace (`--netns`), a helper thread enters the initial
-//! namespace to read them, so the rest of the process stays where it was.
-//! The initial namespace is pid 1's or, where pid 1 is out of reach (an
-//! init holding capabilities we lack makes its /proc/1/ns refuse even
-//! root), kthreadd's: kernel threads always live in it.
+//! namespace (`netns::initial`) to read them, through `netns::run_in`, so
+//! the rest of the process stays where it was.
 
 use std::{
     fmt, fs,
     io::{self, ErrorKind},
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
 
+use super::{
+    netns::{self, NetnsError},
+    sockstat,
+};
+
+/// Why the host-wide figures could not be read. Files this kernel or
+/// namespace lacks are no error (the figure is `None`).
 #[derive(Debug, thiserror::Error)]
 pub enum GlobalError {
+    /// A file exists but could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What reading it returned.
         #[source]
         source: io::Error,
     },
-    #[error("cannot enter the initial network namespace: {0}")]
-    Enter(#[source] io::Error),
+    /// The initial network namespace could not be entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 /// Host-wide TCP limits and usage at one moment. A field is `None` when
@@ -59,40 +68,29 @@ pub struct HostGlobal {
 /// `net.ipv4.tcp_mem`, in pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TcpMem {
+    /// Below this, no memory pressure.
     pub low: u64,
+    /// From this on, TCP is under pressure and shrinks buffers.
     pub pressure: u64,
+    /// At this, TCP refuses memory (and resets orphans).
     pub high: u64,
 }
 
 impl HostGlobal {
     /// Reads the initial namespace's values, from whichever namespace the
-    /// calling thread is in.
+    /// calling thread is in (a thread of its own enters the initial one
+    /// when this one is another, see `netns::run_in`).
+    ///
+    /// # Errors
+    /// A file that exists but cannot be read, or the initial namespace
+    /// refusing setns(2).
     pub fn read() -> Result<HostGlobal, GlobalError> {
-        let here = fs::metadata("/proc/thread-self/ns/net");
-        let init = init_netns();
-        let elsewhere = match (&here, &init) {
-            (Ok(here), Some((_, init))) => here.dev() != init.dev() || here.ino() != init.ino(),
-            // Not root: the initial namespace is out of sight, and so is
-            // entering it. Read here: sockstat's figures are host-wide in
-            // every namespace; the sysctls exist only if here is the
-            // initial namespace.
-            _ => false,
-        };
-        let Some((init_path, _)) = init.filter(|_| elsewhere) else {
-            return Self::read_here();
-        };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                enter(&init_path)?;
-                Self::read_here()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(GlobalError::Enter(io::Error::other(
-                    "reading thread panicked",
-                )))
-            })
-        })
+        // Not root: the initial namespace is out of sight, and so is
+        // entering it. Read here: sockstat's figures are host-wide in
+        // every namespace; the sysctls exist only if here is the initial
+        // namespace.
+        let elsewhere = netns::initial().filter(|init| !is_here(init));
+        netns::run_in(elsewhere.as_deref(), Self::read_here)
     }
 
     fn read_here() -> Result<HostGlobal, GlobalError> {
@@ -105,14 +103,17 @@ impl HostGlobal {
     /// Reads `sockstat` under a directory shaped like /proc/net and
     /// `tcp_max_orphans`, `tcp_mem` under one shaped like
     /// /proc/sys/net/ipv4.
+    ///
+    /// # Errors
+    /// A file that exists but cannot be read.
     pub fn read_from(proc_net: &Path, ipv4: &Path) -> Result<HostGlobal, GlobalError> {
-        let tcp = read_optional(&proc_net.join("sockstat"))?
-            .map(|text| tcp_sockstat(&text))
+        let stats = read_optional(&proc_net.join("sockstat"))?
+            .map(|text| sockstat::parse(&text))
             .unwrap_or_default();
+        let tcp = stats.get("TCP");
         let field = |name: &str| {
-            tcp.iter()
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| u64::try_from(*v).ok())
+            tcp.and_then(|fields| fields.get(name))
+                .and_then(|v| u64::try_from(*v).ok())
         };
         let tcp_mem = read_optional(&ipv4.join("tcp_mem"))?.and_then(|text| {
             let mut pages = text.split_whitespace().map(|v| v.parse::<u64>().ok());
@@ -157,18 +158,6 @@ impl fmt::Display for HostGlobal {
     }
 }
 
-/// The `TCP:` line of sockstat as (name, value) pairs.
-fn tcp_sockstat(text: &str) -> Vec<(String, i64)> {
-    let Some(rest) = text.lines().find_map(|l| l.strip_prefix("TCP:")) else {
-        return Vec::new();
-    };
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    words
-        .chunks_exact(2)
-        .filter_map(|pair| Some((pair[0].to_string(), pair[1].parse().ok()?)))
-        .collect()
-}
-
 fn read_optional(path: &Path) -> Result<Option<String>, GlobalError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
@@ -180,45 +169,12 @@ fn read_optional(path: &Path) -> Result<Option<String>, GlobalError> {
     }
 }
 
-/// A path to the initial network namespace and its metadata: pid 1's,
-/// else kthreadd's, if we may look.
-fn init_netns() -> Option<(PathBuf, fs::Metadata)> {
-    let pid1 = Path::new("/proc/1/ns/net");
-    if let Ok(meta) = fs::metadata(pid1) {
-        return Some((pid1.to_path_buf(), meta));
+/// Whether the namespace at `path` is the calling thread's.
+fn is_here(path: &Path) -> bool {
+    match (fs::metadata("/proc/thread-self/ns/net"), fs::metadata(path)) {
+        (Ok(here), Ok(there)) => here.dev() == there.dev() && here.ino() == there.ino(),
+        _ => false,
     }
-    let kthreadd = Path::new("/proc/2/ns/net");
-    if !is_kthreadd(Path::new("/proc/2/status")) {
-        return None;
-    }
-    let meta = fs::metadata(kthreadd).ok()?;
-    Some((kthreadd.to_path_buf(), meta))
-}
-
-/// Whether a /proc/PID/status describes kthreadd (in a container's pid
-/// namespace, pid 2 is an ordinary process).
-fn is_kthreadd(status: &Path) -> bool {
-    let Ok(text) = fs::read_to_string(status) else {
-        return false;
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    field("PPid:") == Some("0")
-        && (field("Kthread:") == Some("1") || field("Name:") == Some("kthreadd"))
-}
-
-/// Moves the calling thread (only it) into the network namespace at `path`.
-fn enter(path: &Path) -> Result<(), GlobalError> {
-    let file = fs::File::open(path).map_err(GlobalError::Enter)?;
-    // SAFETY: setns(2) only reads the descriptor, open for the call.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(GlobalError::Enter(io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -278,17 +234,11 @@ mod tests {
         assert!(global.tcp_mem_pages.is_some(), "{global:?}");
         // The test runs in the initial namespace, or as root: either way
         // the sysctls are found.
-        if init_netns().is_some() {
+        if netns::initial().is_some() {
             assert!(
                 global.tcp_mem.is_some() && global.tcp_max_orphans.is_some(),
                 "{global:?}"
             );
         }
-    }
-
-    #[test]
-    fn kthreadd_is_recognised() {
-        assert!(is_kthreadd(Path::new("/proc/2/status")) || !Path::new("/proc/2").exists());
-        assert!(!is_kthreadd(Path::new("/proc/self/status")));
     }
 }

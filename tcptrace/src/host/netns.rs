@@ -261,6 +261,36 @@ pub fn in_use(limit: usize) -> Vec<(u32, PathBuf)> {
     found
 }
 
+/// A path to the initial network namespace (the host's, where
+/// host-wide sysctls such as `tcp_max_orphans` live): pid 1's or, where
+/// pid 1 is out of reach (an init holding capabilities we lack makes its
+/// /proc/1/ns refuse even root), kthreadd's: kernel threads always live
+/// in it. `None` when neither may be looked at (not root).
+pub fn initial() -> Option<PathBuf> {
+    let pid1 = Path::new("/proc/1/ns/net");
+    if fs::metadata(pid1).is_ok() {
+        return Some(pid1.to_path_buf());
+    }
+    let kthreadd = Path::new("/proc/2/ns/net");
+    (is_kthreadd(Path::new("/proc/2/status")) && fs::metadata(kthreadd).is_ok())
+        .then(|| kthreadd.to_path_buf())
+}
+
+/// Whether a /proc/PID/status describes kthreadd (in a container's pid
+/// namespace, pid 2 is an ordinary process).
+fn is_kthreadd(status: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(status) else {
+        return false;
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    field("PPid:") == Some("0")
+        && (field("Kthread:") == Some("1") || field("Name:") == Some("kthreadd"))
+}
+
 /// Moves the calling thread into the namespace at `path`. Only this
 /// thread moves: read per-namespace /proc files through
 /// /proc/thread-self afterwards.
@@ -378,6 +408,21 @@ mod tests {
         let found = in_use(usize::MAX);
         assert_eq!(found.iter().filter(|(i, _)| *i == inode).count(), 1);
         assert!(in_use(1).len() <= 1);
+    }
+
+    #[test]
+    fn kthreadd_is_recognised() {
+        assert!(is_kthreadd(Path::new("/proc/2/status")) || !Path::new("/proc/2").exists());
+        assert!(!is_kthreadd(Path::new("/proc/self/status")));
+    }
+
+    #[test]
+    fn the_initial_namespace_is_a_network_namespace() {
+        // As root (how the tests run) pid 1 or kthreadd is in sight.
+        if let Some(path) = initial() {
+            let spec = path.to_string_lossy();
+            assert!(resolve(&spec).is_ok(), "{spec}");
+        }
     }
 
     #[test]

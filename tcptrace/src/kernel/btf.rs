@@ -3,27 +3,47 @@
 //! programs read `struct sock`/`tcp_sock` members at offsets found here.
 
 use btf_rs::{Btf, Type};
-use tcptrace_common::{ABSENT_OFFSET, SockLayout, TaskLayout};
+use tcptrace_common::{ABSENT_OFFSET, SkbLayout, SockLayout, TaskLayout};
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
+/// Struct member offsets for the kernel programs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Layouts {
+    /// `struct sock` / `tcp_sock` / `inet_connection_sock` members.
+    pub sock: SockLayout,
+    /// `task_struct` -> `files_struct` -> `fdtable` -> `file` -> `socket`
+    /// members: the socket behind an fd accept() returned.
+    pub task: TaskLayout,
+    /// `struct sk_buff` members (headers of a dropped packet, size of a
+    /// retransmitted one).
+    pub skb: SkbLayout,
+}
+
 /// Offsets the programs need; members this kernel lacks stay absent
-/// (the matching figures are then reported as unknown).
-pub fn layouts() -> (SockLayout, TaskLayout, Vec<String>) {
-    let mut layout = SockLayout::default();
-    let mut task = TaskLayout::default();
+/// (the matching figures are then reported as unknown) and are listed
+/// in the returned warnings.
+pub fn layouts() -> (Layouts, Vec<String>) {
     let mut missing = Vec::new();
     let btf = match Btf::from_file(VMLINUX) {
         Ok(btf) => btf,
         Err(err) => {
             missing.push(format!(
-                "kernel BTF ({VMLINUX}: {err}): no idle times, netns or accept() attribution"
+                "kernel BTF ({VMLINUX}: {err}): no idle times, netns, accept() attribution, drop headers, socket errors or reuse after idle"
             ));
-            return (layout, task, missing);
+            return (Layouts::default(), missing);
         }
     };
+    let layouts = layouts_from(&btf, &mut missing);
+    (layouts, missing)
+}
+
+fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
+    let mut layout = SockLayout::default();
+    let mut task = TaskLayout::default();
+    let mut skb = SkbLayout::default();
     let mut find = |strukt: &str, path: &[&str]| -> u16 {
-        match member_offset(&btf, strukt, path) {
+        match member_offset(btf, strukt, path) {
             Some(offset) if offset < ABSENT_OFFSET as u32 => offset as u16,
             _ => {
                 missing.push(format!("struct {strukt}.{}", path.join(".")));
@@ -42,7 +62,40 @@ pub fn layouts() -> (SockLayout, TaskLayout, Vec<String>) {
     task.fdt_fd = find("fdtable", &["fd"]);
     task.file_private_data = find("file", &["private_data"]);
     task.socket_sk = find("socket", &["sk"]);
-    (layout, task, missing)
+    // Socket errors and reuse read the socket's own addresses.
+    layout.skc_family = find("sock_common", &["skc_family"]);
+    layout.skc_num = find("sock_common", &["skc_num"]);
+    layout.inet_sport = find("inet_sock", &["inet_sport"]);
+    layout.skc_dport = find("sock_common", &["skc_dport"]);
+    layout.skc_rcv_saddr = find("sock_common", &["skc_rcv_saddr"]);
+    layout.skc_daddr = find("sock_common", &["skc_daddr"]);
+    layout.skc_v6_rcv_saddr = find("sock_common", &["skc_v6_rcv_saddr"]);
+    layout.skc_v6_daddr = find("sock_common", &["skc_v6_daddr"]);
+    layout.sk_protocol = find("sock", &["sk_protocol"]);
+    layout.sk_err = find("sock", &["sk_err"]);
+    layout.mss_cache = find("tcp_sock", &["mss_cache"]);
+    layout.pmtu_cookie = find("inet_connection_sock", &["icsk_pmtu_cookie"]);
+    // Dropped packets: their headers, socket and device.
+    skb.head = find("sk_buff", &["head"]);
+    skb.network_header = find("sk_buff", &["network_header"]);
+    skb.transport_header = find("sk_buff", &["transport_header"]);
+    skb.tail = find("sk_buff", &["tail"]);
+    skb.len = find("sk_buff", &["len"]);
+    skb.sk = find("sk_buff", &["sk"]);
+    skb.dev = find("sk_buff", &["dev"]);
+    skb.skb_iif = find("sk_buff", &["skb_iif"]);
+    skb.dev_net = find("net_device", &["nd_net", "net"]);
+    // TCP_SKB_CB(skb) is `skb->cb` seen as a `struct tcp_skb_cb`.
+    let cb = find("sk_buff", &["cb"]);
+    let segs = find("tcp_skb_cb", &["tcp_gso_segs"]);
+    if cb != ABSENT_OFFSET && segs != ABSENT_OFFSET {
+        skb.tcp_gso_segs = cb + segs;
+    }
+    Layouts {
+        sock: layout,
+        task,
+        skb,
+    }
 }
 
 /// Byte offset of `path` (nested member names) inside `struct strukt`,
@@ -108,12 +161,20 @@ mod tests {
         if !std::path::Path::new(VMLINUX).exists() {
             return;
         }
-        let (layout, task, missing) = layouts();
+        let (Layouts { sock, task, skb }, missing) = layouts();
         assert!(task.task_files > 0 && task.socket_sk > 0);
         assert!(missing.is_empty(), "missing: {missing:?}");
         // sock_common starts with addresses and ports; skc_state is never first.
-        assert!(layout.skc_state > 0 && layout.skc_state < 64);
+        assert!(sock.skc_state > 0 && sock.skc_state < 64);
+        // The addresses come first in sock_common (skc_addrpair).
+        assert_eq!(sock.skc_daddr, 0);
+        assert_eq!(sock.skc_rcv_saddr, 4);
         // tcp_sock embeds inet_connection_sock, which embeds sock.
-        assert!(layout.lsndtime > layout.lrcvtime || layout.lsndtime > 512);
+        assert!(sock.lsndtime > sock.lrcvtime || sock.lsndtime > 512);
+        assert!(sock.mss_cache > 512 && sock.pmtu_cookie > 512);
+        // Members inside anonymous unions and struct groups are found.
+        assert!(skb.dev > 0 && skb.dev < 64, "sk_buff.dev at {}", skb.dev);
+        assert!(skb.network_header > skb.dev && skb.head > skb.network_header);
+        assert_ne!(skb.tcp_gso_segs, ABSENT_OFFSET);
     }
 }

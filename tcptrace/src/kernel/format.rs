@@ -169,6 +169,9 @@ mod tests {
         include_str!("../../tests/fixtures/tcp_retransmit_skb-6.12.format");
     const RETRANSMIT_6_18: &str =
         include_str!("../../tests/fixtures/tcp_retransmit_skb-6.18.format");
+    const KFREE_SKB_6_18: &str = include_str!("../../tests/fixtures/kfree_skb-6.18.format");
+    const KFREE_SKB_6_12: &str = include_str!("../../tests/fixtures/kfree_skb-6.12.format");
+    const KFREE_SKB_6_1: &str = include_str!("../../tests/fixtures/kfree_skb-6.1.format");
 
     #[test]
     fn a_field_past_the_copied_bytes_is_absent() {
@@ -300,6 +303,53 @@ mod tests {
         with_err.record_bytes = retransmit.record_bytes;
         assert_eq!(retransmit, with_err);
         assert_eq!(retransmit, Format::parse(RETRANSMIT_6_1).unwrap().layout());
+    }
+
+    #[test]
+    fn kfree_skb_on_6_18_has_reason_names_and_rx_sk() {
+        let f = Format::parse(KFREE_SKB_6_18).unwrap();
+        let layout = f.layout();
+        assert_eq!(layout.offsets[field::SKBADDR], 8);
+        assert_eq!(layout.offsets[field::RX_SK], 24);
+        assert_eq!(layout.offsets[field::PROTOCOL], 32);
+        assert_eq!(layout.offsets[field::REASON], 36);
+        assert_eq!(layout.record_bytes, 40);
+        let reasons = f.symbols("reason");
+        assert_eq!(reasons[&12], "NETFILTER_DROP");
+        assert_eq!(reasons[&3], "NO_SOCKET");
+        assert_eq!(reasons[&93], "PKT_TOO_BIG");
+        assert!(reasons.len() > 120, "6.18 lists ~127 reasons");
+        assert!(
+            reasons
+                .keys()
+                .all(|r| *r < tcptrace_common::DROP_REASON_SLOTS - 1),
+            "every reason has its own in-kernel counter"
+        );
+    }
+
+    /// The enum is renumbered between kernels: names only ever come from
+    /// the running kernel's own table.
+    #[test]
+    fn kfree_skb_on_6_1_and_6_12() {
+        let old = Format::parse(KFREE_SKB_6_1).unwrap();
+        let layout = old.layout();
+        assert_eq!(layout.offsets[field::SKBADDR], 8);
+        assert_eq!(layout.offsets[field::PROTOCOL], 24);
+        assert_eq!(layout.offsets[field::REASON], 28);
+        assert_eq!(
+            layout.offsets[field::RX_SK],
+            ABSENT_OFFSET,
+            "rx_sk came in 6.11"
+        );
+        assert_eq!(old.symbols("reason")[&7], "NETFILTER_DROP");
+        let mid = Format::parse(KFREE_SKB_6_12).unwrap();
+        assert_eq!(
+            mid.layout(),
+            Format::parse(KFREE_SKB_6_18).unwrap().layout(),
+            "6.12 has the 6.18 layout"
+        );
+        assert_eq!(mid.symbols("reason")[&11], "NETFILTER_DROP");
+        assert_eq!(mid.symbols("reason")[&80], "PKT_TOO_BIG");
     }
 
     #[test]

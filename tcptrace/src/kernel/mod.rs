@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod clock;
+pub mod errno;
 pub mod format;
 pub mod names;
 pub mod proginfo;

@@ -1,13 +1,15 @@
-//! The names this kernel gives to TCP states and reset reasons, read from
-//! the symbol tables in the tracepoints' `print fmt` (`__print_symbolic`
-//! of `sock:inet_sock_set_state`'s `newstate` and of
-//! `tcp:tcp_send_reset`'s `reason`, include/trace/events/sock.h and
-//! tcp.h), never from hard-coded numbers.
+//! The names this kernel gives to TCP states, reset reasons and drop
+//! reasons, read from the symbol tables in the tracepoints' `print fmt`
+//! (`__print_symbolic` of `sock:inet_sock_set_state`'s `newstate`, of
+//! `tcp:tcp_send_reset`'s `reason` and of `skb:kfree_skb`'s `reason`,
+//! include/trace/events/sock.h, tcp.h and skb.h), never from hard-coded
+//! numbers: `enum skb_drop_reason` in particular is renumbered between
+//! kernels (QUEUE_PURGE is 91 on 6.12, 104 on 6.18).
 
 use std::{borrow::Cow, collections::BTreeMap};
 
-/// State and reset-reason names, looked up without allocating (they are
-/// printed for every event).
+/// State, reset-reason and drop-reason names, looked up without
+/// allocating (they are printed for every event).
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     /// By state number: `ESTABLISHED`, `SYN_SENT`, ... (without `TCP_`);
@@ -15,6 +17,9 @@ pub struct Names {
     states: Vec<String>,
     /// `enum sk_rst_reason` value -> name (kernels >= 6.10).
     reasons: BTreeMap<u32, String>,
+    /// `enum skb_drop_reason` value -> name (`NETFILTER_DROP`, ...;
+    /// kernels >= 5.17).
+    drop_reasons: BTreeMap<u32, String>,
 }
 
 impl Names {
@@ -27,7 +32,18 @@ impl Names {
                 None => format!("STATE_{n}"),
             })
             .collect();
-        Names { states, reasons }
+        Names {
+            states,
+            reasons,
+            drop_reasons: BTreeMap::new(),
+        }
+    }
+
+    /// The same names plus this kernel's drop reasons, from
+    /// `skb:kfree_skb`'s table: reason number -> `NETFILTER_DROP` etc.
+    pub fn with_drop_reasons(mut self, drop_reasons: BTreeMap<u32, String>) -> Names {
+        self.drop_reasons = drop_reasons;
+        self
     }
 
     /// `ESTABLISHED`, `SYN_SENT`, ... for a state number.
@@ -41,6 +57,16 @@ impl Names {
         match self.reasons.get(&reason) {
             Some(name) => name.as_str().into(),
             None => format!("REASON_{reason}").into(),
+        }
+    }
+
+    /// `NETFILTER_DROP`, `NO_SOCKET`, ... as this kernel names its
+    /// `enum skb_drop_reason`; `DROP_REASON_<n>` for a number it does not
+    /// list (a subsystem's reason, or a kernel without reasons).
+    pub fn drop_reason(&self, reason: u32) -> Cow<'_, str> {
+        match self.drop_reasons.get(&reason) {
+            Some(name) => name.as_str().into(),
+            None => format!("DROP_REASON_{reason}").into(),
         }
     }
 }
@@ -59,5 +85,9 @@ mod tests {
         assert_eq!(names.state(200), "STATE_200");
         assert_eq!(names.reason(11), "TCP_ABORT_ON_CLOSE");
         assert_eq!(names.reason(99), "REASON_99");
+        let names = names.with_drop_reasons(BTreeMap::from([(6, "NETFILTER_DROP".into())]));
+        assert_eq!(names.drop_reason(6), "NETFILTER_DROP");
+        assert_eq!(names.drop_reason(7), "DROP_REASON_7");
+        assert_eq!(names.reason(11), "TCP_ABORT_ON_CLOSE");
     }
 }

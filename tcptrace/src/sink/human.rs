@@ -4,7 +4,8 @@ use std::io::{self, Write};
 
 use super::{Context, Output, Sink};
 use crate::{
-    event::{EventKind, TcpEvent},
+    event::{Detail, EventKind, TcpEvent, tcp_flag_names},
+    kernel::errno,
     summary::Summary,
     timefmt,
 };
@@ -100,6 +101,34 @@ fn detail(ev: &TcpEvent, ctx: &Context) -> String {
     }
     if let Some(err) = ev.err {
         parts.push(format!("err={err}"));
+    }
+    match &ev.detail {
+        Detail::None => {}
+        Detail::Drop(drop) => {
+            if let Some(reason) = drop.reason {
+                parts.push(format!("reason={}", ctx.names.drop_reason(reason)));
+            }
+            parts.push(format!(
+                "{} {}",
+                if drop.incoming { "in" } else { "out" },
+                tcp_flag_names(drop.tcp_flags)
+            ));
+        }
+        Detail::SocketError { errno } => parts.push(match errno::name(*errno) {
+            Some(name) => format!("error={name}"),
+            None => format!("errno={errno}"),
+        }),
+        Detail::Segment(seg) => {
+            if let (Some(len), Some(segs)) = (seg.len, seg.segs) {
+                parts.push(format!("len={len} segs={segs}"));
+            }
+            if let Some(mss) = seg.mss {
+                parts.push(format!("mss={mss}"));
+            }
+            if let Some(pmtu) = seg.pmtu {
+                parts.push(format!("pmtu={pmtu}"));
+            }
+        }
     }
     if ev.owner.is_none() {
         parts.push("owner=unknown".into());

@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use super::{Context, Output, Sink};
 use crate::{
-    event::{EventKind, SCHEMA_VERSION, TcpEvent},
+    event::{Detail, EventKind, SCHEMA_VERSION, TcpEvent, tcp_flag_names},
+    kernel::errno,
     summary::Summary,
     timefmt,
 };
@@ -146,7 +147,44 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
         out.write_all(b",\"err\":")?;
         out.write_all(n.format(err).as_bytes())?;
     }
+    write_detail(out, &mut n, ev, ctx)?;
     writeln!(out, ",\"sock\":\"{:#x}\"}}", ev.sock)
+}
+
+/// The fields of drops, socket errors and retransmitted segments.
+fn write_detail(
+    out: &mut impl Write,
+    n: &mut itoa::Buffer,
+    ev: &TcpEvent,
+    ctx: &Context,
+) -> io::Result<()> {
+    match &ev.detail {
+        Detail::None => Ok(()),
+        Detail::Drop(drop) => {
+            if let Some(reason) = drop.reason {
+                str_field(out, b",\"reason\":\"", &ctx.names.drop_reason(reason))?;
+            }
+            str_field(out, b",\"tcp_flags\":\"", &tcp_flag_names(drop.tcp_flags))?;
+            out.write_all(if drop.incoming {
+                b",\"direction\":\"in\""
+            } else {
+                b",\"direction\":\"out\""
+            })
+        }
+        Detail::SocketError { errno } => {
+            if let Some(name) = errno::name(*errno) {
+                str_field(out, b",\"error\":\"", name)?;
+            }
+            out.write_all(b",\"errno\":")?;
+            out.write_all(n.format(*errno).as_bytes())
+        }
+        Detail::Segment(seg) => {
+            num_field(out, n, b",\"seg_len\":", seg.len.map(u64::from))?;
+            num_field(out, n, b",\"segs\":", seg.segs.map(u64::from))?;
+            num_field(out, n, b",\"mss\":", seg.mss.map(u64::from))?;
+            num_field(out, n, b",\"pmtu\":", seg.pmtu.map(u64::from))
+        }
+    }
 }
 
 fn str_field(out: &mut impl Write, key: &[u8], value: &str) -> io::Result<()> {
@@ -201,7 +239,8 @@ mod tests {
         let names = Names::new(
             BTreeMap::from([(1, "TCP_ESTABLISHED".into()), (7, "TCP_CLOSE".into())]),
             BTreeMap::from([(11, "TCP_ABORT_ON_CLOSE".into())]),
-        );
+        )
+        .with_drop_reasons(BTreeMap::from([(12, "NETFILTER_DROP".into())]));
         let clock = WallClock::now();
         let mut cgroups = Cgroups::new("/nonexistent");
         let mut ctx = Context {
@@ -238,6 +277,7 @@ mod tests {
             idle_send_ns: Some(60_000_000_000),
             idle_recv_ns: Some(59_000_000_000),
             err: None,
+            detail: Default::default(),
         }
     }
 
@@ -266,6 +306,43 @@ mod tests {
             v.get("connect_ns").is_none(),
             "fields that do not apply are left out"
         );
+    }
+
+    #[test]
+    fn drops_errors_and_segments_have_their_fields() {
+        let mut ev = rst();
+        ev.kind = EventKind::Drop;
+        ev.rst_reason = None;
+        ev.detail = Detail::Drop(crate::event::Dropped {
+            reason: Some(12),
+            tcp_flags: 0x02,
+            incoming: false,
+        });
+        let v = line(&ev);
+        assert_eq!(v["kind"], "drop");
+        assert_eq!(v["reason"], "NETFILTER_DROP");
+        assert_eq!(v["tcp_flags"], "SYN");
+        assert_eq!(v["direction"], "out");
+
+        ev.kind = EventKind::SocketError;
+        ev.detail = Detail::SocketError { errno: 104 };
+        let v = line(&ev);
+        assert_eq!(v["error"], "ECONNRESET");
+        assert_eq!(v["errno"], 104);
+        assert!(v.get("reason").is_none());
+
+        ev.kind = EventKind::Retransmit;
+        ev.detail = Detail::Segment(crate::event::Segment {
+            len: Some(1448),
+            segs: Some(1),
+            mss: Some(1448),
+            pmtu: None,
+        });
+        let v = line(&ev);
+        assert_eq!(v["seg_len"], 1448);
+        assert_eq!(v["segs"], 1);
+        assert_eq!(v["mss"], 1448);
+        assert!(v.get("pmtu").is_none(), "unknown figures are left out");
     }
 
     #[test]

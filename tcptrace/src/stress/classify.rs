@@ -5,6 +5,8 @@
 
 use std::{borrow::Cow, io};
 
+use crate::kernel::errno;
+
 /// The name a failure is counted under.
 pub type Class = Cow<'static, str>;
 
@@ -16,40 +18,10 @@ pub const EOF: &str = "EOF";
 /// The peer answered something that is not a reply we understand.
 pub const BAD_REPLY: &str = "BAD_REPLY";
 
-/// Errno names that TCP clients and servers meet, by number.
-const ERRNO_NAMES: &[(i32, &str)] = &[
-    (libc::ECONNREFUSED, "ECONNREFUSED"),
-    (libc::ECONNRESET, "ECONNRESET"),
-    (libc::ETIMEDOUT, "ETIMEDOUT"),
-    (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
-    (libc::EADDRINUSE, "EADDRINUSE"),
-    (libc::ECONNABORTED, "ECONNABORTED"),
-    (libc::EPIPE, "EPIPE"),
-    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
-    (libc::ENETUNREACH, "ENETUNREACH"),
-    (libc::EHOSTDOWN, "EHOSTDOWN"),
-    (libc::ENETDOWN, "ENETDOWN"),
-    (libc::ENETRESET, "ENETRESET"),
-    (libc::ENOTCONN, "ENOTCONN"),
-    (libc::ESHUTDOWN, "ESHUTDOWN"),
-    (libc::EMFILE, "EMFILE"),
-    (libc::ENFILE, "ENFILE"),
-    (libc::ENOBUFS, "ENOBUFS"),
-    (libc::ENOMEM, "ENOMEM"),
-    (libc::EACCES, "EACCES"),
-    (libc::EPERM, "EPERM"),
-    (libc::EINVAL, "EINVAL"),
-    (libc::EAGAIN, "EAGAIN"),
-    (libc::EINTR, "EINTR"),
-    (libc::EPROTO, "EPROTO"),
-    (libc::EALREADY, "EALREADY"),
-    (libc::EISCONN, "EISCONN"),
-];
-
 /// The class of an errno number: its name, or `errno N` for a rare one.
 pub fn errno_name(errno: i32) -> Class {
-    match ERRNO_NAMES.iter().find(|(number, _)| *number == errno) {
-        Some((_, name)) => Cow::Borrowed(name),
+    match errno::name(errno) {
+        Some(name) => Cow::Borrowed(name),
         None => Cow::Owned(format!("errno {errno}")),
     }
 }
@@ -83,17 +55,5 @@ mod tests {
         assert_eq!(io_error(&eof), EOF);
         let timeout = io::Error::from(io::ErrorKind::TimedOut);
         assert_eq!(io_error(&timeout), "ETIMEDOUT");
-    }
-
-    #[test]
-    fn stress_errno_table_has_no_duplicates() {
-        for (i, (number, name)) in ERRNO_NAMES.iter().enumerate() {
-            assert!(
-                ERRNO_NAMES[i + 1..]
-                    .iter()
-                    .all(|(n, m)| n != number && m != name),
-                "{name} listed twice"
-            );
-        }
     }
 }

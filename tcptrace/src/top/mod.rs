@@ -68,7 +68,7 @@ async fn plain_loop(
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
-                Next::Events => batch.drain(..).for_each(|ev| agg.add(&ev)),
+                Next::Events => agg.add_batch(&mut batch),
             },
         }
     }
@@ -77,7 +77,7 @@ async fn plain_loop(
     let elapsed = session.elapsed();
     let counts = session
         .finish(&mut batch, |batch| {
-            batch.drain(..).for_each(|ev| agg.add(&ev));
+            agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;

@@ -51,12 +51,13 @@ impl serde::Serialize for Limited<'_> {
 }
 
 /// Column titles of both tables, after the NAME column.
-pub const HEADER: [&str; 9] = [
-    "INC/s", "RST/s", "RST_TX", "RST_RX", "RETRANS", "CONN", "FAILED", "P50", "P99",
+pub const HEADER: [&str; 11] = [
+    "INC/s", "RST/s", "RST_TX", "RST_RX", "RETRANS", "CONN", "FAILED", "DROPS", "ERRORS", "P50",
+    "P99",
 ];
 
 /// The numeric cells of a row, in `HEADER` order.
-pub fn cells(r: &Row) -> [String; 9] {
+pub fn cells(r: &Row) -> [String; 11] {
     let us = |v: Option<u64>| v.map_or_else(|| "-".into(), |us| duration_ns(us * 1000));
     [
         format!("{:.1}", r.incidents_per_s),
@@ -66,6 +67,8 @@ pub fn cells(r: &Row) -> [String; 9] {
         r.retransmits.to_string(),
         r.connects.to_string(),
         r.connect_failed.to_string(),
+        r.drops.to_string(),
+        r.socket_errors.to_string(),
         us(r.connect_p50_us),
         us(r.connect_p99_us),
     ]
@@ -85,8 +88,30 @@ fn table(out: &mut impl Write, title: &str, rows: &[Row], limit: usize) -> io::R
             write!(out, " {c:>8}")?;
         }
         writeln!(out)?;
+        if let Some(line) = breakdown(r) {
+            writeln!(out, "{:<28} {line}", "")?;
+        }
     }
     Ok(())
+}
+
+/// `drops: NETFILTER_DROP 3  errors: ECONNRESET 1`, when there are any.
+pub fn breakdown(r: &Row) -> Option<String> {
+    let list = |counts: &std::collections::BTreeMap<&str, u64>| {
+        counts
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut parts = Vec::new();
+    if !r.drops_by_reason.is_empty() {
+        parts.push(format!("drops: {}", list(&r.drops_by_reason)));
+    }
+    if !r.socket_errors_by_errno.is_empty() {
+        parts.push(format!("errors: {}", list(&r.socket_errors_by_errno)));
+    }
+    (!parts.is_empty()).then(|| parts.join("  "))
 }
 
 #[cfg(test)]
@@ -106,6 +131,10 @@ mod tests {
                     label: "42 curl".into(),
                     rst_received: 3,
                     connect_p99_us: Some(1500),
+                    drops: 2,
+                    drops_by_reason: [("NETFILTER_DROP", 2)].into(),
+                    socket_errors: 1,
+                    socket_errors_by_errno: [("ETIMEDOUT", 1)].into(),
                     ..Row::default()
                 },
                 Row {
@@ -122,6 +151,10 @@ mod tests {
         assert!(text.contains("42 curl"), "{text}");
         assert!(text.contains("1.5ms"), "{text}");
         assert!(!text.contains("43 wget"), "limited to 1 row: {text}");
+        assert!(
+            text.contains("drops: NETFILTER_DROP 2  errors: ETIMEDOUT 1"),
+            "{text}"
+        );
         let mut line = Vec::new();
         write(&mut line, &snap, 10, true).unwrap();
         let j: serde_json::Value = serde_json::from_slice(&line).unwrap();
@@ -135,6 +168,8 @@ mod tests {
             assert_eq!(j[field], 0, "{field}");
         }
         assert_eq!(j["processes"][0]["rst_received"], 3);
+        assert_eq!(j["processes"][0]["drops_by_reason"]["NETFILTER_DROP"], 2);
+        assert_eq!(j["processes"][0]["socket_errors_by_errno"]["ETIMEDOUT"], 1);
         assert_eq!(j["processes"].as_array().unwrap().len(), 2);
     }
 }

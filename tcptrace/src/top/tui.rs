@@ -143,14 +143,14 @@ pub async fn run(
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
-                Next::Events => batch.drain(..).for_each(|ev| agg.add(&ev)),
+                Next::Events => agg.add_batch(&mut batch),
             },
         }
     }
     drop(guard);
     let counts = session
         .finish(&mut batch, |batch| {
-            batch.drain(..).for_each(|ev| agg.add(&ev));
+            agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;

@@ -2,7 +2,10 @@
 //! with totals, per-second rates since the previous snapshot, and
 //! connect latency percentiles. Both front ends render a `Snapshot`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -34,8 +37,16 @@ pub struct Row {
     pub connect_failed: u64,
     /// Connections the kernel gave up on (retransmission timeout, no RST).
     pub timeout_aborts: u64,
-    /// Resets + retransmits + failed connects per second since the
-    /// previous snapshot.
+    /// TCP packets the kernel dropped (`drop` events).
+    pub drops: u64,
+    /// The same by drop reason name (`NETFILTER_DROP`, ...).
+    pub drops_by_reason: BTreeMap<&'static str, u64>,
+    /// Errors handed to applications (`socket_error` events).
+    pub socket_errors: u64,
+    /// The same by errno name (`ECONNRESET`, ...).
+    pub socket_errors_by_errno: BTreeMap<&'static str, u64>,
+    /// Incidents (see `incidents`) per second since the previous
+    /// snapshot.
     pub incidents_per_s: f64,
     /// RSTs (both ways) per second since the previous snapshot.
     pub resets_per_s: f64,
@@ -56,6 +67,10 @@ impl Row {
             connects: s.connects,
             connect_failed: s.connect_failed,
             timeout_aborts: s.timeout_aborts,
+            drops: s.drops_total(),
+            drops_by_reason: s.drops.clone(),
+            socket_errors: s.socket_errors_total(),
+            socket_errors_by_errno: s.socket_errors.clone(),
             connect_p50_us: latency.map(|p| p.p50_ns / 1000),
             connect_p99_us: latency.map(|p| p.p99_ns / 1000),
             ..Row::default()
@@ -67,9 +82,15 @@ impl Row {
         self.rst_sent + self.rst_received
     }
 
-    /// Resets, retransmits, failed connects and timeouts together.
+    /// Resets, retransmits, failed connects, timeouts, drops and socket
+    /// errors together.
     pub fn incidents(&self) -> u64 {
-        self.resets() + self.retransmits + self.connect_failed + self.timeout_aborts
+        self.resets()
+            + self.retransmits
+            + self.connect_failed
+            + self.timeout_aborts
+            + self.drops
+            + self.socket_errors
     }
 }
 

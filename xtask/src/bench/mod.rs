@@ -49,6 +49,10 @@ pub struct OverheadArgs {
     /// Churn threads (default: 2 per core, to keep every core busy).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Another tcptrace binary (e.g. the build before a change), whose
+    /// JSON and aggregation runs join the same rounds.
+    #[arg(long, value_name = "BIN")]
+    pub previous: Option<std::path::PathBuf>,
     /// Do not rewrite BENCHMARKS.md.
     #[arg(long)]
     pub no_write: bool,
@@ -85,13 +89,30 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     } else {
         eprintln!("xtask bench: `tcptrace top` is not built yet; skipping the aggregation run");
     }
-    setups.push(Setup::Tcpstates);
+    if std::process::Command::new("tcpstates")
+        .arg("--help")
+        .output()
+        .is_ok()
+    {
+        setups.push(Setup::Tcpstates);
+    } else {
+        eprintln!("xtask bench: no tcpstates (Debian's libbpf-tools); skipping its run");
+    }
     setups.push(Setup::KernelOnly);
+    setups.push(Setup::AllSignals);
+    if let Some(previous) = &args.previous {
+        if !previous.is_file() {
+            bail!("--previous {}: no such file", previous.display());
+        }
+        setups.push(Setup::PreviousJson);
+        setups.push(Setup::PreviousAggregate);
+    }
     let options = overhead::Options {
         seconds: args.seconds,
         rounds: args.rounds,
         threads,
         setups,
+        previous: args.previous.clone(),
     };
     let results = overhead::run(tcptrace, &options)?;
 
@@ -166,8 +187,13 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     }
     println!("{table}");
     if !args.no_write {
+        let previous = args
+            .previous
+            .as_ref()
+            .map(|p| format!(" --previous {}", p.display()))
+            .unwrap_or_default();
         let command = format!(
-            "sudo cargo xtask bench overhead --seconds {} --rounds {} (threads: {threads}, cores: {cores})",
+            "sudo cargo xtask bench overhead --seconds {} --rounds {}{previous} (threads: {threads}, cores: {cores})",
             args.seconds, args.rounds
         );
         write_section("overhead", &format!("Command: `{command}`\n\n{table}"))?;

@@ -30,6 +30,14 @@ pub enum Setup {
     /// tcptrace with a filter no event passes (`--port 1`): the kernel
     /// hooks and socket bookkeeping alone, the floor of any mode.
     KernelOnly,
+    /// `trace --json` with every event kind, reuse after idle included:
+    /// all the hooks of the new signals attached.
+    AllSignals,
+    /// `--previous BIN trace --json --output FILE`: another build (the one
+    /// before a change) in the same rounds, for a like-for-like ratio.
+    PreviousJson,
+    /// `--previous BIN top`.
+    PreviousAggregate,
 }
 
 impl Setup {
@@ -40,6 +48,9 @@ impl Setup {
             Setup::Aggregate => "tcptrace top (aggregation only)",
             Setup::Tcpstates => "libbpf-tools tcpstates > FILE",
             Setup::KernelOnly => "tcptrace hooks only (filter passes nothing)",
+            Setup::AllSignals => "tcptrace trace --json --events all",
+            Setup::PreviousJson => "previous build: trace --json --output FILE",
+            Setup::PreviousAggregate => "previous build: top (aggregation only)",
         }
     }
 }
@@ -63,6 +74,8 @@ pub struct Options {
     pub rounds: usize,
     pub threads: usize,
     pub setups: Vec<Setup>,
+    /// The binary of the `Previous*` setups.
+    pub previous: Option<PathBuf>,
 }
 
 pub fn run(tcptrace: &Path, options: &Options) -> Result<Vec<(Setup, Vec<Run>)>> {
@@ -99,6 +112,12 @@ fn measure(
     let duration = Duration::from_secs(options.seconds);
     let output = tmp.join("events.out");
     let _ = fs::remove_file(&output);
+    let previous = || {
+        options
+            .previous
+            .as_deref()
+            .context("a previous-build setup without --previous")
+    };
     let mut tracer = match setup {
         Setup::Baseline => None,
         Setup::TraceJson => Some(Tracer::start(
@@ -107,6 +126,32 @@ fn measure(
                 .arg(&output),
             Ready::StderrLine("Ctrl-C to stop"),
             None,
+        )?),
+        Setup::AllSignals => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args([
+                    "trace",
+                    "--json",
+                    "--events",
+                    "all",
+                    "--no-summary",
+                    "--output",
+                ])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
+        Setup::PreviousJson => Some(Tracer::start(
+            Command::new(previous()?)
+                .args(["trace", "--json", "--no-summary", "--output"])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
+        Setup::PreviousAggregate => Some(Tracer::start(
+            Command::new(previous()?).args(["top", "--json", "--interval", "1s"]),
+            Ready::StderrLine("Ctrl-C to stop"),
+            Some(&output),
         )?),
         Setup::KernelOnly => Some(Tracer::start(
             Command::new(tcptrace)
@@ -148,9 +193,12 @@ fn measure(
         run.startup_cpu = usage.startup_cpu;
         run.stop_seconds = usage.stop_seconds;
         match setup {
-            Setup::TraceJson | Setup::Aggregate | Setup::KernelOnly => {
-                read_tcptrace_counts(&output, &stderr, &mut run)?
-            }
+            Setup::TraceJson
+            | Setup::Aggregate
+            | Setup::KernelOnly
+            | Setup::AllSignals
+            | Setup::PreviousJson
+            | Setup::PreviousAggregate => read_tcptrace_counts(&output, &stderr, &mut run)?,
             Setup::Tcpstates => {
                 // One line per state change, after a header line.
                 let lines = BufReader::new(fs::File::open(&output)?).lines().count() as u64;
