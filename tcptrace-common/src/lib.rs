@@ -521,11 +521,207 @@ pub struct Config {
     /// DROP: reasons (bit `reason` of this bitmap, below
     /// `DROP_REASON_SLOTS`) that are counted but not sent as events.
     pub quiet_drop_reasons: [u32; DROP_REASON_SLOTS as usize / 32],
+    /// Network namespace inode whose interfaces carry the TC programs
+    /// (0: none attached). `RST_RECEIVED` events of sockets in it carry
+    /// the peer's profile (`PeerProfile`) after the event.
+    pub tc_netns: u32,
+    /// 1: the TC programs keep the last packets of each connection
+    /// (`FLIGHT`, `trace --pcap`).
+    pub flight: u16,
+    /// Payload bytes kept per packet in `FLIGHT_PAYLOAD` (0 to
+    /// `FLIGHT_PAYLOAD_BYTES`; 0: headers only).
+    pub flight_payload: u16,
 }
 const _: () = assert!(
     size_of::<Config>()
-        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8
+        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 8
 );
+
+/// A connection as the TC programs and the reset program key it: this
+/// host's end first, whichever way the packet went. IPv4 addresses in
+/// the first four bytes (also for an IPv6 socket talking to a v4-mapped
+/// address: the wire carries IPv4), IPv6 in all sixteen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Low byte of `AF_INET` / `AF_INET6`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Bits of `PeerProfile::known`.
+pub mod profile_known {
+    /// `next_seq` holds the peer's next sequence number.
+    pub const PEER_SEQ: u8 = 1;
+    /// `our_next_seq` holds ours (seen on egress).
+    pub const OUR_SEQ: u8 = 2;
+    /// IPv6 segments (flow labels, hop limits) rather than IPv4.
+    pub const V6: u8 = 4;
+}
+
+/// Bits of `RstSeen::options`.
+pub mod rst_options {
+    /// The RST carried a TCP timestamp option.
+    pub const TIMESTAMP: u8 = 1;
+}
+
+/// Largest gap between the IPv4 IDs of two consecutive segments of the
+/// peer that still counts as its per-connection counter moving on (Linux
+/// adds the segments a GSO packet was cut into).
+pub const IP_ID_STEP_MAX: u16 = 64;
+
+/// The last RST that arrived on a connection, as the TC ingress program
+/// parsed it, for the reset program (which runs right after, in the same
+/// softirq) to hand on with the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RstSeen {
+    /// `bpf_ktime_get_ns()` when it crossed the interface (0: none seen).
+    pub ts_ns: u64,
+    /// Host byte order.
+    pub seq: u32,
+    pub ack: u32,
+    /// Timestamp option values (when `options` has `TIMESTAMP`).
+    pub tsval: u32,
+    pub tsecr: u32,
+    /// IPv6 flow label (20 bits).
+    pub flow_label: u32,
+    /// IPv4 identification.
+    pub ip_id: u16,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub ttl: u8,
+    /// The TCP flags byte.
+    pub tcp_flags: u8,
+    /// `rst_options::*` bits.
+    pub options: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<RstSeen>() == 40);
+
+/// What the peer's own segments on one connection look like, kept by
+/// the TC ingress program (egress adds our next sequence number): what a
+/// received RST is compared with to tell the peer's RST from one forged
+/// on the path. Reset when a SYN opens the connection again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerProfile {
+    /// `bpf_ktime_get_ns()` of the peer's last segment (not an RST).
+    pub last_ns: u64,
+    /// The peer's segments seen (RSTs not counted).
+    pub segments: u32,
+    /// Of those, how many carried a TCP timestamp option.
+    pub ts_segments: u32,
+    /// IPv4: consecutive segments whose ID moved on by 1 to
+    /// `IP_ID_STEP_MAX` (a per-connection counter), and segments with ID 0.
+    pub ip_id_steps: u32,
+    pub ip_id_zero: u32,
+    /// The last segment's timestamp value.
+    pub last_tsval: u32,
+    /// The peer's sequence number after its last segment (seq + payload,
+    /// + 1 for SYN or FIN): what an RST of its own carries.
+    pub next_seq: u32,
+    /// Ours after our last segment (egress): what the peer acknowledges.
+    pub our_next_seq: u32,
+    /// IPv6: the last segment's flow label.
+    pub flow_label: u32,
+    /// IPv4: the last segment's ID.
+    pub last_ip_id: u16,
+    /// TTL / hop limit range of the peer's segments, and the last one.
+    pub ttl_min: u8,
+    pub ttl_max: u8,
+    pub ttl_last: u8,
+    /// `profile_known::*` bits.
+    pub known: u8,
+    pub _pad: [u8; 2],
+    /// The last RST received on the connection.
+    pub rst: RstSeen,
+}
+pub const PEER_PROFILE_SIZE: usize = 88;
+const _: () = assert!(size_of::<PeerProfile>() == PEER_PROFILE_SIZE);
+
+/// An `RST_RECEIVED` record when TC programs run in the socket's
+/// namespace: the event, then the peer's profile (all zero when no
+/// segment of the connection crossed a watched interface).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventWithPeer {
+    pub event: Event,
+    pub peer: PeerProfile,
+}
+pub const EVENT_WITH_PEER_SIZE: usize = EVENT_SIZE + PEER_PROFILE_SIZE;
+const _: () = assert!(size_of::<EventWithPeer>() == EVENT_WITH_PEER_SIZE);
+
+/// Packets kept per connection by the flight recorder (a power of two).
+pub const FLIGHT_PACKETS: usize = 16;
+const _: () = assert!(FLIGHT_PACKETS.is_power_of_two());
+/// Header bytes kept per packet: the IP header and the TCP header with
+/// its options (at most 60 + 60 for IPv4, 40 + 60 for IPv6).
+pub const FLIGHT_HEADER_BYTES: usize = 128;
+/// Most payload bytes kept per packet (`--pcap-payload`).
+pub const FLIGHT_PAYLOAD_BYTES: usize = 256;
+/// Connections the flight recorder keeps (LRU: the least recently
+/// active one makes room).
+pub const FLIGHT_FLOWS: u32 = 4096;
+
+/// `FlightPacket::direction`.
+pub mod flight_direction {
+    /// Received on a watched interface.
+    pub const IN: u8 = 1;
+    /// Sent through one.
+    pub const OUT: u8 = 2;
+}
+
+/// One packet of the flight recorder: when, which way, its length on the
+/// wire and its first header bytes (IP header onwards).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlightPacket {
+    /// `bpf_ktime_get_ns()` (0: empty slot).
+    pub ts_ns: u64,
+    /// The IP packet's length (IPv4 total length, IPv6 40 + payload length).
+    pub wire_len: u32,
+    /// Bytes of the matching `FLIGHT_PAYLOAD` slot filled.
+    pub payload_len: u16,
+    /// Bytes of `header` filled.
+    pub header_len: u8,
+    /// `flight_direction::*`.
+    pub direction: u8,
+    pub header: [u8; FLIGHT_HEADER_BYTES],
+}
+const _: () = assert!(size_of::<FlightPacket>() == 16 + FLIGHT_HEADER_BYTES);
+
+/// The last `FLIGHT_PACKETS` packets of one connection, a ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlightRing {
+    /// Packets recorded so far; the next goes to `next % FLIGHT_PACKETS`.
+    pub next: u32,
+    pub _pad: u32,
+    pub packets: [FlightPacket; FLIGHT_PACKETS],
+}
+pub const FLIGHT_RING_SIZE: usize = 8 + FLIGHT_PACKETS * (16 + FLIGHT_HEADER_BYTES);
+const _: () = assert!(size_of::<FlightRing>() == FLIGHT_RING_SIZE);
+
+/// Payload bytes of the packets of one `FlightRing`, slot by slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlightPayload {
+    pub bytes: [[u8; FLIGHT_PAYLOAD_BYTES]; FLIGHT_PACKETS],
+}
+
+/// TC programs (clsact / TCX), by program name in the object.
+pub mod tc_program {
+    /// Packets received on a watched interface.
+    pub const INGRESS: &str = "tcptrace_tc_ingress";
+    /// Packets sent through one.
+    pub const EGRESS: &str = "tcptrace_tc_egress";
+}
 
 /// Map names shared by both sides.
 pub mod map {
@@ -544,6 +740,12 @@ pub mod map {
     pub const DROP_REASONS: &str = "DROP_REASONS";
     /// The same for every TCP drop on the host, counted before any filter.
     pub const HOST_DROP_REASONS: &str = "HOST_DROP_REASONS";
+    /// LRU, `FlowKey` -> `PeerProfile` (TC programs, reset program).
+    pub const PEERS: &str = "PEERS";
+    /// LRU, `FlowKey` -> `FlightRing`: the flight recorder.
+    pub const FLIGHT: &str = "FLIGHT";
+    /// LRU, `FlowKey` -> `FlightPayload` (one entry unless payload is kept).
+    pub const FLIGHT_PAYLOAD: &str = "FLIGHT_PAYLOAD";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

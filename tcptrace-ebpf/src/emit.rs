@@ -2,7 +2,9 @@
 //! failed write counted.
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
-use tcptrace_common::{Config, EVENT_SIZE, Event, UNKNOWN_U32};
+use tcptrace_common::{
+    Config, EVENT_SIZE, Event, EventWithPeer, PEER_PROFILE_SIZE, PeerProfile, UNKNOWN_U32,
+};
 
 /// An event's footprint in the ring buffer: record plus 8-byte header.
 const EVENT_RECORD_BYTES: u64 = EVENT_SIZE as u64 + 8;
@@ -15,7 +17,8 @@ use crate::maps::{EVENT, EVENTS, LOST, PRODUCED};
 /// into a call to aya-ebpf's byte-at-a-time `memset`.
 #[inline(always)]
 pub fn blank() -> Option<&'static mut Event> {
-    let ev = EVENT.get_ptr_mut(0)?;
+    // The event is the first member of the map value.
+    let ev = EVENT.get_ptr_mut(0)?.cast::<Event>();
     let words = ev.cast::<u64>();
     for i in 0..EVENT_SIZE / 8 {
         // SAFETY: within the EVENT_SIZE-byte map value; volatile so the
@@ -70,27 +73,74 @@ pub fn submit(cfg: &Config, ev: &Event) {
     }
 }
 
+/// Copies `peer` (or zeros, when the connection has no profile) behind
+/// the CPU's event under construction, for `submit_with_peer`. Word by
+/// word: LLVM would make a call to a byte-at-a-time memcpy otherwise.
+#[inline(always)]
+pub fn attach_peer(peer: Option<&PeerProfile>) -> Option<()> {
+    let record = EVENT.get_ptr_mut(0)?;
+    // SAFETY: a field of the CPU's own map value.
+    let dst = unsafe { core::ptr::addr_of_mut!((*record).peer) }.cast::<u64>();
+    let src = peer.map(|p| (p as *const PeerProfile).cast::<u64>());
+    for i in 0..PEER_PROFILE_SIZE / 8 {
+        // SAFETY: both are PEER_PROFILE_SIZE-byte, 8-aligned values.
+        unsafe {
+            let word = match src {
+                Some(src) => src.add(i).read_volatile(),
+                None => 0,
+            };
+            dst.add(i).write_volatile(word);
+        }
+    }
+    Some(())
+}
+
+/// Sends the CPU's event under construction (`ev`, from `blank`) with
+/// the profile `attach_peer` put behind it, if the filters keep it.
+#[inline(always)]
+pub fn submit_with_peer(cfg: &Config, ev: &Event) {
+    if !(selected(cfg, ev.kind) && in_scope(cfg, ev)) {
+        return;
+    }
+    bump(&PRODUCED, u32::from(ev.kind));
+    let Some(record) = EVENT.get_ptr(0) else {
+        bump(&LOST, u32::from(ev.kind));
+        return;
+    };
+    // SAFETY: the CPU's own map value, fully written (event and peer).
+    let record = unsafe { &*record };
+    if EVENTS
+        .output::<EventWithPeer>(record, wakeup_flags(cfg))
+        .is_err()
+    {
+        bump(&LOST, u32::from(ev.kind));
+    }
+}
+
 /// Sends `ev`, which the filters already kept.
 #[inline(always)]
 pub fn send(cfg: &Config, ev: &Event) {
     bump(&PRODUCED, u32::from(ev.kind));
-    // Batched wakeups: wake the reader only on the record that takes the
-    // backlog across the threshold. Forcing a wakeup on every record above
-    // it (while the reader is busy with a batch) costs an irq_work per
-    // event for nothing; a crossing missed between two producers is picked
-    // up by the reader's 20 ms poll.
-    let flags = if cfg.wakeup_bytes == 0 {
-        0
-    } else {
-        let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-        let threshold = u64::from(cfg.wakeup_bytes);
-        if backlog >= threshold && backlog < threshold + 4 * EVENT_RECORD_BYTES {
-            BPF_RB_FORCE_WAKEUP as u64
-        } else {
-            BPF_RB_NO_WAKEUP as u64
-        }
-    };
-    if EVENTS.output::<Event>(ev, flags).is_err() {
+    if EVENTS.output::<Event>(ev, wakeup_flags(cfg)).is_err() {
         bump(&LOST, u32::from(ev.kind));
+    }
+}
+
+/// Batched wakeups: wake the reader only on the record that takes the
+/// backlog across the threshold. Forcing a wakeup on every record above
+/// it (while the reader is busy with a batch) costs an irq_work per
+/// event for nothing; a crossing missed between two producers is picked
+/// up by the reader's 20 ms poll.
+#[inline(always)]
+fn wakeup_flags(cfg: &Config) -> u64 {
+    if cfg.wakeup_bytes == 0 {
+        return 0;
+    }
+    let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = u64::from(cfg.wakeup_bytes);
+    if backlog >= threshold && backlog < threshold + 4 * EVENT_RECORD_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }

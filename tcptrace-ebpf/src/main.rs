@@ -17,6 +17,7 @@ mod reset;
 mod retransmit;
 mod reuse;
 mod state;
+mod tc;
 
 /// Probe-read helpers need a GPL-compatible license.
 #[unsafe(link_section = "license")]

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, ListenKey, Owner, RECORD_BYTES,
-    SockInfo, kind,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, EventWithPeer, FLIGHT_FLOWS,
+    FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile, RECORD_BYTES, SockInfo,
+    kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -19,9 +20,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU event under construction (see `emit::blank`).
+/// Per-CPU event under construction (see `emit::blank`), with room for
+/// the peer's profile an `RST_RECEIVED` record carries after it.
 #[map]
-pub static EVENT: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+pub static EVENT: PerCpuArray<EventWithPeer> = PerCpuArray::with_max_entries(1, 0);
 
 /// Offsets and filters; one entry.
 #[map]
@@ -61,3 +63,34 @@ pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_R
 #[map]
 pub static HOST_DROP_REASONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Per connection (this host's end first): what the peer's segments look
+/// like and the last RST received, from the TC programs, for the reset
+/// program to hand on. LRU: bounded whatever the churn (about 130 bytes
+/// an entry with the key and the kernel's LRU node).
+#[map]
+pub static PEERS: LruHashMap<FlowKey, PeerProfile> = LruHashMap::with_max_entries(32768, 0);
+
+/// The flight recorder (`trace --pcap`): the last packets of each
+/// connection. Userspace sizes it to one entry unless asked for.
+#[map]
+pub static FLIGHT: LruHashMap<FlowKey, FlightRing> = LruHashMap::with_max_entries(FLIGHT_FLOWS, 0);
+
+/// Their payload bytes (`--pcap-payload`); one entry unless asked for.
+#[map]
+pub static FLIGHT_PAYLOAD: LruHashMap<FlowKey, FlightPayload> =
+    LruHashMap::with_max_entries(FLIGHT_FLOWS, 0);
+
+/// An all-zero ring and payload block, what a connection's first packet
+/// inserts (too big for the 512-byte stack). Never written.
+#[map]
+pub static FLIGHT_EMPTY: Array<FlightRing> = Array::with_max_entries(1, 0);
+#[map]
+pub static FLIGHT_PAYLOAD_EMPTY: Array<FlightPayload> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch for the TC programs: a TCP header with its options,
+/// read at offsets the verifier can bound. Apart from `RECORD`: a TC
+/// program in softirq may run while a tracepoint program on the same
+/// CPU is interrupted.
+#[map]
+pub static TC_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);

@@ -7,9 +7,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tcptrace_common::{Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Config, Event, FlowKey, UNKNOWN_U32, field, kind, tcp_state,
+    tracepoint as tp,
+};
 
-use crate::{emit, owner, read};
+use crate::{emit, maps::PEERS, owner, read};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -50,8 +53,52 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }
-    emit::submit(cfg, ev);
+    if event_kind == kind::RST_RECEIVED && cfg.tc_netns != 0 && ev.netns == cfg.tc_netns {
+        // The TC ingress program saw this RST a moment ago, in the same
+        // softirq: what it and the peer's own segments looked like goes
+        // with the event (zeros when the connection crossed no watched
+        // interface).
+        let key = flow_key(ev);
+        emit::attach_peer(unsafe { PEERS.get(&key) })?;
+        emit::submit_with_peer(cfg, ev);
+    } else {
+        emit::submit(cfg, ev);
+    }
     Some(())
+}
+
+/// The connection's key in `PEERS`, from the event's endpoints. An IPv6
+/// socket talking to a v4-mapped address sends IPv4 on the wire, which
+/// is how the TC programs keyed it.
+#[inline(always)]
+fn flow_key(ev: &Event) -> FlowKey {
+    let mut key = FlowKey {
+        local_port: ev.sport,
+        remote_port: ev.dport,
+        family: ev.family,
+        _pad: [0; 3],
+        local_addr: ev.saddr,
+        remote_addr: ev.daddr,
+    };
+    if u16::from(ev.family) == AF_INET6 && is_v4_mapped(&ev.daddr) {
+        key.family = AF_INET as u8;
+        key.local_addr = [0; 16];
+        key.remote_addr = [0; 16];
+        for i in 0..4 {
+            key.local_addr[i] = ev.saddr[12 + i];
+            key.remote_addr[i] = ev.daddr[12 + i];
+        }
+    }
+    key
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    let mut zero = true;
+    for byte in addr.iter().take(10) {
+        zero &= *byte == 0;
+    }
+    zero && addr[10] == 0xff && addr[11] == 0xff
 }
 
 /// Time-wait and request sockets are smaller structs without the

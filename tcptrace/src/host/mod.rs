@@ -1,6 +1,7 @@
 //! What is read from the host rather than traced: sockets through netlink
 //! sock_diag and their owning processes from /proc, kernel counters (TCP,
-//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups, and
+//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups,
+//! interfaces and their TC objects (rtnetlink), and
 //! network namespaces (the one `--netns` resolver). Below the pipeline:
 //! nothing here imports a command, the tracer or the CLI.
 
@@ -13,6 +14,7 @@ pub mod netns;
 pub mod owners;
 pub mod preexisting;
 pub mod reading;
+pub mod rtnetlink;
 pub mod sock_diag;
 pub mod sockstat;
 pub mod sysctl;
