@@ -86,12 +86,45 @@ pub enum EventClass {
     All,
 }
 
+/// Where TC programs watch packets: what tells who really sent a
+/// received RST (and what `trace --pcap` records).
+#[derive(Debug, Args, Default)]
+pub struct IfaceArgs {
+    /// Interfaces whose packets are watched (comma separated): received
+    /// RSTs are compared with the peer's own segments there, which tells
+    /// a reset the peer sent from one forged on the path (`origin`).
+    /// [default: every non-loopback interface with an Ethernet header in
+    /// the traced namespace (--netns, else this one)]
+    #[arg(long, value_delimiter = ',', value_name = "IFACE", value_parser = parse_iface)]
+    pub iface: Vec<String>,
+    /// Attach no TC program: received RSTs get no origin.
+    #[arg(long, conflicts_with = "iface")]
+    pub no_tc: bool,
+}
+
 /// `tcptrace trace`.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Packet watching (reset origin, --pcap).
+    #[command(flatten)]
+    pub ifaces: IfaceArgs,
+    /// Flight recorder: keep the last 16 packets of every connection and,
+    /// when one is reset, times out or fails to connect, write them to
+    /// DIR as one pcapng file (created 0700 if missing; files 0600).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_tc")]
+    pub pcap: Option<PathBuf>,
+    /// With --pcap: write at most this many files; the rest are counted.
+    #[arg(long, default_value_t = 100, value_name = "FILES", requires = "pcap",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub pcap_max: u32,
+    /// With --pcap: payload bytes kept per packet besides the headers
+    /// (0 to 256; payload is sensitive: off unless asked for).
+    #[arg(long, default_value_t = 0, value_name = "BYTES", requires = "pcap",
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub pcap_payload: u16,
     /// Print NDJSON (one object per line, schema in docs/events.md).
     #[arg(long)]
     pub json: bool,
@@ -389,6 +422,9 @@ pub struct DiagnoseArgs {
     /// Filters, run in the kernel.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Packet watching (who sent the resets).
+    #[command(flatten)]
+    pub ifaces: IfaceArgs,
     /// Watch this long (e.g. 30s, 5m); default: until Ctrl-C, or until the
     /// --during load ends.
     #[arg(long, value_parser = parse_duration)]
@@ -608,6 +644,20 @@ fn parse_http_path(text: &str) -> Result<String, String> {
 fn parse_comm(text: &str) -> Result<String, String> {
     if text.is_empty() || text.len() > 15 {
         return Err("a command name is 1 to 15 bytes (the kernel's TASK_COMM_LEN)".into());
+    }
+    Ok(text.to_string())
+}
+
+fn parse_iface(text: &str) -> Result<String, String> {
+    // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and blanks.
+    if text.is_empty()
+        || text.len() > 15
+        || text.contains(['/', ':'])
+        || text.chars().any(char::is_whitespace)
+    {
+        return Err(format!(
+            "'{text}' is no interface name (1 to 15 bytes, no '/', ':' or blanks)"
+        ));
     }
     Ok(text.to_string())
 }

@@ -3,15 +3,23 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tcptrace_common::{AF_INET, AF_INET6, EVENT_SIZE, Event, UNKNOWN_U32, direction};
+use tcptrace_common::{
+    AF_INET, AF_INET6, EVENT_SIZE, EVENT_WITH_PEER_SIZE, Event, EventWithPeer, UNKNOWN_U32,
+    direction, kind,
+};
 
-use crate::event::{Comm, Detail, Dropped, EventKind, Owner, Segment, TcpEvent};
+use crate::{
+    event::{Comm, Detail, Dropped, EventKind, Owner, Segment, TcpEvent},
+    origin,
+};
 
 /// A ring buffer record that is not an event this binary knows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// The record has the wrong length (a kernel/userspace build mismatch).
-    #[error("ring buffer item of {0} bytes, expected {EVENT_SIZE}")]
+    #[error(
+        "ring buffer item of {0} bytes, expected {EVENT_SIZE} (or {EVENT_WITH_PEER_SIZE} for rst_received)"
+    )]
     Size(usize),
     /// The kind number is unknown.
     #[error("unknown event kind {0}")]
@@ -39,14 +47,30 @@ impl Decoder {
     }
 
     /// Decodes one ring buffer record: length checked, read unaligned.
+    /// An `rst_received` record may carry the peer's profile after the
+    /// event (TC programs in its namespace): its RST is then judged.
     pub fn decode(&self, bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
-        if bytes.len() != EVENT_SIZE {
-            return Err(DecodeError::Size(bytes.len()));
+        match bytes.len() {
+            EVENT_SIZE => {
+                // SAFETY: the length is checked; Event is plain integers
+                // (every bit pattern valid); read_unaligned copes with any
+                // alignment.
+                let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                self.from_raw(&raw)
+            }
+            EVENT_WITH_PEER_SIZE => {
+                // SAFETY: as above, for the larger record.
+                let raw: EventWithPeer =
+                    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                if raw.event.kind != kind::RST_RECEIVED {
+                    return Err(DecodeError::Size(bytes.len()));
+                }
+                let mut event = self.from_raw(&raw.event)?;
+                event.detail = Detail::Origin(origin::judge(raw.event.ts_ns, &raw.peer));
+                Ok(event)
+            }
+            other => Err(DecodeError::Size(other)),
         }
-        // SAFETY: the length is checked; Event is plain integers (every
-        // bit pattern valid); read_unaligned copes with any alignment.
-        let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        self.from_raw(&raw)
     }
 
     /// Converts a kernel record, every number checked.
@@ -226,6 +250,54 @@ mod tests {
         let ev = Decoder::new(Some(250)).decode(&bytes(&raw)).unwrap();
         assert!(ev.remote.is_ipv6());
         assert_eq!(ev.remote_ip().to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn a_received_reset_with_the_peers_profile_is_judged() {
+        use tcptrace_common::{PeerProfile, RstSeen, profile_known};
+        let mut raw = EventWithPeer {
+            event: rst(kind::RST_RECEIVED),
+            peer: PeerProfile {
+                segments: 3,
+                ts_segments: 3,
+                ttl_min: 63,
+                ttl_max: 63,
+                known: profile_known::PEER_SEQ,
+                rst: RstSeen {
+                    ts_ns: 4,
+                    ttl: 64,
+                    tcp_flags: 0x04,
+                    ..RstSeen::default()
+                },
+                ..PeerProfile::default()
+            },
+        };
+        // SAFETY: EventWithPeer is repr(C) plain data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const EventWithPeer).cast::<u8>(),
+                EVENT_WITH_PEER_SIZE,
+            )
+        }
+        .to_vec();
+        let ev = Decoder::new(Some(250)).decode(&bytes).unwrap();
+        let p = ev.provenance().expect("judged");
+        assert_eq!(p.origin, origin::Origin::Middlebox);
+        assert_eq!(p.hops_closer, 1);
+        assert_eq!(ev.owner.as_ref().unwrap().comm, "curl");
+        // Only received resets come with a profile.
+        raw.event.kind = kind::RST_SENT;
+        // SAFETY: as above.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const EventWithPeer).cast::<u8>(),
+                EVENT_WITH_PEER_SIZE,
+            )
+        };
+        assert_eq!(
+            Decoder::new(Some(250)).decode(bytes),
+            Err(DecodeError::Size(EVENT_WITH_PEER_SIZE))
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use tcptrace_common::kind;
 
+use crate::origin::Provenance;
+
 /// Version of every JSON record tcptrace writes (events, loss records,
 /// summaries, `top` snapshots, the `diagnose` report): the `"v"` field.
 /// Fields may be added; renaming or removing one bumps it
@@ -259,6 +261,9 @@ pub enum Detail {
     },
     /// `retransmit`: the segment and the path.
     Segment(Segment),
+    /// `rst_received` with TC programs in the socket's namespace: who
+    /// sent the RST, and the evidence.
+    Origin(Provenance),
 }
 
 /// A dropped packet, as parsed from its headers.
@@ -340,6 +345,14 @@ impl TcpEvent {
     pub fn socket_errno(&self) -> Option<i32> {
         match self.detail {
             Detail::SocketError { errno } => Some(errno),
+            _ => None,
+        }
+    }
+
+    /// `rst_received` events (TC programs attached): who sent the RST.
+    pub fn provenance(&self) -> Option<&Provenance> {
+        match &self.detail {
+            Detail::Origin(p) => Some(p),
             _ => None,
         }
     }

@@ -6,9 +6,10 @@
 use tcptrace_common::kind_mask;
 
 use crate::{
-    cli::{EventClass, FilterArgs},
+    cli::{EventClass, FilterArgs, IfaceArgs},
     host::netns::{self, Netns, NetnsError},
     session::TracerOptions,
+    tc::TcOptions,
 };
 
 /// Tracer options for `filter` with a ring buffer of `ring_kib` KiB,
@@ -31,8 +32,26 @@ pub fn session_options(
         batch_wakeups: true,
         skip_opening: false,
         reuse_idle: filter.reuse_idle,
+        tc: None,
+        flight_payload: None,
     };
     Ok((options, netns))
+}
+
+/// TC programs for `ifaces` in the traced namespace (`netns`, else
+/// ours): none with `--no-tc`, nor when neither received resets (`kinds`)
+/// nor the flight recorder need their packets.
+pub fn tc_options(
+    ifaces: &IfaceArgs,
+    netns: Option<&Netns>,
+    kinds: u32,
+    recorder: bool,
+) -> Option<TcOptions> {
+    let wanted = recorder || kinds & kind_mask::RST != 0;
+    (wanted && !ifaces.no_tc).then(|| TcOptions {
+        interfaces: ifaces.iface.clone(),
+        netns: netns.map(|ns| ns.path.clone()),
+    })
 }
 
 /// Kinds traced without `--events`: everything but reuse after idle,
@@ -63,6 +82,24 @@ fn kind_mask_of(classes: &[EventClass]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tc_programs_only_where_their_packets_serve() {
+        let ifaces = IfaceArgs {
+            iface: vec!["veth0".into()],
+            no_tc: false,
+        };
+        let tc = tc_options(&ifaces, None, DEFAULT_KINDS, false).unwrap();
+        assert_eq!(tc.interfaces, ["veth0"]);
+        assert_eq!(tc.netns, None);
+        assert_eq!(tc_options(&ifaces, None, kind_mask::CONNECT, false), None);
+        assert!(tc_options(&ifaces, None, kind_mask::CONNECT, true).is_some());
+        let off = IfaceArgs {
+            iface: Vec::new(),
+            no_tc: true,
+        };
+        assert_eq!(tc_options(&off, None, DEFAULT_KINDS, false), None);
+    }
 
     #[test]
     fn flags_become_options() {

@@ -9,9 +9,11 @@
 //!   `top`, `diagnose`, `snapshot`, `stress`, `tune` (+ `filter_args`,
 //!   their shared tracing flags);
 //! - the pipeline: `session` (the one lifecycle), `stop` (the one stop
-//!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`;
+//!   signal), `tracer` (with `tc`, its TC programs' attachment),
+//!   `decode`, `aggregate`, `summary`, `sink`, `recorder` (pcapng);
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
+//!   `origin` (who sent a received RST, from its packets),
 //!   `timefmt`, `text_table`, `error`, `safe_file` (every file we write).
 
 #![warn(missing_docs)]
@@ -27,6 +29,8 @@ pub mod event;
 pub mod filter_args;
 pub mod host;
 pub mod kernel;
+pub mod origin;
+pub mod recorder;
 pub mod safe_file;
 pub mod session;
 pub mod sink;
@@ -34,6 +38,7 @@ pub mod snapshot;
 pub mod stop;
 pub mod stress;
 pub mod summary;
+pub mod tc;
 pub mod text_table;
 pub mod timefmt;
 pub mod top;

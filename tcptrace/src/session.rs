@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::tracer::TracerOptions;
+pub use crate::tracer::{Flight, TcReport, TracerOptions};
 use crate::{
     counts::Counts,
     error::Result,
@@ -82,6 +82,17 @@ impl Session {
         self.tracer.missing()
     }
 
+    /// Where the TC programs watch packets (`None`: not attached).
+    pub fn tc_report(&self) -> Option<&TcReport> {
+        self.tracer.tc_report()
+    }
+
+    /// The packets the flight recorder kept for connection `key`; also
+    /// after `finish_in_place`.
+    pub fn flight(&self, key: &tcptrace_common::FlowKey) -> Option<Flight> {
+        self.tracer.flight(key)
+    }
+
     /// Time since the tracer was attached.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -129,6 +140,19 @@ impl Session {
     /// the counters.
     pub async fn finish<E: From<crate::error::Error>>(
         mut self,
+        batch: &mut Vec<TcpEvent>,
+        consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+    ) -> Result<Counts, E> {
+        self.finish_in_place(batch, consume).await
+    }
+
+    /// `finish`, keeping the session (detached, drained) for what its
+    /// maps still hold: the flight recorder's packets (`flight`).
+    ///
+    /// # Errors
+    /// As `finish`.
+    pub async fn finish_in_place<E: From<crate::error::Error>>(
+        &mut self,
         batch: &mut Vec<TcpEvent>,
         mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<Counts, E> {

@@ -14,7 +14,9 @@ use crate::{
     counts::Counts,
     event::{Comm, EventKind, SCHEMA_VERSION, TcpEvent},
     kernel::{errno, names::Names},
+    recorder::RecorderReport,
     timefmt,
+    tracer::TcReport,
 };
 
 /// Processes listed in the summary.
@@ -58,6 +60,13 @@ pub struct Summary {
     processes: HashMap<u32, ProcessCounts>,
     counts: Counts,
     missing: Vec<String>,
+    /// Received RSTs by origin (`peer`, `middlebox`, `unknown`), when TC
+    /// programs watched the socket's namespace.
+    rst_origins: BTreeMap<&'static str, u64>,
+    /// Where the TC programs watched packets.
+    tc: Option<TcReport>,
+    /// What `--pcap` wrote.
+    pcap: Option<RecorderReport>,
 }
 
 impl Default for Summary {
@@ -72,6 +81,9 @@ impl Default for Summary {
             processes: HashMap::new(),
             counts: Counts::default(),
             missing: Vec::new(),
+            rst_origins: BTreeMap::new(),
+            tc: None,
+            pcap: None,
         }
     }
 }
@@ -87,6 +99,9 @@ impl Summary {
         }
         if let Some(errno) = ev.socket_errno() {
             *self.socket_errors.entry(errno::label(errno)).or_default() += 1;
+        }
+        if let Some(p) = ev.provenance() {
+            *self.rst_origins.entry(p.origin.name()).or_default() += 1;
         }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
@@ -125,6 +140,12 @@ impl Summary {
         self.seconds = seconds;
         self.counts = counts;
         self.missing = missing.to_vec();
+    }
+
+    /// Where the TC programs watched packets and what `--pcap` wrote.
+    pub fn set_packets(&mut self, tc: Option<TcReport>, pcap: Option<RecorderReport>) {
+        self.tc = tc;
+        self.pcap = pcap;
     }
 
     fn top(&self) -> Vec<(u32, &ProcessCounts)> {
@@ -174,6 +195,19 @@ impl Summary {
                 "drops": c.drops, "socket_errors": c.socket_errors,
             })).collect::<Vec<_>>(),
             "missing": self.missing,
+            "rst_origin": self.rst_origins,
+            "tc": self.tc.as_ref().map(|tc| json!({
+                "mode": tc.mode,
+                "interfaces": tc.interfaces,
+            })),
+            "pcap": self.pcap.as_ref().map(|p| json!({
+                "dir": p.dir.display().to_string(),
+                "written": p.written,
+                "over_max": p.over_max,
+                "without_packets": p.without_packets,
+                "failed": p.failed,
+                "error": p.error,
+            })),
         });
         if let Value::Object(fields) = &mut record {
             fields.extend(self.counts.json_fields());
@@ -245,6 +279,39 @@ impl Summary {
         }
         if !self.socket_errors.is_empty() {
             let _ = writeln!(s, "socket errors: {}", listed(&self.socket_errors));
+        }
+        if let Some(tc) = &self.tc {
+            let origins: Vec<String> = self
+                .rst_origins
+                .iter()
+                .map(|(origin, n)| format!("{origin} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "received RSTs by origin: {} (packets watched on {} via {})",
+                if origins.is_empty() {
+                    "none".to_string()
+                } else {
+                    origins.join(", ")
+                },
+                tc.interfaces.join(", "),
+                tc.mode
+            );
+        }
+        if let Some(p) = &self.pcap {
+            let _ = writeln!(
+                s,
+                "pcap: {} files written to {}; {} connections not written (--pcap-max reached), {} with no packet kept{}",
+                p.written,
+                p.dir.display(),
+                p.over_max,
+                p.without_packets,
+                if p.failed > 0 {
+                    format!(", {} failed ({})", p.failed, p.error.as_deref().unwrap_or("?"))
+                } else {
+                    String::new()
+                }
+            );
         }
         let top = self.top();
         if !top.is_empty() {

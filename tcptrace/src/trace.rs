@@ -9,14 +9,17 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
+
 use crate::{
     cli::TraceArgs,
     counts::Counts,
     event::{KINDS, TcpEvent},
-    filter_args::session_options,
+    filter_args::{session_options, tc_options},
     host::cgroups::Cgroups,
-    kernel::clock::WallClock,
-    session::{Next, Session},
+    kernel::clock::{self, WallClock},
+    recorder::{Recorder, RecorderOptions},
+    session::{Next, Session, TracerOptions},
     sink::{Context, HumanSink, JsonSink, Output, Sink},
     stop::stop_signal,
     summary::Summary,
@@ -33,7 +36,30 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// # Errors
 /// What the session refuses, and failures to write the output.
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let (options, _netns) = session_options(&args.filter, args.ring_kib)?;
+    let (options, netns) = session_options(&args.filter, args.ring_kib)?;
+    let options = TracerOptions {
+        tc: tc_options(
+            &args.ifaces,
+            netns.as_ref(),
+            options.kinds,
+            args.pcap.is_some(),
+        ),
+        flight_payload: args.pcap.as_ref().map(|_| args.pcap_payload),
+        ..options
+    };
+    // A directory others could write into is refused before tracing.
+    let mut recorder = args
+        .pcap
+        .as_ref()
+        .map(|dir| {
+            Recorder::new(RecorderOptions {
+                dir: dir.clone(),
+                max_files: args.pcap_max,
+                payload: args.pcap_payload,
+            })
+        })
+        .transpose()
+        .context("--pcap")?;
     let (out, destination) = open_output(args.output.as_deref())?;
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(out))
@@ -65,7 +91,13 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         // ready and must not starve the flush and loss reporting.
         tokio::select! {
             biased;
-            _ = flush_tick.tick() => sink.flush().map_err(write_err)?,
+            _ = flush_tick.tick() => {
+                sink.flush().map_err(write_err)?;
+                if let Some(recorder) = recorder.as_mut() {
+                    let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
+                    recorder.write_due(clock::monotonic_ns(), &session, &mut ctx);
+                }
+            }
             _ = loss_tick.tick() => {
                 if args.output.is_none() && stdout_closed() {
                     // `tcptrace trace | head -1`: the reader is gone; leave quietly.
@@ -77,6 +109,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
                 Next::Events => {
+                    if let Some(recorder) = recorder.as_mut() {
+                        batch.iter().for_each(|ev| recorder.note(ev));
+                    }
                     let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
                     write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
                     if interactive {
@@ -95,12 +130,24 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         cgroups: &mut cgroups,
     };
     let counts = session
-        .finish(&mut batch, |batch| {
+        .finish_in_place(&mut batch, |batch| {
+            if let Some(recorder) = recorder.as_mut() {
+                batch.iter().for_each(|ev| recorder.note(ev));
+            }
             write_batch(batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)
         })
         .await?;
+    // The programs are detached; their maps still hold the packets.
+    if let Some(recorder) = recorder.as_mut() {
+        recorder.write_due(u64::MAX, &session, &mut ctx);
+    }
     losses.report(&counts, sink.as_mut()).map_err(write_err)?;
     summary.finish(seconds, counts, &missing, &names);
+    summary.set_packets(
+        session.tc_report().cloned(),
+        recorder.as_ref().map(|r| r.report().clone()),
+    );
+    drop(session);
     if args.json {
         sink.summary(&summary).map_err(write_err)?;
     }
@@ -108,6 +155,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if !args.no_summary {
         // stderr keeps the event stream clean for pipes.
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
+    }
+    // Captures that could not be written (a full disk) fail the run, as
+    // a failed --output write does, once everything else is out.
+    if recorder.is_some_and(|r| r.report().failed > 0) {
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

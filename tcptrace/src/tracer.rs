@@ -15,8 +15,9 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, SockLayout, field, kind,
-    kind_mask, map, raw_tracepoint, tracepoint,
+    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, FLIGHT_PAYLOAD_BYTES,
+    FlightPayload, FlightRing, FlowKey, ListenKey, Owner, SockLayout, field, kind, kind_mask, map,
+    raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -26,7 +27,8 @@ use crate::{
     error::{Error, Result},
     event::{KINDS, TcpEvent},
     host::preexisting::Preexisting,
-    kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs},
+    kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs, verifier},
+    tc::{self, TcAttachment, TcOptions},
 };
 
 /// The compiled kernel programs, embedded in the binary.
@@ -57,6 +59,13 @@ pub struct TracerOptions {
     /// `reuse` events: a send after at least this long without sending
     /// or receiving on the connection.
     pub reuse_idle: Duration,
+    /// TC programs on the traced namespace's interfaces: received RSTs
+    /// then carry what tells who sent them (`None`: no TC programs).
+    pub tc: Option<TcOptions>,
+    /// With `tc`: keep the last packets of every connection (the flight
+    /// recorder, `trace --pcap`), with up to this many payload bytes each
+    /// (0 to `FLIGHT_PAYLOAD_BYTES`). `None`: no recorder.
+    pub flight_payload: Option<u16>,
 }
 
 /// Default `TracerOptions::reuse_idle`.
@@ -80,6 +89,8 @@ impl Default for TracerOptions {
             batch_wakeups: true,
             skip_opening: false,
             reuse_idle: DEFAULT_REUSE_IDLE,
+            tc: None,
+            flight_payload: None,
         }
     }
 }
@@ -100,6 +111,27 @@ pub struct Tracer {
     missed_at_detach: u64,
     /// `skb:kfree_skb` is attached: `counts` reads the drop counters.
     drops_traced: bool,
+    /// The TC programs, while attached.
+    tc: Option<TcAttachment>,
+    /// What `tc` reported when attached (kept after detach).
+    tc_report: Option<TcReport>,
+}
+
+/// Where the TC programs ran: for summaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcReport {
+    /// `tcx` or `clsact`.
+    pub mode: &'static str,
+    /// The interfaces watched.
+    pub interfaces: Vec<String>,
+}
+
+/// The packets the flight recorder kept for one connection.
+pub struct Flight {
+    /// The ring of packet headers.
+    pub ring: Box<FlightRing>,
+    /// Their payload bytes, when kept.
+    pub payload: Option<Box<FlightPayload>>,
 }
 
 /// Records read off the ring buffer.
@@ -194,8 +226,26 @@ impl Tracer {
         )
         .with_drop_reasons(drop_reasons);
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map::EVENTS, options.ring_bytes)
+        let flight_payload = options
+            .flight_payload
+            .filter(|_| options.tc.is_some())
+            .map(|p| p.min(FLIGHT_PAYLOAD_BYTES as u16));
+        config.flight = u16::from(flight_payload.is_some());
+        config.flight_payload = flight_payload.unwrap_or(0);
+        // Maps nobody uses in this run shrink to one entry: the flight
+        // recorder alone would take 9 MiB of kernel memory, 25 with payload.
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(map::EVENTS, options.ring_bytes);
+        if options.tc.is_none() {
+            loader.map_max_entries(map::PEERS, 1);
+        }
+        if flight_payload.is_none() {
+            loader.map_max_entries(map::FLIGHT, 1);
+        }
+        if flight_payload.unwrap_or(0) == 0 {
+            loader.map_max_entries(map::FLIGHT_PAYLOAD, 1);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| match e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
@@ -209,16 +259,7 @@ impl Tracer {
                 }
                 e => Error::Load(Box::new(e)),
             })?;
-        {
-            let map = ebpf
-                .map_mut(map::CONFIG)
-                .ok_or(Error::MissingMap(map::CONFIG))?;
-            let mut array: Array<_, Config> =
-                Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
-            array
-                .set(0, config, 0)
-                .map_err(|e| map_error(map::CONFIG, e))?;
-        }
+        write_config(&mut ebpf, config)?;
 
         let mut attached = Vec::new();
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
@@ -278,6 +319,24 @@ impl Tracer {
             )));
         }
         let drops_traced = attached.contains(&tracepoint::ALL[tracepoint::KFREE_SKB].2);
+        let mut tc_attachment = None;
+        if let Some(tc_options) = &options.tc {
+            let (attachment, notes) = tc::attach(&mut ebpf, tc_options)?;
+            missing.extend(notes);
+            if let Some(attachment) = attachment {
+                // From now on received resets in that namespace carry the
+                // peer's profile.
+                config.tc_netns = attachment.netns_inode;
+                write_config(&mut ebpf, config)?;
+                tc_attachment = Some(attachment);
+            } else if tc_options.interfaces.is_empty() {
+                missing.push(NO_INTERFACE.to_string());
+            }
+        }
+        let tc_report = tc_attachment.as_ref().map(|a| TcReport {
+            mode: a.mode.name(),
+            interfaces: a.interfaces.clone(),
+        });
         // Owners of what was open before we attached (new sockets are
         // already being tracked, so nothing falls in between).
         seed_preexisting(&mut ebpf, &Preexisting::scan(options.netns));
@@ -305,6 +364,32 @@ impl Tracer {
             final_deadline: None,
             missed_at_detach: 0,
             drops_traced,
+            tc: tc_attachment,
+            tc_report,
+        })
+    }
+
+    /// Where the TC programs ran (`None`: not attached).
+    pub fn tc_report(&self) -> Option<&TcReport> {
+        self.tc_report.as_ref()
+    }
+
+    /// The packets the flight recorder kept for the connection `key`
+    /// (`None`: no recorder, or nothing kept for it). Readable after
+    /// `detach` too.
+    pub fn flight(&self, key: &FlowKey) -> Option<Flight> {
+        let map = self.ebpf.map(map::FLIGHT)?;
+        let rings = AyaHashMap::<_, FlowKey, FlightRing>::try_from(map).ok()?;
+        let ring = rings.get(key, 0).ok()?;
+        let payload = self
+            .ebpf
+            .map(map::FLIGHT_PAYLOAD)
+            .and_then(|map| AyaHashMap::<_, FlowKey, FlightPayload>::try_from(map).ok())
+            .and_then(|payloads| payloads.get(key, 0).ok())
+            .map(Box::new);
+        Some(Flight {
+            ring: Box::new(ring),
+            payload,
         })
     }
 
@@ -445,6 +530,9 @@ impl Tracer {
     /// readable with `drain` / `drain_final`.
     pub fn detach(&mut self) {
         self.missed_at_detach = self.missed_by_kernel();
+        if let Some(mut tc) = self.tc.take() {
+            tc.detach();
+        }
         for name in std::mem::take(&mut self.attached) {
             let result = match self.ebpf.program_mut(name) {
                 Some(aya::programs::Program::TracePoint(p)) => p.unload(),
@@ -525,38 +613,12 @@ fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {
 enum AttachError {
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
-    #[error("{step}: {}", brief(source))]
+    #[error("{step}: {}", verifier::verdict(source))]
     Program {
         step: &'static str,
         #[source]
         source: ProgramError,
     },
-}
-
-/// aya's load error carries the whole verifier log: say the syscall's
-/// error and the verifier's last word (the log's last line that is not
-/// statistics); the whole log goes to the debug log.
-fn brief(err: &ProgramError) -> String {
-    match err {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            log::debug!("verifier log:\n{log}");
-            let verdict = log.lines().rev().map(str::trim).find(|l| {
-                !l.is_empty()
-                    && !l.starts_with("verification time")
-                    && !l.starts_with("processed")
-                    && !l.starts_with("stack depth")
-            });
-            match verdict {
-                Some(verdict) => format!("BPF_PROG_LOAD: {io_error}; verifier: {verdict}"),
-                None => format!("BPF_PROG_LOAD: {io_error}"),
-            }
-        }
-        other => other.to_string(),
-    }
 }
 
 fn attach_tracepoint(
@@ -693,6 +755,19 @@ fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) 
         limits.push(SEND_RESET_BEFORE_6_10.to_string());
     }
     limits
+}
+
+/// Said when no interface of the traced namespace can carry the TC programs.
+pub const NO_INTERFACE: &str = "TC programs: the traced namespace has no non-loopback interface with an Ethernet header (give one with --iface): received resets get origin unknown";
+
+fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
+    let map = ebpf
+        .map_mut(map::CONFIG)
+        .ok_or(Error::MissingMap(map::CONFIG))?;
+    let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
+    array
+        .set(0, config, 0)
+        .map_err(|e| map_error(map::CONFIG, e))
 }
 
 fn map_error(name: &'static str, source: aya::maps::MapError) -> Error {

@@ -29,7 +29,7 @@ use crate::{
     aggregate::Aggregate,
     cli::DiagnoseArgs,
     event::TcpEvent,
-    filter_args::session_options,
+    filter_args::{session_options, tc_options},
     host::{cgroups::Cgroups, conntrack::ConntrackChange, reading},
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
@@ -56,6 +56,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         // The reuses that worked are what bounds an idle timeout.
         options.kinds |= kind_mask::REUSE;
     }
+    // Who sent the resets: the peer, or a device on the path.
+    options.tc = tc_options(&args.ifaces, netns.as_ref(), options.kinds, false);
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
     let before = reading::read(netns_path, &SYSCTLS)?;

@@ -1,7 +1,7 @@
 //! What is read from the host rather than traced: sockets through netlink
 //! sock_diag and their owning processes from /proc, kernel counters (TCP,
 //! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups,
-//! interfaces and their TC objects (rtnetlink), and
+//! Kubernetes pods, interfaces and their TC objects (rtnetlink), and
 //! network namespaces (the one `--netns` resolver). Below the pipeline:
 //! nothing here imports a command, the tracer or the CLI.
 
@@ -12,6 +12,7 @@ pub mod global;
 pub mod icmp;
 pub mod netns;
 pub mod owners;
+pub mod pods;
 pub mod preexisting;
 pub mod reading;
 pub mod rtnetlink;

@@ -1,6 +1,6 @@
 //! What userspace learns from the running kernel before the programs
 //! attach: where tracefs is, tracepoint layouts and enum names, struct
-//! member offsets from BTF, and the jiffies rate.
+//! member offsets from BTF, the jiffies rate, and the verifier's verdicts.
 
 pub mod btf;
 pub mod clock;
@@ -9,3 +9,4 @@ pub mod format;
 pub mod names;
 pub mod proginfo;
 pub mod tracefs;
+pub mod verifier;

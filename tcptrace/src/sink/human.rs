@@ -6,6 +6,7 @@ use super::{Context, Output, Sink};
 use crate::{
     event::{Detail, EventKind, TcpEvent, tcp_flag_names},
     kernel::errno,
+    origin::Origin,
     summary::Summary,
     timefmt,
 };
@@ -129,6 +130,15 @@ fn detail(ev: &TcpEvent, ctx: &Context) -> String {
                 parts.push(format!("pmtu={pmtu}"));
             }
         }
+        Detail::Origin(p) => parts.push(match p.origin {
+            Origin::Middlebox => format!(
+                "origin=middlebox({} {} closer: {})",
+                p.hops_closer,
+                if p.hops_closer == 1 { "hop" } else { "hops" },
+                p.why()
+            ),
+            other => format!("origin={} ({})", other.name(), p.why()),
+        }),
     }
     if ev.owner.is_none() {
         parts.push("owner=unknown".into());

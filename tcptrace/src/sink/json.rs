@@ -19,6 +19,7 @@ use super::{Context, Output, Sink};
 use crate::{
     event::{Detail, EventKind, SCHEMA_VERSION, TcpEvent, tcp_flag_names},
     kernel::errno,
+    origin::{Origin, Provenance},
     summary::Summary,
     timefmt,
 };
@@ -184,7 +185,57 @@ fn write_detail(
             num_field(out, n, b",\"mss\":", seg.mss.map(u64::from))?;
             num_field(out, n, b",\"pmtu\":", seg.pmtu.map(u64::from))
         }
+        Detail::Origin(p) => write_origin(out, p),
     }
+}
+
+/// `origin`, `origin_hops_closer` and `origin_evidence` of a received
+/// RST (rare next to the other kinds: written through serde_json).
+fn write_origin(out: &mut impl Write, p: &Provenance) -> io::Result<()> {
+    str_field(out, b",\"origin\":\"", p.origin.name())?;
+    if p.origin == Origin::Middlebox {
+        write!(out, ",\"origin_hops_closer\":{}", p.hops_closer)?;
+    }
+    let mut evidence = serde_json::Map::new();
+    let mut put = |key: &str, value: serde_json::Value| {
+        evidence.insert(key.to_string(), value);
+    };
+    put("peer_segments", p.peer_segments.into());
+    if p.peer_segments > 0 {
+        put("peer_ttl_min", p.peer_ttl_min.into());
+        put("peer_ttl_max", p.peer_ttl_max.into());
+        put("peer_timestamp_segments", p.peer_timestamp_segments.into());
+        if !p.v6 {
+            put("peer_ip_ids", p.peer_ip_ids.name().into());
+            put("peer_ip_id", p.peer_ip_id.into());
+        } else {
+            put("peer_flow_label", p.peer_flow_label.into());
+        }
+    }
+    if p.rst_seen() {
+        put("rst_ttl", p.rst_ttl.into());
+        put("rst_flags", tcp_flag_names(p.rst_flags).into());
+        put("rst_timestamp", p.rst_timestamp.into());
+        if p.v6 {
+            put("rst_flow_label", p.rst_flow_label.into());
+        } else {
+            put("rst_ip_id", p.rst_ip_id.into());
+        }
+        if let Some(in_sequence) = p.ip_id_in_sequence() {
+            put("ip_id_in_sequence", in_sequence.into());
+        }
+        if let Some(offset) = p.seq_offset {
+            put("seq_offset", offset.into());
+        }
+        if let Some(offset) = p.ack_offset {
+            put("ack_offset", offset.into());
+        }
+        put("stateless", p.stateless().into());
+    }
+    put("why", p.why().into());
+    out.write_all(b",\"origin_evidence\":")?;
+    serde_json::to_writer(&mut *out, &evidence)?;
+    Ok(())
 }
 
 fn str_field(out: &mut impl Write, key: &[u8], value: &str) -> io::Result<()> {
