@@ -559,6 +559,9 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub mod profile_known {
     /// `next_seq` holds the peer's next sequence number.
     pub const PEER_SEQ: u8 = 1;
+    /// The peer's last segment was a SYN (its IPv4 ID comes from the
+    /// request socket, not from the connection's counter).
+    pub const LAST_WAS_SYN: u8 = 8;
     /// `our_next_seq` holds ours (seen on egress).
     pub const OUR_SEQ: u8 = 2;
     /// IPv6 segments (flow labels, hop limits) rather than IPv4.
@@ -617,8 +620,10 @@ pub struct PeerProfile {
     pub segments: u32,
     /// Of those, how many carried a TCP timestamp option.
     pub ts_segments: u32,
-    /// IPv4: consecutive segments whose ID moved on by 1 to
-    /// `IP_ID_STEP_MAX` (a per-connection counter), and segments with ID 0.
+    /// IPv4: pairs of consecutive segments (after the handshake) whose
+    /// IDs were compared, those whose ID moved on by 1 to `IP_ID_STEP_MAX`
+    /// (a per-connection counter), and segments with ID 0.
+    pub ip_id_pairs: u32,
     pub ip_id_steps: u32,
     pub ip_id_zero: u32,
     /// The last segment's timestamp value.
@@ -638,11 +643,11 @@ pub struct PeerProfile {
     pub ttl_last: u8,
     /// `profile_known::*` bits.
     pub known: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
     /// The last RST received on the connection.
     pub rst: RstSeen,
 }
-pub const PEER_PROFILE_SIZE: usize = 88;
+pub const PEER_PROFILE_SIZE: usize = 96;
 const _: () = assert!(size_of::<PeerProfile>() == PEER_PROFILE_SIZE);
 
 /// An `RST_RECEIVED` record when TC programs run in the socket's

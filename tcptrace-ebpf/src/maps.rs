@@ -93,4 +93,4 @@ pub static FLIGHT_PAYLOAD_EMPTY: Array<FlightPayload> = Array::with_max_entries(
 /// program in softirq may run while a tracepoint program on the same
 /// CPU is interrupted.
 #[map]
-pub static TC_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);
+pub static TC_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);

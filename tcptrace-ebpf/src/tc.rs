@@ -100,6 +100,21 @@ fn handle(ctx: &TcContext, ingress: bool) -> Option<()> {
     Some(())
 }
 
+/// `len` if it is 1 to `max`, in a form whose bounds the verifier sees
+/// on the very register handed to `bpf_skb_load_bytes` (it must be
+/// provably 1 to the room left): `((len - 1) & mask) + 1`, with `mask + 1`
+/// a power of two at least `max` and at most the room. It equals `len`;
+/// LLVM would fold it to `len` (and test a copy of the register) if it
+/// still knew the range, so a volatile read makes it forget.
+#[inline(always)]
+fn bounded(len: u32, max: u32, mask: u32) -> Option<u32> {
+    if len == 0 || len > max {
+        return None;
+    }
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    Some((len.wrapping_sub(1) & mask) + 1)
+}
+
 /// Copies `len` bytes of the packet at `offset` to `dst`; false if the
 /// packet is shorter.
 #[inline(always)]
@@ -205,7 +220,7 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Segment> {
     if !load(ctx, l4, tcp, 20) {
         return None;
     }
-    let at = |i: usize| unsafe { *tcp.add(i & 63) };
+    let at = |i: usize| unsafe { *tcp.add(i & 127) };
     let sport = be16(tcp, 0);
     let dport = be16(tcp, 2);
     (seg.key.local_port, seg.key.remote_port) = if ingress {
@@ -221,8 +236,10 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Segment> {
         return None;
     }
     seg.tcp_header_len = doff;
-    let options = (doff - 20) & 63;
-    if options > 0 && options <= 40 && load(ctx, l4 + 20, unsafe { tcp.add(20) }, options) {
+    // The scratch buffer has 108 bytes of room after the fixed header.
+    if let Some(options) = bounded(doff - 20, 40, 63)
+        && load(ctx, l4 + 20, unsafe { tcp.add(20) }, options)
+    {
         timestamp_option(tcp, options as usize, &mut seg);
     }
     let headers = seg.ip_header_len + doff;
@@ -239,8 +256,8 @@ fn parse(ctx: &TcContext, ingress: bool) -> Option<Segment> {
 /// its callers, the loop's temporaries overflow the 512-byte stack.
 #[inline(never)]
 fn timestamp_option(tcp: *const u8, len: usize, seg: &mut Segment) {
-    // SAFETY: masked inside the 64-byte scratch buffer.
-    let at = |i: usize| unsafe { *tcp.add(i & 63) };
+    // SAFETY: masked inside the 128-byte scratch buffer.
+    let at = |i: usize| unsafe { *tcp.add(i & 127) };
     let mut i = 0usize;
     for _ in 0..MAX_OPTIONS {
         if i >= len {
@@ -345,9 +362,20 @@ fn peer_segment(seg: &Segment, now: u64) {
         p.flow_label = seg.flow_label;
         p.known |= profile_known::V6;
     } else {
-        let step = seg.ip_id.wrapping_sub(p.last_ip_id);
-        if p.segments > 1 && step >= 1 && step <= IP_ID_STEP_MAX {
-            p.ip_id_steps += 1;
+        // A SYN-ACK comes from the request socket (ID 0 with DF on
+        // Linux), the connection's counter starts after it.
+        let syn = seg.flags & TCP_SYN != 0;
+        if p.segments > 1 && !syn && p.known & profile_known::LAST_WAS_SYN == 0 {
+            p.ip_id_pairs += 1;
+            let step = seg.ip_id.wrapping_sub(p.last_ip_id);
+            if step >= 1 && step <= IP_ID_STEP_MAX {
+                p.ip_id_steps += 1;
+            }
+        }
+        if syn {
+            p.known |= profile_known::LAST_WAS_SYN;
+        } else {
+            p.known &= !profile_known::LAST_WAS_SYN;
         }
         if seg.ip_id == 0 {
             p.ip_id_zero += 1;
@@ -424,11 +452,16 @@ fn record(ctx: &TcContext, cfg: &Config, seg: &Segment, now: u64, ingress: bool)
     } else {
         headers
     };
-    // 20 + 20 at least: parse() read that much.
-    if header_len == 0 || !load(ctx, ETH_HLEN, slot.header.as_mut_ptr(), header_len) {
+    let Some(header_len) = bounded(
+        header_len,
+        FLIGHT_HEADER_BYTES as u32,
+        FLIGHT_HEADER_BYTES as u32 - 1,
+    )
+        .filter(|len| load(ctx, ETH_HLEN, slot.header.as_mut_ptr(), *len))
+    else {
         slot.header_len = 0;
         return None;
-    }
+    };
     slot.header_len = header_len as u8;
     let wanted = u32::from(cfg.flight_payload);
     if wanted == 0 || seg.payload_len == 0 {
@@ -454,7 +487,13 @@ fn record(ctx: &TcContext, cfg: &Config, seg: &Segment, now: u64, ingress: bool)
     // SAFETY: a map value of ours; slot_index is below FLIGHT_PACKETS.
     let dst = unsafe { (*payload).bytes[slot_index].as_mut_ptr() };
     // A GSO packet's payload may lie in its pages: the helper reads those too.
-    if len > 0 && load(ctx, ETH_HLEN + headers, dst, len) {
+    if let Some(len) = bounded(
+        len,
+        FLIGHT_PAYLOAD_BYTES as u32,
+        FLIGHT_PAYLOAD_BYTES as u32 - 1,
+    )
+        && load(ctx, ETH_HLEN + headers, dst, len)
+    {
         slot.payload_len = len as u16;
     }
     Some(())

@@ -191,7 +191,9 @@ fn ip_id_pattern(profile: &PeerProfile) -> IpIdPattern {
     }
     if profile.ip_id_zero == profile.segments {
         IpIdPattern::Zero
-    } else if profile.ip_id_steps * 10 >= (profile.segments - 1) * 9 {
+    } else if profile.ip_id_pairs == 0 {
+        IpIdPattern::Unknown
+    } else if profile.ip_id_steps * 10 >= profile.ip_id_pairs * 9 {
         // Nine steps in ten: a retransmission or reordering may break one.
         IpIdPattern::Incrementing
     } else {
@@ -310,6 +312,7 @@ mod tests {
             last_ns: T - 1_000_000,
             segments: 5,
             ts_segments: 5,
+            ip_id_pairs: 4,
             ip_id_steps: 4,
             ip_id_zero: 0,
             last_tsval: 1000,
@@ -321,7 +324,7 @@ mod tests {
             ttl_max: 63,
             ttl_last: 63,
             known: profile_known::PEER_SEQ | profile_known::OUR_SEQ,
-            _pad: [0; 2],
+            _pad: [0; 6],
             rst: RstSeen::default(),
         }
     }
@@ -449,5 +452,8 @@ mod tests {
         assert_eq!(ip_id_pattern(&profile), IpIdPattern::Other);
         profile.segments = 1;
         assert_eq!(ip_id_pattern(&profile), IpIdPattern::Unknown);
+        profile.segments = 2;
+        profile.ip_id_pairs = 0;
+        assert_eq!(ip_id_pattern(&profile), IpIdPattern::Unknown, "SYN-ACK + one");
     }
 }

@@ -50,6 +50,10 @@ use crate::{
 /// sends goes out (through the egress program) right after
 /// `tcp_send_reset` fires.
 pub const SETTLE_NS: u64 = 200_000_000;
+/// Packets kept up to this long after the event: the RST this host
+/// sends is in, what the connection's remains do later (a peer still
+/// retransmitting, our answering RSTs) is not: the file ends at the reset.
+const AFTER_EVENT_NS: u64 = 20_000_000;
 /// Connections whose capture was written or counted are not written
 /// again for this long (a reset gives `rst_received`, then
 /// `connect_failed` or a `socket_error`: one file).
@@ -182,7 +186,11 @@ impl Recorder {
     }
 
     fn write(&mut self, pending: &Pending, flight: &Flight, ctx: &mut Context) {
-        let packets = packets(flight);
+        let until = pending.event.mono_ns.saturating_add(AFTER_EVENT_NS);
+        let packets: Vec<Packet> = packets(flight)
+            .into_iter()
+            .filter(|p| p.mono_ns <= until)
+            .collect();
         if packets.is_empty() {
             self.report.without_packets += 1;
             return;

@@ -51,6 +51,9 @@ pub const MARKER_DIR: &str = "/run/tcptrace";
 /// Said (in `missing`) when the kernel has no TCX links.
 pub const CLSACT_FALLBACK: &str = "TCX links (kernels before 6.6): the TC programs hang on clsact filters instead; they are removed on exit, and a run killed with SIGKILL leaves them until the next tcptrace start removes them";
 
+/// Said when no interface of the traced namespace can carry the TC programs.
+pub const NO_INTERFACE: &str = "TC programs: the traced namespace has no non-loopback interface with an Ethernet header (give one with --iface): received resets get origin unknown";
+
 /// Which interfaces, in which namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcOptions {
@@ -163,6 +166,9 @@ fn attach_here(
     remove_leftovers(&links, netns_inode);
     let chosen = choose(&links, &options.interfaces, notes)?;
     if chosen.is_empty() {
+        if options.interfaces.is_empty() {
+            notes.push(NO_INTERFACE.to_string());
+        }
         return Ok(None);
     }
     let mut mode = if force_clsact {

@@ -329,8 +329,6 @@ impl Tracer {
                 config.tc_netns = attachment.netns_inode;
                 write_config(&mut ebpf, config)?;
                 tc_attachment = Some(attachment);
-            } else if tc_options.interfaces.is_empty() {
-                missing.push(NO_INTERFACE.to_string());
             }
         }
         let tc_report = tc_attachment.as_ref().map(|a| TcReport {
@@ -756,9 +754,6 @@ fn tracepoint_limits(formats: &[Option<Format>; tracepoint::COUNT], kinds: u32) 
     }
     limits
 }
-
-/// Said when no interface of the traced namespace can carry the TC programs.
-pub const NO_INTERFACE: &str = "TC programs: the traced namespace has no non-loopback interface with an Ethernet header (give one with --iface): received resets get origin unknown";
 
 fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
     let map = ebpf
