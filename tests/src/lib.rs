@@ -13,7 +13,7 @@ pub mod netns;
 pub mod sockets;
 pub mod trace;
 
-pub use netns::{Netns, NetnsPair};
+pub use netns::{Netns, NetnsPair, Routed};
 pub use trace::{Records, Trace, owner_pid};
 
 /// Runs a command and panics with its output if it fails.

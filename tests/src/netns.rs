@@ -152,3 +152,82 @@ impl NetnsPair {
         NetnsPair { a, b }
     }
 }
+
+/// Client and server namespaces with a router namespace between them:
+/// `client` 198.18.1.1 / 2001:db8:1::1 -- `router` -- `server`
+/// 198.18.2.1 / 2001:db8:2::1. The server's packets reach the client one
+/// hop later than the router's own (TTL / hop limit one lower).
+pub struct Routed {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+}
+
+impl Routed {
+    pub const CLIENT4: &str = "198.18.1.1";
+    pub const SERVER4: &str = "198.18.2.1";
+    pub const CLIENT6: &str = "2001:db8:1::1";
+    pub const SERVER6: &str = "2001:db8:2::1";
+
+    pub fn new(tag: &str) -> Routed {
+        let client = Netns::new(&format!("{tag}c"));
+        let router = Netns::new(&format!("{tag}r"));
+        let server = Netns::new(&format!("{tag}s"));
+        for (end, net, dev) in [(&client, 1, "rc"), (&server, 2, "rs")] {
+            router.ip(&[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                end.name(),
+            ]);
+            for (ns, dev, host) in [(&router, dev, "254"), (end, "eth0", "1")] {
+                ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("198.18.{net}.{host}/24"),
+                    "dev",
+                    dev,
+                ]);
+                let v6_host = if host == "1" { "1" } else { "fe" };
+                ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("2001:db8:{net}::{v6_host}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ]);
+                ns.ip(&["link", "set", dev, "up"]);
+            }
+            end.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{net}.254"),
+            ]);
+            end.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:{net}::fe"),
+            ]);
+        }
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        Routed {
+            client,
+            router,
+            server,
+        }
+    }
+}

@@ -88,6 +88,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "scenario tests put a real load balancer in front of backends",
     ),
     ("nginx-light", "scenario tests use a real HTTP server"),
+    (
+        "tshark",
+        "tests read the --pcap files back with Wireshark's reader",
+    ),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[(
