@@ -457,8 +457,7 @@ fn record(ctx: &TcContext, cfg: &Config, seg: &Segment, now: u64, ingress: bool)
         FLIGHT_HEADER_BYTES as u32,
         FLIGHT_HEADER_BYTES as u32 - 1,
     )
-        .filter(|len| load(ctx, ETH_HLEN, slot.header.as_mut_ptr(), *len))
-    else {
+    .filter(|len| load(ctx, ETH_HLEN, slot.header.as_mut_ptr(), *len)) else {
         slot.header_len = 0;
         return None;
     };
@@ -491,8 +490,7 @@ fn record(ctx: &TcContext, cfg: &Config, seg: &Segment, now: u64, ingress: bool)
         len,
         FLIGHT_PAYLOAD_BYTES as u32,
         FLIGHT_PAYLOAD_BYTES as u32 - 1,
-    )
-        && load(ctx, ETH_HLEN + headers, dst, len)
+    ) && load(ctx, ETH_HLEN + headers, dst, len)
     {
         slot.payload_len = len as u16;
     }

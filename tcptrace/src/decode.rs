@@ -60,8 +60,7 @@ impl Decoder {
             }
             EVENT_WITH_PEER_SIZE => {
                 // SAFETY: as above, for the larger record.
-                let raw: EventWithPeer =
-                    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                let raw: EventWithPeer = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                 if raw.event.kind != kind::RST_RECEIVED {
                     return Err(DecodeError::Size(bytes.len()));
                 }

@@ -232,7 +232,8 @@ impl Provenance {
         }
         let no_timestamp = self.peer_always_timestamps() && !self.rst_timestamp;
         let id_off = self.ip_id_in_sequence() == Some(false);
-        let label_off = self.v6 && self.peer_segments > 0 && self.rst_flow_label != self.peer_flow_label;
+        let label_off =
+            self.v6 && self.peer_segments > 0 && self.rst_flow_label != self.peer_flow_label;
         no_timestamp || id_off || label_off
     }
 
@@ -357,7 +358,10 @@ mod tests {
         assert_eq!(p.seq_offset, Some(0));
         assert_eq!(p.ack_offset, None, "no ACK flag");
         let why = p.why();
-        assert!(why.contains("TTL 64, the peer's segments 63: sent 1 hop closer"), "{why}");
+        assert!(
+            why.contains("TTL 64, the peer's segments 63: sent 1 hop closer"),
+            "{why}"
+        );
         assert!(why.contains("no timestamp option"), "{why}");
         assert!(why.contains("IP ID 0"), "{why}");
     }
@@ -372,7 +376,11 @@ mod tests {
         assert!(!p.stateless());
         assert_eq!(p.ip_id_in_sequence(), Some(true));
         assert_eq!(p.ack_offset, Some(0));
-        assert!(p.why().contains("sent from the peer's distance"), "{}", p.why());
+        assert!(
+            p.why().contains("sent from the peer's distance"),
+            "{}",
+            p.why()
+        );
     }
 
     #[test]
@@ -454,6 +462,10 @@ mod tests {
         assert_eq!(ip_id_pattern(&profile), IpIdPattern::Unknown);
         profile.segments = 2;
         profile.ip_id_pairs = 0;
-        assert_eq!(ip_id_pattern(&profile), IpIdPattern::Unknown, "SYN-ACK + one");
+        assert_eq!(
+            ip_id_pattern(&profile),
+            IpIdPattern::Unknown,
+            "SYN-ACK + one"
+        );
     }
 }

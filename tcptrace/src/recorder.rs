@@ -119,7 +119,9 @@ impl Recorder {
     pub fn new(options: RecorderOptions) -> Result<Recorder, SafeFileError> {
         safe_file::private_dir(&options.dir)?;
         Ok(Recorder {
-            run: jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string(),
+            run: jiff::Timestamp::now()
+                .strftime("%Y%m%dT%H%M%SZ")
+                .to_string(),
             report: RecorderReport {
                 dir: options.dir.clone(),
                 ..RecorderReport::default()
@@ -365,19 +367,25 @@ fn comments(ev: &TcpEvent, ctx: &mut Context) -> Vec<String> {
     match ev.kind {
         EventKind::RstSent => lines.push(format!(
             "RST sent by this host, reason {}",
-            ev.rst_reason
-                .map_or_else(|| "unknown (kernel before 6.10)".into(), |r| ctx.names.reason(r).into_owned())
+            ev.rst_reason.map_or_else(
+                || "unknown (kernel before 6.10)".into(),
+                |r| ctx.names.reason(r).into_owned()
+            )
         )),
-        EventKind::RstReceived => lines.push(
-            "RST received (the sender's reason is not visible from here)".into(),
-        ),
+        EventKind::RstReceived => {
+            lines.push("RST received (the sender's reason is not visible from here)".into())
+        }
         EventKind::ConnectFailed => lines.push(format!(
             "connect failed after {}",
-            ev.connect_ns.map_or_else(|| "?".into(), timefmt::duration_ns)
+            ev.connect_ns
+                .map_or_else(|| "?".into(), timefmt::duration_ns)
         )),
         _ => {
             if let Some(errno) = ev.socket_errno() {
-                lines.push(format!("error handed to the application: {}", errno::label(errno)));
+                lines.push(format!(
+                    "error handed to the application: {}",
+                    errno::label(errno)
+                ));
             }
         }
     }
@@ -392,7 +400,10 @@ fn comments(ev: &TcpEvent, ctx: &mut Context) -> Vec<String> {
         });
     }
     if let Some(idle) = ev.idle_ns() {
-        lines.push(format!("idle before the reset: {}", timefmt::duration_ns(idle)));
+        lines.push(format!(
+            "idle before the reset: {}",
+            timefmt::duration_ns(idle)
+        ));
     }
     if let Some(age) = ev.age_ns {
         lines.push(format!("connection age: {}", timefmt::duration_ns(age)));
@@ -416,9 +427,11 @@ fn write_file(
         },
         ..SectionHeaderBlock::default()
     };
-    section.options.push(SectionHeaderOption::UserApplication(Cow::Borrowed(
-        concat!("tcptrace ", env!("CARGO_PKG_VERSION")),
-    )));
+    section
+        .options
+        .push(SectionHeaderOption::UserApplication(Cow::Borrowed(
+            concat!("tcptrace ", env!("CARGO_PKG_VERSION")),
+        )));
     for comment in comments {
         section
             .options
@@ -467,9 +480,7 @@ fn write_file(
     }
     let mut out = writer.into_inner();
     out.flush()?;
-    out.into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
 #[cfg(test)]
@@ -545,6 +556,9 @@ mod tests {
             "[2001:db8::2]:80".parse().unwrap(),
         );
         assert_eq!(key.family, AF_INET6 as u8);
-        assert_eq!(endpoint("[2001:db8::1]:443".parse().unwrap()), "2001:db8::1_443");
+        assert_eq!(
+            endpoint("[2001:db8::1]:443".parse().unwrap()),
+            "2001:db8::1_443"
+        );
     }
 }

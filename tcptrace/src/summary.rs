@@ -307,7 +307,11 @@ impl Summary {
                 p.over_max,
                 p.without_packets,
                 if p.failed > 0 {
-                    format!(", {} failed ({})", p.failed, p.error.as_deref().unwrap_or("?"))
+                    format!(
+                        ", {} failed ({})",
+                        p.failed,
+                        p.error.as_deref().unwrap_or("?")
+                    )
                 } else {
                     String::new()
                 }

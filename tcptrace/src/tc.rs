@@ -138,14 +138,16 @@ pub fn attach(ebpf: &mut Ebpf, options: &TcOptions) -> Result<(Option<TcAttachme
         attach_here(ebpf, options, force_clsact, &mut notes)
     })?;
     Ok((
-        attached.map(|(netns_inode, mode, interfaces, links, added_qdiscs)| TcAttachment {
-            netns,
-            netns_inode,
-            mode,
-            interfaces,
-            links,
-            added_qdiscs,
-        }),
+        attached.map(
+            |(netns_inode, mode, interfaces, links, added_qdiscs)| TcAttachment {
+                netns,
+                netns_inode,
+                mode,
+                interfaces,
+                links,
+                added_qdiscs,
+            },
+        ),
         notes,
     ))
 }
@@ -203,9 +205,7 @@ fn attach_here(
                         other => other,
                     }
                 }
-                TcMode::Clsact => {
-                    attach_clsact(prog, &link, hook, netns_inode, &mut added_qdiscs)
-                }
+                TcMode::Clsact => attach_clsact(prog, &link, hook, netns_inode, &mut added_qdiscs),
             };
             match result.and_then(|id| prog.take_link(id)) {
                 Ok(taken) => hooked.push(taken),
@@ -235,7 +235,13 @@ fn attach_here(
             "{TC_ATTACH_ENV}=clsact: TC programs on clsact filters although this kernel may have TCX"
         ));
     }
-    Ok(Some((netns_inode, mode, interfaces, attached, added_qdiscs)))
+    Ok(Some((
+        netns_inode,
+        mode,
+        interfaces,
+        attached,
+        added_qdiscs,
+    )))
 }
 
 /// The interfaces to watch: those named (each must exist; one without
@@ -372,7 +378,10 @@ fn remove_leftovers(links: &[Link], netns_inode: u32) {
                         link.name
                     );
                     if let Err(err) = rtnetlink::delete_filter(link.index, &filter) {
-                        log::warn!("cannot remove a stale tcptrace filter on {}: {err}", link.name);
+                        log::warn!(
+                            "cannot remove a stale tcptrace filter on {}: {err}",
+                            link.name
+                        );
                     }
                 }
             }
@@ -402,7 +411,9 @@ fn remove_empty_qdiscs(indices: &mut Vec<u32>, netns_inode: u32) {
         match rtnetlink::has_clsact(index) {
             Ok(true) => {
                 if let Err(err) = rtnetlink::delete_clsact(index) {
-                    log::warn!("cannot remove the clsact qdisc tcptrace added (ifindex {index}): {err}");
+                    log::warn!(
+                        "cannot remove the clsact qdisc tcptrace added (ifindex {index}): {err}"
+                    );
                     continue;
                 }
             }
@@ -421,7 +432,11 @@ fn write_marker(netns_inode: u32, index: u32) -> Result<(), safe_file::SafeFileE
     safe_file::private_dir(Path::new(MARKER_DIR))?;
     safe_file::write_atomically(
         &marker_path(netns_inode, index),
-        format!("clsact qdisc added by tcptrace pid {}\n", std::process::id()).as_bytes(),
+        format!(
+            "clsact qdisc added by tcptrace pid {}\n",
+            std::process::id()
+        )
+        .as_bytes(),
     )
 }
 

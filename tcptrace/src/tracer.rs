@@ -15,9 +15,9 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, FLIGHT_PAYLOAD_BYTES,
-    FlightPayload, FlightRing, FlowKey, ListenKey, Owner, SockLayout, field, kind, kind_mask, map,
-    raw_tracepoint, tracepoint,
+    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, FLIGHT_PAYLOAD_BYTES, FlightPayload,
+    FlightRing, FlowKey, ListenKey, Owner, SockLayout, field, kind, kind_mask, map, raw_tracepoint,
+    tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -245,20 +245,18 @@ impl Tracer {
         if flight_payload.unwrap_or(0) == 0 {
             loader.map_max_entries(map::FLIGHT_PAYLOAD, 1);
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| match e {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
-                    if name == map::EVENTS =>
-                {
-                    Error::RingBuffer {
-                        step: "create",
-                        kib: options.ring_bytes / 1024,
-                        source: Box::new(io_error),
-                    }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| match e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                if name == map::EVENTS =>
+            {
+                Error::RingBuffer {
+                    step: "create",
+                    kib: options.ring_bytes / 1024,
+                    source: Box::new(io_error),
                 }
-                e => Error::Load(Box::new(e)),
-            })?;
+            }
+            e => Error::Load(Box::new(e)),
+        })?;
         write_config(&mut ebpf, config)?;
 
         let mut attached = Vec::new();
@@ -759,7 +757,8 @@ fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<()> {
     let map = ebpf
         .map_mut(map::CONFIG)
         .ok_or(Error::MissingMap(map::CONFIG))?;
-    let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
+    let mut array: Array<_, Config> =
+        Array::try_from(map).map_err(|e| map_error(map::CONFIG, e))?;
     array
         .set(0, config, 0)
         .map_err(|e| map_error(map::CONFIG, e))

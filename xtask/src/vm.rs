@@ -293,7 +293,7 @@ mount -t tmpfs tmpfs /tmp
 ip link set lo up
 mark() { echo "=== tcptrace-vm: $*"; }
 mark "uname $(uname -r)"
-tcptrace trace --json --events all --reuse-idle REUSE_IDLE_MSms --duration 60s >/tmp/events.json 2>/tmp/trace.err &
+tcptrace trace --json --events all --iface lo --reuse-idle REUSE_IDLE_MSms --duration 60s >/tmp/events.json 2>/tmp/trace.err &
 TRACER=$!
 i=0
 while ! grep -q 'tracing; Ctrl-C to stop' /tmp/trace.err; do
@@ -604,7 +604,12 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
     }
     // Limits this kernel has are said by name, not failures; anything
     // else not traced is.
-    let limits = facts.limits();
+    let tcx = has_tcx(&release);
+    let mut limits = facts.limits();
+    if !tcx {
+        // tcptrace's `CLSACT_FALLBACK`.
+        limits.push("TCX links (kernels before 6.6)");
+    }
     let (expected, warnings): (Vec<&str>, Vec<&str>) = stderr
         .iter()
         .copied()
@@ -678,6 +683,7 @@ fn check(console: &str, args: &VmArgs) -> Result<()> {
         }
     }
     problems.extend(check_events(console, &events, &facts));
+    problems.extend(check_tc(console, &events, tcx));
     if !problems.is_empty() {
         bail!("on kernel {release}: {}", problems.join("; "));
     }
@@ -782,6 +788,42 @@ impl Facts {
         }
         limits
     }
+}
+
+/// TCX links exist from 6.6 on (`uname -r` such as `6.1.0-37-cloud-amd64`).
+fn has_tcx(release: &str) -> bool {
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// The TC programs loaded and hung on `lo` (TCX links, or clsact filters
+/// before 6.6), and the RST `peer` sent has origin `peer`.
+fn check_tc(console: &str, events: &[Value], tcx: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mode = if tcx { "tcx" } else { "clsact" };
+    match events.iter().find(|e| e["type"] == "summary") {
+        Some(summary)
+            if summary["tc"]["mode"] == mode && summary["tc"]["interfaces"][0] == "lo" => {}
+        Some(summary) => problems.push(format!(
+            "TC programs should hang on lo via {mode}: {}",
+            summary["tc"]
+        )),
+        None => problems.push("no summary record".into()),
+    }
+    let port = console_port(console, "reset-after");
+    let received = events
+        .iter()
+        .find(|e| e["kind"] == "rst_received" && e["local_port"].as_u64() != port);
+    match received {
+        Some(ev) if ev["origin"] == "peer" => {}
+        other => problems.push(format!(
+            "the client's rst_received should have origin peer: {other:?}"
+        )),
+    }
+    problems
 }
 
 /// The port the VM's script printed as `vm-port NAME N`.
@@ -1034,6 +1076,14 @@ mod tests {
         assert!(data.len().is_multiple_of(4));
         assert!(data.starts_with(b"070701"));
         assert!(data.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+
+    #[test]
+    fn tcx_from_6_6_on() {
+        assert!(!has_tcx("6.1.0-37-cloud-amd64"));
+        assert!(has_tcx("6.12.41+deb13-cloud-amd64"));
+        assert!(has_tcx("6.6.0"));
+        assert!(!has_tcx("?"));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub use self::{
 use crate::{
     event::{Comm, EventKind, TcpEvent},
     kernel::names::Names,
+    origin::Origin,
 };
 
 /// Processes kept (the heaviest by incidents, then activity).
@@ -115,6 +116,17 @@ pub struct Stats {
     /// Data retransmits whose size was known at all (the denominator of
     /// `full_size_retransmits`).
     pub sized_retransmits: u64,
+    /// Received RSTs by origin (`peer`, `middlebox`, `unknown`), where
+    /// TC programs compared them with the peer's own segments.
+    pub rst_origin: BTreeMap<&'static str, u64>,
+    /// Middlebox RSTs by how many hops closer than the peer they came
+    /// from (TTL / hop limit difference).
+    pub forged_hops: BTreeMap<u8, u64>,
+    /// Of the middlebox RSTs, those on connections in use (no quiet
+    /// gap): not the peer aborting, a device on the path.
+    pub forged_while_active: u64,
+    /// Idle gap before the middlebox RSTs received in ESTABLISHED.
+    pub forged_idle: Dist,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -161,6 +173,10 @@ impl Default for Stats {
             reuse_idle: Dist::new(Dist::MILLIS),
             full_size_retransmits: 0,
             sized_retransmits: 0,
+            rst_origin: BTreeMap::new(),
+            forged_hops: BTreeMap::new(),
+            forged_while_active: 0,
+            forged_idle: Dist::new(Dist::MILLIS),
             related: TopN::new(MAX_RELATED),
         }
     }
@@ -441,6 +457,8 @@ struct Update {
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
     active_rst: bool,
+    /// A received RST's origin, and the hops closer of a middlebox's.
+    rst_origin: Option<(&'static str, Option<u8>)>,
     late_data_reset: bool,
     peer_close_rst_after_ns: Option<u64>,
     peer_close_rst: bool,
@@ -536,6 +554,10 @@ impl Update {
                     }
                     _ => {}
                 }
+                u.rst_origin = ev.provenance().map(|p| {
+                    let hops = (p.origin == Origin::Middlebox).then_some(p.hops_closer);
+                    (p.origin.name(), hops)
+                });
             }
             EventKind::Drop => {
                 u.incident = true;
@@ -645,6 +667,16 @@ impl Update {
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
         s.rst_while_active += u64::from(self.active_rst);
+        if let Some((origin, hops)) = self.rst_origin {
+            *s.rst_origin.entry(origin).or_default() += 1;
+            if let Some(hops) = hops {
+                *s.forged_hops.entry(hops).or_default() += 1;
+                s.forged_while_active += u64::from(self.active_rst);
+                if let Some(ns) = self.idle_before_rst_ns {
+                    s.forged_idle.record(ns);
+                }
+            }
+        }
         s.rst_after_peer_close += u64::from(self.peer_close_rst);
         if let Some(ns) = self.peer_close_rst_after_ns {
             s.reuse_after_peer_close.record(ns);

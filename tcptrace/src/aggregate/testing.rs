@@ -181,6 +181,40 @@ impl Ev {
         });
         self
     }
+    /// A received RST's origin: `hops_closer` 0 for the peer, more for
+    /// a middlebox that many hops closer (TTL 64 against the peer's).
+    pub fn origin(mut self, hops_closer: u8) -> Ev {
+        use crate::origin::{IpIdPattern, Origin, Provenance};
+        self.0.detail = crate::event::Detail::Origin(Provenance {
+            origin: if hops_closer == 0 {
+                Origin::Peer
+            } else {
+                Origin::Middlebox
+            },
+            hops_closer,
+            rst_ttl: 64
+                - if hops_closer == 0 {
+                    3
+                } else {
+                    3 - hops_closer.min(3)
+                },
+            peer_ttl_min: 61,
+            peer_ttl_max: 61,
+            rst_flags: 0x04,
+            rst_timestamp: false,
+            v6: false,
+            peer_ip_ids: IpIdPattern::Zero,
+            peer_segments: 4,
+            peer_timestamp_segments: 4,
+            rst_ip_id: 0,
+            peer_ip_id: 0,
+            rst_flow_label: 0,
+            peer_flow_label: 0,
+            seq_offset: Some(0),
+            ack_offset: None,
+        });
+        self
+    }
     /// The event.
     pub fn build(self) -> TcpEvent {
         self.0

@@ -27,6 +27,9 @@ pub enum Cause {
     NothingListening,
     /// The peer restarted and answers old connections with RST.
     HalfOpenAfterPeerRestart,
+    /// RSTs forged on the path (load balancer, firewall, NAT): they came
+    /// from fewer hops away than the peer's own segments.
+    ResetOnPath,
 }
 
 impl Cause {
@@ -42,6 +45,7 @@ impl Cause {
             Cause::RetransmissionTimeout => "retransmission_timeout",
             Cause::NothingListening => "nothing_listening",
             Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
+            Cause::ResetOnPath => "reset_on_path",
         }
     }
 
@@ -61,6 +65,9 @@ impl Cause {
             Cause::RetransmissionTimeout => "Retransmission timeout (packet loss or black hole)",
             Cause::NothingListening => "Nothing listening (connections refused)",
             Cause::HalfOpenAfterPeerRestart => "Half-open connections after a peer restart",
+            Cause::ResetOnPath => {
+                "Resets forged on the path (load balancer, firewall or NAT), not sent by the peer"
+            }
         }
     }
 }

@@ -78,7 +78,10 @@ mod tests {
         assert_eq!(pod_in(&systemd, none).unwrap().uid, UID);
         let cgroupfs = format!("/kubepods/besteffort/pod{UID}/0123456789ab");
         assert_eq!(pod_in(&cgroupfs, none).unwrap().uid, UID);
-        assert_eq!(pod_in("/user.slice/user-0.slice/session-1.scope", none), None);
+        assert_eq!(
+            pod_in("/user.slice/user-0.slice/session-1.scope", none),
+            None
+        );
         assert_eq!(pod_in("/kubepods/burstable/podnot-a-uid/x", none), None);
     }
 

@@ -45,13 +45,14 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 8] = [
+pub const RULES: [Rule; 9] = [
     idle::idle_timeouts,
     idle::half_open,
     accept::accept_queue,
     ports::port_exhaustion,
     resets::close_with_unread_data,
     resets::abortive_close,
+    resets::forged_on_path,
     timeout::retransmission_timeout,
     refused::nothing_listening,
 ];

@@ -2,6 +2,7 @@
 //! other application aborts).
 
 use super::*;
+use crate::aggregate::QUIET_GAP_NS;
 
 fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Process, u64)> {
     processes_with(agg, |s| reasons.iter().map(|r| s.rst_sent_with(r)).sum())
@@ -139,7 +140,8 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
     }
     // Aborts by a peer we do not see: only the receiving side is here.
     let local = events + i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
-    let hit = processes_with(i.agg, |s| s.rst_while_active);
+    // RSTs a device on the path forged are `forged_on_path`'s, not the peer's.
+    let hit = processes_with(i.agg, |s| s.rst_while_active - s.forged_while_active);
     if local == 0
         && let Some((pid, process, n)) = hit.first().copied()
         && n >= 3
@@ -166,4 +168,96 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         findings.push(f);
     }
     Outcome { checked, findings }
+}
+
+/// RSTs that came from fewer hops away than the peer's own segments: a
+/// load balancer, firewall (`REJECT --reject-with tcp-reset`), NAT or
+/// IDS on the path sent them, not the server. Needs the TC programs
+/// (origin on `rst_received`).
+pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
+    let origins = &i.agg.total.rst_origin;
+    let count = |o: &str| origins.get(o).copied().unwrap_or(0);
+    let forged = count("middlebox");
+    let checked = format!(
+        "resets forged on the path: {forged} received RSTs from a middlebox, {} from the peer, {} of unknown origin",
+        count("peer"),
+        count("unknown")
+    );
+    let hit = processes_with(i.agg, |s| s.forged_hops.values().sum());
+    let Some((pid, process, n)) = hit.first().copied() else {
+        return Outcome {
+            checked,
+            findings: Vec::new(),
+        };
+    };
+    let stats = &process.stats;
+    let peer = top_peer(stats).map_or_else(|| "the peer".into(), endpoint);
+    let hops: Vec<String> = stats
+        .forged_hops
+        .iter()
+        .map(|(h, c)| format!("{c} from {h} hop(s) closer"))
+        .collect();
+    let nearest = stats.forged_hops.keys().next().copied().unwrap_or(0);
+    let confidence = if forged >= 3 {
+        Confidence::High
+    } else {
+        Confidence::Medium
+    };
+    let mut f = Finding::new(
+        Cause::ResetOnPath,
+        confidence,
+        forged,
+        format!(
+            "{n} RSTs received by {} were not sent by {peer}: a device on the path ({nearest} hop(s) from the peer towards this host) forged them",
+            who(pid, &process.comm)
+        ),
+    );
+    f.evidence.push(format!(
+        "{} RSTs with a TTL / hop limit higher than the peer's own segments: {}",
+        n,
+        hops.join(", ")
+    ));
+    let peer_sent = stats.rst_origin.get("peer").copied().unwrap_or(0);
+    if peer_sent > 0 {
+        f.evidence.push(format!(
+            "{peer_sent} other RSTs did come from {peer} itself"
+        ));
+    }
+    f.figures.insert("resets", forged as f64);
+    f.figures.insert("hops_closer", f64::from(nearest));
+    let idle = stats.forged_idle.percentiles();
+    match idle {
+        Some(p) if p.min_ns >= QUIET_GAP_NS => {
+            f.evidence.push(format!(
+                "each came after the connection had been idle {}: the device forgot idle flows",
+                spread(&p)
+            ));
+            f.figures.insert("idle_timeout_s", secs(p.p50_ns));
+            f.fix.push(format!(
+                "The load balancer / NAT / firewall between this host and {peer} drops flows idle ~{:.1} s: raise its idle timeout, or keep {}'s pooled connections idle less than that (pool idle timeout {}, or TCP keepalive below it).",
+                secs(p.p50_ns),
+                who(pid, &process.comm),
+                below(p.p50_ns)
+            ));
+        }
+        _ => {
+            if let Some(p) = idle {
+                f.evidence.push(format!(
+                    "idle before them: {}, not an idle timeout",
+                    spread(&p)
+                ));
+            }
+            f.fix.push(format!(
+                "Look at the device {nearest} hop(s) in front of {peer} (`traceroute -n` from here names it): a firewall rule rejecting with tcp-reset, a load balancer that lost the flow (restart, failover, connection limit), or an IDS resetting it; its logs, not the server's, tell why."
+            ));
+        }
+    }
+    f.fix.push(format!(
+        "Do not debug {peer}'s application for these resets: it did not send them."
+    ));
+    f.affected = affected(&hit, "client");
+    Outcome {
+        checked,
+        findings: vec![f],
+    }
 }

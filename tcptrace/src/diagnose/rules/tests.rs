@@ -465,6 +465,72 @@ fn a_remote_peer_resetting_connections_in_use() {
     assert_eq!(findings[0].cause, Cause::CloseWithUnreadData);
 }
 
+/// Four resets of connections in use, `hops_closer` as given (0: the peer).
+fn resets_in_use(hops_closer: u8) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for n in 0..4u64 {
+        events.extend(connect(970 + n, 10, 42, "api-client", "10.0.0.9:443"));
+        events.push(
+            ev(K::RstReceived, 50 + n)
+                .sock(970 + n)
+                .owner(42, "api-client")
+                .remote("10.0.0.9:443")
+                .state("ESTABLISHED")
+                .idle_ms(1, 5)
+                .origin(hops_closer)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn forged_resets_point_at_the_path_not_the_server() {
+    let (findings, checked) = run(&resets_in_use(2), &counters(&[]));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let f = &findings[0];
+    assert_eq!(f.cause, Cause::ResetOnPath);
+    assert_eq!(f.confidence, Confidence::High);
+    assert_eq!(f.figures["hops_closer"], 2.0);
+    assert!(
+        f.summary.contains("not sent by 10.0.0.9:443"),
+        "{}",
+        f.summary
+    );
+    assert!(
+        f.fix[0].contains("2 hop(s) in front of 10.0.0.9:443"),
+        "{}",
+        f.fix[0]
+    );
+    assert!(
+        checked
+            .iter()
+            .any(|c| c.contains("4 received RSTs from a middlebox"))
+    );
+    // The same resets sent by the peer itself: the peer aborted them.
+    let (findings, _) = run(&resets_in_use(0), &counters(&[]));
+    assert_eq!(findings[0].cause, Cause::LingerZeroAbort, "{findings:#?}");
+    assert!(findings.iter().all(|f| f.cause != Cause::ResetOnPath));
+}
+
+#[test]
+fn forged_resets_after_idle_name_the_idle_timeout() {
+    let mut events = quiet_gap_resets(&[30_100, 29_900, 30_000]);
+    for e in events.iter_mut().filter(|e| e.kind == K::RstReceived) {
+        *e = Ev(e.clone()).origin(1).build();
+    }
+    let (findings, _) = run(&events, &HostFacts::default());
+    let f = findings
+        .iter()
+        .find(|f| f.cause == Cause::ResetOnPath)
+        .expect("reset_on_path");
+    assert!(
+        (29.0..=31.0).contains(&f.figures["idle_timeout_s"]),
+        "{f:#?}"
+    );
+    assert!(f.fix[0].contains("drops flows idle ~30"), "{}", f.fix[0]);
+}
+
 #[test]
 fn counts_of_one_are_singular() {
     assert_eq!(
