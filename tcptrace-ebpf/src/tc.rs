@@ -276,6 +276,11 @@ fn timestamp_option(tcp: *const u8, len: usize, seg: &mut Segment) {
         }
         let size = usize::from(at(20 + i + 1));
         if kind == TCPOPT_TIMESTAMP && size == 10 && i + 10 <= len {
+            // A fresh bounded offset: on 6.12 the verifier loses the
+            // pointer when `i`'s copies are linked scalars (tcp + i
+            // becomes a scalar), on 6.18 it does not. The volatile read
+            // makes LLVM hand it a plain value masked below 64.
+            let i = unsafe { core::ptr::read_volatile(&i) } & 63;
             let word = |from: usize| {
                 (u32::from(at(from)) << 24)
                     | (u32::from(at(from + 1)) << 16)

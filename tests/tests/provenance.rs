@@ -328,3 +328,53 @@ fn provenance_tc_leaves_nothing() {
         "the next run removed the leftovers"
     );
 }
+
+/// `diagnose` on the client: resets forged by the router's REJECT rule
+/// point at the path (`reset_on_path`, one hop in front of the server),
+/// not at the server aborting connections.
+#[test]
+fn provenance_diagnose_blames_the_path() {
+    require_root();
+    let net = Routed::new("diag");
+    let listener = net
+        .server
+        .run(|| TcpListener::bind((Routed::SERVER4, 0)).unwrap());
+    let diagnose = tests::diagnose::Diagnose::start(&netns_arg(&net.client));
+    let mut conns: Vec<_> = (0..3)
+        .map(|_| {
+            let (mut client, mut accepted, _) = connect(&net, &listener, Routed::SERVER4);
+            exchange(&mut client, &mut accepted);
+            (client, accepted)
+        })
+        .collect();
+    let dport = listener.local_addr().unwrap().port().to_string();
+    net.router.exec(
+        "iptables",
+        &[
+            "-I",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            &dport,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    );
+    for (client, _) in &mut conns {
+        client.write_all(b"again").unwrap();
+        expect_reset(client);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (report, seconds) = diagnose.finish();
+    tests::diagnose::describe("reset on path", &report, seconds);
+    let top = tests::diagnose::assert_top(&report, "reset_on_path");
+    assert_eq!(top["figures"]["hops_closer"], 1.0, "{top:#}");
+    assert_eq!(top["affected"][0]["pid"], std::process::id(), "{top:#}");
+    let blames_server = tests::diagnose::findings(&report)
+        .iter()
+        .any(|f| f["cause"] == "linger_zero_abort");
+    assert!(!blames_server, "{report:#}");
+}

@@ -816,7 +816,7 @@ fn check_tc(console: &str, events: &[Value], tcx: bool) -> Vec<String> {
     let port = console_port(console, "reset-after");
     let received = events
         .iter()
-        .find(|e| e["kind"] == "rst_received" && e["local_port"].as_u64() != port);
+        .find(|e| e["kind"] == "rst_received" && e["remote_port"].as_u64() == port);
     match received {
         Some(ev) if ev["origin"] == "peer" => {}
         other => problems.push(format!(
