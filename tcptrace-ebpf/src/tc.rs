@@ -263,6 +263,11 @@ fn timestamp_option(tcp: *const u8, len: usize, seg: &mut Segment) {
         if i >= len {
             return;
         }
+        // `i` < `len` <= 40 here, so the mask keeps it; the volatile read
+        // stops LLVM from dropping the mask, which 6.1's verifier needs:
+        // it walks this loop on contradictory bounds (umin > umax) and
+        // would find `i` past the scratch buffer.
+        i = unsafe { core::ptr::read_volatile(&i) } & 63;
         let kind = at(20 + i);
         if kind == TCPOPT_EOL {
             return;
