@@ -43,6 +43,7 @@ use crate::{
     safe_file::{self, SafeFileError},
     session::{Flight, Session},
     sink::Context,
+    summary::RecorderReport,
     timefmt,
 };
 
@@ -73,24 +74,6 @@ pub struct RecorderOptions {
     pub max_files: u32,
     /// Payload bytes kept per packet.
     pub payload: u16,
-}
-
-/// What the recorder did, for the summary.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecorderReport {
-    /// The directory.
-    pub dir: PathBuf,
-    /// Files written.
-    pub written: u64,
-    /// Connections not written because `--pcap-max` files were reached.
-    pub over_max: u64,
-    /// Connections with no packet kept (they crossed no watched
-    /// interface, or the LRU had made room for busier ones).
-    pub without_packets: u64,
-    /// Files that could not be written, and the first error.
-    pub failed: u64,
-    /// The first write error.
-    pub error: Option<String>,
 }
 
 /// A capture waiting for its packets to settle.

@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
+    path::PathBuf,
 };
 
 use hdrhistogram::Histogram;
@@ -14,10 +15,27 @@ use crate::{
     counts::Counts,
     event::{Comm, EventKind, SCHEMA_VERSION, TcpEvent},
     kernel::{errno, names::Names},
-    recorder::RecorderReport,
     timefmt,
     tracer::TcReport,
 };
+
+/// What the flight recorder (`trace --pcap`) did, for the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderReport {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Files written.
+    pub written: u64,
+    /// Connections not written because `--pcap-max` files were reached.
+    pub over_max: u64,
+    /// Connections with no packet kept (they crossed no watched
+    /// interface, or the LRU had made room for busier ones).
+    pub without_packets: u64,
+    /// Files that could not be written, and the first error.
+    pub failed: u64,
+    /// The first write error.
+    pub error: Option<String>,
+}
 
 /// Processes listed in the summary.
 const TOP: usize = 10;

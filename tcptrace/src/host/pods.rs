@@ -37,7 +37,9 @@ fn pod_in(cgroup_path: &str, log_dir: &Path) -> Option<Pod> {
         return None;
     }
     let uid = cgroup_path.split('/').find_map(|part| {
-        let at = part.find("pod")?;
+        // The last "pod": "kubepods-burstable-pod<uid>" has another
+        // before it; a UID (hex digits) cannot contain one.
+        let at = part.rfind("pod")?;
         let rest = part[at + 3..].trim_end_matches(".slice");
         let uid = rest.replace('_', "-");
         is_uid(&uid).then_some(uid)
