@@ -421,8 +421,10 @@ mod tests {
         stale.rst.ts_ns = T - 2 * RST_MATCH_NS;
         assert_eq!(judge(T, &stale).origin, Origin::Unknown);
         // A refused connect: the RST, but no other segment of the peer.
-        let mut refused = PeerProfile::default();
-        refused.rst = rst(64, 0, 0x14, false);
+        let refused = PeerProfile {
+            rst: rst(64, 0, 0x14, false),
+            ..PeerProfile::default()
+        };
         let p = judge(T, &refused);
         assert_eq!(p.origin, Origin::Unknown);
         assert!(p.why().contains("no segment of the peer"), "{}", p.why());
