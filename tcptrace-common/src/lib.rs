@@ -166,6 +166,22 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 40);
 
+/// A connection in scope by its two ends, for `map::WATCHED_FLOWS`: the
+/// connections the filters keep, so that packets of theirs dropped or
+/// answered elsewhere on the host (a node namespace forwarding for the
+/// watched pod) are kept too. IPv4 (also v4-mapped IPv6) in the first
+/// four bytes of an address, zero-padded; IPv6 in all 16. The same bytes
+/// whichever namespace saw the packet, so a lookup tries both orders.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 36);
+
 /// One record on the ring buffer. Same layout for every kind; fields a
 /// kind does not use are zero (or `UNKNOWN_U32`).
 #[repr(C)]
@@ -517,7 +533,10 @@ pub struct Config {
     /// REUSE: a send after at least this many jiffies without sending or
     /// receiving is reported (0: never).
     pub reuse_idle_jiffies: u32,
-    pub _pad: u32,
+    /// 1: remember the flows of connections in scope (`map::WATCHED_FLOWS`)
+    /// and keep drops and unowned RSTs of those flows wherever they happen.
+    /// Set when a scope filter (pid, comm, netns, port) is on.
+    pub related_flows: u32,
     /// DROP: reasons (bit `reason` of this bitmap, below
     /// `DROP_REASON_SLOTS`) that are counted but not sent as events.
     pub quiet_drop_reasons: [u32; DROP_REASON_SLOTS as usize / 32],
@@ -544,6 +563,9 @@ pub mod map {
     pub const DROP_REASONS: &str = "DROP_REASONS";
     /// The same for every TCP drop on the host, counted before any filter.
     pub const HOST_DROP_REASONS: &str = "HOST_DROP_REASONS";
+    /// `FlowKey` of connections in scope -> their namespace (LRU), when
+    /// `Config::related_flows` is on.
+    pub const WATCHED_FLOWS: &str = "WATCHED_FLOWS";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, ListenKey, Owner, RECORD_BYTES,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, FlowKey, ListenKey, Owner,
+    RECORD_BYTES,
     SockInfo, kind,
 };
 
@@ -61,3 +62,9 @@ pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_R
 #[map]
 pub static HOST_DROP_REASONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Connections the filters keep, by their two ends -> their namespace
+/// (see `related`): drops and unowned RSTs of these flows elsewhere on the
+/// host are kept too. Only filled when `Config::related_flows` is on.
+#[map]
+pub static WATCHED_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(16384, 0);

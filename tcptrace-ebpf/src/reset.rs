@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{Config, Event, UNKNOWN_U32, field, kind, tcp_state, tracepoint as tp};
 
-use crate::{emit, owner, read};
+use crate::{emit, owner, read, related};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -38,7 +38,13 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     rec.endpoints_into(ev)?;
     ev.ts_ns = now;
     ev.skaddr = sk;
-    ev.netns = read::netns(&cfg.sock, sk);
+    ev.netns = if sk != 0 {
+        read::netns(&cfg.sock, sk)
+    } else {
+        // An RST for a segment no socket owns: the namespace of the
+        // device the segment came in on is where it was answered.
+        read::skb_netns(cfg, rec.field(field::SKBADDR).unwrap_or(0))
+    };
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
@@ -50,7 +56,16 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }
-    emit::submit(cfg, ev);
+    if sk == 0 && event_kind == kind::RST_SENT && related::watched(cfg, ev) {
+        // This host's answer to a packet of a watched connection that
+        // reached a namespace where no socket holds its ends (a reply
+        // that skipped reverse NAT): kept even out of scope.
+        if emit::selected(cfg, event_kind) {
+            emit::send(cfg, ev);
+        }
+    } else {
+        emit::submit(cfg, ev);
+    }
     Some(())
 }
 
