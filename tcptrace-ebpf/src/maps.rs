@@ -6,8 +6,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, FlowKey, ListenKey, Owner,
-    RECORD_BYTES,
-    SockInfo, kind,
+    RECORD_BYTES, SockInfo, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.

@@ -9,6 +9,8 @@
 
 mod conns;
 mod dist;
+mod drops;
+mod flows;
 mod topn;
 
 use std::{
@@ -24,6 +26,8 @@ use rustc_hash::FxHashMap;
 use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
     dist::{Dist, Micros, Percentiles, serialize_micros},
+    drops::{DropGroup, DropKey, DropOwner, Drops},
+    flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
     topn::{TopN, Weight},
 };
 use crate::{
@@ -39,6 +43,8 @@ pub const MAX_PEERS: usize = 256;
 const MAX_RELATED: usize = 8;
 /// Connections whose closes by idle time are kept, by local endpoint.
 const MAX_CLOSERS: usize = 64;
+/// Network namespaces kept (the busiest).
+pub const MAX_NAMESPACES: usize = 64;
 /// A received RST after this long without receiving anything counts as a
 /// reset on reuse after an idle gap (a middlebox forgot the flow).
 pub const QUIET_GAP_NS: u64 = 1_000_000_000;
@@ -266,6 +272,21 @@ impl Weight for Closer {
     }
 }
 
+/// The events of one network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Namespace {
+    /// Events that came from it.
+    pub events: u64,
+    /// What they amount to.
+    pub stats: Stats,
+}
+
+impl Weight for Namespace {
+    fn weight(&self) -> u64 {
+        self.stats.weight().saturating_add(self.events)
+    }
+}
+
 /// Everything `top` and `diagnose` know from the events: totals, per process, per peer and per idle-closing endpoint, bounded in memory.
 pub struct Aggregate {
     names: Interned,
@@ -281,6 +302,14 @@ pub struct Aggregate {
     pending: PendingCloses,
     /// Events added.
     pub events: u64,
+    // --- where packets were dropped, which connection holds which ends,
+    // per namespace (conntrack and drop rules) ---
+    /// Drops by namespace and reason, with whose connections they hit.
+    pub drops: Drops,
+    /// Which connection holds which ends; replies that skipped reverse NAT.
+    pub flows: Flows,
+    /// By network namespace inode (0: unknown), the `MAX_NAMESPACES` busiest.
+    pub namespaces: TopN<u32, Namespace>,
 }
 
 impl Aggregate {
@@ -295,6 +324,9 @@ impl Aggregate {
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             events: 0,
+            drops: Drops::default(),
+            flows: Flows::default(),
+            namespaces: TopN::new(MAX_NAMESPACES),
         }
     }
 
@@ -344,8 +376,18 @@ impl Aggregate {
             &mut self.conns,
             &mut self.pending,
         );
+        let netns = ev.netns.unwrap_or(0);
+        self.namespaces.entry(&netns, Namespace::default).events += 1;
+        self.flows
+            .observe(ev, accepted, update.rst_sent_reason, update.drop_reason);
+        if let Some(reason) = update.drop_reason {
+            self.drops.add(ev, reason, &self.flows);
+        }
         if update.is_empty() {
             return;
+        }
+        if let Some(ns) = self.namespaces.get_mut(&netns) {
+            update.apply(&mut ns.stats);
         }
         if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
             let closer = self.closers.entry(&ev.local, || Closer {
@@ -421,6 +463,9 @@ impl Aggregate {
             let peer = self.peers.entry(&close.peer, Stats::default);
             apply(peer);
             *peer.related.entry(&Related::Process(close.pid), || 0) += 1;
+            if let Some(ns) = self.namespaces.get_mut(&close.netns) {
+                apply(&mut ns.stats);
+            }
         }
     }
 }
@@ -587,6 +632,7 @@ impl Update {
                             let owner = ev.owner.as_ref();
                             pending.push(PendingClose {
                                 sock: ev.sock,
+                                netns: ev.netns.unwrap_or(0),
                                 closed_ns: ev.mono_ns,
                                 pid: owner.map_or(0, |o| o.pid),
                                 comm: owner.map_or_else(|| Comm::new(b"?"), |o| o.comm),

@@ -1,6 +1,7 @@
 //! What is read from the host rather than traced: sockets through netlink
 //! sock_diag and their owning processes from /proc, kernel counters (TCP,
-//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups, and
+//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups, a
+//! survey of every namespace's counters and conntrack, and
 //! network namespaces (the one `--netns` resolver). Below the pipeline:
 //! nothing here imports a command, the tracer or the CLI.
 
@@ -15,4 +16,5 @@ pub mod preexisting;
 pub mod reading;
 pub mod sock_diag;
 pub mod sockstat;
+pub mod survey;
 pub mod sysctl;
