@@ -11,6 +11,7 @@ pub mod report;
 pub mod rules;
 
 use std::{
+    collections::BTreeMap,
     io::{self, Write as _},
     process::ExitCode,
     time::Duration,
@@ -20,7 +21,7 @@ use anyhow::Context as _;
 use tcptrace_common::kind_mask;
 
 use self::{
-    facts::{HostFacts, SYSCTLS, SocketFacts},
+    facts::{HostFacts, KernelDrops, NamespaceFacts, SYSCTLS, SocketFacts},
     finding::rank,
     report::Report,
     rules::{Inputs, evaluate},
@@ -30,7 +31,8 @@ use crate::{
     cli::DiagnoseArgs,
     event::TcpEvent,
     filter_args::session_options,
-    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading},
+    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading, survey::Survey},
+    kernel::names::Names,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };
@@ -59,6 +61,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
     let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
     let before = reading::read(netns_path, &SYSCTLS)?;
+    let survey_before = Survey::read();
 
     let mut session = Session::start(&options, stop_signal(args.duration))?;
     match args.duration {
@@ -76,7 +79,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
-    let mut agg = Aggregate::new(session.names().clone());
+    let names = session.names().clone();
+    let mut agg = Aggregate::new(names.clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         tokio::select! {
@@ -108,9 +112,29 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         .await?;
     agg.finish();
     let after = reading::read(netns_path, &SYSCTLS)?;
+    let survey_after = Survey::read();
 
+    let watched_netns = netns.as_ref().map(|ns| ns.inode);
+    let events_by_netns = agg
+        .namespaces
+        .iter()
+        .filter(|(inode, _)| **inode != 0)
+        .map(|(inode, ns)| (*inode, ns.events))
+        .collect();
+    let namespaces = NamespaceFacts::from_surveys(
+        &survey_before,
+        &survey_after,
+        &events_by_netns,
+        watched_netns,
+    );
+    // Counters are quoted from the namespace the events came from: the
+    // watched one, or on the whole host every namespace that had events.
+    let counters = match watched_netns {
+        Some(_) => after.counter_delta(&before),
+        None => NamespaceFacts::summed(&namespaces).unwrap_or_else(|| after.counter_delta(&before)),
+    };
     let host = HostFacts {
-        counters: after.counter_delta(&before),
+        counters,
         sysctls: before.sysctls.clone(),
         sockets_start: before.sockets.as_deref().map(SocketFacts::of),
         sockets_end: after.sockets.as_deref().map(SocketFacts::of),
@@ -120,6 +144,13 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             .map(|(start, end)| ConntrackChange::new(start, end)),
         host_global_start: before.host_global,
         host_global_end: after.host_global,
+        watched_netns,
+        namespaces,
+        namespaces_truncated: survey_before.truncated || survey_after.truncated,
+        kernel_drops: KernelDrops {
+            in_scope: named_drops(&counts.drops.in_scope, &names),
+            host: named_drops(&counts.drops.host, &names),
+        },
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,
@@ -156,6 +187,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("writing the report")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-reason drop counts by this kernel's reason names.
+fn named_drops(counts: &BTreeMap<u32, u64>, names: &Names) -> BTreeMap<String, u64> {
+    let mut named = BTreeMap::new();
+    for (reason, n) in counts {
+        *named
+            .entry(names.drop_reason(*reason).into_owned())
+            .or_default() += n;
+    }
+    named
 }
 
 /// Who is affected, down to the container: cgroup ids to paths.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    facts::HostFacts,
+    facts::{HostFacts, NamespaceFacts},
     finding::{Confidence, Finding},
 };
 use crate::{
@@ -91,6 +91,8 @@ impl Report {
                 "start": self.host.host_global_start,
                 "end": self.host.host_global_end,
             },
+            "namespaces": namespaces_json(&self.host),
+            "drops_by_reason": self.host.kernel_drops,
             "processes": processes_json(agg),
             "missing": self.missing,
             "load": self.load,
@@ -200,6 +202,30 @@ impl Report {
         if let Some(conntrack) = &self.host.conntrack {
             wrap(out, &conntrack.to_string(), "", "  ")?;
         }
+        // Per namespace when the run spans more than the one watched.
+        if self.host.namespaces.iter().any(|ns| !ns.watched) {
+            for ns in &self.host.namespaces {
+                wrap(out, &namespace_line(ns), "", "  ")?;
+            }
+        }
+        let host_drops: Vec<String> = self
+            .host
+            .kernel_drops
+            .host
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !host_drops.is_empty() {
+            wrap(
+                out,
+                &format!(
+                    "TCP drops on the whole host (kernel counts, before any filter): {}",
+                    host_drops.join(", ")
+                ),
+                "",
+                "  ",
+            )?;
+        }
         if let Some(global) = self.host.host_global_end.as_ref() {
             wrap(out, &global.to_string(), "", "  ")?;
         }
@@ -208,6 +234,57 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `netns ctf-node (4026532301): 12 events; counters: TcpRetransSegs +3;
+/// conntrack: ...`
+fn namespace_line(ns: &NamespaceFacts) -> String {
+    let mut line = format!(
+        "{}{}: {} events",
+        ns.label(),
+        if ns.watched { " (watched)" } else { "" },
+        ns.events
+    );
+    if ns.created_during_run {
+        line += ", created during the run";
+    }
+    let changed: Vec<String> = ns
+        .counters
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| format!("{k} {v:+}"))
+        .collect();
+    if !changed.is_empty() {
+        line += &format!("; counters changed: {}", changed.join(", "));
+    }
+    if let Some(ct) = ns.conntrack.as_ref().filter(|ct| ct.loaded()) {
+        line += &format!("; {ct}");
+    }
+    line
+}
+
+/// The per-namespace facts with their non-zero counters only.
+fn namespaces_json(host: &HostFacts) -> Value {
+    host.namespaces
+        .iter()
+        .map(|ns| {
+            let counters: serde_json::Map<String, Value> = ns
+                .counters
+                .iter()
+                .filter(|(_, v)| **v != 0)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({
+                "inode": ns.inode,
+                "name": ns.name,
+                "watched": ns.watched,
+                "events": ns.events,
+                "created_during_run": ns.created_during_run,
+                "counters": counters,
+                "conntrack": ns.conntrack,
+            })
+        })
+        .collect()
 }
 
 fn pct(p: Option<Percentiles>) -> Value {
