@@ -82,6 +82,11 @@ impl Session {
         self.tracer.missing()
     }
 
+    /// Whether drops are traced and counted (see `Tracer::drops_traced`).
+    pub fn drops_traced(&self) -> bool {
+        self.tracer.drops_traced()
+    }
+
     /// Time since the tracer was attached.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

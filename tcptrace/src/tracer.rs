@@ -313,6 +313,12 @@ impl Tracer {
         &self.missing
     }
 
+    /// `skb:kfree_skb` is attached: drops are seen and counted by reason
+    /// (an empty count then means none happened).
+    pub fn drops_traced(&self) -> bool {
+        self.drops_traced
+    }
+
     /// This kernel's names for TCP states, reset reasons and drop reasons.
     pub fn names(&self) -> &Names {
         &self.names

@@ -124,6 +124,9 @@ pub struct Stats {
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
+    /// How long the failed connects (refused or not) took to fail: a
+    /// client's own timeout, or the kernel's after its SYN retries.
+    pub connect_failed_after: Dist,
 }
 
 /// The other side of a group, for "who is affected".
@@ -168,6 +171,7 @@ impl Default for Stats {
             full_size_retransmits: 0,
             sized_retransmits: 0,
             related: TopN::new(MAX_RELATED),
+            connect_failed_after: Dist::new(Dist::MILLIS),
         }
     }
 }
@@ -496,6 +500,7 @@ struct Update {
     drop_reason: Option<&'static str>,
     socket_error: Option<&'static str>,
     reuse_idle_ns: Option<Option<u64>>,
+    connect_failed_ns: Option<u64>,
     /// Some(full size?) for a data retransmit of known size.
     retransmit_full_size: Option<bool>,
     incident: bool,
@@ -523,6 +528,7 @@ impl Update {
             }
             EventKind::ConnectFailed => {
                 u.connect_failed = true;
+                u.connect_failed_ns = ev.connect_ns.filter(|ns| *ns > 0);
                 u.incident = true;
                 conns.remove(ev.sock);
             }
@@ -665,6 +671,9 @@ impl Update {
         }
         if self.connect_failed {
             s.connect_failed += 1;
+        }
+        if let Some(ns) = self.connect_failed_ns {
+            s.connect_failed_after.record(ns);
         }
         if self.refused {
             s.refused += 1;

@@ -74,6 +74,9 @@ pub struct HostFacts {
 /// The kernel's own per-reason drop counts (see `HostFacts::kernel_drops`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct KernelDrops {
+    /// `skb:kfree_skb` was traced: the counts below are complete (empty
+    /// means no TCP packet was dropped).
+    pub traced: bool,
     /// Drops the filters kept, by reason name.
     pub in_scope: BTreeMap<String, u64>,
     /// Every TCP drop on the host, by reason name.

@@ -27,6 +27,13 @@ pub enum Cause {
     NothingListening,
     /// The peer restarted and answers old connections with RST.
     HalfOpenAfterPeerRestart,
+    /// A conntrack table (a node's) is full: new connections' SYNs are dropped.
+    ConntrackTableFull,
+    /// Replies conntrack marked INVALID skipped reverse NAT; the client's
+    /// kernel answered them with RSTs that killed the connections.
+    ConntrackInvalidNatBypass,
+    /// SYNs vanish on the way (firewall, security group): connects time out.
+    SynDroppedOnPath,
 }
 
 impl Cause {
@@ -42,6 +49,9 @@ impl Cause {
             Cause::RetransmissionTimeout => "retransmission_timeout",
             Cause::NothingListening => "nothing_listening",
             Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
+            Cause::ConntrackTableFull => "conntrack_table_full",
+            Cause::ConntrackInvalidNatBypass => "conntrack_invalid_nat_bypass",
+            Cause::SynDroppedOnPath => "syn_dropped_on_path",
         }
     }
 
@@ -61,6 +71,11 @@ impl Cause {
             Cause::RetransmissionTimeout => "Retransmission timeout (packet loss or black hole)",
             Cause::NothingListening => "Nothing listening (connections refused)",
             Cause::HalfOpenAfterPeerRestart => "Half-open connections after a peer restart",
+            Cause::ConntrackTableFull => "Conntrack table full: new connections dropped",
+            Cause::ConntrackInvalidNatBypass => {
+                "Replies skipped reverse NAT (conntrack INVALID): the client's kernel reset the connections"
+            }
+            Cause::SynDroppedOnPath => "SYNs dropped on the path: connects time out",
         }
     }
 }

@@ -104,6 +104,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let load_status = load.map(during::Load::stop);
     let seconds = session.elapsed().as_secs_f64();
     let missing = session.missing().to_vec();
+    let drops_traced = session.drops_traced();
     let counts = session
         .finish(&mut batch, |batch| {
             agg.add_batch(batch);
@@ -148,6 +149,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         namespaces,
         namespaces_truncated: survey_before.truncated || survey_after.truncated,
         kernel_drops: KernelDrops {
+            traced: drops_traced,
             in_scope: named_drops(&counts.drops.in_scope, &names),
             host: named_drops(&counts.drops.host, &names),
         },

@@ -6,7 +6,9 @@
 //! so that one stray event never reaches high confidence.
 
 mod accept;
+mod conntrack;
 mod idle;
+mod path;
 mod ports;
 mod refused;
 mod resets;
@@ -45,7 +47,7 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 8] = [
+pub const RULES: [Rule; 11] = [
     idle::idle_timeouts,
     idle::half_open,
     accept::accept_queue,
@@ -54,6 +56,10 @@ pub const RULES: [Rule; 8] = [
     resets::abortive_close,
     timeout::retransmission_timeout,
     refused::nothing_listening,
+    // conntrack & drops
+    conntrack::conntrack_table_full,
+    conntrack::conntrack_invalid_nat_bypass,
+    path::syn_dropped_on_path,
 ];
 
 /// Runs every rule.

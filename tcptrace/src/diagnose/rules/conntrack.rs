@@ -1,0 +1,482 @@
+//! Cause 5: connection tracking. A full table drops new connections'
+//! SYNs (connects time out); a reply conntrack marks INVALID skips
+//! reverse NAT and the client's kernel resets the connection.
+//!
+//! Conntrack lives per namespace, and the one that matters is usually
+//! not the watched one: a node namespace forwards (and tracks, and NATs)
+//! for the pods. Its figures come from the survey of every namespace on
+//! the host (`HostFacts::namespaces`) and are always quoted with the
+//! namespace they belong to; `nf_conntrack_max` is the one host-wide
+//! limit every table is held to.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::{
+    aggregate::{DropGroup, StrayHolder},
+    diagnose::facts::NamespaceFacts,
+    host::conntrack::ConntrackState,
+};
+
+/// A conntrack table and what it did over the run.
+struct Table<'a> {
+    ns: &'a NamespaceFacts,
+    end: &'a ConntrackState,
+    start: Option<&'a ConntrackState>,
+    /// New entries refused: `drop` (could not allocate: table full) and
+    /// `early_drop` (an unreplied entry evicted to make room).
+    refused: i64,
+    early_drop: i64,
+    invalid: i64,
+    insert_failed: i64,
+}
+
+impl Table<'_> {
+    /// The count reached the limit at either reading.
+    fn full(&self) -> bool {
+        let at_max =
+            |s: &ConntrackState| matches!((s.count, s.max), (Some(c), Some(m)) if m > 0 && c >= m);
+        at_max(self.end) || self.start.is_some_and(at_max)
+    }
+
+    fn count_text(&self) -> String {
+        let of = |v: Option<u64>| v.map_or_else(|| "?".into(), |v| v.to_string());
+        let mut text = format!(
+            "{} entries of nf_conntrack_max {} (a host-wide limit) at the end",
+            of(self.end.count),
+            of(self.end.max)
+        );
+        if let Some(start) = self.start {
+            text += &format!(", {} at the start", of(start.count));
+        }
+        text
+    }
+}
+
+/// Every readable conntrack table, with its changes.
+fn tables(host: &HostFacts) -> Vec<Table<'_>> {
+    host.namespaces
+        .iter()
+        .filter_map(|ns| {
+            let ct = ns.conntrack.as_ref()?;
+            let end = ct.end.state()?;
+            Some(Table {
+                ns,
+                end,
+                start: ct.start.state(),
+                refused: ct.delta_of("drop").max(0),
+                early_drop: ct.delta_of("early_drop").max(0),
+                invalid: ct.delta_of("invalid").max(0),
+                insert_failed: ct.delta_of("insert_failed").max(0),
+            })
+        })
+        .collect()
+}
+
+/// Where a namespace inode is, in words.
+fn place(host: &HostFacts, netns: u32) -> String {
+    match host.namespace(netns) {
+        Some(ns) => ns.label(),
+        None if netns == 0 => "an unknown namespace".into(),
+        None => format!("netns {netns}"),
+    }
+}
+
+/// Connects that got no answer at all (failed, not refused).
+fn unanswered(s: &Stats) -> u64 {
+    s.connect_failed.saturating_sub(s.refused)
+}
+
+/// `2.0s (1.9s-2.0s, n=7)` of the failed connects, when timed.
+fn failed_after(s: &Stats) -> String {
+    s.connect_failed_after
+        .percentiles()
+        .map_or_else(String::new, |p| format!(" after {}", spread(&p)))
+}
+
+/// Cause 5a: the conntrack table is full; new flows are dropped.
+pub(super) fn conntrack_table_full(i: &Inputs) -> Outcome {
+    let tables = tables(i.host);
+    let syn = i.agg.total.syn_retransmits;
+    let failed = unanswered(&i.agg.total);
+    let host_nf_drops = i.host.kernel_drops.host("NETFILTER_DROP");
+    let worst = tables
+        .iter()
+        .filter(|t| t.refused + t.early_drop > 0 || t.full())
+        .max_by_key(|t| (t.refused + t.early_drop, t.full(), t.ns.events));
+    let checked = format!(
+        "conntrack tables: {} read, {}; SYN retransmits {syn}, {failed} connects unanswered, NETFILTER_DROP {host_nf_drops} host-wide",
+        tables.len(),
+        worst.map_or_else(
+            || "none full or refusing new entries".into(),
+            |t| format!(
+                "{}: {}, drop {:+}, early_drop {:+}",
+                t.ns.label(),
+                t.count_text(),
+                t.refused,
+                t.early_drop
+            )
+        )
+    );
+    let Some(table) = worst else {
+        return Outcome {
+            checked,
+            findings: Vec::new(),
+        };
+    };
+    // SYNs this table's namespace threw away (netfilter), and whose.
+    let nf_groups: Vec<_> = i
+        .agg
+        .drops
+        .with_reason("NETFILTER_DROP")
+        .into_iter()
+        .filter(|(k, _)| k.netns == table.ns.inode)
+        .collect();
+    let dropped_syns: u64 = nf_groups.iter().map(|(_, g)| g.syns).sum();
+    let dropped: u64 = nf_groups.iter().map(|(_, g)| g.count).sum();
+    let refusing = table.refused + table.early_drop > 0;
+    let symptoms = u64::from(syn >= 2) + u64::from(failed >= 1) + u64::from(dropped_syns >= 2);
+    let watched_elsewhere = i.host.watched_netns.is_some() && !table.ns.watched;
+    let confidence = if refusing && (table.full() || table.early_drop > 0) && symptoms >= 2 {
+        Confidence::High
+    } else if refusing && (symptoms >= 1 || (i.host.watched_netns.is_none() && table.refused >= 3))
+    {
+        Confidence::Medium
+    } else if table.full() && symptoms >= 2 {
+        Confidence::Medium
+    } else {
+        Confidence::Low
+    };
+
+    // Who: the clients whose SYNs were dropped there, else those whose
+    // connects went unanswered.
+    let mut hit = processes_with(i.agg, |s| s.syn_retransmits + unanswered(s));
+    let from_drops = syn_owners(&nf_groups);
+    hit.truncate(5);
+    let (client, peer) = match (hit.first(), from_drops.first()) {
+        (Some((pid, p, _)), _) => (
+            who(*pid, &p.comm),
+            top_peer(&p.stats).map_or_else(|| "their peers".into(), endpoint),
+        ),
+        (None, Some((pid, comm, _))) => (who(*pid, comm), "their peers".into()),
+        (None, None) => ("new connections".into(), "their peers".into()),
+    };
+    let new_flows = table.refused + table.early_drop;
+    let mut f = Finding::new(
+        Cause::ConntrackTableFull,
+        confidence,
+        new_flows.max(0) as u64 + syn + failed + dropped,
+        format!(
+            "the conntrack table of {} is full ({}): it refused {new_flows} new connections; {client} had {failed} connects to {peer} go unanswered after {syn} SYN retransmits",
+            table.ns.label(),
+            table.count_text(),
+        ),
+    );
+    f.evidence.push(format!(
+        "{}: conntrack {}; drop {:+}, early_drop {:+}, insert_failed {:+} over {:.1} s (drop: no room for a new entry, the packet is dropped)",
+        table.ns.label(),
+        table.count_text(),
+        table.refused,
+        table.early_drop,
+        table.insert_failed,
+        i.seconds
+    ));
+    if dropped > 0 {
+        let whose = from_drops
+            .iter()
+            .take(3)
+            .map(|(pid, comm, n)| format!("{n} of {}", who(*pid, comm)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let flow = nf_groups
+            .iter()
+            .flat_map(|(_, g)| g.top_flows())
+            .next()
+            .map_or_else(String::new, |((a, b), _)| {
+                format!(", e.g. between {a} and {b}")
+            });
+        f.evidence.push(format!(
+            "{dropped} packets ({dropped_syns} of them SYNs) dropped in {} with reason NETFILTER_DROP{}{flow}",
+            table.ns.label(),
+            if whose.is_empty() {
+                String::new()
+            } else {
+                format!(" ({whose})")
+            }
+        ));
+    }
+    if host_nf_drops > 0 {
+        f.evidence.push(format!(
+            "NETFILTER_DROP {host_nf_drops} on the whole host over the run (the kernel's per-reason count, before any filter)"
+        ));
+    }
+    for (pid, p, _) in hit.iter().take(3) {
+        let s = &p.stats;
+        let latency = s
+            .connect_latency
+            .percentiles()
+            .map_or_else(String::new, |l| {
+                format!(
+                    "; connects that succeeded took p50 {} p99 {}",
+                    duration_ns(l.p50_ns),
+                    duration_ns(l.p99_ns)
+                )
+            });
+        f.evidence.push(format!(
+            "{}: {} SYN retransmits, {} connects unanswered{}, {} succeeded{latency}",
+            who(*pid, &p.comm),
+            s.syn_retransmits,
+            unanswered(s),
+            failed_after(s),
+            s.connects
+        ));
+    }
+    if let Some(est) = i
+        .host
+        .sockets()
+        .map(|s| s.in_state("ESTABLISHED"))
+        .filter(|n| *n > 0 && watched_elsewhere)
+    {
+        f.evidence.push(format!(
+            "the watched namespace holds {est} ESTABLISHED connections; each through {} is an entry in its table",
+            table.ns.label()
+        ));
+    }
+    if confidence == Confidence::Low {
+        f.evidence.push(format!(
+            "no connection in scope was seen failing for it{}",
+            if watched_elsewhere {
+                " (the table is another namespace's)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let max = table.end.max.unwrap_or(0);
+    let peak = table
+        .end
+        .count
+        .max(table.start.and_then(|s| s.count))
+        .unwrap_or(max);
+    let suggested = (peak.max(max) * 2).max(65_536).next_power_of_two();
+    f.fix.push(format!(
+        "Raise net.netfilter.nf_conntrack_max (host-wide: set it in the initial namespace; now {max}) well above the peak, e.g. `sysctl -w net.netfilter.nf_conntrack_max={suggested}`, and the hash table with it (`echo {} > /sys/module/nf_conntrack/parameters/hashsize`); Kubernetes: kube-proxy `conntrack.maxPerCore` / `conntrack.min`.",
+        suggested / 4
+    ));
+    f.fix.push(format!(
+        "Free entries sooner: nf_conntrack_tcp_timeout_established (now {} s) down to e.g. 86400, nf_conntrack_tcp_timeout_time_wait (now {} s); find who holds the entries with `conntrack -L` in {} (long-lived or leaked connections).",
+        table
+            .end
+            .tcp_timeout_established
+            .map_or_else(|| "?".into(), |v| v.to_string()),
+        table
+            .end
+            .tcp_timeout_time_wait
+            .map_or_else(|| "?".into(), |v| v.to_string()),
+        table.ns.label()
+    ));
+    f.fix.push(
+        "Do not track flows that need no state or NAT: `iptables -t raw -A PREROUTING ... -j NOTRACK` (and OUTPUT) for them.".into(),
+    );
+    f.figures
+        .insert("conntrack_count", table.end.count.unwrap_or(0) as f64);
+    f.figures.insert("conntrack_max", max as f64);
+    f.figures
+        .insert("conntrack_drops", (table.refused + table.early_drop) as f64);
+    f.figures.insert("syn_retransmits", syn as f64);
+    f.figures.insert("connects_unanswered", failed as f64);
+    f.figures.insert("dropped_syns", dropped_syns as f64);
+    f.affected = affected(&hit, "client");
+    if f.affected.is_empty() {
+        f.affected = from_drops
+            .iter()
+            .take(5)
+            .map(|(pid, comm, n)| Affected {
+                pid: *pid,
+                comm: comm.clone(),
+                peer: None,
+                events: *n,
+                role: "client",
+                cgroup_id: 0,
+                cgroup: None,
+            })
+            .collect();
+    }
+    Outcome {
+        checked,
+        findings: vec![f],
+    }
+}
+
+/// Owners of dropped SYNs over some drop groups, most first:
+/// (pid, comm, SYNs... counted as drops of their connections).
+fn syn_owners(groups: &[(crate::aggregate::DropKey, &DropGroup)]) -> Vec<(u32, String, u64)> {
+    let mut by_pid: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+    for (_, g) in groups {
+        for (pid, owner) in g.top_owners() {
+            let e = by_pid
+                .entry(pid)
+                .or_insert_with(|| (owner.comm.to_string(), 0));
+            e.1 += owner.drops;
+        }
+    }
+    let mut all: Vec<_> = by_pid
+        .into_iter()
+        .filter(|(pid, _)| *pid != 0)
+        .map(|(pid, (comm, n))| (pid, comm, n))
+        .collect();
+    all.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    all
+}
+
+/// Cause 5b: replies that skipped reverse NAT hit the client's ports
+/// under the backend's own address; the client's kernel answered "no
+/// socket" with RSTs that killed the connections.
+pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
+    let s = &i.agg.flows.strays;
+    let packets = s.packets();
+    let tables = tables(i.host);
+    let invalid = tables
+        .iter()
+        .filter(|t| t.invalid > 0)
+        .max_by_key(|t| (t.invalid, t.ns.events));
+    let checked = format!(
+        "NAT bypass: {packets} packets answered \"no socket\" on a port held by a connection to another address, {} RSTs received after them, conntrack invalid {}",
+        s.peer_resets + holders(s).iter().map(|h| h.1.resets_after).sum::<u64>(),
+        invalid.map_or_else(
+            || "+0 in every table read".into(),
+            |t| format!("{:+} in {}", t.invalid, t.ns.label())
+        )
+    );
+    if packets == 0 {
+        return Outcome {
+            checked,
+            findings: Vec::new(),
+        };
+    }
+    let holders = holders(s);
+    let resets_after: u64 = holders.iter().map(|h| h.1.resets_after).sum();
+    let killed = s.peer_resets;
+    let confidence = if packets >= 3 && (invalid.is_some() || resets_after + killed >= 2) {
+        Confidence::High
+    } else if packets >= 3 || invalid.is_some() || resets_after + killed >= 1 {
+        Confidence::Medium
+    } else {
+        Confidence::Low
+    };
+    let pair = s
+        .pairs
+        .ranked()
+        .first()
+        .map(|(p, n)| (**p, **n))
+        .expect("strays have a pair");
+    let (service, backend) = (pair.0.service, pair.0.backend);
+    let (holder_pid, holder) = holders[0];
+    let client = who(holder_pid, &holder.comm);
+    let where_ = s.netns.ranked().first().map_or_else(
+        || "the client's namespace".into(),
+        |(n, _)| place(i.host, **n),
+    );
+    let mut f = Finding::new(
+        Cause::ConntrackInvalidNatBypass,
+        confidence,
+        packets + resets_after + killed,
+        format!(
+            "replies from {backend} reached {client} without reverse NAT (it talks to {service}): its kernel answered {packets} of them with RSTs (no socket), resetting {} connections",
+            resets_after + killed
+        ),
+    );
+    f.evidence.push(format!(
+        "{packets} packets from {backend} reached ports of {client} in {where_} that its connections to {service} hold; the kernel had no socket for ({backend}) and answered with an RST (reason NO_SOCKET): {} RSTs sent, {} drops NO_SOCKET",
+        s.resets, s.drops
+    ));
+    f.evidence.push(format!(
+        "{backend} is the address behind {service} (DNAT): these replies skipped the reverse translation, which happens when conntrack marks a reply INVALID (e.g. outside the TCP window under load) or does not track it"
+    ));
+    let mut liberal_fix = None;
+    if let Some(t) = invalid {
+        f.evidence.push(format!(
+            "{}: conntrack invalid {:+} over {:.1} s, nf_conntrack_tcp_be_liberal {}",
+            t.ns.label(),
+            t.invalid,
+            i.seconds,
+            t.end
+                .tcp_be_liberal
+                .map_or_else(|| "?".into(), |v| v.to_string())
+        ));
+        liberal_fix = Some(t.ns.label());
+    }
+    if killed > 0 {
+        let peers: Vec<String> = s
+            .reset_peers
+            .ranked()
+            .into_iter()
+            .take(3)
+            .map(|(pid, h)| format!("{} {}", who(*pid, &h.comm), h.resets_after))
+            .collect();
+        f.evidence.push(format!(
+            "{killed} connections on the backend's side received those RSTs in use and died ({}): the application there sees \"connection reset by peer\"",
+            peers.join(", ")
+        ));
+    }
+    if resets_after > 0 {
+        f.evidence.push(format!(
+            "{client} then received {resets_after} RSTs from {service} on those connections (ECONNRESET: the backend had lost them)"
+        ));
+    }
+    f.figures.insert("strays", packets as f64);
+    f.figures.insert("resets", (resets_after + killed) as f64);
+    f.figures
+        .insert("conntrack_invalid", invalid.map_or(0, |t| t.invalid) as f64);
+    let node = liberal_fix.unwrap_or_else(|| "the namespace or host that does the NAT".into());
+    f.fix.push(format!(
+        "In {node}: drop what conntrack marks INVALID instead of forwarding it un-NATed: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (kube-proxy adds this rule since Kubernetes 1.15; check it is there)."
+    ));
+    f.fix.push(format!(
+        "Or let conntrack accept out-of-window packets there: `sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy `conntrack.tcpBeLiberal: true`)."
+    ));
+    f.fix.push(
+        "Retry idempotent requests on ECONNRESET meanwhile; the resets come in bursts under heavy parallel transfers.".into(),
+    );
+    f.affected = holders
+        .iter()
+        .take(3)
+        .map(|(pid, h)| Affected {
+            pid: *pid,
+            comm: h.comm.to_string(),
+            peer: Some(service),
+            events: h.strays + h.resets_after,
+            role: "client",
+            cgroup_id: h.cgroup_id,
+            cgroup: None,
+        })
+        .chain(
+            s.reset_peers
+                .ranked()
+                .into_iter()
+                .take(2)
+                .map(|(pid, h)| Affected {
+                    pid: *pid,
+                    comm: h.comm.to_string(),
+                    peer: None,
+                    events: h.resets_after,
+                    role: "backend",
+                    cgroup_id: h.cgroup_id,
+                    cgroup: None,
+                }),
+        )
+        .collect();
+    Outcome {
+        checked,
+        findings: vec![f],
+    }
+}
+
+/// The processes whose ports strays hit, most first.
+fn holders(s: &crate::aggregate::Strays) -> Vec<(u32, &StrayHolder)> {
+    let mut all: Vec<_> = s.holders.iter().map(|(pid, h)| (*pid, h)).collect();
+    all.sort_by(|a, b| {
+        (b.1.strays + b.1.resets_after, a.0).cmp(&(a.1.strays + a.1.resets_after, b.0))
+    });
+    all
+}
