@@ -159,17 +159,19 @@ impl Flows {
         }
         let netns = ev.netns.unwrap_or(0);
         match ev.kind {
-            EventKind::RstSent if ev.owner.is_none() && rst_reason == Some("NO_SOCKET") => {
-                if self.stray(netns, local, remote) {
-                    self.strays.resets += 1;
-                }
+            EventKind::RstSent
+                if ev.owner.is_none()
+                    && rst_reason == Some("NO_SOCKET")
+                    && self.stray(netns, local, remote) =>
+            {
+                self.strays.resets += 1;
             }
             EventKind::Drop
-                if drop_reason == Some("NO_SOCKET") && ev.dropped().is_some_and(|d| d.incoming) =>
+                if drop_reason == Some("NO_SOCKET")
+                    && ev.dropped().is_some_and(|d| d.incoming)
+                    && self.stray(netns, local, remote) =>
             {
-                if self.stray(netns, local, remote) {
-                    self.strays.drops += 1;
-                }
+                self.strays.drops += 1;
             }
             EventKind::RstReceived => self.reset_after_stray(ev, netns, local, remote),
             EventKind::Connect => self.hold(ev, netns, local, remote, true),

@@ -139,10 +139,10 @@ pub(super) fn conntrack_table_full(i: &Inputs) -> Outcome {
     let watched_elsewhere = i.host.watched_netns.is_some() && !table.ns.watched;
     let confidence = if refusing && (table.full() || table.early_drop > 0) && symptoms >= 2 {
         Confidence::High
-    } else if refusing && (symptoms >= 1 || (i.host.watched_netns.is_none() && table.refused >= 3))
+    } else if (refusing
+        && (symptoms >= 1 || (i.host.watched_netns.is_none() && table.refused >= 3)))
+        || (table.full() && symptoms >= 2)
     {
-        Confidence::Medium
-    } else if table.full() && symptoms >= 2 {
         Confidence::Medium
     } else {
         Confidence::Low
@@ -432,9 +432,9 @@ pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
     f.fix.push(format!(
         "In {node}: drop what conntrack marks INVALID instead of forwarding it un-NATed: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (kube-proxy adds this rule since Kubernetes 1.15; check it is there)."
     ));
-    f.fix.push(format!(
-        "Or let conntrack accept out-of-window packets there: `sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy `conntrack.tcpBeLiberal: true`)."
-    ));
+    f.fix.push(
+        "Or let conntrack accept out-of-window packets there: `sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy `conntrack.tcpBeLiberal: true`).".into(),
+    );
     f.fix.push(
         "Retry idempotent requests on ECONNRESET meanwhile; the resets come in bursts under heavy parallel transfers.".into(),
     );
