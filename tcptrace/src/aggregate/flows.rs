@@ -95,6 +95,15 @@ pub struct Strays {
     pub peer_resets: u64,
     /// Those, by the process whose connection it was.
     pub reset_peers: TopN<u32, StrayHolder>,
+    /// RSTs (reason `NO_SOCKET`, no owning socket) answering packets of a
+    /// live connection seen from its other end in another namespace,
+    /// where no connection of the answering namespace holds the port:
+    /// what a watched backend sees of the same bypass (see `Flows::unheld`).
+    pub unheld_resets: u64,
+    /// Drops (reason `NO_SOCKET`) of such packets.
+    pub unheld_drops: u64,
+    /// Those by the process at the far end (the backend).
+    pub unheld_peers: TopN<u32, StrayHolder>,
 }
 
 impl Default for Strays {
@@ -107,6 +116,9 @@ impl Default for Strays {
             netns: TopN::new(MAX_PAIRS),
             peer_resets: 0,
             reset_peers: TopN::new(MAX_PAIRS),
+            unheld_resets: 0,
+            unheld_drops: 0,
+            unheld_peers: TopN::new(MAX_PAIRS),
         }
     }
 }
@@ -116,6 +128,12 @@ impl Strays {
     /// the larger of the two counts.
     pub fn packets(&self) -> u64 {
         self.resets.max(self.drops)
+    }
+
+    /// Answers "no socket" to live connections seen from their far end
+    /// only (see `unheld_resets`).
+    pub fn unheld(&self) -> u64 {
+        self.unheld_resets.max(self.unheld_drops)
     }
 }
 
@@ -159,19 +177,21 @@ impl Flows {
         }
         let netns = ev.netns.unwrap_or(0);
         match ev.kind {
-            EventKind::RstSent
-                if ev.owner.is_none()
-                    && rst_reason == Some("NO_SOCKET")
-                    && self.stray(netns, local, remote) =>
-            {
-                self.strays.resets += 1;
+            EventKind::RstSent if ev.owner.is_none() && rst_reason == Some("NO_SOCKET") => {
+                if self.stray(netns, local, remote) {
+                    self.strays.resets += 1;
+                } else if self.unheld(netns, local, remote) {
+                    self.strays.unheld_resets += 1;
+                }
             }
             EventKind::Drop
-                if drop_reason == Some("NO_SOCKET")
-                    && ev.dropped().is_some_and(|d| d.incoming)
-                    && self.stray(netns, local, remote) =>
+                if drop_reason == Some("NO_SOCKET") && ev.dropped().is_some_and(|d| d.incoming) =>
             {
-                self.strays.drops += 1;
+                if self.stray(netns, local, remote) {
+                    self.strays.drops += 1;
+                } else if self.unheld(netns, local, remote) {
+                    self.strays.unheld_drops += 1;
+                }
             }
             EventKind::RstReceived => self.reset_after_stray(ev, netns, local, remote),
             EventKind::Connect => self.hold(ev, netns, local, remote, true),
@@ -271,7 +291,16 @@ impl Flows {
         else {
             return false;
         };
-        if service == remote || self.holder(local, remote).is_some() {
+        // A connection of this namespace that had this remote on the
+        // port (a late packet of it is no stray). The far end's own socket
+        // (the backend's, seen on a host-wide run) does not count.
+        let key = (local, remote);
+        let had_remote = self
+            .young
+            .get(&key)
+            .or_else(|| self.old.get(&key))
+            .is_some_and(|h| h.netns == netns);
+        if service == remote || had_remote {
             return false;
         }
         let Some(holder) = self
@@ -306,6 +335,44 @@ impl Flows {
         }
         self.recent.insert((local, remote), holder.pid);
         self.recent_ports.insert(port, holder.pid);
+        true
+    }
+
+    /// Whether an answer "no socket" for (local, remote) in `netns`
+    /// concerns a live connection whose far end (remote) is seen in
+    /// another namespace while no connection of this namespace holds the
+    /// port: the client's side, out of sight, knows that connection under
+    /// another address (or forgot it). What a watched backend sees.
+    fn unheld(&mut self, netns: u32, local: SocketAddr, remote: SocketAddr) -> bool {
+        let port = (netns, local);
+        if self.ports_young.contains_key(&port) || self.ports_old.contains_key(&port) {
+            return false;
+        }
+        let key = (remote, local);
+        let Some(far) = self
+            .young
+            .get(&key)
+            .or_else(|| self.old.get(&key))
+            .copied()
+            .filter(|h| !h.closed && h.netns != netns)
+        else {
+            return false;
+        };
+        let s = &mut self.strays;
+        *s.netns.entry(&netns, || 0) += 1;
+        s.unheld_peers
+            .entry(&far.pid, || StrayHolder {
+                comm: far.comm,
+                cgroup_id: far.cgroup_id,
+                strays: 0,
+                resets_after: 0,
+            })
+            .strays += 1;
+        if self.recent.len() >= MAX_RECENT_STRAYS {
+            self.recent.clear();
+            self.recent_ports.clear();
+        }
+        self.recent.insert((local, remote), far.pid);
         true
     }
 
@@ -402,6 +469,50 @@ mod tests {
             .build();
         flows.observe(&client_reset, None, None, None);
         assert_eq!(flows.strays.holders.get(&7).unwrap().resets_after, 1);
+    }
+
+    #[test]
+    fn the_backends_own_socket_does_not_hide_a_stray() {
+        // Host-wide: the backend's accepted connection is seen too.
+        let mut flows = connected();
+        let mut accepted = ev(EventKind::State, 1)
+            .owner(9, "file-server")
+            .local(BACKEND)
+            .remote(POD)
+            .transition("SYN_RECV", "ESTABLISHED")
+            .build();
+        accepted.netns = Some(77);
+        flows.observe(&accepted, Some(true), None, None);
+        flows.observe(&stray_rst(), None, Some("NO_SOCKET"), None);
+        assert_eq!(flows.strays.resets, 1);
+    }
+
+    #[test]
+    fn a_watched_backend_sees_the_client_kernel_answer_no_socket() {
+        // Only the backend's connection is in sight (its namespace is
+        // watched); the client's kernel answers its packet "no socket".
+        let mut flows = Flows::default();
+        let mut accepted = ev(EventKind::State, 1)
+            .owner(9, "file-server")
+            .local(BACKEND)
+            .remote(POD)
+            .transition("SYN_RECV", "ESTABLISHED")
+            .build();
+        accepted.netns = Some(77);
+        flows.observe(&accepted, Some(true), None, None);
+        flows.observe(&stray_rst(), None, Some("NO_SOCKET"), None);
+        assert_eq!(flows.strays.packets(), 0);
+        assert_eq!(flows.strays.unheld(), 1);
+        assert_eq!(flows.strays.unheld_peers.get(&9).unwrap().strays, 1);
+        let mut reset = ev(EventKind::RstReceived, 6)
+            .owner(9, "file-server")
+            .local(BACKEND)
+            .remote(POD)
+            .state("ESTABLISHED")
+            .build();
+        reset.netns = Some(77);
+        flows.observe(&reset, None, None, None);
+        assert_eq!(flows.strays.peer_resets, 1);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::{
-    aggregate::{DropGroup, StrayHolder},
+    aggregate::{DropGroup, StrayHolder, TopN},
     diagnose::facts::NamespaceFacts,
     host::conntrack::ConntrackState,
 };
@@ -335,100 +335,38 @@ fn syn_owners(groups: &[(crate::aggregate::DropKey, &DropGroup)]) -> Vec<(u32, S
 pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
     let s = &i.agg.flows.strays;
     let packets = s.packets();
+    let unheld = s.unheld();
     let tables = tables(i.host);
     let invalid = tables
         .iter()
         .filter(|t| t.invalid > 0)
         .max_by_key(|t| (t.invalid, t.ns.events));
+    let resets_after: u64 = holders(s).iter().map(|h| h.1.resets_after).sum();
     let checked = format!(
-        "NAT bypass: {packets} packets answered \"no socket\" on a port held by a connection to another address, {} RSTs received after them, conntrack invalid {}",
-        s.peer_resets + holders(s).iter().map(|h| h.1.resets_after).sum::<u64>(),
+        "NAT bypass: {packets} packets answered \"no socket\" on a port held by a connection to another address, {unheld} on live connections seen from their far end, {} RSTs received after them, conntrack invalid {}",
+        s.peer_resets + resets_after,
         invalid.map_or_else(
             || "+0 in every table read".into(),
             |t| format!("{:+} in {}", t.invalid, t.ns.label())
         )
     );
-    if packets == 0 {
+    let finding = if packets > 0 {
+        Some(client_view(i, invalid))
+    } else if unheld > 0 {
+        backend_view(i, invalid)
+    } else {
+        None
+    };
+    let Some(mut f) = finding else {
         return Outcome {
             checked,
             findings: Vec::new(),
         };
-    }
-    let holders = holders(s);
-    let resets_after: u64 = holders.iter().map(|h| h.1.resets_after).sum();
-    let killed = s.peer_resets;
-    let confidence = if packets >= 3 && (invalid.is_some() || resets_after + killed >= 2) {
-        Confidence::High
-    } else if packets >= 3 || invalid.is_some() || resets_after + killed >= 1 {
-        Confidence::Medium
-    } else {
-        Confidence::Low
     };
-    let pair = s
-        .pairs
-        .ranked()
-        .first()
-        .map(|(p, n)| (**p, **n))
-        .expect("strays have a pair");
-    let (service, backend) = (pair.0.service, pair.0.backend);
-    let (holder_pid, holder) = holders[0];
-    let client = who(holder_pid, &holder.comm);
-    let where_ = s.netns.ranked().first().map_or_else(
-        || "the client's namespace".into(),
-        |(n, _)| place(i.host, **n),
+    let node = invalid.map_or_else(
+        || "the namespace or host that does the NAT".into(),
+        |t| t.ns.label(),
     );
-    let mut f = Finding::new(
-        Cause::ConntrackInvalidNatBypass,
-        confidence,
-        packets + resets_after + killed,
-        format!(
-            "replies from {backend} reached {client} without reverse NAT (it talks to {service}): its kernel answered {packets} of them with RSTs (no socket), resetting {} connections",
-            resets_after + killed
-        ),
-    );
-    f.evidence.push(format!(
-        "{packets} packets from {backend} reached ports of {client} in {where_} that its connections to {service} hold; the kernel had no socket for ({backend}) and answered with an RST (reason NO_SOCKET): {} RSTs sent, {} drops NO_SOCKET",
-        s.resets, s.drops
-    ));
-    f.evidence.push(format!(
-        "{backend} is the address behind {service} (DNAT): these replies skipped the reverse translation, which happens when conntrack marks a reply INVALID (e.g. outside the TCP window under load) or does not track it"
-    ));
-    let mut liberal_fix = None;
-    if let Some(t) = invalid {
-        f.evidence.push(format!(
-            "{}: conntrack invalid {:+} over {:.1} s, nf_conntrack_tcp_be_liberal {}",
-            t.ns.label(),
-            t.invalid,
-            i.seconds,
-            t.end
-                .tcp_be_liberal
-                .map_or_else(|| "?".into(), |v| v.to_string())
-        ));
-        liberal_fix = Some(t.ns.label());
-    }
-    if killed > 0 {
-        let peers: Vec<String> = s
-            .reset_peers
-            .ranked()
-            .into_iter()
-            .take(3)
-            .map(|(pid, h)| format!("{} {}", who(*pid, &h.comm), h.resets_after))
-            .collect();
-        f.evidence.push(format!(
-            "{killed} connections on the backend's side received those RSTs in use and died ({}): the application there sees \"connection reset by peer\"",
-            peers.join(", ")
-        ));
-    }
-    if resets_after > 0 {
-        f.evidence.push(format!(
-            "{client} then received {resets_after} RSTs from {service} on those connections (ECONNRESET: the backend had lost them)"
-        ));
-    }
-    f.figures.insert("strays", packets as f64);
-    f.figures.insert("resets", (resets_after + killed) as f64);
-    f.figures
-        .insert("conntrack_invalid", invalid.map_or(0, |t| t.invalid) as f64);
-    let node = liberal_fix.unwrap_or_else(|| "the namespace or host that does the NAT".into());
     f.fix.push(format!(
         "In {node}: drop what conntrack marks INVALID instead of forwarding it un-NATed: `iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP` (kube-proxy adds this rule since Kubernetes 1.15; check it is there)."
     ));
@@ -438,6 +376,88 @@ pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
     f.fix.push(
         "Retry idempotent requests on ECONNRESET meanwhile; the resets come in bursts under heavy parallel transfers.".into(),
     );
+    Outcome {
+        checked,
+        findings: vec![f],
+    }
+}
+
+/// `netns k8i-node (4026532595): conntrack invalid +106 over 20.0 s,
+/// nf_conntrack_tcp_be_liberal 0`
+fn invalid_line(t: &Table, seconds: f64) -> String {
+    format!(
+        "{}: conntrack invalid {:+} over {seconds:.1} s, nf_conntrack_tcp_be_liberal {}",
+        t.ns.label(),
+        t.invalid,
+        t.end
+            .tcp_be_liberal
+            .map_or_else(|| "?".into(), |v| v.to_string())
+    )
+}
+
+/// The client is in sight: its ports got replies from the backend's own
+/// address while its connections talk to the service address.
+fn client_view(i: &Inputs, invalid: Option<&Table>) -> Finding {
+    let s = &i.agg.flows.strays;
+    let packets = s.packets();
+    let holders = holders(s);
+    let resets_after: u64 = holders.iter().map(|h| h.1.resets_after).sum();
+    let killed = s.peer_resets;
+    // Each reset connection shows once on each side that is in sight.
+    let connections = resets_after.max(killed);
+    let confidence = if packets >= 3 && (invalid.is_some() || connections >= 2) {
+        Confidence::High
+    } else if packets >= 3 || invalid.is_some() || connections >= 1 {
+        Confidence::Medium
+    } else {
+        Confidence::Low
+    };
+    let pair = s
+        .pairs
+        .ranked()
+        .first()
+        .map(|(p, _)| **p)
+        .expect("strays have a pair");
+    let (service, backend) = (pair.service, pair.backend);
+    let (holder_pid, holder) = holders[0];
+    let client = who(holder_pid, &holder.comm);
+    let where_ = s.netns.ranked().first().map_or_else(
+        || "the client's namespace".into(),
+        |(n, _)| place(i.host, **n),
+    );
+    let mut f = Finding::new(
+        Cause::ConntrackInvalidNatBypass,
+        confidence,
+        packets + connections,
+        format!(
+            "replies from {backend} reached {client} without reverse NAT (it talks to {service}): its kernel answered {packets} of them with RSTs (no socket), resetting {connections} connections"
+        ),
+    );
+    f.evidence.push(format!(
+        "{packets} packets from {backend} reached ports of {client} in {where_} that its connections to {service} hold; the kernel had no socket for ({backend}) and answered with an RST (reason NO_SOCKET): {} RSTs sent, {} drops NO_SOCKET",
+        s.resets, s.drops
+    ));
+    f.evidence.push(format!(
+        "{backend} is the address behind {service} (DNAT): these replies skipped the reverse translation, which happens when conntrack marks a reply INVALID (e.g. outside the TCP window under load) or does not track it"
+    ));
+    if let Some(t) = invalid {
+        f.evidence.push(invalid_line(t, i.seconds));
+    }
+    if killed > 0 {
+        f.evidence.push(format!(
+            "{killed} connections on the backend's side received those RSTs in use and died ({}): the application there sees \"connection reset by peer\"",
+            peers_text(&s.reset_peers)
+        ));
+    }
+    if resets_after > 0 {
+        f.evidence.push(format!(
+            "{client} then received {resets_after} RSTs from {service} on those connections (ECONNRESET: the backend had lost them)"
+        ));
+    }
+    f.figures.insert("strays", packets as f64);
+    f.figures.insert("resets", connections as f64);
+    f.figures
+        .insert("conntrack_invalid", invalid.map_or(0, |t| t.invalid) as f64);
     f.affected = holders
         .iter()
         .take(3)
@@ -450,26 +470,102 @@ pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
             cgroup_id: h.cgroup_id,
             cgroup: None,
         })
-        .chain(
-            s.reset_peers
-                .ranked()
-                .into_iter()
-                .take(2)
-                .map(|(pid, h)| Affected {
-                    pid: *pid,
-                    comm: h.comm.to_string(),
-                    peer: None,
-                    events: h.resets_after,
-                    role: "backend",
-                    cgroup_id: h.cgroup_id,
-                    cgroup: None,
-                }),
-        )
+        .chain(stray_affected(&s.reset_peers, None, "backend"))
         .collect();
-    Outcome {
-        checked,
-        findings: vec![f],
+    f
+}
+
+/// Only the backend is in sight: the client's kernel, in another
+/// namespace of this host, answers "no socket" to the backend's live
+/// connections, and a namespace in between marks packets INVALID. A
+/// client that forgot its connections (restarted) answers the same, but
+/// its RSTs match the tracked connection: nothing turns INVALID. So no
+/// finding above low without INVALID packets in some table.
+fn backend_view(i: &Inputs, invalid: Option<&Table>) -> Option<Finding> {
+    let s = &i.agg.flows.strays;
+    let unheld = s.unheld();
+    let killed = s.peer_resets;
+    let confidence = match invalid {
+        Some(t) if unheld >= 3 && killed >= 3 && t.invalid as u64 * 2 >= unheld => Confidence::High,
+        Some(_) if unheld >= 2 => Confidence::Medium,
+        _ => Confidence::Low,
+    };
+    let mut peers: Vec<_> = s.unheld_peers.iter().map(|(p, h)| (*p, h)).collect();
+    peers.sort_by(|a, b| (b.1.strays, a.0).cmp(&(a.1.strays, b.0)));
+    let (pid, backend) = peers.first().copied()?;
+    let server = who(pid, &backend.comm);
+    let where_ = s.netns.ranked().first().map_or_else(
+        || "the client's namespace".into(),
+        |(n, _)| place(i.host, **n),
+    );
+    let mut f = Finding::new(
+        Cause::ConntrackInvalidNatBypass,
+        confidence,
+        unheld + killed,
+        format!(
+            "the clients' kernel in {where_} answered {unheld} packets of live connections of {server} with RSTs (no socket), killing {killed} of them: it knows those connections under another (NATed) address"
+        ),
+    );
+    f.evidence.push(format!(
+        "{unheld} packets of connections {server} had open were answered in {where_} with an RST (reason NO_SOCKET) by a kernel where no connection holds the port ({} RSTs, {} drops NO_SOCKET)",
+        s.unheld_resets, s.unheld_drops
+    ));
+    if killed > 0 {
+        f.evidence.push(format!(
+            "{killed} connections of {server} received those RSTs in use and died: its application sees \"connection reset by peer\""
+        ));
     }
+    match invalid {
+        Some(t) => {
+            f.evidence.push(invalid_line(t, i.seconds));
+            f.evidence.push(
+                "a reply that skipped reverse NAT reaches the client under the backend's address and is answered \"no socket\"; that RST is INVALID to the NAT's conntrack too".into(),
+            );
+        }
+        None => f.evidence.push(
+            "no conntrack table read marked packets INVALID: the clients may instead have lost their connections (restart), see half-open resets".into(),
+        ),
+    }
+    f.figures.insert("strays", unheld as f64);
+    f.figures.insert("resets", killed as f64);
+    f.figures
+        .insert("conntrack_invalid", invalid.map_or(0, |t| t.invalid) as f64);
+    f.affected = stray_affected(&s.unheld_peers, None, "backend")
+        .chain(stray_affected(&s.reset_peers, None, "backend"))
+        .take(3)
+        .collect();
+    Some(f)
+}
+
+/// `pid 9 (file-server) 12, ...`
+fn peers_text(peers: &TopN<u32, StrayHolder>) -> String {
+    let mut all: Vec<_> = peers.iter().collect();
+    all.sort_by(|a, b| (b.1.resets_after, a.0).cmp(&(a.1.resets_after, b.0)));
+    all.iter()
+        .take(3)
+        .map(|(pid, h)| format!("{} {}", who(**pid, &h.comm), h.resets_after))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn stray_affected<'a>(
+    peers: &'a TopN<u32, StrayHolder>,
+    peer: Option<SocketAddr>,
+    role: &'static str,
+) -> impl Iterator<Item = Affected> + 'a {
+    let mut all: Vec<_> = peers.iter().collect();
+    all.sort_by(|a, b| {
+        (b.1.strays + b.1.resets_after, a.0).cmp(&(a.1.strays + a.1.resets_after, b.0))
+    });
+    all.into_iter().take(2).map(move |(pid, h)| Affected {
+        pid: *pid,
+        comm: h.comm.to_string(),
+        peer,
+        events: h.strays + h.resets_after,
+        role,
+        cgroup_id: h.cgroup_id,
+        cgroup: None,
+    })
 }
 
 /// The processes whose ports strays hit, most first.

@@ -6,9 +6,11 @@
 use super::*;
 use crate::aggregate::{DropGroup, DropKey};
 
-/// Drop reasons that name another cause (accept queue, PAWS): SYNs lost
-/// to them are not "on the path".
-const OTHER_CAUSES: [&str; 4] = [
+/// Drop reasons that name another cause (accept queue, PAWS, nothing
+/// listening or a reply that skipped reverse NAT): SYNs lost to them are
+/// not "on the path".
+const OTHER_CAUSES: [&str; 5] = [
+    "NO_SOCKET",
     "TCP_LISTEN_OVERFLOW",
     "TCP_RFC7323_PAWS",
     "TCP_RFC7323_TW_PAWS",
@@ -20,9 +22,14 @@ fn unanswered(s: &Stats) -> u64 {
     s.connect_failed.saturating_sub(s.refused)
 }
 
+/// Handshake retransmits: SYNs of a client, SYN-ACKs of a server.
+fn handshake_retransmits(s: &Stats) -> u64 {
+    s.syn_retransmits + s.synack_retransmits
+}
+
 /// Cause: SYNs (or their SYN-ACKs) dropped between client and server.
 pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
-    let syn = i.agg.total.syn_retransmits;
+    let syn = handshake_retransmits(&i.agg.total);
     let failed = unanswered(&i.agg.total);
     // Handshake packets dropped on this host for a reason of the path.
     let groups: Vec<(DropKey, &DropGroup)> = i
@@ -54,7 +61,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
             .is_some_and(|ct| ct.delta_of("drop") + ct.delta_of("early_drop") > 0)
     });
     let checked = format!(
-        "SYNs dropped on the path: {syn} SYN retransmits, {failed} connects unanswered, {dropped} handshake packets dropped on this host for a path reason, listen overflows {overflows:+} in the namespaces read{}",
+        "SYNs dropped on the path: {syn} SYN/SYN-ACK retransmits, {failed} connects unanswered, {dropped} handshake packets dropped on this host for a path reason, listen overflows {overflows:+} in the namespaces read{}",
         if conntrack_full {
             ", a conntrack table refusing entries"
         } else {
@@ -68,7 +75,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
     if (syn == 0 && dropped == 0) || overflows > 0 || conntrack_full {
         return nothing(checked);
     }
-    let hit = processes_with(i.agg, |s| s.syn_retransmits + unanswered(s));
+    let hit = processes_with(i.agg, |s| handshake_retransmits(s) + unanswered(s));
     let confidence = if dropped >= 2 && syn >= 2 && (failed >= 1 || syn >= 4) {
         Confidence::High
     } else if syn >= 3 && (failed >= 1 || dropped >= 1) {
@@ -86,20 +93,29 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
     } else {
         who(pid, &comm)
     };
+    // A server in sight retransmits SYN-ACKs: its answers are the ones
+    // lost, and its peers are the clients.
+    let server_side = i.agg.total.synack_retransmits > i.agg.total.syn_retransmits;
+    let what = if server_side {
+        format!("the SYN-ACKs {client} sends to {peer_text}")
+    } else {
+        format!("SYNs from {client} to {peer_text}")
+    };
     let mut f = Finding::new(
         Cause::SynDroppedOnPath,
         confidence,
         syn + failed + dropped,
         format!(
-            "SYNs from {client} to {peer_text} are dropped on the way: {syn} SYN retransmits, {failed} connects unanswered"
+            "{what} are dropped on the way: {syn} handshake retransmits, {failed} connects unanswered"
         ),
     );
     for (pid, p, _) in hit.iter().take(3) {
         let s = &p.stats;
         f.evidence.push(format!(
-            "{}: {} SYN retransmits, {} connects unanswered{}, {} succeeded{}",
+            "{}: {} SYN retransmits, {} SYN-ACK retransmits, {} connects unanswered{}, {} succeeded{}",
             who(*pid, &p.comm),
             s.syn_retransmits,
+            s.synack_retransmits,
             unanswered(s),
             s.connect_failed_after
                 .percentiles()
@@ -177,7 +193,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
         "Fail faster meanwhile: a connect timeout in the client, net.ipv4.tcp_syn_retries (now {}) lower.",
         i.host.sysctl("net.ipv4.tcp_syn_retries").unwrap_or("?")
     ));
-    f.affected = affected(&hit, "client");
+    f.affected = affected(&hit, if server_side { "server" } else { "client" });
     Outcome {
         checked,
         findings: vec![f],
