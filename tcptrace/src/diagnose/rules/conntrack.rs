@@ -167,7 +167,7 @@ pub(super) fn conntrack_table_full(i: &Inputs) -> Outcome {
         confidence,
         new_flows.max(0) as u64 + syn + failed + dropped,
         format!(
-            "the conntrack table of {} is full ({}): it refused {new_flows} new connections; {client} had {failed} connects to {peer} go unanswered after {syn} SYN retransmits",
+            "the conntrack table of {} is full ({}): it refused {new_flows} new entries (SYNs of new connections); {client} had {failed} connects to {peer} go unanswered after {syn} SYN retransmits",
             table.ns.label(),
             table.count_text(),
         ),
@@ -343,8 +343,8 @@ pub(super) fn conntrack_invalid_nat_bypass(i: &Inputs) -> Outcome {
         .max_by_key(|t| (t.invalid, t.ns.events));
     let resets_after: u64 = holders(s).iter().map(|h| h.1.resets_after).sum();
     let checked = format!(
-        "NAT bypass: {packets} packets answered \"no socket\" on a port held by a connection to another address, {unheld} on live connections seen from their far end, {} RSTs received after them, conntrack invalid {}",
-        s.peer_resets + resets_after,
+        "NAT bypass: {packets} packets answered \"no socket\" on a port held by a connection to another address, {unheld} on live connections seen from their far end, {} connections reset after them, conntrack invalid {}",
+        s.peer_resets.max(resets_after),
         invalid.map_or_else(
             || "+0 in every table read".into(),
             |t| format!("{:+} in {}", t.invalid, t.ns.label())
