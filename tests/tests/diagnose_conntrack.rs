@@ -473,3 +473,68 @@ fn healthy_forwarded_bulk_transfer_is_silent() {
         seconds.max(t0.elapsed().as_secs_f64()),
     );
 }
+
+/// The same bypass watched from the backend's namespace only: the
+/// client's kernel (another namespace of this host) answers the
+/// backend's packets "no socket" and kills its connections.
+#[test]
+fn invalid_replies_bypass_nat_seen_from_the_backend() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("ctinb");
+    let stop = Arc::new(AtomicBool::new(false));
+    file_server(
+        &net.server,
+        format!("{SERVER4}:8080").parse().unwrap(),
+        4 << 20,
+        stop.clone(),
+    );
+    let service = net.service(8080);
+    net.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "r1",
+            "-p",
+            "tcp",
+            "--sport",
+            "8080",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "150",
+            "--packet",
+            "0",
+            "-j",
+            "NOTRACK",
+        ],
+    );
+    let diagnose = Diagnose::start(net.server.name());
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
+    let top = findings(&report)
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:#}"));
+    assert_eq!(top["cause"], "conntrack_invalid_nat_bypass", "{report:#}");
+    assert_ne!(top["confidence"], "low", "{top:#}");
+    let (pid, _, role) = first_affected(top);
+    assert_eq!(pid, u64::from(std::process::id()), "{top:#}");
+    assert_eq!(role, "backend", "{top:#}");
+    assert!(
+        top["figures"]["conntrack_invalid"].as_f64().unwrap() >= 1.0,
+        "{top:#}"
+    );
+    describe(
+        "conntrack_invalid_nat_bypass (backend side)",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}
