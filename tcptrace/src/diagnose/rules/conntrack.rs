@@ -576,3 +576,140 @@ fn holders(s: &crate::aggregate::Strays) -> Vec<(u32, &StrayHolder)> {
     });
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::{Aggregate, testing::*},
+        event::{EventKind as K, TcpEvent},
+        host::conntrack::{Conntrack, ConntrackChange, parse_stat},
+    };
+
+    /// The router's namespace, where the SYNs are dropped.
+    const ROUTER: u32 = 4026532777;
+
+    /// Four clients' connects to 10.0.2.2:8080: each SYN dropped in the
+    /// router's namespace (NETFILTER_DROP) three times, then the connect
+    /// times out.
+    fn syns_dropped_at_the_router() -> Vec<TcpEvent> {
+        let mut events = Vec::new();
+        for n in 0..4u64 {
+            let sock = 500 + n;
+            let local = format!("10.0.0.1:{}", 40_000 + sock);
+            events.extend(connect(sock, 10, 42, "checkout", "10.0.2.2:8080"));
+            for (i, at) in [10, 1_010, 3_010].into_iter().enumerate() {
+                if i > 0 {
+                    events.push(
+                        ev(K::Retransmit, at)
+                            .sock(sock)
+                            .owner(42, "checkout")
+                            .local(&local)
+                            .remote("10.0.2.2:8080")
+                            .state("SYN_SENT")
+                            .build(),
+                    );
+                }
+                let mut drop = ev(K::Drop, at + 1)
+                    .local(&local)
+                    .remote("10.0.2.2:8080")
+                    .dropped(12, 0x02)
+                    .build();
+                drop.netns = Some(ROUTER);
+                events.push(drop);
+            }
+            events.push(
+                ev(K::ConnectFailed, 4_000)
+                    .sock(sock)
+                    .owner(42, "checkout")
+                    .local(&local)
+                    .remote("10.0.2.2:8080")
+                    .transition("SYN_SENT", "CLOSE")
+                    .connect_ms(3_990.0)
+                    .build(),
+            );
+        }
+        events
+    }
+
+    /// A conntrack reading with `count` entries of `max` and `drop`
+    /// refusals so far.
+    fn table(count: u64, max: u64, drop: u64) -> Conntrack {
+        let text = format!(
+            "entries  searched found new invalid ignore delete delete_list insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+             {count:08x}  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 {drop:08x} 00000000 00000000  00000000 00000000 00000000 00000000\n"
+        );
+        let (_, stats) = parse_stat(&text).unwrap();
+        Conntrack::Loaded(ConntrackState {
+            stats,
+            count: Some(count),
+            max: Some(max),
+            tcp_be_liberal: Some(0),
+            ..ConntrackState::default()
+        })
+    }
+
+    fn run(events: &[TcpEvent], host: &HostFacts) -> Vec<Finding> {
+        let mut agg = Aggregate::new(names());
+        for e in events {
+            agg.add(e);
+        }
+        agg.finish();
+        let i = Inputs {
+            agg: &agg,
+            host,
+            seconds: 10.0,
+        };
+        [
+            conntrack_table_full(&i),
+            conntrack_invalid_nat_bypass(&i),
+            path::syn_dropped_on_path(&i),
+        ]
+        .into_iter()
+        .flat_map(|o| o.findings)
+        .filter(|f| f.confidence != Confidence::Low)
+        .collect()
+    }
+
+    fn router(conntrack: Conntrack, start: Conntrack) -> HostFacts {
+        let mut host = HostFacts {
+            watched_netns: Some(4026531840),
+            ..HostFacts::default()
+        };
+        host.namespaces.push(NamespaceFacts {
+            inode: ROUTER,
+            name: "node".into(),
+            conntrack: Some(ConntrackChange::new(start, conntrack)),
+            ..NamespaceFacts::default()
+        });
+        host
+    }
+
+    #[test]
+    fn syns_a_full_table_refused_are_conntrack_table_full() {
+        let host = router(table(160, 160, 12), table(150, 160, 0));
+        let found = run(&syns_dropped_at_the_router(), &host);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(f.cause, Cause::ConntrackTableFull);
+        assert_eq!(f.confidence, Confidence::High);
+        assert_eq!(f.affected[0].pid, 42);
+        assert_eq!(f.figures["conntrack_max"], 160.0);
+        assert!(f.summary.contains("netns node"), "{}", f.summary);
+        assert!(f.fix[0].contains("nf_conntrack_max"), "{}", f.fix[0]);
+    }
+
+    #[test]
+    fn syns_a_firewall_dropped_are_dropped_on_the_path() {
+        // The same drops with a table far from full: a firewall rule.
+        let host = router(table(10, 262_144, 0), table(8, 262_144, 0));
+        let found = run(&syns_dropped_at_the_router(), &host);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let f = &found[0];
+        assert_eq!(f.cause, Cause::SynDroppedOnPath);
+        assert_eq!(f.confidence, Confidence::High);
+        assert_eq!(f.affected[0].pid, 42);
+        assert!(f.summary.contains("10.0.2.2:8080"), "{}", f.summary);
+        assert_eq!(f.figures["connects_unanswered"], 4.0);
+    }
+}
