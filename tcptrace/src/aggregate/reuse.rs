@@ -382,7 +382,10 @@ impl ReuseTracker {
                         at_ns: ev.mono_ns,
                         idle_ns: ev.idle_ns().unwrap_or(0),
                         pid: ev.owner.as_ref().map_or(0, |o| o.pid),
-                        comm: ev.owner.as_ref().map_or_else(|| Comm::new(b"?"), |o| o.comm),
+                        comm: ev
+                            .owner
+                            .as_ref()
+                            .map_or_else(|| Comm::new(b"?"), |o| o.comm),
                         cgroup_id: ev.owner.as_ref().map_or(0, |o| o.cgroup_id),
                         peer,
                         after_fin,

@@ -27,6 +27,9 @@ pub enum Cause {
     NothingListening,
     /// The peer restarted and answers old connections with RST.
     HalfOpenAfterPeerRestart,
+    /// A load balancer / NAT silently forgets flows idle longer than its
+    /// timeout: the next send on such a flow is never answered.
+    MiddleboxIdleBlackhole,
 }
 
 impl Cause {
@@ -42,6 +45,7 @@ impl Cause {
             Cause::RetransmissionTimeout => "retransmission_timeout",
             Cause::NothingListening => "nothing_listening",
             Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
+            Cause::MiddleboxIdleBlackhole => "middlebox_idle_blackhole",
         }
     }
 
@@ -61,6 +65,9 @@ impl Cause {
             Cause::RetransmissionTimeout => "Retransmission timeout (packet loss or black hole)",
             Cause::NothingListening => "Nothing listening (connections refused)",
             Cause::HalfOpenAfterPeerRestart => "Half-open connections after a peer restart",
+            Cause::MiddleboxIdleBlackhole => {
+                "Load balancer / NAT silently drops flows idle longer than its timeout"
+            }
         }
     }
 }

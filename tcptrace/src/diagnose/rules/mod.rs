@@ -6,6 +6,7 @@
 //! so that one stray event never reaches high confidence.
 
 mod accept;
+mod blackhole;
 mod idle;
 mod ports;
 mod refused;
@@ -45,8 +46,9 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 8] = [
+pub const RULES: [Rule; 9] = [
     idle::idle_timeouts,
+    blackhole::middlebox_idle_blackhole,
     idle::half_open,
     accept::accept_queue,
     ports::port_exhaustion,
@@ -208,6 +210,8 @@ fn counter_line(host: &HostFacts, names: &[&str]) -> String {
         .join(", ")
 }
 
+#[cfg(test)]
+mod idle_tests;
 #[cfg(test)]
 mod recorded;
 #[cfg(test)]
