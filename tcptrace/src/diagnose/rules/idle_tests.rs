@@ -383,3 +383,22 @@ fn client_reusing_right_after_the_peer_closed_is_no_idle_timeout() {
         "{findings:#?}"
     );
 }
+
+#[test]
+fn accepted_connections_reset_in_close_wait_are_no_keepalive_timeout() {
+    // Recorded on a server with a full accept queue and
+    // tcp_abort_on_overflow=1: clients gave up and closed (FIN 0 ms after
+    // the server's last send), the server's late answers met RSTs in
+    // CLOSE_WAIT. Its own accepted connections: no client reuse, no idle.
+    let findings = diagnose(
+        include_str!("../recorded/overflow_abort_server.ndjson"),
+        &HostFacts::default(),
+    );
+    assert!(
+        !findings.iter().any(|f| matches!(
+            f.cause,
+            Cause::ServerKeepaliveTimeout | Cause::LbIdleTimeout
+        )),
+        "{findings:#?}"
+    );
+}
