@@ -613,9 +613,10 @@ fn clean_run_has_no_problem() {
     let checked = report["checked"].as_array().unwrap();
     assert!(checked.len() >= 9, "{checked:#?}");
     assert!(
-        checked
-            .iter()
-            .any(|c| c.as_str().unwrap().starts_with("silent idle timeouts: 0 reuses")),
+        checked.iter().any(|c| c
+            .as_str()
+            .unwrap()
+            .starts_with("silent idle timeouts: 0 reuses")),
         "{checked:#?}"
     );
     assert!(report["events"].as_u64().unwrap() >= 40, "traffic was seen");

@@ -509,3 +509,232 @@ impl ReuseTracker {
         std::mem::take(&mut self.untracked)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Aggregate, testing::*};
+    use super::*;
+    use crate::event::EventKind as K;
+
+    const PEER: &str = "10.0.0.7:443";
+
+    fn reuse(sock: u64, at: u64, idle: u64, state: &str) -> TcpEvent {
+        ev(K::Reuse, at)
+            .sock(sock)
+            .owner(42, "client")
+            .remote(PEER)
+            .state(state)
+            .idle_ms(idle, idle)
+            .build()
+    }
+
+    fn retransmit(sock: u64, at: u64) -> TcpEvent {
+        ev(K::Retransmit, at)
+            .sock(sock)
+            .owner(42, "client")
+            .remote(PEER)
+            .state("ESTABLISHED")
+            .build()
+    }
+
+    fn closed(sock: u64, at: u64, from: &str) -> TcpEvent {
+        ev(K::State, at)
+            .sock(sock)
+            .owner(42, "client")
+            .remote(PEER)
+            .transition(from, "CLOSE")
+            .build()
+    }
+
+    fn outcomes(events: Vec<TcpEvent>) -> ReuseOutcomes {
+        let mut a = Aggregate::new(names());
+        for e in &events {
+            a.add(e);
+        }
+        a.finish();
+        let peer = a.peers.get(&PEER.parse().unwrap()).expect("the peer");
+        assert_eq!(
+            peer.reuse_outcomes.total(),
+            a.process(42).unwrap().stats.reuse_outcomes.total()
+        );
+        a.total.reuse_outcomes.clone()
+    }
+
+    #[test]
+    fn answered_by_the_next_reuse_or_the_close() {
+        let mut events = connect(1, 0, 42, "client", PEER);
+        events.push(reuse(1, 1_000, 900, "ESTABLISHED"));
+        // Received 1 ms after that send, then idle again until 3_000.
+        events.push(reuse(1, 3_000, 1_999, "ESTABLISHED"));
+        // Closed by the client after its answer came (idle_recv 5 ms).
+        events.push(
+            ev(K::State, 3_010)
+                .sock(1)
+                .owner(42, "client")
+                .remote(PEER)
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(5, 5)
+                .build(),
+        );
+        let r = outcomes(events);
+        assert_eq!(r.answered.count, 2);
+        assert_eq!(
+            (r.answered.min_ns, r.answered.max_ns),
+            (900_000_000, 1_999_000_000)
+        );
+        assert_eq!(r.silent().count + r.reset.count + r.unknown, 0);
+    }
+
+    #[test]
+    fn stalled_until_the_application_gave_up() {
+        let mut events = connect(1, 0, 42, "client", PEER);
+        events.push(reuse(1, 5_000, 4_000, "ESTABLISHED"));
+        for at in [5_200, 5_600, 6_400] {
+            events.push(retransmit(1, at));
+        }
+        // The application closes; nothing was received since before the send.
+        events.push(
+            ev(K::State, 7_000)
+                .sock(1)
+                .owner(42, "client")
+                .remote(PEER)
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(600, 6_000)
+                .build(),
+        );
+        events.push(retransmit(1, 8_000));
+        let r = outcomes(events);
+        assert_eq!(r.stalled.count, 1);
+        assert_eq!(r.stalled.min_ns, 4_000_000_000);
+        assert_eq!(r.stall_retransmits, 4);
+        let start = r.stall_start.percentiles().unwrap();
+        assert!(
+            (195_000_000..=205_000_000).contains(&start.p50_ns),
+            "{start:?}"
+        );
+        assert_eq!(r.worked().count, 0);
+    }
+
+    #[test]
+    fn timed_out_when_the_kernel_gave_up() {
+        let mut events = connect(1, 0, 42, "client", PEER);
+        events.push(reuse(1, 3_000, 2_600, "ESTABLISHED"));
+        events.push(retransmit(1, 3_200));
+        events.push(retransmit(1, 3_600));
+        // The kernel closes it, then reports the error (in that order).
+        events.push(closed(1, 4_000, "ESTABLISHED"));
+        events.push(
+            ev(K::SocketError, 4_000)
+                .sock(1)
+                .owner(42, "client")
+                .remote(PEER)
+                .state("CLOSE")
+                .socket_errno(libc::ETIMEDOUT)
+                .build(),
+        );
+        let r = outcomes(events);
+        assert_eq!(r.timed_out.count, 1);
+        assert_eq!(r.errors.get("ETIMEDOUT"), Some(&1));
+        // Without the error event: a close with no RST either way.
+        let mut events = connect(2, 0, 42, "client", PEER);
+        events.push(reuse(2, 3_000, 2_600, "ESTABLISHED"));
+        events.push(retransmit(2, 3_200));
+        events.push(closed(2, 4_000, "ESTABLISHED"));
+        events.push(ev(K::State, 4_500).sock(99).build());
+        assert_eq!(outcomes(events).timed_out.count, 1);
+    }
+
+    #[test]
+    fn resets_with_and_without_the_peers_fin() {
+        let mut events = connect(1, 0, 42, "client", PEER);
+        events.push(reuse(1, 3_000, 2_900, "ESTABLISHED"));
+        events.push(
+            ev(K::RstReceived, 3_001)
+                .sock(1)
+                .owner(42, "client")
+                .remote(PEER)
+                .state("ESTABLISHED")
+                .idle_ms(1, 2_901)
+                .build(),
+        );
+        events.push(closed(1, 3_001, "ESTABLISHED"));
+        events.push(
+            ev(K::SocketError, 3_001)
+                .sock(1)
+                .owner(42, "client")
+                .remote(PEER)
+                .state("CLOSE")
+                .socket_errno(libc::ECONNRESET)
+                .build(),
+        );
+        // Reused after the peer's FIN (CLOSE_WAIT): reset after FIN.
+        events.extend(connect(2, 0, 42, "client", PEER));
+        events.push(reuse(2, 5_000, 3_000, "CLOSE_WAIT"));
+        events.push(
+            ev(K::RstReceived, 5_001)
+                .sock(2)
+                .owner(42, "client")
+                .remote(PEER)
+                .state("CLOSE_WAIT")
+                .idle_ms(1, 1_000)
+                .build(),
+        );
+        events.push(closed(2, 5_001, "CLOSE_WAIT"));
+        let r = outcomes(events);
+        assert_eq!(r.reset.count, 1);
+        assert_eq!(r.reset_after_fin.count, 1);
+        assert_eq!(r.errors.get("ECONNRESET"), Some(&1));
+        assert_eq!(r.timed_out.count + r.stalled.count, 0);
+    }
+
+    #[test]
+    fn recovered_and_unknown() {
+        let mut events = connect(1, 0, 42, "client", PEER);
+        events.push(reuse(1, 2_000, 1_500, "ESTABLISHED"));
+        events.push(retransmit(1, 2_200));
+        // The next reuse shows something arrived at 2_300, after the send.
+        events.push(reuse(1, 4_000, 1_700, "ESTABLISHED"));
+        // The last reuse: nothing follows before the run ends 100 ms later.
+        events.push(ev(K::State, 4_100).sock(99).build());
+        let r = outcomes(events);
+        assert_eq!(r.recovered.count, 1);
+        assert_eq!(r.unknown, 1);
+        assert_eq!(r.worked().count, 1);
+    }
+
+    #[test]
+    fn idle_bounds() {
+        let mut r = ReuseOutcomes::default();
+        let settle = |outcome, idle_ms: u64| Settled {
+            pid: 1,
+            comm: Comm::new(b"c"),
+            cgroup_id: 0,
+            peer: PEER.parse().unwrap(),
+            outcome: Some(outcome),
+            idle_ns: idle_ms * 1_000_000,
+            retransmits: 0,
+            stall_start_ns: None,
+            errno: None,
+        };
+        for (o, ms) in [
+            (Outcome::Answered, 500),
+            (Outcome::Answered, 2_100),
+            (Outcome::Stalled, 4_000),
+            (Outcome::TimedOut, 4_100),
+        ] {
+            r.apply(&settle(o, ms));
+        }
+        let b = r
+            .bound(r.silent(), 100_000_000)
+            .expect("idle separates them");
+        assert_eq!(b.survived_ns, Some(2_100_000_000));
+        assert_eq!((b.failed_ns, b.failed, b.worked), (4_000_000_000, 2, 2));
+        assert_eq!(b.estimate_ns(), 3_050_000_000);
+        // Too short to be an idle timeout.
+        assert!(r.bound(r.silent(), 5_000_000_000).is_none());
+        // A longer gap that worked: idle does not separate them.
+        r.apply(&settle(Outcome::Answered, 6_000));
+        assert!(r.bound(r.silent(), 100_000_000).is_none());
+        assert!(r.bound(r.reset, 0).is_none(), "nothing failed that way");
+    }
+}

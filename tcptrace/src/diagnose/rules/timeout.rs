@@ -14,8 +14,15 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
     let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
     let retrans = t.retransmits_total().saturating_sub(idle_retrans);
+    let explained = if idle_retrans + idle_aborts > 0 {
+        format!(
+            " ({idle_retrans} more retransmits and {idle_aborts} more deaths were sends into flows an idle timeout had forgotten)"
+        )
+    } else {
+        String::new()
+    };
     let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}"
+        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}{explained}"
     );
     let hit = processes_with(i.agg, |s| {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
