@@ -257,12 +257,21 @@ fn node_view(node: Node) -> Finding {
     let timeout_text = node
         .timeout_s
         .map_or_else(|| "its conntrack timeout".into(), |t| format!("{t} s"));
+    // A dropped send is retransmitted: more drops than flows. One segment
+    // per flow and nothing after it: the client stopped at once, which is
+    // what a REJECT rule's RST does (netfilter's own RST passes no TCP
+    // tracepoint and no TCP counter of this node).
+    let client_outcome = if d.drops > d.flows {
+        "the clients' sends are never answered (retransmitted)"
+    } else {
+        "each flow lost one segment and sent nothing more: the clients got an RST (a REJECT rule, ECONNRESET) or gave up at once"
+    };
     let mut f = Finding::new(
         Cause::MiddleboxIdleBlackhole,
         confidence,
         d.drops,
         format!(
-            "this node's conntrack forgets flows to {} idle longer than {timeout_text} and drops their next segments: {} segments of {} established flows from {} dropped, the clients' sends are never answered",
+            "this node's conntrack forgets flows to {} idle longer than {timeout_text} and drops their next segments: {} segments of {} established flows from {} dropped; {client_outcome}",
             node.dest,
             d.drops,
             d.flows,

@@ -142,6 +142,7 @@ fn silent_nat_seen_from_the_node() {
     );
     assert!(f.summary.contains("fd78:1::2"), "{}", f.summary);
     assert!(f.fix[0].contains("nf_conntrack_tcp_timeout_established (now 2 s"));
+    assert!(f.summary.contains("never answered"), "{}", f.summary);
     // A tracker that picks mid-stream packets up again does not drop
     // forgotten flows; without conntrack figures nothing says it forgot.
     for host in [
@@ -155,6 +156,29 @@ fn silent_nat_seen_from_the_node() {
             "{findings:#?}"
         );
     }
+}
+
+/// A node that rejects forgotten flows (RST from netfilter, no tracepoint):
+/// one dropped segment per flow, the clients send nothing more.
+#[test]
+fn rejecting_nat_seen_from_the_node() {
+    let mut seen = std::collections::HashSet::new();
+    let first_per_flow: String = include_str!("../recorded/nat_silent6_node.ndjson")
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("recorded line");
+            v["type"] != "event" || seen.insert(v["remote_port"].as_u64())
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let findings = diagnose(&first_per_flow, &conntrack(0, 15, 0, 2));
+    let f = only(&findings, Cause::MiddleboxIdleBlackhole);
+    assert_eq!(f.figures["flows"], f.figures["drops"]);
+    assert!(
+        f.summary.contains("REJECT") && !f.summary.contains("never answered"),
+        "{}",
+        f.summary
+    );
 }
 
 #[test]
