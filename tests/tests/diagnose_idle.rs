@@ -17,10 +17,10 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    thread,
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -28,7 +28,7 @@ use serde_json::Value;
 use tests::{
     Netns,
     diagnose::{Diagnose, assert_top, describe, findings, first_affected},
-    require_root,
+    require_root, set_linger_zero,
 };
 
 /// What the node does with a packet of a flow it forgot.
@@ -51,6 +51,14 @@ struct NatPath {
     backend: SocketAddr,
     /// Stops the echo server.
     stop: Arc<AtomicBool>,
+    /// The echo server's accept thread (it joins its connection threads).
+    server: Option<JoinHandle<()>>,
+    /// Client connections whose last send got no answer, aborted with an
+    /// RST when the path is dropped (the server side aborts its own open
+    /// connections on stop): closed with a FIN into a flow the node forgot
+    /// they would live on as orphans retransmitting for minutes, noise for
+    /// the next test that watches the whole host.
+    stuck: Mutex<Vec<TcpStream>>,
 }
 
 impl NatPath {
@@ -171,32 +179,35 @@ impl NatPath {
             "net.netfilter.nf_conntrack_tcp_timeout_established",
             &timeout_s.to_string(),
         );
-        let path = NatPath {
+        let mut path = NatPath {
             app,
             node,
             db,
             vip: SocketAddr::new(vip.parse().unwrap(), 5432),
             backend,
             stop: Arc::new(AtomicBool::new(false)),
+            server: None,
+            stuck: Mutex::default(),
         };
-        path.start_echo_server();
+        path.server = Some(path.start_echo_server());
         path
     }
 
     /// An echo server on the backend, on threads of its own that end when
     /// the path is dropped.
-    fn start_echo_server(&self) {
+    fn start_echo_server(&self) -> JoinHandle<()> {
         let listener = self
             .db
             .run(|| TcpListener::bind(self.backend).expect("bind backend"));
         listener.set_nonblocking(true).unwrap();
         let stop = self.stop.clone();
         thread::spawn(move || {
+            let mut handlers = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((mut conn, _)) => {
                         let stop = stop.clone();
-                        thread::spawn(move || {
+                        handlers.push(thread::spawn(move || {
                             conn.set_nonblocking(false).unwrap();
                             conn.set_read_timeout(Some(Duration::from_millis(200)))
                                 .unwrap();
@@ -217,7 +228,10 @@ impl NatPath {
                                     Err(_) => break,
                                 }
                             }
-                        });
+                            if stop.load(Ordering::Relaxed) {
+                                set_linger_zero(&conn);
+                            }
+                        }));
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         thread::sleep(Duration::from_millis(10));
@@ -225,7 +239,10 @@ impl NatPath {
                     Err(e) => panic!("accept: {e}"),
                 }
             }
-        });
+            for h in handlers {
+                let _ = h.join();
+            }
+        })
     }
 
     /// Pooled connections from the client, one per lane, each reused after
@@ -240,6 +257,7 @@ impl NatPath {
         answer_wait: Duration,
     ) -> Vec<Vec<String>> {
         let vip = self.vip;
+        let stuck = &self.stuck;
         self.app.run(|| {
             thread::scope(|s| {
                 let handles: Vec<_> = lanes
@@ -284,6 +302,9 @@ impl NatPath {
                                     }
                                 }
                             }
+                            if got.last().is_some_and(|r| r != "ok") {
+                                stuck.lock().unwrap().push(conn);
+                            }
                             got
                         })
                     })
@@ -296,7 +317,13 @@ impl NatPath {
 
 impl Drop for NatPath {
     fn drop(&mut self) {
+        for conn in self.stuck.lock().unwrap().drain(..) {
+            set_linger_zero(&conn);
+        }
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
     }
 }
 
