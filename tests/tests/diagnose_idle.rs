@@ -560,3 +560,44 @@ fn silent_nat_idle_timeout_seen_from_the_node() {
         t0.elapsed().as_secs_f64(),
     );
 }
+
+/// RST, IPv6, 4 s, watched on the node: the RST netfilter's REJECT sends
+/// passes no TCP tracepoint; the node sees one dropped segment per
+/// forgotten flow and nothing after it, and says so.
+#[test]
+fn rejecting_nat_idle_timeout_seen_from_the_node_ipv6() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("rn", true, 4, Forget::Reset);
+    let diagnose = Diagnose::start(path.node.name());
+    let got = path.pool(
+        &[&[1_000, 3_000], &[4_500], &[4_700]],
+        None,
+        Duration::from_secs(2),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![
+            vec!["ok", "ok"],
+            vec!["ConnectionReset"],
+            vec!["ConnectionReset"]
+        ]
+    );
+    let top = assert_top(&report, "middlebox_idle_blackhole");
+    alone(&report);
+    assert_eq!(figure(top, "idle_timeout_s"), 4.0);
+    assert_eq!(figure(top, "flows"), 2.0);
+    assert_eq!(figure(top, "drops"), 2.0);
+    assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
+    let t = text(top);
+    assert!(
+        t.contains("REJECT") && !t.contains("never answered"),
+        "{top:#}"
+    );
+    describe(
+        "middlebox_idle_blackhole (node, v6, RST, 4 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
