@@ -11,6 +11,8 @@ mod conns;
 mod dist;
 mod drops;
 mod flows;
+mod midflow;
+mod reuse;
 mod topn;
 
 use std::{
@@ -23,11 +25,16 @@ use tcptrace_common::tcp_state;
 
 use rustc_hash::FxHashMap;
 
-use self::conns::{ConnTable, PendingClose, PendingCloses};
+use self::{
+    conns::{ConnTable, PendingClose, PendingCloses},
+    reuse::{ReuseTracker, Settled},
+};
 pub use self::{
     dist::{Dist, Micros, Percentiles, serialize_micros},
     drops::{DropGroup, DropKey, DropOwner, Drops},
     flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
+    midflow::{MidflowDest, MidflowDrops},
+    reuse::{IdleBound, IdleRange, Outcome as ReuseOutcome, ReuseOutcomes},
     topn::{TopN, Weight},
 };
 use crate::{
@@ -121,6 +128,11 @@ pub struct Stats {
     /// Data retransmits whose size was known at all (the denominator of
     /// `full_size_retransmits`).
     pub sized_retransmits: u64,
+
+    // --- reuse after idle, followed to its outcome (aggregate/reuse.rs) ---
+    /// Each reuse's idle gap by what became of it on its connection
+    /// (answered, stalled, timed out, reset): what bounds an idle timeout.
+    pub reuse_outcomes: ReuseOutcomes,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -170,6 +182,7 @@ impl Default for Stats {
             reuse_idle: Dist::new(Dist::MILLIS),
             full_size_retransmits: 0,
             sized_retransmits: 0,
+            reuse_outcomes: ReuseOutcomes::default(),
             related: TopN::new(MAX_RELATED),
             connect_failed_after: Dist::new(Dist::MILLIS),
         }
@@ -302,8 +315,16 @@ pub struct Aggregate {
     pub peers: TopN<SocketAddr, Stats>,
     /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
+    /// Segments of established flows dropped with no socket (a node that
+    /// forgot the flows), by destination.
+    pub midflow: MidflowDrops,
     conns: ConnTable,
     pending: PendingCloses,
+    reuses: ReuseTracker,
+    /// Reuses whose outcome was just decided (kept to reuse the allocation).
+    settled: Vec<Settled>,
+    /// The newest event time seen: when the run's last reuses are settled.
+    last_ns: u64,
     /// Events added.
     pub events: u64,
     // --- where packets were dropped, which connection holds which ends,
@@ -325,8 +346,12 @@ impl Aggregate {
             processes: TopN::new(MAX_PROCESSES),
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
+            midflow: MidflowDrops::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
+            reuses: ReuseTracker::default(),
+            settled: Vec::new(),
+            last_ns: 0,
             events: 0,
             drops: Drops::default(),
             flows: Flows::default(),
@@ -373,9 +398,16 @@ impl Aggregate {
             accepted = self.conns.recently_accepted(ev.sock);
         }
         let peer = peer_key(ev, accepted);
+        // `peer_key` keys the clients of a local server by address alone:
+        // port 0 means this side accepted the connection (the server side).
+        let passive = peer.port() == 0;
+        let errno = ev.socket_errno().map(|e| self.names.errno(e));
+        self.follow_reuses(ev, peer, errno);
         let update = Update::from_event(
             ev,
             peer,
+            passive,
+            errno,
             &mut self.names,
             &mut self.conns,
             &mut self.pending,
@@ -393,7 +425,12 @@ impl Aggregate {
         if let Some(ns) = self.namespaces.get_mut(&netns) {
             update.apply(&mut ns.stats);
         }
-        if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
+        if let Some(reason) = update.drop_reason {
+            self.midflow.add(ev, reason);
+        }
+        // Who closes idle connections is a server's keep-alive: only
+        // accepted connections count.
+        if let (Some(owner), Some(idle), true) = (&ev.owner, update.local_close_idle_ns, passive) {
             let closer = self.closers.entry(&ev.local, || Closer {
                 pid: owner.pid,
                 comm: owner.comm.to_string(),
@@ -429,10 +466,42 @@ impl Aggregate {
         }
     }
 
-    /// Decides the abortive closes still waiting for a possible RST; call
-    /// once the run is over.
+    /// Decides the abortive closes still waiting for a possible RST and
+    /// the reuses whose outcome is still open; call once the run is over.
     pub fn finish(&mut self) {
         self.settle(u64::MAX, true);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.reuses.finish(self.last_ns, &mut settled);
+        self.apply_reuses(&mut settled);
+        self.settled = settled;
+    }
+
+    /// Follows reuses to their outcome on their connection and records
+    /// the outcomes decided by `ev` (or by the time it carries).
+    fn follow_reuses(&mut self, ev: &TcpEvent, peer: SocketAddr, errno: Option<&'static str>) {
+        self.last_ns = self.last_ns.max(ev.mono_ns);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.reuses.settle(ev.mono_ns, &mut settled);
+        self.reuses.observe(ev, peer, errno, &mut settled);
+        self.apply_reuses(&mut settled);
+        self.total.reuse_outcomes.untracked += self.reuses.take_untracked();
+        self.settled = settled;
+    }
+
+    fn apply_reuses(&mut self, settled: &mut Vec<Settled>) {
+        for s in settled.drain(..) {
+            self.total.reuse_outcomes.apply(&s);
+            let process = self.processes.entry(&s.pid, Process::default);
+            if process.comm.is_empty() {
+                process.comm = s.comm.to_string();
+                process.cgroup_id = s.cgroup_id;
+            }
+            process.stats.reuse_outcomes.apply(&s);
+            self.peers
+                .entry(&s.peer, Stats::default)
+                .reuse_outcomes
+                .apply(&s);
+        }
     }
 
     /// Abortive closes with no RST within the window are timeouts.
@@ -511,6 +580,8 @@ impl Update {
     fn from_event(
         ev: &TcpEvent,
         peer: SocketAddr,
+        passive: bool,
+        errno: Option<&'static str>,
         names: &mut Interned,
         conns: &mut ConnTable,
         pending: &mut PendingCloses,
@@ -579,7 +650,10 @@ impl Update {
                         u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.active_rst = !u.quiet_gap_rst;
                     }
-                    tcp_state::CLOSE_WAIT => {
+                    // A client reusing a connection its server had closed;
+                    // on the server's own (accepted) side an RST in
+                    // CLOSE_WAIT is the client going away, no reuse.
+                    tcp_state::CLOSE_WAIT if !passive => {
                         u.peer_close_rst = true;
                         u.peer_close_rst_after_ns = conn
                             .peer_closed_ns
@@ -598,7 +672,7 @@ impl Update {
             }
             EventKind::SocketError => {
                 u.incident = true;
-                u.socket_error = Some(ev.socket_errno().map_or("UNKNOWN", |e| names.errno(e)));
+                u.socket_error = Some(errno.unwrap_or("UNKNOWN"));
             }
             EventKind::Reuse => u.reuse_idle_ns = Some(ev.idle_ns()),
             EventKind::State => {
@@ -615,7 +689,9 @@ impl Update {
                     (tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT) => {
                         // Our last send is when the connection went idle
                         // (the peer's FIN just updated the receive side).
-                        u.peer_close_idle_ns = ev.idle_send_ns;
+                        // The server closing a client's connection is its
+                        // keep-alive; a client closing is no timeout.
+                        u.peer_close_idle_ns = ev.idle_send_ns.filter(|_| !passive);
                         conns.get_or_insert(ev.sock).peer_closed_ns = Some(ev.mono_ns);
                     }
                     (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1) => {

@@ -46,6 +46,14 @@ pub const REASONS: [&str; 17] = [
     "TCP_DISCONNECT_WITH_DATA",
 ];
 
+/// Some `enum skb_drop_reason` values (numbers of this file only).
+pub const DROP_REASONS: [(u32, &str); 4] = [
+    (2, "NO_SOCKET"),
+    (12, "NETFILTER_DROP"),
+    (40, "IP_INNOROUTES"),
+    (93, "PKT_TOO_BIG"),
+];
+
 /// Names as a 6.18 kernel's format files give them.
 pub fn names() -> Names {
     let states: BTreeMap<u32, String> = STATES
@@ -59,10 +67,12 @@ pub fn names() -> Names {
         .enumerate()
         .map(|(i, s)| (i as u32, s.to_string()))
         .collect();
-    Names::new(states, reasons).with_drop_reasons(BTreeMap::from([
-        (12, "NETFILTER_DROP".to_string()),
-        (93, "PKT_TOO_BIG".to_string()),
-    ]))
+    Names::new(states, reasons).with_drop_reasons(
+        DROP_REASONS
+            .iter()
+            .map(|(n, name)| (*n, name.to_string()))
+            .collect(),
+    )
 }
 
 /// The number of state `name` (`ESTABLISHED` -> 1).
@@ -245,6 +255,23 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 .filter(|_| kind == EventKind::RstSent)
                 .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
             let sock = v["sock"].as_str().expect("sock");
+            let detail = match kind {
+                EventKind::SocketError => crate::event::Detail::SocketError {
+                    errno: v["errno"].as_i64().expect("errno") as i32,
+                },
+                EventKind::Drop => crate::event::Detail::Drop(crate::event::Dropped {
+                    reason: v["reason"].as_str().map(|r| {
+                        DROP_REASONS
+                            .iter()
+                            .find(|(_, name)| *name == r)
+                            .unwrap_or_else(|| panic!("drop reason {r} not in DROP_REASONS"))
+                            .0
+                    }),
+                    tcp_flags: tcp_flags(v["tcp_flags"].as_str().unwrap_or("-")),
+                    incoming: v["direction"] == "in",
+                }),
+                _ => crate::event::Detail::default(),
+            };
             TcpEvent {
                 mono_ns: u64_of(&v, "mono_ns").unwrap(),
                 kind,
@@ -261,8 +288,17 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 idle_send_ns: u64_of(&v, "idle_send_ns"),
                 idle_recv_ns: u64_of(&v, "idle_recv_ns"),
                 err: v["err"].as_i64().map(|e| e as i32),
-                detail: Default::default(),
+                detail,
             }
         })
         .collect()
+}
+
+/// `PSH|ACK` -> its TCP header flags byte.
+fn tcp_flags(names: &str) -> u8 {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    names
+        .split('|')
+        .filter_map(|n| NAMES.iter().position(|f| *f == n))
+        .fold(0, |flags, bit| flags | (1 << bit))
 }

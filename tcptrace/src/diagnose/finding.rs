@@ -34,6 +34,9 @@ pub enum Cause {
     ConntrackInvalidNatBypass,
     /// SYNs vanish on the way (firewall, security group): connects time out.
     SynDroppedOnPath,
+    /// A load balancer / NAT silently forgets flows idle longer than its
+    /// timeout: the next send on such a flow is never answered.
+    MiddleboxIdleBlackhole,
 }
 
 impl Cause {
@@ -52,6 +55,7 @@ impl Cause {
             Cause::ConntrackTableFull => "conntrack_table_full",
             Cause::ConntrackInvalidNatBypass => "conntrack_invalid_nat_bypass",
             Cause::SynDroppedOnPath => "syn_dropped_on_path",
+            Cause::MiddleboxIdleBlackhole => "middlebox_idle_blackhole",
         }
     }
 
@@ -76,6 +80,9 @@ impl Cause {
                 "Replies skipped reverse NAT (conntrack INVALID): the client's kernel reset the connections"
             }
             Cause::SynDroppedOnPath => "SYNs dropped on the path: connects time out",
+            Cause::MiddleboxIdleBlackhole => {
+                "Load balancer / NAT silently drops flows idle longer than its timeout"
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use super::{
     finding::{Confidence, Finding},
 };
 use crate::{
-    aggregate::{Aggregate, Percentiles},
+    aggregate::{Aggregate, Percentiles, ReuseOutcomes},
     counts::Counts,
     event::SCHEMA_VERSION,
     timefmt::duration_ns,
@@ -319,9 +319,44 @@ fn processes_json(agg: &Aggregate) -> Value {
                 "idle_before_rst": pct(s.idle_before_rst.percentiles()),
                 "age_at_rst": pct(s.age_at_rst.percentiles()),
                 "lifetime": pct(s.lifetimes.percentiles()),
+                "reuses": reuses_json(&s.reuse_outcomes),
             })
         })
         .collect()
+}
+
+/// Reuses after idle by outcome: `{"answered": {"count", "min_idle_s",
+/// "max_idle_s"}, "recovered", "stalled", "timed_out", "reset",
+/// "reset_after_fin", "unknown": n}`; outcomes that never happened are
+/// left out, null when there was no reuse.
+fn reuses_json(r: &ReuseOutcomes) -> Value {
+    if r.total() == 0 {
+        return Value::Null;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, range) in [
+        ("answered", r.answered),
+        ("recovered", r.recovered),
+        ("stalled", r.stalled),
+        ("timed_out", r.timed_out),
+        ("reset", r.reset),
+        ("reset_after_fin", r.reset_after_fin),
+    ] {
+        if range.count > 0 {
+            out.insert(
+                name.into(),
+                json!({
+                    "count": range.count,
+                    "min_idle_s": range.min_ns as f64 / 1e9,
+                    "max_idle_s": range.max_ns as f64 / 1e9,
+                }),
+            );
+        }
+    }
+    if r.unknown > 0 {
+        out.insert("unknown".into(), json!(r.unknown));
+    }
+    Value::Object(out)
 }
 
 /// Writes `text` wrapped at `WIDTH`, the first line after `first`, the

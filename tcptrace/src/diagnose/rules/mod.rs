@@ -6,6 +6,7 @@
 //! so that one stray event never reaches high confidence.
 
 mod accept;
+mod blackhole;
 mod conntrack;
 mod idle;
 mod path;
@@ -47,8 +48,9 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 11] = [
+pub const RULES: [Rule; 12] = [
     idle::idle_timeouts,
+    blackhole::middlebox_idle_blackhole,
     idle::half_open,
     accept::accept_queue,
     ports::port_exhaustion,
@@ -214,6 +216,8 @@ fn counter_line(host: &HostFacts, names: &[&str]) -> String {
         .join(", ")
 }
 
+#[cfg(test)]
+mod idle_tests;
 #[cfg(test)]
 mod recorded;
 #[cfg(test)]

@@ -7,17 +7,28 @@ use super::*;
 /// any RST from the peer.
 pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let t = &i.agg.total;
-    let aborts = t.timeout_aborts;
+    // Sends into flows a middlebox forgot (middlebox_idle_blackhole) are
+    // no loss on the path.
+    let (idle_retrans, idle_aborts) = blackhole::explained_stalls(i.agg);
+    let aborts = t.timeout_aborts.saturating_sub(idle_aborts);
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
     let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
-    let retrans = t.retransmits_total();
+    let retrans = t.retransmits_total().saturating_sub(idle_retrans);
+    let explained = if idle_retrans + idle_aborts > 0 {
+        format!(
+            " ({idle_retrans} more retransmits and {idle_aborts} more deaths were sends into flows an idle timeout had forgotten)"
+        )
+    } else {
+        String::new()
+    };
     let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}"
+        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}{explained}"
     );
     let hit = processes_with(i.agg, |s| {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
     });
-    let confidence = if aborts + keepalive > 0 || (counter > 0 && retrans >= 3) {
+    let unexplained_counter = counter - idle_aborts as i64;
+    let confidence = if aborts + keepalive > 0 || (unexplained_counter > 0 && retrans >= 3) {
         Confidence::High
     } else if retrans >= 20 {
         Confidence::Medium
