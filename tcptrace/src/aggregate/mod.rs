@@ -9,6 +9,9 @@
 
 mod conns;
 mod dist;
+pub mod recent;
+pub mod scattered;
+pub mod timeline;
 mod topn;
 
 use std::{
@@ -21,9 +24,14 @@ use tcptrace_common::tcp_state;
 
 use rustc_hash::FxHashMap;
 
-use self::conns::{ConnTable, PendingClose, PendingCloses};
+use self::{
+    conns::{ConnTable, PendingClose, PendingCloses},
+    recent::{Brief, Recent},
+    scattered::ScatteredResets,
+    timeline::Timeline,
+};
 pub use self::{
-    dist::{Dist, Micros, Percentiles, serialize_micros},
+    dist::{Dist, Micros, Percentiles, log_bins, serialize_micros},
     topn::{TopN, Weight},
 };
 use crate::{
@@ -277,6 +285,13 @@ pub struct Aggregate {
     pub peers: TopN<SocketAddr, Stats>,
     /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
+    /// Incidents per second and when each group's began and ended.
+    pub timeline: Timeline,
+    /// Unowned RSTs with ephemeral ports, by remote address.
+    pub scattered: ScatteredResets,
+    /// The last incidents per process and peer, once `keep_recent` was
+    /// called.
+    pub recent: Option<Recent>,
     conns: ConnTable,
     pending: PendingCloses,
     /// Events added.
@@ -292,10 +307,19 @@ impl Aggregate {
             processes: TopN::new(MAX_PROCESSES),
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
+            timeline: Timeline::default(),
+            scattered: ScatteredResets::default(),
+            recent: None,
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             events: 0,
         }
+    }
+
+    /// Also keeps the last incidents of each process and peer (`top`'s
+    /// detail view).
+    pub fn keep_recent(&mut self) {
+        self.recent.get_or_insert_with(Recent::default);
     }
 
     /// The figures of process `pid`, if it is among those kept.
@@ -346,6 +370,14 @@ impl Aggregate {
         );
         if update.is_empty() {
             return;
+        }
+        self.timeline.record(ev.kind, ev.mono_ns, pid, peer);
+        if update.incident {
+            self.scattered
+                .record(ev, peer, self.peers.get(&peer).is_none());
+            if let Some(recent) = &mut self.recent {
+                recent.push(pid, peer, update.brief(ev, pid));
+            }
         }
         if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
             let closer = self.closers.entry(&ev.local, || Closer {
@@ -608,6 +640,34 @@ impl Update {
 
     fn is_empty(&self) -> bool {
         !self.changed
+    }
+
+    /// The event as the detail view lists it.
+    fn brief(&self, ev: &TcpEvent, pid: u32) -> Brief {
+        let what = self
+            .rst_sent_reason
+            .or(self.rst_received_state)
+            .or(self.retransmit_state)
+            .or(self.drop_reason)
+            .or(self.socket_error)
+            .unwrap_or(if self.syn_retransmit { "SYN" } else { "" });
+        Brief {
+            mono_ns: ev.mono_ns,
+            kind: ev.kind,
+            local: ev.local,
+            remote: ev.remote,
+            pid,
+            comm: ev
+                .owner
+                .as_ref()
+                .map_or_else(|| Comm::new(b"?"), |o| o.comm),
+            what,
+            after_ns: self.idle_before_rst_ns.or(if self.connect_failed {
+                ev.connect_ns
+            } else {
+                None
+            }),
+        }
     }
 
     fn apply(&self, s: &mut Stats) {
