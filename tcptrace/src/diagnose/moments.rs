@@ -1,7 +1,9 @@
 //! When a finding happened: the first and the last event of the kinds its
-//! cause rests on, from the processes it names (or, when none of them
-//! had such events, the peers it names, else the whole host). The report
-//! marks these moments on its timeline.
+//! cause rests on, from the processes it names in the role of the first
+//! (most involved) one: the clients that got the RSTs, not the proxy that
+//! closed their connections. When none of them had such events, from the
+//! peers it names, else from the whole host. The report marks these
+//! moments on its timeline.
 
 use super::finding::{Cause, Finding, Moments};
 use crate::aggregate::{
@@ -39,10 +41,11 @@ pub fn mark(findings: &mut [Finding], agg: &Aggregate) {
     let timeline = &agg.timeline;
     for f in findings {
         let series = series_of(f.cause);
+        let role = f.affected.first().map(|a| a.role);
         let by_process = union(
             f.affected
                 .iter()
-                .filter(|a| a.pid != 0)
+                .filter(|a| a.pid != 0 && Some(a.role) == role)
                 .filter_map(|a| timeline.process(a.pid)),
             series,
         );
@@ -111,8 +114,14 @@ mod tests {
                 .state("ESTABLISHED")
                 .build(),
         );
+        // The closer's own incidents (pid 8) are not the finding's.
+        let mut idle = finding(Cause::LbIdleTimeout, Some(affected(7)));
+        idle.affected.push(Affected {
+            role: "closer",
+            ..affected(8)
+        });
         let mut findings = vec![
-            finding(Cause::LbIdleTimeout, Some(affected(7))),
+            idle,
             finding(Cause::RetransmissionTimeout, Some(affected(7))),
             // Named processes and peers without such events: the host's.
             finding(

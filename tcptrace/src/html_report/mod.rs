@@ -159,6 +159,15 @@ fn watched(doc: &Doc) -> String {
     )
 }
 
+/// `at 3.61s` or `3.61s–3.70s`.
+fn span(from_s: f64, to_s: f64) -> String {
+    if (to_s - from_s).abs() < 0.001 {
+        format!("at {}", secs(from_s))
+    } else {
+        format!("{}–{}", secs(from_s), secs(to_s))
+    }
+}
+
 /// `F1`, `F2`: how charts name the findings.
 fn tag(index: usize) -> String {
     format!("F{}", index + 1)
@@ -313,7 +322,7 @@ fn timeline(doc: &Doc) -> Markup {
                         "Dashed bands mark the first to the last event each finding rests on ("
                         @for (i, m) in marks.iter().enumerate() {
                             @if i > 0 { ", " }
-                            (m.label) ": " (secs(m.from_s)) "–" (secs(m.to_s))
+                            (m.label) ": " (span(m.from_s, m.to_s))
                         }
                         "). "
                     }
