@@ -1,11 +1,13 @@
-//! Unowned RSTs exchanged with ephemeral ports, by remote address.
+//! Unowned RSTs (and drops) exchanged with ephemeral ports, by remote
+//! address.
 //!
 //! When the kernel answers stray segments for connections it no longer
 //! has (RSTs with no socket, so no owner) to the random client ports of
-//! one address, each port is a "peer" with one RST: a storm of them
-//! floods any per-peer table and pushes the real peers out. Counted here
-//! by address, they show as one line with the total they stand for,
-//! exact even when the per-peer table had to evict them.
+//! one address, each port is a "peer" with one RST (and the dropped
+//! segment that provoked it): a storm of them floods any per-peer table
+//! and pushes the real peers out. Counted here by address, they show as
+//! one line with the total they stand for, exact even when the per-peer
+//! table had to evict them.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -27,6 +29,8 @@ pub struct Scattered {
     pub rst_sent: u64,
     /// RSTs this host received from them.
     pub rst_received: u64,
+    /// Segments to or from them the kernel dropped.
+    pub drops: u64,
     /// Ports first seen in an RST here (a port evicted from the peer
     /// table and seen again counts again).
     pub ports: u64,
@@ -60,25 +64,26 @@ impl Default for ScatteredResets {
 }
 
 impl ScatteredResets {
-    /// Counts `ev` if it is an unowned RST with an ephemeral port of
+    /// Counts `ev` if it is an unowned RST or drop with an ephemeral port of
     /// `peer` (its key in the peer table); `new_peer` says whether that
     /// key was not in the peer table before.
     pub fn record(&mut self, ev: &TcpEvent, peer: SocketAddr, new_peer: bool) {
         if ev.owner.is_some() || !is_ephemeral(peer) {
             return;
         }
-        let sent = match ev.kind {
-            EventKind::RstSent => true,
-            EventKind::RstReceived => false,
-            _ => return,
-        };
+        if !matches!(
+            ev.kind,
+            EventKind::RstSent | EventKind::RstReceived | EventKind::Drop
+        ) {
+            return;
+        }
         let entry = self
             .by_address
             .entry(&peer.ip().to_canonical(), Scattered::default);
-        if sent {
-            entry.rst_sent += 1;
-        } else {
-            entry.rst_received += 1;
+        match ev.kind {
+            EventKind::RstSent => entry.rst_sent += 1,
+            EventKind::RstReceived => entry.rst_received += 1,
+            _ => entry.drops += 1,
         }
         entry.ports += u64::from(new_peer);
     }
@@ -99,14 +104,16 @@ impl ScatteredResets {
 impl ScatteredResets {
     /// Whether the peer-table row `peer` with `stats` is one of the
     /// scattered one-off "peers" counted here: an ephemeral port with at
-    /// most two RSTs and nothing else, owned by no process. Tables show
-    /// these folded into their address's line.
+    /// most two RSTs and two drops and nothing else, owned by no process.
+    /// Tables show these folded into their address's line.
     pub fn folds(&self, peer: SocketAddr, stats: &Stats) -> bool {
         let resets = stats.rst_sent_total() + stats.rst_received_total();
+        let drops = stats.drops_total();
         is_ephemeral(peer)
             && self.get(peer.ip()).is_some()
             && resets <= 2
-            && stats.incidents() == resets
+            && drops <= 2
+            && stats.incidents() == resets + drops
             && stats.connects == 0
             && stats.related.iter().all(|(r, _)| *r == Related::Process(0))
     }
@@ -136,7 +143,7 @@ mod tests {
             .remote("198.18.0.2:40000")
             .build();
         s.record(&received, received.remote, false);
-        // Owned, a server port, or no RST: not counted.
+        // Owned, a server port, or neither RST nor drop: not counted.
         let owned = ev(EventKind::RstSent, 3)
             .remote("198.18.0.2:40001")
             .owner(7, "app")
@@ -144,7 +151,11 @@ mod tests {
         s.record(&owned, owned.remote, true);
         let server = ev(EventKind::RstSent, 3).remote("198.18.0.2:80").build();
         s.record(&server, server.remote, true);
-        let drop = ev(EventKind::Drop, 3).remote("198.18.0.2:40002").build();
+        let connect = ev(EventKind::ConnectFailed, 3)
+            .remote("198.18.0.2:40002")
+            .build();
+        s.record(&connect, connect.remote, true);
+        let drop = ev(EventKind::Drop, 3).remote("198.18.0.2:40003").build();
         s.record(&drop, drop.remote, true);
         let ip: IpAddr = "198.18.0.2".parse().unwrap();
         assert_eq!(
@@ -152,7 +163,8 @@ mod tests {
             Some(&Scattered {
                 rst_sent: 10,
                 rst_received: 1,
-                ports: 10
+                drops: 1,
+                ports: 11
             })
         );
         assert_eq!(s.ranked().len(), 1);

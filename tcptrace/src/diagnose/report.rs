@@ -319,6 +319,7 @@ fn scattered_json(agg: &Aggregate) -> Value {
                 "address": ip.to_string(),
                 "rst_sent": s.rst_sent,
                 "rst_received": s.rst_received,
+                "drops": s.drops,
                 "ports": s.ports,
             })
         })

@@ -201,6 +201,8 @@ pub struct Scattered {
     pub rst_sent: u64,
     /// RSTs received.
     pub rst_received: u64,
+    /// Segments dropped.
+    pub drops: u64,
     /// Ports seen.
     pub ports: u64,
 }

@@ -602,9 +602,12 @@ fn peers(doc: &Doc) -> Markup {
                 "(the kernel answering stray segments): one line per address instead of one per port."
             }
             table {
-                tr { th { "address" } th.num { "ports" } th.num { "RST sent" } th.num { "RST received" } }
+                tr { th { "address" } th.num { "ports" } th.num { "RST sent" } th.num { "RST received" } th.num { "dropped" } }
                 @for s in &doc.scattered_resets {
-                    tr { td { (s.address) } td.num { (s.ports) } td.num { (s.rst_sent) } td.num { (s.rst_received) } }
+                    tr {
+                        td { (s.address) } td.num { (s.ports) } td.num { (s.rst_sent) }
+                        td.num { (s.rst_received) } td.num { (s.drops) }
+                    }
                 }
             }
         }

@@ -135,7 +135,10 @@ pub fn detail(agg: &Aggregate, row: &Row, clock: &WallClock) -> Detail {
         d.sections.push((
             "unowned RSTs with ephemeral ports".into(),
             vec![
-                format!("{} RSTs sent, {} received", s.rst_sent, s.rst_received),
+                format!(
+                    "{} RSTs sent, {} received, {} segments dropped",
+                    s.rst_sent, s.rst_received, s.drops
+                ),
                 format!("{} ports of {ip}, no process owned them", s.ports),
                 "the kernel answering segments for connections it no longer has".into(),
             ],

@@ -123,6 +123,7 @@ impl Row {
             peer: Some(ip.to_string()),
             rst_sent: s.rst_sent,
             rst_received: s.rst_received,
+            drops: s.drops,
             grouped_ports: Some(s.ports),
             ..Row::default()
         }
