@@ -177,3 +177,149 @@ fn json_snapshots_without_a_terminal() {
         .unwrap_or_else(|| panic!("no row for the refused port: {last}"));
     assert_eq!(peer["connect_failed"], 3, "{peer}");
 }
+
+/// `tmux -L SOCKET ARGS` on this test's own tmux server.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    tests::sh("tmux", &[&["-L", socket][..], args].concat())
+}
+
+/// The visible screen of the tmux pane, as text.
+fn capture(socket: &str) -> String {
+    tmux(socket, &["capture-pane", "-p", "-t", "top"])
+}
+
+/// Captures until `ok` holds for the screen; the last screen otherwise.
+fn capture_until(socket: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = capture(socket);
+        if ok(&screen) {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "{what}, never on:\n{screen}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The figure after `max` on the first line naming `rate` (the host's
+/// strip is the left half of the screen).
+fn strip_max(screen: &str, rate: &str) -> f64 {
+    let line = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with(rate))
+        .unwrap_or_else(|| panic!("no {rate} line in:\n{screen}"));
+    let mut words = line.split_whitespace().skip_while(|w| *w != "max");
+    words.next();
+    words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no max figure in {line:?}"))
+}
+
+/// The tmux server of `tui_in_tmux...`, killed however the test ends.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+/// In tmux (keys typed with send-keys, the screen read with capture-pane):
+/// refused connects to a closed port of one address show in the host's
+/// rate strip; the one-off ephemeral-port "peers" the kernel dropped
+/// segments from fold into one row with the number of ports; Enter on
+/// that row shows its detail, Esc goes back to the tables.
+#[test]
+fn tui_in_tmux_strip_folded_peers_detail_and_back() {
+    require_root();
+    let ns = Netns::new("toptmux");
+    let socket = format!("tcptrace-top-{}", std::process::id());
+    let _server = TmuxServer(socket.clone());
+    let bin = tcptrace_bin();
+    let cmd = format!(
+        "{} top --netns {} --interval 300ms",
+        bin.display(),
+        ns.name()
+    );
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "160",
+            "-y",
+            "48",
+            &cmd,
+        ],
+    );
+    capture_until(&socket, "the tables", |s| s.contains("processes"));
+    // Connects to a closed port above 32767: the kernel drops each SYN
+    // (no socket) and refuses it; seen from the closed port, every
+    // client port is a different one-off "peer".
+    let refused = ns.run(|| {
+        (0..6)
+            .filter(|_| TcpStream::connect("127.0.0.1:40000").is_err())
+            .count()
+    });
+    assert_eq!(refused, 6);
+    let folded = "127.0.0.1:* (unowned RSTs) x6 ports";
+    let screen = capture_until(&socket, "the folded row and the host's RST rate", |s| {
+        s.contains(folded) && strip_max(s, "RST/s") > 0.0
+    });
+    assert!(screen.contains("host, per second"), "{screen}");
+    // The client ports are not rows of their own.
+    let stray: Vec<&str> = screen
+        .lines()
+        .filter(|l| {
+            l.contains("127.0.0.1:") && !l.contains(folded) && !l.contains("127.0.0.1:40000")
+        })
+        .collect();
+    assert!(stray.is_empty(), "unfolded ports: {stray:?}\n{screen}");
+    // The selected row's strip follows the selection: walk the peers
+    // table down to the folded row.
+    tmux(&socket, &["send-keys", "-t", "top", "Tab"]);
+    let title = format!("{folded}, per second");
+    for _ in 0..4 {
+        if capture(&socket).contains(&title) {
+            break;
+        }
+        tmux(&socket, &["send-keys", "-t", "top", "Down"]);
+        thread::sleep(Duration::from_millis(200));
+    }
+    capture_until(&socket, "the folded row selected", |s| s.contains(&title));
+    tmux(&socket, &["send-keys", "-t", "top", "Enter"]);
+    let detail = capture_until(&socket, "the folded row's detail", |s| {
+        s.contains(&format!("detail: {folded}"))
+    });
+    for line in [
+        "unowned RSTs with ephemeral ports:",
+        "6 segments dropped",
+        "6 ports of 127.0.0.1, no process owned them",
+        "Esc: back",
+    ] {
+        assert!(detail.contains(line), "{line:?} missing:\n{detail}");
+    }
+    assert!(!detail.contains("NAME"), "tables still drawn:\n{detail}");
+    tmux(&socket, &["send-keys", "-t", "top", "Escape"]);
+    let back = capture_until(&socket, "the tables again", |s| {
+        s.contains("NAME") && !s.contains("detail:")
+    });
+    assert!(back.contains(folded), "{back}");
+    tmux(&socket, &["send-keys", "-t", "top", "q"]);
+    // The session ends with its command: top quit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("tmux")
+        .args(["-L", &socket, "has-session", "-t", "top"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "top did not quit on q");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
