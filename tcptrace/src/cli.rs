@@ -401,6 +401,11 @@ pub struct DiagnoseArgs {
     /// Print the report as one JSON document (schema in docs/diagnose.md).
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one self-contained HTML page with charts
+    /// (timeline, idle times, connect latency) to FILE: mode 0600, never
+    /// through a symbolic link, an existing FILE must be our own.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,

@@ -9,7 +9,8 @@
 //!   `top`, `diagnose`, `snapshot`, `stress`, `tune` (+ `filter_args`,
 //!   their shared tracing flags);
 //! - the pipeline: `session` (the one lifecycle), `stop` (the one stop
-//!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`;
+//!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`,
+//!   `html_report` (the report as a page, from plain data);
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
 //!   `timefmt`, `text_table`, `error`, `safe_file` (every file we write).
@@ -26,6 +27,7 @@ pub mod error;
 pub mod event;
 pub mod filter_args;
 pub mod host;
+pub mod html_report;
 pub mod kernel;
 pub mod safe_file;
 pub mod session;

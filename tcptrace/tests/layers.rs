@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "aggregate",
             "summary",
             "sink",
+            "html_report",
         ],
     ),
     (

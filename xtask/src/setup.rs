@@ -88,6 +88,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "scenario tests put a real load balancer in front of backends",
     ),
     ("nginx-light", "scenario tests use a real HTTP server"),
+    (
+        "chromium",
+        "the report test renders diagnose's HTML page headless to a PNG",
+    ),
+    (
+        "tmux",
+        "the top test types keys into the TUI and reads its screen",
+    ),
 ];
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[(

@@ -12,7 +12,10 @@ mod dist;
 mod drops;
 mod flows;
 mod midflow;
+pub mod recent;
 mod reuse;
+pub mod scattered;
+pub mod timeline;
 mod topn;
 
 use std::{
@@ -27,10 +30,13 @@ use rustc_hash::FxHashMap;
 
 use self::{
     conns::{ConnTable, PendingClose, PendingCloses},
+    recent::{Brief, Recent},
     reuse::{ReuseTracker, Settled},
+    scattered::ScatteredResets,
+    timeline::Timeline,
 };
 pub use self::{
-    dist::{Dist, Micros, Percentiles, serialize_micros},
+    dist::{Dist, Micros, Percentiles, log_bins, serialize_micros},
     drops::{DropGroup, DropKey, DropOwner, Drops},
     flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
     midflow::{MidflowDest, MidflowDrops},
@@ -318,6 +324,13 @@ pub struct Aggregate {
     /// Segments of established flows dropped with no socket (a node that
     /// forgot the flows), by destination.
     pub midflow: MidflowDrops,
+    /// Incidents per second and when each group's began and ended.
+    pub timeline: Timeline,
+    /// Unowned RSTs with ephemeral ports, by remote address.
+    pub scattered: ScatteredResets,
+    /// The last incidents per process and peer, once `keep_recent` was
+    /// called.
+    pub recent: Option<Recent>,
     conns: ConnTable,
     pending: PendingCloses,
     reuses: ReuseTracker,
@@ -347,6 +360,9 @@ impl Aggregate {
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
             midflow: MidflowDrops::default(),
+            timeline: Timeline::default(),
+            scattered: ScatteredResets::default(),
+            recent: None,
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             reuses: ReuseTracker::default(),
@@ -357,6 +373,12 @@ impl Aggregate {
             flows: Flows::default(),
             namespaces: TopN::new(MAX_NAMESPACES),
         }
+    }
+
+    /// Also keeps the last incidents of each process and peer (`top`'s
+    /// detail view).
+    pub fn keep_recent(&mut self) {
+        self.recent.get_or_insert_with(Recent::default);
     }
 
     /// The figures of process `pid`, if it is among those kept.
@@ -427,6 +449,14 @@ impl Aggregate {
         }
         if let Some(reason) = update.drop_reason {
             self.midflow.add(ev, reason);
+        }
+        self.timeline.record(ev.kind, ev.mono_ns, pid, peer);
+        if update.incident {
+            self.scattered
+                .record(ev, peer, self.peers.get(&peer).is_none());
+            if let Some(recent) = &mut self.recent {
+                recent.push(pid, peer, update.brief(ev, pid));
+            }
         }
         // Who closes idle connections is a server's keep-alive: only
         // accepted connections count.
@@ -736,6 +766,34 @@ impl Update {
 
     fn is_empty(&self) -> bool {
         !self.changed
+    }
+
+    /// The event as the detail view lists it.
+    fn brief(&self, ev: &TcpEvent, pid: u32) -> Brief {
+        let what = self
+            .rst_sent_reason
+            .or(self.rst_received_state)
+            .or(self.retransmit_state)
+            .or(self.drop_reason)
+            .or(self.socket_error)
+            .unwrap_or(if self.syn_retransmit { "SYN" } else { "" });
+        Brief {
+            mono_ns: ev.mono_ns,
+            kind: ev.kind,
+            local: ev.local,
+            remote: ev.remote,
+            pid,
+            comm: ev
+                .owner
+                .as_ref()
+                .map_or_else(|| Comm::new(b"?"), |o| o.comm),
+            what,
+            after_ns: self.idle_before_rst_ns.or(if self.connect_failed {
+                ev.connect_ns
+            } else {
+                None
+            }),
+        }
     }
 
     fn apply(&self, s: &mut Stats) {

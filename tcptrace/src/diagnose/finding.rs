@@ -151,6 +151,20 @@ pub struct Finding {
     pub fix: Vec<String>,
     /// The key figures as numbers for machines (seconds, counts).
     pub figures: BTreeMap<&'static str, f64>,
+    /// When the events it rests on happened, from the start of the run;
+    /// `None` when no traced event marks it (a finding from counters or
+    /// socket tables alone).
+    pub moments: Option<Moments>,
+}
+
+/// The first and the last event a finding refers to, in seconds from the
+/// start of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Moments {
+    /// The first event.
+    pub first_s: f64,
+    /// The last event.
+    pub last_s: f64,
 }
 
 impl Finding {
@@ -166,6 +180,7 @@ impl Finding {
             affected: Vec::new(),
             fix: Vec::new(),
             figures: BTreeMap::new(),
+            moments: None,
         }
     }
 }

@@ -7,17 +7,20 @@
 pub mod during;
 pub mod facts;
 pub mod finding;
+pub mod moments;
 pub mod report;
 pub mod rules;
 
 use std::{
     collections::BTreeMap,
     io::{self, Write as _},
+    path::Path,
     process::ExitCode,
     time::Duration,
 };
 
 use anyhow::Context as _;
+use clap::ValueEnum as _;
 use tcptrace_common::kind_mask;
 
 use self::{
@@ -28,13 +31,16 @@ use self::{
 };
 use crate::{
     aggregate::Aggregate,
-    cli::DiagnoseArgs,
+    cli::{DiagnoseArgs, FilterArgs},
     event::TcpEvent,
     filter_args::session_options,
     host::{cgroups::Cgroups, conntrack::ConntrackChange, reading, survey::Survey},
-    kernel::names::Names,
+    html_report,
+    kernel::{clock::WallClock, names::Names},
+    safe_file,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
+    timefmt::rfc3339,
 };
 
 /// How often the --during load is checked for having ended.
@@ -59,6 +65,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         options.kinds |= kind_mask::REUSE;
     }
     let load_words = args.during.as_deref().map(during::parse).transpose()?;
+    if let Some(path) = &args.report {
+        // Refused now, not after the whole watch.
+        check_report_dir(path)?;
+    }
     let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
     let before = reading::read(netns_path, &SYSCTLS)?;
     let survey_before = Survey::read();
@@ -81,6 +91,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
     let names = session.names().clone();
     let mut agg = Aggregate::new(names.clone());
+    agg.timeline.set_origin(session.started_mono_ns());
+    let started_at = rfc3339(WallClock::now().unix_ns(session.started_mono_ns()));
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         tokio::select! {
@@ -163,6 +175,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     rank(&mut findings);
     name_cgroups(&mut findings);
+    moments::mark(&mut findings, &agg);
     let report = Report {
         seconds,
         netns: args.filter.netns.clone(),
@@ -176,11 +189,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             command,
             status: load_status.flatten().map(|s| s.to_string()),
         }),
+        started_at: Some(started_at),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|r| r.trim().to_string()),
+        filters: filters_json(&args.filter),
     };
 
+    let json = report.to_json(&agg);
     let mut out = io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report.to_json(&agg))
+        serde_json::to_writer_pretty(&mut out, &json)
             .map_err(io::Error::from)
             .context("writing the report")?;
         writeln!(out).context("writing the report")?;
@@ -188,6 +207,14 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         report.write_human(&mut out).context("writing the report")?;
     }
     out.flush().context("writing the report")?;
+    if let Some(path) = &args.report {
+        // Rendered from the JSON document alone, as `replay` will.
+        let page = html_report::render_json(&json)
+            .with_context(|| format!("rendering the HTML report {}", path.display()))?;
+        safe_file::write_atomically(path, page.as_bytes())
+            .with_context(|| format!("writing the HTML report {}", path.display()))?;
+        eprintln!("tcptrace: HTML report written to {}", path.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -200,6 +227,51 @@ fn named_drops(counts: &BTreeMap<u32, u64>, names: &Names) -> BTreeMap<String, u
             .or_default() += n;
     }
     named
+}
+
+/// The directory `--report` writes into must exist.
+fn check_report_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write the HTML report {}: {} is not a directory",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.file_name().is_none() || path.is_dir() {
+        anyhow::bail!(
+            "cannot write the HTML report {}: not a file name",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The filters the events were taken with, for the report's "how the
+/// data was taken".
+fn filters_json(filter: &FilterArgs) -> serde_json::Value {
+    let events: Vec<String> = if filter.events.is_empty() {
+        vec!["all".into()]
+    } else {
+        filter
+            .events
+            .iter()
+            .filter_map(|e| e.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect()
+    };
+    serde_json::json!({
+        "pid": filter.pid,
+        "comm": filter.comm,
+        "port": filter.port,
+        "netns": filter.netns,
+        "events": events,
+        "reuse_idle_ms": filter.reuse_idle.as_millis() as u64,
+    })
 }
 
 /// Who is affected, down to the container: cgroup ids to paths.

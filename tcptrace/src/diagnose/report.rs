@@ -12,7 +12,9 @@ use super::{
     finding::{Confidence, Finding},
 };
 use crate::{
-    aggregate::{Aggregate, Percentiles, ReuseOutcomes},
+    aggregate::{
+        Aggregate, Percentiles, Related, ReuseOutcomes, Stats, Weight as _, timeline::Series,
+    },
     counts::Counts,
     event::SCHEMA_VERSION,
     timefmt::duration_ns,
@@ -20,6 +22,8 @@ use crate::{
 
 /// Processes listed in the report's figures.
 const TOP_PROCESSES: usize = 10;
+/// Peers (and addresses of scattered resets) listed.
+const TOP_PEERS: usize = 10;
 /// Text width for the human report.
 const WIDTH: usize = 100;
 
@@ -45,6 +49,13 @@ pub struct Report {
     pub missing: Vec<String>,
     /// The `--during` load, if any.
     pub load: Option<LoadRun>,
+    /// When tracing started (RFC 3339, UTC).
+    pub started_at: Option<String>,
+    /// The running kernel's release (`uname -r`).
+    pub kernel: Option<String>,
+    /// The filters the events were taken with (`pid`, `comm`, `port`,
+    /// `netns`, `events`, `reuse_idle_ms`).
+    pub filters: Value,
 }
 
 /// The `--during` load and how it ended.
@@ -94,8 +105,15 @@ impl Report {
             "namespaces": namespaces_json(&self.host),
             "drops_by_reason": self.host.kernel_drops,
             "processes": processes_json(agg),
+            "peers": peers_json(agg),
+            "scattered_resets": scattered_json(agg),
+            "timeline": timeline_json(agg),
+            "distributions": distributions_json(agg),
             "missing": self.missing,
             "load": self.load,
+            "started_at": self.started_at,
+            "kernel": self.kernel,
+            "filters": self.filters,
         });
         if let Value::Object(fields) = &mut report {
             fields.extend(self.counts.json_fields());
@@ -297,29 +315,92 @@ fn pct(p: Option<Percentiles>) -> Value {
     }
 }
 
+/// A group's figures, as `processes` and `peers` list them.
+fn stats_json(s: &Stats) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "connects": s.connects,
+        "connect_failed": s.connect_failed,
+        "refused": s.refused,
+        "rst_sent": s.rst_sent,
+        "rst_received": s.rst_received,
+        "retransmits": s.retransmits,
+        "syn_retransmits": s.syn_retransmits,
+        "synack_retransmits": s.synack_retransmits,
+        "timeout_aborts": s.timeout_aborts,
+        "drops": s.drops,
+        "socket_errors": s.socket_errors,
+        "connect_latency": pct(s.connect_latency.percentiles()),
+        "idle_before_rst": pct(s.idle_before_rst.percentiles()),
+        "age_at_rst": pct(s.age_at_rst.percentiles()),
+        "lifetime": pct(s.lifetimes.percentiles()),
+        "reuses": reuses_json(&s.reuse_outcomes),
+    });
+    match value {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 fn processes_json(agg: &Aggregate) -> Value {
     agg.ranked_processes()
         .into_iter()
         .take(TOP_PROCESSES)
         .map(|(pid, p)| {
-            let s = &p.stats;
+            let mut row = serde_json::Map::new();
+            row.insert("pid".into(), json!(pid));
+            row.insert("comm".into(), json!(p.comm));
+            row.extend(stats_json(&p.stats));
+            Value::Object(row)
+        })
+        .collect()
+}
+
+/// The heaviest remote endpoints, without the one-off unowned ports that
+/// `scattered_resets` counts by address.
+fn peers_json(agg: &Aggregate) -> Value {
+    let mut peers: Vec<_> = agg
+        .peers
+        .iter()
+        .filter(|(peer, s)| !agg.scattered.folds(**peer, s))
+        .collect();
+    peers.sort_by(|a, b| {
+        (b.1.incidents(), b.1.weight(), a.0).cmp(&(a.1.incidents(), a.1.weight(), b.0))
+    });
+    peers
+        .into_iter()
+        .take(TOP_PEERS)
+        .map(|(peer, s)| {
+            let mut row = serde_json::Map::new();
+            row.insert("peer".into(), json!(peer.to_string()));
+            row.insert(
+                "processes".into(),
+                s.related
+                    .ranked()
+                    .into_iter()
+                    .filter_map(|(r, _)| match r {
+                        Related::Process(pid) => Some(json!(pid)),
+                        Related::Peer(_) => None,
+                    })
+                    .collect(),
+            );
+            row.extend(stats_json(s));
+            Value::Object(row)
+        })
+        .collect()
+}
+
+fn scattered_json(agg: &Aggregate) -> Value {
+    agg.scattered
+        .ranked()
+        .into_iter()
+        .take(TOP_PEERS)
+        .map(|(ip, s)| {
             json!({
-                "pid": pid,
-                "comm": p.comm,
-                "connects": s.connects,
-                "connect_failed": s.connect_failed,
-                "refused": s.refused,
+                "address": ip.to_string(),
                 "rst_sent": s.rst_sent,
                 "rst_received": s.rst_received,
-                "retransmits": s.retransmits,
-                "syn_retransmits": s.syn_retransmits,
-                "synack_retransmits": s.synack_retransmits,
-                "timeout_aborts": s.timeout_aborts,
-                "connect_latency": pct(s.connect_latency.percentiles()),
-                "idle_before_rst": pct(s.idle_before_rst.percentiles()),
-                "age_at_rst": pct(s.age_at_rst.percentiles()),
-                "lifetime": pct(s.lifetimes.percentiles()),
-                "reuses": reuses_json(&s.reuse_outcomes),
+                "drops": s.drops,
+                "ports": s.ports,
             })
         })
         .collect()
@@ -357,6 +438,29 @@ fn reuses_json(r: &ReuseOutcomes) -> Value {
         out.insert("unknown".into(), json!(r.unknown));
     }
     Value::Object(out)
+}
+
+fn timeline_json(agg: &Aggregate) -> Value {
+    let t = &agg.timeline;
+    let series: serde_json::Map<String, Value> = Series::ALL
+        .iter()
+        .map(|s| (s.key().to_string(), json!(t.counts(*s))))
+        .collect();
+    json!({
+        "bucket_s": t.bucket_ns() as f64 / 1e9,
+        "series": series,
+    })
+}
+
+fn distributions_json(agg: &Aggregate) -> Value {
+    let total = &agg.total;
+    json!({
+        "connect_latency": total.connect_latency.values(),
+        "idle_before_rst": total.idle_before_rst.values(),
+        "peer_close_idle": total.peer_close_idle.values(),
+        "local_close_idle": total.local_close_idle.values(),
+        "reuse_idle": total.reuse_idle.values(),
+    })
 }
 
 /// Writes `text` wrapped at `WIDTH`, the first line after `first`, the
@@ -409,6 +513,9 @@ mod tests {
             host: HostFacts::default(),
             missing: vec![],
             load: None,
+            started_at: None,
+            kernel: None,
+            filters: Value::Null,
         }
     }
 

@@ -3,6 +3,7 @@
 //! periodic plain or JSON snapshots otherwise; both end, on the stop
 //! signal, with the session's exact counts.
 
+mod detail;
 mod plain;
 mod tui;
 mod view;
@@ -12,7 +13,7 @@ use std::{
     process::ExitCode,
 };
 
-pub use self::view::{Row, Snapshot, SortKey};
+pub use self::view::{Row, RowKey, Snapshot, SortKey};
 use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
