@@ -181,6 +181,16 @@ impl Ev {
         });
         self
     }
+    /// What a reset connection still held: unacknowledged and unread
+    /// bytes, and ms since the last data arrived.
+    pub fn queues(mut self, unacked: u32, unread: u32, data_recv_ms: u64) -> Ev {
+        self.0.detail = crate::event::Detail::Reset(crate::event::Queues {
+            unacked: Some(unacked),
+            unread: Some(unread),
+            idle_data_recv_ns: Some(data_recv_ms * 1_000_000),
+        });
+        self
+    }
     /// The event.
     pub fn build(self) -> TcpEvent {
         self.0
@@ -245,6 +255,15 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 .filter(|_| kind == EventKind::RstSent)
                 .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
             let sock = v["sock"].as_str().expect("sock");
+            let detail = if kind.is_rst() {
+                crate::event::Detail::Reset(crate::event::Queues {
+                    unacked: u64_of(&v, "unacked").map(|n| n as u32),
+                    unread: u64_of(&v, "unread").map(|n| n as u32),
+                    idle_data_recv_ns: u64_of(&v, "idle_data_recv_ns"),
+                })
+            } else {
+                Default::default()
+            };
             TcpEvent {
                 mono_ns: u64_of(&v, "mono_ns").unwrap(),
                 kind,
@@ -261,7 +280,7 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 idle_send_ns: u64_of(&v, "idle_send_ns"),
                 idle_recv_ns: u64_of(&v, "idle_recv_ns"),
                 err: v["err"].as_i64().map(|e| e as i32),
-                detail: Default::default(),
+                detail,
             }
         })
         .collect()
