@@ -9,6 +9,7 @@
 
 mod conns;
 mod dist;
+mod listeners;
 mod topn;
 
 use std::{
@@ -24,6 +25,7 @@ use rustc_hash::FxHashMap;
 use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
     dist::{Dist, Micros, Percentiles, serialize_micros},
+    listeners::{HandshakeTrouble, Handshakes},
     topn::{TopN, Weight},
 };
 use crate::{
@@ -115,6 +117,21 @@ pub struct Stats {
     /// Data retransmits whose size was known at all (the denominator of
     /// `full_size_retransmits`).
     pub sized_retransmits: u64,
+    // --- Resets judged by what the connection still held (`Queues`).
+    /// RSTs sent that lost nothing: the peer had acknowledged everything
+    /// written, everything received had been read, and the last exchange
+    /// was complete (see `complete_exchange`). An abortive close after a
+    /// finished request, as HAProxy does to its servers.
+    pub rst_sent_clean: u64,
+    /// RSTs received on such a connection: the peer aborted it after a
+    /// complete exchange, nothing was lost on this side.
+    pub rst_received_clean: u64,
+    /// RSTs (either way) that lost data: bytes unacknowledged or unread.
+    pub rst_lost_data: u64,
+    /// The MSS of the last data retransmit that carried one (0: none).
+    pub retransmit_mss: u32,
+    /// Its path MTU (0: none): what a PMTU black hole's sender believes.
+    pub retransmit_pmtu: u32,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -161,6 +178,11 @@ impl Default for Stats {
             reuse_idle: Dist::new(Dist::MILLIS),
             full_size_retransmits: 0,
             sized_retransmits: 0,
+            rst_sent_clean: 0,
+            rst_received_clean: 0,
+            rst_lost_data: 0,
+            retransmit_mss: 0,
+            retransmit_pmtu: 0,
             related: TopN::new(MAX_RELATED),
         }
     }
@@ -277,6 +299,8 @@ pub struct Aggregate {
     pub peers: TopN<SocketAddr, Stats>,
     /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
+    /// By listening endpoint: handshakes reset, retried or dropped.
+    pub handshakes: Handshakes,
     conns: ConnTable,
     pending: PendingCloses,
     /// Events added.
@@ -292,6 +316,7 @@ impl Aggregate {
             processes: TopN::new(MAX_PROCESSES),
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
+            handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             events: 0,
@@ -346,6 +371,9 @@ impl Aggregate {
         );
         if update.is_empty() {
             return;
+        }
+        if let Some(what) = update.handshake_event(ev) {
+            self.handshakes.add(ev, what);
         }
         if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
             let closer = self.closers.entry(&ev.local, || Closer {
@@ -453,6 +481,11 @@ struct Update {
     reuse_idle_ns: Option<Option<u64>>,
     /// Some(full size?) for a data retransmit of known size.
     retransmit_full_size: Option<bool>,
+    /// A reset that lost nothing (`complete_exchange`), or lost data.
+    rst_clean: bool,
+    rst_lost_data: bool,
+    /// A data retransmit's (MSS, path MTU), when known.
+    retransmit_path: Option<(Option<u32>, Option<u32>)>,
     incident: bool,
     changed: bool,
 }
@@ -489,6 +522,7 @@ impl Update {
                 } else {
                     u.retransmit_state = Some(names.state(st));
                     u.retransmit_full_size = ev.segment().and_then(|s| s.is_full_size());
+                    u.retransmit_path = ev.segment().map(|s| (s.mss, s.pmtu));
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -506,6 +540,7 @@ impl Update {
                 u.rst_sent_reason = Some(reason);
                 u.late_data_reset = matches!(reason, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 // The RST explains an abortive close just before it.
                 pending.cancel(ev.sock);
                 if ev.sock != 0 {
@@ -517,6 +552,7 @@ impl Update {
                 let st = ev.state.unwrap_or(0);
                 u.rst_received_state = Some(names.state(st));
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 let conn = conns.get_or_insert(ev.sock);
                 conn.reset = true;
                 match i32::from(st) {
@@ -675,6 +711,60 @@ impl Update {
             s.sized_retransmits += 1;
             s.full_size_retransmits += u64::from(full);
         }
+        if self.rst_clean {
+            if self.rst_sent_reason.is_some() {
+                s.rst_sent_clean += 1;
+            } else {
+                s.rst_received_clean += 1;
+            }
+        }
+        s.rst_lost_data += u64::from(self.rst_lost_data);
+        if let Some((mss, pmtu)) = self.retransmit_path {
+            s.retransmit_mss = mss.unwrap_or(s.retransmit_mss);
+            s.retransmit_pmtu = pmtu.unwrap_or(s.retransmit_pmtu);
+        }
+    }
+
+    /// What the event says about a listener's handshakes, if anything.
+    fn handshake_event(&self, ev: &TcpEvent) -> Option<listeners::HandshakeEvent> {
+        use listeners::HandshakeEvent as H;
+        match ev.kind {
+            EventKind::RstSent => self.rst_sent_reason.map(H::Reset),
+            EventKind::SynAckRetransmit => Some(H::SynAckRetransmit),
+            EventKind::Drop => self.drop_reason.map(H::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Judges a reset by what its connection still held: (clean, lost data).
+/// Clean is a complete exchange: nothing unacknowledged, nothing unread,
+/// and the last request answered. Which way "answered" goes depends on
+/// the side: a server (accepted connection, `peer` keyed with port 0)
+/// sent after the last data it received; a client received after its
+/// last send. Unknown figures judge neither way.
+fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
+    let Some(q) = ev.queues() else {
+        return (false, false);
+    };
+    match q.drained() {
+        Some(false) => (false, true),
+        Some(true) => (complete_exchange(ev, peer.port() == 0), false),
+        None => (false, false),
+    }
+}
+
+fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
+    let (Some(sent), Some(received)) = (
+        ev.idle_send_ns,
+        ev.queues().and_then(|q| q.idle_data_recv_ns),
+    ) else {
+        return false;
+    };
+    if server {
+        sent <= received
+    } else {
+        received <= sent
     }
 }
 

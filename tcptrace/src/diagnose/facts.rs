@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::host::{
     conntrack::ConntrackChange,
     global::HostGlobal,
+    owners::Owner,
     sock_diag::{TcpSocket, TcpState},
 };
 
@@ -112,6 +113,7 @@ impl SocketFacts {
                     local: s.local,
                     queued: s.recv_q,
                     limit: Some(s.send_q),
+                    owner: None,
                 }),
                 _ => {}
             }
@@ -127,6 +129,36 @@ impl SocketFacts {
     pub fn in_state(&self, state: &str) -> u64 {
         self.states.get(state).copied().unwrap_or(0)
     }
+
+    /// Names the process holding each listener, from the socket inodes
+    /// sock_diag reported (`sockets`, the table these facts came from)
+    /// and an inode -> process map (`host::owners::socket_owners`).
+    pub fn name_listeners(&mut self, sockets: &[TcpSocket], owners: &HashMap<u64, Owner>) {
+        for l in &mut self.listeners {
+            l.owner = sockets
+                .iter()
+                .find(|s| s.state == TcpState::Listen && s.local == l.local && s.inode != 0)
+                .and_then(|s| owners.get(&s.inode))
+                .cloned();
+        }
+    }
+
+    /// The listener that accepts connections for `local` (its own address
+    /// or a wildcard one on the same port).
+    pub fn listener_for(&self, local: SocketAddr) -> Option<&Listener> {
+        let ip = local.ip().to_canonical();
+        let same = |l: &&Listener| l.local.port() == local.port();
+        self.listeners
+            .iter()
+            .filter(same)
+            .find(|l| l.local.ip().to_canonical() == ip)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .filter(same)
+                    .find(|l| l.local.ip().is_unspecified())
+            })
+    }
 }
 
 /// A listening socket and its accept queue.
@@ -138,6 +170,8 @@ pub struct Listener {
     pub queued: u32,
     /// The queue limit, min(backlog, somaxconn), when known.
     pub limit: Option<u32>,
+    /// The process holding it, when /proc names one.
+    pub owner: Option<Owner>,
 }
 
 #[cfg(test)]
@@ -187,7 +221,8 @@ mod tests {
             vec![Listener {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 queued: 3,
-                limit: Some(1)
+                limit: Some(1),
+                owner: None,
             }]
         );
     }

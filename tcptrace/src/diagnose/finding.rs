@@ -27,6 +27,14 @@ pub enum Cause {
     NothingListening,
     /// The peer restarted and answers old connections with RST.
     HalfOpenAfterPeerRestart,
+    /// A smaller-MTU hop with ICMP filtered: full-size segments never arrive.
+    PmtuBlackHole,
+    /// Too many orphaned sockets or TCP memory exhausted: the kernel aborts closing connections.
+    OrphanOrMemoryAbort,
+    /// SYNs reusing a tuple the server holds in TIME_WAIT rejected by PAWS (clients behind NAT).
+    PawsRejectedSyn,
+    /// Failures the run saw that no known cause explains: listed, never silent.
+    Unexplained,
 }
 
 impl Cause {
@@ -42,6 +50,10 @@ impl Cause {
             Cause::RetransmissionTimeout => "retransmission_timeout",
             Cause::NothingListening => "nothing_listening",
             Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
+            Cause::PmtuBlackHole => "pmtu_black_hole",
+            Cause::OrphanOrMemoryAbort => "orphan_or_memory_abort",
+            Cause::PawsRejectedSyn => "paws_rejected_syn",
+            Cause::Unexplained => "unexplained",
         }
     }
 
@@ -61,6 +73,14 @@ impl Cause {
             Cause::RetransmissionTimeout => "Retransmission timeout (packet loss or black hole)",
             Cause::NothingListening => "Nothing listening (connections refused)",
             Cause::HalfOpenAfterPeerRestart => "Half-open connections after a peer restart",
+            Cause::PmtuBlackHole => "Path MTU black hole (full-size segments never arrive)",
+            Cause::OrphanOrMemoryAbort => {
+                "Too many orphaned sockets / TCP memory exhausted (connections aborted on close)"
+            }
+            Cause::PawsRejectedSyn => {
+                "SYNs rejected by PAWS at a TIME_WAIT socket (clients behind NAT)"
+            }
+            Cause::Unexplained => "Failures no known cause explains",
         }
     }
 }

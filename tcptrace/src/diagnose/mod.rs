@@ -30,7 +30,10 @@ use crate::{
     cli::DiagnoseArgs,
     event::TcpEvent,
     filter_args::session_options,
-    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading},
+    host::{
+        cgroups::Cgroups, conntrack::ConntrackChange, owners::socket_owners, reading,
+        sock_diag::TcpSocket,
+    },
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };
@@ -109,11 +112,20 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     agg.finish();
     let after = reading::read(netns_path, &SYSCTLS)?;
 
+    // Which process holds each listener (an accept queue is named by it).
+    let owners = socket_owners();
+    let socket_facts = |sockets: Option<&[TcpSocket]>| {
+        sockets.map(|sockets| {
+            let mut facts = SocketFacts::of(sockets);
+            facts.name_listeners(sockets, &owners);
+            facts
+        })
+    };
     let host = HostFacts {
         counters: after.counter_delta(&before),
         sysctls: before.sysctls.clone(),
-        sockets_start: before.sockets.as_deref().map(SocketFacts::of),
-        sockets_end: after.sockets.as_deref().map(SocketFacts::of),
+        sockets_start: socket_facts(before.sockets.as_deref()),
+        sockets_end: socket_facts(after.sockets.as_deref()),
         conntrack: before
             .conntrack
             .zip(after.conntrack)
