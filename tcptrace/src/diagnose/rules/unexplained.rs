@@ -77,19 +77,23 @@ fn incidents(s: &Stats) -> Vec<(Incident, u64)> {
 fn explains(cause: Cause, incident: Incident) -> bool {
     use Incident as I;
     let reset_error = |e: &str| matches!(e, "ECONNRESET" | "EPIPE");
+    // What still arrives for a connection after it was reset finds no
+    // socket: part of every cause that resets connections.
+    let after_reset = |r: &str| r == "NO_SOCKET";
     match cause {
         Cause::LbIdleTimeout | Cause::ServerKeepaliveTimeout | Cause::HalfOpenAfterPeerRestart => {
             match incident {
                 I::RstReceived(_) => true,
                 I::RstSent(r) => matches!(r, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" | "NO_SOCKET"),
                 I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
+                I::Drop(r) => after_reset(r),
                 _ => false,
             }
         }
         Cause::AcceptQueueOverflow => match incident {
             I::ConnectTimeout | I::RstReceived(_) => true,
             I::RstSent(r) => r == "INVALID_SYN",
-            I::Drop(r) => r == "TCP_LISTEN_OVERFLOW",
+            I::Drop(r) => r == "TCP_LISTEN_OVERFLOW" || after_reset(r),
             I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
             I::Refused => false,
         },
@@ -98,6 +102,7 @@ fn explains(cause: Cause, incident: Incident) -> bool {
             I::RstReceived(_) => true,
             I::RstSent(r) => r == "TCP_ABORT_ON_CLOSE",
             I::SocketError(e) => reset_error(e),
+            I::Drop(r) => after_reset(r),
             _ => false,
         },
         Cause::LingerZeroAbort => match incident {
@@ -107,6 +112,7 @@ fn explains(cause: Cause, incident: Incident) -> bool {
                 "TCP_ABORT_ON_LINGER" | "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA"
             ),
             I::SocketError(e) => reset_error(e),
+            I::Drop(r) => after_reset(r),
             _ => false,
         },
         Cause::RetransmissionTimeout => match incident {
@@ -129,6 +135,7 @@ fn explains(cause: Cause, incident: Incident) -> bool {
             I::RstReceived(_) => true,
             I::RstSent(r) => r == "TCP_ABORT_ON_MEMORY",
             I::SocketError(e) => reset_error(e),
+            I::Drop(r) => after_reset(r),
             _ => false,
         },
         Cause::PawsRejectedSyn => match incident {
