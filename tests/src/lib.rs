@@ -9,6 +9,7 @@
 pub mod delay;
 pub mod diagnose;
 pub mod host;
+pub mod hostglobal;
 pub mod netns;
 pub mod sockets;
 pub mod trace;

@@ -6,9 +6,10 @@
 //! `peer reset-after ADDR MS`: listen, print `port N`, accept one
 //! connection, read one request, answer it, wait MS, then close with
 //! SO_LINGER 0 (the client receives an RST after an idle gap of MS).
-//! `peer no-accept ADDR MS`: listen with a backlog of 0, print `port N`,
-//! never accept, exit after MS. Once one connection waits in the accept
-//! queue, further SYNs are dropped and their clients retransmit them.
+//! `peer no-accept ADDR MS [BACKLOG]`: listen with a backlog of BACKLOG
+//! (default 0), print `port N`, never accept, exit after MS. Once
+//! BACKLOG + 1 connections wait in the accept queue, further SYNs are
+//! dropped and their clients retransmit them.
 
 use std::{
     io::{Read, Write},
@@ -22,12 +23,16 @@ fn main() {
     let (mode, addr) = match (args.get(1), args.get(2)) {
         (Some(m), Some(a)) => (m.as_str(), a.as_str()),
         _ => {
-            eprintln!("usage: peer hold|reset-after|no-accept ADDR [MS]");
+            eprintln!("usage: peer hold|reset-after|no-accept ADDR [MS [BACKLOG]]");
             std::process::exit(2);
         }
     };
     if mode == "no-accept" {
-        no_accept(addr, args.get(3).and_then(|m| m.parse().ok()).expect("MS"));
+        no_accept(
+            addr,
+            args.get(3).and_then(|m| m.parse().ok()).expect("MS"),
+            args.get(4).map_or(0, |b| b.parse().expect("BACKLOG")),
+        );
         return;
     }
     let listener = TcpListener::bind(addr).expect("bind");
@@ -78,12 +83,12 @@ fn close_with_reset(conn: TcpStream) {
     drop(conn);
 }
 
-fn no_accept(addr: &str, ms: u64) {
+fn no_accept(addr: &str, ms: u64, backlog: i32) {
     use socket2::{Domain, Socket, Type};
     let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
     socket.bind(&addr.into()).expect("bind");
-    socket.listen(0).expect("listen");
+    socket.listen(backlog).expect("listen");
     let port = socket
         .local_addr()
         .ok()

@@ -18,7 +18,8 @@ enum Limit {
 fn limit(start: Option<&HostGlobal>, end: Option<&HostGlobal>) -> Limit {
     let both = [start, end];
     let peak = |f: fn(&HostGlobal) -> Option<u64>| both.iter().flatten().filter_map(|g| f(g)).max();
-    let max_orphans = both.iter().flatten().find_map(|g| g.tcp_max_orphans);
+    // The stricter of the two readings: the limit in force at some point.
+    let max_orphans = both.iter().flatten().filter_map(|g| g.tcp_max_orphans).min();
     let high = both.iter().flatten().find_map(|g| g.tcp_mem.map(|m| m.high));
     let pressure = both.iter().flatten().find_map(|g| g.tcp_mem.map(|m| m.pressure));
     let orphans = peak(|g| g.orphans);
@@ -105,9 +106,11 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
         g.and_then(|g| g.orphans)
             .map_or_else(|| "?".into(), |v| v.to_string())
     };
-    let max_text = start
-        .or(end)
-        .and_then(|g| g.tcp_max_orphans)
+    let max_text = [start, end]
+        .iter()
+        .flatten()
+        .filter_map(|g| g.tcp_max_orphans)
+        .min()
         .map_or_else(|| "unknown".into(), |v| v.to_string());
     f.evidence.push(format!(
         "host-wide (all namespaces): {} orphaned sockets at the start, {} at the end; net.ipv4.tcp_max_orphans = {max_text} (host-global: no per-namespace copy)",
