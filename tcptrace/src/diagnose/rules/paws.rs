@@ -69,7 +69,7 @@ pub(super) fn paws_rejected_syn(i: &Inputs) -> Outcome {
             nat.map_or_else(String::new, |ip| format!(" from {ip}"))
         ),
         (None, Some((pid, p, n))) => format!(
-            "{} had {n} connects rejected by PAWS at {}: its SYN hit a TIME_WAIT socket of the server with a newer timestamp, it reset the server's stray ACK and retried a second later",
+            "{} had {n} connects rejected by PAWS at {}: its SYN hit a TIME_WAIT socket of the server with a newer timestamp; it reset the server's stray ACK and retried the SYN",
             who(*pid, &p.comm),
             top_peer(&p.stats).map_or_else(|| "its peer".into(), endpoint)
         ),
@@ -111,7 +111,7 @@ pub(super) fn paws_rejected_syn(i: &Inputs) -> Outcome {
     }
     if let Some(p) = t.connect_latency.percentiles() {
         f.evidence.push(format!(
-            "connect latency p50 {} p90 {} max {} (a rejected SYN is retried after 1 s)",
+            "connect latency p50 {} p90 {} max {} (a rejected SYN is retried at once after the client's RST, or after 1 s, 3 s... when the server's ACK does not come back)",
             duration_ns(p.p50_ns),
             duration_ns(p.p90_ns),
             duration_ns(p.max_ns)
