@@ -225,7 +225,11 @@ mod tests {
         raw.idle_data_recv_jiffies = 100;
         let ev = d.decode(&bytes(&raw)).unwrap();
         assert_eq!(ev.queues().unwrap().drained(), Some(true));
-        assert_eq!(ev.answered(), Some(false), "a request came after the last send");
+        assert_eq!(
+            ev.answered(),
+            Some(false),
+            "a request came after the last send"
+        );
         raw.unacked = UNKNOWN_U32;
         raw.idle_data_recv_jiffies = UNKNOWN_U32;
         let ev = d.decode(&bytes(&raw)).unwrap();

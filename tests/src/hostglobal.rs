@@ -11,8 +11,10 @@ use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
 
 /// The lock file that serialises host-global changes.
 pub fn lock_path() -> PathBuf {
-    std::env::var_os("TCPTRACE_HOSTGLOBAL_LOCK")
-        .map_or_else(|| "/run/lock/tcptrace-hostglobal.lock".into(), PathBuf::from)
+    std::env::var_os("TCPTRACE_HOSTGLOBAL_LOCK").map_or_else(
+        || "/run/lock/tcptrace-hostglobal.lock".into(),
+        PathBuf::from,
+    )
 }
 
 /// A host-global sysctl set to a test value, restored on drop; holds the

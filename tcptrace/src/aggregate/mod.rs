@@ -842,7 +842,13 @@ pub fn peer_key(ev: &TcpEvent, accepted: Option<bool>) -> SocketAddr {
         (Some(known), _, _) => known,
         (None, EventKind::Connect | EventKind::ConnectFailed, _) => false,
         // Still connecting: this side is the client whatever its ports.
-        (None, _, _) if ev.state.is_some_and(|s| i32::from(s) == tcp_state::SYN_SENT) => false,
+        (None, _, _)
+            if ev
+                .state
+                .is_some_and(|s| i32::from(s) == tcp_state::SYN_SENT) =>
+        {
+            false
+        }
         (None, _, Some((old, _))) if i32::from(old) == tcp_state::SYN_RECV => true,
         (None, _, _) => ev.local.port() < 32_768 && remote.port() >= 32_768,
     };

@@ -53,6 +53,9 @@ pub struct HostFacts {
     pub host_global_start: Option<HostGlobal>,
     /// The same at the end.
     pub host_global_end: Option<HostGlobal>,
+    /// Every listener sampled while watching, with the fullest accept
+    /// queue seen (`ListenerPeaks`).
+    pub listeners_peak: Vec<Listener>,
 }
 
 impl HostFacts {
@@ -146,19 +149,70 @@ impl SocketFacts {
     /// The listener that accepts connections for `local` (its own address
     /// or a wildcard one on the same port).
     pub fn listener_for(&self, local: SocketAddr) -> Option<&Listener> {
-        let ip = local.ip().to_canonical();
-        let same = |l: &&Listener| l.local.port() == local.port();
-        self.listeners
-            .iter()
-            .filter(same)
-            .find(|l| l.local.ip().to_canonical() == ip)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .filter(same)
-                    .find(|l| l.local.ip().is_unspecified())
-            })
+        listener_for(&self.listeners, local)
     }
+}
+
+/// The fullest each listener's accept queue was when sampled during the
+/// run: the start and end tables alone miss a queue that was full in
+/// between.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPeaks {
+    by_local: BTreeMap<SocketAddr, Listener>,
+    /// The sockets of the fullest sample of each, to name their holders.
+    sockets: HashMap<SocketAddr, TcpSocket>,
+}
+
+impl ListenerPeaks {
+    /// Takes one sample of the listening sockets.
+    pub fn sample(&mut self, sockets: &[TcpSocket]) {
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            let entry = self.by_local.entry(s.local).or_insert_with(|| Listener {
+                local: s.local,
+                queued: s.recv_q,
+                limit: Some(s.send_q),
+                owner: None,
+            });
+            if s.recv_q >= entry.queued {
+                entry.queued = s.recv_q;
+                entry.limit = Some(s.send_q);
+                self.sockets.insert(s.local, s.clone());
+            }
+        }
+    }
+
+    /// The peaks, holders named from an inode -> process map.
+    pub fn into_listeners(self, owners: &HashMap<u64, Owner>) -> Vec<Listener> {
+        let sockets = self.sockets;
+        self.by_local
+            .into_values()
+            .map(|mut l| {
+                l.owner = sockets
+                    .get(&l.local)
+                    .filter(|s| s.inode != 0)
+                    .and_then(|s| owners.get(&s.inode))
+                    .cloned();
+                l
+            })
+            .collect()
+    }
+}
+
+/// The listener in `listeners` that accepts for `local` (its address or
+/// a wildcard one on the same port).
+pub fn listener_for(listeners: &[Listener], local: SocketAddr) -> Option<&Listener> {
+    let ip = local.ip().to_canonical();
+    let same = |l: &&Listener| l.local.port() == local.port();
+    listeners
+        .iter()
+        .filter(same)
+        .find(|l| l.local.ip().to_canonical() == ip)
+        .or_else(|| {
+            listeners
+                .iter()
+                .filter(same)
+                .find(|l| l.local.ip().is_unspecified())
+        })
 }
 
 /// A listening socket and its accept queue.

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tcptrace_common::kind_mask;
 
 use self::{
-    facts::{HostFacts, SYSCTLS, SocketFacts},
+    facts::{HostFacts, ListenerPeaks, SYSCTLS, SocketFacts},
     finding::rank,
     report::Report,
     rules::{Inputs, evaluate},
@@ -31,8 +31,12 @@ use crate::{
     event::TcpEvent,
     filter_args::session_options,
     host::{
-        cgroups::Cgroups, conntrack::ConntrackChange, owners::socket_owners, reading,
-        sock_diag::TcpSocket,
+        cgroups::Cgroups,
+        conntrack::ConntrackChange,
+        netns,
+        owners::socket_owners,
+        reading,
+        sock_diag::{TcpSocket, dump_tcp_listeners},
     },
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
@@ -40,6 +44,8 @@ use crate::{
 
 /// How often the --during load is checked for having ended.
 const LOAD_CHECK: Duration = Duration::from_millis(100);
+/// How often the listeners' accept queues are sampled while watching.
+const QUEUE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Runs `tcptrace diagnose`.
 ///
@@ -79,6 +85,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
+    let mut queue_tick = tokio::time::interval(QUEUE_SAMPLE);
+    let mut queue_peaks = ListenerPeaks::default();
     let mut agg = Aggregate::new(session.names().clone());
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
@@ -98,6 +106,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                 Next::Stopped(_) => break,
                 Next::Events => agg.add_batch(&mut batch),
             },
+            _ = queue_tick.tick() => sample_listeners(netns_path, &mut queue_peaks),
         }
     }
     let load_status = load.map(during::Load::stop);
@@ -132,6 +141,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             .map(|(start, end)| ConntrackChange::new(start, end)),
         host_global_start: before.host_global,
         host_global_end: after.host_global,
+        listeners_peak: queue_peaks.into_listeners(&owners),
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,
@@ -168,6 +178,17 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("writing the report")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One sample of the listeners' accept queues; a failure costs only the
+/// sample (logged).
+fn sample_listeners(netns: Option<&std::path::Path>, peaks: &mut ListenerPeaks) {
+    match netns::run_in(netns, || {
+        dump_tcp_listeners().map_err(|e| anyhow::anyhow!(e))
+    }) {
+        Ok(sockets) => peaks.sample(&sockets),
+        Err(err) => log::debug!("no accept queue sample: {err}"),
+    }
 }
 
 /// Who is affected, down to the container: cgroup ids to paths.

@@ -86,6 +86,7 @@ impl Report {
             "sysctls": self.host.sysctls,
             "sockets_start": self.host.sockets_start,
             "sockets_end": self.host.sockets_end,
+            "listeners_peak": self.host.listeners_peak,
             "conntrack": self.host.conntrack,
             "host_global": {
                 "start": self.host.host_global_start,

@@ -1,7 +1,10 @@
 //! Cause 2: accept queue overflow.
 
 use super::*;
-use crate::{aggregate::HandshakeTrouble, diagnose::facts::Listener};
+use crate::{
+    aggregate::HandshakeTrouble,
+    diagnose::facts::{Listener, listener_for},
+};
 
 /// A client gets this RST reason when `tcp_abort_on_overflow=1` refuses
 /// its completed handshake (`tcp_check_req`, embryonic reset).
@@ -41,7 +44,10 @@ impl Culprit<'_> {
 /// namespace's only listener.
 fn culprit<'a>(i: &'a Inputs, clients: &[(u32, &Process, u64)]) -> Option<Culprit<'a>> {
     let sockets = i.host.sockets();
-    let socket_for = |local: SocketAddr| sockets.and_then(|s| s.listener_for(local));
+    let socket_for = |local: SocketAddr| {
+        listener_for(&i.host.listeners_peak, local)
+            .or_else(|| sockets.and_then(|s| s.listener_for(local)))
+    };
     if let Some((local, trouble)) = i.agg.handshakes.ranked().into_iter().next() {
         return Some(Culprit {
             local,
@@ -50,13 +56,7 @@ fn culprit<'a>(i: &'a Inputs, clients: &[(u32, &Process, u64)]) -> Option<Culpri
             how: "the listener the handshake resets, SYN-ACK retransmits and drops were about",
         });
     }
-    let tables = [i.host.sockets_end.as_ref(), i.host.sockets_start.as_ref()];
-    if let Some(full) = tables
-        .iter()
-        .flatten()
-        .flat_map(|t| t.listeners.iter())
-        .find(|l| at_limit(l))
-    {
+    if let Some(full) = all_listeners(i).find(|l| at_limit(l)) {
         return Some(Culprit {
             local: full.local,
             socket: Some(full),
@@ -87,6 +87,18 @@ fn at_limit(l: &Listener) -> bool {
     l.limit.is_some_and(|limit| limit > 0 && l.queued >= limit)
 }
 
+/// Every listener seen: the peaks sampled during the run first (they
+/// name their holders), then the start and end tables.
+fn all_listeners<'a>(i: &'a Inputs) -> impl Iterator<Item = &'a Listener> {
+    let tables = [i.host.sockets_end.as_ref(), i.host.sockets_start.as_ref()];
+    i.host.listeners_peak.iter().chain(
+        tables
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.listeners.iter()),
+    )
+}
+
 /// Cause 2: a listener's accept queue is full; SYNs / final ACKs are
 /// dropped, clients retransmit their SYN and connects take 1 s, 3 s...;
 /// with `tcp_abort_on_overflow=1` the clients get an RST instead.
@@ -96,12 +108,12 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
     let syn = i.agg.total.syn_retransmits;
     let synack = i.agg.total.synack_retransmits;
     let abort_on_overflow = i.host.sysctl_u64("net.ipv4.tcp_abort_on_overflow") == Some(1);
-    let full: Vec<&Listener> = [i.host.sockets_end.as_ref(), i.host.sockets_start.as_ref()]
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t.listeners.iter())
-        .filter(|l| at_limit(l))
-        .collect();
+    let mut full: Vec<&Listener> = Vec::new();
+    for l in all_listeners(i).filter(|l| at_limit(l)) {
+        if !full.iter().any(|f| f.local == l.local) {
+            full.push(l);
+        }
+    }
     let trouble_at_listener = i
         .agg
         .handshakes
@@ -112,7 +124,9 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
         "accept queues: {}, SYN retransmits {syn}, SYN-ACK retransmits {synack}, {} listener(s) seen full, tcp_abort_on_overflow {}",
         counter_line(i.host, &["TcpExtListenOverflows", "TcpExtListenDrops"]),
         full.len(),
-        i.host.sysctl("net.ipv4.tcp_abort_on_overflow").unwrap_or("?")
+        i.host
+            .sysctl("net.ipv4.tcp_abort_on_overflow")
+            .unwrap_or("?")
     );
     let confidence = if overflows > 0
         && (syn > 0 || synack > 0 || !full.is_empty() || trouble_at_listener > 0)
@@ -217,7 +231,7 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
     }
     for l in &full {
         f.evidence.push(format!(
-            "listener {} had {} connections queued, at its limit {}",
+            "listener {} was seen with {} connections queued, at its limit {}",
             l.local,
             l.queued,
             l.limit.unwrap_or(0)

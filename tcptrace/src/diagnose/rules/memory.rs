@@ -19,9 +19,19 @@ fn limit(start: Option<&HostGlobal>, end: Option<&HostGlobal>) -> Limit {
     let both = [start, end];
     let peak = |f: fn(&HostGlobal) -> Option<u64>| both.iter().flatten().filter_map(|g| f(g)).max();
     // The stricter of the two readings: the limit in force at some point.
-    let max_orphans = both.iter().flatten().filter_map(|g| g.tcp_max_orphans).min();
-    let high = both.iter().flatten().find_map(|g| g.tcp_mem.map(|m| m.high));
-    let pressure = both.iter().flatten().find_map(|g| g.tcp_mem.map(|m| m.pressure));
+    let max_orphans = both
+        .iter()
+        .flatten()
+        .filter_map(|g| g.tcp_max_orphans)
+        .min();
+    let high = both
+        .iter()
+        .flatten()
+        .find_map(|g| g.tcp_mem.map(|m| m.high));
+    let pressure = both
+        .iter()
+        .flatten()
+        .find_map(|g| g.tcp_mem.map(|m| m.pressure));
     let orphans = peak(|g| g.orphans);
     let pages = peak(|g| g.tcp_mem_pages);
     // Memory first when TCP is at its pressure mark: tcp_check_oom then
@@ -74,9 +84,9 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
         .map_or_else(String::new, |p| format!(" to {}", endpoint(p)));
     let limit = limit(start, end);
     let why = match &limit {
-        Limit::Orphans { peak, max } => format!(
-            "the host had {peak} orphaned sockets against net.ipv4.tcp_max_orphans = {max}"
-        ),
+        Limit::Orphans { peak, max } => {
+            format!("the host had {peak} orphaned sockets against net.ipv4.tcp_max_orphans = {max}")
+        }
         Limit::Memory { peak, high } => {
             format!("TCP memory reached {peak} pages against tcp_mem's limit {high}")
         }

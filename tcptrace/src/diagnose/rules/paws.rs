@@ -33,8 +33,7 @@ pub(super) fn paws_rejected_syn(i: &Inputs) -> Outcome {
         Confidence::High
     } else if server_side + client_resets >= 2 {
         Confidence::Medium
-    } else if server_side + client_resets == 1 || estab_drops + estab_counter.max(0) as u64 >= 3
-    {
+    } else if server_side + client_resets == 1 || estab_drops + estab_counter.max(0) as u64 >= 3 {
         // One stray rejection, or PAWS on established connections
         // (worth knowing, not this cause's signature).
         Confidence::Low
@@ -59,9 +58,7 @@ pub(super) fn paws_rejected_syn(i: &Inputs) -> Outcome {
         peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         peers
     };
-    let nat = tw_peers
-        .first()
-        .map(|(peer, _)| peer.ip().to_canonical());
+    let nat = tw_peers.first().map(|(peer, _)| peer.ip().to_canonical());
     let summary = match (servers.first(), clients.first()) {
         (Some((pid, p, n)), _) => format!(
             "{n} SYNs to {} were dropped by PAWS at TIME_WAIT sockets{}: the clients share an address (NAT) and reuse ports the server still holds in TIME_WAIT with older timestamps",

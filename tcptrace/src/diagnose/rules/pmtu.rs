@@ -59,10 +59,7 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
     let peer = culprit
         .and_then(|(_, p, _)| top_peer(&p.stats))
         .map_or_else(|| "its peer".into(), endpoint);
-    let sender = culprit.map_or_else(
-        || "a local process".into(),
-        |(pid, p, _)| who(pid, &p.comm),
-    );
+    let sender = culprit.map_or_else(|| "a local process".into(), |(pid, p, _)| who(pid, &p.comm));
     let mss = t.retransmit_mss;
     let mut f = Finding::new(
         Cause::PmtuBlackHole,

@@ -388,7 +388,11 @@ fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
     });
     let (findings, checked) = run(&events, &host);
     assert!(findings.is_empty(), "{findings:#?}");
-    assert_eq!(checked.len(), RULES.len() + 1, "every rule and `unexplained`");
+    assert_eq!(
+        checked.len(),
+        RULES.len() + 1,
+        "every rule and `unexplained`"
+    );
     assert!(
         checked
             .iter()

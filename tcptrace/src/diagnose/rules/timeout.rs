@@ -32,7 +32,12 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let rate = loss_rate(i.host);
     let rate_text = rate.map_or_else(
         || "segments sent unknown".into(),
-        |(r, o, x)| format!("{r} of {o} segments sent retransmitted ({:.3} %)", x * 100.0),
+        |(r, o, x)| {
+            format!(
+                "{r} of {o} segments sent retransmitted ({:.3} %)",
+                x * 100.0
+            )
+        },
     );
     let checked = format!(
         "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, {rate_text}, TcpExtTCPAbortOnTimeout {counter:+}"

@@ -84,7 +84,9 @@ fn explains(cause: Cause, incident: Incident) -> bool {
         Cause::LbIdleTimeout | Cause::ServerKeepaliveTimeout | Cause::HalfOpenAfterPeerRestart => {
             match incident {
                 I::RstReceived(_) => true,
-                I::RstSent(r) => matches!(r, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" | "NO_SOCKET"),
+                I::RstSent(r) => {
+                    matches!(r, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" | "NO_SOCKET")
+                }
                 I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
                 I::Drop(r) => after_reset(r),
                 _ => false,
