@@ -65,6 +65,14 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
             .map_or_else(|| "host-wide figures unknown".into(), HostGlobal::to_string)
     );
     let score = events.max(counter.max(0) as u64);
+    let limit = limit(start, end);
+    // A limit seen reached corroborates a few aborts; one stray abort
+    // alone is worth listing, not an alarm.
+    let reached = match limit {
+        Limit::Orphans { peak, max } => peak >= max,
+        Limit::Memory { .. } => true,
+        Limit::Unknown => false,
+    };
     let confidence = match (events, counter) {
         (0, 0) => {
             return Outcome {
@@ -73,7 +81,8 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
             };
         }
         (3.., _) => Confidence::High,
-        (1.., _) | (_, 3..) => Confidence::Medium,
+        (1.., _) | (_, 3..) if reached => Confidence::Medium,
+        (2.., _) | (_, 3..) => Confidence::Medium,
         _ => Confidence::Low,
     };
     let hit = processes_with(i.agg, |s| s.rst_sent_with(MEMORY_RESET));
@@ -82,7 +91,6 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
     let peer = closer
         .and_then(|(_, p, _)| top_peer(&p.stats))
         .map_or_else(String::new, |p| format!(" to {}", endpoint(p)));
-    let limit = limit(start, end);
     let why = match &limit {
         Limit::Orphans { peak, max } => {
             format!("the host had {peak} orphaned sockets against net.ipv4.tcp_max_orphans = {max}")

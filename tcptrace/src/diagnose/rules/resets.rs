@@ -15,15 +15,19 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
     );
     let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
+    // One stray abort (an unrelated process in host-wide mode) is worth
+    // listing, not an alarm.
     let (confidence, score) = match events {
-        0 if counter > 0 => (Confidence::Medium, counter as u64),
+        0 if counter >= 3 => (Confidence::Medium, counter as u64),
+        0 if counter > 0 => (Confidence::Low, counter as u64),
         0 => {
             return Outcome {
                 checked,
                 findings: Vec::new(),
             };
         }
-        1..=2 => (Confidence::Medium, events),
+        1 => (Confidence::Low, events),
+        2 => (Confidence::Medium, events),
         _ => (Confidence::High, events),
     };
     let culprit = hit.first().map_or_else(
@@ -92,8 +96,9 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         let clean = process.stats.rst_sent_clean.min(n);
         let benign = proxy || clean * 10 >= n * 9;
         let confidence = match (benign, n) {
-            (true, _) => Confidence::Low,
-            (false, 1..=2) => Confidence::Medium,
+            // Benign, or a single stray abort.
+            (true, _) | (false, 1) => Confidence::Low,
+            (false, 2) => Confidence::Medium,
             (false, _) => Confidence::High,
         };
         let reasons: Vec<String> = REASONS

@@ -78,14 +78,17 @@ fn explains(cause: Cause, incident: Incident) -> bool {
     use Incident as I;
     let reset_error = |e: &str| matches!(e, "ECONNRESET" | "EPIPE");
     // What still arrives for a connection after it was reset finds no
-    // socket: part of every cause that resets connections.
-    let after_reset = |r: &str| r == "NO_SOCKET";
+    // socket (NO_SOCKET), or only its listener, which drops a segment
+    // with ACK set and answers it with an RST (TCP_FLAGS,
+    // `tcp_rcv_state_process`): part of every cause that resets
+    // connections.
+    let after_reset = |r: &str| matches!(r, "NO_SOCKET" | "TCP_FLAGS");
     match cause {
         Cause::LbIdleTimeout | Cause::ServerKeepaliveTimeout | Cause::HalfOpenAfterPeerRestart => {
             match incident {
                 I::RstReceived(_) => true,
                 I::RstSent(r) => {
-                    matches!(r, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET" | "NO_SOCKET")
+                    matches!(r, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET") || after_reset(r)
                 }
                 I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
                 I::Drop(r) => after_reset(r),
@@ -94,7 +97,7 @@ fn explains(cause: Cause, incident: Incident) -> bool {
         }
         Cause::AcceptQueueOverflow => match incident {
             I::ConnectTimeout | I::RstReceived(_) => true,
-            I::RstSent(r) => r == "INVALID_SYN",
+            I::RstSent(r) => r == "INVALID_SYN" || after_reset(r),
             I::Drop(r) => r == "TCP_LISTEN_OVERFLOW" || after_reset(r),
             I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
             I::Refused => false,
@@ -102,17 +105,19 @@ fn explains(cause: Cause, incident: Incident) -> bool {
         Cause::PortExhaustion => false,
         Cause::CloseWithUnreadData => match incident {
             I::RstReceived(_) => true,
-            I::RstSent(r) => r == "TCP_ABORT_ON_CLOSE",
+            I::RstSent(r) => r == "TCP_ABORT_ON_CLOSE" || after_reset(r),
             I::SocketError(e) => reset_error(e),
             I::Drop(r) => after_reset(r),
             _ => false,
         },
         Cause::LingerZeroAbort => match incident {
             I::RstReceived(_) => true,
-            I::RstSent(r) => matches!(
-                r,
-                "TCP_ABORT_ON_LINGER" | "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA"
-            ),
+            I::RstSent(r) => {
+                matches!(
+                    r,
+                    "TCP_ABORT_ON_LINGER" | "TCP_STATE" | "TCP_DISCONNECT_WITH_DATA"
+                ) || after_reset(r)
+            }
             I::SocketError(e) => reset_error(e),
             I::Drop(r) => after_reset(r),
             _ => false,
@@ -135,7 +140,7 @@ fn explains(cause: Cause, incident: Incident) -> bool {
         },
         Cause::OrphanOrMemoryAbort => match incident {
             I::RstReceived(_) => true,
-            I::RstSent(r) => r == "TCP_ABORT_ON_MEMORY",
+            I::RstSent(r) => r == "TCP_ABORT_ON_MEMORY" || after_reset(r),
             I::SocketError(e) => reset_error(e),
             I::Drop(r) => after_reset(r),
             _ => false,
