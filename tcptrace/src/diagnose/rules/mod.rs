@@ -222,3 +222,5 @@ fn counter_line(host: &HostFacts, names: &[&str]) -> String {
 mod recorded;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_c;
