@@ -761,10 +761,14 @@ fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
     ) else {
         return false;
     };
+    // Jiffies: a server answering within the jiffy its request came in
+    // answered it; a client whose last send and last receive share a
+    // jiffy may have had no answer at all (the handshake counts as
+    // received), so only a strictly later receive proves one.
     if server {
         sent <= received
     } else {
-        received <= sent
+        received < sent
     }
 }
 
