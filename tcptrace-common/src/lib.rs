@@ -221,7 +221,10 @@ pub struct Event {
     /// RETRANSMIT: the `err` field (kernels >= 6.17), else 0.
     /// SOCKET_ERROR: the socket's `sk_err` (a positive errno).
     pub err: i32,
-    pub _pad: u32,
+    /// RST (sent or received, on a full TCP socket): bytes the application
+    /// wrote that the peer had not acknowledged (`write_seq - snd_una`:
+    /// in flight or still queued); `UNKNOWN_U32` when unknown.
+    pub unacked: u32,
     /// RETRANSMIT: payload bytes of the retransmitted skb (`skb->len`;
     /// 0 for a bare SYN/FIN) and the segments it is sent as
     /// (`tcp_skb_pcount`); `UNKNOWN_U32` / 0 when unknown.
@@ -235,8 +238,15 @@ pub struct Event {
     pub tcp_flags: u8,
     /// DROP: `direction::IN` / `OUT` (0: unknown).
     pub direction: u8,
+    /// RST: bytes received that the application had not read
+    /// (`rcv_nxt - copied_seq`); `UNKNOWN_U32` when unknown.
+    pub unread: u32,
+    /// RST: jiffies since the last data (not a bare ACK) was received
+    /// (`icsk_ack.lrcvtime`); `UNKNOWN_U32` when unknown. Next to
+    /// `idle_send_jiffies` it tells whether the last request was answered.
+    pub idle_data_recv_jiffies: u32,
 }
-pub const EVENT_SIZE: usize = 144;
+pub const EVENT_SIZE: usize = 152;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// Tracepoints the programs read, in `Config::layouts` order.
@@ -395,9 +405,17 @@ pub struct SockLayout {
     /// `inet_sock.inet_sport` (__be16): the local port, which (unlike
     /// `skc_num`) survives the unhashing at close, when errors are reported.
     pub inet_sport: u16,
+    /// `tcp_sock.write_seq` / `snd_una` (u32 sequence numbers): what the
+    /// application wrote, and what the peer acknowledged.
+    pub write_seq: u16,
+    pub snd_una: u16,
+    /// `tcp_sock.rcv_nxt` / `copied_seq` (u32 sequence numbers): what
+    /// arrived, and what the application read.
+    pub rcv_nxt: u16,
+    pub copied_seq: u16,
     pub _pad: [u16; 2],
 }
-const _: () = assert!(size_of::<SockLayout>() == 40);
+const _: () = assert!(size_of::<SockLayout>() == 48);
 
 impl Default for SockLayout {
     fn default() -> Self {
@@ -420,6 +438,10 @@ impl Default for SockLayout {
             mss_cache: ABSENT_OFFSET,
             pmtu_cookie: ABSENT_OFFSET,
             inet_sport: ABSENT_OFFSET,
+            write_seq: ABSENT_OFFSET,
+            snd_una: ABSENT_OFFSET,
+            rcv_nxt: ABSENT_OFFSET,
+            copied_seq: ABSENT_OFFSET,
             _pad: [0; 2],
         }
     }
@@ -543,7 +565,7 @@ pub struct Config {
 }
 const _: () = assert!(
     size_of::<Config>()
-        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8
+        == tracepoint::COUNT * 48 + 48 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8
 );
 
 /// Map names shared by both sides.

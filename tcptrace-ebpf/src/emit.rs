@@ -29,6 +29,9 @@ pub fn blank() -> Option<&'static mut Event> {
     let ev = unsafe { &mut *ev };
     ev.idle_send_jiffies = UNKNOWN_U32;
     ev.idle_recv_jiffies = UNKNOWN_U32;
+    ev.idle_data_recv_jiffies = UNKNOWN_U32;
+    ev.unacked = UNKNOWN_U32;
+    ev.unread = UNKNOWN_U32;
     Some(ev)
 }
 

@@ -50,6 +50,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if is_full_tcp_sock(state) {
         idle(cfg, sk, ev);
+        queues(cfg, sk, ev);
     }
     let info = owner::sock_info_or_preexisting(sk, ev);
     ev.owner = info.owner;
@@ -93,6 +94,33 @@ pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
     let ack = jiffies_since(sk, cfg.sock.rcv_tstamp, now);
     // UNKNOWN_U32 is the largest value, so min keeps a known one.
     ev.idle_recv_jiffies = if data < ack { data } else { ack };
+}
+
+/// What was still in the connection's queues when it was reset: bytes
+/// the application wrote that the peer had not acknowledged, and bytes
+/// received it had not read. Both zero after a complete exchange (an
+/// abortive close that lost nothing); either one non-zero means data was
+/// lost. Also when the last data arrived, to tell whether it was answered.
+#[inline(always)]
+fn queues(cfg: &Config, sk: u64, ev: &mut Event) {
+    let now = unsafe { bpf_jiffies64() } as u32;
+    ev.idle_data_recv_jiffies = jiffies_since(sk, cfg.sock.lrcvtime, now);
+    ev.unacked = seq_gap(sk, cfg.sock.write_seq, cfg.sock.snd_una);
+    ev.unread = seq_gap(sk, cfg.sock.rcv_nxt, cfg.sock.copied_seq);
+}
+
+/// `later - earlier` of two sequence-number members, or `UNKNOWN_U32`.
+#[inline(always)]
+fn seq_gap(sk: u64, later: u16, earlier: u16) -> u32 {
+    let abs = tcptrace_common::ABSENT_OFFSET;
+    if sk == 0 || later == abs || earlier == abs {
+        return UNKNOWN_U32;
+    }
+    let a: u32 = read::member_or(sk, later, 0);
+    let b: u32 = read::member_or(sk, earlier, 0);
+    let gap = a.wrapping_sub(b);
+    // A gap near 2^32 is a torn read of a changing socket, not data.
+    if gap > (1 << 30) { UNKNOWN_U32 } else { gap }
 }
 
 #[inline(always)]

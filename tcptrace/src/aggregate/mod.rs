@@ -11,6 +11,7 @@ mod conns;
 mod dist;
 mod drops;
 mod flows;
+mod listeners;
 mod midflow;
 pub mod recent;
 mod reuse;
@@ -39,6 +40,7 @@ pub use self::{
     dist::{Dist, Micros, Percentiles, log_bins, serialize_micros},
     drops::{DropGroup, DropKey, DropOwner, Drops},
     flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
+    listeners::{HandshakeTrouble, Handshakes},
     midflow::{MidflowDest, MidflowDrops},
     reuse::{IdleBound, IdleRange, Outcome as ReuseOutcome, ReuseOutcomes},
     topn::{TopN, Weight},
@@ -139,6 +141,21 @@ pub struct Stats {
     /// Each reuse's idle gap by what became of it on its connection
     /// (answered, stalled, timed out, reset): what bounds an idle timeout.
     pub reuse_outcomes: ReuseOutcomes,
+    // --- Resets judged by what the connection still held (`Queues`).
+    /// RSTs sent that lost nothing: the peer had acknowledged everything
+    /// written, everything received had been read, and the last exchange
+    /// was complete (see `complete_exchange`). An abortive close after a
+    /// finished request, as HAProxy does to its servers.
+    pub rst_sent_clean: u64,
+    /// RSTs received on such a connection: the peer aborted it after a
+    /// complete exchange, nothing was lost on this side.
+    pub rst_received_clean: u64,
+    /// RSTs (either way) that lost data: bytes unacknowledged or unread.
+    pub rst_lost_data: u64,
+    /// The MSS of the last data retransmit that carried one (0: none).
+    pub retransmit_mss: u32,
+    /// Its path MTU (0: none): what a PMTU black hole's sender believes.
+    pub retransmit_pmtu: u32,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
@@ -189,6 +206,11 @@ impl Default for Stats {
             full_size_retransmits: 0,
             sized_retransmits: 0,
             reuse_outcomes: ReuseOutcomes::default(),
+            rst_sent_clean: 0,
+            rst_received_clean: 0,
+            rst_lost_data: 0,
+            retransmit_mss: 0,
+            retransmit_pmtu: 0,
             related: TopN::new(MAX_RELATED),
             connect_failed_after: Dist::new(Dist::MILLIS),
         }
@@ -331,6 +353,8 @@ pub struct Aggregate {
     /// The last incidents per process and peer, once `keep_recent` was
     /// called.
     pub recent: Option<Recent>,
+    /// By listening endpoint: handshakes reset, retried or dropped.
+    pub handshakes: Handshakes,
     conns: ConnTable,
     pending: PendingCloses,
     reuses: ReuseTracker,
@@ -363,6 +387,7 @@ impl Aggregate {
             timeline: Timeline::default(),
             scattered: ScatteredResets::default(),
             recent: None,
+            handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             reuses: ReuseTracker::default(),
@@ -457,6 +482,9 @@ impl Aggregate {
             if let Some(recent) = &mut self.recent {
                 recent.push(pid, peer, update.brief(ev, pid));
             }
+        }
+        if let Some(what) = update.handshake_event(ev) {
+            self.handshakes.add(ev, what);
         }
         // Who closes idle connections is a server's keep-alive: only
         // accepted connections count.
@@ -602,6 +630,11 @@ struct Update {
     connect_failed_ns: Option<u64>,
     /// Some(full size?) for a data retransmit of known size.
     retransmit_full_size: Option<bool>,
+    /// A reset that lost nothing (`complete_exchange`), or lost data.
+    rst_clean: bool,
+    rst_lost_data: bool,
+    /// A data retransmit's (MSS, path MTU), when known.
+    retransmit_path: Option<(Option<u32>, Option<u32>)>,
     incident: bool,
     changed: bool,
 }
@@ -641,6 +674,7 @@ impl Update {
                 } else {
                     u.retransmit_state = Some(names.state(st));
                     u.retransmit_full_size = ev.segment().and_then(|s| s.is_full_size());
+                    u.retransmit_path = ev.segment().map(|s| (s.mss, s.pmtu));
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -658,6 +692,7 @@ impl Update {
                 u.rst_sent_reason = Some(reason);
                 u.late_data_reset = matches!(reason, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 // The RST explains an abortive close just before it.
                 pending.cancel(ev.sock);
                 if ev.sock != 0 {
@@ -669,6 +704,7 @@ impl Update {
                 let st = ev.state.unwrap_or(0);
                 u.rst_received_state = Some(names.state(st));
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 let conn = conns.get_or_insert(ev.sock);
                 conn.reset = true;
                 match i32::from(st) {
@@ -864,6 +900,64 @@ impl Update {
             s.sized_retransmits += 1;
             s.full_size_retransmits += u64::from(full);
         }
+        if self.rst_clean {
+            if self.rst_sent_reason.is_some() {
+                s.rst_sent_clean += 1;
+            } else {
+                s.rst_received_clean += 1;
+            }
+        }
+        s.rst_lost_data += u64::from(self.rst_lost_data);
+        if let Some((mss, pmtu)) = self.retransmit_path {
+            s.retransmit_mss = mss.unwrap_or(s.retransmit_mss);
+            s.retransmit_pmtu = pmtu.unwrap_or(s.retransmit_pmtu);
+        }
+    }
+
+    /// What the event says about a listener's handshakes, if anything.
+    fn handshake_event(&self, ev: &TcpEvent) -> Option<listeners::HandshakeEvent> {
+        use listeners::HandshakeEvent as H;
+        match ev.kind {
+            EventKind::RstSent => self.rst_sent_reason.map(H::Reset),
+            EventKind::SynAckRetransmit => Some(H::SynAckRetransmit),
+            EventKind::Drop => self.drop_reason.map(H::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Judges a reset by what its connection still held: (clean, lost data).
+/// Clean is a complete exchange: nothing unacknowledged, nothing unread,
+/// and the last request answered. Which way "answered" goes depends on
+/// the side: a server (accepted connection, `peer` keyed with port 0)
+/// sent after the last data it received; a client received after its
+/// last send. Unknown figures judge neither way.
+fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
+    let Some(q) = ev.queues() else {
+        return (false, false);
+    };
+    match q.drained() {
+        Some(false) => (false, true),
+        Some(true) => (complete_exchange(ev, peer.port() == 0), false),
+        None => (false, false),
+    }
+}
+
+fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
+    let (Some(sent), Some(received)) = (
+        ev.idle_send_ns,
+        ev.queues().and_then(|q| q.idle_data_recv_ns),
+    ) else {
+        return false;
+    };
+    // Jiffies: a server answering within the jiffy its request came in
+    // answered it; a client whose last send and last receive share a
+    // jiffy may have had no answer at all (the handshake counts as
+    // received), so only a strictly later receive proves one.
+    if server {
+        sent <= received
+    } else {
+        received < sent
     }
 }
 
@@ -940,6 +1034,14 @@ pub fn peer_key(ev: &TcpEvent, accepted: Option<bool>) -> SocketAddr {
     let passive = match (accepted, ev.kind, ev.transition) {
         (Some(known), _, _) => known,
         (None, EventKind::Connect | EventKind::ConnectFailed, _) => false,
+        // Still connecting: this side is the client whatever its ports.
+        (None, _, _)
+            if ev
+                .state
+                .is_some_and(|s| i32::from(s) == tcp_state::SYN_SENT) =>
+        {
+            false
+        }
         (None, _, Some((old, _))) if i32::from(old) == tcp_state::SYN_RECV => true,
         (None, _, _) => ev.local.port() < 32_768 && remote.port() >= 32_768,
     };

@@ -191,6 +191,16 @@ impl Ev {
         });
         self
     }
+    /// What a reset connection still held: unacknowledged and unread
+    /// bytes, and ms since the last data arrived.
+    pub fn queues(mut self, unacked: u32, unread: u32, data_recv_ms: u64) -> Ev {
+        self.0.detail = crate::event::Detail::Reset(crate::event::Queues {
+            unacked: Some(unacked),
+            unread: Some(unread),
+            idle_data_recv_ns: Some(data_recv_ms * 1_000_000),
+        });
+        self
+    }
     /// The event.
     pub fn build(self) -> TcpEvent {
         self.0
@@ -269,6 +279,11 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                     }),
                     tcp_flags: tcp_flags(v["tcp_flags"].as_str().unwrap_or("-")),
                     incoming: v["direction"] == "in",
+                }),
+                k if k.is_rst() => crate::event::Detail::Reset(crate::event::Queues {
+                    unacked: u64_of(&v, "unacked").map(|n| n as u32),
+                    unread: u64_of(&v, "unread").map(|n| n as u32),
+                    idle_data_recv_ns: u64_of(&v, "idle_data_recv_ns"),
                 }),
                 _ => crate::event::Detail::default(),
             };

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::host::{
     conntrack::ConntrackChange,
     global::HostGlobal,
+    owners::Owner,
     reading::tcp_delta,
     sock_diag::{TcpSocket, TcpState},
     survey::Survey,
@@ -69,6 +70,9 @@ pub struct HostFacts {
     /// kept (and the watched connections' own, wherever they were
     /// dropped), `host` every one on the host before any filter.
     pub kernel_drops: KernelDrops,
+    /// Every listener sampled while watching, with the fullest accept
+    /// queue seen (`ListenerPeaks`).
+    pub listeners_peak: Vec<Listener>,
 }
 
 /// The kernel's own per-reason drop counts (see `HostFacts::kernel_drops`).
@@ -265,6 +269,7 @@ impl SocketFacts {
                     local: s.local,
                     queued: s.recv_q,
                     limit: Some(s.send_q),
+                    owner: None,
                 }),
                 _ => {}
             }
@@ -280,6 +285,87 @@ impl SocketFacts {
     pub fn in_state(&self, state: &str) -> u64 {
         self.states.get(state).copied().unwrap_or(0)
     }
+
+    /// Names the process holding each listener, from the socket inodes
+    /// sock_diag reported (`sockets`, the table these facts came from)
+    /// and an inode -> process map (`host::owners::socket_owners`).
+    pub fn name_listeners(&mut self, sockets: &[TcpSocket], owners: &HashMap<u64, Owner>) {
+        for l in &mut self.listeners {
+            l.owner = sockets
+                .iter()
+                .find(|s| s.state == TcpState::Listen && s.local == l.local && s.inode != 0)
+                .and_then(|s| owners.get(&s.inode))
+                .cloned();
+        }
+    }
+
+    /// The listener that accepts connections for `local` (its own address
+    /// or a wildcard one on the same port).
+    pub fn listener_for(&self, local: SocketAddr) -> Option<&Listener> {
+        listener_for(&self.listeners, local)
+    }
+}
+
+/// The fullest each listener's accept queue was when sampled during the
+/// run: the start and end tables alone miss a queue that was full in
+/// between.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPeaks {
+    by_local: BTreeMap<SocketAddr, Listener>,
+    /// The sockets of the fullest sample of each, to name their holders.
+    sockets: HashMap<SocketAddr, TcpSocket>,
+}
+
+impl ListenerPeaks {
+    /// Takes one sample of the listening sockets.
+    pub fn sample(&mut self, sockets: &[TcpSocket]) {
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            let entry = self.by_local.entry(s.local).or_insert_with(|| Listener {
+                local: s.local,
+                queued: s.recv_q,
+                limit: Some(s.send_q),
+                owner: None,
+            });
+            if s.recv_q >= entry.queued {
+                entry.queued = s.recv_q;
+                entry.limit = Some(s.send_q);
+                self.sockets.insert(s.local, s.clone());
+            }
+        }
+    }
+
+    /// The peaks, holders named from an inode -> process map.
+    pub fn into_listeners(self, owners: &HashMap<u64, Owner>) -> Vec<Listener> {
+        let sockets = self.sockets;
+        self.by_local
+            .into_values()
+            .map(|mut l| {
+                l.owner = sockets
+                    .get(&l.local)
+                    .filter(|s| s.inode != 0)
+                    .and_then(|s| owners.get(&s.inode))
+                    .cloned();
+                l
+            })
+            .collect()
+    }
+}
+
+/// The listener in `listeners` that accepts for `local` (its address or
+/// a wildcard one on the same port).
+pub fn listener_for(listeners: &[Listener], local: SocketAddr) -> Option<&Listener> {
+    let ip = local.ip().to_canonical();
+    let same = |l: &&Listener| l.local.port() == local.port();
+    listeners
+        .iter()
+        .filter(same)
+        .find(|l| l.local.ip().to_canonical() == ip)
+        .or_else(|| {
+            listeners
+                .iter()
+                .filter(same)
+                .find(|l| l.local.ip().is_unspecified())
+        })
 }
 
 /// A listening socket and its accept queue.
@@ -291,6 +377,8 @@ pub struct Listener {
     pub queued: u32,
     /// The queue limit, min(backlog, somaxconn), when known.
     pub limit: Option<u32>,
+    /// The process holding it, when /proc names one.
+    pub owner: Option<Owner>,
 }
 
 #[cfg(test)]
@@ -340,7 +428,8 @@ mod tests {
             vec![Listener {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 queued: 3,
-                limit: Some(1)
+                limit: Some(1),
+                owner: None,
             }]
         );
     }

@@ -37,6 +37,14 @@ pub enum Cause {
     /// A load balancer / NAT silently forgets flows idle longer than its
     /// timeout: the next send on such a flow is never answered.
     MiddleboxIdleBlackhole,
+    /// A smaller-MTU hop with ICMP filtered: full-size segments never arrive.
+    PmtuBlackHole,
+    /// Too many orphaned sockets or TCP memory exhausted: the kernel aborts closing connections.
+    OrphanOrMemoryAbort,
+    /// SYNs reusing a tuple the server holds in TIME_WAIT rejected by PAWS (clients behind NAT).
+    PawsRejectedSyn,
+    /// Failures the run saw that no known cause explains: listed, never silent.
+    Unexplained,
 }
 
 impl Cause {
@@ -56,6 +64,10 @@ impl Cause {
             Cause::ConntrackInvalidNatBypass => "conntrack_invalid_nat_bypass",
             Cause::SynDroppedOnPath => "syn_dropped_on_path",
             Cause::MiddleboxIdleBlackhole => "middlebox_idle_blackhole",
+            Cause::PmtuBlackHole => "pmtu_black_hole",
+            Cause::OrphanOrMemoryAbort => "orphan_or_memory_abort",
+            Cause::PawsRejectedSyn => "paws_rejected_syn",
+            Cause::Unexplained => "unexplained",
         }
     }
 
@@ -83,6 +95,14 @@ impl Cause {
             Cause::MiddleboxIdleBlackhole => {
                 "Load balancer / NAT silently drops flows idle longer than its timeout"
             }
+            Cause::PmtuBlackHole => "Path MTU black hole (full-size segments never arrive)",
+            Cause::OrphanOrMemoryAbort => {
+                "Too many orphaned sockets / TCP memory exhausted (connections aborted on close)"
+            }
+            Cause::PawsRejectedSyn => {
+                "SYNs rejected by PAWS at a TIME_WAIT socket (clients behind NAT)"
+            }
+            Cause::Unexplained => "Failures no known cause explains",
         }
     }
 }

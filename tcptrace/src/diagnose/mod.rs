@@ -24,7 +24,7 @@ use clap::ValueEnum as _;
 use tcptrace_common::kind_mask;
 
 use self::{
-    facts::{HostFacts, KernelDrops, NamespaceFacts, SYSCTLS, SocketFacts},
+    facts::{HostFacts, KernelDrops, ListenerPeaks, NamespaceFacts, SYSCTLS, SocketFacts},
     finding::rank,
     report::Report,
     rules::{Inputs, evaluate},
@@ -34,7 +34,15 @@ use crate::{
     cli::{DiagnoseArgs, FilterArgs},
     event::TcpEvent,
     filter_args::session_options,
-    host::{cgroups::Cgroups, conntrack::ConntrackChange, reading, survey::Survey},
+    host::{
+        cgroups::Cgroups,
+        conntrack::ConntrackChange,
+        netns,
+        owners::socket_owners,
+        reading,
+        sock_diag::{TcpSocket, dump_tcp_listeners},
+        survey::Survey,
+    },
     html_report,
     kernel::{clock::WallClock, names::Names},
     safe_file,
@@ -45,6 +53,8 @@ use crate::{
 
 /// How often the --during load is checked for having ended.
 const LOAD_CHECK: Duration = Duration::from_millis(100);
+/// How often the listeners' accept queues are sampled while watching.
+const QUEUE_SAMPLE: Duration = Duration::from_millis(500);
 
 /// Runs `tcptrace diagnose`.
 ///
@@ -89,6 +99,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
+    let mut queue_tick = tokio::time::interval(QUEUE_SAMPLE);
+    let mut queue_peaks = ListenerPeaks::default();
     let names = session.names().clone();
     let mut agg = Aggregate::new(names.clone());
     agg.timeline.set_origin(session.started_mono_ns());
@@ -111,6 +123,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
                 Next::Stopped(_) => break,
                 Next::Events => agg.add_batch(&mut batch),
             },
+            _ = queue_tick.tick() => sample_listeners(netns_path, &mut queue_peaks),
         }
     }
     let load_status = load.map(during::Load::stop);
@@ -146,11 +159,20 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         Some(_) => after.counter_delta(&before),
         None => NamespaceFacts::summed(&namespaces).unwrap_or_else(|| after.counter_delta(&before)),
     };
+    // Which process holds each listener (an accept queue is named by it).
+    let owners = socket_owners();
+    let socket_facts = |sockets: Option<&[TcpSocket]>| {
+        sockets.map(|sockets| {
+            let mut facts = SocketFacts::of(sockets);
+            facts.name_listeners(sockets, &owners);
+            facts
+        })
+    };
     let host = HostFacts {
         counters,
         sysctls: before.sysctls.clone(),
-        sockets_start: before.sockets.as_deref().map(SocketFacts::of),
-        sockets_end: after.sockets.as_deref().map(SocketFacts::of),
+        sockets_start: socket_facts(before.sockets.as_deref()),
+        sockets_end: socket_facts(after.sockets.as_deref()),
         conntrack: before
             .conntrack
             .zip(after.conntrack)
@@ -165,6 +187,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             in_scope: named_drops(&counts.drops.in_scope, &names),
             host: named_drops(&counts.drops.host, &names),
         },
+        listeners_peak: queue_peaks.into_listeners(&owners),
     };
     let outcomes = evaluate(&Inputs {
         agg: &agg,
@@ -272,6 +295,17 @@ fn filters_json(filter: &FilterArgs) -> serde_json::Value {
         "events": events,
         "reuse_idle_ms": filter.reuse_idle.as_millis() as u64,
     })
+}
+
+/// One sample of the listeners' accept queues; a failure costs only the
+/// sample (logged).
+fn sample_listeners(netns: Option<&Path>, peaks: &mut ListenerPeaks) {
+    match netns::run_in(netns, || {
+        dump_tcp_listeners().map_err(|e| anyhow::anyhow!(e))
+    }) {
+        Ok(sockets) => peaks.sample(&sockets),
+        Err(err) => log::debug!("no accept queue sample: {err}"),
+    }
 }
 
 /// Who is affected, down to the container: cgroup ids to paths.

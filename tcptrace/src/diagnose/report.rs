@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     facts::{HostFacts, NamespaceFacts},
-    finding::{Confidence, Finding},
+    finding::{Cause, Confidence, Finding},
 };
 use crate::{
     aggregate::{
@@ -97,6 +97,7 @@ impl Report {
             "sysctls": self.host.sysctls,
             "sockets_start": self.host.sockets_start,
             "sockets_end": self.host.sockets_end,
+            "listeners_peak": self.host.listeners_peak,
             "conntrack": self.host.conntrack,
             "host_global": {
                 "start": self.host.host_global_start,
@@ -149,7 +150,20 @@ impl Report {
         }
         writeln!(out)?;
         let problems: Vec<_> = self.problems().collect();
-        if problems.is_empty() {
+        let unexplained = self
+            .findings
+            .iter()
+            .filter(|f| f.cause == Cause::Unexplained)
+            .filter_map(|f| f.figures.get("unexplained_events"))
+            .sum::<f64>();
+        if problems.is_empty() && unexplained > 0.0 {
+            // Never "no problem" while failures went unexplained.
+            writeln!(
+                out,
+                "No known cause at medium or high confidence, but {unexplained} failure events went unexplained (listed below)."
+            )?;
+            writeln!(out)?;
+        } else if problems.is_empty() {
             writeln!(
                 out,
                 "No problem found (nothing at medium or high confidence)."
@@ -497,10 +511,7 @@ pub fn latency_text(p: &Percentiles) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        aggregate::testing::names,
-        diagnose::finding::{Cause, Finding},
-    };
+    use crate::{aggregate::testing::names, diagnose::finding::Finding};
 
     fn report(findings: Vec<Finding>) -> Report {
         Report {

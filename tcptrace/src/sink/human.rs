@@ -129,6 +129,14 @@ fn detail(ev: &TcpEvent, ctx: &Context) -> String {
                 parts.push(format!("pmtu={pmtu}"));
             }
         }
+        Detail::Reset(q) => {
+            if let Some(unacked) = q.unacked {
+                parts.push(format!("unacked={unacked}"));
+            }
+            if let Some(unread) = q.unread {
+                parts.push(format!("unread={unread}"));
+            }
+        }
     }
     if ev.owner.is_none() {
         parts.push("owner=unknown".into());

@@ -184,6 +184,11 @@ fn write_detail(
             num_field(out, n, b",\"mss\":", seg.mss.map(u64::from))?;
             num_field(out, n, b",\"pmtu\":", seg.pmtu.map(u64::from))
         }
+        Detail::Reset(q) => {
+            num_field(out, n, b",\"unacked\":", q.unacked.map(u64::from))?;
+            num_field(out, n, b",\"unread\":", q.unread.map(u64::from))?;
+            num_field(out, n, b",\"idle_data_recv_ns\":", q.idle_data_recv_ns)
+        }
     }
 }
 

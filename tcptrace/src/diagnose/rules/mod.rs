@@ -9,11 +9,15 @@ mod accept;
 mod blackhole;
 mod conntrack;
 mod idle;
+mod memory;
 mod path;
+mod paws;
+mod pmtu;
 mod ports;
 mod refused;
 mod resets;
 mod timeout;
+mod unexplained;
 
 use std::net::SocketAddr;
 
@@ -48,7 +52,7 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 12] = [
+pub const RULES: [Rule; 15] = [
     idle::idle_timeouts,
     blackhole::middlebox_idle_blackhole,
     idle::half_open,
@@ -62,22 +66,29 @@ pub const RULES: [Rule; 12] = [
     conntrack::conntrack_table_full,
     conntrack::conntrack_invalid_nat_bypass,
     path::syn_dropped_on_path,
+    // the rest
+    pmtu::pmtu_black_hole,
+    memory::orphan_or_memory_abort,
+    paws::paws_rejected_syn,
 ];
 
-/// Runs every rule.
+/// Runs every rule, then the one that lists what none of them explained
+/// (`unexplained`: it reads their findings, so it runs last).
 pub fn evaluate(inputs: &Inputs) -> Vec<Outcome> {
-    RULES
+    let mut outcomes: Vec<Outcome> = RULES.iter().map(|rule| rule(inputs)).collect();
+    let found: Vec<Finding> = outcomes
         .iter()
-        .map(|rule| {
-            let mut outcome = rule(inputs);
-            outcome.checked = singular(&outcome.checked);
-            for f in &mut outcome.findings {
-                f.summary = singular(&f.summary);
-                f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
-            }
-            outcome
-        })
-        .collect()
+        .flat_map(|o| o.findings.iter().cloned())
+        .collect();
+    outcomes.push(unexplained::unexplained(inputs, &found));
+    for outcome in &mut outcomes {
+        outcome.checked = singular(&outcome.checked);
+        for f in &mut outcome.findings {
+            f.summary = singular(&f.summary);
+            f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
+        }
+    }
+    outcomes
 }
 
 /// "1 RSTs" -> "1 RST": the rules format counts with plural nouns.
@@ -222,3 +233,5 @@ mod idle_tests;
 mod recorded;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_c;
