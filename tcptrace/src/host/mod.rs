@@ -1,6 +1,7 @@
 //! What is read from the host rather than traced: sockets through netlink
 //! sock_diag and their owning processes from /proc, kernel counters (TCP,
-//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups, and
+//! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups and
+//! Kubernetes pods (named from cgroup paths and the kubelet's log layout), and
 //! network namespaces (the one `--netns` resolver). Below the pipeline:
 //! nothing here imports a command, the tracer or the CLI.
 
@@ -9,6 +10,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod global;
 pub mod icmp;
+pub mod k8s;
 pub mod netns;
 pub mod owners;
 pub mod preexisting;
