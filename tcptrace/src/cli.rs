@@ -63,6 +63,11 @@ pub struct FilterArgs {
     /// which a send is reported.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub reuse_idle: Duration,
+    /// The kubelet's pod log directory (<namespace>_<pod>_<uid>/<container>/),
+    /// read to name the pods, namespaces and containers that cgroup paths
+    /// give by ID. [default: /var/log/pods when it exists]
+    #[arg(long, value_name = "DIR")]
+    pub pods_dir: Option<PathBuf>,
 }
 
 /// `--events`: the event kinds to keep.

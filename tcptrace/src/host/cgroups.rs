@@ -84,8 +84,18 @@ impl CgroupInfo {
     /// cgroup is no pod's.
     fn named(&self) -> bool {
         match (&self.ids, &self.pod) {
-            (Some(CgroupIds { pod_uid: Some(_), .. }), Some(pod)) => pod.namespace.is_some(),
-            (Some(CgroupIds { pod_uid: Some(_), .. }), None) => false,
+            (
+                Some(CgroupIds {
+                    pod_uid: Some(_), ..
+                }),
+                Some(pod),
+            ) => pod.namespace.is_some(),
+            (
+                Some(CgroupIds {
+                    pod_uid: Some(_), ..
+                }),
+                None,
+            ) => false,
             _ => true,
         }
     }
@@ -243,10 +253,11 @@ fn v1_info(text: &str) -> Option<CgroupInfo> {
     let path = text
         .lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
-        .find(|path| {
-            k8s::parse_cgroup_path(path).is_some_and(|ids| ids.pod_uid.is_some())
-        })?;
-    Some(CgroupInfo::new(path.to_string(), k8s::parse_proc_cgroup(text)))
+        .find(|path| k8s::parse_cgroup_path(path).is_some_and(|ids| ids.pod_uid.is_some()))?;
+    Some(CgroupInfo::new(
+        path.to_string(),
+        k8s::parse_proc_cgroup(text),
+    ))
 }
 
 /// The cgroup v2 mount point: /sys/fs/cgroup on a v2 host,

@@ -393,7 +393,11 @@ mod tests {
             // container_cgroup test; GKE/COS, k3s).
             (
                 "/kubepods/besteffort/podac04f3f2-1f2c-11e9-b015-1ebee232acfa/605439acbd4fb18c145069289094b17f17e0cfa938f78012d4960bc797305f22",
-                ids(Some("ac04f3f2-1f2c-11e9-b015-1ebee232acfa"), Some(CID), None),
+                ids(
+                    Some("ac04f3f2-1f2c-11e9-b015-1ebee232acfa"),
+                    Some(CID),
+                    None,
+                ),
             ),
             // CRI-O, cgroupfs driver (falcosecurity/libs).
             (
@@ -477,7 +481,11 @@ mod tests {
             ),
             (
                 "/kubepods/podac04f3f2-1f2c-11e9-b015-1ebee232acfa/605439acbd4fb18c145069289094b17f17e0cfa938f78012d4960bc797305f22",
-                ids(Some("ac04f3f2-1f2c-11e9-b015-1ebee232acfa"), Some(CID), None),
+                ids(
+                    Some("ac04f3f2-1f2c-11e9-b015-1ebee232acfa"),
+                    Some(CID),
+                    None,
+                ),
             ),
             // A static pod: its UID is a 32-hex hash of its manifest.
             (
@@ -492,7 +500,11 @@ mod tests {
             // Docker outside Kubernetes: a container, no pod (falcosecurity/libs, neuvector).
             (
                 "/docker/7951fb549ab99e0722a949b6c121634e1f3a36b5bacbe5392991e3b12251e6b8",
-                ids(None, Some("7951fb549ab99e0722a949b6c121634e1f3a36b5bacbe5392991e3b12251e6b8"), None),
+                ids(
+                    None,
+                    Some("7951fb549ab99e0722a949b6c121634e1f3a36b5bacbe5392991e3b12251e6b8"),
+                    None,
+                ),
             ),
             (
                 "/system.slice/docker-9ec39b91f3d70e1beff50a308f77067065ea6be0d91a3378375056cd4422cf3d.scope",
@@ -565,9 +577,14 @@ mod tests {
         );
         assert_eq!(split_pod_dir("35550f44-f691-427e-b57d-ab6127d2cb65"), None);
         assert_eq!(split_pod_dir("a_b_notauid"), None);
-        assert_eq!(split_pod_dir("a_b_c_35550f44-f691-427e-b57d-ab6127d2cb65"), None);
         assert_eq!(
-            split_container_link(&format!("checkout-7d9f8b6c5-x2x4z_shop_app-server-{CID}.log")),
+            split_pod_dir("a_b_c_35550f44-f691-427e-b57d-ab6127d2cb65"),
+            None
+        );
+        assert_eq!(
+            split_container_link(&format!(
+                "checkout-7d9f8b6c5-x2x4z_shop_app-server-{CID}.log"
+            )),
             Some((CID, "app-server"))
         );
         assert_eq!(split_container_link("checkout_shop_app-123.log"), None);
@@ -584,10 +601,17 @@ mod tests {
         fs::create_dir_all(dir.join(format!("pods/pay_payments-2_{two}/api"))).unwrap();
         fs::create_dir_all(dir.join(format!("pods/pay_payments-2_{two}/envoy"))).unwrap();
         fs::create_dir_all(dir.join("containers")).unwrap();
-        fs::write(dir.join(format!("containers/payments-2_pay_envoy-{CID}.log")), "").unwrap();
+        fs::write(
+            dir.join(format!("containers/payments-2_pay_envoy-{CID}.log")),
+            "",
+        )
+        .unwrap();
 
         let mut logs = PodLogs::open(dir.join("pods")).unwrap();
-        let one = logs.names(uid, Some("1207db63eaeb133a85d2b614d12d95d4dff3f29af60d7a7b3c7d39abdf4bd119"));
+        let one = logs.names(
+            uid,
+            Some("1207db63eaeb133a85d2b614d12d95d4dff3f29af60d7a7b3c7d39abdf4bd119"),
+        );
         assert_eq!(
             one,
             PodNames {
@@ -599,9 +623,16 @@ mod tests {
         );
         let envoy = logs.names(two, Some(CID));
         assert_eq!(envoy.container.as_deref(), Some("envoy"));
-        let unknown = logs.names(two, Some("1207db63eaeb133a85d2b614d12d95d4dff3f29af60d7a7b3c7d39abdf4bd119"));
+        let unknown = logs.names(
+            two,
+            Some("1207db63eaeb133a85d2b614d12d95d4dff3f29af60d7a7b3c7d39abdf4bd119"),
+        );
         assert_eq!(unknown.pod, "payments-2");
-        assert_eq!(unknown.container.as_deref(), Some("1207db63eaeb"), "two containers: the ID");
+        assert_eq!(
+            unknown.container.as_deref(),
+            Some("1207db63eaeb"),
+            "two containers: the ID"
+        );
         // A pod that appears later is found once a second has passed.
         let later = "74c13223-5a00-11e9-b385-42010a80018d";
         assert_eq!(logs.names(later, None).pod, later, "not there: the UID");
@@ -615,7 +646,11 @@ mod tests {
         let file = dir.join("file");
         fs::write(&file, "").unwrap();
         let err = PodLogs::open(&file).unwrap_err();
-        assert!(err.to_string().contains("cannot read the pod log directory"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot read the pod log directory"),
+            "{err}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

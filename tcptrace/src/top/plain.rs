@@ -81,7 +81,7 @@ fn table(out: &mut impl Write, title: &str, rows: &[Row], limit: usize) -> io::R
     }
     writeln!(out)?;
     for r in rows.iter().take(limit) {
-        let mut label = r.label.clone();
+        let mut label = r.display_name();
         label.truncate(28);
         write!(out, "{label:<28}")?;
         for c in cells(r) {

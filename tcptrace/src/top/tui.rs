@@ -33,6 +33,7 @@ use crate::{
     cli::TopArgs,
     counts::Counts,
     event::TcpEvent,
+    host::cgroups::Cgroups,
     session::{Next, Session},
 };
 
@@ -119,6 +120,7 @@ pub async fn run(
     mut session: Session,
     mut agg: Aggregate,
     args: &TopArgs,
+    cgroups: &mut Cgroups,
 ) -> anyhow::Result<Counts> {
     let mut guard = TerminalGuard::enter()?;
     let mut keys = keys();
@@ -139,6 +141,7 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 snap = Snapshot::take(&agg, &snap, session.elapsed(), session.counts()?);
+                snap.name_pods(cgroups);
                 draw(&mut guard, &snap, sort)?;
             }
             next = session.next(&mut batch) => match next? {
@@ -191,7 +194,7 @@ fn table<'a>(title: &'a str, rows: &[Row]) -> Table<'a> {
     .style(Style::default().add_modifier(Modifier::BOLD));
     let body = rows
         .iter()
-        .map(|r| TableRow::new(std::iter::once(r.label.clone()).chain(cells(r))));
+        .map(|r| TableRow::new(std::iter::once(r.display_name()).chain(cells(r))));
     let mut widths = vec![Constraint::Min(24)];
     widths.extend(HEADER.iter().map(|_| Constraint::Length(8)));
     Table::new(body, widths)
