@@ -10,6 +10,7 @@
 mod conns;
 mod dist;
 mod topn;
+mod window;
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +26,7 @@ use self::conns::{ConnTable, PendingClose, PendingCloses};
 pub use self::{
     dist::{Dist, Micros, Percentiles, serialize_micros},
     topn::{TopN, Weight},
+    window::Window,
 };
 use crate::{
     event::{Comm, EventKind, TcpEvent},
@@ -331,12 +333,7 @@ impl Aggregate {
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
-        let mut accepted = self.conns.accepted(ev.sock);
-        if accepted.is_none() && ev.kind == EventKind::SocketError {
-            // Reported after the CLOSE that removed the connection.
-            accepted = self.conns.recently_accepted(ev.sock);
-        }
-        let peer = peer_key(ev, accepted);
+        let peer = self.peer_of(ev);
         let update = Update::from_event(
             ev,
             peer,
