@@ -9,7 +9,8 @@
 //!   `top`, `diagnose`, `snapshot`, `stress`, `tune` (+ `filter_args`,
 //!   their shared tracing flags);
 //! - the pipeline: `session` (the one lifecycle), `stop` (the one stop
-//!   signal), `tracer`, `decode`, `aggregate`, `summary`, `sink`;
+//!   signal), `tracer`, `decode`, `aggregate`, `summary`, `tally`
+//!   (counts per owner, peer and signal for the exporter), `sink`;
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
 //!   `timefmt`, `text_table`, `error`, `safe_file` (every file we write).
@@ -34,6 +35,7 @@ pub mod snapshot;
 pub mod stop;
 pub mod stress;
 pub mod summary;
+pub mod tally;
 pub mod text_table;
 pub mod timefmt;
 pub mod top;

@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "decode",
             "aggregate",
             "summary",
+            "tally",
             "sink",
         ],
     ),
