@@ -6,7 +6,7 @@
 //!
 //! - `app` (entry, dispatch) and `cli` (clap types, a leaf);
 //! - commands, one module each, never importing one another: `trace`,
-//!   `top`, `diagnose`, `snapshot`, `stress`, `tune` (+ `filter_args`,
+//!   `top`, `diagnose`, `snapshot`, `stress`, `tune`, `exporter` (+ `filter_args`,
 //!   their shared tracing flags);
 //! - the pipeline: `session` (the one lifecycle), `stop` (the one stop
 //!   signal), `tracer`, `decode`, `aggregate`, `summary`, `tally`
@@ -25,6 +25,7 @@ pub mod decode;
 pub mod diagnose;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod filter_args;
 pub mod host;
 pub mod kernel;

@@ -146,7 +146,9 @@ impl LogHistogram {
         }
         let exp = b / SUB + u64::from(SUB_BITS) - 1;
         let sub = b % SUB;
-        (SUB + sub).checked_shl((exp - u64::from(SUB_BITS)) as u32).unwrap_or(u64::MAX)
+        (SUB + sub)
+            .checked_shl((exp - u64::from(SUB_BITS)) as u32)
+            .unwrap_or(u64::MAX)
     }
 
     /// Records one value.
@@ -202,12 +204,13 @@ pub const MAX_KEYS: usize = 200_000;
 impl Tally {
     /// Counts `n` more of `signal` for `who` and `peer`.
     pub fn count(&mut self, who: Who, peer: SocketAddr, signal: Signal, n: u64) {
-        let key = if self.counts.len() >= MAX_KEYS && !self.counts.contains_key(&(who, peer, signal)) {
-            self.overflowed += n;
-            (Who::of_nobody(), unspecified(), signal)
-        } else {
-            (who, peer, signal)
-        };
+        let key =
+            if self.counts.len() >= MAX_KEYS && !self.counts.contains_key(&(who, peer, signal)) {
+                self.overflowed += n;
+                (Who::of_nobody(), unspecified(), signal)
+            } else {
+                (who, peer, signal)
+            };
         *self.counts.entry(key).or_default() += n;
     }
 
@@ -365,7 +368,19 @@ mod tests {
     #[test]
     fn log_buckets_are_contiguous_and_narrow() {
         let mut last = 0;
-        for ns in [0u64, 1, 15, 16, 17, 31, 32, 33, 1000, 123_456_789, u64::MAX / 3] {
+        for ns in [
+            0u64,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            33,
+            1000,
+            123_456_789,
+            u64::MAX / 3,
+        ] {
             let b = LogHistogram::bucket(ns);
             assert!(b >= last, "{ns}");
             last = b;
@@ -374,7 +389,10 @@ mod tests {
                 LogHistogram::lower_bound(b + 1),
             );
             assert!(lo <= ns && ns < hi, "{ns} in [{lo}, {hi})");
-            assert!((hi - lo) as f64 <= (lo as f64 / 16.0).max(1.0) + 1.0, "{ns}: {lo}..{hi}");
+            assert!(
+                (hi - lo) as f64 <= (lo as f64 / 16.0).max(1.0) + 1.0,
+                "{ns}: {lo}..{hi}"
+            );
         }
         for b in 0..900u16 {
             assert_eq!(
@@ -411,16 +429,67 @@ mod tests {
         let agg = Aggregate::new(names());
         let mut source = EventTally::default();
         let events = [
-            ev(K::Connect, 1).sock(1).owner(7, "curl").remote("10.0.0.9:443").connect_ms(2.0).build(),
-            ev(K::SocketError, 2).sock(2).owner(7, "curl").remote("10.0.0.9:444").socket_errno(111).build(),
-            ev(K::ConnectFailed, 2).sock(2).owner(7, "curl").remote("10.0.0.9:444").build(),
-            ev(K::ConnectFailed, 3).sock(3).owner(7, "curl").remote("10.0.0.9:444").build(),
-            ev(K::RstReceived, 4).sock(1).owner(7, "curl").remote("10.0.0.9:443").state("ESTABLISHED").idle_ms(5000, 4000).build(),
-            ev(K::RstSent, 5).sock(4).owner(8, "nginx").local("10.0.0.1:80").remote("10.0.0.2:50000").reason("TCP_ABORT_ON_DATA").state("CLOSE").build(),
-            ev(K::Retransmit, 6).sock(5).owner(7, "curl").remote("10.0.0.9:443").state("SYN_SENT").build(),
-            ev(K::Retransmit, 7).sock(1).owner(7, "curl").remote("10.0.0.9:443").state("ESTABLISHED").build(),
-            ev(K::State, 8).sock(6).owner(8, "nginx").local("10.0.0.1:80").remote("10.0.0.3:50001").transition("SYN_RECV", "ESTABLISHED").build(),
-            ev(K::Reuse, 9).sock(1).owner(7, "curl").remote("10.0.0.9:443").build(),
+            ev(K::Connect, 1)
+                .sock(1)
+                .owner(7, "curl")
+                .remote("10.0.0.9:443")
+                .connect_ms(2.0)
+                .build(),
+            ev(K::SocketError, 2)
+                .sock(2)
+                .owner(7, "curl")
+                .remote("10.0.0.9:444")
+                .socket_errno(111)
+                .build(),
+            ev(K::ConnectFailed, 2)
+                .sock(2)
+                .owner(7, "curl")
+                .remote("10.0.0.9:444")
+                .build(),
+            ev(K::ConnectFailed, 3)
+                .sock(3)
+                .owner(7, "curl")
+                .remote("10.0.0.9:444")
+                .build(),
+            ev(K::RstReceived, 4)
+                .sock(1)
+                .owner(7, "curl")
+                .remote("10.0.0.9:443")
+                .state("ESTABLISHED")
+                .idle_ms(5000, 4000)
+                .build(),
+            ev(K::RstSent, 5)
+                .sock(4)
+                .owner(8, "nginx")
+                .local("10.0.0.1:80")
+                .remote("10.0.0.2:50000")
+                .reason("TCP_ABORT_ON_DATA")
+                .state("CLOSE")
+                .build(),
+            ev(K::Retransmit, 6)
+                .sock(5)
+                .owner(7, "curl")
+                .remote("10.0.0.9:443")
+                .state("SYN_SENT")
+                .build(),
+            ev(K::Retransmit, 7)
+                .sock(1)
+                .owner(7, "curl")
+                .remote("10.0.0.9:443")
+                .state("ESTABLISHED")
+                .build(),
+            ev(K::State, 8)
+                .sock(6)
+                .owner(8, "nginx")
+                .local("10.0.0.1:80")
+                .remote("10.0.0.3:50001")
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+            ev(K::Reuse, 9)
+                .sock(1)
+                .owner(7, "curl")
+                .remote("10.0.0.9:443")
+                .build(),
         ];
         for e in &events {
             source.add(e, agg.peer_of(e));
@@ -431,20 +500,39 @@ mod tests {
             tally
                 .counts
                 .iter()
-                .find(|((w, p, s), _)| w.comm == "curl" && *p == peer.parse().unwrap() && *s == signal)
+                .find(|((w, p, s), _)| {
+                    w.comm == "curl" && *p == peer.parse().unwrap() && *s == signal
+                })
                 .map_or(0, |(_, n)| *n)
         };
         assert_eq!(curl("10.0.0.9:443", Signal::Opened { passive: false }), 1);
-        assert_eq!(curl("10.0.0.9:444", Signal::ConnectFailed { errno: 111 }), 1);
+        assert_eq!(
+            curl("10.0.0.9:444", Signal::ConnectFailed { errno: 111 }),
+            1
+        );
         assert_eq!(curl("10.0.0.9:444", Signal::ConnectFailed { errno: 0 }), 1);
-        assert_eq!(curl("10.0.0.9:443", Signal::RstReceived { state: Some(1) }), 1);
+        assert_eq!(
+            curl("10.0.0.9:443", Signal::RstReceived { state: Some(1) }),
+            1
+        );
         assert_eq!(curl("10.0.0.9:443", Signal::SynRetransmit), 1);
         assert_eq!(curl("10.0.0.9:443", Signal::Retransmit { state: 1 }), 1);
         // The server side: clients by address (port 0).
-        let nginx: Vec<_> = tally.counts.keys().filter(|(w, _, _)| w.comm == "nginx").collect();
+        let nginx: Vec<_> = tally
+            .counts
+            .keys()
+            .filter(|(w, _, _)| w.comm == "nginx")
+            .collect();
         assert!(nginx.iter().all(|(_, p, _)| p.port() == 0), "{nginx:?}");
-        assert!(nginx.iter().any(|(_, _, s)| *s == Signal::Opened { passive: true }));
-        assert_eq!(tally.total(|s| matches!(s, Signal::RstSent { .. } | Signal::RstReceived { .. })), 2);
+        assert!(
+            nginx
+                .iter()
+                .any(|(_, _, s)| *s == Signal::Opened { passive: true })
+        );
+        assert_eq!(
+            tally.total(|s| matches!(s, Signal::RstSent { .. } | Signal::RstReceived { .. })),
+            2
+        );
         let idle = tally
             .histograms
             .iter()
@@ -452,8 +540,15 @@ mod tests {
             .unwrap()
             .1;
         assert_eq!(idle.count, 1);
-        assert_eq!(idle.sum_ns, 4_000_000_000, "the smaller of the two idle times");
-        assert_eq!(tally.counts.values().sum::<u64>(), 9, "a reuse counts nothing");
+        assert_eq!(
+            idle.sum_ns, 4_000_000_000,
+            "the smaller of the two idle times"
+        );
+        assert_eq!(
+            tally.counts.values().sum::<u64>(),
+            9,
+            "a reuse counts nothing"
+        );
     }
 
     #[test]
@@ -461,7 +556,8 @@ mod tests {
         let mut tally = Tally::default();
         let who = Who::of(&ev(K::Drop, 1).build());
         for port in 0..(MAX_KEYS as u32 + 10) {
-            let peer = SocketAddr::from(([10, 0, (port >> 16) as u8, (port >> 8) as u8], port as u16));
+            let peer =
+                SocketAddr::from(([10, 0, (port >> 16) as u8, (port >> 8) as u8], port as u16));
             tally.count(who, peer, Signal::SynRetransmit, 1);
         }
         assert!(tally.counts.len() <= MAX_KEYS + 1);

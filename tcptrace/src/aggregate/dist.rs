@@ -208,6 +208,9 @@ mod tests {
         merged.merge(&d);
         merged.merge(&d);
         assert_eq!(merged.count(), 14);
-        assert_eq!(merged.percentiles().unwrap().max_ns, d.percentiles().unwrap().max_ns);
+        assert_eq!(
+            merged.percentiles().unwrap().max_ns,
+            d.percentiles().unwrap().max_ns
+        );
     }
 }

@@ -157,7 +157,8 @@ impl Stats {
         self.reuse_idle.merge(reuse_idle);
         self.full_size_retransmits += full_size_retransmits;
         self.sized_retransmits += sized_retransmits;
-        self.related.merge_from(related, || 0, |ours, theirs| *ours += theirs);
+        self.related
+            .merge_from(related, || 0, |ours, theirs| *ours += theirs);
     }
 }
 
@@ -250,7 +251,10 @@ mod tests {
         let merged = window.merged().unwrap();
         assert_eq!(merged.events, whole.events);
         assert_eq!(merged.total.rst_received_total(), 30);
-        assert_eq!(merged.total.rst_after_quiet_gap, whole.total.rst_after_quiet_gap);
+        assert_eq!(
+            merged.total.rst_after_quiet_gap,
+            whole.total.rst_after_quiet_gap
+        );
         assert_eq!(
             merged.total.idle_before_rst.percentiles(),
             whole.total.idle_before_rst.percentiles()
