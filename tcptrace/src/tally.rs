@@ -10,7 +10,10 @@
 //! kernel's raw numbers (states, reasons, errnos), named at export, and
 //! histograms use buckets a BPF program can compute (`LogHistogram`).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::SocketAddr,
+};
 
 use rustc_hash::FxHashMap;
 use tcptrace_common::tcp_state;
@@ -269,24 +272,59 @@ pub trait TallySource {
 #[derive(Debug, Default)]
 pub struct EventTally {
     tally: Tally,
-    /// The error each socket reported last (`socket_error` comes just
-    /// before the SYN_SENT -> CLOSE of a failed connect): (sock, errno).
-    recent_errors: Vec<(u64, i32)>,
+    /// Errors sockets reported, for a failed connect that comes after
+    /// its error (kernels before 6.8 report first): (sock, errno).
+    recent_errors: VecDeque<(u64, i32)>,
+    /// Failed connects waiting for their error (kernels from 6.8 report
+    /// it right after the CLOSE, in `tcp_done_with_error`).
+    pending: VecDeque<PendingFailure>,
 }
 
-/// Socket errors remembered for the connect failure that follows them:
-/// both are emitted back to back by the same kernel call.
-const RECENT_ERRORS: usize = 256;
+/// A failed connect whose error may still come.
+#[derive(Debug, Clone, Copy)]
+struct PendingFailure {
+    sock: u64,
+    who: Who,
+    peer: SocketAddr,
+    at_ns: u64,
+}
+
+/// Socket errors and failed connects remembered to pair them: both come
+/// from one kernel call, back to back.
+const PAIRING: usize = 4096;
+/// A failed connect with no error after this long had none (the
+/// application closed the socket itself).
+const PAIRING_NS: u64 = 50_000_000;
+
+impl EventTally {
+    fn failed(&mut self, failure: PendingFailure, errno: i32) {
+        let PendingFailure { who, peer, .. } = failure;
+        self.tally
+            .count(who, peer, Signal::ConnectFailed { errno }, 1);
+    }
+
+    /// Counts the failed connects that waited long enough for an error
+    /// (all of them when `now_ns` is `u64::MAX`).
+    fn settle(&mut self, now_ns: u64) {
+        while let Some(oldest) = self.pending.front().copied() {
+            if now_ns.saturating_sub(oldest.at_ns) < PAIRING_NS && self.pending.len() < PAIRING {
+                break;
+            }
+            self.pending.pop_front();
+            self.failed(oldest, 0);
+        }
+    }
+}
 
 impl TallySource for EventTally {
     fn add(&mut self, ev: &TcpEvent, peer: SocketAddr) {
         let who = Who::of(ev);
-        let tally = &mut self.tally;
         match ev.kind {
             EventKind::Connect => {
-                tally.count(who, peer, Signal::Opened { passive: false }, 1);
+                self.tally
+                    .count(who, peer, Signal::Opened { passive: false }, 1);
                 if let Some(ns) = ev.connect_ns.filter(|ns| *ns > 0) {
-                    tally.record(who, peer, Measure::ConnectLatency, ns);
+                    self.tally.record(who, peer, Measure::ConnectLatency, ns);
                 }
             }
             EventKind::State => {
@@ -294,32 +332,45 @@ impl TallySource for EventTally {
                     && i32::from(old) == tcp_state::SYN_RECV
                     && i32::from(new) == tcp_state::ESTABLISHED
                 {
-                    tally.count(who, peer, Signal::Opened { passive: true }, 1);
+                    self.tally
+                        .count(who, peer, Signal::Opened { passive: true }, 1);
                 }
             }
             EventKind::ConnectFailed => {
-                let errno = self
-                    .recent_errors
-                    .iter()
-                    .rev()
-                    .find(|(sock, _)| *sock == ev.sock)
-                    .map_or(0, |(_, errno)| *errno);
-                tally.count(who, peer, Signal::ConnectFailed { errno }, 1);
+                let failure = PendingFailure {
+                    sock: ev.sock,
+                    who,
+                    peer,
+                    at_ns: ev.mono_ns,
+                };
+                match self.recent_errors.iter().rev().find(|(s, _)| *s == ev.sock) {
+                    Some((_, errno)) => {
+                        let errno = *errno;
+                        self.failed(failure, errno);
+                    }
+                    None => {
+                        self.pending.push_back(failure);
+                        self.settle(ev.mono_ns);
+                    }
+                }
             }
             EventKind::RstSent => {
                 let signal = Signal::RstSent {
                     reason: ev.rst_reason,
                     state: ev.state,
                 };
-                tally.count(who, peer, signal, 1);
+                self.tally.count(who, peer, signal, 1);
                 if let Some(ns) = ev.idle_ns() {
-                    tally.record(who, peer, Measure::IdleBeforeReset { sent: true }, ns);
+                    self.tally
+                        .record(who, peer, Measure::IdleBeforeReset { sent: true }, ns);
                 }
             }
             EventKind::RstReceived => {
-                tally.count(who, peer, Signal::RstReceived { state: ev.state }, 1);
+                self.tally
+                    .count(who, peer, Signal::RstReceived { state: ev.state }, 1);
                 if let Some(ns) = ev.idle_ns() {
-                    tally.record(who, peer, Measure::IdleBeforeReset { sent: false }, ns);
+                    self.tally
+                        .record(who, peer, Measure::IdleBeforeReset { sent: false }, ns);
                 }
             }
             EventKind::Retransmit => {
@@ -329,30 +380,48 @@ impl TallySource for EventTally {
                 } else {
                     Signal::Retransmit { state }
                 };
-                tally.count(who, peer, signal, 1);
+                self.tally.count(who, peer, signal, 1);
             }
-            EventKind::SynAckRetransmit => tally.count(who, peer, Signal::SynAckRetransmit, 1),
+            EventKind::SynAckRetransmit => self.tally.count(who, peer, Signal::SynAckRetransmit, 1),
             EventKind::Drop => {
                 let dropped = ev.dropped();
                 let signal = Signal::Drop {
                     reason: dropped.and_then(|d| d.reason),
                     incoming: dropped.is_some_and(|d| d.incoming),
                 };
-                tally.count(who, peer, signal, 1);
+                self.tally.count(who, peer, signal, 1);
             }
             EventKind::SocketError => {
                 let errno = ev.socket_errno().unwrap_or(0);
-                tally.count(who, peer, Signal::SocketError { errno }, 1);
-                if self.recent_errors.len() >= RECENT_ERRORS {
-                    self.recent_errors.remove(0);
+                let waiting = self.pending.iter().position(|p| p.sock == ev.sock);
+                match waiting.and_then(|at| self.pending.remove(at)) {
+                    // The error of a failed connect: both under the
+                    // connect's peer (the closed socket no longer has it).
+                    Some(failure) => {
+                        self.failed(failure, errno);
+                        self.tally.count(
+                            failure.who,
+                            failure.peer,
+                            Signal::SocketError { errno },
+                            1,
+                        );
+                    }
+                    None => {
+                        self.tally
+                            .count(who, peer, Signal::SocketError { errno }, 1);
+                        if self.recent_errors.len() >= PAIRING {
+                            self.recent_errors.pop_front();
+                        }
+                        self.recent_errors.push_back((ev.sock, errno));
+                    }
                 }
-                self.recent_errors.push((ev.sock, errno));
             }
             EventKind::Reuse => {}
         }
     }
 
     fn take(&mut self) -> Tally {
+        self.settle(crate::kernel::clock::monotonic_ns());
         std::mem::take(&mut self.tally)
     }
 }
@@ -435,6 +504,8 @@ mod tests {
                 .remote("10.0.0.9:443")
                 .connect_ms(2.0)
                 .build(),
+            // Before 6.8 the error comes first; from 6.8 right after the
+            // CLOSE, from a socket that lost its remote port.
             ev(K::SocketError, 2)
                 .sock(2)
                 .owner(7, "curl")
@@ -445,6 +516,17 @@ mod tests {
                 .sock(2)
                 .owner(7, "curl")
                 .remote("10.0.0.9:444")
+                .build(),
+            ev(K::ConnectFailed, 2)
+                .sock(12)
+                .owner(7, "curl")
+                .remote("10.0.0.9:444")
+                .build(),
+            ev(K::SocketError, 2)
+                .sock(12)
+                .owner(7, "curl")
+                .remote("10.0.0.9:0")
+                .socket_errno(110)
                 .build(),
             ev(K::ConnectFailed, 3)
                 .sock(3)
@@ -510,7 +592,16 @@ mod tests {
             curl("10.0.0.9:444", Signal::ConnectFailed { errno: 111 }),
             1
         );
-        assert_eq!(curl("10.0.0.9:444", Signal::ConnectFailed { errno: 0 }), 1);
+        assert_eq!(
+            curl("10.0.0.9:444", Signal::ConnectFailed { errno: 110 }),
+            1
+        );
+        assert_eq!(curl("10.0.0.9:444", Signal::SocketError { errno: 110 }), 1);
+        assert_eq!(
+            curl("10.0.0.9:444", Signal::ConnectFailed { errno: 0 }),
+            1,
+            "no error: none"
+        );
         assert_eq!(
             curl("10.0.0.9:443", Signal::RstReceived { state: Some(1) }),
             1
@@ -546,7 +637,7 @@ mod tests {
         );
         assert_eq!(
             tally.counts.values().sum::<u64>(),
-            9,
+            11,
             "a reuse counts nothing"
         );
     }
