@@ -273,10 +273,10 @@ pub trait TallySource {
 pub struct EventTally {
     tally: Tally,
     /// Errors sockets reported, for a failed connect that comes after
-    /// its error (kernels before 6.8 report first): (sock, errno).
+    /// its error (older kernels report first): (sock, errno).
     recent_errors: VecDeque<(u64, i32)>,
-    /// Failed connects waiting for their error (kernels from 6.8 report
-    /// it right after the CLOSE, in `tcp_done_with_error`).
+    /// Failed connects waiting for their error (newer kernels report it
+    /// right after the CLOSE, in `tcp_done_with_error`).
     pending: VecDeque<PendingFailure>,
 }
 
@@ -504,8 +504,8 @@ mod tests {
                 .remote("10.0.0.9:443")
                 .connect_ms(2.0)
                 .build(),
-            // Before 6.8 the error comes first; from 6.8 right after the
-            // CLOSE, from a socket that lost its remote port.
+            // Older kernels report the error first, newer ones right after
+            // the CLOSE, from a socket that lost its remote port.
             ev(K::SocketError, 2)
                 .sock(2)
                 .owner(7, "curl")

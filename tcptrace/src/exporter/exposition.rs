@@ -237,7 +237,11 @@ impl Exposition {
                 |(w, p, _)| (w.clone(), p.clone()),
             );
             for (figure, value) in &finding.figures {
-                let mut labels = vec![cause.clone(), ("figure", figure.to_string())];
+                let mut labels = vec![
+                    cause.clone(),
+                    ("confidence", finding.confidence.name().to_string()),
+                    ("figure", figure.to_string()),
+                ];
                 labels.extend(primary.labels());
                 labels.push(("peer", peer.clone()));
                 figures.entry(labels).or_insert(*value);
@@ -260,7 +264,7 @@ impl Exposition {
         ) = gauges(events);
         *self.family(
             "tcptrace_finding_figure",
-            "the evidence of a finding as figures (idle_timeout_s, resets, ...; docs/diagnose.md), labelled with its most involved process",
+            "the evidence of a finding as figures (idle_timeout_s, resets, ...; docs/diagnose.md), labelled with its confidence and its most involved process",
             None,
             MetricType::Gauge,
         ) = gauges(figures);
@@ -394,7 +398,7 @@ mod tests {
             r#"tcptrace_connect_latency_seconds_count{process="python3",namespace="shop",pod="checkout-1",container="app",peer="10.0.0.5:8090"} 1"#,
             r#"tcptrace_events_received_total{kind="rst_received"} 3"#,
             r#"tcptrace_finding{cause="server_keepalive_timeout",confidence="high",role="client",process="python3",namespace="",pod="",container="",peer="10.0.0.5:8090"} 1.0"#,
-            r#"tcptrace_finding_figure{cause="server_keepalive_timeout",figure="idle_timeout_s",process="python3",namespace="",pod="",container="",peer="10.0.0.5:8090"} 1.0"#,
+            r#"tcptrace_finding_figure{cause="server_keepalive_timeout",confidence="high",figure="idle_timeout_s",process="python3",namespace="",pod="",container="",peer="10.0.0.5:8090"} 1.0"#,
             "tcptrace_findings_evaluations_total 2",
             "# EOF",
         ] {
