@@ -8,6 +8,7 @@
 
 pub mod delay;
 pub mod diagnose;
+pub mod exporter;
 pub mod host;
 pub mod netns;
 pub mod sockets;

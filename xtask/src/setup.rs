@@ -185,7 +185,10 @@ fn validator_venv() -> Result<()> {
         venv.display()
     );
     run(
-        Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv),
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
         "python3 -m venv",
     )?;
     run(
