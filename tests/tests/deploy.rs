@@ -21,7 +21,7 @@ fn read(path: &str) -> String {
 /// in strict mode (unknown fields are errors); the PrometheusRule is a
 /// CRD the validator has no schema for, so promtool checks its rules.
 #[test]
-fn manifests_validate_against_the_kubernetes_schemas() {
+fn deploy_manifests_validate_against_the_kubernetes_schemas() {
     let validator = deploy_venv().join("bin/kubernetes-validate");
     let manifests = workspace().join("deploy/kubernetes.yaml");
     let out = Command::new(&validator)
@@ -72,7 +72,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
 
 /// The PrometheusRule's spec is a valid Prometheus rules file.
 #[test]
-fn alert_rules_pass_promtool() {
+fn deploy_alert_rules_pass_promtool() {
     let rules = alert_rules("1m");
     let file = std::env::temp_dir().join(format!("tcptrace-rules-{}.yaml", std::process::id()));
     std::fs::write(&file, &rules).unwrap();
@@ -92,7 +92,7 @@ fn alert_rules_pass_promtool() {
 /// panels with unique ids inside the 24-column grid, each on the
 /// `$datasource` variable with queries; every variable it uses defined.
 #[test]
-fn the_dashboard_has_grafanas_structure() {
+fn deploy_dashboard_has_grafanas_structure() {
     let dash: Value = serde_json::from_str(&read("deploy/grafana-dashboard.json")).expect("JSON");
     for key in [
         "title",
@@ -259,7 +259,7 @@ fn deploy_names_only_what_the_exporter_has() {
 /// runtime stage without a shell, the exporter as its command. (No
 /// docker here to build it: this is what can be checked without.)
 #[test]
-fn the_dockerfile_builds_unprivileged_into_a_small_image() {
+fn deploy_dockerfile_builds_unprivileged_into_a_small_image() {
     let text = read("deploy/Dockerfile");
     let stages: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(stages.len(), 2, "{stages:?}");

@@ -59,7 +59,7 @@ fn sink_server(ns: &Netns) -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<(
 /// Prometheus: the reset counter Prometheus holds rose by exactly what
 /// `trace` counted, and nothing was lost on either side.
 #[test]
-fn prometheus_counts_a_reset_storm_exactly() {
+fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("expstorm");
@@ -145,7 +145,7 @@ fn prometheus_counts_a_reset_storm_exactly() {
 /// the client (python3) and the closer (nginx), and the shipped alert
 /// (deploy/prometheus-rules.yaml) fires with the idle timeout.
 #[test]
-fn findings_reach_prometheus_and_the_alert_fires() {
+fn exporter_findings_reach_prometheus_and_the_alert_fires() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("expka");
@@ -376,7 +376,7 @@ fn held_client(addr: SocketAddr) -> std::process::Child {
 /// containerd) on the cgroup2 mount; the v1 shape (cgroupfs driver) in
 /// the v1 `pids` hierarchy when this host has one (hybrid hosts).
 #[test]
-fn pods_are_named_from_cgroups_and_the_kubelet_log_tree() {
+fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     require_root();
     let uid = "5f0e5b2a-8c3d-4e1f-9a7b-0c1d2e3f4a5b";
     let cid = "7c9f1b2a3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
@@ -590,7 +590,7 @@ fn exporter_bad_input_is_one_line() {
 /// one summary line, every scrape got an answer or a refused connection
 /// (never a hang), and nothing panicked.
 #[test]
-fn a_scrape_during_shutdown_gets_an_answer() {
+fn exporter_scrape_during_shutdown_gets_an_answer() {
     require_root();
     let exporter = Exporter::start(&["--interval", "1s", "--comm", "nothing-matches"]);
     let addr = exporter.addr;
