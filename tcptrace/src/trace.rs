@@ -13,8 +13,7 @@ use crate::{
     cli::TraceArgs,
     counts::Counts,
     event::{KINDS, TcpEvent},
-    filter_args::session_options,
-    host::cgroups::Cgroups,
+    filter_args::{self, session_options},
     kernel::clock::WallClock,
     session::{Next, Session},
     sink::{Context, HumanSink, JsonSink, Output, Sink},
@@ -34,6 +33,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// What the session refuses, and failures to write the output.
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let (options, _netns) = session_options(&args.filter, args.ring_kib)?;
+    let mut cgroups = filter_args::cgroups(&args.filter)?;
     let (out, destination) = open_output(args.output.as_deref())?;
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(out))
@@ -45,7 +45,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // Tests and scripts wait for this line before making traffic.
     eprintln!("tcptrace: tracing; Ctrl-C to stop");
     let clock = WallClock::now();
-    let mut cgroups = Cgroups::default();
     let mut summary = Summary::default();
     let mut losses = LossTracker::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);

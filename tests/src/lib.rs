@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod delay;
 pub mod diagnose;
+pub mod exporter;
 pub mod haproxy;
 pub mod host;
 pub mod hostglobal;

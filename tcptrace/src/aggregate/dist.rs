@@ -168,6 +168,19 @@ impl Dist {
         })
     }
 
+    /// Adds every value of `other` (recorded in the same unit).
+    pub fn merge(&mut self, other: &Dist) {
+        debug_assert_eq!(self.unit_ns, other.unit_ns);
+        let Some(theirs) = other.hist.as_deref() else {
+            return;
+        };
+        match &mut self.hist {
+            // Same bounds on both sides: adding cannot fail.
+            Some(ours) => ours.add(theirs).expect("histograms of one unit"),
+            None => self.hist = Some(Box::new(theirs.clone())),
+        }
+    }
+
     /// Values at or above `ns`.
     pub fn count_at_least(&self, ns: u64) -> u64 {
         self.hist.as_ref().map_or(0, |h| {
@@ -261,5 +274,15 @@ mod tests {
         d.record(100_000_000);
         assert!(!d.percentiles().unwrap().clustered(0.1));
         assert_eq!(d.count_at_least(1_000_000_000), 6);
+        let mut merged = Dist::new(Dist::MILLIS);
+        merged.merge(&Dist::new(Dist::MILLIS));
+        assert!(merged.is_empty());
+        merged.merge(&d);
+        merged.merge(&d);
+        assert_eq!(merged.count(), 14);
+        assert_eq!(
+            merged.percentiles().unwrap().max_ns,
+            d.percentiles().unwrap().max_ns
+        );
     }
 }

@@ -134,3 +134,26 @@ impl Handshakes {
         all
     }
 }
+
+impl Handshakes {
+    /// Adds the figures of `other` (an exporter window's slices).
+    pub fn merge(&mut self, other: &Handshakes) {
+        self.by_listener.merge_from(
+            &other.by_listener,
+            HandshakeTrouble::default,
+            |ours, theirs| {
+                for (reason, n) in &theirs.resets {
+                    *ours.resets.entry(reason).or_default() += n;
+                }
+                for (reason, n) in &theirs.drops {
+                    *ours.drops.entry(reason).or_default() += n;
+                }
+                ours.synack_retransmits += theirs.synack_retransmits;
+                if theirs.pid != 0 {
+                    ours.pid = theirs.pid;
+                    ours.comm.clone_from(&theirs.comm);
+                }
+            },
+        );
+    }
+}

@@ -86,3 +86,25 @@ impl MidflowDrops {
         all
     }
 }
+
+impl MidflowDrops {
+    /// Adds the drops of `other` (an exporter window's slices).
+    pub fn merge(&mut self, other: &MidflowDrops) {
+        for (dest, theirs) in &other.by_dest {
+            let ours = self.by_dest.entry(*dest).or_default();
+            ours.drops += theirs.drops;
+            ours.flows += theirs.flows;
+            ours.fins += theirs.fins;
+            for client in &theirs.clients {
+                if ours.clients.len() < 8 && !ours.clients.contains(client) {
+                    ours.clients.push(*client);
+                }
+            }
+            for (reason, n) in &theirs.reasons {
+                *ours.reasons.entry(reason).or_default() += n;
+            }
+        }
+        self.untracked += other.untracked;
+        self.flows.extend(other.flows.iter().copied());
+    }
+}

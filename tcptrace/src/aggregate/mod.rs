@@ -18,6 +18,7 @@ mod reuse;
 pub mod scattered;
 pub mod timeline;
 mod topn;
+mod window;
 
 use std::{
     collections::BTreeMap,
@@ -44,6 +45,7 @@ pub use self::{
     midflow::{MidflowDest, MidflowDrops},
     reuse::{IdleBound, IdleRange, Outcome as ReuseOutcome, ReuseOutcomes},
     topn::{TopN, Weight},
+    window::Window,
 };
 use crate::{
     event::{Comm, EventKind, TcpEvent},
@@ -433,17 +435,23 @@ impl Aggregate {
         batch.clear();
     }
 
+    /// Whether this side accepted `ev`'s connection (`None`: unknown).
+    fn accepted_of(&self, ev: &TcpEvent) -> Option<bool> {
+        let accepted = self.conns.accepted(ev.sock);
+        if accepted.is_none() && ev.kind == EventKind::SocketError {
+            // Reported after the CLOSE that removed the connection.
+            return self.conns.recently_accepted(ev.sock);
+        }
+        accepted
+    }
+
     /// Takes one event into every figure it changes.
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
-        let mut accepted = self.conns.accepted(ev.sock);
-        if accepted.is_none() && ev.kind == EventKind::SocketError {
-            // Reported after the CLOSE that removed the connection.
-            accepted = self.conns.recently_accepted(ev.sock);
-        }
+        let accepted = self.accepted_of(ev);
         let peer = peer_key(ev, accepted);
         // `peer_key` keys the clients of a local server by address alone:
         // port 0 means this side accepted the connection (the server side).

@@ -738,3 +738,36 @@ mod tests {
         assert!(r.bound(r.reset, 0).is_none(), "nothing failed that way");
     }
 }
+
+impl ReuseOutcomes {
+    /// Adds every figure of `other`. Written field by field with no `..`:
+    /// a figure added here does not compile until it merges too.
+    pub fn merge(&mut self, other: &ReuseOutcomes) {
+        let ReuseOutcomes {
+            answered,
+            recovered,
+            stalled,
+            timed_out,
+            reset,
+            reset_after_fin,
+            unknown,
+            untracked,
+            stall_retransmits,
+            stall_start,
+            errors,
+        } = other;
+        self.answered = self.answered.merge(*answered);
+        self.recovered = self.recovered.merge(*recovered);
+        self.stalled = self.stalled.merge(*stalled);
+        self.timed_out = self.timed_out.merge(*timed_out);
+        self.reset = self.reset.merge(*reset);
+        self.reset_after_fin = self.reset_after_fin.merge(*reset_after_fin);
+        self.unknown += unknown;
+        self.untracked += untracked;
+        self.stall_retransmits += stall_retransmits;
+        self.stall_start.merge(stall_start);
+        for (errno, n) in errors {
+            *self.errors.entry(errno).or_default() += n;
+        }
+    }
+}

@@ -33,7 +33,7 @@ use crate::{
     aggregate::Aggregate,
     cli::{DiagnoseArgs, FilterArgs},
     event::TcpEvent,
-    filter_args::session_options,
+    filter_args::{self, session_options},
     host::{
         cgroups::Cgroups,
         conntrack::ConntrackChange,
@@ -64,6 +64,7 @@ const QUEUE_SAMPLE: Duration = Duration::from_millis(500);
 /// the report.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let (options, netns) = session_options(&args.filter, args.ring_kib)?;
+    let mut cgroups = filter_args::cgroups(&args.filter)?;
     // The rules work on aggregates, which have no use for the opening
     // transitions.
     let mut options = TracerOptions {
@@ -197,7 +198,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let checked = outcomes.iter().map(|o| o.checked.clone()).collect();
     let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     rank(&mut findings);
-    name_cgroups(&mut findings);
+    let workloads = name_cgroups(&mut findings, &mut cgroups);
     moments::mark(&mut findings, &agg);
     let report = Report {
         seconds,
@@ -205,6 +206,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         events: agg.events,
         counts,
         findings,
+        workloads,
         checked,
         host,
         missing,
@@ -308,15 +310,34 @@ fn sample_listeners(netns: Option<&Path>, peaks: &mut ListenerPeaks) {
     }
 }
 
-/// Who is affected, down to the container: cgroup ids to paths.
-fn name_cgroups(findings: &mut [finding::Finding]) {
-    let mut cgroups = Cgroups::default();
+/// Who is affected, down to the container and the pod: the cgroup path
+/// (or, on a Kubernetes node, the pod) in each affected's text, and the
+/// names by (pid, cgroup id) for the JSON report.
+fn name_cgroups(findings: &mut [finding::Finding], cgroups: &mut Cgroups) -> report::Workloads {
+    let mut workloads = report::Workloads::new();
     for affected in findings.iter_mut().flat_map(|f| f.affected.iter_mut()) {
-        affected.cgroup = cgroups
-            .lookup(affected.cgroup_id)
-            .map(|c| match &c.container {
-                Some(id) => format!("{} (container {id})", c.path),
-                None => c.path.clone(),
-            });
+        let Some(c) = cgroups.lookup_owner(affected.pid, affected.cgroup_id) else {
+            continue;
+        };
+        affected.cgroup = Some(match (c.namespace(), c.pod_name(), &c.container) {
+            (Some(ns), Some(pod), _) => format!(
+                "pod {ns}/{pod} (container {})",
+                c.container_name().unwrap_or("?")
+            ),
+            (None, Some(pod), _) => format!("pod {pod}"),
+            (_, _, Some(id)) => format!("{} (container {id})", c.path),
+            _ => c.path.clone(),
+        });
+        if c.pod_name().is_some() || c.container.is_some() {
+            workloads.insert(
+                (affected.pid, affected.cgroup_id),
+                report::Workload {
+                    namespace: c.namespace().map(str::to_string),
+                    pod: c.pod_name().map(str::to_string),
+                    container: c.container_name().map(str::to_string),
+                },
+            );
+        }
     }
+    workloads
 }

@@ -2,7 +2,10 @@
 //! figures behind them; human text that fits a terminal, or one JSON
 //! document (schema in docs/diagnose.md).
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -41,6 +44,8 @@ pub struct Report {
     pub counts: Counts,
     /// Ranked findings.
     pub findings: Vec<Finding>,
+    /// Pods and containers of the affected processes, by (pid, cgroup id).
+    pub workloads: Workloads,
     /// What each rule checked, one line each.
     pub checked: Vec<String>,
     /// Counter deltas, sysctls, socket tables.
@@ -57,6 +62,20 @@ pub struct Report {
     /// `netns`, `events`, `reuse_idle_ms`).
     pub filters: Value,
 }
+
+/// A process's pod and container, as `host::cgroups` names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// The pod's name (its UID when not named).
+    pub pod: Option<String>,
+    /// The container's name (its short ID when not named).
+    pub container: Option<String>,
+}
+
+/// Workloads by (pid, cgroup id).
+pub type Workloads = BTreeMap<(u32, u64), Workload>;
 
 /// The `--during` load and how it ended.
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +138,39 @@ impl Report {
         if let Value::Object(fields) = &mut report {
             fields.extend(self.counts.json_fields());
         }
+        self.name_affected(&mut report);
         report
+    }
+
+    /// `pod`, `namespace`, `container` on each affected process the
+    /// cgroups named (absent otherwise).
+    fn name_affected(&self, report: &mut Value) {
+        let Some(findings) = report["findings"].as_array_mut() else {
+            return;
+        };
+        for affected in findings
+            .iter_mut()
+            .filter_map(|f| f["affected"].as_array_mut())
+            .flatten()
+        {
+            let key = (
+                affected["pid"].as_u64().unwrap_or(0) as u32,
+                affected["cgroup_id"].as_u64().unwrap_or(0),
+            );
+            let (Some(workload), Value::Object(fields)) = (self.workloads.get(&key), affected)
+            else {
+                continue;
+            };
+            for (name, value) in [
+                ("namespace", &workload.namespace),
+                ("pod", &workload.pod),
+                ("container", &workload.container),
+            ] {
+                if let Some(value) = value {
+                    fields.insert(name.into(), json!(value));
+                }
+            }
+        }
     }
 
     /// The report as text that fits a terminal.
@@ -520,6 +571,7 @@ mod tests {
             events: 12,
             counts: Counts::default(),
             findings,
+            workloads: Workloads::new(),
             checked: vec!["accept queues: TcpExtListenOverflows +0".into()],
             host: HostFacts::default(),
             missing: vec![],
@@ -558,5 +610,37 @@ mod tests {
         assert_eq!(j["verdict"], "problem");
         assert_eq!(j["findings"][0]["cause"], "nothing_listening");
         assert_eq!(j["findings"][0]["confidence"], "high");
+    }
+
+    #[test]
+    fn affected_processes_carry_their_pod_in_json() {
+        use crate::diagnose::finding::{Affected, Confidence};
+        let mut finding = Finding::new(Cause::LbIdleTimeout, Confidence::High, 3, "x".into());
+        for (pid, cgroup_id) in [(42, 7), (43, 8)] {
+            finding.affected.push(Affected {
+                pid,
+                comm: "app".into(),
+                peer: None,
+                events: 3,
+                role: "client",
+                cgroup_id,
+                cgroup: None,
+            });
+        }
+        let mut report = report(vec![finding]);
+        report.workloads.insert(
+            (42, 7),
+            Workload {
+                namespace: Some("shop".into()),
+                pod: Some("checkout-1".into()),
+                container: Some("app".into()),
+            },
+        );
+        let json = report.to_json(&Aggregate::new(names()));
+        let affected = &json["findings"][0]["affected"];
+        assert_eq!(affected[0]["pod"], "checkout-1");
+        assert_eq!(affected[0]["namespace"], "shop");
+        assert_eq!(affected[0]["container"], "app");
+        assert!(affected[1].get("pod").is_none(), "{affected}");
     }
 }

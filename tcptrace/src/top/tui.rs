@@ -40,6 +40,7 @@ use crate::{
     cli::TopArgs,
     counts::Counts,
     event::TcpEvent,
+    host::cgroups::Cgroups,
     kernel::clock::WallClock,
     session::{Next, Session},
 };
@@ -255,6 +256,7 @@ pub async fn run(
     mut session: Session,
     mut agg: Aggregate,
     args: &TopArgs,
+    cgroups: &mut Cgroups,
 ) -> anyhow::Result<Counts> {
     agg.keep_recent();
     let mut guard = TerminalGuard::enter()?;
@@ -284,6 +286,7 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 snap = Snapshot::take(&agg, &snap, session.elapsed(), session.counts()?);
+                snap.name_pods(cgroups);
                 ui.history.record(&snap);
                 guard.terminal.draw(|frame| draw(frame, &snap, &agg, &ui))?;
             }

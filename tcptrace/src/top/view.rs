@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregate, Stats, scattered::Scattered},
     counts::Counts,
+    host::cgroups::Cgroups,
 };
 
 /// What a row stands for, to find its figures again.
@@ -45,6 +46,19 @@ pub struct Row {
     pub comm: Option<String>,
     /// Peer rows: the remote endpoint.
     pub peer: Option<String>,
+    /// Process rows on a Kubernetes node: the pod's namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod's name (its UID when the kubelet's log directory does
+    /// not name it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The container's name (or short ID), also outside Kubernetes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Process rows: the cgroup v2 id the names come from.
+    #[serde(skip)]
+    pub cgroup_id: u64,
     /// RSTs sent.
     pub rst_sent: u64,
     /// RSTs received.
@@ -133,7 +147,7 @@ impl Row {
     pub fn name(&self) -> String {
         match self.grouped_ports {
             Some(ports) => format!("{} x{ports} ports", self.label),
-            None => self.label.clone(),
+            None => self.display_name(),
         }
     }
 
@@ -261,6 +275,7 @@ impl Snapshot {
                     pid: Some(*pid),
                     comm: Some(p.comm.clone()),
                     key: RowKey::Process(*pid),
+                    cgroup_id: p.cgroup_id,
                     ..Row::from_stats(label, &p.stats)
                 }
             })
@@ -306,6 +321,36 @@ impl Snapshot {
             peers,
             host,
             counts,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Names each process's pod and container (Kubernetes, containers).
+    pub fn name_pods(&mut self, cgroups: &mut Cgroups) {
+        for row in &mut self.processes {
+            let Some(pid) = row.pid.filter(|p| *p != 0) else {
+                continue;
+            };
+            let Some(cgroup) = cgroups.lookup_owner(pid, row.cgroup_id) else {
+                continue;
+            };
+            row.namespace = cgroup.namespace().map(str::to_string);
+            row.pod = cgroup.pod_name().map(str::to_string);
+            row.container = cgroup.container_name().map(str::to_string);
+        }
+    }
+}
+
+impl Row {
+    /// What the tables show: the label, with the pod (`ns/pod`) or the
+    /// container when known.
+    pub fn display_name(&self) -> String {
+        match (&self.namespace, &self.pod, &self.container) {
+            (Some(ns), Some(pod), _) => format!("{} {ns}/{pod}", self.label),
+            (None, Some(pod), _) => format!("{} pod {pod}", self.label),
+            (None, None, Some(container)) => format!("{} [{container}]", self.label),
+            _ => self.label.clone(),
         }
     }
 }
