@@ -16,12 +16,16 @@ use crate::{
 /// Drop reason numbers for these tests (names are what matter).
 const TW_PAWS: u32 = 70;
 const TCP_FLAGS_DROP: u32 = 71;
+const OLD_DATA: u32 = 72;
+const NO_SOCKET: u32 = 2;
 
 fn run(events: &[TcpEvent], host: &HostFacts) -> Vec<Finding> {
     let names = names().with_drop_reasons(BTreeMap::from([
         (93, "PKT_TOO_BIG".to_string()),
         (TW_PAWS, "TCP_RFC7323_TW_PAWS".to_string()),
         (TCP_FLAGS_DROP, "TCP_FLAGS".to_string()),
+        (OLD_DATA, "TCP_OLD_DATA".to_string()),
+        (NO_SOCKET, "NO_SOCKET".to_string()),
     ]));
     let mut agg = Aggregate::new(names);
     for e in events {
@@ -295,4 +299,27 @@ fn what_arrives_after_a_reset_belongs_to_its_cause() {
         find(&findings, Cause::Unexplained).is_none(),
         "{findings:#?}"
     );
+}
+
+#[test]
+fn duplicates_dropped_after_retransmits_are_no_failure() {
+    // A healthy transfer: the receiver drops segments it already had.
+    let drops = |reason: u32| -> Vec<TcpEvent> {
+        (0..40u64)
+            .map(|i| {
+                ev(K::Drop, 300 + i)
+                    .owner(93, "downloader")
+                    .local("10.0.0.9:41000")
+                    .remote("10.0.0.1:80")
+                    .dropped(reason, 0x18)
+                    .build()
+            })
+            .collect()
+    };
+    let findings = run(&drops(OLD_DATA), &counters(&[]));
+    assert!(findings.is_empty(), "{findings:#?}");
+    // The same count of drops for a reason that is a failure is listed.
+    let findings = run(&drops(NO_SOCKET), &counters(&[]));
+    let f = find(&findings, Cause::Unexplained).expect("never silent");
+    assert!(f.summary.contains("NO_SOCKET"), "{}", f.summary);
 }

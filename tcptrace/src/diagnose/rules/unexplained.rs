@@ -45,6 +45,18 @@ impl Incident {
     }
 }
 
+/// Drops of segments the receiver already had: the normal wake of any
+/// retransmit (spurious or fast retransmits, duplicate ACKs), judged by
+/// `retransmission_timeout` against the segments sent, never failures on
+/// their own (`tcp_data_queue`, `tcp_validate_incoming`, `tcp_ack` in
+/// net/ipv4/tcp_input.c).
+const DUPLICATE_DROPS: [&str; 4] = [
+    "TCP_OLD_DATA",
+    "TCP_OLD_SEQUENCE",
+    "TCP_OLD_ACK",
+    "TCP_OFOMERGE",
+];
+
 /// The incidents of one group, with counts.
 fn incidents(s: &Stats) -> Vec<(Incident, u64)> {
     let mut out = Vec::new();
@@ -67,7 +79,12 @@ fn incidents(s: &Stats) -> Vec<(Incident, u64)> {
             .filter(|(state, _)| **state != "SYN_SENT")
             .map(|(st, n)| (Incident::RstReceived(st), *n)),
     );
-    out.extend(s.drops.iter().map(|(r, n)| (Incident::Drop(r), *n)));
+    out.extend(
+        s.drops
+            .iter()
+            .filter(|(r, _)| !DUPLICATE_DROPS.contains(r))
+            .map(|(r, n)| (Incident::Drop(r), *n)),
+    );
     out.retain(|(_, n)| *n > 0);
     out
 }
