@@ -166,6 +166,25 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 40);
 
+/// A connection in scope by its two ends, for `map::WATCHED_FLOWS` (no
+/// family: the two namespaces that see a flow may disagree on v4-mapped
+/// addresses, so each address is folded on its own; `FlowKey` is the TC
+/// programs' key): the
+/// connections the filters keep, so that packets of theirs dropped or
+/// answered elsewhere on the host (a node namespace forwarding for the
+/// watched pod) are kept too. IPv4 (also v4-mapped IPv6) in the first
+/// four bytes of an address, zero-padded; IPv6 in all 16. The same bytes
+/// whichever namespace saw the packet, so a lookup tries both orders.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchedFlowKey {
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+const _: () = assert!(size_of::<WatchedFlowKey>() == 36);
+
 /// One record on the ring buffer. Same layout for every kind; fields a
 /// kind does not use are zero (or `UNKNOWN_U32`).
 #[repr(C)]
@@ -205,7 +224,10 @@ pub struct Event {
     /// RETRANSMIT: the `err` field (kernels >= 6.17), else 0.
     /// SOCKET_ERROR: the socket's `sk_err` (a positive errno).
     pub err: i32,
-    pub _pad: u32,
+    /// RST (sent or received, on a full TCP socket): bytes the application
+    /// wrote that the peer had not acknowledged (`write_seq - snd_una`:
+    /// in flight or still queued); `UNKNOWN_U32` when unknown.
+    pub unacked: u32,
     /// RETRANSMIT: payload bytes of the retransmitted skb (`skb->len`;
     /// 0 for a bare SYN/FIN) and the segments it is sent as
     /// (`tcp_skb_pcount`); `UNKNOWN_U32` / 0 when unknown.
@@ -219,8 +241,15 @@ pub struct Event {
     pub tcp_flags: u8,
     /// DROP: `direction::IN` / `OUT` (0: unknown).
     pub direction: u8,
+    /// RST: bytes received that the application had not read
+    /// (`rcv_nxt - copied_seq`); `UNKNOWN_U32` when unknown.
+    pub unread: u32,
+    /// RST: jiffies since the last data (not a bare ACK) was received
+    /// (`icsk_ack.lrcvtime`); `UNKNOWN_U32` when unknown. Next to
+    /// `idle_send_jiffies` it tells whether the last request was answered.
+    pub idle_data_recv_jiffies: u32,
 }
-pub const EVENT_SIZE: usize = 144;
+pub const EVENT_SIZE: usize = 152;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// Tracepoints the programs read, in `Config::layouts` order.
@@ -379,9 +408,17 @@ pub struct SockLayout {
     /// `inet_sock.inet_sport` (__be16): the local port, which (unlike
     /// `skc_num`) survives the unhashing at close, when errors are reported.
     pub inet_sport: u16,
+    /// `tcp_sock.write_seq` / `snd_una` (u32 sequence numbers): what the
+    /// application wrote, and what the peer acknowledged.
+    pub write_seq: u16,
+    pub snd_una: u16,
+    /// `tcp_sock.rcv_nxt` / `copied_seq` (u32 sequence numbers): what
+    /// arrived, and what the application read.
+    pub rcv_nxt: u16,
+    pub copied_seq: u16,
     pub _pad: [u16; 2],
 }
-const _: () = assert!(size_of::<SockLayout>() == 40);
+const _: () = assert!(size_of::<SockLayout>() == 48);
 
 impl Default for SockLayout {
     fn default() -> Self {
@@ -404,6 +441,10 @@ impl Default for SockLayout {
             mss_cache: ABSENT_OFFSET,
             pmtu_cookie: ABSENT_OFFSET,
             inet_sport: ABSENT_OFFSET,
+            write_seq: ABSENT_OFFSET,
+            snd_una: ABSENT_OFFSET,
+            rcv_nxt: ABSENT_OFFSET,
+            copied_seq: ABSENT_OFFSET,
             _pad: [0; 2],
         }
     }
@@ -517,7 +558,10 @@ pub struct Config {
     /// REUSE: a send after at least this many jiffies without sending or
     /// receiving is reported (0: never).
     pub reuse_idle_jiffies: u32,
-    pub _pad: u32,
+    /// 1: remember the flows of connections in scope (`map::WATCHED_FLOWS`)
+    /// and keep drops and unowned RSTs of those flows wherever they happen.
+    /// Set when a scope filter (pid, comm, netns, port) is on.
+    pub related_flows: u32,
     /// DROP: reasons (bit `reason` of this bitmap, below
     /// `DROP_REASON_SLOTS`) that are counted but not sent as events.
     pub quiet_drop_reasons: [u32; DROP_REASON_SLOTS as usize / 32],
@@ -534,7 +578,7 @@ pub struct Config {
 }
 const _: () = assert!(
     size_of::<Config>()
-        == tracepoint::COUNT * 48 + 40 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 8
+        == tracepoint::COUNT * 48 + 48 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 8
 );
 
 /// A connection as the TC programs and the reset program key it: this
@@ -751,6 +795,9 @@ pub mod map {
     pub const FLIGHT: &str = "FLIGHT";
     /// LRU, `FlowKey` -> `FlightPayload` (one entry unless payload is kept).
     pub const FLIGHT_PAYLOAD: &str = "FLIGHT_PAYLOAD";
+    /// `FlowKey` of connections in scope -> their namespace (LRU), when
+    /// `Config::related_flows` is on.
+    pub const WATCHED_FLOWS: &str = "WATCHED_FLOWS";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

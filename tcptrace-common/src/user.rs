@@ -2,7 +2,7 @@
 
 use crate::{
     Config, ConnKey, Event, FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile,
-    SockInfo,
+    SockInfo, WatchedFlowKey,
 };
 
 // SAFETY: all are #[repr(C)], contain only integers and arrays of
@@ -14,6 +14,7 @@ unsafe impl aya::Pod for Owner {}
 unsafe impl aya::Pod for SockInfo {}
 unsafe impl aya::Pod for ConnKey {}
 unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for WatchedFlowKey {}
 unsafe impl aya::Pod for PeerProfile {}
 unsafe impl aya::Pod for FlightRing {}
 unsafe impl aya::Pod for FlightPayload {}

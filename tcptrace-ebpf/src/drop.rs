@@ -16,7 +16,7 @@ use tcptrace_common::{
 use crate::{
     emit,
     maps::{DROP_REASONS, HOST_DROP_REASONS},
-    owner, read,
+    owner, read, related,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -65,9 +65,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     ev.netns = if sk != 0 {
         read::netns(&cfg.sock, sk)
     } else {
-        let dev: u64 = read::member_or(skb, layout.dev, 0);
-        let net: u64 = read::member_or(dev, layout.dev_net, 0);
-        read::member_or(net, cfg.sock.net_inum, 0)
+        read::skb_netns(cfg, skb)
     };
     let reason: u32 = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     let slot = if reason < DROP_REASON_SLOTS {
@@ -88,7 +86,9 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         // traffic, as connections it has not accepted yet are.
         ev.owner = owner::listener(ev.netns, ev.sport);
     }
-    if !emit::in_scope(cfg, ev) {
+    // Out of scope, unless it is a packet of a watched connection dropped
+    // elsewhere on the host (a node namespace forwarding it).
+    if !emit::in_scope(cfg, ev) && !related::watched(cfg, ev) {
         return None;
     }
     emit::bump(&DROP_REASONS, slot);

@@ -9,7 +9,10 @@ use tcptrace_common::{
 /// An event's footprint in the ring buffer: record plus 8-byte header.
 const EVENT_RECORD_BYTES: u64 = EVENT_SIZE as u64 + 8;
 
-use crate::maps::{EVENT, EVENTS, LOST, PRODUCED};
+use crate::{
+    maps::{EVENT, EVENTS, LOST, PRODUCED},
+    related,
+};
 
 /// The CPU's event under construction, all zero but the idle times
 /// (unknown). Built in a map rather than on the 512-byte stack, and
@@ -29,6 +32,9 @@ pub fn blank() -> Option<&'static mut Event> {
     let ev = unsafe { &mut *ev };
     ev.idle_send_jiffies = UNKNOWN_U32;
     ev.idle_recv_jiffies = UNKNOWN_U32;
+    ev.idle_data_recv_jiffies = UNKNOWN_U32;
+    ev.unacked = UNKNOWN_U32;
+    ev.unread = UNKNOWN_U32;
     Some(ev)
 }
 
@@ -65,10 +71,16 @@ pub fn bump(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
 }
 
 /// Sends `ev` if the filters keep it. Kept events are counted in
-/// `PRODUCED`; those the ring buffer had no room for in `LOST`.
+/// `PRODUCED`; those the ring buffer had no room for in `LOST`. A kept
+/// connection leaves its flow for `related` (whether or not its kind is
+/// selected: `--events drop` still follows the watched connections).
 #[inline(always)]
 pub fn submit(cfg: &Config, ev: &Event) {
-    if selected(cfg, ev.kind) && in_scope(cfg, ev) {
+    if !in_scope(cfg, ev) {
+        return;
+    }
+    related::remember(cfg, ev);
+    if selected(cfg, ev.kind) {
         send(cfg, ev);
     }
 }

@@ -13,6 +13,7 @@ mod error;
 mod maps;
 mod owner;
 mod read;
+mod related;
 mod reset;
 mod retransmit;
 mod reuse;

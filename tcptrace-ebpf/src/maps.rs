@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, EventWithPeer, FLIGHT_FLOWS,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, EventWithPeer, FLIGHT_FLOWS,
     FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile, RECORD_BYTES, SockInfo,
-    kind,
+    WatchedFlowKey, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -94,3 +94,9 @@ pub static FLIGHT_PAYLOAD_EMPTY: Array<FlightPayload> = Array::with_max_entries(
 /// CPU is interrupted.
 #[map]
 pub static TC_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connections the filters keep, by their two ends -> their namespace
+/// (see `related`): drops and unowned RSTs of these flows elsewhere on the
+/// host are kept too. Only filled when `Config::related_flows` is on.
+#[map]
+pub static WATCHED_FLOWS: LruHashMap<WatchedFlowKey, u32> = LruHashMap::with_max_entries(16384, 0);

@@ -183,6 +183,16 @@ pub fn netns(sock: &SockLayout, sk: u64) -> u32 {
     member_or(net, sock.net_inum, 0)
 }
 
+/// Network namespace inode of the device a packet is on (0: unknown):
+/// where a packet no socket owns was handled (a router forwarding it, an
+/// RST answering it).
+#[inline(always)]
+pub fn skb_netns(cfg: &Config, skb: u64) -> u32 {
+    let dev: u64 = member_or(skb, cfg.skb.dev, 0);
+    let net: u64 = member_or(dev, cfg.skb.dev_net, 0);
+    member_or(net, cfg.sock.net_inum, 0)
+}
+
 /// Copies `len` bytes of kernel memory at `addr` to `dst`; false if the
 /// read failed (`dst` is then zeroed by the helper).
 #[inline(always)]

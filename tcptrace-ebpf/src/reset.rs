@@ -12,7 +12,7 @@ use tcptrace_common::{
     tracepoint as tp,
 };
 
-use crate::{emit, maps::PEERS, owner, read};
+use crate::{emit, maps::PEERS, owner, read, related};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -41,12 +41,19 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     rec.endpoints_into(ev)?;
     ev.ts_ns = now;
     ev.skaddr = sk;
-    ev.netns = read::netns(&cfg.sock, sk);
+    ev.netns = if sk != 0 {
+        read::netns(&cfg.sock, sk)
+    } else {
+        // An RST for a segment no socket owns: the namespace of the
+        // device the segment came in on is where it was answered.
+        read::skb_netns(cfg, rec.field(field::SKBADDR).unwrap_or(0))
+    };
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if is_full_tcp_sock(state) {
         idle(cfg, sk, ev);
+        queues(cfg, sk, ev);
     }
     let info = owner::sock_info_or_preexisting(sk, ev);
     ev.owner = info.owner;
@@ -61,6 +68,13 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         let key = flow_key(ev);
         emit::attach_peer(unsafe { PEERS.get(&key) })?;
         emit::submit_with_peer(cfg, ev);
+    } else if sk == 0 && event_kind == kind::RST_SENT && related::watched(cfg, ev) {
+        // This host's answer to a packet of a watched connection that
+        // reached a namespace where no socket holds its ends (a reply
+        // that skipped reverse NAT): kept even out of scope.
+        if emit::selected(cfg, event_kind) {
+            emit::send(cfg, ev);
+        }
     } else {
         emit::submit(cfg, ev);
     }
@@ -125,6 +139,33 @@ pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
     let ack = jiffies_since(sk, cfg.sock.rcv_tstamp, now);
     // UNKNOWN_U32 is the largest value, so min keeps a known one.
     ev.idle_recv_jiffies = if data < ack { data } else { ack };
+}
+
+/// What was still in the connection's queues when it was reset: bytes
+/// the application wrote that the peer had not acknowledged, and bytes
+/// received it had not read. Both zero after a complete exchange (an
+/// abortive close that lost nothing); either one non-zero means data was
+/// lost. Also when the last data arrived, to tell whether it was answered.
+#[inline(always)]
+fn queues(cfg: &Config, sk: u64, ev: &mut Event) {
+    let now = unsafe { bpf_jiffies64() } as u32;
+    ev.idle_data_recv_jiffies = jiffies_since(sk, cfg.sock.lrcvtime, now);
+    ev.unacked = seq_gap(sk, cfg.sock.write_seq, cfg.sock.snd_una);
+    ev.unread = seq_gap(sk, cfg.sock.rcv_nxt, cfg.sock.copied_seq);
+}
+
+/// `later - earlier` of two sequence-number members, or `UNKNOWN_U32`.
+#[inline(always)]
+fn seq_gap(sk: u64, later: u16, earlier: u16) -> u32 {
+    let abs = tcptrace_common::ABSENT_OFFSET;
+    if sk == 0 || later == abs || earlier == abs {
+        return UNKNOWN_U32;
+    }
+    let a: u32 = read::member_or(sk, later, 0);
+    let b: u32 = read::member_or(sk, earlier, 0);
+    let gap = a.wrapping_sub(b);
+    // A gap near 2^32 is a torn read of a changing socket, not data.
+    if gap > (1 << 30) { UNKNOWN_U32 } else { gap }
 }
 
 #[inline(always)]

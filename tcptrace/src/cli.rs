@@ -35,6 +35,8 @@ pub enum Command {
     Diagnose(DiagnoseArgs),
     /// Live per-process / per-peer view of resets, retransmits, connects.
     Top(TopArgs),
+    /// Serve Prometheus/OpenMetrics metrics and findings, always on.
+    Exporter(ExporterArgs),
 }
 
 /// Filters shared by every command that traces.
@@ -63,6 +65,11 @@ pub struct FilterArgs {
     /// which a send is reported.
     #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
     pub reuse_idle: Duration,
+    /// The kubelet's pod log directory (<namespace>_<pod>_<uid>/<container>/),
+    /// read to name the pods, namespaces and containers that cgroup paths
+    /// give by ID. [default: /var/log/pods when it exists]
+    #[arg(long, value_name = "DIR")]
+    pub pods_dir: Option<PathBuf>,
 }
 
 /// `--events`: the event kinds to keep.
@@ -437,6 +444,11 @@ pub struct DiagnoseArgs {
     /// Print the report as one JSON document (schema in docs/diagnose.md).
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one self-contained HTML page with charts
+    /// (timeline, idle times, connect latency) to FILE: mode 0600, never
+    /// through a symbolic link, an existing FILE must be our own.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
@@ -463,6 +475,43 @@ pub struct TopArgs {
     /// Print periodic plain snapshots even on a terminal (no TUI).
     #[arg(long)]
     pub plain: bool,
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
+    pub ring_kib: u32,
+}
+
+/// `tcptrace exporter`.
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Filters, run in the kernel. [default events: all]
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Where to serve /metrics and /healthz: IP:PORT (port 0 picks a free
+    /// port, printed at start). Localhost unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:9469", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// How far back the diagnosis rules look (findings as metrics); also
+    /// how long a series that does not move is kept.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub window: Duration,
+    /// How often the rules run and the top processes and peers are
+    /// chosen (a scrape also counts what came since the last interval).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Processes (workloads) with series of their own per interval; the
+    /// rest are counted under process="other".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_processes: u16,
+    /// Peers with series of their own per interval; the rest are counted
+    /// under peer="other".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_peers: u16,
+    /// Series at most; beyond it new ones are counted under "other".
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(100..=1_000_000))]
+    pub max_series: u32,
+    /// Stop after this long; default: until SIGTERM or Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
@@ -776,7 +825,7 @@ mod tests {
         let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
         assert_eq!(
             error(&["tcptrace"]),
-            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top"
+            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter"
         );
         assert_eq!(
             error(&["tcptrace", "stress"]),

@@ -9,7 +9,7 @@ use tcptrace_common::{
 };
 
 use crate::{
-    event::{Comm, Detail, Dropped, EventKind, Owner, Segment, TcpEvent},
+    event::{Comm, Detail, Dropped, EventKind, Owner, Queues, Segment, TcpEvent},
     origin,
 };
 
@@ -65,7 +65,9 @@ impl Decoder {
                     return Err(DecodeError::Size(bytes.len()));
                 }
                 let mut event = self.from_raw(&raw.event)?;
-                event.detail = Detail::Origin(origin::judge(raw.event.ts_ns, &raw.peer));
+                if let Detail::Reset(_, origin) = &mut event.detail {
+                    *origin = Some(origin::judge(raw.event.ts_ns, &raw.peer));
+                }
                 Ok(event)
             }
             other => Err(DecodeError::Size(other)),
@@ -123,12 +125,12 @@ impl Decoder {
                 None
             },
             err: (kind == EventKind::Retransmit && raw.err != 0).then_some(raw.err),
-            detail: detail(kind, raw),
+            detail: detail(kind, raw, jiffies),
         })
     }
 }
 
-fn detail(kind: EventKind, raw: &Event) -> Detail {
+fn detail(kind: EventKind, raw: &Event, jiffies: impl Fn(u32) -> Option<u64>) -> Detail {
     match kind {
         EventKind::Drop => Detail::Drop(Dropped {
             reason: (raw.reason != UNKNOWN_U32).then_some(raw.reason),
@@ -142,6 +144,14 @@ fn detail(kind: EventKind, raw: &Event) -> Detail {
             mss: (raw.mss != 0).then_some(raw.mss),
             pmtu: (raw.pmtu != 0).then_some(raw.pmtu),
         }),
+        EventKind::RstSent | EventKind::RstReceived => Detail::Reset(
+            Queues {
+                unacked: (raw.unacked != UNKNOWN_U32).then_some(raw.unacked),
+                unread: (raw.unread != UNKNOWN_U32).then_some(raw.unread),
+                idle_data_recv_ns: jiffies(raw.idle_data_recv_jiffies),
+            },
+            None,
+        ),
         _ => Detail::None,
     }
 }
@@ -221,6 +231,38 @@ mod tests {
         assert_eq!(ev.idle_send_ns, Some(1_000_000_000));
         assert_eq!(ev.idle_ns(), Some(1_000_000_000));
         assert_eq!(ev.age_ns, Some(2_000_000_000));
+    }
+
+    #[test]
+    fn resets_carry_what_the_connection_still_held() {
+        let mut raw = rst(kind::RST_RECEIVED);
+        raw.unacked = 0;
+        raw.unread = 5;
+        raw.idle_data_recv_jiffies = 300;
+        let d = Decoder::new(Some(250));
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        let q = *ev.queues().unwrap();
+        assert_eq!(
+            (q.unacked, q.unread, q.idle_data_recv_ns),
+            (Some(0), Some(5), Some(1_200_000_000))
+        );
+        assert_eq!(q.drained(), Some(false), "5 bytes unread were lost");
+        // Sent 1.0 s ago, last data received 1.2 s ago: answered.
+        assert_eq!(ev.answered(), Some(true));
+        raw.unread = 0;
+        raw.idle_data_recv_jiffies = 100;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.queues().unwrap().drained(), Some(true));
+        assert_eq!(
+            ev.answered(),
+            Some(false),
+            "a request came after the last send"
+        );
+        raw.unacked = UNKNOWN_U32;
+        raw.idle_data_recv_jiffies = UNKNOWN_U32;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.queues().unwrap().drained(), None);
+        assert_eq!(ev.answered(), None);
     }
 
     #[test]

@@ -261,9 +261,34 @@ pub enum Detail {
     },
     /// `retransmit`: the segment and the path.
     Segment(Segment),
-    /// `rst_received` with TC programs in the socket's namespace: who
-    /// sent the RST, and the evidence.
-    Origin(Provenance),
+    /// `rst_sent` / `rst_received`: what the connection still held, and
+    /// for `rst_received` with TC programs in the socket's namespace, who
+    /// sent the RST and the evidence.
+    Reset(Queues, Option<Provenance>),
+}
+
+/// What a reset connection still held (full TCP sockets only: not for a
+/// listener, a request or TIME_WAIT socket, or a connect in SYN_SENT).
+/// Unknown figures are `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Queues {
+    /// Bytes the application wrote that the peer had not acknowledged
+    /// (`write_seq - snd_una`: in flight or not yet sent).
+    pub unacked: Option<u32>,
+    /// Bytes received that the application had not read
+    /// (`rcv_nxt - copied_seq`).
+    pub unread: Option<u32>,
+    /// Time since the last data (not a bare ACK) arrived
+    /// (`icsk_ack.lrcvtime`, jiffy resolution).
+    pub idle_data_recv_ns: Option<u64>,
+}
+
+impl Queues {
+    /// Nothing lost by the reset: the peer had acknowledged everything
+    /// written and the application had read everything received.
+    pub fn drained(&self) -> Option<bool> {
+        Some(self.unacked? == 0 && self.unread? == 0)
+    }
 }
 
 /// A dropped packet, as parsed from its headers.
@@ -352,9 +377,26 @@ impl TcpEvent {
     /// `rst_received` events (TC programs attached): who sent the RST.
     pub fn provenance(&self) -> Option<&Provenance> {
         match &self.detail {
-            Detail::Origin(p) => Some(p),
+            Detail::Reset(_, Some(p)) => Some(p),
             _ => None,
         }
+    }
+
+    /// Resets: what the connection still held.
+    pub fn queues(&self) -> Option<&Queues> {
+        match &self.detail {
+            Detail::Reset(q, _) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// Resets: was the last request answered, i.e. had this side sent
+    /// data since the last data it received (same jiffy counts as
+    /// answered)? `None` when unknown or nothing was ever received.
+    pub fn answered(&self) -> Option<bool> {
+        let recv = self.queues()?.idle_data_recv_ns?;
+        let send = self.idle_send_ns?;
+        Some(send <= recv)
     }
 
     /// `retransmit` events: the retransmitted segment and the path.

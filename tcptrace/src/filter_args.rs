@@ -1,13 +1,20 @@
 //! The flags every tracing command shares (`--pid`, `--comm`, `--port`,
-//! `--netns`, `--events`, `--reuse-idle`, `--ring-kib`) turned into session options: the
-//! one place `trace`, `top` and `diagnose` read them, so they mean the
+//! `--netns`, `--events`, `--reuse-idle`, `--ring-kib`, `--pods-dir`)
+//! turned into session options and the cgroup/pod resolver: the one place
+//! `trace`, `top`, `diagnose` and `exporter` read them, so they mean the
 //! same everywhere. Part of the command layer (it reads `cli` types).
+
+use std::path::Path;
 
 use tcptrace_common::kind_mask;
 
 use crate::{
     cli::{EventClass, FilterArgs, IfaceArgs},
-    host::netns::{self, Netns, NetnsError},
+    host::{
+        cgroups::Cgroups,
+        k8s::{DEFAULT_PODS_DIR, PodLogs, PodsDirError},
+        netns::{self, Netns, NetnsError},
+    },
     session::TracerOptions,
     tc::TcOptions,
 };
@@ -52,6 +59,29 @@ pub fn tc_options(
         interfaces: ifaces.iface.clone(),
         netns: netns.map(|ns| ns.path.clone()),
     })
+}
+
+/// The cgroup resolver, naming pods from `--pods-dir`, or from the
+/// kubelet's /var/log/pods when it exists. A default directory that
+/// exists but cannot be listed is said once on stderr and left out.
+///
+/// # Errors
+/// A `--pods-dir` that cannot be listed.
+pub fn cgroups(filter: &FilterArgs) -> Result<Cgroups, PodsDirError> {
+    let cgroups = Cgroups::default();
+    if let Some(dir) = &filter.pods_dir {
+        return Ok(cgroups.with_pods(PodLogs::open(dir)?));
+    }
+    if !Path::new(DEFAULT_PODS_DIR).exists() {
+        return Ok(cgroups);
+    }
+    match PodLogs::open(DEFAULT_PODS_DIR) {
+        Ok(logs) => Ok(cgroups.with_pods(logs)),
+        Err(err) => {
+            eprintln!("tcptrace: warning: {err}; pods are named by UID");
+            Ok(cgroups)
+        }
+    }
 }
 
 /// Kinds traced without `--events`: everything but reuse after idle,

@@ -6,11 +6,13 @@
 //!
 //! - `app` (entry, dispatch) and `cli` (clap types, a leaf);
 //! - commands, one module each, never importing one another: `trace`,
-//!   `top`, `diagnose`, `snapshot`, `stress`, `tune` (+ `filter_args`,
+//!   `top`, `diagnose`, `snapshot`, `stress`, `tune`, `exporter` (+ `filter_args`,
 //!   their shared tracing flags);
 //! - the pipeline: `session` (the one lifecycle), `stop` (the one stop
 //!   signal), `tracer` (with `tc`, its TC programs' attachment),
-//!   `decode`, `aggregate`, `summary`, `sink`, `recorder` (pcapng);
+//!   `decode`, `aggregate`, `summary`, `tally` (counts per owner, peer
+//!   and signal for the exporter), `sink`, `recorder` (pcapng),
+//!   `html_report` (the report as a page, from plain data);
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
 //!   `origin` (who sent a received RST, from its packets),
@@ -26,8 +28,10 @@ pub mod decode;
 pub mod diagnose;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod filter_args;
 pub mod host;
+pub mod html_report;
 pub mod kernel;
 pub mod origin;
 pub mod recorder;
@@ -38,6 +42,7 @@ pub mod snapshot;
 pub mod stop;
 pub mod stress;
 pub mod summary;
+pub mod tally;
 pub mod tc;
 pub mod text_table;
 pub mod timefmt;

@@ -20,7 +20,7 @@ use crate::{
     counts::Counts,
     error::Result,
     event::TcpEvent,
-    kernel::names::Names,
+    kernel::{clock::monotonic_ns, names::Names},
     stop::StopReason,
     tracer::{MAX_BATCH, Tracer},
 };
@@ -43,6 +43,7 @@ pub struct Session {
     stop: Pin<Box<dyn Future<Output = StopReason>>>,
     stopped: Option<StopReason>,
     started: Instant,
+    started_mono_ns: u64,
 }
 
 impl Session {
@@ -69,6 +70,7 @@ impl Session {
             stop: Box::pin(stop),
             stopped: None,
             started: Instant::now(),
+            started_mono_ns: monotonic_ns(),
         })
     }
 
@@ -93,9 +95,20 @@ impl Session {
         self.tracer.flight(key)
     }
 
+    /// Whether drops are traced and counted (see `Tracer::drops_traced`).
+    pub fn drops_traced(&self) -> bool {
+        self.tracer.drops_traced()
+    }
+
     /// Time since the tracer was attached.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// When the tracer was attached, on the events' clock
+    /// (CLOCK_MONOTONIC ns): where timelines start.
+    pub fn started_mono_ns(&self) -> u64 {
+        self.started_mono_ns
     }
 
     /// Counts so far. While tracing, events in flight make `produced`

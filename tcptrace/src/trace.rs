@@ -15,8 +15,7 @@ use crate::{
     cli::TraceArgs,
     counts::Counts,
     event::{KINDS, TcpEvent},
-    filter_args::{session_options, tc_options},
-    host::cgroups::Cgroups,
+    filter_args::{self, session_options, tc_options},
     kernel::clock::{self, WallClock},
     recorder::{Recorder, RecorderOptions},
     session::{Next, Session, TracerOptions},
@@ -60,6 +59,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         })
         .transpose()
         .context("--pcap")?;
+    let mut cgroups = filter_args::cgroups(&args.filter)?;
     let (out, destination) = open_output(args.output.as_deref())?;
     let mut sink: Box<dyn Sink> = if args.json {
         Box::new(JsonSink::new(out))
@@ -71,7 +71,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     // Tests and scripts wait for this line before making traffic.
     eprintln!("tcptrace: tracing; Ctrl-C to stop");
     let clock = WallClock::now();
-    let mut cgroups = Cgroups::default();
     let mut summary = Summary::default();
     let mut losses = LossTracker::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);

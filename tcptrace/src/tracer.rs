@@ -394,6 +394,12 @@ impl Tracer {
         &self.missing
     }
 
+    /// `skb:kfree_skb` is attached: drops are seen and counted by reason
+    /// (an empty count then means none happened).
+    pub fn drops_traced(&self) -> bool {
+        self.drops_traced
+    }
+
     /// This kernel's names for TCP states, reset reasons and drop reasons.
     pub fn names(&self) -> &Names {
         &self.names
@@ -600,6 +606,13 @@ fn apply_filters(config: &mut Config, options: &TracerOptions) -> Result<()> {
         }
         config.filter_comm[..comm.len()].copy_from_slice(comm.as_bytes());
     }
+    // With a scope, drops and unowned RSTs of the connections in it are
+    // kept wherever on the host they happen (tcptrace-ebpf `related`).
+    let scoped = config.filter_tgid != 0
+        || config.filter_port != 0
+        || config.filter_netns != 0
+        || config.filter_comm[0] != 0;
+    config.related_flows = u32::from(scoped);
     Ok(())
 }
 

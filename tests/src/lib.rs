@@ -6,9 +6,13 @@
 //! benchmarking range 198.18.0.0/15 and the documentation prefix
 //! 2001:db8::/32, which never leave this machine.
 
+pub mod browser;
 pub mod delay;
 pub mod diagnose;
+pub mod exporter;
+pub mod haproxy;
 pub mod host;
+pub mod hostglobal;
 pub mod netns;
 pub mod sockets;
 pub mod trace;

@@ -177,3 +177,170 @@ fn json_snapshots_without_a_terminal() {
         .unwrap_or_else(|| panic!("no row for the refused port: {last}"));
     assert_eq!(peer["connect_failed"], 3, "{peer}");
 }
+
+/// `tmux -L SOCKET ARGS` on this test's own tmux server.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    tests::sh("tmux", &[&["-L", socket][..], args].concat())
+}
+
+/// The visible screen of the tmux pane, as text.
+fn capture(socket: &str) -> String {
+    tmux(socket, &["capture-pane", "-p", "-t", "top"])
+}
+
+/// Captures until `ok` holds for the screen; the last screen otherwise.
+fn capture_until(socket: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let screen = capture(socket);
+        if ok(&screen) {
+            return screen;
+        }
+        assert!(Instant::now() < deadline, "{what}, never on:\n{screen}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The figure after `max` on the first line naming `rate` (the host's
+/// strip is the left half of the screen).
+fn strip_max(screen: &str, rate: &str) -> f64 {
+    let line = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with(rate))
+        .unwrap_or_else(|| panic!("no {rate} line in:\n{screen}"));
+    let mut words = line.split_whitespace().skip_while(|w| *w != "max");
+    words.next();
+    words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no max figure in {line:?}"))
+}
+
+/// Ports of 127.0.0.1 shown as rows of their own, other than the closed
+/// port 40000 the connects were refused by.
+fn client_ports(screen: &str) -> Vec<&str> {
+    screen
+        .split("127.0.0.1:")
+        .skip(1)
+        .map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or("")
+        })
+        .filter(|port| !port.is_empty() && *port != "40000")
+        .collect()
+}
+
+/// The tmux server of `top_tui_in_tmux...`, killed however the test ends.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+/// In tmux (keys typed with send-keys, the screen read with capture-pane):
+/// refused connects to a closed port of one address show in the host's
+/// rate strip; the one-off ephemeral-port "peers" the kernel dropped
+/// segments from fold into one row with the number of ports; Enter on
+/// that row shows its detail, Esc goes back to the tables.
+#[test]
+fn top_tui_in_tmux_strip_folded_peers_detail_and_back() {
+    require_root();
+    let ns = Netns::new("toptmux");
+    let socket = format!("tcptrace-top-{}", std::process::id());
+    let _server = TmuxServer(socket.clone());
+    let bin = tcptrace_bin();
+    let cmd = format!(
+        "{} top --netns {} --interval 300ms",
+        bin.display(),
+        ns.name()
+    );
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "160",
+            "-y",
+            "48",
+            &cmd,
+        ],
+    );
+    capture_until(&socket, "the tables", |s| s.contains("processes"));
+    // Connects to a closed port above 32767: the kernel drops each SYN
+    // (no socket) and refuses it; seen from the closed port, every
+    // client port is a different one-off "peer".
+    let refused = ns.run(|| {
+        (0..6)
+            .filter(|_| TcpStream::connect("127.0.0.1:40000").is_err())
+            .count()
+    });
+    assert_eq!(refused, 6);
+    let folded = "127.0.0.1:* (unowned RSTs) x6 ports";
+    // The host's strip shows the resets, and the client ports are not
+    // rows of their own (the screen is read while top may be redrawing
+    // it: wait for one that has it all).
+    capture_until(
+        &socket,
+        "the folded row, no row per client port, the host's RST rate",
+        |s| {
+            s.contains(folded)
+                && s.contains("host, per second")
+                && strip_max(s, "RST/s") > 0.0
+                && client_ports(s).is_empty()
+        },
+    );
+    // The selected row's strip follows the selection: walk the peers
+    // table down to the folded row.
+    tmux(&socket, &["send-keys", "-t", "top", "Tab"]);
+    let title = format!("{folded}, per second");
+    // Down then back Up: wherever the sort put it.
+    for key in ["Down"; 4].into_iter().chain(["Up"; 4]) {
+        if capture(&socket).contains(&title) {
+            break;
+        }
+        tmux(&socket, &["send-keys", "-t", "top", key]);
+        thread::sleep(Duration::from_millis(400));
+    }
+    capture_until(&socket, "the folded row selected", |s| s.contains(&title));
+    tmux(&socket, &["send-keys", "-t", "top", "Enter"]);
+    let detail_title = format!("detail: {folded}");
+    capture_until(
+        &socket,
+        "the folded row's detail, without the tables",
+        |s| {
+            [
+                detail_title.as_str(),
+                "unowned RSTs with ephemeral ports:",
+                "6 segments dropped",
+                "6 ports of 127.0.0.1, no process owned them",
+                "Esc: back",
+            ]
+            .iter()
+            .all(|line| s.contains(line))
+                && !s.contains("NAME")
+        },
+    );
+    tmux(&socket, &["send-keys", "-t", "top", "Escape"]);
+    capture_until(&socket, "the tables again", |s| {
+        s.contains("NAME") && s.contains(folded) && !s.contains("detail:")
+    });
+    tmux(&socket, &["send-keys", "-t", "top", "q"]);
+    // The session ends with its command: top quit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("tmux")
+        .args(["-L", &socket, "has-session", "-t", "top"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "top did not quit on q");
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -92,7 +92,27 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "tshark",
         "tests read the --pcap files back with Wireshark's reader",
     ),
+    (
+        "chromium",
+        "the report test renders diagnose's HTML page headless to a PNG",
+    ),
+    (
+        "tmux",
+        "the top test types keys into the TUI and reads its screen",
+    ),
+    (
+        "prometheus",
+        "exporter tests scrape tcptrace with a real Prometheus (promtool checks the alert rules)",
+    ),
+    (
+        "python3-venv",
+        "deploy tests validate the Kubernetes manifests with kubernetes-validate in a venv",
+    ),
 ];
+
+/// The manifest validator (PyPI), pinned: installed into a venv under
+/// target/ for the deploy tests.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 const BENCH_PACKAGES: &[(&str, &str)] = &[(
     "libbpf-tools",
@@ -122,6 +142,9 @@ pub fn ensure(need: Need) -> Result<BuildEnv> {
         packages.extend_from_slice(BENCH_PACKAGES);
     }
     apt_install(&packages)?;
+    if matches!(need, Need::Tests | Need::TestsAndVm) {
+        validator_venv()?;
+    }
     let ebpf_toolchain = rust_src()?;
     bpf_linker()?;
     Ok(BuildEnv {
@@ -155,6 +178,40 @@ fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive");
     // dpkg's "Unpacking ... / Setting up ..." ignore apt's -qq.
     run(&mut cmd, "apt-get install")
+}
+
+/// The venv under target/ that holds kubernetes-validate.
+pub fn validator_venv_dir() -> PathBuf {
+    crate::target_dir().join("deploy-venv")
+}
+
+/// kubernetes-validate (and PyYAML, which it brings) in a venv of
+/// Debian's python3 under target/, made once.
+fn validator_venv() -> Result<()> {
+    let venv = validator_venv_dir();
+    if venv.join("bin/kubernetes-validate").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {KUBERNETES_VALIDATE} (pip, into {}): the deploy/ manifests are checked against Kubernetes' schemas",
+        venv.display()
+    );
+    run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            KUBERNETES_VALIDATE,
+        ]),
+        "pip install kubernetes-validate",
+    )
 }
 
 /// The eBPF crate is built with `-Z build-std=core`, which needs rust-src.

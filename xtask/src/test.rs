@@ -50,7 +50,11 @@ pub fn run(env: &BuildEnv, args: &TestArgs) -> Result<()> {
     cargo(env, "tcptrace (debug)", &["build", "--package", "tcptrace"])?;
     let bin = target_dir().join("debug/tcptrace");
     // SAFETY: set before any thread is spawned by this process.
-    unsafe { std::env::set_var("TCPTRACE_BIN", &bin) };
+    unsafe {
+        std::env::set_var("TCPTRACE_BIN", &bin);
+        // The deploy tests' validator (installed by setup).
+        std::env::set_var("TCPTRACE_DEPLOY_VENV", crate::setup::validator_venv_dir());
+    }
     let mut integration = vec!["test", "--package", "tests", "--", "--test-threads=1"];
     integration.extend(&filter);
     cargo(env, "the root tests", &integration)?;

@@ -91,6 +91,8 @@ impl ConnTable {
 #[derive(Debug, Clone)]
 pub struct PendingClose {
     pub sock: u64,
+    /// The connection's namespace inode (0: unknown).
+    pub netns: u32,
     pub closed_ns: u64,
     pub pid: u32,
     /// Copied, not allocated: one of these per abortive close.
@@ -168,6 +170,7 @@ mod tests {
     fn close(sock: u64, closed_ns: u64) -> PendingClose {
         PendingClose {
             sock,
+            netns: 0,
             closed_ns,
             pid: 1,
             comm: Comm::new(b"c"),

@@ -152,6 +152,35 @@ impl Dist {
         Percentiles::of(self.hist.as_deref()?, self.unit_ns)
     }
 
+    /// Every value recorded, as (nanoseconds, count) ascending; each value
+    /// is the highest equivalent of its histogram bucket (two significant
+    /// digits), so the list stays short however many were recorded.
+    pub fn values(&self) -> Vec<(u64, u64)> {
+        self.hist.as_ref().map_or_else(Vec::new, |h| {
+            h.iter_recorded()
+                .map(|v| {
+                    (
+                        h.highest_equivalent(v.value_iterated_to()) * self.unit_ns,
+                        u64::from(v.count_at_value()),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Adds every value of `other` (recorded in the same unit).
+    pub fn merge(&mut self, other: &Dist) {
+        debug_assert_eq!(self.unit_ns, other.unit_ns);
+        let Some(theirs) = other.hist.as_deref() else {
+            return;
+        };
+        match &mut self.hist {
+            // Same bounds on both sides: adding cannot fail.
+            Some(ours) => ours.add(theirs).expect("histograms of one unit"),
+            None => self.hist = Some(Box::new(theirs.clone())),
+        }
+    }
+
     /// Values at or above `ns`.
     pub fn count_at_least(&self, ns: u64) -> u64 {
         self.hist.as_ref().map_or(0, |h| {
@@ -164,9 +193,65 @@ impl Dist {
     }
 }
 
+/// One bin of a histogram drawn on a log scale.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogBin {
+    /// Lower bound, ns (included).
+    pub low_ns: f64,
+    /// Upper bound, ns (excluded).
+    pub high_ns: f64,
+    /// Values in it.
+    pub count: u64,
+}
+
+/// `values` ((ns, count), as `Dist::values` gives them) counted in bins
+/// of equal width on a log scale, `per_decade` bins per power of ten,
+/// aligned on powers of ten, from the bin of the smallest value to the
+/// bin of the largest. Empty for no values.
+pub fn log_bins(values: &[(u64, u64)], per_decade: u32) -> Vec<LogBin> {
+    let per_decade = f64::from(per_decade.max(1));
+    let index = |ns: u64| ((ns.max(1) as f64).log10() * per_decade).floor() as i64;
+    let (Some(low), Some(high)) = (
+        values.iter().map(|v| index(v.0)).min(),
+        values.iter().map(|v| index(v.0)).max(),
+    ) else {
+        return Vec::new();
+    };
+    let mut bins: Vec<LogBin> = (low..=high)
+        .map(|i| LogBin {
+            low_ns: 10f64.powf(i as f64 / per_decade),
+            high_ns: 10f64.powf((i + 1) as f64 / per_decade),
+            count: 0,
+        })
+        .collect();
+    for (ns, count) in values {
+        bins[(index(*ns) - low) as usize].count += count;
+    }
+    bins
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_and_log_bins() {
+        let mut d = Dist::new(Dist::MILLIS);
+        for ms in [2, 2, 2000, 2010, 30_000] {
+            d.record(ms * 1_000_000);
+        }
+        let values = d.values();
+        assert_eq!(values.iter().map(|v| v.1).sum::<u64>(), 5);
+        assert_eq!(values[0], (2_000_000, 2));
+        let bins = log_bins(&values, 2);
+        // 2 ms .. 30 s, two bins a decade: 1-3.16 ms up to 10-31.6 s.
+        assert_eq!(bins.len(), 9);
+        assert_eq!(bins[0].count, 2);
+        assert!(bins[0].low_ns <= 2e6 && 2e6 < bins[0].high_ns);
+        assert_eq!(bins[6].count, 2, "{bins:?}");
+        assert_eq!(bins[8].count, 1);
+        assert!(log_bins(&[], 10).is_empty());
+    }
 
     #[test]
     fn empty_until_recorded() {
@@ -189,5 +274,15 @@ mod tests {
         d.record(100_000_000);
         assert!(!d.percentiles().unwrap().clustered(0.1));
         assert_eq!(d.count_at_least(1_000_000_000), 6);
+        let mut merged = Dist::new(Dist::MILLIS);
+        merged.merge(&Dist::new(Dist::MILLIS));
+        assert!(merged.is_empty());
+        merged.merge(&d);
+        merged.merge(&d);
+        assert_eq!(merged.count(), 14);
+        assert_eq!(
+            merged.percentiles().unwrap().max_ns,
+            d.percentiles().unwrap().max_ns
+        );
     }
 }

@@ -9,7 +9,16 @@
 
 mod conns;
 mod dist;
+mod drops;
+mod flows;
+mod listeners;
+mod midflow;
+pub mod recent;
+mod reuse;
+pub mod scattered;
+pub mod timeline;
 mod topn;
+mod window;
 
 use std::{
     collections::BTreeMap,
@@ -21,10 +30,22 @@ use tcptrace_common::tcp_state;
 
 use rustc_hash::FxHashMap;
 
-use self::conns::{ConnTable, PendingClose, PendingCloses};
+use self::{
+    conns::{ConnTable, PendingClose, PendingCloses},
+    recent::{Brief, Recent},
+    reuse::{ReuseTracker, Settled},
+    scattered::ScatteredResets,
+    timeline::Timeline,
+};
 pub use self::{
-    dist::{Dist, Micros, Percentiles, serialize_micros},
+    dist::{Dist, Micros, Percentiles, log_bins, serialize_micros},
+    drops::{DropGroup, DropKey, DropOwner, Drops},
+    flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
+    listeners::{HandshakeTrouble, Handshakes},
+    midflow::{MidflowDest, MidflowDrops},
+    reuse::{IdleBound, IdleRange, Outcome as ReuseOutcome, ReuseOutcomes},
     topn::{TopN, Weight},
+    window::Window,
 };
 use crate::{
     event::{Comm, EventKind, TcpEvent},
@@ -40,6 +61,8 @@ pub const MAX_PEERS: usize = 256;
 const MAX_RELATED: usize = 8;
 /// Connections whose closes by idle time are kept, by local endpoint.
 const MAX_CLOSERS: usize = 64;
+/// Network namespaces kept (the busiest).
+pub const MAX_NAMESPACES: usize = 64;
 /// A received RST after this long without receiving anything counts as a
 /// reset on reuse after an idle gap (a middlebox forgot the flow).
 pub const QUIET_GAP_NS: u64 = 1_000_000_000;
@@ -127,9 +150,32 @@ pub struct Stats {
     pub forged_while_active: u64,
     /// Idle gap before the middlebox RSTs received in ESTABLISHED.
     pub forged_idle: Dist,
+
+    // --- reuse after idle, followed to its outcome (aggregate/reuse.rs) ---
+    /// Each reuse's idle gap by what became of it on its connection
+    /// (answered, stalled, timed out, reset): what bounds an idle timeout.
+    pub reuse_outcomes: ReuseOutcomes,
+    // --- Resets judged by what the connection still held (`Queues`).
+    /// RSTs sent that lost nothing: the peer had acknowledged everything
+    /// written, everything received had been read, and the last exchange
+    /// was complete (see `complete_exchange`). An abortive close after a
+    /// finished request, as HAProxy does to its servers.
+    pub rst_sent_clean: u64,
+    /// RSTs received on such a connection: the peer aborted it after a
+    /// complete exchange, nothing was lost on this side.
+    pub rst_received_clean: u64,
+    /// RSTs (either way) that lost data: bytes unacknowledged or unread.
+    pub rst_lost_data: u64,
+    /// The MSS of the last data retransmit that carried one (0: none).
+    pub retransmit_mss: u32,
+    /// Its path MTU (0: none): what a PMTU black hole's sender believes.
+    pub retransmit_pmtu: u32,
     /// Remote endpoints (for a process) or processes (for an endpoint)
     /// involved in incidents and connects.
     pub related: TopN<Related, u64>,
+    /// How long the failed connects (refused or not) took to fail: a
+    /// client's own timeout, or the kernel's after its SYN retries.
+    pub connect_failed_after: Dist,
 }
 
 /// The other side of a group, for "who is affected".
@@ -177,7 +223,14 @@ impl Default for Stats {
             forged_hops: BTreeMap::new(),
             forged_while_active: 0,
             forged_idle: Dist::new(Dist::MILLIS),
+            reuse_outcomes: ReuseOutcomes::default(),
+            rst_sent_clean: 0,
+            rst_received_clean: 0,
+            rst_lost_data: 0,
+            retransmit_mss: 0,
+            retransmit_pmtu: 0,
             related: TopN::new(MAX_RELATED),
+            connect_failed_after: Dist::new(Dist::MILLIS),
         }
     }
 }
@@ -282,6 +335,21 @@ impl Weight for Closer {
     }
 }
 
+/// The events of one network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Namespace {
+    /// Events that came from it.
+    pub events: u64,
+    /// What they amount to.
+    pub stats: Stats,
+}
+
+impl Weight for Namespace {
+    fn weight(&self) -> u64 {
+        self.stats.weight().saturating_add(self.events)
+    }
+}
+
 /// Everything `top` and `diagnose` know from the events: totals, per process, per peer and per idle-closing endpoint, bounded in memory.
 pub struct Aggregate {
     names: Interned,
@@ -293,10 +361,35 @@ pub struct Aggregate {
     pub peers: TopN<SocketAddr, Stats>,
     /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
+    /// Segments of established flows dropped with no socket (a node that
+    /// forgot the flows), by destination.
+    pub midflow: MidflowDrops,
+    /// Incidents per second and when each group's began and ended.
+    pub timeline: Timeline,
+    /// Unowned RSTs with ephemeral ports, by remote address.
+    pub scattered: ScatteredResets,
+    /// The last incidents per process and peer, once `keep_recent` was
+    /// called.
+    pub recent: Option<Recent>,
+    /// By listening endpoint: handshakes reset, retried or dropped.
+    pub handshakes: Handshakes,
     conns: ConnTable,
     pending: PendingCloses,
+    reuses: ReuseTracker,
+    /// Reuses whose outcome was just decided (kept to reuse the allocation).
+    settled: Vec<Settled>,
+    /// The newest event time seen: when the run's last reuses are settled.
+    last_ns: u64,
     /// Events added.
     pub events: u64,
+    // --- where packets were dropped, which connection holds which ends,
+    // per namespace (conntrack and drop rules) ---
+    /// Drops by namespace and reason, with whose connections they hit.
+    pub drops: Drops,
+    /// Which connection holds which ends; replies that skipped reverse NAT.
+    pub flows: Flows,
+    /// By network namespace inode (0: unknown), the `MAX_NAMESPACES` busiest.
+    pub namespaces: TopN<u32, Namespace>,
 }
 
 impl Aggregate {
@@ -308,10 +401,27 @@ impl Aggregate {
             processes: TopN::new(MAX_PROCESSES),
             peers: TopN::new(MAX_PEERS),
             closers: TopN::new(MAX_CLOSERS),
+            midflow: MidflowDrops::default(),
+            timeline: Timeline::default(),
+            scattered: ScatteredResets::default(),
+            recent: None,
+            handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
+            reuses: ReuseTracker::default(),
+            settled: Vec::new(),
+            last_ns: 0,
             events: 0,
+            drops: Drops::default(),
+            flows: Flows::default(),
+            namespaces: TopN::new(MAX_NAMESPACES),
         }
+    }
+
+    /// Also keeps the last incidents of each process and peer (`top`'s
+    /// detail view).
+    pub fn keep_recent(&mut self) {
+        self.recent.get_or_insert_with(Recent::default);
     }
 
     /// The figures of process `pid`, if it is among those kept.
@@ -341,29 +451,68 @@ impl Aggregate {
         batch.clear();
     }
 
+    /// Whether this side accepted `ev`'s connection (`None`: unknown).
+    fn accepted_of(&self, ev: &TcpEvent) -> Option<bool> {
+        let accepted = self.conns.accepted(ev.sock);
+        if accepted.is_none() && ev.kind == EventKind::SocketError {
+            // Reported after the CLOSE that removed the connection.
+            return self.conns.recently_accepted(ev.sock);
+        }
+        accepted
+    }
+
     /// Takes one event into every figure it changes.
     pub fn add(&mut self, ev: &TcpEvent) {
         self.events += 1;
         self.settle(ev.mono_ns, false);
 
         let pid = ev.owner.as_ref().map_or(0, |o| o.pid);
-        let mut accepted = self.conns.accepted(ev.sock);
-        if accepted.is_none() && ev.kind == EventKind::SocketError {
-            // Reported after the CLOSE that removed the connection.
-            accepted = self.conns.recently_accepted(ev.sock);
-        }
+        let accepted = self.accepted_of(ev);
         let peer = peer_key(ev, accepted);
+        // `peer_key` keys the clients of a local server by address alone:
+        // port 0 means this side accepted the connection (the server side).
+        let passive = peer.port() == 0;
+        let errno = ev.socket_errno().map(|e| self.names.errno(e));
+        self.follow_reuses(ev, peer, errno);
         let update = Update::from_event(
             ev,
             peer,
+            passive,
+            errno,
             &mut self.names,
             &mut self.conns,
             &mut self.pending,
         );
+        let netns = ev.netns.unwrap_or(0);
+        self.namespaces.entry(&netns, Namespace::default).events += 1;
+        self.flows
+            .observe(ev, accepted, update.rst_sent_reason, update.drop_reason);
+        if let Some(reason) = update.drop_reason {
+            self.drops.add(ev, reason, &self.flows);
+        }
         if update.is_empty() {
             return;
         }
-        if let (Some(owner), Some(idle)) = (&ev.owner, update.local_close_idle_ns) {
+        if let Some(ns) = self.namespaces.get_mut(&netns) {
+            update.apply(&mut ns.stats);
+        }
+        if let Some(reason) = update.drop_reason {
+            self.midflow.add(ev, reason);
+        }
+        self.timeline.record(ev.kind, ev.mono_ns, pid, peer);
+        if update.incident {
+            self.scattered
+                .record(ev, peer, self.peers.get(&peer).is_none());
+            if let Some(recent) = &mut self.recent {
+                recent.push(pid, peer, update.brief(ev, pid));
+            }
+        }
+        if let Some(what) = update.handshake_event(ev) {
+            self.handshakes.add(ev, what);
+        }
+        // Who closes idle connections is a server's keep-alive: only
+        // accepted connections count.
+        if let (Some(owner), Some(idle), true) = (&ev.owner, update.local_close_idle_ns, passive) {
             let closer = self.closers.entry(&ev.local, || Closer {
                 pid: owner.pid,
                 comm: owner.comm.to_string(),
@@ -399,10 +548,42 @@ impl Aggregate {
         }
     }
 
-    /// Decides the abortive closes still waiting for a possible RST; call
-    /// once the run is over.
+    /// Decides the abortive closes still waiting for a possible RST and
+    /// the reuses whose outcome is still open; call once the run is over.
     pub fn finish(&mut self) {
         self.settle(u64::MAX, true);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.reuses.finish(self.last_ns, &mut settled);
+        self.apply_reuses(&mut settled);
+        self.settled = settled;
+    }
+
+    /// Follows reuses to their outcome on their connection and records
+    /// the outcomes decided by `ev` (or by the time it carries).
+    fn follow_reuses(&mut self, ev: &TcpEvent, peer: SocketAddr, errno: Option<&'static str>) {
+        self.last_ns = self.last_ns.max(ev.mono_ns);
+        let mut settled = std::mem::take(&mut self.settled);
+        self.reuses.settle(ev.mono_ns, &mut settled);
+        self.reuses.observe(ev, peer, errno, &mut settled);
+        self.apply_reuses(&mut settled);
+        self.total.reuse_outcomes.untracked += self.reuses.take_untracked();
+        self.settled = settled;
+    }
+
+    fn apply_reuses(&mut self, settled: &mut Vec<Settled>) {
+        for s in settled.drain(..) {
+            self.total.reuse_outcomes.apply(&s);
+            let process = self.processes.entry(&s.pid, Process::default);
+            if process.comm.is_empty() {
+                process.comm = s.comm.to_string();
+                process.cgroup_id = s.cgroup_id;
+            }
+            process.stats.reuse_outcomes.apply(&s);
+            self.peers
+                .entry(&s.peer, Stats::default)
+                .reuse_outcomes
+                .apply(&s);
+        }
     }
 
     /// Abortive closes with no RST within the window are timeouts.
@@ -437,6 +618,9 @@ impl Aggregate {
             let peer = self.peers.entry(&close.peer, Stats::default);
             apply(peer);
             *peer.related.entry(&Related::Process(close.pid), || 0) += 1;
+            if let Some(ns) = self.namespaces.get_mut(&close.netns) {
+                apply(&mut ns.stats);
+            }
         }
     }
 }
@@ -469,8 +653,14 @@ struct Update {
     drop_reason: Option<&'static str>,
     socket_error: Option<&'static str>,
     reuse_idle_ns: Option<Option<u64>>,
+    connect_failed_ns: Option<u64>,
     /// Some(full size?) for a data retransmit of known size.
     retransmit_full_size: Option<bool>,
+    /// A reset that lost nothing (`complete_exchange`), or lost data.
+    rst_clean: bool,
+    rst_lost_data: bool,
+    /// A data retransmit's (MSS, path MTU), when known.
+    retransmit_path: Option<(Option<u32>, Option<u32>)>,
     incident: bool,
     changed: bool,
 }
@@ -479,6 +669,8 @@ impl Update {
     fn from_event(
         ev: &TcpEvent,
         peer: SocketAddr,
+        passive: bool,
+        errno: Option<&'static str>,
         names: &mut Interned,
         conns: &mut ConnTable,
         pending: &mut PendingCloses,
@@ -496,6 +688,7 @@ impl Update {
             }
             EventKind::ConnectFailed => {
                 u.connect_failed = true;
+                u.connect_failed_ns = ev.connect_ns.filter(|ns| *ns > 0);
                 u.incident = true;
                 conns.remove(ev.sock);
             }
@@ -507,6 +700,7 @@ impl Update {
                 } else {
                     u.retransmit_state = Some(names.state(st));
                     u.retransmit_full_size = ev.segment().and_then(|s| s.is_full_size());
+                    u.retransmit_path = ev.segment().map(|s| (s.mss, s.pmtu));
                     let conn = conns.get_or_insert(ev.sock);
                     if conn.retransmits == 0 {
                         conn.first_retransmit_ns = ev.mono_ns;
@@ -524,6 +718,7 @@ impl Update {
                 u.rst_sent_reason = Some(reason);
                 u.late_data_reset = matches!(reason, "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 // The RST explains an abortive close just before it.
                 pending.cancel(ev.sock);
                 if ev.sock != 0 {
@@ -535,6 +730,7 @@ impl Update {
                 let st = ev.state.unwrap_or(0);
                 u.rst_received_state = Some(names.state(st));
                 u.age_at_rst_ns = ev.age_ns;
+                (u.rst_clean, u.rst_lost_data) = judge_reset(ev, peer);
                 let conn = conns.get_or_insert(ev.sock);
                 conn.reset = true;
                 match i32::from(st) {
@@ -546,7 +742,10 @@ impl Update {
                         u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.active_rst = !u.quiet_gap_rst;
                     }
-                    tcp_state::CLOSE_WAIT => {
+                    // A client reusing a connection its server had closed;
+                    // on the server's own (accepted) side an RST in
+                    // CLOSE_WAIT is the client going away, no reuse.
+                    tcp_state::CLOSE_WAIT if !passive => {
                         u.peer_close_rst = true;
                         u.peer_close_rst_after_ns = conn
                             .peer_closed_ns
@@ -569,7 +768,7 @@ impl Update {
             }
             EventKind::SocketError => {
                 u.incident = true;
-                u.socket_error = Some(ev.socket_errno().map_or("UNKNOWN", |e| names.errno(e)));
+                u.socket_error = Some(errno.unwrap_or("UNKNOWN"));
             }
             EventKind::Reuse => u.reuse_idle_ns = Some(ev.idle_ns()),
             EventKind::State => {
@@ -586,7 +785,9 @@ impl Update {
                     (tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT) => {
                         // Our last send is when the connection went idle
                         // (the peer's FIN just updated the receive side).
-                        u.peer_close_idle_ns = ev.idle_send_ns;
+                        // The server closing a client's connection is its
+                        // keep-alive; a client closing is no timeout.
+                        u.peer_close_idle_ns = ev.idle_send_ns.filter(|_| !passive);
                         conns.get_or_insert(ev.sock).peer_closed_ns = Some(ev.mono_ns);
                     }
                     (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1) => {
@@ -609,6 +810,7 @@ impl Update {
                             let owner = ev.owner.as_ref();
                             pending.push(PendingClose {
                                 sock: ev.sock,
+                                netns: ev.netns.unwrap_or(0),
                                 closed_ns: ev.mono_ns,
                                 pid: owner.map_or(0, |o| o.pid),
                                 comm: owner.map_or_else(|| Comm::new(b"?"), |o| o.comm),
@@ -632,6 +834,34 @@ impl Update {
         !self.changed
     }
 
+    /// The event as the detail view lists it.
+    fn brief(&self, ev: &TcpEvent, pid: u32) -> Brief {
+        let what = self
+            .rst_sent_reason
+            .or(self.rst_received_state)
+            .or(self.retransmit_state)
+            .or(self.drop_reason)
+            .or(self.socket_error)
+            .unwrap_or(if self.syn_retransmit { "SYN" } else { "" });
+        Brief {
+            mono_ns: ev.mono_ns,
+            kind: ev.kind,
+            local: ev.local,
+            remote: ev.remote,
+            pid,
+            comm: ev
+                .owner
+                .as_ref()
+                .map_or_else(|| Comm::new(b"?"), |o| o.comm),
+            what,
+            after_ns: self.idle_before_rst_ns.or(if self.connect_failed {
+                ev.connect_ns
+            } else {
+                None
+            }),
+        }
+    }
+
     fn apply(&self, s: &mut Stats) {
         if let Some(ns) = self.connect_ns {
             s.connects += 1;
@@ -641,6 +871,9 @@ impl Update {
         }
         if self.connect_failed {
             s.connect_failed += 1;
+        }
+        if let Some(ns) = self.connect_failed_ns {
+            s.connect_failed_after.record(ns);
         }
         if self.refused {
             s.refused += 1;
@@ -707,6 +940,64 @@ impl Update {
             s.sized_retransmits += 1;
             s.full_size_retransmits += u64::from(full);
         }
+        if self.rst_clean {
+            if self.rst_sent_reason.is_some() {
+                s.rst_sent_clean += 1;
+            } else {
+                s.rst_received_clean += 1;
+            }
+        }
+        s.rst_lost_data += u64::from(self.rst_lost_data);
+        if let Some((mss, pmtu)) = self.retransmit_path {
+            s.retransmit_mss = mss.unwrap_or(s.retransmit_mss);
+            s.retransmit_pmtu = pmtu.unwrap_or(s.retransmit_pmtu);
+        }
+    }
+
+    /// What the event says about a listener's handshakes, if anything.
+    fn handshake_event(&self, ev: &TcpEvent) -> Option<listeners::HandshakeEvent> {
+        use listeners::HandshakeEvent as H;
+        match ev.kind {
+            EventKind::RstSent => self.rst_sent_reason.map(H::Reset),
+            EventKind::SynAckRetransmit => Some(H::SynAckRetransmit),
+            EventKind::Drop => self.drop_reason.map(H::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// Judges a reset by what its connection still held: (clean, lost data).
+/// Clean is a complete exchange: nothing unacknowledged, nothing unread,
+/// and the last request answered. Which way "answered" goes depends on
+/// the side: a server (accepted connection, `peer` keyed with port 0)
+/// sent after the last data it received; a client received after its
+/// last send. Unknown figures judge neither way.
+fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
+    let Some(q) = ev.queues() else {
+        return (false, false);
+    };
+    match q.drained() {
+        Some(false) => (false, true),
+        Some(true) => (complete_exchange(ev, peer.port() == 0), false),
+        None => (false, false),
+    }
+}
+
+fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
+    let (Some(sent), Some(received)) = (
+        ev.idle_send_ns,
+        ev.queues().and_then(|q| q.idle_data_recv_ns),
+    ) else {
+        return false;
+    };
+    // Jiffies: a server answering within the jiffy its request came in
+    // answered it; a client whose last send and last receive share a
+    // jiffy may have had no answer at all (the handshake counts as
+    // received), so only a strictly later receive proves one.
+    if server {
+        sent <= received
+    } else {
+        received < sent
     }
 }
 
@@ -783,6 +1074,14 @@ pub fn peer_key(ev: &TcpEvent, accepted: Option<bool>) -> SocketAddr {
     let passive = match (accepted, ev.kind, ev.transition) {
         (Some(known), _, _) => known,
         (None, EventKind::Connect | EventKind::ConnectFailed, _) => false,
+        // Still connecting: this side is the client whatever its ports.
+        (None, _, _)
+            if ev
+                .state
+                .is_some_and(|s| i32::from(s) == tcp_state::SYN_SENT) =>
+        {
+            false
+        }
         (None, _, Some((old, _))) if i32::from(old) == tcp_state::SYN_RECV => true,
         (None, _, _) => ev.local.port() < 32_768 && remote.port() >= 32_768,
     };

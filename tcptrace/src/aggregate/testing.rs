@@ -46,6 +46,14 @@ pub const REASONS: [&str; 17] = [
     "TCP_DISCONNECT_WITH_DATA",
 ];
 
+/// Some `enum skb_drop_reason` values (numbers of this file only).
+pub const DROP_REASONS: [(u32, &str); 4] = [
+    (2, "NO_SOCKET"),
+    (12, "NETFILTER_DROP"),
+    (40, "IP_INNOROUTES"),
+    (93, "PKT_TOO_BIG"),
+];
+
 /// Names as a 6.18 kernel's format files give them.
 pub fn names() -> Names {
     let states: BTreeMap<u32, String> = STATES
@@ -59,10 +67,12 @@ pub fn names() -> Names {
         .enumerate()
         .map(|(i, s)| (i as u32, s.to_string()))
         .collect();
-    Names::new(states, reasons).with_drop_reasons(BTreeMap::from([
-        (12, "NETFILTER_DROP".to_string()),
-        (93, "PKT_TOO_BIG".to_string()),
-    ]))
+    Names::new(states, reasons).with_drop_reasons(
+        DROP_REASONS
+            .iter()
+            .map(|(n, name)| (*n, name.to_string()))
+            .collect(),
+    )
 }
 
 /// The number of state `name` (`ESTABLISHED` -> 1).
@@ -185,34 +195,53 @@ impl Ev {
     /// a middlebox that many hops closer (TTL 64 against the peer's).
     pub fn origin(mut self, hops_closer: u8) -> Ev {
         use crate::origin::{IpIdPattern, Origin, Provenance};
-        self.0.detail = crate::event::Detail::Origin(Provenance {
-            origin: if hops_closer == 0 {
-                Origin::Peer
-            } else {
-                Origin::Middlebox
-            },
-            hops_closer,
-            rst_ttl: 64
-                - if hops_closer == 0 {
-                    3
+        let queues = self.0.queues().copied().unwrap_or_default();
+        self.0.detail = crate::event::Detail::Reset(
+            queues,
+            Some(Provenance {
+                origin: if hops_closer == 0 {
+                    Origin::Peer
                 } else {
-                    3 - hops_closer.min(3)
+                    Origin::Middlebox
                 },
-            peer_ttl_min: 61,
-            peer_ttl_max: 61,
-            rst_flags: 0x04,
-            rst_timestamp: false,
-            v6: false,
-            peer_ip_ids: IpIdPattern::Zero,
-            peer_segments: 4,
-            peer_timestamp_segments: 4,
-            rst_ip_id: 0,
-            peer_ip_id: 0,
-            rst_flow_label: 0,
-            peer_flow_label: 0,
-            seq_offset: Some(0),
-            ack_offset: None,
-        });
+                hops_closer,
+                rst_ttl: 64
+                    - if hops_closer == 0 {
+                        3
+                    } else {
+                        3 - hops_closer.min(3)
+                    },
+                peer_ttl_min: 61,
+                peer_ttl_max: 61,
+                rst_flags: 0x04,
+                rst_timestamp: false,
+                v6: false,
+                peer_ip_ids: IpIdPattern::Zero,
+                peer_segments: 4,
+                peer_timestamp_segments: 4,
+                rst_ip_id: 0,
+                peer_ip_id: 0,
+                rst_flow_label: 0,
+                peer_flow_label: 0,
+                seq_offset: Some(0),
+                ack_offset: None,
+            }),
+        );
+        self
+    }
+
+    /// What a reset connection still held: unacknowledged and unread
+    /// bytes, and ms since the last data arrived.
+    pub fn queues(mut self, unacked: u32, unread: u32, data_recv_ms: u64) -> Ev {
+        let origin = self.0.provenance().cloned();
+        self.0.detail = crate::event::Detail::Reset(
+            crate::event::Queues {
+                unacked: Some(unacked),
+                unread: Some(unread),
+                idle_data_recv_ns: Some(data_recv_ms * 1_000_000),
+            },
+            origin,
+        );
         self
     }
     /// The event.
@@ -279,6 +308,31 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 .filter(|_| kind == EventKind::RstSent)
                 .map(|r| REASONS.iter().position(|n| *n == r).expect("known reason") as u32);
             let sock = v["sock"].as_str().expect("sock");
+            let detail = match kind {
+                EventKind::SocketError => crate::event::Detail::SocketError {
+                    errno: v["errno"].as_i64().expect("errno") as i32,
+                },
+                EventKind::Drop => crate::event::Detail::Drop(crate::event::Dropped {
+                    reason: v["reason"].as_str().map(|r| {
+                        DROP_REASONS
+                            .iter()
+                            .find(|(_, name)| *name == r)
+                            .unwrap_or_else(|| panic!("drop reason {r} not in DROP_REASONS"))
+                            .0
+                    }),
+                    tcp_flags: tcp_flags(v["tcp_flags"].as_str().unwrap_or("-")),
+                    incoming: v["direction"] == "in",
+                }),
+                k if k.is_rst() => crate::event::Detail::Reset(
+                    crate::event::Queues {
+                        unacked: u64_of(&v, "unacked").map(|n| n as u32),
+                        unread: u64_of(&v, "unread").map(|n| n as u32),
+                        idle_data_recv_ns: u64_of(&v, "idle_data_recv_ns"),
+                    },
+                    None,
+                ),
+                _ => crate::event::Detail::default(),
+            };
             TcpEvent {
                 mono_ns: u64_of(&v, "mono_ns").unwrap(),
                 kind,
@@ -295,8 +349,17 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                 idle_send_ns: u64_of(&v, "idle_send_ns"),
                 idle_recv_ns: u64_of(&v, "idle_recv_ns"),
                 err: v["err"].as_i64().map(|e| e as i32),
-                detail: Default::default(),
+                detail,
             }
         })
         .collect()
+}
+
+/// `PSH|ACK` -> its TCP header flags byte.
+fn tcp_flags(names: &str) -> u8 {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    names
+        .split('|')
+        .filter_map(|n| NAMES.iter().position(|f| *f == n))
+        .fold(0, |flags, bit| flags | (1 << bit))
 }

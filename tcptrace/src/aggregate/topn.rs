@@ -89,6 +89,21 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
         self.evicted
     }
 
+    /// Adds every entry of `other` into this map: `merge` folds one
+    /// into an existing entry (or one made with `make`); the lightest
+    /// make room as usual.
+    pub fn merge_from(
+        &mut self,
+        other: &TopN<K, V>,
+        make: impl Fn() -> V,
+        merge: impl Fn(&mut V, &V),
+    ) {
+        for (key, value) in &other.entries {
+            merge(self.entry(key, &make), value);
+        }
+        self.evicted += other.evicted;
+    }
+
     /// Entries by descending weight (ties in key order of insertion are
     /// not stable, so callers that need a stable order sort further).
     pub fn ranked(&self) -> Vec<(&K, &V)> {

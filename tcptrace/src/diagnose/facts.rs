@@ -12,7 +12,10 @@ use serde::Serialize;
 use crate::host::{
     conntrack::ConntrackChange,
     global::HostGlobal,
+    owners::Owner,
+    reading::tcp_delta,
     sock_diag::{TcpSocket, TcpState},
+    survey::Survey,
 };
 
 /// Sysctls the rules read and the report shows.
@@ -52,6 +55,150 @@ pub struct HostFacts {
     pub host_global_start: Option<HostGlobal>,
     /// The same at the end.
     pub host_global_end: Option<HostGlobal>,
+    // --- per namespace (conntrack and drop rules) ---
+    /// The namespace `--netns` watched (inode); `None`: the whole host.
+    pub watched_netns: Option<u32>,
+    /// The namespaces the events came from, the watched one, and any
+    /// whose conntrack refused packets or is full, each with its own
+    /// counters and conntrack (see [`NamespaceFacts`]), most events first.
+    pub namespaces: Vec<NamespaceFacts>,
+    /// More namespaces were in use than were read: a namespace missing
+    /// here may be one of them.
+    pub namespaces_truncated: bool,
+    /// TCP drops the kernel counted by drop reason name over the run,
+    /// exact even when events were lost: `in_scope` those the filters
+    /// kept (and the watched connections' own, wherever they were
+    /// dropped), `host` every one on the host before any filter.
+    pub kernel_drops: KernelDrops,
+    /// Every listener sampled while watching, with the fullest accept
+    /// queue seen (`ListenerPeaks`).
+    pub listeners_peak: Vec<Listener>,
+}
+
+/// The kernel's own per-reason drop counts (see `HostFacts::kernel_drops`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelDrops {
+    /// `skb:kfree_skb` was traced: the counts below are complete (empty
+    /// means no TCP packet was dropped).
+    pub traced: bool,
+    /// Drops the filters kept, by reason name.
+    pub in_scope: BTreeMap<String, u64>,
+    /// Every TCP drop on the host, by reason name.
+    pub host: BTreeMap<String, u64>,
+}
+
+impl KernelDrops {
+    /// Host-wide drops with this reason.
+    pub fn host(&self, reason: &str) -> u64 {
+        self.host.get(reason).copied().unwrap_or(0)
+    }
+}
+
+/// One network namespace's side of the run: its own counters and
+/// conntrack, quoted where they belong.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NamespaceFacts {
+    /// Its inode (what events carry as `netns`).
+    pub inode: u32,
+    /// How to find it: `ip netns` name, `host`, or `pid N (comm)`.
+    pub name: String,
+    /// The namespace `--netns` named.
+    pub watched: bool,
+    /// Events that came from it.
+    pub events: u64,
+    /// Created during the run (not there at the start): its counters are
+    /// counted from zero at its creation.
+    pub created_during_run: bool,
+    /// Change of each TCP/ICMP counter over the run, by nstat name.
+    pub counters: BTreeMap<String, i64>,
+    /// Its conntrack at the start and the end (start = end for one
+    /// created during the run); `None` when unreadable.
+    pub conntrack: Option<ConntrackChange>,
+}
+
+impl NamespaceFacts {
+    /// A counter's change by nstat name; 0 when absent.
+    pub fn counter(&self, name: &str) -> i64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// `netns ctf-node (4026532301)`: where a figure comes from.
+    pub fn label(&self) -> String {
+        format!("netns {} ({})", self.name, self.inode)
+    }
+
+    /// The conntrack table refused or flagged packets over the run, or
+    /// is full now: `drop`, `early_drop`, `insert_failed` or `invalid`
+    /// rose, or the count reached `nf_conntrack_max`.
+    pub fn conntrack_notable(&self) -> bool {
+        let Some(ct) = &self.conntrack else {
+            return false;
+        };
+        let full = ct
+            .end
+            .state()
+            .is_some_and(|s| matches!((s.count, s.max), (Some(c), Some(m)) if m > 0 && c >= m));
+        full || ["drop", "early_drop", "insert_failed", "invalid"]
+            .iter()
+            .any(|k| ct.delta_of(k) > 0)
+    }
+
+    /// Per-namespace facts from a survey before and after the run:
+    /// the namespaces in `events` (inode -> events from it), the
+    /// `watched` one, and those whose conntrack is notable, most
+    /// events first. A namespace in `after` only was created during the
+    /// run, unless `before` was truncated (then it is left out: its
+    /// counters could not be told from their change).
+    pub fn from_surveys(
+        before: &Survey,
+        after: &Survey,
+        events: &BTreeMap<u32, u64>,
+        watched: Option<u32>,
+    ) -> Vec<NamespaceFacts> {
+        let mut facts: Vec<NamespaceFacts> = after
+            .namespaces
+            .iter()
+            .filter_map(|(inode, end)| {
+                let start = before.namespaces.get(inode);
+                if start.is_none() && before.truncated {
+                    return None;
+                }
+                let conntrack = match (start.and_then(|s| s.conntrack.clone()), &end.conntrack) {
+                    (Some(s), Some(e)) => Some(ConntrackChange::new(s, e.clone())),
+                    (None, Some(e)) if start.is_none() => {
+                        Some(ConntrackChange::new(e.clone(), e.clone()))
+                    }
+                    _ => None,
+                };
+                Some(NamespaceFacts {
+                    inode: *inode,
+                    name: end.name.clone(),
+                    watched: watched == Some(*inode),
+                    events: events.get(inode).copied().unwrap_or(0),
+                    created_during_run: start.is_none(),
+                    counters: tcp_delta(&end.counters, start.map(|s| &s.counters)),
+                    conntrack,
+                })
+            })
+            .filter(|ns| ns.events > 0 || ns.watched || ns.conntrack_notable())
+            .collect();
+        facts.sort_by(|a, b| (b.watched, b.events, a.inode).cmp(&(a.watched, a.events, b.inode)));
+        facts
+    }
+
+    /// Every counter summed over the namespaces that had events: the
+    /// host-wide figure a rule quotes when no namespace was named.
+    pub fn summed(namespaces: &[NamespaceFacts]) -> Option<BTreeMap<String, i64>> {
+        let mut sum: BTreeMap<String, i64> = BTreeMap::new();
+        let mut any = false;
+        for ns in namespaces.iter().filter(|ns| ns.events > 0) {
+            any = true;
+            for (k, v) in &ns.counters {
+                *sum.entry(k.clone()).or_default() += v;
+            }
+        }
+        any.then_some(sum)
+    }
 }
 
 impl HostFacts {
@@ -80,6 +227,16 @@ impl HostFacts {
     /// The later socket table, else the earlier one.
     pub fn sockets(&self) -> Option<&SocketFacts> {
         self.sockets_end.as_ref().or(self.sockets_start.as_ref())
+    }
+
+    /// The facts of the namespace with this inode, if it was kept.
+    pub fn namespace(&self, inode: u32) -> Option<&NamespaceFacts> {
+        self.namespaces.iter().find(|ns| ns.inode == inode)
+    }
+
+    /// A counter's change in one namespace (0: absent or not read).
+    pub fn counter_in(&self, inode: u32, name: &str) -> i64 {
+        self.namespace(inode).map_or(0, |ns| ns.counter(name))
     }
 }
 
@@ -112,6 +269,7 @@ impl SocketFacts {
                     local: s.local,
                     queued: s.recv_q,
                     limit: Some(s.send_q),
+                    owner: None,
                 }),
                 _ => {}
             }
@@ -127,6 +285,87 @@ impl SocketFacts {
     pub fn in_state(&self, state: &str) -> u64 {
         self.states.get(state).copied().unwrap_or(0)
     }
+
+    /// Names the process holding each listener, from the socket inodes
+    /// sock_diag reported (`sockets`, the table these facts came from)
+    /// and an inode -> process map (`host::owners::socket_owners`).
+    pub fn name_listeners(&mut self, sockets: &[TcpSocket], owners: &HashMap<u64, Owner>) {
+        for l in &mut self.listeners {
+            l.owner = sockets
+                .iter()
+                .find(|s| s.state == TcpState::Listen && s.local == l.local && s.inode != 0)
+                .and_then(|s| owners.get(&s.inode))
+                .cloned();
+        }
+    }
+
+    /// The listener that accepts connections for `local` (its own address
+    /// or a wildcard one on the same port).
+    pub fn listener_for(&self, local: SocketAddr) -> Option<&Listener> {
+        listener_for(&self.listeners, local)
+    }
+}
+
+/// The fullest each listener's accept queue was when sampled during the
+/// run: the start and end tables alone miss a queue that was full in
+/// between.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerPeaks {
+    by_local: BTreeMap<SocketAddr, Listener>,
+    /// The sockets of the fullest sample of each, to name their holders.
+    sockets: HashMap<SocketAddr, TcpSocket>,
+}
+
+impl ListenerPeaks {
+    /// Takes one sample of the listening sockets.
+    pub fn sample(&mut self, sockets: &[TcpSocket]) {
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            let entry = self.by_local.entry(s.local).or_insert_with(|| Listener {
+                local: s.local,
+                queued: s.recv_q,
+                limit: Some(s.send_q),
+                owner: None,
+            });
+            if s.recv_q >= entry.queued {
+                entry.queued = s.recv_q;
+                entry.limit = Some(s.send_q);
+                self.sockets.insert(s.local, s.clone());
+            }
+        }
+    }
+
+    /// The peaks, holders named from an inode -> process map.
+    pub fn into_listeners(self, owners: &HashMap<u64, Owner>) -> Vec<Listener> {
+        let sockets = self.sockets;
+        self.by_local
+            .into_values()
+            .map(|mut l| {
+                l.owner = sockets
+                    .get(&l.local)
+                    .filter(|s| s.inode != 0)
+                    .and_then(|s| owners.get(&s.inode))
+                    .cloned();
+                l
+            })
+            .collect()
+    }
+}
+
+/// The listener in `listeners` that accepts for `local` (its address or
+/// a wildcard one on the same port).
+pub fn listener_for(listeners: &[Listener], local: SocketAddr) -> Option<&Listener> {
+    let ip = local.ip().to_canonical();
+    let same = |l: &&Listener| l.local.port() == local.port();
+    listeners
+        .iter()
+        .filter(same)
+        .find(|l| l.local.ip().to_canonical() == ip)
+        .or_else(|| {
+            listeners
+                .iter()
+                .filter(same)
+                .find(|l| l.local.ip().is_unspecified())
+        })
 }
 
 /// A listening socket and its accept queue.
@@ -138,6 +377,8 @@ pub struct Listener {
     pub queued: u32,
     /// The queue limit, min(backlog, somaxconn), when known.
     pub limit: Option<u32>,
+    /// The process holding it, when /proc names one.
+    pub owner: Option<Owner>,
 }
 
 #[cfg(test)]
@@ -187,7 +428,8 @@ mod tests {
             vec![Listener {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 queued: 3,
-                limit: Some(1)
+                limit: Some(1),
+                owner: None,
             }]
         );
     }

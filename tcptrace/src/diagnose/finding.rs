@@ -30,6 +30,24 @@ pub enum Cause {
     /// RSTs forged on the path (load balancer, firewall, NAT): they came
     /// from fewer hops away than the peer's own segments.
     ResetOnPath,
+    /// A conntrack table (a node's) is full: new connections' SYNs are dropped.
+    ConntrackTableFull,
+    /// Replies conntrack marked INVALID skipped reverse NAT; the client's
+    /// kernel answered them with RSTs that killed the connections.
+    ConntrackInvalidNatBypass,
+    /// SYNs vanish on the way (firewall, security group): connects time out.
+    SynDroppedOnPath,
+    /// A load balancer / NAT silently forgets flows idle longer than its
+    /// timeout: the next send on such a flow is never answered.
+    MiddleboxIdleBlackhole,
+    /// A smaller-MTU hop with ICMP filtered: full-size segments never arrive.
+    PmtuBlackHole,
+    /// Too many orphaned sockets or TCP memory exhausted: the kernel aborts closing connections.
+    OrphanOrMemoryAbort,
+    /// SYNs reusing a tuple the server holds in TIME_WAIT rejected by PAWS (clients behind NAT).
+    PawsRejectedSyn,
+    /// Failures the run saw that no known cause explains: listed, never silent.
+    Unexplained,
 }
 
 impl Cause {
@@ -46,6 +64,14 @@ impl Cause {
             Cause::NothingListening => "nothing_listening",
             Cause::HalfOpenAfterPeerRestart => "half_open_after_peer_restart",
             Cause::ResetOnPath => "reset_on_path",
+            Cause::ConntrackTableFull => "conntrack_table_full",
+            Cause::ConntrackInvalidNatBypass => "conntrack_invalid_nat_bypass",
+            Cause::SynDroppedOnPath => "syn_dropped_on_path",
+            Cause::MiddleboxIdleBlackhole => "middlebox_idle_blackhole",
+            Cause::PmtuBlackHole => "pmtu_black_hole",
+            Cause::OrphanOrMemoryAbort => "orphan_or_memory_abort",
+            Cause::PawsRejectedSyn => "paws_rejected_syn",
+            Cause::Unexplained => "unexplained",
         }
     }
 
@@ -68,6 +94,22 @@ impl Cause {
             Cause::ResetOnPath => {
                 "Resets forged on the path (load balancer, firewall or NAT), not sent by the peer"
             }
+            Cause::ConntrackTableFull => "Conntrack table full: new connections dropped",
+            Cause::ConntrackInvalidNatBypass => {
+                "Replies skipped reverse NAT (conntrack INVALID): the client's kernel reset the connections"
+            }
+            Cause::SynDroppedOnPath => "SYNs dropped on the path: connects time out",
+            Cause::MiddleboxIdleBlackhole => {
+                "Load balancer / NAT silently drops flows idle longer than its timeout"
+            }
+            Cause::PmtuBlackHole => "Path MTU black hole (full-size segments never arrive)",
+            Cause::OrphanOrMemoryAbort => {
+                "Too many orphaned sockets / TCP memory exhausted (connections aborted on close)"
+            }
+            Cause::PawsRejectedSyn => {
+                "SYNs rejected by PAWS at a TIME_WAIT socket (clients behind NAT)"
+            }
+            Cause::Unexplained => "Failures no known cause explains",
         }
     }
 }
@@ -136,6 +178,20 @@ pub struct Finding {
     pub fix: Vec<String>,
     /// The key figures as numbers for machines (seconds, counts).
     pub figures: BTreeMap<&'static str, f64>,
+    /// When the events it rests on happened, from the start of the run;
+    /// `None` when no traced event marks it (a finding from counters or
+    /// socket tables alone).
+    pub moments: Option<Moments>,
+}
+
+/// The first and the last event a finding refers to, in seconds from the
+/// start of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Moments {
+    /// The first event.
+    pub first_s: f64,
+    /// The last event.
+    pub last_s: f64,
 }
 
 impl Finding {
@@ -151,6 +207,7 @@ impl Finding {
             affected: Vec::new(),
             fix: Vec::new(),
             figures: BTreeMap::new(),
+            moments: None,
         }
     }
 }

@@ -2,17 +2,22 @@
 //! figures behind them; human text that fits a terminal, or one JSON
 //! document (schema in docs/diagnose.md).
 
-use std::io::{self, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    facts::HostFacts,
-    finding::{Confidence, Finding},
+    facts::{HostFacts, NamespaceFacts},
+    finding::{Cause, Confidence, Finding},
 };
 use crate::{
-    aggregate::{Aggregate, Percentiles},
+    aggregate::{
+        Aggregate, Percentiles, Related, ReuseOutcomes, Stats, Weight as _, timeline::Series,
+    },
     counts::Counts,
     event::SCHEMA_VERSION,
     timefmt::duration_ns,
@@ -20,6 +25,8 @@ use crate::{
 
 /// Processes listed in the report's figures.
 const TOP_PROCESSES: usize = 10;
+/// Peers (and addresses of scattered resets) listed.
+const TOP_PEERS: usize = 10;
 /// Text width for the human report.
 const WIDTH: usize = 100;
 
@@ -37,6 +44,8 @@ pub struct Report {
     pub counts: Counts,
     /// Ranked findings.
     pub findings: Vec<Finding>,
+    /// Pods and containers of the affected processes, by (pid, cgroup id).
+    pub workloads: Workloads,
     /// What each rule checked, one line each.
     pub checked: Vec<String>,
     /// Counter deltas, sysctls, socket tables.
@@ -45,7 +54,28 @@ pub struct Report {
     pub missing: Vec<String>,
     /// The `--during` load, if any.
     pub load: Option<LoadRun>,
+    /// When tracing started (RFC 3339, UTC).
+    pub started_at: Option<String>,
+    /// The running kernel's release (`uname -r`).
+    pub kernel: Option<String>,
+    /// The filters the events were taken with (`pid`, `comm`, `port`,
+    /// `netns`, `events`, `reuse_idle_ms`).
+    pub filters: Value,
 }
+
+/// A process's pod and container, as `host::cgroups` names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The pod's namespace.
+    pub namespace: Option<String>,
+    /// The pod's name (its UID when not named).
+    pub pod: Option<String>,
+    /// The container's name (its short ID when not named).
+    pub container: Option<String>,
+}
+
+/// Workloads by (pid, cgroup id).
+pub type Workloads = BTreeMap<(u32, u64), Workload>;
 
 /// The `--during` load and how it ended.
 #[derive(Debug, Clone, Serialize)]
@@ -86,19 +116,61 @@ impl Report {
             "sysctls": self.host.sysctls,
             "sockets_start": self.host.sockets_start,
             "sockets_end": self.host.sockets_end,
+            "listeners_peak": self.host.listeners_peak,
             "conntrack": self.host.conntrack,
             "host_global": {
                 "start": self.host.host_global_start,
                 "end": self.host.host_global_end,
             },
+            "namespaces": namespaces_json(&self.host),
+            "drops_by_reason": self.host.kernel_drops,
             "processes": processes_json(agg),
+            "peers": peers_json(agg),
+            "scattered_resets": scattered_json(agg),
+            "timeline": timeline_json(agg),
+            "distributions": distributions_json(agg),
             "missing": self.missing,
             "load": self.load,
+            "started_at": self.started_at,
+            "kernel": self.kernel,
+            "filters": self.filters,
         });
         if let Value::Object(fields) = &mut report {
             fields.extend(self.counts.json_fields());
         }
+        self.name_affected(&mut report);
         report
+    }
+
+    /// `pod`, `namespace`, `container` on each affected process the
+    /// cgroups named (absent otherwise).
+    fn name_affected(&self, report: &mut Value) {
+        let Some(findings) = report["findings"].as_array_mut() else {
+            return;
+        };
+        for affected in findings
+            .iter_mut()
+            .filter_map(|f| f["affected"].as_array_mut())
+            .flatten()
+        {
+            let key = (
+                affected["pid"].as_u64().unwrap_or(0) as u32,
+                affected["cgroup_id"].as_u64().unwrap_or(0),
+            );
+            let (Some(workload), Value::Object(fields)) = (self.workloads.get(&key), affected)
+            else {
+                continue;
+            };
+            for (name, value) in [
+                ("namespace", &workload.namespace),
+                ("pod", &workload.pod),
+                ("container", &workload.container),
+            ] {
+                if let Some(value) = value {
+                    fields.insert(name.into(), json!(value));
+                }
+            }
+        }
     }
 
     /// The report as text that fits a terminal.
@@ -129,7 +201,20 @@ impl Report {
         }
         writeln!(out)?;
         let problems: Vec<_> = self.problems().collect();
-        if problems.is_empty() {
+        let unexplained = self
+            .findings
+            .iter()
+            .filter(|f| f.cause == Cause::Unexplained)
+            .filter_map(|f| f.figures.get("unexplained_events"))
+            .sum::<f64>();
+        if problems.is_empty() && unexplained > 0.0 {
+            // Never "no problem" while failures went unexplained.
+            writeln!(
+                out,
+                "No known cause at medium or high confidence, but {unexplained} failure events went unexplained (listed below)."
+            )?;
+            writeln!(out)?;
+        } else if problems.is_empty() {
             writeln!(
                 out,
                 "No problem found (nothing at medium or high confidence)."
@@ -200,6 +285,30 @@ impl Report {
         if let Some(conntrack) = &self.host.conntrack {
             wrap(out, &conntrack.to_string(), "", "  ")?;
         }
+        // Per namespace when the run spans more than the one watched.
+        if self.host.namespaces.iter().any(|ns| !ns.watched) {
+            for ns in &self.host.namespaces {
+                wrap(out, &namespace_line(ns), "", "  ")?;
+            }
+        }
+        let host_drops: Vec<String> = self
+            .host
+            .kernel_drops
+            .host
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !host_drops.is_empty() {
+            wrap(
+                out,
+                &format!(
+                    "TCP drops on the whole host (kernel counts, before any filter): {}",
+                    host_drops.join(", ")
+                ),
+                "",
+                "  ",
+            )?;
+        }
         if let Some(global) = self.host.host_global_end.as_ref() {
             wrap(out, &global.to_string(), "", "  ")?;
         }
@@ -208,6 +317,57 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `netns ctf-node (4026532301): 12 events; counters: TcpRetransSegs +3;
+/// conntrack: ...`
+fn namespace_line(ns: &NamespaceFacts) -> String {
+    let mut line = format!(
+        "{}{}: {} events",
+        ns.label(),
+        if ns.watched { " (watched)" } else { "" },
+        ns.events
+    );
+    if ns.created_during_run {
+        line += ", created during the run";
+    }
+    let changed: Vec<String> = ns
+        .counters
+        .iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| format!("{k} {v:+}"))
+        .collect();
+    if !changed.is_empty() {
+        line += &format!("; counters changed: {}", changed.join(", "));
+    }
+    if let Some(ct) = ns.conntrack.as_ref().filter(|ct| ct.loaded()) {
+        line += &format!("; {ct}");
+    }
+    line
+}
+
+/// The per-namespace facts with their non-zero counters only.
+fn namespaces_json(host: &HostFacts) -> Value {
+    host.namespaces
+        .iter()
+        .map(|ns| {
+            let counters: serde_json::Map<String, Value> = ns
+                .counters
+                .iter()
+                .filter(|(_, v)| **v != 0)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({
+                "inode": ns.inode,
+                "name": ns.name,
+                "watched": ns.watched,
+                "events": ns.events,
+                "created_during_run": ns.created_during_run,
+                "counters": counters,
+                "conntrack": ns.conntrack,
+            })
+        })
+        .collect()
 }
 
 fn pct(p: Option<Percentiles>) -> Value {
@@ -220,31 +380,152 @@ fn pct(p: Option<Percentiles>) -> Value {
     }
 }
 
+/// A group's figures, as `processes` and `peers` list them.
+fn stats_json(s: &Stats) -> serde_json::Map<String, Value> {
+    let value = json!({
+        "connects": s.connects,
+        "connect_failed": s.connect_failed,
+        "refused": s.refused,
+        "rst_sent": s.rst_sent,
+        "rst_received": s.rst_received,
+        "retransmits": s.retransmits,
+        "syn_retransmits": s.syn_retransmits,
+        "synack_retransmits": s.synack_retransmits,
+        "timeout_aborts": s.timeout_aborts,
+        "drops": s.drops,
+        "socket_errors": s.socket_errors,
+        "connect_latency": pct(s.connect_latency.percentiles()),
+        "idle_before_rst": pct(s.idle_before_rst.percentiles()),
+        "age_at_rst": pct(s.age_at_rst.percentiles()),
+        "lifetime": pct(s.lifetimes.percentiles()),
+        "reuses": reuses_json(&s.reuse_outcomes),
+    });
+    match value {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
 fn processes_json(agg: &Aggregate) -> Value {
     agg.ranked_processes()
         .into_iter()
         .take(TOP_PROCESSES)
         .map(|(pid, p)| {
-            let s = &p.stats;
+            let mut row = serde_json::Map::new();
+            row.insert("pid".into(), json!(pid));
+            row.insert("comm".into(), json!(p.comm));
+            row.extend(stats_json(&p.stats));
+            Value::Object(row)
+        })
+        .collect()
+}
+
+/// The heaviest remote endpoints, without the one-off unowned ports that
+/// `scattered_resets` counts by address.
+fn peers_json(agg: &Aggregate) -> Value {
+    let mut peers: Vec<_> = agg
+        .peers
+        .iter()
+        .filter(|(peer, s)| !agg.scattered.folds(**peer, s))
+        .collect();
+    peers.sort_by(|a, b| {
+        (b.1.incidents(), b.1.weight(), a.0).cmp(&(a.1.incidents(), a.1.weight(), b.0))
+    });
+    peers
+        .into_iter()
+        .take(TOP_PEERS)
+        .map(|(peer, s)| {
+            let mut row = serde_json::Map::new();
+            row.insert("peer".into(), json!(peer.to_string()));
+            row.insert(
+                "processes".into(),
+                s.related
+                    .ranked()
+                    .into_iter()
+                    .filter_map(|(r, _)| match r {
+                        Related::Process(pid) => Some(json!(pid)),
+                        Related::Peer(_) => None,
+                    })
+                    .collect(),
+            );
+            row.extend(stats_json(s));
+            Value::Object(row)
+        })
+        .collect()
+}
+
+fn scattered_json(agg: &Aggregate) -> Value {
+    agg.scattered
+        .ranked()
+        .into_iter()
+        .take(TOP_PEERS)
+        .map(|(ip, s)| {
             json!({
-                "pid": pid,
-                "comm": p.comm,
-                "connects": s.connects,
-                "connect_failed": s.connect_failed,
-                "refused": s.refused,
+                "address": ip.to_string(),
                 "rst_sent": s.rst_sent,
                 "rst_received": s.rst_received,
-                "retransmits": s.retransmits,
-                "syn_retransmits": s.syn_retransmits,
-                "synack_retransmits": s.synack_retransmits,
-                "timeout_aborts": s.timeout_aborts,
-                "connect_latency": pct(s.connect_latency.percentiles()),
-                "idle_before_rst": pct(s.idle_before_rst.percentiles()),
-                "age_at_rst": pct(s.age_at_rst.percentiles()),
-                "lifetime": pct(s.lifetimes.percentiles()),
+                "drops": s.drops,
+                "ports": s.ports,
             })
         })
         .collect()
+}
+
+/// Reuses after idle by outcome: `{"answered": {"count", "min_idle_s",
+/// "max_idle_s"}, "recovered", "stalled", "timed_out", "reset",
+/// "reset_after_fin", "unknown": n}`; outcomes that never happened are
+/// left out, null when there was no reuse.
+fn reuses_json(r: &ReuseOutcomes) -> Value {
+    if r.total() == 0 {
+        return Value::Null;
+    }
+    let mut out = serde_json::Map::new();
+    for (name, range) in [
+        ("answered", r.answered),
+        ("recovered", r.recovered),
+        ("stalled", r.stalled),
+        ("timed_out", r.timed_out),
+        ("reset", r.reset),
+        ("reset_after_fin", r.reset_after_fin),
+    ] {
+        if range.count > 0 {
+            out.insert(
+                name.into(),
+                json!({
+                    "count": range.count,
+                    "min_idle_s": range.min_ns as f64 / 1e9,
+                    "max_idle_s": range.max_ns as f64 / 1e9,
+                }),
+            );
+        }
+    }
+    if r.unknown > 0 {
+        out.insert("unknown".into(), json!(r.unknown));
+    }
+    Value::Object(out)
+}
+
+fn timeline_json(agg: &Aggregate) -> Value {
+    let t = &agg.timeline;
+    let series: serde_json::Map<String, Value> = Series::ALL
+        .iter()
+        .map(|s| (s.key().to_string(), json!(t.counts(*s))))
+        .collect();
+    json!({
+        "bucket_s": t.bucket_ns() as f64 / 1e9,
+        "series": series,
+    })
+}
+
+fn distributions_json(agg: &Aggregate) -> Value {
+    let total = &agg.total;
+    json!({
+        "connect_latency": total.connect_latency.values(),
+        "idle_before_rst": total.idle_before_rst.values(),
+        "peer_close_idle": total.peer_close_idle.values(),
+        "local_close_idle": total.local_close_idle.values(),
+        "reuse_idle": total.reuse_idle.values(),
+    })
 }
 
 /// Writes `text` wrapped at `WIDTH`, the first line after `first`, the
@@ -281,10 +562,7 @@ pub fn latency_text(p: &Percentiles) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        aggregate::testing::names,
-        diagnose::finding::{Cause, Finding},
-    };
+    use crate::{aggregate::testing::names, diagnose::finding::Finding};
 
     fn report(findings: Vec<Finding>) -> Report {
         Report {
@@ -293,10 +571,14 @@ mod tests {
             events: 12,
             counts: Counts::default(),
             findings,
+            workloads: Workloads::new(),
             checked: vec!["accept queues: TcpExtListenOverflows +0".into()],
             host: HostFacts::default(),
             missing: vec![],
             load: None,
+            started_at: None,
+            kernel: None,
+            filters: Value::Null,
         }
     }
 
@@ -328,5 +610,37 @@ mod tests {
         assert_eq!(j["verdict"], "problem");
         assert_eq!(j["findings"][0]["cause"], "nothing_listening");
         assert_eq!(j["findings"][0]["confidence"], "high");
+    }
+
+    #[test]
+    fn affected_processes_carry_their_pod_in_json() {
+        use crate::diagnose::finding::{Affected, Confidence};
+        let mut finding = Finding::new(Cause::LbIdleTimeout, Confidence::High, 3, "x".into());
+        for (pid, cgroup_id) in [(42, 7), (43, 8)] {
+            finding.affected.push(Affected {
+                pid,
+                comm: "app".into(),
+                peer: None,
+                events: 3,
+                role: "client",
+                cgroup_id,
+                cgroup: None,
+            });
+        }
+        let mut report = report(vec![finding]);
+        report.workloads.insert(
+            (42, 7),
+            Workload {
+                namespace: Some("shop".into()),
+                pod: Some("checkout-1".into()),
+                container: Some("app".into()),
+            },
+        );
+        let json = report.to_json(&Aggregate::new(names()));
+        let affected = &json["findings"][0]["affected"];
+        assert_eq!(affected[0]["pod"], "checkout-1");
+        assert_eq!(affected[0]["namespace"], "shop");
+        assert_eq!(affected[0]["container"], "app");
+        assert!(affected[1].get("pod").is_none(), "{affected}");
     }
 }

@@ -1,7 +1,9 @@
 //! What is read from the host rather than traced: sockets through netlink
 //! sock_diag and their owning processes from /proc, kernel counters (TCP,
 //! ICMP), sysctls, sockstat, conntrack, host-wide TCP limits, cgroups,
-//! Kubernetes pods, interfaces and their TC objects (rtnetlink), and
+//! Kubernetes pods (named from cgroup paths and the kubelet's log layout),
+//! interfaces and their TC objects (rtnetlink), a survey of every
+//! namespace's counters and conntrack, and
 //! network namespaces (the one `--netns` resolver). Below the pipeline:
 //! nothing here imports a command, the tracer or the CLI.
 
@@ -10,6 +12,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod global;
 pub mod icmp;
+pub mod k8s;
 pub mod netns;
 pub mod owners;
 pub mod pods;
@@ -18,4 +21,5 @@ pub mod reading;
 pub mod rtnetlink;
 pub mod sock_diag;
 pub mod sockstat;
+pub mod survey;
 pub mod sysctl;

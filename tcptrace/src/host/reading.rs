@@ -48,12 +48,31 @@ impl Reading {
     /// name (the other IP/UDP ones say nothing about TCP and only add
     /// noise; ICMP unreachable / too big and failed fragmentation do).
     pub fn counter_delta(&self, before: &Reading) -> BTreeMap<String, i64> {
-        self.counters
-            .delta(&before.counters)
+        tcp_delta(&self.counters, Some(&before.counters))
+    }
+}
+
+/// /proc/net/snmp fields that are settings, not counters.
+const CONSTANTS: [&str; 4] = ["TcpRtoAlgorithm", "TcpRtoMin", "TcpRtoMax", "TcpMaxConn"];
+
+/// TCP and ICMP counter changes from `before` to `after`, by nstat name
+/// (the ones `diagnose` reads). Without `before` (a namespace created
+/// during the run, whose counters started at zero) the values themselves.
+pub fn tcp_delta(after: &Counters, before: Option<&Counters>) -> BTreeMap<String, i64> {
+    let matters = |k: &str| k.starts_with("Tcp") || icmp::matters(k);
+    match before {
+        Some(before) => after
+            .delta(before)
             .iter()
-            .filter(|(k, _)| k.starts_with("Tcp") || icmp::matters(k))
+            .filter(|(k, _)| matters(k))
             .map(|(k, v)| (k.to_string(), v))
-            .collect()
+            .collect(),
+        // Settings shown as counters (`TcpRtoMin` 200...) did not change.
+        None => after
+            .iter()
+            .filter(|(k, _)| matters(k) && !CONSTANTS.contains(k))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
     }
 }
 

@@ -196,6 +196,17 @@ impl TcpInfo {
 
 /// Dumps the IPv4 and IPv6 TCP sockets of the caller's network namespace.
 pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
+    dump(StateFlags::all(), ExtensionFlags::INFO)
+}
+
+/// Dumps only the listening TCP sockets (their accept queues: `recv_q`
+/// queued, `send_q` the limit), without `tcp_info`: cheap enough to
+/// sample while watching.
+pub fn dump_tcp_listeners() -> Result<Vec<TcpSocket>, SockDiagError> {
+    dump(StateFlags::LISTEN, ExtensionFlags::empty())
+}
+
+fn dump(states: StateFlags, extensions: ExtensionFlags) -> Result<Vec<TcpSocket>, SockDiagError> {
     let io = |context| move |source| SockDiagError::Io { context, source };
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io("cannot open a netlink socket"))?;
     socket
@@ -206,20 +217,25 @@ pub fn dump_tcp() -> Result<Vec<TcpSocket>, SockDiagError> {
         .map_err(io("cannot connect the netlink socket"))?;
     let mut sockets = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        request_dump(&socket, family)?;
+        request_dump(&socket, family, states.clone(), extensions.clone())?;
         receive_dump(&socket, &mut sockets)?;
     }
     Ok(sockets)
 }
 
-fn request_dump(socket: &Socket, family: u8) -> Result<(), SockDiagError> {
+fn request_dump(
+    socket: &Socket,
+    family: u8,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+) -> Result<(), SockDiagError> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let request = SockDiagMessage::InetRequest(InetRequest {
         family,
         protocol: IPPROTO_TCP,
-        extensions: ExtensionFlags::INFO,
-        states: StateFlags::all(),
+        extensions,
+        states,
         socket_id: if family == AF_INET {
             SocketId::new_v4()
         } else {

@@ -75,6 +75,11 @@ fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
     layout.sk_err = find("sock", &["sk_err"]);
     layout.mss_cache = find("tcp_sock", &["mss_cache"]);
     layout.pmtu_cookie = find("inet_connection_sock", &["icsk_pmtu_cookie"]);
+    // What a reset left in the queues: lost data, or a complete exchange.
+    layout.write_seq = find("tcp_sock", &["write_seq"]);
+    layout.snd_una = find("tcp_sock", &["snd_una"]);
+    layout.rcv_nxt = find("tcp_sock", &["rcv_nxt"]);
+    layout.copied_seq = find("tcp_sock", &["copied_seq"]);
     // Dropped packets: their headers, socket and device.
     skb.head = find("sk_buff", &["head"]);
     skb.network_header = find("sk_buff", &["network_header"]);
@@ -172,6 +177,8 @@ mod tests {
         // tcp_sock embeds inet_connection_sock, which embeds sock.
         assert!(sock.lsndtime > sock.lrcvtime || sock.lsndtime > 512);
         assert!(sock.mss_cache > 512 && sock.pmtu_cookie > 512);
+        assert!(sock.write_seq > 512 && sock.snd_una > 512);
+        assert!(sock.rcv_nxt > 512 && sock.copied_seq > 512);
         // Members inside anonymous unions and struct groups are found.
         assert!(skb.dev > 0 && skb.dev < 64, "sk_buff.dev at {}", skb.dev);
         assert!(skb.network_header > skb.dev && skb.head > skb.network_header);

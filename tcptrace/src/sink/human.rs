@@ -130,15 +130,25 @@ fn detail(ev: &TcpEvent, ctx: &Context) -> String {
                 parts.push(format!("pmtu={pmtu}"));
             }
         }
-        Detail::Origin(p) => parts.push(match p.origin {
-            Origin::Middlebox => format!(
-                "origin=middlebox({} {} closer: {})",
-                p.hops_closer,
-                if p.hops_closer == 1 { "hop" } else { "hops" },
-                p.why()
-            ),
-            other => format!("origin={} ({})", other.name(), p.why()),
-        }),
+        Detail::Reset(q, origin) => {
+            if let Some(unacked) = q.unacked {
+                parts.push(format!("unacked={unacked}"));
+            }
+            if let Some(unread) = q.unread {
+                parts.push(format!("unread={unread}"));
+            }
+            if let Some(p) = origin {
+                parts.push(match p.origin {
+                    Origin::Middlebox => format!(
+                        "origin=middlebox({} {} closer: {})",
+                        p.hops_closer,
+                        if p.hops_closer == 1 { "hop" } else { "hops" },
+                        p.why()
+                    ),
+                    other => format!("origin={} ({})", other.name(), p.why()),
+                });
+            }
+        }
     }
     if ev.owner.is_none() {
         parts.push("owner=unknown".into());

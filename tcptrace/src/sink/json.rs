@@ -114,13 +114,26 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
             serde_json::to_writer(&mut *out, owner.comm.as_str())?;
             out.write_all(b",\"cgroup_id\":")?;
             out.write_all(n.format(owner.cgroup_id).as_bytes())?;
-            if let Some(cgroup) = ctx.cgroups.lookup(owner.cgroup_id) {
+            if let Some(cgroup) = ctx.cgroups.lookup_owner(owner.pid, owner.cgroup_id) {
                 out.write_all(b",\"cgroup\":")?;
                 serde_json::to_writer(&mut *out, cgroup.path.as_str())?;
-                if let Some(container) = &cgroup.container {
-                    out.write_all(b",\"container\":\"")?;
-                    out.write_all(container.as_bytes())?;
+                if let Some(id) = &cgroup.container {
+                    out.write_all(b",\"container_id\":\"")?;
+                    out.write_all(id.as_bytes())?;
                     out.write_all(b"\"")?;
+                }
+                // Names come from directory names: escaped like any text.
+                if let Some(container) = cgroup.container_name() {
+                    out.write_all(b",\"container\":")?;
+                    serde_json::to_writer(&mut *out, container)?;
+                }
+                if let Some(pod) = cgroup.pod_name() {
+                    out.write_all(b",\"pod\":")?;
+                    serde_json::to_writer(&mut *out, pod)?;
+                }
+                if let Some(namespace) = cgroup.namespace() {
+                    out.write_all(b",\"namespace\":")?;
+                    serde_json::to_writer(&mut *out, namespace)?;
                 }
             }
             out.write_all(b"}")?;
@@ -185,7 +198,15 @@ fn write_detail(
             num_field(out, n, b",\"mss\":", seg.mss.map(u64::from))?;
             num_field(out, n, b",\"pmtu\":", seg.pmtu.map(u64::from))
         }
-        Detail::Origin(p) => write_origin(out, p),
+        Detail::Reset(q, origin) => {
+            num_field(out, n, b",\"unacked\":", q.unacked.map(u64::from))?;
+            num_field(out, n, b",\"unread\":", q.unread.map(u64::from))?;
+            num_field(out, n, b",\"idle_data_recv_ns\":", q.idle_data_recv_ns)?;
+            match origin {
+                Some(p) => write_origin(out, p),
+                None => Ok(()),
+            }
+        }
     }
 }
 

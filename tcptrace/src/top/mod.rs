@@ -3,6 +3,7 @@
 //! periodic plain or JSON snapshots otherwise; both end, on the stop
 //! signal, with the session's exact counts.
 
+mod detail;
 mod plain;
 mod tui;
 mod view;
@@ -12,12 +13,13 @@ use std::{
     process::ExitCode,
 };
 
-pub use self::view::{Row, Snapshot, SortKey};
+pub use self::view::{Row, RowKey, Snapshot, SortKey};
 use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
     event::TcpEvent,
-    filter_args::session_options,
+    filter_args::{self, session_options},
+    host::cgroups::Cgroups,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };
@@ -34,17 +36,18 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         skip_opening: true,
         ..options
     };
+    let mut cgroups = filter_args::cgroups(&args.filter)?;
     let interactive = !args.json && !args.plain && std::io::stdout().is_terminal();
     let session = Session::start(&options, stop_signal(args.duration))?;
     let agg = Aggregate::new(session.names().clone());
     if interactive {
-        let counts = tui::run(session, agg, &args).await?;
+        let counts = tui::run(session, agg, &args, &mut cgroups).await?;
         // After the terminal is restored: what the view was made of.
         eprintln!("tcptrace top: {}", counts.human());
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("tcptrace: top; Ctrl-C to stop");
-        plain_loop(session, agg, &args).await
+        plain_loop(session, agg, &args, &mut cgroups).await
     }
 }
 
@@ -52,6 +55,7 @@ async fn plain_loop(
     mut session: Session,
     mut agg: Aggregate,
     args: &TopArgs,
+    cgroups: &mut Cgroups,
 ) -> anyhow::Result<ExitCode> {
     let mut previous = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
@@ -62,7 +66,8 @@ async fn plain_loop(
         tokio::select! {
             biased;
             _ = tick.tick() => {
-                let snap = Snapshot::take(&agg, &previous, session.elapsed(), session.counts()?);
+                let mut snap = Snapshot::take(&agg, &previous, session.elapsed(), session.counts()?);
+                snap.name_pods(cgroups);
                 plain::write(&mut out, &snap, args.rows.into(), args.json)?;
                 previous = snap;
             }
@@ -81,7 +86,8 @@ async fn plain_loop(
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    let snap = Snapshot::take(&agg, &previous, elapsed, counts);
+    let mut snap = Snapshot::take(&agg, &previous, elapsed, counts);
+    snap.name_pods(cgroups);
     plain::write(&mut out, &snap, args.rows.into(), args.json)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

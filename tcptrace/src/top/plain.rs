@@ -34,7 +34,7 @@ impl serde::Serialize for Limited<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let counts = &self.snap.counts;
-        let mut st = s.serialize_struct("Snapshot", 10)?;
+        let mut st = s.serialize_struct("Snapshot", 11)?;
         st.serialize_field("v", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("type", "top")?;
         st.serialize_field("elapsed_s", &self.snap.elapsed_s)?;
@@ -46,6 +46,7 @@ impl serde::Serialize for Limited<'_> {
         let cut = |rows: &'_ [Row]| rows[..rows.len().min(self.rows)].to_vec();
         st.serialize_field("processes", &cut(&self.snap.processes))?;
         st.serialize_field("peers", &cut(&self.snap.peers))?;
+        st.serialize_field("host", &self.snap.host)?;
         st.end()
     }
 }
@@ -74,22 +75,44 @@ pub fn cells(r: &Row) -> [String; 11] {
     ]
 }
 
+/// The NAME column is at most this wide; longer names are cut.
+pub const MAX_NAME: usize = 40;
+
+/// Column widths that fit `rows`: the NAME column, then one per `HEADER`.
+pub fn widths(title: &str, rows: &[Row]) -> (usize, [usize; 11]) {
+    let name = rows
+        .iter()
+        .map(|r| r.name().chars().count())
+        .chain([title.len()])
+        .max()
+        .unwrap_or(0)
+        .min(MAX_NAME);
+    let mut columns = HEADER.map(str::len);
+    for r in rows {
+        for (w, c) in columns.iter_mut().zip(cells(r)) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    (name, columns)
+}
+
 fn table(out: &mut impl Write, title: &str, rows: &[Row], limit: usize) -> io::Result<()> {
-    write!(out, "{title:<28}")?;
-    for h in HEADER {
-        write!(out, " {h:>8}")?;
+    let rows = &rows[..rows.len().min(limit)];
+    let (name, columns) = widths(title, rows);
+    write!(out, "{title:<name$}")?;
+    for (h, w) in HEADER.iter().zip(columns) {
+        write!(out, " {h:>w$}")?;
     }
     writeln!(out)?;
-    for r in rows.iter().take(limit) {
-        let mut label = r.label.clone();
-        label.truncate(28);
-        write!(out, "{label:<28}")?;
-        for c in cells(r) {
-            write!(out, " {c:>8}")?;
+    for r in rows {
+        let label: String = r.name().chars().take(name).collect();
+        write!(out, "{label:<name$}")?;
+        for (c, w) in cells(r).iter().zip(columns) {
+            write!(out, " {c:>w$}")?;
         }
         writeln!(out)?;
         if let Some(line) = breakdown(r) {
-            writeln!(out, "{:<28} {line}", "")?;
+            writeln!(out, "{:<name$} {line}", "")?;
         }
     }
     Ok(())
@@ -143,6 +166,7 @@ mod tests {
                 },
             ],
             peers: vec![],
+            host: Row::default(),
             counts: Counts::default(),
         };
         let mut text = Vec::new();

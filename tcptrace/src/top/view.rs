@@ -4,27 +4,61 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregate, Stats},
+    aggregate::{Aggregate, Stats, scattered::Scattered},
     counts::Counts,
+    host::cgroups::Cgroups,
 };
+
+/// What a row stands for, to find its figures again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RowKey {
+    /// The whole host.
+    #[default]
+    Host,
+    /// A process (pid 0: no owner known).
+    Process(u32),
+    /// A remote endpoint (port 0: the clients of a local server).
+    Peer(SocketAddr),
+    /// Unowned RSTs with the ephemeral ports of one address.
+    Scattered(IpAddr),
+}
 
 /// One row of a `top` table: a process or a peer, its totals, rates and connect latency.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
-    /// `pid 42 (curl)` or `10.0.0.7:443`.
+    /// `42 curl`, `10.0.0.7:443`, `10.0.0.7 (clients)`, or
+    /// `10.0.0.7:* (unowned RSTs)` for the folded one-off ports of an
+    /// address.
     pub label: String,
+    /// What the row stands for.
+    #[serde(skip)]
+    pub key: RowKey,
     /// Process rows: the pid (0: no owner known).
     pub pid: Option<u32>,
     /// Process rows: the command name.
     pub comm: Option<String>,
     /// Peer rows: the remote endpoint.
     pub peer: Option<String>,
+    /// Process rows on a Kubernetes node: the pod's namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod's name (its UID when the kubelet's log directory does
+    /// not name it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The container's name (or short ID), also outside Kubernetes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Process rows: the cgroup v2 id the names come from.
+    #[serde(skip)]
+    pub cgroup_id: u64,
     /// RSTs sent.
     pub rst_sent: u64,
     /// RSTs received.
@@ -50,6 +84,14 @@ pub struct Row {
     pub incidents_per_s: f64,
     /// RSTs (both ways) per second since the previous snapshot.
     pub resets_per_s: f64,
+    /// Retransmits per second since the previous snapshot.
+    pub retransmits_per_s: f64,
+    /// Failed connects and timeouts per second since the previous
+    /// snapshot.
+    pub failures_per_s: f64,
+    /// Folded rows: how many ephemeral ports (one-off "peers") the row
+    /// stands for.
+    pub grouped_ports: Option<u64>,
     /// Median connect latency, µs.
     pub connect_p50_us: Option<u64>,
     /// 99th percentile connect latency, µs.
@@ -80,6 +122,33 @@ impl Row {
     /// RSTs sent and received.
     pub fn resets(&self) -> u64 {
         self.rst_sent + self.rst_received
+    }
+
+    /// Failed connects and connections the kernel gave up on.
+    pub fn failures(&self) -> u64 {
+        self.connect_failed + self.timeout_aborts
+    }
+
+    /// The row for the one-off ports of `ip`.
+    fn scattered(ip: IpAddr, s: &Scattered) -> Row {
+        Row {
+            label: format!("{ip}:* (unowned RSTs)"),
+            key: RowKey::Scattered(ip),
+            peer: Some(ip.to_string()),
+            rst_sent: s.rst_sent,
+            rst_received: s.rst_received,
+            drops: s.drops,
+            grouped_ports: Some(s.ports),
+            ..Row::default()
+        }
+    }
+
+    /// The label with what a folded row stands for.
+    pub fn name(&self) -> String {
+        match self.grouped_ports {
+            Some(ports) => format!("{} x{ports} ports", self.label),
+            None => self.display_name(),
+        }
     }
 
     /// Resets, retransmits, failed connects, timeouts, drops and socket
@@ -172,8 +241,11 @@ pub struct Snapshot {
     pub events_lost: u64,
     /// One row per process (pid 0: no owner known).
     pub processes: Vec<Row>,
-    /// One row per remote endpoint.
+    /// One row per remote endpoint; the one-off unowned ports of an
+    /// address folded into one row.
     pub peers: Vec<Row>,
+    /// The whole host.
+    pub host: Row,
     /// Received, produced, lost, hook runs skipped: exact in the last
     /// snapshot, taken after the session drained.
     #[serde(skip)]
@@ -202,6 +274,8 @@ impl Snapshot {
                 Row {
                     pid: Some(*pid),
                     comm: Some(p.comm.clone()),
+                    key: RowKey::Process(*pid),
+                    cgroup_id: p.cgroup_id,
                     ..Row::from_stats(label, &p.stats)
                 }
             })
@@ -209,6 +283,7 @@ impl Snapshot {
         let mut peers: Vec<Row> = agg
             .peers
             .iter()
+            .filter(|(addr, s)| !agg.scattered.folds(**addr, s))
             .map(|(addr, s)| {
                 let label = if addr.port() == 0 {
                     format!("{} (clients)", addr.ip())
@@ -217,12 +292,25 @@ impl Snapshot {
                 };
                 Row {
                     peer: Some(addr.to_string()),
+                    key: RowKey::Peer(*addr),
                     ..Row::from_stats(label, s)
                 }
             })
+            .chain(
+                agg.scattered
+                    .ranked()
+                    .into_iter()
+                    .map(|(ip, s)| Row::scattered(ip, &s)),
+            )
             .collect();
+        let mut host = Row::from_stats("host".into(), &agg.total);
         rates(&mut processes, &previous.processes, dt);
         rates(&mut peers, &previous.peers, dt);
+        rates(
+            std::slice::from_mut(&mut host),
+            std::slice::from_ref(&previous.host),
+            dt,
+        );
         SortKey::Incidents.sort(&mut processes);
         SortKey::Incidents.sort(&mut peers);
         Snapshot {
@@ -231,19 +319,52 @@ impl Snapshot {
             events_lost: counts.lost(),
             processes,
             peers,
+            host,
             counts,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Names each process's pod and container (Kubernetes, containers).
+    pub fn name_pods(&mut self, cgroups: &mut Cgroups) {
+        for row in &mut self.processes {
+            let Some(pid) = row.pid.filter(|p| *p != 0) else {
+                continue;
+            };
+            let Some(cgroup) = cgroups.lookup_owner(pid, row.cgroup_id) else {
+                continue;
+            };
+            row.namespace = cgroup.namespace().map(str::to_string);
+            row.pod = cgroup.pod_name().map(str::to_string);
+            row.container = cgroup.container_name().map(str::to_string);
+        }
+    }
+}
+
+impl Row {
+    /// What the tables show: the label, with the pod (`ns/pod`) or the
+    /// container when known.
+    pub fn display_name(&self) -> String {
+        match (&self.namespace, &self.pod, &self.container) {
+            (Some(ns), Some(pod), _) => format!("{} {ns}/{pod}", self.label),
+            (None, Some(pod), _) => format!("{} pod {pod}", self.label),
+            (None, None, Some(container)) => format!("{} [{container}]", self.label),
+            _ => self.label.clone(),
         }
     }
 }
 
 fn rates(rows: &mut [Row], previous: &[Row], dt: f64) {
     let before: HashMap<&str, &Row> = previous.iter().map(|r| (r.label.as_str(), r)).collect();
+    let zero = Row::default();
     for row in rows {
-        let (incidents, resets) = before
-            .get(row.label.as_str())
-            .map_or((0, 0), |p| (p.incidents(), p.resets()));
-        row.incidents_per_s = row.incidents().saturating_sub(incidents) as f64 / dt;
-        row.resets_per_s = row.resets().saturating_sub(resets) as f64 / dt;
+        let p = before.get(row.label.as_str()).copied().unwrap_or(&zero);
+        let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt;
+        row.incidents_per_s = rate(row.incidents(), p.incidents());
+        row.resets_per_s = rate(row.resets(), p.resets());
+        row.retransmits_per_s = rate(row.retransmits, p.retransmits);
+        row.failures_per_s = rate(row.failures(), p.failures());
     }
 }
 
@@ -288,5 +409,44 @@ mod tests {
         SortKey::Resets.sort(&mut rows);
         assert_eq!(rows[0].pid, Some(2));
         assert_eq!(SortKey::Latency.next(), SortKey::Incidents);
+        assert_eq!(second.host.resets(), 16);
+        assert_eq!(second.host.resets_per_s, 6.0);
+    }
+
+    #[test]
+    fn one_off_unowned_ports_fold_into_one_row_per_address() {
+        let mut agg = Aggregate::new(names());
+        // More one-off ports than the peer table keeps.
+        for port in 40_000..40_300u16 {
+            agg.add(
+                &ev(K::RstSent, 1)
+                    .sock(0)
+                    .local("198.18.0.1:40000")
+                    .remote(&format!("198.18.0.2:{port}"))
+                    .reason("NO_SOCKET")
+                    .build(),
+            );
+        }
+        agg.add(
+            &ev(K::Connect, 2)
+                .sock(5)
+                .owner(7, "app")
+                .remote("198.18.0.3:80")
+                .connect_ms(1.0)
+                .build(),
+        );
+        let snap = Snapshot::take(
+            &agg,
+            &Snapshot::default(),
+            Duration::from_secs(1),
+            Counts::default(),
+        );
+        let labels: Vec<&str> = snap.peers.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["198.18.0.2:* (unowned RSTs)", "198.18.0.3:80"]);
+        let folded = &snap.peers[0];
+        assert_eq!((folded.rst_sent, folded.grouped_ports), (300, Some(300)));
+        assert_eq!(folded.key, RowKey::Scattered("198.18.0.2".parse().unwrap()));
+        assert_eq!(folded.name(), "198.18.0.2:* (unowned RSTs) x300 ports");
+        assert_eq!(snap.host.rst_sent, 300);
     }
 }

@@ -6,9 +6,15 @@
 //! `peer reset-after ADDR MS`: listen, print `port N`, accept one
 //! connection, read one request, answer it, wait MS, then close with
 //! SO_LINGER 0 (the client receives an RST after an idle gap of MS).
-//! `peer no-accept ADDR MS`: listen with a backlog of 0, print `port N`,
-//! never accept, exit after MS. Once one connection waits in the accept
-//! queue, further SYNs are dropped and their clients retransmit them.
+//! `peer no-accept ADDR MS [BACKLOG]`: listen with a backlog of BACKLOG
+//! (default 0), print `port N`, never accept, exit after MS. Once
+//! BACKLOG + 1 connections wait in the accept queue, further SYNs are
+//! dropped and their clients retransmit them.
+//! `peer slow-accept ADDR MS BACKLOG EVERY_MS`: the same, but accept one
+//! connection every EVERY_MS (and hold it): each accept frees a slot, so
+//! a burst of retransmitted SYNs is answered and their final ACKs find
+//! the queue full again (reset with `tcp_abort_on_overflow=1`, else
+//! dropped and the SYN-ACK retransmitted).
 
 use std::{
     io::{Read, Write},
@@ -22,12 +28,21 @@ fn main() {
     let (mode, addr) = match (args.get(1), args.get(2)) {
         (Some(m), Some(a)) => (m.as_str(), a.as_str()),
         _ => {
-            eprintln!("usage: peer hold|reset-after|no-accept ADDR [MS]");
+            eprintln!(
+                "usage: peer hold|reset-after|no-accept|slow-accept ADDR [MS [BACKLOG [EVERY_MS]]]"
+            );
             std::process::exit(2);
         }
     };
-    if mode == "no-accept" {
-        no_accept(addr, args.get(3).and_then(|m| m.parse().ok()).expect("MS"));
+    if mode == "no-accept" || mode == "slow-accept" {
+        let every = (mode == "slow-accept")
+            .then(|| args.get(5).and_then(|m| m.parse().ok()).expect("EVERY_MS"));
+        no_accept(
+            addr,
+            args.get(3).and_then(|m| m.parse().ok()).expect("MS"),
+            args.get(4).map_or(0, |b| b.parse().expect("BACKLOG")),
+            every,
+        );
         return;
     }
     let listener = TcpListener::bind(addr).expect("bind");
@@ -78,12 +93,12 @@ fn close_with_reset(conn: TcpStream) {
     drop(conn);
 }
 
-fn no_accept(addr: &str, ms: u64) {
+fn no_accept(addr: &str, ms: u64, backlog: i32, accept_every_ms: Option<u64>) {
     use socket2::{Domain, Socket, Type};
     let addr: std::net::SocketAddr = addr.parse().expect("ADDR");
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
     socket.bind(&addr.into()).expect("bind");
-    socket.listen(0).expect("listen");
+    socket.listen(backlog).expect("listen");
     let port = socket
         .local_addr()
         .ok()
@@ -92,5 +107,16 @@ fn no_accept(addr: &str, ms: u64) {
         .port();
     println!("port {port}");
     std::io::stdout().flush().expect("flush");
-    std::thread::sleep(Duration::from_millis(ms));
+    let Some(every) = accept_every_ms else {
+        std::thread::sleep(Duration::from_millis(ms));
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_millis(ms);
+    let mut held = Vec::new();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(every));
+        if let Ok((conn, _)) = socket.accept() {
+            held.push(conn);
+        }
+    }
 }

@@ -33,6 +33,14 @@ pub enum Setup {
     /// `trace --json` with every event kind, reuse after idle included:
     /// all the hooks of the new signals attached.
     AllSignals,
+    /// `tcptrace exporter` as deploy/ runs it (every event kind, rules
+    /// and top-N every 15 s, so none within a short run), scraped every
+    /// second: the always-on mode, counting in userspace until issue
+    /// 13's in-kernel counters.
+    Exporter,
+    /// The same with `--interval 1s`: the rules, their host readings
+    /// (socket table, counters, conntrack) and top-N every second.
+    ExporterRulesEverySecond,
     /// `--previous BIN trace --json --output FILE`: another build (the one
     /// before a change) in the same rounds, for a like-for-like ratio.
     PreviousJson,
@@ -49,6 +57,10 @@ impl Setup {
             Setup::Tcpstates => "libbpf-tools tcpstates > FILE",
             Setup::KernelOnly => "tcptrace hooks only (filter passes nothing)",
             Setup::AllSignals => "tcptrace trace --json --events all",
+            Setup::Exporter => "tcptrace exporter (scraped every 1 s)",
+            Setup::ExporterRulesEverySecond => {
+                "tcptrace exporter --interval 1s (scraped every 1 s)"
+            }
             Setup::PreviousJson => "previous build: trace --json --output FILE",
             Setup::PreviousAggregate => "previous build: top (aggregation only)",
         }
@@ -165,6 +177,25 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             Some(&output),
         )?),
+        // Scraped like a Prometheus at 1 s (by `Scraper`).
+        Setup::Exporter | Setup::ExporterRulesEverySecond => {
+            let interval = if setup == Setup::Exporter {
+                "15s"
+            } else {
+                "1s"
+            };
+            Some(Tracer::start(
+                Command::new(tcptrace).args([
+                    "exporter",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--interval",
+                    interval,
+                ]),
+                Ready::StderrLine("Ctrl-C to stop"),
+                None,
+            )?)
+        }
         // tcpstates block-buffers its output to a file: give it time to attach.
         Setup::Tcpstates => Some(Tracer::start(
             &mut Command::new("tcpstates"),
@@ -174,6 +205,12 @@ fn measure(
     };
     // The tracer is stopped while the storm still runs (the churn goes on
     // 400 ms longer): Ctrl-C must work when things are worst.
+    let scraper = match (&tracer, setup) {
+        (Some(tracer), Setup::Exporter | Setup::ExporterRulesEverySecond) => {
+            Some(Scraper::start(tracer.metrics_addr()?, duration))
+        }
+        _ => None,
+    };
     let stopper = tracer.take().map(|tracer| {
         std::thread::spawn(move || {
             std::thread::sleep(duration + Duration::from_millis(200));
@@ -186,6 +223,7 @@ fn measure(
         rate,
         ..Run::default()
     };
+    let scrapes = scraper.map(Scraper::join).transpose()?;
     if let Some(stopper) = stopper {
         let (rss, usage, stderr) = stopper.join().expect("stopper thread")?;
         run.max_rss_kib = rss;
@@ -215,6 +253,12 @@ fn measure(
                         })
                         .sum(),
                 );
+            }
+            Setup::Exporter | Setup::ExporterRulesEverySecond => {
+                read_exporter_counts(&stderr, &mut run)?;
+                if scrapes == Some(0) && duration >= Duration::from_secs(2) {
+                    bail!("the exporter answered no scrape (stderr: {stderr:?})");
+                }
             }
             Setup::Baseline => {}
         }
@@ -258,6 +302,83 @@ fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Resu
     Ok(())
 }
 
+/// The exporter's closing line on stderr: `tcptrace exporter: R events
+/// received, P produced, L lost[, ...]; N scrapes served`.
+fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
+    let line = stderr
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("tcptrace exporter: "))
+        .with_context(|| format!("no closing line from the exporter: {stderr:?}"))?;
+    // Parts such as `275180 events received` or `0 lost`: the number
+    // first, the label last.
+    let figure = |label: &str| -> Option<u64> {
+        line.split([',', ';']).find_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            (words.last() == Some(&label))
+                .then(|| words.first()?.parse().ok())
+                .flatten()
+        })
+    };
+    run.received = figure("received");
+    run.produced = figure("produced");
+    run.lost = figure("lost");
+    if run.received.is_none() || run.produced.is_none() {
+        bail!("cannot read the exporter's counts: {line}");
+    }
+    Ok(())
+}
+
+/// Scrapes /metrics once a second, as Prometheus would, for as long as
+/// asked (the tracer is stopped after that, so no scrape meets its
+/// shutdown).
+struct Scraper(std::thread::JoinHandle<Result<u64>>);
+
+impl Scraper {
+    fn start(addr: std::net::SocketAddr, duration: Duration) -> Scraper {
+        Scraper(std::thread::spawn(move || {
+            let end = Instant::now() + duration;
+            let mut scrapes = 0;
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                if Instant::now() >= end {
+                    return Ok(scrapes);
+                }
+                scrape(addr)?;
+                scrapes += 1;
+            }
+        }))
+    }
+
+    /// Scrapes done.
+    fn join(self) -> Result<u64> {
+        self.0.join().expect("scraper thread")
+    }
+}
+
+/// One GET /metrics, read to the end; the answer must be a 200.
+fn scrape(addr: std::net::SocketAddr) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("scrape {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("scrape {addr}"))?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        bail!(
+            "scrape {addr}: {}",
+            answer.lines().next().unwrap_or("no answer")
+        );
+    }
+    Ok(())
+}
+
 enum Ready {
     /// A line on stderr containing this text.
     StderrLine(&'static str),
@@ -269,6 +390,8 @@ struct Tracer {
     child: Child,
     stderr: mpsc::Receiver<String>,
     startup_cpu: f64,
+    /// What it said before it was ready.
+    said: Vec<String>,
 }
 
 /// utime + stime of a live process, from /proc/PID/stat.
@@ -342,7 +465,23 @@ impl Tracer {
             child,
             stderr: rx,
             startup_cpu,
+            said: seen,
         })
+    }
+
+    /// The exporter's address, from `exporting on http://ADDR/metrics`.
+    fn metrics_addr(&self) -> Result<std::net::SocketAddr> {
+        self.said
+            .iter()
+            .find_map(|l| {
+                l.split("http://")
+                    .nth(1)?
+                    .split("/metrics")
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no listening address from the exporter: {:?}", self.said))
     }
 
     /// Peak resident set since exec (VmHWM). rusage's ru_maxrss would
@@ -372,7 +511,15 @@ impl Tracer {
         }
         std::mem::forget(self.child);
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        // Up to the end of its stderr: the exporter's counts are its last line.
+        let mut stderr = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            stderr.push(line);
+        }
         Ok((
             Usage {
                 cpu_seconds: (secs(usage.ru_utime) + secs(usage.ru_stime) - self.startup_cpu)

@@ -1,7 +1,112 @@
 //! Causes 1, 7 and 8: idle timeouts (LB / middlebox, server keep-alive)
-//! and half-open connections after a peer restart.
+//! and half-open connections after a peer restart. The silent middlebox
+//! (cause 13) is in `blackhole.rs` and bounds its timeout the same way:
+//! from reuses that worked next to reuses that failed.
 
 use super::*;
+use crate::aggregate::{IdleBound, IdleRange, ReuseOutcomes};
+
+/// No idle-timeout theory from idle gaps shorter than this: a connection
+/// the peer closed (or reset) a millisecond after its last exchange was
+/// not idle, whatever else went wrong with it.
+pub(super) const MIN_IDLE_NS: u64 = 100_000_000;
+
+/// A remote endpoint whose failed reuses idle alone explains.
+pub(super) struct Bounded<'a> {
+    /// The endpoint (the load balancer's or service's address).
+    pub peer: SocketAddr,
+    /// Its figures.
+    pub stats: &'a Stats,
+    /// The timeout's bounds.
+    pub bound: IdleBound,
+}
+
+/// Remote endpoints whose reuses failed (`failed` picks which failures)
+/// exactly when idle longer than every reuse that worked, most failures
+/// first.
+pub(super) fn idle_bounded_peers(
+    agg: &Aggregate,
+    failed: impl Fn(&ReuseOutcomes) -> IdleRange,
+) -> Vec<Bounded<'_>> {
+    let mut all: Vec<_> = agg
+        .peers
+        .iter()
+        .filter_map(|(peer, stats)| {
+            let bound = stats
+                .reuse_outcomes
+                .bound(failed(&stats.reuse_outcomes), MIN_IDLE_NS)?;
+            Some(Bounded {
+                peer: *peer,
+                stats,
+                bound,
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        b.bound
+            .failed
+            .cmp(&a.bound.failed)
+            .then(a.peer.cmp(&b.peer))
+    });
+    all
+}
+
+/// Processes with a positive `count` that talked to `peer`, heaviest
+/// first (all with a positive count if none is known to have).
+pub(super) fn processes_for_peer(
+    agg: &Aggregate,
+    peer: SocketAddr,
+    count: impl Fn(&Stats) -> u64,
+) -> Vec<(u32, &Process, u64)> {
+    let all = processes_with(agg, count);
+    let related: Vec<_> = all
+        .iter()
+        .copied()
+        .filter(|(_, p, _)| p.stats.related.get(&Related::Peer(peer)).is_some())
+        .collect();
+    if related.is_empty() { all } else { related }
+}
+
+/// `1.50s-2.10s` or `2.00s` for a single value.
+pub(super) fn range_text(r: &IdleRange) -> String {
+    if r.count <= 1 || r.min_ns == r.max_ns {
+        duration_ns(r.min_ns)
+    } else {
+        format!("{}-{}", duration_ns(r.min_ns), duration_ns(r.max_ns))
+    }
+}
+
+/// "between 2.15s and 4.00s" / "at most 4.00s".
+pub(super) fn bound_text(b: &IdleBound) -> String {
+    match b.survived_ns {
+        Some(low) => format!(
+            "between {} and {}",
+            duration_ns(low),
+            duration_ns(b.failed_ns)
+        ),
+        None => format!("at most {}", duration_ns(b.failed_ns)),
+    }
+}
+
+/// A pool idle time that worked: the longest surviving gap rounded down
+/// to a tenth of a second; without one, 80 % of the failing gap.
+pub(super) fn safe_idle(b: &IdleBound) -> String {
+    match b.survived_ns {
+        Some(low) => format!("{:.1} s", (secs(low) * 10.0).floor() / 10.0),
+        None => below(b.failed_ns),
+    }
+}
+
+/// The figures every idle-bound finding carries.
+pub(super) fn bound_figures(f: &mut Finding, b: &IdleBound) {
+    f.figures.insert("idle_timeout_s", secs(b.estimate_ns()));
+    f.figures.insert("idle_failed_s", secs(b.failed_ns));
+    if let Some(low) = b.survived_ns {
+        f.figures.insert("idle_survived_s", secs(low));
+    }
+    f.figures.insert("reuses_failed", b.failed as f64);
+    f.figures.insert("reuses_worked", b.worked as f64);
+}
 
 /// Causes 1 and 7: the peer (or something in between) drops idle
 /// connections before the client's pool does; the pool's next use of
@@ -16,63 +121,102 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
 
     // The peer closed with a FIN first; the client still sent.
     let hit = processes_with(i.agg, |s| s.rst_after_peer_close);
-    if let Some((pid, process, resets)) = hit.first().copied() {
-        let stats = &process.stats;
-        let peer = top_peer(stats);
-        let closer = peer.and_then(|p| i.agg.closers.get(&p));
-        let idle = stats
-            .peer_close_idle
-            .percentiles()
-            .or_else(|| closer.and_then(|c| c.idle.percentiles()));
-        let via_proxy = closer.is_some_and(|c| is_proxy(&c.comm));
-        let cause = if via_proxy {
-            Cause::LbIdleTimeout
-        } else {
-            Cause::ServerKeepaliveTimeout
-        };
-        let confidence = match idle {
-            Some(p) if resets >= 2 && p.count >= 2 && p.clustered(CLUSTER) => Confidence::High,
-            Some(_) => Confidence::Medium,
-            None => Confidence::Low,
-        };
-        let peer_text = peer.map_or_else(|| "its peer".into(), endpoint);
-        let closer_text = match closer {
-            Some(c) => format!("{} ", who(c.pid, &c.comm)),
-            None => "the peer ".into(),
-        };
-        let idle_text =
-            idle.map_or_else(|| "an unknown idle time".into(), |p| duration_ns(p.p50_ns));
-        let all_resets: u64 = hit.iter().map(|h| h.2).sum();
-        let mut f = Finding::new(
-            cause,
-            confidence,
-            all_resets,
-            format!(
-                "{} got {resets} RSTs reusing connections to {peer_text} that {closer_text}had closed after {idle_text} idle",
-                who(pid, &process.comm)
-            ),
-        );
-        let reuse = stats.reuse_after_peer_close.percentiles();
-        f.evidence.push(format!(
+    if let Some(f) = fin_first_finding(i.agg, &hit) {
+        findings.push(f);
+    }
+
+    // Seen from the server's side only (its clients elsewhere): it closed
+    // idle connections, then data arrived on them and it answered RSTs.
+    if findings.is_empty() {
+        let mut closers: Vec<_> = i
+            .agg
+            .closers
+            .iter()
+            .filter(|(_, c)| {
+                c.late_data_resets > 0
+                    && c.idle.percentiles().is_none_or(|p| p.p50_ns >= MIN_IDLE_NS)
+            })
+            .collect();
+        closers.sort_by_key(|(ep, c)| (std::cmp::Reverse(c.late_data_resets), **ep));
+        if let Some((ep, c)) = closers.first() {
+            findings.push(late_data_finding(**ep, c));
+        }
+    }
+
+    // No FIN: something in between forgot the flow. Reuses that worked
+    // next to reuses that were reset bound its timeout.
+    let bounded = idle_bounded_peers(i.agg, |r| r.reset);
+    if let Some(b) = bounded.first() {
+        findings.push(reset_on_reuse_finding(i.agg, b, &bounded));
+    } else if let Some(f) = clustered_quiet_gap_finding(i.agg) {
+        findings.push(f);
+    }
+    Outcome { checked, findings }
+}
+
+/// The peer closed (FIN) connections the clients in `hit` then reused:
+/// its idle timeout is how long they had been idle when it closed them.
+fn fin_first_finding(agg: &Aggregate, hit: &[(u32, &Process, u64)]) -> Option<Finding> {
+    let (pid, process, resets) = hit.first().copied()?;
+    let stats = &process.stats;
+    let peer = top_peer(stats);
+    let closer = peer.and_then(|p| agg.closers.get(&p));
+    let idle = stats
+        .peer_close_idle
+        .percentiles()
+        .or_else(|| closer.and_then(|c| c.idle.percentiles()));
+    if idle.is_some_and(|p| p.p50_ns < MIN_IDLE_NS) {
+        // Closed right after its last exchange: no idle timeout.
+        return None;
+    }
+    let via_proxy = closer.is_some_and(|c| is_proxy(&c.comm));
+    let cause = if via_proxy {
+        Cause::LbIdleTimeout
+    } else {
+        Cause::ServerKeepaliveTimeout
+    };
+    let confidence = match idle {
+        Some(p) if resets >= 2 && p.count >= 2 && p.clustered(CLUSTER) => Confidence::High,
+        Some(_) => Confidence::Medium,
+        None => Confidence::Low,
+    };
+    let peer_text = peer.map_or_else(|| "its peer".into(), endpoint);
+    let closer_text = match closer {
+        Some(c) => format!("{} ", who(c.pid, &c.comm)),
+        None => "the peer ".into(),
+    };
+    let idle_text = idle.map_or_else(|| "an unknown idle time".into(), |p| duration_ns(p.p50_ns));
+    let all_resets: u64 = hit.iter().map(|h| h.2).sum();
+    let mut f = Finding::new(
+        cause,
+        confidence,
+        all_resets,
+        format!(
+            "{} got {resets} RSTs reusing connections to {peer_text} that {closer_text}had closed after {idle_text} idle",
+            who(pid, &process.comm)
+        ),
+    );
+    let reuse = stats.reuse_after_peer_close.percentiles();
+    f.evidence.push(format!(
             "{resets} RSTs received by {} from {peer_text} in CLOSE_WAIT: the peer had closed the connection (FIN) and the client sent on it anyway{}",
             who(pid, &process.comm),
             reuse.map_or_else(String::new, |r| format!(", {} after the FIN", spread(&r)))
         ));
-        if let Some(p) = idle {
-            f.evidence.push(format!(
+    if let Some(p) = idle {
+        f.evidence.push(format!(
                 "the peer closed connections idle {}: its idle timeout is ~{:.1} s, the pool keeps connections idle longer",
                 spread(&p),
                 secs(p.p50_ns)
             ));
-            f.figures.insert("idle_timeout_s", secs(p.p50_ns));
-            f.fix.push(format!(
+        f.figures.insert("idle_timeout_s", secs(p.p50_ns));
+        f.fix.push(format!(
                 "Set the idle timeout of {}'s connection pool below {:.1} s (e.g. {}), or validate pooled connections before reuse (a read returning EOF means the peer closed).",
                 process.comm,
                 secs(p.p50_ns),
                 below(p.p50_ns)
             ));
-        }
-        match closer {
+    }
+    match closer {
             Some(c) if via_proxy => f.evidence.push(format!(
                 "the closing side is {} on {peer_text}, a proxy/load balancer",
                 who(c.pid, &c.comm)
@@ -86,106 +230,163 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
                     .into(),
             ),
         }
-        if let Some(r) = reuse {
-            f.figures.insert("reuse_after_close_s", secs(r.p50_ns));
-        }
-        f.figures.insert("resets", resets as f64);
-        let idle_s = idle.map(|p| secs(p.p50_ns));
-        f.fix.push(match (cause, idle_s) {
+    if let Some(r) = reuse {
+        f.figures.insert("reuse_after_close_s", secs(r.p50_ns));
+    }
+    f.figures.insert("resets", resets as f64);
+    let idle_s = idle.map(|p| secs(p.p50_ns));
+    f.fix.push(match (cause, idle_s) {
             (Cause::LbIdleTimeout, Some(t)) => format!(
                 "Or raise the load balancer's idle timeout above the pool's idle time (now ~{t:.1} s; HAProxy: `timeout client` and `timeout http-keep-alive`; AWS ALB: idle_timeout.timeout_seconds)."
             ),
             (Cause::LbIdleTimeout, None) => "Or raise the load balancer's idle timeout above the pool's idle time (HAProxy: `timeout client` and `timeout http-keep-alive`).".into(),
             _ => "Or raise the server's keep-alive timeout above the pool's idle time (nginx keepalive_timeout, Node server.keepAliveTimeout; behind an AWS ALB keep it above 60 s).".into(),
         });
-        f.fix
-            .push("Retry idempotent requests once on ECONNRESET / EPIPE.".into());
-        f.affected = affected(&hit, "client");
-        if let Some(c) = closer {
-            f.affected.push(Affected {
-                pid: c.pid,
-                comm: c.comm.clone(),
-                peer,
-                events: c.idle.count(),
-                role: "closer",
-                cgroup_id: c.cgroup_id,
-                cgroup: None,
-            });
-        }
-        findings.push(f);
+    f.fix
+        .push("Retry idempotent requests once on ECONNRESET / EPIPE.".into());
+    f.affected = affected(hit, "client");
+    if let Some(c) = closer {
+        f.affected.push(Affected {
+            pid: c.pid,
+            comm: c.comm.clone(),
+            peer,
+            events: c.idle.count(),
+            role: "closer",
+            cgroup_id: c.cgroup_id,
+            cgroup: None,
+        });
     }
+    Some(f)
+}
 
-    // Seen from the server's side only (its clients elsewhere): it closed
-    // idle connections, then data arrived on them and it answered RSTs.
-    if findings.is_empty() {
-        let mut closers: Vec<_> = i
-            .agg
-            .closers
-            .iter()
-            .filter(|(_, c)| c.late_data_resets > 0)
-            .collect();
-        closers.sort_by_key(|(ep, c)| (std::cmp::Reverse(c.late_data_resets), **ep));
-        if let Some((ep, c)) = closers.first() {
-            findings.push(late_data_finding(**ep, c));
-        }
-    }
-
-    // No FIN: a middlebox forgot the flow; its idle times cluster.
-    let hit: Vec<_> = processes_with(i.agg, |s| s.rst_after_quiet_gap)
-        .into_iter()
-        .filter(|(_, p, _)| {
-            p.stats
-                .quiet_gap_idle
-                .percentiles()
-                .is_some_and(|q| q.count >= 2 && q.clustered(CLUSTER))
-        })
-        .collect();
-    if let Some((pid, process, resets)) = hit.first().copied() {
-        let idle = process
-            .stats
-            .quiet_gap_idle
-            .percentiles()
-            .expect("filtered above");
-        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
-        let confidence = if resets >= 3 {
-            Confidence::High
-        } else {
-            Confidence::Medium
-        };
-        let all: u64 = hit.iter().map(|h| h.2).sum();
-        let mut f = Finding::new(
-            Cause::LbIdleTimeout,
-            confidence,
-            all,
-            format!(
-                "{} got {resets} RSTs from {peer} on connections idle {} with no FIN first: something in between drops idle flows at ~{:.1} s",
-                who(pid, &process.comm),
-                duration_ns(idle.p50_ns),
-                secs(idle.p50_ns)
-            ),
-        );
+/// RSTs, no FIN first, on reuses idle longer than every reuse that
+/// worked: a load balancer / NAT that forgot the flows and rejects them.
+fn reset_on_reuse_finding(agg: &Aggregate, b: &Bounded, all: &[Bounded]) -> Finding {
+    let bound = &b.bound;
+    let peer = endpoint(b.peer);
+    let resets = &b.stats.reuse_outcomes.reset;
+    let worked = b.stats.reuse_outcomes.worked();
+    let hit = processes_for_peer(agg, b.peer, |s| s.reuse_outcomes.reset.count);
+    let (pid, comm) = hit
+        .first()
+        .map_or((0, "?"), |(pid, p, _)| (*pid, p.comm.as_str()));
+    let clustered = resets.max_ns as f64 <= resets.min_ns as f64 * (1.0 + 2.0 * CLUSTER);
+    let confidence = if (bound.failed >= 2 && bound.worked >= 1) || (bound.failed >= 3 && clustered)
+    {
+        Confidence::High
+    } else {
+        Confidence::Medium
+    };
+    let mut f = Finding::new(
+        Cause::LbIdleTimeout,
+        confidence,
+        all.iter().map(|b| b.bound.failed).sum(),
+        format!(
+            "{} got {} RSTs from {peer} on connections reused after {} idle with no FIN first{}: something in between (load balancer / NAT / firewall) forgets flows idle longer than ~{:.1} s",
+            who(pid, comm),
+            bound.failed,
+            range_text(resets),
+            bound.survived_ns.map_or_else(String::new, |low| format!(
+                ", while {} reuses after up to {} idle worked",
+                bound.worked,
+                duration_ns(low)
+            )),
+            secs(bound.estimate_ns())
+        ),
+    );
+    f.evidence.push(format!(
+        "{} RSTs received from {peer} in ESTABLISHED right after the first send following an idle gap of {}; the peer never closed (no FIN)",
+        bound.failed,
+        range_text(resets)
+    ));
+    if worked.count > 0 {
         f.evidence.push(format!(
+            "{} reuses after idle gaps of {} were answered: flows survive {} idle but not {}: the idle timeout lies {}",
+            worked.count,
+            range_text(&worked),
+            duration_ns(worked.max_ns),
+            duration_ns(bound.failed_ns),
+            bound_text(bound)
+        ));
+    } else {
+        f.evidence.push(format!(
+            "no reuse after an idle gap worked: the idle timeout is {}",
+            bound_text(bound)
+        ));
+    }
+    bound_figures(&mut f, bound);
+    f.figures.insert("resets", bound.failed as f64);
+    f.fix.push(format!(
+        "Keep pooled connections to {peer} idle no longer than {} (after {} they were reset): set {comm}'s pool idle timeout / max idle to that, or enable TCP keepalive below it (SO_KEEPALIVE, TCP_KEEPIDLE of {} or less) where the device counts keepalives as activity.",
+        safe_idle(bound),
+        duration_ns(bound.failed_ns),
+        safe_idle(bound),
+    ));
+    f.fix.push("Or raise the middlebox's idle timeout above the pool's idle time (Linux conntrack: net.netfilter.nf_conntrack_tcp_timeout_established; IPVS: `ipvsadm --set`; AWS NLB 350 s, ALB 60 s, Azure LB 4 min, GCP 10 min).".into());
+    f.fix
+        .push("Retry idempotent requests once on ECONNRESET, on a fresh connection.".into());
+    f.affected = affected(&hit, "client");
+    f
+}
+
+/// Without reuse events (not traced): RSTs after quiet gaps whose idle
+/// times cluster around one value.
+fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
+    let hit: Vec<_> = processes_with(agg, |s| s.rst_after_quiet_gap)
+        .into_iter()
+        .filter(|(_, p, _)| p.stats.reuse_outcomes.reset.count == 0 && quiet_gaps_cluster(&p.stats))
+        .collect();
+    let (pid, process, resets) = hit.first().copied()?;
+    let idle = process
+        .stats
+        .quiet_gap_idle
+        .percentiles()
+        .expect("filtered above");
+    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let confidence = if resets >= 3 {
+        Confidence::High
+    } else {
+        Confidence::Medium
+    };
+    let all: u64 = hit.iter().map(|h| h.2).sum();
+    let mut f = Finding::new(
+        Cause::LbIdleTimeout,
+        confidence,
+        all,
+        format!(
+            "{} got {resets} RSTs from {peer} on connections idle {} with no FIN first: something in between drops idle flows at ~{:.1} s",
+            who(pid, &process.comm),
+            duration_ns(idle.p50_ns),
+            secs(idle.p50_ns)
+        ),
+    );
+    f.evidence.push(format!(
             "{resets} RSTs received by {} from {peer} in ESTABLISHED, right after the first send following an idle gap of {}",
             who(pid, &process.comm),
             spread(&idle)
         ));
-        f.evidence.push(
+    f.evidence.push(
             "the idle times cluster around one value and the peer never closed (no FIN): a load balancer / NAT / firewall idle timeout".into(),
         );
-        f.figures.insert("idle_timeout_s", secs(idle.p50_ns));
-        f.figures.insert("resets", resets as f64);
-        f.fix.push(format!(
+    f.figures.insert("idle_timeout_s", secs(idle.p50_ns));
+    f.figures.insert("resets", resets as f64);
+    f.fix.push(format!(
             "Set the idle timeout of {}'s connection pool below {:.1} s (e.g. {}), or enable TCP keepalive below it (SO_KEEPALIVE with TCP_KEEPIDLE < {:.0} s) where the middlebox counts keepalives as activity.",
             process.comm,
             secs(idle.p50_ns),
             below(idle.p50_ns),
             secs(idle.p50_ns).max(1.0)
         ));
-        f.fix.push("Typical middlebox idle timeouts: AWS ALB 60 s, NLB 350 s, Azure LB 4 min, GCP 10 min; retry idempotent requests once on reset.".into());
-        f.affected = affected(&hit, "client");
-        findings.push(f);
-    }
-    Outcome { checked, findings }
+    f.fix.push("Typical middlebox idle timeouts: AWS ALB 60 s, NLB 350 s, Azure LB 4 min, GCP 10 min; retry idempotent requests once on reset.".into());
+    f.affected = affected(&hit, "client");
+    Some(f)
+}
+
+fn quiet_gaps_cluster(stats: &Stats) -> bool {
+    stats
+        .quiet_gap_idle
+        .percentiles()
+        .is_some_and(|q| q.count >= 2 && q.p50_ns >= MIN_IDLE_NS && q.clustered(CLUSTER))
 }
 
 /// The server-side view of an idle timeout: `closer` on `ep` closed idle
@@ -262,13 +463,25 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
             .percentiles()
             .map_or_else(|| "n/a".into(), |p| spread(&p))
     );
+    // Resets an idle timeout explains belong to `idle_timeouts`.
+    let explained: Vec<SocketAddr> = idle_bounded_peers(i.agg, |r| r.reset)
+        .iter()
+        .map(|b| b.peer)
+        .collect();
     let hit: Vec<_> = processes_with(i.agg, |s| s.rst_after_quiet_gap)
         .into_iter()
         .filter(|(_, p, _)| {
-            !p.stats
-                .quiet_gap_idle
-                .percentiles()
-                .is_some_and(|q| q.count >= 2 && q.clustered(CLUSTER))
+            let by_reuse = p.stats.reuse_outcomes.reset.count > 0;
+            let idle_explains = if by_reuse {
+                top_peer(&p.stats).is_some_and(|peer| explained.contains(&peer))
+                    || p.stats
+                        .reuse_outcomes
+                        .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
+                        .is_some()
+            } else {
+                quiet_gaps_cluster(&p.stats)
+            };
+            !idle_explains
         })
         .collect();
     let mut findings = Vec::new();
@@ -293,6 +506,15 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
             f.evidence.push(format!(
                 "{resets} RSTs received in ESTABLISHED after idle gaps of {}: no single timeout explains them",
                 spread(&p)
+            ));
+        }
+        let r = &process.stats.reuse_outcomes;
+        let worked = r.worked();
+        if r.reset.count > 0 && worked.count > 0 && worked.max_ns >= r.reset.min_ns {
+            f.evidence.push(format!(
+                "reuses after up to {} idle worked while one after {} was reset: how long a connection idled does not decide it",
+                duration_ns(worked.max_ns),
+                duration_ns(r.reset.min_ns)
             ));
         }
         f.fix.push("Enable TCP keepalive on the client's pooled connections (SO_KEEPALIVE; net.ipv4.tcp_keepalive_time=60, tcp_keepalive_intvl=10, tcp_keepalive_probes=3) or application pings, so dead connections are found before use.".into());

@@ -6,11 +6,18 @@
 //! so that one stray event never reaches high confidence.
 
 mod accept;
+mod blackhole;
+mod conntrack;
 mod idle;
+mod memory;
+mod path;
+mod paws;
+mod pmtu;
 mod ports;
 mod refused;
 mod resets;
 mod timeout;
+mod unexplained;
 
 use std::net::SocketAddr;
 
@@ -45,8 +52,9 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 9] = [
+pub const RULES: [Rule; 16] = [
     idle::idle_timeouts,
+    blackhole::middlebox_idle_blackhole,
     idle::half_open,
     accept::accept_queue,
     ports::port_exhaustion,
@@ -55,22 +63,33 @@ pub const RULES: [Rule; 9] = [
     resets::forged_on_path,
     timeout::retransmission_timeout,
     refused::nothing_listening,
+    // conntrack & drops
+    conntrack::conntrack_table_full,
+    conntrack::conntrack_invalid_nat_bypass,
+    path::syn_dropped_on_path,
+    // the rest
+    pmtu::pmtu_black_hole,
+    memory::orphan_or_memory_abort,
+    paws::paws_rejected_syn,
 ];
 
-/// Runs every rule.
+/// Runs every rule, then the one that lists what none of them explained
+/// (`unexplained`: it reads their findings, so it runs last).
 pub fn evaluate(inputs: &Inputs) -> Vec<Outcome> {
-    RULES
+    let mut outcomes: Vec<Outcome> = RULES.iter().map(|rule| rule(inputs)).collect();
+    let found: Vec<Finding> = outcomes
         .iter()
-        .map(|rule| {
-            let mut outcome = rule(inputs);
-            outcome.checked = singular(&outcome.checked);
-            for f in &mut outcome.findings {
-                f.summary = singular(&f.summary);
-                f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
-            }
-            outcome
-        })
-        .collect()
+        .flat_map(|o| o.findings.iter().cloned())
+        .collect();
+    outcomes.push(unexplained::unexplained(inputs, &found));
+    for outcome in &mut outcomes {
+        outcome.checked = singular(&outcome.checked);
+        for f in &mut outcome.findings {
+            f.summary = singular(&f.summary);
+            f.evidence = f.evidence.iter().map(|e| singular(e)).collect();
+        }
+    }
+    outcomes
 }
 
 /// "1 RSTs" -> "1 RST": the rules format counts with plural nouns.
@@ -210,6 +229,10 @@ fn counter_line(host: &HostFacts, names: &[&str]) -> String {
 }
 
 #[cfg(test)]
+mod idle_tests;
+#[cfg(test)]
 mod recorded;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_c;

@@ -16,15 +16,19 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
     );
     let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
+    // One stray abort (an unrelated process in host-wide mode) is worth
+    // listing, not an alarm.
     let (confidence, score) = match events {
-        0 if counter > 0 => (Confidence::Medium, counter as u64),
+        0 if counter >= 3 => (Confidence::Medium, counter as u64),
+        0 if counter > 0 => (Confidence::Low, counter as u64),
         0 => {
             return Outcome {
                 checked,
                 findings: Vec::new(),
             };
         }
-        1..=2 => (Confidence::Medium, events),
+        1 => (Confidence::Low, events),
+        2 => (Confidence::Medium, events),
         _ => (Confidence::High, events),
     };
     let culprit = hit.first().map_or_else(
@@ -88,9 +92,14 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             continue;
         };
         let total: u64 = group.iter().map(|g| g.2).sum();
-        let confidence = match (proxy, n) {
-            (true, _) => Confidence::Low,
-            (false, 1..=2) => Confidence::Medium,
+        // After a complete exchange (nothing in flight, nothing unread,
+        // the last request answered) an abortive close loses nothing.
+        let clean = process.stats.rst_sent_clean.min(n);
+        let benign = proxy || clean * 10 >= n * 9;
+        let confidence = match (benign, n) {
+            // Benign, or a single stray abort.
+            (true, _) | (false, 1) => Confidence::Low,
+            (false, 2) => Confidence::Medium,
             (false, _) => Confidence::High,
         };
         let reasons: Vec<String> = REASONS
@@ -100,15 +109,18 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
                 (c > 0).then(|| format!("{r} {c}"))
             })
             .collect();
-        let mut f = Finding::new(
-            Cause::LingerZeroAbort,
-            confidence,
-            total,
+        let summary = if benign && clean > 0 {
+            format!(
+                "{} closed {n} connections with an RST (SO_LINGER 0) after complete exchanges: nothing was lost; benign by design",
+                who(pid, &process.comm)
+            )
+        } else {
             format!(
                 "{} aborted {n} connections with an RST on close (SO_LINGER 0 or abort)",
                 who(pid, &process.comm)
-            ),
-        );
+            )
+        };
+        let mut f = Finding::new(Cause::LingerZeroAbort, confidence, total, summary);
         f.evidence.push(format!(
             "{n} RSTs sent by {} ({}){}",
             who(pid, &process.comm),
@@ -120,6 +132,10 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             f.evidence
                 .push(format!("connections were {} old when reset", spread(&age)));
         }
+        f.evidence.push(format!(
+            "{clean} of the {n} after a complete exchange (nothing unacknowledged, nothing unread, the last request answered), {} with data lost",
+            process.stats.rst_lost_data
+        ));
         if proxy {
             f.evidence.push(format!(
                 "{} is a proxy: it resets connections on purpose to avoid TIME_WAIT; harmless unless the peers log the resets as errors",
@@ -128,6 +144,11 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             f.fix.push(
                 "HAProxy: remove `option nolinger` where set; otherwise nothing to fix.".into(),
             );
+        } else if benign {
+            f.fix.push(format!(
+                "Nothing is lost: {} resets connections it has finished with (SO_LINGER 0). If the peers log these resets as errors, close normally (FIN) instead, or have them treat ECONNRESET after a complete response as a normal end.",
+                who(pid, &process.comm)
+            ));
         } else {
             f.fix.push(format!(
                 "In {}: do not set SO_LINGER {{on, 0}} before close(); close normally (FIN) and let TIME_WAIT happen, or fix port exhaustion with pooling / tcp_tw_reuse instead.",
@@ -140,32 +161,8 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
     }
     // Aborts by a peer we do not see: only the receiving side is here.
     let local = events + i.agg.total.rst_sent_with("TCP_ABORT_ON_CLOSE");
-    // RSTs a device on the path forged are `forged_on_path`'s, not the peer's.
-    let hit = processes_with(i.agg, |s| s.rst_while_active - s.forged_while_active);
-    if local == 0
-        && let Some((pid, process, n)) = hit.first().copied()
-        && n >= 3
-    {
-        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
-        let mut f = Finding::new(
-            Cause::LingerZeroAbort,
-            Confidence::Medium,
-            hit.iter().map(|h| h.2).sum(),
-            format!(
-                "{peer} reset {n} connections of {} while they were in use",
-                who(pid, &process.comm)
-            ),
-        );
-        f.evidence.push(format!(
-            "{n} RSTs received by {} in ESTABLISHED with no idle gap, no FIN first; no local process sent such RSTs",
-            who(pid, &process.comm)
-        ));
-        f.fix.push(format!(
-            "On {peer}: look for SO_LINGER 0 or close() with unread data (its TcpExtTCPAbortOnClose / TCPAbortOnLinger counters), or a proxy/firewall in between resetting; run `tcptrace diagnose` there."
-        ));
-        f.figures.insert("resets", n as f64);
-        f.affected = affected(&hit, "client");
-        findings.push(f);
+    if local == 0 {
+        findings.extend(aborted_by_peer(i));
     }
     Outcome { checked, findings }
 }
@@ -260,4 +257,105 @@ pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
         checked,
         findings: vec![f],
     }
+}
+
+/// RSTs received on connections in use, from a peer this host does not
+/// see: after complete exchanges they are the peer's abortive close by
+/// design (low); when they cut exchanges short (data in flight or
+/// unread, a request unanswered) the peer aborted them (medium).
+fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
+    // RSTs a device on the path forged are `forged_on_path`'s, not the peer's.
+    let hit = processes_with(i.agg, |s| {
+        s.rst_while_active.saturating_sub(s.forged_while_active)
+    });
+    let Some((pid, process, n)) = hit.first().copied() else {
+        return Vec::new();
+    };
+    let clean = process.stats.rst_received_clean.min(n);
+    let lossy = n - clean;
+    let benign = clean * 10 >= n * 9;
+    if n < 3 && !benign {
+        return Vec::new();
+    }
+    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let role = side(&process.stats);
+    let me = who(pid, &process.comm);
+    let (confidence, summary) = if benign {
+        (
+            Confidence::Low,
+            format!(
+                "{peer} closed {n} connections of {me} with an RST after complete exchanges: nothing was lost; benign (an abortive close by design, e.g. HAProxy's SO_LINGER 0 to its servers)"
+            ),
+        )
+    } else {
+        (
+            Confidence::Medium,
+            format!("{peer} reset {n} connections of {me} while they were in use"),
+        )
+    };
+    let mut f = Finding::new(
+        Cause::LingerZeroAbort,
+        confidence,
+        hit.iter().map(|h| h.2).sum(),
+        summary,
+    );
+    f.evidence.push(format!(
+        "{n} RSTs received by {me} ({role}) in ESTABLISHED with no idle gap, no FIN first; no local process sent such RSTs"
+    ));
+    f.evidence.push(format!(
+        "{clean} of them after a complete exchange (nothing unacknowledged, nothing unread, the last request answered), {lossy} cut an exchange short ({} with data in flight or unread)",
+        process.stats.rst_lost_data
+    ));
+    let errors = process.stats.socket_errors_total();
+    if errors > 0 {
+        f.evidence.push(format!(
+            "{me} was handed {errors} socket errors ({})",
+            errno_list(&process.stats)
+        ));
+    }
+    if benign {
+        f.fix.push(format!(
+            "Nothing to fix on the network: every exchange had completed when {peer} reset it. If {} logs these resets as errors, treat ECONNRESET after a complete response as a normal end; on the peer, a proxy closes server connections with SO_LINGER 0 by design (HAProxy: drop `option nolinger` if set; otherwise works as designed).",
+            process.comm
+        ));
+    } else {
+        f.fix.push(format!(
+            "On {peer}: look for SO_LINGER 0 or close() with unread data (its TcpExtTCPAbortOnClose / TCPAbortOnLinger counters), or a proxy/firewall in between resetting; run `tcptrace diagnose` there."
+        ));
+    }
+    f.figures.insert("resets", n as f64);
+    f.figures.insert("clean_resets", clean as f64);
+    f.affected = hit
+        .iter()
+        .take(5)
+        .map(|(pid, p, n)| Affected {
+            pid: *pid,
+            comm: p.comm.clone(),
+            peer: top_peer(&p.stats),
+            events: *n,
+            role: side(&p.stats),
+            cgroup_id: p.cgroup_id,
+            cgroup: None,
+        })
+        .collect();
+    vec![f]
+}
+
+/// Which side of its connections a process is on: accepted connections
+/// are keyed by the client's address with port 0.
+fn side(stats: &Stats) -> &'static str {
+    match top_peer(stats) {
+        Some(peer) if peer.port() == 0 => "server",
+        _ => "client",
+    }
+}
+
+/// `ECONNRESET 60, EPIPE 2`
+fn errno_list(stats: &Stats) -> String {
+    stats
+        .socket_errors
+        .iter()
+        .map(|(e, n)| format!("{e} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -197,6 +197,7 @@ fn accept_queue_overflow_needs_the_counters() {
             local: "127.0.0.1:7003".parse().unwrap(),
             queued: 2,
             limit: Some(1),
+            owner: None,
         }],
         ..SocketFacts::default()
     });
@@ -387,7 +388,11 @@ fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
     });
     let (findings, checked) = run(&events, &host);
     assert!(findings.is_empty(), "{findings:#?}");
-    assert_eq!(checked.len(), RULES.len());
+    assert_eq!(
+        checked.len(),
+        RULES.len() + 1,
+        "every rule and `unexplained`"
+    );
     assert!(
         checked
             .iter()

@@ -1,45 +1,92 @@
-//! Cause 6: retransmission (or user / keepalive) timeout.
+//! Cause 6: retransmission (or user / keepalive) timeout, and loss.
 
 use super::*;
 
+/// Data retransmits needed before loss is worth a finding at all.
+const MIN_RETRANSMITS: u64 = 20;
+/// Retransmitted share of the segments sent from which loss is a
+/// problem (medium): 1 % costs a busy transfer much of its throughput.
+const LOSS_MEDIUM: f64 = 0.01;
+/// From here it is worth mentioning (low).
+const LOSS_LOW: f64 = 0.001;
+
+/// Segments retransmitted per segment sent over the run, from the
+/// namespace's counters (`TcpRetransSegs` / `TcpOutSegs`); `None` when
+/// nothing was sent or the counters are missing.
+fn loss_rate(host: &HostFacts) -> Option<(i64, i64, f64)> {
+    let out = host.counter("TcpOutSegs");
+    let retrans = host.counter("TcpRetransSegs");
+    (out > 0).then(|| (retrans, out, retrans as f64 / out as f64))
+}
+
 /// Cause 6: loss or a black hole. The connection retransmits, then the
 /// kernel gives up (TCP_USER_TIMEOUT, tcp_retries2, keepalive) without
-/// any RST from the peer.
+/// any RST from the peer. Retransmits alone are judged against the
+/// segments sent: a busy healthy transfer retransmits a few.
 pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let t = &i.agg.total;
-    let aborts = t.timeout_aborts;
+    // Sends into flows a middlebox forgot (middlebox_idle_blackhole) are
+    // no loss on the path.
+    let (idle_retrans, idle_aborts) = blackhole::explained_stalls(i.agg);
+    let aborts = t.timeout_aborts.saturating_sub(idle_aborts);
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
     let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
-    let retrans = t.retransmits_total();
-    let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, TcpExtTCPAbortOnTimeout {counter:+}"
+    let retrans = t.retransmits_total().saturating_sub(idle_retrans);
+    let explained = if idle_retrans + idle_aborts > 0 {
+        format!(
+            " ({idle_retrans} more retransmits and {idle_aborts} more deaths were sends into flows an idle timeout had forgotten)"
+        )
+    } else {
+        String::new()
+    };
+    let rate = loss_rate(i.host);
+    let rate_text = rate.map_or_else(
+        || "segments sent unknown".into(),
+        |(r, o, x)| {
+            format!(
+                "{r} of {o} segments sent retransmitted ({:.3} %)",
+                x * 100.0
+            )
+        },
     );
+    let checked = format!(
+        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, {rate_text}, TcpExtTCPAbortOnTimeout {counter:+}{explained}"
+    );
+    let none = || Outcome {
+        checked: checked.clone(),
+        findings: Vec::new(),
+    };
     let hit = processes_with(i.agg, |s| {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
     });
-    let confidence = if aborts + keepalive > 0 || (counter > 0 && retrans >= 3) {
+    let unexplained_counter = counter - idle_aborts as i64;
+    let died = aborts + keepalive > 0 || (unexplained_counter > 0 && retrans >= 3);
+    let mut confidence = if died {
         Confidence::High
-    } else if retrans >= 20 {
-        Confidence::Medium
+    } else if retrans >= MIN_RETRANSMITS {
+        match rate {
+            Some((_, _, x)) if x >= LOSS_MEDIUM => Confidence::Medium,
+            Some((_, _, x)) if x >= LOSS_LOW => Confidence::Low,
+            Some(_) => return none(),
+            // Unknown denominator: loss counted, not judged.
+            None => Confidence::Low,
+        }
     } else {
-        return Outcome {
-            checked,
-            findings: Vec::new(),
-        };
+        return none();
     };
+    // What the loss looks like: only full-size segments, on timeout, is a
+    // path MTU black hole, which its own rule names.
+    let full_size_only = pmtu::signature(i);
+    if full_size_only && confidence > Confidence::Low {
+        confidence = Confidence::Low;
+    }
     let hit = if hit.is_empty() {
         processes_with(i.agg, Stats::retransmits_total)
     } else {
         hit
     };
-    let (pid, process, _) = match hit.first().copied() {
-        Some(h) => h,
-        None => {
-            return Outcome {
-                checked,
-                findings: Vec::new(),
-            };
-        }
+    let Some((pid, process, _)) = hit.first().copied() else {
+        return none();
     };
     let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
     let summary = if aborts + keepalive > 0 {
@@ -50,7 +97,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         )
     } else {
         format!(
-            "{} retransmitted {} segments to {peer}: packet loss on the path",
+            "{} retransmitted {} segments to {peer}: packet loss on the path ({rate_text})",
             who(pid, &process.comm),
             process.stats.retransmits_total()
         )
@@ -82,6 +129,13 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         ));
         f.figures.insert("retransmitting_for_s", secs(p.p50_ns));
     }
+    f.evidence.push(shape(i));
+    if full_size_only {
+        f.evidence.push(
+            "only full-size segments were lost, on timeout: the pmtu_black_hole finding names the cause"
+                .into(),
+        );
+    }
     let local_fail = i.host.counter("TcpExtTCPRetransFail");
     if local_fail > 0 {
         f.evidence.push(format!(
@@ -100,7 +154,8 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
             &[
                 "TcpExtTCPAbortOnTimeout",
                 "TcpExtTCPTimeouts",
-                "TcpRetransSegs"
+                "TcpRetransSegs",
+                "TcpOutSegs"
             ]
         ),
         i.seconds
@@ -108,6 +163,9 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     f.figures
         .insert("timeout_aborts", (aborts + keepalive) as f64);
     f.figures.insert("retransmits", retrans as f64);
+    if let Some((_, _, x)) = rate {
+        f.figures.insert("retransmit_rate", x);
+    }
     f.fix.push(format!(
         "Find where packets to {peer} are lost: a firewall dropping (iptables/nftables DROP, security groups), a dead route, an MTU black hole (try `ping -M do -s 1472`)."
     ));
@@ -115,9 +173,33 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         "Fail faster meanwhile: TCP_USER_TIMEOUT in the client, or net.ipv4.tcp_retries2 = 8 (now {}, 15 means ~15 min before giving up); keepalive 60 s / 10 s / 3 for idle connections.",
         i.host.sysctl("net.ipv4.tcp_retries2").unwrap_or("?")
     ));
-    f.affected = affected(&hit, "client");
+    let role = match top_peer(&process.stats) {
+        Some(p) if p.port() == 0 => "server",
+        _ => "client",
+    };
+    f.affected = affected(&hit, role);
     Outcome {
         checked,
         findings: vec![f],
     }
+}
+
+/// What the loss looks like: full-size segments or small ones, repaired
+/// fast (duplicate ACKs, SACK) or only after timeouts.
+fn shape(i: &Inputs) -> String {
+    let t = &i.agg.total;
+    let size = if t.sized_retransmits > 0 {
+        format!(
+            "{} of {} sized retransmits were full-size segments",
+            t.full_size_retransmits, t.sized_retransmits
+        )
+    } else {
+        "retransmit sizes unknown".into()
+    };
+    format!(
+        "{size}; {} retransmission timeouts (TcpExtTCPTimeouts) against {} fast retransmits (TcpExtTCPFastRetrans), {} tail loss probes",
+        i.host.counter("TcpExtTCPTimeouts"),
+        i.host.counter("TcpExtTCPFastRetrans"),
+        i.host.counter("TcpExtTCPLossProbes")
+    )
 }

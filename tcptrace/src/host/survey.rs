@@ -1,0 +1,161 @@
+//! Every network namespace of the host, read lightly: its kernel counters
+//! and its conntrack, by namespace inode (what events carry as `netns`).
+//!
+//! A connection's packets cross several namespaces on one host: a pod's
+//! own, the node's that forwards, NATs and tracks them. Each namespace
+//! has its own counters (`/proc/net/netstat`, `snmp`) and its own
+//! conntrack table (`nf_conntrack_max` is the one host-wide limit every
+//! table is held to), so a diagnosis quotes each figure from the
+//! namespace it belongs to: the one the events came from, and the one
+//! that dropped or reset the watched connections' packets. One reading
+//! before the watch and one after give each namespace's changes.
+//!
+//! The readings run on one helper thread that enters each namespace in
+//! turn (`netns::enter`): `/proc/thread-self/net` and
+//! `/proc/sys/net/netfilter` then follow it. A namespace that vanishes
+//! meanwhile is left out (logged at debug level): the host is live.
+
+use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::Path};
+
+use super::{
+    conntrack::Conntrack,
+    counters::Counters,
+    netns::{self, RUN_NETNS},
+};
+
+/// Namespaces read at most: a node with more pods than this is read in
+/// part, and says so (`Survey::truncated`).
+pub const MAX_NAMESPACES: usize = 256;
+
+/// One namespace's counters and conntrack at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceReading {
+    /// How a person finds it: the `ip netns` name, `host` for the initial
+    /// namespace, else `pid N (comm)` of a process inside it.
+    pub name: String,
+    /// Every counter of its /proc/net/netstat, snmp and snmp6.
+    pub counters: Counters,
+    /// Its conntrack; `None` when it could not be read (logged).
+    pub conntrack: Option<Conntrack>,
+}
+
+/// Every namespace in use, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// By namespace inode.
+    pub namespaces: BTreeMap<u32, NamespaceReading>,
+    /// More namespaces were in use than `MAX_NAMESPACES`: some were not
+    /// read, so one missing from a first reading may have existed then.
+    pub truncated: bool,
+}
+
+impl Survey {
+    /// Reads every namespace in use (at most `MAX_NAMESPACES`). Needs
+    /// root (entering a namespace); without it, or if the helper thread
+    /// fails, the survey is empty and the reason is logged.
+    pub fn read() -> Survey {
+        let found = netns::in_use(MAX_NAMESPACES + 1);
+        let truncated = found.len() > MAX_NAMESPACES;
+        let initial = netns::initial()
+            .and_then(|p| fs::metadata(p).ok())
+            .map(|m| m.ino());
+        let found: Vec<_> = found.into_iter().take(MAX_NAMESPACES).collect();
+        let namespaces = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut read = BTreeMap::new();
+                    for (inode, path) in &found {
+                        if let Err(err) = netns::enter(path) {
+                            log::debug!("namespace {inode} not read: {err}");
+                            continue;
+                        }
+                        let counters = match Counters::read() {
+                            Ok(c) => c,
+                            Err(err) => {
+                                log::debug!("namespace {inode}: no counters: {err}");
+                                continue;
+                            }
+                        };
+                        let conntrack = Conntrack::read()
+                            .inspect_err(|err| log::debug!("namespace {inode}: {err}"))
+                            .ok();
+                        let name = if Some(u64::from(*inode)) == initial {
+                            "host".to_string()
+                        } else {
+                            name_of(path)
+                        };
+                        read.insert(
+                            *inode,
+                            NamespaceReading {
+                                name,
+                                counters,
+                                conntrack,
+                            },
+                        );
+                    }
+                    read
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    log::warn!("the namespace survey failed");
+                    BTreeMap::new()
+                })
+        });
+        Survey {
+            namespaces,
+            truncated,
+        }
+    }
+}
+
+/// `ctf-node` for /run/netns/ctf-node, `pid 812 (nginx)` for
+/// /proc/812/ns/net.
+pub fn name_of(path: &Path) -> String {
+    if let Ok(name) = path.strip_prefix(RUN_NETNS) {
+        return name.display().to_string();
+    }
+    let pid = path
+        .strip_prefix("/proc")
+        .ok()
+        .and_then(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    match pid {
+        Some(pid) => {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            match comm.trim() {
+                "" => format!("pid {pid}"),
+                comm => format!("pid {pid} ({comm})"),
+            }
+        }
+        None => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_how_to_find_the_namespace() {
+        assert_eq!(name_of(Path::new("/run/netns/ctf-node")), "ctf-node");
+        let me = std::process::id();
+        let comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            name_of(Path::new(&format!("/proc/{me}/ns/net"))),
+            format!("pid {me} ({})", comm.trim())
+        );
+        assert_eq!(name_of(Path::new("/somewhere/else")), "/somewhere/else");
+    }
+
+    #[test]
+    fn our_own_namespace_is_surveyed() {
+        // Entering a namespace needs root; unit tests may run without it,
+        // and then the survey is empty rather than an error.
+        let survey = Survey::read();
+        let inode = fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        if rustix::process::geteuid().is_root() {
+            let ours = &survey.namespaces[&inode];
+            assert!(ours.counters.get("TcpRetransSegs").is_some());
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Scenario tests for the conntrack and drop causes of `diagnose`:
+//! a client namespace, a router namespace that forwards (and DNATs a
+//! service address, with its own conntrack table) and a server
+//! namespace; the trouble is made at the router with real iptables and
+//! real conntrack, `tcptrace diagnose` watches the client's or the
+//! server's namespace, and the drops the router makes are tied back to
+//! the watched connections by their 4-tuple.
+//!
+//! Each scenario is a few seconds of bounded traffic; everything is
+//! undone in `Drop` (namespaces, the host-global `nf_conntrack_max`).
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    Netns,
+    diagnose::{Diagnose, describe, findings, first_affected},
+    hostglobal::HostSysctl,
+    require_root,
+};
+
+/// The client's, the server's and the service's addresses.
+const CLIENT4: &str = "198.18.1.2";
+const SERVER4: &str = "198.18.2.2";
+const SERVICE4: &str = "198.19.0.10";
+const CLIENT6: &str = "2001:db8:1::2";
+const SERVER6: &str = "2001:db8:2::2";
+
+/// client -- router -- server, IPv4 and IPv6, the router forwarding.
+struct Routed {
+    client: Netns,
+    router: Netns,
+    server: Netns,
+}
+
+impl Routed {
+    fn new(tag: &str) -> Routed {
+        let client = Netns::new(&format!("{tag}c"));
+        let router = Netns::new(&format!("{tag}r"));
+        let server = Netns::new(&format!("{tag}s"));
+        for (ns, dev, peer, v4, v6, gw4, gw6) in [
+            (
+                &client,
+                "c0",
+                "r0",
+                CLIENT4,
+                CLIENT6,
+                "198.18.1.1",
+                "2001:db8:1::1",
+            ),
+            (
+                &server,
+                "s0",
+                "r1",
+                SERVER4,
+                SERVER6,
+                "198.18.2.1",
+                "2001:db8:2::1",
+            ),
+        ] {
+            ns.ip(&[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "netns",
+                router.name(),
+            ]);
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ns.ip(&["link", "set", dev, "up"]);
+            router.ip(&["addr", "add", &format!("{gw4}/24"), "dev", peer]);
+            router.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                peer,
+                "nodad",
+            ]);
+            router.ip(&["link", "set", peer, "up"]);
+            ns.ip(&["route", "add", "default", "via", gw4]);
+            ns.ip(&["-6", "route", "add", "default", "via", gw6]);
+        }
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        Routed {
+            client,
+            router,
+            server,
+        }
+    }
+
+    /// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
+    fn service(&self, port: u16) -> SocketAddr {
+        self.router.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                SERVICE4,
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{SERVER4}:{port}"),
+            ],
+        );
+        format!("{SERVICE4}:80").parse().unwrap()
+    }
+}
+
+/// A file server in `ns` on `addr`: every request line gets `size`
+/// bytes, until the client closes or `stop`.
+fn file_server(ns: &Netns, addr: SocketAddr, size: usize, stop: Arc<AtomicBool>) {
+    let listener = ns.run(|| TcpListener::bind(addr).expect("bind"));
+    listener.set_nonblocking(true).unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let stop = stop.clone();
+            thread::spawn(move || {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let blob = vec![b'f'; 65536];
+                let mut buf = [0u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    for _ in 0..size / blob.len() {
+                        if conn.write_all(&blob).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// `lanes` clients downloading `size` bytes per request from `to` for
+/// `run`, reconnecting after an error. Returns (downloads, errors).
+fn download(ns: &Netns, to: SocketAddr, lanes: usize, size: usize, run: Duration) -> (u32, u32) {
+    let results: Vec<(u32, u32)> = thread::scope(|s| {
+        let workers: Vec<_> = (0..lanes)
+            .map(|_| {
+                s.spawn(|| {
+                    ns.enter();
+                    let t0 = Instant::now();
+                    let (mut ok, mut failed) = (0, 0);
+                    let mut conn: Option<TcpStream> = None;
+                    let mut buf = vec![0u8; 262144];
+                    while t0.elapsed() < run {
+                        let result = (|| -> std::io::Result<()> {
+                            if conn.is_none() {
+                                let c = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+                                c.set_read_timeout(Some(Duration::from_secs(3)))?;
+                                conn = Some(c);
+                            }
+                            let c = conn.as_mut().unwrap();
+                            c.write_all(b"GET /blob\r\n")?;
+                            let mut need = size;
+                            while need > 0 {
+                                let n = c.read(&mut buf[..need.min(262144)])?;
+                                if n == 0 {
+                                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                                }
+                                need -= n;
+                            }
+                            Ok(())
+                        })();
+                        match result {
+                            Ok(()) => ok += 1,
+                            Err(_) => {
+                                failed += 1;
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    results
+        .iter()
+        .fold((0, 0), |(a, b), (ok, failed)| (a + ok, b + failed))
+}
+
+/// `n` connects at once to `to`, each given up after `timeout`; returns
+/// how many timed out.
+fn connects(ns: &Netns, to: SocketAddr, n: usize, timeout: Duration) -> usize {
+    thread::scope(|s| {
+        let all: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    ns.enter();
+                    TcpStream::connect_timeout(&to, timeout)
+                })
+            })
+            .collect();
+        all.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|c| matches!(c, Err(e) if e.kind() == std::io::ErrorKind::TimedOut))
+            .count()
+    })
+}
+
+/// Findings at medium or high confidence.
+fn problems(report: &Value) -> Vec<&Value> {
+    findings(report)
+        .iter()
+        .filter(|f| f["confidence"] != "low")
+        .collect()
+}
+
+/// The top finding is `cause` at medium or high, naming this process.
+fn assert_top_names_me<'a>(report: &'a Value, cause: &str) -> &'a Value {
+    let top = findings(report)
+        .first()
+        .unwrap_or_else(|| panic!("no finding; expected {cause}: {report:#}"));
+    assert_eq!(top["cause"], cause, "top finding: {report:#}");
+    assert_ne!(top["confidence"], "low", "{top:#}");
+    assert_eq!(
+        first_affected(top).0,
+        u64::from(std::process::id()),
+        "{top:#}"
+    );
+    top
+}
+
+/// A firewall on the router drops SYNs to one port (IPv6 here); the
+/// client's connects to it time out while those to another port work.
+#[test]
+fn syns_dropped_by_a_firewall_on_the_router() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("synfw");
+    let stop = Arc::new(AtomicBool::new(false));
+    let open: SocketAddr = format!("[{SERVER6}]:8080").parse().unwrap();
+    let closed: SocketAddr = format!("[{SERVER6}]:8081").parse().unwrap();
+    file_server(&net.server, open, 65536, stop.clone());
+    file_server(&net.server, closed, 65536, stop.clone());
+    net.router.exec(
+        "ip6tables",
+        &[
+            "-A", "FORWARD", "-p", "tcp", "--syn", "--dport", "8081", "-j", "DROP",
+        ],
+    );
+    let diagnose = Diagnose::start(net.client.name());
+    let (ok, _) = download(&net.client, open, 2, 65536, Duration::from_millis(500));
+    let timed_out = connects(&net.client, closed, 3, Duration::from_millis(2500));
+    let (report, seconds) = diagnose.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(ok > 0, "the open port works");
+    assert_eq!(timed_out, 3);
+    let top = assert_top_names_me(&report, "syn_dropped_on_path");
+    assert!(top["summary"].as_str().unwrap().contains("8081"), "{top:#}");
+    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 3.0);
+    assert!(top["figures"]["connects_unanswered"].as_f64().unwrap() >= 3.0);
+    // The router's drops were tied to the watched connections.
+    assert!(
+        top["figures"]["dropped_syns"].as_f64().unwrap() >= 3.0,
+        "{top:#}"
+    );
+    describe(
+        "syn_dropped_on_path",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}
+
+/// The router's conntrack table is full (`nf_conntrack_max` is
+/// host-global, the count per namespace): held connections fill it, new
+/// SYNs through it are dropped.
+#[test]
+fn conntrack_table_full_on_the_router() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("ctfull");
+    let stop = Arc::new(AtomicBool::new(false));
+    let server: SocketAddr = format!("{SERVER4}:8080").parse().unwrap();
+    file_server(&net.server, server, 65536, stop.clone());
+    for rule in [
+        [
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+        [
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            "ACCEPT",
+        ],
+    ] {
+        net.router.exec("iptables", &rule);
+    }
+    // Hold connections through the router (its table gets one entry
+    // each), then make that the limit.
+    const HELD: usize = 120;
+    let held: Vec<TcpStream> = net.client.run(|| {
+        (0..HELD)
+            .map(|_| TcpStream::connect_timeout(&server, Duration::from_secs(2)).expect("hold"))
+            .collect()
+    });
+    let host_count: usize = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .map_or(0, |s| s.trim().parse().unwrap_or(0));
+    assert!(
+        host_count < HELD / 2,
+        "the initial namespace tracks {host_count} flows: lowering nf_conntrack_max to {HELD} would hurt it"
+    );
+    let limit = HostSysctl::set("net.netfilter.nf_conntrack_max", &HELD.to_string());
+    let diagnose = Diagnose::start(net.client.name());
+    let timed_out = connects(&net.client, server, 3, Duration::from_millis(2500));
+    let (report, seconds) = diagnose.finish();
+    drop(limit);
+    drop(held);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(timed_out, 3);
+    let top = assert_top_names_me(&report, "conntrack_table_full");
+    assert_eq!(top["confidence"], "high", "{top:#}");
+    assert_eq!(top["figures"]["conntrack_max"], HELD as f64, "{top:#}");
+    assert!(top["figures"]["conntrack_drops"].as_f64().unwrap() >= 3.0);
+    let text = top.to_string();
+    assert!(
+        text.contains(net.router.name()),
+        "names the router's namespace: {top:#}"
+    );
+    assert!(text.contains("nf_conntrack_max"), "{top:#}");
+    describe(
+        "conntrack_table_full",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}
+
+/// Replies that skip reverse NAT at the router (NOTRACK on 1 in 200
+/// server packets: the same path as a reply conntrack marks INVALID)
+/// reach the client under the server's own address; the client's kernel
+/// answers RST (no socket), which kills the server's connection, and the
+/// client's next packet gets an RST back.
+#[test]
+fn invalid_replies_bypass_nat_on_the_router() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("ctinv");
+    let stop = Arc::new(AtomicBool::new(false));
+    file_server(
+        &net.server,
+        format!("{SERVER4}:8080").parse().unwrap(),
+        4 << 20,
+        stop.clone(),
+    );
+    let service = net.service(8080);
+    net.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "r1",
+            "-p",
+            "tcp",
+            "--sport",
+            "8080",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "200",
+            "--packet",
+            "0",
+            "-j",
+            "NOTRACK",
+        ],
+    );
+    let diagnose = Diagnose::start(net.client.name());
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
+    let top = assert_top_names_me(&report, "conntrack_invalid_nat_bypass");
+    let summary = top["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(SERVER4) && summary.contains(SERVICE4),
+        "{top:#}"
+    );
+    assert!(top["figures"]["strays"].as_f64().unwrap() >= 1.0);
+    assert!(
+        top["fix"].to_string().contains("ctstate INVALID"),
+        "{top:#}"
+    );
+    describe(
+        "conntrack_invalid_nat_bypass",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}
+
+/// Control: bulk downloads through the same DNAT router, nothing wrong
+/// (some retransmits from queue drops are normal): no finding above low.
+#[test]
+fn healthy_forwarded_bulk_transfer_is_silent() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("ctok");
+    let stop = Arc::new(AtomicBool::new(false));
+    file_server(
+        &net.server,
+        format!("{SERVER4}:8080").parse().unwrap(),
+        4 << 20,
+        stop.clone(),
+    );
+    let service = net.service(8080);
+    let diagnose = Diagnose::start(net.client.name());
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(ok > 0 && failed == 0, "downloads {ok}, failed {failed}");
+    let problems = problems(&report);
+    assert!(problems.is_empty(), "{report:#}");
+    assert!(report["events"].as_u64().unwrap() > 0, "traffic was seen");
+    describe(
+        "control_bulk_forwarded",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}
+
+/// The same bypass watched from the backend's namespace only: the
+/// client's kernel (another namespace of this host) answers the
+/// backend's packets "no socket" and kills its connections.
+#[test]
+fn invalid_replies_bypass_nat_seen_from_the_backend() {
+    require_root();
+    let t0 = Instant::now();
+    let net = Routed::new("ctinb");
+    let stop = Arc::new(AtomicBool::new(false));
+    file_server(
+        &net.server,
+        format!("{SERVER4}:8080").parse().unwrap(),
+        4 << 20,
+        stop.clone(),
+    );
+    let service = net.service(8080);
+    net.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "r1",
+            "-p",
+            "tcp",
+            "--sport",
+            "8080",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "150",
+            "--packet",
+            "0",
+            "-j",
+            "NOTRACK",
+        ],
+    );
+    let diagnose = Diagnose::start(net.server.name());
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    stop.store(true, Ordering::Relaxed);
+    assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
+    let top = findings(&report)
+        .first()
+        .unwrap_or_else(|| panic!("no finding: {report:#}"));
+    assert_eq!(top["cause"], "conntrack_invalid_nat_bypass", "{report:#}");
+    assert_ne!(top["confidence"], "low", "{top:#}");
+    let (pid, _, role) = first_affected(top);
+    assert_eq!(pid, u64::from(std::process::id()), "{top:#}");
+    assert_eq!(role, "backend", "{top:#}");
+    assert!(
+        top["figures"]["conntrack_invalid"].as_f64().unwrap() >= 1.0,
+        "{top:#}"
+    );
+    describe(
+        "conntrack_invalid_nat_bypass (backend side)",
+        &report,
+        seconds.max(t0.elapsed().as_secs_f64()),
+    );
+}

@@ -1,0 +1,603 @@
+//! Idle-timeout scenarios through a real NAT: a client namespace, a node
+//! namespace that DNATs a service address to a backend namespace with
+//! conntrack (a short `nf_conntrack_tcp_timeout_established`,
+//! `nf_conntrack_tcp_loose` 0: a forgotten flow is INVALID) and an
+//! iptables rule that drops or rejects (RST) INVALID packets, as IPVS /
+//! cloud NATs do with flows idle past their timeout. Pooled connections
+//! are reused after gaps on both sides of the timeout; `tcptrace
+//! diagnose` watches the client's namespace or the node's and must name
+//! the cause, the figures and the fix.
+//!
+//! What varies: silent drop vs RST, timeouts of 2, 3 and 4 s, IPv4 and
+//! IPv6, the client or the node watched. Each test takes a few seconds of
+//! traffic; everything is undone in `Drop`.
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{
+    Netns,
+    diagnose::{Diagnose, assert_top, describe, findings, first_affected},
+    require_root, set_linger_zero,
+};
+
+/// What the node does with a packet of a flow it forgot.
+#[derive(Clone, Copy, PartialEq)]
+enum Forget {
+    /// `-j DROP`: the client's send is never answered.
+    Drop,
+    /// `-j REJECT --reject-with tcp-reset`: the client gets an RST.
+    Reset,
+}
+
+/// client --- node (DNAT vip -> backend, conntrack) --- backend.
+struct NatPath {
+    app: Netns,
+    node: Netns,
+    db: Netns,
+    /// The service address clients connect to.
+    vip: SocketAddr,
+    /// Where the node sends it.
+    backend: SocketAddr,
+    /// Stops the echo server.
+    stop: Arc<AtomicBool>,
+    /// The echo server's accept thread (it joins its connection threads).
+    server: Option<JoinHandle<()>>,
+    /// Client connections whose last send got no answer, aborted with an
+    /// RST when the path is dropped (the server side aborts its own open
+    /// connections on stop): closed with a FIN into a flow the node forgot
+    /// they would live on as orphans retransmitting for minutes, noise for
+    /// the next test that watches the whole host.
+    stuck: Mutex<Vec<TcpStream>>,
+}
+
+impl NatPath {
+    fn new(tag: &str, v6: bool, timeout_s: u32, forget: Forget) -> NatPath {
+        let app = Netns::new(&format!("{tag}a"));
+        let node = Netns::new(&format!("{tag}n"));
+        let db = Netns::new(&format!("{tag}d"));
+        app.ip(&[
+            "link",
+            "add",
+            "a0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "n0",
+            "netns",
+            node.name(),
+        ]);
+        node.ip(&[
+            "link",
+            "add",
+            "n1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "d0",
+            "netns",
+            db.name(),
+        ]);
+        let (app_addr, node_a, node_d, db_addr, vip, prefix) = if v6 {
+            (
+                "2001:db8:71::2",
+                "2001:db8:71::1",
+                "2001:db8:72::1",
+                "2001:db8:72::2",
+                "2001:db8:79::9",
+                "64",
+            )
+        } else {
+            (
+                "198.18.71.2",
+                "198.18.71.1",
+                "198.18.72.1",
+                "198.18.72.2",
+                "198.18.79.9",
+                "24",
+            )
+        };
+        let family = if v6 { "-6" } else { "-4" };
+        for (ns, dev, addr) in [
+            (&app, "a0", app_addr),
+            (&node, "n0", node_a),
+            (&node, "n1", node_d),
+            (&db, "d0", db_addr),
+        ] {
+            let cidr = format!("{addr}/{prefix}");
+            let mut args = vec![family, "addr", "add", cidr.as_str(), "dev", dev];
+            if v6 {
+                args.push("nodad");
+            }
+            ns.ip(&args);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        app.ip(&[family, "route", "add", "default", "via", node_a]);
+        db.ip(&[family, "route", "add", "default", "via", node_d]);
+        // The service address routes to the backends, as on a real load
+        // balancer: a packet that misses the DNAT meets the FORWARD rule.
+        let vip_host = format!("{vip}/{}", if v6 { 128 } else { 32 });
+        node.ip(&[family, "route", "add", &vip_host, "via", db_addr]);
+        if v6 {
+            node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        } else {
+            node.sysctl("net.ipv4.ip_forward", "1");
+        }
+        let tables = if v6 { "ip6tables" } else { "iptables" };
+        let backend: SocketAddr = SocketAddr::new(db_addr.parse().unwrap(), 5432);
+        let to = backend.to_string();
+        node.exec(
+            tables,
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                vip,
+                "-p",
+                "tcp",
+                "--dport",
+                "5432",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        );
+        let mut invalid = vec![
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+        ];
+        match forget {
+            Forget::Drop => invalid.push("DROP"),
+            Forget::Reset => invalid.extend(["REJECT", "--reject-with", "tcp-reset"]),
+        }
+        node.exec(tables, &invalid);
+        // Per-namespace conntrack knobs (present once the rules loaded it).
+        node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
+        node.sysctl(
+            "net.netfilter.nf_conntrack_tcp_timeout_established",
+            &timeout_s.to_string(),
+        );
+        let mut path = NatPath {
+            app,
+            node,
+            db,
+            vip: SocketAddr::new(vip.parse().unwrap(), 5432),
+            backend,
+            stop: Arc::new(AtomicBool::new(false)),
+            server: None,
+            stuck: Mutex::default(),
+        };
+        path.server = Some(path.start_echo_server());
+        path
+    }
+
+    /// An echo server on the backend, on threads of its own that end when
+    /// the path is dropped.
+    fn start_echo_server(&self) -> JoinHandle<()> {
+        let listener = self
+            .db
+            .run(|| TcpListener::bind(self.backend).expect("bind backend"));
+        listener.set_nonblocking(true).unwrap();
+        let stop = self.stop.clone();
+        thread::spawn(move || {
+            let mut handlers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let stop = stop.clone();
+                        handlers.push(thread::spawn(move || {
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_millis(200)))
+                                .unwrap();
+                            let mut buf = [0u8; 512];
+                            while !stop.load(Ordering::Relaxed) {
+                                match conn.read(&mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        if conn.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                set_linger_zero(&conn);
+                            }
+                        }));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+            for h in handlers {
+                let _ = h.join();
+            }
+        })
+    }
+
+    /// Pooled connections from the client, one per lane, each reused after
+    /// the lane's gaps (ms) until a reuse fails. `user_timeout_ms`: let
+    /// the kernel give up on a stalled send (TCP_USER_TIMEOUT); the
+    /// client itself waits `answer_wait` for each answer. Returns per lane
+    /// what each reuse got: `ok`, `no answer`, or the error.
+    fn pool(
+        &self,
+        lanes: &[&[u64]],
+        user_timeout_ms: Option<u32>,
+        answer_wait: Duration,
+    ) -> Vec<Vec<String>> {
+        let vip = self.vip;
+        let stuck = &self.stuck;
+        self.app.run(|| {
+            thread::scope(|s| {
+                let handles: Vec<_> = lanes
+                    .iter()
+                    .map(|gaps| {
+                        s.spawn(move || {
+                            let mut conn = TcpStream::connect_timeout(&vip, Duration::from_secs(2))
+                                .expect("connect to the service address");
+                            conn.set_read_timeout(Some(answer_wait)).unwrap();
+                            if let Some(ms) = user_timeout_ms {
+                                setsockopt_int(
+                                    conn.as_raw_fd(),
+                                    libc::IPPROTO_TCP,
+                                    libc::TCP_USER_TIMEOUT,
+                                    ms as i32,
+                                );
+                            }
+                            let mut got = Vec::new();
+                            for gap in gaps.iter() {
+                                thread::sleep(Duration::from_millis(*gap));
+                                let result = conn.write_all(b"PING\n").and_then(|()| {
+                                    let mut buf = [0u8; 16];
+                                    match conn.read(&mut buf)? {
+                                        0 => Err(ErrorKind::UnexpectedEof.into()),
+                                        _ => Ok(()),
+                                    }
+                                });
+                                match result {
+                                    Ok(()) => got.push("ok".to_string()),
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                        ) && e.raw_os_error() != Some(libc::ETIMEDOUT) =>
+                                    {
+                                        got.push("no answer".into());
+                                        break;
+                                    }
+                                    Err(e) => {
+                                        got.push(format!("{:?}", e.kind()));
+                                        break;
+                                    }
+                                }
+                            }
+                            if got.last().is_some_and(|r| r != "ok") {
+                                stuck.lock().unwrap().push(conn);
+                            }
+                            got
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        })
+    }
+}
+
+impl Drop for NatPath {
+    fn drop(&mut self) {
+        for conn in self.stuck.lock().unwrap().drain(..) {
+            set_linger_zero(&conn);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
+    // SAFETY: a valid fd and a pointer to an int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+fn figure(finding: &Value, name: &str) -> f64 {
+    finding["figures"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no figure {name}: {finding:#}"))
+}
+
+/// The text an on-call engineer reads: summary and evidence.
+fn text(finding: &Value) -> String {
+    let mut all = vec![finding["summary"].as_str().unwrap_or_default().to_string()];
+    for e in finding["evidence"].as_array().into_iter().flatten() {
+        all.push(e.as_str().unwrap_or_default().to_string());
+    }
+    all.join("\n")
+}
+
+/// Nothing else at medium or high.
+fn alone(report: &Value) {
+    let others: Vec<_> = findings(report)[1..]
+        .iter()
+        .filter(|f| f["confidence"] != "low")
+        .map(|f| f["cause"].clone())
+        .collect();
+    assert!(others.is_empty(), "other findings {others:?}: {report:#}");
+}
+
+/// The idle timeout's bounds: what worked, what failed, and the figure.
+fn assert_bounds(top: &Value, survived: (f64, f64), failed: (f64, f64), timeout_s: f64) {
+    let s = figure(top, "idle_survived_s");
+    let f = figure(top, "idle_failed_s");
+    assert!(
+        (survived.0..=survived.1).contains(&s),
+        "survived {s}: {top:#}"
+    );
+    assert!((failed.0..=failed.1).contains(&f), "failed {f}: {top:#}");
+    assert!(
+        s < timeout_s && timeout_s <= f + 0.05,
+        "the real timeout {timeout_s} s lies outside ({s}, {f}]: {top:#}"
+    );
+}
+
+/// Silent drop, IPv4, 2 s: sends after 2.5 s idle are retransmitted until
+/// TCP_USER_TIMEOUT (0.8 s) gives up; gaps up to 1.4 s were answered.
+#[test]
+fn silent_nat_idle_timeout_seen_from_the_client() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("sb", false, 2, Forget::Drop);
+    let diagnose = Diagnose::start(path.app.name());
+    let got = path.pool(
+        &[&[600, 2_500], &[1_000, 2_700], &[500, 1_000, 1_400]],
+        Some(800),
+        Duration::from_secs(3),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![
+            vec!["ok", "TimedOut"],
+            vec!["ok", "TimedOut"],
+            vec!["ok", "ok", "ok"]
+        ],
+        "what the client saw"
+    );
+    let top = assert_top(&report, "middlebox_idle_blackhole");
+    alone(&report);
+    let (pid, _, role) = first_affected(top);
+    assert_eq!((pid, role), (u64::from(std::process::id()), "client"));
+    assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
+    assert_bounds(top, (1.35, 1.5), (2.45, 2.6), 2.0);
+    assert_eq!(figure(top, "reuses_failed"), 2.0);
+    let t = text(top);
+    assert!(
+        t.contains("ETIMEDOUT") && t.contains("198.18.79.9:5432"),
+        "{t}"
+    );
+    assert!(top["fix"][0].as_str().unwrap().contains("1.4 s"), "{top:#}");
+    describe(
+        "middlebox_idle_blackhole (client, v4, 2 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// Silent drop, IPv6, 4 s: the application gives up after 0.8 s without
+/// an answer (no kernel timeout); gaps up to 3 s were answered.
+#[test]
+fn silent_nat_idle_timeout_ipv6_application_gives_up() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("s6", true, 4, Forget::Drop);
+    let diagnose = Diagnose::start(path.app.name());
+    let got = path.pool(
+        &[&[1_000, 3_000], &[4_500], &[4_700]],
+        None,
+        Duration::from_millis(800),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![vec!["ok", "ok"], vec!["no answer"], vec!["no answer"]],
+        "what the client saw"
+    );
+    let top = assert_top(&report, "middlebox_idle_blackhole");
+    alone(&report);
+    assert_eq!(first_affected(top).2, "client");
+    assert_bounds(top, (2.95, 3.1), (4.45, 4.6), 4.0);
+    assert!(text(top).contains("[2001:db8:79::9]:5432"), "{top:#}");
+    describe(
+        "middlebox_idle_blackhole (client, v6, 4 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// RST, IPv6, 2 s, a pool whose idle varies: resets after 2.4, 3.2 and
+/// 3.8 s idle (no cluster), answers after up to 1.5 s. An idle timeout
+/// between them, not a peer restart.
+#[test]
+fn rejecting_nat_idle_timeout_with_varied_idle_ipv6() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("r6", true, 2, Forget::Reset);
+    let diagnose = Diagnose::start(path.app.name());
+    let got = path.pool(
+        &[&[600, 2_400], &[1_500, 3_200], &[1_000, 3_800]],
+        None,
+        Duration::from_secs(2),
+    );
+    let (report, _) = diagnose.finish();
+    for lane in &got {
+        assert_eq!(lane.last().unwrap(), "ConnectionReset", "{got:?}");
+    }
+    let top = assert_top(&report, "lb_idle_timeout");
+    alone(&report);
+    assert_eq!(first_affected(top).2, "client");
+    assert_bounds(top, (1.45, 1.6), (2.35, 2.5), 2.0);
+    assert_eq!(figure(top, "resets"), 3.0);
+    assert!(text(top).contains("no FIN"), "{top:#}");
+    assert!(
+        !findings(&report)
+            .iter()
+            .any(|f| f["cause"] == "half_open_after_peer_restart"),
+        "{report:#}"
+    );
+    describe(
+        "lb_idle_timeout (client, v6, RST, 2 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// RST, IPv4, 4 s: the same kind with a longer timeout.
+#[test]
+fn rejecting_nat_idle_timeout_ipv4() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("r4", false, 4, Forget::Reset);
+    let diagnose = Diagnose::start(path.app.name());
+    let got = path.pool(
+        &[&[1_200, 3_200], &[4_500], &[4_800]],
+        None,
+        Duration::from_secs(2),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![
+            vec!["ok", "ok"],
+            vec!["ConnectionReset"],
+            vec!["ConnectionReset"]
+        ]
+    );
+    let top = assert_top(&report, "lb_idle_timeout");
+    alone(&report);
+    assert_bounds(top, (3.15, 3.3), (4.45, 4.6), 4.0);
+    describe(
+        "lb_idle_timeout (client, v4, RST, 4 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// Silent drop, IPv4, 3 s, watched on the node: no socket there, only
+/// the segments of forgotten flows it drops and its conntrack.
+#[test]
+fn silent_nat_idle_timeout_seen_from_the_node() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("sn", false, 3, Forget::Drop);
+    let diagnose = Diagnose::start(path.node.name());
+    let got = path.pool(
+        &[&[800, 3_400], &[3_500], &[2_000]],
+        Some(800),
+        Duration::from_secs(2),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![vec!["ok", "TimedOut"], vec!["TimedOut"], vec!["ok"]]
+    );
+    let top = assert_top(&report, "middlebox_idle_blackhole");
+    alone(&report);
+    assert_eq!(figure(top, "idle_timeout_s"), 3.0);
+    assert_eq!(figure(top, "flows"), 2.0);
+    assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
+    assert!(text(top).contains("198.18.71.2"), "{top:#}");
+    assert!(
+        top["fix"][0]
+            .as_str()
+            .unwrap()
+            .contains("nf_conntrack_tcp_timeout_established (now 3 s"),
+        "{top:#}"
+    );
+    describe(
+        "middlebox_idle_blackhole (node, v4, 3 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
+
+/// RST, IPv6, 4 s, watched on the node: the RST netfilter's REJECT sends
+/// passes no TCP tracepoint; the node sees one dropped segment per
+/// forgotten flow and nothing after it, and says so.
+#[test]
+fn rejecting_nat_idle_timeout_seen_from_the_node_ipv6() {
+    require_root();
+    let t0 = Instant::now();
+    let path = NatPath::new("rn", true, 4, Forget::Reset);
+    let diagnose = Diagnose::start(path.node.name());
+    let got = path.pool(
+        &[&[1_000, 3_000], &[4_500], &[4_700]],
+        None,
+        Duration::from_secs(2),
+    );
+    let (report, _) = diagnose.finish();
+    assert_eq!(
+        got,
+        vec![
+            vec!["ok", "ok"],
+            vec!["ConnectionReset"],
+            vec!["ConnectionReset"]
+        ]
+    );
+    let top = assert_top(&report, "middlebox_idle_blackhole");
+    alone(&report);
+    assert_eq!(figure(top, "idle_timeout_s"), 4.0);
+    assert_eq!(figure(top, "flows"), 2.0);
+    assert_eq!(figure(top, "drops"), 2.0);
+    assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
+    let t = text(top);
+    assert!(
+        t.contains("REJECT") && !t.contains("never answered"),
+        "{top:#}"
+    );
+    describe(
+        "middlebox_idle_blackhole (node, v6, RST, 4 s)",
+        &report,
+        t0.elapsed().as_secs_f64(),
+    );
+}
