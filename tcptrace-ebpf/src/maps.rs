@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, EventWithPeer, FLIGHT_FLOWS,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, EventWithPeer, FLIGHT_FLOWS,
     FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile, RECORD_BYTES, SockInfo,
     WatchedFlowKey, kind,
 };
