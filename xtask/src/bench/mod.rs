@@ -99,6 +99,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         eprintln!("xtask bench: no tcpstates (Debian's libbpf-tools); skipping its run");
     }
     setups.push(Setup::KernelOnly);
+    setups.push(Setup::TraceJsonTc);
     setups.push(Setup::AllSignals);
     setups.push(Setup::Exporter);
     setups.push(Setup::ExporterRulesEverySecond);

@@ -30,6 +30,10 @@ pub enum Setup {
     /// tcptrace with a filter no event passes (`--port 1`): the kernel
     /// hooks and socket bookkeeping alone, the floor of any mode.
     KernelOnly,
+    /// `trace --json --netns BENCH --iface lo`: the TC programs of reset
+    /// provenance on the churn's own interface (every packet of the
+    /// churn crosses them), next to the same trace without them.
+    TraceJsonTc,
     /// `trace --json` with every event kind, reuse after idle included:
     /// all the hooks of the new signals attached.
     AllSignals,
@@ -56,6 +60,7 @@ impl Setup {
             Setup::Aggregate => "tcptrace top (aggregation only)",
             Setup::Tcpstates => "libbpf-tools tcpstates > FILE",
             Setup::KernelOnly => "tcptrace hooks only (filter passes nothing)",
+            Setup::TraceJsonTc => "tcptrace trace --json with TC programs on the churn's lo",
             Setup::AllSignals => "tcptrace trace --json --events all",
             Setup::Exporter => "tcptrace exporter (scraped every 1 s)",
             Setup::ExporterRulesEverySecond => {
@@ -135,6 +140,14 @@ fn measure(
         Setup::TraceJson => Some(Tracer::start(
             Command::new(tcptrace)
                 .args(["trace", "--json", "--no-summary", "--output"])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
+        Setup::TraceJsonTc => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args(["trace", "--json", "--no-summary", "--netns", &ns.name])
+                .args(["--iface", "lo", "--output"])
                 .arg(&output),
             Ready::StderrLine("Ctrl-C to stop"),
             None,
@@ -234,6 +247,7 @@ fn measure(
             Setup::TraceJson
             | Setup::Aggregate
             | Setup::KernelOnly
+            | Setup::TraceJsonTc
             | Setup::AllSignals
             | Setup::PreviousJson
             | Setup::PreviousAggregate => read_tcptrace_counts(&output, &stderr, &mut run)?,
