@@ -236,7 +236,10 @@ fn standing(incident: Incident, findings: &[Finding]) -> Standing {
 
 /// Unexplained incidents from this many events on reach medium (when no
 /// other finding is medium or high); below, low: one stray RST from some
-/// unrelated process is worth listing, not an alarm.
+/// unrelated process is worth listing, not an alarm. Drops do not count
+/// towards it: a drop that hurt shows as a failed connect, a reset, an
+/// error or a timeout too, while drops alone are loss the retransmits
+/// recovered (listed, at low).
 const MEDIUM_FROM: u64 = 3;
 
 /// The `unexplained` finding, if the run saw incidents the `findings`
@@ -268,6 +271,11 @@ pub(super) fn unexplained(i: &Inputs, findings: &[Finding]) -> Outcome {
     }
     let count = |list: &[(Incident, u64)]| list.iter().map(|(_, n)| n).sum::<u64>();
     let (u, b) = (count(&unexplained), count(&benign));
+    let harm: u64 = unexplained
+        .iter()
+        .filter(|(k, _)| !matches!(k, Incident::Drop(_)))
+        .map(|(_, n)| n)
+        .sum();
     let checked = format!(
         "unexplained: {u} failure events no finding explains, {b} explained only as benign"
     );
@@ -280,7 +288,7 @@ pub(super) fn unexplained(i: &Inputs, findings: &[Finding]) -> Outcome {
         (0, false) if b == 0 => return none,
         (0, false) => Confidence::Low,
         (_, true) => Confidence::Low,
-        (u, false) if u >= MEDIUM_FROM => Confidence::Medium,
+        (_, false) if harm >= MEDIUM_FROM => Confidence::Medium,
         (_, false) => Confidence::Low,
     };
     hit.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
