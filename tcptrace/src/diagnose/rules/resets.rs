@@ -225,6 +225,14 @@ pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
     let idle = stats.forged_idle.percentiles();
     match idle {
         Some(p) if p.min_ns >= QUIET_GAP_NS => {
+            // After quiet gaps the idle-timeout rules own the cause (and
+            // bound the timeout from the reuses that worked); this is the
+            // proof that a device on the path, not the server, sent them.
+            f.confidence = Confidence::Low;
+            f.summary = format!(
+                "the {n} RSTs {} received after idle gaps came from a device {nearest} hop(s) in front of {peer}, not from {peer}: the idle timeout is that device's",
+                who(pid, &process.comm)
+            );
             f.evidence.push(format!(
                 "each came after the connection had been idle {}: the device forgot idle flows",
                 spread(&p)
