@@ -64,7 +64,8 @@ fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
     let t0 = Instant::now();
     let ns = Netns::new("expstorm");
     let (server, done, acceptor) = sink_server(&ns);
-    let trace = Trace::start(&["--netns", ns.name(), "--events", "rst"]);
+    // The namespace has only loopback: no TC programs (no origin needed here).
+    let trace = Trace::start(&["--netns", ns.name(), "--events", "rst", "--no-tc"]);
     let exporter = Exporter::start(&["--netns", ns.name(), "--interval", "1s", "--window", "30s"]);
     let prometheus = Prometheus::start(&[exporter.addr], None);
     let resets = "sum(tcptrace_resets_total)";
