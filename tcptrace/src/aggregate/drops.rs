@@ -178,6 +178,45 @@ impl Drops {
     }
 }
 
+impl Drops {
+    /// Adds the drops of `other` (an exporter window's slices).
+    pub fn merge(&mut self, other: &Drops) {
+        self.groups
+            .merge_from(&other.groups, DropGroup::default, |ours, theirs| {
+                let DropGroup {
+                    count,
+                    syns,
+                    synacks,
+                    resets,
+                    incoming,
+                    flows,
+                    owners,
+                } = theirs;
+                ours.count += count;
+                ours.syns += syns;
+                ours.synacks += synacks;
+                ours.resets += resets;
+                ours.incoming += incoming;
+                ours.flows.merge_from(flows, || 0, |a, b| *a += b);
+                ours.owners.merge_from(
+                    owners,
+                    || DropOwner {
+                        comm: Comm::new(b"?"),
+                        cgroup_id: 0,
+                        drops: 0,
+                        elsewhere: 0,
+                    },
+                    |a, b| {
+                        a.comm = b.comm;
+                        a.cgroup_id = b.cgroup_id;
+                        a.drops += b.drops;
+                        a.elsewhere += b.elsewhere;
+                    },
+                );
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,44 +265,5 @@ mod tests {
         let (_, own) = groups[1];
         assert_eq!((own.count, own.syns), (1, 0));
         assert_eq!(own.top_owners()[0].0, 8);
-    }
-}
-
-impl Drops {
-    /// Adds the drops of `other` (an exporter window's slices).
-    pub fn merge(&mut self, other: &Drops) {
-        self.groups
-            .merge_from(&other.groups, DropGroup::default, |ours, theirs| {
-                let DropGroup {
-                    count,
-                    syns,
-                    synacks,
-                    resets,
-                    incoming,
-                    flows,
-                    owners,
-                } = theirs;
-                ours.count += count;
-                ours.syns += syns;
-                ours.synacks += synacks;
-                ours.resets += resets;
-                ours.incoming += incoming;
-                ours.flows.merge_from(flows, || 0, |a, b| *a += b);
-                ours.owners.merge_from(
-                    owners,
-                    || DropOwner {
-                        comm: Comm::new(b"?"),
-                        cgroup_id: 0,
-                        drops: 0,
-                        elsewhere: 0,
-                    },
-                    |a, b| {
-                        a.comm = b.comm;
-                        a.cgroup_id = b.cgroup_id;
-                        a.drops += b.drops;
-                        a.elsewhere += b.elsewhere;
-                    },
-                );
-            });
     }
 }

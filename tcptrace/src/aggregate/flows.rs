@@ -414,6 +414,58 @@ impl Flows {
     }
 }
 
+impl Flows {
+    /// Moves the stray figures out (an exporter window's slice); the flow
+    /// index stays.
+    pub fn take_figures(&mut self) -> Flows {
+        Flows {
+            strays: std::mem::take(&mut self.strays),
+            ..Flows::default()
+        }
+    }
+}
+
+impl Strays {
+    /// Adds the figures of `other` (an exporter window's slices).
+    pub fn merge(&mut self, other: &Strays) {
+        let Strays {
+            resets,
+            drops,
+            pairs,
+            holders,
+            netns,
+            peer_resets,
+            reset_peers,
+            unheld_resets,
+            unheld_drops,
+            unheld_peers,
+        } = other;
+        let holder = || StrayHolder {
+            comm: Comm::new(b"?"),
+            cgroup_id: 0,
+            strays: 0,
+            resets_after: 0,
+        };
+        let add_holder = |a: &mut StrayHolder, b: &StrayHolder| {
+            a.comm = b.comm;
+            a.cgroup_id = b.cgroup_id;
+            a.strays += b.strays;
+            a.resets_after += b.resets_after;
+        };
+        self.resets += resets;
+        self.drops += drops;
+        self.pairs.merge_from(pairs, || 0, |a, b| *a += b);
+        self.holders.merge_from(holders, holder, add_holder);
+        self.netns.merge_from(netns, || 0, |a, b| *a += b);
+        self.peer_resets += peer_resets;
+        self.reset_peers.merge_from(reset_peers, holder, add_holder);
+        self.unheld_resets += unheld_resets;
+        self.unheld_drops += unheld_drops;
+        self.unheld_peers
+            .merge_from(unheld_peers, holder, add_holder);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,57 +634,5 @@ mod tests {
         }
         assert!(flows.young.len() + flows.old.len() <= 2 * GENERATION);
         assert!(flows.ports_young.len() + flows.ports_old.len() <= 2 * GENERATION);
-    }
-}
-
-impl Flows {
-    /// Moves the stray figures out (an exporter window's slice); the flow
-    /// index stays.
-    pub fn take_figures(&mut self) -> Flows {
-        Flows {
-            strays: std::mem::take(&mut self.strays),
-            ..Flows::default()
-        }
-    }
-}
-
-impl Strays {
-    /// Adds the figures of `other` (an exporter window's slices).
-    pub fn merge(&mut self, other: &Strays) {
-        let Strays {
-            resets,
-            drops,
-            pairs,
-            holders,
-            netns,
-            peer_resets,
-            reset_peers,
-            unheld_resets,
-            unheld_drops,
-            unheld_peers,
-        } = other;
-        let holder = || StrayHolder {
-            comm: Comm::new(b"?"),
-            cgroup_id: 0,
-            strays: 0,
-            resets_after: 0,
-        };
-        let add_holder = |a: &mut StrayHolder, b: &StrayHolder| {
-            a.comm = b.comm;
-            a.cgroup_id = b.cgroup_id;
-            a.strays += b.strays;
-            a.resets_after += b.resets_after;
-        };
-        self.resets += resets;
-        self.drops += drops;
-        self.pairs.merge_from(pairs, || 0, |a, b| *a += b);
-        self.holders.merge_from(holders, holder, add_holder);
-        self.netns.merge_from(netns, || 0, |a, b| *a += b);
-        self.peer_resets += peer_resets;
-        self.reset_peers.merge_from(reset_peers, holder, add_holder);
-        self.unheld_resets += unheld_resets;
-        self.unheld_drops += unheld_drops;
-        self.unheld_peers
-            .merge_from(unheld_peers, holder, add_holder);
     }
 }

@@ -510,6 +510,39 @@ impl ReuseTracker {
     }
 }
 
+impl ReuseOutcomes {
+    /// Adds every figure of `other`. Written field by field with no `..`:
+    /// a figure added here does not compile until it merges too.
+    pub fn merge(&mut self, other: &ReuseOutcomes) {
+        let ReuseOutcomes {
+            answered,
+            recovered,
+            stalled,
+            timed_out,
+            reset,
+            reset_after_fin,
+            unknown,
+            untracked,
+            stall_retransmits,
+            stall_start,
+            errors,
+        } = other;
+        self.answered = self.answered.merge(*answered);
+        self.recovered = self.recovered.merge(*recovered);
+        self.stalled = self.stalled.merge(*stalled);
+        self.timed_out = self.timed_out.merge(*timed_out);
+        self.reset = self.reset.merge(*reset);
+        self.reset_after_fin = self.reset_after_fin.merge(*reset_after_fin);
+        self.unknown += unknown;
+        self.untracked += untracked;
+        self.stall_retransmits += stall_retransmits;
+        self.stall_start.merge(stall_start);
+        for (errno, n) in errors {
+            *self.errors.entry(errno).or_default() += n;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Aggregate, testing::*};
@@ -736,38 +769,5 @@ mod tests {
         r.apply(&settle(Outcome::Answered, 6_000));
         assert!(r.bound(r.silent(), 100_000_000).is_none());
         assert!(r.bound(r.reset, 0).is_none(), "nothing failed that way");
-    }
-}
-
-impl ReuseOutcomes {
-    /// Adds every figure of `other`. Written field by field with no `..`:
-    /// a figure added here does not compile until it merges too.
-    pub fn merge(&mut self, other: &ReuseOutcomes) {
-        let ReuseOutcomes {
-            answered,
-            recovered,
-            stalled,
-            timed_out,
-            reset,
-            reset_after_fin,
-            unknown,
-            untracked,
-            stall_retransmits,
-            stall_start,
-            errors,
-        } = other;
-        self.answered = self.answered.merge(*answered);
-        self.recovered = self.recovered.merge(*recovered);
-        self.stalled = self.stalled.merge(*stalled);
-        self.timed_out = self.timed_out.merge(*timed_out);
-        self.reset = self.reset.merge(*reset);
-        self.reset_after_fin = self.reset_after_fin.merge(*reset_after_fin);
-        self.unknown += unknown;
-        self.untracked += untracked;
-        self.stall_retransmits += stall_retransmits;
-        self.stall_start.merge(stall_start);
-        for (errno, n) in errors {
-            *self.errors.entry(errno).or_default() += n;
-        }
     }
 }
