@@ -24,6 +24,7 @@ use std::{
 use tests::{
     Netns, NetnsPair,
     diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    haproxy::IdleTimeoutLb,
     require_root,
 };
 
@@ -94,49 +95,9 @@ fn lb_idle_timeout_behind_haproxy() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("lb");
-    let dir = TempDir::new("haproxy");
-    let config = dir.0.join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        "global\n  maxconn 200\n\
-         defaults\n  mode http\n  timeout connect 1s\n  timeout client 2s\n  timeout server 2s\n\
-         frontend lb\n  bind 127.0.0.1:8080\n  default_backend app\n\
-         backend app\n  server app1 127.0.0.1:8081\n\
-         frontend app\n  bind 127.0.0.1:8081\n  http-request return status 200 content-type text/plain string ok\n",
-    )
-    .expect("write haproxy.cfg");
-    let _haproxy = Guard(
-        ns.command("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy (apt-get install haproxy)"),
-    );
-    let lb: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    ns.run(|| wait_listening(lb));
-
+    let lb = IdleTimeoutLb::start(&ns);
     let diagnose = Diagnose::start(ns.name());
-    let failed_reuses = ns.run(|| {
-        let mut pool: Vec<TcpStream> = (0..3)
-            .map(|_| TcpStream::connect(lb).expect("connect to haproxy"))
-            .collect();
-        for conn in &mut pool {
-            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        }
-        // Busy use, then a short gap the LB tolerates...
-        for _ in 0..2 {
-            for conn in &mut pool {
-                request(conn).expect("request on a fresh pooled connection");
-            }
-            thread::sleep(Duration::from_millis(300));
-        }
-        // ...then a gap longer than its 2 s idle timeout.
-        thread::sleep(Duration::from_secs(3));
-        pool.iter_mut().map(request).filter(Result::is_err).count()
-    });
+    let failed_reuses = lb.pooled_reuse_after_gap(&ns);
     let (report, seconds) = diagnose.finish();
     assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
 
