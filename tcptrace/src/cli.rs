@@ -58,7 +58,7 @@ pub struct FilterArgs {
     /// Event kinds to keep, comma separated: rst, retrans, connect, state,
     /// drop (packets the kernel dropped), error (errors handed to
     /// applications), reuse (sends after an idle gap), all.
-    /// [default: all but reuse; diagnose: all]
+    /// [default: all but reuse; diagnose and exporter: all]
     #[arg(long, value_delimiter = ',')]
     pub events: Vec<EventClass>,
     /// With reuse events: the idle gap (no data sent or received) after
@@ -162,8 +162,8 @@ pub struct SnapshotArgs {
     /// With --watch, stop after this many reports.
     #[arg(long, requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Look inside this network namespace: a name under /run/netns or a
-    /// path such as /proc/PID/ns/net.
+    /// Look inside this network namespace: an inode number, a name under
+    /// /run/netns, or a path such as /proc/PID/ns/net.
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
     /// Rows in each ranked table (processes, ports, peers, connections).
