@@ -124,7 +124,7 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    server.abort();
+    server.stop().await;
     eprintln!(
         "tcptrace exporter: {}; {served} scrapes served",
         counts.human()
