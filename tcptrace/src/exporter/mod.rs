@@ -31,7 +31,7 @@ use crate::{
     aggregate::Aggregate,
     cli::ExporterArgs,
     counts::Counts,
-    diagnose::finding::Affected,
+    diagnosis::finding::Affected,
     event::TcpEvent,
     filter_args::{self, session_options},
     host::cgroups::Cgroups,
