@@ -273,11 +273,19 @@ pub trait TallySource {
 pub struct EventTally {
     tally: Tally,
     /// Errors sockets reported, for a failed connect that comes after
-    /// its error (older kernels report first): (sock, errno).
-    recent_errors: VecDeque<(u64, i32)>,
+    /// its error (older kernels report first).
+    recent_errors: VecDeque<RecentError>,
     /// Failed connects waiting for their error (newer kernels report it
     /// right after the CLOSE, in `tcp_done_with_error`).
     pending: VecDeque<PendingFailure>,
+}
+
+/// A socket error no failed connect has taken yet.
+#[derive(Debug, Clone, Copy)]
+struct RecentError {
+    sock: u64,
+    errno: i32,
+    at_ns: u64,
 }
 
 /// A failed connect whose error may still come.
@@ -295,6 +303,11 @@ const PAIRING: usize = 4096;
 /// A failed connect with no error after this long had none (the
 /// application closed the socket itself).
 const PAIRING_NS: u64 = 50_000_000;
+/// An error reported before its failed connect comes from the same kernel
+/// call, microseconds earlier. An older error on the same socket address
+/// belongs to another connection whose memory the kernel reused (a
+/// server's ECONNRESET, then a client's refused connect), not to this one.
+const ERROR_FIRST_NS: u64 = 1_000_000;
 
 impl EventTally {
     fn failed(&mut self, failure: PendingFailure, errno: i32) {
@@ -343,11 +356,11 @@ impl TallySource for EventTally {
                     peer,
                     at_ns: ev.mono_ns,
                 };
-                match self.recent_errors.iter().rev().find(|(s, _)| *s == ev.sock) {
-                    Some((_, errno)) => {
-                        let errno = *errno;
-                        self.failed(failure, errno);
-                    }
+                let earlier = self.recent_errors.iter().rposition(|e| {
+                    e.sock == ev.sock && ev.mono_ns.saturating_sub(e.at_ns) <= ERROR_FIRST_NS
+                });
+                match earlier.and_then(|at| self.recent_errors.remove(at)) {
+                    Some(error) => self.failed(failure, error.errno),
                     None => {
                         self.pending.push_back(failure);
                         self.settle(ev.mono_ns);
@@ -412,7 +425,11 @@ impl TallySource for EventTally {
                         if self.recent_errors.len() >= PAIRING {
                             self.recent_errors.pop_front();
                         }
-                        self.recent_errors.push_back((ev.sock, errno));
+                        self.recent_errors.push_back(RecentError {
+                            sock: ev.sock,
+                            errno,
+                            at_ns: ev.mono_ns,
+                        });
                     }
                 }
             }
@@ -640,6 +657,51 @@ mod tests {
             11,
             "a reuse counts nothing"
         );
+    }
+
+    /// The kernel reuses a closed socket's memory at once: a server
+    /// connection reset (ECONNRESET) and, 200 ms later, a client's refused
+    /// connect on the same address are two sockets; the refused connect is
+    /// ECONNREFUSED, not the older error.
+    #[test]
+    fn a_failed_connect_takes_no_older_error_of_a_reused_socket_address() {
+        let agg = Aggregate::new(names());
+        let mut source = EventTally::default();
+        let events = [
+            ev(K::SocketError, 10)
+                .sock(40)
+                .owner(8, "server")
+                .local("127.0.0.1:18080")
+                .remote("127.0.0.1:50000")
+                .socket_errno(104)
+                .build(),
+            ev(K::ConnectFailed, 200)
+                .sock(40)
+                .owner(7, "client")
+                .remote("127.0.0.1:18099")
+                .build(),
+            ev(K::SocketError, 200)
+                .sock(40)
+                .owner(7, "client")
+                .remote("127.0.0.1:18099")
+                .socket_errno(111)
+                .build(),
+        ];
+        for e in &events {
+            source.add(e, agg.peer_of(e));
+        }
+        let tally = source.take();
+        let client = |signal| {
+            tally
+                .counts
+                .iter()
+                .filter(|((w, _, s), _)| w.comm == "client" && *s == signal)
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
+        assert_eq!(client(Signal::ConnectFailed { errno: 111 }), 1);
+        assert_eq!(client(Signal::ConnectFailed { errno: 104 }), 0);
+        assert_eq!(client(Signal::SocketError { errno: 111 }), 1);
     }
 
     #[test]
