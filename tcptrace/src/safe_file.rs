@@ -228,12 +228,7 @@ pub fn read_trusted(path: &Path) -> Result<Option<String>> {
 /// sees the old file or the new one, never a part. An existing `path`
 /// must be ours; the new file has mode 0600.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let (dir, name) = open_parent(path)?;
-    match open_existing(&dir, &name, path, OFlags::RDONLY) {
-        Ok(_) => {}
-        Err(SafeFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let (dir, name) = replaceable(path)?;
     remove_stale_temps(&dir, &name);
     let mut temp_name = OsString::from(".");
     temp_name.push(&name);
@@ -273,6 +268,29 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
             source,
         }
     })
+}
+
+/// Checks now what [`write_atomically`] will check when it writes: its
+/// directory is one we may write into and `path` is nothing yet or our
+/// own file. For a command that writes at the end of a long run, so a
+/// refusal comes before the run, not after it.
+///
+/// # Errors
+/// The refusal `write_atomically` would give.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    replaceable(path).map(drop)
+}
+
+/// The directory of `path` and its name, once `path` is known to be
+/// nothing yet or our own regular file.
+fn replaceable(path: &Path) -> Result<(OwnedFd, OsString)> {
+    let (dir, name) = open_parent(path)?;
+    match open_existing(&dir, &name, path, OFlags::RDONLY) {
+        Ok(_) => {}
+        Err(SafeFileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok((dir, name))
 }
 
 /// Removes our own file at `path`; nothing if there is none. A file that

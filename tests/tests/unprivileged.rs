@@ -114,6 +114,34 @@ fn unprivileged_plants_under_trace_output_are_refused() {
     assert!(trace_to(&hard).contains("2 hard links"));
 }
 
+/// `diagnose --report` into a shared directory: a plant is refused before
+/// the watch starts (not after a long run, with the page lost), and the
+/// target is untouched.
+#[test]
+fn unprivileged_plants_under_diagnose_report_are_refused_at_once() {
+    require_root();
+    let shared = shared_dir("unpriv-report");
+    let private = ScratchDir::new("unpriv-report-root");
+    let victim = root_file(private.path(), "victim");
+    let report_to = |path: &Path| {
+        let t0 = std::time::Instant::now();
+        let out = tcptrace(&["diagnose", "--report", s(path), "--duration", "60s"]);
+        let error = failure(&out);
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's own\n");
+        error
+    };
+    let link = shared.path().join("x.html");
+    as_nobody("ln", &["-s", s(&victim), s(&link)]);
+    let error = report_to(&link);
+    assert!(error.contains("is a symbolic link"), "{error}");
+    assert_eq!(error.matches(s(&link)).count(), 1, "{error}");
+    let theirs = shared.path().join("theirs.html");
+    as_nobody("sh", &["-c", &format!("echo mine > {}", s(&theirs))]);
+    assert!(report_to(&theirs).contains("owned by uid 65534"));
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "mine\n");
+}
+
 /// `tune --apply` and `--revert` with a drop-in or state files someone
 /// else planted: refused, no kernel value and no file written.
 #[test]

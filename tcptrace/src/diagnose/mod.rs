@@ -235,8 +235,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         // Rendered from the JSON document alone, as `replay` will.
         let page = html_report::render_json(&json)
             .with_context(|| format!("rendering the HTML report {}", path.display()))?;
-        safe_file::write_atomically(path, page.as_bytes())
-            .with_context(|| format!("writing the HTML report {}", path.display()))?;
+        safe_file::write_atomically(path, page.as_bytes()).context("writing the HTML report")?;
         eprintln!("tcptrace: HTML report written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -253,7 +252,8 @@ fn named_drops(counts: &BTreeMap<u32, u64>, names: &Names) -> BTreeMap<String, u
     named
 }
 
-/// The directory `--report` writes into must exist.
+/// The directory `--report` writes into must exist, and the file be
+/// one we may replace (as the write at the end will check again).
 fn check_report_dir(path: &Path) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -272,6 +272,8 @@ fn check_report_dir(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
+    // A link or someone else's file is refused now, not after the watch.
+    safe_file::check_replaceable(path).context("cannot write the HTML report")?;
     Ok(())
 }
 

@@ -159,7 +159,14 @@ impl NamespaceFacts {
             .namespaces
             .iter()
             .filter_map(|(inode, end)| {
-                let start = before.namespaces.get(inode);
+                // A namespace deleted during the watch whose inode a new
+                // one took over: the new one's counters did not start
+                // from the old one's (they would change by negative
+                // amounts), so it counts as created during the run.
+                let start = before
+                    .namespaces
+                    .get(inode)
+                    .filter(|start| same_namespace(start.cookie, end.cookie));
                 if start.is_none() && before.truncated {
                     return None;
                 }
@@ -198,6 +205,15 @@ impl NamespaceFacts {
             }
         }
         any.then_some(sum)
+    }
+}
+
+/// Whether two readings of one inode are the same namespace: their
+/// cookies agree, or a kernel before 5.14 gave none to compare.
+fn same_namespace(before: Option<u64>, after: Option<u64>) -> bool {
+    match (before, after) {
+        (Some(before), Some(after)) => before == after,
+        _ => true,
     }
 }
 
@@ -384,6 +400,7 @@ pub struct Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{counters::Counters, survey::NamespaceReading};
 
     fn socket(state: TcpState, local: &str, remote: &str, recv_q: u32, send_q: u32) -> TcpSocket {
         TcpSocket {
@@ -432,5 +449,39 @@ mod tests {
                 owner: None,
             }]
         );
+    }
+
+    fn reading(cookie: Option<u64>, active_opens: i64) -> NamespaceReading {
+        let snmp = format!("Tcp: ActiveOpens PassiveOpens\nTcp: {active_opens} 0\n");
+        NamespaceReading {
+            name: "pod".into(),
+            counters: Counters::parse("", &snmp).unwrap(),
+            conntrack: None,
+            cookie,
+        }
+    }
+
+    fn survey(reading: NamespaceReading) -> Survey {
+        Survey {
+            namespaces: BTreeMap::from([(4_026_532_458, reading)]),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn a_namespace_that_took_over_a_deleted_ones_inode_starts_from_zero() {
+        let events = BTreeMap::from([(4_026_532_458, 10)]);
+        let facts = |before, after| {
+            NamespaceFacts::from_surveys(&survey(before), &survey(after), &events, None)
+        };
+        let same = facts(reading(Some(7), 100), reading(Some(7), 130));
+        assert!(!same[0].created_during_run);
+        assert_eq!(same[0].counters["TcpActiveOpens"], 30);
+        let replaced = facts(reading(Some(7), 100), reading(Some(9), 5));
+        assert!(replaced[0].created_during_run);
+        assert_eq!(replaced[0].counters["TcpActiveOpens"], 5);
+        // Kernels before 5.14 have no cookie: the inode is all there is.
+        let old_kernel = facts(reading(None, 100), reading(None, 130));
+        assert_eq!(old_kernel[0].counters["TcpActiveOpens"], 30);
     }
 }

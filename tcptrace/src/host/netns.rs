@@ -291,6 +291,28 @@ fn is_kthreadd(status: &Path) -> bool {
         && (field("Kthread:") == Some("1") || field("Name:") == Some("kthreadd"))
 }
 
+/// The cookie of the namespace the calling thread is in: a 64-bit number
+/// the kernel never hands out twice while it runs, unlike the inode,
+/// which a namespace created after another is deleted can take over
+/// (`SO_NETNS_COOKIE`, Linux 5.14+, net/core/sock.c). `None` on older
+/// kernels or when no socket can be made.
+pub fn cookie() -> Option<u64> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None).ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket and a buffer of the length passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && len as usize == size_of::<u64>()).then_some(cookie)
+}
+
 /// Moves the calling thread into the namespace at `path`. Only this
 /// thread moves: read per-namespace /proc files through
 /// /proc/thread-self afterwards.

@@ -13,7 +13,9 @@
 //! The readings run on one helper thread that enters each namespace in
 //! turn (`netns::enter`): `/proc/thread-self/net` and
 //! `/proc/sys/net/netfilter` then follow it. A namespace that vanishes
-//! meanwhile is left out (logged at debug level): the host is live.
+//! meanwhile is left out (logged at debug level): the host is live. Pods
+//! come and go, and a new namespace may take over a deleted one's inode:
+//! each reading keeps the namespace's cookie so the two are told apart.
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::Path};
 
@@ -37,6 +39,9 @@ pub struct NamespaceReading {
     pub counters: Counters,
     /// Its conntrack; `None` when it could not be read (logged).
     pub conntrack: Option<Conntrack>,
+    /// Its cookie ([`netns::cookie`]): tells a namespace from a newer one
+    /// that took over its inode between two readings. `None` before 5.14.
+    pub cookie: Option<u64>,
 }
 
 /// Every namespace in use, read at one moment.
@@ -90,6 +95,7 @@ impl Survey {
                                 name,
                                 counters,
                                 conntrack,
+                                cookie: netns::cookie(),
                             },
                         );
                     }
