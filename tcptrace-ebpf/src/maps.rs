@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
-    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, ListenKey, Owner, RECORD_BYTES,
-    SockInfo, kind,
+    Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, Event, ListenKey, OPEN_KEYS, OpenKey,
+    Owner, RECORD_BYTES, SockInfo, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -61,3 +61,13 @@ pub static DROP_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_R
 #[map]
 pub static HOST_DROP_REASONS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Successful opens counted here instead of sent (`Config::count_opens`).
+/// A plain (preallocated) hash, never LRU: a full map refuses the new key
+/// and the open goes to the ring buffer instead, so no count is evicted.
+#[map]
+pub static OPENS: PerCpuHashMap<OpenKey, u64> = PerCpuHashMap::with_max_entries(OPEN_KEYS, 0);
+
+/// Opens that found `OPENS` full and were sent as events instead.
+#[map]
+pub static OPENS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -361,6 +361,30 @@ impl TcpEvent {
     }
 }
 
+/// Successful opens the kernel counted instead of sending each one as an
+/// event (the `OPENS` map, for the readers that only aggregate): `n`
+/// opens since the last reading with the same owner, peer and latency
+/// bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCount {
+    /// The socket's owner (`tid` 0: counts are per process), `None`
+    /// when unknown.
+    pub owner: Option<Owner>,
+    /// Network namespace inode, when known.
+    pub netns: Option<u32>,
+    /// The remote endpoint, as `aggregate::peer_key` files it: address
+    /// and port for a connect, address alone (port 0) for an accepted
+    /// connection.
+    pub peer: SocketAddr,
+    /// Accepted (SYN_RECV -> ESTABLISHED) rather than connected.
+    pub passive: bool,
+    /// `tcptrace_common::log_bucket` of the connect latency; `None` for
+    /// an accepted connection or a connect whose start was not seen.
+    pub latency_bucket: Option<u16>,
+    /// How many.
+    pub n: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,20 +11,20 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, ListenKey, Owner, SockLayout, field, kind,
-    kind_mask, map, raw_tracepoint, tracepoint,
+    ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, ListenKey, OpenKey, Owner, SockLayout,
+    field, kind, kind_mask, map, raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     counts::{Counts, DropCounts, KernelCounts},
-    decode::Decoder,
+    decode::{self, Decoder},
     error::{Error, Result},
-    event::{KINDS, TcpEvent},
+    event::{KINDS, OpenCount, TcpEvent},
     host::preexisting::Preexisting,
     kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs},
 };
@@ -57,6 +57,10 @@ pub struct TracerOptions {
     /// `reuse` events: a send after at least this long without sending
     /// or receiving on the connection.
     pub reuse_idle: Duration,
+    /// Count successful opens (connects with their latency, accepted
+    /// connections) in the kernel instead of sending them: the reader
+    /// takes them with `take_opens` (see `Config::count_opens`).
+    pub count_opens: bool,
 }
 
 /// Default `TracerOptions::reuse_idle`.
@@ -80,6 +84,7 @@ impl Default for TracerOptions {
             batch_wakeups: true,
             skip_opening: false,
             reuse_idle: DEFAULT_REUSE_IDLE,
+            count_opens: false,
         }
     }
 }
@@ -100,6 +105,10 @@ pub struct Tracer {
     missed_at_detach: u64,
     /// `skb:kfree_skb` is attached: `counts` reads the drop counters.
     drops_traced: bool,
+    /// `OPENS` totals (summed over CPUs) as last handed out by `take_opens`.
+    opens_seen: rustc_hash::FxHashMap<OpenKey, u64>,
+    /// Opens handed out by `take_opens`, all keys.
+    opens_counted: u64,
 }
 
 /// Records read off the ring buffer.
@@ -140,6 +149,7 @@ impl Tracer {
         let mut config = Config {
             kind_mask: options.kinds,
             skip_opening: u16::from(options.skip_opening),
+            count_opens: u32::from(options.count_opens),
             wakeup_bytes: if options.batch_wakeups {
                 options.ring_bytes / 8
             } else {
@@ -196,6 +206,7 @@ impl Tracer {
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map::EVENTS, options.ring_bytes)
+            .map_max_entries(map::OPENS, open_keys())
             .load(EBPF_OBJECT)
             .map_err(|e| match e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
@@ -305,6 +316,8 @@ impl Tracer {
             final_deadline: None,
             missed_at_detach: 0,
             drops_traced,
+            opens_seen: rustc_hash::FxHashMap::default(),
+            opens_counted: 0,
         })
     }
 
@@ -365,9 +378,49 @@ impl Tracer {
         })
     }
 
+    /// The successful opens the kernel counted since the last call
+    /// (`TracerOptions::count_opens`; nothing otherwise), one entry per
+    /// owner, peer and latency bucket. The kernel's map only grows while
+    /// the programs are loaded; this takes differences from the totals it
+    /// last saw, so nothing is lost to an update between two readings.
+    /// After `detach` it is exact: call it then for the last counts.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn take_opens(&mut self) -> Result<Vec<OpenCount>> {
+        let map = self
+            .ebpf
+            .map(map::OPENS)
+            .ok_or(Error::MissingMap(map::OPENS))?;
+        let opens: PerCpuHashMap<_, OpenKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|e| map_error(map::OPENS, e))?;
+        let mut out = Vec::new();
+        for entry in opens.iter() {
+            let (key, per_cpu) = entry.map_err(|e| map_error(map::OPENS, e))?;
+            let total: u64 = per_cpu.iter().sum();
+            let seen = self.opens_seen.entry(key).or_default();
+            let n = total.saturating_sub(*seen);
+            if n == 0 {
+                continue;
+            }
+            *seen = total;
+            self.opens_counted += n;
+            match decode::open_count(&key, n) {
+                Ok(count) => out.push(count),
+                Err(err) => {
+                    log::debug!("{err}");
+                    self.reader.decode_errors += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Produced and lost events so far, summed over CPUs.
     fn kernel_counts(&self) -> Result<KernelCounts> {
         Ok(KernelCounts {
+            counted: self.opens_counted,
+            count_map_full: self.per_kind_total(map::OPENS_FULL)?,
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
             missed_by_kernel: if self.attached.is_empty() {
@@ -404,6 +457,18 @@ impl Tracer {
             }
         }
         Ok(counts)
+    }
+
+    /// Entry 0 of a per-CPU counter array, summed over CPUs.
+    fn per_kind_total(&self, name: &'static str) -> Result<u64> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        Ok(array
+            .get(&0, 0)
+            .map_err(|e| map_error(name, e))?
+            .iter()
+            .sum())
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; KINDS]> {
@@ -656,6 +721,20 @@ pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent wit
 /// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`
 /// exists (how the fallback is tested on new kernels).
 pub const REUSE_HOOK_ENV: &str = "TCPTRACE_REUSE_HOOK";
+
+/// `TCPTRACE_OPEN_KEYS=N` sizes the kernel's `OPENS` map to N keys (1 or
+/// more): how tests fill it to check that a full map loses nothing.
+pub const OPEN_KEYS_ENV: &str = "TCPTRACE_OPEN_KEYS";
+
+/// Keys of the `OPENS` map: `OPEN_KEYS_ENV` when set to a positive
+/// number, else `tcptrace_common::OPEN_KEYS`.
+fn open_keys() -> u32 {
+    std::env::var(OPEN_KEYS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(tcptrace_common::OPEN_KEYS)
+}
 
 /// Said when `sock:inet_sk_error_report` is missing (kernels before 5.13).
 pub const NO_ERROR_REPORT: &str =

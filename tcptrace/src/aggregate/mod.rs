@@ -29,7 +29,7 @@ pub use self::{
     window::Window,
 };
 use crate::{
-    event::{Comm, EventKind, TcpEvent},
+    event::{Comm, EventKind, OpenCount, TcpEvent},
     kernel::names::Names,
 };
 
@@ -380,6 +380,41 @@ impl Aggregate {
         }
     }
 
+    /// Takes the successful opens the kernel counted (instead of sending
+    /// their events): what a `Connect` event of each would have added
+    /// (connects, connect latency at its bucket's middle, the related
+    /// peer and process), filed under the same process and peer. An
+    /// accepted connection adds no figure, as its event would not; the
+    /// lifetime its event would have started comes with its close
+    /// (`TcpEvent::age_ns`).
+    pub fn add_opens(&mut self, opens: &[OpenCount]) {
+        for open in opens.iter().filter(|o| !o.passive) {
+            let pid = open.owner.as_ref().map_or(0, |o| o.pid);
+            let apply = |s: &mut Stats| {
+                s.connects += open.n;
+                if let Some(b) = open.latency_bucket {
+                    s.connect_latency
+                        .record_n(crate::tally::LogHistogram::middle(b), open.n);
+                }
+            };
+            apply(&mut self.total);
+            let process = self.processes.entry(&pid, Process::default);
+            if let Some(owner) = &open.owner {
+                if process.comm != *owner.comm {
+                    process.comm = owner.comm.to_string();
+                }
+                process.cgroup_id = owner.cgroup_id;
+            } else if process.comm.is_empty() {
+                process.comm = "?".into();
+            }
+            apply(&mut process.stats);
+            *process.stats.related.entry(&Related::Peer(open.peer), || 0) += open.n;
+            let peer = self.peers.entry(&open.peer, Stats::default);
+            apply(peer);
+            *peer.related.entry(&Related::Process(pid), || 0) += open.n;
+        }
+    }
+
     /// Decides the abortive closes still waiting for a possible RST; call
     /// once the run is over.
     pub fn finish(&mut self) {
@@ -570,11 +605,14 @@ impl Update {
                     }
                     (_, tcp_state::CLOSE) => {
                         let conn = conns.remove(ev.sock);
-                        if let Some(conn) = &conn
-                            && conn.established_ns != 0
-                        {
-                            u.lifetime_ns = Some(ev.mono_ns.saturating_sub(conn.established_ns));
-                        }
+                        u.lifetime_ns = match &conn {
+                            Some(conn) if conn.established_ns != 0 => {
+                                Some(ev.mono_ns.saturating_sub(conn.established_ns))
+                            }
+                            // The open was counted in the kernel, which
+                            // sends the age with the close instead.
+                            _ => ev.age_ns,
+                        };
                         let abortive = matches!(
                             old,
                             tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1

@@ -51,6 +51,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     // transitions.
     let mut options = TracerOptions {
         skip_opening: true,
+        count_opens: true,
         ..options
     };
     if args.filter.events.is_empty() {
@@ -101,12 +102,13 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let load_status = load.map(during::Load::stop);
     let seconds = session.elapsed().as_secs_f64();
     let missing = session.missing().to_vec();
-    let counts = session
-        .finish(&mut batch, |batch| {
+    let (counts, opens) = session
+        .finish_counting(&mut batch, |batch| {
             agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    agg.add_opens(&opens);
     agg.finish();
     let after = reading::read(netns_path, &SYSCTLS)?;
 
