@@ -86,6 +86,16 @@ pub mod direction {
 /// (subsystem reasons have bits above 16 set) share the last slot.
 pub const DROP_REASON_SLOTS: u32 = 256;
 
+/// `Event::origin`: how the socket was opened.
+pub mod origin {
+    /// Not seen opening (open before the tracer started, or forgotten).
+    pub const UNKNOWN: u8 = 0;
+    /// connect(): SYN_SENT first.
+    pub const CONNECTED: u8 = 1;
+    /// Accepted from a listener: SYN_RECV, then ESTABLISHED.
+    pub const ACCEPTED: u8 = 2;
+}
+
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -205,7 +215,11 @@ pub struct Event {
     /// RETRANSMIT: the `err` field (kernels >= 6.17), else 0.
     /// SOCKET_ERROR: the socket's `sk_err` (a positive errno).
     pub err: i32,
-    pub _pad: u32,
+    /// How the socket was opened, as far as the programs saw
+    /// (`origin::*`): lets a reader that never got the open (counted in
+    /// the kernel) file the connection under the right peer.
+    pub origin: u8,
+    pub _pad: [u8; 3],
     /// RETRANSMIT: payload bytes of the retransmitted skb (`skb->len`;
     /// 0 for a bare SYN/FIN) and the segments it is sent as
     /// (`tcp_skb_pcount`); `UNKNOWN_U32` / 0 when unknown.

@@ -4,7 +4,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo};
+use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, origin};
 
 use crate::maps::{LISTENERS, PREEXISTING, SOCKS};
 
@@ -198,4 +198,17 @@ pub fn remember_listener(netns: u32, port: u16, owner: &Owner) {
 pub fn forget_listener(netns: u32, port: u16) {
     let key = ListenKey::new(netns, port);
     let _ = LISTENERS.remove(&key);
+}
+
+/// Puts the owner and origin of `info` (the socket's entry) on `ev`.
+#[inline(always)]
+pub fn attribute(ev: &mut Event, info: &SockInfo) {
+    ev.owner = info.owner;
+    ev.origin = if info.syn_sent_ns != 0 {
+        origin::CONNECTED
+    } else if info.established_ns != 0 {
+        origin::ACCEPTED
+    } else {
+        origin::UNKNOWN
+    };
 }

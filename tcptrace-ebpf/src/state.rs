@@ -107,7 +107,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         }
         _ => owner::sock_info_or_preexisting(sk, ev),
     };
-    ev.owner = info.owner;
+    owner::attribute(ev, &info);
     let opening =
         new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
     if opening && cfg.skip_opening != 0 {

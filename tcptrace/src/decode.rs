@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, EVENT_SIZE, Event, NO_LATENCY, OpenKey, UNKNOWN_U32, direction,
+    AF_INET, AF_INET6, EVENT_SIZE, Event, NO_LATENCY, OpenKey, UNKNOWN_U32, direction, origin,
 };
 
 use crate::event::{Comm, Detail, Dropped, EventKind, OpenCount, Owner, Segment, TcpEvent};
@@ -83,6 +83,11 @@ impl Decoder {
             local: SocketAddr::new(local_ip, raw.sport),
             remote: SocketAddr::new(remote_ip, raw.dport),
             owner: owner(&raw.owner),
+            accepted: match raw.origin {
+                origin::CONNECTED => Some(false),
+                origin::ACCEPTED => Some(true),
+                _ => None,
+            },
             transition: is_transition.then_some((raw.old_state, raw.new_state)),
             state: (!is_transition && raw.old_state != 0).then_some(raw.old_state),
             rst_reason: (kind == EventKind::RstSent && raw.reason != UNKNOWN_U32)

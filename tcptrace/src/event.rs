@@ -220,6 +220,11 @@ pub struct TcpEvent {
     /// Who owns the socket, as recorded where it really ran; `None` when
     /// unknown (never guessed from the softirq's `current`).
     pub owner: Option<Owner>,
+    /// How the connection was opened, as the kernel programs saw it:
+    /// accepted (true) or connected (false); `None` when they did not
+    /// see it open. Files the connection under its peer when its open
+    /// was counted in the kernel rather than sent.
+    pub accepted: Option<bool>,
     /// State changes and connect outcomes: (old, new) state numbers.
     pub transition: Option<(u8, u8)>,
     /// Resets and retransmits: the socket's state at the time.

@@ -18,7 +18,7 @@ impl Aggregate {
     /// address and port, or its address alone (port 0) for the clients
     /// of a local server.
     pub fn peer_of(&self, ev: &TcpEvent) -> SocketAddr {
-        let mut accepted = self.conns.accepted(ev.sock);
+        let mut accepted = self.conns.accepted(ev.sock).or(ev.accepted);
         if accepted.is_none() && ev.kind == EventKind::SocketError {
             // Reported after the CLOSE that removed the connection.
             accepted = self.conns.recently_accepted(ev.sock);
