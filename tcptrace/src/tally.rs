@@ -675,6 +675,46 @@ mod tests {
         );
     }
 
+    /// Opens counted in the kernel become the counts and latencies their
+    /// events would have made.
+    #[test]
+    fn kernel_counted_opens_become_counts() {
+        let owner = ev(K::Connect, 1).owner(7, "curl").build().owner;
+        let b = LogHistogram::bucket(2_000_000);
+        let opens = [
+            OpenCount {
+                owner: owner.clone(),
+                netns: None,
+                peer: "10.0.0.9:443".parse().unwrap(),
+                passive: false,
+                latency_bucket: Some(b),
+                n: 5,
+            },
+            OpenCount {
+                owner,
+                netns: None,
+                peer: "10.0.0.3:0".parse().unwrap(),
+                passive: true,
+                latency_bucket: None,
+                n: 2,
+            },
+        ];
+        let mut source = EventTally::default();
+        source.add_opens(&opens);
+        let tally = source.take();
+        assert_eq!(tally.total(|s| *s == Signal::Opened { passive: false }), 5);
+        assert_eq!(tally.total(|s| *s == Signal::Opened { passive: true }), 2);
+        let latency = tally
+            .histograms
+            .iter()
+            .find(|((_, _, m), _)| *m == Measure::ConnectLatency)
+            .unwrap()
+            .1;
+        assert_eq!((latency.count, latency.buckets[&b]), (5, 5));
+        let mean = latency.sum_ns / 5;
+        assert!(mean.abs_diff(2_000_000) < 2_000_000 / 16, "{mean}");
+    }
+
     #[test]
     fn a_flood_of_keys_is_bounded_and_counted() {
         let mut tally = Tally::default();
