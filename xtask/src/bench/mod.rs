@@ -111,6 +111,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     setups.push(Setup::KernelOnly);
     setups.push(Setup::AllSignals);
     setups.push(Setup::Exporter);
+    setups.push(Setup::ExporterRulesEverySecond);
     if let Some(previous) = &args.previous {
         if !previous.is_file() {
             bail!("--previous {}: no such file", previous.display());

@@ -33,11 +33,14 @@ pub enum Setup {
     /// `trace --json` with every event kind, reuse after idle included:
     /// all the hooks of the new signals attached.
     AllSignals,
-    /// `tcptrace exporter` (every event kind, as it runs by default),
-    /// its rules and top-N every second and a scrape of /metrics every
+    /// `tcptrace exporter` as deploy/ runs it (every event kind, rules
+    /// and top-N every 15 s, so none within a short run), scraped every
     /// second: the always-on mode, counting in userspace until issue
     /// 13's in-kernel counters.
     Exporter,
+    /// The same with `--interval 1s`: the rules, their host readings
+    /// (socket table, counters, conntrack) and top-N every second.
+    ExporterRulesEverySecond,
     /// `tcptrace diagnose --json` (aggregation: the rules at the end).
     Diagnose,
     /// bpftrace counting the same tracepoints in maps (per-CPU counts,
@@ -62,6 +65,9 @@ impl Setup {
             Setup::Exporter => "tcptrace exporter (scraped every 1 s)",
             Setup::Diagnose => "tcptrace diagnose --json (aggregation only)",
             Setup::Bpftrace => "bpftrace counting the same tracepoints in maps",
+            Setup::ExporterRulesEverySecond => {
+                "tcptrace exporter --interval 1s (scraped every 1 s)"
+            }
             Setup::PreviousJson => "previous build: trace --json --output FILE",
             Setup::PreviousAggregate => "previous build: top (aggregation only)",
         }
@@ -180,21 +186,25 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             Some(&output),
         )?),
-        // Rules and top-N every second (the default is 15 s: this is the
-        // dearer end), and a scraper like a Prometheus at 1 s.
-        Setup::Exporter => Some(Tracer::start(
-            Command::new(tcptrace).args([
-                "exporter",
-                "--listen",
-                "127.0.0.1:0",
-                "--interval",
-                "1s",
-                "--window",
-                "1m",
-            ]),
-            Ready::StderrLine("Ctrl-C to stop"),
-            None,
-        )?),
+        // Scraped like a Prometheus at 1 s (by `Scraper`).
+        Setup::Exporter | Setup::ExporterRulesEverySecond => {
+            let interval = if setup == Setup::Exporter {
+                "15s"
+            } else {
+                "1s"
+            };
+            Some(Tracer::start(
+                Command::new(tcptrace).args([
+                    "exporter",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--interval",
+                    interval,
+                ]),
+                Ready::StderrLine("Ctrl-C to stop"),
+                None,
+            )?)
+        }
         Setup::Diagnose => Some(Tracer::start(
             Command::new(tcptrace).args(["diagnose", "--json"]),
             Ready::StderrLine("Ctrl-C to stop"),
@@ -216,7 +226,9 @@ fn measure(
     // The tracer is stopped while the storm still runs (the churn goes on
     // 400 ms longer): Ctrl-C must work when things are worst.
     let scraper = match (&tracer, setup) {
-        (Some(tracer), Setup::Exporter) => Some(Scraper::start(tracer.metrics_addr()?, duration)),
+        (Some(tracer), Setup::Exporter | Setup::ExporterRulesEverySecond) => {
+            Some(Scraper::start(tracer.metrics_addr()?, duration))
+        }
         _ => None,
     };
     let stopper = tracer.take().map(|tracer| {
@@ -263,7 +275,7 @@ fn measure(
                         .sum(),
                 );
             }
-            Setup::Exporter => {
+            Setup::Exporter | Setup::ExporterRulesEverySecond => {
                 read_exporter_counts(&stderr, &mut run)?;
                 if scrapes == Some(0) && duration >= Duration::from_secs(2) {
                     bail!("the exporter answered no scrape (stderr: {stderr:?})");
@@ -342,23 +354,25 @@ fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
         .rev()
         .find_map(|l| l.strip_prefix("tcptrace exporter: "))
         .with_context(|| format!("no closing line from the exporter: {stderr:?}"))?;
-    // The number nearest before the label: `491 events received`,
-    // `491 produced`, `12 successful opens counted in the kernel`.
+    // Parts such as `275180 events received` or `0 lost`: the number
+    // first, the label last.
     let figure = |label: &str| -> Option<u64> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words
-            .iter()
-            .position(|w| w.trim_end_matches([',', ';']) == label)?;
-        words[..at]
-            .iter()
-            .rev()
-            .take(2)
-            .find_map(|w| w.parse().ok())
+        line.split([',', ';']).find_map(|part| {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            (words.last() == Some(&label))
+                .then(|| words.first()?.parse().ok())
+                .flatten()
+        })
     };
     run.received = figure("received");
     run.produced = figure("produced");
     run.lost = figure("lost");
-    run.counted = figure("successful").or(Some(0));
+    run.counted = Some(
+        line.split([',', ';'])
+            .find(|part| part.contains("successful opens counted in the kernel"))
+            .and_then(|part| part.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0),
+    );
     if run.received.is_none() || run.produced.is_none() {
         bail!("cannot read the exporter's counts: {line}");
     }
@@ -547,7 +561,15 @@ impl Tracer {
         }
         std::mem::forget(self.child);
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        // Up to the end of its stderr: the exporter's counts are its last line.
+        let mut stderr = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            stderr.push(line);
+        }
         Ok((
             Usage {
                 cpu_seconds: (secs(usage.ru_utime) + secs(usage.ru_stime) - self.startup_cpu)
