@@ -19,7 +19,7 @@ pub use crate::tracer::{Flight, TcReport, TracerOptions};
 use crate::{
     counts::Counts,
     error::Result,
-    event::TcpEvent,
+    event::{OpenCount, TcpEvent},
     kernel::{clock::monotonic_ns, names::Names},
     stop::StopReason,
     tracer::{MAX_BATCH, Tracer},
@@ -120,6 +120,17 @@ impl Session {
         self.tracer.counts()
     }
 
+    /// The successful opens the kernel counted since the last call, when
+    /// the session was started with `TracerOptions::count_opens` (empty
+    /// otherwise). Aggregating commands take them each interval; `finish`
+    /// hands over the last ones.
+    ///
+    /// # Errors
+    /// When the kernel's count map cannot be read.
+    pub fn take_opens(&mut self) -> Result<Vec<OpenCount>> {
+        self.tracer.take_opens()
+    }
+
     /// Waits for events (appending up to `MAX_BATCH` to `batch`) or for
     /// the stop signal, whichever comes first. Cancel-safe: use it as one
     /// arm of a command's `select!`, after the arms that must not starve
@@ -147,16 +158,37 @@ impl Session {
     /// the ring buffer to `consume`, batch by batch, until every event
     /// the kernel produced was read or counted lost (waiting at most 1 s
     /// for records still being committed). Returns the exact counts.
+    /// For a session that counts opens in the kernel, use
+    /// `finish_counting`.
     ///
     /// # Errors
     /// What `consume` returns, or a failure to read the ring buffer or
     /// the counters.
     pub async fn finish<E: From<crate::error::Error>>(
-        mut self,
+        self,
         batch: &mut Vec<TcpEvent>,
         consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<Counts, E> {
-        self.finish_in_place(batch, consume).await
+        let (counts, opens) = self.finish_counting(batch, consume).await?;
+        debug_assert!(opens.is_empty(), "use finish_counting with count_opens");
+        Ok(counts)
+    }
+
+    /// `finish`, then the opens the kernel counted since the last
+    /// `take_opens` (exact: the programs are detached): the last counts
+    /// an aggregating command takes.
+    ///
+    /// # Errors
+    /// As `finish`, and a failure to read the kernel's count map.
+    pub async fn finish_counting<E: From<crate::error::Error>>(
+        mut self,
+        batch: &mut Vec<TcpEvent>,
+        consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+    ) -> Result<(Counts, Vec<OpenCount>), E> {
+        self.drain(batch, consume).await?;
+        // Before the counts, which include the opens handed out.
+        let opens = self.tracer.take_opens()?;
+        Ok((self.tracer.counts()?, opens))
     }
 
     /// `finish`, keeping the session (detached, drained) for what its
@@ -167,8 +199,18 @@ impl Session {
     pub async fn finish_in_place<E: From<crate::error::Error>>(
         &mut self,
         batch: &mut Vec<TcpEvent>,
-        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+        consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<Counts, E> {
+        self.drain(batch, consume).await?;
+        Ok(self.tracer.counts()?)
+    }
+
+    /// Detaches, then hands every event still in the ring to `consume`.
+    async fn drain<E: From<crate::error::Error>>(
+        &mut self,
+        batch: &mut Vec<TcpEvent>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.tracer.detach();
         // Whatever the caller had not consumed yet goes first.
         if !batch.is_empty() {
@@ -183,7 +225,7 @@ impl Session {
                 break;
             }
         }
-        Ok(self.tracer.counts()?)
+        Ok(())
     }
 }
 

@@ -392,6 +392,7 @@ mod tests {
                 comm: format!("p{pid}").as_str().into(),
                 cgroup_id: 0,
             }),
+            accepted: None,
             transition: None,
             state: None,
             rst_reason: None,

@@ -11,21 +11,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
     ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, FLIGHT_PAYLOAD_BYTES, FlightPayload,
-    FlightRing, FlowKey, ListenKey, Owner, SockLayout, field, kind, kind_mask, map, raw_tracepoint,
-    tracepoint,
+    FlightRing, FlowKey, ListenKey, OpenKey, Owner, SockLayout, field, kind, kind_mask, map,
+    raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     counts::{Counts, DropCounts, KernelCounts},
-    decode::Decoder,
+    decode::{self, Decoder},
     error::{Error, Result},
-    event::{KINDS, TcpEvent},
+    event::{KINDS, OpenCount, TcpEvent},
     host::preexisting::Preexisting,
     kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs, verifier},
     tc::{self, TcAttachment, TcOptions},
@@ -66,6 +66,10 @@ pub struct TracerOptions {
     /// recorder, `trace --pcap`), with up to this many payload bytes each
     /// (0 to `FLIGHT_PAYLOAD_BYTES`). `None`: no recorder.
     pub flight_payload: Option<u16>,
+    /// Count successful opens (connects with their latency, accepted
+    /// connections) in the kernel instead of sending them: the reader
+    /// takes them with `take_opens` (see `Config::count_opens`).
+    pub count_opens: bool,
 }
 
 /// Default `TracerOptions::reuse_idle`.
@@ -91,6 +95,7 @@ impl Default for TracerOptions {
             reuse_idle: DEFAULT_REUSE_IDLE,
             tc: None,
             flight_payload: None,
+            count_opens: false,
         }
     }
 }
@@ -115,6 +120,10 @@ pub struct Tracer {
     tc: Option<TcAttachment>,
     /// What `tc` reported when attached (kept after detach).
     tc_report: Option<TcReport>,
+    /// `OPENS` totals (summed over CPUs) as last handed out by `take_opens`.
+    opens_seen: rustc_hash::FxHashMap<OpenKey, u64>,
+    /// Opens handed out by `take_opens`, all keys.
+    opens_counted: u64,
 }
 
 /// Where the TC programs ran: for summaries.
@@ -172,6 +181,7 @@ impl Tracer {
         let mut config = Config {
             kind_mask: options.kinds,
             skip_opening: u16::from(options.skip_opening),
+            count_opens: u32::from(options.count_opens),
             wakeup_bytes: if options.batch_wakeups {
                 options.ring_bytes / 8
             } else {
@@ -236,6 +246,10 @@ impl Tracer {
         // recorder alone would take 9 MiB of kernel memory, 25 with payload.
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map::EVENTS, options.ring_bytes);
+        loader.map_max_entries(
+            map::OPENS,
+            if options.count_opens { open_keys() } else { 1 },
+        );
         if options.tc.is_none() {
             loader.map_max_entries(map::PEERS, 1);
         }
@@ -362,6 +376,8 @@ impl Tracer {
             drops_traced,
             tc: tc_attachment,
             tc_report,
+            opens_seen: rustc_hash::FxHashMap::default(),
+            opens_counted: 0,
         })
     }
 
@@ -452,9 +468,49 @@ impl Tracer {
         })
     }
 
+    /// The successful opens the kernel counted since the last call
+    /// (`TracerOptions::count_opens`; nothing otherwise), one entry per
+    /// owner, peer and latency bucket. The kernel's map only grows while
+    /// the programs are loaded; this takes differences from the totals it
+    /// last saw, so nothing is lost to an update between two readings.
+    /// After `detach` it is exact: call it then for the last counts.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn take_opens(&mut self) -> Result<Vec<OpenCount>> {
+        let map = self
+            .ebpf
+            .map(map::OPENS)
+            .ok_or(Error::MissingMap(map::OPENS))?;
+        let opens: PerCpuHashMap<_, OpenKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|e| map_error(map::OPENS, e))?;
+        let mut out = Vec::new();
+        for entry in opens.iter() {
+            let (key, per_cpu) = entry.map_err(|e| map_error(map::OPENS, e))?;
+            let total: u64 = per_cpu.iter().sum();
+            let seen = self.opens_seen.entry(key).or_default();
+            let n = total.saturating_sub(*seen);
+            if n == 0 {
+                continue;
+            }
+            *seen = total;
+            self.opens_counted += n;
+            match decode::open_count(&key, n) {
+                Ok(count) => out.push(count),
+                Err(err) => {
+                    log::debug!("{err}");
+                    self.reader.decode_errors += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Produced and lost events so far, summed over CPUs.
     fn kernel_counts(&self) -> Result<KernelCounts> {
         Ok(KernelCounts {
+            counted: self.opens_counted,
+            count_map_full: self.per_kind_total(map::OPENS_FULL)?,
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
             missed_by_kernel: if self.attached.is_empty() {
@@ -491,6 +547,18 @@ impl Tracer {
             }
         }
         Ok(counts)
+    }
+
+    /// Entry 0 of a per-CPU counter array, summed over CPUs.
+    fn per_kind_total(&self, name: &'static str) -> Result<u64> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        Ok(array
+            .get(&0, 0)
+            .map_err(|e| map_error(name, e))?
+            .iter()
+            .sum())
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; KINDS]> {
@@ -727,6 +795,20 @@ pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent wit
 /// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`
 /// exists (how the fallback is tested on new kernels).
 pub const REUSE_HOOK_ENV: &str = "TCPTRACE_REUSE_HOOK";
+
+/// `TCPTRACE_OPEN_KEYS=N` sizes the kernel's `OPENS` map to N keys (1 or
+/// more): how tests fill it to check that a full map loses nothing.
+pub const OPEN_KEYS_ENV: &str = "TCPTRACE_OPEN_KEYS";
+
+/// Keys of the `OPENS` map: `OPEN_KEYS_ENV` when set to a positive
+/// number, else `tcptrace_common::OPEN_KEYS`.
+fn open_keys() -> u32 {
+    std::env::var(OPEN_KEYS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(tcptrace_common::OPEN_KEYS)
+}
 
 /// Said when `sock:inet_sk_error_report` is missing (kernels before 5.13).
 pub const NO_ERROR_REPORT: &str =

@@ -341,6 +341,7 @@ mod tests {
                 comm: "we\"ird\\co\nmm".into(),
                 cgroup_id: 9,
             }),
+            accepted: None,
             transition: None,
             state: Some(7),
             rst_reason: Some(11),
