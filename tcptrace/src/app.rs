@@ -65,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Stress(args) => crate::stress::run(args).await,
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::Top(args) => crate::top::run(args).await,
+            Command::Replay(args) => crate::replay::run(args),
         }
     })
 }

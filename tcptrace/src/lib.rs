@@ -27,6 +27,8 @@ pub mod event;
 pub mod filter_args;
 pub mod host;
 pub mod kernel;
+pub mod record;
+pub mod replay;
 pub mod safe_file;
 pub mod session;
 pub mod sink;

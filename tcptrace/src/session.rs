@@ -77,6 +77,24 @@ impl Session {
         self.tracer.names()
     }
 
+    /// How records are decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &crate::decode::Decoder {
+        self.tracer.decoder()
+    }
+
+    /// From now on, also keeps the bytes of every record handed out, for
+    /// `raw_records` (`trace --record`).
+    pub fn keep_raw_records(&mut self) {
+        self.tracer.keep_raw();
+    }
+
+    /// With `keep_raw_records`: the bytes of the events appended to the
+    /// batch since the caller last cleared this, `EVENT_SIZE` each, in
+    /// batch order (clear it with the batch).
+    pub fn raw_records(&mut self) -> Option<&mut Vec<u8>> {
+        self.tracer.raw_records()
+    }
+
     /// What this kernel could not trace, one phrase each (already printed).
     pub fn missing(&self) -> &[String] {
         self.tracer.missing()
@@ -128,20 +146,36 @@ impl Session {
     /// What `consume` returns, or a failure to read the ring buffer or
     /// the counters.
     pub async fn finish<E: From<crate::error::Error>>(
-        mut self,
+        self,
         batch: &mut Vec<TcpEvent>,
         mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<Counts, E> {
+        self.finish_raw(batch, |batch, _| consume(batch)).await
+    }
+
+    /// `finish`, handing `consume` the kept bytes of each batch's records
+    /// too (empty without `keep_raw_records`).
+    ///
+    /// # Errors
+    /// As `finish`.
+    pub async fn finish_raw<E: From<crate::error::Error>>(
+        mut self,
+        batch: &mut Vec<TcpEvent>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>, &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Counts, E> {
         self.tracer.detach();
+        let mut no_raw = Vec::new();
         // Whatever the caller had not consumed yet goes first.
         if !batch.is_empty() {
-            consume(batch)?;
+            consume(batch, self.tracer.raw_records().unwrap_or(&mut no_raw))?;
         }
         loop {
             let more = self.tracer.drain_final(batch).await?;
             debug_assert!(batch.len() <= MAX_BATCH);
-            consume(batch)?;
+            let raw = self.tracer.raw_records().unwrap_or(&mut no_raw);
+            consume(batch, raw)?;
             batch.clear();
+            raw.clear();
             if !more {
                 break;
             }

@@ -9,15 +9,17 @@ use std::{
     time::Duration,
 };
 
+use tcptrace_common::EVENT_SIZE;
+
 use crate::{
     cli::TraceArgs,
-    counts::Counts,
-    event::{KINDS, TcpEvent},
+    event::TcpEvent,
     filter_args::session_options,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
+    record::{Header, RecordWriter},
     session::{Next, Session},
-    sink::{Context, HumanSink, JsonSink, Output, Sink},
+    sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
     stop::stop_signal,
     summary::Summary,
 };
@@ -27,37 +29,71 @@ const LOSS_CHECK: Duration = Duration::from_secs(1);
 /// How often buffered output is written when it is not a terminal.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// Runs `tcptrace trace`: every event to the sink until the stop signal,
-/// then the drained rest, the loss records and the summary.
+/// Runs `tcptrace trace`: every event to the sink (and with `--record`
+/// to the record file) until the stop signal, then the drained rest, the
+/// loss records and the summary.
 ///
 /// # Errors
 /// What the session refuses, and failures to write the output.
 pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let (options, _netns) = session_options(&args.filter, args.ring_kib)?;
+    if args.record.is_some() && args.record == args.output {
+        anyhow::bail!("--record and --output name the same file");
+    }
+    // Opened before the tracer loads: a refused path fails fast.
+    let record_file = match &args.record {
+        Some(path) => Some(crate::safe_file::create(path)?),
+        None => None,
+    };
+    // `--record` alone only records; with --json or --output it also prints.
+    let prints = args.record.is_none() || args.json || args.output.is_some();
     let (out, destination) = open_output(args.output.as_deref())?;
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(out))
-    } else {
-        Box::new(HumanSink::new(out))
+    let mut sink: Option<Box<dyn Sink>> = match (prints, args.json) {
+        (false, _) => None,
+        (true, true) => Some(Box::new(JsonSink::new(out))),
+        (true, false) => Some(Box::new(HumanSink::new(out))),
     };
 
     let mut session = Session::start(&options, stop_signal(args.duration))?;
+    let clock = WallClock::now();
+    let names = session.names().clone();
+    let mut recorder = match record_file {
+        Some(file) => {
+            session.keep_raw_records();
+            let header = Header::here(
+                session.decoder().hz(),
+                clock.boot_unix_ns(),
+                names.clone(),
+                session.missing().to_vec(),
+            );
+            Some(RecordWriter::new(file, &header).map_err(record_err(&args))?)
+        }
+        None => None,
+    };
     // Tests and scripts wait for this line before making traffic.
     eprintln!("tcptrace: tracing; Ctrl-C to stop");
-    let clock = WallClock::now();
     let mut cgroups = Cgroups::default();
     let mut summary = Summary::default();
     let mut losses = LossTracker::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    let mut no_raw = Vec::new();
     let mut loss_tick = tokio::time::interval(LOSS_CHECK);
-    let names = session.names().clone();
 
     let write_err =
         |e: io::Error| anyhow::Error::new(e).context(format!("writing events to {destination}"));
+    let flush = |sink: &mut Option<Box<dyn Sink>>, recorder: &mut Option<RecordWriter>| {
+        if let Some(sink) = sink {
+            sink.flush().map_err(write_err)?;
+        }
+        if let Some(recorder) = recorder {
+            recorder.flush().map_err(record_err(&args))?;
+        }
+        anyhow::Ok(())
+    };
     // On a terminal every batch shows at once; into a pipe or a file the
     // output is flushed every FLUSH_EVERY, so a storm costs one write(2)
     // per 256 KiB or 50 ms, not one per handful of events.
-    let interactive = args.output.is_none() && io::stdout().is_terminal();
+    let interactive = prints && args.output.is_none() && io::stdout().is_terminal();
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -65,22 +101,31 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         // ready and must not starve the flush and loss reporting.
         tokio::select! {
             biased;
-            _ = flush_tick.tick() => sink.flush().map_err(write_err)?,
+            _ = flush_tick.tick() => flush(&mut sink, &mut recorder)?,
             _ = loss_tick.tick() => {
-                if args.output.is_none() && stdout_closed() {
+                if prints && args.output.is_none() && stdout_closed() {
                     // `tcptrace trace | head -1`: the reader is gone; leave quietly.
                     return Ok(ExitCode::SUCCESS);
                 }
-                losses.report(&session.counts()?, sink.as_mut()).map_err(write_err)?;
-                sink.flush().map_err(write_err)?;
+                let counts = session.counts()?;
+                if let Some(sink) = &mut sink {
+                    losses.report(&counts, sink.as_mut()).map_err(write_err)?;
+                }
+                if let Some(recorder) = &mut recorder {
+                    recorder.losses(&counts).map_err(record_err(&args))?;
+                }
+                flush(&mut sink, &mut recorder)?;
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
                 Next::Events => {
                     let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
-                    write_batch(&mut batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)?;
+                    let raw = session.raw_records().unwrap_or(&mut no_raw);
+                    let mut out = Outputs { sink: sink.as_deref_mut(), recorder: recorder.as_mut() };
+                    write_batch(&mut batch, raw, &mut summary, &mut out, &mut ctx)
+                        .map_err(|e| out_err(e, &destination, &args))?;
                     if interactive {
-                        sink.flush().map_err(write_err)?;
+                        flush(&mut sink, &mut recorder)?;
                     }
                 }
             },
@@ -95,16 +140,29 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
         cgroups: &mut cgroups,
     };
     let counts = session
-        .finish(&mut batch, |batch| {
-            write_batch(batch, &mut summary, sink.as_mut(), &mut ctx).map_err(write_err)
+        .finish_raw(&mut batch, |batch, raw| {
+            let mut out = Outputs {
+                sink: sink.as_deref_mut(),
+                recorder: recorder.as_mut(),
+            };
+            write_batch(batch, raw, &mut summary, &mut out, &mut ctx)
+                .map_err(|e| out_err(e, &destination, &args))
         })
         .await?;
-    losses.report(&counts, sink.as_mut()).map_err(write_err)?;
-    summary.finish(seconds, counts, &missing, &names);
-    if args.json {
-        sink.summary(&summary).map_err(write_err)?;
+    if let Some(recorder) = recorder.take() {
+        recorder
+            .finish(seconds, &counts)
+            .and_then(|file| file.sync_all())
+            .map_err(record_err(&args))?;
     }
-    sink.flush().map_err(write_err)?;
+    summary.finish(seconds, counts.clone(), &missing, &names);
+    if let Some(sink) = &mut sink {
+        losses.report(&counts, sink.as_mut()).map_err(write_err)?;
+        if args.json {
+            sink.summary(&summary).map_err(write_err)?;
+        }
+        sink.flush().map_err(write_err)?;
+    }
     if !args.no_summary {
         // stderr keeps the event stream clean for pipes.
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
@@ -112,18 +170,61 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a batch goes: the printed stream, the record file, or both.
+struct Outputs<'a> {
+    sink: Option<&'a mut (dyn Sink + 'static)>,
+    recorder: Option<&'a mut RecordWriter>,
+}
+
+/// Which of the outputs failed.
+enum OutError {
+    Sink(io::Error),
+    Record(io::Error),
+}
+
+fn out_err(e: OutError, destination: &str, args: &TraceArgs) -> anyhow::Error {
+    match e {
+        OutError::Sink(e) => {
+            anyhow::Error::new(e).context(format!("writing events to {destination}"))
+        }
+        OutError::Record(e) => record_err(args)(e),
+    }
+}
+
+fn record_err(args: &TraceArgs) -> impl Fn(io::Error) -> anyhow::Error + '_ {
+    move |e| {
+        let path = args.record.as_deref().unwrap_or(std::path::Path::new("?"));
+        anyhow::Error::new(e).context(format!("writing the record to {}", path.display()))
+    }
+}
+
+/// Every event into the summary, the sink and the record file, one at a
+/// time: a record file keeps a cgroup exactly when the sink first named
+/// it, so its replay prints what the sink printed.
 fn write_batch(
     batch: &mut Vec<TcpEvent>,
+    raw: &mut Vec<u8>,
     summary: &mut Summary,
-    sink: &mut dyn Sink,
+    out: &mut Outputs,
     ctx: &mut Context,
-) -> io::Result<()> {
+) -> Result<(), OutError> {
     // By reference: moving each 256-byte event out costs a copy.
-    for ev in batch.iter() {
+    for (i, ev) in batch.iter().enumerate() {
         summary.add(ev);
-        sink.event(ev, ctx)?;
+        if let Some(sink) = out.sink.as_deref_mut() {
+            sink.event(ev, ctx).map_err(OutError::Sink)?;
+        }
+        if let Some(recorder) = out.recorder.as_deref_mut() {
+            let record = raw
+                .get(i * EVENT_SIZE..(i + 1) * EVENT_SIZE)
+                .unwrap_or_default();
+            recorder
+                .event(ev, record, ctx.cgroups)
+                .map_err(OutError::Record)?;
+        }
     }
     batch.clear();
+    raw.clear();
     Ok(())
 }
 
@@ -157,24 +258,4 @@ fn stdout_closed() -> bool {
     };
     matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
         && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
-}
-
-/// Turns the kernel's cumulative loss counters into loss records.
-#[derive(Default)]
-struct LossTracker {
-    reported: [u64; KINDS],
-}
-
-impl LossTracker {
-    fn report(&mut self, counts: &Counts, sink: &mut dyn Sink) -> io::Result<()> {
-        let total = counts.lost();
-        for (kind, lost) in counts.kernel.lost_by_kind() {
-            let reported = &mut self.reported[kind.index()];
-            if lost > *reported {
-                sink.loss(kind, lost - *reported, total)?;
-                *reported = lost;
-            }
-        }
-        Ok(())
-    }
 }

@@ -100,6 +100,9 @@ pub struct Tracer {
     missed_at_detach: u64,
     /// `skb:kfree_skb` is attached: `counts` reads the drop counters.
     drops_traced: bool,
+    /// With `keep_raw`: the bytes of every record decoded into the
+    /// caller's batch, in the same order (`trace --record`).
+    raw: Option<Vec<u8>>,
 }
 
 /// Records read off the ring buffer.
@@ -305,6 +308,7 @@ impl Tracer {
             final_deadline: None,
             missed_at_detach: 0,
             drops_traced,
+            raw: None,
         })
     }
 
@@ -318,6 +322,24 @@ impl Tracer {
         &self.names
     }
 
+    /// How records were decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// From now on, also keeps the bytes of every record handed out
+    /// (`EVENT_SIZE` each, in batch order) in `raw_records`.
+    pub fn keep_raw(&mut self) {
+        self.raw
+            .get_or_insert_with(|| Vec::with_capacity(MAX_BATCH * tcptrace_common::EVENT_SIZE));
+    }
+
+    /// The kept bytes of the events handed out since the caller last
+    /// cleared it; `None` without `keep_raw`.
+    pub fn raw_records(&mut self) -> Option<&mut Vec<u8>> {
+        self.raw.as_mut()
+    }
+
     /// Waits until events are available, then appends up to
     /// `MAX_BATCH` of them (bounded, so memory stays flat in a storm).
     /// With batched wakeups the kernel only signals once a backlog has
@@ -326,7 +348,13 @@ impl Tracer {
     /// are only appended right before returning.
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
         loop {
-            let more = read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out);
+            let more = read_ring(
+                self.ring.get_mut(),
+                &self.decoder,
+                &mut self.reader,
+                out,
+                self.raw.as_mut(),
+            );
             if more || !out.is_empty() {
                 return Ok(());
             }
@@ -342,7 +370,13 @@ impl Tracer {
     /// Appends up to `MAX_BATCH` events that are in the ring buffer now,
     /// without waiting. Returns true if more may be waiting.
     pub fn drain(&mut self, out: &mut Vec<TcpEvent>) -> bool {
-        read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out)
+        read_ring(
+            self.ring.get_mut(),
+            &self.decoder,
+            &mut self.reader,
+            out,
+            self.raw.as_mut(),
+        )
     }
 
     /// Received, produced and lost events so far, the hook runs the
@@ -461,12 +495,14 @@ impl Tracer {
 /// Events handed out per call.
 pub const MAX_BATCH: usize = 4096;
 
-/// Decodes up to `MAX_BATCH` items; true if the limit stopped it.
+/// Decodes up to `MAX_BATCH` items (keeping the bytes of those decoded
+/// in `raw` when given); true if the limit stopped it.
 fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
     counts: &mut ReadCounts,
     out: &mut Vec<TcpEvent>,
+    mut raw: Option<&mut Vec<u8>>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
@@ -476,6 +512,9 @@ fn read_ring(
             Ok(event) => {
                 counts.received[event.kind.index()] += 1;
                 out.push(event);
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw.extend_from_slice(&item);
+                }
             }
             Err(err) => {
                 counts.decode_errors += 1;

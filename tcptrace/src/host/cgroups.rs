@@ -15,7 +15,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// A cgroup as a report names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupInfo {
     /// Path below the cgroup v2 root, e.g. `/system.slice/nginx.service`.
     pub path: String,
@@ -30,6 +30,8 @@ pub struct Cgroups {
     /// FxHash: looked up for every event written.
     by_id: FxHashMap<u64, CgroupInfo>,
     last_scan: Option<Instant>,
+    /// Set by `fixed`: only what was inserted, never a scan.
+    fixed: bool,
 }
 
 impl Default for Cgroups {
@@ -45,7 +47,22 @@ impl Cgroups {
             root: root.into(),
             by_id: FxHashMap::default(),
             last_scan: None,
+            fixed: false,
         }
+    }
+
+    /// A table that never looks at this host: only what `insert` puts in
+    /// (replay, which knows the cgroups of the host that recorded).
+    pub fn fixed() -> Cgroups {
+        Cgroups {
+            fixed: true,
+            ..Cgroups::new(CGROUP_ROOT)
+        }
+    }
+
+    /// Adds what another host's table resolved `cgroup_id` to.
+    pub fn insert(&mut self, cgroup_id: u64, info: CgroupInfo) {
+        self.by_id.insert(cgroup_id, info);
     }
 
     /// On cgroup v2 a cgroup's id is the inode of its directory.
@@ -53,7 +70,8 @@ impl Cgroups {
         if cgroup_id == 0 {
             return None;
         }
-        if !self.by_id.contains_key(&cgroup_id)
+        if !self.fixed
+            && !self.by_id.contains_key(&cgroup_id)
             && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
         {
             self.scan();

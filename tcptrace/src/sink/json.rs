@@ -201,10 +201,7 @@ fn hex(mut value: u64, buf: &mut [u8; 18]) -> &[u8] {
 /// `value` as a JSON string. Names and paths rarely need escaping: those
 /// that do not are copied as they are, the rest go through serde_json.
 fn json_str(out: &mut impl Write, value: &str) -> io::Result<()> {
-    if value
-        .bytes()
-        .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-    {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.write_all(b"\"")?;
         out.write_all(value.as_bytes())?;
         out.write_all(b"\"")
@@ -416,7 +413,12 @@ mod tests {
         for value in [0, 1, 0xf, 0x10, 0xffff_8880_1234, u64::MAX] {
             assert_eq!(hex(value, &mut [0; 18]), format!("{value:#x}").as_bytes());
         }
-        for text in ["tokio-rt-worker", "/system.slice/a b.service", "we\"ird\\co\nmm", "é\u{7f}\t"] {
+        for text in [
+            "tokio-rt-worker",
+            "/system.slice/a b.service",
+            "we\"ird\\co\nmm",
+            "é\u{7f}\t",
+        ] {
             let mut ours = Vec::new();
             json_str(&mut ours, text).unwrap();
             assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
