@@ -53,6 +53,10 @@ pub struct OverheadArgs {
     /// JSON and aggregation runs join the same rounds.
     #[arg(long, value_name = "BIN")]
     pub previous: Option<std::path::PathBuf>,
+    /// Leave out the runs that compare with another tool or every hook
+    /// (tcpstates, `--events all`): tcptrace's own modes only.
+    #[arg(long)]
+    pub quick: bool,
     /// Do not rewrite BENCHMARKS.md.
     #[arg(long)]
     pub no_write: bool,
@@ -89,7 +93,9 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     } else {
         eprintln!("xtask bench: `tcptrace top` is not built yet; skipping the aggregation run");
     }
-    if std::process::Command::new("tcpstates")
+    if args.quick {
+        // --quick: no comparison with another tool.
+    } else if std::process::Command::new("tcpstates")
         .arg("--help")
         .output()
         .is_ok()
@@ -98,8 +104,11 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     } else {
         eprintln!("xtask bench: no tcpstates (Debian's libbpf-tools); skipping its run");
     }
+    setups.push(Setup::Record);
     setups.push(Setup::KernelOnly);
-    setups.push(Setup::AllSignals);
+    if !args.quick {
+        setups.push(Setup::AllSignals);
+    }
     if let Some(previous) = &args.previous {
         if !previous.is_file() {
             bail!("--previous {}: no such file", previous.display());
@@ -124,11 +133,11 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     let _ = writeln!(
         table,
         "| setup | churn conn/s (median) | vs baseline: median of per-round ratios (range) | events received / produced | lost | \
-         tracer CPU s per 1M events | tracer start-up CPU s | tracer peak RSS | Ctrl-C to exit, mid-storm (max) |"
+         tracer CPU s per 1M events | bytes per event written | tracer start-up CPU s | tracer peak RSS | Ctrl-C to exit, mid-storm (max) |"
     );
     let _ = writeln!(
         table,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (setup, runs) in &results {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -162,10 +171,15 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
             Some(r) if r > 0 => format!("{:.2}", cpu / r as f64 * 1e6),
             _ => dash(),
         };
+        let bytes: u64 = runs.iter().map(|r| r.output_bytes).sum();
+        let bytes_per_event = match received {
+            Some(r) if r > 0 && bytes > 0 => format!("{:.0}", bytes as f64 / r as f64),
+            _ => dash(),
+        };
         let is_tracer = *setup != Setup::Baseline;
         let _ = writeln!(
             table,
-            "| {} | {rate:.0} | {ratio:.1}% ({low:.0}-{high:.0}%) | {events} | {} | {cpu_per_million} | {} | {} | {} |",
+            "| {} | {rate:.0} | {ratio:.1}% ({low:.0}-{high:.0}%) | {events} | {} | {cpu_per_million} | {bytes_per_event} | {} | {} | {} |",
             setup.name(),
             lost.map_or_else(dash, |l| l.to_string()),
             if is_tracer {
