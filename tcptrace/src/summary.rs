@@ -3,11 +3,12 @@
 //! processes most hit by resets, retransmits, drops and errors.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt::Write as _,
 };
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use crate::{
@@ -55,7 +56,8 @@ pub struct Summary {
     drops_by_reason: BTreeMap<String, u64>,
     host_drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
-    processes: HashMap<u32, ProcessCounts>,
+    /// FxHash: updated for every reset, retransmit, drop and error.
+    processes: FxHashMap<u32, ProcessCounts>,
     counts: Counts,
     missing: Vec<String>,
 }
@@ -69,7 +71,7 @@ impl Default for Summary {
             host_drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
-            processes: HashMap::new(),
+            processes: FxHashMap::default(),
             counts: Counts::default(),
             missing: Vec::new(),
         }
@@ -86,7 +88,12 @@ impl Summary {
                 .saturating_record((ns / 1000).max(1));
         }
         if let Some(errno) = ev.socket_errno() {
-            *self.socket_errors.entry(errno::label(errno)).or_default() += 1;
+            // Counted by name without allocating one per event (a storm
+            // of resets is as many ECONNRESETs).
+            match errno::name(errno).and_then(|name| self.socket_errors.get_mut(name)) {
+                Some(count) => *count += 1,
+                None => *self.socket_errors.entry(errno::label(errno)).or_default() += 1,
+            }
         }
         let Some(owner) = &ev.owner else { return };
         let counts = match ev.kind {
