@@ -379,7 +379,7 @@ impl RecordReader {
     /// Any `RecordError`.
     pub fn open(path: &Path) -> Result<RecordReader, RecordError> {
         let mut reader = RecordReader::start(path)?;
-        while reader.next()?.is_some() {}
+        while reader.next_frame()?.is_some() {}
         RecordReader::start(path)
     }
 
@@ -449,7 +449,7 @@ impl RecordReader {
     ///
     /// # Errors
     /// A damaged or cut-short file, a failed read.
-    pub fn next(&mut self) -> Result<Option<Frame<'_>>, RecordError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, RecordError> {
         if self.ended {
             return Ok(None);
         }
@@ -462,7 +462,7 @@ impl RecordReader {
         };
         Ok(Some(match kind {
             EVENTS => {
-                if self.payload.len() % EVENT_SIZE != 0 {
+                if !self.payload.len().is_multiple_of(EVENT_SIZE) {
                     return Err(self.corrupt(at, "an event frame is not whole records"));
                 }
                 Frame::Events(&self.payload)
@@ -636,7 +636,7 @@ mod tests {
             let mut reader = RecordReader::open(&path)?;
             assert_eq!(reader.header(), &header());
             let mut seen = Vec::new();
-            while let Some(frame) = reader.next()? {
+            while let Some(frame) = reader.next_frame()? {
                 seen.push(match frame {
                     Frame::Events(raw) => format!("events {}", raw.len() / EVENT_SIZE),
                     Frame::Cgroup(_, info) => format!("cgroup {}", info.path),

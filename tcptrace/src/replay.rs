@@ -42,7 +42,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let mut summary = Summary::default();
     let mut losses = LossTracker::default();
     let write_err = |e: io::Error| anyhow::Error::new(e).context("writing events to stdout");
-    while let Some(frame) = reader.next()? {
+    while let Some(frame) = reader.next_frame()? {
         match frame {
             Frame::Events(records) => {
                 for record in records.chunks_exact(EVENT_SIZE) {

@@ -2,10 +2,7 @@
 //! percentiles, drops by reason and socket errors by errno, and the
 //! processes most hit by resets, retransmits, drops and errors.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
