@@ -15,8 +15,9 @@
 //! JSON `End`, the run's length and exact counts). A file without its
 //! `Z` frame was cut short and is refused as a whole.
 //!
-//! Writing costs a copy of each record and one `write(2)` per 1 MiB: no
-//! formatting, no name lookups (cgroups are resolved once per id).
+//! Writing costs a copy of each record, a CRC per frame and one
+//! `write(2)` per 1 MiB (or per flush): no formatting, no name lookups
+//! (a cgroup is resolved until found, then written once).
 
 use std::{
     collections::BTreeMap,
