@@ -11,7 +11,9 @@ use std::{
 };
 
 /// The commands: each is a consumer, never a library for another one.
-const COMMANDS: &[&str] = &["trace", "top", "diagnose", "snapshot", "stress", "tune"];
+const COMMANDS: &[&str] = &[
+    "trace", "top", "diagnose", "snapshot", "stress", "tune", "replay",
+];
 
 /// Layers from the top; a module may import its own layer or lower ones.
 const LAYERS: &[(&str, &[&str])] = &[
@@ -25,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "snapshot",
             "stress",
             "tune",
+            "replay",
             "filter_args",
             "cli",
         ],
@@ -39,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "aggregate",
             "summary",
             "sink",
+            "record",
         ],
     ),
     (
