@@ -32,6 +32,8 @@ pub enum DecodeError {
 /// Converts kernel units (jiffies) to time.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder {
+    /// Jiffies per second, as given to `new`.
+    hz: Option<u32>,
     /// Nanoseconds per jiffy; `None` if HZ is unknown (idle then unknown).
     ns_per_jiffy: Option<u64>,
 }
@@ -40,10 +42,17 @@ impl Decoder {
     /// A decoder for a kernel ticking `hz` times a second (`None`: idle times unknown).
     pub fn new(hz: Option<u32>) -> Decoder {
         Decoder {
+            hz,
             ns_per_jiffy: hz
                 .filter(|hz| *hz > 0)
                 .map(|hz| 1_000_000_000 / u64::from(hz)),
         }
+    }
+
+    /// The kernel's jiffies per second this decoder converts with (what a
+    /// record file keeps, so replay decodes the same way).
+    pub fn hz(&self) -> Option<u32> {
+        self.hz
     }
 
     /// Decodes one ring buffer record: length checked, read unaligned.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::tracer::{Flight, TcReport, TracerOptions};
+pub use crate::tracer::{Flight, RawRecords, TcReport, TracerOptions};
 use crate::{
     counts::Counts,
     error::Result,
@@ -77,6 +77,24 @@ impl Session {
     /// This kernel's names for TCP states and reset reasons.
     pub fn names(&self) -> &Names {
         self.tracer.names()
+    }
+
+    /// How records are decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &crate::decode::Decoder {
+        self.tracer.decoder()
+    }
+
+    /// From now on, also keeps the bytes of every record handed out, for
+    /// `raw_records` (`trace --record`).
+    pub fn keep_raw_records(&mut self) {
+        self.tracer.keep_raw();
+    }
+
+    /// With `keep_raw_records`: the records of the events appended to
+    /// the batch since the caller last cleared this, in batch order
+    /// (clear it with the batch).
+    pub fn raw_records(&mut self) -> Option<&mut RawRecords> {
+        self.tracer.raw_records()
     }
 
     /// What this kernel could not trace, one phrase each (already printed).
@@ -183,44 +201,50 @@ impl Session {
     pub async fn finish_counting<E: From<crate::error::Error>>(
         mut self,
         batch: &mut Vec<TcpEvent>,
-        consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<(Counts, Vec<OpenCount>), E> {
-        self.drain(batch, consume).await?;
+        self.drain(batch, |batch, _| consume(batch)).await?;
         // Before the counts, which include the opens handed out.
         let opens = self.tracer.take_opens()?;
         Ok((self.tracer.counts()?, opens))
     }
 
     /// `finish`, keeping the session (detached, drained) for what its
-    /// maps still hold: the flight recorder's packets (`flight`).
+    /// maps still hold: the flight recorder's packets (`flight`). Hands
+    /// `consume` the kept bytes of each batch's records too (empty
+    /// without `keep_raw_records`).
     ///
     /// # Errors
     /// As `finish`.
     pub async fn finish_in_place<E: From<crate::error::Error>>(
         &mut self,
         batch: &mut Vec<TcpEvent>,
-        consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+        consume: impl FnMut(&mut Vec<TcpEvent>, &mut RawRecords) -> Result<(), E>,
     ) -> Result<Counts, E> {
         self.drain(batch, consume).await?;
         Ok(self.tracer.counts()?)
     }
 
-    /// Detaches, then hands every event still in the ring to `consume`.
+    /// Detaches, then hands every event still in the ring to `consume`,
+    /// with the kept bytes of its records.
     async fn drain<E: From<crate::error::Error>>(
         &mut self,
         batch: &mut Vec<TcpEvent>,
-        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>, &mut RawRecords) -> Result<(), E>,
     ) -> Result<(), E> {
         self.tracer.detach();
+        let mut no_raw = RawRecords::default();
         // Whatever the caller had not consumed yet goes first.
         if !batch.is_empty() {
-            consume(batch)?;
+            consume(batch, self.tracer.raw_records().unwrap_or(&mut no_raw))?;
         }
         loop {
             let more = self.tracer.drain_final(batch).await?;
             debug_assert!(batch.len() <= MAX_BATCH);
-            consume(batch)?;
+            let raw = self.tracer.raw_records().unwrap_or(&mut no_raw);
+            consume(batch, raw)?;
             batch.clear();
+            raw.clear();
             if !more {
                 break;
             }

@@ -124,6 +124,9 @@ pub struct Tracer {
     opens_seen: rustc_hash::FxHashMap<OpenKey, u64>,
     /// Opens handed out by `take_opens`, all keys.
     opens_counted: u64,
+    /// With `keep_raw`: the bytes of every record decoded into the
+    /// caller's batch, in the same order (`trace --record`).
+    raw: Option<RawRecords>,
 }
 
 /// Where the TC programs ran: for summaries.
@@ -378,6 +381,7 @@ impl Tracer {
             tc_report,
             opens_seen: rustc_hash::FxHashMap::default(),
             opens_counted: 0,
+            raw: None,
         })
     }
 
@@ -421,6 +425,23 @@ impl Tracer {
         &self.names
     }
 
+    /// How records were decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// From now on, also keeps the bytes of every record handed out (in
+    /// batch order) in `raw_records`.
+    pub fn keep_raw(&mut self) {
+        self.raw.get_or_insert_with(RawRecords::default);
+    }
+
+    /// The kept bytes of the events handed out since the caller last
+    /// cleared them; `None` without `keep_raw`.
+    pub fn raw_records(&mut self) -> Option<&mut RawRecords> {
+        self.raw.as_mut()
+    }
+
     /// Waits until events are available, then appends up to
     /// `MAX_BATCH` of them (bounded, so memory stays flat in a storm).
     /// With batched wakeups the kernel only signals once a backlog has
@@ -429,7 +450,13 @@ impl Tracer {
     /// are only appended right before returning.
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
         loop {
-            let more = read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out);
+            let more = read_ring(
+                self.ring.get_mut(),
+                &self.decoder,
+                &mut self.reader,
+                out,
+                self.raw.as_mut(),
+            );
             if more || !out.is_empty() {
                 return Ok(());
             }
@@ -445,7 +472,13 @@ impl Tracer {
     /// Appends up to `MAX_BATCH` events that are in the ring buffer now,
     /// without waiting. Returns true if more may be waiting.
     pub fn drain(&mut self, out: &mut Vec<TcpEvent>) -> bool {
-        read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out)
+        read_ring(
+            self.ring.get_mut(),
+            &self.decoder,
+            &mut self.reader,
+            out,
+            self.raw.as_mut(),
+        )
     }
 
     /// Received, produced and lost events so far, the hook runs the
@@ -619,12 +652,71 @@ impl Tracer {
 /// Events handed out per call.
 pub const MAX_BATCH: usize = 4096;
 
-/// Decodes up to `MAX_BATCH` items; true if the limit stopped it.
+/// Ring buffer records as they were read, each after its length (u16,
+/// little-endian): `EVENT_SIZE` bytes, or `EVENT_WITH_PEER_SIZE` for a
+/// received RST with the peer's profile. What `trace --record` writes.
+#[derive(Debug, Default)]
+pub struct RawRecords {
+    bytes: Vec<u8>,
+}
+
+impl RawRecords {
+    /// Appends one record (at most `u16::MAX` bytes: records are a few
+    /// hundred).
+    pub fn push(&mut self, record: &[u8]) {
+        let len = u16::try_from(record.len()).expect("a ring buffer record is a few hundred bytes");
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(record);
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        split_records(&self.bytes).map_while(Result::ok)
+    }
+
+    /// Forgets them all (the capacity stays).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// The records with their lengths, as `split_records` reads them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Splits length-prefixed records (`RawRecords`' layout); an `Err` with
+/// the offset where a length runs past the end.
+pub fn split_records(mut bytes: &[u8]) -> impl Iterator<Item = Result<&[u8], usize>> {
+    let total = bytes.len();
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let at = total - bytes.len();
+        let Some((len, rest)) = bytes.split_first_chunk::<2>() else {
+            bytes = &[];
+            return Some(Err(at));
+        };
+        let len = usize::from(u16::from_le_bytes(*len));
+        if rest.len() < len {
+            bytes = &[];
+            return Some(Err(at));
+        }
+        let (record, rest) = rest.split_at(len);
+        bytes = rest;
+        Some(Ok(record))
+    })
+}
+
+/// Decodes up to `MAX_BATCH` items (keeping the bytes of those decoded
+/// in `raw` when given); true if the limit stopped it.
 fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
     counts: &mut ReadCounts,
     out: &mut Vec<TcpEvent>,
+    mut raw: Option<&mut RawRecords>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
@@ -634,6 +726,9 @@ fn read_ring(
             Ok(event) => {
                 counts.received[event.kind.index()] += 1;
                 out.push(event);
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw.push(&item);
+                }
             }
             Err(err) => {
                 counts.decode_errors += 1;

@@ -12,7 +12,7 @@ use std::{
 
 /// The commands: each is a consumer, never a library for another one.
 const COMMANDS: &[&str] = &[
-    "trace", "top", "diagnose", "snapshot", "stress", "tune", "exporter",
+    "trace", "top", "diagnose", "snapshot", "stress", "tune", "exporter", "replay",
 ];
 
 /// Imports across commands that wait for a move, listed so they stay in
@@ -40,6 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "stress",
             "tune",
             "exporter",
+            "replay",
             "filter_args",
             "cli",
         ],
@@ -58,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tally",
             "sink",
             "html_report",
+            "record",
         ],
     ),
     (

@@ -55,6 +55,8 @@ pub enum Setup {
     PreviousJson,
     /// `--previous BIN top`.
     PreviousAggregate,
+    /// `tcptrace trace --record FILE`: raw records to a file, no formatting.
+    Record,
 }
 
 impl Setup {
@@ -75,6 +77,7 @@ impl Setup {
             }
             Setup::PreviousJson => "previous build: trace --json --output FILE",
             Setup::PreviousAggregate => "previous build: top (aggregation only)",
+            Setup::Record => "tcptrace trace --record FILE",
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Run {
     pub max_rss_kib: u64,
     /// From SIGINT to exit, while the storm is still on.
     pub stop_seconds: f64,
+    /// Size of the event file written (JSON stream or record), 0 if none.
+    pub output_bytes: u64,
 }
 
 pub struct Options {
@@ -187,6 +192,13 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             Some(&output),
         )?),
+        Setup::Record => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args(["trace", "--record"])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
         Setup::KernelOnly => Some(Tracer::start(
             Command::new(tcptrace)
                 .args(["trace", "--json", "--port", "1", "--output"])
@@ -263,6 +275,16 @@ fn measure(
         run.cpu_seconds = usage.cpu_seconds;
         run.startup_cpu = usage.startup_cpu;
         run.stop_seconds = usage.stop_seconds;
+        if matches!(
+            setup,
+            Setup::TraceJson
+                | Setup::TraceJsonTc
+                | Setup::PreviousJson
+                | Setup::AllSignals
+                | Setup::Record
+        ) {
+            run.output_bytes = fs::metadata(&output).map_or(0, |m| m.len());
+        }
         match setup {
             Setup::TraceJson
             | Setup::Aggregate
@@ -272,6 +294,7 @@ fn measure(
             | Setup::PreviousJson
             | Setup::PreviousAggregate
             | Setup::Diagnose => read_tcptrace_counts(&output, &stderr, &mut run)?,
+            Setup::Record => read_summary_line(&stderr, &mut run)?,
             Setup::Tcpstates => {
                 // One line per state change, after a header line.
                 let lines = BufReader::new(fs::File::open(&output)?).lines().count() as u64;
@@ -313,6 +336,23 @@ tracepoint:tcp:tcp_receive_reset { @rst_received = count(); }
 tracepoint:tcp:tcp_retransmit_skb { @retransmits[args->state] = count(); }
 tracepoint:tcp:tcp_retransmit_synack { @synack_retransmits = count(); }
 tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }";
+
+/// `trace --record` prints only its human summary, on stderr:
+/// `--- tcptrace: 4.2 s, R events received, P produced, L lost ---`.
+fn read_summary_line(stderr: &[String], run: &mut Run) -> Result<()> {
+    let line = stderr
+        .iter()
+        .find(|l| l.starts_with("--- tcptrace:") && l.contains("events received"))
+        .with_context(|| format!("no tcptrace summary on stderr: {stderr:?}"))?;
+    let number_before = |word: &str| {
+        let at = line.find(word)?;
+        line[..at].split_whitespace().last()?.parse::<u64>().ok()
+    };
+    run.received = number_before(" events received");
+    run.produced = number_before(" produced");
+    run.lost = number_before(" lost");
+    Ok(())
+}
 
 /// tcptrace prints its JSON summary as the last record of the stream
 /// (trace) or its counters in the last snapshot (top).
