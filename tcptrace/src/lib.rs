@@ -12,7 +12,9 @@
 //!   signal), `tracer` (with `tc`, its TC programs' attachment),
 //!   `decode`, `aggregate`, `summary`, `tally` (counts per owner, peer
 //!   and signal for the exporter), `sink`, `recorder` (pcapng),
-//!   `html_report` (the report as a page, from plain data);
+//!   `html_report` (the report as a page, from plain data),
+//!   `diagnosis` (the rules: host facts and an aggregate in, findings
+//!   out; `diagnose` and the exporter both run them);
 //! - facts: `host` (what is read from the host), `kernel` (what is
 //!   learnt from the running kernel), `event` and `counts` (plain data),
 //!   `origin` (who sent a received RST, from its packets),
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod counts;
 pub mod decode;
 pub mod diagnose;
+pub mod diagnosis;
 pub mod error;
 pub mod event;
 pub mod exporter;

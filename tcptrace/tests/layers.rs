@@ -15,18 +15,6 @@ const COMMANDS: &[&str] = &[
     "trace", "top", "diagnose", "snapshot", "stress", "tune", "exporter", "replay",
 ];
 
-/// Imports across commands that wait for a move, listed so they stay in
-/// sight: (from, to, the submodules it may use, why). Anything else the
-/// command takes from the other still fails.
-const PENDING_MOVES: &[(&str, &str, &[&str], &str)] = &[(
-    "exporter",
-    "diagnose",
-    &["rules", "facts", "finding"],
-    "the exporter runs diagnose's rules engine (rules::evaluate on facts, findings out); \
-     it moves below the commands (e.g. src/rules/) once issue 12's rule work has landed, \
-     and this entry goes",
-)];
-
 /// Layers from the top; a module may import its own layer or lower ones.
 const LAYERS: &[(&str, &[&str])] = &[
     ("entry", &["app"]),
@@ -59,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tally",
             "sink",
             "html_report",
+            "diagnosis",
             "record",
         ],
     ),
@@ -234,45 +223,12 @@ fn no_command_imports_another_command() {
             if COMMANDS.contains(&module[0].as_str())
                 && COMMANDS.contains(&target.as_str())
                 && target != module[0]
-                && !pending_move_allows(&file, &module[0], &target, &mut wrong)
             {
                 wrong.push(format!("{file}: {text}"));
             }
         }
     }
     assert!(wrong.is_empty(), "commands importing commands: {wrong:#?}");
-}
-
-/// True when `from` -> `to` is a listed pending move; every use of `to`
-/// in the file must then name one of the listed submodules (the ones
-/// that do not are pushed to `wrong`).
-fn pending_move_allows(file: &str, from: &str, to: &str, wrong: &mut Vec<String>) -> bool {
-    let Some((_, _, allowed, _)) = PENDING_MOVES
-        .iter()
-        .find(|(f, t, _, _)| *f == from && *t == to)
-    else {
-        return false;
-    };
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(file);
-    let text = code(&fs::read_to_string(src).unwrap());
-    let needle = format!("{to}::");
-    for (at, _) in text.match_indices(&needle) {
-        let bytes = text.as_bytes();
-        if at > 0 && (bytes[at - 1].is_ascii_alphanumeric() || bytes[at - 1] == b'_') {
-            continue;
-        }
-        let rest = &text[at + needle.len()..];
-        let ok = first_segments(rest)
-            .iter()
-            .all(|s| allowed.contains(&s.as_str()));
-        if !ok {
-            wrong.push(format!(
-                "{file}: {to}::{} (only {allowed:?} until the move)",
-                snippet(rest)
-            ));
-        }
-    }
-    true
 }
 
 #[test]

@@ -5,11 +5,7 @@
 //! facts again, and hands all of it to the rules as plain data.
 
 pub mod during;
-pub mod facts;
-pub mod finding;
-pub mod moments;
 pub mod report;
-pub mod rules;
 
 use std::{
     collections::BTreeMap,
@@ -23,15 +19,16 @@ use anyhow::Context as _;
 use clap::ValueEnum as _;
 use tcptrace_common::kind_mask;
 
-use self::{
-    facts::{HostFacts, KernelDrops, ListenerPeaks, NamespaceFacts, SYSCTLS, SocketFacts},
-    finding::rank,
-    report::Report,
-    rules::{Inputs, evaluate},
-};
+use self::report::Report;
 use crate::{
     aggregate::Aggregate,
     cli::{DiagnoseArgs, FilterArgs},
+    diagnosis::{
+        self,
+        facts::{HostFacts, KernelDrops, ListenerPeaks, NamespaceFacts, SYSCTLS, SocketFacts},
+        finding::{Finding, rank},
+        rules::{Inputs, evaluate},
+    },
     event::TcpEvent,
     filter_args::{self, session_options, tc_options},
     host::{
@@ -208,7 +205,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     rank(&mut findings);
     let workloads = name_cgroups(&mut findings, &mut cgroups);
-    moments::mark(&mut findings, &agg);
+    diagnosis::moments::mark(&mut findings, &agg);
     let report = Report {
         seconds,
         netns: args.filter.netns.clone(),
@@ -322,7 +319,7 @@ fn sample_listeners(netns: Option<&Path>, peaks: &mut ListenerPeaks) {
 /// Who is affected, down to the container and the pod: the cgroup path
 /// (or, on a Kubernetes node, the pod) in each affected's text, and the
 /// names by (pid, cgroup id) for the JSON report.
-fn name_cgroups(findings: &mut [finding::Finding], cgroups: &mut Cgroups) -> report::Workloads {
+fn name_cgroups(findings: &mut [Finding], cgroups: &mut Cgroups) -> report::Workloads {
     let mut workloads = report::Workloads::new();
     for affected in findings.iter_mut().flat_map(|f| f.affected.iter_mut()) {
         let Some(c) = cgroups.lookup_owner(affected.pid, affected.cgroup_id) else {

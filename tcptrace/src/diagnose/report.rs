@@ -10,15 +10,15 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{
-    facts::{HostFacts, NamespaceFacts},
-    finding::{Cause, Confidence, Finding},
-};
 use crate::{
     aggregate::{
         Aggregate, Percentiles, Related, ReuseOutcomes, Stats, Weight as _, timeline::Series,
     },
     counts::Counts,
+    diagnosis::{
+        facts::{HostFacts, NamespaceFacts},
+        finding::{Cause, Confidence, Finding},
+    },
     event::SCHEMA_VERSION,
     timefmt::duration_ns,
 };
@@ -562,7 +562,7 @@ pub fn latency_text(p: &Percentiles) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{aggregate::testing::names, diagnose::finding::Finding};
+    use crate::{aggregate::testing::names, diagnosis::finding::Finding};
 
     fn report(findings: Vec<Finding>) -> Report {
         Report {
@@ -614,7 +614,7 @@ mod tests {
 
     #[test]
     fn affected_processes_carry_their_pod_in_json() {
-        use crate::diagnose::finding::{Affected, Confidence};
+        use crate::diagnosis::finding::{Affected, Confidence};
         let mut finding = Finding::new(Cause::LbIdleTimeout, Confidence::High, 3, "x".into());
         for (pid, cgroup_id) in [(42, 7), (43, 8)] {
             finding.affected.push(Affected {

@@ -14,7 +14,7 @@ use prometheus_client::{
 use super::series::{Family, HistFamily, Series, Workload};
 use crate::{
     counts::Counts,
-    diagnose::finding::{Affected, Finding},
+    diagnosis::finding::{Affected, Finding},
     event::EventKind,
 };
 
@@ -345,7 +345,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::testing::names,
-        diagnose::finding::{Cause, Confidence},
+        diagnosis::finding::{Cause, Confidence},
         event::Comm,
         exporter::series::Limits,
         tally::{Measure, Signal, Tally, Who},

@@ -17,7 +17,7 @@ use std::{
 
 use crate::{
     aggregate::{Aggregate, Window},
-    diagnose::{
+    diagnosis::{
         facts::{HostFacts, KernelDrops, NamespaceFacts, SYSCTLS, SocketFacts},
         finding::{Finding, rank},
         rules::{Inputs, evaluate},

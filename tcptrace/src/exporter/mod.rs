@@ -31,7 +31,7 @@ use crate::{
     aggregate::Aggregate,
     cli::ExporterArgs,
     counts::Counts,
-    diagnose::finding::Affected,
+    diagnosis::finding::Affected,
     event::{OpenCount, TcpEvent},
     filter_args::{self, session_options},
     host::cgroups::Cgroups,
@@ -131,7 +131,7 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
     add_opens(&opens, &mut agg, source.as_mut());
-    server.abort();
+    server.stop().await;
     eprintln!(
         "tcptrace exporter: {}; {served} scrapes served",
         counts.human()

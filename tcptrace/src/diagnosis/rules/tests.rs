@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     aggregate::testing::*,
-    diagnose::{
+    diagnosis::{
         facts::{Listener, SocketFacts},
         finding::rank,
     },

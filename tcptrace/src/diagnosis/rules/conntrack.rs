@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::{
     aggregate::{DropGroup, StrayHolder, TopN},
-    diagnose::facts::NamespaceFacts,
+    diagnosis::facts::NamespaceFacts,
     host::conntrack::ConntrackState,
 };
 

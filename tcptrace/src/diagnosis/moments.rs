@@ -73,7 +73,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::testing::{ev, names},
-        diagnose::finding::{Affected, Confidence},
+        diagnosis::finding::{Affected, Confidence},
         event::EventKind as K,
     };
 

@@ -6,7 +6,7 @@
 use super::*;
 use crate::{
     aggregate::testing::*,
-    diagnose::finding::rank,
+    diagnosis::finding::rank,
     event::{EventKind as K, TcpEvent},
     host::conntrack::{Conntrack, ConntrackChange, ConntrackState, parse_stat},
 };

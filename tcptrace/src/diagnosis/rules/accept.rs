@@ -3,7 +3,7 @@
 use super::*;
 use crate::{
     aggregate::HandshakeTrouble,
-    diagnose::facts::{Listener, listener_for},
+    diagnosis::facts::{Listener, listener_for},
 };
 
 /// A client gets this RST reason when `tcp_abort_on_overflow=1` refuses

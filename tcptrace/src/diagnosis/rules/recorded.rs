@@ -6,7 +6,7 @@
 use super::*;
 use crate::{
     aggregate::testing::{from_ndjson, names},
-    diagnose::finding::rank,
+    diagnosis::finding::rank,
 };
 
 fn diagnose(ndjson: &str, host: &HostFacts) -> Vec<Finding> {

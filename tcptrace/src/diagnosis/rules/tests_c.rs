@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::{
     aggregate::testing::*,
-    diagnose::finding::rank,
+    diagnosis::finding::rank,
     event::{EventKind as K, TcpEvent},
     host::global::HostGlobal,
 };
