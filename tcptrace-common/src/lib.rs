@@ -86,6 +86,18 @@ pub mod direction {
 /// (subsystem reasons have bits above 16 set) share the last slot.
 pub const DROP_REASON_SLOTS: u32 = 256;
 
+/// `Event::opened_by`: how the socket was opened (not to be confused
+/// with a received RST's origin, which userspace judges from the TC
+/// programs' `PeerProfile`).
+pub mod opened_by {
+    /// Not seen opening (open before the tracer started, or forgotten).
+    pub const UNKNOWN: u8 = 0;
+    /// connect(): SYN_SENT first.
+    pub const CONNECT: u8 = 1;
+    /// Accepted from a listener: SYN_RECV, then ESTABLISHED.
+    pub const ACCEPT: u8 = 2;
+}
+
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -98,7 +110,7 @@ pub const UNKNOWN_U32: u32 = u32::MAX;
 /// (inside connect(), listen() or accept()), never taken from `current`
 /// in softirq. `tgid == 0` means unknown.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub tgid: u32,
     pub pid: u32,
@@ -248,8 +260,13 @@ pub struct Event {
     /// (`icsk_ack.lrcvtime`); `UNKNOWN_U32` when unknown. Next to
     /// `idle_send_jiffies` it tells whether the last request was answered.
     pub idle_data_recv_jiffies: u32,
+    /// How the socket was opened, as far as the programs saw
+    /// (`opened_by::*`): lets a reader that never got the open (counted
+    /// in the kernel) file the connection under the right peer.
+    pub opened_by: u8,
+    pub _pad: [u8; 7],
 }
-pub const EVENT_SIZE: usize = 152;
+pub const EVENT_SIZE: usize = 160;
 const _: () = assert!(size_of::<Event>() == EVENT_SIZE);
 
 /// Tracepoints the programs read, in `Config::layouts` order.
@@ -575,10 +592,16 @@ pub struct Config {
     /// Payload bytes kept per packet in `FLIGHT_PAYLOAD` (0 to
     /// `FLIGHT_PAYLOAD_BYTES`; 0: headers only).
     pub flight_payload: u16,
+    /// 1: count successful opens (connects with their latency, accepted
+    /// connections) in the `OPENS` map instead of sending them as events,
+    /// and put the age on CLOSE transitions (the lifetime an aggregating
+    /// reader no longer gets from the open). An open that finds `OPENS`
+    /// full is sent as an event and counted in `OPENS_FULL`.
+    pub count_opens: u32,
 }
 const _: () = assert!(
     size_of::<Config>()
-        == tracepoint::COUNT * 48 + 48 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 8
+        == tracepoint::COUNT * 48 + 48 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 12
 );
 
 /// A connection as the TC programs and the reset program key it: this
@@ -771,6 +794,94 @@ pub mod tc_program {
     /// Packets sent through one.
     pub const EGRESS: &str = "tcptrace_tc_egress";
 }
+/// Key of the `OPENS` map: one successful open, by what the aggregator
+/// groups on. Every byte is set (padding zero), so equal opens hash
+/// alike.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenKey {
+    /// The socket's owner, `pid` (thread id) zero: counts are per process.
+    pub owner: Owner,
+    /// Network namespace inode (0: unknown).
+    pub netns: u32,
+    /// Remote port, host order; 0 for an accepted connection (its
+    /// clients are grouped by address).
+    pub peer_port: u16,
+    /// `log_bucket` of the connect latency; `NO_LATENCY` for an accepted
+    /// connection or a connect whose start was not seen.
+    pub latency_bucket: u16,
+    /// 1: accepted (SYN_RECV -> ESTABLISHED); 0: connected.
+    pub passive: u8,
+    /// Low byte of AF_INET / AF_INET6.
+    pub family: u8,
+    pub _pad: [u8; 6],
+    /// Remote address as in `Event::daddr`.
+    pub peer_addr: [u8; 16],
+}
+const _: () = assert!(size_of::<OpenKey>() == 64);
+
+/// `OpenKey::latency_bucket` of an open without a latency.
+pub const NO_LATENCY: u16 = u16::MAX;
+
+/// Sub-buckets per power of two of `log_bucket`, as bits.
+pub const LOG_SUB_BITS: u32 = 4;
+
+/// The log-linear bucket of `ns`: exact below 16, then 16 buckets per
+/// power of two (a bucket spans at most 1/16 of its values). Written
+/// without `leading_zeros` (no BPF instruction) and without loops, so the
+/// kernel programs and userspace compute the same bucket.
+#[inline(always)]
+pub fn log_bucket(ns: u64) -> u16 {
+    const SUB: u64 = 1 << LOG_SUB_BITS;
+    if ns < SUB {
+        return ns as u16;
+    }
+    // exp = floor(log2(ns)), by halving steps.
+    let mut exp = 0u32;
+    let mut v = ns;
+    if v >= 1 << 32 {
+        v >>= 32;
+        exp += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        exp += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        exp += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        exp += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        exp += 2;
+    }
+    if v >= 1 << 1 {
+        exp += 1;
+    }
+    let sub = (ns >> (exp - LOG_SUB_BITS)) & (SUB - 1);
+    ((u64::from(exp - LOG_SUB_BITS + 1)) * SUB + sub) as u16
+}
+
+/// The smallest value of `log_bucket` bucket `b` (saturating).
+pub fn log_bucket_lower_bound(b: u16) -> u64 {
+    const SUB: u64 = 1 << LOG_SUB_BITS;
+    let b = b as u64;
+    if b < SUB {
+        return b;
+    }
+    let exp = b / SUB + LOG_SUB_BITS as u64 - 1;
+    let sub = b % SUB;
+    (SUB + sub)
+        .checked_shl((exp - LOG_SUB_BITS as u64) as u32)
+        .unwrap_or(u64::MAX)
+}
+
+/// Entries of the `OPENS` map (userspace may change it before load).
+pub const OPEN_KEYS: u32 = 16384;
 
 /// Map names shared by both sides.
 pub mod map {
@@ -798,6 +909,13 @@ pub mod map {
     /// `FlowKey` of connections in scope -> their namespace (LRU), when
     /// `Config::related_flows` is on.
     pub const WATCHED_FLOWS: &str = "WATCHED_FLOWS";
+    /// Per-CPU hash, `OpenKey` -> successful opens counted in the kernel
+    /// (`Config::count_opens`). Never deleted from while loaded: readers
+    /// take differences, so a count is never lost to a race.
+    pub const OPENS: &str = "OPENS";
+    /// Per-CPU, one entry: opens that found `OPENS` full and were sent
+    /// as events instead.
+    pub const OPENS_FULL: &str = "OPENS_FULL";
 }
 
 /// Default ring buffer size in bytes (power of two, page multiple).

@@ -1,8 +1,8 @@
 //! Userspace additions: `aya::Pod` so the records can live in maps.
 
 use crate::{
-    Config, ConnKey, Event, FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile,
-    SockInfo, WatchedFlowKey,
+    Config, ConnKey, Event, FlightPayload, FlightRing, FlowKey, ListenKey, OpenKey, Owner,
+    PeerProfile, SockInfo, WatchedFlowKey,
 };
 
 // SAFETY: all are #[repr(C)], contain only integers and arrays of
@@ -18,3 +18,4 @@ unsafe impl aya::Pod for WatchedFlowKey {}
 unsafe impl aya::Pod for PeerProfile {}
 unsafe impl aya::Pod for FlightRing {}
 unsafe impl aya::Pod for FlightPayload {}
+unsafe impl aya::Pod for OpenKey {}

@@ -78,7 +78,8 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     ev.skaddr = sk;
     ev.kind = kind::DROP;
     ev.reason = reason;
-    ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
+    let info = owner::sock_info_or_preexisting(sk, ev);
+    owner::attribute(ev, &info);
     if ev.owner.tgid == 0 {
         // No known socket: dropped before TCP looked it up, or one the
         // programs never saw open (a request socket's SYN-ACK). A packet

@@ -47,7 +47,7 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     ev.old_state = read::member_or::<u8>(sk, sock.skc_state, 0);
     ev.err = err;
     let info = owner::sock_info_or_preexisting(sk, ev);
-    ev.owner = info.owner;
+    owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }

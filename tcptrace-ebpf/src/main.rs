@@ -11,6 +11,7 @@ mod drop;
 mod emit;
 mod error;
 mod maps;
+mod opens;
 mod owner;
 mod read;
 mod related;

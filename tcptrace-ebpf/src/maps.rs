@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tcptrace_common::{
     Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, EventWithPeer, FLIGHT_FLOWS,
-    FlightPayload, FlightRing, FlowKey, ListenKey, Owner, PeerProfile, RECORD_BYTES, SockInfo,
-    WatchedFlowKey, kind,
+    FlightPayload, FlightRing, FlowKey, ListenKey, OPEN_KEYS, OpenKey, Owner, PeerProfile,
+    RECORD_BYTES, SockInfo, WatchedFlowKey, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -100,3 +100,12 @@ pub static TC_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1,
 /// host are kept too. Only filled when `Config::related_flows` is on.
 #[map]
 pub static WATCHED_FLOWS: LruHashMap<WatchedFlowKey, u32> = LruHashMap::with_max_entries(16384, 0);
+/// Successful opens counted here instead of sent (`Config::count_opens`).
+/// A plain (preallocated) hash, never LRU: a full map refuses the new key
+/// and the open goes to the ring buffer instead, so no count is evicted.
+#[map]
+pub static OPENS: PerCpuHashMap<OpenKey, u64> = PerCpuHashMap::with_max_entries(OPEN_KEYS, 0);
+
+/// Opens that found `OPENS` full and were sent as events instead.
+#[map]
+pub static OPENS_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -4,7 +4,7 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo};
+use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, opened_by};
 
 use crate::maps::{LISTENERS, PREEXISTING, SOCKS};
 
@@ -198,4 +198,18 @@ pub fn remember_listener(netns: u32, port: u16, owner: &Owner) {
 pub fn forget_listener(netns: u32, port: u16) {
     let key = ListenKey::new(netns, port);
     let _ = LISTENERS.remove(&key);
+}
+
+/// Puts the owner of `info` (the socket's entry) and how the socket was
+/// opened on `ev`.
+#[inline(always)]
+pub fn attribute(ev: &mut Event, info: &SockInfo) {
+    ev.owner = info.owner;
+    ev.opened_by = if info.syn_sent_ns != 0 {
+        opened_by::CONNECT
+    } else if info.established_ns != 0 {
+        opened_by::ACCEPT
+    } else {
+        opened_by::UNKNOWN
+    };
 }

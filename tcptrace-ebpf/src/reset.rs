@@ -56,7 +56,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         queues(cfg, sk, ev);
     }
     let info = owner::sock_info_or_preexisting(sk, ev);
-    ev.owner = info.owner;
+    owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }

@@ -37,7 +37,8 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     if event_kind == kind::RETRANSMIT {
         segment(cfg, &rec, sk, ev);
     }
-    ev.owner = owner::sock_info_or_preexisting(sk, ev).owner;
+    let info = owner::sock_info_or_preexisting(sk, ev);
+    owner::attribute(ev, &info);
     emit::submit(cfg, ev);
     Some(())
 }

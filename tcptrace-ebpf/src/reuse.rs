@@ -152,7 +152,7 @@ fn submit(
     ev.old_state = state as u8;
     ev.idle_send_jiffies = idle_send;
     ev.idle_recv_jiffies = idle_recv;
-    ev.owner = info.owner;
+    owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now_ns - info.established_ns;
     }

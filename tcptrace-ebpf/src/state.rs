@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
 
-use crate::{emit, owner, read, reset};
+use crate::{emit, opens, owner, read, related, reset};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -88,6 +88,9 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 }
             } else if old == tcp_state::LISTEN {
                 owner::forget_listener(netns, ev.sport);
+            } else if cfg.count_opens != 0 && info.established_ns != 0 {
+                // The lifetime, for a reader that never saw the open.
+                ev.age_ns = now - info.established_ns;
             }
             info
         }
@@ -104,11 +107,18 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
         }
         _ => owner::sock_info_or_preexisting(sk, ev),
     };
-    ev.owner = info.owner;
+    owner::attribute(ev, &info);
     let opening =
         new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
-    if !(opening && cfg.skip_opening != 0) {
-        emit::submit(cfg, ev);
+    if opening && cfg.skip_opening != 0 {
+        return Some(());
     }
+    if opens::wanted(cfg, ev) && opens::count(ev) {
+        // Counted, not sent: the flow is still left for `related`, as
+        // `emit::submit` would (the filters kept it: `opens::wanted`).
+        related::remember(cfg, ev);
+        return Some(());
+    }
+    emit::submit(cfg, ev);
     Some(())
 }

@@ -66,6 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Diagnose(args) => crate::diagnose::run(args).await,
             Command::Top(args) => crate::top::run(args).await,
             Command::Exporter(args) => crate::exporter::run(args).await,
+            Command::Replay(args) => crate::replay::run(args),
         }
     })
 }

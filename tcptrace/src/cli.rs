@@ -37,6 +37,8 @@ pub enum Command {
     Top(TopArgs),
     /// Serve Prometheus/OpenMetrics metrics and findings, always on.
     Exporter(ExporterArgs),
+    /// Print what `trace` would have printed for a file made by `trace --record`.
+    Replay(ReplayArgs),
 }
 
 /// Filters shared by every command that traces.
@@ -145,6 +147,25 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
     /// Do not print the summary at the end.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Also write the kernel's raw records, with what is needed to print
+    /// them elsewhere, to this file (mode 0600; docs/record.md); read it
+    /// with `tcptrace replay`. Alone, nothing else is printed but the
+    /// summary; with --json or --output, events are printed too.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+/// `tcptrace replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A file written by `trace --record`.
+    pub file: PathBuf,
+    /// Print NDJSON, as `trace --json` does.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not print the summary (on stderr) at the end.
     #[arg(long)]
     pub no_summary: bool,
 }
@@ -825,7 +846,7 @@ mod tests {
         let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
         assert_eq!(
             error(&["tcptrace"]),
-            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter"
+            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter, replay"
         );
         assert_eq!(
             error(&["tcptrace", "stress"]),

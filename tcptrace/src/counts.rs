@@ -14,6 +14,12 @@ use crate::event::{EventKind, KINDS};
 /// skipped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounts {
+    /// Successful opens counted in the kernel's `OPENS` map and handed
+    /// out as counts (not events): with `TracerOptions::count_opens`.
+    pub counted: u64,
+    /// Opens that found `OPENS` full and were sent as events instead
+    /// (so among `produced`): nothing lost, but the map is too small.
+    pub count_map_full: u64,
     /// Events that passed the in-kernel filters (what userspace should
     /// see), by `EventKind::index`.
     pub produced: [u64; KINDS],
@@ -120,6 +126,18 @@ impl Counts {
                 self.missed_by_kernel()
             );
         }
+        if self.kernel.counted > 0 {
+            text += &format!(
+                ", {} successful opens counted in the kernel",
+                self.kernel.counted
+            );
+        }
+        if self.kernel.count_map_full > 0 {
+            text += &format!(
+                ", {} opens sent as events because the kernel's count map was full",
+                self.kernel.count_map_full
+            );
+        }
         text
     }
 
@@ -132,6 +150,8 @@ impl Counts {
         fields.insert("events_produced".into(), json!(self.produced()));
         fields.insert("events_lost".into(), json!(self.lost()));
         fields.insert("missed_by_kernel".into(), json!(self.missed_by_kernel()));
+        fields.insert("opens_counted_in_kernel".into(), json!(self.kernel.counted));
+        fields.insert("count_map_full".into(), json!(self.kernel.count_map_full));
         fields
     }
 }

@@ -4,12 +4,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, EVENT_SIZE, EVENT_WITH_PEER_SIZE, Event, EventWithPeer, UNKNOWN_U32,
-    direction, kind,
+    AF_INET, AF_INET6, EVENT_SIZE, EVENT_WITH_PEER_SIZE, Event, EventWithPeer, NO_LATENCY, OpenKey,
+    UNKNOWN_U32, direction, kind, opened_by,
 };
 
 use crate::{
-    event::{Comm, Detail, Dropped, EventKind, Owner, Queues, Segment, TcpEvent},
+    event::{Comm, Detail, Dropped, EventKind, OpenCount, Owner, Queues, Segment, TcpEvent},
     origin,
 };
 
@@ -32,6 +32,8 @@ pub enum DecodeError {
 /// Converts kernel units (jiffies) to time.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoder {
+    /// Jiffies per second, as given to `new`.
+    hz: Option<u32>,
     /// Nanoseconds per jiffy; `None` if HZ is unknown (idle then unknown).
     ns_per_jiffy: Option<u64>,
 }
@@ -40,10 +42,17 @@ impl Decoder {
     /// A decoder for a kernel ticking `hz` times a second (`None`: idle times unknown).
     pub fn new(hz: Option<u32>) -> Decoder {
         Decoder {
+            hz,
             ns_per_jiffy: hz
                 .filter(|hz| *hz > 0)
                 .map(|hz| 1_000_000_000 / u64::from(hz)),
         }
+    }
+
+    /// The kernel's jiffies per second this decoder converts with (what a
+    /// record file keeps, so replay decodes the same way).
+    pub fn hz(&self) -> Option<u32> {
+        self.hz
     }
 
     /// Decodes one ring buffer record: length checked, read unaligned.
@@ -106,6 +115,11 @@ impl Decoder {
             local: SocketAddr::new(local_ip, raw.sport),
             remote: SocketAddr::new(remote_ip, raw.dport),
             owner: owner(&raw.owner),
+            accepted: match raw.opened_by {
+                opened_by::CONNECT => Some(false),
+                opened_by::ACCEPT => Some(true),
+                _ => None,
+            },
             transition: is_transition.then_some((raw.old_state, raw.new_state)),
             state: (!is_transition && raw.old_state != 0).then_some(raw.old_state),
             rst_reason: (kind == EventKind::RstSent && raw.reason != UNKNOWN_U32)
@@ -128,6 +142,26 @@ impl Decoder {
             detail: detail(kind, raw, jiffies),
         })
     }
+}
+
+/// Converts one `OPENS` entry (`n` opens of `key`), every number checked.
+///
+/// # Errors
+/// An address family that is neither AF_INET nor AF_INET6.
+pub fn open_count(key: &OpenKey, n: u64) -> Result<OpenCount, DecodeError> {
+    let ip = match u16::from(key.family) {
+        AF_INET => IpAddr::from(v4(&key.peer_addr)),
+        AF_INET6 => IpAddr::from(Ipv6Addr::from(key.peer_addr)),
+        other => return Err(DecodeError::Family(other as u8)),
+    };
+    Ok(OpenCount {
+        owner: owner(&key.owner),
+        netns: (key.netns != 0).then_some(key.netns),
+        peer: SocketAddr::new(ip.to_canonical(), key.peer_port),
+        passive: key.passive != 0,
+        latency_bucket: (key.latency_bucket != NO_LATENCY).then_some(key.latency_bucket),
+        n,
+    })
 }
 
 fn detail(kind: EventKind, raw: &Event, jiffies: impl Fn(u32) -> Option<u64>) -> Detail {
@@ -425,5 +459,35 @@ mod tests {
         assert_eq!(ev.transition, Some((1, 8)));
         assert_eq!(ev.idle_send_ns, Some(2_000_000_000));
         assert_eq!(ev.age_ns, Some(3_000_000_000));
+    }
+
+    #[test]
+    fn open_counts_decode_checked() {
+        let mut key = OpenKey {
+            owner: rst(kind::CONNECT).owner,
+            netns: 4026531840,
+            peer_port: 443,
+            latency_bucket: tcptrace_common::log_bucket(1_500_000),
+            passive: 0,
+            family: 10,
+            ..OpenKey::default()
+        };
+        // A v4-mapped peer is filed under its IPv4 address.
+        key.peer_addr[10..12].copy_from_slice(&[0xff, 0xff]);
+        key.peer_addr[12..].copy_from_slice(&[10, 0, 0, 2]);
+        let open = open_count(&key, 7).unwrap();
+        assert_eq!(open.peer, "10.0.0.2:443".parse().unwrap());
+        assert_eq!(open.owner.as_ref().map(|o| o.pid), Some(42));
+        assert_eq!(open.n, 7);
+        assert!(!open.passive);
+        let b = open.latency_bucket.unwrap();
+        assert!(tcptrace_common::log_bucket_lower_bound(b) <= 1_500_000);
+        assert!(tcptrace_common::log_bucket_lower_bound(b + 1) > 1_500_000);
+        key.latency_bucket = NO_LATENCY;
+        key.passive = 1;
+        let open = open_count(&key, 1).unwrap();
+        assert_eq!((open.latency_bucket, open.passive), (None, true));
+        key.family = 9;
+        assert_eq!(open_count(&key, 1), Err(DecodeError::Family(9)));
     }
 }

@@ -222,6 +222,11 @@ pub struct TcpEvent {
     /// Who owns the socket, as recorded where it really ran; `None` when
     /// unknown (never guessed from the softirq's `current`).
     pub owner: Option<Owner>,
+    /// How the connection was opened, as the kernel programs saw it:
+    /// accepted (true) or connected (false); `None` when they did not
+    /// see it open. Files the connection under its peer when its open
+    /// was counted in the kernel rather than sent.
+    pub accepted: Option<bool>,
     /// State changes and connect outcomes: (old, new) state numbers.
     pub transition: Option<(u8, u8)>,
     /// Resets and retransmits: the socket's state at the time.
@@ -414,6 +419,30 @@ impl TcpEvent {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// Successful opens the kernel counted instead of sending each one as an
+/// event (the `OPENS` map, for the readers that only aggregate): `n`
+/// opens since the last reading with the same owner, peer and latency
+/// bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenCount {
+    /// The socket's owner (`tid` 0: counts are per process), `None`
+    /// when unknown.
+    pub owner: Option<Owner>,
+    /// Network namespace inode, when known.
+    pub netns: Option<u32>,
+    /// The remote endpoint, as `aggregate::peer_key` files it: address
+    /// and port for a connect, address alone (port 0) for an accepted
+    /// connection.
+    pub peer: SocketAddr,
+    /// Accepted (SYN_RECV -> ESTABLISHED) rather than connected.
+    pub passive: bool,
+    /// `tcptrace_common::log_bucket` of the connect latency; `None` for
+    /// an accepted connection or a connect whose start was not seen.
+    pub latency_bucket: Option<u16>,
+    /// How many.
+    pub n: u64,
 }
 
 #[cfg(test)]

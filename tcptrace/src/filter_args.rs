@@ -38,6 +38,7 @@ pub fn session_options(
         ring_bytes: ring_kib * 1024,
         batch_wakeups: true,
         skip_opening: false,
+        count_opens: false,
         reuse_idle: filter.reuse_idle,
         tc: None,
         flight_payload: None,

@@ -15,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use crate::tracer::{Flight, TcReport, TracerOptions};
+pub use crate::tracer::{Flight, RawRecords, TcReport, TracerOptions};
 use crate::{
     counts::Counts,
     error::Result,
-    event::TcpEvent,
+    event::{OpenCount, TcpEvent},
     kernel::{clock::monotonic_ns, names::Names},
     stop::StopReason,
     tracer::{MAX_BATCH, Tracer},
@@ -79,6 +79,24 @@ impl Session {
         self.tracer.names()
     }
 
+    /// How records are decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &crate::decode::Decoder {
+        self.tracer.decoder()
+    }
+
+    /// From now on, also keeps the bytes of every record handed out, for
+    /// `raw_records` (`trace --record`).
+    pub fn keep_raw_records(&mut self) {
+        self.tracer.keep_raw();
+    }
+
+    /// With `keep_raw_records`: the records of the events appended to
+    /// the batch since the caller last cleared this, in batch order
+    /// (clear it with the batch).
+    pub fn raw_records(&mut self) -> Option<&mut RawRecords> {
+        self.tracer.raw_records()
+    }
+
     /// What this kernel could not trace, one phrase each (already printed).
     pub fn missing(&self) -> &[String] {
         self.tracer.missing()
@@ -120,6 +138,17 @@ impl Session {
         self.tracer.counts()
     }
 
+    /// The successful opens the kernel counted since the last call, when
+    /// the session was started with `TracerOptions::count_opens` (empty
+    /// otherwise). Aggregating commands take them each interval; `finish`
+    /// hands over the last ones.
+    ///
+    /// # Errors
+    /// When the kernel's count map cannot be read.
+    pub fn take_opens(&mut self) -> Result<Vec<OpenCount>> {
+        self.tracer.take_opens()
+    }
+
     /// Waits for events (appending up to `MAX_BATCH` to `batch`) or for
     /// the stop signal, whichever comes first. Cancel-safe: use it as one
     /// arm of a command's `select!`, after the arms that must not starve
@@ -147,43 +176,80 @@ impl Session {
     /// the ring buffer to `consume`, batch by batch, until every event
     /// the kernel produced was read or counted lost (waiting at most 1 s
     /// for records still being committed). Returns the exact counts.
+    /// For a session that counts opens in the kernel, use
+    /// `finish_counting`.
     ///
     /// # Errors
     /// What `consume` returns, or a failure to read the ring buffer or
     /// the counters.
     pub async fn finish<E: From<crate::error::Error>>(
-        mut self,
+        self,
         batch: &mut Vec<TcpEvent>,
         consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<Counts, E> {
-        self.finish_in_place(batch, consume).await
+        let (counts, opens) = self.finish_counting(batch, consume).await?;
+        debug_assert!(opens.is_empty(), "use finish_counting with count_opens");
+        Ok(counts)
+    }
+
+    /// `finish`, then the opens the kernel counted since the last
+    /// `take_opens` (exact: the programs are detached): the last counts
+    /// an aggregating command takes.
+    ///
+    /// # Errors
+    /// As `finish`, and a failure to read the kernel's count map.
+    pub async fn finish_counting<E: From<crate::error::Error>>(
+        mut self,
+        batch: &mut Vec<TcpEvent>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+    ) -> Result<(Counts, Vec<OpenCount>), E> {
+        self.drain(batch, |batch, _| consume(batch)).await?;
+        // Before the counts, which include the opens handed out.
+        let opens = self.tracer.take_opens()?;
+        Ok((self.tracer.counts()?, opens))
     }
 
     /// `finish`, keeping the session (detached, drained) for what its
-    /// maps still hold: the flight recorder's packets (`flight`).
+    /// maps still hold: the flight recorder's packets (`flight`). Hands
+    /// `consume` the kept bytes of each batch's records too (empty
+    /// without `keep_raw_records`).
     ///
     /// # Errors
     /// As `finish`.
     pub async fn finish_in_place<E: From<crate::error::Error>>(
         &mut self,
         batch: &mut Vec<TcpEvent>,
-        mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
+        consume: impl FnMut(&mut Vec<TcpEvent>, &mut RawRecords) -> Result<(), E>,
     ) -> Result<Counts, E> {
+        self.drain(batch, consume).await?;
+        Ok(self.tracer.counts()?)
+    }
+
+    /// Detaches, then hands every event still in the ring to `consume`,
+    /// with the kept bytes of its records.
+    async fn drain<E: From<crate::error::Error>>(
+        &mut self,
+        batch: &mut Vec<TcpEvent>,
+        mut consume: impl FnMut(&mut Vec<TcpEvent>, &mut RawRecords) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.tracer.detach();
+        let mut no_raw = RawRecords::default();
         // Whatever the caller had not consumed yet goes first.
         if !batch.is_empty() {
-            consume(batch)?;
+            consume(batch, self.tracer.raw_records().unwrap_or(&mut no_raw))?;
         }
         loop {
             let more = self.tracer.drain_final(batch).await?;
             debug_assert!(batch.len() <= MAX_BATCH);
-            consume(batch)?;
+            let raw = self.tracer.raw_records().unwrap_or(&mut no_raw);
+            consume(batch, raw)?;
             batch.clear();
+            raw.clear();
             if !more {
                 break;
             }
         }
-        Ok(self.tracer.counts()?)
+        Ok(())
     }
 }
 

@@ -2,13 +2,10 @@
 //! percentiles, drops by reason and socket errors by errno, and the
 //! processes most hit by resets, retransmits, drops and errors.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use crate::{
@@ -75,7 +72,8 @@ pub struct Summary {
     drops_by_reason: BTreeMap<String, u64>,
     host_drops_by_reason: BTreeMap<String, u64>,
     connect_latency_us: Histogram<u64>,
-    processes: HashMap<u32, ProcessCounts>,
+    /// FxHash: updated for every reset, retransmit, drop and error.
+    processes: FxHashMap<u32, ProcessCounts>,
     counts: Counts,
     missing: Vec<String>,
     /// Received RSTs by origin (`peer`, `middlebox`, `unknown`), when TC
@@ -96,7 +94,7 @@ impl Default for Summary {
             host_drops_by_reason: BTreeMap::new(),
             connect_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static bounds"),
-            processes: HashMap::new(),
+            processes: FxHashMap::default(),
             counts: Counts::default(),
             missing: Vec::new(),
             rst_origins: BTreeMap::new(),
@@ -116,7 +114,12 @@ impl Summary {
                 .saturating_record((ns / 1000).max(1));
         }
         if let Some(errno) = ev.socket_errno() {
-            *self.socket_errors.entry(errno::label(errno)).or_default() += 1;
+            // Counted by name without allocating one per event (a storm
+            // of resets is as many ECONNRESETs).
+            match errno::name(errno).and_then(|name| self.socket_errors.get_mut(name)) {
+                Some(count) => *count += 1,
+                None => *self.socket_errors.entry(errno::label(errno)).or_default() += 1,
+            }
         }
         if let Some(p) = ev.provenance() {
             *self.rst_origins.entry(p.origin.name()).or_default() += 1;
@@ -392,6 +395,7 @@ mod tests {
                 comm: format!("p{pid}").as_str().into(),
                 cgroup_id: 0,
             }),
+            accepted: None,
             transition: None,
             state: None,
             rst_reason: None,

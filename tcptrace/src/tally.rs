@@ -18,7 +18,7 @@ use std::{
 use rustc_hash::FxHashMap;
 use tcptrace_common::tcp_state;
 
-use crate::event::{Comm, EventKind, TcpEvent};
+use crate::event::{Comm, EventKind, OpenCount, TcpEvent};
 
 /// Who a count belongs to: the socket's owner as the kernel recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,32 +126,33 @@ pub struct LogHistogram {
     pub sum_ns: u64,
 }
 
-/// Sub-buckets per power of two (as bits).
-const SUB_BITS: u32 = 4;
-const SUB: u64 = 1 << SUB_BITS;
-
 impl LogHistogram {
-    /// The bucket of `ns`: exact below 16 ns, then 16 per octave.
+    /// The bucket of `ns`: exact below 16 ns, then 16 per octave
+    /// (`tcptrace_common::log_bucket`, which the kernel programs use).
     pub fn bucket(ns: u64) -> u16 {
-        if ns < SUB {
-            return ns as u16;
-        }
-        let exp = 63 - ns.leading_zeros();
-        let sub = (ns >> (exp - SUB_BITS)) & (SUB - 1);
-        ((exp - SUB_BITS + 1) as u64 * SUB + sub) as u16
+        tcptrace_common::log_bucket(ns)
     }
 
     /// The smallest value of bucket `b`.
     pub fn lower_bound(b: u16) -> u64 {
-        let b = u64::from(b);
-        if b < SUB {
-            return b;
-        }
-        let exp = b / SUB + u64::from(SUB_BITS) - 1;
-        let sub = b % SUB;
-        (SUB + sub)
-            .checked_shl((exp - u64::from(SUB_BITS)) as u32)
-            .unwrap_or(u64::MAX)
+        tcptrace_common::log_bucket_lower_bound(b)
+    }
+
+    /// A value that stands for bucket `b`: its middle.
+    pub fn middle(b: u16) -> u64 {
+        let lo = Self::lower_bound(b);
+        let hi = Self::lower_bound(b.saturating_add(1)).max(lo + 1);
+        lo + (hi - 1 - lo) / 2
+    }
+
+    /// Records `n` values of bucket `b` (the kernel counted them; their
+    /// sum is taken at the bucket's middle).
+    pub fn record_bucket(&mut self, b: u16, n: u64) {
+        *self.buckets.entry(b).or_default() += n;
+        self.count += n;
+        self.sum_ns = self
+            .sum_ns
+            .saturating_add(Self::middle(b).saturating_mul(n));
     }
 
     /// Records one value.
@@ -177,9 +178,7 @@ impl LogHistogram {
     pub fn rebucket(&self, bounds_ns: &[u64]) -> Vec<u64> {
         let mut out = vec![0; bounds_ns.len() + 1];
         for (b, n) in &self.buckets {
-            let lo = Self::lower_bound(*b);
-            let hi = Self::lower_bound(b.saturating_add(1)).max(lo + 1);
-            let mid = lo + (hi - 1 - lo) / 2;
+            let mid = Self::middle(*b);
             let at = bounds_ns.partition_point(|bound| *bound < mid);
             out[at] += n;
         }
@@ -229,6 +228,19 @@ impl Tally {
         self.histograms.entry(key).or_default().record(ns);
     }
 
+    /// Records `n` values of `measure` in log bucket `b` (counted in the
+    /// kernel) for `who` and `peer`.
+    pub fn record_bucket(&mut self, who: Who, peer: SocketAddr, measure: Measure, b: u16, n: u64) {
+        let key = if self.histograms.len() >= MAX_KEYS
+            && !self.histograms.contains_key(&(who, peer, measure))
+        {
+            (Who::of_nobody(), unspecified(), measure)
+        } else {
+            (who, peer, measure)
+        };
+        self.histograms.entry(key).or_default().record_bucket(b, n);
+    }
+
     /// Everything counted, all owners and peers.
     pub fn total(&self, matches: impl Fn(&Signal) -> bool) -> u64 {
         self.counts
@@ -264,6 +276,9 @@ pub trait TallySource {
     /// (`Aggregate::peer_of`). A source that counts in the kernel skips
     /// what it counted there.
     fn add(&mut self, ev: &TcpEvent, peer: SocketAddr);
+    /// Takes the successful opens the kernel counted instead of sending
+    /// their events (`Session::take_opens`).
+    fn add_opens(&mut self, opens: &[OpenCount]);
     /// What was counted since the last call; starts the next interval.
     fn take(&mut self) -> Tally;
 }
@@ -434,6 +449,24 @@ impl TallySource for EventTally {
                 }
             }
             EventKind::Reuse => {}
+        }
+    }
+
+    fn add_opens(&mut self, opens: &[OpenCount]) {
+        for open in opens {
+            let who = open.owner.as_ref().map_or_else(Who::of_nobody, |o| Who {
+                pid: o.pid,
+                comm: o.comm,
+                cgroup_id: o.cgroup_id,
+            });
+            let signal = Signal::Opened {
+                passive: open.passive,
+            };
+            self.tally.count(who, open.peer, signal, open.n);
+            if let Some(b) = open.latency_bucket {
+                self.tally
+                    .record_bucket(who, open.peer, Measure::ConnectLatency, b, open.n);
+            }
         }
     }
 
@@ -702,6 +735,46 @@ mod tests {
         assert_eq!(client(Signal::ConnectFailed { errno: 111 }), 1);
         assert_eq!(client(Signal::ConnectFailed { errno: 104 }), 0);
         assert_eq!(client(Signal::SocketError { errno: 111 }), 1);
+    }
+
+    /// Opens counted in the kernel become the counts and latencies their
+    /// events would have made.
+    #[test]
+    fn kernel_counted_opens_become_counts() {
+        let owner = ev(K::Connect, 1).owner(7, "curl").build().owner;
+        let b = LogHistogram::bucket(2_000_000);
+        let opens = [
+            OpenCount {
+                owner: owner.clone(),
+                netns: None,
+                peer: "10.0.0.9:443".parse().unwrap(),
+                passive: false,
+                latency_bucket: Some(b),
+                n: 5,
+            },
+            OpenCount {
+                owner,
+                netns: None,
+                peer: "10.0.0.3:0".parse().unwrap(),
+                passive: true,
+                latency_bucket: None,
+                n: 2,
+            },
+        ];
+        let mut source = EventTally::default();
+        source.add_opens(&opens);
+        let tally = source.take();
+        assert_eq!(tally.total(|s| *s == Signal::Opened { passive: false }), 5);
+        assert_eq!(tally.total(|s| *s == Signal::Opened { passive: true }), 2);
+        let latency = tally
+            .histograms
+            .iter()
+            .find(|((_, _, m), _)| *m == Measure::ConnectLatency)
+            .unwrap()
+            .1;
+        assert_eq!((latency.count, latency.buckets[&b]), (5, 5));
+        let mean = latency.sum_ns / 5;
+        assert!(mean.abs_diff(2_000_000) < 2_000_000 / 16, "{mean}");
     }
 
     #[test]

@@ -11,21 +11,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use tcptrace_common::{
     ABSENT_OFFSET, Config, ConnKey, DROP_REASON_SLOTS, FLIGHT_PAYLOAD_BYTES, FlightPayload,
-    FlightRing, FlowKey, ListenKey, Owner, SockLayout, field, kind, kind_mask, map, raw_tracepoint,
-    tracepoint,
+    FlightRing, FlowKey, ListenKey, OpenKey, Owner, SockLayout, field, kind, kind_mask, map,
+    raw_tracepoint, tracepoint,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     counts::{Counts, DropCounts, KernelCounts},
-    decode::Decoder,
+    decode::{self, Decoder},
     error::{Error, Result},
-    event::{KINDS, TcpEvent},
+    event::{KINDS, OpenCount, TcpEvent},
     host::preexisting::Preexisting,
     kernel::{btf, clock, format::Format, names::Names, proginfo, tracefs, verifier},
     tc::{self, TcAttachment, TcOptions},
@@ -66,6 +66,10 @@ pub struct TracerOptions {
     /// recorder, `trace --pcap`), with up to this many payload bytes each
     /// (0 to `FLIGHT_PAYLOAD_BYTES`). `None`: no recorder.
     pub flight_payload: Option<u16>,
+    /// Count successful opens (connects with their latency, accepted
+    /// connections) in the kernel instead of sending them: the reader
+    /// takes them with `take_opens` (see `Config::count_opens`).
+    pub count_opens: bool,
 }
 
 /// Default `TracerOptions::reuse_idle`.
@@ -91,6 +95,7 @@ impl Default for TracerOptions {
             reuse_idle: DEFAULT_REUSE_IDLE,
             tc: None,
             flight_payload: None,
+            count_opens: false,
         }
     }
 }
@@ -115,6 +120,13 @@ pub struct Tracer {
     tc: Option<TcAttachment>,
     /// What `tc` reported when attached (kept after detach).
     tc_report: Option<TcReport>,
+    /// `OPENS` totals (summed over CPUs) as last handed out by `take_opens`.
+    opens_seen: rustc_hash::FxHashMap<OpenKey, u64>,
+    /// Opens handed out by `take_opens`, all keys.
+    opens_counted: u64,
+    /// With `keep_raw`: the bytes of every record decoded into the
+    /// caller's batch, in the same order (`trace --record`).
+    raw: Option<RawRecords>,
 }
 
 /// Where the TC programs ran: for summaries.
@@ -172,6 +184,7 @@ impl Tracer {
         let mut config = Config {
             kind_mask: options.kinds,
             skip_opening: u16::from(options.skip_opening),
+            count_opens: u32::from(options.count_opens),
             wakeup_bytes: if options.batch_wakeups {
                 options.ring_bytes / 8
             } else {
@@ -236,6 +249,10 @@ impl Tracer {
         // recorder alone would take 9 MiB of kernel memory, 25 with payload.
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(map::EVENTS, options.ring_bytes);
+        loader.map_max_entries(
+            map::OPENS,
+            if options.count_opens { open_keys() } else { 1 },
+        );
         if options.tc.is_none() {
             loader.map_max_entries(map::PEERS, 1);
         }
@@ -362,6 +379,9 @@ impl Tracer {
             drops_traced,
             tc: tc_attachment,
             tc_report,
+            opens_seen: rustc_hash::FxHashMap::default(),
+            opens_counted: 0,
+            raw: None,
         })
     }
 
@@ -405,6 +425,23 @@ impl Tracer {
         &self.names
     }
 
+    /// How records were decoded (the kernel's HZ).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// From now on, also keeps the bytes of every record handed out (in
+    /// batch order) in `raw_records`.
+    pub fn keep_raw(&mut self) {
+        self.raw.get_or_insert_with(RawRecords::default);
+    }
+
+    /// The kept bytes of the events handed out since the caller last
+    /// cleared them; `None` without `keep_raw`.
+    pub fn raw_records(&mut self) -> Option<&mut RawRecords> {
+        self.raw.as_mut()
+    }
+
     /// Waits until events are available, then appends up to
     /// `MAX_BATCH` of them (bounded, so memory stays flat in a storm).
     /// With batched wakeups the kernel only signals once a backlog has
@@ -413,7 +450,13 @@ impl Tracer {
     /// are only appended right before returning.
     pub async fn next_batch(&mut self, out: &mut Vec<TcpEvent>) -> Result<()> {
         loop {
-            let more = read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out);
+            let more = read_ring(
+                self.ring.get_mut(),
+                &self.decoder,
+                &mut self.reader,
+                out,
+                self.raw.as_mut(),
+            );
             if more || !out.is_empty() {
                 return Ok(());
             }
@@ -429,7 +472,13 @@ impl Tracer {
     /// Appends up to `MAX_BATCH` events that are in the ring buffer now,
     /// without waiting. Returns true if more may be waiting.
     pub fn drain(&mut self, out: &mut Vec<TcpEvent>) -> bool {
-        read_ring(self.ring.get_mut(), &self.decoder, &mut self.reader, out)
+        read_ring(
+            self.ring.get_mut(),
+            &self.decoder,
+            &mut self.reader,
+            out,
+            self.raw.as_mut(),
+        )
     }
 
     /// Received, produced and lost events so far, the hook runs the
@@ -452,9 +501,49 @@ impl Tracer {
         })
     }
 
+    /// The successful opens the kernel counted since the last call
+    /// (`TracerOptions::count_opens`; nothing otherwise), one entry per
+    /// owner, peer and latency bucket. The kernel's map only grows while
+    /// the programs are loaded; this takes differences from the totals it
+    /// last saw, so nothing is lost to an update between two readings.
+    /// After `detach` it is exact: call it then for the last counts.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn take_opens(&mut self) -> Result<Vec<OpenCount>> {
+        let map = self
+            .ebpf
+            .map(map::OPENS)
+            .ok_or(Error::MissingMap(map::OPENS))?;
+        let opens: PerCpuHashMap<_, OpenKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|e| map_error(map::OPENS, e))?;
+        let mut out = Vec::new();
+        for entry in opens.iter() {
+            let (key, per_cpu) = entry.map_err(|e| map_error(map::OPENS, e))?;
+            let total: u64 = per_cpu.iter().sum();
+            let seen = self.opens_seen.entry(key).or_default();
+            let n = total.saturating_sub(*seen);
+            if n == 0 {
+                continue;
+            }
+            *seen = total;
+            self.opens_counted += n;
+            match decode::open_count(&key, n) {
+                Ok(count) => out.push(count),
+                Err(err) => {
+                    log::debug!("{err}");
+                    self.reader.decode_errors += n;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Produced and lost events so far, summed over CPUs.
     fn kernel_counts(&self) -> Result<KernelCounts> {
         Ok(KernelCounts {
+            counted: self.opens_counted,
+            count_map_full: self.per_kind_total(map::OPENS_FULL)?,
             produced: self.per_kind(map::PRODUCED)?,
             lost: self.per_kind(map::LOST)?,
             missed_by_kernel: if self.attached.is_empty() {
@@ -491,6 +580,18 @@ impl Tracer {
             }
         }
         Ok(counts)
+    }
+
+    /// Entry 0 of a per-CPU counter array, summed over CPUs.
+    fn per_kind_total(&self, name: &'static str) -> Result<u64> {
+        let map = self.ebpf.map(name).ok_or(Error::MissingMap(name))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(name, e))?;
+        Ok(array
+            .get(&0, 0)
+            .map_err(|e| map_error(name, e))?
+            .iter()
+            .sum())
     }
 
     fn per_kind(&self, name: &'static str) -> Result<[u64; KINDS]> {
@@ -551,12 +652,71 @@ impl Tracer {
 /// Events handed out per call.
 pub const MAX_BATCH: usize = 4096;
 
-/// Decodes up to `MAX_BATCH` items; true if the limit stopped it.
+/// Ring buffer records as they were read, each after its length (u16,
+/// little-endian): `EVENT_SIZE` bytes, or `EVENT_WITH_PEER_SIZE` for a
+/// received RST with the peer's profile. What `trace --record` writes.
+#[derive(Debug, Default)]
+pub struct RawRecords {
+    bytes: Vec<u8>,
+}
+
+impl RawRecords {
+    /// Appends one record (at most `u16::MAX` bytes: records are a few
+    /// hundred).
+    pub fn push(&mut self, record: &[u8]) {
+        let len = u16::try_from(record.len()).expect("a ring buffer record is a few hundred bytes");
+        self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.bytes.extend_from_slice(record);
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        split_records(&self.bytes).map_while(Result::ok)
+    }
+
+    /// Forgets them all (the capacity stays).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// The records with their lengths, as `split_records` reads them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Splits length-prefixed records (`RawRecords`' layout); an `Err` with
+/// the offset where a length runs past the end.
+pub fn split_records(mut bytes: &[u8]) -> impl Iterator<Item = Result<&[u8], usize>> {
+    let total = bytes.len();
+    std::iter::from_fn(move || {
+        if bytes.is_empty() {
+            return None;
+        }
+        let at = total - bytes.len();
+        let Some((len, rest)) = bytes.split_first_chunk::<2>() else {
+            bytes = &[];
+            return Some(Err(at));
+        };
+        let len = usize::from(u16::from_le_bytes(*len));
+        if rest.len() < len {
+            bytes = &[];
+            return Some(Err(at));
+        }
+        let (record, rest) = rest.split_at(len);
+        bytes = rest;
+        Some(Ok(record))
+    })
+}
+
+/// Decodes up to `MAX_BATCH` items (keeping the bytes of those decoded
+/// in `raw` when given); true if the limit stopped it.
 fn read_ring(
     ring: &mut RingBuf<MapData>,
     decoder: &Decoder,
     counts: &mut ReadCounts,
     out: &mut Vec<TcpEvent>,
+    mut raw: Option<&mut RawRecords>,
 ) -> bool {
     for _ in 0..MAX_BATCH {
         let Some(item) = ring.next() else {
@@ -566,6 +726,9 @@ fn read_ring(
             Ok(event) => {
                 counts.received[event.kind.index()] += 1;
                 out.push(event);
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw.push(&item);
+                }
             }
             Err(err) => {
                 counts.decode_errors += 1;
@@ -727,6 +890,20 @@ pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent wit
 /// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`
 /// exists (how the fallback is tested on new kernels).
 pub const REUSE_HOOK_ENV: &str = "TCPTRACE_REUSE_HOOK";
+
+/// `TCPTRACE_OPEN_KEYS=N` sizes the kernel's `OPENS` map to N keys (1 or
+/// more): how tests fill it to check that a full map loses nothing.
+pub const OPEN_KEYS_ENV: &str = "TCPTRACE_OPEN_KEYS";
+
+/// Keys of the `OPENS` map: `OPEN_KEYS_ENV` when set to a positive
+/// number, else `tcptrace_common::OPEN_KEYS`.
+fn open_keys() -> u32 {
+    std::env::var(OPEN_KEYS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(tcptrace_common::OPEN_KEYS)
+}
 
 /// Said when `sock:inet_sk_error_report` is missing (kernels before 5.13).
 pub const NO_ERROR_REPORT: &str =

@@ -12,7 +12,7 @@ use std::{
 
 /// The commands: each is a consumer, never a library for another one.
 const COMMANDS: &[&str] = &[
-    "trace", "top", "diagnose", "snapshot", "stress", "tune", "exporter",
+    "trace", "top", "diagnose", "snapshot", "stress", "tune", "exporter", "replay",
 ];
 
 /// Layers from the top; a module may import its own layer or lower ones.
@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "stress",
             "tune",
             "exporter",
+            "replay",
             "filter_args",
             "cli",
         ],
@@ -47,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "sink",
             "html_report",
             "diagnosis",
+            "record",
         ],
     ),
     (

@@ -59,6 +59,7 @@ impl Trace {
         Records {
             records,
             stderr: std::mem::take(&mut self.stderr_seen),
+            text: out,
         }
     }
 }
@@ -73,6 +74,8 @@ impl Drop for Trace {
 pub struct Records {
     pub records: Vec<Value>,
     pub stderr: Vec<String>,
+    /// The stream as printed.
+    pub text: String,
 }
 
 impl Records {

@@ -21,7 +21,7 @@ const CASES: &[Case] = &[
     (
         &[],
         USAGE,
-        "needs a subcommand: trace, snapshot, tune, stress, diagnose, top",
+        "needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter, replay",
     ),
     (&["nonsense"], USAGE, "unrecognized subcommand 'nonsense'"),
     (&["--bogus"], USAGE, "unexpected argument '--bogus'"),
@@ -107,6 +107,33 @@ const CASES: &[Case] = &[
         &["trace", "--output", "/proc/self/fd/1"],
         ERROR,
         "symbolic link",
+    ),
+    (
+        &["trace", "--record", "/proc/self/fd/1"],
+        ERROR,
+        "symbolic link",
+    ),
+    (
+        &["trace", "--record", "/tmp"],
+        ERROR,
+        "is a directory, not a regular file",
+    ),
+    (
+        &["trace", "--record", "/tmp/x.rec", "--output", "/tmp/x.rec"],
+        ERROR,
+        "--record and --output name the same file",
+    ),
+    // replay
+    (&["replay"], USAGE, "<FILE>"),
+    (
+        &["replay", "/nonexistent-dir/x.rec"],
+        ERROR,
+        "reading /nonexistent-dir/x.rec",
+    ),
+    (
+        &["replay", "/proc/version"],
+        ERROR,
+        "not a tcptrace record file",
     ),
     // snapshot
     (&["snapshot", "--watch", "0"], USAGE, "out of range"),

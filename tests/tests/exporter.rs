@@ -375,7 +375,9 @@ fn held_client(addr: SocketAddr) -> std::process::Child {
 /// /var/log/pods tree: `trace` events and the exporter's series name
 /// their pod, namespace and container. The v2 shape (systemd driver,
 /// containerd) on the cgroup2 mount; the v1 shape (cgroupfs driver) in
-/// the v1 `pids` hierarchy when this host has one (hybrid hosts).
+/// the v1 `pids` hierarchy when this host has one (hybrid hosts). The
+/// trace also records (`--record`): `replay --json` elsewhere prints the
+/// same names, byte for byte.
 #[test]
 fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     require_root();
@@ -451,7 +453,16 @@ fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     }
     let pids: Vec<String> = clients.iter().map(|(c, _, _)| c.id().to_string()).collect();
     let pods_dir = pods.display().to_string();
-    let mut trace_args = vec!["--events", "connect,rst", "--pods-dir", &pods_dir];
+    let record = logs.0.join("pods.rec");
+    let record_arg = record.display().to_string();
+    let mut trace_args = vec![
+        "--events",
+        "connect,rst",
+        "--pods-dir",
+        &pods_dir,
+        "--record",
+        &record_arg,
+    ];
     let mut exporter_args = vec!["--pods-dir", &pods_dir, "--interval", "1s"];
     // One tracer per client would do; the exporter takes one --pid, so
     // the exporter watches the first client and trace both (by comm).
@@ -515,6 +526,28 @@ fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
             );
         }
     }
+    // Replayed without the cgroups or the pods directory (gone by then
+    // on another host): the names come from the record file.
+    drop(made);
+    let replayed = Command::new(tcptrace_bin())
+        .args(["replay", "--json", "--no-summary"])
+        .arg(&record)
+        .output()
+        .expect("tcptrace replay");
+    assert!(
+        replayed.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let replayed = String::from_utf8(replayed.stdout).unwrap();
+    assert!(
+        replayed == records.text,
+        "replay differs from the live trace; first differing line: {:?}",
+        replayed
+            .lines()
+            .zip(records.text.lines())
+            .find(|(a, b)| a != b)
+    );
     let labels = r#"namespace="shop",pod="checkout-7d9f8b6c5-x2x4z",container="app""#;
     let line = text
         .lines()

@@ -483,6 +483,7 @@ impl TraceWithHook {
                 .map(|l| serde_json::from_str(l).expect("NDJSON"))
                 .collect(),
             stderr: std::mem::take(&mut self.seen),
+            text: out,
         }
     }
 }

@@ -114,10 +114,16 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// target/ for the deploy tests.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
-const BENCH_PACKAGES: &[(&str, &str)] = &[(
-    "libbpf-tools",
-    "the overhead benchmark compares with libbpf-tools tcpstates",
-)];
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    (
+        "libbpf-tools",
+        "the overhead benchmark compares with libbpf-tools tcpstates",
+    ),
+    (
+        "bpftrace",
+        "the overhead benchmark compares with bpftrace counting the same tracepoints in maps",
+    ),
+];
 
 const VM_PACKAGES: &[(&str, &str)] = &[
     (

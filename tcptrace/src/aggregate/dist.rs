@@ -129,12 +129,29 @@ impl Dist {
 
     /// Records a duration in nanoseconds (at least one unit).
     pub fn record(&mut self, ns: u64) {
+        self.record_n(ns, 1);
+    }
+
+    /// Records `n` durations of `ns` nanoseconds each.
+    pub fn record_n(&mut self, ns: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
         let hist = self.hist.get_or_insert_with(|| {
             // 1 unit .. 1 day; bounds are valid, so this cannot fail.
             let high = (86_400_000_000_000 / self.unit_ns).max(2);
             Box::new(Histogram::new_with_bounds(1, high, 2).expect("static histogram bounds"))
         });
-        hist.saturating_record((ns / self.unit_ns).max(1));
+        // Saturating like `saturating_record`: a value beyond a day is
+        // recorded as a day rather than refused.
+        let value = (ns / self.unit_ns).clamp(1, hist.high());
+        let mut left = n;
+        while left > 0 {
+            let step = left.min(u64::from(u32::MAX));
+            // In bounds, so this cannot fail.
+            let _ = hist.record_n(value, step as u32);
+            left -= step;
+        }
     }
 
     /// Values recorded.

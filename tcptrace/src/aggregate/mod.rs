@@ -48,7 +48,7 @@ pub use self::{
     window::Window,
 };
 use crate::{
-    event::{Comm, EventKind, TcpEvent},
+    event::{Comm, EventKind, OpenCount, TcpEvent},
     kernel::names::Names,
     origin::Origin,
 };
@@ -453,7 +453,8 @@ impl Aggregate {
 
     /// Whether this side accepted `ev`'s connection (`None`: unknown).
     fn accepted_of(&self, ev: &TcpEvent) -> Option<bool> {
-        let accepted = self.conns.accepted(ev.sock);
+        // The kernel's word when the open was counted there, not sent.
+        let accepted = self.conns.accepted(ev.sock).or(ev.accepted);
         if accepted.is_none() && ev.kind == EventKind::SocketError {
             // Reported after the CLOSE that removed the connection.
             return self.conns.recently_accepted(ev.sock);
@@ -545,6 +546,49 @@ impl Aggregate {
         update.apply(peer_stats);
         if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
+        }
+    }
+
+    /// Takes the successful opens the kernel counted (instead of sending
+    /// their events): what a `Connect` event of each would have added
+    /// (connects, connect latency at its bucket's middle, the related
+    /// peer and process, its namespace's events and figures), filed
+    /// under the same process and peer. An accepted connection adds only
+    /// its namespace's events, as its event would; the lifetime its event
+    /// would have started comes with its close (`TcpEvent::age_ns`).
+    pub fn add_opens(&mut self, opens: &[OpenCount]) {
+        for open in opens {
+            let apply = |s: &mut Stats| {
+                s.connects += open.n;
+                if let Some(b) = open.latency_bucket {
+                    s.connect_latency
+                        .record_n(crate::tally::LogHistogram::middle(b), open.n);
+                }
+            };
+            let ns = self
+                .namespaces
+                .entry(&open.netns.unwrap_or(0), Namespace::default);
+            ns.events += open.n;
+            if open.passive {
+                continue;
+            }
+            apply(&mut ns.stats);
+            let pid = open.owner.as_ref().map_or(0, |o| o.pid);
+            apply(&mut self.total);
+            let process = self.processes.entry(&pid, Process::default);
+            if let Some(owner) = &open.owner {
+                if process.comm != *owner.comm {
+                    process.comm = owner.comm.to_string();
+                }
+                process.cgroup_id = owner.cgroup_id;
+            } else if process.comm.is_empty() {
+                process.comm = "?".into();
+            }
+            apply(&mut process.stats);
+            *process.stats.related.entry(&Related::Peer(open.peer), || 0) += open.n;
+            let peer = self.peers.entry(&open.peer, Stats::default);
+            apply(peer);
+            *peer.related.entry(&Related::Process(pid), || 0) += open.n;
         }
     }
 
@@ -796,11 +840,14 @@ impl Update {
                     }
                     (_, tcp_state::CLOSE) => {
                         let conn = conns.remove(ev.sock);
-                        if let Some(conn) = &conn
-                            && conn.established_ns != 0
-                        {
-                            u.lifetime_ns = Some(ev.mono_ns.saturating_sub(conn.established_ns));
-                        }
+                        u.lifetime_ns = match &conn {
+                            Some(conn) if conn.established_ns != 0 => {
+                                Some(ev.mono_ns.saturating_sub(conn.established_ns))
+                            }
+                            // The open was counted in the kernel, which
+                            // sends the age with the close instead.
+                            _ => ev.age_ns,
+                        };
                         let abortive = matches!(
                             old,
                             tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT | tcp_state::FIN_WAIT1

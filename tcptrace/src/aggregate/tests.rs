@@ -366,3 +366,110 @@ fn socket_error_after_close_keeps_the_accepted_side() {
     assert_eq!(clients.socket_errors.get("ECONNRESET"), Some(&2));
     assert_eq!(a.peers.len(), 1, "one peer for the client host");
 }
+
+/// What the kernel's `OPENS` map would hold for these connect events:
+/// one count per owner, peer and latency bucket.
+fn counted(events: &[TcpEvent]) -> Vec<OpenCount> {
+    type Key = (u32, Option<u32>, SocketAddr, Option<u16>);
+    let mut by_key: BTreeMap<Key, OpenCount> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == K::Connect) {
+        let bucket = e.connect_ns.map(tcptrace_common::log_bucket);
+        let owner = e.owner.clone();
+        by_key
+            .entry((
+                owner.as_ref().map_or(0, |o| o.pid),
+                e.netns,
+                e.remote,
+                bucket,
+            ))
+            .or_insert(OpenCount {
+                owner,
+                netns: e.netns,
+                peer: e.remote,
+                passive: false,
+                latency_bucket: bucket,
+                n: 0,
+            })
+            .n += 1;
+    }
+    by_key.into_values().collect()
+}
+
+/// Opens counted in the kernel give the figures their events give:
+/// connects exactly, per process and peer, latency within a bucket.
+#[test]
+fn opens_counted_in_the_kernel_equal_their_events() {
+    let mut events = Vec::new();
+    for i in 0..300u64 {
+        let (pid, comm, remote) = if i % 3 == 0 {
+            (42, "api", "10.0.0.7:443")
+        } else {
+            (43, "worker", "10.0.0.8:5432")
+        };
+        events.push(
+            ev(K::Connect, i)
+                .sock(i + 1)
+                .owner(pid, comm)
+                .remote(remote)
+                .connect_ms(0.05 + (i % 17) as f64 * 0.3)
+                .build(),
+        );
+    }
+    let from_events = agg(events.clone());
+    let mut from_counts = Aggregate::new(names());
+    from_counts.add_opens(&counted(&events));
+    from_counts.finish();
+    assert_eq!(from_counts.total.connects, 300);
+    for pid in [42, 43] {
+        let (a, b) = (
+            &from_events.process(pid).unwrap().stats,
+            &from_counts.process(pid).unwrap().stats,
+        );
+        assert_eq!(a.connects, b.connects, "pid {pid}");
+        assert_eq!(
+            from_counts.process(pid).unwrap().comm,
+            from_events.process(pid).unwrap().comm
+        );
+        let (pa, pb) = (
+            a.connect_latency.percentiles().unwrap(),
+            b.connect_latency.percentiles().unwrap(),
+        );
+        assert_eq!(pa.count, pb.count);
+        for (x, y) in [(pa.p50_ns, pb.p50_ns), (pa.p99_ns, pb.p99_ns)] {
+            let err = (x as f64 - y as f64).abs() / x as f64;
+            assert!(err < 0.10, "pid {pid}: {x} vs {y}");
+        }
+    }
+    for peer in ["10.0.0.7:443", "10.0.0.8:5432"] {
+        let peer: SocketAddr = peer.parse().unwrap();
+        assert_eq!(
+            from_events.peers.get(&peer).unwrap().connects,
+            from_counts.peers.get(&peer).unwrap().connects
+        );
+    }
+    // Their namespace had the same events and connects (what diagnose's
+    // survey of namespaces goes by).
+    let netns = events[0].netns.unwrap();
+    let (na, nb) = (
+        from_events.namespaces.get(&netns).unwrap(),
+        from_counts.namespaces.get(&netns).unwrap(),
+    );
+    assert_eq!((na.events, na.stats.connects), (300, 300));
+    assert_eq!((nb.events, nb.stats.connects), (300, 300));
+}
+
+/// A close whose open was counted in the kernel takes its lifetime from
+/// the age the kernel sends with it.
+#[test]
+fn a_counted_open_closes_with_its_lifetime() {
+    let a = agg([ev(K::State, 9_000)
+        .sock(5)
+        .owner(42, "api")
+        .remote("10.0.0.7:443")
+        .transition("FIN_WAIT2", "CLOSE")
+        .age_ms(7_000)
+        .build()]);
+    let lifetimes = a.total.lifetimes.percentiles().unwrap();
+    assert_eq!(lifetimes.count, 1);
+    assert!((lifetimes.p50_ns as i64 - 7_000_000_000).abs() < 100_000_000);
+}

@@ -63,9 +63,15 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let (options, netns) = session_options(&args.filter, args.ring_kib)?;
     let mut cgroups = filter_args::cgroups(&args.filter)?;
     // The rules work on aggregates, which have no use for the opening
-    // transitions.
+    // transitions. Successful opens still come one by one, not counted in
+    // the kernel (`count_opens`, as `top` does): the flow index follows
+    // each connection from its open, so that an answer "no socket" on a
+    // port a connection holds is told as a NAT bypass (from either end)
+    // and a drop without an owner is filed under the connection of its
+    // flow. `finish_counting` and `add_opens` take them if that changes.
     let mut options = TracerOptions {
         skip_opening: true,
+        count_opens: false,
         ..options
     };
     if args.filter.events.is_empty() {
@@ -130,12 +136,13 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let seconds = session.elapsed().as_secs_f64();
     let missing = session.missing().to_vec();
     let drops_traced = session.drops_traced();
-    let counts = session
-        .finish(&mut batch, |batch| {
+    let (counts, opens) = session
+        .finish_counting(&mut batch, |batch| {
             agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    agg.add_opens(&opens);
     agg.finish();
     let after = reading::read(netns_path, &SYSCTLS)?;
     let survey_after = Survey::read();

@@ -166,6 +166,18 @@ impl Exposition {
             None,
             MetricType::Counter,
         ) = vec![(Labels::new(), Value::Counter(counts.missed_by_kernel()))];
+        *self.family(
+            "tcptrace_opens_counted_in_kernel",
+            "successful opens (connects, accepted connections) counted in the kernel instead of sent as events",
+            None,
+            MetricType::Counter,
+        ) = vec![(Labels::new(), Value::Counter(counts.kernel.counted))];
+        *self.family(
+            "tcptrace_count_map_full",
+            "opens sent as events because the kernel's count map was full (nothing lost; the map is too small)",
+            None,
+            MetricType::Counter,
+        ) = vec![(Labels::new(), Value::Counter(counts.kernel.count_map_full))];
         let mut drops = Vec::new();
         for (scope, by_reason) in [
             ("filtered", &counts.drops.in_scope),

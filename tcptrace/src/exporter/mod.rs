@@ -32,7 +32,7 @@ use crate::{
     cli::ExporterArgs,
     counts::Counts,
     diagnosis::finding::Affected,
-    event::TcpEvent,
+    event::{OpenCount, TcpEvent},
     filter_args::{self, session_options},
     host::cgroups::Cgroups,
     kernel::names::Names,
@@ -61,8 +61,12 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let (options, netns) = session_options(&args.filter, args.ring_kib)?;
+    // Successful opens come one by one, not counted in the kernel
+    // (`count_opens`, as `top` does): the rules' flow index follows each
+    // connection from its open, as in `diagnose`.
     let mut options = TracerOptions {
         skip_opening: true,
+        count_opens: false,
         ..options
     };
     if args.filter.events.is_empty() {
@@ -100,6 +104,7 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
             // Before the events: a storm keeps the ring always ready and
             // must not keep a scraper waiting.
             Some(scrape) = scrapes.recv() => {
+                add_opens(&session.take_opens()?, &mut agg, source.as_mut());
                 series.fold(&source.take(), &names, |who| workload(&mut cgroups, who));
                 let text = render(&series, &findings, &session.counts()?, &names, &mut cgroups);
                 // The scraper may have gone: nothing to do then.
@@ -107,6 +112,7 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
                 served += 1;
             }
             _ = tick.tick() => {
+                add_opens(&session.take_opens()?, &mut agg, source.as_mut());
                 series.fold(&source.take(), &names, |who| workload(&mut cgroups, who));
                 findings.evaluate(&mut agg);
             }
@@ -118,12 +124,13 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<ExitCode> {
     }
     // From here on scrapes get 503: nobody answers them any more.
     drop(scrapes);
-    let counts = session
-        .finish(&mut batch, |batch| {
+    let (counts, opens) = session
+        .finish_counting(&mut batch, |batch| {
             add(batch, &mut agg, source.as_mut());
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    add_opens(&opens, &mut agg, source.as_mut());
     server.stop().await;
     eprintln!(
         "tcptrace exporter: {}; {served} scrapes served",
@@ -148,6 +155,12 @@ fn add(batch: &mut Vec<TcpEvent>, agg: &mut Aggregate, source: &mut dyn TallySou
         agg.add(ev);
     }
     batch.clear();
+}
+
+/// The opens the kernel counted, to both as well.
+fn add_opens(opens: &[OpenCount], agg: &mut Aggregate, source: &mut dyn TallySource) {
+    source.add_opens(opens);
+    agg.add_opens(opens);
 }
 
 /// A socket owner's labels: its command and, from its cgroup, the pod

@@ -48,6 +48,18 @@ pub struct CgroupInfo {
 }
 
 impl CgroupInfo {
+    /// A cgroup as another host named it (a record file's): its path,
+    /// short container ID and pod names; no IDs to look anything up by.
+    pub fn recorded(path: String, container: Option<String>, pod: Option<PodNames>) -> CgroupInfo {
+        CgroupInfo {
+            path,
+            container,
+            ids: None,
+            pod,
+            named_at: None,
+        }
+    }
+
     fn new(path: String, ids: Option<CgroupIds>) -> CgroupInfo {
         CgroupInfo {
             container: ids
@@ -111,6 +123,9 @@ pub struct Cgroups {
     /// v1 hierarchies are mounted: look owners up by pid too.
     v1: bool,
     by_pid: FxHashMap<u32, (Instant, Option<CgroupInfo>)>,
+    /// Set by `fixed`: the answers another host's table gave, by
+    /// `owner_key`; this host is never looked at.
+    recorded: Option<FxHashMap<(u32, u64), Option<CgroupInfo>>>,
 }
 
 impl Default for Cgroups {
@@ -131,7 +146,31 @@ impl Cgroups {
             pods: None,
             v1: false,
             by_pid: FxHashMap::default(),
+            recorded: None,
         }
+    }
+
+    /// A table that never looks at this host: it answers only what
+    /// `insert` put in (replay, with what the recording host resolved).
+    pub fn fixed() -> Cgroups {
+        Cgroups {
+            recorded: Some(FxHashMap::default()),
+            ..Cgroups::new(CGROUP_ROOT)
+        }
+    }
+
+    /// For a `fixed` table: from now on, `lookup_owner` answers `info`
+    /// for the owners of `key` (see `owner_key`).
+    pub fn insert(&mut self, key: (u32, u64), info: Option<CgroupInfo>) {
+        if let Some(recorded) = &mut self.recorded {
+            recorded.insert(key, info);
+        }
+    }
+
+    /// What `lookup_owner(pid, cgroup_id)`'s answer depends on: the pid
+    /// only where v1 hierarchies make it look owners up by pid.
+    pub fn owner_key(&self, pid: u32, cgroup_id: u64) -> (u32, u64) {
+        (if self.v1 { pid } else { 0 }, cgroup_id)
     }
 
     /// Names pods from this kubelet log directory (see `k8s::PodLogs`).
@@ -143,6 +182,9 @@ impl Cgroups {
     /// The cgroup with this id. On cgroup v2 a cgroup's id is the inode
     /// of its directory.
     pub fn lookup(&mut self, cgroup_id: u64) -> Option<&CgroupInfo> {
+        if self.recorded.is_some() {
+            return self.recorded_answer(0, cgroup_id);
+        }
         if cgroup_id == 0 {
             return None;
         }
@@ -160,6 +202,9 @@ impl Cgroups {
     /// with v1 hierarchies where that names no pod, by the pid's
     /// /proc/PID/cgroup (read at most every 10 s per pid).
     pub fn lookup_owner(&mut self, pid: u32, cgroup_id: u64) -> Option<&CgroupInfo> {
+        if self.recorded.is_some() {
+            return self.recorded_answer(pid, cgroup_id);
+        }
         let has_pod = |info: Option<&CgroupInfo>| {
             info.and_then(|i| i.ids.as_ref())
                 .is_some_and(|ids| ids.pod_uid.is_some())
@@ -186,6 +231,16 @@ impl Cgroups {
         let info = self.by_pid.get_mut(&pid)?.1.as_mut()?;
         name_pod(info, self.pods.as_mut());
         Some(info)
+    }
+
+    /// A `fixed` table's answer for an owner: for its pid if one was
+    /// recorded, else for any pid.
+    fn recorded_answer(&self, pid: u32, cgroup_id: u64) -> Option<&CgroupInfo> {
+        let recorded = self.recorded.as_ref()?;
+        recorded
+            .get(&(pid, cgroup_id))
+            .or_else(|| recorded.get(&(0, cgroup_id)))?
+            .as_ref()
     }
 
     fn scan(&mut self) {

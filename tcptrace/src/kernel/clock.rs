@@ -54,6 +54,17 @@ impl WallClock {
         }
     }
 
+    /// Unix time in nanoseconds of monotonic zero (about when the host
+    /// booted): what a record file keeps to print wall times later.
+    pub fn boot_unix_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
+    /// The clock `boot_unix_ns` describes.
+    pub fn from_boot_unix_ns(offset_ns: i128) -> WallClock {
+        WallClock { offset_ns }
+    }
+
     /// Unix time in nanoseconds for a monotonic stamp.
     pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
         monotonic_ns as i128 + self.offset_ns

@@ -9,8 +9,10 @@
 use std::{borrow::Cow, collections::BTreeMap};
 
 /// State, reset-reason and drop-reason names, looked up without
-/// allocating (they are printed for every event).
-#[derive(Debug, Clone, Default)]
+/// allocating (they are printed for every event). Serialised as they
+/// are into record files (`trace --record`), so replay names what the
+/// recording kernel named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     /// By state number: `ESTABLISHED`, `SYN_SENT`, ... (without `TCP_`);
     /// `STATE_<n>` for a number the kernel does not list.

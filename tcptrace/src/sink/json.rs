@@ -3,10 +3,13 @@
 //! bumping `SCHEMA_VERSION`.
 //!
 //! Events are the hot path (hundreds of thousands a second in a storm),
-//! so they are written field by field with no allocation: keys are
-//! literals, numbers go through `itoa`, and only strings that can hold
-//! arbitrary bytes (comm, cgroup path) go through serde_json's escaping.
-//! Loss and summary records are rare and use plain serde.
+//! so they are written field by field with no allocation into one
+//! buffer the sink owns and hands to the output in large pieces: keys
+//! are literals, numbers go through `itoa`, the socket address is hex
+//! by hand, and strings that can hold arbitrary bytes (comm, cgroup
+//! path) are copied as they are when they need no escaping (the usual
+//! case) and go through serde_json's escaping otherwise. Loss and
+//! summary records are rare and use plain serde.
 
 use std::{
     io::{self, Write},
@@ -27,12 +30,30 @@ use crate::{
 /// NDJSON, one record a line (`trace --json`).
 pub struct JsonSink {
     out: Output,
+    /// Events formatted but not yet handed to `out`: one `write_all` per
+    /// `HANDOFF_BYTES` instead of a few dozen small copies per event.
+    lines: Vec<u8>,
 }
+
+/// How much formatted output `JsonSink` gathers before handing it on.
+const HANDOFF_BYTES: usize = 256 * 1024;
 
 impl JsonSink {
     /// Writes to `out`.
     pub fn new(out: Output) -> JsonSink {
-        JsonSink { out }
+        JsonSink {
+            out,
+            lines: Vec::with_capacity(HANDOFF_BYTES + 4096),
+        }
+    }
+
+    /// Hands the gathered lines to the output, in order.
+    fn hand_off(&mut self) -> io::Result<()> {
+        if !self.lines.is_empty() {
+            self.out.write_all(&self.lines)?;
+            self.lines.clear();
+        }
+        Ok(())
     }
 }
 
@@ -48,10 +69,15 @@ struct LossRecord {
 
 impl Sink for JsonSink {
     fn event(&mut self, ev: &TcpEvent, ctx: &mut Context) -> io::Result<()> {
-        write_event(&mut self.out, ev, ctx)
+        write_event(&mut self.lines, ev, ctx)?;
+        if self.lines.len() >= HANDOFF_BYTES {
+            self.hand_off()?;
+        }
+        Ok(())
     }
 
     fn loss(&mut self, kind: EventKind, lost: u64, total_lost: u64) -> io::Result<()> {
+        self.hand_off()?;
         let record = LossRecord {
             v: SCHEMA_VERSION,
             record: "loss",
@@ -64,11 +90,13 @@ impl Sink for JsonSink {
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.hand_off()?;
         serde_json::to_writer(&mut self.out, &summary.to_json())?;
         self.out.write_all(b"\n")
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.hand_off()?;
         self.out.flush()
     }
 }
@@ -111,12 +139,12 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
             out.write_all(b",\"tid\":")?;
             out.write_all(n.format(owner.tid).as_bytes())?;
             out.write_all(b",\"comm\":")?;
-            serde_json::to_writer(&mut *out, owner.comm.as_str())?;
+            json_str(out, owner.comm.as_str())?;
             out.write_all(b",\"cgroup_id\":")?;
             out.write_all(n.format(owner.cgroup_id).as_bytes())?;
             if let Some(cgroup) = ctx.cgroups.lookup_owner(owner.pid, owner.cgroup_id) {
                 out.write_all(b",\"cgroup\":")?;
-                serde_json::to_writer(&mut *out, cgroup.path.as_str())?;
+                json_str(out, cgroup.path.as_str())?;
                 if let Some(id) = &cgroup.container {
                     out.write_all(b",\"container_id\":\"")?;
                     out.write_all(id.as_bytes())?;
@@ -125,15 +153,15 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
                 // Names come from directory names: escaped like any text.
                 if let Some(container) = cgroup.container_name() {
                     out.write_all(b",\"container\":")?;
-                    serde_json::to_writer(&mut *out, container)?;
+                    json_str(out, container)?;
                 }
                 if let Some(pod) = cgroup.pod_name() {
                     out.write_all(b",\"pod\":")?;
-                    serde_json::to_writer(&mut *out, pod)?;
+                    json_str(out, pod)?;
                 }
                 if let Some(namespace) = cgroup.namespace() {
                     out.write_all(b",\"namespace\":")?;
-                    serde_json::to_writer(&mut *out, namespace)?;
+                    json_str(out, namespace)?;
                 }
             }
             out.write_all(b"}")?;
@@ -162,7 +190,38 @@ pub fn write_event(out: &mut impl Write, ev: &TcpEvent, ctx: &mut Context) -> io
         out.write_all(n.format(err).as_bytes())?;
     }
     write_detail(out, &mut n, ev, ctx)?;
-    writeln!(out, ",\"sock\":\"{:#x}\"}}", ev.sock)
+    out.write_all(b",\"sock\":\"")?;
+    out.write_all(hex(ev.sock, &mut [0; 18]))?;
+    out.write_all(b"\"}\n")
+}
+
+/// `0x` and the lowest-case hex digits of `value`, as `{:#x}` prints it,
+/// without the formatting machinery (once per event).
+fn hex(mut value: u64, buf: &mut [u8; 18]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+        if value == 0 {
+            break;
+        }
+    }
+    start -= 2;
+    buf[start..start + 2].copy_from_slice(b"0x");
+    &buf[start..]
+}
+
+/// `value` as a JSON string. Names and paths rarely need escaping: those
+/// that do not are copied as they are, the rest go through serde_json.
+fn json_str(out: &mut impl Write, value: &str) -> io::Result<()> {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.write_all(b"\"")?;
+        out.write_all(value.as_bytes())?;
+        out.write_all(b"\"")
+    } else {
+        Ok(serde_json::to_writer(&mut *out, value)?)
+    }
 }
 
 /// The fields of drops, socket errors and retransmitted segments.
@@ -307,12 +366,16 @@ mod tests {
         kernel::{clock::WallClock, names::Names},
     };
 
-    fn line(ev: &TcpEvent) -> Value {
-        let names = Names::new(
+    fn names() -> Names {
+        Names::new(
             BTreeMap::from([(1, "TCP_ESTABLISHED".into()), (7, "TCP_CLOSE".into())]),
             BTreeMap::from([(11, "TCP_ABORT_ON_CLOSE".into())]),
         )
-        .with_drop_reasons(BTreeMap::from([(12, "NETFILTER_DROP".into())]));
+        .with_drop_reasons(BTreeMap::from([(12, "NETFILTER_DROP".into())]))
+    }
+
+    fn line(ev: &TcpEvent) -> Value {
+        let names = names();
         let clock = WallClock::now();
         let mut cgroups = Cgroups::new("/nonexistent");
         let mut ctx = Context {
@@ -341,6 +404,7 @@ mod tests {
                 comm: "we\"ird\\co\nmm".into(),
                 cgroup_id: 9,
             }),
+            accepted: None,
             transition: None,
             state: Some(7),
             rst_reason: Some(11),
@@ -415,6 +479,49 @@ mod tests {
         assert_eq!(v["segs"], 1);
         assert_eq!(v["mss"], 1448);
         assert!(v.get("pmtu").is_none(), "unknown figures are left out");
+    }
+
+    #[test]
+    fn hand_written_hex_and_strings_match_the_formatters() {
+        for value in [0, 1, 0xf, 0x10, 0xffff_8880_1234, u64::MAX] {
+            assert_eq!(hex(value, &mut [0; 18]), format!("{value:#x}").as_bytes());
+        }
+        for text in [
+            "tokio-rt-worker",
+            "/system.slice/a b.service",
+            "we\"ird\\co\nmm",
+            "é\u{7f}\t",
+        ] {
+            let mut ours = Vec::new();
+            json_str(&mut ours, text).unwrap();
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_sink_keeps_the_order_of_events_and_loss_records() {
+        let file = std::env::temp_dir().join(format!("tcptrace-json-order-{}", std::process::id()));
+        let out: Output = io::BufWriter::new(Box::new(std::fs::File::create(&file).unwrap()));
+        let mut sink = JsonSink::new(out);
+        let names = names();
+        let clock = WallClock::now();
+        let mut cgroups = Cgroups::new("/nonexistent");
+        let mut ctx = Context {
+            names: &names,
+            clock: &clock,
+            cgroups: &mut cgroups,
+        };
+        sink.event(&rst(), &mut ctx).unwrap();
+        sink.loss(EventKind::State, 3, 3).unwrap();
+        sink.event(&rst(), &mut ctx).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        let types: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(types, ["\"event\"", "\"loss\"", "\"event\""]);
     }
 
     #[test]

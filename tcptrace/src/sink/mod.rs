@@ -10,7 +10,8 @@ pub use human::HumanSink;
 pub use json::JsonSink;
 
 use crate::{
-    event::{EventKind, TcpEvent},
+    counts::Counts,
+    event::{EventKind, KINDS, TcpEvent},
     host::cgroups::Cgroups,
     kernel::{clock::WallClock, names::Names},
     summary::Summary,
@@ -40,3 +41,29 @@ pub trait Sink {
 
 /// Buffered output shared by the sinks.
 pub type Output = io::BufWriter<Box<dyn Write + Send>>;
+
+/// Turns the kernel's cumulative loss counters into loss records.
+/// (`trace` live, and `replay` from a record file's loss checks.)
+#[derive(Default)]
+pub struct LossTracker {
+    reported: [u64; KINDS],
+}
+
+impl LossTracker {
+    /// Writes a loss record for every kind whose counter moved since
+    /// the last report.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn report(&mut self, counts: &Counts, sink: &mut dyn Sink) -> io::Result<()> {
+        let total = counts.lost();
+        for (kind, lost) in counts.kernel.lost_by_kind() {
+            let reported = &mut self.reported[kind.index()];
+            if lost > *reported {
+                sink.loss(kind, lost - *reported, total)?;
+                *reported = lost;
+            }
+        }
+        Ok(())
+    }
+}

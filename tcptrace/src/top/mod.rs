@@ -32,8 +32,11 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let (options, _netns) = session_options(&args.filter, args.ring_kib)?;
     // Aggregation has no use for the opening transitions: not sending
     // them saves a quarter of the ring buffer traffic in a churn.
+    // Successful opens are counted in the kernel: a connect churn costs
+    // map updates, not ring buffer records.
     let options = TracerOptions {
         skip_opening: true,
+        count_opens: true,
         ..options
     };
     let mut cgroups = filter_args::cgroups(&args.filter)?;
@@ -66,6 +69,7 @@ async fn plain_loop(
         tokio::select! {
             biased;
             _ = tick.tick() => {
+                agg.add_opens(&session.take_opens()?);
                 let mut snap = Snapshot::take(&agg, &previous, session.elapsed(), session.counts()?);
                 snap.name_pods(cgroups);
                 plain::write(&mut out, &snap, args.rows.into(), args.json)?;
@@ -80,12 +84,13 @@ async fn plain_loop(
     // Stopped: take what is left, and end with a complete snapshot whose
     // counts are exact.
     let elapsed = session.elapsed();
-    let counts = session
-        .finish(&mut batch, |batch| {
+    let (counts, opens) = session
+        .finish_counting(&mut batch, |batch| {
             agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    agg.add_opens(&opens);
     let mut snap = Snapshot::take(&agg, &previous, elapsed, counts);
     snap.name_pods(cgroups);
     plain::write(&mut out, &snap, args.rows.into(), args.json)?;

@@ -34,7 +34,7 @@ impl serde::Serialize for Limited<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let counts = &self.snap.counts;
-        let mut st = s.serialize_struct("Snapshot", 11)?;
+        let mut st = s.serialize_struct("Snapshot", 13)?;
         st.serialize_field("v", &crate::event::SCHEMA_VERSION)?;
         st.serialize_field("type", "top")?;
         st.serialize_field("elapsed_s", &self.snap.elapsed_s)?;
@@ -43,6 +43,8 @@ impl serde::Serialize for Limited<'_> {
         st.serialize_field("events_produced", &counts.produced())?;
         st.serialize_field("events_lost", &counts.lost())?;
         st.serialize_field("missed_by_kernel", &counts.missed_by_kernel())?;
+        st.serialize_field("opens_counted_in_kernel", &counts.kernel.counted)?;
+        st.serialize_field("count_map_full", &counts.kernel.count_map_full)?;
         let cut = |rows: &'_ [Row]| rows[..rows.len().min(self.rows)].to_vec();
         st.serialize_field("processes", &cut(&self.snap.processes))?;
         st.serialize_field("peers", &cut(&self.snap.peers))?;

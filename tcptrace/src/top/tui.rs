@@ -285,6 +285,7 @@ pub async fn run(
                 }
             },
             _ = tick.tick() => {
+                agg.add_opens(&session.take_opens()?);
                 snap = Snapshot::take(&agg, &snap, session.elapsed(), session.counts()?);
                 snap.name_pods(cgroups);
                 ui.history.record(&snap);
@@ -297,12 +298,13 @@ pub async fn run(
         }
     }
     drop(guard);
-    let counts = session
-        .finish(&mut batch, |batch| {
+    let (counts, opens) = session
+        .finish_counting(&mut batch, |batch| {
             agg.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    agg.add_opens(&opens);
     Ok(counts)
 }
 

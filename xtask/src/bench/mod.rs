@@ -53,6 +53,10 @@ pub struct OverheadArgs {
     /// JSON and aggregation runs join the same rounds.
     #[arg(long, value_name = "BIN")]
     pub previous: Option<std::path::PathBuf>,
+    /// Leave out the runs that compare with another tool or every hook
+    /// (tcpstates, bpftrace, `--events all`): tcptrace's own modes only.
+    #[arg(long)]
+    pub quick: bool,
     /// Do not rewrite BENCHMARKS.md.
     #[arg(long)]
     pub no_write: bool,
@@ -86,10 +90,13 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         .is_ok_and(|o| o.status.success());
     if has_top {
         setups.push(Setup::Aggregate);
+        setups.push(Setup::Diagnose);
     } else {
         eprintln!("xtask bench: `tcptrace top` is not built yet; skipping the aggregation run");
     }
-    if std::process::Command::new("tcpstates")
+    if args.quick {
+        // --quick: no comparison with another tool.
+    } else if std::process::Command::new("tcpstates")
         .arg("--help")
         .output()
         .is_ok()
@@ -98,9 +105,23 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     } else {
         eprintln!("xtask bench: no tcpstates (Debian's libbpf-tools); skipping its run");
     }
+    if args.quick {
+        // --quick: no comparison with another tool.
+    } else if std::process::Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        setups.push(Setup::Bpftrace);
+    } else {
+        eprintln!("xtask bench: no bpftrace (Debian's bpftrace); skipping its run");
+    }
+    setups.push(Setup::Record);
     setups.push(Setup::KernelOnly);
     setups.push(Setup::TraceJsonTc);
-    setups.push(Setup::AllSignals);
+    if !args.quick {
+        setups.push(Setup::AllSignals);
+    }
     setups.push(Setup::Exporter);
     setups.push(Setup::ExporterRulesEverySecond);
     if let Some(previous) = &args.previous {
@@ -126,12 +147,12 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| setup | churn conn/s (median) | vs baseline: median of per-round ratios (range) | events received / produced | lost | \
-         tracer CPU s per 1M events | tracer start-up CPU s | tracer peak RSS | Ctrl-C to exit, mid-storm (max) |"
+        "| setup | churn conn/s (median) | vs baseline: median of per-round ratios (range) | events received / produced | opens counted in the kernel | lost | \
+         tracer CPU s per 1M events | bytes per event written | tracer start-up CPU s | tracer peak RSS | Ctrl-C to exit, mid-storm (max) |"
     );
     let _ = writeln!(
         table,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (setup, runs) in &results {
         let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -150,6 +171,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         let received = sum(|r| r.received);
         let produced = sum(|r| r.produced);
         let lost = sum(|r| r.lost);
+        let counted = sum(|r| r.counted);
         // CPU that scales with events: start-up (BTF, verifier, socket
         // scan) is shown in its own column.
         let cpu: f64 = runs.iter().map(|r| r.cpu_seconds).sum();
@@ -161,15 +183,23 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
             (Some(r), Some(p)) => format!("{r} / {p} ({:.1}%)", 100.0 * r as f64 / p.max(1) as f64),
             _ => dash(),
         };
-        let cpu_per_million = match received {
+        // Per event the kernel saw: those counted there cost the reader
+        // a share of a map read instead of a record.
+        let cpu_per_million = match received.map(|r| r + counted.unwrap_or(0)) {
             Some(r) if r > 0 => format!("{:.2}", cpu / r as f64 * 1e6),
+            _ => dash(),
+        };
+        let bytes: u64 = runs.iter().map(|r| r.output_bytes).sum();
+        let bytes_per_event = match received {
+            Some(r) if r > 0 && bytes > 0 => format!("{:.0}", bytes as f64 / r as f64),
             _ => dash(),
         };
         let is_tracer = *setup != Setup::Baseline;
         let _ = writeln!(
             table,
-            "| {} | {rate:.0} | {ratio:.1}% ({low:.0}-{high:.0}%) | {events} | {} | {cpu_per_million} | {} | {} | {} |",
+            "| {} | {rate:.0} | {ratio:.1}% ({low:.0}-{high:.0}%) | {events} | {} | {} | {cpu_per_million} | {bytes_per_event} | {} | {} | {} |",
             setup.name(),
+            counted.map_or_else(dash, |c| c.to_string()),
             lost.map_or_else(dash, |l| l.to_string()),
             if is_tracer {
                 format!("{startup:.2}")

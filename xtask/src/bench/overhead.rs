@@ -45,11 +45,18 @@ pub enum Setup {
     /// The same with `--interval 1s`: the rules, their host readings
     /// (socket table, counters, conntrack) and top-N every second.
     ExporterRulesEverySecond,
+    /// `tcptrace diagnose --json` (aggregation: the rules at the end).
+    Diagnose,
+    /// bpftrace counting the same tracepoints in maps (per-CPU counts,
+    /// no per-event output): the in-kernel floor another tool reaches.
+    Bpftrace,
     /// `--previous BIN trace --json --output FILE`: another build (the one
     /// before a change) in the same rounds, for a like-for-like ratio.
     PreviousJson,
     /// `--previous BIN top`.
     PreviousAggregate,
+    /// `tcptrace trace --record FILE`: raw records to a file, no formatting.
+    Record,
 }
 
 impl Setup {
@@ -63,11 +70,14 @@ impl Setup {
             Setup::TraceJsonTc => "tcptrace trace --json with TC programs on the churn's lo",
             Setup::AllSignals => "tcptrace trace --json --events all",
             Setup::Exporter => "tcptrace exporter (scraped every 1 s)",
+            Setup::Diagnose => "tcptrace diagnose --json (aggregation only)",
+            Setup::Bpftrace => "bpftrace counting the same tracepoints in maps",
             Setup::ExporterRulesEverySecond => {
                 "tcptrace exporter --interval 1s (scraped every 1 s)"
             }
             Setup::PreviousJson => "previous build: trace --json --output FILE",
             Setup::PreviousAggregate => "previous build: top (aggregation only)",
+            Setup::Record => "tcptrace trace --record FILE",
         }
     }
 }
@@ -79,11 +89,15 @@ pub struct Run {
     pub received: Option<u64>,
     pub produced: Option<u64>,
     pub lost: Option<u64>,
+    /// Successful opens counted in the kernel instead of sent as events.
+    pub counted: Option<u64>,
     pub cpu_seconds: f64,
     pub startup_cpu: f64,
     pub max_rss_kib: u64,
     /// From SIGINT to exit, while the storm is still on.
     pub stop_seconds: f64,
+    /// Size of the event file written (JSON stream or record), 0 if none.
+    pub output_bytes: u64,
 }
 
 pub struct Options {
@@ -178,6 +192,13 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             Some(&output),
         )?),
+        Setup::Record => Some(Tracer::start(
+            Command::new(tcptrace)
+                .args(["trace", "--record"])
+                .arg(&output),
+            Ready::StderrLine("Ctrl-C to stop"),
+            None,
+        )?),
         Setup::KernelOnly => Some(Tracer::start(
             Command::new(tcptrace)
                 .args(["trace", "--json", "--port", "1", "--output"])
@@ -209,6 +230,17 @@ fn measure(
                 None,
             )?)
         }
+        Setup::Diagnose => Some(Tracer::start(
+            Command::new(tcptrace).args(["diagnose", "--json"]),
+            Ready::StderrLine("Ctrl-C to stop"),
+            Some(&output),
+        )?),
+        // bpftrace says nothing on stderr when attached.
+        Setup::Bpftrace => Some(Tracer::start(
+            Command::new("bpftrace").args(["-e", BPFTRACE_COUNTING]),
+            Ready::After(Duration::from_secs(5)),
+            Some(&output),
+        )?),
         // tcpstates block-buffers its output to a file: give it time to attach.
         Setup::Tcpstates => Some(Tracer::start(
             &mut Command::new("tcpstates"),
@@ -243,6 +275,16 @@ fn measure(
         run.cpu_seconds = usage.cpu_seconds;
         run.startup_cpu = usage.startup_cpu;
         run.stop_seconds = usage.stop_seconds;
+        if matches!(
+            setup,
+            Setup::TraceJson
+                | Setup::TraceJsonTc
+                | Setup::PreviousJson
+                | Setup::AllSignals
+                | Setup::Record
+        ) {
+            run.output_bytes = fs::metadata(&output).map_or(0, |m| m.len());
+        }
         match setup {
             Setup::TraceJson
             | Setup::Aggregate
@@ -250,7 +292,9 @@ fn measure(
             | Setup::TraceJsonTc
             | Setup::AllSignals
             | Setup::PreviousJson
-            | Setup::PreviousAggregate => read_tcptrace_counts(&output, &stderr, &mut run)?,
+            | Setup::PreviousAggregate
+            | Setup::Diagnose => read_tcptrace_counts(&output, &stderr, &mut run)?,
+            Setup::Record => read_summary_line(&stderr, &mut run)?,
             Setup::Tcpstates => {
                 // One line per state change, after a header line.
                 let lines = BufReader::new(fs::File::open(&output)?).lines().count() as u64;
@@ -274,37 +318,77 @@ fn measure(
                     bail!("the exporter answered no scrape (stderr: {stderr:?})");
                 }
             }
-            Setup::Baseline => {}
+            Setup::Baseline | Setup::Bpftrace => {}
         }
     }
     Ok(run)
+}
+
+/// What `top` attaches by default (state changes, resets, retransmits,
+/// drops), counted in bpftrace maps by the same kind of key: state
+/// transitions, reset reasons, drop reasons. bpftrace's `count()` is a
+/// per-CPU map update, as tcptrace's in-kernel counts are. `args->` is
+/// the syntax of Debian's bpftrace (0.17).
+const BPFTRACE_COUNTING: &str = "\
+tracepoint:sock:inet_sock_set_state { @state[args->oldstate, args->newstate] = count(); }
+tracepoint:tcp:tcp_send_reset { @rst_sent[args->reason] = count(); }
+tracepoint:tcp:tcp_receive_reset { @rst_received = count(); }
+tracepoint:tcp:tcp_retransmit_skb { @retransmits[args->state] = count(); }
+tracepoint:tcp:tcp_retransmit_synack { @synack_retransmits = count(); }
+tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }";
+
+/// `trace --record` prints only its human summary, on stderr:
+/// `--- tcptrace: 4.2 s, R events received, P produced, L lost ---`.
+fn read_summary_line(stderr: &[String], run: &mut Run) -> Result<()> {
+    let line = stderr
+        .iter()
+        .find(|l| l.starts_with("--- tcptrace:") && l.contains("events received"))
+        .with_context(|| format!("no tcptrace summary on stderr: {stderr:?}"))?;
+    let number_before = |word: &str| {
+        let at = line.find(word)?;
+        line[..at].split_whitespace().last()?.parse::<u64>().ok()
+    };
+    run.received = number_before(" events received");
+    run.produced = number_before(" produced");
+    run.lost = number_before(" lost");
+    Ok(())
 }
 
 /// tcptrace prints its JSON summary as the last record of the stream
 /// (trace) or its counters in the last snapshot (top).
 fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Result<()> {
     let text = fs::read_to_string(output).unwrap_or_default();
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("\"events_produced\"") || l.contains("\"type\":\"top\""));
-    let Some(last) = last else {
-        bail!(
-            "no tcptrace summary in {} (stderr: {stderr:?})",
-            output.display()
-        );
+    // diagnose --json writes one pretty-printed document.
+    let value: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(whole) => whole,
+        Err(_) => {
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| l.contains("\"events_produced\"") || l.contains("\"type\":\"top\""));
+            let Some(last) = last else {
+                bail!(
+                    "no tcptrace summary in {} (stderr: {stderr:?})",
+                    output.display()
+                );
+            };
+            serde_json::from_str(last)?
+        }
     };
-    let value: serde_json::Value = serde_json::from_str(last)?;
     let get = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| value.pointer(n).and_then(serde_json::Value::as_u64))
+        names.iter().find_map(|n| {
+            value
+                .pointer(n)
+                .or_else(|| value.pointer(&format!("/counts{n}")))
+                .and_then(serde_json::Value::as_u64)
+        })
     };
     // trace's summary has all three; top's last snapshot has events and
     // events_lost (produced = received + lost, both exact).
     run.received = get(&["/events_received", "/events"]);
     run.lost = get(&["/events_lost"]);
     run.produced = get(&["/events_produced"]).or_else(|| Some(run.received? + run.lost?));
+    run.counted = get(&["/opens_counted_in_kernel"]);
     if run.received.is_none() {
         // `trace` ran with --no-summary: count the event lines.
         run.received = Some(
@@ -337,6 +421,12 @@ fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
     run.received = figure("received");
     run.produced = figure("produced");
     run.lost = figure("lost");
+    run.counted = Some(
+        line.split([',', ';'])
+            .find(|part| part.contains("successful opens counted in the kernel"))
+            .and_then(|part| part.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0),
+    );
     if run.received.is_none() || run.produced.is_none() {
         bail!("cannot read the exporter's counts: {line}");
     }

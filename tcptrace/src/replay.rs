@@ -1,0 +1,84 @@
+//! `tcptrace replay FILE`: prints what the live `trace` that recorded
+//! FILE (`trace --record`) would have printed, human or `--json`,
+//! byte for byte: the same decoder, names, wall clock, cgroups (pods,
+//! namespaces, containers), loss checks and summary lines as the
+//! recording host had, from the file. A damaged or cut-short file is
+//! refused before anything is printed.
+
+use std::{
+    io::{self, BufWriter, Write as _},
+    process::ExitCode,
+};
+
+use crate::{
+    cli::ReplayArgs,
+    decode::Decoder,
+    host::cgroups::Cgroups,
+    kernel::clock::WallClock,
+    record::{Frame, RecordReader},
+    sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
+    summary::Summary,
+    tracer::split_records,
+};
+
+/// Runs `tcptrace replay`.
+///
+/// # Errors
+/// A file that is not a whole record file of this format (one line
+/// naming the damage), and failures to write stdout.
+pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let mut reader = RecordReader::open(&args.file)?;
+    let header = reader.header().clone();
+    let decoder = Decoder::new(header.hz);
+    let clock = WallClock::from_boot_unix_ns(i128::from(header.boot_unix_ns));
+    let names = header.names;
+    let mut cgroups = Cgroups::fixed();
+    let out: Output = BufWriter::with_capacity(1 << 16, Box::new(io::stdout()));
+    let mut sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink::new(out))
+    } else {
+        Box::new(HumanSink::new(out))
+    };
+    let mut summary = Summary::default();
+    let mut losses = LossTracker::default();
+    let write_err = |e: io::Error| anyhow::Error::new(e).context("writing events to stdout");
+    while let Some(frame) = reader.next_frame()? {
+        match frame {
+            Frame::Events(records) => {
+                // The reader checked every length.
+                for record in split_records(records).map_while(Result::ok) {
+                    // Only records that decoded live were recorded.
+                    let ev = decoder
+                        .decode(record)
+                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?;
+                    summary.add(&ev);
+                    let mut ctx = Context {
+                        names: &names,
+                        clock: &clock,
+                        cgroups: &mut cgroups,
+                    };
+                    sink.event(&ev, &mut ctx).map_err(write_err)?;
+                }
+            }
+            Frame::Cgroup(key, info) => cgroups.insert(key, info),
+            Frame::Losses(counts) => {
+                losses.report(&counts, sink.as_mut()).map_err(write_err)?;
+            }
+            Frame::End(end) => {
+                losses
+                    .report(&end.counts, sink.as_mut())
+                    .map_err(write_err)?;
+                summary.finish(end.seconds, end.counts, &header.missing, &names);
+                summary.set_packets(end.tc, end.pcap);
+            }
+        }
+    }
+    if args.json {
+        sink.summary(&summary).map_err(write_err)?;
+    }
+    sink.flush().map_err(write_err)?;
+    if !args.no_summary {
+        let _ = io::stderr().write_all(summary.to_human().as_bytes());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,174 @@
+//! Root tests of `trace --record` and `replay`: a real storm recorded
+//! while the same session prints it live; the replay must print exactly
+//! the same bytes (with the TC programs' verdicts on received RSTs and
+//! the `--pcap` summary too). Damaged and cut-short files fail with one
+//! line. Pods, namespaces and containers: the exporter test that names
+//! them also replays its trace.
+
+use std::{
+    fs,
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use tests::{
+    Netns, require_root,
+    trace::{collect, spawn_until, wait_within},
+};
+
+/// A private scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tcptrace-record-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `connections` connects, each closed with SO_LINGER 0 (an RST), in `ns`.
+fn storm(ns: &Netns, connections: usize) {
+    ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (s, _) = listener.accept().unwrap();
+                drop(s);
+            }
+        });
+        for _ in 0..connections {
+            let s = TcpStream::connect(addr).unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+        }
+        acceptor.join().unwrap();
+    });
+    // Let the last records reach the ring buffer.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn replay(args: &[&str], file: &Path) -> Output {
+    Command::new(tests::tcptrace_bin())
+        .arg("replay")
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("run tcptrace replay")
+}
+
+/// Records a storm while the same run prints it (`extra` picks JSON or
+/// human lines) and returns (live output, record file).
+fn record_live(dir: &Path, tag: &str, ring_kib: &str, extra: &[String]) -> (Vec<u8>, PathBuf) {
+    let ns = Netns::new(tag);
+    let live = dir.join(format!("{tag}.out"));
+    let record = dir.join(format!("{tag}.rec"));
+    let mut cmd = Command::new(tests::tcptrace_bin());
+    cmd.arg("trace")
+        .args(extra)
+        .args(["--netns", &ns.inode().to_string(), "--ring-kib", ring_kib])
+        .arg("--output")
+        .arg(&live)
+        .arg("--record")
+        .arg(&record);
+    let (mut child, stderr, mut seen) = spawn_until(&mut cmd, "tracing; Ctrl-C to stop");
+    storm(&ns, 1500);
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_within(&mut child, Duration::from_secs(20));
+    let (_, status) = collect(&mut child, &stderr, &mut seen);
+    assert!(status.success(), "trace --record: {status}: {seen:?}");
+    let mode = fs::metadata(&record).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the record file names processes: 0600");
+    (fs::read(&live).unwrap(), record)
+}
+
+#[test]
+fn replay_prints_what_the_live_trace_printed() {
+    require_root();
+    let scratch = Scratch::new();
+    // JSON with a 4 KiB ring: the storm overflows it, so the stream has
+    // loss records between events; the TC programs on the namespace's lo
+    // judge every received RST (records with the peer's profile) and the
+    // flight recorder writes a few captures. Human lines with the
+    // default ring.
+    let flights = scratch.0.join("flights");
+    let json_args: Vec<String> = ["--json", "--iface", "lo", "--pcap-max", "3", "--pcap"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([flights.display().to_string()])
+        .collect();
+    for (tag, ring_kib, live_args, replay_args) in [
+        ("recjson", "4", &json_args[..], &["--json"][..]),
+        ("rechuman", "8192", &[][..], &[][..]),
+    ] {
+        let (live, record) = record_live(&scratch.0, tag, ring_kib, live_args);
+        let text = String::from_utf8_lossy(&live);
+        assert!(text.lines().count() > 100, "{tag}: a storm, not {text}");
+        if tag == "recjson" {
+            assert!(text.contains("\"type\":\"loss\""), "{tag}: loss records");
+            assert!(text.contains("\"type\":\"summary\""), "{tag}: the summary");
+            assert!(
+                text.contains("\"origin\":\""),
+                "{tag}: RSTs judged by origin"
+            );
+            assert!(
+                text.contains("\"pcap\":{"),
+                "{tag}: the flight recorder's line"
+            );
+        }
+        let replayed = replay(replay_args, &record);
+        assert!(
+            replayed.status.success(),
+            "{tag}: replay failed: {}",
+            String::from_utf8_lossy(&replayed.stderr)
+        );
+        assert!(
+            replayed.stdout == live,
+            "{tag}: replay differs from the live output ({} vs {} bytes); first differing line: {:?}",
+            replayed.stdout.len(),
+            live.len(),
+            String::from_utf8_lossy(&replayed.stdout)
+                .lines()
+                .zip(text.lines())
+                .find(|(a, b)| a != b)
+        );
+        // The summary on stderr is the live one too.
+        assert!(String::from_utf8_lossy(&replayed.stderr).contains("events"));
+    }
+
+    // Cut short and damaged copies of the JSON run's file.
+    let record = scratch.0.join("recjson.rec");
+    let bytes = fs::read(&record).unwrap();
+    let cut = scratch.0.join("cut.rec");
+    let damaged = scratch.0.join("damaged.rec");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0xff;
+    fs::write(&damaged, &flipped).unwrap();
+    for (file, words) in [
+        (&cut, "truncated at byte"),
+        (&damaged, "corrupt at byte"),
+        (&scratch.0.join("recjson.out"), "not a tcptrace record file"),
+    ] {
+        let out = replay(&["--json"], file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
+        assert!(out.stdout.is_empty(), "nothing printed from a bad file");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(words), "{}: {stderr}", file.display());
+    }
+}
