@@ -34,8 +34,41 @@ pub fn sock_info(sk: u64) -> SockInfo {
     }
     match SOCKS.get_ptr(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe { *entry },
+        Some(entry) => unsafe { copied(entry) },
         None => SockInfo::default(),
+    }
+}
+
+/// A copy of `*value` made of 8-byte loads. A plain `*value` copies
+/// byte by byte here (`comm` is a byte array, so LLVM splits the struct
+/// into bytes, or calls aya-ebpf's byte-loop memmove): 56 loads and
+/// stores for a `SockInfo` on every lookup.
+///
+/// # Safety
+/// `value` points to a readable `T`.
+#[inline(always)]
+pub unsafe fn copied<T: Copy>(value: *const T) -> T {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: both are valid for a whole T.
+    unsafe { copy_words(out.as_mut_ptr(), value) };
+    // SAFETY: every byte was written.
+    unsafe { out.assume_init() }
+}
+
+/// `*dst = *src` with 8-byte loads and stores (see `copied`); volatile
+/// so LLVM cannot merge them back into a byte-loop memcpy call.
+///
+/// # Safety
+/// Both point to a valid `T`; `dst` is writable.
+#[inline(always)]
+pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
+    const {
+        assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8);
+    };
+    let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: word i lies inside both values (size checked above).
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
 }
 
@@ -59,7 +92,7 @@ pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
         Some(owner) => {
             // SAFETY: a valid map value pointer from the lookup.
             let info = SockInfo {
-                owner: unsafe { *owner },
+                owner: unsafe { copied(owner) },
                 ..info
             };
             remember(sk, &info);
@@ -86,9 +119,9 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
             }
             (*entry).reuse_mark = mark;
             if (*entry).owner.tgid == 0 {
-                (*entry).owner = current();
+                copy_words(&mut (*entry).owner, &current());
             }
-            return *entry;
+            return copied(entry);
         }
     }
     let key = ConnKey {
@@ -100,7 +133,7 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
     };
     let owner = match PREEXISTING.get_ptr(&key) {
         // SAFETY: a valid map value pointer from the lookup.
-        Some(owner) => unsafe { *owner },
+        Some(owner) => unsafe { copied(owner) },
         None => current(),
     };
     let info = SockInfo {
@@ -110,7 +143,7 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
         reuse_mark: mark,
         last_send_jiffies: 0,
     };
-    remember(sk, &info);
+    insert(sk, &info);
     info
 }
 
@@ -123,10 +156,10 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
     if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
         unsafe {
-            let mut before = *entry;
+            let mut before = copied(entry);
             if before.owner.tgid == 0 {
                 before.owner = current();
-                (*entry).owner = before.owner;
+                copy_words(&mut (*entry).owner, &before.owner);
             }
             (*entry).last_send_jiffies = stamp;
             return before;
@@ -139,7 +172,7 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
         reuse_mark: 0,
         last_send_jiffies: stamp,
     };
-    remember(sk, &info);
+    insert(sk, &info);
     SockInfo {
         last_send_jiffies: 0,
         ..info
@@ -154,7 +187,7 @@ pub fn mark_established(sk: u64, now: u64) -> SockInfo {
         // SAFETY: a valid map value pointer from the lookup.
         Some(entry) => unsafe {
             (*entry).established_ns = now;
-            *entry
+            copied(entry)
         },
         None => SockInfo::default(),
     }
@@ -166,8 +199,8 @@ pub fn claim(sk: u64) {
     let me = current();
     match SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe { (*entry).owner = me },
-        None => remember(
+        Some(entry) => unsafe { copy_words(&mut (*entry).owner, &me) },
+        None => insert(
             sk,
             &SockInfo {
                 owner: me,
@@ -177,15 +210,34 @@ pub fn claim(sk: u64) {
     }
 }
 
+/// Makes `info` the entry of `sk`: in place when the address already has
+/// one (a freed socket's address is soon reused), else a new entry. An
+/// LRU update always takes a fresh node from the free list and hands the
+/// old one back: the costliest step of an open, and a lookup and an
+/// in-place write cost a fraction of it.
 #[inline(always)]
 pub fn remember(sk: u64, info: &SockInfo) {
+    match SOCKS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(entry) => unsafe { copy_words(entry, info) },
+        None => insert(sk, info),
+    }
+}
+
+/// A new entry for `sk`, which the caller just looked up and missed.
+#[inline(always)]
+fn insert(sk: u64, info: &SockInfo) {
     let _ = SOCKS.insert(&sk, info, 0);
 }
 
 #[inline(always)]
 pub fn listener(netns: u32, port: u16) -> Owner {
     let key = ListenKey::new(netns, port);
-    unsafe { LISTENERS.get(&key).copied() }.unwrap_or_default()
+    match LISTENERS.get_ptr(&key) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(owner) => unsafe { copied(owner) },
+        None => Owner::default(),
+    }
 }
 
 #[inline(always)]
@@ -203,7 +255,8 @@ pub fn forget_listener(netns: u32, port: u16) {
 /// Puts the owner and origin of `info` (the socket's entry) on `ev`.
 #[inline(always)]
 pub fn attribute(ev: &mut Event, info: &SockInfo) {
-    ev.owner = info.owner;
+    // SAFETY: two valid owners.
+    unsafe { copy_words(&mut ev.owner, &info.owner) };
     ev.origin = if info.syn_sent_ns != 0 {
         origin::CONNECTED
     } else if info.established_ns != 0 {
