@@ -4,9 +4,12 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, origin};
+use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, SockLayout, origin};
 
-use crate::maps::{LISTENERS, PREEXISTING, SOCKS};
+use crate::{
+    maps::{LISTENERS, PREEXISTING, SOCKS},
+    read,
+};
 
 /// The task running now. Only meaningful in process context.
 #[inline(always)]
@@ -26,17 +29,40 @@ pub fn current() -> Owner {
     }
 }
 
-/// The socket's entry, or zeros (owner unknown, times unknown).
+/// The socket's entry in SOCKS, null when it has none. A raw pointer,
+/// not an `Option`: see `state.rs` on what the verifier makes of those.
 #[inline(always)]
-pub fn sock_info(sk: u64) -> SockInfo {
+pub fn entry(sk: u64) -> *mut SockInfo {
     if sk == 0 {
+        return core::ptr::null_mut();
+    }
+    SOCKS.get_ptr_mut(&sk).unwrap_or(core::ptr::null_mut())
+}
+
+/// The entry `entry` points to, or zeros (owner unknown, times unknown).
+#[inline(always)]
+pub fn info(entry: *const SockInfo) -> SockInfo {
+    if entry.is_null() {
         return SockInfo::default();
     }
-    match SOCKS.get_ptr(&sk) {
-        // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe { copied(entry) },
-        None => SockInfo::default(),
+    // SAFETY: a valid map value pointer from a lookup.
+    unsafe { copied(entry) }
+}
+
+/// Network namespace inode of the full socket `sk` whose entry is
+/// `entry`: the one recorded when the entry was made, else read from the
+/// socket. Only for full sockets: a time-wait or request socket may sit
+/// at the address of a freed socket whose entry is still there.
+#[inline(always)]
+pub fn netns(sock: &SockLayout, sk: u64, entry: *const SockInfo) -> u32 {
+    if !entry.is_null() {
+        // SAFETY: a valid map value pointer from a lookup.
+        let known = unsafe { (*entry).netns };
+        if known != 0 {
+            return known;
+        }
     }
+    read::netns(sock, sk)
 }
 
 /// A copy of `*value` made of 8-byte loads. A plain `*value` copies
@@ -77,7 +103,13 @@ pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
 /// SOCKS so the next event finds it directly). `ev` holds the addresses.
 #[inline(always)]
 pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
-    let info = sock_info(sk);
+    info_or_preexisting(sk, entry(sk), ev)
+}
+
+/// `sock_info_or_preexisting` for a socket already looked up (`entry`).
+#[inline(always)]
+pub fn info_or_preexisting(sk: u64, entry: *const SockInfo, ev: &Event) -> SockInfo {
+    let info = info(entry);
     if info.owner.tgid != 0 || sk == 0 {
         return info;
     }
@@ -93,6 +125,7 @@ pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
             // SAFETY: a valid map value pointer from the lookup.
             let info = SockInfo {
                 owner: unsafe { copied(owner) },
+                netns: ev.netns,
                 ..info
             };
             remember(sk, &info);
@@ -142,6 +175,8 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
         established_ns: 0,
         reuse_mark: mark,
         last_send_jiffies: 0,
+        netns: ev.netns,
+        _pad: 0,
     };
     insert(sk, &info);
     info
@@ -171,6 +206,8 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
         established_ns: 0,
         reuse_mark: 0,
         last_send_jiffies: stamp,
+        netns: 0,
+        _pad: 0,
     };
     insert(sk, &info);
     SockInfo {
@@ -179,17 +216,18 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
     }
 }
 
-/// Records the ESTABLISHED time in place (no second map update) and
-/// returns the socket's entry (zeros if unknown).
+/// Records the ESTABLISHED time in place (no second map update) in the
+/// socket's entry (`entry`, maybe null) and returns the entry (zeros if
+/// unknown).
 #[inline(always)]
-pub fn mark_established(sk: u64, now: u64) -> SockInfo {
-    match SOCKS.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe {
-            (*entry).established_ns = now;
-            copied(entry)
-        },
-        None => SockInfo::default(),
+pub fn mark_established(entry: *mut SockInfo, now: u64) -> SockInfo {
+    if entry.is_null() {
+        return SockInfo::default();
+    }
+    // SAFETY: a valid map value pointer from a lookup.
+    unsafe {
+        (*entry).established_ns = now;
+        copied(entry)
     }
 }
 

@@ -38,14 +38,20 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     rec.endpoints_into(ev)?;
     ev.ts_ns = now;
     ev.skaddr = sk;
-    ev.netns = read::netns(&cfg.sock, sk);
+    let entry = owner::entry(sk);
+    let full = is_full_tcp_sock(state);
+    ev.netns = if full {
+        owner::netns(&cfg.sock, sk, entry)
+    } else {
+        read::netns(&cfg.sock, sk)
+    };
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
-    if is_full_tcp_sock(state) {
+    if full {
         idle(cfg, sk, ev);
     }
-    let info = owner::sock_info_or_preexisting(sk, ev);
+    let info = owner::info_or_preexisting(sk, entry, ev);
     owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
