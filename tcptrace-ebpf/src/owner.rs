@@ -36,7 +36,7 @@ pub fn entry(sk: u64) -> *mut SockInfo {
     if sk == 0 {
         return core::ptr::null_mut();
     }
-    SOCKS.get_ptr_mut(&sk).unwrap_or(core::ptr::null_mut())
+    SOCKS.get_ptr_mut(sk).unwrap_or(core::ptr::null_mut())
 }
 
 /// The entry `entry` points to, or zeros (owner unknown, times unknown).
@@ -89,7 +89,7 @@ pub unsafe fn copied<T: Copy>(value: *const T) -> T {
 #[inline(always)]
 pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
     const {
-        assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8);
+        assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8);
     };
     let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
     for i in 0..size_of::<T>() / 8 {
@@ -255,7 +255,7 @@ pub fn claim(sk: u64) {
 /// in-place write cost a fraction of it.
 #[inline(always)]
 pub fn remember(sk: u64, info: &SockInfo) {
-    match SOCKS.get_ptr_mut(&sk) {
+    match SOCKS.get_ptr_mut(sk) {
         // SAFETY: a valid map value pointer from the lookup.
         Some(entry) => unsafe { copy_words(entry, info) },
         None => insert(sk, info),
@@ -271,7 +271,7 @@ fn insert(sk: u64, info: &SockInfo) {
 #[inline(always)]
 pub fn listener(netns: u32, port: u16) -> Owner {
     let key = ListenKey::new(netns, port);
-    match LISTENERS.get_ptr(&key) {
+    match LISTENERS.get_ptr(key) {
         // SAFETY: a valid map value pointer from the lookup.
         Some(owner) => unsafe { copied(owner) },
         None => Owner::default(),
