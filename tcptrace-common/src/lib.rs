@@ -135,8 +135,13 @@ pub struct SockInfo {
     /// Jiffies of the last send seen by `sock_send_length` (kernels
     /// without `tcp_sendmsg_locked`; 0: none seen).
     pub last_send_jiffies: u32,
+    /// Network namespace inode, read once when the entry is made, so
+    /// later events of the socket need not read it again (two probe-reads
+    /// each); 0: unknown, read it.
+    pub netns: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<SockInfo>() == 56);
+const _: () = assert!(size_of::<SockInfo>() == 64);
 
 /// Key of the listener map: the (netns, local port) a listen() bound, so
 /// connections not yet accepted are attributed to the listening process.

@@ -42,11 +42,13 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     read::sock_endpoints(sock, sk, ev)?;
     ev.ts_ns = now;
     ev.skaddr = sk;
-    ev.netns = read::netns(sock, sk);
+    // A full socket (the hook's argument): its entry's namespace holds.
+    let entry = owner::entry(sk);
+    ev.netns = owner::netns(sock, sk, entry);
     ev.kind = kind::SOCKET_ERROR;
     ev.old_state = read::member_or::<u8>(sk, sock.skc_state, 0);
     ev.err = err;
-    let info = owner::sock_info_or_preexisting(sk, ev);
+    let info = owner::info_or_preexisting(sk, entry, ev);
     owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;

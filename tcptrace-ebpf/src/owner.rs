@@ -4,9 +4,12 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, opened_by};
+use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, SockLayout, opened_by};
 
-use crate::maps::{LISTENERS, PREEXISTING, SOCKS};
+use crate::{
+    maps::{LISTENERS, PREEXISTING, SOCKS},
+    read,
+};
 
 /// The task running now. Only meaningful in process context.
 #[inline(always)]
@@ -26,16 +29,72 @@ pub fn current() -> Owner {
     }
 }
 
-/// The socket's entry, or zeros (owner unknown, times unknown).
+/// The socket's entry in SOCKS, null when it has none. A raw pointer,
+/// not an `Option`: see `state.rs` on what the verifier makes of those.
 #[inline(always)]
-pub fn sock_info(sk: u64) -> SockInfo {
+pub fn entry(sk: u64) -> *mut SockInfo {
     if sk == 0 {
+        return core::ptr::null_mut();
+    }
+    SOCKS.get_ptr_mut(sk).unwrap_or(core::ptr::null_mut())
+}
+
+/// The entry `entry` points to, or zeros (owner unknown, times unknown).
+#[inline(always)]
+pub fn info(entry: *const SockInfo) -> SockInfo {
+    if entry.is_null() {
         return SockInfo::default();
     }
-    match SOCKS.get_ptr(&sk) {
-        // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe { *entry },
-        None => SockInfo::default(),
+    // SAFETY: a valid map value pointer from a lookup.
+    unsafe { copied(entry) }
+}
+
+/// Network namespace inode of the full socket `sk` whose entry is
+/// `entry`: the one recorded when the entry was made, else read from the
+/// socket. Only for full sockets: a time-wait or request socket may sit
+/// at the address of a freed socket whose entry is still there.
+#[inline(always)]
+pub fn netns(sock: &SockLayout, sk: u64, entry: *const SockInfo) -> u32 {
+    if !entry.is_null() {
+        // SAFETY: a valid map value pointer from a lookup.
+        let known = unsafe { (*entry).netns };
+        if known != 0 {
+            return known;
+        }
+    }
+    read::netns(sock, sk)
+}
+
+/// A copy of `*value` made of 8-byte loads. A plain `*value` copies
+/// byte by byte here (`comm` is a byte array, so LLVM splits the struct
+/// into bytes, or calls aya-ebpf's byte-loop memmove): 56 loads and
+/// stores for a `SockInfo` on every lookup.
+///
+/// # Safety
+/// `value` points to a readable `T`.
+#[inline(always)]
+pub unsafe fn copied<T: Copy>(value: *const T) -> T {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: both are valid for a whole T.
+    unsafe { copy_words(out.as_mut_ptr(), value) };
+    // SAFETY: every byte was written.
+    unsafe { out.assume_init() }
+}
+
+/// `*dst = *src` with 8-byte loads and stores (see `copied`); volatile
+/// so LLVM cannot merge them back into a byte-loop memcpy call.
+///
+/// # Safety
+/// Both point to a valid `T`; `dst` is writable.
+#[inline(always)]
+pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
+    const {
+        assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8);
+    };
+    let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: word i lies inside both values (size checked above).
+        unsafe { dst.add(i).write_volatile(src.add(i).read_volatile()) };
     }
 }
 
@@ -44,7 +103,13 @@ pub fn sock_info(sk: u64) -> SockInfo {
 /// SOCKS so the next event finds it directly). `ev` holds the addresses.
 #[inline(always)]
 pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
-    let info = sock_info(sk);
+    info_or_preexisting(sk, entry(sk), ev)
+}
+
+/// `sock_info_or_preexisting` for a socket already looked up (`entry`).
+#[inline(always)]
+pub fn info_or_preexisting(sk: u64, entry: *const SockInfo, ev: &Event) -> SockInfo {
+    let info = info(entry);
     if info.owner.tgid != 0 || sk == 0 {
         return info;
     }
@@ -59,7 +124,8 @@ pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
         Some(owner) => {
             // SAFETY: a valid map value pointer from the lookup.
             let info = SockInfo {
-                owner: unsafe { *owner },
+                owner: unsafe { copied(owner) },
+                netns: ev.netns,
                 ..info
             };
             remember(sk, &info);
@@ -86,9 +152,9 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
             }
             (*entry).reuse_mark = mark;
             if (*entry).owner.tgid == 0 {
-                (*entry).owner = current();
+                copy_words(&mut (*entry).owner, &current());
             }
-            return *entry;
+            return copied(entry);
         }
     }
     let key = ConnKey {
@@ -100,7 +166,7 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
     };
     let owner = match PREEXISTING.get_ptr(&key) {
         // SAFETY: a valid map value pointer from the lookup.
-        Some(owner) => unsafe { *owner },
+        Some(owner) => unsafe { copied(owner) },
         None => current(),
     };
     let info = SockInfo {
@@ -109,8 +175,10 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
         established_ns: 0,
         reuse_mark: mark,
         last_send_jiffies: 0,
+        netns: ev.netns,
+        _pad: 0,
     };
-    remember(sk, &info);
+    insert(sk, &info);
     info
 }
 
@@ -123,10 +191,10 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
     if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
         unsafe {
-            let mut before = *entry;
+            let mut before = copied(entry);
             if before.owner.tgid == 0 {
                 before.owner = current();
-                (*entry).owner = before.owner;
+                copy_words(&mut (*entry).owner, &before.owner);
             }
             (*entry).last_send_jiffies = stamp;
             return before;
@@ -138,25 +206,28 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
         established_ns: 0,
         reuse_mark: 0,
         last_send_jiffies: stamp,
+        netns: 0,
+        _pad: 0,
     };
-    remember(sk, &info);
+    insert(sk, &info);
     SockInfo {
         last_send_jiffies: 0,
         ..info
     }
 }
 
-/// Records the ESTABLISHED time in place (no second map update) and
-/// returns the socket's entry (zeros if unknown).
+/// Records the ESTABLISHED time in place (no second map update) in the
+/// socket's entry (`entry`, maybe null) and returns the entry (zeros if
+/// unknown).
 #[inline(always)]
-pub fn mark_established(sk: u64, now: u64) -> SockInfo {
-    match SOCKS.get_ptr_mut(&sk) {
-        // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe {
-            (*entry).established_ns = now;
-            *entry
-        },
-        None => SockInfo::default(),
+pub fn mark_established(entry: *mut SockInfo, now: u64) -> SockInfo {
+    if entry.is_null() {
+        return SockInfo::default();
+    }
+    // SAFETY: a valid map value pointer from a lookup.
+    unsafe {
+        (*entry).established_ns = now;
+        copied(entry)
     }
 }
 
@@ -166,8 +237,8 @@ pub fn claim(sk: u64) {
     let me = current();
     match SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
-        Some(entry) => unsafe { (*entry).owner = me },
-        None => remember(
+        Some(entry) => unsafe { copy_words(&mut (*entry).owner, &me) },
+        None => insert(
             sk,
             &SockInfo {
                 owner: me,
@@ -177,15 +248,34 @@ pub fn claim(sk: u64) {
     }
 }
 
+/// Makes `info` the entry of `sk`: in place when the address already has
+/// one (a freed socket's address is soon reused), else a new entry. An
+/// LRU update always takes a fresh node from the free list and hands the
+/// old one back: the costliest step of an open, and a lookup and an
+/// in-place write cost a fraction of it.
 #[inline(always)]
 pub fn remember(sk: u64, info: &SockInfo) {
+    match SOCKS.get_ptr_mut(sk) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(entry) => unsafe { copy_words(entry, info) },
+        None => insert(sk, info),
+    }
+}
+
+/// A new entry for `sk`, which the caller just looked up and missed.
+#[inline(always)]
+fn insert(sk: u64, info: &SockInfo) {
     let _ = SOCKS.insert(&sk, info, 0);
 }
 
 #[inline(always)]
 pub fn listener(netns: u32, port: u16) -> Owner {
     let key = ListenKey::new(netns, port);
-    unsafe { LISTENERS.get(&key).copied() }.unwrap_or_default()
+    match LISTENERS.get_ptr(key) {
+        // SAFETY: a valid map value pointer from the lookup.
+        Some(owner) => unsafe { copied(owner) },
+        None => Owner::default(),
+    }
 }
 
 #[inline(always)]
@@ -204,7 +294,8 @@ pub fn forget_listener(netns: u32, port: u16) {
 /// opened on `ev`.
 #[inline(always)]
 pub fn attribute(ev: &mut Event, info: &SockInfo) {
-    ev.owner = info.owner;
+    // SAFETY: two valid owners.
+    unsafe { copy_words(&mut ev.owner, &info.owner) };
     ev.opened_by = if info.syn_sent_ns != 0 {
         opened_by::CONNECT
     } else if info.established_ns != 0 {

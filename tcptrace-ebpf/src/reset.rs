@@ -41,21 +41,25 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     rec.endpoints_into(ev)?;
     ev.ts_ns = now;
     ev.skaddr = sk;
-    ev.netns = if sk != 0 {
-        read::netns(&cfg.sock, sk)
-    } else {
+    let entry = owner::entry(sk);
+    let full = is_full_tcp_sock(state);
+    ev.netns = if sk == 0 {
         // An RST for a segment no socket owns: the namespace of the
         // device the segment came in on is where it was answered.
         read::skb_netns(cfg, rec.field(field::SKBADDR).unwrap_or(0))
+    } else if full {
+        owner::netns(&cfg.sock, sk, entry)
+    } else {
+        read::netns(&cfg.sock, sk)
     };
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
-    if is_full_tcp_sock(state) {
+    if full {
         idle(cfg, sk, ev);
         queues(cfg, sk, ev);
     }
-    let info = owner::sock_info_or_preexisting(sk, ev);
+    let info = owner::info_or_preexisting(sk, entry, ev);
     owner::attribute(ev, &info);
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;

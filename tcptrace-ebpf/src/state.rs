@@ -25,7 +25,17 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     let old: i32 = rec.field(field::OLDSTATE)?;
     let new: i32 = rec.field(field::NEWSTATE)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    let netns = read::netns(&cfg.sock, sk);
+    let opening =
+        new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
+    // Every later transition finds the entry an opening made, which holds
+    // the namespace: looked up once here, read from the socket only when
+    // there is none.
+    let entry = if opening {
+        core::ptr::null_mut()
+    } else {
+        owner::entry(sk)
+    };
+    let netns = owner::netns(&cfg.sock, sk, entry);
 
     let ev = emit::blank()?;
     rec.endpoints_into(ev)?;
@@ -39,7 +49,9 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     // Plain values, never `Option<SockInfo>`: an unknown socket reads as
     // zeros (owner unknown, times unknown). LLVM turns Option copies into
     // code that reads an undefined register, which the verifier rejects.
-    let info = match new {
+    // Each arm attributes the event itself, so the entries it handles
+    // (64 bytes each) never share the 512-byte stack.
+    match new {
         tcp_state::SYN_SENT => {
             // Inside connect(): the running task is the owner.
             let info = SockInfo {
@@ -48,39 +60,43 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 established_ns: 0,
                 reuse_mark: 0,
                 last_send_jiffies: 0,
+                netns,
+                _pad: 0,
             };
             owner::remember(sk, &info);
-            info
+            owner::attribute(ev, &info);
         }
         tcp_state::LISTEN => {
             let info = SockInfo {
                 owner: owner::current(),
+                netns,
                 ..SockInfo::default()
             };
             owner::remember_listener(netns, ev.sport, &info.owner);
             owner::remember(sk, &info);
-            info
+            owner::attribute(ev, &info);
         }
         tcp_state::SYN_RECV => {
             // A passive child, created in softirq: provisionally owned by
             // the listener until accept() names the real owner.
             let info = SockInfo {
                 owner: owner::listener(netns, ev.sport),
+                netns,
                 ..SockInfo::default()
             };
             owner::remember(sk, &info);
-            info
+            owner::attribute(ev, &info);
         }
         tcp_state::ESTABLISHED => {
-            let info = owner::mark_established(sk, now);
+            let info = owner::mark_established(entry, now);
             if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
                 ev.kind = kind::CONNECT;
                 ev.duration_ns = now - info.syn_sent_ns;
             }
-            info
+            owner::attribute(ev, &info);
         }
         tcp_state::CLOSE => {
-            let info = owner::sock_info_or_preexisting(sk, ev);
+            let info = owner::info_or_preexisting(sk, entry, ev);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
                 if info.syn_sent_ns != 0 {
@@ -92,24 +108,24 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
                 // The lifetime, for a reader that never saw the open.
                 ev.age_ns = now - info.established_ns;
             }
-            info
+            owner::attribute(ev, &info);
         }
         tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT if old == tcp_state::ESTABLISHED => {
             // The first close of an established connection, by us
             // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
             // been idle is the closer's idle timeout (keep-alive, LB).
             reset::idle(cfg, sk, ev);
-            let info = owner::sock_info_or_preexisting(sk, ev);
+            let info = owner::info_or_preexisting(sk, entry, ev);
             if info.established_ns != 0 {
                 ev.age_ns = now - info.established_ns;
             }
-            info
+            owner::attribute(ev, &info);
         }
-        _ => owner::sock_info_or_preexisting(sk, ev),
-    };
-    owner::attribute(ev, &info);
-    let opening =
-        new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
+        _ => {
+            let info = owner::info_or_preexisting(sk, entry, ev);
+            owner::attribute(ev, &info);
+        }
+    }
     if opening && cfg.skip_opening != 0 {
         return Some(());
     }
