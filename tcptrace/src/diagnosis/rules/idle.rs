@@ -53,18 +53,22 @@ pub(super) fn idle_bounded_peers(
 
 /// Processes with a positive `count` that talked to `peer`, heaviest
 /// first (all with a positive count if none is known to have).
-pub(super) fn processes_for_peer(
-    agg: &Aggregate,
+pub(super) fn processes_for_peer<'a>(
+    agg: &'a Aggregate,
     peer: SocketAddr,
-    count: impl Fn(&Stats) -> u64,
-) -> Vec<(u32, &Process, u64)> {
+    count: impl Fn(&Stats) -> u64 + 'a,
+) -> Hits<'a> {
     let all = processes_with(agg, count);
     let related: Vec<_> = all
         .iter()
         .copied()
         .filter(|(_, p, _)| p.stats.related.get(&Related::Peer(peer)).is_some())
         .collect();
-    if related.is_empty() { all } else { related }
+    if related.is_empty() {
+        all
+    } else {
+        all.with_rows(related)
+    }
 }
 
 /// `1.50s-2.10s` or `2.00s` for a single value.
@@ -156,10 +160,10 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
 
 /// The peer closed (FIN) connections the clients in `hit` then reused:
 /// its idle timeout is how long they had been idle when it closed them.
-fn fin_first_finding(agg: &Aggregate, hit: &[(u32, &Process, u64)]) -> Option<Finding> {
+fn fin_first_finding(agg: &Aggregate, hit: &Hits) -> Option<Finding> {
     let (pid, process, resets) = hit.first().copied()?;
     let stats = &process.stats;
-    let peer = top_peer(stats);
+    let peer = hit.peer(pid);
     let closer = peer.and_then(|p| agg.closers.get(&p));
     let idle = stats
         .peer_close_idle
@@ -332,17 +336,15 @@ fn reset_on_reuse_finding(agg: &Aggregate, b: &Bounded, all: &[Bounded]) -> Find
 /// Without reuse events (not traced): RSTs after quiet gaps whose idle
 /// times cluster around one value.
 fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
-    let hit: Vec<_> = processes_with(agg, |s| s.rst_after_quiet_gap)
-        .into_iter()
-        .filter(|(_, p, _)| p.stats.reuse_outcomes.reset.count == 0 && quiet_gaps_cluster(&p.stats))
-        .collect();
+    let mut hit = processes_with(agg, |s| s.rst_after_quiet_gap);
+    hit.retain(|(_, p, _)| p.stats.reuse_outcomes.reset.count == 0 && quiet_gaps_cluster(&p.stats));
     let (pid, process, resets) = hit.first().copied()?;
     let idle = process
         .stats
         .quiet_gap_idle
         .percentiles()
         .expect("filtered above");
-    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
     let confidence = if resets >= 3 {
         Confidence::High
     } else {
@@ -468,26 +470,25 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
         .iter()
         .map(|b| b.peer)
         .collect();
-    let hit: Vec<_> = processes_with(i.agg, |s| s.rst_after_quiet_gap)
-        .into_iter()
-        .filter(|(_, p, _)| {
-            let by_reuse = p.stats.reuse_outcomes.reset.count > 0;
-            let idle_explains = if by_reuse {
-                top_peer(&p.stats).is_some_and(|peer| explained.contains(&peer))
-                    || p.stats
-                        .reuse_outcomes
-                        .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
-                        .is_some()
-            } else {
-                quiet_gaps_cluster(&p.stats)
-            };
-            !idle_explains
-        })
-        .collect();
+    let mut hit = processes_with(i.agg, |s| s.rst_after_quiet_gap);
+    let peer_of = |pid: u32| top_peer_by(i.agg, pid, |s| s.rst_after_quiet_gap);
+    hit.retain(|(pid, p, _)| {
+        let by_reuse = p.stats.reuse_outcomes.reset.count > 0;
+        let idle_explains = if by_reuse {
+            peer_of(*pid).is_some_and(|peer| explained.contains(&peer))
+                || p.stats
+                    .reuse_outcomes
+                    .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
+                    .is_some()
+        } else {
+            quiet_gaps_cluster(&p.stats)
+        };
+        !idle_explains
+    });
     let mut findings = Vec::new();
     if let Some((pid, process, resets)) = hit.first().copied() {
         let idle = process.stats.quiet_gap_idle.percentiles();
-        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+        let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
         let confidence = if resets >= 2 {
             Confidence::Medium
         } else {

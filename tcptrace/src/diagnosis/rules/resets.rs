@@ -4,7 +4,7 @@
 use super::*;
 use crate::aggregate::QUIET_GAP_NS;
 
-fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Process, u64)> {
+fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &'a [&'a str]) -> Hits<'a> {
     processes_with(agg, |s| reasons.iter().map(|r| s.rst_sent_with(r)).sum())
 }
 
@@ -47,7 +47,8 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         f.evidence.push(format!(
             "{n} RSTs sent by {} with reason TCP_ABORT_ON_CLOSE{}",
             who(*pid, &p.comm),
-            top_peer(&p.stats).map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
+            hit.peer(*pid)
+                .map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
         ));
     }
     f.evidence.push(format!(
@@ -84,10 +85,12 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
     // A proxy resetting its own backend connections does it on purpose
     // (HAProxy avoids TIME_WAIT that way): worth knowing, rarely the bug.
     let (apps, proxies): (Vec<_>, Vec<_>) = hit
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|(pid, ..)| *pid != 0)
         .partition(|(_, p, _)| !is_proxy(&p.comm));
-    for (group, proxy) in [(apps, false), (proxies, true)] {
+    for (rows, proxy) in [(apps, false), (proxies, true)] {
+        let group = rst_sent_by(i.agg, &REASONS).with_rows(rows);
         let Some((pid, process, n)) = group.first().copied() else {
             continue;
         };
@@ -125,7 +128,8 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             "{n} RSTs sent by {} ({}){}",
             who(pid, &process.comm),
             reasons.join(", "),
-            top_peer(&process.stats)
+            group
+                .peer(pid)
                 .map_or_else(String::new, |p| format!(", mostly to {}", endpoint(p)))
         ));
         if let Some(age) = process.stats.age_at_rst.percentiles() {
@@ -188,7 +192,7 @@ pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
         };
     };
     let stats = &process.stats;
-    let peer = top_peer(stats).map_or_else(|| "the peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "the peer".into(), endpoint);
     let hops: Vec<String> = stats
         .forged_hops
         .iter()
@@ -285,7 +289,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
     if n < 3 && !benign {
         return Vec::new();
     }
-    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
     let role = side(&process.stats);
     let me = who(pid, &process.comm);
     let (confidence, summary) = if benign {
@@ -339,7 +343,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         .map(|(pid, p, n)| Affected {
             pid: *pid,
             comm: p.comm.clone(),
-            peer: top_peer(&p.stats),
+            peer: hit.peer(*pid),
             events: *n,
             role: side(&p.stats),
             cgroup_id: p.cgroup_id,
