@@ -61,6 +61,16 @@ pub const MAX_PEERS: usize = 256;
 const MAX_RELATED: usize = 8;
 /// Connections whose closes by idle time are kept, by local endpoint.
 const MAX_CLOSERS: usize = 64;
+/// RSTs sent by local processes kept for pairing with their receipt.
+const MAX_LOCAL_RSTS: usize = 4096;
+
+/// Who sent an RST from a local socket.
+#[derive(Debug, Clone)]
+struct LocalRst {
+    pid: u32,
+    comm: String,
+    cgroup_id: u64,
+}
 /// Network namespaces kept (the busiest).
 pub const MAX_NAMESPACES: usize = 64;
 /// A received RST after this long without receiving anything counts as a
@@ -101,6 +111,9 @@ pub struct Stats {
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
     pub rst_after_quiet_gap: u64,
+    /// Of those, RSTs a traced local process sent (seen leaving it with
+    /// the 4-tuple reversed): its own idle close, not a middlebox.
+    pub rst_after_quiet_gap_from_local: u64,
     /// RSTs received in ESTABLISHED on a connection in use (no quiet
     /// gap): the peer (or something in between) aborted it.
     pub rst_while_active: u64,
@@ -204,6 +217,7 @@ impl Default for Stats {
             quiet_gap_idle: Dist::new(Dist::MILLIS),
             age_at_rst: Dist::new(Dist::MILLIS),
             rst_after_quiet_gap: 0,
+            rst_after_quiet_gap_from_local: 0,
             rst_while_active: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
@@ -327,6 +341,12 @@ pub struct Closer {
     /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
     /// reusing connections it had closed for idleness.
     pub late_data_resets: u64,
+    /// Idle connections this endpoint closed with an RST (SO_LINGER 0 or
+    /// another abort) that a traced local client received after a quiet
+    /// gap: the same RST seen leaving this process and arriving at the
+    /// client (4-tuple reversed), so no middlebox is involved. `idle`
+    /// holds how long those connections had been idle.
+    pub idle_resets: u64,
 }
 
 impl Weight for Closer {
@@ -375,6 +395,10 @@ pub struct Aggregate {
     pub handshakes: Handshakes,
     conns: ConnTable,
     pending: PendingCloses,
+    /// RSTs owned local sockets sent, by (local, remote) endpoint, until a
+    /// local client receives them: an RST received on the reversed
+    /// 4-tuple came from that process, not from a middlebox.
+    local_rsts: FxHashMap<(SocketAddr, SocketAddr), LocalRst>,
     reuses: ReuseTracker,
     /// Reuses whose outcome was just decided (kept to reuse the allocation).
     settled: Vec<Settled>,
@@ -408,6 +432,7 @@ impl Aggregate {
             handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
+            local_rsts: FxHashMap::default(),
             reuses: ReuseTracker::default(),
             settled: Vec::new(),
             last_ns: 0,
@@ -483,6 +508,8 @@ impl Aggregate {
             &mut self.conns,
             &mut self.pending,
         );
+        let mut update = update;
+        self.match_local_rst(ev, &mut update);
         let netns = ev.netns.unwrap_or(0);
         self.namespaces.entry(&netns, Namespace::default).events += 1;
         self.flows
@@ -519,6 +546,7 @@ impl Aggregate {
                 cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
                 late_data_resets: 0,
+                idle_resets: 0,
             });
             closer.idle.record(idle);
         }
@@ -545,6 +573,51 @@ impl Aggregate {
         update.apply(peer_stats);
         if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
+        }
+    }
+
+    /// Pairs an RST a local process sent with the same RST arriving at a
+    /// local client (loopback, or namespaces on one host). A pair after an
+    /// idle gap is the sender closing idle connections with an RST (its
+    /// keep-alive timeout with SO_LINGER 0): it is counted for the sender
+    /// in `closers` and marked on the receiver's `update`, so no rule
+    /// blames a middlebox for it.
+    fn match_local_rst(&mut self, ev: &TcpEvent, update: &mut Update) {
+        match ev.kind {
+            EventKind::RstSent => {
+                let Some(owner) = &ev.owner else { return };
+                if self.local_rsts.len() >= MAX_LOCAL_RSTS {
+                    // Unmatched ones are RSTs to remote hosts: forget them.
+                    self.local_rsts.clear();
+                }
+                self.local_rsts.insert(
+                    (ev.local, ev.remote),
+                    LocalRst {
+                        pid: owner.pid,
+                        comm: owner.comm.to_string(),
+                        cgroup_id: owner.cgroup_id,
+                    },
+                );
+            }
+            EventKind::RstReceived if update.quiet_gap_rst => {
+                let Some(sender) = self.local_rsts.remove(&(ev.remote, ev.local)) else {
+                    return;
+                };
+                update.quiet_gap_rst_from_local = true;
+                let closer = self.closers.entry(&ev.remote, || Closer {
+                    pid: sender.pid,
+                    comm: sender.comm.clone(),
+                    cgroup_id: sender.cgroup_id,
+                    idle: Dist::new(Dist::MILLIS),
+                    late_data_resets: 0,
+                    idle_resets: 0,
+                });
+                if let Some(idle) = ev.idle_recv_ns {
+                    closer.idle.record(idle);
+                }
+                closer.idle_resets += 1;
+            }
+            _ => {}
         }
     }
 
@@ -640,6 +713,8 @@ struct Update {
     idle_before_rst_ns: Option<u64>,
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
+    /// A quiet-gap RST that a traced local process was seen sending.
+    quiet_gap_rst_from_local: bool,
     active_rst: bool,
     /// A received RST's origin, and the hops closer of a middlebox's.
     rst_origin: Option<(&'static str, Option<u8>)>,
@@ -899,6 +974,7 @@ impl Update {
             s.age_at_rst.record(ns);
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
+        s.rst_after_quiet_gap_from_local += u64::from(self.quiet_gap_rst_from_local);
         s.rst_while_active += u64::from(self.active_rst);
         if let Some((origin, hops)) = self.rst_origin {
             *s.rst_origin.entry(origin).or_default() += 1;

@@ -187,3 +187,106 @@ fn timeouts_name_the_peer_that_stopped_answering() {
     let findings = run(&events);
     names_faulty_peer(finding(&findings, Cause::RetransmissionTimeout));
 }
+
+/// A local server (pid 900) that closes connections idle 2 s with an RST
+/// (SO_LINGER 0), and a local pool (pid 42) that receives those RSTs on
+/// its idle connections and gets ECONNRESET when it reuses them.
+fn local_server_resets_idle(n: u64) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let at = 10 + k * 3_000;
+        let client = format!("127.0.0.1:{}", 50_000 + k);
+        let (csock, ssock) = (100 + k, 1_000 + k);
+        events.push(
+            ev(K::State, at)
+                .sock(csock)
+                .owner(42, "pool")
+                .local("127.0.0.1:0")
+                .remote("127.0.0.1:8080")
+                .transition("CLOSE", "SYN_SENT")
+                .build(),
+        );
+        events.push(
+            ev(K::State, at)
+                .sock(ssock)
+                .local("127.0.0.1:8080")
+                .remote(&client)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::Connect, at)
+                .sock(csock)
+                .owner(42, "pool")
+                .local(&client)
+                .remote("127.0.0.1:8080")
+                .transition("SYN_SENT", "ESTABLISHED")
+                .connect_ms(0.1)
+                .build(),
+        );
+        events.push(
+            ev(K::RstSent, at + 2_010)
+                .sock(ssock)
+                .owner(900, "server")
+                .local("127.0.0.1:8080")
+                .remote(&client)
+                .reason("TCP_STATE")
+                .age_ms(2_010)
+                .queues(0, 0, 2_000)
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, at + 2_010)
+                .sock(csock)
+                .owner(42, "pool")
+                .local(&client)
+                .remote("127.0.0.1:8080")
+                .state("ESTABLISHED")
+                .idle_ms(2_000, 2_000)
+                .build(),
+        );
+        events.push(
+            ev(K::SocketError, at + 2_500)
+                .sock(csock)
+                .owner(42, "pool")
+                .local(&client)
+                .remote("127.0.0.1:8080")
+                .socket_errno(104)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn a_local_server_resetting_idle_connections_is_its_keepalive_not_a_middlebox() {
+    let findings = run(&local_server_resets_idle(6));
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::ServerKeepaliveTimeout, "{findings:#?}");
+    assert!(top.confidence >= Confidence::Medium, "{top:#?}");
+    assert!(top.summary.contains("pid 900 (server)"), "{}", top.summary);
+    assert!(
+        top.affected
+            .iter()
+            .any(|a| a.pid == 900 && a.role == "closer"),
+        "{:?}",
+        top.affected
+    );
+    assert!(
+        (1.9..=2.1).contains(&top.figures["idle_timeout_s"]),
+        "{:?}",
+        top.figures
+    );
+    let fix = top.fix.join(" ");
+    assert!(fix.contains("idle") && fix.contains("SO_LINGER 0"), "{fix}");
+    assert!(
+        findings.iter().all(|f| f.cause != Cause::LbIdleTimeout),
+        "a middlebox is blamed: {findings:#?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.summary.contains("nothing was lost")),
+        "ECONNRESET on reuse called lossless: {findings:#?}"
+    );
+}

@@ -98,8 +98,20 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         // After a complete exchange (nothing in flight, nothing unread,
         // the last request answered) an abortive close loses nothing.
         let clean = process.stats.rst_sent_clean.min(n);
-        let benign = proxy || clean * 10 >= n * 9;
+        // Idle connections it reset that local clients then reused: they
+        // got ECONNRESET, so something was lost; `idle_timeouts` names
+        // the idle timeout as the cause.
+        let idle_resets: u64 = i
+            .agg
+            .closers
+            .iter()
+            .filter(|(_, c)| c.pid == pid)
+            .map(|(_, c)| c.idle_resets)
+            .sum();
+        let benign = idle_resets == 0 && (proxy || clean * 10 >= n * 9);
         let confidence = match (benign, n) {
+            // Explained by the idle-timeout finding.
+            _ if idle_resets > 0 => Confidence::Low,
             // Benign, or a single stray abort.
             (true, _) | (false, 1) => Confidence::Low,
             (false, 2) => Confidence::Medium,
@@ -112,7 +124,12 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
                 (c > 0).then(|| format!("{r} {c}"))
             })
             .collect();
-        let summary = if benign && clean > 0 {
+        let summary = if idle_resets > 0 {
+            format!(
+                "{} closed {n} connections with an RST (SO_LINGER 0), {idle_resets} of them idle pooled connections its clients received the RST on and then got ECONNRESET reusing: its idle timeout (see the idle-timeout finding)",
+                who(pid, &process.comm)
+            )
+        } else if benign && clean > 0 {
             format!(
                 "{} closed {n} connections with an RST (SO_LINGER 0) after complete exchanges: nothing was lost; benign by design",
                 who(pid, &process.comm)
@@ -148,6 +165,11 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             f.fix.push(
                 "HAProxy: remove `option nolinger` where set; otherwise nothing to fix.".into(),
             );
+        } else if idle_resets > 0 {
+            f.fix.push(format!(
+                "{} resets idle connections its clients still hold in their pools: raise its idle timeout above the clients' pool idle time (or lower theirs below it), and close idle connections with a FIN rather than SO_LINGER 0 so clients see EOF before reuse.",
+                who(pid, &process.comm)
+            ));
         } else if benign {
             f.fix.push(format!(
                 "Nothing is lost: {} resets connections it has finished with (SO_LINGER 0). If the peers log these resets as errors, close normally (FIN) instead, or have them treat ECONNRESET after a complete response as a normal end.",
