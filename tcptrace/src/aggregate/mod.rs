@@ -71,6 +71,22 @@ struct LocalRst {
     comm: String,
     cgroup_id: u64,
 }
+
+/// Who received an RST after a quiet gap, keyed as its figures are.
+#[derive(Debug, Clone)]
+struct RstReceiver {
+    pid: u32,
+    peer: SocketAddr,
+    netns: u32,
+    idle_ns: Option<u64>,
+}
+
+/// One half of an RST seen on both ends, waiting for the other half.
+#[derive(Debug, Clone)]
+enum PairedRst {
+    Sent(LocalRst),
+    Received(RstReceiver),
+}
 /// Network namespaces kept (the busiest).
 pub const MAX_NAMESPACES: usize = 64;
 /// A received RST after this long without receiving anything counts as a
@@ -398,7 +414,7 @@ pub struct Aggregate {
     /// RSTs owned local sockets sent, by (local, remote) endpoint, until a
     /// local client receives them: an RST received on the reversed
     /// 4-tuple came from that process, not from a middlebox.
-    local_rsts: FxHashMap<(SocketAddr, SocketAddr), LocalRst>,
+    local_rsts: FxHashMap<(SocketAddr, SocketAddr), PairedRst>,
     reuses: ReuseTracker,
     /// Reuses whose outcome was just decided (kept to reuse the allocation).
     settled: Vec<Settled>,
@@ -508,8 +524,6 @@ impl Aggregate {
             &mut self.conns,
             &mut self.pending,
         );
-        let mut update = update;
-        self.match_local_rst(ev, &mut update);
         let netns = ev.netns.unwrap_or(0);
         self.namespaces.entry(&netns, Namespace::default).events += 1;
         self.flows
@@ -574,50 +588,87 @@ impl Aggregate {
         if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
         }
+        self.match_local_rst(ev, pid, peer, update.quiet_gap_rst);
     }
 
     /// Pairs an RST a local process sent with the same RST arriving at a
-    /// local client (loopback, or namespaces on one host). A pair after an
-    /// idle gap is the sender closing idle connections with an RST (its
-    /// keep-alive timeout with SO_LINGER 0): it is counted for the sender
-    /// in `closers` and marked on the receiver's `update`, so no rule
-    /// blames a middlebox for it.
-    fn match_local_rst(&mut self, ev: &TcpEvent, update: &mut Update) {
+    /// local client (loopback, or namespaces on one host), in either
+    /// order: the receiver's tracepoint fires before the sender's. A pair
+    /// after an idle gap is the sender closing idle connections with an
+    /// RST (its keep-alive timeout with SO_LINGER 0): it is counted for
+    /// the sender in `closers` and for the receiver as
+    /// `rst_after_quiet_gap_from_local`, so no rule blames a middlebox.
+    fn match_local_rst(&mut self, ev: &TcpEvent, pid: u32, peer: SocketAddr, quiet_gap: bool) {
+        if self.local_rsts.len() >= MAX_LOCAL_RSTS {
+            // Unpaired ones are RSTs to or from other hosts: forget them.
+            self.local_rsts.clear();
+        }
         match ev.kind {
             EventKind::RstSent => {
                 let Some(owner) = &ev.owner else { return };
-                if self.local_rsts.len() >= MAX_LOCAL_RSTS {
-                    // Unmatched ones are RSTs to remote hosts: forget them.
-                    self.local_rsts.clear();
-                }
-                self.local_rsts.insert(
-                    (ev.local, ev.remote),
-                    LocalRst {
-                        pid: owner.pid,
-                        comm: owner.comm.to_string(),
-                        cgroup_id: owner.cgroup_id,
-                    },
-                );
-            }
-            EventKind::RstReceived if update.quiet_gap_rst => {
-                let Some(sender) = self.local_rsts.remove(&(ev.remote, ev.local)) else {
-                    return;
+                let sender = LocalRst {
+                    pid: owner.pid,
+                    comm: owner.comm.to_string(),
+                    cgroup_id: owner.cgroup_id,
                 };
-                update.quiet_gap_rst_from_local = true;
-                let closer = self.closers.entry(&ev.remote, || Closer {
-                    pid: sender.pid,
-                    comm: sender.comm.clone(),
-                    cgroup_id: sender.cgroup_id,
-                    idle: Dist::new(Dist::MILLIS),
-                    late_data_resets: 0,
-                    idle_resets: 0,
-                });
-                if let Some(idle) = ev.idle_recv_ns {
-                    closer.idle.record(idle);
+                match self.local_rsts.remove(&(ev.remote, ev.local)) {
+                    Some(PairedRst::Received(receiver)) => {
+                        self.credit_idle_reset(ev.local, &sender, &receiver);
+                    }
+                    _ => {
+                        self.local_rsts
+                            .insert((ev.local, ev.remote), PairedRst::Sent(sender));
+                    }
                 }
-                closer.idle_resets += 1;
+            }
+            EventKind::RstReceived if quiet_gap => {
+                let receiver = RstReceiver {
+                    pid,
+                    peer,
+                    netns: ev.netns.unwrap_or(0),
+                    idle_ns: ev.idle_recv_ns,
+                };
+                match self.local_rsts.remove(&(ev.remote, ev.local)) {
+                    Some(PairedRst::Sent(sender)) => {
+                        self.credit_idle_reset(ev.remote, &sender, &receiver);
+                    }
+                    _ => {
+                        self.local_rsts
+                            .insert((ev.local, ev.remote), PairedRst::Received(receiver));
+                    }
+                }
             }
             _ => {}
+        }
+    }
+
+    fn credit_idle_reset(
+        &mut self,
+        closer_ep: SocketAddr,
+        sender: &LocalRst,
+        receiver: &RstReceiver,
+    ) {
+        let closer = self.closers.entry(&closer_ep, || Closer {
+            pid: sender.pid,
+            comm: sender.comm.clone(),
+            cgroup_id: sender.cgroup_id,
+            idle: Dist::new(Dist::MILLIS),
+            late_data_resets: 0,
+            idle_resets: 0,
+        });
+        if let Some(idle) = receiver.idle_ns {
+            closer.idle.record(idle);
+        }
+        closer.idle_resets += 1;
+        self.total.rst_after_quiet_gap_from_local += 1;
+        if let Some(p) = self.processes.get_mut(&receiver.pid) {
+            p.stats.rst_after_quiet_gap_from_local += 1;
+        }
+        if let Some(s) = self.peers.get_mut(&receiver.peer) {
+            s.rst_after_quiet_gap_from_local += 1;
+        }
+        if let Some(ns) = self.namespaces.get_mut(&receiver.netns) {
+            ns.stats.rst_after_quiet_gap_from_local += 1;
         }
     }
 
@@ -713,8 +764,6 @@ struct Update {
     idle_before_rst_ns: Option<u64>,
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
-    /// A quiet-gap RST that a traced local process was seen sending.
-    quiet_gap_rst_from_local: bool,
     active_rst: bool,
     /// A received RST's origin, and the hops closer of a middlebox's.
     rst_origin: Option<(&'static str, Option<u8>)>,
@@ -974,7 +1023,6 @@ impl Update {
             s.age_at_rst.record(ns);
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
-        s.rst_after_quiet_gap_from_local += u64::from(self.quiet_gap_rst_from_local);
         s.rst_while_active += u64::from(self.active_rst);
         if let Some((origin, hops)) = self.rst_origin {
             *s.rst_origin.entry(origin).or_default() += 1;

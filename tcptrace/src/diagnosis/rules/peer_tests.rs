@@ -190,8 +190,10 @@ fn timeouts_name_the_peer_that_stopped_answering() {
 
 /// A local server (pid 900) that closes connections idle 2 s with an RST
 /// (SO_LINGER 0), and a local pool (pid 42) that receives those RSTs on
-/// its idle connections and gets ECONNRESET when it reuses them.
-fn local_server_resets_idle(n: u64) -> Vec<TcpEvent> {
+/// its idle connections and gets ECONNRESET when it reuses them. The
+/// tracer reports the receipt first (loopback delivers the RST before
+/// the sender's tracepoint fires); `sent_first` swaps them.
+fn local_server_resets_idle(n: u64, sent_first: bool) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for k in 0..n {
         let at = 10 + k * 3_000;
@@ -224,27 +226,28 @@ fn local_server_resets_idle(n: u64) -> Vec<TcpEvent> {
                 .connect_ms(0.1)
                 .build(),
         );
-        events.push(
-            ev(K::RstSent, at + 2_010)
-                .sock(ssock)
-                .owner(900, "server")
-                .local("127.0.0.1:8080")
-                .remote(&client)
-                .reason("TCP_STATE")
-                .age_ms(2_010)
-                .queues(0, 0, 2_000)
-                .build(),
-        );
-        events.push(
-            ev(K::RstReceived, at + 2_010)
-                .sock(csock)
-                .owner(42, "pool")
-                .local(&client)
-                .remote("127.0.0.1:8080")
-                .state("ESTABLISHED")
-                .idle_ms(2_000, 2_000)
-                .build(),
-        );
+        let sent = ev(K::RstSent, at + 2_010)
+            .sock(ssock)
+            .owner(900, "server")
+            .local("127.0.0.1:8080")
+            .remote(&client)
+            .reason("TCP_STATE")
+            .age_ms(2_010)
+            .queues(0, 0, 2_000)
+            .build();
+        let received = ev(K::RstReceived, at + 2_010)
+            .sock(csock)
+            .owner(42, "pool")
+            .local(&client)
+            .remote("127.0.0.1:8080")
+            .state("ESTABLISHED")
+            .idle_ms(2_000, 2_000)
+            .build();
+        if sent_first {
+            events.extend([sent, received]);
+        } else {
+            events.extend([received, sent]);
+        }
         events.push(
             ev(K::SocketError, at + 2_500)
                 .sock(csock)
@@ -260,7 +263,13 @@ fn local_server_resets_idle(n: u64) -> Vec<TcpEvent> {
 
 #[test]
 fn a_local_server_resetting_idle_connections_is_its_keepalive_not_a_middlebox() {
-    let findings = run(&local_server_resets_idle(6));
+    for sent_first in [false, true] {
+        local_server_resets_idle_is_its_keepalive(sent_first);
+    }
+}
+
+fn local_server_resets_idle_is_its_keepalive(sent_first: bool) {
+    let findings = run(&local_server_resets_idle(6, sent_first));
     let top = &findings[0];
     assert_eq!(top.cause, Cause::ServerKeepaliveTimeout, "{findings:#?}");
     assert!(top.confidence >= Confidence::Medium, "{top:#?}");
