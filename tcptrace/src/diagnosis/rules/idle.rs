@@ -156,7 +156,7 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
     // No FIN: something in between forgot the flow. Reuses that worked
     // next to reuses that were reset bound its timeout.
     let mut bounded = idle_bounded_peers(i.agg, |r| r.reset);
-    bounded.retain(|b| !reset_by_local_closer(&b.stats));
+    bounded.retain(|b| !reset_by_local_closer(b.stats));
     if let Some(b) = bounded.first() {
         findings.push(reset_on_reuse_finding(i.agg, b, &bounded));
     } else if let Some(f) = clustered_quiet_gap_finding(i.agg) {
