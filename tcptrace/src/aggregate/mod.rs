@@ -61,6 +61,32 @@ pub const MAX_PEERS: usize = 256;
 const MAX_RELATED: usize = 8;
 /// Connections whose closes by idle time are kept, by local endpoint.
 const MAX_CLOSERS: usize = 64;
+/// RSTs sent by local processes kept for pairing with their receipt.
+const MAX_LOCAL_RSTS: usize = 4096;
+
+/// Who sent an RST from a local socket.
+#[derive(Debug, Clone)]
+struct LocalRst {
+    pid: u32,
+    comm: String,
+    cgroup_id: u64,
+}
+
+/// Who received an RST after a quiet gap, keyed as its figures are.
+#[derive(Debug, Clone)]
+struct RstReceiver {
+    pid: u32,
+    peer: SocketAddr,
+    netns: u32,
+    idle_ns: Option<u64>,
+}
+
+/// One half of an RST seen on both ends, waiting for the other half.
+#[derive(Debug, Clone)]
+enum PairedRst {
+    Sent(LocalRst),
+    Received(RstReceiver),
+}
 /// Network namespaces kept (the busiest).
 pub const MAX_NAMESPACES: usize = 64;
 /// A received RST after this long without receiving anything counts as a
@@ -101,6 +127,9 @@ pub struct Stats {
     /// RSTs received in ESTABLISHED after a quiet gap: reuse of a flow
     /// something in between had forgotten, no FIN seen.
     pub rst_after_quiet_gap: u64,
+    /// Of those, RSTs a traced local process sent (seen leaving it with
+    /// the 4-tuple reversed): its own idle close, not a middlebox.
+    pub rst_after_quiet_gap_from_local: u64,
     /// RSTs received in ESTABLISHED on a connection in use (no quiet
     /// gap): the peer (or something in between) aborted it.
     pub rst_while_active: u64,
@@ -204,6 +233,7 @@ impl Default for Stats {
             quiet_gap_idle: Dist::new(Dist::MILLIS),
             age_at_rst: Dist::new(Dist::MILLIS),
             rst_after_quiet_gap: 0,
+            rst_after_quiet_gap_from_local: 0,
             rst_while_active: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
@@ -327,6 +357,12 @@ pub struct Closer {
     /// (reasons `TCP_ABORT_ON_DATA`, `TCP_TIMEWAIT_SOCKET`): clients
     /// reusing connections it had closed for idleness.
     pub late_data_resets: u64,
+    /// Idle connections this endpoint closed with an RST (SO_LINGER 0 or
+    /// another abort) that a traced local client received after a quiet
+    /// gap: the same RST seen leaving this process and arriving at the
+    /// client (4-tuple reversed), so no middlebox is involved. `idle`
+    /// holds how long those connections had been idle.
+    pub idle_resets: u64,
 }
 
 impl Weight for Closer {
@@ -375,6 +411,10 @@ pub struct Aggregate {
     pub handshakes: Handshakes,
     conns: ConnTable,
     pending: PendingCloses,
+    /// RSTs owned local sockets sent, by (local, remote) endpoint, until a
+    /// local client receives them: an RST received on the reversed
+    /// 4-tuple came from that process, not from a middlebox.
+    local_rsts: FxHashMap<(SocketAddr, SocketAddr), PairedRst>,
     reuses: ReuseTracker,
     /// Reuses whose outcome was just decided (kept to reuse the allocation).
     settled: Vec<Settled>,
@@ -408,6 +448,7 @@ impl Aggregate {
             handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
+            local_rsts: FxHashMap::default(),
             reuses: ReuseTracker::default(),
             settled: Vec::new(),
             last_ns: 0,
@@ -520,6 +561,7 @@ impl Aggregate {
                 cgroup_id: owner.cgroup_id,
                 idle: Dist::new(Dist::MILLIS),
                 late_data_resets: 0,
+                idle_resets: 0,
             });
             closer.idle.record(idle);
         }
@@ -546,6 +588,88 @@ impl Aggregate {
         update.apply(peer_stats);
         if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
+        }
+        self.match_local_rst(ev, pid, peer, update.quiet_gap_rst);
+    }
+
+    /// Pairs an RST a local process sent with the same RST arriving at a
+    /// local client (loopback, or namespaces on one host), in either
+    /// order: the receiver's tracepoint fires before the sender's. A pair
+    /// after an idle gap is the sender closing idle connections with an
+    /// RST (its keep-alive timeout with SO_LINGER 0): it is counted for
+    /// the sender in `closers` and for the receiver as
+    /// `rst_after_quiet_gap_from_local`, so no rule blames a middlebox.
+    fn match_local_rst(&mut self, ev: &TcpEvent, pid: u32, peer: SocketAddr, quiet_gap: bool) {
+        if self.local_rsts.len() >= MAX_LOCAL_RSTS {
+            // Unpaired ones are RSTs to or from other hosts: forget them.
+            self.local_rsts.clear();
+        }
+        match ev.kind {
+            EventKind::RstSent => {
+                let Some(owner) = &ev.owner else { return };
+                let sender = LocalRst {
+                    pid: owner.pid,
+                    comm: owner.comm.to_string(),
+                    cgroup_id: owner.cgroup_id,
+                };
+                match self.local_rsts.remove(&(ev.remote, ev.local)) {
+                    Some(PairedRst::Received(receiver)) => {
+                        self.credit_idle_reset(ev.local, &sender, &receiver);
+                    }
+                    _ => {
+                        self.local_rsts
+                            .insert((ev.local, ev.remote), PairedRst::Sent(sender));
+                    }
+                }
+            }
+            EventKind::RstReceived if quiet_gap => {
+                let receiver = RstReceiver {
+                    pid,
+                    peer,
+                    netns: ev.netns.unwrap_or(0),
+                    idle_ns: ev.idle_recv_ns,
+                };
+                match self.local_rsts.remove(&(ev.remote, ev.local)) {
+                    Some(PairedRst::Sent(sender)) => {
+                        self.credit_idle_reset(ev.remote, &sender, &receiver);
+                    }
+                    _ => {
+                        self.local_rsts
+                            .insert((ev.local, ev.remote), PairedRst::Received(receiver));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn credit_idle_reset(
+        &mut self,
+        closer_ep: SocketAddr,
+        sender: &LocalRst,
+        receiver: &RstReceiver,
+    ) {
+        let closer = self.closers.entry(&closer_ep, || Closer {
+            pid: sender.pid,
+            comm: sender.comm.clone(),
+            cgroup_id: sender.cgroup_id,
+            idle: Dist::new(Dist::MILLIS),
+            late_data_resets: 0,
+            idle_resets: 0,
+        });
+        if let Some(idle) = receiver.idle_ns {
+            closer.idle.record(idle);
+        }
+        closer.idle_resets += 1;
+        self.total.rst_after_quiet_gap_from_local += 1;
+        if let Some(p) = self.processes.get_mut(&receiver.pid) {
+            p.stats.rst_after_quiet_gap_from_local += 1;
+        }
+        if let Some(s) = self.peers.get_mut(&receiver.peer) {
+            s.rst_after_quiet_gap_from_local += 1;
+        }
+        if let Some(ns) = self.namespaces.get_mut(&receiver.netns) {
+            ns.stats.rst_after_quiet_gap_from_local += 1;
         }
     }
 

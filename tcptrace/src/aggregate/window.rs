@@ -48,6 +48,7 @@ impl Aggregate {
             handshakes: mem::take(&mut self.handshakes),
             conns: Default::default(),
             pending: Default::default(),
+            local_rsts: Default::default(),
             reuses: Default::default(),
             settled: Vec::new(),
             last_ns: self.last_ns,
@@ -83,6 +84,7 @@ impl Aggregate {
                 cgroup_id: 0,
                 idle: super::Dist::new(super::Dist::MILLIS),
                 late_data_resets: 0,
+                idle_resets: 0,
             },
             |ours, theirs| {
                 ours.pid = theirs.pid;
@@ -90,6 +92,7 @@ impl Aggregate {
                 ours.cgroup_id = theirs.cgroup_id;
                 ours.idle.merge(&theirs.idle);
                 ours.late_data_resets += theirs.late_data_resets;
+                ours.idle_resets += theirs.idle_resets;
             },
         );
         self.midflow.merge(&other.midflow);
@@ -124,6 +127,7 @@ impl Stats {
             quiet_gap_idle,
             age_at_rst,
             rst_after_quiet_gap,
+            rst_after_quiet_gap_from_local,
             rst_while_active,
             rst_after_peer_close,
             reuse_after_peer_close,
@@ -173,6 +177,7 @@ impl Stats {
         self.quiet_gap_idle.merge(quiet_gap_idle);
         self.age_at_rst.merge(age_at_rst);
         self.rst_after_quiet_gap += rst_after_quiet_gap;
+        self.rst_after_quiet_gap_from_local += rst_after_quiet_gap_from_local;
         self.rst_while_active += rst_while_active;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);

@@ -42,7 +42,7 @@ impl Culprit<'_> {
 /// Finds the listener: the one the events point at, else one whose queue
 /// was seen full, else the listener the clients' SYNs went to, else the
 /// namespace's only listener.
-fn culprit<'a>(i: &'a Inputs, clients: &[(u32, &Process, u64)]) -> Option<Culprit<'a>> {
+fn culprit<'a>(i: &'a Inputs, clients: &Hits) -> Option<Culprit<'a>> {
     let sockets = i.host.sockets();
     let socket_for = |local: SocketAddr| {
         listener_for(&i.host.listeners_peak, local)
@@ -64,7 +64,7 @@ fn culprit<'a>(i: &'a Inputs, clients: &[(u32, &Process, u64)]) -> Option<Culpri
             how: "a listener seen with its accept queue full",
         });
     }
-    if let Some(peer) = clients.first().and_then(|(_, p, _)| top_peer(&p.stats)) {
+    if let Some(peer) = clients.first().and_then(|(pid, _, _)| clients.peer(*pid)) {
         return Some(Culprit {
             local: peer,
             socket: socket_for(peer),

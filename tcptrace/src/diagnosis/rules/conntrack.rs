@@ -156,7 +156,8 @@ pub(super) fn conntrack_table_full(i: &Inputs) -> Outcome {
     let (client, peer) = match (hit.first(), from_drops.first()) {
         (Some((pid, p, _)), _) => (
             who(*pid, &p.comm),
-            top_peer(&p.stats).map_or_else(|| "their peers".into(), endpoint),
+            hit.peer(*pid)
+                .map_or_else(|| "their peers".into(), endpoint),
         ),
         (None, Some((pid, comm, _))) => (who(*pid, comm), "their peers".into()),
         (None, None) => ("new connections".into(), "their peers".into()),

@@ -53,18 +53,22 @@ pub(super) fn idle_bounded_peers(
 
 /// Processes with a positive `count` that talked to `peer`, heaviest
 /// first (all with a positive count if none is known to have).
-pub(super) fn processes_for_peer(
-    agg: &Aggregate,
+pub(super) fn processes_for_peer<'a>(
+    agg: &'a Aggregate,
     peer: SocketAddr,
-    count: impl Fn(&Stats) -> u64,
-) -> Vec<(u32, &Process, u64)> {
+    count: impl Fn(&Stats) -> u64 + 'a,
+) -> Hits<'a> {
     let all = processes_with(agg, count);
     let related: Vec<_> = all
         .iter()
         .copied()
         .filter(|(_, p, _)| p.stats.related.get(&Related::Peer(peer)).is_some())
         .collect();
-    if related.is_empty() { all } else { related }
+    if related.is_empty() {
+        all
+    } else {
+        all.with_rows(related)
+    }
 }
 
 /// `1.50s-2.10s` or `2.00s` for a single value.
@@ -143,9 +147,16 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
         }
     }
 
+    // No FIN, but the RSTs were seen leaving a local process: its own
+    // idle timeout, closing with SO_LINGER 0, not a middlebox.
+    if let Some(f) = idle_reset_finding(i.agg) {
+        findings.push(f);
+    }
+
     // No FIN: something in between forgot the flow. Reuses that worked
     // next to reuses that were reset bound its timeout.
-    let bounded = idle_bounded_peers(i.agg, |r| r.reset);
+    let mut bounded = idle_bounded_peers(i.agg, |r| r.reset);
+    bounded.retain(|b| !reset_by_local_closer(b.stats));
     if let Some(b) = bounded.first() {
         findings.push(reset_on_reuse_finding(i.agg, b, &bounded));
     } else if let Some(f) = clustered_quiet_gap_finding(i.agg) {
@@ -154,12 +165,118 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
     Outcome { checked, findings }
 }
 
+/// Most of these quiet-gap RSTs were sent by a traced local process: its
+/// own idle close explains them, not a device in between.
+pub(super) fn reset_by_local_closer(s: &Stats) -> bool {
+    s.rst_after_quiet_gap_from_local > 0
+        && s.rst_after_quiet_gap_from_local * 2 >= s.rst_after_quiet_gap
+}
+
+/// A local server (or proxy) closes idle connections with an RST
+/// (SO_LINGER 0): local clients received those very RSTs after idle gaps
+/// and got ECONNRESET when they reused the connections.
+fn idle_reset_finding(agg: &Aggregate) -> Option<Finding> {
+    let mut closers: Vec<_> = agg
+        .closers
+        .iter()
+        .filter(|(_, c)| {
+            c.idle_resets > 0 && c.idle.percentiles().is_none_or(|p| p.p50_ns >= MIN_IDLE_NS)
+        })
+        .collect();
+    closers.sort_by_key(|(ep, c)| (std::cmp::Reverse(c.idle_resets), **ep));
+    let (ep, c) = closers.first().copied()?;
+    let n = c.idle_resets;
+    let idle = c.idle.percentiles();
+    let proxy = is_proxy(&c.comm);
+    let cause = if proxy {
+        Cause::LbIdleTimeout
+    } else {
+        Cause::ServerKeepaliveTimeout
+    };
+    let confidence = match idle {
+        Some(p) if n >= 2 && p.count >= 2 && p.clustered(CLUSTER) => Confidence::High,
+        Some(_) => Confidence::Medium,
+        None => Confidence::Low,
+    };
+    let closer = who(c.pid, &c.comm);
+    let idle_text = idle.map_or_else(|| "an unknown idle time".into(), |p| duration_ns(p.p50_ns));
+    let clients = processes_with(agg, |s| s.rst_after_quiet_gap_from_local);
+    let econnreset: u64 = clients
+        .iter()
+        .map(|(_, p, _)| {
+            p.stats
+                .socket_errors
+                .get("ECONNRESET")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    let client_text = clients
+        .first()
+        .map_or_else(|| "its clients".into(), |(pid, p, _)| who(*pid, &p.comm));
+    let mut f = Finding::new(
+        cause,
+        confidence,
+        n,
+        format!(
+            "{closer} on {ep} closes connections idle {idle_text} with an RST (SO_LINGER 0): {client_text} got {n} RSTs on idle pooled connections{}",
+            if econnreset > 0 {
+                format!(" and ECONNRESET {econnreset} times on reuse")
+            } else {
+                String::new()
+            }
+        ),
+    );
+    f.evidence.push(format!(
+        "{n} RSTs sent by {closer} from {ep} were received by local clients on the same connections (4-tuple reversed) after an idle gap: the server closed them, no middlebox"
+    ));
+    if let Some(p) = idle {
+        f.evidence.push(format!(
+            "the connections had been idle {}: {closer}'s idle (keep-alive) timeout is ~{:.1} s, the clients' pool keeps connections idle longer",
+            spread(&p),
+            secs(p.p50_ns)
+        ));
+        f.figures.insert("idle_timeout_s", secs(p.p50_ns));
+    }
+    if econnreset > 0 {
+        f.evidence.push(format!(
+            "the clients were handed ECONNRESET {econnreset} times: requests on those connections failed"
+        ));
+    }
+    f.fix.push(match idle {
+        Some(p) => format!(
+            "Raise {closer}'s idle (keep-alive) timeout above the clients' pool idle time, or lower the pool's idle time below {:.1} s (e.g. {}).",
+            secs(p.p50_ns),
+            below(p.p50_ns)
+        ),
+        None => format!(
+            "Raise {closer}'s idle (keep-alive) timeout above the clients' pool idle time, or lower the pool's idle time below it."
+        ),
+    });
+    f.fix.push(format!(
+        "{closer} closes idle connections with an RST (SO_LINGER 0): close them with a FIN instead, so a client sees EOF before reusing the connection rather than ECONNRESET after sending on it; clients should retry idempotent requests once on ECONNRESET."
+    ));
+    f.figures.insert("resets", n as f64);
+    f.figures.insert("econnreset", econnreset as f64);
+    f.affected.push(Affected {
+        pid: c.pid,
+        comm: c.comm.clone(),
+        peer: None,
+        events: n,
+        role: "closer",
+        cgroup_id: c.cgroup_id,
+        cgroup: None,
+    });
+    f.affected.extend(affected(&clients, "client"));
+    Some(f)
+}
+
 /// The peer closed (FIN) connections the clients in `hit` then reused:
 /// its idle timeout is how long they had been idle when it closed them.
-fn fin_first_finding(agg: &Aggregate, hit: &[(u32, &Process, u64)]) -> Option<Finding> {
+fn fin_first_finding(agg: &Aggregate, hit: &Hits) -> Option<Finding> {
     let (pid, process, resets) = hit.first().copied()?;
     let stats = &process.stats;
-    let peer = top_peer(stats);
+    let peer = hit.peer(pid);
     let closer = peer.and_then(|p| agg.closers.get(&p));
     let idle = stats
         .peer_close_idle
@@ -332,17 +449,19 @@ fn reset_on_reuse_finding(agg: &Aggregate, b: &Bounded, all: &[Bounded]) -> Find
 /// Without reuse events (not traced): RSTs after quiet gaps whose idle
 /// times cluster around one value.
 fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
-    let hit: Vec<_> = processes_with(agg, |s| s.rst_after_quiet_gap)
-        .into_iter()
-        .filter(|(_, p, _)| p.stats.reuse_outcomes.reset.count == 0 && quiet_gaps_cluster(&p.stats))
-        .collect();
+    let mut hit = processes_with(agg, |s| s.rst_after_quiet_gap);
+    hit.retain(|(_, p, _)| {
+        p.stats.reuse_outcomes.reset.count == 0
+            && quiet_gaps_cluster(&p.stats)
+            && !reset_by_local_closer(&p.stats)
+    });
     let (pid, process, resets) = hit.first().copied()?;
     let idle = process
         .stats
         .quiet_gap_idle
         .percentiles()
         .expect("filtered above");
-    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
     let confidence = if resets >= 3 {
         Confidence::High
     } else {
@@ -468,26 +587,25 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
         .iter()
         .map(|b| b.peer)
         .collect();
-    let hit: Vec<_> = processes_with(i.agg, |s| s.rst_after_quiet_gap)
-        .into_iter()
-        .filter(|(_, p, _)| {
-            let by_reuse = p.stats.reuse_outcomes.reset.count > 0;
-            let idle_explains = if by_reuse {
-                top_peer(&p.stats).is_some_and(|peer| explained.contains(&peer))
-                    || p.stats
-                        .reuse_outcomes
-                        .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
-                        .is_some()
-            } else {
-                quiet_gaps_cluster(&p.stats)
-            };
-            !idle_explains
-        })
-        .collect();
+    let mut hit = processes_with(i.agg, |s| s.rst_after_quiet_gap);
+    let peer_of = |pid: u32| top_peer_by(i.agg, pid, |s| s.rst_after_quiet_gap);
+    hit.retain(|(pid, p, _)| {
+        let by_reuse = p.stats.reuse_outcomes.reset.count > 0;
+        let idle_explains = if by_reuse {
+            peer_of(*pid).is_some_and(|peer| explained.contains(&peer))
+                || p.stats
+                    .reuse_outcomes
+                    .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
+                    .is_some()
+        } else {
+            quiet_gaps_cluster(&p.stats)
+        };
+        !idle_explains && !reset_by_local_closer(&p.stats)
+    });
     let mut findings = Vec::new();
     if let Some((pid, process, resets)) = hit.first().copied() {
         let idle = process.stats.quiet_gap_idle.percentiles();
-        let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+        let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
         let confidence = if resets >= 2 {
             Confidence::Medium
         } else {

@@ -89,7 +89,7 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
     let closer = hit.first().copied();
     let culprit = closer.map_or_else(|| "local processes".into(), |(pid, p, _)| who(pid, &p.comm));
     let peer = closer
-        .and_then(|(_, p, _)| top_peer(&p.stats))
+        .and_then(|(pid, _, _)| hit.peer(pid))
         .map_or_else(String::new, |p| format!(" to {}", endpoint(p)));
     let why = match &limit {
         Limit::Orphans { peak, max } => {
@@ -113,7 +113,7 @@ pub(super) fn orphan_or_memory_abort(i: &Inputs) -> Outcome {
         f.evidence.push(format!(
             "{n} RSTs with reason {MEMORY_RESET} sent by {}{}, {lost} of them with data still unsent or unacknowledged",
             who(*pid, &p.comm),
-            top_peer(&p.stats).map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
+            hit.peer(*pid).map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
         ));
     }
     f.evidence.push(format!(

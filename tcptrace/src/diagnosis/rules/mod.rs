@@ -181,7 +181,9 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-/// The remote endpoint most involved in a process's incidents.
+/// The remote endpoint most involved in a process's incidents, all causes
+/// together. Rules name the peer of their own evidence with
+/// [`Hits::peer`]; this is only its fallback.
 fn top_peer(stats: &Stats) -> Option<SocketAddr> {
     stats
         .related
@@ -193,8 +195,88 @@ fn top_peer(stats: &Stats) -> Option<SocketAddr> {
         })
 }
 
+/// The peer that carries a process's evidence for one cause: of the peers
+/// it dealt with, the one with the most of the rule's own `figure`. A
+/// process that had refused connects to one port and healthy traffic to
+/// another must be told about the port that refused, not its busiest one.
+///
+/// Peers are aggregated over every process, so a peer shared with other
+/// processes counts only this process's share of its figure (its share of
+/// the peer's connects and incidents). Falls back to the busiest peer when
+/// no peer has the figure (a rule whose figure is not kept per peer).
+fn top_peer_by(agg: &Aggregate, pid: u32, figure: impl Fn(&Stats) -> u64) -> Option<SocketAddr> {
+    let process = agg.process(pid)?;
+    let mut candidates: Vec<SocketAddr> = process
+        .stats
+        .related
+        .iter()
+        .filter_map(|(r, _)| match r {
+            Related::Peer(peer) => Some(*peer),
+            Related::Process(_) => None,
+        })
+        .chain(
+            agg.peers
+                .iter()
+                .filter(|(_, s)| s.related.get(&Related::Process(pid)).is_some())
+                .map(|(peer, _)| *peer),
+        )
+        .collect();
+    candidates.sort();
+    candidates.dedup();
+    candidates
+        .into_iter()
+        .filter_map(|peer| {
+            let stats = agg.peers.get(&peer)?;
+            let mine = stats.related.get(&Related::Process(pid)).copied();
+            let all: u64 = stats.related.iter().map(|(_, n)| *n).sum();
+            let share = match mine {
+                Some(m) if all > 0 => m as f64 / all as f64,
+                // The peer's process list was cut short: count it whole.
+                _ => 1.0,
+            };
+            let own = figure(stats) as f64 * share;
+            (own > 0.0).then_some((own, peer))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
+        .map(|(_, peer)| peer)
+        .or_else(|| top_peer(&process.stats))
+}
+
+/// Processes with a positive count of one rule's figure, heaviest first,
+/// with that figure kept so the rule can name the peer of its evidence.
+struct Hits<'a> {
+    agg: &'a Aggregate,
+    figure: Box<dyn Fn(&Stats) -> u64 + 'a>,
+    rows: Vec<(u32, &'a Process, u64)>,
+}
+
+impl<'a> Hits<'a> {
+    /// The peer that carries `pid`'s evidence for this rule.
+    fn peer(&self, pid: u32) -> Option<SocketAddr> {
+        top_peer_by(self.agg, pid, &self.figure)
+    }
+
+    /// The same figure for other rows (a rule that re-ranks or merges).
+    fn with_rows(self, rows: Vec<(u32, &'a Process, u64)>) -> Hits<'a> {
+        Hits { rows, ..self }
+    }
+}
+
+impl<'a> std::ops::Deref for Hits<'a> {
+    type Target = Vec<(u32, &'a Process, u64)>;
+    fn deref(&self) -> &Self::Target {
+        &self.rows
+    }
+}
+
+impl std::ops::DerefMut for Hits<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.rows
+    }
+}
+
 /// Processes with a positive count, heaviest first.
-fn processes_with(agg: &Aggregate, count: impl Fn(&Stats) -> u64) -> Vec<(u32, &Process, u64)> {
+fn processes_with<'a>(agg: &'a Aggregate, count: impl Fn(&Stats) -> u64 + 'a) -> Hits<'a> {
     let mut hit: Vec<_> = agg
         .ranked_processes()
         .into_iter()
@@ -202,16 +284,21 @@ fn processes_with(agg: &Aggregate, count: impl Fn(&Stats) -> u64) -> Vec<(u32, &
         .filter(|(_, _, n)| *n > 0)
         .collect();
     hit.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
-    hit
+    Hits {
+        agg,
+        figure: Box::new(count),
+        rows: hit,
+    }
 }
 
-fn affected(hit: &[(u32, &Process, u64)], role: &'static str) -> Vec<Affected> {
+/// The first five processes of `hit`, each with the peer of its evidence.
+fn affected(hit: &Hits, role: &'static str) -> Vec<Affected> {
     hit.iter()
         .take(5)
         .map(|(pid, p, n)| Affected {
             pid: *pid,
             comm: p.comm.clone(),
-            peer: top_peer(&p.stats),
+            peer: hit.peer(*pid),
             events: *n,
             role,
             cgroup_id: p.cgroup_id,
@@ -230,6 +317,8 @@ fn counter_line(host: &HostFacts, names: &[&str]) -> String {
 
 #[cfg(test)]
 mod idle_tests;
+#[cfg(test)]
+mod peer_tests;
 #[cfg(test)]
 mod recorded;
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
         Confidence::Low
     };
     let (pid, comm, peer) = match hit.first() {
-        Some((pid, p, _)) => (*pid, p.comm.clone(), top_peer(&p.stats)),
+        Some((pid, p, _)) => (*pid, p.comm.clone(), hit.peer(*pid)),
         None => (0, String::new(), None),
     };
     let peer_text = peer.map_or_else(|| "their peers".into(), endpoint);

@@ -68,7 +68,9 @@ pub(super) fn paws_rejected_syn(i: &Inputs) -> Outcome {
         (None, Some((pid, p, n))) => format!(
             "{} had {n} connects rejected by PAWS at {}: its SYN hit a TIME_WAIT socket of the server with a newer timestamp; it reset the server's stray ACK and retried the SYN",
             who(*pid, &p.comm),
-            top_peer(&p.stats).map_or_else(|| "its peer".into(), endpoint)
+            clients
+                .peer(*pid)
+                .map_or_else(|| "its peer".into(), endpoint)
         ),
         (None, None) => format!(
             "the kernel rejected {} segments by PAWS (TcpExtPAWSTimewait {tw_counter:+}, TcpExtPAWSEstab {estab_counter:+})",

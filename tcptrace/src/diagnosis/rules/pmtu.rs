@@ -57,7 +57,7 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
     let hit = processes_with(i.agg, |s| s.full_size_retransmits);
     let culprit = hit.first().copied();
     let peer = culprit
-        .and_then(|(_, p, _)| top_peer(&p.stats))
+        .and_then(|(pid, _, _)| hit.peer(pid))
         .map_or_else(|| "its peer".into(), endpoint);
     let sender = culprit.map_or_else(|| "a local process".into(), |(pid, p, _)| who(pid, &p.comm));
     let mss = t.retransmit_mss;

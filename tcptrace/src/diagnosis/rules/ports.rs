@@ -38,14 +38,8 @@ pub(super) fn port_exhaustion(i: &Inputs) -> Outcome {
         };
     };
     // The process that opened and closed the most connections to it.
-    let mut hit: Vec<_> = i
-        .agg
-        .ranked_processes()
-        .into_iter()
-        .filter(|(_, p, ..)| p.stats.related.get(&Related::Peer(dest)).is_some())
-        .map(|(pid, p)| (pid, p, p.stats.connects))
-        .filter(|h| h.2 > 0)
-        .collect();
+    let mut hit = processes_with(i.agg, |s| s.connects);
+    hit.retain(|(_, p, _)| p.stats.related.get(&Related::Peer(dest)).is_some());
     hit.sort_by_key(|h| std::cmp::Reverse(h.2));
     let client = hit
         .first()

@@ -22,7 +22,7 @@ pub(super) fn nothing_listening(i: &Inputs) -> Outcome {
     } else {
         Confidence::Medium
     };
-    let peer = top_peer(&process.stats);
+    let peer = hit.peer(pid);
     let peer_text = peer.map_or_else(|| "its peer".into(), endpoint);
     let mut f = Finding::new(
         Cause::NothingListening,

@@ -4,7 +4,7 @@
 use super::*;
 use crate::aggregate::QUIET_GAP_NS;
 
-fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &[&str]) -> Vec<(u32, &'a Process, u64)> {
+fn rst_sent_by<'a>(agg: &'a Aggregate, reasons: &'a [&'a str]) -> Hits<'a> {
     processes_with(agg, |s| reasons.iter().map(|r| s.rst_sent_with(r)).sum())
 }
 
@@ -47,7 +47,8 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         f.evidence.push(format!(
             "{n} RSTs sent by {} with reason TCP_ABORT_ON_CLOSE{}",
             who(*pid, &p.comm),
-            top_peer(&p.stats).map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
+            hit.peer(*pid)
+                .map_or_else(String::new, |peer| format!(" to {}", endpoint(peer)))
         ));
     }
     f.evidence.push(format!(
@@ -84,10 +85,12 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
     // A proxy resetting its own backend connections does it on purpose
     // (HAProxy avoids TIME_WAIT that way): worth knowing, rarely the bug.
     let (apps, proxies): (Vec<_>, Vec<_>) = hit
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|(pid, ..)| *pid != 0)
         .partition(|(_, p, _)| !is_proxy(&p.comm));
-    for (group, proxy) in [(apps, false), (proxies, true)] {
+    for (rows, proxy) in [(apps, false), (proxies, true)] {
+        let group = rst_sent_by(i.agg, &REASONS).with_rows(rows);
         let Some((pid, process, n)) = group.first().copied() else {
             continue;
         };
@@ -95,8 +98,20 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         // After a complete exchange (nothing in flight, nothing unread,
         // the last request answered) an abortive close loses nothing.
         let clean = process.stats.rst_sent_clean.min(n);
-        let benign = proxy || clean * 10 >= n * 9;
+        // Idle connections it reset that local clients then reused: they
+        // got ECONNRESET, so something was lost; `idle_timeouts` names
+        // the idle timeout as the cause.
+        let idle_resets: u64 = i
+            .agg
+            .closers
+            .iter()
+            .filter(|(_, c)| c.pid == pid)
+            .map(|(_, c)| c.idle_resets)
+            .sum();
+        let benign = idle_resets == 0 && (proxy || clean * 10 >= n * 9);
         let confidence = match (benign, n) {
+            // Explained by the idle-timeout finding.
+            _ if idle_resets > 0 => Confidence::Low,
             // Benign, or a single stray abort.
             (true, _) | (false, 1) => Confidence::Low,
             (false, 2) => Confidence::Medium,
@@ -109,7 +124,12 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
                 (c > 0).then(|| format!("{r} {c}"))
             })
             .collect();
-        let summary = if benign && clean > 0 {
+        let summary = if idle_resets > 0 {
+            format!(
+                "{} closed {n} connections with an RST (SO_LINGER 0), {idle_resets} of them idle pooled connections its clients received the RST on and then got ECONNRESET reusing: its idle timeout (see the idle-timeout finding)",
+                who(pid, &process.comm)
+            )
+        } else if benign && clean > 0 {
             format!(
                 "{} closed {n} connections with an RST (SO_LINGER 0) after complete exchanges: nothing was lost; benign by design",
                 who(pid, &process.comm)
@@ -125,7 +145,8 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             "{n} RSTs sent by {} ({}){}",
             who(pid, &process.comm),
             reasons.join(", "),
-            top_peer(&process.stats)
+            group
+                .peer(pid)
                 .map_or_else(String::new, |p| format!(", mostly to {}", endpoint(p)))
         ));
         if let Some(age) = process.stats.age_at_rst.percentiles() {
@@ -144,6 +165,11 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
             f.fix.push(
                 "HAProxy: remove `option nolinger` where set; otherwise nothing to fix.".into(),
             );
+        } else if idle_resets > 0 {
+            f.fix.push(format!(
+                "{} resets idle connections its clients still hold in their pools: raise its idle timeout above the clients' pool idle time (or lower theirs below it), and close idle connections with a FIN rather than SO_LINGER 0 so clients see EOF before reuse.",
+                who(pid, &process.comm)
+            ));
         } else if benign {
             f.fix.push(format!(
                 "Nothing is lost: {} resets connections it has finished with (SO_LINGER 0). If the peers log these resets as errors, close normally (FIN) instead, or have them treat ECONNRESET after a complete response as a normal end.",
@@ -188,7 +214,7 @@ pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
         };
     };
     let stats = &process.stats;
-    let peer = top_peer(stats).map_or_else(|| "the peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "the peer".into(), endpoint);
     let hops: Vec<String> = stats
         .forged_hops
         .iter()
@@ -285,7 +311,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
     if n < 3 && !benign {
         return Vec::new();
     }
-    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
     let role = side(&process.stats);
     let me = who(pid, &process.comm);
     let (confidence, summary) = if benign {
@@ -339,7 +365,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         .map(|(pid, p, n)| Affected {
             pid: *pid,
             comm: p.comm.clone(),
-            peer: top_peer(&p.stats),
+            peer: hit.peer(*pid),
             events: *n,
             role: side(&p.stats),
             cgroup_id: p.cgroup_id,

@@ -88,7 +88,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let Some((pid, process, _)) = hit.first().copied() else {
         return none();
     };
-    let peer = top_peer(&process.stats).map_or_else(|| "its peer".into(), endpoint);
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
     let summary = if aborts + keepalive > 0 {
         format!(
             "{} lost {} connections to {peer}: sent without an answer until the kernel gave up",
@@ -173,7 +173,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         "Fail faster meanwhile: TCP_USER_TIMEOUT in the client, or net.ipv4.tcp_retries2 = 8 (now {}, 15 means ~15 min before giving up); keepalive 60 s / 10 s / 3 for idle connections.",
         i.host.sysctl("net.ipv4.tcp_retries2").unwrap_or("?")
     ));
-    let role = match top_peer(&process.stats) {
+    let role = match hit.peer(pid) {
         Some(p) if p.port() == 0 => "server",
         _ => "client",
     };

@@ -292,6 +292,15 @@ pub(super) fn unexplained(i: &Inputs, findings: &[Finding]) -> Outcome {
         (_, false) => Confidence::Low,
     };
     hit.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    // Each process is named with the peer of its unexplained events.
+    let unexplained_of = |s: &Stats| -> u64 {
+        incidents(s)
+            .into_iter()
+            .filter(|(k, _)| standing(*k, findings) == Standing::Unexplained)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let hit = processes_with(i.agg, unexplained_of).with_rows(hit);
     let summary = if u == 0 {
         format!("{b} failure events were seen, all explained as benign by the findings above")
     } else {
@@ -299,7 +308,8 @@ pub(super) fn unexplained(i: &Inputs, findings: &[Finding]) -> Outcome {
             .iter()
             .take(3)
             .map(|(pid, p, n)| {
-                let peer = top_peer(&p.stats)
+                let peer = hit
+                    .peer(*pid)
                     .map_or_else(String::new, |peer| format!(" with {}", endpoint(peer)));
                 format!("{} {n}{peer}", who(*pid, &p.comm))
             })
@@ -324,7 +334,7 @@ pub(super) fn unexplained(i: &Inputs, findings: &[Finding]) -> Outcome {
         f.evidence.push(format!(
             "{}{}: {}",
             who(*pid, &process.comm),
-            top_peer(&process.stats)
+            hit.peer(*pid)
                 .map_or_else(String::new, |peer| format!(" (peer {})", endpoint(peer))),
             parts.join(", ")
         ));

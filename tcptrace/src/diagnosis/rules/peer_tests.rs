@@ -1,0 +1,301 @@
+//! Findings name the peer that carries their own evidence, not the
+//! process's busiest peer: a process with healthy traffic to one peer and
+//! the cause's events on another, less busy one.
+
+use super::*;
+use crate::{
+    aggregate::testing::*,
+    diagnosis::finding::rank,
+    event::{EventKind as K, TcpEvent},
+};
+
+const BUSY: &str = "127.0.0.1:18080";
+const FAULTY: &str = "127.0.0.1:18099";
+
+fn run(events: &[TcpEvent]) -> Vec<Finding> {
+    let mut agg = Aggregate::new(names());
+    for e in events {
+        agg.add(e);
+    }
+    agg.finish();
+    let host = HostFacts::default();
+    let mut findings: Vec<Finding> = evaluate(&Inputs {
+        agg: &agg,
+        host: &host,
+        seconds: 10.0,
+    })
+    .into_iter()
+    .flat_map(|o| o.findings)
+    .collect();
+    rank(&mut findings);
+    findings
+}
+
+/// `n` healthy connections from `pid` to the busy peer, each closed with
+/// a FIN after a short exchange.
+fn healthy(pid: u32, comm: &str, remote: &str, n: u64) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let sock = 9_000 + k;
+        events.extend(connect(sock, 10 + k, pid, comm, remote));
+        events.push(
+            ev(K::State, 20 + k)
+                .sock(sock)
+                .owner(pid, comm)
+                .remote(remote)
+                .transition("ESTABLISHED", "FIN_WAIT1")
+                .idle_ms(1, 1)
+                .build(),
+        );
+        events.push(
+            ev(K::State, 21 + k)
+                .sock(sock)
+                .owner(pid, comm)
+                .remote(remote)
+                .transition("FIN_WAIT2", "CLOSE")
+                .build(),
+        );
+    }
+    events
+}
+
+fn finding(findings: &[Finding], cause: Cause) -> &Finding {
+    findings
+        .iter()
+        .find(|f| f.cause == cause)
+        .unwrap_or_else(|| panic!("no {cause:?} finding in {findings:#?}"))
+}
+
+/// The finding's text and its first affected process point at the faulty
+/// peer, never at the busy one.
+fn names_faulty_peer(f: &Finding) {
+    let faulty: SocketAddr = FAULTY.parse().unwrap();
+    let text = format!(
+        "{} | {} | {}",
+        f.summary,
+        f.evidence.join(" | "),
+        f.fix.join(" | ")
+    );
+    assert!(
+        text.contains(FAULTY),
+        "{:?} does not name {FAULTY}: {text}",
+        f.cause
+    );
+    assert!(
+        !text.contains(BUSY),
+        "{:?} names the busy peer {BUSY}: {text}",
+        f.cause
+    );
+    assert_eq!(f.affected[0].peer, Some(faulty), "{:?}", f.cause);
+}
+
+#[test]
+fn nothing_listening_names_the_peer_that_refused() {
+    let mut events = healthy(21_595, "python3", BUSY, 20);
+    for n in 0..5 {
+        events.push(
+            ev(K::RstReceived, 100 + n)
+                .sock(700 + n)
+                .owner(21_595, "python3")
+                .remote(FAULTY)
+                .state("SYN_SENT")
+                .build(),
+        );
+        events.push(
+            ev(K::ConnectFailed, 100 + n)
+                .sock(700 + n)
+                .owner(21_595, "python3")
+                .remote(FAULTY)
+                .transition("SYN_SENT", "CLOSE")
+                .connect_ms(0.1)
+                .build(),
+        );
+    }
+    let findings = run(&events);
+    let f = finding(&findings, Cause::NothingListening);
+    assert_eq!(f.affected[0].pid, 21_595);
+    names_faulty_peer(f);
+}
+
+#[test]
+fn abortive_close_names_the_peer_it_reset() {
+    let mut events = healthy(32, "closer", BUSY, 20);
+    for n in 0..4 {
+        let sock = 500 + n;
+        events.extend(connect(sock, 100 + n, 32, "closer", FAULTY));
+        events.push(
+            ev(K::RstSent, 150 + n)
+                .sock(sock)
+                .owner(32, "closer")
+                .remote(FAULTY)
+                .reason("TCP_STATE")
+                .age_ms(50)
+                .build(),
+        );
+    }
+    let findings = run(&events);
+    names_faulty_peer(finding(&findings, Cause::LingerZeroAbort));
+}
+
+#[test]
+fn resets_received_name_the_peer_that_sent_them() {
+    let mut events = healthy(44, "client", BUSY, 20);
+    for n in 0..4 {
+        let sock = 600 + n;
+        events.extend(connect(sock, 100 + n, 44, "client", FAULTY));
+        events.push(
+            ev(K::RstReceived, 150 + n)
+                .sock(sock)
+                .owner(44, "client")
+                .remote(FAULTY)
+                .state("ESTABLISHED")
+                .idle_ms(5, 5)
+                .queues(100, 0, 5)
+                .build(),
+        );
+    }
+    let findings = run(&events);
+    let f = findings
+        .iter()
+        .find(|f| f.affected.first().is_some_and(|a| a.pid == 44))
+        .unwrap_or_else(|| panic!("no finding for pid 44 in {findings:#?}"));
+    names_faulty_peer(f);
+}
+
+#[test]
+fn timeouts_name_the_peer_that_stopped_answering() {
+    let mut events = healthy(61, "client", BUSY, 20);
+    events.extend(connect(600, 100, 61, "client", FAULTY));
+    for t in [500, 700, 1_100, 1_900] {
+        events.push(
+            ev(K::Retransmit, t)
+                .sock(600)
+                .owner(61, "client")
+                .remote(FAULTY)
+                .state("ESTABLISHED")
+                .build(),
+        );
+    }
+    events.push(
+        ev(K::State, 2_500)
+            .sock(600)
+            .owner(61, "client")
+            .remote(FAULTY)
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    let findings = run(&events);
+    names_faulty_peer(finding(&findings, Cause::RetransmissionTimeout));
+}
+
+/// A local server (pid 900) that closes connections idle 2 s with an RST
+/// (SO_LINGER 0), and a local pool (pid 42) that receives those RSTs on
+/// its idle connections and gets ECONNRESET when it reuses them. The
+/// tracer reports the receipt first (loopback delivers the RST before
+/// the sender's tracepoint fires); `sent_first` swaps them.
+fn local_server_resets_idle(n: u64, sent_first: bool) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let at = 10 + k * 3_000;
+        let client = format!("127.0.0.1:{}", 50_000 + k);
+        let (csock, ssock) = (100 + k, 1_000 + k);
+        events.push(
+            ev(K::State, at)
+                .sock(csock)
+                .owner(42, "pool")
+                .local("127.0.0.1:0")
+                .remote("127.0.0.1:8080")
+                .transition("CLOSE", "SYN_SENT")
+                .build(),
+        );
+        events.push(
+            ev(K::State, at)
+                .sock(ssock)
+                .local("127.0.0.1:8080")
+                .remote(&client)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::Connect, at)
+                .sock(csock)
+                .owner(42, "pool")
+                .local(&client)
+                .remote("127.0.0.1:8080")
+                .transition("SYN_SENT", "ESTABLISHED")
+                .connect_ms(0.1)
+                .build(),
+        );
+        let sent = ev(K::RstSent, at + 2_010)
+            .sock(ssock)
+            .owner(900, "server")
+            .local("127.0.0.1:8080")
+            .remote(&client)
+            .reason("TCP_STATE")
+            .age_ms(2_010)
+            .queues(0, 0, 2_000)
+            .build();
+        let received = ev(K::RstReceived, at + 2_010)
+            .sock(csock)
+            .owner(42, "pool")
+            .local(&client)
+            .remote("127.0.0.1:8080")
+            .state("ESTABLISHED")
+            .idle_ms(2_000, 2_000)
+            .build();
+        if sent_first {
+            events.extend([sent, received]);
+        } else {
+            events.extend([received, sent]);
+        }
+        events.push(
+            ev(K::SocketError, at + 2_500)
+                .sock(csock)
+                .owner(42, "pool")
+                .local(&client)
+                .remote("127.0.0.1:8080")
+                .socket_errno(104)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn a_local_server_resetting_idle_connections_is_its_keepalive_not_a_middlebox() {
+    for sent_first in [false, true] {
+        local_server_resets_idle_is_its_keepalive(sent_first);
+    }
+}
+
+fn local_server_resets_idle_is_its_keepalive(sent_first: bool) {
+    let findings = run(&local_server_resets_idle(6, sent_first));
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::ServerKeepaliveTimeout, "{findings:#?}");
+    assert!(top.confidence >= Confidence::Medium, "{top:#?}");
+    assert!(top.summary.contains("pid 900 (server)"), "{}", top.summary);
+    assert!(
+        top.affected
+            .iter()
+            .any(|a| a.pid == 900 && a.role == "closer"),
+        "{:?}",
+        top.affected
+    );
+    assert!(
+        (1.9..=2.1).contains(&top.figures["idle_timeout_s"]),
+        "{:?}",
+        top.figures
+    );
+    let fix = top.fix.join(" ");
+    assert!(fix.contains("idle") && fix.contains("SO_LINGER 0"), "{fix}");
+    assert!(
+        findings.iter().all(|f| f.cause != Cause::LbIdleTimeout),
+        "a middlebox is blamed: {findings:#?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.summary.contains("nothing was lost")),
+        "ECONNRESET on reuse called lossless: {findings:#?}"
+    );
+}
