@@ -69,6 +69,18 @@ pub struct StrayHolder {
     pub resets_after: u64,
 }
 
+impl StrayHolder {
+    /// A holder with nothing counted yet.
+    fn new(comm: Comm, cgroup_id: u64) -> StrayHolder {
+        StrayHolder {
+            comm,
+            cgroup_id,
+            strays: 0,
+            resets_after: 0,
+        }
+    }
+}
+
 impl Weight for StrayHolder {
     fn weight(&self) -> u64 {
         self.strays + self.resets_after
@@ -321,19 +333,12 @@ impl Flows {
             || 0,
         ) += 1;
         s.holders
-            .entry(&holder.pid, || StrayHolder {
-                comm: holder.comm,
-                cgroup_id: holder.cgroup_id,
-                strays: 0,
-                resets_after: 0,
+            .entry(&holder.pid, || {
+                StrayHolder::new(holder.comm, holder.cgroup_id)
             })
             .strays += 1;
         *s.netns.entry(&netns, || 0) += 1;
-        if self.recent.len() >= MAX_RECENT_STRAYS {
-            self.recent.clear();
-            self.recent_ports.clear();
-        }
-        self.recent.insert((local, remote), holder.pid);
+        self.remember_stray(local, remote, holder.pid);
         self.recent_ports.insert(port, holder.pid);
         true
     }
@@ -361,19 +366,20 @@ impl Flows {
         let s = &mut self.strays;
         *s.netns.entry(&netns, || 0) += 1;
         s.unheld_peers
-            .entry(&far.pid, || StrayHolder {
-                comm: far.comm,
-                cgroup_id: far.cgroup_id,
-                strays: 0,
-                resets_after: 0,
-            })
+            .entry(&far.pid, || StrayHolder::new(far.comm, far.cgroup_id))
             .strays += 1;
+        self.remember_stray(local, remote, far.pid);
+        true
+    }
+
+    /// Keeps (local, remote) -> pid of a stray, so an RST that follows it
+    /// is told apart; bounded: a full memory starts over.
+    fn remember_stray(&mut self, local: SocketAddr, remote: SocketAddr, pid: u32) {
         if self.recent.len() >= MAX_RECENT_STRAYS {
             self.recent.clear();
             self.recent_ports.clear();
         }
-        self.recent.insert((local, remote), far.pid);
-        true
+        self.recent.insert((local, remote), pid);
     }
 
     /// An RST received on a connection a stray hit (the client's) or
@@ -403,12 +409,7 @@ impl Flows {
                 .map_or((0, Comm::new(b"?"), 0), |o| (o.pid, o.comm, o.cgroup_id));
             self.strays
                 .reset_peers
-                .entry(&pid, || StrayHolder {
-                    comm,
-                    cgroup_id,
-                    strays: 0,
-                    resets_after: 0,
-                })
+                .entry(&pid, || StrayHolder::new(comm, cgroup_id))
                 .resets_after += 1;
         }
     }
@@ -440,12 +441,7 @@ impl Strays {
             unheld_drops,
             unheld_peers,
         } = other;
-        let holder = || StrayHolder {
-            comm: Comm::new(b"?"),
-            cgroup_id: 0,
-            strays: 0,
-            resets_after: 0,
-        };
+        let holder = || StrayHolder::new(Comm::new(b"?"), 0);
         let add_holder = |a: &mut StrayHolder, b: &StrayHolder| {
             a.comm = b.comm;
             a.cgroup_id = b.cgroup_id;
