@@ -89,6 +89,31 @@ fn records() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Connections in one pass of the storm benchmark: enough to turn the
+/// flow index's generations over several times.
+const STORM_CONNECTIONS: u32 = 100_000;
+
+/// `connections` copies of one connection's records, each with its own
+/// client port and address and a later timestamp.
+fn storm(records: &[Vec<u8>], connections: u32) -> Vec<Vec<u8>> {
+    let sport = std::mem::offset_of!(Event, sport);
+    let saddr = std::mem::offset_of!(Event, saddr);
+    let ts = std::mem::offset_of!(Event, ts_ns);
+    let mut out = Vec::with_capacity(records.len() * connections as usize);
+    for n in 0..connections {
+        for (i, r) in records.iter().enumerate() {
+            let mut r = r.clone();
+            let port = 1024 + (n % 60_000) as u16;
+            r[sport..sport + 2].copy_from_slice(&port.to_ne_bytes());
+            r[saddr + 2..saddr + 4].copy_from_slice(&((n / 60_000) as u16).to_be_bytes());
+            let at = 1 + u64::from(n) * 40_000 + i as u64 * 1_000;
+            r[ts..ts + 8].copy_from_slice(&at.to_ne_bytes());
+            out.push(r);
+        }
+    }
+    out
+}
+
 fn names() -> Names {
     let states = [
         (1, "TCP_ESTABLISHED"),
@@ -142,6 +167,27 @@ fn pipeline(c: &mut Criterion) {
                 let ev = decoder.decode(black_box(r)).unwrap();
                 agg.add(&ev);
             }
+        })
+    });
+    group.finish();
+
+    // A storm as the aggregator meets it: every connection new (its own
+    // client port and address), the clock moving 40 us per connection
+    // (25k connections/s), so the connection and flow tables fill, age
+    // and turn over as they do under the churn of `cargo xtask bench
+    // overhead`.
+    let storm = storm(&records, STORM_CONNECTIONS);
+    let mut group = c.benchmark_group("storm");
+    group.throughput(Throughput::Elements(storm.len() as u64));
+    group.sample_size(10);
+    group.bench_function("decode+aggregate", |b| {
+        b.iter(|| {
+            let mut agg = Aggregate::new(names.clone());
+            for r in &storm {
+                let ev = decoder.decode(black_box(r)).unwrap();
+                agg.add(&ev);
+            }
+            black_box(agg.events);
         })
     });
     group.finish();

@@ -2,14 +2,14 @@
 //! event cannot tell: when the peer's FIN came, whether the connection
 //! was retransmitting, whether an RST explained its end.
 //!
-//! Two generations: when the young one fills up, the old one is dropped
-//! and the young one ages. Connections seen recently survive; memory is
-//! bounded by twice the generation size whatever the churn.
+//! Bounded by two generations (`Generations`): connections seen recently
+//! survive whatever the churn.
 
 use std::{collections::VecDeque, net::SocketAddr};
 
 use rustc_hash::FxHashMap;
 
+use super::generations::Generations;
 use crate::event::Comm;
 
 /// Connections per generation.
@@ -27,10 +27,9 @@ pub struct Conn {
     pub accepted: Option<bool>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnTable {
-    young: FxHashMap<u64, Conn>,
-    old: FxHashMap<u64, Conn>,
+    conns: Generations<u64, Conn>,
     /// How the last few connections removed at CLOSE were opened: the
     /// error a reset socket reports comes right after its CLOSE.
     recently_closed: VecDeque<(u64, bool)>,
@@ -40,28 +39,27 @@ pub struct ConnTable {
 /// enough for the events that follow a close on the other CPUs too.
 const RECENTLY_CLOSED: usize = 64;
 
+impl Default for ConnTable {
+    fn default() -> ConnTable {
+        ConnTable {
+            conns: Generations::new(GENERATION),
+            recently_closed: VecDeque::new(),
+        }
+    }
+}
+
 impl ConnTable {
     pub fn get_or_insert(&mut self, sock: u64) -> &mut Conn {
-        if !self.young.contains_key(&sock) {
-            let conn = self.old.remove(&sock).unwrap_or_default();
-            if self.young.len() >= GENERATION {
-                self.old = std::mem::take(&mut self.young);
-            }
-            self.young.insert(sock, conn);
-        }
-        self.young.get_mut(&sock).expect("inserted above")
+        self.conns.entry(sock, Conn::default)
     }
 
     /// How the connection was opened, if it was seen opening.
     pub fn accepted(&self, sock: u64) -> Option<bool> {
-        self.young
-            .get(&sock)
-            .or_else(|| self.old.get(&sock))
-            .and_then(|c| c.accepted)
+        self.conns.get(&sock).and_then(|c| c.accepted)
     }
 
     pub fn remove(&mut self, sock: u64) -> Option<Conn> {
-        let conn = self.young.remove(&sock).or_else(|| self.old.remove(&sock));
+        let conn = self.conns.remove(&sock);
         if let Some(accepted) = conn.and_then(|c| c.accepted) {
             if self.recently_closed.len() >= RECENTLY_CLOSED {
                 self.recently_closed.pop_front();
@@ -82,7 +80,7 @@ impl ConnTable {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.young.len() + self.old.len()
+        self.conns.len()
     }
 }
 

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 
 use rustc_hash::FxHashMap;
 
-use super::{Weight, topn::TopN};
+use super::{Weight, generations::Generations, topn::TopN};
 use crate::event::{Comm, EventKind, TcpEvent};
 
 /// Flows per generation.
@@ -150,20 +150,30 @@ impl Strays {
 }
 
 /// Flow index and stray figures.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Flows {
     /// (local, remote), canonical addresses -> holder.
-    young: FxHashMap<(SocketAddr, SocketAddr), Holder>,
-    old: FxHashMap<(SocketAddr, SocketAddr), Holder>,
+    holders: Generations<(SocketAddr, SocketAddr), Holder>,
     /// (netns, local) of connections this host opened -> their remote.
-    ports_young: FxHashMap<(u32, SocketAddr), SocketAddr>,
-    ports_old: FxHashMap<(u32, SocketAddr), SocketAddr>,
+    ports: Generations<(u32, SocketAddr), SocketAddr>,
     /// Recent strays as (local, stray remote): the resets they cause.
     recent: FxHashMap<(SocketAddr, SocketAddr), u32>,
     /// Holder pid by (netns, local) of recent strays.
     recent_ports: FxHashMap<(u32, SocketAddr), u32>,
     /// The figures.
     pub strays: Strays,
+}
+
+impl Default for Flows {
+    fn default() -> Flows {
+        Flows {
+            holders: Generations::new(GENERATION),
+            ports: Generations::new(GENERATION),
+            recent: FxHashMap::default(),
+            recent_ports: FxHashMap::default(),
+            strays: Strays::default(),
+        }
+    }
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -238,7 +248,7 @@ impl Flows {
         let (a, b) = (canonical(a), canonical(b));
         [(a, b), (b, a)]
             .iter()
-            .find_map(|key| self.young.get(key).or_else(|| self.old.get(key)))
+            .find_map(|key| self.holders.get(key))
     }
 
     fn hold(
@@ -249,22 +259,13 @@ impl Flows {
         remote: SocketAddr,
         active: bool,
     ) {
-        let key = (local, remote);
-        if !self.young.contains_key(&key) {
-            let known = self.old.remove(&key);
-            if self.young.len() >= GENERATION {
-                self.old = std::mem::take(&mut self.young);
-            }
-            let holder = known.unwrap_or(Holder {
-                pid: 0,
-                comm: Comm::new(b"?"),
-                cgroup_id: 0,
-                netns,
-                closed: false,
-            });
-            self.young.insert(key, holder);
-        }
-        let holder = self.young.get_mut(&key).expect("inserted above");
+        let holder = self.holders.entry((local, remote), || Holder {
+            pid: 0,
+            comm: Comm::new(b"?"),
+            cgroup_id: 0,
+            netns,
+            closed: false,
+        });
         holder.closed = false;
         if let Some(owner) = &ev.owner {
             holder.pid = owner.pid;
@@ -274,18 +275,13 @@ impl Flows {
         // Accepted connections share the listener's local end: only the
         // ones this host opened own their port.
         if active {
-            let port = (netns, local);
-            if !self.ports_young.contains_key(&port) && self.ports_young.len() >= GENERATION {
-                self.ports_old = std::mem::take(&mut self.ports_young);
-            }
-            self.ports_old.remove(&port);
-            self.ports_young.insert(port, remote);
+            self.ports.insert((netns, local), remote);
         }
     }
 
     fn close(&mut self, local: SocketAddr, remote: SocketAddr) {
         let key = (local, remote);
-        if let Some(h) = self.young.get_mut(&key).or_else(|| self.old.get_mut(&key)) {
+        if let Some(h) = self.holders.get_mut(&key) {
             h.closed = true;
         }
     }
@@ -295,30 +291,20 @@ impl Flows {
     /// another remote, and no connection ever had this remote there.
     fn stray(&mut self, netns: u32, local: SocketAddr, remote: SocketAddr) -> bool {
         let port = (netns, local);
-        let Some(service) = self
-            .ports_young
-            .get(&port)
-            .or_else(|| self.ports_old.get(&port))
-            .copied()
-        else {
+        let Some(service) = self.ports.get(&port).copied() else {
             return false;
         };
         // A connection of this namespace that had this remote on the
         // port (a late packet of it is no stray). The far end's own socket
         // (the backend's, seen on a host-wide run) does not count.
         let key = (local, remote);
-        let had_remote = self
-            .young
-            .get(&key)
-            .or_else(|| self.old.get(&key))
-            .is_some_and(|h| h.netns == netns);
+        let had_remote = self.holders.get(&key).is_some_and(|h| h.netns == netns);
         if service == remote || had_remote {
             return false;
         }
         let Some(holder) = self
-            .young
+            .holders
             .get(&(local, service))
-            .or_else(|| self.old.get(&(local, service)))
             .copied()
             .filter(|h| !h.closed)
         else {
@@ -350,14 +336,13 @@ impl Flows {
     /// another address (or forgot it). What a watched backend sees.
     fn unheld(&mut self, netns: u32, local: SocketAddr, remote: SocketAddr) -> bool {
         let port = (netns, local);
-        if self.ports_young.contains_key(&port) || self.ports_old.contains_key(&port) {
+        if self.ports.contains_key(&port) {
             return false;
         }
         let key = (remote, local);
         let Some(far) = self
-            .young
+            .holders
             .get(&key)
-            .or_else(|| self.old.get(&key))
             .copied()
             .filter(|h| !h.closed && h.netns != netns)
         else {
@@ -628,7 +613,7 @@ mod tests {
                 flows.observe(&e, None, None, None);
             }
         }
-        assert!(flows.young.len() + flows.old.len() <= 2 * GENERATION);
-        assert!(flows.ports_young.len() + flows.ports_old.len() <= 2 * GENERATION);
+        assert!(flows.holders.len() <= 2 * GENERATION);
+        assert!(flows.ports.len() <= 2 * GENERATION);
     }
 }

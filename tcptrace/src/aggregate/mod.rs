@@ -11,6 +11,7 @@ mod conns;
 mod dist;
 mod drops;
 mod flows;
+mod generations;
 mod listeners;
 mod midflow;
 pub mod recent;
@@ -68,7 +69,7 @@ const MAX_LOCAL_RSTS: usize = 4096;
 #[derive(Debug, Clone)]
 struct LocalRst {
     pid: u32,
-    comm: String,
+    comm: Comm,
     cgroup_id: u64,
 }
 
@@ -609,7 +610,7 @@ impl Aggregate {
                 let Some(owner) = &ev.owner else { return };
                 let sender = LocalRst {
                     pid: owner.pid,
-                    comm: owner.comm.to_string(),
+                    comm: owner.comm,
                     cgroup_id: owner.cgroup_id,
                 };
                 match self.local_rsts.remove(&(ev.remote, ev.local)) {
@@ -651,7 +652,7 @@ impl Aggregate {
     ) {
         let closer = self.closers.entry(&closer_ep, || Closer {
             pid: sender.pid,
-            comm: sender.comm.clone(),
+            comm: sender.comm.to_string(),
             cgroup_id: sender.cgroup_id,
             idle: Dist::new(Dist::MILLIS),
             late_data_resets: 0,
