@@ -72,6 +72,7 @@ impl<K: Hash + Eq, V> Generations<K, V> {
     }
 
     /// Keys held, both generations.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }

@@ -4,6 +4,7 @@
 
 mod churn;
 mod overhead;
+mod soak;
 mod stress;
 
 use std::{fmt::Write as _, fs, path::Path};
@@ -19,6 +20,21 @@ pub enum Bench {
     /// Churn rate of `tcptrace stress churn` against a blocking std
     /// connect/close loop with as many threads, on loopback in a netns.
     Stress(StressArgs),
+    /// Resident set of top, diagnose and the exporter over a long storm.
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct SoakArgs {
+    /// Length of the storm, in minutes.
+    #[arg(long, default_value_t = 5)]
+    pub minutes: u64,
+    /// Churn threads (default: 2 per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Do not rewrite BENCHMARKS.md.
+    #[arg(long)]
+    pub no_write: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -76,6 +92,29 @@ pub fn run(env: &BuildEnv, what: Bench) -> Result<()> {
             overhead(&target_dir().join("release/tcptrace"), &args)
         }
         Bench::Stress(args) => stress::stress(env, &args),
+        Bench::Soak(args) => {
+            crate::cargo(
+                env,
+                "tcptrace (release)",
+                &["build", "--release", "--package", "tcptrace"],
+            )?;
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let threads = args.threads.unwrap_or(2 * cores);
+            let table = soak::soak(
+                &target_dir().join("release/tcptrace"),
+                args.minutes,
+                threads,
+            )?;
+            println!("{table}");
+            if !args.no_write {
+                let command = format!(
+                    "sudo cargo xtask bench soak --minutes {} (threads: {threads}, cores: {cores})",
+                    args.minutes
+                );
+                write_section("soak", &format!("Command: `{command}`\n\n{table}"))?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -226,10 +265,21 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
             .map(|p| format!(" --previous {}", p.display()))
             .unwrap_or_default();
         let command = format!(
-            "sudo cargo xtask bench overhead --seconds {} --rounds {}{previous} (threads: {threads}, cores: {cores})",
-            args.seconds, args.rounds
+            "sudo cargo xtask bench overhead --seconds {} --rounds {}{}{previous}{} (threads: {threads}, cores: {cores})",
+            args.seconds,
+            args.rounds,
+            args.threads
+                .map(|t| format!(" --threads {t}"))
+                .unwrap_or_default(),
+            if args.quick { " --quick" } else { "" }
         );
-        write_section("overhead", &format!("Command: `{command}`\n\n{table}"))?;
+        // The default load has its own section; other thread counts
+        // (how cost grows with load) get one each.
+        let section = match args.threads {
+            Some(t) if t != 2 * cores => format!("overhead-{t}-threads"),
+            _ => "overhead".to_string(),
+        };
+        write_section(&section, &format!("Command: `{command}`\n\n{table}"))?;
     }
     Ok(())
 }

@@ -356,7 +356,7 @@ fn read_summary_line(stderr: &[String], run: &mut Run) -> Result<()> {
 
 /// tcptrace prints its JSON summary as the last record of the stream
 /// (trace) or its counters in the last snapshot (top).
-fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Result<()> {
+pub(super) fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Result<()> {
     let text = fs::read_to_string(output).unwrap_or_default();
     // diagnose --json writes one pretty-printed document.
     let value: serde_json::Value = match serde_json::from_str(&text) {
@@ -402,7 +402,7 @@ fn read_tcptrace_counts(output: &Path, stderr: &[String], run: &mut Run) -> Resu
 
 /// The exporter's closing line on stderr: `tcptrace exporter: R events
 /// received, P produced, L lost[, ...]; N scrapes served`.
-fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
+pub(super) fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
     let line = stderr
         .iter()
         .rev()
@@ -436,10 +436,10 @@ fn read_exporter_counts(stderr: &[String], run: &mut Run) -> Result<()> {
 /// Scrapes /metrics once a second, as Prometheus would, for as long as
 /// asked (the tracer is stopped after that, so no scrape meets its
 /// shutdown).
-struct Scraper(std::thread::JoinHandle<Result<u64>>);
+pub(super) struct Scraper(std::thread::JoinHandle<Result<u64>>);
 
 impl Scraper {
-    fn start(addr: std::net::SocketAddr, duration: Duration) -> Scraper {
+    pub(super) fn start(addr: std::net::SocketAddr, duration: Duration) -> Scraper {
         Scraper(std::thread::spawn(move || {
             let end = Instant::now() + duration;
             let mut scrapes = 0;
@@ -455,7 +455,7 @@ impl Scraper {
     }
 
     /// Scrapes done.
-    fn join(self) -> Result<u64> {
+    pub(super) fn join(self) -> Result<u64> {
         self.0.join().expect("scraper thread")
     }
 }
@@ -483,14 +483,14 @@ fn scrape(addr: std::net::SocketAddr) -> Result<()> {
     Ok(())
 }
 
-enum Ready {
+pub(super) enum Ready {
     /// A line on stderr containing this text.
     StderrLine(&'static str),
     /// A fixed delay (for tools that say nothing when attached).
     After(Duration),
 }
 
-struct Tracer {
+pub(super) struct Tracer {
     child: Child,
     stderr: mpsc::Receiver<String>,
     startup_cpu: f64,
@@ -510,15 +510,19 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
-struct Usage {
+pub(super) struct Usage {
     /// CPU after start-up: the part that scales with events.
-    cpu_seconds: f64,
-    startup_cpu: f64,
-    stop_seconds: f64,
+    pub(super) cpu_seconds: f64,
+    pub(super) startup_cpu: f64,
+    pub(super) stop_seconds: f64,
 }
 
 impl Tracer {
-    fn start(cmd: &mut Command, ready: Ready, stdout_to: Option<&PathBuf>) -> Result<Tracer> {
+    pub(super) fn start(
+        cmd: &mut Command,
+        ready: Ready,
+        stdout_to: Option<&PathBuf>,
+    ) -> Result<Tracer> {
         let stdout = match stdout_to {
             Some(path) => Stdio::from(fs::File::create(path)?),
             None => Stdio::null(),
@@ -574,7 +578,7 @@ impl Tracer {
     }
 
     /// The exporter's address, from `exporting on http://ADDR/metrics`.
-    fn metrics_addr(&self) -> Result<std::net::SocketAddr> {
+    pub(super) fn metrics_addr(&self) -> Result<std::net::SocketAddr> {
         self.said
             .iter()
             .find_map(|l| {
@@ -590,19 +594,17 @@ impl Tracer {
 
     /// Peak resident set since exec (VmHWM). rusage's ru_maxrss would
     /// include the parent's pages shared before exec.
-    fn peak_rss_kib(&self) -> u64 {
-        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+    pub(super) fn peak_rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmHWM:")
+    }
+
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGINT, then wait4 for the CPU time and peak RSS of the process.
-    fn stop(self) -> Result<(Usage, Vec<String>)> {
+    pub(super) fn stop(self) -> Result<(Usage, Vec<String>)> {
         let pid = self.child.id() as i32;
         let asked = Instant::now();
         // SAFETY: signalling and reaping our own child.
@@ -634,6 +636,18 @@ impl Tracer {
             stderr,
         ))
     }
+}
+
+/// A `kB` line of /proc/PID/status (0 when gone).
+pub(super) fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
