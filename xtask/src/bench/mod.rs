@@ -26,8 +26,9 @@ pub enum Bench {
 
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct SoakArgs {
-    /// Length of the storm, in minutes.
-    #[arg(long, default_value_t = 5)]
+    /// Length of the storm, in minutes (the exporter's window fills in
+    /// its first 5).
+    #[arg(long, default_value_t = 10)]
     pub minutes: u64,
     /// Churn threads (default: 2 per core).
     #[arg(long)]
