@@ -100,12 +100,9 @@ pub fn soak(tcptrace: &std::path::Path, minutes: u64, threads: usize) -> Result<
     );
     let _ = writeln!(
         table,
-        "| mode | RSS at 1 min | RSS at half time | RSS at the end | growth over the second half | peak RSS | events received / produced | lost |"
+        "| mode | RSS at each minute (MiB) | growth over the second half | peak RSS | events received / produced | lost |"
     );
-    let _ = writeln!(
-        table,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
+    let _ = writeln!(table, "| --- | --- | ---: | ---: | ---: | ---: |");
     let at = |mode: usize, secs: f64| -> u64 {
         samples
             .iter()
