@@ -1,6 +1,14 @@
 //! A latency/duration distribution: an hdrhistogram allocated on first
 //! use, so the many groups that never see a value cost nothing; and the
 //! one `Percentiles` every report takes from a histogram.
+//!
+//! A histogram is dense (10-16 KiB whatever it holds). The exporter keeps
+//! a slice of figures per interval for its whole window, each slice with
+//! dozens of distributions that will only be read again: those are
+//! `seal`ed into the few buckets they use, and turned back into a
+//! histogram when read.
+
+use std::borrow::Cow;
 
 use hdrhistogram::{Counter, Histogram};
 use serde::Serialize;
@@ -11,7 +19,18 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct Dist {
     unit_ns: u64,
-    hist: Option<Box<Histogram<u32>>>,
+    store: Option<Store>,
+}
+
+/// Where a distribution's values are.
+#[derive(Debug, Clone)]
+enum Store {
+    /// A histogram, to record into.
+    Dense(Box<Histogram<u32>>),
+    /// A sealed one: (value in units, count) of each bucket used,
+    /// ascending; each value is its bucket's highest equivalent, so it
+    /// falls in the same bucket when recorded again.
+    Sealed(Box<[(u64, u64)]>),
 }
 
 /// Percentiles of a distribution of durations, in nanoseconds. Values
@@ -123,7 +142,57 @@ impl Dist {
     pub fn new(unit_ns: u64) -> Dist {
         Dist {
             unit_ns,
-            hist: None,
+            store: None,
+        }
+    }
+
+    /// An empty histogram of this unit's bounds: 1 unit .. 1 day.
+    fn empty_histogram(&self) -> Histogram<u32> {
+        let high = (86_400_000_000_000 / self.unit_ns).max(2);
+        // The bounds are valid, so this cannot fail.
+        Histogram::new_with_bounds(1, high, 2).expect("static histogram bounds")
+    }
+
+    /// The histogram to record into (a sealed one is unsealed first).
+    fn dense(&mut self) -> &mut Histogram<u32> {
+        let hist = match self.store.take() {
+            Some(Store::Dense(hist)) => hist,
+            Some(Store::Sealed(buckets)) => {
+                let mut hist = Box::new(self.empty_histogram());
+                add_buckets(&mut hist, &buckets);
+                hist
+            }
+            None => Box::new(self.empty_histogram()),
+        };
+        match self.store.insert(Store::Dense(hist)) {
+            Store::Dense(hist) => hist,
+            Store::Sealed(_) => unreachable!("just stored a histogram"),
+        }
+    }
+
+    /// Its values as a histogram, to read; `None` while empty.
+    fn histogram(&self) -> Option<Cow<'_, Histogram<u32>>> {
+        match self.store.as_ref()? {
+            Store::Dense(hist) => Some(Cow::Borrowed(hist)),
+            Store::Sealed(buckets) => {
+                let mut hist = self.empty_histogram();
+                add_buckets(&mut hist, buckets);
+                Some(Cow::Owned(hist))
+            }
+        }
+    }
+
+    /// Keeps only the buckets in use (a few hundred bytes instead of the
+    /// histogram's 10-16 KiB), for a distribution that will only be read
+    /// or merged from now on. Reading it stays exact; recording into it
+    /// again unseals it.
+    pub fn seal(&mut self) {
+        if let Some(Store::Dense(hist)) = &self.store {
+            let buckets: Box<[(u64, u64)]> = hist
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), u64::from(v.count_at_value())))
+                .collect();
+            self.store = Some(Store::Sealed(buckets));
         }
     }
 
@@ -137,26 +206,21 @@ impl Dist {
         if n == 0 {
             return;
         }
-        let hist = self.hist.get_or_insert_with(|| {
-            // 1 unit .. 1 day; bounds are valid, so this cannot fail.
-            let high = (86_400_000_000_000 / self.unit_ns).max(2);
-            Box::new(Histogram::new_with_bounds(1, high, 2).expect("static histogram bounds"))
-        });
+        let unit_ns = self.unit_ns;
+        let hist = self.dense();
         // Saturating like `saturating_record`: a value beyond a day is
         // recorded as a day rather than refused.
-        let value = (ns / self.unit_ns).clamp(1, hist.high());
-        let mut left = n;
-        while left > 0 {
-            let step = left.min(u64::from(u32::MAX));
-            // In bounds, so this cannot fail.
-            let _ = hist.record_n(value, step as u32);
-            left -= step;
-        }
+        let value = (ns / unit_ns).clamp(1, hist.high());
+        record_n(hist, value, n);
     }
 
     /// Values recorded.
     pub fn count(&self) -> u64 {
-        self.hist.as_ref().map_or(0, |h| h.len())
+        match &self.store {
+            None => 0,
+            Some(Store::Dense(hist)) => hist.len(),
+            Some(Store::Sealed(buckets)) => buckets.iter().map(|(_, n)| n).sum(),
+        }
     }
 
     /// True before the first value.
@@ -166,14 +230,14 @@ impl Dist {
 
     /// Its percentiles; `None` while empty.
     pub fn percentiles(&self) -> Option<Percentiles> {
-        Percentiles::of(self.hist.as_deref()?, self.unit_ns)
+        Percentiles::of(&*self.histogram()?, self.unit_ns)
     }
 
     /// Every value recorded, as (nanoseconds, count) ascending; each value
     /// is the highest equivalent of its histogram bucket (two significant
     /// digits), so the list stays short however many were recorded.
     pub fn values(&self) -> Vec<(u64, u64)> {
-        self.hist.as_ref().map_or_else(Vec::new, |h| {
+        self.histogram().map_or_else(Vec::new, |h| {
             h.iter_recorded()
                 .map(|v| {
                     (
@@ -188,25 +252,44 @@ impl Dist {
     /// Adds every value of `other` (recorded in the same unit).
     pub fn merge(&mut self, other: &Dist) {
         debug_assert_eq!(self.unit_ns, other.unit_ns);
-        let Some(theirs) = other.hist.as_deref() else {
-            return;
-        };
-        match &mut self.hist {
+        match &other.store {
+            None => {}
+            Some(Store::Sealed(buckets)) => add_buckets(self.dense(), buckets),
             // Same bounds on both sides: adding cannot fail.
-            Some(ours) => ours.add(theirs).expect("histograms of one unit"),
-            None => self.hist = Some(Box::new(theirs.clone())),
+            Some(Store::Dense(theirs)) => match &mut self.store {
+                None => self.store = Some(Store::Dense(theirs.clone())),
+                _ => self.dense().add(&**theirs).expect("histograms of one unit"),
+            },
         }
     }
 
     /// Values at or above `ns`.
     pub fn count_at_least(&self, ns: u64) -> u64 {
-        self.hist.as_ref().map_or(0, |h| {
+        self.histogram().map_or(0, |h| {
             let floor = ns / self.unit_ns;
             h.iter_recorded()
                 .filter(|v| v.value_iterated_to() >= floor)
                 .map(|v| u64::from(v.count_at_value()))
                 .sum()
         })
+    }
+}
+
+/// Records `n` values of `value` (in bounds), `u32::MAX` at a time.
+fn record_n(hist: &mut Histogram<u32>, value: u64, n: u64) {
+    let mut left = n;
+    while left > 0 {
+        let step = left.min(u64::from(u32::MAX));
+        // In bounds, so this cannot fail.
+        let _ = hist.record_n(value, step as u32);
+        left -= step;
+    }
+}
+
+/// Records a sealed distribution's buckets into a histogram of its unit.
+fn add_buckets(hist: &mut Histogram<u32>, buckets: &[(u64, u64)]) {
+    for (value, n) in buckets {
+        record_n(hist, *value, *n);
     }
 }
 
@@ -268,6 +351,48 @@ mod tests {
         assert_eq!(bins[6].count, 2, "{bins:?}");
         assert_eq!(bins[8].count, 1);
         assert!(log_bins(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn a_sealed_distribution_reads_and_merges_as_the_histogram_did() {
+        let mut dense = Dist::new(Dist::MICROS);
+        for us in [
+            3,
+            40,
+            41,
+            500,
+            7_000,
+            7_010,
+            90_000,
+            1_000_000,
+            86_400_000_000_000,
+        ] {
+            dense.record(us * 1_000);
+        }
+        let mut sealed = dense.clone();
+        sealed.seal();
+        assert!(matches!(sealed.store, Some(Store::Sealed(_))));
+        assert_eq!(sealed.count(), dense.count());
+        assert_eq!(sealed.percentiles(), dense.percentiles());
+        assert_eq!(sealed.values(), dense.values());
+        assert_eq!(
+            sealed.count_at_least(7_000_000),
+            dense.count_at_least(7_000_000)
+        );
+        // Merged into an empty one, into a dense one, twice over.
+        let mut merged = Dist::new(Dist::MICROS);
+        merged.merge(&sealed);
+        merged.merge(&dense);
+        let mut twice = dense.clone();
+        twice.merge(&dense);
+        assert_eq!(merged.percentiles(), twice.percentiles());
+        assert_eq!(merged.values(), twice.values());
+        // Recording again unseals it, nothing lost.
+        sealed.record(2_000);
+        assert_eq!(sealed.count(), dense.count() + 1);
+        let mut empty = Dist::new(Dist::MILLIS);
+        empty.seal();
+        assert!(empty.is_empty());
     }
 
     #[test]

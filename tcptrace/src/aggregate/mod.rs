@@ -267,6 +267,44 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Seals every distribution (`Dist::seal`): a slice of figures that
+    /// will only be read and merged from now on.
+    pub fn seal(&mut self) {
+        let Stats {
+            connect_latency,
+            idle_before_rst,
+            quiet_gap_idle,
+            age_at_rst,
+            reuse_after_peer_close,
+            peer_close_idle,
+            local_close_idle,
+            retransmitting_for,
+            lifetimes,
+            reuse_idle,
+            forged_idle,
+            connect_failed_after,
+            reuse_outcomes,
+            ..
+        } = self;
+        for dist in [
+            connect_latency,
+            idle_before_rst,
+            quiet_gap_idle,
+            age_at_rst,
+            reuse_after_peer_close,
+            peer_close_idle,
+            local_close_idle,
+            retransmitting_for,
+            lifetimes,
+            reuse_idle,
+            forged_idle,
+            connect_failed_after,
+            &mut reuse_outcomes.stall_start,
+        ] {
+            dist.seal();
+        }
+    }
+
     /// RSTs sent, all reasons.
     pub fn rst_sent_total(&self) -> u64 {
         self.rst_sent.values().sum()

@@ -33,13 +33,12 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
     /// The entry for `key`, made with `make` (evicting the lightest
     /// entries first if the map is full).
     pub fn entry(&mut self, key: &K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.capacity {
-                self.evict();
-            }
-            self.entries.insert(key.clone(), make());
+        // One hash for a key already kept while there is room (the usual
+        // case); the full map checks first whether it must make room.
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(key) {
+            self.evict();
         }
-        self.entries.get_mut(key).expect("inserted above")
+        self.entries.entry(key.clone()).or_insert_with(make)
     }
 
     /// Drops the lightest eighth of the entries at once: a scan of one-off
@@ -67,6 +66,11 @@ impl<K: Hash + Eq + Clone, V: Weight> TopN<K, V> {
     /// The entry for `key`, mutably, if kept.
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.entries.get_mut(key)
+    }
+
+    /// Every value kept, mutably, in no particular order.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.values_mut()
     }
 
     /// Every entry kept, in no particular order.

@@ -59,6 +59,16 @@ impl Aggregate {
         }
     }
 
+    /// Seals every distribution of this aggregate's figures (`Dist::seal`):
+    /// a window keeps its slices for minutes, only to merge them.
+    pub fn seal_distributions(&mut self) {
+        self.total.seal();
+        self.processes.values_mut().for_each(|p| p.stats.seal());
+        self.peers.values_mut().for_each(Stats::seal);
+        self.namespaces.values_mut().for_each(|n| n.stats.seal());
+        self.closers.values_mut().for_each(|c| c.idle.seal());
+    }
+
     /// Adds the figures of `other` (a slice from `take_figures`) to this
     /// aggregate's: counts add up, distributions merge, the heaviest
     /// processes, peers and closers stay.
@@ -233,7 +243,8 @@ impl Window {
 
     /// Adds the figures of the last `span` and forgets the slices that
     /// fell out of the window.
-    pub fn push(&mut self, span: Duration, slice: Aggregate) {
+    pub fn push(&mut self, span: Duration, mut slice: Aggregate) {
+        slice.seal_distributions();
         self.slices.push_back((span, slice));
         while self.covered() > self.length && self.slices.len() > 1 {
             self.slices.pop_front();
