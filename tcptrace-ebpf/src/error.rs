@@ -37,10 +37,8 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     if err == 0 || read::member_or::<u16>(sk, sock.skc_dport, 1) == 0 {
         return None;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     let ev = emit::blank()?;
     read::sock_endpoints(sock, sk, ev)?;
-    ev.ts_ns = now;
     ev.skaddr = sk;
     // A full socket (the hook's argument): its entry's namespace holds.
     let entry = owner::entry(sk);
@@ -50,6 +48,12 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     ev.err = err;
     let info = owner::info_or_preexisting(sk, entry, ev);
     owner::attribute(ev, &info);
+    // The clock is read only for an event that goes out.
+    if !emit::in_scope(cfg, ev) {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    ev.ts_ns = now;
     if info.established_ns != 0 {
         ev.age_ns = now - info.established_ns;
     }
