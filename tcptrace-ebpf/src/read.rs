@@ -36,6 +36,31 @@ pub fn field<T>(ctx: &TracePointContext, layout: &TracepointLayout, slot: usize)
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
 
+/// Where a syscall exit record holds `long ret` on every kernel since
+/// syscall tracepoints exist (`struct syscall_trace_exit`: the 8-byte
+/// `trace_entry`, `int nr`, then `ret`).
+const SYSCALL_RET_OFFSET: u16 = 16;
+
+/// A syscall exit's return value. At the usual offset it is a plain load
+/// from the record (the verifier allows context loads at constant
+/// offsets; a probe read costs a helper call); elsewhere a probe read.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext, layout: &TracepointLayout) -> Option<i64> {
+    let offset = *layout.offsets.get(field::RET)?;
+    if offset == SYSCALL_RET_OFFSET {
+        // SAFETY: the record is at least this long (its format says so);
+        // a context load at a constant, aligned offset.
+        return Some(unsafe {
+            ctx.as_ptr()
+                .cast::<u8>()
+                .add(SYSCALL_RET_OFFSET as usize)
+                .cast::<i64>()
+                .read()
+        });
+    }
+    field(ctx, layout, field::RET)
+}
+
 /// A tracepoint record copied out of the kernel's trace buffer, read at
 /// the offsets of its layout. Programs of the same CPU never overlap
 /// (the kernel skips a nested run), so one buffer per CPU is enough.
