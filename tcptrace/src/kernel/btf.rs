@@ -216,7 +216,10 @@ mod tests {
             ..close
         }
         .with_tcp_span();
-        assert_eq!((partial.tcp_span_start, partial.tcp_span_bytes), (1264, 1676 - 1264));
+        assert_eq!(
+            (partial.tcp_span_start, partial.tcp_span_bytes),
+            (1264, 1676 - 1264)
+        );
         // The start is 8-byte aligned.
         let odd = SockLayout {
             lrcvtime: 1268,
