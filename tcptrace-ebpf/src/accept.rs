@@ -7,7 +7,7 @@
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
 };
-use tcptrace_common::{field, tracepoint as tp};
+use tcptrace_common::tracepoint as tp;
 
 use crate::{owner, read};
 
@@ -30,7 +30,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 fn handle(ctx: &TracePointContext, which: usize) -> Option<()> {
     let cfg = read::config()?;
     let layout = cfg.layouts.get(which)?;
-    let fd: i64 = read::field(ctx, layout, field::RET)?;
+    let fd = read::syscall_ret(ctx, layout)?;
     if !(0..MAX_FD).contains(&fd) {
         return None;
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tcptrace_common::{
     Config, ConnKey, DEFAULT_RING_BYTES, DROP_REASON_SLOTS, EventWithPeer, FLIGHT_FLOWS,
     FlightPayload, FlightRing, FlowKey, ListenKey, OPEN_KEYS, OpenKey, Owner, PeerProfile,
-    RECORD_BYTES, SockInfo, WatchedFlowKey, kind,
+    RECORD_BYTES, SockInfo, TCP_SPAN_BYTES, WatchedFlowKey, kind,
 };
 
 /// Events to userspace. Userspace may resize it before load.
@@ -19,6 +19,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// offset below `RECORD_BYTES` is provably in bounds for the verifier.
 #[map]
 pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of the span of a `tcp_sock` a reset reads (see
+/// `read::TcpSpan`); 8 bytes over `TCP_SPAN_BYTES`, so that a 4-byte read
+/// at any masked offset is provably in bounds for the verifier.
+#[map]
+pub static TCP_SPAN: PerCpuArray<[u8; TCP_SPAN_BYTES + 8]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU event under construction (see `emit::blank`), with room for
 /// the peer's profile an `RST_RECEIVED` record carries after it.

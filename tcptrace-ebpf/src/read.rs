@@ -14,11 +14,11 @@ use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_probe_read_kernel, programs::TracePointContext,
 };
 use tcptrace_common::{
-    ABSENT_OFFSET, AF_INET, AF_INET6, Config, Event, RECORD_BYTES, SockLayout, TracepointLayout,
-    field,
+    ABSENT_OFFSET, AF_INET, AF_INET6, Config, Event, RECORD_BYTES, SockLayout, TCP_SPAN_BYTES,
+    TracepointLayout, field,
 };
 
-use crate::maps::{CONFIG, RECORD};
+use crate::maps::{CONFIG, RECORD, TCP_SPAN};
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
@@ -34,6 +34,31 @@ pub fn field<T>(ctx: &TracePointContext, layout: &TracepointLayout, slot: usize)
         return None;
     }
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
+}
+
+/// Where a syscall exit record holds `long ret` on every kernel since
+/// syscall tracepoints exist (`struct syscall_trace_exit`: the 8-byte
+/// `trace_entry`, `int nr`, then `ret`).
+const SYSCALL_RET_OFFSET: u16 = 16;
+
+/// A syscall exit's return value. At the usual offset it is a plain load
+/// from the record (the verifier allows context loads at constant
+/// offsets; a probe read costs a helper call); elsewhere a probe read.
+#[inline(always)]
+pub fn syscall_ret(ctx: &TracePointContext, layout: &TracepointLayout) -> Option<i64> {
+    let offset = *layout.offsets.get(field::RET)?;
+    if offset == SYSCALL_RET_OFFSET {
+        // SAFETY: the record is at least this long (its format says so);
+        // a context load at a constant, aligned offset.
+        return Some(unsafe {
+            ctx.as_ptr()
+                .cast::<u8>()
+                .add(SYSCALL_RET_OFFSET as usize)
+                .cast::<i64>()
+                .read()
+        });
+    }
+    field(ctx, layout, field::RET)
 }
 
 /// A tracepoint record copied out of the kernel's trace buffer, read at
@@ -230,4 +255,75 @@ pub fn sock_endpoints(sock: &SockLayout, sk: u64, ev: &mut Event) -> Option<()> 
     bytes_into(sk + u64::from(s), ev.saddr.as_mut_ptr(), len);
     bytes_into(sk + u64::from(d), ev.daddr.as_mut_ptr(), len);
     Some(())
+}
+
+/// The `tcp_sock` members a reset reads (`SockLayout::tcp_span_members`:
+/// idle times, queue sequence numbers), copied in one probe read when
+/// userspace found them within `TCP_SPAN_BYTES` of each other (6.8+,
+/// where `tcp_sock` is grouped by cache line), else read one by one.
+pub struct TcpSpan<'a> {
+    sock: &'a SockLayout,
+    sk: u64,
+    /// The CPU's `TCP_SPAN` buffer, holding the span; null when the
+    /// members are read one by one.
+    bytes: *const u8,
+}
+
+/// Copies the span of `sk` (a full TCP socket) the members lie in.
+#[inline(always)]
+pub fn tcp_span(sock: &SockLayout, sk: u64) -> TcpSpan<'_> {
+    let mut span = TcpSpan {
+        sock,
+        sk,
+        bytes: core::ptr::null(),
+    };
+    let len = u32::from(sock.tcp_span_bytes);
+    if sk == 0 || len == 0 {
+        return span;
+    }
+    let Some(buf) = TCP_SPAN.get_ptr_mut(0) else {
+        return span;
+    };
+    // Bounded for the verifier; userspace already caps it.
+    let len = if len > TCP_SPAN_BYTES as u32 {
+        TCP_SPAN_BYTES as u32
+    } else {
+        len
+    };
+    let from = sk + u64::from(sock.tcp_span_start);
+    if bytes_into(from, buf.cast::<u8>(), len) {
+        span.bytes = buf.cast::<u8>().cast_const();
+    }
+    span
+}
+
+impl TcpSpan<'_> {
+    /// False for a null socket: every member is unknown.
+    #[inline(always)]
+    pub fn has_socket(&self) -> bool {
+        self.sk != 0
+    }
+
+    /// The u32 member at `offset` of the socket, or `default` when the
+    /// offset is unknown or the read failed.
+    #[inline(always)]
+    pub fn u32_or(&self, offset: u16, default: u32) -> u32 {
+        if self.sk == 0 || offset == ABSENT_OFFSET {
+            return default;
+        }
+        if !self.bytes.is_null() {
+            let at = usize::from(offset.wrapping_sub(self.sock.tcp_span_start));
+            if at + 4 <= usize::from(self.sock.tcp_span_bytes) && at % 4 == 0 {
+                // SAFETY: masked below TCP_SPAN_BYTES, and the buffer is 8
+                // bytes longer; 4-aligned (the buffer is 8-aligned).
+                return unsafe {
+                    self.bytes
+                        .add(at & (TCP_SPAN_BYTES - 1))
+                        .cast::<u32>()
+                        .read()
+                };
+            }
+        }
+        member_or(self.sk, offset, default)
+    }
 }

@@ -12,7 +12,7 @@ use tcptrace_common::{
     tracepoint as tp,
 };
 
-use crate::{emit, maps::PEERS, owner, read, related};
+use crate::{emit, maps::PEERS, owner, read, read::TcpSpan, related};
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
@@ -36,10 +36,8 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         Some(state) => state,
         None => i32::from(read::member_or::<u8>(sk, cfg.sock.skc_state, 0)),
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     let ev = emit::blank()?;
     rec.endpoints_into(ev)?;
-    ev.ts_ns = now;
     ev.skaddr = sk;
     let entry = owner::entry(sk);
     let full = is_full_tcp_sock(state);
@@ -56,15 +54,19 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if full {
-        idle(cfg, sk, ev);
-        queues(cfg, sk, ev);
+        let span = read::tcp_span(&cfg.sock, sk);
+        let now = unsafe { bpf_jiffies64() } as u32;
+        idle(cfg, &span, now, ev);
+        queues(cfg, &span, now, ev);
     }
     let info = owner::info_or_preexisting(sk, entry, ev);
     owner::attribute(ev, &info);
-    if info.established_ns != 0 {
-        ev.age_ns = now - info.established_ns;
-    }
+    // The clock is read only for an event that goes out.
     if event_kind == kind::RST_RECEIVED && cfg.tc_netns != 0 && ev.netns == cfg.tc_netns {
+        if !(emit::selected(cfg, event_kind) && emit::in_scope(cfg, ev)) {
+            return None;
+        }
+        stamp(ev, info.established_ns);
         // The TC ingress program saw this RST a moment ago, in the same
         // softirq: what it and the peer's own segments looked like goes
         // with the event (zeros when the connection crossed no watched
@@ -77,12 +79,25 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         // reached a namespace where no socket holds its ends (a reply
         // that skipped reverse NAT): kept even out of scope.
         if emit::selected(cfg, event_kind) {
+            stamp(ev, info.established_ns);
             emit::send(cfg, ev);
         }
-    } else {
+    } else if emit::in_scope(cfg, ev) {
+        stamp(ev, info.established_ns);
         emit::submit(cfg, ev);
     }
     Some(())
+}
+
+/// The event's time, and the connection's age at it when known (the
+/// time it reached ESTABLISHED, `established_ns`, is not 0).
+#[inline(always)]
+fn stamp(ev: &mut Event, established_ns: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    ev.ts_ns = now;
+    if established_ns != 0 {
+        ev.age_ns = now - established_ns;
+    }
 }
 
 /// The connection's key in `PEERS`, from the event's endpoints. An IPv6
@@ -133,14 +148,14 @@ fn is_full_tcp_sock(state: i32) -> bool {
 }
 
 /// Jiffies since the last data sent, and since the last data or ACK
-/// received (whichever is more recent). Plain sentinels rather than
-/// `Option` pairs: the verifier rejects the code LLVM makes for those.
+/// received (whichever is more recent), at `now` (jiffies). Plain
+/// sentinels rather than `Option` pairs: the verifier rejects the code
+/// LLVM makes for those.
 #[inline(always)]
-pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
-    let now = unsafe { bpf_jiffies64() } as u32;
-    ev.idle_send_jiffies = jiffies_since(sk, cfg.sock.lsndtime, now);
-    let data = jiffies_since(sk, cfg.sock.lrcvtime, now);
-    let ack = jiffies_since(sk, cfg.sock.rcv_tstamp, now);
+pub fn idle(cfg: &Config, span: &TcpSpan, now: u32, ev: &mut Event) {
+    ev.idle_send_jiffies = jiffies_since(span, cfg.sock.lsndtime, now);
+    let data = jiffies_since(span, cfg.sock.lrcvtime, now);
+    let ack = jiffies_since(span, cfg.sock.rcv_tstamp, now);
     // UNKNOWN_U32 is the largest value, so min keeps a known one.
     ev.idle_recv_jiffies = if data < ack { data } else { ack };
 }
@@ -151,31 +166,31 @@ pub fn idle(cfg: &Config, sk: u64, ev: &mut Event) {
 /// abortive close that lost nothing); either one non-zero means data was
 /// lost. Also when the last data arrived, to tell whether it was answered.
 #[inline(always)]
-fn queues(cfg: &Config, sk: u64, ev: &mut Event) {
-    let now = unsafe { bpf_jiffies64() } as u32;
-    ev.idle_data_recv_jiffies = jiffies_since(sk, cfg.sock.lrcvtime, now);
-    ev.unacked = seq_gap(sk, cfg.sock.write_seq, cfg.sock.snd_una);
-    ev.unread = seq_gap(sk, cfg.sock.rcv_nxt, cfg.sock.copied_seq);
+fn queues(cfg: &Config, span: &TcpSpan, now: u32, ev: &mut Event) {
+    ev.idle_data_recv_jiffies = jiffies_since(span, cfg.sock.lrcvtime, now);
+    ev.unacked = seq_gap(span, cfg.sock.write_seq, cfg.sock.snd_una);
+    ev.unread = seq_gap(span, cfg.sock.rcv_nxt, cfg.sock.copied_seq);
 }
 
 /// `later - earlier` of two sequence-number members, or `UNKNOWN_U32`.
 #[inline(always)]
-fn seq_gap(sk: u64, later: u16, earlier: u16) -> u32 {
+fn seq_gap(span: &TcpSpan, later: u16, earlier: u16) -> u32 {
     let abs = tcptrace_common::ABSENT_OFFSET;
-    if sk == 0 || later == abs || earlier == abs {
+    if !span.has_socket() || later == abs || earlier == abs {
         return UNKNOWN_U32;
     }
-    let a: u32 = read::member_or(sk, later, 0);
-    let b: u32 = read::member_or(sk, earlier, 0);
+    let a = span.u32_or(later, 0);
+    let b = span.u32_or(earlier, 0);
     let gap = a.wrapping_sub(b);
     // A gap near 2^32 is a torn read of a changing socket, not data.
     if gap > (1 << 30) { UNKNOWN_U32 } else { gap }
 }
 
 #[inline(always)]
-fn jiffies_since(sk: u64, offset: u16, now: u32) -> u32 {
-    if sk == 0 || offset == tcptrace_common::ABSENT_OFFSET {
+fn jiffies_since(span: &TcpSpan, offset: u16, now: u32) -> u32 {
+    if !span.has_socket() || offset == tcptrace_common::ABSENT_OFFSET {
         return UNKNOWN_U32;
     }
-    now.wrapping_sub(read::member_or::<u32>(sk, offset, now))
+    // An unreadable member gives `now`: no time since.
+    now.wrapping_sub(span.u32_or(offset, now))
 }

@@ -2,7 +2,11 @@
 //! connects, and the ownership bookkeeping at the process-context
 //! transitions (CLOSE->SYN_SENT in connect, ->LISTEN in listen).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use tcptrace_common::{IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
 
 use crate::{emit, opens, owner, read, related, reset};
@@ -24,7 +28,16 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = rec.field(field::SKADDR)?;
     let old: i32 = rec.field(field::OLDSTATE)?;
     let new: i32 = rec.field(field::NEWSTATE)?;
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read here only for the times the socket's entry keeps
+    // (SYN_SENT, ESTABLISHED); other events read it once they passed the
+    // filters. Durations and ages hold their start until then.
+    let mut now = if new == tcp_state::SYN_SENT || new == tcp_state::ESTABLISHED {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    let mut duration_since = 0u64;
+    let mut age_since = 0u64;
     let opening =
         new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
     // Every later transition finds the entry an opening made, which holds
@@ -39,7 +52,6 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
 
     let ev = emit::blank()?;
     rec.endpoints_into(ev)?;
-    ev.ts_ns = now;
     ev.skaddr = sk;
     ev.netns = netns;
     ev.kind = kind::STATE;
@@ -91,7 +103,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             let info = owner::mark_established(entry, now);
             if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
                 ev.kind = kind::CONNECT;
-                ev.duration_ns = now - info.syn_sent_ns;
+                duration_since = info.syn_sent_ns;
             }
             owner::attribute(ev, &info);
         }
@@ -99,14 +111,12 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             let info = owner::info_or_preexisting(sk, entry, ev);
             if old == tcp_state::SYN_SENT {
                 ev.kind = kind::CONNECT_FAILED;
-                if info.syn_sent_ns != 0 {
-                    ev.duration_ns = now - info.syn_sent_ns;
-                }
+                duration_since = info.syn_sent_ns;
             } else if old == tcp_state::LISTEN {
                 owner::forget_listener(netns, ev.sport);
             } else if cfg.count_opens != 0 && info.established_ns != 0 {
                 // The lifetime, for a reader that never saw the open.
-                ev.age_ns = now - info.established_ns;
+                age_since = info.established_ns;
             }
             owner::attribute(ev, &info);
         }
@@ -114,11 +124,10 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
             // The first close of an established connection, by us
             // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
             // been idle is the closer's idle timeout (keep-alive, LB).
-            reset::idle(cfg, sk, ev);
+            let span = read::tcp_span(&cfg.sock, sk);
+            reset::idle(cfg, &span, unsafe { bpf_jiffies64() } as u32, ev);
             let info = owner::info_or_preexisting(sk, entry, ev);
-            if info.established_ns != 0 {
-                ev.age_ns = now - info.established_ns;
-            }
+            age_since = info.established_ns;
             owner::attribute(ev, &info);
         }
         _ => {
@@ -128,6 +137,20 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     }
     if opening && cfg.skip_opening != 0 {
         return Some(());
+    }
+    // Out of scope, nothing goes out (neither counted nor sent).
+    if !emit::in_scope(cfg, ev) {
+        return Some(());
+    }
+    if now == 0 {
+        now = unsafe { bpf_ktime_get_ns() };
+    }
+    ev.ts_ns = now;
+    if duration_since != 0 {
+        ev.duration_ns = now - duration_since;
+    }
+    if age_since != 0 {
+        ev.age_ns = now - age_since;
     }
     if opens::wanted(cfg, ev) && opens::count(ev) {
         // Counted, not sent: the flow is still left for `related`, as

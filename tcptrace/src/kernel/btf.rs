@@ -97,7 +97,8 @@ fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
         skb.tcp_gso_segs = cb + segs;
     }
     Layouts {
-        sock: layout,
+        // Resets read their tcp_sock members in one probe read when close.
+        sock: layout.with_tcp_span(),
         task,
         skb,
     }
@@ -183,5 +184,64 @@ mod tests {
         assert!(skb.dev > 0 && skb.dev < 64, "sk_buff.dev at {}", skb.dev);
         assert!(skb.network_header > skb.dev && skb.head > skb.network_header);
         assert_ne!(skb.tcp_gso_segs, ABSENT_OFFSET);
+        // Since 6.8 (tcp_sock in cache-line groups) the reset's members
+        // fit in one span; it covers each of them.
+        if sock.tcp_span_bytes != 0 {
+            for offset in sock.tcp_span_members() {
+                assert!(offset >= sock.tcp_span_start);
+                assert!(offset + 4 <= sock.tcp_span_start + sock.tcp_span_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn tcp_span_covers_the_members_or_is_off() {
+        use tcptrace_common::TCP_SPAN_BYTES;
+        // 6.18's offsets: 464 bytes from lrcvtime to rcv_tstamp.
+        let close = SockLayout {
+            lsndtime: 1584,
+            rcv_tstamp: 1724,
+            lrcvtime: 1264,
+            write_seq: 1576,
+            snd_una: 1672,
+            rcv_nxt: 1664,
+            copied_seq: 1464,
+            ..SockLayout::default()
+        }
+        .with_tcp_span();
+        assert_eq!((close.tcp_span_start, close.tcp_span_bytes), (1264, 464));
+        // An absent member is left out of the span.
+        let partial = SockLayout {
+            rcv_tstamp: ABSENT_OFFSET,
+            ..close
+        }
+        .with_tcp_span();
+        assert_eq!(
+            (partial.tcp_span_start, partial.tcp_span_bytes),
+            (1264, 1676 - 1264)
+        );
+        // The start is 8-byte aligned.
+        let odd = SockLayout {
+            lrcvtime: 1268,
+            ..close
+        }
+        .with_tcp_span();
+        assert_eq!((odd.tcp_span_start, odd.tcp_span_bytes), (1264, 464));
+        // Too far apart: read one by one.
+        let wide = SockLayout {
+            lrcvtime: 1724 - TCP_SPAN_BYTES as u16,
+            ..close
+        }
+        .with_tcp_span();
+        assert_eq!(wide.tcp_span_bytes, 0);
+        // A misaligned member (not a u32 on its own): one by one.
+        let misaligned = SockLayout {
+            snd_una: 1674,
+            ..close
+        }
+        .with_tcp_span();
+        assert_eq!(misaligned.tcp_span_bytes, 0);
+        // Nothing known: nothing to read.
+        assert_eq!(SockLayout::default().with_tcp_span().tcp_span_bytes, 0);
     }
 }
