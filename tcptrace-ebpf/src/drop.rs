@@ -45,7 +45,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     // one this host sent has none (loopback traffic counts as received
     // once it has looped).
     let incoming = read::member_or::<i32>(skb, layout.skb_iif, 0) != 0;
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::TRACEPOINT)?;
     if !tcp_headers_into(layout, skb, protocol == ETH_P_IPV6, incoming, ev) {
         return None;
     }

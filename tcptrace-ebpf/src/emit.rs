@@ -14,14 +14,32 @@ use crate::{
     related,
 };
 
-/// The CPU's event under construction, all zero but the idle times
-/// (unknown). Built in a map rather than on the 512-byte stack, and
-/// zeroed with word stores: LLVM would turn a plain `Event::default()`
-/// into a call to aya-ebpf's byte-at-a-time `memset`.
+/// Which of the CPU's `EVENT` buffers a program builds its event in.
+/// Tracepoint programs never overlap on one CPU (the kernel skips a
+/// nested run and counts it), but a raw tracepoint program is only kept
+/// from nesting with itself: `inet_sk_error_report` runs in softirq too,
+/// where it can interrupt, on the same CPU, a program half-way through
+/// building an event in process context. So each kind builds in a buffer
+/// of its own.
+pub mod buffer {
+    /// The tracepoint programs (state changes, resets, retransmits, drops).
+    pub const TRACEPOINT: u32 = 0;
+    /// `inet_sk_error_report` (raw tracepoint; process context or softirq).
+    pub const SOCKET_ERROR: u32 = 1;
+    /// The reuse-after-idle programs (raw tracepoints, process context).
+    pub const REUSE: u32 = 2;
+    /// Buffers per CPU.
+    pub const COUNT: u32 = 3;
+}
+
+/// The CPU's event under construction in `buffer` (see `buffer`), all
+/// zero but the idle times (unknown). Built in a map rather than on the
+/// 512-byte stack, and zeroed with word stores: LLVM would turn a plain
+/// `Event::default()` into a call to aya-ebpf's byte-at-a-time `memset`.
 #[inline(always)]
-pub fn blank() -> Option<&'static mut Event> {
+pub fn blank(buffer: u32) -> Option<&'static mut Event> {
     // The event is the first member of the map value.
-    let ev = EVENT.get_ptr_mut(0)?.cast::<Event>();
+    let ev = EVENT.get_ptr_mut(buffer)?.cast::<Event>();
     let words = ev.cast::<u64>();
     for i in 0..EVENT_SIZE / 8 {
         // SAFETY: within the EVENT_SIZE-byte map value; volatile so the
@@ -90,7 +108,8 @@ pub fn submit(cfg: &Config, ev: &Event) {
 /// word: LLVM would make a call to a byte-at-a-time memcpy otherwise.
 #[inline(always)]
 pub fn attach_peer(peer: Option<&PeerProfile>) -> Option<()> {
-    let record = EVENT.get_ptr_mut(0)?;
+    // Only tracepoint programs (the received-RST one) attach a profile.
+    let record = EVENT.get_ptr_mut(buffer::TRACEPOINT)?;
     // SAFETY: a field of the CPU's own map value.
     let dst = unsafe { core::ptr::addr_of_mut!((*record).peer) }.cast::<u64>();
     let src = peer.map(|p| (p as *const PeerProfile).cast::<u64>());
@@ -115,7 +134,7 @@ pub fn submit_with_peer(cfg: &Config, ev: &Event) {
         return;
     }
     bump(&PRODUCED, u32::from(ev.kind));
-    let Some(record) = EVENT.get_ptr(0) else {
+    let Some(record) = EVENT.get_ptr(buffer::TRACEPOINT) else {
         bump(&LOST, u32::from(ev.kind));
         return;
     };

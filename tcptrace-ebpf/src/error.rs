@@ -42,7 +42,7 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     if err == 0 {
         return None;
     }
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::SOCKET_ERROR)?;
     read::sock_endpoints(sock, sk, ev)?;
     ev.skaddr = sk;
     // A full socket (the hook's argument): its entry's namespace holds.

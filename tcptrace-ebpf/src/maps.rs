@@ -26,10 +26,12 @@ pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> = PerCpuArray::with_max_e
 #[map]
 pub static TCP_SPAN: PerCpuArray<[u8; TCP_SPAN_BYTES + 8]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per-CPU event under construction (see `emit::blank`), with room for
-/// the peer's profile an `RST_RECEIVED` record carries after it.
+/// Per-CPU events under construction, one per kind of program that may
+/// interrupt another on the CPU (`emit::buffer`), with room for the
+/// peer's profile an `RST_RECEIVED` record carries after it.
 #[map]
-pub static EVENT: PerCpuArray<EventWithPeer> = PerCpuArray::with_max_entries(1, 0);
+pub static EVENT: PerCpuArray<EventWithPeer> =
+    PerCpuArray::with_max_entries(crate::emit::buffer::COUNT, 0);
 
 /// Offsets and filters; one entry.
 #[map]

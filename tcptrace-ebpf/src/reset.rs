@@ -36,7 +36,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
         Some(state) => state,
         None => i32::from(read::member_or::<u8>(sk, cfg.sock.skc_state, 0)),
     };
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::TRACEPOINT)?;
     rec.endpoints_into(ev)?;
     ev.skaddr = sk;
     let entry = owner::entry(sk);

@@ -26,7 +26,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     // A SYN-ACK is retransmitted for a request socket; `skaddr` is then
     // the listener, whose owner we know from listen().
     let state: i32 = rec.field(field::STATE).unwrap_or(tcp_state::NEW_SYN_RECV);
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::TRACEPOINT)?;
     rec.endpoints_into(ev)?;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skaddr = sk;

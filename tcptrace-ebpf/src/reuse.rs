@@ -70,7 +70,7 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     };
     // The gap is named by its last activity; never 0 (no mark yet).
     let mark = now.wrapping_sub(idle) | 1;
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::REUSE)?;
     read::sock_endpoints(sock, sk, ev)?;
     ev.netns = read::netns(sock, sk);
     let info = owner::claim_reuse(sk, ev, mark);
@@ -128,7 +128,7 @@ fn after_send(ctx: &RawTracePointContext) -> Option<()> {
     if state != tcp_state::ESTABLISHED && state != tcp_state::CLOSE_WAIT {
         return None;
     }
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::REUSE)?;
     read::sock_endpoints(sock, sk, ev)?;
     ev.netns = read::netns(sock, sk);
     submit(cfg, sk, state, idle_send, idle_recv, &before, ev);

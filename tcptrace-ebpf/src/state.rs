@@ -50,7 +50,7 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     };
     let netns = owner::netns(&cfg.sock, sk, entry);
 
-    let ev = emit::blank()?;
+    let ev = emit::blank(emit::buffer::TRACEPOINT)?;
     rec.endpoints_into(ev)?;
     ev.skaddr = sk;
     ev.netns = netns;
