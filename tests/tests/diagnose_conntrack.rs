@@ -12,163 +12,67 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
-    Netns,
+    Netns, Routed,
     diagnose::{Diagnose, describe, findings, first_affected},
     hostglobal::HostSysctl,
     require_root,
+    server::Server,
 };
 
-/// The client's, the server's and the service's addresses.
-const CLIENT4: &str = "198.18.1.2";
-const SERVER4: &str = "198.18.2.2";
+/// The service address the router DNATs (a ClusterIP).
 const SERVICE4: &str = "198.19.0.10";
-const CLIENT6: &str = "2001:db8:1::2";
-const SERVER6: &str = "2001:db8:2::2";
 
-/// client -- router -- server, IPv4 and IPv6, the router forwarding.
-struct Routed {
-    client: Netns,
-    router: Netns,
-    server: Netns,
-}
-
-impl Routed {
-    fn new(tag: &str) -> Routed {
-        let client = Netns::new(&format!("{tag}c"));
-        let router = Netns::new(&format!("{tag}r"));
-        let server = Netns::new(&format!("{tag}s"));
-        for (ns, dev, peer, v4, v6, gw4, gw6) in [
-            (
-                &client,
-                "c0",
-                "r0",
-                CLIENT4,
-                CLIENT6,
-                "198.18.1.1",
-                "2001:db8:1::1",
-            ),
-            (
-                &server,
-                "s0",
-                "r1",
-                SERVER4,
-                SERVER6,
-                "198.18.2.1",
-                "2001:db8:2::1",
-            ),
-        ] {
-            ns.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-                "netns",
-                router.name(),
-            ]);
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", dev, "up"]);
-            router.ip(&["addr", "add", &format!("{gw4}/24"), "dev", peer]);
-            router.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{gw6}/64"),
-                "dev",
-                peer,
-                "nodad",
-            ]);
-            router.ip(&["link", "set", peer, "up"]);
-            ns.ip(&["route", "add", "default", "via", gw4]);
-            ns.ip(&["-6", "route", "add", "default", "via", gw6]);
-        }
-        router.sysctl("net.ipv4.ip_forward", "1");
-        router.sysctl("net.ipv6.conf.all.forwarding", "1");
-        Routed {
-            client,
-            router,
-            server,
-        }
-    }
-
-    /// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
-    fn service(&self, port: u16) -> SocketAddr {
-        self.router.exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                SERVICE4,
-                "-p",
-                "tcp",
-                "--dport",
-                "80",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{SERVER4}:{port}"),
-            ],
-        );
-        format!("{SERVICE4}:80").parse().unwrap()
-    }
+/// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
+fn service(net: &Routed, port: u16) -> SocketAddr {
+    net.router.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            SERVICE4,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{}:{port}", Routed::SERVER4),
+        ],
+    );
+    format!("{SERVICE4}:80").parse().unwrap()
 }
 
 /// A file server in `ns` on `addr`: every request line gets `size`
-/// bytes, until the client closes or `stop`.
-fn file_server(ns: &Netns, addr: SocketAddr, size: usize, stop: Arc<AtomicBool>) {
+/// bytes, until the client closes or the server is dropped.
+fn file_server(ns: &Netns, addr: SocketAddr, size: usize) -> Server {
     let listener = ns.run(|| TcpListener::bind(addr).expect("bind"));
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
+    Server::spawn(listener, move |mut conn, stop| {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let blob = vec![b'f'; 65536];
+        let mut buf = [0u8; 256];
         while !stop.load(Ordering::Relaxed) {
-            let Ok((mut conn, _)) = listener.accept() else {
-                thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            let stop = stop.clone();
-            thread::spawn(move || {
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let blob = vec![b'f'; 65536];
-                let mut buf = [0u8; 256];
-                while !stop.load(Ordering::Relaxed) {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    for _ in 0..size / blob.len() {
-                        if conn.write_all(&blob).is_err() {
-                            return;
-                        }
-                    }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            for _ in 0..size / blob.len() {
+                if conn.write_all(&blob).is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
 }
 
 /// `lanes` clients downloading `size` bytes per request from `to` for
@@ -270,11 +174,12 @@ fn syns_dropped_by_a_firewall_on_the_router() {
     require_root();
     let t0 = Instant::now();
     let net = Routed::new("synfw");
-    let stop = Arc::new(AtomicBool::new(false));
-    let open: SocketAddr = format!("[{SERVER6}]:8080").parse().unwrap();
-    let closed: SocketAddr = format!("[{SERVER6}]:8081").parse().unwrap();
-    file_server(&net.server, open, 65536, stop.clone());
-    file_server(&net.server, closed, 65536, stop.clone());
+    let open: SocketAddr = format!("[{}]:8080", Routed::SERVER6).parse().unwrap();
+    let closed: SocketAddr = format!("[{}]:8081", Routed::SERVER6).parse().unwrap();
+    let servers = [
+        file_server(&net.server, open, 65536),
+        file_server(&net.server, closed, 65536),
+    ];
     net.router.exec(
         "ip6tables",
         &[
@@ -285,7 +190,7 @@ fn syns_dropped_by_a_firewall_on_the_router() {
     let (ok, _) = download(&net.client, open, 2, 65536, Duration::from_millis(500));
     let timed_out = connects(&net.client, closed, 3, Duration::from_millis(2500));
     let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    drop(servers);
     assert!(ok > 0, "the open port works");
     assert_eq!(timed_out, 3);
     let top = assert_top_names_me(&report, "syn_dropped_on_path");
@@ -312,9 +217,8 @@ fn conntrack_table_full_on_the_router() {
     require_root();
     let t0 = Instant::now();
     let net = Routed::new("ctfull");
-    let stop = Arc::new(AtomicBool::new(false));
-    let server: SocketAddr = format!("{SERVER4}:8080").parse().unwrap();
-    file_server(&net.server, server, 65536, stop.clone());
+    let server: SocketAddr = format!("{}:8080", Routed::SERVER4).parse().unwrap();
+    let files = file_server(&net.server, server, 65536);
     for rule in [
         [
             "-A",
@@ -359,7 +263,7 @@ fn conntrack_table_full_on_the_router() {
     let (report, seconds) = diagnose.finish();
     drop(limit);
     drop(held);
-    stop.store(true, Ordering::Relaxed);
+    drop(files);
     assert_eq!(timed_out, 3);
     let top = assert_top_names_me(&report, "conntrack_table_full");
     assert_eq!(top["confidence"], "high", "{top:#}");
@@ -378,6 +282,70 @@ fn conntrack_table_full_on_the_router() {
     );
 }
 
+/// What `bulk_through_dnat` runs `diagnose` on.
+#[derive(Clone, Copy)]
+enum Watched {
+    Client,
+    Server,
+}
+
+/// Three clients download 4 MiB per request for 4 s from a file server
+/// behind the router's DNAT (`SERVICE4:80`) while `diagnose` watches one
+/// end. With `bypass_every`, the router lets 1 in that many of the
+/// server's packets skip conntrack (NOTRACK on 1 in N: the same path as
+/// a reply conntrack marks INVALID), so they miss the reverse NAT.
+/// Returns the report, the seconds it covers, and the downloads that
+/// worked and that failed.
+fn bulk_through_dnat(
+    tag: &str,
+    bypass_every: Option<u32>,
+    watched: Watched,
+) -> (Value, f64, u32, u32) {
+    let t0 = Instant::now();
+    let net = Routed::new(tag);
+    let files = file_server(
+        &net.server,
+        format!("{}:8080", Routed::SERVER4).parse().unwrap(),
+        4 << 20,
+    );
+    let service = service(&net, 8080);
+    if let Some(every) = bypass_every {
+        net.router.exec(
+            "iptables",
+            &[
+                "-t",
+                "raw",
+                "-A",
+                "PREROUTING",
+                "-i",
+                Routed::ROUTER_TO_SERVER,
+                "-p",
+                "tcp",
+                "--sport",
+                "8080",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                &every.to_string(),
+                "--packet",
+                "0",
+                "-j",
+                "NOTRACK",
+            ],
+        );
+    }
+    let diagnose = Diagnose::start(match watched {
+        Watched::Client => net.client.name(),
+        Watched::Server => net.server.name(),
+    });
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    drop(files);
+    (report, seconds.max(t0.elapsed().as_secs_f64()), ok, failed)
+}
+
 /// Replies that skip reverse NAT at the router (NOTRACK on 1 in 200
 /// server packets: the same path as a reply conntrack marks INVALID)
 /// reach the client under the server's own address; the client's kernel
@@ -386,50 +354,12 @@ fn conntrack_table_full_on_the_router() {
 #[test]
 fn invalid_replies_bypass_nat_on_the_router() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctinv");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    net.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "r1",
-            "-p",
-            "tcp",
-            "--sport",
-            "8080",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "200",
-            "--packet",
-            "0",
-            "-j",
-            "NOTRACK",
-        ],
-    );
-    let diagnose = Diagnose::start(net.client.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctinv", Some(200), Watched::Client);
     assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
     let top = assert_top_names_me(&report, "conntrack_invalid_nat_bypass");
     let summary = top["summary"].as_str().unwrap();
     assert!(
-        summary.contains(SERVER4) && summary.contains(SERVICE4),
+        summary.contains(Routed::SERVER4) && summary.contains(SERVICE4),
         "{top:#}"
     );
     assert!(top["figures"]["strays"].as_f64().unwrap() >= 1.0);
@@ -437,11 +367,7 @@ fn invalid_replies_bypass_nat_on_the_router() {
         top["fix"].to_string().contains("ctstate INVALID"),
         "{top:#}"
     );
-    describe(
-        "conntrack_invalid_nat_bypass",
-        &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
-    );
+    describe("conntrack_invalid_nat_bypass", &report, seconds);
 }
 
 /// Control: bulk downloads through the same DNAT router, nothing wrong
@@ -449,29 +375,12 @@ fn invalid_replies_bypass_nat_on_the_router() {
 #[test]
 fn healthy_forwarded_bulk_transfer_is_silent() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctok");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    let diagnose = Diagnose::start(net.client.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctok", None, Watched::Client);
     assert!(ok > 0 && failed == 0, "downloads {ok}, failed {failed}");
     let problems = problems(&report);
     assert!(problems.is_empty(), "{report:#}");
     assert!(report["events"].as_u64().unwrap() > 0, "traffic was seen");
-    describe(
-        "control_bulk_forwarded",
-        &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
-    );
+    describe("control_bulk_forwarded", &report, seconds);
 }
 
 /// The same bypass watched from the backend's namespace only: the
@@ -480,45 +389,7 @@ fn healthy_forwarded_bulk_transfer_is_silent() {
 #[test]
 fn invalid_replies_bypass_nat_seen_from_the_backend() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctinb");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    net.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "r1",
-            "-p",
-            "tcp",
-            "--sport",
-            "8080",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "150",
-            "--packet",
-            "0",
-            "-j",
-            "NOTRACK",
-        ],
-    );
-    let diagnose = Diagnose::start(net.server.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctinb", Some(150), Watched::Server);
     assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
     let top = findings(&report)
         .first()
@@ -535,6 +406,6 @@ fn invalid_replies_bypass_nat_seen_from_the_backend() {
     describe(
         "conntrack_invalid_nat_bypass (backend side)",
         &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
+        seconds,
     );
 }
