@@ -11,8 +11,6 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,70 +19,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    diagnose::{Diagnose, assert_top, describe, findings, first_affected},
     haproxy::IdleTimeoutLb,
-    require_root,
+    http::{pooled_reuse, request},
+    nginx::Nginx,
+    require_root, sockopt,
 };
 
 fn me() -> u32 {
     std::process::id()
-}
-
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: a valid fd and a pointer to an int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
-fn linger_zero(stream: &TcpStream) {
-    tests::set_linger_zero(stream);
-}
-
-/// A temporary directory removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", me()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Connects until something listens on `addr` (at most 10 s).
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP/1.1 request and its (small, complete) response.
-fn request(conn: &mut TcpStream) -> std::io::Result<usize> {
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
-    let mut buf = [0u8; 4096];
-    let n = conn.read(&mut buf)?;
-    if n == 0 {
-        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed"));
-    }
-    Ok(n)
 }
 
 /// A real HAProxy with `timeout client 2s` in front of a backend; a
@@ -117,52 +63,21 @@ fn lb_idle_timeout_behind_haproxy() {
     let _ = seconds;
 }
 
-/// A real nginx in `ns` on `listen` with `keepalive_timeout 1s`; stopped
-/// and its directory removed when the returned values drop.
-fn start_nginx(ns: &Netns, listen: SocketAddr) -> (Guard, TempDir) {
-    let dir = TempDir::new(&format!("nginx-{}", ns.name()));
-    let d = dir.0.display();
-    let config = dir.0.join("nginx.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
-             error_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
-        ),
-    )
-    .expect("write nginx.conf");
-    let nginx = Guard(
-        ns.command("nginx")
-            .arg("-c")
-            .arg(&config)
-            .arg("-p")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx-light)"),
-    );
-    ns.run(|| wait_listening(listen));
-    (nginx, dir)
-}
-
-/// Three keep-alive connections used once, then again after `idle`;
-/// returns how many of the reuses failed.
-fn pooled_reuse(server: SocketAddr, idle: Duration) -> usize {
-    let mut pool: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(server).expect("connect"))
-        .collect();
-    for conn in &mut pool {
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        request(conn).expect("request on a fresh pooled connection");
-    }
-    thread::sleep(idle);
-    pool.iter_mut().map(request).filter(Result::is_err).count()
+/// nginx with `keepalive_timeout 1s` on `server` in `server_ns`, watched
+/// by `diagnose` there, and a pool in `client_ns` that reuses its three
+/// connections after 2 s idle: every reuse fails. Returns the report and
+/// its top finding, `server_keepalive_timeout` with a keep-alive timeout
+/// of about 1 s.
+fn keepalive_race(server_ns: &Netns, client_ns: &Netns, server: SocketAddr) -> Value {
+    let _nginx = Nginx::start(server_ns, server, "1s");
+    let diagnose = Diagnose::start(server_ns.name());
+    let failed_reuses = client_ns.run(|| pooled_reuse(server, Duration::from_secs(2)));
+    let (report, _) = diagnose.finish();
+    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
+    let top = assert_top(&report, "server_keepalive_timeout");
+    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
+    report
 }
 
 /// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
@@ -172,18 +87,9 @@ fn server_keepalive_timeout_behind_nginx() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("ka");
-    let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
-    let _nginx = start_nginx(&ns, server);
-
-    let diagnose = Diagnose::start(ns.name());
-    let failed_reuses = ns.run(|| pooled_reuse(server, Duration::from_secs(2)));
-    let (report, _) = diagnose.finish();
-    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
-
-    let top = assert_top(&report, "server_keepalive_timeout");
+    let report = keepalive_race(&ns, &ns, "127.0.0.1:8090".parse().unwrap());
+    let top = &findings(&report)[0];
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
-    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
     assert!(
         top["affected"]
             .as_array()
@@ -207,19 +113,11 @@ fn server_keepalive_timeout_seen_from_the_server_host() {
     require_root();
     let t0 = Instant::now();
     let pair = NetnsPair::new("kas");
-    let server: SocketAddr = format!("{}:8090", NetnsPair::B4).parse().unwrap();
-    let (_nginx, _dir) = start_nginx(&pair.b, server);
-
-    let diagnose = Diagnose::start(pair.b.name());
-    let failed_reuses = pair.a.run(|| pooled_reuse(server, Duration::from_secs(2)));
-    let (report, _) = diagnose.finish();
-    assert_eq!(failed_reuses, 3);
-
-    let top = assert_top(&report, "server_keepalive_timeout");
+    let server = format!("{}:8090", NetnsPair::B4).parse().unwrap();
+    let report = keepalive_race(&pair.b, &pair.a, server);
+    let top = &findings(&report)[0];
     let (_, comm, role) = first_affected(top);
     assert_eq!((comm, role), ("nginx", "closer"), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
-    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
     assert_eq!(top["figures"]["resets"], 3.0, "{top:#}");
     describe(
         "server_keepalive_timeout (server host)",
@@ -227,7 +125,6 @@ fn server_keepalive_timeout_seen_from_the_server_host() {
         t0.elapsed().as_secs_f64(),
     );
 }
-
 /// A listener with backlog 1 that accepts every 250 ms, under the
 /// built-in `stress churn` run by `diagnose --during` in the namespace.
 #[test]
@@ -413,7 +310,7 @@ fn linger_zero_closer() {
             client.write_all(b"ping").unwrap();
             let mut buf = [0u8; 4];
             server.read_exact(&mut buf).unwrap();
-            linger_zero(&client);
+            tests::set_linger_zero(&client);
             drop(client);
             server
                 .set_read_timeout(Some(Duration::from_secs(2)))
@@ -464,12 +361,7 @@ fn retransmission_timeout_after_a_black_hole() {
         let mut conns: Vec<TcpStream> = (0..2)
             .map(|_| {
                 let mut c = TcpStream::connect(server).unwrap();
-                setsockopt_int(
-                    c.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_USER_TIMEOUT,
-                    2000,
-                );
+                sockopt::set_int(&c, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 2000);
                 c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 c.write_all(b"hello").unwrap();
                 let mut buf = [0u8; 5];

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{Netns, NetnsPair, delay::Delay, require_root, tcptrace_bin};
+use tests::{Netns, NetnsPair, delay::Delay, nginx::Nginx, require_root, tcptrace_bin};
 
 /// The built-in server running in a namespace; killed if a test fails.
 struct Server {
@@ -577,70 +577,11 @@ fn stress_trace_sees_a_servers_idle_resets() {
     assert_eq!(kernel["connects"], report["connected"], "{kernel}");
 }
 
-/// A real nginx in a namespace, with a short keep-alive timeout; stopped
-/// and its files removed on drop.
-struct Nginx {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(netns: &Netns, listen: &str, keepalive_timeout: &str) -> Nginx {
-        let dir =
-            std::env::temp_dir().join(format!("tt-nginx-{}-{}", std::process::id(), netns.name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout {keepalive_timeout};\n\
-             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-             server {{ listen {listen}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let conf_path = dir.join("nginx.conf");
-        let child = netns
-            .command("nginx")
-            .args(["-p"])
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let nginx = Nginx { child, dir };
-        // Ready once it answers a connect (not counted anywhere).
-        let addr: std::net::SocketAddr = listen.parse().unwrap();
-        let ready = netns.run(|| {
-            (0..100).any(|_| {
-                std::thread::sleep(Duration::from_millis(20));
-                std::net::TcpStream::connect(addr).is_ok()
-            })
-        });
-        assert!(
-            ready,
-            "nginx did not start: {:?}",
-            std::fs::read_to_string(nginx.dir.join("error.log"))
-        );
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        tests::kill_group(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn stress_pool_against_nginx_keepalive_timeout() {
     require_root();
     let ns = Netns::new("sng");
-    let _nginx = Nginx::start(&ns, "127.0.0.1:7220", "1s");
+    let _nginx = Nginx::start(&ns, "127.0.0.1:7220".parse().unwrap(), "1s");
     // Reused well within nginx's keep-alive timeout: every request works
     // on the same two connections.
     let (ok, report, stderr) = stress(
