@@ -16,6 +16,7 @@ pub mod hostglobal;
 pub mod http;
 pub mod netns;
 pub mod nginx;
+pub mod peer;
 pub mod server;
 pub mod sockets;
 pub mod sockopt;

@@ -15,23 +15,9 @@ fn netns_arg(ns: &Netns) -> String {
     ns.inode().to_string()
 }
 
-/// Starts the `peer` helper inside `ns`; returns it and its port.
+/// Starts the `peer` helper inside `ns`; returns it, its stdout and its port.
 fn spawn_peer(ns: &Netns, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>, u16) {
-    let mut child = ns
-        .command(env!("CARGO_BIN_EXE_peer"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn peer");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("peer port line");
-    let port = line
-        .trim()
-        .strip_prefix("port ")
-        .and_then(|p| p.parse().ok())
-        .expect("port N");
-    (child, out, port)
+    tests::peer::spawn(ns.command(env!("CARGO_BIN_EXE_peer")).args(args))
 }
 
 fn linger0_close(stream: TcpStream) {
