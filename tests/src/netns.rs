@@ -59,6 +59,15 @@ impl Netns {
         sh("ip", &all)
     }
 
+    /// Runs a command line inside the namespace, split at whitespace (no
+    /// quoting): a firewall rule reads as it would be typed,
+    /// `ns.exec_line("iptables -A INPUT -p tcp --dport 9000 -j DROP")`.
+    pub fn exec_line(&self, line: &str) -> String {
+        let mut words = line.split_whitespace();
+        let program = words.next().expect("a command line");
+        self.exec(program, &words.collect::<Vec<_>>())
+    }
+
     /// A `Command` that will run inside the namespace, in a process group
     /// of its own so `crate::kill_group` also reaches any workers it forks
     /// (nginx, haproxy).

@@ -107,19 +107,7 @@ fn pmtu_black_hole_behind_a_router() {
     client.default_route("198.18.1.2");
     server.default_route("198.18.2.2");
     router.sysctl("net.ipv4.ip_forward", "1");
-    router.exec(
-        "iptables",
-        &[
-            "-A",
-            "OUTPUT",
-            "-p",
-            "icmp",
-            "--icmp-type",
-            "fragmentation-needed",
-            "-j",
-            "DROP",
-        ],
-    );
+    router.exec_line("iptables -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP");
     let listener = server.run(|| TcpListener::bind("198.18.2.1:0").expect("bind"));
     let addr = listener.local_addr().unwrap();
     let sink = thread::spawn(move || {
@@ -231,7 +219,7 @@ impl NatClients {
         let client = Netns::new(&format!("{tag}c"));
         let nat = Netns::new(&format!("{tag}n"));
         let server = Netns::new(&format!("{tag}s"));
-        let (c1, c2, nc, ns, s, len, tables, gw_c, gw_s) = if v6 {
+        let (c1, c2, nc, ns, s, len, tables) = if v6 {
             (
                 "2001:db8:5::1",
                 "2001:db8:5::2",
@@ -240,8 +228,6 @@ impl NatClients {
                 "2001:db8:6::1",
                 "64",
                 "ip6tables",
-                "2001:db8:5::fe",
-                "2001:db8:6::fe",
             )
         } else {
             (
@@ -252,16 +238,14 @@ impl NatClients {
                 "198.18.6.1",
                 "24",
                 "iptables",
-                "198.18.5.254",
-                "198.18.6.254",
             )
         };
         let cidr = |addr: &str| format!("{addr}/{len}");
         link(&client, "veth0", &cidr(c1), &nat, "veth1", &cidr(nc));
         client.add_address("veth0", &cidr(c2));
         link(&nat, "veth2", &cidr(ns), &server, "veth3", &cidr(s));
-        client.default_route(gw_c);
-        server.default_route(gw_s);
+        client.default_route(nc);
+        server.default_route(ns);
         nat.sysctl(
             if v6 {
                 "net.ipv6.conf.all.forwarding"
@@ -270,19 +254,9 @@ impl NatClients {
             },
             "1",
         );
-        nat.exec(
-            tables,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "veth2",
-                "-j",
-                "MASQUERADE",
-            ],
-        );
+        nat.exec_line(&format!(
+            "{tables} -t nat -A POSTROUTING -o veth2 -j MASQUERADE"
+        ));
         // Forget finished flows at once, so the next client can have the
         // same source port (a busy NAT recycles ports the same way).
         nat.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1");
@@ -796,25 +770,7 @@ fn busy_bulk_transfer_with_rare_loss_is_healthy() {
     let pair = NetnsPair::new("bulk");
     let server: SocketAddr = format!("{}:9100", NetnsPair::B4).parse().unwrap();
     let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    pair.a.exec(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--sport",
-            "9100",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.0005",
-            "-j",
-            "DROP",
-        ],
-    );
+    pair.a.exec_line("iptables -A INPUT -p tcp --sport 9100 -m statistic --mode random --probability 0.0005 -j DROP");
     const BYTES: usize = 400 << 20;
     let sender = thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
@@ -869,21 +825,8 @@ fn failures_no_cause_explains_are_never_silent() {
     let pair = NetnsPair::new("unx");
     let server: SocketAddr = format!("{}:9200", NetnsPair::B4).parse().unwrap();
     let _listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    pair.b.exec(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "9200",
-            "--syn",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "icmp-host-unreachable",
-        ],
+    pair.b.exec_line(
+        "iptables -A INPUT -p tcp --dport 9200 --syn -j REJECT --reject-with icmp-host-unreachable",
     );
     let diagnose = Diagnose::start(pair.a.name());
     let unreachable = pair.a.run(|| {

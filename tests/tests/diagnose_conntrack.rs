@@ -31,25 +31,10 @@ const SERVICE4: &str = "198.19.0.10";
 
 /// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
 fn service(net: &Routed, port: u16) -> SocketAddr {
-    net.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            SERVICE4,
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{}:{port}", Routed::SERVER4),
-        ],
-    );
+    net.router.exec_line(&format!(
+        "iptables -t nat -A PREROUTING -d {SERVICE4} -p tcp --dport 80 -j DNAT --to-destination {}:{port}",
+        Routed::SERVER4
+    ));
     format!("{SERVICE4}:80").parse().unwrap()
 }
 
@@ -180,12 +165,8 @@ fn syns_dropped_by_a_firewall_on_the_router() {
         file_server(&net.server, open, 65536),
         file_server(&net.server, closed, 65536),
     ];
-    net.router.exec(
-        "ip6tables",
-        &[
-            "-A", "FORWARD", "-p", "tcp", "--syn", "--dport", "8081", "-j", "DROP",
-        ],
-    );
+    net.router
+        .exec_line("ip6tables -A FORWARD -p tcp --syn --dport 8081 -j DROP");
     let diagnose = Diagnose::start(net.client.name());
     let (ok, _) = download(&net.client, open, 2, 65536, Duration::from_millis(500));
     let timed_out = connects(&net.client, closed, 3, Duration::from_millis(2500));
@@ -219,29 +200,10 @@ fn conntrack_table_full_on_the_router() {
     let net = Routed::new("ctfull");
     let server: SocketAddr = format!("{}:8080", Routed::SERVER4).parse().unwrap();
     let files = file_server(&net.server, server, 65536);
-    for rule in [
-        [
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        [
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-j",
-            "ACCEPT",
-        ],
-    ] {
-        net.router.exec("iptables", &rule);
+    for state in ["ESTABLISHED,RELATED", "NEW"] {
+        net.router.exec_line(&format!(
+            "iptables -A FORWARD -m conntrack --ctstate {state} -j ACCEPT"
+        ));
     }
     // Hold connections through the router (its table gets one entry
     // each), then make that the limit.
@@ -310,31 +272,10 @@ fn bulk_through_dnat(
     );
     let service = service(&net, 8080);
     if let Some(every) = bypass_every {
-        net.router.exec(
-            "iptables",
-            &[
-                "-t",
-                "raw",
-                "-A",
-                "PREROUTING",
-                "-i",
-                Routed::ROUTER_TO_SERVER,
-                "-p",
-                "tcp",
-                "--sport",
-                "8080",
-                "-m",
-                "statistic",
-                "--mode",
-                "nth",
-                "--every",
-                &every.to_string(),
-                "--packet",
-                "0",
-                "-j",
-                "NOTRACK",
-            ],
-        );
+        net.router.exec_line(&format!(
+            "iptables -t raw -A PREROUTING -i {} -p tcp --sport 8080 -m statistic --mode nth --every {every} --packet 0 -j NOTRACK",
+            Routed::ROUTER_TO_SERVER
+        ));
     }
     let diagnose = Diagnose::start(match watched {
         Watched::Client => net.client.name(),

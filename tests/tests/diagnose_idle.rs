@@ -103,42 +103,16 @@ impl NatPath {
         }
         let tables = if v6 { "ip6tables" } else { "iptables" };
         let backend: SocketAddr = SocketAddr::new(db_addr.parse().unwrap(), 5432);
-        let to = backend.to_string();
-        node.exec(
-            tables,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                vip,
-                "-p",
-                "tcp",
-                "--dport",
-                "5432",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        );
-        let mut invalid = vec![
-            "-A",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-        ];
-        match forget {
-            Forget::Drop => invalid.push("DROP"),
-            Forget::Reset => invalid.extend(["REJECT", "--reject-with", "tcp-reset"]),
-        }
-        node.exec(tables, &invalid);
+        node.exec_line(&format!(
+            "{tables} -t nat -A PREROUTING -d {vip} -p tcp --dport 5432 -j DNAT --to-destination {backend}"
+        ));
+        let verdict = match forget {
+            Forget::Drop => "DROP",
+            Forget::Reset => "REJECT --reject-with tcp-reset",
+        };
+        node.exec_line(&format!(
+            "{tables} -A FORWARD -p tcp -m conntrack --ctstate INVALID -j {verdict}"
+        ));
         // Per-namespace conntrack knobs (present once the rules loaded it).
         node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
         node.sysctl(

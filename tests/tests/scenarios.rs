@@ -125,6 +125,7 @@ fn server_keepalive_timeout_seen_from_the_server_host() {
         t0.elapsed().as_secs_f64(),
     );
 }
+
 /// A listener with backlog 1 that accepts every 250 ms, under the
 /// built-in `stress churn` run by `diagnose --during` in the namespace.
 #[test]
@@ -371,10 +372,8 @@ fn retransmission_timeout_after_a_black_hole() {
             .collect();
         // The server's side drops everything from now on: a black hole
         // on the path (a local OUTPUT DROP would fail the sends locally).
-        pair.b.exec(
-            "iptables",
-            &["-A", "INPUT", "-p", "tcp", "--dport", "9000", "-j", "DROP"],
-        );
+        pair.b
+            .exec_line("iptables -A INPUT -p tcp --dport 9000 -j DROP");
         for c in &mut conns {
             c.write_all(b"lost").unwrap();
         }

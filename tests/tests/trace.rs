@@ -260,20 +260,16 @@ fn retransmits_under_loss_are_counted_and_attributed() {
     let pair = NetnsPair::new("loss");
     let trace = Trace::start(&["--netns", &netns_arg(&pair.a), "--events", "retrans"]);
     let (mut server, _out, port) = spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)]);
-    let rule = ["-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"];
+    let rule = format!("INPUT -p tcp --dport {port} -j DROP");
     let client_port = pair.a.run(|| {
         let mut s = TcpStream::connect((NetnsPair::B4, port)).unwrap();
         s.write_all(b"before").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         // Everything to the server is lost for a while: the client retransmits.
-        let mut add = vec!["iptables", "-A", "INPUT"];
-        add.extend_from_slice(&rule);
-        pair.b.exec(add[0], &add[1..]);
+        pair.b.exec_line(&format!("iptables -A {rule}"));
         s.write_all(b"lost for a while").unwrap();
         std::thread::sleep(Duration::from_millis(1300));
-        let mut del = vec!["iptables", "-D", "INPUT"];
-        del.extend_from_slice(&rule);
-        pair.b.exec(del[0], &del[1..]);
+        pair.b.exec_line(&format!("iptables -D {rule}"));
         std::thread::sleep(Duration::from_millis(1000));
         let local = s.local_addr().unwrap().port();
         drop(s);
