@@ -4,19 +4,30 @@
 
 use std::os::fd::AsRawFd;
 
-/// `setsockopt(fd, level, name, &value)` for an `int` option.
-pub fn set_int(socket: &impl AsRawFd, level: i32, name: i32, value: i32) {
-    // SAFETY: a valid fd and a pointer to an int of the right size.
+/// `setsockopt(fd, level, name, &value)` for an option of type `T`
+/// (`int`, `struct linger`).
+fn set<T>(socket: &impl AsRawFd, level: i32, name: i32, value: &T) {
+    // SAFETY: a valid fd and a pointer to a `T` of its own size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             level,
             name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `setsockopt(fd, level, name, &value)` for an `int` option.
+pub fn set_int(socket: &impl AsRawFd, level: i32, name: i32, value: i32) {
+    set(socket, level, name, &value);
 }
 
 /// `getsockopt(fd, level, name)` for an `int` option.
@@ -43,15 +54,5 @@ pub fn set_linger_zero(socket: &impl AsRawFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid socket fd and a pointer to a linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    set(socket, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
 }
