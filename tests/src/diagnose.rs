@@ -111,6 +111,14 @@ pub fn assert_top<'a>(report: &'a Value, cause: &str) -> &'a Value {
     top
 }
 
+/// The figure `name` of a finding (panics, showing the finding, if it
+/// has none).
+pub fn figure(finding: &Value, name: &str) -> f64 {
+    finding["figures"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no figure {name}: {finding:#}"))
+}
+
 /// The first affected process of a finding (pid, comm, role).
 pub fn first_affected(finding: &Value) -> (u64, &str, &str) {
     let a = &finding["affected"][0];

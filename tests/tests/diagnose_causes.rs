@@ -24,7 +24,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    diagnose::{Diagnose, Guard, assert_top, describe, figure, findings, first_affected},
     haproxy::Haproxy,
     hostglobal::HostSysctl,
     require_root,
@@ -175,7 +175,7 @@ fn pmtu_black_hole_behind_a_router() {
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "sender"), "{top:#}");
     assert_eq!(top["figures"]["mss"], f64::from(mss), "{top:#}");
-    assert!(top["figures"]["full_size_retransmits"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "full_size_retransmits") >= 3.0);
     assert!(
         text(top).contains("198.18.2.1"),
         "the peer is named: {top:#}"
@@ -404,10 +404,7 @@ fn paws_rejects_syns_from_clients_behind_nat() {
     let top = assert_top(&report, "paws_rejected_syn");
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "server"), "{top:#}");
-    assert!(
-        top["figures"]["paws_rejected"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "paws_rejected") >= 2.0, "{top:#}");
     assert!(
         text(top).contains(&nat.nat.to_string()),
         "the NAT address is named: {top:#}"
@@ -431,14 +428,8 @@ fn paws_seen_from_the_clients_ipv6() {
     let top = assert_top(&report, "paws_rejected_syn");
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "client"), "{top:#}");
-    assert!(
-        top["figures"]["client_resets"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
-    assert!(
-        top["figures"]["syn_retransmits"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "client_resets") >= 2.0, "{top:#}");
+    assert!(figure(top, "syn_retransmits") >= 2.0, "{top:#}");
     assert!(text(top).contains(&nat.server_addr.to_string()), "{top:#}");
     describe(
         "paws_rejected_syn (clients, IPv6)",
@@ -522,7 +513,7 @@ fn orphan_limit_resets_closing_connections() {
     let top = assert_top(&report, "orphan_or_memory_abort");
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "closer"), "{top:#}");
-    assert!(top["figures"]["resets"].as_f64().unwrap() >= 3.0, "{top:#}");
+    assert!(figure(top, "resets") >= 3.0, "{top:#}");
     assert_eq!(top["figures"]["tcp_max_orphans"], 1.0, "{top:#}");
     assert!(text(top).contains("tcp_max_orphans = 1"), "{top:#}");
     assert!(fixes(top).contains("Raise net.ipv4.tcp_max_orphans"));
@@ -625,7 +616,7 @@ fn accept_queue_overflow_with_abort_on_overflow() {
     assert!(text(top).contains("tcp_abort_on_overflow=1"), "{top:#}");
     assert_eq!(top["figures"]["backlog"], 16.0, "{top:#}");
     assert!(top["figures"]["somaxconn"].as_f64().is_some());
-    assert!(top["figures"]["overflow_resets"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "overflow_resets") >= 3.0);
     assert!(fixes(top).contains("tcp_abort_on_overflow=0"), "{top:#}");
     assert!(fixes(top).contains("now 16"), "{top:#}");
     describe(
@@ -652,10 +643,7 @@ fn accept_queue_overflow_without_abort_ipv6() {
     assert_eq!(top["affected"][0]["role"], "server");
     assert!(text(top).contains(&addr.to_string()), "{top:#}");
     assert!(!text(top).contains("tcp_abort_on_overflow=1"), "{top:#}");
-    assert!(
-        top["figures"]["synack_retransmits"].as_f64().unwrap() >= 1.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "synack_retransmits") >= 1.0, "{top:#}");
     assert_eq!(top["figures"]["backlog"], 16.0, "{top:#}");
     describe(
         "accept_queue_overflow (abort_on_overflow=0, IPv6)",

@@ -20,7 +20,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns, Routed,
-    diagnose::{Diagnose, describe, findings, first_affected},
+    diagnose::{Diagnose, describe, figure, findings, first_affected},
     hostglobal::HostSysctl,
     require_root,
     server::Server,
@@ -176,13 +176,10 @@ fn syns_dropped_by_a_firewall_on_the_router() {
     assert_eq!(timed_out, 3);
     let top = assert_top_names_me(&report, "syn_dropped_on_path");
     assert!(top["summary"].as_str().unwrap().contains("8081"), "{top:#}");
-    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 3.0);
-    assert!(top["figures"]["connects_unanswered"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "syn_retransmits") >= 3.0);
+    assert!(figure(top, "connects_unanswered") >= 3.0);
     // The router's drops were tied to the watched connections.
-    assert!(
-        top["figures"]["dropped_syns"].as_f64().unwrap() >= 3.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "dropped_syns") >= 3.0, "{top:#}");
     describe(
         "syn_dropped_on_path",
         &report,
@@ -230,7 +227,7 @@ fn conntrack_table_full_on_the_router() {
     let top = assert_top_names_me(&report, "conntrack_table_full");
     assert_eq!(top["confidence"], "high", "{top:#}");
     assert_eq!(top["figures"]["conntrack_max"], HELD as f64, "{top:#}");
-    assert!(top["figures"]["conntrack_drops"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "conntrack_drops") >= 3.0);
     let text = top.to_string();
     assert!(
         text.contains(net.router.name()),
@@ -303,7 +300,7 @@ fn invalid_replies_bypass_nat_on_the_router() {
         summary.contains(Routed::SERVER4) && summary.contains(SERVICE4),
         "{top:#}"
     );
-    assert!(top["figures"]["strays"].as_f64().unwrap() >= 1.0);
+    assert!(figure(top, "strays") >= 1.0);
     assert!(
         top["fix"].to_string().contains("ctstate INVALID"),
         "{top:#}"
@@ -340,10 +337,7 @@ fn invalid_replies_bypass_nat_seen_from_the_backend() {
     let (pid, _, role) = first_affected(top);
     assert_eq!(pid, u64::from(std::process::id()), "{top:#}");
     assert_eq!(role, "backend", "{top:#}");
-    assert!(
-        top["figures"]["conntrack_invalid"].as_f64().unwrap() >= 1.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "conntrack_invalid") >= 1.0, "{top:#}");
     describe(
         "conntrack_invalid_nat_bypass (backend side)",
         &report,

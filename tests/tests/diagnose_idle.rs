@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns,
-    diagnose::{Diagnose, assert_top, describe, findings, first_affected},
+    diagnose::{Diagnose, assert_top, describe, figure, findings, first_affected},
     require_root,
     server::Server,
     set_linger_zero, sockopt,
@@ -258,12 +258,6 @@ fn outcomes(lanes: &[&str]) -> Vec<Vec<String>> {
         .iter()
         .map(|lane| lane.split(',').map(String::from).collect())
         .collect()
-}
-
-fn figure(finding: &Value, name: &str) -> f64 {
-    finding["figures"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no figure {name}: {finding:#}"))
 }
 
 /// The text an on-call engineer reads: summary and evidence.

@@ -22,7 +22,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, assert_top, describe, findings, first_affected},
+    diagnose::{Diagnose, assert_top, describe, figure, findings, first_affected},
     haproxy::IdleTimeoutLb,
     http::{pooled_reuse, request},
     nginx::Nginx,
@@ -49,7 +49,7 @@ fn lb_idle_timeout_behind_haproxy() {
 
     let top = assert_top(&report, "lb_idle_timeout");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    let idle = figure(top, "idle_timeout_s");
     assert!((1.9..=2.6).contains(&idle), "idle timeout {idle}: {top:#}");
     assert_eq!(top["figures"]["resets"], 3.0);
     let closer = top["affected"]
@@ -75,7 +75,7 @@ fn keepalive_race(server_ns: &Netns, client_ns: &Netns, server: SocketAddr) -> V
     let (report, _) = diagnose.finish();
     assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
     let top = assert_top(&report, "server_keepalive_timeout");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    let idle = figure(top, "idle_timeout_s");
     assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
     report
 }
@@ -184,8 +184,8 @@ fn accept_queue_overflow_on_a_tiny_backlog() {
         report["load"]["status"].as_str().is_some(),
         "the load ended by itself: {report:#}"
     );
-    assert!(top["figures"]["listen_overflows"].as_f64().unwrap() >= 1.0);
-    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 1.0);
+    assert!(figure(top, "listen_overflows") >= 1.0);
+    assert!(figure(top, "syn_retransmits") >= 1.0);
     assert!(
         top["summary"].as_str().unwrap().contains(&addr.to_string()),
         "{top:#}"
@@ -391,7 +391,7 @@ fn retransmission_timeout_after_a_black_hole() {
     let top = assert_top(&report, "retransmission_timeout");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["timeout_aborts"], 2.0);
-    let for_s = top["figures"]["retransmitting_for_s"].as_f64().unwrap();
+    let for_s = figure(top, "retransmitting_for_s");
     assert!((1.0..=3.5).contains(&for_s), "{for_s}: {top:#}");
     describe(
         "retransmission_timeout",
