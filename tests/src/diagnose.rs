@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::tcptrace_bin;
+use crate::{Netns, tcptrace_bin};
 
 pub struct Diagnose {
     child: Child,
@@ -75,6 +75,16 @@ impl Drop for Diagnose {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `traffic` on a thread inside `ns` while `tcptrace diagnose`
+/// watches `ns` (started before, stopped with Ctrl-C after); returns
+/// what `traffic` returned and the report.
+pub fn diagnose_while<T: Send>(ns: &Netns, traffic: impl FnOnce() -> T + Send) -> (T, Value) {
+    let diagnose = Diagnose::start(ns.name());
+    let result = ns.run(traffic);
+    let (report, _) = diagnose.finish();
+    (result, report)
 }
 
 /// A child process killed when the test ends, however it ends.

@@ -24,7 +24,9 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, figure, findings, first_affected},
+    diagnose::{
+        Diagnose, Guard, assert_top, describe, diagnose_while, figure, findings, first_affected,
+    },
     haproxy::Haproxy,
     hostglobal::HostSysctl,
     require_root,
@@ -138,8 +140,7 @@ fn pmtu_black_hole_behind_a_router() {
             .sum::<usize>()
     });
 
-    let diagnose = Diagnose::start(client.name());
-    let (mss, stalled) = client.run(|| {
+    let ((mss, stalled), report) = diagnose_while(&client, || {
         let uploads: Vec<_> = (0..2)
             .map(|_| {
                 thread::spawn(move || {
@@ -167,7 +168,6 @@ fn pmtu_black_hole_behind_a_router() {
             results.iter().filter(|(_, timed_out)| *timed_out).count(),
         )
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(sink.join().unwrap(), 0, "no full-size segment crossed");
     assert_eq!(stalled, 2, "both uploads timed out");
 
@@ -816,8 +816,7 @@ fn failures_no_cause_explains_are_never_silent() {
     pair.b.exec_line(
         "iptables -A INPUT -p tcp --dport 9200 --syn -j REJECT --reject-with icmp-host-unreachable",
     );
-    let diagnose = Diagnose::start(pair.a.name());
-    let unreachable = pair.a.run(|| {
+    let (unreachable, report) = diagnose_while(&pair.a, || {
         (0..5)
             .filter(|_| {
                 matches!(TcpStream::connect_timeout(&server, Duration::from_secs(3)),
@@ -825,7 +824,6 @@ fn failures_no_cause_explains_are_never_silent() {
             })
             .count()
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(unreachable, 5);
     assert_eq!(report["verdict"], "problem", "{report:#}");
     let top = &findings(&report)[0];

@@ -22,7 +22,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, assert_top, describe, figure, findings, first_affected},
+    diagnose::{Diagnose, assert_top, describe, diagnose_while, figure, findings, first_affected},
     haproxy::IdleTimeoutLb,
     http::{pooled_reuse, request},
     nginx::Nginx,
@@ -225,8 +225,7 @@ fn port_exhaustion_with_a_narrow_port_range() {
         })
     };
 
-    let diagnose = Diagnose::start(pair.a.name());
-    let (ok, no_port) = pair.a.run(|| {
+    let ((ok, no_port), report) = diagnose_while(&pair.a, || {
         let (mut ok, mut no_port) = (0, 0);
         for _ in 0..30 {
             match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
@@ -242,7 +241,6 @@ fn port_exhaustion_with_a_narrow_port_range() {
         }
         (ok, no_port)
     });
-    let (report, _) = diagnose.finish();
     done.store(true, Ordering::Relaxed);
     acceptor.join().unwrap();
     assert_eq!(ok, 10, "10 ports, 10 connections");
@@ -261,8 +259,7 @@ fn close_with_unread_data() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("unread");
-    let diagnose = Diagnose::start(ns.name());
-    let resets = ns.run(|| {
+    let (resets, report) = diagnose_while(&ns, || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut resets = 0;
@@ -282,7 +279,6 @@ fn close_with_unread_data() {
         }
         resets
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(resets, 5);
     let top = assert_top(&report, "close_with_unread_data");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
@@ -300,8 +296,7 @@ fn linger_zero_closer() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("linger");
-    let diagnose = Diagnose::start(ns.name());
-    let resets = ns.run(|| {
+    let (resets, report) = diagnose_while(&ns, || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut resets = 0;
@@ -322,7 +317,6 @@ fn linger_zero_closer() {
         }
         resets
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(resets, 5);
     let top = assert_top(&report, "linger_zero_abort");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
@@ -357,8 +351,7 @@ fn retransmission_timeout_after_a_black_hole() {
         }
     });
 
-    let diagnose = Diagnose::start(pair.a.name());
-    let timeouts = pair.a.run(|| {
+    let (timeouts, report) = diagnose_while(&pair.a, || {
         let mut conns: Vec<TcpStream> = (0..2)
             .map(|_| {
                 let mut c = TcpStream::connect(server).unwrap();
@@ -384,7 +377,6 @@ fn retransmission_timeout_after_a_black_hole() {
             .filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::TimedOut))
             .count()
     });
-    let (report, _) = diagnose.finish();
     drop(pair); // ends the echo threads' connections
     let _ = echo.join();
     assert_eq!(timeouts, 2, "both connections time out");
@@ -406,8 +398,7 @@ fn nothing_listening() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("refused");
-    let diagnose = Diagnose::start(ns.name());
-    let refused = ns.run(|| {
+    let (refused, report) = diagnose_while(&ns, || {
         (0..5)
             .filter(|_| {
                 matches!(TcpStream::connect("127.0.0.1:9"),
@@ -415,7 +406,6 @@ fn nothing_listening() {
             })
             .count()
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(refused, 5);
     let top = assert_top(&report, "nothing_listening");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
