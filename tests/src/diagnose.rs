@@ -141,6 +141,11 @@ pub fn first_affected(finding: &Value) -> (u64, &str, &str) {
     )
 }
 
+/// [`describe`] with the seconds since `started` (the test's start).
+pub fn describe_since(name: &str, report: &Value, started: Instant) {
+    describe(name, report, started.elapsed().as_secs_f64());
+}
+
 /// One line for the log (and the closing note).
 pub fn describe(name: &str, report: &Value, seconds: f64) {
     let top = findings(report).first().map_or_else(

@@ -25,7 +25,8 @@ use socket2::{Domain, Socket, Type};
 use tests::{
     Netns, NetnsPair,
     diagnose::{
-        Diagnose, Guard, assert_top, describe, diagnose_while, figure, findings, first_affected,
+        Diagnose, Guard, assert_top, describe_since, diagnose_while, figure, findings,
+        first_affected,
     },
     haproxy::Haproxy,
     hostglobal::HostSysctl,
@@ -190,7 +191,7 @@ fn pmtu_black_hole_behind_a_router() {
         .iter()
         .find(|f| f["cause"] == "retransmission_timeout");
     assert!(rto.is_none_or(|f| f["confidence"] == "low"), "{report:#}");
-    describe("pmtu_black_hole", &report, t0.elapsed().as_secs_f64());
+    describe_since("pmtu_black_hole", &report, t0);
 }
 
 /// Clients behind one NAT address, each with its own timestamp clock,
@@ -410,11 +411,7 @@ fn paws_rejects_syns_from_clients_behind_nat() {
         "the NAT address is named: {top:#}"
     );
     assert!(fixes(top).contains("Let the clients close first"));
-    describe(
-        "paws_rejected_syn (server)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("paws_rejected_syn (server)", &report, t0);
 }
 
 /// The same over IPv6, watched from the clients' side: they reset the
@@ -431,11 +428,7 @@ fn paws_seen_from_the_clients_ipv6() {
     assert!(figure(top, "client_resets") >= 2.0, "{top:#}");
     assert!(figure(top, "syn_retransmits") >= 2.0, "{top:#}");
     assert!(text(top).contains(&nat.server_addr.to_string()), "{top:#}");
-    describe(
-        "paws_rejected_syn (clients, IPv6)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("paws_rejected_syn (clients, IPv6)", &report, t0);
 }
 
 /// A relay that closes right after queueing a big reply for slow
@@ -517,11 +510,7 @@ fn orphan_limit_resets_closing_connections() {
     assert_eq!(top["figures"]["tcp_max_orphans"], 1.0, "{top:#}");
     assert!(text(top).contains("tcp_max_orphans = 1"), "{top:#}");
     assert!(fixes(top).contains("Raise net.ipv4.tcp_max_orphans"));
-    describe(
-        "orphan_or_memory_abort",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("orphan_or_memory_abort", &report, t0);
 }
 
 /// A listener (the `peer` helper, backlog 16) that accepts one connection
@@ -619,11 +608,7 @@ fn accept_queue_overflow_with_abort_on_overflow() {
     assert!(figure(top, "overflow_resets") >= 3.0);
     assert!(fixes(top).contains("tcp_abort_on_overflow=0"), "{top:#}");
     assert!(fixes(top).contains("now 16"), "{top:#}");
-    describe(
-        "accept_queue_overflow (abort_on_overflow=1)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("accept_queue_overflow (abort_on_overflow=1)", &report, t0);
 }
 
 /// `tcp_abort_on_overflow=0` over IPv6: the final ACKs are dropped and
@@ -645,10 +630,10 @@ fn accept_queue_overflow_without_abort_ipv6() {
     assert!(!text(top).contains("tcp_abort_on_overflow=1"), "{top:#}");
     assert!(figure(top, "synack_retransmits") >= 1.0, "{top:#}");
     assert_eq!(top["figures"]["backlog"], 16.0, "{top:#}");
-    describe(
+    describe_since(
         "accept_queue_overflow (abort_on_overflow=0, IPv6)",
         &report,
-        t0.elapsed().as_secs_f64(),
+        t0,
     );
 }
 
@@ -741,11 +726,7 @@ fn haproxy_linger_zero_to_backends_is_benign() {
         "{linger:#}"
     );
     assert_eq!(linger["affected"][0]["role"], "server", "{linger:#}");
-    describe(
-        "haproxy linger 0 (control)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("haproxy linger 0 (control)", &report, t0);
 }
 
 /// A busy bulk transfer with a trace of loss (iptables drops one packet
@@ -796,11 +777,7 @@ fn busy_bulk_transfer_with_rare_loss_is_healthy() {
     assert_eq!(report["verdict"], "no_problem");
     let checked = report["checked"].to_string();
     assert!(checked.contains("segments sent retransmitted"), "{checked}");
-    describe(
-        "bulk transfer (control)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("bulk transfer (control)", &report, t0);
 }
 
 /// Connects rejected by a firewall with ICMP host-unreachable: no known
@@ -847,5 +824,5 @@ fn failures_no_cause_explains_are_never_silent() {
         all.contains(&server.to_string()),
         "who was hit, with whom: {top:#}"
     );
-    describe("unexplained", &report, t0.elapsed().as_secs_f64());
+    describe_since("unexplained", &report, t0);
 }

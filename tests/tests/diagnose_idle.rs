@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns,
-    diagnose::{Diagnose, assert_top, describe, figure, findings, first_affected},
+    diagnose::{Diagnose, assert_top, describe_since, figure, findings, first_affected},
     require_root,
     server::Server,
     set_linger_zero, sockopt,
@@ -324,12 +324,7 @@ fn silent_nat_idle_timeout_seen_from_the_client() {
         "{t}"
     );
     assert!(top["fix"][0].as_str().unwrap().contains("1.4 s"), "{top:#}");
-    let seconds = t0.elapsed().as_secs_f64();
-    describe(
-        "middlebox_idle_blackhole (client, v4, 2 s)",
-        &report,
-        seconds,
-    );
+    describe_since("middlebox_idle_blackhole (client, v4, 2 s)", &report, t0);
 }
 
 /// Silent drop, IPv6, 4 s: the application gives up after 0.8 s without
@@ -351,12 +346,7 @@ fn silent_nat_idle_timeout_ipv6_application_gives_up() {
     assert_eq!(first_affected(top).2, "client");
     assert_bounds(top, (2.95, 3.1), (4.45, 4.6), 4.0);
     assert!(text(top).contains("[2001:db8:79::9]:5432"), "{top:#}");
-    let seconds = t0.elapsed().as_secs_f64();
-    describe(
-        "middlebox_idle_blackhole (client, v6, 4 s)",
-        &report,
-        seconds,
-    );
+    describe_since("middlebox_idle_blackhole (client, v6, 4 s)", &report, t0);
 }
 
 /// RST, IPv6, 2 s, a pool whose idle varies: resets after 2.4, 3.2 and
@@ -387,8 +377,7 @@ fn rejecting_nat_idle_timeout_with_varied_idle_ipv6() {
             .any(|f| f["cause"] == "half_open_after_peer_restart"),
         "{report:#}"
     );
-    let seconds = t0.elapsed().as_secs_f64();
-    describe("lb_idle_timeout (client, v6, RST, 2 s)", &report, seconds);
+    describe_since("lb_idle_timeout (client, v6, RST, 2 s)", &report, t0);
 }
 
 /// RST, IPv4, 4 s: the same kind with a longer timeout.
@@ -409,8 +398,7 @@ fn rejecting_nat_idle_timeout_ipv4() {
     );
     let top = top_alone(&report, "lb_idle_timeout");
     assert_bounds(top, (3.15, 3.3), (4.45, 4.6), 4.0);
-    let seconds = t0.elapsed().as_secs_f64();
-    describe("lb_idle_timeout (client, v4, RST, 4 s)", &report, seconds);
+    describe_since("lb_idle_timeout (client, v4, RST, 4 s)", &report, t0);
 }
 
 /// Silent drop, IPv4, 3 s, watched on the node: no socket there, only
@@ -437,8 +425,7 @@ fn silent_nat_idle_timeout_seen_from_the_node() {
         fix.contains("nf_conntrack_tcp_timeout_established (now 3 s"),
         "{top:#}"
     );
-    let seconds = t0.elapsed().as_secs_f64();
-    describe("middlebox_idle_blackhole (node, v4, 3 s)", &report, seconds);
+    describe_since("middlebox_idle_blackhole (node, v4, 3 s)", &report, t0);
 }
 
 /// RST, IPv6, 4 s, watched on the node: the RST netfilter's REJECT sends
@@ -467,10 +454,5 @@ fn rejecting_nat_idle_timeout_seen_from_the_node_ipv6() {
         t.contains("REJECT") && !t.contains("never answered"),
         "{top:#}"
     );
-    let seconds = t0.elapsed().as_secs_f64();
-    describe(
-        "middlebox_idle_blackhole (node, v6, RST, 4 s)",
-        &report,
-        seconds,
-    );
+    describe_since("middlebox_idle_blackhole (node, v6, RST, 4 s)", &report, t0);
 }

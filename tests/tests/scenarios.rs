@@ -22,7 +22,9 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, assert_top, describe, diagnose_while, figure, findings, first_affected},
+    diagnose::{
+        Diagnose, assert_top, describe_since, diagnose_while, figure, findings, first_affected,
+    },
     haproxy::IdleTimeoutLb,
     http::{pooled_reuse, request},
     nginx::Nginx,
@@ -59,7 +61,7 @@ fn lb_idle_timeout_behind_haproxy() {
         .find(|a| a["role"] == "closer")
         .expect("the closer is named");
     assert_eq!(closer["comm"], "haproxy");
-    describe("lb_idle_timeout", &report, t0.elapsed().as_secs_f64());
+    describe_since("lb_idle_timeout", &report, t0);
     let _ = seconds;
 }
 
@@ -98,11 +100,7 @@ fn server_keepalive_timeout_behind_nginx() {
             .any(|a| a["role"] == "closer" && a["comm"] == "nginx"),
         "{top:#}"
     );
-    describe(
-        "server_keepalive_timeout",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("server_keepalive_timeout", &report, t0);
 }
 
 /// The same race watched from the server's host only: the clients are in
@@ -119,11 +117,7 @@ fn server_keepalive_timeout_seen_from_the_server_host() {
     let (_, comm, role) = first_affected(top);
     assert_eq!((comm, role), ("nginx", "closer"), "{top:#}");
     assert_eq!(top["figures"]["resets"], 3.0, "{top:#}");
-    describe(
-        "server_keepalive_timeout (server host)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("server_keepalive_timeout (server host)", &report, t0);
 }
 
 /// A listener with backlog 1 that accepts every 250 ms, under the
@@ -190,7 +184,7 @@ fn accept_queue_overflow_on_a_tiny_backlog() {
         top["summary"].as_str().unwrap().contains(&addr.to_string()),
         "{top:#}"
     );
-    describe("accept_queue_overflow", &report, t0.elapsed().as_secs_f64());
+    describe_since("accept_queue_overflow", &report, t0);
 }
 
 /// A client that opens and closes a connection per request, in a
@@ -250,7 +244,7 @@ fn port_exhaustion_with_a_narrow_port_range() {
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["port_range_size"], 10.0);
     assert_eq!(top["figures"]["time_wait"], 10.0);
-    describe("port_exhaustion", &report, t0.elapsed().as_secs_f64());
+    describe_since("port_exhaustion", &report, t0);
 }
 
 /// A server that closes connections without reading the request.
@@ -283,11 +277,7 @@ fn close_with_unread_data() {
     let top = assert_top(&report, "close_with_unread_data");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["resets"], 5.0);
-    describe(
-        "close_with_unread_data",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("close_with_unread_data", &report, t0);
 }
 
 /// A client that closes with SO_LINGER {1, 0}.
@@ -321,7 +311,7 @@ fn linger_zero_closer() {
     let top = assert_top(&report, "linger_zero_abort");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["resets"], 5.0);
-    describe("linger_zero_abort", &report, t0.elapsed().as_secs_f64());
+    describe_since("linger_zero_abort", &report, t0);
 }
 
 /// Packets start being dropped mid-connection (iptables DROP on the
@@ -385,11 +375,7 @@ fn retransmission_timeout_after_a_black_hole() {
     assert_eq!(top["figures"]["timeout_aborts"], 2.0);
     let for_s = figure(top, "retransmitting_for_s");
     assert!((1.0..=3.5).contains(&for_s), "{for_s}: {top:#}");
-    describe(
-        "retransmission_timeout",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("retransmission_timeout", &report, t0);
 }
 
 /// Connects to a port where nothing listens.
@@ -411,7 +397,7 @@ fn nothing_listening() {
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["refused"], 5.0);
     assert!(top["summary"].as_str().unwrap().contains("127.0.0.1:9"));
-    describe("nothing_listening", &report, t0.elapsed().as_secs_f64());
+    describe_since("nothing_listening", &report, t0);
 }
 
 /// Healthy request/response traffic: no finding above low confidence.
@@ -473,5 +459,5 @@ fn clean_run_has_no_problem() {
         "{checked:#?}"
     );
     assert!(report["events"].as_u64().unwrap() >= 40, "traffic was seen");
-    describe("clean", &report, t0.elapsed().as_secs_f64());
+    describe_since("clean", &report, t0);
 }
