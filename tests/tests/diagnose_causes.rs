@@ -343,15 +343,20 @@ impl NatClients {
     }
 
     /// Three planned ports collide while `diagnose` watches `watched`
-    /// (the server's or the clients' namespace); every request, first
-    /// and second round, was answered. Returns the report.
-    fn diagnose_collisions(&self, watched: &Netns) -> Value {
+    /// (the server's or the clients' namespace): every request, first
+    /// and second round, was answered, and the top finding is
+    /// `paws_rejected_syn` naming this process as `role`. Returns the
+    /// report.
+    fn diagnose_collisions(&self, watched: &Netns, role: &str) -> Value {
         let plan = self.plan(3);
         let diagnose = Diagnose::start(watched.name());
         let connects = self.collide(&plan);
         let (report, _) = diagnose.finish();
         eprintln!("connect times of the reusing clients: {connects:?}");
         assert_eq!(self.served.load(Ordering::Relaxed), 3 + 3);
+        let top = assert_top(&report, "paws_rejected_syn");
+        let (pid, _, affected) = first_affected(top);
+        assert_eq!((pid, affected), (me(), role), "{top:#}");
         report
     }
 
@@ -400,11 +405,8 @@ fn paws_rejects_syns_from_clients_behind_nat() {
     require_root();
     let t0 = Instant::now();
     let nat = NatClients::new("paws", false);
-    let report = nat.diagnose_collisions(&nat.server);
-
-    let top = assert_top(&report, "paws_rejected_syn");
-    let (pid, _, role) = first_affected(top);
-    assert_eq!((pid, role), (me(), "server"), "{top:#}");
+    let report = nat.diagnose_collisions(&nat.server, "server");
+    let top = &findings(&report)[0];
     assert!(figure(top, "paws_rejected") >= 2.0, "{top:#}");
     assert!(
         text(top).contains(&nat.nat.to_string()),
@@ -421,10 +423,8 @@ fn paws_seen_from_the_clients_ipv6() {
     require_root();
     let t0 = Instant::now();
     let nat = NatClients::new("paws6", true);
-    let report = nat.diagnose_collisions(&nat.client);
-    let top = assert_top(&report, "paws_rejected_syn");
-    let (pid, _, role) = first_affected(top);
-    assert_eq!((pid, role), (me(), "client"), "{top:#}");
+    let report = nat.diagnose_collisions(&nat.client, "client");
+    let top = &findings(&report)[0];
     assert!(figure(top, "client_resets") >= 2.0, "{top:#}");
     assert!(figure(top, "syn_retransmits") >= 2.0, "{top:#}");
     assert!(text(top).contains(&nat.server_addr.to_string()), "{top:#}");
