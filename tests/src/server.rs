@@ -1,6 +1,8 @@
-//! A TCP server on threads of its own for the scenario tests: one thread
-//! accepts, each connection is served on a thread of its own by the
-//! test's closure (an echo, a file server, a backend behind HAProxy).
+//! TCP servers on threads of their own for the scenario tests: a
+//! [`Server`] whose accepting thread hands each connection to a thread of
+//! its own running the test's closure (an echo, a file server, a backend
+//! behind HAProxy), and a [`Sink`] that reads one connection after the
+//! other to its end.
 //! Dropping it stops the accepting, tells every connection's thread to
 //! stop and waits for them (5 s at most: a thread stuck writing to a peer
 //! that vanished is left behind); it also stops accepting by itself after
@@ -79,6 +81,53 @@ impl Drop for Server {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
+        }
+    }
+}
+
+/// A server that accepts one connection at a time and reads it until the
+/// client closes (or sends nothing for 2 s), so the client closes first
+/// and keeps the TIME_WAIT. Dropping it stops it (it also stops by itself
+/// after 60 s).
+pub struct Sink {
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    pub fn spawn(listener: TcpListener) -> Sink {
+        use std::io::Read as _;
+        listener.set_nonblocking(true).expect("O_NONBLOCK");
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let deadline = Instant::now() + LIMIT;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            conn.set_nonblocking(false).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                            let mut buf = [0u8; 64];
+                            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        };
+        Sink {
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().expect("sink thread panicked");
         }
     }
 }

@@ -24,35 +24,13 @@ use tests::{
     exporter::{Exporter, Prometheus, alert_rules, get, sum_of},
     host::ScratchDir,
     nginx::Nginx,
-    require_root, tcptrace_bin,
+    require_root,
+    server::Sink,
+    tcptrace_bin,
 };
 
 fn me() -> u32 {
     std::process::id()
-}
-
-/// A server in `ns` that accepts and reads until the client goes away.
-fn sink_server(ns: &Netns) -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<()>) {
-    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let stop = done.clone();
-    let server = thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    conn.set_nonblocking(false).unwrap();
-                    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = [0u8; 64];
-                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                }
-                Err(_) => thread::sleep(Duration::from_millis(1)),
-            }
-        }
-    });
-    (addr, done, server)
 }
 
 /// A reset storm (`stress churn --rst`, every close an RST) in a
@@ -64,7 +42,9 @@ fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("expstorm");
-    let (server, done, acceptor) = sink_server(&ns);
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let server = listener.local_addr().unwrap();
+    let sink = Sink::spawn(listener);
     // The namespace has only loopback: no TC programs (no origin needed here).
     let trace = Trace::start(&["--netns", ns.name(), "--events", "rst", "--no-tc"]);
     let exporter = Exporter::start(&["--netns", ns.name(), "--interval", "1s", "--window", "30s"]);
@@ -108,8 +88,7 @@ fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
         stable.then_some(now)
     });
     let records = trace.stop();
-    done.store(true, Ordering::Relaxed);
-    acceptor.join().unwrap();
+    drop(sink);
 
     let traced = records.of_kind("rst_sent").count() + records.of_kind("rst_received").count();
     let summary = records.summary();

@@ -28,7 +28,9 @@ use tests::{
     haproxy::IdleTimeoutLb,
     http::{pooled_reuse, request},
     nginx::Nginx,
-    require_root, sockopt,
+    require_root,
+    server::Sink,
+    sockopt,
 };
 
 fn me() -> u32 {
@@ -197,27 +199,7 @@ fn port_exhaustion_with_a_narrow_port_range() {
     pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
     let server: SocketAddr = format!("{}:8000", NetnsPair::B4).parse().unwrap();
     let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    listener.set_nonblocking(true).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let acceptor = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        // Read to EOF: the client closes first and keeps
-                        // the TIME_WAIT.
-                        conn.set_nonblocking(false).unwrap();
-                        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                        let mut buf = [0u8; 64];
-                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })
-    };
+    let sink = Sink::spawn(listener);
 
     let ((ok, no_port), report) = diagnose_while(&pair.a, || {
         let (mut ok, mut no_port) = (0, 0);
@@ -235,8 +217,7 @@ fn port_exhaustion_with_a_narrow_port_range() {
         }
         (ok, no_port)
     });
-    done.store(true, Ordering::Relaxed);
-    acceptor.join().unwrap();
+    drop(sink);
     assert_eq!(ok, 10, "10 ports, 10 connections");
     assert_eq!(no_port, 20, "then EADDRNOTAVAIL");
 
