@@ -2,11 +2,8 @@
 //! [`Server`] whose accepting thread hands each connection to a thread of
 //! its own running the test's closure (an echo, a file server, a backend
 //! behind HAProxy), and a [`Sink`] that reads one connection after the
-//! other to its end.
-//! Dropping it stops the accepting, tells every connection's thread to
-//! stop and waits for them (5 s at most: a thread stuck writing to a peer
-//! that vanished is left behind); it also stops accepting by itself after
-//! 60 s, so a test that hangs leaves no server behind.
+//! other to its end. Both stop when dropped, and stop accepting by
+//! themselves after 60 s, so a test that hangs leaves no server behind.
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -24,6 +21,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 const WAIT_FOR_CONNECTIONS: Duration = Duration::from_secs(5);
 
 /// The accepting thread and the flag that stops it and the connections.
+/// Dropping it stops the accepting, raises the flag and waits for the
+/// connections' threads (5 s at most: a thread stuck writing to a peer
+/// that vanished is left behind).
 pub struct Server {
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
