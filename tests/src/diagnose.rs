@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::tcptrace_bin;
+use crate::{Netns, tcptrace_bin};
 
 pub struct Diagnose {
     child: Child,
@@ -77,6 +77,16 @@ impl Drop for Diagnose {
     }
 }
 
+/// Runs `traffic` on a thread inside `ns` while `tcptrace diagnose`
+/// watches `ns` (started before, stopped with Ctrl-C after); returns
+/// what `traffic` returned and the report.
+pub fn diagnose_while<T: Send>(ns: &Netns, traffic: impl FnOnce() -> T + Send) -> (T, Value) {
+    let diagnose = Diagnose::start(ns.name());
+    let result = ns.run(traffic);
+    let (report, _) = diagnose.finish();
+    (result, report)
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct Guard(pub Child);
 
@@ -111,6 +121,14 @@ pub fn assert_top<'a>(report: &'a Value, cause: &str) -> &'a Value {
     top
 }
 
+/// The figure `name` of a finding (panics, showing the finding, if it
+/// has none).
+pub fn figure(finding: &Value, name: &str) -> f64 {
+    finding["figures"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no figure {name}: {finding:#}"))
+}
+
 /// The first affected process of a finding (pid, comm, role).
 pub fn first_affected(finding: &Value) -> (u64, &str, &str) {
     let a = &finding["affected"][0];
@@ -121,6 +139,11 @@ pub fn first_affected(finding: &Value) -> (u64, &str, &str) {
         a["comm"].as_str().unwrap_or_default(),
         a["role"].as_str().unwrap_or_default(),
     )
+}
+
+/// [`describe`] with the seconds since `started` (the test's start).
+pub fn describe_since(name: &str, report: &Value, started: Instant) {
+    describe(name, report, started.elapsed().as_secs_f64());
 }
 
 /// One line for the log (and the closing note).

@@ -50,6 +50,16 @@ pub fn failure(output: &Output) -> String {
     stderr.trim_end().to_string()
 }
 
+/// The state file `tune --apply` names in its output ("previous values
+/// in PATH").
+pub fn tune_state_file(apply_output: &str) -> PathBuf {
+    let after = apply_output
+        .split("previous values in ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no state path in: {apply_output}"));
+    PathBuf::from(after.split_whitespace().next().unwrap())
+}
+
 /// A directory under /tmp removed with everything in it on drop.
 pub struct ScratchDir(PathBuf);
 

@@ -13,11 +13,17 @@ pub mod exporter;
 pub mod haproxy;
 pub mod host;
 pub mod hostglobal;
+pub mod http;
 pub mod netns;
+pub mod nginx;
+pub mod peer;
+pub mod server;
 pub mod sockets;
+pub mod sockopt;
 pub mod trace;
 
 pub use netns::{Netns, NetnsPair, Routed};
+pub use sockopt::set_linger_zero;
 pub use trace::{Records, Trace, owner_pid};
 
 /// Runs a command and panics with its output if it fails.
@@ -67,24 +73,4 @@ pub fn kill_group(child: &mut std::process::Child) {
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// SO_LINGER 0: the next close sends an RST instead of a FIN.
-pub fn set_linger_zero(stream: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a pointer to a linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }

@@ -59,6 +59,15 @@ impl Netns {
         sh("ip", &all)
     }
 
+    /// Runs a command line inside the namespace, split at whitespace (no
+    /// quoting): a firewall rule reads as it would be typed,
+    /// `ns.exec_line("iptables -A INPUT -p tcp --dport 9000 -j DROP")`.
+    pub fn exec_line(&self, line: &str) -> String {
+        let mut words = line.split_whitespace();
+        let program = words.next().expect("a command line");
+        self.exec(program, &words.collect::<Vec<_>>())
+    }
+
     /// A `Command` that will run inside the namespace, in a process group
     /// of its own so `crate::kill_group` also reaches any workers it forks
     /// (nginx, haproxy).
@@ -95,6 +104,54 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]);
     }
+
+    /// Makes a veth pair: `dev` here, `peer_dev` in `peer`; both ends
+    /// still down and without addresses (see [`Netns::up`]).
+    pub fn add_veth(&self, dev: &str, peer: &Netns, peer_dev: &str) {
+        self.ip(&[
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_dev,
+            "netns",
+            peer.name(),
+        ]);
+    }
+
+    /// Gives `dev` each address of `cidrs` (`198.18.0.1/24`,
+    /// `2001:db8::1/64`: an IPv6 one without duplicate address detection,
+    /// so it is usable at once), then brings it up.
+    pub fn up(&self, dev: &str, cidrs: &[&str]) {
+        for cidr in cidrs {
+            self.add_address(dev, cidr);
+        }
+        self.ip(&["link", "set", dev, "up"]);
+    }
+
+    /// One more address on `dev` (IPv6 without duplicate address detection).
+    pub fn add_address(&self, dev: &str, cidr: &str) {
+        if cidr.contains(':') {
+            self.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+        } else {
+            self.ip(&["-4", "addr", "add", cidr, "dev", dev]);
+        }
+    }
+
+    /// The default route of `gateway`'s family via `gateway`.
+    pub fn default_route(&self, gateway: &str) {
+        let family = if gateway.contains(':') { "-6" } else { "-4" };
+        self.ip(&[family, "route", "add", "default", "via", gateway]);
+    }
+
+    /// Forwards IPv4 and IPv6 between its interfaces (a router).
+    pub fn forward(&self) {
+        self.sysctl("net.ipv4.ip_forward", "1");
+        self.sysctl("net.ipv6.conf.all.forwarding", "1");
+    }
 }
 
 impl Drop for Netns {
@@ -118,44 +175,28 @@ impl NetnsPair {
     pub const A6: &str = "2001:db8::1";
     pub const B6: &str = "2001:db8::2";
 
+    /// Namespaces `tt-{tag}a-*` and `tt-{tag}b-*`, `veth0` in `a` and
+    /// `veth1` in `b`; both deleted on drop (which removes the link).
     pub fn new(tag: &str) -> NetnsPair {
         let a = Netns::new(&format!("{tag}a"));
         let b = Netns::new(&format!("{tag}b"));
-        a.ip(&[
-            "link",
-            "add",
+        a.add_veth("veth0", &b, "veth1");
+        a.up(
             "veth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
+            &[&format!("{}/24", Self::A4), &format!("{}/64", Self::A6)],
+        );
+        b.up(
             "veth1",
-            "netns",
-            b.name(),
-        ]);
-        for (ns, dev, v4, v6) in [
-            (&a, "veth0", Self::A4, Self::A6),
-            (&b, "veth1", Self::B4, Self::B6),
-        ] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", dev, "up"]);
-        }
+            &[&format!("{}/24", Self::B4), &format!("{}/64", Self::B6)],
+        );
         NetnsPair { a, b }
     }
 }
 
 /// Client and server namespaces with a router namespace between them:
-/// `client` 198.18.1.1 / 2001:db8:1::1 -- `router` -- `server`
-/// 198.18.2.1 / 2001:db8:2::1. The server's packets reach the client one
+/// `client` 198.18.1.1 / 2001:db8:1::1 (`eth0`) -- (`rc`) `router` (`rs`)
+/// -- (`eth0`) `server` 198.18.2.1 / 2001:db8:2::1; the router is
+/// .254 / ::fe on each side. The server's packets reach the client one
 /// hop later than the router's own (TTL / hop limit one lower).
 pub struct Routed {
     pub client: Netns,
@@ -168,62 +209,31 @@ impl Routed {
     pub const SERVER4: &str = "198.18.2.1";
     pub const CLIENT6: &str = "2001:db8:1::1";
     pub const SERVER6: &str = "2001:db8:2::1";
+    /// The router's interface on the server's side (packets from the
+    /// server come in here).
+    pub const ROUTER_TO_SERVER: &str = "rs";
 
+    /// Namespaces `tt-{tag}c-*`, `tt-{tag}r-*` and `tt-{tag}s-*`, the
+    /// router forwarding both families; all deleted on drop.
     pub fn new(tag: &str) -> Routed {
         let client = Netns::new(&format!("{tag}c"));
         let router = Netns::new(&format!("{tag}r"));
         let server = Netns::new(&format!("{tag}s"));
         for (end, net, dev) in [(&client, 1, "rc"), (&server, 2, "rs")] {
-            router.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
+            router.add_veth(dev, end, "eth0");
+            let (gw4, gw6) = (format!("198.18.{net}.254"), format!("2001:db8:{net}::fe"));
+            router.up(dev, &[&format!("{gw4}/24"), &format!("{gw6}/64")]);
+            end.up(
                 "eth0",
-                "netns",
-                end.name(),
-            ]);
-            for (ns, dev, host) in [(&router, dev, "254"), (end, "eth0", "1")] {
-                ns.ip(&[
-                    "addr",
-                    "add",
-                    &format!("198.18.{net}.{host}/24"),
-                    "dev",
-                    dev,
-                ]);
-                let v6_host = if host == "1" { "1" } else { "fe" };
-                ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("2001:db8:{net}::{v6_host}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-                ns.ip(&["link", "set", dev, "up"]);
-            }
-            end.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.18.{net}.254"),
-            ]);
-            end.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("2001:db8:{net}::fe"),
-            ]);
+                &[
+                    &format!("198.18.{net}.1/24"),
+                    &format!("2001:db8:{net}::1/64"),
+                ],
+            );
+            end.default_route(&gw4);
+            end.default_route(&gw6);
         }
-        router.sysctl("net.ipv4.ip_forward", "1");
-        router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        router.forward();
         Routed {
             client,
             router,

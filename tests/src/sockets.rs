@@ -1,13 +1,14 @@
 //! Sockets in known states for the snapshot and counters tests: listeners
 //! with a chosen backlog, connects that never complete, TIME_WAIT made by
-//! an active close, and sockets handed to another process.
+//! an active close, sockets handed to another process; and the wait for a
+//! server process to listen.
 
 use std::{
     io::Read as _,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::OwnedFd,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -90,5 +91,20 @@ impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects to `addr` until something accepts (10 s at most; each try
+/// closed at once): for a server started as another process. Panics with
+/// `who()` (what should have listened, and its log) otherwise.
+pub fn wait_listening(addr: SocketAddr, who: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr}: {}",
+            who()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -12,11 +12,9 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    process::{Child, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -26,69 +24,27 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    diagnose::{
+        Diagnose, Guard, assert_top, describe_since, diagnose_while, figure, findings,
+        first_affected,
+    },
+    haproxy::Haproxy,
     hostglobal::HostSysctl,
     require_root,
+    server::Server,
+    sockopt,
 };
 
 fn me() -> u64 {
     u64::from(std::process::id())
 }
 
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: a valid fd and a pointer to an int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
-fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid socket and out-pointers of the right sizes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            level,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
-    value
-}
-
 /// A veth pair from `a` (`a_if`, `a_addr`) to `b` (`b_if`, `b_addr`),
 /// addresses with their prefix length, both ends up.
-fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
-    a.ip(&[
-        "link",
-        "add",
-        a_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]);
-    for (ns, dev, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
-        if addr.contains(':') {
-            ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
-        } else {
-            ns.ip(&["-4", "addr", "add", addr, "dev", dev]);
-        }
-        ns.ip(&["link", "set", dev, "up"]);
-    }
+fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    a.add_veth(a_if, b, b_if);
+    a.up(a_if, &[a_addr]);
+    b.up(b_if, &[b_addr]);
 }
 
 /// Findings at medium or high confidence.
@@ -133,7 +89,7 @@ fn pmtu_black_hole_behind_a_router() {
     let client = Netns::new("mtuc");
     let router = Netns::new("mtur");
     let server = Netns::new("mtus");
-    veth(
+    link(
         &client,
         "veth0",
         "198.18.1.1/24",
@@ -141,7 +97,7 @@ fn pmtu_black_hole_behind_a_router() {
         "veth1",
         "198.18.1.2/24",
     );
-    veth(
+    link(
         &router,
         "veth2",
         "198.18.2.2/24",
@@ -151,22 +107,10 @@ fn pmtu_black_hole_behind_a_router() {
     );
     // Both ends keep 1500-byte interfaces (and announce MSS 1460).
     router.ip(&["link", "set", "veth2", "mtu", "1400"]);
-    client.ip(&["route", "add", "default", "via", "198.18.1.2"]);
-    server.ip(&["route", "add", "default", "via", "198.18.2.2"]);
+    client.default_route("198.18.1.2");
+    server.default_route("198.18.2.2");
     router.sysctl("net.ipv4.ip_forward", "1");
-    router.exec(
-        "iptables",
-        &[
-            "-A",
-            "OUTPUT",
-            "-p",
-            "icmp",
-            "--icmp-type",
-            "fragmentation-needed",
-            "-j",
-            "DROP",
-        ],
-    );
+    router.exec_line("iptables -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP");
     let listener = server.run(|| TcpListener::bind("198.18.2.1:0").expect("bind"));
     let addr = listener.local_addr().unwrap();
     let sink = thread::spawn(move || {
@@ -197,8 +141,7 @@ fn pmtu_black_hole_behind_a_router() {
             .sum::<usize>()
     });
 
-    let diagnose = Diagnose::start(client.name());
-    let (mss, stalled) = client.run(|| {
+    let ((mss, stalled), report) = diagnose_while(&client, || {
         let uploads: Vec<_> = (0..2)
             .map(|_| {
                 thread::spawn(move || {
@@ -208,13 +151,8 @@ fn pmtu_black_hole_behind_a_router() {
                     let mut echo = [0u8; 100];
                     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                     s.read_exact(&mut echo).expect("the small exchange passes");
-                    let mss = getsockopt_int(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_MAXSEG);
-                    setsockopt_int(
-                        s.as_raw_fd(),
-                        libc::IPPROTO_TCP,
-                        libc::TCP_USER_TIMEOUT,
-                        2_500,
-                    );
+                    let mss = sockopt::get_int(&s, libc::IPPROTO_TCP, libc::TCP_MAXSEG);
+                    sockopt::set_int(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 2_500);
                     s.set_write_timeout(Some(Duration::from_secs(4))).unwrap();
                     let _ = s.write_all(&vec![1u8; 10 * mss as usize]);
                     // The kernel gives up: the next call reports it.
@@ -231,7 +169,6 @@ fn pmtu_black_hole_behind_a_router() {
             results.iter().filter(|(_, timed_out)| *timed_out).count(),
         )
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(sink.join().unwrap(), 0, "no full-size segment crossed");
     assert_eq!(stalled, 2, "both uploads timed out");
 
@@ -239,7 +176,7 @@ fn pmtu_black_hole_behind_a_router() {
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "sender"), "{top:#}");
     assert_eq!(top["figures"]["mss"], f64::from(mss), "{top:#}");
-    assert!(top["figures"]["full_size_retransmits"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "full_size_retransmits") >= 3.0);
     assert!(
         text(top).contains("198.18.2.1"),
         "the peer is named: {top:#}"
@@ -254,7 +191,7 @@ fn pmtu_black_hole_behind_a_router() {
         .iter()
         .find(|f| f["cause"] == "retransmission_timeout");
     assert!(rto.is_none_or(|f| f["confidence"] == "low"), "{report:#}");
-    describe("pmtu_black_hole", &report, t0.elapsed().as_secs_f64());
+    describe_since("pmtu_black_hole", &report, t0);
 }
 
 /// Clients behind one NAT address, each with its own timestamp clock,
@@ -274,7 +211,8 @@ struct NatClients {
     /// The server's address and port.
     server_addr: SocketAddr,
     served: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    /// The server answering; stopped on drop.
+    _answering: Server,
 }
 
 impl NatClients {
@@ -282,7 +220,7 @@ impl NatClients {
         let client = Netns::new(&format!("{tag}c"));
         let nat = Netns::new(&format!("{tag}n"));
         let server = Netns::new(&format!("{tag}s"));
-        let (c1, c2, nc, ns, s, len, tables, gw_c, gw_s) = if v6 {
+        let (c1, c2, nc, ns, s, len, tables) = if v6 {
             (
                 "2001:db8:5::1",
                 "2001:db8:5::2",
@@ -291,8 +229,6 @@ impl NatClients {
                 "2001:db8:6::1",
                 "64",
                 "ip6tables",
-                "2001:db8:5::fe",
-                "2001:db8:6::fe",
             )
         } else {
             (
@@ -303,35 +239,14 @@ impl NatClients {
                 "198.18.6.1",
                 "24",
                 "iptables",
-                "198.18.5.254",
-                "198.18.6.254",
             )
         };
-        veth(
-            &client,
-            "veth0",
-            &format!("{c1}/{len}"),
-            &nat,
-            "veth1",
-            &format!("{nc}/{len}"),
-        );
-        let second = format!("{c2}/{len}");
-        if v6 {
-            client.ip(&["-6", "addr", "add", &second, "dev", "veth0", "nodad"]);
-        } else {
-            client.ip(&["-4", "addr", "add", &second, "dev", "veth0"]);
-        }
-        veth(
-            &nat,
-            "veth2",
-            &format!("{ns}/{len}"),
-            &server,
-            "veth3",
-            &format!("{s}/{len}"),
-        );
-        let family = if v6 { "-6" } else { "-4" };
-        client.ip(&[family, "route", "add", "default", "via", gw_c]);
-        server.ip(&[family, "route", "add", "default", "via", gw_s]);
+        let cidr = |addr: &str| format!("{addr}/{len}");
+        link(&client, "veth0", &cidr(c1), &nat, "veth1", &cidr(nc));
+        client.add_address("veth0", &cidr(c2));
+        link(&nat, "veth2", &cidr(ns), &server, "veth3", &cidr(s));
+        client.default_route(nc);
+        server.default_route(ns);
         nat.sysctl(
             if v6 {
                 "net.ipv6.conf.all.forwarding"
@@ -340,19 +255,9 @@ impl NatClients {
             },
             "1",
         );
-        nat.exec(
-            tables,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "veth2",
-                "-j",
-                "MASQUERADE",
-            ],
-        );
+        nat.exec_line(&format!(
+            "{tables} -t nat -A POSTROUTING -o veth2 -j MASQUERADE"
+        ));
         // Forget finished flows at once, so the next client can have the
         // same source port (a busy NAT recycles ports the same way).
         nat.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1");
@@ -364,34 +269,18 @@ impl NatClients {
             .run(|| TcpListener::bind(SocketAddr::new(s.parse().unwrap(), 8000)))
             .expect("bind");
         let server_addr = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
         let served = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (served, stop) = (served.clone(), stop.clone());
-            // The server answers each request and closes first: the
-            // TIME_WAIT stays on its side.
-            thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let Ok((mut conn, _)) = listener.accept() else {
-                        thread::sleep(Duration::from_millis(5));
-                        continue;
-                    };
-                    let served = served.clone();
-                    thread::spawn(move || {
-                        conn.set_nonblocking(false).unwrap();
-                        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                        let mut buf = [0u8; 64];
-                        if matches!(conn.read(&mut buf), Ok(n) if n > 0) {
-                            let _ = conn.write_all(b"ok");
-                            served.fetch_add(1, Ordering::Relaxed);
-                        }
-                        drop(conn);
-                    });
-                }
-            });
-        }
+        // The server answers each request and closes first: the
+        // TIME_WAIT stays on its side.
+        let counted = served.clone();
+        let answering = Server::spawn(listener, move |mut conn, _| {
+            conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut buf = [0u8; 64];
+            if matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                let _ = conn.write_all(b"ok");
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
         NatClients {
             client,
             _nat: nat,
@@ -400,7 +289,7 @@ impl NatClients {
             nat: ns.parse().unwrap(),
             server_addr,
             served,
-            stop,
+            _answering: answering,
         }
     }
 
@@ -453,6 +342,24 @@ impl NatClients {
         plan
     }
 
+    /// Three planned ports collide while `diagnose` watches `watched`
+    /// (the server's or the clients' namespace): every request, first
+    /// and second round, was answered, and the top finding is
+    /// `paws_rejected_syn` naming this process as `role`. Returns the
+    /// report.
+    fn diagnose_collisions(&self, watched: &Netns, role: &str) -> Value {
+        let plan = self.plan(3);
+        let diagnose = Diagnose::start(watched.name());
+        let connects = self.collide(&plan);
+        let (report, _) = diagnose.finish();
+        eprintln!("connect times of the reusing clients: {connects:?}");
+        assert_eq!(self.served.load(Ordering::Relaxed), 3 + 3);
+        let top = assert_top(&report, "paws_rejected_syn");
+        let (pid, _, affected) = first_affected(top);
+        assert_eq!((pid, affected), (me(), role), "{top:#}");
+        report
+    }
+
     /// Per planned port, a client from the address whose clock is ahead;
     /// then, once the NAT has forgotten them, one from the other address
     /// on the same port. Returns the second round's connect times.
@@ -475,12 +382,6 @@ impl NatClients {
     }
 }
 
-impl Drop for NatClients {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The timestamp clock a connection from `source:port` to `server` uses
 /// (`TCP_TIMESTAMP`: the kernel's clock plus the offset it derives from
 /// the 4-tuple). Closed with an RST: no TIME_WAIT on either side.
@@ -492,7 +393,7 @@ fn probe_timestamp(source: IpAddr, port: u16, server: SocketAddr) -> u32 {
         .connect_timeout(&server.into(), Duration::from_secs(3))
         .expect("probe connect");
     let conn: TcpStream = socket.into();
-    let ts = getsockopt_int(conn.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_TIMESTAMP) as u32;
+    let ts = sockopt::get_int(&conn, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP) as u32;
     tests::set_linger_zero(&conn);
     ts
 }
@@ -504,30 +405,15 @@ fn paws_rejects_syns_from_clients_behind_nat() {
     require_root();
     let t0 = Instant::now();
     let nat = NatClients::new("paws", false);
-    let plan = nat.plan(3);
-    let diagnose = Diagnose::start(nat.server.name());
-    let connects = nat.collide(&plan);
-    let (report, _) = diagnose.finish();
-    eprintln!("connect times of the reusing clients: {connects:?}");
-    assert_eq!(nat.served.load(Ordering::Relaxed), 3 + 3);
-
-    let top = assert_top(&report, "paws_rejected_syn");
-    let (pid, _, role) = first_affected(top);
-    assert_eq!((pid, role), (me(), "server"), "{top:#}");
-    assert!(
-        top["figures"]["paws_rejected"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
+    let report = nat.diagnose_collisions(&nat.server, "server");
+    let top = &findings(&report)[0];
+    assert!(figure(top, "paws_rejected") >= 2.0, "{top:#}");
     assert!(
         text(top).contains(&nat.nat.to_string()),
         "the NAT address is named: {top:#}"
     );
     assert!(fixes(top).contains("Let the clients close first"));
-    describe(
-        "paws_rejected_syn (server)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("paws_rejected_syn (server)", &report, t0);
 }
 
 /// The same over IPv6, watched from the clients' side: they reset the
@@ -537,29 +423,12 @@ fn paws_seen_from_the_clients_ipv6() {
     require_root();
     let t0 = Instant::now();
     let nat = NatClients::new("paws6", true);
-    let plan = nat.plan(3);
-    let diagnose = Diagnose::start(nat.client.name());
-    let connects = nat.collide(&plan);
-    let (report, _) = diagnose.finish();
-    eprintln!("connect times of the reusing clients: {connects:?}");
-    assert_eq!(nat.served.load(Ordering::Relaxed), 3 + 3);
-    let top = assert_top(&report, "paws_rejected_syn");
-    let (pid, _, role) = first_affected(top);
-    assert_eq!((pid, role), (me(), "client"), "{top:#}");
-    assert!(
-        top["figures"]["client_resets"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
-    assert!(
-        top["figures"]["syn_retransmits"].as_f64().unwrap() >= 2.0,
-        "{top:#}"
-    );
+    let report = nat.diagnose_collisions(&nat.client, "client");
+    let top = &findings(&report)[0];
+    assert!(figure(top, "client_resets") >= 2.0, "{top:#}");
+    assert!(figure(top, "syn_retransmits") >= 2.0, "{top:#}");
     assert!(text(top).contains(&nat.server_addr.to_string()), "{top:#}");
-    describe(
-        "paws_rejected_syn (clients, IPv6)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("paws_rejected_syn (clients, IPv6)", &report, t0);
 }
 
 /// A relay that closes right after queueing a big reply for slow
@@ -581,7 +450,7 @@ fn orphan_limit_resets_closing_connections() {
                 break;
             };
             handlers.push(thread::spawn(move || {
-                setsockopt_int(conn.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20);
+                sockopt::set_int(&conn, libc::SOL_SOCKET, libc::SO_SNDBUF, 1 << 20);
                 let mut buf = [0u8; 64];
                 let _ = conn.read(&mut buf);
                 // Fits in the send buffer: write returns at once, and the
@@ -637,15 +506,11 @@ fn orphan_limit_resets_closing_connections() {
     let top = assert_top(&report, "orphan_or_memory_abort");
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (me(), "closer"), "{top:#}");
-    assert!(top["figures"]["resets"].as_f64().unwrap() >= 3.0, "{top:#}");
+    assert!(figure(top, "resets") >= 3.0, "{top:#}");
     assert_eq!(top["figures"]["tcp_max_orphans"], 1.0, "{top:#}");
     assert!(text(top).contains("tcp_max_orphans = 1"), "{top:#}");
     assert!(fixes(top).contains("Raise net.ipv4.tcp_max_orphans"));
-    describe(
-        "orphan_or_memory_abort",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("orphan_or_memory_abort", &report, t0);
 }
 
 /// A listener (the `peer` helper, backlog 16) that accepts one connection
@@ -666,15 +531,15 @@ fn overflow(v6: bool, abort_on_overflow: bool) -> (Value, u32, SocketAddr, usize
     } else {
         NetnsPair::B4.to_string()
     };
-    let mut peer = Guard(
-        pair.b
-            .command(env!("CARGO_BIN_EXE_peer"))
-            .args(["slow-accept", &format!("{ip}:0"), "15000", "16", "300"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn peer"),
-    );
-    let port = read_port(&mut peer.0);
+    let (child, _out, port) =
+        tests::peer::spawn(pair.b.command(env!("CARGO_BIN_EXE_peer")).args([
+            "slow-accept",
+            &format!("{ip}:0"),
+            "15000",
+            "16",
+            "300",
+        ]));
+    let peer = Guard(child);
     let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
     // Without TC programs: on this loaded 2-core machine their per-packet
     // work spread the 40 SYNs out enough that the queue was full at SYN
@@ -716,18 +581,6 @@ fn overflow(v6: bool, abort_on_overflow: bool) -> (Value, u32, SocketAddr, usize
     (report, peer.0.id(), addr, resets)
 }
 
-fn read_port(child: &mut Child) -> u16 {
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("port line");
-    line.trim()
-        .strip_prefix("port ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("not a port line: {line:?}"))
-}
-
 /// `tcp_abort_on_overflow=1`: the overflowing clients get RSTs. The
 /// finding names the listener (process, address, backlog, somaxconn)
 /// and says the setting turned overflows into resets.
@@ -752,14 +605,10 @@ fn accept_queue_overflow_with_abort_on_overflow() {
     assert!(text(top).contains("tcp_abort_on_overflow=1"), "{top:#}");
     assert_eq!(top["figures"]["backlog"], 16.0, "{top:#}");
     assert!(top["figures"]["somaxconn"].as_f64().is_some());
-    assert!(top["figures"]["overflow_resets"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "overflow_resets") >= 3.0);
     assert!(fixes(top).contains("tcp_abort_on_overflow=0"), "{top:#}");
     assert!(fixes(top).contains("now 16"), "{top:#}");
-    describe(
-        "accept_queue_overflow (abort_on_overflow=1)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("accept_queue_overflow (abort_on_overflow=1)", &report, t0);
 }
 
 /// `tcp_abort_on_overflow=0` over IPv6: the final ACKs are dropped and
@@ -779,15 +628,12 @@ fn accept_queue_overflow_without_abort_ipv6() {
     assert_eq!(top["affected"][0]["role"], "server");
     assert!(text(top).contains(&addr.to_string()), "{top:#}");
     assert!(!text(top).contains("tcp_abort_on_overflow=1"), "{top:#}");
-    assert!(
-        top["figures"]["synack_retransmits"].as_f64().unwrap() >= 1.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "synack_retransmits") >= 1.0, "{top:#}");
     assert_eq!(top["figures"]["backlog"], 16.0, "{top:#}");
-    describe(
+    describe_since(
         "accept_queue_overflow (abort_on_overflow=0, IPv6)",
         &report,
-        t0.elapsed().as_secs_f64(),
+        t0,
     );
 }
 
@@ -804,78 +650,42 @@ fn haproxy_linger_zero_to_backends_is_benign() {
     let listener = pair
         .b
         .run(|| TcpListener::bind(backend).expect("bind backend"));
-    listener.set_nonblocking(true).unwrap();
     let resets = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = {
-        let (resets, stop) = (resets.clone(), stop.clone());
-        thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let resets = resets.clone();
-                thread::spawn(move || {
-                    conn.set_nonblocking(false).unwrap();
-                    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(_) => {
-                                if conn
-                                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                if e.kind() == ErrorKind::ConnectionReset {
-                                    resets.fetch_add(1, Ordering::Relaxed);
-                                }
-                                break;
-                            }
-                        }
+    let counted = resets.clone();
+    let server = Server::spawn(listener, move |mut conn, _| {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                        .is_err()
+                    {
+                        break;
                     }
-                });
+                }
+                Err(e) => {
+                    if e.kind() == ErrorKind::ConnectionReset {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
             }
-        })
-    };
-    let dir = std::env::temp_dir().join(format!("tcptrace-hlz-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
+        }
+    });
+    let front: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let _haproxy = Haproxy::start(
+        &pair.a,
+        &format!(
             "global\n  maxconn 100\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n  option http-server-close\n\
              frontend fe\n  bind 127.0.0.1:8080\n  default_backend be\n\
              backend be\n  server b1 {backend}\n"
         ),
-    )
-    .unwrap();
-    let _haproxy = Guard(
-        pair.a
-            .command("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy (apt-get install haproxy)"),
+        front,
     );
-    let front: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-    pair.a.run(|| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(front).is_err() {
-            assert!(Instant::now() < deadline, "haproxy does not listen");
-            thread::sleep(Duration::from_millis(50));
-        }
-    });
 
     let diagnose = Diagnose::start(pair.b.name());
     let answered = pair.a.run(|| {
@@ -898,9 +708,7 @@ fn haproxy_linger_zero_to_backends_is_benign() {
     // The backend reports the last reset a moment after the reply.
     thread::sleep(Duration::from_millis(200));
     let (report, _) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
-    let _ = server.join();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
     assert_eq!(answered, 20, "every request succeeded");
     assert!(
         resets.load(Ordering::Relaxed) >= 15,
@@ -918,11 +726,7 @@ fn haproxy_linger_zero_to_backends_is_benign() {
         "{linger:#}"
     );
     assert_eq!(linger["affected"][0]["role"], "server", "{linger:#}");
-    describe(
-        "haproxy linger 0 (control)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("haproxy linger 0 (control)", &report, t0);
 }
 
 /// A busy bulk transfer with a trace of loss (iptables drops one packet
@@ -935,25 +739,7 @@ fn busy_bulk_transfer_with_rare_loss_is_healthy() {
     let pair = NetnsPair::new("bulk");
     let server: SocketAddr = format!("{}:9100", NetnsPair::B4).parse().unwrap();
     let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    pair.a.exec(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--sport",
-            "9100",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.0005",
-            "-j",
-            "DROP",
-        ],
-    );
+    pair.a.exec_line("iptables -A INPUT -p tcp --sport 9100 -m statistic --mode random --probability 0.0005 -j DROP");
     const BYTES: usize = 400 << 20;
     let sender = thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
@@ -991,11 +777,7 @@ fn busy_bulk_transfer_with_rare_loss_is_healthy() {
     assert_eq!(report["verdict"], "no_problem");
     let checked = report["checked"].to_string();
     assert!(checked.contains("segments sent retransmitted"), "{checked}");
-    describe(
-        "bulk transfer (control)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("bulk transfer (control)", &report, t0);
 }
 
 /// Connects rejected by a firewall with ICMP host-unreachable: no known
@@ -1008,24 +790,10 @@ fn failures_no_cause_explains_are_never_silent() {
     let pair = NetnsPair::new("unx");
     let server: SocketAddr = format!("{}:9200", NetnsPair::B4).parse().unwrap();
     let _listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    pair.b.exec(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "9200",
-            "--syn",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "icmp-host-unreachable",
-        ],
+    pair.b.exec_line(
+        "iptables -A INPUT -p tcp --dport 9200 --syn -j REJECT --reject-with icmp-host-unreachable",
     );
-    let diagnose = Diagnose::start(pair.a.name());
-    let unreachable = pair.a.run(|| {
+    let (unreachable, report) = diagnose_while(&pair.a, || {
         (0..5)
             .filter(|_| {
                 matches!(TcpStream::connect_timeout(&server, Duration::from_secs(3)),
@@ -1033,7 +801,6 @@ fn failures_no_cause_explains_are_never_silent() {
             })
             .count()
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(unreachable, 5);
     assert_eq!(report["verdict"], "problem", "{report:#}");
     let top = &findings(&report)[0];
@@ -1057,5 +824,5 @@ fn failures_no_cause_explains_are_never_silent() {
         all.contains(&server.to_string()),
         "who was hit, with whom: {top:#}"
     );
-    describe("unexplained", &report, t0.elapsed().as_secs_f64());
+    describe_since("unexplained", &report, t0);
 }

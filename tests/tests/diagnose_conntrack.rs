@@ -12,163 +12,52 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
-    Netns,
-    diagnose::{Diagnose, describe, findings, first_affected},
+    Netns, Routed,
+    diagnose::{Diagnose, describe, figure, findings, first_affected},
     hostglobal::HostSysctl,
     require_root,
+    server::Server,
 };
 
-/// The client's, the server's and the service's addresses.
-const CLIENT4: &str = "198.18.1.2";
-const SERVER4: &str = "198.18.2.2";
+/// The service address the router DNATs (a ClusterIP).
 const SERVICE4: &str = "198.19.0.10";
-const CLIENT6: &str = "2001:db8:1::2";
-const SERVER6: &str = "2001:db8:2::2";
 
-/// client -- router -- server, IPv4 and IPv6, the router forwarding.
-struct Routed {
-    client: Netns,
-    router: Netns,
-    server: Netns,
-}
-
-impl Routed {
-    fn new(tag: &str) -> Routed {
-        let client = Netns::new(&format!("{tag}c"));
-        let router = Netns::new(&format!("{tag}r"));
-        let server = Netns::new(&format!("{tag}s"));
-        for (ns, dev, peer, v4, v6, gw4, gw6) in [
-            (
-                &client,
-                "c0",
-                "r0",
-                CLIENT4,
-                CLIENT6,
-                "198.18.1.1",
-                "2001:db8:1::1",
-            ),
-            (
-                &server,
-                "s0",
-                "r1",
-                SERVER4,
-                SERVER6,
-                "198.18.2.1",
-                "2001:db8:2::1",
-            ),
-        ] {
-            ns.ip(&[
-                "link",
-                "add",
-                dev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-                "netns",
-                router.name(),
-            ]);
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", dev, "up"]);
-            router.ip(&["addr", "add", &format!("{gw4}/24"), "dev", peer]);
-            router.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{gw6}/64"),
-                "dev",
-                peer,
-                "nodad",
-            ]);
-            router.ip(&["link", "set", peer, "up"]);
-            ns.ip(&["route", "add", "default", "via", gw4]);
-            ns.ip(&["-6", "route", "add", "default", "via", gw6]);
-        }
-        router.sysctl("net.ipv4.ip_forward", "1");
-        router.sysctl("net.ipv6.conf.all.forwarding", "1");
-        Routed {
-            client,
-            router,
-            server,
-        }
-    }
-
-    /// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
-    fn service(&self, port: u16) -> SocketAddr {
-        self.router.exec(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                SERVICE4,
-                "-p",
-                "tcp",
-                "--dport",
-                "80",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &format!("{SERVER4}:{port}"),
-            ],
-        );
-        format!("{SERVICE4}:80").parse().unwrap()
-    }
+/// The router DNATs `SERVICE4:80` to `SERVER4:port` (a ClusterIP).
+fn service(net: &Routed, port: u16) -> SocketAddr {
+    net.router.exec_line(&format!(
+        "iptables -t nat -A PREROUTING -d {SERVICE4} -p tcp --dport 80 -j DNAT --to-destination {}:{port}",
+        Routed::SERVER4
+    ));
+    format!("{SERVICE4}:80").parse().unwrap()
 }
 
 /// A file server in `ns` on `addr`: every request line gets `size`
-/// bytes, until the client closes or `stop`.
-fn file_server(ns: &Netns, addr: SocketAddr, size: usize, stop: Arc<AtomicBool>) {
+/// bytes, until the client closes or the server is dropped.
+fn file_server(ns: &Netns, addr: SocketAddr, size: usize) -> Server {
     let listener = ns.run(|| TcpListener::bind(addr).expect("bind"));
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
+    Server::spawn(listener, move |mut conn, stop| {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let blob = vec![b'f'; 65536];
+        let mut buf = [0u8; 256];
         while !stop.load(Ordering::Relaxed) {
-            let Ok((mut conn, _)) = listener.accept() else {
-                thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            let stop = stop.clone();
-            thread::spawn(move || {
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let blob = vec![b'f'; 65536];
-                let mut buf = [0u8; 256];
-                while !stop.load(Ordering::Relaxed) {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    for _ in 0..size / blob.len() {
-                        if conn.write_all(&blob).is_err() {
-                            return;
-                        }
-                    }
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            for _ in 0..size / blob.len() {
+                if conn.write_all(&blob).is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
+    })
 }
 
 /// `lanes` clients downloading `size` bytes per request from `to` for
@@ -270,33 +159,27 @@ fn syns_dropped_by_a_firewall_on_the_router() {
     require_root();
     let t0 = Instant::now();
     let net = Routed::new("synfw");
-    let stop = Arc::new(AtomicBool::new(false));
-    let open: SocketAddr = format!("[{SERVER6}]:8080").parse().unwrap();
-    let closed: SocketAddr = format!("[{SERVER6}]:8081").parse().unwrap();
-    file_server(&net.server, open, 65536, stop.clone());
-    file_server(&net.server, closed, 65536, stop.clone());
-    net.router.exec(
-        "ip6tables",
-        &[
-            "-A", "FORWARD", "-p", "tcp", "--syn", "--dport", "8081", "-j", "DROP",
-        ],
-    );
+    let open: SocketAddr = format!("[{}]:8080", Routed::SERVER6).parse().unwrap();
+    let closed: SocketAddr = format!("[{}]:8081", Routed::SERVER6).parse().unwrap();
+    let servers = [
+        file_server(&net.server, open, 65536),
+        file_server(&net.server, closed, 65536),
+    ];
+    net.router
+        .exec_line("ip6tables -A FORWARD -p tcp --syn --dport 8081 -j DROP");
     let diagnose = Diagnose::start(net.client.name());
     let (ok, _) = download(&net.client, open, 2, 65536, Duration::from_millis(500));
     let timed_out = connects(&net.client, closed, 3, Duration::from_millis(2500));
     let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    drop(servers);
     assert!(ok > 0, "the open port works");
     assert_eq!(timed_out, 3);
     let top = assert_top_names_me(&report, "syn_dropped_on_path");
     assert!(top["summary"].as_str().unwrap().contains("8081"), "{top:#}");
-    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 3.0);
-    assert!(top["figures"]["connects_unanswered"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "syn_retransmits") >= 3.0);
+    assert!(figure(top, "connects_unanswered") >= 3.0);
     // The router's drops were tied to the watched connections.
-    assert!(
-        top["figures"]["dropped_syns"].as_f64().unwrap() >= 3.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "dropped_syns") >= 3.0, "{top:#}");
     describe(
         "syn_dropped_on_path",
         &report,
@@ -312,32 +195,12 @@ fn conntrack_table_full_on_the_router() {
     require_root();
     let t0 = Instant::now();
     let net = Routed::new("ctfull");
-    let stop = Arc::new(AtomicBool::new(false));
-    let server: SocketAddr = format!("{SERVER4}:8080").parse().unwrap();
-    file_server(&net.server, server, 65536, stop.clone());
-    for rule in [
-        [
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        [
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-j",
-            "ACCEPT",
-        ],
-    ] {
-        net.router.exec("iptables", &rule);
+    let server: SocketAddr = format!("{}:8080", Routed::SERVER4).parse().unwrap();
+    let files = file_server(&net.server, server, 65536);
+    for state in ["ESTABLISHED,RELATED", "NEW"] {
+        net.router.exec_line(&format!(
+            "iptables -A FORWARD -m conntrack --ctstate {state} -j ACCEPT"
+        ));
     }
     // Hold connections through the router (its table gets one entry
     // each), then make that the limit.
@@ -359,12 +222,12 @@ fn conntrack_table_full_on_the_router() {
     let (report, seconds) = diagnose.finish();
     drop(limit);
     drop(held);
-    stop.store(true, Ordering::Relaxed);
+    drop(files);
     assert_eq!(timed_out, 3);
     let top = assert_top_names_me(&report, "conntrack_table_full");
     assert_eq!(top["confidence"], "high", "{top:#}");
     assert_eq!(top["figures"]["conntrack_max"], HELD as f64, "{top:#}");
-    assert!(top["figures"]["conntrack_drops"].as_f64().unwrap() >= 3.0);
+    assert!(figure(top, "conntrack_drops") >= 3.0);
     let text = top.to_string();
     assert!(
         text.contains(net.router.name()),
@@ -378,6 +241,49 @@ fn conntrack_table_full_on_the_router() {
     );
 }
 
+/// What `bulk_through_dnat` runs `diagnose` on.
+#[derive(Clone, Copy)]
+enum Watched {
+    Client,
+    Server,
+}
+
+/// Three clients download 4 MiB per request for 4 s from a file server
+/// behind the router's DNAT (`SERVICE4:80`) while `diagnose` watches one
+/// end. With `bypass_every`, the router lets 1 in that many of the
+/// server's packets skip conntrack (NOTRACK on 1 in N: the same path as
+/// a reply conntrack marks INVALID), so they miss the reverse NAT.
+/// Returns the report, the seconds it covers, and the downloads that
+/// worked and that failed.
+fn bulk_through_dnat(
+    tag: &str,
+    bypass_every: Option<u32>,
+    watched: Watched,
+) -> (Value, f64, u32, u32) {
+    let t0 = Instant::now();
+    let net = Routed::new(tag);
+    let files = file_server(
+        &net.server,
+        format!("{}:8080", Routed::SERVER4).parse().unwrap(),
+        4 << 20,
+    );
+    let service = service(&net, 8080);
+    if let Some(every) = bypass_every {
+        net.router.exec_line(&format!(
+            "iptables -t raw -A PREROUTING -i {} -p tcp --sport 8080 -m statistic --mode nth --every {every} --packet 0 -j NOTRACK",
+            Routed::ROUTER_TO_SERVER
+        ));
+    }
+    let diagnose = Diagnose::start(match watched {
+        Watched::Client => net.client.name(),
+        Watched::Server => net.server.name(),
+    });
+    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
+    let (report, seconds) = diagnose.finish();
+    drop(files);
+    (report, seconds.max(t0.elapsed().as_secs_f64()), ok, failed)
+}
+
 /// Replies that skip reverse NAT at the router (NOTRACK on 1 in 200
 /// server packets: the same path as a reply conntrack marks INVALID)
 /// reach the client under the server's own address; the client's kernel
@@ -386,62 +292,20 @@ fn conntrack_table_full_on_the_router() {
 #[test]
 fn invalid_replies_bypass_nat_on_the_router() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctinv");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    net.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "r1",
-            "-p",
-            "tcp",
-            "--sport",
-            "8080",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "200",
-            "--packet",
-            "0",
-            "-j",
-            "NOTRACK",
-        ],
-    );
-    let diagnose = Diagnose::start(net.client.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctinv", Some(200), Watched::Client);
     assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
     let top = assert_top_names_me(&report, "conntrack_invalid_nat_bypass");
     let summary = top["summary"].as_str().unwrap();
     assert!(
-        summary.contains(SERVER4) && summary.contains(SERVICE4),
+        summary.contains(Routed::SERVER4) && summary.contains(SERVICE4),
         "{top:#}"
     );
-    assert!(top["figures"]["strays"].as_f64().unwrap() >= 1.0);
+    assert!(figure(top, "strays") >= 1.0);
     assert!(
         top["fix"].to_string().contains("ctstate INVALID"),
         "{top:#}"
     );
-    describe(
-        "conntrack_invalid_nat_bypass",
-        &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
-    );
+    describe("conntrack_invalid_nat_bypass", &report, seconds);
 }
 
 /// Control: bulk downloads through the same DNAT router, nothing wrong
@@ -449,29 +313,12 @@ fn invalid_replies_bypass_nat_on_the_router() {
 #[test]
 fn healthy_forwarded_bulk_transfer_is_silent() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctok");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    let diagnose = Diagnose::start(net.client.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctok", None, Watched::Client);
     assert!(ok > 0 && failed == 0, "downloads {ok}, failed {failed}");
     let problems = problems(&report);
     assert!(problems.is_empty(), "{report:#}");
     assert!(report["events"].as_u64().unwrap() > 0, "traffic was seen");
-    describe(
-        "control_bulk_forwarded",
-        &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
-    );
+    describe("control_bulk_forwarded", &report, seconds);
 }
 
 /// The same bypass watched from the backend's namespace only: the
@@ -480,45 +327,7 @@ fn healthy_forwarded_bulk_transfer_is_silent() {
 #[test]
 fn invalid_replies_bypass_nat_seen_from_the_backend() {
     require_root();
-    let t0 = Instant::now();
-    let net = Routed::new("ctinb");
-    let stop = Arc::new(AtomicBool::new(false));
-    file_server(
-        &net.server,
-        format!("{SERVER4}:8080").parse().unwrap(),
-        4 << 20,
-        stop.clone(),
-    );
-    let service = net.service(8080);
-    net.router.exec(
-        "iptables",
-        &[
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "r1",
-            "-p",
-            "tcp",
-            "--sport",
-            "8080",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            "150",
-            "--packet",
-            "0",
-            "-j",
-            "NOTRACK",
-        ],
-    );
-    let diagnose = Diagnose::start(net.server.name());
-    let (ok, failed) = download(&net.client, service, 3, 4 << 20, Duration::from_secs(4));
-    let (report, seconds) = diagnose.finish();
-    stop.store(true, Ordering::Relaxed);
+    let (report, seconds, ok, failed) = bulk_through_dnat("ctinb", Some(150), Watched::Server);
     assert!(ok > 0 && failed > 0, "downloads {ok}, reset {failed}");
     let top = findings(&report)
         .first()
@@ -528,13 +337,10 @@ fn invalid_replies_bypass_nat_seen_from_the_backend() {
     let (pid, _, role) = first_affected(top);
     assert_eq!(pid, u64::from(std::process::id()), "{top:#}");
     assert_eq!(role, "backend", "{top:#}");
-    assert!(
-        top["figures"]["conntrack_invalid"].as_f64().unwrap() >= 1.0,
-        "{top:#}"
-    );
+    assert!(figure(top, "conntrack_invalid") >= 1.0, "{top:#}");
     describe(
         "conntrack_invalid_nat_bypass (backend side)",
         &report,
-        seconds.max(t0.elapsed().as_secs_f64()),
+        seconds,
     );
 }

@@ -15,20 +15,18 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::{self, JoinHandle},
+    sync::{Mutex, atomic::Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tests::{
     Netns,
-    diagnose::{Diagnose, assert_top, describe, findings, first_affected},
-    require_root, set_linger_zero,
+    diagnose::{Diagnose, assert_top, describe_since, figure, findings, first_affected},
+    require_root,
+    server::Server,
+    set_linger_zero, sockopt,
 };
 
 /// What the node does with a packet of a flow it forgot.
@@ -44,15 +42,11 @@ enum Forget {
 struct NatPath {
     app: Netns,
     node: Netns,
-    db: Netns,
+    _db: Netns,
     /// The service address clients connect to.
     vip: SocketAddr,
-    /// Where the node sends it.
-    backend: SocketAddr,
-    /// Stops the echo server.
-    stop: Arc<AtomicBool>,
-    /// The echo server's accept thread (it joins its connection threads).
-    server: Option<JoinHandle<()>>,
+    /// The echo server on the backend; stopped first on drop.
+    server: Option<Server>,
     /// Client connections whose last send got no answer, aborted with an
     /// RST when the path is dropped (the server side aborts its own open
     /// connections on stop): closed with a FIN into a flow the node forgot
@@ -66,30 +60,8 @@ impl NatPath {
         let app = Netns::new(&format!("{tag}a"));
         let node = Netns::new(&format!("{tag}n"));
         let db = Netns::new(&format!("{tag}d"));
-        app.ip(&[
-            "link",
-            "add",
-            "a0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "n0",
-            "netns",
-            node.name(),
-        ]);
-        node.ip(&[
-            "link",
-            "add",
-            "n1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "d0",
-            "netns",
-            db.name(),
-        ]);
+        app.add_veth("a0", &node, "n0");
+        node.add_veth("n1", &db, "d0");
         let (app_addr, node_a, node_d, db_addr, vip, prefix) = if v6 {
             (
                 "2001:db8:71::2",
@@ -109,25 +81,19 @@ impl NatPath {
                 "24",
             )
         };
-        let family = if v6 { "-6" } else { "-4" };
         for (ns, dev, addr) in [
             (&app, "a0", app_addr),
             (&node, "n0", node_a),
             (&node, "n1", node_d),
             (&db, "d0", db_addr),
         ] {
-            let cidr = format!("{addr}/{prefix}");
-            let mut args = vec![family, "addr", "add", cidr.as_str(), "dev", dev];
-            if v6 {
-                args.push("nodad");
-            }
-            ns.ip(&args);
-            ns.ip(&["link", "set", dev, "up"]);
+            ns.up(dev, &[&format!("{addr}/{prefix}")]);
         }
-        app.ip(&[family, "route", "add", "default", "via", node_a]);
-        db.ip(&[family, "route", "add", "default", "via", node_d]);
+        app.default_route(node_a);
+        db.default_route(node_d);
         // The service address routes to the backends, as on a real load
         // balancer: a packet that misses the DNAT meets the FORWARD rule.
+        let family = if v6 { "-6" } else { "-4" };
         let vip_host = format!("{vip}/{}", if v6 { 128 } else { 32 });
         node.ip(&[family, "route", "add", &vip_host, "via", db_addr]);
         if v6 {
@@ -137,112 +103,47 @@ impl NatPath {
         }
         let tables = if v6 { "ip6tables" } else { "iptables" };
         let backend: SocketAddr = SocketAddr::new(db_addr.parse().unwrap(), 5432);
-        let to = backend.to_string();
-        node.exec(
-            tables,
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-d",
-                vip,
-                "-p",
-                "tcp",
-                "--dport",
-                "5432",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        );
-        let mut invalid = vec![
-            "-A",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-        ];
-        match forget {
-            Forget::Drop => invalid.push("DROP"),
-            Forget::Reset => invalid.extend(["REJECT", "--reject-with", "tcp-reset"]),
-        }
-        node.exec(tables, &invalid);
+        node.exec_line(&format!(
+            "{tables} -t nat -A PREROUTING -d {vip} -p tcp --dport 5432 -j DNAT --to-destination {backend}"
+        ));
+        let verdict = match forget {
+            Forget::Drop => "DROP",
+            Forget::Reset => "REJECT --reject-with tcp-reset",
+        };
+        node.exec_line(&format!(
+            "{tables} -A FORWARD -p tcp -m conntrack --ctstate INVALID -j {verdict}"
+        ));
         // Per-namespace conntrack knobs (present once the rules loaded it).
         node.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
         node.sysctl(
             "net.netfilter.nf_conntrack_tcp_timeout_established",
             &timeout_s.to_string(),
         );
-        let mut path = NatPath {
+        let server = echo_server(&db, backend);
+        NatPath {
             app,
             node,
-            db,
+            _db: db,
             vip: SocketAddr::new(vip.parse().unwrap(), 5432),
-            backend,
-            stop: Arc::new(AtomicBool::new(false)),
-            server: None,
+            server: Some(server),
             stuck: Mutex::default(),
-        };
-        path.server = Some(path.start_echo_server());
-        path
+        }
     }
 
-    /// An echo server on the backend, on threads of its own that end when
-    /// the path is dropped.
-    fn start_echo_server(&self) -> JoinHandle<()> {
-        let listener = self
-            .db
-            .run(|| TcpListener::bind(self.backend).expect("bind backend"));
-        listener.set_nonblocking(true).unwrap();
-        let stop = self.stop.clone();
-        thread::spawn(move || {
-            let mut handlers = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let stop = stop.clone();
-                        handlers.push(thread::spawn(move || {
-                            conn.set_nonblocking(false).unwrap();
-                            conn.set_read_timeout(Some(Duration::from_millis(200)))
-                                .unwrap();
-                            let mut buf = [0u8; 512];
-                            while !stop.load(Ordering::Relaxed) {
-                                match conn.read(&mut buf) {
-                                    Ok(0) => break,
-                                    Ok(n) => {
-                                        if conn.write_all(&buf[..n]).is_err() {
-                                            break;
-                                        }
-                                    }
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            ErrorKind::WouldBlock | ErrorKind::TimedOut
-                                        ) => {}
-                                    Err(_) => break,
-                                }
-                            }
-                            if stop.load(Ordering::Relaxed) {
-                                set_linger_zero(&conn);
-                            }
-                        }));
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => panic!("accept: {e}"),
-                }
-            }
-            for h in handlers {
-                let _ = h.join();
-            }
-        })
+    /// `tcptrace diagnose` on `watched` (the client's or the node's
+    /// namespace) while the client runs [`NatPath::pool`]: what each lane
+    /// got, and the report.
+    fn diagnose_pool(
+        &self,
+        watched: &Netns,
+        lanes: &[&[u64]],
+        user_timeout_ms: Option<u32>,
+        answer_wait: Duration,
+    ) -> (Vec<Vec<String>>, Value) {
+        let diagnose = Diagnose::start(watched.name());
+        let got = self.pool(lanes, user_timeout_ms, answer_wait);
+        let (report, _) = diagnose.finish();
+        (got, report)
     }
 
     /// Pooled connections from the client, one per lane, each reused after
@@ -268,8 +169,8 @@ impl NatPath {
                                 .expect("connect to the service address");
                             conn.set_read_timeout(Some(answer_wait)).unwrap();
                             if let Some(ms) = user_timeout_ms {
-                                setsockopt_int(
-                                    conn.as_raw_fd(),
+                                sockopt::set_int(
+                                    &conn,
                                     libc::IPPROTO_TCP,
                                     libc::TCP_USER_TIMEOUT,
                                     ms as i32,
@@ -320,31 +221,43 @@ impl Drop for NatPath {
         for conn in self.stuck.lock().unwrap().drain(..) {
             set_linger_zero(&conn);
         }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
-        }
+        drop(self.server.take());
     }
 }
 
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: a valid fd and a pointer to an int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+/// An echo server on the backend, on threads of its own: each connection
+/// echoes until the client closes, or is aborted with an RST when the
+/// server stops.
+fn echo_server(db: &Netns, backend: SocketAddr) -> Server {
+    let listener = db.run(|| TcpListener::bind(backend).expect("bind backend"));
+    Server::spawn(listener, |mut conn, stop| {
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            set_linger_zero(&conn);
+        }
+    })
 }
 
-fn figure(finding: &Value, name: &str) -> f64 {
-    finding["figures"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no figure {name}: {finding:#}"))
+/// What each lane of a pool got, written `ok,TimedOut` per lane.
+fn outcomes(lanes: &[&str]) -> Vec<Vec<String>> {
+    lanes
+        .iter()
+        .map(|lane| lane.split(',').map(String::from).collect())
+        .collect()
 }
 
 /// The text an on-call engineer reads: summary and evidence.
@@ -356,14 +269,17 @@ fn text(finding: &Value) -> String {
     all.join("\n")
 }
 
-/// Nothing else at medium or high.
-fn alone(report: &Value) {
+/// The top finding is `cause` at high confidence (`assert_top`) and
+/// nothing else is at medium or high; returns it.
+fn top_alone<'a>(report: &'a Value, cause: &str) -> &'a Value {
+    let top = assert_top(report, cause);
     let others: Vec<_> = findings(report)[1..]
         .iter()
         .filter(|f| f["confidence"] != "low")
         .map(|f| f["cause"].clone())
         .collect();
     assert!(others.is_empty(), "other findings {others:?}: {report:#}");
+    top
 }
 
 /// The idle timeout's bounds: what worked, what failed, and the figure.
@@ -388,24 +304,15 @@ fn silent_nat_idle_timeout_seen_from_the_client() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("sb", false, 2, Forget::Drop);
-    let diagnose = Diagnose::start(path.app.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.app,
         &[&[600, 2_500], &[1_000, 2_700], &[500, 1_000, 1_400]],
         Some(800),
         Duration::from_secs(3),
     );
-    let (report, _) = diagnose.finish();
-    assert_eq!(
-        got,
-        vec![
-            vec!["ok", "TimedOut"],
-            vec!["ok", "TimedOut"],
-            vec!["ok", "ok", "ok"]
-        ],
-        "what the client saw"
-    );
-    let top = assert_top(&report, "middlebox_idle_blackhole");
-    alone(&report);
+    let saw = outcomes(&["ok,TimedOut", "ok,TimedOut", "ok,ok,ok"]);
+    assert_eq!(got, saw, "what the client saw");
+    let top = top_alone(&report, "middlebox_idle_blackhole");
     let (pid, _, role) = first_affected(top);
     assert_eq!((pid, role), (u64::from(std::process::id()), "client"));
     assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
@@ -417,11 +324,7 @@ fn silent_nat_idle_timeout_seen_from_the_client() {
         "{t}"
     );
     assert!(top["fix"][0].as_str().unwrap().contains("1.4 s"), "{top:#}");
-    describe(
-        "middlebox_idle_blackhole (client, v4, 2 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("middlebox_idle_blackhole (client, v4, 2 s)", &report, t0);
 }
 
 /// Silent drop, IPv6, 4 s: the application gives up after 0.8 s without
@@ -431,28 +334,19 @@ fn silent_nat_idle_timeout_ipv6_application_gives_up() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("s6", true, 4, Forget::Drop);
-    let diagnose = Diagnose::start(path.app.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.app,
         &[&[1_000, 3_000], &[4_500], &[4_700]],
         None,
         Duration::from_millis(800),
     );
-    let (report, _) = diagnose.finish();
-    assert_eq!(
-        got,
-        vec![vec!["ok", "ok"], vec!["no answer"], vec!["no answer"]],
-        "what the client saw"
-    );
-    let top = assert_top(&report, "middlebox_idle_blackhole");
-    alone(&report);
+    let saw = outcomes(&["ok,ok", "no answer", "no answer"]);
+    assert_eq!(got, saw, "what the client saw");
+    let top = top_alone(&report, "middlebox_idle_blackhole");
     assert_eq!(first_affected(top).2, "client");
     assert_bounds(top, (2.95, 3.1), (4.45, 4.6), 4.0);
     assert!(text(top).contains("[2001:db8:79::9]:5432"), "{top:#}");
-    describe(
-        "middlebox_idle_blackhole (client, v6, 4 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("middlebox_idle_blackhole (client, v6, 4 s)", &report, t0);
 }
 
 /// RST, IPv6, 2 s, a pool whose idle varies: resets after 2.4, 3.2 and
@@ -463,18 +357,16 @@ fn rejecting_nat_idle_timeout_with_varied_idle_ipv6() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("r6", true, 2, Forget::Reset);
-    let diagnose = Diagnose::start(path.app.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.app,
         &[&[600, 2_400], &[1_500, 3_200], &[1_000, 3_800]],
         None,
         Duration::from_secs(2),
     );
-    let (report, _) = diagnose.finish();
     for lane in &got {
         assert_eq!(lane.last().unwrap(), "ConnectionReset", "{got:?}");
     }
-    let top = assert_top(&report, "lb_idle_timeout");
-    alone(&report);
+    let top = top_alone(&report, "lb_idle_timeout");
     assert_eq!(first_affected(top).2, "client");
     assert_bounds(top, (1.45, 1.6), (2.35, 2.5), 2.0);
     assert_eq!(figure(top, "resets"), 3.0);
@@ -485,11 +377,7 @@ fn rejecting_nat_idle_timeout_with_varied_idle_ipv6() {
             .any(|f| f["cause"] == "half_open_after_peer_restart"),
         "{report:#}"
     );
-    describe(
-        "lb_idle_timeout (client, v6, RST, 2 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("lb_idle_timeout (client, v6, RST, 2 s)", &report, t0);
 }
 
 /// RST, IPv4, 4 s: the same kind with a longer timeout.
@@ -498,29 +386,19 @@ fn rejecting_nat_idle_timeout_ipv4() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("r4", false, 4, Forget::Reset);
-    let diagnose = Diagnose::start(path.app.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.app,
         &[&[1_200, 3_200], &[4_500], &[4_800]],
         None,
         Duration::from_secs(2),
     );
-    let (report, _) = diagnose.finish();
     assert_eq!(
         got,
-        vec![
-            vec!["ok", "ok"],
-            vec!["ConnectionReset"],
-            vec!["ConnectionReset"]
-        ]
+        outcomes(&["ok,ok", "ConnectionReset", "ConnectionReset"])
     );
-    let top = assert_top(&report, "lb_idle_timeout");
-    alone(&report);
+    let top = top_alone(&report, "lb_idle_timeout");
     assert_bounds(top, (3.15, 3.3), (4.45, 4.6), 4.0);
-    describe(
-        "lb_idle_timeout (client, v4, RST, 4 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("lb_idle_timeout (client, v4, RST, 4 s)", &report, t0);
 }
 
 /// Silent drop, IPv4, 3 s, watched on the node: no socket there, only
@@ -530,35 +408,24 @@ fn silent_nat_idle_timeout_seen_from_the_node() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("sn", false, 3, Forget::Drop);
-    let diagnose = Diagnose::start(path.node.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.node,
         &[&[800, 3_400], &[3_500], &[2_000]],
         Some(800),
         Duration::from_secs(2),
     );
-    let (report, _) = diagnose.finish();
-    assert_eq!(
-        got,
-        vec![vec!["ok", "TimedOut"], vec!["TimedOut"], vec!["ok"]]
-    );
-    let top = assert_top(&report, "middlebox_idle_blackhole");
-    alone(&report);
+    assert_eq!(got, outcomes(&["ok,TimedOut", "TimedOut", "ok"]));
+    let top = top_alone(&report, "middlebox_idle_blackhole");
     assert_eq!(figure(top, "idle_timeout_s"), 3.0);
     assert_eq!(figure(top, "flows"), 2.0);
     assert_eq!(top["affected"][0]["peer"], path.vip.to_string());
     assert!(text(top).contains("198.18.71.2"), "{top:#}");
+    let fix = top["fix"][0].as_str().unwrap();
     assert!(
-        top["fix"][0]
-            .as_str()
-            .unwrap()
-            .contains("nf_conntrack_tcp_timeout_established (now 3 s"),
+        fix.contains("nf_conntrack_tcp_timeout_established (now 3 s"),
         "{top:#}"
     );
-    describe(
-        "middlebox_idle_blackhole (node, v4, 3 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("middlebox_idle_blackhole (node, v4, 3 s)", &report, t0);
 }
 
 /// RST, IPv6, 4 s, watched on the node: the RST netfilter's REJECT sends
@@ -569,23 +436,15 @@ fn rejecting_nat_idle_timeout_seen_from_the_node_ipv6() {
     require_root();
     let t0 = Instant::now();
     let path = NatPath::new("rn", true, 4, Forget::Reset);
-    let diagnose = Diagnose::start(path.node.name());
-    let got = path.pool(
+    let (got, report) = path.diagnose_pool(
+        &path.node,
         &[&[1_000, 3_000], &[4_500], &[4_700]],
         None,
         Duration::from_secs(2),
     );
-    let (report, _) = diagnose.finish();
-    assert_eq!(
-        got,
-        vec![
-            vec!["ok", "ok"],
-            vec!["ConnectionReset"],
-            vec!["ConnectionReset"]
-        ]
-    );
-    let top = assert_top(&report, "middlebox_idle_blackhole");
-    alone(&report);
+    let saw = outcomes(&["ok,ok", "ConnectionReset", "ConnectionReset"]);
+    assert_eq!(got, saw);
+    let top = top_alone(&report, "middlebox_idle_blackhole");
     assert_eq!(figure(top, "idle_timeout_s"), 4.0);
     assert_eq!(figure(top, "flows"), 2.0);
     assert_eq!(figure(top, "drops"), 2.0);
@@ -595,9 +454,5 @@ fn rejecting_nat_idle_timeout_seen_from_the_node_ipv6() {
         t.contains("REJECT") && !t.contains("never answered"),
         "{top:#}"
     );
-    describe(
-        "middlebox_idle_blackhole (node, v6, RST, 4 s)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("middlebox_idle_blackhole (node, v6, RST, 4 s)", &report, t0);
 }

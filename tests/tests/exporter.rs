@@ -21,37 +21,16 @@ use std::{
 use serde_json::Value;
 use tests::{
     Netns, Trace,
-    diagnose::Guard,
     exporter::{Exporter, Prometheus, alert_rules, get, sum_of},
-    require_root, tcptrace_bin,
+    host::ScratchDir,
+    nginx::Nginx,
+    require_root,
+    server::Sink,
+    tcptrace_bin,
 };
 
 fn me() -> u32 {
     std::process::id()
-}
-
-/// A server in `ns` that accepts and reads until the client goes away.
-fn sink_server(ns: &Netns) -> (SocketAddr, Arc<AtomicBool>, thread::JoinHandle<()>) {
-    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let stop = done.clone();
-    let server = thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut conn, _)) => {
-                    conn.set_nonblocking(false).unwrap();
-                    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                    let mut buf = [0u8; 64];
-                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                }
-                Err(_) => thread::sleep(Duration::from_millis(1)),
-            }
-        }
-    });
-    (addr, done, server)
 }
 
 /// A reset storm (`stress churn --rst`, every close an RST) in a
@@ -63,7 +42,9 @@ fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("expstorm");
-    let (server, done, acceptor) = sink_server(&ns);
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let server = listener.local_addr().unwrap();
+    let sink = Sink::spawn(listener);
     // The namespace has only loopback: no TC programs (no origin needed here).
     let trace = Trace::start(&["--netns", ns.name(), "--events", "rst", "--no-tc"]);
     let exporter = Exporter::start(&["--netns", ns.name(), "--interval", "1s", "--window", "30s"]);
@@ -107,8 +88,7 @@ fn exporter_counts_a_reset_storm_exactly_for_prometheus() {
         stable.then_some(now)
     });
     let records = trace.stop();
-    done.store(true, Ordering::Relaxed);
-    acceptor.join().unwrap();
+    drop(sink);
 
     let traced = records.of_kind("rst_sent").count() + records.of_kind("rst_received").count();
     let summary = records.summary();
@@ -151,7 +131,7 @@ fn exporter_findings_reach_prometheus_and_the_alert_fires() {
     let t0 = Instant::now();
     let ns = Netns::new("expka");
     let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
-    let _nginx = start_nginx(&ns, server);
+    let _nginx = Nginx::start(&ns, server, "1s");
     let exporter = Exporter::start(&["--netns", ns.name(), "--interval", "1s", "--window", "20s"]);
     let prometheus = Prometheus::start(&[exporter.addr], Some(&alert_rules("0s")));
     prometheus.wait_for(Duration::from_secs(15), "first scrape", |p| {
@@ -247,66 +227,6 @@ for c in pool:
 print("failed", failed)
 "#;
 
-/// A real nginx in `ns` on `listen` with `keepalive_timeout 1s`.
-fn start_nginx(ns: &Netns, listen: SocketAddr) -> (Guard, Scratch) {
-    let dir = Scratch::new(&format!("nginx-{}", ns.name()));
-    let d = dir.0.display();
-    let config = dir.0.join("nginx.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
-             error_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
-        ),
-    )
-    .expect("write nginx.conf");
-    let nginx = Guard(
-        ns.command("nginx")
-            .arg("-c")
-            .arg(&config)
-            .arg("-p")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx-light)"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    ns.run(|| {
-        while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx does not listen on {listen}"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    });
-    (nginx, dir)
-}
-
-/// A directory of the test's own, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", me()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// cgroup directories the test made, removed deepest first at the end
 /// (after the processes in them are gone).
 struct Cgroups(Vec<PathBuf>);
@@ -385,8 +305,8 @@ fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     let cid = "7c9f1b2a3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
     let uid1 = "1a2b3c4d-5e6f-4a8b-9c0d-e1f2a3b4c5d6";
     let cid1 = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-    let logs = Scratch::new("pods");
-    let pods = logs.0.join("pods");
+    let logs = ScratchDir::new("pods");
+    let pods = logs.path().join("pods");
     for dir in [
         format!("shop_checkout-7d9f8b6c5-x2x4z_{uid}/app"),
         format!("shop_checkout-7d9f8b6c5-x2x4z_{uid}/istio-proxy"),
@@ -394,9 +314,9 @@ fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     ] {
         std::fs::create_dir_all(pods.join(dir)).unwrap();
     }
-    std::fs::create_dir_all(logs.0.join("containers")).unwrap();
+    std::fs::create_dir_all(logs.path().join("containers")).unwrap();
     std::fs::write(
-        logs.0.join(format!(
+        logs.path().join(format!(
             "containers/checkout-7d9f8b6c5-x2x4z_shop_app-{cid}.log"
         )),
         "",
@@ -453,7 +373,7 @@ fn exporter_and_trace_name_pods_from_cgroups_and_the_kubelet_log_tree() {
     }
     let pids: Vec<String> = clients.iter().map(|(c, _, _)| c.id().to_string()).collect();
     let pods_dir = pods.display().to_string();
-    let record = logs.0.join("pods.rec");
+    let record = logs.path().join("pods.rec");
     let record_arg = record.display().to_string();
     let mut trace_args = vec![
         "--events",
@@ -566,8 +486,8 @@ fn exporter_bad_input_is_one_line() {
     require_root();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let not_a_dir = Scratch::new("notadir");
-    let file = not_a_dir.0.join("file");
+    let not_a_dir = ScratchDir::new("notadir");
+    let file = not_a_dir.path().join("file");
     std::fs::write(&file, "").unwrap();
     let file = file.display().to_string();
     for (args, code, says) in [

@@ -44,6 +44,15 @@ fn connect(net: &Routed, listener: &TcpListener, server: &str) -> (TcpStream, Tc
     (client, accepted, client_port)
 }
 
+/// The router answers every further segment to `listener`'s port with an
+/// RST of its own (`iptables` or `ip6tables`, REJECT tcp-reset).
+fn reject_on_router(net: &Routed, iptables: &str, listener: &TcpListener) {
+    let port = listener.local_addr().unwrap().port();
+    net.router.exec_line(&format!(
+        "{iptables} -I FORWARD -p tcp --dport {port} -j REJECT --reject-with tcp-reset"
+    ));
+}
+
 /// The client's next read fails with ECONNRESET.
 fn expect_reset(client: &mut TcpStream) {
     client
@@ -77,22 +86,7 @@ fn origins(v6: bool) {
 
     let (mut client, mut accepted, forged_port) = connect(&net, &forged, server);
     exchange(&mut client, &mut accepted);
-    let dport = forged.local_addr().unwrap().port().to_string();
-    net.router.exec(
-        iptables,
-        &[
-            "-I",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "--dport",
-            &dport,
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ],
-    );
+    reject_on_router(&net, iptables, &forged);
     client.write_all(b"again").unwrap();
     expect_reset(&mut client);
 
@@ -347,22 +341,7 @@ fn provenance_diagnose_blames_the_path() {
             (client, accepted)
         })
         .collect();
-    let dport = listener.local_addr().unwrap().port().to_string();
-    net.router.exec(
-        "iptables",
-        &[
-            "-I",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "--dport",
-            &dport,
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ],
-    );
+    reject_on_router(&net, "iptables", &listener);
     for (client, _) in &mut conns {
         client.write_all(b"again").unwrap();
         expect_reset(client);

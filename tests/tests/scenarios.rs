@@ -11,8 +11,6 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,70 +19,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tests::{
     Netns, NetnsPair,
-    diagnose::{Diagnose, Guard, assert_top, describe, findings, first_affected},
+    diagnose::{
+        Diagnose, assert_top, describe_since, diagnose_while, figure, findings, first_affected,
+    },
     haproxy::IdleTimeoutLb,
+    http::{pooled_reuse, request},
+    nginx::Nginx,
     require_root,
+    server::Sink,
+    sockopt,
 };
 
 fn me() -> u32 {
     std::process::id()
-}
-
-fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) {
-    // SAFETY: a valid fd and a pointer to an int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
-}
-
-fn linger_zero(stream: &TcpStream) {
-    tests::set_linger_zero(stream);
-}
-
-/// A temporary directory removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tcptrace-{tag}-{}", me()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Connects until something listens on `addr` (at most 10 s).
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP/1.1 request and its (small, complete) response.
-fn request(conn: &mut TcpStream) -> std::io::Result<usize> {
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
-    let mut buf = [0u8; 4096];
-    let n = conn.read(&mut buf)?;
-    if n == 0 {
-        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed"));
-    }
-    Ok(n)
 }
 
 /// A real HAProxy with `timeout client 2s` in front of a backend; a
@@ -103,7 +53,7 @@ fn lb_idle_timeout_behind_haproxy() {
 
     let top = assert_top(&report, "lb_idle_timeout");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
+    let idle = figure(top, "idle_timeout_s");
     assert!((1.9..=2.6).contains(&idle), "idle timeout {idle}: {top:#}");
     assert_eq!(top["figures"]["resets"], 3.0);
     let closer = top["affected"]
@@ -113,56 +63,25 @@ fn lb_idle_timeout_behind_haproxy() {
         .find(|a| a["role"] == "closer")
         .expect("the closer is named");
     assert_eq!(closer["comm"], "haproxy");
-    describe("lb_idle_timeout", &report, t0.elapsed().as_secs_f64());
+    describe_since("lb_idle_timeout", &report, t0);
     let _ = seconds;
 }
 
-/// A real nginx in `ns` on `listen` with `keepalive_timeout 1s`; stopped
-/// and its directory removed when the returned values drop.
-fn start_nginx(ns: &Netns, listen: SocketAddr) -> (Guard, TempDir) {
-    let dir = TempDir::new(&format!("nginx-{}", ns.name()));
-    let d = dir.0.display();
-    let config = dir.0.join("nginx.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\n\
-             error_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout 1s;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{\n    listen {listen};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
-        ),
-    )
-    .expect("write nginx.conf");
-    let nginx = Guard(
-        ns.command("nginx")
-            .arg("-c")
-            .arg(&config)
-            .arg("-p")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx-light)"),
-    );
-    ns.run(|| wait_listening(listen));
-    (nginx, dir)
-}
-
-/// Three keep-alive connections used once, then again after `idle`;
-/// returns how many of the reuses failed.
-fn pooled_reuse(server: SocketAddr, idle: Duration) -> usize {
-    let mut pool: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(server).expect("connect"))
-        .collect();
-    for conn in &mut pool {
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        request(conn).expect("request on a fresh pooled connection");
-    }
-    thread::sleep(idle);
-    pool.iter_mut().map(request).filter(Result::is_err).count()
+/// nginx with `keepalive_timeout 1s` on `server` in `server_ns`, watched
+/// by `diagnose` there, and a pool in `client_ns` that reuses its three
+/// connections after 2 s idle: every reuse fails. Returns the report and
+/// its top finding, `server_keepalive_timeout` with a keep-alive timeout
+/// of about 1 s.
+fn keepalive_race(server_ns: &Netns, client_ns: &Netns, server: SocketAddr) -> Value {
+    let _nginx = Nginx::start(server_ns, server, "1s");
+    let diagnose = Diagnose::start(server_ns.name());
+    let failed_reuses = client_ns.run(|| pooled_reuse(server, Duration::from_secs(2)));
+    let (report, _) = diagnose.finish();
+    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
+    let top = assert_top(&report, "server_keepalive_timeout");
+    let idle = figure(top, "idle_timeout_s");
+    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
+    report
 }
 
 /// A real nginx with `keepalive_timeout 1s` (a server, not a proxy) and a
@@ -172,18 +91,9 @@ fn server_keepalive_timeout_behind_nginx() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("ka");
-    let server: SocketAddr = "127.0.0.1:8090".parse().unwrap();
-    let _nginx = start_nginx(&ns, server);
-
-    let diagnose = Diagnose::start(ns.name());
-    let failed_reuses = ns.run(|| pooled_reuse(server, Duration::from_secs(2)));
-    let (report, _) = diagnose.finish();
-    assert_eq!(failed_reuses, 3, "every reuse after the gap should fail");
-
-    let top = assert_top(&report, "server_keepalive_timeout");
+    let report = keepalive_race(&ns, &ns, "127.0.0.1:8090".parse().unwrap());
+    let top = &findings(&report)[0];
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
-    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
     assert!(
         top["affected"]
             .as_array()
@@ -192,11 +102,7 @@ fn server_keepalive_timeout_behind_nginx() {
             .any(|a| a["role"] == "closer" && a["comm"] == "nginx"),
         "{top:#}"
     );
-    describe(
-        "server_keepalive_timeout",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("server_keepalive_timeout", &report, t0);
 }
 
 /// The same race watched from the server's host only: the clients are in
@@ -207,25 +113,13 @@ fn server_keepalive_timeout_seen_from_the_server_host() {
     require_root();
     let t0 = Instant::now();
     let pair = NetnsPair::new("kas");
-    let server: SocketAddr = format!("{}:8090", NetnsPair::B4).parse().unwrap();
-    let (_nginx, _dir) = start_nginx(&pair.b, server);
-
-    let diagnose = Diagnose::start(pair.b.name());
-    let failed_reuses = pair.a.run(|| pooled_reuse(server, Duration::from_secs(2)));
-    let (report, _) = diagnose.finish();
-    assert_eq!(failed_reuses, 3);
-
-    let top = assert_top(&report, "server_keepalive_timeout");
+    let server = format!("{}:8090", NetnsPair::B4).parse().unwrap();
+    let report = keepalive_race(&pair.b, &pair.a, server);
+    let top = &findings(&report)[0];
     let (_, comm, role) = first_affected(top);
     assert_eq!((comm, role), ("nginx", "closer"), "{top:#}");
-    let idle = top["figures"]["idle_timeout_s"].as_f64().unwrap();
-    assert!((0.9..=1.5).contains(&idle), "keep-alive {idle}: {top:#}");
     assert_eq!(top["figures"]["resets"], 3.0, "{top:#}");
-    describe(
-        "server_keepalive_timeout (server host)",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("server_keepalive_timeout (server host)", &report, t0);
 }
 
 /// A listener with backlog 1 that accepts every 250 ms, under the
@@ -286,13 +180,13 @@ fn accept_queue_overflow_on_a_tiny_backlog() {
         report["load"]["status"].as_str().is_some(),
         "the load ended by itself: {report:#}"
     );
-    assert!(top["figures"]["listen_overflows"].as_f64().unwrap() >= 1.0);
-    assert!(top["figures"]["syn_retransmits"].as_f64().unwrap() >= 1.0);
+    assert!(figure(top, "listen_overflows") >= 1.0);
+    assert!(figure(top, "syn_retransmits") >= 1.0);
     assert!(
         top["summary"].as_str().unwrap().contains(&addr.to_string()),
         "{top:#}"
     );
-    describe("accept_queue_overflow", &report, t0.elapsed().as_secs_f64());
+    describe_since("accept_queue_overflow", &report, t0);
 }
 
 /// A client that opens and closes a connection per request, in a
@@ -305,30 +199,9 @@ fn port_exhaustion_with_a_narrow_port_range() {
     pair.a.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
     let server: SocketAddr = format!("{}:8000", NetnsPair::B4).parse().unwrap();
     let listener = pair.b.run(|| TcpListener::bind(server).expect("bind"));
-    listener.set_nonblocking(true).unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let acceptor = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        // Read to EOF: the client closes first and keeps
-                        // the TIME_WAIT.
-                        conn.set_nonblocking(false).unwrap();
-                        conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                        let mut buf = [0u8; 64];
-                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        })
-    };
+    let sink = Sink::spawn(listener);
 
-    let diagnose = Diagnose::start(pair.a.name());
-    let (ok, no_port) = pair.a.run(|| {
+    let ((ok, no_port), report) = diagnose_while(&pair.a, || {
         let (mut ok, mut no_port) = (0, 0);
         for _ in 0..30 {
             match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
@@ -344,9 +217,7 @@ fn port_exhaustion_with_a_narrow_port_range() {
         }
         (ok, no_port)
     });
-    let (report, _) = diagnose.finish();
-    done.store(true, Ordering::Relaxed);
-    acceptor.join().unwrap();
+    drop(sink);
     assert_eq!(ok, 10, "10 ports, 10 connections");
     assert_eq!(no_port, 20, "then EADDRNOTAVAIL");
 
@@ -354,82 +225,66 @@ fn port_exhaustion_with_a_narrow_port_range() {
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["port_range_size"], 10.0);
     assert_eq!(top["figures"]["time_wait"], 10.0);
-    describe("port_exhaustion", &report, t0.elapsed().as_secs_f64());
+    describe_since("port_exhaustion", &report, t0);
+}
+
+/// Five connections over loopback in a namespace of their own, each
+/// ended by `end(client, server)`, which says whether the side that
+/// should have got an RST did (read failed with ECONNRESET), while
+/// `diagnose` watches: all five were reset, and the top finding is
+/// `cause`, naming this process, with 5 resets.
+fn five_resets(tag: &str, cause: &str, end: impl Fn(TcpStream, TcpStream) -> bool + Send) {
+    let t0 = Instant::now();
+    let ns = Netns::new(tag);
+    let (resets, report) = diagnose_while(&ns, move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        (0..5)
+            .filter(|_| {
+                let client = TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                end(client, server)
+            })
+            .count()
+    });
+    assert_eq!(resets, 5);
+    let top = assert_top(&report, cause);
+    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
+    assert_eq!(top["figures"]["resets"], 5.0);
+    describe_since(cause, &report, t0);
+}
+
+/// The next read on `conn` (2 s at most) fails with ECONNRESET.
+fn read_is_reset(conn: &mut TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    matches!(conn.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset)
 }
 
 /// A server that closes connections without reading the request.
 #[test]
 fn close_with_unread_data() {
     require_root();
-    let t0 = Instant::now();
-    let ns = Netns::new("unread");
-    let diagnose = Diagnose::start(ns.name());
-    let resets = ns.run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut resets = 0;
-        for _ in 0..5 {
-            let mut client = TcpStream::connect(addr).unwrap();
-            let (server, _) = listener.accept().unwrap();
-            client.write_all(&[b'x'; 100]).unwrap();
-            thread::sleep(Duration::from_millis(20));
-            drop(server); // 100 bytes unread
-            client
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            let mut buf = [0u8; 16];
-            if matches!(client.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset) {
-                resets += 1;
-            }
-        }
-        resets
+    five_resets("unread", "close_with_unread_data", |mut client, server| {
+        client.write_all(&[b'x'; 100]).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        drop(server); // 100 bytes unread
+        read_is_reset(&mut client)
     });
-    let (report, _) = diagnose.finish();
-    assert_eq!(resets, 5);
-    let top = assert_top(&report, "close_with_unread_data");
-    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    assert_eq!(top["figures"]["resets"], 5.0);
-    describe(
-        "close_with_unread_data",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
 }
 
 /// A client that closes with SO_LINGER {1, 0}.
 #[test]
 fn linger_zero_closer() {
     require_root();
-    let t0 = Instant::now();
-    let ns = Netns::new("linger");
-    let diagnose = Diagnose::start(ns.name());
-    let resets = ns.run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut resets = 0;
-        for _ in 0..5 {
-            let mut client = TcpStream::connect(addr).unwrap();
-            let (mut server, _) = listener.accept().unwrap();
-            client.write_all(b"ping").unwrap();
-            let mut buf = [0u8; 4];
-            server.read_exact(&mut buf).unwrap();
-            linger_zero(&client);
-            drop(client);
-            server
-                .set_read_timeout(Some(Duration::from_secs(2)))
-                .unwrap();
-            if matches!(server.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset) {
-                resets += 1;
-            }
-        }
-        resets
+    five_resets("linger", "linger_zero_abort", |mut client, mut server| {
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        tests::set_linger_zero(&client);
+        drop(client);
+        read_is_reset(&mut server)
     });
-    let (report, _) = diagnose.finish();
-    assert_eq!(resets, 5);
-    let top = assert_top(&report, "linger_zero_abort");
-    assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
-    assert_eq!(top["figures"]["resets"], 5.0);
-    describe("linger_zero_abort", &report, t0.elapsed().as_secs_f64());
 }
 
 /// Packets start being dropped mid-connection (iptables DROP on the
@@ -459,17 +314,11 @@ fn retransmission_timeout_after_a_black_hole() {
         }
     });
 
-    let diagnose = Diagnose::start(pair.a.name());
-    let timeouts = pair.a.run(|| {
+    let (timeouts, report) = diagnose_while(&pair.a, || {
         let mut conns: Vec<TcpStream> = (0..2)
             .map(|_| {
                 let mut c = TcpStream::connect(server).unwrap();
-                setsockopt_int(
-                    c.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_USER_TIMEOUT,
-                    2000,
-                );
+                sockopt::set_int(&c, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 2000);
                 c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 c.write_all(b"hello").unwrap();
                 let mut buf = [0u8; 5];
@@ -479,10 +328,8 @@ fn retransmission_timeout_after_a_black_hole() {
             .collect();
         // The server's side drops everything from now on: a black hole
         // on the path (a local OUTPUT DROP would fail the sends locally).
-        pair.b.exec(
-            "iptables",
-            &["-A", "INPUT", "-p", "tcp", "--dport", "9000", "-j", "DROP"],
-        );
+        pair.b
+            .exec_line("iptables -A INPUT -p tcp --dport 9000 -j DROP");
         for c in &mut conns {
             c.write_all(b"lost").unwrap();
         }
@@ -493,20 +340,15 @@ fn retransmission_timeout_after_a_black_hole() {
             .filter(|r| matches!(r, Err(e) if e.kind() == ErrorKind::TimedOut))
             .count()
     });
-    let (report, _) = diagnose.finish();
     drop(pair); // ends the echo threads' connections
     let _ = echo.join();
     assert_eq!(timeouts, 2, "both connections time out");
     let top = assert_top(&report, "retransmission_timeout");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["timeout_aborts"], 2.0);
-    let for_s = top["figures"]["retransmitting_for_s"].as_f64().unwrap();
+    let for_s = figure(top, "retransmitting_for_s");
     assert!((1.0..=3.5).contains(&for_s), "{for_s}: {top:#}");
-    describe(
-        "retransmission_timeout",
-        &report,
-        t0.elapsed().as_secs_f64(),
-    );
+    describe_since("retransmission_timeout", &report, t0);
 }
 
 /// Connects to a port where nothing listens.
@@ -515,8 +357,7 @@ fn nothing_listening() {
     require_root();
     let t0 = Instant::now();
     let ns = Netns::new("refused");
-    let diagnose = Diagnose::start(ns.name());
-    let refused = ns.run(|| {
+    let (refused, report) = diagnose_while(&ns, || {
         (0..5)
             .filter(|_| {
                 matches!(TcpStream::connect("127.0.0.1:9"),
@@ -524,13 +365,12 @@ fn nothing_listening() {
             })
             .count()
     });
-    let (report, _) = diagnose.finish();
     assert_eq!(refused, 5);
     let top = assert_top(&report, "nothing_listening");
     assert_eq!(first_affected(top).0, u64::from(me()), "{top:#}");
     assert_eq!(top["figures"]["refused"], 5.0);
     assert!(top["summary"].as_str().unwrap().contains("127.0.0.1:9"));
-    describe("nothing_listening", &report, t0.elapsed().as_secs_f64());
+    describe_since("nothing_listening", &report, t0);
 }
 
 /// Healthy request/response traffic: no finding above low confidence.
@@ -592,5 +432,5 @@ fn clean_run_has_no_problem() {
         "{checked:#?}"
     );
     assert!(report["events"].as_u64().unwrap() >= 40, "traffic was seen");
-    describe("clean", &report, t0.elapsed().as_secs_f64());
+    describe_since("clean", &report, t0);
 }

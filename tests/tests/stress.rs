@@ -4,13 +4,13 @@
 //! each misbehaviour produces the failures it should, classified by name.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     process::{Child, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
-use tests::{Netns, NetnsPair, delay::Delay, require_root, tcptrace_bin};
+use tests::{Netns, NetnsPair, delay::Delay, nginx::Nginx, require_root, tcptrace_bin};
 
 /// The built-in server running in a namespace; killed if a test fails.
 struct Server {
@@ -44,13 +44,8 @@ impl Server {
         // SAFETY: signals our own child, which has not been reaped yet.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("wait for server");
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .expect("server stdout");
+        let out =
+            std::io::read_to_string(self.child.stdout.take().unwrap()).expect("server stdout");
         assert!(status.success(), "server exited with {status}: {out}");
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("server report is not JSON ({e}): {out}"))
@@ -64,12 +59,17 @@ impl Drop for Server {
     }
 }
 
-/// Runs a client mode with `--json`; returns (exit ok, report, stderr).
-fn stress(netns: &Netns, args: &[&str]) -> (bool, Value, String) {
-    let out = netns
-        .command(tcptrace_bin())
-        .arg("stress")
-        .args(args)
+/// `tcptrace stress LINE` in `netns`, LINE split at whitespace.
+fn stress_command(netns: &Netns, line: &str) -> std::process::Command {
+    let mut cmd = netns.command(tcptrace_bin());
+    cmd.arg("stress").args(line.split_whitespace());
+    cmd
+}
+
+/// Runs a client mode (`LINE`: mode, target, flags) with `--json`;
+/// returns (exit ok, report, stderr).
+fn stress(netns: &Netns, line: &str) -> (bool, Value, String) {
+    let out = stress_command(netns, line)
         .arg("--json")
         .output()
         .expect("run tcptrace");
@@ -81,27 +81,22 @@ fn stress(netns: &Netns, args: &[&str]) -> (bool, Value, String) {
 }
 
 /// Runs tcptrace expecting a one-line error; returns it.
-fn stress_error(netns: &Netns, args: &[&str]) -> String {
-    stress_failure(netns, args, 1)
+fn stress_error(netns: &Netns, line: &str) -> String {
+    stress_failure(netns, line, 1)
 }
 
 /// The same for a usage error (a target that is not HOST:PORT): exit 2.
-fn stress_usage_error(netns: &Netns, args: &[&str]) -> String {
-    stress_failure(netns, args, 2)
+fn stress_usage_error(netns: &Netns, line: &str) -> String {
+    stress_failure(netns, line, 2)
 }
 
-fn stress_failure(netns: &Netns, args: &[&str], code: i32) -> String {
-    let out = netns
-        .command(tcptrace_bin())
-        .arg("stress")
-        .args(args)
-        .output()
-        .expect("run tcptrace");
+fn stress_failure(netns: &Netns, line: &str, code: i32) -> String {
+    let out = stress_command(netns, line).output().expect("run tcptrace");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),
         Some(code),
-        "{args:?} should fail: {stderr}"
+        "{line:?} should fail: {stderr}"
     );
     assert!(out.stdout.is_empty(), "no report on a setup error");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -119,16 +114,7 @@ fn stress_churn_counts_match_the_server() {
     let server = Server::start(&ns, "127.0.0.1:7200", &[]);
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "churn",
-            "127.0.0.1:7200",
-            "--count",
-            "3000",
-            "--concurrency",
-            "16",
-            "--duration",
-            "30s",
-        ],
+        "churn 127.0.0.1:7200 --count 3000 --concurrency 16 --duration 30s",
     );
     assert!(ok);
     assert_eq!(report["attempts"], 3000);
@@ -152,17 +138,7 @@ fn stress_churn_rst_and_rate() {
     // 300 attempts at 1000/s take 0.3 s however many workers there are.
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "churn",
-            "127.0.0.1:7201",
-            "--count",
-            "300",
-            "--rate",
-            "1000",
-            "--rst",
-            "--duration",
-            "20s",
-        ],
+        "churn 127.0.0.1:7201 --count 300 --rate 1000 --rst --duration 20s",
     );
     assert!(ok);
     assert_eq!(report["connected"], 300, "{report}");
@@ -184,10 +160,7 @@ fn stress_hold_counts_match_the_server() {
     require_root();
     let ns = Netns::new("sho");
     let server = Server::start(&ns, "127.0.0.1:7202", &[]);
-    let (ok, report, _) = stress(
-        &ns,
-        &["hold", "127.0.0.1:7202", "--count", "500", "--hold", "1s"],
-    );
+    let (ok, report, _) = stress(&ns, "hold 127.0.0.1:7202 --count 500 --hold 1s");
     assert!(ok);
     assert_eq!(report["connected"], 500, "{report}");
     assert_eq!(report["hold"]["held"], 500, "{report}");
@@ -210,18 +183,7 @@ fn stress_hold_against_a_full_backlog_times_out() {
     let server = Server::start(&ns, "127.0.0.1:7203", &["--backlog", "1", "--no-accept"]);
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "hold",
-            "127.0.0.1:7203",
-            "--count",
-            "20",
-            "--concurrency",
-            "20",
-            "--connect-timeout",
-            "1s",
-            "--hold",
-            "100ms",
-        ],
+        "hold 127.0.0.1:7203 --count 20 --concurrency 20 --connect-timeout 1s --hold 100ms",
     );
     assert!(ok, "some connections got in: {report}");
     let connected = report["connected"].as_u64().unwrap();
@@ -236,17 +198,7 @@ fn stress_hold_against_a_full_backlog_times_out() {
 fn stress_refused_is_classified_and_fails() {
     require_root();
     let ns = Netns::new("srf");
-    let (ok, report, stderr) = stress(
-        &ns,
-        &[
-            "latency",
-            "127.0.0.1:7204",
-            "--samples",
-            "5",
-            "--interval",
-            "10ms",
-        ],
-    );
+    let (ok, report, stderr) = stress(&ns, "latency 127.0.0.1:7204 --samples 5 --interval 10ms");
     assert!(!ok, "nothing listens: the run fails");
     assert_eq!(report["errors"]["ECONNREFUSED"], 5, "{report}");
     assert!(
@@ -260,19 +212,9 @@ fn stress_pool_counts_match_the_server() {
     require_root();
     let ns = Netns::new("spo");
     let server = Server::start(&ns, "127.0.0.1:7205", &[]);
-    for wire in [&[][..], &["--http", "/health"][..]] {
-        let mut args = vec![
-            "pool",
-            "127.0.0.1:7205",
-            "--connections",
-            "4",
-            "--requests",
-            "60",
-            "--idle",
-            "5ms..30ms",
-        ];
-        args.extend(wire);
-        let (ok, report, _) = stress(&ns, &args);
+    for wire in ["", " --http /health"] {
+        let pool = "pool 127.0.0.1:7205 --connections 4 --requests 60 --idle 5ms..30ms";
+        let (ok, report, _) = stress(&ns, &format!("{pool}{wire}"));
         assert!(ok);
         assert_eq!(
             report["connected"], 4,
@@ -302,16 +244,7 @@ fn stress_pool_meets_a_linger0_idle_close_with_resets() {
     );
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "pool",
-            "127.0.0.1:7206",
-            "--connections",
-            "3",
-            "--requests",
-            "12",
-            "--idle",
-            "400ms",
-        ],
+        "pool 127.0.0.1:7206 --connections 3 --requests 12 --idle 400ms",
     );
     assert!(ok);
     let requests = &report["requests"];
@@ -349,16 +282,7 @@ fn stress_pool_meets_close_with_unread_data() {
     let server = Server::start(&ns, "127.0.0.1:7207", &["--close-unread"]);
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "pool",
-            "127.0.0.1:7207",
-            "--connections",
-            "2",
-            "--requests",
-            "6",
-            "--idle",
-            "10ms",
-        ],
+        "pool 127.0.0.1:7207 --connections 2 --requests 6 --idle 10ms",
     );
     assert!(ok, "connects succeed");
     assert_eq!(report["requests"]["ok"], 0, "{report}");
@@ -375,7 +299,7 @@ fn stress_latency_under_a_20ms_delay() {
     let delay = Delay::new(&pair.b, Duration::from_millis(20));
     let (ok, report, _) = stress(
         &pair.a,
-        &["latency", &listen, "--samples", "30", "--interval", "30ms"],
+        &format!("latency {listen} --samples 30 --interval 30ms"),
     );
     assert!(ok);
     assert!(
@@ -401,16 +325,15 @@ fn stress_latency_under_a_20ms_delay() {
 fn stress_target_errors_are_one_line() {
     require_root();
     let ns = Netns::new("ste");
-    assert!(stress_usage_error(&ns, &["churn", "127.0.0.1:0"]).contains("port 0"));
-    assert!(stress_usage_error(&ns, &["churn", "127.0.0.1"]).contains("HOST:PORT"));
-    assert!(stress_usage_error(&ns, &["hold", "::1:80"]).contains("HOST:PORT"));
+    assert!(stress_usage_error(&ns, "churn 127.0.0.1:0").contains("port 0"));
+    assert!(stress_usage_error(&ns, "churn 127.0.0.1").contains("HOST:PORT"));
+    assert!(stress_usage_error(&ns, "hold ::1:80").contains("HOST:PORT"));
     // Inside a namespace with only loopback, no lookup can leave the host.
-    assert!(stress_error(&ns, &["latency", "no-such-host.invalid:80"]).contains("cannot resolve"));
-    assert!(stress_error(&ns, &["pool", "198.51.100.7:80"]).contains("unreachable"));
-    assert!(stress_usage_error(&ns, &["serve", "not-an-address"]).contains("listen address"));
+    assert!(stress_error(&ns, "latency no-such-host.invalid:80").contains("cannot resolve"));
+    assert!(stress_error(&ns, "pool 198.51.100.7:80").contains("unreachable"));
+    assert!(stress_usage_error(&ns, "serve not-an-address").contains("listen address"));
     assert!(
-        stress_usage_error(&ns, &["churn", "127.0.0.1:80", "--concurrency", "0"])
-            .contains("--concurrency")
+        stress_usage_error(&ns, "churn 127.0.0.1:80 --concurrency 0").contains("--concurrency")
     );
 }
 
@@ -421,24 +344,14 @@ fn stress_churn_interrupted_prints_the_report_so_far() {
     require_root();
     let ns = Netns::new("sint");
     let server = Server::start(&ns, "127.0.0.1:7210", &[]);
-    let mut child = ns
-        .command(tcptrace_bin())
-        .args([
-            "stress",
-            "churn",
-            "127.0.0.1:7210",
-            "--rate",
-            "200",
-            "--concurrency",
-            "4",
-            "--duration",
-            "60s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = stress_command(
+        &ns,
+        "churn 127.0.0.1:7210 --rate 200 --concurrency 4 --duration 60s --json",
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let interrupted = std::time::Instant::now();
     // SAFETY: kill(2) on our own child (ip netns exec became tcptrace).
@@ -448,20 +361,8 @@ fn stress_churn_interrupted_prints_the_report_so_far() {
         interrupted.elapsed() < Duration::from_secs(5),
         "stopped within the connect timeout"
     );
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("SIGINT: stopping"), "{stderr}");
     let report: Value =
@@ -483,16 +384,7 @@ fn stress_stops_by_itself_at_the_duration() {
     let start = std::time::Instant::now();
     let (ok, report, _) = stress(
         &ns,
-        &[
-            "churn",
-            "127.0.0.1:7209",
-            "--duration",
-            "1s",
-            "--concurrency",
-            "4",
-            "--rate",
-            "200",
-        ],
+        "churn 127.0.0.1:7209 --duration 1s --concurrency 4 --rate 200",
     );
     assert!(ok);
     assert!(
@@ -510,17 +402,7 @@ fn stress_trace_reports_what_the_kernel_saw() {
     require_root();
     let ns = Netns::new("str");
     let server = Server::start(&ns, "127.0.0.1:7210", &[]);
-    let (ok, report, stderr) = stress(
-        &ns,
-        &[
-            "churn",
-            "127.0.0.1:7210",
-            "--count",
-            "300",
-            "--rst",
-            "--trace",
-        ],
-    );
+    let (ok, report, stderr) = stress(&ns, "churn 127.0.0.1:7210 --count 300 --rst --trace");
     assert!(ok, "{stderr}");
     assert_eq!(report["connected"], 300, "{report}");
     let kernel = &report["kernel"];
@@ -549,17 +431,7 @@ fn stress_trace_sees_a_servers_idle_resets() {
     );
     let (ok, report, stderr) = stress(
         &ns,
-        &[
-            "pool",
-            "127.0.0.1:7211",
-            "--connections",
-            "2",
-            "--requests",
-            "6",
-            "--idle",
-            "250ms",
-            "--trace",
-        ],
+        "pool 127.0.0.1:7211 --connections 2 --requests 6 --idle 250ms --trace",
     );
     assert!(ok, "{stderr}");
     let seen = server.stop();
@@ -577,86 +449,16 @@ fn stress_trace_sees_a_servers_idle_resets() {
     assert_eq!(kernel["connects"], report["connected"], "{kernel}");
 }
 
-/// A real nginx in a namespace, with a short keep-alive timeout; stopped
-/// and its files removed on drop.
-struct Nginx {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(netns: &Netns, listen: &str, keepalive_timeout: &str) -> Nginx {
-        let dir =
-            std::env::temp_dir().join(format!("tt-nginx-{}-{}", std::process::id(), netns.name()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  keepalive_timeout {keepalive_timeout};\n\
-             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;\n\
-             uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
-             server {{ listen {listen}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let conf_path = dir.join("nginx.conf");
-        let child = netns
-            .command("nginx")
-            .args(["-p"])
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let nginx = Nginx { child, dir };
-        // Ready once it answers a connect (not counted anywhere).
-        let addr: std::net::SocketAddr = listen.parse().unwrap();
-        let ready = netns.run(|| {
-            (0..100).any(|_| {
-                std::thread::sleep(Duration::from_millis(20));
-                std::net::TcpStream::connect(addr).is_ok()
-            })
-        });
-        assert!(
-            ready,
-            "nginx did not start: {:?}",
-            std::fs::read_to_string(nginx.dir.join("error.log"))
-        );
-        nginx
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        tests::kill_group(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn stress_pool_against_nginx_keepalive_timeout() {
     require_root();
     let ns = Netns::new("sng");
-    let _nginx = Nginx::start(&ns, "127.0.0.1:7220", "1s");
+    let _nginx = Nginx::start(&ns, "127.0.0.1:7220".parse().unwrap(), "1s");
     // Reused well within nginx's keep-alive timeout: every request works
     // on the same two connections.
     let (ok, report, stderr) = stress(
         &ns,
-        &[
-            "pool",
-            "127.0.0.1:7220",
-            "--http",
-            "/",
-            "--connections",
-            "2",
-            "--requests",
-            "10",
-            "--idle",
-            "50ms",
-        ],
+        "pool 127.0.0.1:7220 --http / --connections 2 --requests 10 --idle 50ms",
     );
     assert!(ok, "{stderr}");
     assert_eq!(report["connected"], 2, "{report}");
@@ -665,18 +467,7 @@ fn stress_pool_against_nginx_keepalive_timeout() {
     // every reuse fails (EOF, or a reset if our request hit the closed socket first).
     let (ok, report, stderr) = stress(
         &ns,
-        &[
-            "pool",
-            "127.0.0.1:7220",
-            "--http",
-            "/",
-            "--connections",
-            "2",
-            "--requests",
-            "4",
-            "--idle",
-            "1500ms",
-        ],
+        "pool 127.0.0.1:7220 --http / --connections 2 --requests 4 --idle 1500ms",
     );
     assert!(ok, "{stderr}");
     let by_idle = report["requests"]["by_idle"].as_array().unwrap();
@@ -699,17 +490,7 @@ fn stress_slow_accept_counts_stay_exact() {
     // has accepted its connections; the kernel queue holds them, and the
     // server drains the queue before it reports, so the counts still match.
     let server = Server::start(&ns, "127.0.0.1:7212", &["--accept-delay", "100ms"]);
-    let (ok, report, _) = stress(
-        &ns,
-        &[
-            "churn",
-            "127.0.0.1:7212",
-            "--count",
-            "50",
-            "--concurrency",
-            "5",
-        ],
-    );
+    let (ok, report, _) = stress(&ns, "churn 127.0.0.1:7212 --count 50 --concurrency 5");
     assert!(ok);
     assert_eq!(report["connected"], 50, "{report}");
     let seen = server.stop();

@@ -15,23 +15,9 @@ fn netns_arg(ns: &Netns) -> String {
     ns.inode().to_string()
 }
 
-/// Starts the `peer` helper inside `ns`; returns it and its port.
+/// Starts the `peer` helper inside `ns`; returns it, its stdout and its port.
 fn spawn_peer(ns: &Netns, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>, u16) {
-    let mut child = ns
-        .command(env!("CARGO_BIN_EXE_peer"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn peer");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("peer port line");
-    let port = line
-        .trim()
-        .strip_prefix("port ")
-        .and_then(|p| p.parse().ok())
-        .expect("port N");
-    (child, out, port)
+    tests::peer::spawn(ns.command(env!("CARGO_BIN_EXE_peer")).args(args))
 }
 
 fn linger0_close(stream: TcpStream) {
@@ -41,6 +27,22 @@ fn linger0_close(stream: TcpStream) {
 
 fn settle() {
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Stops `trace` once the last events had time to arrive; its records.
+fn stop_settled(trace: Trace) -> tests::Records {
+    settle();
+    trace.stop()
+}
+
+/// This test process's pid, as the tracer reports owners.
+fn me() -> u64 {
+    u64::from(std::process::id())
+}
+
+/// The `peer` helper holding one connection in `pair.b`, on B4.
+fn hold_peer_in_b(pair: &NetnsPair) -> (Child, BufReader<std::process::ChildStdout>, u16) {
+    spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)])
 }
 
 /// The client (this test process) connects to a server in another
@@ -68,15 +70,13 @@ fn attribution(listen: &str, connect: &str, expect_family: &str, _server_sees: &
         "server should see the reset"
     );
     server.wait().unwrap();
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
 
-    let me = u64::from(std::process::id());
     let server_pid = u64::from(server.id());
 
     let connects: Vec<_> = records.on_port("connect", client_port);
     assert_eq!(connects.len(), 1, "one connect: {:?}", records.records);
-    assert_eq!(owner_pid(connects[0]), me);
+    assert_eq!(owner_pid(connects[0]), me());
     assert_eq!(connects[0]["family"], expect_family);
     assert!(connects[0]["connect_ns"].as_u64().unwrap() > 0);
 
@@ -94,7 +94,7 @@ fn attribution(listen: &str, connect: &str, expect_family: &str, _server_sees: &
 
     let sent: Vec<_> = records.on_port("rst_sent", client_port);
     assert_eq!(sent.len(), 1, "the client's abort: {:?}", records.records);
-    assert_eq!(owner_pid(sent[0]), me);
+    assert_eq!(owner_pid(sent[0]), me());
     assert_eq!(sent[0]["local_port"], client_port);
 
     let received: Vec<_> = records.on_port("rst_received", client_port);
@@ -190,8 +190,7 @@ fn reset_reasons_match_the_kernel() {
         let _ = client.read(&mut buf);
         (linger_port, unread_port)
     });
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let kernel = raw.text();
 
     let ours = |port: u16| -> String {
@@ -248,8 +247,7 @@ fn idle_before_reset_matches_the_gap() {
         s.local_addr().unwrap().port()
     });
     server.wait().unwrap();
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let received: Vec<_> = records
         .of_kind("rst_received")
         .filter(|e| e["local_port"] == client_port)
@@ -265,7 +263,7 @@ fn idle_before_reset_matches_the_gap() {
         age_ms >= GAP_MS as f64 && age_ms < GAP_MS as f64 + 1000.0,
         "age {age_ms} ms"
     );
-    assert_eq!(owner_pid(received[0]), u64::from(std::process::id()));
+    assert_eq!(owner_pid(received[0]), me());
 }
 
 #[test]
@@ -273,29 +271,24 @@ fn retransmits_under_loss_are_counted_and_attributed() {
     require_root();
     let pair = NetnsPair::new("loss");
     let trace = Trace::start(&["--netns", &netns_arg(&pair.a), "--events", "retrans"]);
-    let (mut server, _out, port) = spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)]);
-    let rule = ["-p", "tcp", "--dport", &port.to_string(), "-j", "DROP"];
+    let (mut server, _out, port) = hold_peer_in_b(&pair);
+    let rule = format!("INPUT -p tcp --dport {port} -j DROP");
     let client_port = pair.a.run(|| {
         let mut s = TcpStream::connect((NetnsPair::B4, port)).unwrap();
         s.write_all(b"before").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         // Everything to the server is lost for a while: the client retransmits.
-        let mut add = vec!["iptables", "-A", "INPUT"];
-        add.extend_from_slice(&rule);
-        pair.b.exec(add[0], &add[1..]);
+        pair.b.exec_line(&format!("iptables -A {rule}"));
         s.write_all(b"lost for a while").unwrap();
         std::thread::sleep(Duration::from_millis(1300));
-        let mut del = vec!["iptables", "-D", "INPUT"];
-        del.extend_from_slice(&rule);
-        pair.b.exec(del[0], &del[1..]);
+        pair.b.exec_line(&format!("iptables -D {rule}"));
         std::thread::sleep(Duration::from_millis(1000));
         let local = s.local_addr().unwrap().port();
         drop(s);
         local
     });
     server.wait().unwrap();
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let retrans: Vec<_> = records
         .of_kind("retransmit")
         .filter(|e| e["local_port"] == client_port)
@@ -306,7 +299,7 @@ fn retransmits_under_loss_are_counted_and_attributed() {
         records.records
     );
     for event in &retrans {
-        assert_eq!(owner_pid(event), u64::from(std::process::id()));
+        assert_eq!(owner_pid(event), me());
         assert_eq!(event["state"], "ESTABLISHED");
         assert_eq!(event["remote_addr"], NetnsPair::B4);
     }
@@ -325,12 +318,11 @@ fn failed_connect_to_a_closed_port() {
         let err = TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on 9");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     });
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let failed: Vec<_> = records.of_kind("connect_failed").collect();
     assert_eq!(failed.len(), 1, "{:?}", records.records);
     assert_eq!(failed[0]["remote_port"], 9);
-    assert_eq!(owner_pid(failed[0]), u64::from(std::process::id()));
+    assert_eq!(owner_pid(failed[0]), me());
     assert_eq!(failed[0]["old_state"], "SYN_SENT");
     assert_eq!(failed[0]["new_state"], "CLOSE");
     assert!(failed[0]["connect_ns"].as_u64().is_some());
@@ -367,8 +359,7 @@ fn ring_buffer_loss_is_counted_exactly() {
         acceptor.join().unwrap();
         2000
     });
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let summary = records.summary();
     let received = summary["events_received"].as_u64().unwrap();
     let produced = summary["events_produced"].as_u64().unwrap();
@@ -499,7 +490,7 @@ fn connect_latency_matches_a_50ms_delay() {
     // it sends (its SYN-ACKs included) for 50 ms via NFQUEUE.
     let pair = NetnsPair::new("lat");
     let trace = Trace::start(&["--netns", &netns_arg(&pair.a), "--events", "connect"]);
-    let (mut server, _out, port) = spawn_peer(&pair.b, &["hold", &format!("{}:0", NetnsPair::B4)]);
+    let (mut server, _out, port) = hold_peer_in_b(&pair);
     let delay = tests::delay::Delay::new(&pair.b, Duration::from_millis(50));
     let client_port = pair.a.run(|| {
         let s = TcpStream::connect((NetnsPair::B4, port)).unwrap();
@@ -510,8 +501,7 @@ fn connect_latency_matches_a_50ms_delay() {
     assert!(delay.packets() > 0, "the delay rule matched nothing");
     drop(delay);
     server.wait().unwrap();
-    settle();
-    let records = trace.stop();
+    let records = stop_settled(trace);
     let connects: Vec<_> = records.on_port("connect", client_port);
     assert_eq!(connects.len(), 1, "{:?}", records.records);
     let latency_ms = connects[0]["connect_ns"].as_u64().unwrap() as f64 / 1e6;
@@ -520,7 +510,7 @@ fn connect_latency_matches_a_50ms_delay() {
         (latency_ms - 50.0).abs() <= 5.0,
         "connect latency {latency_ms} ms, delay 50 ms"
     );
-    assert_eq!(owner_pid(connects[0]), u64::from(std::process::id()));
+    assert_eq!(owner_pid(connects[0]), me());
 }
 
 #[test]
@@ -647,7 +637,7 @@ fn connections_open_before_tracing_are_attributed() {
     assert_eq!(received.len(), 1, "{:?}", records.records);
     assert_eq!(
         owner_pid(received[0]),
-        u64::from(std::process::id()),
+        me(),
         "the pooled client owns the reset"
     );
     let sent: Vec<_> = records

@@ -6,11 +6,12 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
 };
 
 use tests::{
     Netns,
-    host::{ScratchDir, failure, success, tcptrace_in},
+    host::{ScratchDir, failure, success, tcptrace_in, tune_state_file},
     require_root,
 };
 
@@ -75,15 +76,6 @@ fn tweaked_netns(tag: &str) -> Netns {
     ns
 }
 
-/// The state file named in `--apply`'s output ("previous values in PATH").
-fn saved_values_path(apply_output: &str) -> PathBuf {
-    let after = apply_output
-        .split("previous values in ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no state path in: {apply_output}"));
-    PathBuf::from(after.split_whitespace().next().unwrap())
-}
-
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::symlink_metadata(path)
@@ -122,16 +114,78 @@ fn file_entries(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A tweaked namespace, and tune's drop-in and state directory in a
+/// scratch directory of the test's own (removed on drop, with the
+/// namespace): where every tune test starts.
+struct Tuned {
+    ns: Netns,
+    scratch: ScratchDir,
+    drop_in: PathBuf,
+    state_dir: PathBuf,
+    /// Every managed value before the test changed anything.
+    before: BTreeMap<String, String>,
+}
+
+impl Tuned {
+    fn new(tag: &str) -> Tuned {
+        let ns = tweaked_netns(tag);
+        let scratch = ScratchDir::new(tag);
+        let drop_in = scratch.path().join("90-tcptrace.conf");
+        let state_dir = scratch.path().join("state");
+        let before = values_in(&ns);
+        Tuned {
+            ns,
+            scratch,
+            drop_in,
+            state_dir,
+            before,
+        }
+    }
+
+    fn drop_in_arg(&self) -> &str {
+        self.drop_in.to_str().unwrap()
+    }
+
+    /// `tune ARGS --file DROP_IN --state-dir STATE_DIR`, as arguments.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["tune"];
+        all.extend_from_slice(args);
+        all.extend([
+            "--file",
+            self.drop_in_arg(),
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+        ]);
+        all
+    }
+
+    /// Runs `tcptrace tune ARGS` with the test's files in the namespace.
+    fn tune(&self, args: &[&str]) -> Output {
+        tcptrace_in(&self.ns, &self.args(args))
+    }
+
+    /// The same as a `Command`, to start in the background.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.ns.command(tests::tcptrace_bin());
+        cmd.args(self.args(args));
+        cmd
+    }
+
+    /// `--revert`, which must succeed; its output.
+    fn revert(&self) -> String {
+        success(&self.tune(&["--revert"]))
+    }
+
+    fn values(&self) -> BTreeMap<String, String> {
+        values_in(&self.ns)
+    }
+}
+
 #[test]
 fn apply_then_revert_restores_every_value_exactly() {
     require_root();
-    let ns = tweaked_netns("tune");
-    let scratch = ScratchDir::new("tune");
-    let drop_in = scratch.path().join("90-tcptrace.conf");
-    let drop_in_arg = drop_in.to_str().unwrap();
-    let state_dir = scratch.path().join("state");
-    let state_dir_arg = state_dir.to_str().unwrap();
-    let before = values_in(&ns);
+    let tuned = Tuned::new("tune");
+    let (drop_in, state_dir, before) = (&tuned.drop_in, &tuned.state_dir, &tuned.before);
     let host_before = host_values();
     let changes = HIGH_CHURN_CLIENT
         .iter()
@@ -144,13 +198,13 @@ fn apply_then_revert_restores_every_value_exactly() {
     );
 
     let dry = success(&tcptrace_in(
-        &ns,
+        &tuned.ns,
         &[
             "tune",
             "--profile",
             "high-churn-client",
             "--file",
-            drop_in_arg,
+            tuned.drop_in_arg(),
         ],
     ));
     assert!(
@@ -159,38 +213,26 @@ fn apply_then_revert_restores_every_value_exactly() {
         )),
         "{dry}"
     );
-    assert_eq!(values_in(&ns), before, "a dry run changes nothing");
+    assert_eq!(&tuned.values(), before, "a dry run changes nothing");
     assert!(!drop_in.exists());
 
-    let out = success(&tcptrace_in(
-        &ns,
-        &[
-            "tune",
-            "--profile",
-            "high-churn-client",
-            "--file",
-            drop_in_arg,
-            "--state-dir",
-            state_dir_arg,
-            "--apply",
-        ],
-    ));
+    let out = success(&tuned.tune(&["--profile", "high-churn-client", "--apply"]));
     assert!(out.contains(&format!("applied {changes} changes")), "{out}");
-    let saved = saved_values_path(&out);
+    let saved = tune_state_file(&out);
     assert_eq!(saved.parent(), Some(state_dir.as_path()), "{out}");
-    assert_eq!(mode(&drop_in), 0o600);
+    assert_eq!(mode(drop_in), 0o600);
     assert_eq!(mode(&saved), 0o600);
-    assert_eq!(mode(&state_dir), 0o700);
+    assert_eq!(mode(state_dir), 0o700);
     let expected: Vec<(String, String)> = HIGH_CHURN_CLIENT
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     assert_eq!(
-        file_entries(&drop_in),
+        file_entries(drop_in),
         expected,
         "the drop-in holds the whole profile"
     );
-    let now = values_in(&ns);
+    let now = tuned.values();
     for (key, value) in &expected {
         assert_eq!(&now[key], value, "{key} applied");
     }
@@ -202,68 +244,33 @@ fn apply_then_revert_restores_every_value_exactly() {
     );
 
     // sysctl itself reads the file, and it sets what is already set.
-    ns.exec("sysctl", &["-p", drop_in_arg]);
-    assert_eq!(values_in(&ns), now);
+    tuned.ns.exec("sysctl", &["-p", tuned.drop_in_arg()]);
+    assert_eq!(tuned.values(), now);
 
-    let out = success(&tcptrace_in(
-        &ns,
-        &[
-            "tune",
-            "--revert",
-            "--file",
-            drop_in_arg,
-            "--state-dir",
-            state_dir_arg,
-        ],
-    ));
+    let out = tuned.revert();
     assert!(
         out.starts_with(&format!("restored {} values", expected.len())),
         "{out}"
     );
-    assert_eq!(values_in(&ns), before, "every value as before");
+    assert_eq!(&tuned.values(), before, "every value as before");
     assert!(!drop_in.exists() && !saved.exists(), "both files removed");
 
-    let error = failure(&tcptrace_in(
-        &ns,
-        &[
-            "tune",
-            "--revert",
-            "--file",
-            drop_in_arg,
-            "--state-dir",
-            state_dir_arg,
-        ],
-    ));
+    let error = failure(&tuned.tune(&["--revert"]));
     assert!(error.contains("nothing to revert"), "{error}");
 }
 
 #[test]
 fn bad_values_keys_and_absent_keys_apply_nothing() {
     require_root();
-    let ns = tweaked_netns("tunebad");
-    let scratch = ScratchDir::new("tunebad");
-    let drop_in = scratch.path().join("90-tcptrace.conf");
-    let drop_in_arg = drop_in.to_str().unwrap();
-    let state_dir = scratch.path().join("state");
-    let before = values_in(&ns);
+    let tuned = Tuned::new("tunebad");
+    let before = &tuned.before;
     let apply_with = |set: &str| {
-        let args = [
-            "tune",
-            "--profile",
-            "high-churn-client",
-            "--file",
-            drop_in_arg,
-            "--state-dir",
-            state_dir.to_str().unwrap(),
-            "--set",
-            set,
-            "--apply",
-        ];
-        let error = failure(&tcptrace_in(&ns, &args));
-        assert_eq!(values_in(&ns), before, "nothing applied after: {error}");
+        let args = ["--profile", "high-churn-client", "--set", set, "--apply"];
+        let error = failure(&tuned.tune(&args));
+        assert_eq!(&tuned.values(), before, "nothing applied after: {error}");
         assert_eq!(
-            files_under(scratch.path()),
-            vec![state_dir.join("tune.lock")],
+            files_under(tuned.scratch.path()),
+            vec![tuned.state_dir.join("tune.lock")],
             "no file but the lock after: {error}"
         );
         error
@@ -306,20 +313,6 @@ fn bad_values_keys_and_absent_keys_apply_nothing() {
     assert!(error.ends_with(&rolled_back), "{error}");
 }
 
-/// `tune --apply` ARGS with the drop-in and state in `scratch`.
-fn apply_args<'a>(profile: &'a str, drop_in: &'a str, state_dir: &'a str) -> [&'a str; 8] {
-    [
-        "tune",
-        "--profile",
-        profile,
-        "--file",
-        drop_in,
-        "--state-dir",
-        state_dir,
-        "--apply",
-    ]
-}
-
 /// An exclusive flock on `path`, as a running `tune --apply` holds it.
 fn hold_lock(path: &Path) -> std::fs::File {
     use std::os::fd::AsRawFd as _;
@@ -343,41 +336,23 @@ fn hold_lock(path: &Path) -> std::fs::File {
 #[test]
 fn tune_concurrent_applies_keep_the_originals() {
     require_root();
-    let ns = tweaked_netns("tunelock");
-    let scratch = ScratchDir::new("tunelock");
-    let drop_in = scratch.path().join("90-tcptrace.conf");
-    let drop_in = drop_in.to_str().unwrap();
-    let state_dir = scratch.path().join("state");
-    let state_arg = state_dir.to_str().unwrap();
-    let before = values_in(&ns);
-    let revert = || {
-        success(&tcptrace_in(
-            &ns,
-            &[
-                "tune",
-                "--revert",
-                "--file",
-                drop_in,
-                "--state-dir",
-                state_arg,
-            ],
-        ))
-    };
+    let tuned = Tuned::new("tunelock");
+    let (state_dir, before) = (&tuned.state_dir, &tuned.before);
     let spawn = |profile: &str| {
-        ns.command(tests::tcptrace_bin())
-            .args(apply_args(profile, drop_in, state_arg))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        tuned
+            .command(&["--profile", profile, "--apply"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let wait = |child: std::process::Child| success(&child.wait_with_output().unwrap());
+    let wait = |child: Child| success(&child.wait_with_output().unwrap());
 
     // First with the lock held by someone else (as a run in progress
     // holds it): both wait for it instead of going ahead.
-    std::fs::create_dir_all(&state_dir).unwrap();
+    std::fs::create_dir_all(state_dir).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let gate = hold_lock(&state_dir.join("tune.lock"));
     let mut first = spawn("high-churn-client");
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -388,17 +363,17 @@ fn tune_concurrent_applies_keep_the_originals() {
         "both wait for the lock"
     );
     assert_eq!(
-        values_in(&ns),
+        &tuned.values(),
         before,
         "nothing applied while the lock is held"
     );
     drop(gate);
     wait(first);
     wait(second);
-    assert_ne!(values_in(&ns), before);
-    revert();
+    assert_ne!(&tuned.values(), before);
+    tuned.revert();
     assert_eq!(
-        values_in(&ns),
+        &tuned.values(),
         before,
         "the originals, not the first run's values"
     );
@@ -413,14 +388,14 @@ fn tune_concurrent_applies_keep_the_originals() {
         });
         wait(first);
         wait(second);
-        revert();
-        assert_eq!(values_in(&ns), before, "round {round}");
+        tuned.revert();
+        assert_eq!(&tuned.values(), before, "round {round}");
     }
 
     // A lock held for longer than tune waits: refused, nothing written.
     let gate = hold_lock(&state_dir.join("tune.lock"));
     let t0 = std::time::Instant::now();
-    let error = failure(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
+    let error = failure(&tuned.tune(&["--profile", "proxy", "--apply"]));
     assert!(
         error.contains("another tcptrace run has held this lock for"),
         "{error}"
@@ -430,8 +405,8 @@ fn tune_concurrent_applies_keep_the_originals() {
         "bounded wait"
     );
     drop(gate);
-    assert_eq!(values_in(&ns), before);
-    assert!(!Path::new(drop_in).exists());
+    assert_eq!(&tuned.values(), before);
+    assert!(!tuned.drop_in.exists());
 }
 
 /// SIGKILL at any point of an `--apply`: the next run removes the
@@ -439,33 +414,15 @@ fn tune_concurrent_applies_keep_the_originals() {
 #[test]
 fn tune_killed_applies_leave_no_temp_files() {
     require_root();
-    let ns = tweaked_netns("tunekill");
-    let scratch = ScratchDir::new("tunekill");
-    let drop_in_path = scratch.path().join("90-tcptrace.conf");
-    let drop_in = drop_in_path.to_str().unwrap();
-    let state_dir = scratch.path().join("state");
-    let state_arg = state_dir.to_str().unwrap();
-    let before = values_in(&ns);
-    let revert = || {
-        success(&tcptrace_in(
-            &ns,
-            &[
-                "tune",
-                "--revert",
-                "--file",
-                drop_in,
-                "--state-dir",
-                state_arg,
-            ],
-        ))
-    };
-    let out = success(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
-    let saved = saved_values_path(&out);
-    revert();
+    let tuned = Tuned::new("tunekill");
+    let apply_proxy = ["--profile", "proxy", "--apply"];
+    let out = success(&tuned.tune(&apply_proxy));
+    let saved = tune_state_file(&out);
+    tuned.revert();
 
     // What a SIGKILL between create and rename leaves, from a pid that is
     // gone now.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
     let dead = gone.id();
     gone.wait().unwrap();
     let temp_of = |path: &Path| {
@@ -474,28 +431,27 @@ fn tune_killed_applies_leave_no_temp_files() {
             path.file_name().unwrap().to_str().unwrap()
         ))
     };
-    for path in [&drop_in_path, &saved] {
+    for path in [&tuned.drop_in, &saved] {
         std::fs::write(temp_of(path), "half a file").unwrap();
     }
     // And real kills at various points of a run.
     for delay_ms in [0, 2, 4, 6, 8, 10, 15, 20, 30, 40] {
-        let mut child = ns
-            .command(tests::tcptrace_bin())
-            .args(apply_args("high-churn-client", drop_in, state_arg))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+        let mut child = tuned
+            .command(&["--profile", "high-churn-client", "--apply"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         child.wait().unwrap();
     }
-    success(&tcptrace_in(&ns, &apply_args("proxy", drop_in, state_arg)));
-    let temps: Vec<PathBuf> = files_under(scratch.path())
+    success(&tuned.tune(&apply_proxy));
+    let temps: Vec<PathBuf> = files_under(tuned.scratch.path())
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_str().unwrap().contains(".tmp"))
         .collect();
     assert_eq!(temps, Vec::<PathBuf>::new(), "temporary files left");
-    revert();
-    assert_eq!(values_in(&ns), before, "the originals after kills");
+    tuned.revert();
+    assert_eq!(tuned.values(), tuned.before, "the originals after kills");
 }

@@ -14,7 +14,7 @@ use std::{
 
 use tests::{
     Netns,
-    host::{ScratchDir, failure, success, tcptrace, tcptrace_in},
+    host::{ScratchDir, failure, success, tcptrace, tcptrace_in, tune_state_file},
     require_root, tcptrace_bin,
 };
 
@@ -177,14 +177,7 @@ fn unprivileged_plants_under_tune_are_refused() {
     let state_dir = shared.path();
     // Learn the state file's name from a real run, then undo it.
     let out = success(&tune(&apply, state_dir));
-    let saved = PathBuf::from(
-        out.split("previous values in ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap(),
-    );
+    let saved = tune_state_file(&out);
     assert_eq!(std::fs::metadata(&saved).unwrap().uid(), 0);
     success(&tune(&["--revert"], state_dir));
     assert_eq!(value("net.ipv4.tcp_fin_timeout"), fin_before);
@@ -279,6 +272,14 @@ fn unprivileged_users_cannot_read_outputs_at_umask_000() {
     let output = dir.path().join("events.ndjson");
     let drop_in = dir.path().join("90-tcptrace.conf");
     let state_dir = dir.path().join("state");
+    let trace_to_output = [
+        "trace",
+        "--json",
+        "--output",
+        s(&output),
+        "--duration",
+        "1s",
+    ];
     let with_umask_000 = |args: &[&str]| {
         let out = ns
             .command("sh")
@@ -289,25 +290,11 @@ fn unprivileged_users_cannot_read_outputs_at_umask_000() {
             .unwrap();
         success(&out)
     };
-    with_umask_000(&[
-        "trace",
-        "--json",
-        "--output",
-        s(&output),
-        "--duration",
-        "1s",
-    ]);
+    with_umask_000(&trace_to_output);
     assert_eq!(mode(&output), 0o600);
     // An existing file of root's with a looser mode is tightened.
     std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644)).unwrap();
-    with_umask_000(&[
-        "trace",
-        "--json",
-        "--output",
-        s(&output),
-        "--duration",
-        "1s",
-    ]);
+    with_umask_000(&trace_to_output);
     assert_eq!(mode(&output), 0o600);
     let read = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
@@ -316,38 +303,12 @@ fn unprivileged_users_cannot_read_outputs_at_umask_000() {
         .unwrap();
     assert!(!read.status.success(), "nobody cannot read the events");
 
-    let out = with_umask_000(&[
-        "tune",
-        "--profile",
-        "proxy",
-        "--file",
-        s(&drop_in),
-        "--state-dir",
-        s(&state_dir),
-        "--apply",
-    ]);
-    let saved = state_dir.join(
-        Path::new(
-            out.split("previous values in ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap(),
-        )
-        .file_name()
-        .unwrap(),
-    );
+    let files = ["--file", s(&drop_in), "--state-dir", s(&state_dir)];
+    let out = with_umask_000(&[&["tune", "--profile", "proxy", "--apply"][..], &files].concat());
+    let saved = state_dir.join(tune_state_file(&out).file_name().unwrap());
     assert_eq!(mode(&drop_in), 0o600);
     assert_eq!(mode(&saved), 0o600);
     assert_eq!(mode(&state_dir.join("tune.lock")), 0o600);
     assert_eq!(mode(&state_dir), 0o700);
-    with_umask_000(&[
-        "tune",
-        "--revert",
-        "--file",
-        s(&drop_in),
-        "--state-dir",
-        s(&state_dir),
-    ]);
+    with_umask_000(&[&["tune", "--revert"][..], &files].concat());
 }

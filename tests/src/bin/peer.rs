@@ -18,8 +18,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::TcpListener,
     time::Duration,
 };
 
@@ -67,30 +66,12 @@ fn main() {
             let n = conn.read(&mut buf).expect("read request");
             conn.write_all(&buf[..n]).expect("answer");
             std::thread::sleep(Duration::from_millis(ms));
-            close_with_reset(conn);
+            tests::set_linger_zero(&conn);
+            drop(conn);
             println!("reset sent");
         }
         other => panic!("unknown mode {other}"),
     }
-}
-
-fn close_with_reset(conn: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket and option struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    drop(conn);
 }
 
 fn no_accept(addr: &str, ms: u64, backlog: i32, accept_every_ms: Option<u64>) {
