@@ -1,21 +1,28 @@
-//! `tcptrace replay FILE`: prints what the live `trace` that recorded
-//! FILE (`trace --record`) would have printed, human or `--json`,
-//! byte for byte: the same decoder, names, wall clock, cgroups (pods,
+//! `tcptrace replay FILE`: prints what the live command that recorded
+//! FILE would have printed, human or `--json`, byte for byte.
+//!
+//! `trace --record`: the same decoder, names, wall clock, cgroups (pods,
 //! namespaces, containers), loss checks and summary lines as the
-//! recording host had, from the file. A damaged or cut-short file is
-//! refused before anything is printed.
+//! recording host had, from the file. `diagnose --record`: the same
+//! pipeline (`diagnosis::watch`) over the same events, with the host
+//! readings the recording host took, from the file. A damaged or
+//! cut-short file is refused before anything is printed.
 
 use std::{
     io::{self, BufWriter, Write as _},
     process::ExitCode,
 };
 
+use anyhow::Context as _;
+
 use crate::{
     cli::ReplayArgs,
     decode::Decoder,
+    diagnosis::watch::{StartReadings, Watch},
+    event::TcpEvent,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
-    record::{Frame, RecordReader},
+    record::{Frame, RecordReader, Recorded, RecordedHost},
     sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
     summary::Summary,
     tracer::split_records,
@@ -27,7 +34,15 @@ use crate::{
 /// A file that is not a whole record file of this format (one line
 /// naming the damage), and failures to write stdout.
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let mut reader = RecordReader::open(&args.file)?;
+    let reader = RecordReader::open(&args.file)?;
+    match reader.header().command {
+        Recorded::Trace => trace(&args, reader),
+        Recorded::Diagnose => diagnosis(&args, reader),
+    }
+}
+
+/// What `trace` printed: the events as they come, then the summary.
+fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
     let header = reader.header().clone();
     let decoder = Decoder::new(header.hz);
     let clock = WallClock::from_boot_unix_ns(i128::from(header.boot_unix_ns));
@@ -71,6 +86,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 summary.finish(end.seconds, end.counts, &header.missing, &names);
                 summary.set_packets(end.tc, end.pcap);
             }
+            // The reader refuses diagnose frames in a trace recording.
+            Frame::Run(_)
+            | Frame::Reading(..)
+            | Frame::Survey(..)
+            | Frame::Listeners(_)
+            | Frame::Owners(_)
+            | Frame::DiagnoseEnd(..) => {}
         }
     }
     if args.json {
@@ -80,5 +102,40 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !args.no_summary {
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `diagnose` printed: its report, from the recorded events and
+/// host readings through the same pipeline.
+fn diagnosis(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
+    let header = reader.header().clone();
+    let (mut host, run, end) = RecordedHost::load(&args.file)?;
+    let start = StartReadings::take(&mut host)?;
+    let mut watch = Watch::begin(run, header.names, start);
+    let decoder = Decoder::new(header.hz);
+    let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    while let Some(frame) = reader.next_frame()? {
+        if let Frame::Events(records) = frame {
+            // The reader checked every length.
+            for record in split_records(records).map_while(Result::ok) {
+                // Only records that decoded live were recorded.
+                batch.push(
+                    decoder
+                        .decode(record)
+                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?,
+                );
+            }
+            watch.add_batch(&mut batch);
+        }
+    }
+    // Taken between the events live; a peak does not depend on when.
+    while host.has_listener_samples() {
+        watch.sample_listeners(&mut host)?;
+    }
+    let (report, agg) = watch.conclude(end, &mut host)?;
+    let json = report.to_json(&agg);
+    report
+        .print(&json, args.json, &mut io::stdout().lock())
+        .context("writing the report")?;
     Ok(ExitCode::SUCCESS)
 }

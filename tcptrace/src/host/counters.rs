@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::host::icmp;
 
@@ -63,7 +63,7 @@ pub enum CounterError {
 
 /// All counters at one moment. Values are signed because a few snmp
 /// fields are gauges or -1 (`TcpMaxConn`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Counters {
     values: BTreeMap<String, i64>,

@@ -1,0 +1,466 @@
+//! `diagnose --record`: the host readings a diagnosis takes, written as
+//! the live host gives them (`RecordingHost`) and handed back in the
+//! same order by a record file (`RecordedHost`), so that `replay` runs
+//! the same `diagnosis::watch` over the same inputs.
+//!
+//! Frames (JSON payloads, docs/record.md):
+//!
+//! | kind | payload |
+//! | --- | --- |
+//! | `D` | `RunFacts`: options, start time, kernel, what was not traced |
+//! | `R` | `{"at": "start" or "end", counters, sysctls, sockets, conntrack, host_global}` |
+//! | `S` | `{"at", "survey": {"namespaces": {inode: {name, counters, conntrack, cookie}}, "truncated"}}` |
+//! | `Q` | accept-queue sample: `[{"local", "queued", "limit", "inode"}]`, only when it differs from the last |
+//! | `P` | holders of the listening sockets: `{inode: {"pid", "comm"}}` |
+//! | `C` | an affected owner's cgroup, keyed by (pid, cgroup id) |
+//! | `F` | `{"load_status", "opens"}` |
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    fs::File,
+    io::{self, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CGROUP, CgroupRecord, DIAGNOSE_END, Frame, LISTENERS, OWNERS, OwnerCgroup, READING, RUN,
+    RecordError, RecordReader, RecordWriter, SURVEY, write_frame,
+};
+use crate::{
+    counts::Counts,
+    diagnosis::{
+        facts::{Listener, SocketFacts},
+        watch::{HostReading, HostSource, Moment, RunEnd, RunFacts, SourceError},
+    },
+    event::{Comm, OpenCount, Owner as SocketOwner},
+    host::{
+        cgroups::CgroupInfo, conntrack::Conntrack, counters::Counters, global::HostGlobal,
+        owners::Owner, survey::Survey,
+    },
+    tracer::{RawRecords, TcReport},
+};
+
+/// A listener as a reading or a sample had it (its holder is named at
+/// the end, from the `P` frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ListenerRecord {
+    local: SocketAddr,
+    queued: u32,
+    limit: Option<u32>,
+    inode: u64,
+}
+
+impl From<&Listener> for ListenerRecord {
+    fn from(l: &Listener) -> ListenerRecord {
+        ListenerRecord {
+            local: l.local,
+            queued: l.queued,
+            limit: l.limit,
+            inode: l.inode,
+        }
+    }
+}
+
+impl ListenerRecord {
+    fn to_listener(&self) -> Listener {
+        Listener {
+            local: self.local,
+            queued: self.queued,
+            limit: self.limit,
+            owner: None,
+            inode: self.inode,
+        }
+    }
+}
+
+/// `SocketFacts` with the listeners' inodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SocketsRecord {
+    states: BTreeMap<String, u64>,
+    time_wait_by_peer: Vec<(SocketAddr, u64)>,
+    listeners: Vec<ListenerRecord>,
+}
+
+/// An `R` frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ReadingRecord {
+    at: Moment,
+    counters: Counters,
+    sysctls: BTreeMap<String, String>,
+    sockets: Option<SocketsRecord>,
+    conntrack: Option<Conntrack>,
+    host_global: Option<HostGlobal>,
+}
+
+impl ReadingRecord {
+    fn of(at: Moment, r: &HostReading) -> ReadingRecord {
+        ReadingRecord {
+            at,
+            counters: r.counters.clone(),
+            sysctls: r.sysctls.clone(),
+            sockets: r.sockets.as_ref().map(|s| SocketsRecord {
+                states: s.states.clone(),
+                time_wait_by_peer: s.time_wait_by_peer.clone(),
+                listeners: s.listeners.iter().map(ListenerRecord::from).collect(),
+            }),
+            conntrack: r.conntrack.clone(),
+            host_global: r.host_global.clone(),
+        }
+    }
+}
+
+/// An `R` frame's reading.
+pub(super) fn reading(r: &ReadingRecord) -> (Moment, HostReading) {
+    let reading = HostReading {
+        counters: r.counters.clone(),
+        sysctls: r.sysctls.clone(),
+        sockets: r.sockets.as_ref().map(|s| SocketFacts {
+            states: s.states.clone(),
+            time_wait_by_peer: s.time_wait_by_peer.clone(),
+            listeners: s.listeners.iter().map(ListenerRecord::to_listener).collect(),
+        }),
+        conntrack: r.conntrack.clone(),
+        host_global: r.host_global.clone(),
+    };
+    (r.at, reading)
+}
+
+/// An `S` frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct SurveyRecord {
+    pub(super) at: Moment,
+    pub(super) survey: Survey,
+}
+
+/// A `Q` frame's sample.
+pub(super) fn listeners(records: Vec<ListenerRecord>) -> Vec<Listener> {
+    records.iter().map(ListenerRecord::to_listener).collect()
+}
+
+/// An open the kernel counted, as an `F` frame keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct OpenRecord {
+    /// pid, tid, comm, cgroup id.
+    owner: Option<(u32, u32, String, u64)>,
+    netns: Option<u32>,
+    peer: SocketAddr,
+    passive: bool,
+    latency_bucket: Option<u16>,
+    n: u64,
+}
+
+/// An `F` frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct EndRecord {
+    pub(super) load_status: Option<String>,
+    pub(super) opens: Vec<OpenRecord>,
+}
+
+fn open_record(o: &OpenCount) -> OpenRecord {
+    OpenRecord {
+        owner: o
+            .owner
+            .as_ref()
+            .map(|w| (w.pid, w.tid, w.comm.to_string(), w.cgroup_id)),
+        netns: o.netns,
+        peer: o.peer,
+        passive: o.passive,
+        latency_bucket: o.latency_bucket,
+        n: o.n,
+    }
+}
+
+/// An `F` frame's opens.
+pub(super) fn opens(records: &[OpenRecord]) -> Vec<OpenCount> {
+    records
+        .iter()
+        .map(|r| OpenCount {
+            owner: r
+                .owner
+                .as_ref()
+                .map(|(pid, tid, comm, cgroup_id)| SocketOwner {
+                    pid: *pid,
+                    tid: *tid,
+                    comm: Comm::new(comm.as_bytes()),
+                    cgroup_id: *cgroup_id,
+                }),
+            netns: r.netns,
+            peer: r.peer,
+            passive: r.passive,
+            latency_bucket: r.latency_bucket,
+            n: r.n,
+        })
+        .collect()
+}
+
+/// A `HostSource` whose every reading is also written into a record
+/// file (`diagnose --record`), with the run's options, its events and
+/// its end; without a file, the source itself.
+pub struct RecordingHost<H, W: Write = File> {
+    host: H,
+    writer: Option<RecordWriter<W>>,
+    /// Recording, but the file is not started yet (its header needs the
+    /// session): frames written meanwhile, kind and JSON payload.
+    waiting: Option<Vec<(u8, Vec<u8>)>>,
+    /// The last accept-queue sample written: an unchanged one is not
+    /// written again (taking it twice changes no peak).
+    last_listeners: Option<Vec<ListenerRecord>>,
+    /// Owners whose cgroup was written.
+    cgroups: HashSet<(u32, u64)>,
+}
+
+impl<H: HostSource, W: Write> RecordingHost<H, W> {
+    /// Reads from `host`; with `record`, keeps what it read for the file
+    /// `start_file` starts.
+    pub fn new(host: H, record: bool) -> RecordingHost<H, W> {
+        RecordingHost {
+            host,
+            writer: None,
+            waiting: record.then(Vec::new),
+            last_listeners: None,
+            cgroups: HashSet::new(),
+        }
+    }
+
+    /// From now on writes into `writer` (its header names `diagnose`),
+    /// first what was read before.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn start_file(&mut self, mut writer: RecordWriter<W>) -> io::Result<()> {
+        for (kind, payload) in self.waiting.take().unwrap_or_default() {
+            write_frame(&mut writer.out, kind, &payload)?;
+        }
+        self.writer = Some(writer);
+        Ok(())
+    }
+
+    /// The run's options and start (`D`).
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn run(&mut self, run: &RunFacts) -> io::Result<()> {
+        self.write(RUN, run)
+    }
+
+    /// A batch's raw records (`E`); clears them. Nothing without a file.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn events(&mut self, raw: Option<&mut RawRecords>) -> io::Result<()> {
+        match (&mut self.writer, raw) {
+            (Some(writer), Some(raw)) => writer.raw_events(raw),
+            (None, Some(raw)) => {
+                raw.clear();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How the load ended and the opens the kernel counted (`F`).
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn run_end(&mut self, end: &RunEnd) -> io::Result<()> {
+        let record = EndRecord {
+            load_status: end.load_status.clone(),
+            opens: end.opens.iter().map(open_record).collect(),
+        };
+        self.write(DIAGNOSE_END, &record)
+    }
+
+    /// Ends the file (`Z`: seconds, counts, TC programs) and returns it;
+    /// `None` without a file.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn finish(
+        self,
+        seconds: f64,
+        counts: &Counts,
+        tc: Option<&TcReport>,
+    ) -> io::Result<Option<W>> {
+        self.writer
+            .map(|w| w.finish(seconds, counts, tc, None))
+            .transpose()
+    }
+
+    fn write(&mut self, kind: u8, value: &impl Serialize) -> io::Result<()> {
+        match (&mut self.writer, &mut self.waiting) {
+            (Some(writer), _) => writer.frame_after_events(kind, value),
+            (None, Some(waiting)) => {
+                waiting.push((kind, serde_json::to_vec(value)?));
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+impl<H: HostSource, W: Write> HostSource for RecordingHost<H, W> {
+    fn reading(&mut self, at: Moment) -> Result<HostReading, SourceError> {
+        let reading = self.host.reading(at)?;
+        self.write(READING, &ReadingRecord::of(at, &reading))?;
+        Ok(reading)
+    }
+
+    fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
+        let survey = self.host.survey(at)?;
+        let record = SurveyRecord { at, survey };
+        self.write(SURVEY, &record)?;
+        Ok(record.survey)
+    }
+
+    fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {
+        let sample = self.host.listeners()?;
+        if let Some(listeners) = &sample {
+            let record: Vec<ListenerRecord> = listeners.iter().map(ListenerRecord::from).collect();
+            if self.last_listeners.as_ref() != Some(&record) {
+                self.write(LISTENERS, &record)?;
+                self.last_listeners = Some(record);
+            }
+        }
+        Ok(sample)
+    }
+
+    fn socket_owners(
+        &mut self,
+        inodes: &BTreeSet<u64>,
+    ) -> Result<HashMap<u64, Owner>, SourceError> {
+        let owners = self.host.socket_owners(inodes)?;
+        let sorted: BTreeMap<_, _> = owners.iter().collect();
+        self.write(OWNERS, &sorted)?;
+        Ok(owners)
+    }
+
+    fn cgroup(&mut self, pid: u32, cgroup_id: u64) -> Result<Option<CgroupInfo>, SourceError> {
+        let info = self.host.cgroup(pid, cgroup_id)?;
+        if self.cgroups.insert((pid, cgroup_id)) {
+            let frame = CgroupRecord {
+                key: (pid, cgroup_id),
+                cgroup: info.as_ref().map(OwnerCgroup::of),
+            };
+            self.write(CGROUP, &frame)?;
+        }
+        Ok(info)
+    }
+}
+
+/// A diagnosis' host readings as a record file holds them, handed back
+/// in the order they were taken.
+#[derive(Debug, Default)]
+pub struct RecordedHost {
+    path: PathBuf,
+    readings: BTreeMap<Moment, HostReading>,
+    surveys: BTreeMap<Moment, Survey>,
+    listeners: VecDeque<Vec<Listener>>,
+    owners: HashMap<u64, Owner>,
+    cgroups: HashMap<(u32, u64), Option<CgroupInfo>>,
+}
+
+impl RecordedHost {
+    /// The host readings, options and end of the diagnosis recorded in
+    /// `path` (a `diagnose --record` file, already checked by
+    /// `RecordReader::open`).
+    ///
+    /// # Errors
+    /// A damaged file, or one without the options or the end of a
+    /// diagnosis.
+    pub fn load(path: &Path) -> Result<(RecordedHost, RunFacts, RunEnd), RecordError> {
+        let mut reader = RecordReader::open(path)?;
+        let mut host = RecordedHost {
+            path: path.to_path_buf(),
+            ..RecordedHost::default()
+        };
+        let mut run = None;
+        let mut diagnose_end = None;
+        let mut end = None;
+        while let Some(frame) = reader.next_frame()? {
+            match frame {
+                Frame::Run(facts) => run = Some(*facts),
+                Frame::Reading(at, reading) => {
+                    host.readings.insert(at, *reading);
+                }
+                Frame::Survey(at, survey) => {
+                    host.surveys.insert(at, *survey);
+                }
+                Frame::Listeners(sample) => host.listeners.push_back(sample),
+                Frame::Owners(owners) => host.owners = owners,
+                Frame::Cgroup(key, info) => {
+                    host.cgroups.insert(key, info);
+                }
+                Frame::DiagnoseEnd(load_status, opens) => diagnose_end = Some((load_status, opens)),
+                Frame::End(ending) => end = Some(ending),
+                Frame::Events(_) | Frame::Losses(_) => {}
+            }
+        }
+        let missing = |what: &str| RecordError::Corrupt {
+            path: path.to_path_buf(),
+            offset: reader.offset,
+            what: format!("a diagnose recording without {what}"),
+        };
+        let run = run.ok_or_else(|| missing("its options (D)"))?;
+        let (load_status, opens) = diagnose_end.ok_or_else(|| missing("its end (F)"))?;
+        let end = end.ok_or_else(|| missing("its end record"))?;
+        Ok((
+            host,
+            run,
+            RunEnd {
+                seconds: end.seconds,
+                counts: end.counts,
+                opens,
+                load_status,
+            },
+        ))
+    }
+
+    /// Whether an accept-queue sample is still to be handed out.
+    pub fn has_listener_samples(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
+    fn not_recorded(&self, what: &str) -> SourceError {
+        SourceError::NotRecorded(format!(
+            "{}: the recording holds no {what}",
+            self.path.display()
+        ))
+    }
+}
+
+impl HostSource for RecordedHost {
+    fn reading(&mut self, at: Moment) -> Result<HostReading, SourceError> {
+        self.readings
+            .remove(&at)
+            .ok_or_else(|| self.not_recorded(&format!("{at:?} reading").to_lowercase()))
+    }
+
+    fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
+        self.surveys
+            .remove(&at)
+            .ok_or_else(|| self.not_recorded(&format!("{at:?} namespace survey").to_lowercase()))
+    }
+
+    fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {
+        Ok(self.listeners.pop_front())
+    }
+
+    fn socket_owners(
+        &mut self,
+        inodes: &BTreeSet<u64>,
+    ) -> Result<HashMap<u64, Owner>, SourceError> {
+        Ok(self
+            .owners
+            .iter()
+            .filter(|(inode, _)| inodes.contains(inode))
+            .map(|(inode, owner)| (*inode, owner.clone()))
+            .collect())
+    }
+
+    fn cgroup(&mut self, pid: u32, cgroup_id: u64) -> Result<Option<CgroupInfo>, SourceError> {
+        Ok(self.cgroups.get(&(pid, cgroup_id)).cloned().flatten())
+    }
+}
