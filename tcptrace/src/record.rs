@@ -39,7 +39,7 @@ use tcptrace_common::{EVENT_SIZE, EVENT_WITH_PEER_SIZE};
 
 mod diagnosis;
 
-pub use self::diagnosis::{RecordedHost, RecordingHost};
+pub use self::diagnosis::{RecordedHost, RecordingHost, replay as replay_diagnosis};
 use crate::{
     counts::{Counts, DropCounts, KernelCounts},
     diagnosis::{
@@ -552,6 +552,14 @@ pub enum RecordError {
         /// What is wrong.
         what: String,
     },
+    /// Whole frames, but not all a diagnosis needs (`what` is missing).
+    #[error("{path}: an incomplete diagnose recording: no {what}")]
+    Incomplete {
+        /// The file.
+        path: PathBuf,
+        /// What it lacks.
+        what: String,
+    },
     /// Reading failed.
     #[error("reading {path}: {source}")]
     Io {
@@ -987,6 +995,7 @@ mod tests {
                         }
                         format!("end {}", end.seconds)
                     }
+                    other => format!("{other:?}"),
                 });
             }
             Ok::<_, RecordError>(seen)

@@ -18,11 +18,9 @@ use anyhow::Context as _;
 use crate::{
     cli::ReplayArgs,
     decode::Decoder,
-    diagnosis::watch::{StartReadings, Watch},
-    event::TcpEvent,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
-    record::{Frame, RecordReader, Recorded, RecordedHost},
+    record::{Frame, RecordReader, Recorded, replay_diagnosis},
     sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
     summary::Summary,
     tracer::split_records,
@@ -37,7 +35,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let reader = RecordReader::open(&args.file)?;
     match reader.header().command {
         Recorded::Trace => trace(&args, reader),
-        Recorded::Diagnose => diagnosis(&args, reader),
+        Recorded::Diagnose => diagnosis(&args),
     }
 }
 
@@ -106,33 +104,9 @@ fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode
 }
 
 /// What `diagnose` printed: its report, from the recorded events and
-/// host readings through the same pipeline.
-fn diagnosis(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
-    let header = reader.header().clone();
-    let (mut host, run, end) = RecordedHost::load(&args.file)?;
-    let start = StartReadings::take(&mut host)?;
-    let mut watch = Watch::begin(run, header.names, start);
-    let decoder = Decoder::new(header.hz);
-    let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
-    while let Some(frame) = reader.next_frame()? {
-        if let Frame::Events(records) = frame {
-            // The reader checked every length.
-            for record in split_records(records).map_while(Result::ok) {
-                // Only records that decoded live were recorded.
-                batch.push(
-                    decoder
-                        .decode(record)
-                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?,
-                );
-            }
-            watch.add_batch(&mut batch);
-        }
-    }
-    // Taken between the events live; a peak does not depend on when.
-    while host.has_listener_samples() {
-        watch.sample_listeners(&mut host)?;
-    }
-    let (report, agg) = watch.conclude(end, &mut host)?;
+/// host readings through the same pipeline (`record::replay_diagnosis`).
+fn diagnosis(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let (report, agg) = replay_diagnosis(&args.file)?;
     let json = report.to_json(&agg);
     report
         .print(&json, args.json, &mut io::stdout().lock())

@@ -36,7 +36,7 @@ use crate::{
         global::HostGlobal,
         netns,
         owners::{Owner, socket_owners},
-        reading::{self, ReadingError, tcp_delta},
+        reading::{self, ReadingError, is_tcp_counter, tcp_delta},
         sock_diag::dump_tcp_listeners,
         survey::Survey,
     },
@@ -53,12 +53,24 @@ pub enum Moment {
     End,
 }
 
+impl Moment {
+    /// `start` or `end`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Moment::Start => "start",
+            Moment::End => "end",
+        }
+    }
+}
+
 /// One reading of the watched namespace, reduced to what a diagnosis
-/// uses: the socket table is `SocketFacts` (counts by state, TIME_WAIT
-/// by peer, listeners), not every socket.
+/// uses: the counters `tcp_delta` quotes, and the socket table as
+/// `SocketFacts` (counts by state, TIME_WAIT by peer, listeners), not
+/// every socket. What a record file keeps, so the reduction bounds it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostReading {
-    /// Every counter of /proc/net/netstat, snmp and snmp6.
+    /// The TCP and ICMP counters of /proc/net/netstat, snmp and snmp6
+    /// (`reading::is_tcp_counter`).
     pub counters: Counters,
     /// `SYSCTLS` by key; keys this kernel lacks are absent.
     pub sysctls: BTreeMap<String, String>,
@@ -72,7 +84,8 @@ pub struct HostReading {
 
 impl HostReading {
     /// A full reading reduced (the socket table to `SocketFacts`).
-    pub fn of(reading: reading::Reading) -> HostReading {
+    pub fn of(mut reading: reading::Reading) -> HostReading {
+        reading.counters.retain(is_tcp_counter);
         HostReading {
             counters: reading.counters,
             sysctls: reading.sysctls,
@@ -160,7 +173,12 @@ impl HostSource for LiveHost {
     }
 
     fn survey(&mut self, _at: Moment) -> Result<Survey, SourceError> {
-        Ok(Survey::read())
+        let mut survey = Survey::read();
+        // The rules quote only these (`NamespaceFacts::from_surveys`).
+        for ns in survey.namespaces.values_mut() {
+            ns.counters.retain(is_tcp_counter);
+        }
+        Ok(survey)
     }
 
     fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {

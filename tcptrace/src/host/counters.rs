@@ -131,6 +131,11 @@ impl Counters {
         CounterDelta { values }
     }
 
+    /// Keeps only the counters whose name `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.values.retain(|name, _| keep(name));
+    }
+
     /// Every counter, by nstat name, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.values

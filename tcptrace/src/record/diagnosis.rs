@@ -20,7 +20,7 @@ use std::{
     fs::File,
     io::{self, Write},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use serde::{Deserialize, Serialize};
@@ -30,17 +30,22 @@ use super::{
     RecordError, RecordReader, RecordWriter, SURVEY, write_frame,
 };
 use crate::{
+    aggregate::Aggregate,
     counts::Counts,
+    decode::Decoder,
     diagnosis::{
         facts::{Listener, SocketFacts},
-        watch::{HostReading, HostSource, Moment, RunEnd, RunFacts, SourceError},
+        report::Report,
+        watch::{
+            HostReading, HostSource, Moment, RunEnd, RunFacts, SourceError, StartReadings, Watch,
+        },
     },
-    event::{Comm, OpenCount, Owner as SocketOwner},
+    event::{Comm, OpenCount, Owner as SocketOwner, TcpEvent},
     host::{
         cgroups::CgroupInfo, conntrack::Conntrack, counters::Counters, global::HostGlobal,
         owners::Owner, survey::Survey,
     },
-    tracer::{RawRecords, TcReport},
+    tracer::{RawRecords, TcReport, split_records},
 };
 
 /// A listener as a reading or a sample had it (its holder is named at
@@ -350,11 +355,58 @@ impl<H: HostSource, W: Write> HostSource for RecordingHost<H, W> {
     }
 }
 
+/// The report a `diagnose --record` file's live run printed, and the
+/// aggregate its figures come from: the recorded events and host
+/// readings through the same `Watch` as live.
+///
+/// # Errors
+/// A damaged file, or one without a part of the diagnosis.
+pub fn replay(path: &Path) -> Result<(Report, Aggregate), RecordError> {
+    let (mut host, run, end) = RecordedHost::load(path)?;
+    let not_recorded = |e: SourceError| RecordError::Incomplete {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    };
+    let start = StartReadings::take(&mut host).map_err(not_recorded)?;
+    let mut reader = RecordReader::open(path)?;
+    let header = reader.header().clone();
+    let mut watch = Watch::begin(run, header.names, start);
+    let decoder = Decoder::new(header.hz);
+    let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
+    loop {
+        let at = reader.offset;
+        let Some(frame) = reader.next_frame()? else {
+            break;
+        };
+        if let Frame::Events(records) = frame {
+            // The reader checked every length; only records that
+            // decoded live were recorded.
+            for record in split_records(records).map_while(Result::ok) {
+                match decoder.decode(record) {
+                    Ok(ev) => batch.push(ev),
+                    Err(e) => {
+                        return Err(RecordError::Corrupt {
+                            path: path.to_path_buf(),
+                            offset: at,
+                            what: e.to_string(),
+                        });
+                    }
+                }
+            }
+            watch.add_batch(&mut batch);
+        }
+    }
+    // Taken between the events live; a peak does not depend on when.
+    while host.has_listener_samples() {
+        watch.sample_listeners(&mut host).map_err(not_recorded)?;
+    }
+    watch.conclude(end, &mut host).map_err(not_recorded)
+}
+
 /// A diagnosis' host readings as a record file holds them, handed back
 /// in the order they were taken.
 #[derive(Debug, Default)]
 pub struct RecordedHost {
-    path: PathBuf,
     readings: BTreeMap<Moment, HostReading>,
     surveys: BTreeMap<Moment, Survey>,
     listeners: VecDeque<Vec<Listener>>,
@@ -372,10 +424,7 @@ impl RecordedHost {
     /// diagnosis.
     pub fn load(path: &Path) -> Result<(RecordedHost, RunFacts, RunEnd), RecordError> {
         let mut reader = RecordReader::open(path)?;
-        let mut host = RecordedHost {
-            path: path.to_path_buf(),
-            ..RecordedHost::default()
-        };
+        let mut host = RecordedHost::default();
         let mut run = None;
         let mut diagnose_end = None;
         let mut end = None;
@@ -398,14 +447,14 @@ impl RecordedHost {
                 Frame::Events(_) | Frame::Losses(_) => {}
             }
         }
-        let missing = |what: &str| RecordError::Corrupt {
+        let missing = |what: &str| RecordError::Incomplete {
             path: path.to_path_buf(),
-            offset: reader.offset,
-            what: format!("a diagnose recording without {what}"),
+            what: what.to_string(),
         };
-        let run = run.ok_or_else(|| missing("its options (D)"))?;
-        let (load_status, opens) = diagnose_end.ok_or_else(|| missing("its end (F)"))?;
-        let end = end.ok_or_else(|| missing("its end record"))?;
+        let run = run.ok_or_else(|| missing("options (D frame)"))?;
+        let (load_status, opens) = diagnose_end.ok_or_else(|| missing("load status (F frame)"))?;
+        // The reader refuses a file without its end record.
+        let end = end.ok_or_else(|| missing("end record"))?;
         Ok((
             host,
             run,
@@ -419,15 +468,12 @@ impl RecordedHost {
     }
 
     /// Whether an accept-queue sample is still to be handed out.
-    pub fn has_listener_samples(&self) -> bool {
+    fn has_listener_samples(&self) -> bool {
         !self.listeners.is_empty()
     }
 
-    fn not_recorded(&self, what: &str) -> SourceError {
-        SourceError::NotRecorded(format!(
-            "{}: the recording holds no {what}",
-            self.path.display()
-        ))
+    fn not_recorded(what: &str) -> SourceError {
+        SourceError::NotRecorded(what.to_string())
     }
 }
 
@@ -435,13 +481,15 @@ impl HostSource for RecordedHost {
     fn reading(&mut self, at: Moment) -> Result<HostReading, SourceError> {
         self.readings
             .remove(&at)
-            .ok_or_else(|| self.not_recorded(&format!("{at:?} reading").to_lowercase()))
+            .ok_or_else(|| Self::not_recorded(&format!("{} reading (R frame)", at.name())))
     }
 
     fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
         self.surveys
             .remove(&at)
-            .ok_or_else(|| self.not_recorded(&format!("{at:?} namespace survey").to_lowercase()))
+            .ok_or_else(|| {
+                Self::not_recorded(&format!("{} namespace survey (S frame)", at.name()))
+            })
     }
 
     fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {
