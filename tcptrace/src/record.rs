@@ -1117,6 +1117,45 @@ mod tests {
         );
     }
 
+    /// Version 1 files (written before `diagnose --record`, no command in
+    /// the header) are still read, as `trace` recordings; a newer
+    /// version is refused by number.
+    #[test]
+    fn version_1_files_are_read_and_newer_ones_named() {
+        let mut header = serde_json::to_value(header()).unwrap();
+        header.as_object_mut().unwrap().remove("command");
+        let mut v1 = MAGIC.to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        write_frame(&mut v1, HEADER, &serde_json::to_vec(&header).unwrap()).unwrap();
+        let (_, raw) = event(9);
+        let mut records = RawRecords::default();
+        records.push(&raw);
+        write_frame(&mut v1, EVENTS, records.as_bytes()).unwrap();
+        let end = End {
+            seconds: 1.25,
+            counts: (&counts(4)).into(),
+            tc: None,
+            pcap: None,
+        };
+        write_frame(&mut v1, END, &serde_json::to_vec(&end).unwrap()).unwrap();
+        assert_eq!(
+            read(&v1).unwrap(),
+            [format!("events [{EVENT_SIZE}]"), "end 1.25".into()]
+        );
+        let path = std::env::temp_dir().join(format!("tcptrace-record-v1-{}", std::process::id()));
+        std::fs::write(&path, &v1).unwrap();
+        let reader = RecordReader::open(&path).unwrap();
+        assert_eq!(reader.header().command, Recorded::Trace);
+        let _ = std::fs::remove_file(&path);
+        let mut v3 = v1;
+        v3[16..20].copy_from_slice(&3u32.to_le_bytes());
+        let err = read(&v3).unwrap_err();
+        assert!(
+            err.contains("record format version 3; this tcptrace reads versions 1 to 2"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn another_build_is_named() {
         let mut h = header();

@@ -512,3 +512,374 @@ impl HostSource for RecordedHost {
         Ok(self.cgroups.get(&(pid, cgroup_id)).cloned().flatten())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tcptrace_common::{EVENT_SIZE, Event, kind};
+
+    use super::{super::Recorded, *};
+    use crate::{
+        host::{
+            conntrack::{ConntrackState, parse_stat},
+            sock_diag::{TcpSocket, TcpState},
+            survey::NamespaceReading,
+        },
+        kernel::names::Names,
+        record::Header,
+    };
+
+    /// A host that answers the same made-up readings every time, with
+    /// accept queues that fill and drain.
+    struct MadeUp {
+        samples: VecDeque<Option<Vec<Listener>>>,
+    }
+
+    fn socket(state: TcpState, local: &str, remote: &str, recv_q: u32, inode: u64) -> TcpSocket {
+        TcpSocket {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            recv_q,
+            send_q: 128,
+            inode,
+            uid: 0,
+            info: None,
+        }
+    }
+
+    fn counters(aborts: i64) -> Counters {
+        let netstat = format!(
+            "TcpExt: TCPAbortOnData TCPAbortOnClose ListenOverflows\nTcpExt: {aborts} 3 0\n\
+             IpExt: InOctets\nIpExt: 99\n"
+        );
+        let mut counters = Counters::parse(
+            &netstat,
+            "Tcp: ActiveOpens EstabResets\nTcp: 10 2\nUdp: InDatagrams\nUdp: 4\n",
+        )
+        .unwrap();
+        counters.retain(crate::host::reading::is_tcp_counter);
+        counters
+    }
+
+    fn conntrack() -> Conntrack {
+        let (_, stats) = parse_stat(
+            "entries  searched found new invalid ignore delete delete_list insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+             0000000a  00000001 00000002 00000003 00000004 00000000 00000000 00000000 00000005 00000006 0000000f 00000010 00000000  00000000 00000000 00000000 00000001\n",
+        )
+        .unwrap();
+        Conntrack::Loaded(ConntrackState {
+            stats,
+            count: Some(10),
+            max: Some(262_144),
+            ..ConntrackState::default()
+        })
+    }
+
+    impl HostSource for MadeUp {
+        fn reading(&mut self, at: Moment) -> Result<HostReading, SourceError> {
+            let tw = socket(TcpState::TimeWait, "10.0.0.1:40000", "10.0.0.2:80", 0, 0);
+            let sockets = [
+                socket(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 1, 0),
+                socket(TcpState::Listen, "0.0.0.0:80", "0.0.0.0:0", 2, 77),
+                tw.clone(),
+                tw,
+            ];
+            Ok(HostReading {
+                counters: counters(if at == Moment::Start { 1 } else { 6 }),
+                sysctls: BTreeMap::from([("net.core.somaxconn".into(), "4096".into())]),
+                sockets: Some(SocketFacts::of(&sockets)),
+                conntrack: Some(conntrack()),
+                host_global: Some(HostGlobal {
+                    orphans: Some(3),
+                    ..HostGlobal::default()
+                }),
+            })
+        }
+
+        fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
+            let reading = NamespaceReading {
+                name: "pod".into(),
+                counters: counters(if at == Moment::Start { 0 } else { 5 }),
+                conntrack: Some(conntrack()),
+                cookie: Some(7),
+            };
+            Ok(Survey {
+                namespaces: BTreeMap::from([(4_026_532_458, reading)]),
+                truncated: false,
+            })
+        }
+
+        fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {
+            Ok(self.samples.pop_front().flatten())
+        }
+
+        fn socket_owners(
+            &mut self,
+            inodes: &BTreeSet<u64>,
+        ) -> Result<HashMap<u64, Owner>, SourceError> {
+            assert!(inodes.contains(&77), "{inodes:?}");
+            Ok(HashMap::from([(
+                77,
+                Owner {
+                    pid: 41,
+                    comm: "srv".into(),
+                },
+            )]))
+        }
+
+        fn cgroup(&mut self, pid: u32, cgroup_id: u64) -> Result<Option<CgroupInfo>, SourceError> {
+            Ok((pid == 7).then(|| {
+                CgroupInfo::recorded(
+                    format!("/system.slice/app-{cgroup_id}.service"),
+                    None,
+                    None,
+                )
+            }))
+        }
+    }
+
+    fn names() -> Names {
+        Names::new(
+            BTreeMap::from([(1, "TCP_ESTABLISHED".into()), (7, "TCP_CLOSE".into())]),
+            BTreeMap::from([(11, "TCP_ABORT_ON_CLOSE".into())]),
+        )
+    }
+
+    fn run_facts() -> RunFacts {
+        RunFacts {
+            netns: Some("pod".into()),
+            watched_netns: Some(4_026_532_458),
+            filters: serde_json::json!({"events": ["all"]}),
+            during: Some("stress churn 127.0.0.1:80".into()),
+            started_at: "2026-11-30T20:00:00.000000000Z".into(),
+            started_mono_ns: 1_000,
+            kernel: Some("6.18.0".into()),
+            drops_traced: true,
+            missing: vec!["retransmit errors".into()],
+        }
+    }
+
+    /// Resets a process closing with unread data sent, as raw records.
+    fn raw_resets() -> Vec<Vec<u8>> {
+        (0..6u16)
+            .map(|i| {
+                let mut ev = Event {
+                    ts_ns: 2_000 + u64::from(i) * 1_000_000,
+                    skaddr: 0xffff_0000 + u64::from(i),
+                    kind: kind::RST_SENT,
+                    family: 2,
+                    old_state: 1,
+                    new_state: 1,
+                    sport: 80,
+                    dport: 40_000 + i,
+                    reason: 11,
+                    netns: 4_026_532_458,
+                    age_ns: 5_000_000,
+                    ..Default::default()
+                };
+                ev.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+                ev.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+                ev.owner.tgid = 7;
+                ev.owner.pid = 7;
+                ev.owner.cgroup_id = 9;
+                ev.owner.comm[..3].copy_from_slice(b"app");
+                // SAFETY: Event is repr(C) plain integers.
+                unsafe {
+                    std::slice::from_raw_parts((&ev as *const Event).cast::<u8>(), EVENT_SIZE)
+                }
+                .to_vec()
+            })
+            .collect()
+    }
+
+    fn end() -> RunEnd {
+        let mut counts = Counts::default();
+        counts.received[usize::from(kind::RST_SENT)] = 6;
+        counts.kernel.produced[usize::from(kind::RST_SENT)] = 6;
+        counts.drops.host.insert(3, 2);
+        RunEnd {
+            seconds: 2.5,
+            counts,
+            opens: Vec::new(),
+            load_status: Some("exit status: 0".into()),
+        }
+    }
+
+    fn listener(queued: u32) -> Listener {
+        Listener {
+            local: "0.0.0.0:80".parse().unwrap(),
+            queued,
+            limit: Some(128),
+            owner: None,
+            inode: 77,
+        }
+    }
+
+    /// Runs a diagnosis over the made-up host as `diagnose --record`
+    /// does: the live report (JSON and text) and the record file.
+    fn live() -> (String, String, Vec<u8>) {
+        let samples = [Some(vec![listener(1)]), None, Some(vec![listener(5)])]
+            .into_iter()
+            .chain([Some(vec![listener(5)]), Some(vec![listener(2)])])
+            .collect();
+        let mut host = RecordingHost::new(MadeUp { samples }, true);
+        let start = StartReadings::take(&mut host).unwrap();
+        let header = Header {
+            command: Recorded::Diagnose,
+            ..Header::here(Some(250), 1_700_000_000_000_000_000, names(), Vec::new())
+        };
+        host.start_file(RecordWriter::new(Vec::new(), &header).unwrap())
+            .unwrap();
+        host.run(&run_facts()).unwrap();
+        let mut watch = Watch::begin(run_facts(), names(), start);
+        let decoder = Decoder::new(Some(250));
+        let mut raw = RawRecords::default();
+        let mut batch = Vec::new();
+        for record in raw_resets() {
+            batch.push(decoder.decode(&record).unwrap());
+            raw.push(&record);
+            watch.sample_listeners(&mut host).unwrap();
+        }
+        host.events(Some(&mut raw)).unwrap();
+        watch.add_batch(&mut batch);
+        host.run_end(&end()).unwrap();
+        let (report, agg) = watch.conclude(end(), &mut host).unwrap();
+        let file = host
+            .finish(2.5, &end().counts, None)
+            .unwrap()
+            .expect("a file");
+        (printed(&report, &agg, true), printed(&report, &agg, false), file)
+    }
+
+    fn printed(report: &Report, agg: &Aggregate, json: bool) -> String {
+        let mut out = Vec::new();
+        report.print(&report.to_json(agg), json, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn temp(bytes: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "tcptrace-diag-record-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn replayed(bytes: &[u8]) -> Result<(String, String), String> {
+        let path = temp(bytes);
+        let result = replay(&path).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        let (report, agg) = result?;
+        Ok((
+            printed(&report, &agg, true),
+            printed(&report, &agg, false),
+        ))
+    }
+
+    #[test]
+    fn a_replayed_diagnosis_prints_the_live_report() {
+        let (json, text, file) = live();
+        let (replayed_json, replayed_text) = replayed(&file).unwrap();
+        assert_eq!(replayed_json, json);
+        assert_eq!(replayed_text, text);
+        // What the equality covers: the readings, the accept-queue peak
+        // and its holder, the affected process's cgroup, the load.
+        let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(report["events"], 6, "{report:#}");
+        assert_eq!(report["counters"]["TcpExtTCPAbortOnData"], 5);
+        assert_eq!(report["sysctls"]["net.core.somaxconn"], "4096");
+        assert_eq!(report["listeners_peak"][0]["queued"], 5);
+        assert_eq!(report["listeners_peak"][0]["owner"]["comm"], "srv");
+        assert_eq!(report["sockets_end"]["listeners"][0]["owner"]["pid"], 41);
+        assert_eq!(report["sockets_end"]["states"]["TIME_WAIT"], 2);
+        assert_eq!(report["conntrack"]["end"]["stats"]["invalid"], 4);
+        assert_eq!(report["load"]["status"], "exit status: 0");
+        assert_eq!(report["started_at"], "2026-11-30T20:00:00.000000000Z");
+        assert!(
+            text.contains("/system.slice/app-9.service"),
+            "the affected process's cgroup: {text}"
+        );
+        // An unchanged accept-queue sample is written once.
+        let path = temp(&file);
+        let mut reader = RecordReader::open(&path).unwrap();
+        let mut samples = 0;
+        while let Some(frame) = reader.next_frame().unwrap() {
+            samples += usize::from(matches!(frame, Frame::Listeners(_)));
+        }
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(samples, 3);
+    }
+
+    #[test]
+    fn every_cut_or_damaged_diagnosis_file_is_refused_in_one_line() {
+        let (_, _, file) = live();
+        for len in 0..file.len() {
+            let err = replayed(&file[..len]).unwrap_err();
+            assert!(
+                err.contains("not a tcptrace record file") || err.contains("truncated at byte"),
+                "{len}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+        for at in (16..file.len()).step_by(7) {
+            let mut bad = file.clone();
+            bad[at] ^= 0x40;
+            let err = replayed(&bad).unwrap_err();
+            assert!(
+                err.contains("corrupt at byte")
+                    || err.contains("format version")
+                    || err.contains("truncated"),
+                "byte {at}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    /// A file whose frames are whole but lack a part of the diagnosis
+    /// names the part.
+    #[test]
+    fn an_incomplete_diagnosis_is_named() {
+        let header = Header {
+            command: Recorded::Diagnose,
+            ..Header::here(Some(250), 0, names(), Vec::new())
+        };
+        let mut host: RecordingHost<MadeUp, Vec<u8>> = RecordingHost::new(
+            MadeUp {
+                samples: VecDeque::new(),
+            },
+            false,
+        );
+        host.start_file(RecordWriter::new(Vec::new(), &header).unwrap())
+            .unwrap();
+        host.run(&run_facts()).unwrap();
+        host.run_end(&end()).unwrap();
+        let file = host.finish(1.0, &end().counts, None).unwrap().unwrap();
+        let err = replayed(&file).unwrap_err();
+        assert!(
+            err.contains("an incomplete diagnose recording: no start reading (R frame)"),
+            "{err}"
+        );
+    }
+
+    /// The frames of a diagnosis do not belong in a trace recording.
+    #[test]
+    fn diagnose_frames_in_a_trace_recording_are_corrupt() {
+        let header = Header::here(Some(250), 0, names(), Vec::new());
+        let mut host: RecordingHost<MadeUp, Vec<u8>> = RecordingHost::new(
+            MadeUp {
+                samples: VecDeque::new(),
+            },
+            false,
+        );
+        host.start_file(RecordWriter::new(Vec::new(), &header).unwrap())
+            .unwrap();
+        host.run(&run_facts()).unwrap();
+        let file = host.finish(1.0, &end().counts, None).unwrap().unwrap();
+        let err = replayed(&file).unwrap_err();
+        assert!(err.contains("a diagnose frame in a trace recording"), "{err}");
+    }
+}
