@@ -1156,6 +1156,18 @@ mod tests {
         );
     }
 
+    /// Seconds are printed with every digit (diagnose's report): the
+    /// f64 read back must be the one written.
+    #[test]
+    fn seconds_come_back_exactly() {
+        for seconds in [1.202_739_471_000_000_1, 0.1 + 0.2, 5.000_000_001, 1e-9] {
+            let writer = RecordWriter::new(Vec::new(), &header()).unwrap();
+            let bytes = writer.finish(seconds, &counts(4), None, None).unwrap();
+            let read = read(&bytes).unwrap();
+            assert_eq!(read.last().unwrap(), &format!("end {seconds}"));
+        }
+    }
+
     #[test]
     fn another_build_is_named() {
         let mut h = header();
