@@ -517,7 +517,9 @@ pub enum RecordError {
         path: PathBuf,
     },
     /// Another format version (`found`).
-    #[error("{path}: record format version {found}; this tcptrace reads versions 1 to {FORMAT_VERSION}")]
+    #[error(
+        "{path}: record format version {found}; this tcptrace reads versions 1 to {FORMAT_VERSION}"
+    )]
     Version {
         /// The file.
         path: PathBuf,

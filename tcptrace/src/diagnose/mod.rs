@@ -9,12 +9,7 @@
 
 pub mod during;
 
-use std::{
-    io,
-    path::Path,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
@@ -27,7 +22,7 @@ use crate::{
     filter_args::{self, session_options, tc_options},
     html_report,
     kernel::clock::WallClock,
-    record::{Header, Recorded, RecordWriter, RecordingHost},
+    record::{Header, RecordWriter, Recorded, RecordingHost},
     safe_file,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
@@ -177,9 +172,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         load_status: load_status.flatten().map(|s| s.to_string()),
     };
     host.run_end(&end).map_err(record_err(&args))?;
-    let (report, agg) = watch
-        .conclude(end, &mut host)
-        .map_err(source_err(&args))?;
+    let (report, agg) = watch.conclude(end, &mut host).map_err(source_err(&args))?;
     if let Some(file) = host
         .finish(seconds, &counts, tc.as_ref())
         .map_err(record_err(&args))?

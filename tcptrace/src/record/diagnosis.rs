@@ -125,7 +125,11 @@ pub(super) fn reading(r: &ReadingRecord) -> (Moment, HostReading) {
         sockets: r.sockets.as_ref().map(|s| SocketFacts {
             states: s.states.clone(),
             time_wait_by_peer: s.time_wait_by_peer.clone(),
-            listeners: s.listeners.iter().map(ListenerRecord::to_listener).collect(),
+            listeners: s
+                .listeners
+                .iter()
+                .map(ListenerRecord::to_listener)
+                .collect(),
         }),
         conntrack: r.conntrack.clone(),
         host_global: r.host_global.clone(),
@@ -487,9 +491,7 @@ impl HostSource for RecordedHost {
     fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
         self.surveys
             .remove(&at)
-            .ok_or_else(|| {
-                Self::not_recorded(&format!("{} namespace survey (S frame)", at.name()))
-            })
+            .ok_or_else(|| Self::not_recorded(&format!("{} namespace survey (S frame)", at.name())))
     }
 
     fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {
@@ -631,11 +633,7 @@ mod tests {
 
         fn cgroup(&mut self, pid: u32, cgroup_id: u64) -> Result<Option<CgroupInfo>, SourceError> {
             Ok((pid == 7).then(|| {
-                CgroupInfo::recorded(
-                    format!("/system.slice/app-{cgroup_id}.service"),
-                    None,
-                    None,
-                )
+                CgroupInfo::recorded(format!("/system.slice/app-{cgroup_id}.service"), None, None)
             }))
         }
     }
@@ -750,7 +748,11 @@ mod tests {
             .finish(2.5, &end().counts, None)
             .unwrap()
             .expect("a file");
-        (printed(&report, &agg, true), printed(&report, &agg, false), file)
+        (
+            printed(&report, &agg, true),
+            printed(&report, &agg, false),
+            file,
+        )
     }
 
     fn printed(report: &Report, agg: &Aggregate, json: bool) -> String {
@@ -774,10 +776,7 @@ mod tests {
         let result = replay(&path).map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&path);
         let (report, agg) = result?;
-        Ok((
-            printed(&report, &agg, true),
-            printed(&report, &agg, false),
-        ))
+        Ok((printed(&report, &agg, true), printed(&report, &agg, false)))
     }
 
     #[test]
@@ -880,6 +879,9 @@ mod tests {
         host.run(&run_facts()).unwrap();
         let file = host.finish(1.0, &end().counts, None).unwrap().unwrap();
         let err = replayed(&file).unwrap_err();
-        assert!(err.contains("a diagnose frame in a trace recording"), "{err}");
+        assert!(
+            err.contains("a diagnose frame in a trace recording"),
+            "{err}"
+        );
     }
 }
