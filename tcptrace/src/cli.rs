@@ -37,7 +37,7 @@ pub enum Command {
     Top(TopArgs),
     /// Serve Prometheus/OpenMetrics metrics and findings, always on.
     Exporter(ExporterArgs),
-    /// Print what `trace` would have printed for a file made by `trace --record`.
+    /// Print what `trace` or `diagnose` printed for a file made by its --record.
     Replay(ReplayArgs),
 }
 
@@ -160,12 +160,13 @@ pub struct TraceArgs {
 /// `tcptrace replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// A file written by `trace --record`.
+    /// A file written by `trace --record` or `diagnose --record`.
     pub file: PathBuf,
-    /// Print NDJSON, as `trace --json` does.
+    /// Print JSON, as the recording command's --json does (NDJSON for
+    /// `trace`, one document for `diagnose`).
     #[arg(long)]
     pub json: bool,
-    /// Do not print the summary (on stderr) at the end.
+    /// Do not print the summary (on stderr) at the end (`trace`).
     #[arg(long)]
     pub no_summary: bool,
 }
@@ -470,6 +471,11 @@ pub struct DiagnoseArgs {
     /// through a symbolic link, an existing FILE must be our own.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Also write the kernel's raw records and the host readings the
+    /// report depends on to this file (mode 0600; docs/record.md);
+    /// `tcptrace replay FILE` prints the same report anywhere.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,

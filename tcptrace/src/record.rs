@@ -8,15 +8,18 @@
 //! frame*                kind (u8), payload length (u32 LE), CRC-32 of the payload (u32 LE), payload
 //! ```
 //!
-//! Frames, in the order the live `trace` met them: `H` (first, once:
-//! JSON `Header`), `E` (raw records, each after its length: `event_size`
+//! Frames, in the order the live command met them: `H` (first, once:
+//! JSON `Header`, which names the command that recorded, `trace` or
+//! `diagnose`), `E` (raw records, each after its length: `event_size`
 //! bytes, or `event_with_peer_size` for a received RST with the TC
 //! programs' profile of the peer), `C` (JSON: what a socket owner's
 //! cgroup resolved to, path, container, pod and namespace, whenever that
-//! changed), `L` (JSON: the loss counters when they changed at a loss
-//! check), `Z` (last, once: JSON `End`, the run's length, exact counts
-//! and the summary's TC and `--pcap` lines). A file without its `Z`
-//! frame was cut short and is refused as a whole.
+//! changed), `L` (trace: JSON, the loss counters when they changed at a
+//! loss check), `Z` (last, once: JSON `End`, the run's length, exact
+//! counts and the summary's TC and `--pcap` lines). A file without its
+//! `Z` frame was cut short and is refused as a whole. `diagnose` adds
+//! its host readings and options (`D`, `R`, `S`, `Q`, `P`, `F`: see
+//! `diagnosis`).
 //!
 //! Writing costs a copy of each record, a CRC per frame and one
 //! `write(2)` per 1 MiB (or per flush): no formatting; an owner's cgroup
@@ -34,12 +37,21 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tcptrace_common::{EVENT_SIZE, EVENT_WITH_PEER_SIZE};
 
+mod diagnosis;
+
+pub use self::diagnosis::{RecordedHost, RecordingHost, replay as replay_diagnosis};
 use crate::{
     counts::{Counts, DropCounts, KernelCounts},
-    event::{EventKind, KINDS, TcpEvent},
+    diagnosis::{
+        facts::Listener,
+        watch::{HostReading, Moment, RunFacts},
+    },
+    event::{EventKind, KINDS, OpenCount, TcpEvent},
     host::{
         cgroups::{CgroupInfo, Cgroups},
         k8s::PodNames,
+        owners::Owner,
+        survey::Survey,
     },
     kernel::names::Names,
     summary::RecorderReport,
@@ -48,8 +60,12 @@ use crate::{
 
 /// The first bytes of every record file.
 pub const MAGIC: &[u8; 16] = b"tcptrace record\n";
-/// The version of the format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the format this build writes (and reads, with the
+/// older ones in `READS_VERSIONS`).
+pub const FORMAT_VERSION: u32 = 2;
+/// Versions this build reads: 1 (`trace` only, no command in the header)
+/// and 2 (the command named; `diagnose` frames).
+const READS_VERSIONS: [u32; 2] = [1, 2];
 /// A frame longer than this is corruption, not data (memory stays
 /// bounded whatever the file says).
 const MAX_FRAME: u32 = 64 << 20;
@@ -61,10 +77,31 @@ const EVENTS: u8 = b'E';
 const CGROUP: u8 = b'C';
 const LOSSES: u8 = b'L';
 const END: u8 = b'Z';
+// `diagnose` (see `diagnosis`).
+const RUN: u8 = b'D';
+const READING: u8 = b'R';
+const SURVEY: u8 = b'S';
+const LISTENERS: u8 = b'Q';
+const OWNERS: u8 = b'P';
+const DIAGNOSE_END: u8 = b'F';
+
+/// The command that recorded a file, whose output `replay` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recorded {
+    /// `trace --record` (every version-1 file).
+    #[default]
+    Trace,
+    /// `diagnose --record`.
+    Diagnose,
+}
 
 /// What the recording host knew that decoding and printing need.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// The command that recorded (absent in version 1: `trace`).
+    #[serde(default)]
+    pub command: Recorded,
     /// The tcptrace version that recorded.
     pub tcptrace: String,
     /// Bytes per raw record (`tcptrace_common::EVENT_SIZE` of that build).
@@ -94,6 +131,7 @@ impl Header {
     /// come from the running session.
     pub fn here(hz: Option<u32>, boot_unix_ns: i128, names: Names, missing: Vec<String>) -> Header {
         Header {
+            command: Recorded::Trace,
             tcptrace: env!("CARGO_PKG_VERSION").to_string(),
             event_size: EVENT_SIZE,
             event_with_peer_size: EVENT_WITH_PEER_SIZE,
@@ -431,6 +469,28 @@ impl<W: Write> RecordWriter<W> {
         let payload = serde_json::to_vec(value)?;
         write_frame(&mut self.out, kind, &payload)
     }
+
+    /// Adds the records of a batch (`diagnose`: no owner's cgroup is
+    /// printed per event, so none is written) and clears them.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn raw_events(&mut self, raw: &mut RawRecords) -> io::Result<()> {
+        for record in raw.iter() {
+            self.pending.push(record);
+            if self.pending.as_bytes().len() >= EVENTS_PER_FRAME * EVENT_SIZE {
+                self.write_pending()?;
+            }
+        }
+        raw.clear();
+        Ok(())
+    }
+
+    /// A JSON frame after the events so far (`diagnosis`' frames).
+    fn frame_after_events(&mut self, kind: u8, value: &impl Serialize) -> io::Result<()> {
+        self.write_pending()?;
+        self.json_frame(kind, value)
+    }
 }
 
 fn write_frame(out: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
@@ -457,7 +517,9 @@ pub enum RecordError {
         path: PathBuf,
     },
     /// Another format version (`found`).
-    #[error("{path}: record format version {found}; this tcptrace reads version {FORMAT_VERSION}")]
+    #[error(
+        "{path}: record format version {found}; this tcptrace reads versions 1 to {FORMAT_VERSION}"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -492,6 +554,14 @@ pub enum RecordError {
         /// What is wrong.
         what: String,
     },
+    /// Whole frames, but not all a diagnosis needs (`what` is missing).
+    #[error("{path}: an incomplete diagnose recording: no {what}")]
+    Incomplete {
+        /// The file.
+        path: PathBuf,
+        /// What it lacks.
+        what: String,
+    },
     /// Reading failed.
     #[error("reading {path}: {source}")]
     Io {
@@ -515,6 +585,19 @@ pub enum Frame<'a> {
     Losses(Counts),
     /// The last frame: seconds, counts, TC programs, `--pcap`.
     End(Box<Ending>),
+    /// `diagnose`: its options and what the session said at its start.
+    Run(Box<RunFacts>),
+    /// `diagnose`: a reading of the watched namespace.
+    Reading(Moment, Box<HostReading>),
+    /// `diagnose`: a reading of every namespace.
+    Survey(Moment, Box<Survey>),
+    /// `diagnose`: one sample of the accept queues.
+    Listeners(Vec<Listener>),
+    /// `diagnose`: the holders of the listening sockets, by inode.
+    Owners(std::collections::HashMap<u64, Owner>),
+    /// `diagnose`: how its `--during` load ended, and the opens the
+    /// kernel counted.
+    DiagnoseEnd(Option<String>, Vec<OpenCount>),
 }
 
 /// What the end frame holds, checked.
@@ -578,7 +661,7 @@ impl RecordReader {
             _ => return Err(RecordError::NotARecord { path: reader.path }),
         }
         let version = u32::from_le_bytes(magic[16..20].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
+        if !READS_VERSIONS.contains(&version) {
             return Err(RecordError::Version {
                 path: reader.path,
                 found: version,
@@ -672,6 +755,26 @@ impl RecordReader {
                     tc,
                     pcap: end.pcap.as_ref().map(RecorderReport::from),
                 }))
+            }
+            RUN | READING | SURVEY | LISTENERS | OWNERS | DIAGNOSE_END
+                if self.header.command != Recorded::Diagnose =>
+            {
+                return Err(self.corrupt(at, "a diagnose frame in a trace recording"));
+            }
+            RUN => Frame::Run(Box::new(self.json(at)?)),
+            READING => {
+                let (at_moment, reading) = diagnosis::reading(&self.json(at)?);
+                Frame::Reading(at_moment, Box::new(reading))
+            }
+            SURVEY => {
+                let survey: diagnosis::SurveyRecord = self.json(at)?;
+                Frame::Survey(survey.at, Box::new(survey.survey))
+            }
+            LISTENERS => Frame::Listeners(diagnosis::listeners(self.json(at)?)),
+            OWNERS => Frame::Owners(self.json(at)?),
+            DIAGNOSE_END => {
+                let end: diagnosis::EndRecord = self.json(at)?;
+                Frame::DiagnoseEnd(end.load_status, diagnosis::opens(&end.opens))
             }
             HEADER => return Err(self.corrupt(at, "a second header")),
             other => {
@@ -894,6 +997,7 @@ mod tests {
                         }
                         format!("end {}", end.seconds)
                     }
+                    other => format!("{other:?}"),
                 });
             }
             Ok::<_, RecordError>(seen)
@@ -1013,6 +1117,57 @@ mod tests {
                 .unwrap_err()
                 .contains("not a tcptrace record file")
         );
+    }
+
+    /// Version 1 files (written before `diagnose --record`, no command in
+    /// the header) are still read, as `trace` recordings; a newer
+    /// version is refused by number.
+    #[test]
+    fn version_1_files_are_read_and_newer_ones_named() {
+        let mut header = serde_json::to_value(header()).unwrap();
+        header.as_object_mut().unwrap().remove("command");
+        let mut v1 = MAGIC.to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        write_frame(&mut v1, HEADER, &serde_json::to_vec(&header).unwrap()).unwrap();
+        let (_, raw) = event(9);
+        let mut records = RawRecords::default();
+        records.push(&raw);
+        write_frame(&mut v1, EVENTS, records.as_bytes()).unwrap();
+        let end = End {
+            seconds: 1.25,
+            counts: (&counts(4)).into(),
+            tc: None,
+            pcap: None,
+        };
+        write_frame(&mut v1, END, &serde_json::to_vec(&end).unwrap()).unwrap();
+        assert_eq!(
+            read(&v1).unwrap(),
+            [format!("events [{EVENT_SIZE}]"), "end 1.25".into()]
+        );
+        let path = std::env::temp_dir().join(format!("tcptrace-record-v1-{}", std::process::id()));
+        std::fs::write(&path, &v1).unwrap();
+        let reader = RecordReader::open(&path).unwrap();
+        assert_eq!(reader.header().command, Recorded::Trace);
+        let _ = std::fs::remove_file(&path);
+        let mut v3 = v1;
+        v3[16..20].copy_from_slice(&3u32.to_le_bytes());
+        let err = read(&v3).unwrap_err();
+        assert!(
+            err.contains("record format version 3; this tcptrace reads versions 1 to 2"),
+            "{err}"
+        );
+    }
+
+    /// Seconds are printed with every digit (diagnose's report): the
+    /// f64 read back must be the one written.
+    #[test]
+    fn seconds_come_back_exactly() {
+        for seconds in [1.202_739_471_000_000_1, 0.1 + 0.2, 5.000_000_001, 1e-9] {
+            let writer = RecordWriter::new(Vec::new(), &header()).unwrap();
+            let bytes = writer.finish(seconds, &counts(4), None, None).unwrap();
+            let read = read(&bytes).unwrap();
+            assert_eq!(read.last().unwrap(), &format!("end {seconds}"));
+        }
     }
 
     #[test]

@@ -1,21 +1,26 @@
-//! `tcptrace replay FILE`: prints what the live `trace` that recorded
-//! FILE (`trace --record`) would have printed, human or `--json`,
-//! byte for byte: the same decoder, names, wall clock, cgroups (pods,
+//! `tcptrace replay FILE`: prints what the live command that recorded
+//! FILE would have printed, human or `--json`, byte for byte.
+//!
+//! `trace --record`: the same decoder, names, wall clock, cgroups (pods,
 //! namespaces, containers), loss checks and summary lines as the
-//! recording host had, from the file. A damaged or cut-short file is
-//! refused before anything is printed.
+//! recording host had, from the file. `diagnose --record`: the same
+//! pipeline (`diagnosis::watch`) over the same events, with the host
+//! readings the recording host took, from the file. A damaged or
+//! cut-short file is refused before anything is printed.
 
 use std::{
     io::{self, BufWriter, Write as _},
     process::ExitCode,
 };
 
+use anyhow::Context as _;
+
 use crate::{
     cli::ReplayArgs,
     decode::Decoder,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
-    record::{Frame, RecordReader},
+    record::{Frame, RecordReader, Recorded, replay_diagnosis},
     sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
     summary::Summary,
     tracer::split_records,
@@ -27,7 +32,15 @@ use crate::{
 /// A file that is not a whole record file of this format (one line
 /// naming the damage), and failures to write stdout.
 pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let mut reader = RecordReader::open(&args.file)?;
+    let reader = RecordReader::open(&args.file)?;
+    match reader.header().command {
+        Recorded::Trace => trace(&args, reader),
+        Recorded::Diagnose => diagnosis(&args),
+    }
+}
+
+/// What `trace` printed: the events as they come, then the summary.
+fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
     let header = reader.header().clone();
     let decoder = Decoder::new(header.hz);
     let clock = WallClock::from_boot_unix_ns(i128::from(header.boot_unix_ns));
@@ -71,6 +84,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 summary.finish(end.seconds, end.counts, &header.missing, &names);
                 summary.set_packets(end.tc, end.pcap);
             }
+            // The reader refuses diagnose frames in a trace recording.
+            Frame::Run(_)
+            | Frame::Reading(..)
+            | Frame::Survey(..)
+            | Frame::Listeners(_)
+            | Frame::Owners(_)
+            | Frame::DiagnoseEnd(..) => {}
         }
     }
     if args.json {
@@ -80,5 +100,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !args.no_summary {
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `diagnose` printed: its report, from the recorded events and
+/// host readings through the same pipeline (`record::replay_diagnosis`).
+fn diagnosis(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let (report, agg) = replay_diagnosis(&args.file)?;
+    let json = report.to_json(&agg);
+    report
+        .print(&json, args.json, &mut io::stdout().lock())
+        .context("writing the report")?;
     Ok(ExitCode::SUCCESS)
 }

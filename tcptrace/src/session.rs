@@ -199,11 +199,26 @@ impl Session {
     /// # Errors
     /// As `finish`, and a failure to read the kernel's count map.
     pub async fn finish_counting<E: From<crate::error::Error>>(
-        mut self,
+        self,
         batch: &mut Vec<TcpEvent>,
         mut consume: impl FnMut(&mut Vec<TcpEvent>) -> Result<(), E>,
     ) -> Result<(Counts, Vec<OpenCount>), E> {
-        self.drain(batch, |batch, _| consume(batch)).await?;
+        self.finish_counting_raw(batch, |batch, _| consume(batch))
+            .await
+    }
+
+    /// `finish_counting`, handing `consume` the kept bytes of each
+    /// batch's records too (`diagnose --record`; empty without
+    /// `keep_raw_records`).
+    ///
+    /// # Errors
+    /// As `finish_counting`.
+    pub async fn finish_counting_raw<E: From<crate::error::Error>>(
+        mut self,
+        batch: &mut Vec<TcpEvent>,
+        consume: impl FnMut(&mut Vec<TcpEvent>, &mut RawRecords) -> Result<(), E>,
+    ) -> Result<(Counts, Vec<OpenCount>), E> {
+        self.drain(batch, consume).await?;
         // Before the counts, which include the opens handed out.
         let opens = self.tracer.take_opens()?;
         Ok((self.tracer.counts()?, opens))

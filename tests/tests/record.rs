@@ -172,3 +172,104 @@ fn replay_prints_what_the_live_trace_printed() {
         assert!(stderr.contains(words), "{}: {stderr}", file.display());
     }
 }
+
+/// An incident in `ns`: five connects to a port where nothing listens
+/// (refused), and five connections to a listener closed with SO_LINGER
+/// 0 by the client (RSTs), the listener's queue holding one unaccepted.
+/// Returns how many connects were refused, and the listener with its
+/// queued connection (open until the caller drops them, so that the
+/// diagnosis names its holder at the end).
+fn incident(ns: &Netns) -> (usize, (TcpListener, TcpStream)) {
+    ns.run(|| {
+        let refused = (0..5)
+            .filter(|_| {
+                matches!(TcpStream::connect("127.0.0.1:9"),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        for _ in 0..5 {
+            let client = TcpStream::connect(addr).unwrap();
+            let (_server, _) = listener.accept().unwrap();
+            tests::set_linger_zero(&client);
+            drop(client);
+        }
+        // Waits in the accept queue while the sampler looks (500 ms).
+        let queued = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        (refused, (listener, queued))
+    })
+}
+
+#[test]
+fn replay_prints_what_the_live_diagnosis_printed() {
+    require_root();
+    let scratch = Scratch::new();
+    for (tag, json) in [("diagjson", true), ("diaghuman", false)] {
+        let ns = Netns::new(tag);
+        let record = scratch.0.join(format!("{tag}.rec"));
+        let mut cmd = Command::new(tests::tcptrace_bin());
+        cmd.args(["diagnose", "--netns", ns.name()])
+            .args(json.then_some("--json"))
+            .arg("--record")
+            .arg(&record);
+        let (mut child, stderr, mut seen) = spawn_until(&mut cmd, "diagnosing");
+        let (refused, listener) = incident(&ns);
+        assert_eq!(refused, 5, "{tag}: refused connects");
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        wait_within(&mut child, Duration::from_secs(30));
+        let (live, status) = collect(&mut child, &stderr, &mut seen);
+        assert!(status.success(), "diagnose --record: {status}: {seen:?}");
+        drop(listener);
+        let mode = fs::metadata(&record).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the record file names processes: 0600");
+        // The replay needs nothing of the host it was recorded on.
+        drop(ns);
+        let args: &[&str] = if json { &["--json"] } else { &[] };
+        let replayed = replay(args, &record);
+        assert!(
+            replayed.status.success(),
+            "{tag}: replay failed: {}",
+            String::from_utf8_lossy(&replayed.stderr)
+        );
+        let replayed_text = String::from_utf8_lossy(&replayed.stdout);
+        assert!(
+            replayed.stdout == live.as_bytes(),
+            "{tag}: replay differs from the live report ({} vs {} bytes); first differing line: {:?}",
+            replayed.stdout.len(),
+            live.len(),
+            replayed_text
+                .lines()
+                .zip(live.lines())
+                .find(|(a, b)| a != b)
+        );
+        let size = fs::metadata(&record).unwrap().len();
+        eprintln!("{tag}: record file {size} bytes");
+        if json {
+            let report: serde_json::Value = serde_json::from_str(&live).unwrap();
+            let causes: Vec<&str> = report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|f| f["cause"].as_str())
+                .collect();
+            assert!(
+                causes.contains(&"nothing_listening"),
+                "the finding is there: {causes:?}"
+            );
+            assert!(
+                report["listeners_peak"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["owner"]["pid"] == u64::from(std::process::id())),
+                "the listener's holder is named: {:#}",
+                report["listeners_peak"]
+            );
+        } else {
+            assert!(live.contains("127.0.0.1:9"), "the finding is there: {live}");
+        }
+    }
+}

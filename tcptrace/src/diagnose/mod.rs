@@ -2,46 +2,27 @@
 //!
 //! Reads the host facts (counters, sysctls, sockets), traces until
 //! `--duration` or Ctrl-C while aggregating every event, reads the host
-//! facts again, and hands all of it to the rules as plain data.
+//! facts again, and hands all of it to the rules as plain data: the
+//! pipeline is `diagnosis::watch`, fed from the live host. With
+//! `--record FILE` every event and host reading is also written to FILE,
+//! from which `tcptrace replay` prints the same report.
 
 pub mod during;
-pub mod report;
 
-use std::{
-    collections::BTreeMap,
-    io::{self, Write as _},
-    path::Path,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{io, path::Path, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::ValueEnum as _;
 use tcptrace_common::kind_mask;
 
-use self::report::Report;
 use crate::{
-    aggregate::Aggregate,
     cli::{DiagnoseArgs, FilterArgs},
-    diagnosis::{
-        self,
-        facts::{HostFacts, KernelDrops, ListenerPeaks, NamespaceFacts, SYSCTLS, SocketFacts},
-        finding::{Finding, rank},
-        rules::{Inputs, evaluate},
-    },
+    diagnosis::watch::{LiveHost, RunEnd, RunFacts, SourceError, StartReadings, Watch},
     event::TcpEvent,
     filter_args::{self, session_options, tc_options},
-    host::{
-        cgroups::Cgroups,
-        conntrack::ConntrackChange,
-        netns,
-        owners::socket_owners,
-        reading,
-        sock_diag::{TcpSocket, dump_tcp_listeners},
-        survey::Survey,
-    },
     html_report,
-    kernel::{clock::WallClock, names::Names},
+    kernel::clock::WallClock,
+    record::{Header, RecordWriter, Recorded, RecordingHost},
     safe_file,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
@@ -58,10 +39,10 @@ const QUEUE_SAMPLE: Duration = Duration::from_millis(500);
 /// # Errors
 /// What the session refuses, a `--during` that is no stress command or
 /// does not start, host facts that cannot be read, and failures to write
-/// the report.
+/// the report or the record file.
 pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     let (options, netns) = session_options(&args.filter, args.ring_kib)?;
-    let mut cgroups = filter_args::cgroups(&args.filter)?;
+    let cgroups = filter_args::cgroups(&args.filter)?;
     // The rules work on aggregates, which have no use for the opening
     // transitions. Successful opens still come one by one, not counted in
     // the kernel (`count_opens`, as `top` does): the flow index follows
@@ -85,11 +66,53 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         // Refused now, not after the whole watch.
         check_report_dir(path)?;
     }
-    let netns_path = netns.as_ref().map(|ns| ns.path.as_path());
-    let before = reading::read(netns_path, &SYSCTLS)?;
-    let survey_before = Survey::read();
+    if args.record.is_some() && args.record == args.report {
+        anyhow::bail!("--record and --report name the same file");
+    }
+    // Opened before the tracer loads: a refused path fails fast.
+    let record_file = match &args.record {
+        Some(path) => Some(safe_file::create(path)?),
+        None => None,
+    };
+    let netns_path = netns.as_ref().map(|ns| ns.path.clone());
+    let live = LiveHost::new(netns_path.clone(), cgroups);
+    // Until the file has its header (which names what the session
+    // learns), what is recorded waits in memory.
+    let mut host = RecordingHost::new(live, record_file.is_some());
+    let start = StartReadings::take(&mut host).map_err(source_err(&args))?;
 
     let mut session = Session::start(&options, stop_signal(args.duration))?;
+    let names = session.names().clone();
+    let clock = WallClock::now();
+    let run = RunFacts {
+        netns: args.filter.netns.clone(),
+        watched_netns: netns.as_ref().map(|ns| ns.inode),
+        filters: filters_json(&args.filter),
+        during: args.during.clone(),
+        started_at: rfc3339(clock.unix_ns(session.started_mono_ns())),
+        started_mono_ns: session.started_mono_ns(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .map(|r| r.trim().to_string()),
+        drops_traced: session.drops_traced(),
+        missing: session.missing().to_vec(),
+    };
+    if let Some(file) = record_file {
+        session.keep_raw_records();
+        let header = Header {
+            command: Recorded::Diagnose,
+            ..Header::here(
+                session.decoder().hz(),
+                clock.boot_unix_ns(),
+                names.clone(),
+                run.missing.clone(),
+            )
+        };
+        let writer = RecordWriter::new(file, &header).map_err(record_err(&args))?;
+        host.start_file(writer).map_err(record_err(&args))?;
+    }
+    host.run(&run).map_err(record_err(&args))?;
+    let mut watch = Watch::begin(run, names, start);
     match args.duration {
         Some(d) => eprintln!(
             "tcptrace: diagnosing for {:.1} s; Ctrl-C to stop early",
@@ -101,16 +124,11 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => eprintln!("tcptrace: diagnosing; Ctrl-C to stop"),
     }
     let mut load = match &load_words {
-        Some(words) => Some(during::Load::start(words, netns_path)?),
+        Some(words) => Some(during::Load::start(words, netns_path.as_deref())?),
         None => None,
     };
     let mut load_tick = tokio::time::interval(LOAD_CHECK);
     let mut queue_tick = tokio::time::interval(QUEUE_SAMPLE);
-    let mut queue_peaks = ListenerPeaks::default();
-    let names = session.names().clone();
-    let mut agg = Aggregate::new(names.clone());
-    agg.timeline.set_origin(session.started_mono_ns());
-    let started_at = rfc3339(WallClock::now().unix_ns(session.started_mono_ns()));
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         tokio::select! {
@@ -127,117 +145,48 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
-                Next::Events => agg.add_batch(&mut batch),
+                Next::Events => {
+                    host.events(session.raw_records()).map_err(record_err(&args))?;
+                    watch.add_batch(&mut batch);
+                }
             },
-            _ = queue_tick.tick() => sample_listeners(netns_path, &mut queue_peaks),
+            _ = queue_tick.tick() => {
+                watch.sample_listeners(&mut host).map_err(source_err(&args))?;
+            }
         }
     }
     let load_status = load.map(during::Load::stop);
     let seconds = session.elapsed().as_secs_f64();
-    let missing = session.missing().to_vec();
-    let drops_traced = session.drops_traced();
+    let tc = session.tc_report().cloned();
     let (counts, opens) = session
-        .finish_counting(&mut batch, |batch| {
-            agg.add_batch(batch);
+        .finish_counting_raw(&mut batch, |batch, raw| {
+            host.events(Some(raw)).map_err(record_err(&args))?;
+            watch.add_batch(batch);
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    agg.add_opens(&opens);
-    agg.finish();
-    let after = reading::read(netns_path, &SYSCTLS)?;
-    let survey_after = Survey::read();
-
-    let watched_netns = netns.as_ref().map(|ns| ns.inode);
-    let events_by_netns = agg
-        .namespaces
-        .iter()
-        .filter(|(inode, _)| **inode != 0)
-        .map(|(inode, ns)| (*inode, ns.events))
-        .collect();
-    let namespaces = NamespaceFacts::from_surveys(
-        &survey_before,
-        &survey_after,
-        &events_by_netns,
-        watched_netns,
-    );
-    // Counters are quoted from the namespace the events came from: the
-    // watched one, or on the whole host every namespace that had events.
-    let counters = match watched_netns {
-        Some(_) => after.counter_delta(&before),
-        None => NamespaceFacts::summed(&namespaces).unwrap_or_else(|| after.counter_delta(&before)),
-    };
-    // Which process holds each listener (an accept queue is named by it).
-    let owners = socket_owners();
-    let socket_facts = |sockets: Option<&[TcpSocket]>| {
-        sockets.map(|sockets| {
-            let mut facts = SocketFacts::of(sockets);
-            facts.name_listeners(sockets, &owners);
-            facts
-        })
-    };
-    let host = HostFacts {
-        counters,
-        sysctls: before.sysctls.clone(),
-        sockets_start: socket_facts(before.sockets.as_deref()),
-        sockets_end: socket_facts(after.sockets.as_deref()),
-        conntrack: before
-            .conntrack
-            .zip(after.conntrack)
-            .map(|(start, end)| ConntrackChange::new(start, end)),
-        host_global_start: before.host_global,
-        host_global_end: after.host_global,
-        watched_netns,
-        namespaces,
-        namespaces_truncated: survey_before.truncated || survey_after.truncated,
-        kernel_drops: KernelDrops {
-            traced: drops_traced,
-            in_scope: named_drops(&counts.drops.in_scope, &names),
-            host: named_drops(&counts.drops.host, &names),
-        },
-        listeners_peak: queue_peaks.into_listeners(&owners),
-    };
-    let outcomes = evaluate(&Inputs {
-        agg: &agg,
-        host: &host,
+    let end = RunEnd {
         seconds,
-    });
-    let checked = outcomes.iter().map(|o| o.checked.clone()).collect();
-    let mut findings: Vec<_> = outcomes.into_iter().flat_map(|o| o.findings).collect();
-    rank(&mut findings);
-    let workloads = name_cgroups(&mut findings, &mut cgroups);
-    diagnosis::moments::mark(&mut findings, &agg);
-    let report = Report {
-        seconds,
-        netns: args.filter.netns.clone(),
-        events: agg.events,
-        counts,
-        findings,
-        workloads,
-        checked,
-        host,
-        missing,
-        load: args.during.clone().map(|command| report::LoadRun {
-            command,
-            status: load_status.flatten().map(|s| s.to_string()),
-        }),
-        started_at: Some(started_at),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .ok()
-            .map(|r| r.trim().to_string()),
-        filters: filters_json(&args.filter),
+        counts: counts.clone(),
+        opens,
+        load_status: load_status.flatten().map(|s| s.to_string()),
     };
+    host.run_end(&end).map_err(record_err(&args))?;
+    let (report, agg) = watch.conclude(end, &mut host).map_err(source_err(&args))?;
+    if let Some(file) = host
+        .finish(seconds, &counts, tc.as_ref())
+        .map_err(record_err(&args))?
+    {
+        // A regular file is synced (a device such as /dev/null cannot be).
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            file.sync_all().map_err(record_err(&args))?;
+        }
+    }
 
     let json = report.to_json(&agg);
-    let mut out = io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &json)
-            .map_err(io::Error::from)
-            .context("writing the report")?;
-        writeln!(out).context("writing the report")?;
-    } else {
-        report.write_human(&mut out).context("writing the report")?;
-    }
-    out.flush().context("writing the report")?;
+    report
+        .print(&json, args.json, &mut io::stdout().lock())
+        .context("writing the report")?;
     if let Some(path) = &args.report {
         // Rendered from the JSON document alone, as `replay` will.
         let page = html_report::render_json(&json)
@@ -248,15 +197,19 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Per-reason drop counts by this kernel's reason names.
-fn named_drops(counts: &BTreeMap<u32, u64>, names: &Names) -> BTreeMap<String, u64> {
-    let mut named = BTreeMap::new();
-    for (reason, n) in counts {
-        *named
-            .entry(names.drop_reason(*reason).into_owned())
-            .or_default() += n;
+fn record_err(args: &DiagnoseArgs) -> impl Fn(io::Error) -> anyhow::Error + '_ {
+    move |e| {
+        let path = args.record.as_deref().unwrap_or(Path::new("?"));
+        anyhow::Error::new(e).context(format!("writing the record to {}", path.display()))
     }
-    named
+}
+
+/// A host reading that failed, or (with `--record`) could not be written.
+fn source_err(args: &DiagnoseArgs) -> impl Fn(SourceError) -> anyhow::Error + '_ {
+    move |e| match e {
+        SourceError::Record(e) => record_err(args)(e),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// The directory `--report` writes into must exist, and the file be
@@ -305,47 +258,4 @@ fn filters_json(filter: &FilterArgs) -> serde_json::Value {
         "events": events,
         "reuse_idle_ms": filter.reuse_idle.as_millis() as u64,
     })
-}
-
-/// One sample of the listeners' accept queues; a failure costs only the
-/// sample (logged).
-fn sample_listeners(netns: Option<&Path>, peaks: &mut ListenerPeaks) {
-    match netns::run_in(netns, || {
-        dump_tcp_listeners().map_err(|e| anyhow::anyhow!(e))
-    }) {
-        Ok(sockets) => peaks.sample(&sockets),
-        Err(err) => log::debug!("no accept queue sample: {err}"),
-    }
-}
-
-/// Who is affected, down to the container and the pod: the cgroup path
-/// (or, on a Kubernetes node, the pod) in each affected's text, and the
-/// names by (pid, cgroup id) for the JSON report.
-fn name_cgroups(findings: &mut [Finding], cgroups: &mut Cgroups) -> report::Workloads {
-    let mut workloads = report::Workloads::new();
-    for affected in findings.iter_mut().flat_map(|f| f.affected.iter_mut()) {
-        let Some(c) = cgroups.lookup_owner(affected.pid, affected.cgroup_id) else {
-            continue;
-        };
-        affected.cgroup = Some(match (c.namespace(), c.pod_name(), &c.container) {
-            (Some(ns), Some(pod), _) => format!(
-                "pod {ns}/{pod} (container {})",
-                c.container_name().unwrap_or("?")
-            ),
-            (None, Some(pod), _) => format!("pod {pod}"),
-            (_, _, Some(id)) => format!("{} (container {id})", c.path),
-            _ => c.path.clone(),
-        });
-        if c.pod_name().is_some() || c.container.is_some() {
-            workloads.insert(
-                (affected.pid, affected.cgroup_id),
-                report::Workload {
-                    namespace: c.namespace().map(str::to_string),
-                    pod: c.pod_name().map(str::to_string),
-                    container: c.container_name().map(str::to_string),
-                },
-            );
-        }
-    }
-    workloads
 }

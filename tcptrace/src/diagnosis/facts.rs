@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::host::{
     conntrack::ConntrackChange,
@@ -257,7 +257,7 @@ impl HostFacts {
 }
 
 /// A socket table reduced to what the rules use.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SocketFacts {
     /// Sockets by state name (`ESTABLISHED`, `TIME_WAIT`, ...).
     pub states: BTreeMap<String, u64>,
@@ -282,10 +282,13 @@ impl SocketFacts {
                     *time_wait.entry(remote).or_default() += 1;
                 }
                 TcpState::Listen => facts.listeners.push(Listener {
-                    local: s.local,
-                    queued: s.recv_q,
-                    limit: Some(s.send_q),
-                    owner: None,
+                    // Listeners sharing an address (SO_REUSEPORT) are
+                    // named by the first one with a file.
+                    inode: sockets
+                        .iter()
+                        .find(|l| l.state == TcpState::Listen && l.local == s.local && l.inode != 0)
+                        .map_or(0, |l| l.inode),
+                    ..Listener::of(s)
                 }),
                 _ => {}
             }
@@ -302,17 +305,17 @@ impl SocketFacts {
         self.states.get(state).copied().unwrap_or(0)
     }
 
-    /// Names the process holding each listener, from the socket inodes
-    /// sock_diag reported (`sockets`, the table these facts came from)
-    /// and an inode -> process map (`host::owners::socket_owners`).
-    pub fn name_listeners(&mut self, sockets: &[TcpSocket], owners: &HashMap<u64, Owner>) {
+    /// Names the process holding each listener from an inode -> process
+    /// map (`host::owners::socket_owners`).
+    pub fn name_listeners(&mut self, owners: &HashMap<u64, Owner>) {
         for l in &mut self.listeners {
-            l.owner = sockets
-                .iter()
-                .find(|s| s.state == TcpState::Listen && s.local == l.local && s.inode != 0)
-                .and_then(|s| owners.get(&s.inode))
-                .cloned();
+            l.owner = l.owner_in(owners);
         }
+    }
+
+    /// The socket inodes of the listeners (0: none has a file).
+    pub fn listener_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.listeners.iter().map(|l| l.inode)
     }
 
     /// The listener that accepts connections for `local` (its own address
@@ -327,40 +330,35 @@ impl SocketFacts {
 /// between.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerPeaks {
+    /// Each listener as its fullest sample had it (its inode is that
+    /// socket's, to name its holder).
     by_local: BTreeMap<SocketAddr, Listener>,
-    /// The sockets of the fullest sample of each, to name their holders.
-    sockets: HashMap<SocketAddr, TcpSocket>,
 }
 
 impl ListenerPeaks {
-    /// Takes one sample of the listening sockets.
-    pub fn sample(&mut self, sockets: &[TcpSocket]) {
-        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
-            let entry = self.by_local.entry(s.local).or_insert_with(|| Listener {
-                local: s.local,
-                queued: s.recv_q,
-                limit: Some(s.send_q),
-                owner: None,
-            });
-            if s.recv_q >= entry.queued {
-                entry.queued = s.recv_q;
-                entry.limit = Some(s.send_q);
-                self.sockets.insert(s.local, s.clone());
+    /// Takes one sample of the listening sockets (`Listener::of_table`).
+    pub fn sample(&mut self, listeners: &[Listener]) {
+        for l in listeners {
+            let entry = self.by_local.entry(l.local).or_insert_with(|| l.clone());
+            if l.queued >= entry.queued {
+                entry.queued = l.queued;
+                entry.limit = l.limit;
+                entry.inode = l.inode;
             }
         }
     }
 
+    /// The socket inodes of the peaks (0: no file).
+    pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_local.values().map(|l| l.inode)
+    }
+
     /// The peaks, holders named from an inode -> process map.
     pub fn into_listeners(self, owners: &HashMap<u64, Owner>) -> Vec<Listener> {
-        let sockets = self.sockets;
         self.by_local
             .into_values()
             .map(|mut l| {
-                l.owner = sockets
-                    .get(&l.local)
-                    .filter(|s| s.inode != 0)
-                    .and_then(|s| owners.get(&s.inode))
-                    .cloned();
+                l.owner = l.owner_in(owners);
                 l
             })
             .collect()
@@ -385,7 +383,7 @@ pub fn listener_for(listeners: &[Listener], local: SocketAddr) -> Option<&Listen
 }
 
 /// A listening socket and its accept queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listener {
     /// The address it listens on.
     pub local: SocketAddr,
@@ -395,6 +393,39 @@ pub struct Listener {
     pub limit: Option<u32>,
     /// The process holding it, when /proc names one.
     pub owner: Option<Owner>,
+    /// The socket's inode, which names its holder (0: no file). Not in
+    /// the report: only the holder it names is.
+    #[serde(skip)]
+    pub inode: u64,
+}
+
+impl Listener {
+    /// A listening socket as sock_diag reported it (holder not named yet).
+    pub fn of(socket: &TcpSocket) -> Listener {
+        Listener {
+            local: socket.local,
+            queued: socket.recv_q,
+            limit: Some(socket.send_q),
+            owner: None,
+            inode: socket.inode,
+        }
+    }
+
+    /// The listening sockets of a table, in its order.
+    pub fn of_table(sockets: &[TcpSocket]) -> Vec<Listener> {
+        sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(Listener::of)
+            .collect()
+    }
+
+    fn owner_in(&self, owners: &HashMap<u64, Owner>) -> Option<Owner> {
+        (self.inode != 0)
+            .then(|| owners.get(&self.inode))
+            .flatten()
+            .cloned()
+    }
 }
 
 #[cfg(test)]
@@ -447,6 +478,7 @@ mod tests {
                 queued: 3,
                 limit: Some(1),
                 owner: None,
+                inode: 0,
             }]
         );
     }

@@ -17,7 +17,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Serialize, Serializer, ser::SerializeMap as _};
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{MapAccess, Visitor},
+    ser::SerializeMap as _,
+};
 
 /// The statistics that mean packets were refused or entries lost; shown
 /// even when zero.
@@ -67,7 +71,8 @@ pub enum Conntrack {
 
 /// What a namespace with conntrack loaded reports. A field is `None` when
 /// this kernel lacks that sysctl.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConntrackState {
     /// Per-CPU statistics summed, named and ordered as the running
     /// kernel's header line names them (`found`, `invalid`, `insert`,
@@ -118,6 +123,45 @@ impl Stats {
 impl Serialize for Stats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.0.iter().map(|(n, v)| (n, v)))
+    }
+}
+
+/// Read back in the kernel's order (a record file's readings).
+impl<'de> Deserialize<'de> for Stats {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Stats, D::Error> {
+        struct Columns;
+        impl<'de> Visitor<'de> for Columns {
+            type Value = Stats;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("conntrack statistics by column name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Stats, A::Error> {
+                let mut columns = Vec::new();
+                while let Some(column) = map.next_entry::<String, u64>()? {
+                    columns.push(column);
+                }
+                Ok(Stats(columns))
+            }
+        }
+        deserializer.deserialize_map(Columns)
+    }
+}
+
+/// The JSON `Serialize` writes (`{"loaded": false}` or the state with
+/// `"loaded": true`), read back.
+impl<'de> Deserialize<'de> for Conntrack {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Conntrack, D::Error> {
+        #[derive(Deserialize)]
+        struct Tagged {
+            loaded: bool,
+            #[serde(flatten)]
+            state: ConntrackState,
+        }
+        let tagged = Tagged::deserialize(deserializer)?;
+        Ok(match tagged.loaded {
+            true => Conntrack::Loaded(tagged.state),
+            false => Conntrack::NotLoaded,
+        })
     }
 }
 

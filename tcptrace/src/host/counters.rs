@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::host::icmp;
 
@@ -63,7 +63,7 @@ pub enum CounterError {
 
 /// All counters at one moment. Values are signed because a few snmp
 /// fields are gauges or -1 (`TcpMaxConn`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Counters {
     values: BTreeMap<String, i64>,
@@ -129,6 +129,11 @@ impl Counters {
             })
             .collect();
         CounterDelta { values }
+    }
+
+    /// Keeps only the counters whose name `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.values.retain(|name, _| keep(name));
     }
 
     /// Every counter, by nstat name, in name order.

@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     netns::{self, NetnsError},
@@ -45,7 +45,7 @@ pub enum GlobalError {
 /// Host-wide TCP limits and usage at one moment. A field is `None` when
 /// it could not be read (a kernel without it, or a reader that is not
 /// root and sits in another namespace).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostGlobal {
     /// Orphaned sockets (closed by their process, still finishing in TCP)
     /// the host keeps before resetting new ones
@@ -66,7 +66,7 @@ pub struct HostGlobal {
 }
 
 /// `net.ipv4.tcp_mem`, in pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TcpMem {
     /// Below this, no memory pressure.
     pub low: u64,

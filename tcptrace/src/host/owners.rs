@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 
 use procfs::process::{FDTarget, all_processes};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A process holding a socket.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Owner {
     /// Process id.
     pub pid: u32,

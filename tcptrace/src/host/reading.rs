@@ -55,11 +55,17 @@ impl Reading {
 /// /proc/net/snmp fields that are settings, not counters.
 const CONSTANTS: [&str; 4] = ["TcpRtoAlgorithm", "TcpRtoMin", "TcpRtoMax", "TcpMaxConn"];
 
+/// Whether `tcp_delta` keeps the counter with this nstat name: the TCP
+/// ones, and the ICMP ones that say something about TCP.
+pub fn is_tcp_counter(name: &str) -> bool {
+    name.starts_with("Tcp") || icmp::matters(name)
+}
+
 /// TCP and ICMP counter changes from `before` to `after`, by nstat name
 /// (the ones `diagnose` reads). Without `before` (a namespace created
 /// during the run, whose counters started at zero) the values themselves.
 pub fn tcp_delta(after: &Counters, before: Option<&Counters>) -> BTreeMap<String, i64> {
-    let matters = |k: &str| k.starts_with("Tcp") || icmp::matters(k);
+    let matters = is_tcp_counter;
     match before {
         Some(before) => after
             .delta(before)

@@ -19,6 +19,8 @@
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::Path};
 
+use serde::{Deserialize, Serialize};
+
 use super::{
     conntrack::Conntrack,
     counters::Counters,
@@ -30,7 +32,7 @@ use super::{
 pub const MAX_NAMESPACES: usize = 256;
 
 /// One namespace's counters and conntrack at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceReading {
     /// How a person finds it: the `ip netns` name, `host` for the initial
     /// namespace, else `pid N (comm)` of a process inside it.
@@ -45,7 +47,7 @@ pub struct NamespaceReading {
 }
 
 /// Every namespace in use, read at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Survey {
     /// By namespace inode.
     pub namespaces: BTreeMap<u32, NamespaceReading>,

@@ -198,6 +198,7 @@ fn accept_queue_overflow_needs_the_counters() {
             queued: 2,
             limit: Some(1),
             owner: None,
+            inode: 0,
         }],
         ..SocketFacts::default()
     });

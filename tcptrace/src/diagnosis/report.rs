@@ -173,6 +173,21 @@ impl Report {
         }
     }
 
+    /// Prints the report as `diagnose` does: `json` (`to_json`) pretty
+    /// and a newline with `--json`, else the human text.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn print(&self, json: &Value, as_json: bool, out: &mut impl Write) -> io::Result<()> {
+        if as_json {
+            serde_json::to_writer_pretty(&mut *out, json)?;
+            writeln!(out)?;
+        } else {
+            self.write_human(out)?;
+        }
+        out.flush()
+    }
+
     /// The report as text that fits a terminal.
     pub fn write_human(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(
