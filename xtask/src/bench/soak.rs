@@ -45,6 +45,9 @@ const MODES: [(&str, &[&str]); 3] = [
     ),
 ];
 
+/// Seconds since the start, and the resident set of each mode (KiB).
+type Sample = (f64, Vec<u64>);
+
 /// Runs the soak and returns the table (markdown).
 pub fn soak(tcptrace: &std::path::Path, minutes: u64, threads: usize) -> Result<String> {
     let ns = BenchNetns::new()?;
@@ -63,7 +66,7 @@ pub fn soak(tcptrace: &std::path::Path, minutes: u64, threads: usize) -> Result<
         tracers.push((label, output, tracer));
     }
     let scraper = Scraper::start(tracers[2].2.metrics_addr()?, duration);
-    let samples: Arc<Mutex<Vec<(f64, Vec<u64>)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let pids: Vec<u32> = tracers.iter().map(|(_, _, t)| t.pid()).collect();
     let sampler = {
