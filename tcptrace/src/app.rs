@@ -18,7 +18,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!("tcptrace: {} (see --help)", usage_error(&err));
+            eprintln!("{} (see --help)", error_line(&usage_error(&err)));
             return ExitCode::from(2);
         }
     };
@@ -29,7 +29,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tcptrace: {}", one_line(&err));
+            eprintln!("{}", error_line(&one_line(&err)));
             ExitCode::FAILURE
         }
     }
@@ -88,6 +88,16 @@ fn one_line(err: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// `tcptrace: LINE`, with the program's name once: a message that
+/// already starts with it (`tcptrace stress ...`) does not get it twice.
+fn error_line(line: &str) -> String {
+    let line = line
+        .strip_prefix("tcptrace:")
+        .or_else(|| line.strip_prefix("tcptrace "))
+        .map_or(line, str::trim_start);
+    format!("tcptrace: {line}")
+}
+
 /// A closed stdout (`tcptrace trace | head`) ends the run quietly.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -108,6 +118,23 @@ mod tests {
         assert_eq!(one_line(&err), "cannot open /x: no such file");
         let err = anyhow::anyhow!("line one\nline two").context("outer");
         assert_eq!(one_line(&err), "outer: line one line two");
+    }
+
+    #[test]
+    fn the_program_name_comes_once() {
+        assert_eq!(error_line("no such file"), "tcptrace: no such file");
+        assert_eq!(
+            error_line("tcptrace stress needs a subcommand"),
+            "tcptrace: stress needs a subcommand"
+        );
+        assert_eq!(error_line("tcptrace: warning"), "tcptrace: warning");
+        assert_eq!(error_line("tcptraces"), "tcptrace: tcptraces");
+        let usage = Cli::try_parse_from(["tcptrace"]).unwrap_err();
+        let line = error_line(&usage_error(&usage));
+        assert!(!line.contains("tcptrace: tcptrace"), "{line}");
+        assert!(
+            !error_line(&crate::error::Error::NotRoot.to_string()).contains("tcptrace: tcptrace")
+        );
     }
 
     #[test]

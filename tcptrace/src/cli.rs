@@ -761,7 +761,10 @@ pub fn usage_error(err: &clap::Error) -> String {
             .lines()
             .find_map(|l| l.strip_prefix("Usage: "))
             .unwrap_or("tcptrace <COMMAND>");
-        let command = usage.split(" <COMMAND>").next().unwrap_or("tcptrace");
+        // Without the program's name (whatever the binary is called):
+        // the caller puts `tcptrace: ` first.
+        let command = usage.split(" <COMMAND>").next().unwrap_or("");
+        let command = command.split_once(' ').map_or("", |(_, sub)| sub.trim());
         let names: Vec<&str> = text
             .lines()
             .skip_while(|l| !l.starts_with("Commands:"))
@@ -770,7 +773,12 @@ pub fn usage_error(err: &clap::Error) -> String {
             .filter_map(|l| l.split_whitespace().next())
             .filter(|name| *name != "help")
             .collect();
-        return format!("{command} needs a subcommand: {}", names.join(", "));
+        let names = names.join(", ");
+        return if command.is_empty() {
+            format!("a subcommand is needed: {names}")
+        } else {
+            format!("{command} needs a subcommand: {names}")
+        };
     }
     text.lines()
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
@@ -852,11 +860,11 @@ mod tests {
         let error = |args: &[&str]| usage_error(&Cli::try_parse_from(args).unwrap_err());
         assert_eq!(
             error(&["tcptrace"]),
-            "tcptrace needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter, replay"
+            "a subcommand is needed: trace, snapshot, tune, stress, diagnose, top, exporter, replay"
         );
         assert_eq!(
             error(&["tcptrace", "stress"]),
-            "tcptrace stress needs a subcommand: churn, hold, pool, latency, serve"
+            "stress needs a subcommand: churn, hold, pool, latency, serve"
         );
         assert_eq!(
             error(&["tcptrace", "stress", "churn"]),

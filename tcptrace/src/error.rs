@@ -11,7 +11,7 @@ use crate::host::netns::NetnsError;
 pub enum Error {
     /// Neither root nor CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN).
     #[error(
-        "tcptrace needs root (or CAP_BPF and CAP_PERFMON) to load its kernel programs; run it with sudo"
+        "loading the kernel programs needs root (or CAP_BPF and CAP_PERFMON); run it with sudo"
     )]
     NotRoot,
     /// A flag's value the tracer cannot use.

@@ -59,6 +59,7 @@ pub fn tc_options(
     (wanted && !ifaces.no_tc).then(|| TcOptions {
         interfaces: ifaces.iface.clone(),
         netns: netns.map(|ns| ns.path.clone()),
+        capture: recorder,
     })
 }
 

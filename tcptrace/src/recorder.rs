@@ -195,6 +195,8 @@ impl Recorder {
             Ok(()) => self.report.written += 1,
             Err(err) => {
                 self.report.failed += 1;
+                // A full disk fails the first write: nothing to keep.
+                discard_if_empty(&path);
                 if self.report.error.is_none() {
                     let message = format!("{}: {err}", path.display());
                     eprintln!("tcptrace: warning: --pcap: cannot write {message}");
@@ -394,6 +396,15 @@ fn comments(ev: &TcpEvent, ctx: &mut Context) -> Vec<String> {
     lines
 }
 
+/// Removes the file a failed write left at `path` when it holds nothing
+/// (a file with data is kept: its packets are readable up to the cut).
+fn discard_if_empty(path: &Path) {
+    let empty = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+    if empty && let Err(err) = safe_file::remove(path) {
+        log::debug!("removing the empty {}: {err}", path.display());
+    }
+}
+
 fn write_file(
     path: &Path,
     packets: &[Packet],
@@ -471,6 +482,22 @@ mod tests {
     use tcptrace_common::{FLIGHT_PACKETS, FlightRing};
 
     use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_empty_file_but_keeps_data() {
+        let dir = std::env::temp_dir().join(format!("tcptrace-pcap-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pcapng");
+        std::fs::write(&empty, b"").unwrap();
+        discard_if_empty(&empty);
+        assert!(!empty.exists(), "an empty capture is removed");
+        let partial = dir.join("partial.pcapng");
+        std::fs::write(&partial, b"\x0a\x0d\x0d\x0a").unwrap();
+        discard_if_empty(&partial);
+        assert!(partial.exists(), "a capture with data is kept");
+        discard_if_empty(&dir.join("never-created.pcapng"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn ipv4_segment(flags: u8) -> [u8; FLIGHT_HEADER_BYTES] {
         let mut header = [0u8; FLIGHT_HEADER_BYTES];

@@ -82,8 +82,10 @@ pub enum SafeFileError {
         /// Who owns it or who could write it.
         reason: String,
     },
-    /// A state directory others could write into.
-    #[error("{}: {reason}; refusing to keep state there", path.display())]
+    /// A directory others could write into (they could replace or
+    /// rename what we write there): refused for every file the tool
+    /// writes (output, record, report, pcap, state).
+    #[error("{}: {reason}; refusing to write there", path.display())]
     UnsafeDir {
         /// The directory.
         path: PathBuf,
@@ -333,7 +335,14 @@ pub fn private_dir(path: &Path) -> Result<()> {
         Mode::empty(),
     )
     .map_err(|errno| refusal(&parent, &name, path, errno, "open the directory"))?;
-    let stat = rustix::fs::fstat(&dir).map_err(SafeFileError::io("inspect", path))?;
+    check_trusted_dir(&dir, path)
+}
+
+/// The one rule for a directory we write in: owned by root or us, and
+/// not writable by group or others unless sticky (as /tmp is, where
+/// nobody can replace or rename a file of ours). `path` names it.
+fn check_trusted_dir(dir: &OwnedFd, path: &Path) -> Result<()> {
+    let stat = rustix::fs::fstat(dir).map_err(SafeFileError::io("inspect", path))?;
     let unsafe_dir = |reason: String| SafeFileError::UnsafeDir {
         path: path.to_path_buf(),
         reason,
@@ -552,6 +561,11 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, OsString)> {
             Err(errno) => return Err(SafeFileError::io("open the directory of", path)(errno)),
         }
     }
+    let shown = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    check_trusted_dir(&dir, shown)?;
     Ok((dir, name))
 }
 
@@ -809,6 +823,23 @@ mod tests {
         assert!(err.contains("not sticky"), "{err}");
         fs::set_permissions(&state, fs::Permissions::from_mode(0o1777)).unwrap();
         private_dir(&state).unwrap();
+
+        // The same rule for the directory of every file written there.
+        let shared = dir.0.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let output = shared.join("events.ndjson");
+        let refused = |err: SafeFileError| {
+            let err = err.to_string();
+            assert!(err.contains("not sticky"), "{err}");
+        };
+        refused(create(&output).unwrap_err());
+        refused(write_atomically(&output, b"x").unwrap_err());
+        refused(check_replaceable(&output).unwrap_err());
+        refused(private_dir(&shared.join("pcap")).unwrap_err());
+        assert!(!output.exists());
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        create(&output).unwrap();
 
         let path = state.join("tune.lock");
         let first = lock(&path, Duration::ZERO).unwrap();

@@ -62,6 +62,10 @@ pub struct TcOptions {
     pub interfaces: Vec<String>,
     /// The namespace whose interfaces they are (`None`: ours).
     pub netns: Option<PathBuf>,
+    /// Packets are wanted for a capture (`--pcap`): with no interface to
+    /// watch, `attach` then fails saying which `--iface` to pass instead
+    /// of running without packets.
+    pub capture: bool,
 }
 
 /// How the programs hang on the interfaces.
@@ -167,6 +171,9 @@ fn attach_here(
     let links = rtnetlink::links().map_err(|e| Error::Kernel(e.to_string()))?;
     remove_leftovers(&links, netns_inode);
     let chosen = choose(&links, &options.interfaces, notes)?;
+    if chosen.is_empty() && options.interfaces.is_empty() && options.capture {
+        return Err(Error::Usage(no_capture_interface(&links)));
+    }
     if chosen.is_empty() {
         if options.interfaces.is_empty() {
             // Nothing to watch here (a loopback-only namespace) is no
@@ -280,6 +287,28 @@ fn choose(links: &[Link], names: &[String], notes: &mut Notes) -> Result<Vec<Lin
         }
     }
     Ok(chosen)
+}
+
+/// The error of `--pcap` in a namespace with no default interface to
+/// watch, naming the `--iface` to pass (the loopback, say).
+fn no_capture_interface(links: &[Link]) -> String {
+    let can: Vec<&str> = links
+        .iter()
+        .filter(|l| l.has_ethernet_header())
+        .map(|l| l.name.as_str())
+        .collect();
+    if can.is_empty() {
+        let all: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        format!(
+            "--pcap: no interface of the traced namespace carries an Ethernet header (it has {}): no packets to capture",
+            all.join(", ")
+        )
+    } else {
+        format!(
+            "--pcap: the traced namespace has no interface watched by default (only the loopback): pass --iface {} to capture there",
+            can.join(",")
+        )
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
@@ -482,6 +511,19 @@ mod tests {
         let names: Vec<_> = chosen.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["eth0", "veth0"]);
         assert!(notes.is_empty(), "skipped quietly: {notes:?}");
+    }
+
+    #[test]
+    fn pcap_with_only_the_loopback_says_to_pass_iface_lo() {
+        let only_lo = [link(1, "lo", 772, true)];
+        let err = no_capture_interface(&only_lo);
+        assert!(err.contains("pass --iface lo"), "{err}");
+        let tunnels = [link(3, "wg0", 65534, false)];
+        let err = no_capture_interface(&tunnels);
+        assert!(
+            err.contains("it has wg0") && !err.contains("--iface"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ const CASES: &[Case] = &[
     (
         &[],
         USAGE,
-        "needs a subcommand: trace, snapshot, tune, stress, diagnose, top, exporter, replay",
+        "a subcommand is needed: trace, snapshot, tune, stress, diagnose, top, exporter, replay",
     ),
     (&["nonsense"], USAGE, "unrecognized subcommand 'nonsense'"),
     (&["--bogus"], USAGE, "unexpected argument '--bogus'"),
@@ -497,6 +497,9 @@ fn check(args: &[&str], user: Option<&str>, code: i32, words: &str) -> Option<St
     }
     if stderr.lines().count() != 1 || !stderr.starts_with("tcptrace: ") {
         wrong.push("not one `tcptrace: ` line on stderr".into());
+    }
+    if stderr.contains("tcptrace: tcptrace") {
+        wrong.push("the program's name twice".into());
     }
     if !stderr.contains(words) {
         wrong.push(format!("does not say {words:?}"));

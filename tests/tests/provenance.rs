@@ -357,3 +357,31 @@ fn provenance_diagnose_blames_the_path() {
         .any(|f| f["cause"] == "linger_zero_abort");
     assert!(!blames_server, "{report:#}");
 }
+
+/// `--pcap` in a namespace whose only interface is the loopback has no
+/// packets to keep by default: one line naming the `--iface` to pass,
+/// not a run that captures nothing; with `--iface lo` it runs.
+#[test]
+fn pcap_with_only_the_loopback_says_to_pass_iface_lo() {
+    require_root();
+    let ns = Netns::new("pcaplo");
+    let dir = tests::host::ScratchDir::new("pcaplo");
+    let pcap = dir.path().join("pcap");
+    let pcap = pcap.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(tests::tcptrace_bin())
+            .args(["trace", "--json", "--netns", ns.name(), "--duration", "1s"])
+            .args(["--pcap", pcap])
+            .args(extra)
+            .output()
+            .expect("run tcptrace")
+    };
+    let err = tests::host::failure(&run(&[]));
+    assert!(err.contains("pass --iface lo"), "{err}");
+    let out = run(&["--iface", "lo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

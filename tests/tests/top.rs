@@ -166,8 +166,18 @@ fn json_snapshots_without_a_terminal() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert!(snapshots.len() >= 3, "{out}");
+    // Every 500 ms for 3 s: the last is the final one, at 3 s, printed
+    // once (not a periodic one at 3 s and the final one right after).
+    assert_eq!(snapshots.len(), 6, "{out}");
     assert!(snapshots.iter().all(|s| s["type"] == "top"));
+    let times: Vec<f64> = snapshots
+        .iter()
+        .map(|s| s["elapsed_s"].as_f64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[1] - w[0] > 0.25),
+        "one snapshot per interval: {times:?}"
+    );
     let last = snapshots.last().unwrap();
     let peer = last["peers"]
         .as_array()

@@ -63,6 +63,24 @@ fn root_file(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// snapshot without root: it prints what it can, and says once that
+/// the owners of other users' sockets need root.
+#[test]
+fn unprivileged_snapshot_says_owners_need_root_once() {
+    require_root();
+    let bin = tcptrace_bin();
+    let out = as_nobody(s(&bin), &["snapshot", "--watch", "200ms", "--count", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("TCP sockets:"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, once: {stderr}");
+    assert!(
+        lines[0].starts_with("tcptrace: warning: ") && lines[0].contains("need root"),
+        "{stderr}"
+    );
+}
+
 /// trace --output into a shared directory: every kind of plant is refused
 /// before anything is traced, and the target is untouched.
 #[test]

@@ -261,7 +261,10 @@ impl HostFacts {
 pub struct SocketFacts {
     /// Sockets by state name (`ESTABLISHED`, `TIME_WAIT`, ...).
     pub states: BTreeMap<String, u64>,
-    /// TIME_WAIT sockets by remote endpoint, most first (top 10).
+    /// Client-side TIME_WAIT sockets (this host connected and closed
+    /// first) by remote endpoint, most first (top 10). Server-side ones
+    /// (local port a listener's) are left out: their remote ports are
+    /// the clients' ephemeral ports, and they hold none of ours.
     pub time_wait_by_peer: Vec<(SocketAddr, u64)>,
     /// Listening sockets with their accept queues.
     pub listeners: Vec<Listener>,
@@ -274,9 +277,15 @@ impl SocketFacts {
     pub fn of(sockets: &[TcpSocket]) -> SocketFacts {
         let mut facts = SocketFacts::default();
         let mut time_wait: HashMap<SocketAddr, u64> = HashMap::new();
+        let listening: std::collections::HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| s.local.port())
+            .collect();
         for s in sockets {
             *facts.states.entry(s.state.name().to_string()).or_default() += 1;
             match s.state {
+                TcpState::TimeWait if listening.contains(&s.local.port()) => {}
                 TcpState::TimeWait => {
                     let remote = SocketAddr::new(s.remote.ip().to_canonical(), s.remote.port());
                     *time_wait.entry(remote).or_default() += 1;
@@ -465,8 +474,16 @@ mod tests {
                 0,
             ),
             socket(TcpState::Established, "127.0.0.1:1", "127.0.0.1:2", 0, 0),
+            // The server on :8080 closed first: not a peer of ours.
+            socket(
+                TcpState::TimeWait,
+                "127.0.0.1:8080",
+                "127.0.0.1:45000",
+                0,
+                0,
+            ),
         ]);
-        assert_eq!(facts.in_state("TIME_WAIT"), 2);
+        assert_eq!(facts.in_state("TIME_WAIT"), 3);
         assert_eq!(
             facts.time_wait_by_peer,
             vec![("198.18.0.2:8000".parse().unwrap(), 2)]

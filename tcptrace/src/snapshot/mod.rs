@@ -92,6 +92,10 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         // reads through thread-self follow it.
         netns::enter(&netns::resolve(spec)?.path)?;
     }
+    if !rustix::process::geteuid().is_root() {
+        // Said once, also with --watch; everything else still shows.
+        eprintln!("tcptrace: warning: {NOT_ROOT}");
+    }
     let options = Options {
         top: args.top,
         ephemeral_warn_percent: args.ephemeral_warn,
@@ -131,6 +135,10 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Said when `snapshot` runs without root: /proc/PID/fd of other users'
+/// processes cannot be read, so their sockets show no owner.
+pub const NOT_ROOT: &str = "not root: only your own processes are named as socket owners (the others need root: run it with sudo)";
 
 /// The socket tables of the calling thread's network namespace now
 /// (also what `diagnose` looks at).

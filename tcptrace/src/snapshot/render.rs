@@ -142,13 +142,29 @@ pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
         &rows,
     )?;
 
-    section(out, "TIME_WAIT by destination")?;
+    section(
+        out,
+        "TIME_WAIT by destination (this host connected and closed first)",
+    )?;
     let rows: Vec<Vec<String>> = tables
         .time_wait_by_destination
         .iter()
         .map(|d| vec![d.destination.to_string(), d.count.to_string()])
         .collect();
     table(out, &["DESTINATION", "TIME_WAIT"], &[false, true], &rows)?;
+
+    if !tables.time_wait_by_local_service.is_empty() {
+        section(
+            out,
+            "TIME_WAIT at local services (this host closed first; by service, not client port)",
+        )?;
+        let rows: Vec<Vec<String>> = tables
+            .time_wait_by_local_service
+            .iter()
+            .map(|d| vec![d.service.to_string(), d.count.to_string()])
+            .collect();
+        table(out, &["LOCAL SERVICE", "TIME_WAIT"], &[false, true], &rows)?;
+    }
 
     let ephemeral = &tables.ephemeral_ports;
     section(

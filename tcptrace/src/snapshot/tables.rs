@@ -73,8 +73,13 @@ pub struct Tables {
     pub local_ports: Vec<PortRow>,
     /// Remote endpoints with the most sockets.
     pub remote_endpoints: Vec<EndpointRow>,
-    /// TIME_WAIT sockets by destination, most first.
+    /// Client-side TIME_WAIT (this host connected and closed first) by
+    /// destination, most first: what uses up ephemeral ports to it.
     pub time_wait_by_destination: Vec<DestinationCount>,
+    /// Server-side TIME_WAIT (this host's service closed first) by the
+    /// local service (address:port), most first: the socket's local
+    /// port is the service's, its remote port the client's ephemeral one.
+    pub time_wait_by_local_service: Vec<ServiceCount>,
     /// Ephemeral port use per source and destination.
     pub ephemeral_ports: EphemeralUse,
     /// Listening sockets with their accept queue fill.
@@ -108,6 +113,14 @@ pub struct EndpointRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DestinationCount {
     pub destination: SocketAddr,
+    pub count: usize,
+}
+
+/// Server-side TIME_WAIT sockets of one local service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceCount {
+    /// The local address and port the clients connected to.
+    pub service: SocketAddr,
     pub count: usize,
 }
 
@@ -184,6 +197,19 @@ pub fn build(
     let mut local_ports: HashMap<u16, StateCounts> = HashMap::new();
     let mut remote_endpoints: HashMap<SocketAddr, StateCounts> = HashMap::new();
     let mut time_wait: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut time_wait_served: HashMap<SocketAddr, usize> = HashMap::new();
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Listen)
+        .map(|s| s.local.port())
+        .collect();
+    // A TIME_WAIT whose local port a listener has (or, with the listener
+    // gone, a fixed local port facing an ephemeral one) is a server's.
+    let server_side = |socket: &TcpSocket| {
+        listening.contains(&socket.local.port())
+            || (!port_range.contains(socket.local.port())
+                && port_range.contains(socket.remote.port()))
+    };
     for socket in sockets {
         *states.entry(socket.state).or_default() += 1;
         match owner_of(socket) {
@@ -209,7 +235,11 @@ pub fn build(
                 .or_default() += 1;
         }
         if socket.state == TcpState::TimeWait {
-            *time_wait.entry(socket.remote).or_default() += 1;
+            if server_side(socket) {
+                *time_wait_served.entry(socket.local).or_default() += 1;
+            } else {
+                *time_wait.entry(socket.remote).or_default() += 1;
+            }
         }
     }
 
@@ -257,6 +287,13 @@ pub fn build(
             .then(a.destination.cmp(&b.destination))
     });
     time_wait_by_destination.truncate(options.top);
+    let mut time_wait_by_local_service: Vec<ServiceCount> = time_wait_served
+        .into_iter()
+        .map(|(service, count)| ServiceCount { service, count })
+        .collect();
+    time_wait_by_local_service
+        .sort_by(|a, b| b.count.cmp(&a.count).then(a.service.cmp(&b.service)));
+    time_wait_by_local_service.truncate(options.top);
 
     let mut listeners: Vec<ListenerRow> = sockets
         .iter()
@@ -286,6 +323,7 @@ pub fn build(
         local_ports,
         remote_endpoints,
         time_wait_by_destination,
+        time_wait_by_local_service,
         ephemeral_ports: ephemeral_use(sockets, port_range, options),
         listeners,
         top_connections: top_connections(sockets, &owner_of, options.top),
@@ -523,6 +561,50 @@ mod tests {
                 ("10.0.0.9:443".to_string(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn server_side_time_wait_is_counted_by_local_service_not_client_port() {
+        let mut sockets = sockets();
+        // The server on :80 closed first: its TIME_WAIT sockets have the
+        // service's port locally and the clients' ephemeral ports.
+        for port in 40007..40010 {
+            sockets.push(socket(
+                TcpState::TimeWait,
+                "10.0.0.1:80",
+                &format!("10.0.0.7:{port}"),
+                0,
+            ));
+        }
+        // A server on a port nothing listens on any more (restarted).
+        sockets.push(socket(
+            TcpState::TimeWait,
+            "10.0.0.1:8443",
+            "10.0.0.8:40008",
+            0,
+        ));
+        let tables = build(&sockets, &owners(), RANGE, OPTIONS);
+        let served: Vec<(String, usize)> = tables
+            .time_wait_by_local_service
+            .iter()
+            .map(|r| (r.service.to_string(), r.count))
+            .collect();
+        assert_eq!(
+            served,
+            [
+                ("10.0.0.1:80".to_string(), 3),
+                ("10.0.0.1:8443".to_string(), 1)
+            ]
+        );
+        assert!(
+            tables
+                .time_wait_by_destination
+                .iter()
+                .all(|r| !RANGE.contains(r.destination.port())),
+            "no client's ephemeral port as a destination: {:?}",
+            tables.time_wait_by_destination
+        );
+        assert_eq!(tables.time_wait_by_destination.len(), 2);
     }
 
     #[test]

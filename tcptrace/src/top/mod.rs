@@ -11,6 +11,7 @@ mod view;
 use std::{
     io::{IsTerminal as _, Write as _},
     process::ExitCode,
+    time::Duration,
 };
 
 pub use self::view::{Row, RowKey, Snapshot, SortKey};
@@ -69,6 +70,11 @@ async fn plain_loop(
         tokio::select! {
             biased;
             _ = tick.tick() => {
+                if ends_soon(session.elapsed(), args.duration, args.interval) {
+                    // The final snapshot (exact counts) stands for this
+                    // interval: no second one with the same time.
+                    continue;
+                }
                 agg.add_opens(&session.take_opens()?);
                 let mut snap = Snapshot::take(&agg, &previous, session.elapsed(), session.counts()?);
                 snap.name_pods(cgroups);
@@ -96,4 +102,29 @@ async fn plain_loop(
     plain::write(&mut out, &snap, args.rows.into(), args.json)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `--duration` ends less than half an `interval` after
+/// `elapsed`: a periodic snapshot then would be followed at once by the
+/// final one, printing the same moment twice.
+fn ends_soon(elapsed: Duration, duration: Option<Duration>, interval: Duration) -> bool {
+    duration.is_some_and(|d| elapsed + interval / 2 > d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_at_the_end_of_the_duration_leaves_it_to_the_final_snapshot() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // --duration 3s --interval 1s: ticks at 1 s and 2 s print, the one
+        // at 3 s (a little early or late) is the final snapshot's.
+        assert!(!ends_soon(s(1), Some(s(3)), s(1)));
+        assert!(!ends_soon(ms(2010), Some(s(3)), s(1)));
+        assert!(ends_soon(ms(2990), Some(s(3)), s(1)));
+        assert!(ends_soon(ms(3005), Some(s(3)), s(1)));
+        assert!(!ends_soon(s(3600), None, s(1)), "no --duration");
+    }
 }
