@@ -270,36 +270,20 @@ impl Stats {
     /// Seals every distribution (`Dist::seal`): a slice of figures that
     /// will only be read and merged from now on.
     pub fn seal(&mut self) {
-        let Stats {
-            connect_latency,
-            idle_before_rst,
-            quiet_gap_idle,
-            age_at_rst,
-            reuse_after_peer_close,
-            peer_close_idle,
-            local_close_idle,
-            retransmitting_for,
-            lifetimes,
-            reuse_idle,
-            forged_idle,
-            connect_failed_after,
-            reuse_outcomes,
-            ..
-        } = self;
         for dist in [
-            connect_latency,
-            idle_before_rst,
-            quiet_gap_idle,
-            age_at_rst,
-            reuse_after_peer_close,
-            peer_close_idle,
-            local_close_idle,
-            retransmitting_for,
-            lifetimes,
-            reuse_idle,
-            forged_idle,
-            connect_failed_after,
-            &mut reuse_outcomes.stall_start,
+            &mut self.connect_latency,
+            &mut self.idle_before_rst,
+            &mut self.quiet_gap_idle,
+            &mut self.age_at_rst,
+            &mut self.reuse_after_peer_close,
+            &mut self.peer_close_idle,
+            &mut self.local_close_idle,
+            &mut self.retransmitting_for,
+            &mut self.lifetimes,
+            &mut self.reuse_idle,
+            &mut self.forged_idle,
+            &mut self.connect_failed_after,
+            &mut self.reuse_outcomes.stall_start,
         ] {
             dist.seal();
         }
