@@ -652,9 +652,8 @@ impl Tracer {
         Ok(true)
     }
 
-    /// Detaches every program, reading the ring after each (into the
-    /// backlog `drain` hands out first); events already in the ring
-    /// buffer stay readable with `drain` / `drain_final`.
+    /// Detaches every program; events already in the ring buffer stay
+    /// readable with `drain` / `drain_final`.
     pub fn detach(&mut self) {
         self.missed_at_detach = self.missed_by_kernel();
         if let Some(mut tc) = self.tc.take() {
@@ -669,9 +668,6 @@ impl Tracer {
             if let Err(err) = result {
                 log::warn!("detaching {name}: {err}");
             }
-            // Each detach waits for an RCU grace period (tens of ms): the
-            // programs still attached would fill the ring meanwhile.
-            self.pending.take_from(self.ring.get_mut());
         }
     }
 }
