@@ -846,14 +846,7 @@ mod tests {
             command: Recorded::Diagnose,
             ..Header::here(Some(250), 0, names(), Vec::new())
         };
-        let mut host: RecordingHost<MadeUp, Vec<u8>> = RecordingHost::new(
-            MadeUp {
-                samples: VecDeque::new(),
-            },
-            false,
-        );
-        host.start_file(RecordWriter::new(Vec::new(), &header).unwrap())
-            .unwrap();
+        let mut host = recording_into_memory(&header);
         host.run(&run_facts()).unwrap();
         host.run_end(&end()).unwrap();
         let file = host.finish(1.0, &end().counts, None).unwrap().unwrap();
@@ -864,18 +857,24 @@ mod tests {
         );
     }
 
-    /// The frames of a diagnosis do not belong in a trace recording.
-    #[test]
-    fn diagnose_frames_in_a_trace_recording_are_corrupt() {
-        let header = Header::here(Some(250), 0, names(), Vec::new());
-        let mut host: RecordingHost<MadeUp, Vec<u8>> = RecordingHost::new(
+    /// A host with no samples, recording into memory under `header`.
+    fn recording_into_memory(header: &Header) -> RecordingHost<MadeUp, Vec<u8>> {
+        let mut host = RecordingHost::new(
             MadeUp {
                 samples: VecDeque::new(),
             },
             false,
         );
-        host.start_file(RecordWriter::new(Vec::new(), &header).unwrap())
+        host.start_file(RecordWriter::new(Vec::new(), header).unwrap())
             .unwrap();
+        host
+    }
+
+    /// The frames of a diagnosis do not belong in a trace recording.
+    #[test]
+    fn diagnose_frames_in_a_trace_recording_are_corrupt() {
+        let header = Header::here(Some(250), 0, names(), Vec::new());
+        let mut host = recording_into_memory(&header);
         host.run(&run_facts()).unwrap();
         let file = host.finish(1.0, &end().counts, None).unwrap().unwrap();
         let err = replayed(&file).unwrap_err();
