@@ -276,38 +276,29 @@ impl Tracer {
         })?;
         write_config(&mut ebpf, config)?;
 
-        let mut attached = Vec::new();
+        let mut hooks = Vec::new();
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
             // The hooks of the new signals only run when their events are
             // wanted: a host dropping or sending a lot pays nothing else.
             if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP)) {
                 continue;
             }
-            match attach_tracepoint(&mut ebpf, program, category, name) {
-                Ok(()) => attached.push(*program),
-                Err(err) => missing.push(format!("{category}:{name} ({err})")),
-            }
+            hooks.push(Hook::Tracepoint {
+                category,
+                name,
+                program,
+            });
         }
         let exists = |which: usize| {
             let (category, name, _) = raw_tracepoint::ALL[which];
             tracefs::format_path(&root, category, name).exists()
         };
-        let mut attach_raw = |which: usize, gives: &str, missing: &mut Vec<String>| {
-            let (category, name, program) = raw_tracepoint::ALL[which];
-            match attach_raw_tracepoint(&mut ebpf, program, name) {
-                Ok(()) => attached.push(program),
-                Err(err) => missing.push(format!(
-                    "{category}:{name} as a raw tracepoint ({err}): no {gives}"
-                )),
-            }
-        };
         if wants(options, kind::SOCKET_ERROR) {
             if exists(raw_tracepoint::ERROR_REPORT) {
-                attach_raw(
+                hooks.push(Hook::raw(
                     raw_tracepoint::ERROR_REPORT,
                     "socket_error events",
-                    &mut missing,
-                );
+                ));
             } else {
                 missing.push(NO_ERROR_REPORT.to_string());
             }
@@ -316,12 +307,31 @@ impl Tracer {
         let send_length_only = std::env::var_os(REUSE_HOOK_ENV).is_some_and(|v| v == "send_length");
         if wants(options, kind::REUSE) && config.reuse_idle_jiffies != 0 {
             if exists(raw_tracepoint::SENDMSG) && !send_length_only {
-                attach_raw(raw_tracepoint::SENDMSG, "reuse events", &mut missing);
+                hooks.push(Hook::raw(raw_tracepoint::SENDMSG, "reuse events"));
             } else if exists(raw_tracepoint::SEND_LENGTH) {
                 missing.push(REUSE_FROM_SEND_LENGTH.to_string());
-                attach_raw(raw_tracepoint::SEND_LENGTH, "reuse events", &mut missing);
+                hooks.push(Hook::raw(raw_tracepoint::SEND_LENGTH, "reuse events"));
             } else {
                 missing.push(NO_REUSE.to_string());
+            }
+        }
+        // Every program is verified before the first is attached: the
+        // verifier takes about a second for all of them, and a program
+        // attached before the others were verified would fill the ring
+        // buffer all that time with nobody reading it yet (events lost at
+        // start-up under a storm). Attaching them all takes milliseconds.
+        let mut loaded = Vec::with_capacity(hooks.len());
+        for hook in hooks {
+            match hook.load(&mut ebpf) {
+                Ok(()) => loaded.push(hook),
+                Err(err) => missing.push(hook.not_traced(&err)),
+            }
+        }
+        let mut attached = Vec::with_capacity(loaded.len());
+        for hook in loaded {
+            match hook.attach(&mut ebpf) {
+                Ok(()) => attached.push(hook.program()),
+                Err(err) => missing.push(hook.not_traced(&err)),
             }
         }
         if !attached.iter().any(|p| p.starts_with("sys_exit_accept")) {
@@ -793,37 +803,97 @@ enum AttachError {
     },
 }
 
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    category: &str,
-    name: &str,
-) -> Result<(), AttachError> {
-    let step = |step| move |source| AttachError::Program { step, source };
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(AttachError::MissingProgram(program))?
-        .try_into()
-        .map_err(step("type"))?;
-    prog.load().map_err(step("load"))?;
-    prog.attach(category, name).map_err(step("attach"))?;
-    Ok(())
+/// One kernel program and where it attaches.
+enum Hook {
+    /// A formatted tracepoint (`category:name`), read through its record.
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+        program: &'static str,
+    },
+    /// A raw tracepoint, handed the kernel's own arguments; `gives` says
+    /// what is missing without it.
+    Raw {
+        category: &'static str,
+        name: &'static str,
+        program: &'static str,
+        gives: &'static str,
+    },
 }
 
-fn attach_raw_tracepoint(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    name: &str,
-) -> Result<(), AttachError> {
-    let step = |step| move |source| AttachError::Program { step, source };
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(AttachError::MissingProgram(program))?
-        .try_into()
-        .map_err(step("type"))?;
-    prog.load().map_err(step("load"))?;
-    prog.attach(name).map_err(step("attach"))?;
-    Ok(())
+impl Hook {
+    fn raw(which: usize, gives: &'static str) -> Hook {
+        let (category, name, program) = raw_tracepoint::ALL[which];
+        Hook::Raw {
+            category,
+            name,
+            program,
+            gives,
+        }
+    }
+
+    fn program(&self) -> &'static str {
+        match self {
+            Hook::Tracepoint { program, .. } | Hook::Raw { program, .. } => program,
+        }
+    }
+
+    /// Loads the program into the kernel (the verifier runs here).
+    fn load(&self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+        let program = self.program();
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?;
+        let step = |source| AttachError::Program {
+            step: "load",
+            source,
+        };
+        match self {
+            Hook::Tracepoint { .. } => {
+                let prog: &mut TracePoint = prog.try_into().map_err(step)?;
+                prog.load().map_err(step)
+            }
+            Hook::Raw { .. } => {
+                let prog: &mut RawTracePoint = prog.try_into().map_err(step)?;
+                prog.load().map_err(step)
+            }
+        }
+    }
+
+    /// Attaches the loaded program: from now on it runs.
+    fn attach(&self, ebpf: &mut Ebpf) -> Result<(), AttachError> {
+        let program = self.program();
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or(AttachError::MissingProgram(program))?;
+        let step = |source| AttachError::Program {
+            step: "attach",
+            source,
+        };
+        match self {
+            Hook::Tracepoint { category, name, .. } => {
+                let prog: &mut TracePoint = prog.try_into().map_err(step)?;
+                prog.attach(category, name).map(drop).map_err(step)
+            }
+            Hook::Raw { name, .. } => {
+                let prog: &mut RawTracePoint = prog.try_into().map_err(step)?;
+                prog.attach(name).map(drop).map_err(step)
+            }
+        }
+    }
+
+    /// The "not traced on this kernel" line for `err`.
+    fn not_traced(&self, err: &AttachError) -> String {
+        match self {
+            Hook::Tracepoint { category, name, .. } => format!("{category}:{name} ({err})"),
+            Hook::Raw {
+                category,
+                name,
+                gives,
+                ..
+            } => format!("{category}:{name} as a raw tracepoint ({err}): no {gives}"),
+        }
+    }
 }
 
 /// Drop reasons counted but not sent as events. `QUEUE_PURGE` is what a
