@@ -290,7 +290,8 @@ pub mod tracepoint {
     pub const COUNT: usize = 8;
     /// (category, name, program name in the object).
     pub const ALL: [(&str, &str, &str); COUNT] = [
-        ("sock", "inet_sock_set_state", "inet_sock_set_state"),
+        // Attached only without BTF: `raw_tracepoint::SET_STATE` else.
+        ("sock", "inet_sock_set_state", "inet_sock_set_state_record"),
         ("tcp", "tcp_retransmit_skb", "tcp_retransmit_skb"),
         ("tcp", "tcp_retransmit_synack", "tcp_retransmit_synack"),
         ("tcp", "tcp_send_reset", "tcp_send_reset"),
@@ -316,12 +317,19 @@ pub mod raw_tracepoint {
     /// after the data was sent; reuse after idle where `tcp_sendmsg_locked`
     /// is missing (6.12 and earlier).
     pub const SEND_LENGTH: usize = 2;
-    pub const COUNT: usize = 3;
+    /// `inet_sock_set_state(const struct sock *sk, const int oldstate,
+    /// const int newstate)` (4.16+): every state change, where BTF gives
+    /// the socket's layout (`SockLayout::head_bytes`); it runs at every
+    /// transition of every connection, and the formatted record costs the
+    /// kernel more to build than the program to read the socket.
+    pub const SET_STATE: usize = 3;
+    pub const COUNT: usize = 4;
     /// (category, name, program name in the object).
     pub const ALL: [(&str, &str, &str); COUNT] = [
         ("sock", "inet_sk_error_report", "inet_sk_error_report"),
         ("tcp", "tcp_sendmsg_locked", "tcp_sendmsg_locked"),
         ("sock", "sock_send_length", "sock_send_length"),
+        ("sock", "inet_sock_set_state", "inet_sock_set_state"),
     ];
 }
 
@@ -446,8 +454,16 @@ pub struct SockLayout {
     /// Set by `with_tcp_span`.
     pub tcp_span_start: u16,
     pub tcp_span_bytes: u16,
+    /// How many bytes from the start of the socket hold the members of
+    /// `head_members` (family, remote port, addresses, namespace: all in
+    /// `sock_common`), copied in one probe read by the state-change hook
+    /// when it runs as a raw tracepoint. 0 when one of them, `inet_sport`
+    /// or `sk_protocol` is unknown, or they reach past `RECORD_BYTES`: the
+    /// hook then runs as the formatted tracepoint. Set by `with_head`.
+    pub head_bytes: u16,
+    pub _pad: [u16; 3],
 }
-const _: () = assert!(size_of::<SockLayout>() == 48);
+const _: () = assert!(size_of::<SockLayout>() == 56);
 
 /// The widest span of `tcp_sock` read in one go (a power of two: the
 /// programs mask offsets into their buffer with it). On 6.18 the members
@@ -467,6 +483,37 @@ impl SockLayout {
             self.rcv_nxt,
             self.copied_seq,
         ]
+    }
+
+    /// The `sock_common` members an event's endpoints and namespace come
+    /// from, with their sizes in bytes.
+    pub const fn head_members(&self) -> [(u16, u16); 7] {
+        [
+            (self.skc_family, 2),
+            (self.skc_dport, 2),
+            (self.skc_rcv_saddr, 4),
+            (self.skc_daddr, 4),
+            (self.skc_v6_rcv_saddr, 16),
+            (self.skc_v6_daddr, 16),
+            (self.skc_net, 8),
+        ]
+    }
+
+    /// This layout with `head_bytes` covering every member of
+    /// `head_members` (each naturally aligned), or 0 (see `head_bytes`).
+    pub fn with_head(mut self) -> SockLayout {
+        let mut end = 0u32;
+        let mut known = self.inet_sport != ABSENT_OFFSET && self.sk_protocol != ABSENT_OFFSET;
+        for (offset, size) in self.head_members() {
+            known &= offset != ABSENT_OFFSET && offset % size.min(8) == 0;
+            end = end.max(u32::from(offset) + u32::from(size));
+        }
+        self.head_bytes = if known && end <= RECORD_BYTES as u32 {
+            end as u16
+        } else {
+            0
+        };
+        self
     }
 
     /// This layout with `tcp_span_start`/`tcp_span_bytes` covering every
@@ -523,6 +570,8 @@ impl Default for SockLayout {
             copied_seq: ABSENT_OFFSET,
             tcp_span_start: 0,
             tcp_span_bytes: 0,
+            head_bytes: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -661,7 +710,7 @@ pub struct Config {
 }
 const _: () = assert!(
     size_of::<Config>()
-        == tracepoint::COUNT * 48 + 48 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 12
+        == tracepoint::COUNT * 48 + 56 + 16 + 24 + 44 + DROP_REASON_SLOTS as usize / 8 + 12
 );
 
 /// A connection as the TC programs and the reset program key it: this

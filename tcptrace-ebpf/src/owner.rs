@@ -55,14 +55,20 @@ pub fn info(entry: *const SockInfo) -> SockInfo {
 /// at the address of a freed socket whose entry is still there.
 #[inline(always)]
 pub fn netns(sock: &SockLayout, sk: u64, entry: *const SockInfo) -> u32 {
-    if !entry.is_null() {
-        // SAFETY: a valid map value pointer from a lookup.
-        let known = unsafe { (*entry).netns };
-        if known != 0 {
-            return known;
-        }
+    match known_netns(entry) {
+        0 => read::netns(sock, sk),
+        known => known,
     }
-    read::netns(sock, sk)
+}
+
+/// The namespace recorded in the entry `entry` (maybe null), 0 if none.
+#[inline(always)]
+pub fn known_netns(entry: *const SockInfo) -> u32 {
+    if entry.is_null() {
+        return 0;
+    }
+    // SAFETY: a valid map value pointer from a lookup.
+    unsafe { (*entry).netns }
 }
 
 /// A copy of `*value` made of 8-byte loads. A plain `*value` copies

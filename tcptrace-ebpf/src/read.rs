@@ -257,6 +257,95 @@ pub fn sock_endpoints(sock: &SockLayout, sk: u64, ev: &mut Event) -> Option<()> 
     Some(())
 }
 
+/// The start of a socket (`struct sock_common`, `SockLayout::head_bytes`
+/// of it: family, ports, addresses, state, namespace) copied in one probe
+/// read into the CPU's record buffer, which a raw tracepoint has no
+/// formatted record to put in.
+pub struct SockHead {
+    bytes: *const u8,
+}
+
+/// Copies the head of `sk`; None when the layout has no head (the state
+/// hook is then the formatted tracepoint) or the read failed.
+#[inline(always)]
+pub fn sock_head(sock: &SockLayout, sk: u64) -> Option<SockHead> {
+    let len = u32::from(sock.head_bytes);
+    if sk == 0 || len == 0 {
+        return None;
+    }
+    let buf = RECORD.get_ptr_mut(0)?;
+    // Bounded for the verifier; userspace already caps it.
+    let len = if len > RECORD_BYTES as u32 {
+        RECORD_BYTES as u32
+    } else {
+        len
+    };
+    bytes_into(sk, buf.cast::<u8>(), len).then_some(SockHead {
+        bytes: buf.cast::<u8>().cast_const(),
+    })
+}
+
+impl SockHead {
+    /// The member at `offset` (inside the head, naturally aligned:
+    /// `SockLayout::with_head` checked both).
+    #[inline(always)]
+    fn at<T: Copy>(&self, offset: u16) -> T {
+        const { assert!(size_of::<T>() <= 16) };
+        // SAFETY: masked below RECORD_BYTES, and the buffer is twice that.
+        unsafe {
+            self.bytes
+                .add(in_buffer(usize::from(offset)))
+                .cast::<T>()
+                .read()
+        }
+    }
+
+    /// Network namespace inode of the socket (0: unknown).
+    #[inline(always)]
+    pub fn netns(&self, sock: &SockLayout) -> u32 {
+        member_or(self.at::<u64>(sock.skc_net), sock.net_inum, 0)
+    }
+
+    /// Family, ports and addresses into a blank event, as the formatted
+    /// tracepoint has them (local = s, remote = d). The local port is
+    /// `inet_sport`, read apart: `skc_num` is zeroed when a closing
+    /// socket is unhashed, before its last state change is reported.
+    #[inline(always)]
+    pub fn endpoints_into(&self, sock: &SockLayout, sk: u64, ev: &mut Event) -> Option<()> {
+        let family: u16 = self.at(sock.skc_family);
+        let v6 = family == AF_INET6;
+        if !v6 && family != AF_INET {
+            return None;
+        }
+        ev.family = family as u8;
+        ev.sport = u16::from_be(member_or(sk, sock.inet_sport, 0));
+        ev.dport = u16::from_be(self.at(sock.skc_dport));
+        let (s, d) = if v6 {
+            (sock.skc_v6_rcv_saddr, sock.skc_v6_daddr)
+        } else {
+            (sock.skc_rcv_saddr, sock.skc_daddr)
+        };
+        self.copy_addr(s, v6, &mut ev.saddr);
+        self.copy_addr(d, v6, &mut ev.daddr);
+        Some(())
+    }
+
+    /// Copies the address at `offset`: 4 bytes (IPv4) or 16 (IPv6) into a
+    /// zeroed `dst`, as `Record::copy_addr` does.
+    #[inline(always)]
+    fn copy_addr(&self, offset: u16, v6: bool, dst: &mut [u8; 16]) {
+        let offset = in_buffer(usize::from(offset));
+        let len = if v6 { 16 } else { 4 };
+        for i in 0..16 {
+            if i < len {
+                // SAFETY: offset < RECORD_BYTES, so offset + 16 is inside
+                // the 2 * RECORD_BYTES buffer.
+                dst[i] = unsafe { *self.bytes.add(offset + i) };
+            }
+        }
+    }
+}
+
 /// The `tcp_sock` members a reset reads (`SockLayout::tcp_span_members`:
 /// idle times, queue sequence numbers), copied in one probe read when
 /// userspace found them within `TCP_SPAN_BYTES` of each other (6.8+,

@@ -4,21 +4,56 @@
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
-use tcptrace_common::{IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp};
+use tcptrace_common::{
+    Config, Event, IPPROTO_TCP, SockInfo, field, kind, tcp_state, tracepoint as tp,
+};
 
 use crate::{emit, opens, owner, read, related, reset};
 
+/// The hook as a raw tracepoint, where the kernel's BTF gives the
+/// socket's layout (`SockLayout::head_bytes`): the kernel skips building
+/// the formatted record at every transition of every connection, and the
+/// program reads what it needs from the socket in three probe reads.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    let _ = from_socket(&ctx);
+    0
+}
+
+/// The hook as the formatted tracepoint: kernels without BTF.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = handle(&ctx);
+pub fn inet_sock_set_state_record(ctx: TracePointContext) -> u32 {
+    let _ = from_record(&ctx);
     0
 }
 
 #[inline(always)]
-fn handle(ctx: &TracePointContext) -> Option<()> {
+fn from_socket(ctx: &RawTracePointContext) -> Option<()> {
+    let cfg = read::config()?;
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    // Also fired for SCTP and MPTCP sockets.
+    if read::member_or::<u16>(sk, cfg.sock.sk_protocol, 0) != IPPROTO_TCP {
+        return None;
+    }
+    let head = read::sock_head(&cfg.sock, sk)?;
+    handle(
+        cfg,
+        sk,
+        old,
+        new,
+        |ev| head.endpoints_into(&cfg.sock, sk, ev),
+        || head.netns(&cfg.sock),
+    )
+}
+
+#[inline(always)]
+fn from_record(ctx: &TracePointContext) -> Option<()> {
     let cfg = read::config()?;
     let rec = read::record(ctx, &cfg.layouts[tp::SET_STATE])?;
     // Kernels before the protocol field only reported TCP here.
@@ -28,6 +63,28 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = rec.field(field::SKADDR)?;
     let old: i32 = rec.field(field::OLDSTATE)?;
     let new: i32 = rec.field(field::NEWSTATE)?;
+    handle(
+        cfg,
+        sk,
+        old,
+        new,
+        |ev| rec.endpoints_into(ev),
+        || read::netns(&cfg.sock, sk),
+    )
+}
+
+/// The transition `old` -> `new` of `sk`, whose endpoints `endpoints`
+/// writes into the event and whose namespace `netns` reads from the
+/// socket (when its entry does not hold it).
+#[inline(always)]
+fn handle(
+    cfg: &Config,
+    sk: u64,
+    old: i32,
+    new: i32,
+    endpoints: impl FnOnce(&mut Event) -> Option<()>,
+    netns: impl FnOnce() -> u32,
+) -> Option<()> {
     // The clock is read here only for the times the socket's entry keeps
     // (SYN_SENT, ESTABLISHED); other events read it once they passed the
     // filters. Durations and ages hold their start until then.
@@ -48,10 +105,13 @@ fn handle(ctx: &TracePointContext) -> Option<()> {
     } else {
         owner::entry(sk)
     };
-    let netns = owner::netns(&cfg.sock, sk, entry);
+    let netns = match owner::known_netns(entry) {
+        0 => netns(),
+        known => known,
+    };
 
     let ev = emit::blank(emit::buffer::TRACEPOINT)?;
-    rec.endpoints_into(ev)?;
+    endpoints(ev)?;
     ev.skaddr = sk;
     ev.netns = netns;
     ev.kind = kind::STATE;

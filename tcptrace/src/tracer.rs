@@ -276,11 +276,19 @@ impl Tracer {
         })?;
         write_config(&mut ebpf, config)?;
 
+        // State changes come from the socket itself where BTF says where
+        // its members are; tests take the formatted tracepoint on demand.
+        let state_from_record = config.sock.head_bytes == 0
+            || std::env::var_os(STATE_HOOK_ENV).is_some_and(|v| v == "record");
         let mut hooks = Vec::new();
         for (i, (category, name, program)) in tracepoint::ALL.iter().enumerate() {
             // The hooks of the new signals only run when their events are
             // wanted: a host dropping or sending a lot pays nothing else.
             if formats[i].is_none() || (i == tracepoint::KFREE_SKB && !wants(options, kind::DROP)) {
+                continue;
+            }
+            if i == tracepoint::SET_STATE && !state_from_record {
+                hooks.push(Hook::raw(raw_tracepoint::SET_STATE, "state events"));
                 continue;
             }
             hooks.push(Hook::Tracepoint {
@@ -955,6 +963,11 @@ fn seed_preexisting(ebpf: &mut Ebpf, found: &Preexisting) {
 
 /// Said when `tcp:tcp_send_reset` has the layout of kernels before 6.10.
 pub const SEND_RESET_BEFORE_6_10: &str = "tcp:tcp_send_reset for resets sent without a full socket (to connects nothing listens for, from TIME_WAIT) and reset reasons: kernels before 6.10 report only resets sent by a full socket, without a reason";
+
+/// `TCPTRACE_STATE_HOOK=record` makes state changes come from the
+/// formatted `sock:inet_sock_set_state` (what kernels without BTF use)
+/// rather than the raw tracepoint (how the fallback is tested).
+pub const STATE_HOOK_ENV: &str = "TCPTRACE_STATE_HOOK";
 
 /// `TCPTRACE_REUSE_HOOK=send_length` makes reuse after idle use the
 /// `sock:sock_send_length` fallback even where `tcp:tcp_sendmsg_locked`

@@ -22,8 +22,14 @@ impl Trace {
     /// Starts `tcptrace trace --json ARGS...` and waits until it says it
     /// is tracing (programs attached).
     pub fn start(args: &[&str]) -> Trace {
+        Trace::start_with_env(args, &[])
+    }
+
+    /// `start` with these environment variables set for the tracer.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
         let mut cmd = Command::new(tcptrace_bin());
         cmd.args(["trace", "--json"]).args(args);
+        cmd.envs(env.iter().copied());
         let (child, stderr, stderr_seen) = spawn_until(&mut cmd, "tracing; Ctrl-C to stop");
         // On the kernel CI runs, every program must load: a verifier
         // rejection would otherwise only degrade.
@@ -40,6 +46,11 @@ impl Trace {
             stderr,
             stderr_seen,
         }
+    }
+
+    /// The tracer's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGINT (as Ctrl-C does), waits, and returns every record.

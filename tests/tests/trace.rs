@@ -309,6 +309,107 @@ fn retransmits_under_loss_are_counted_and_attributed() {
     );
 }
 
+/// The state hook runs as a raw tracepoint where BTF gives the socket's
+/// layout, as the formatted tracepoint otherwise (and with
+/// `TCPTRACE_STATE_HOOK=record`): both tracers, attached at once, must
+/// report the same transitions field for field, for IPv4, IPv6 and
+/// v4-mapped connections closed both ways, and a refused connect.
+#[test]
+fn state_changes_are_the_same_from_the_socket_and_from_the_record() {
+    require_root();
+    let ns = Netns::new("hook");
+    let args = ["--netns", &netns_arg(&ns), "--events", "state,connect,rst"];
+    let raw = Trace::start(&args);
+    let record = Trace::start_with_env(&args, &[("TCPTRACE_STATE_HOOK", "record")]);
+    // The one program that differs: a raw tracepoint (BPF prog type 17)
+    // in the first, a formatted one (type 5) in the second.
+    let (raw_types, record_types) = (prog_types(raw.pid()), prog_types(record.pid()));
+    assert_eq!(raw_types.0, record_types.0 + 1, "raw tracepoints");
+    assert_eq!(raw_types.1 + 1, record_types.1, "formatted tracepoints");
+    let mut ports = Vec::new();
+    ns.run(|| {
+        for (listen, connect) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("::", "127.0.0.1"),
+        ] {
+            let listener = TcpListener::bind((listen, 0)).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            for abort in [false, true] {
+                let mut client = TcpStream::connect((connect, port)).unwrap();
+                let (mut server, _) = listener.accept().unwrap();
+                client.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 4];
+                server.read_exact(&mut buf).unwrap();
+                if abort {
+                    linger0_close(client);
+                } else {
+                    drop(client);
+                }
+                drop(server);
+            }
+            ports.push(port);
+        }
+        TcpStream::connect("127.0.0.1:9").expect_err("nothing listens on 9");
+    });
+    let (raw, record) = (stop_settled(raw), stop_settled(record));
+    let transitions = |records: &tests::Records| -> Vec<String> {
+        let mut seen: Vec<String> = ["state", "connect", "connect_failed"]
+            .iter()
+            .flat_map(|kind| records.of_kind(kind))
+            .map(|e| {
+                let fields = [
+                    "kind",
+                    "family",
+                    "local_addr",
+                    "local_port",
+                    "remote_addr",
+                    "remote_port",
+                    "old_state",
+                    "new_state",
+                    "netns",
+                    "sock",
+                ];
+                let pid = &e["owner"]["pid"];
+                format!("{} pid={pid}", fields.map(|f| e[f].to_string()).join(" "))
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let (from_socket, from_record) = (transitions(&raw), transitions(&record));
+    // Six connections (two ends each) and a refused connect.
+    assert!(from_socket.len() >= 6 * 5, "{from_socket:#?}");
+    assert_eq!(from_socket, from_record);
+    for port in ports {
+        assert!(
+            from_socket
+                .iter()
+                .any(|t| t.contains(&format!(" {port} ")) && t.contains("CLOSE_WAIT")),
+            "port {port}: {from_socket:#?}"
+        );
+    }
+}
+
+/// How many raw (BPF_PROG_TYPE_RAW_TRACEPOINT, 17) and formatted
+/// (BPF_PROG_TYPE_TRACEPOINT, 5) tracepoint programs process `pid` holds.
+fn prog_types(pid: u32) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        match info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_type:"))
+            .map(str::trim)
+        {
+            Some("17") => counts.0 += 1,
+            Some("5") => counts.1 += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
 #[test]
 fn failed_connect_to_a_closed_port() {
     require_root();

@@ -97,8 +97,9 @@ fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
         skb.tcp_gso_segs = cb + segs;
     }
     Layouts {
-        // Resets read their tcp_sock members in one probe read when close.
-        sock: layout.with_tcp_span(),
+        // Resets read their tcp_sock members in one probe read when close,
+        // state changes the start of the socket when they can.
+        sock: layout.with_tcp_span().with_head(),
         task,
         skb,
     }
@@ -192,6 +193,73 @@ mod tests {
                 assert!(offset + 4 <= sock.tcp_span_start + sock.tcp_span_bytes);
             }
         }
+        // sock_common is the socket's first 136 bytes on every 64-bit
+        // kernel since 4.x: the state-change hook reads it in one go.
+        assert!(sock.head_bytes > 0, "no head: {sock:?}");
+        for (offset, size) in sock.head_members() {
+            assert!(offset + size <= sock.head_bytes);
+        }
+    }
+
+    #[test]
+    fn head_covers_the_members_or_is_off() {
+        // 6.18's offsets.
+        let sock = SockLayout {
+            skc_daddr: 0,
+            skc_rcv_saddr: 4,
+            skc_dport: 12,
+            skc_num: 14,
+            skc_family: 16,
+            skc_state: 18,
+            skc_net: 48,
+            skc_v6_daddr: 56,
+            skc_v6_rcv_saddr: 72,
+            sk_protocol: 532,
+            inet_sport: 814,
+            ..SockLayout::default()
+        };
+        assert_eq!(sock.with_head().head_bytes, 88);
+        // Without any of them, or of inet_sport or sk_protocol (a
+        // bitfield before 5.6), the formatted tracepoint is used.
+        for absent in [
+            SockLayout {
+                skc_v6_daddr: ABSENT_OFFSET,
+                ..sock
+            },
+            SockLayout {
+                skc_net: ABSENT_OFFSET,
+                ..sock
+            },
+            SockLayout {
+                inet_sport: ABSENT_OFFSET,
+                ..sock
+            },
+            SockLayout {
+                sk_protocol: ABSENT_OFFSET,
+                ..sock
+            },
+        ] {
+            assert_eq!(absent.with_head().head_bytes, 0, "{absent:?}");
+        }
+        // Past the record buffer, or misaligned: off too.
+        assert_eq!(
+            SockLayout {
+                skc_v6_rcv_saddr: 120,
+                ..sock
+            }
+            .with_head()
+            .head_bytes,
+            0
+        );
+        assert_eq!(
+            SockLayout {
+                skc_net: 44,
+                ..sock
+            }
+            .with_head()
+            .head_bytes,
+            0
+        );
     }
 
     #[test]
