@@ -67,7 +67,7 @@ pub struct OverheadArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Another tcptrace binary (e.g. the build before a change), whose
-    /// JSON and aggregation runs join the same rounds.
+    /// JSON, aggregation and hooks-only runs join the same rounds.
     #[arg(long, value_name = "BIN")]
     pub previous: Option<std::path::PathBuf>,
     /// Leave out the runs that compare with another tool or every hook
@@ -170,6 +170,7 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         }
         setups.push(Setup::PreviousJson);
         setups.push(Setup::PreviousAggregate);
+        setups.push(Setup::PreviousKernelOnly);
     }
     let options = overhead::Options {
         seconds: args.seconds,

@@ -55,6 +55,9 @@ pub enum Setup {
     PreviousJson,
     /// `--previous BIN top`.
     PreviousAggregate,
+    /// `--previous BIN` with a filter no event passes: the other build's
+    /// kernel hooks alone.
+    PreviousKernelOnly,
     /// `tcptrace trace --record FILE`: raw records to a file, no formatting.
     Record,
 }
@@ -77,6 +80,7 @@ impl Setup {
             }
             Setup::PreviousJson => "previous build: trace --json --output FILE",
             Setup::PreviousAggregate => "previous build: top (aggregation only)",
+            Setup::PreviousKernelOnly => "previous build: hooks only (filter passes nothing)",
             Setup::Record => "tcptrace trace --record FILE",
         }
     }
@@ -199,10 +203,14 @@ fn measure(
             Ready::StderrLine("Ctrl-C to stop"),
             None,
         )?),
-        Setup::KernelOnly => Some(Tracer::start(
-            Command::new(tcptrace)
-                .args(["trace", "--json", "--port", "1", "--output"])
-                .arg(&output),
+        Setup::KernelOnly | Setup::PreviousKernelOnly => Some(Tracer::start(
+            Command::new(if setup == Setup::KernelOnly {
+                tcptrace
+            } else {
+                previous()?
+            })
+            .args(["trace", "--json", "--port", "1", "--output"])
+            .arg(&output),
             Ready::StderrLine("Ctrl-C to stop"),
             None,
         )?),
@@ -289,6 +297,7 @@ fn measure(
             Setup::TraceJson
             | Setup::Aggregate
             | Setup::KernelOnly
+            | Setup::PreviousKernelOnly
             | Setup::TraceJsonTc
             | Setup::AllSignals
             | Setup::PreviousJson
