@@ -13,6 +13,7 @@
 //!   `decode`, `aggregate`, `summary`, `tally` (counts per owner, peer
 //!   and signal for the exporter), `sink`, `recorder` (pcapng),
 //!   `html_report` (the report as a page, from plain data),
+//!   `ranking` (what `top` shows and prints, from an aggregate),
 //!   `diagnosis` (the rules: host facts and an aggregate in, findings
 //!   out; `diagnose` and the exporter both run them);
 //! - facts: `host` (what is read from the host), `kernel` (what is
@@ -37,6 +38,7 @@ pub mod host;
 pub mod html_report;
 pub mod kernel;
 pub mod origin;
+pub mod ranking;
 pub mod record;
 pub mod recorder;
 pub mod replay;

@@ -48,6 +48,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "sink",
             "html_report",
             "diagnosis",
+            "ranking",
             "record",
         ],
     ),

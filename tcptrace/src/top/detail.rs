@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::view::{Row, RowKey};
+use crate::ranking::{Row, RowKey};
 use crate::{
     aggregate::{
         Aggregate, Dist, Stats, log_bins,
@@ -190,7 +190,7 @@ mod tests {
     use crate::{
         aggregate::testing::{ev, names},
         counts::Counts,
-        top::view::Snapshot,
+        ranking::Snapshot,
     };
 
     #[test]

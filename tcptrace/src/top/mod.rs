@@ -4,9 +4,7 @@
 //! signal, with the session's exact counts.
 
 mod detail;
-mod plain;
 mod tui;
-mod view;
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -14,13 +12,13 @@ use std::{
     time::Duration,
 };
 
-pub use self::view::{Row, RowKey, Snapshot, SortKey};
 use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
     event::TcpEvent,
     filter_args::{self, session_options},
     host::cgroups::Cgroups,
+    ranking::{Snapshot, plain},
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };

@@ -30,11 +30,7 @@ use ratatui::{
 };
 use tokio::sync::mpsc;
 
-use super::{
-    detail::detail,
-    plain::{HEADER, cells, widths},
-    view::{Row, Snapshot, SortKey},
-};
+use super::detail::detail;
 use crate::{
     aggregate::Aggregate,
     cli::TopArgs,
@@ -42,6 +38,10 @@ use crate::{
     event::TcpEvent,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
+    ranking::{
+        Row, Snapshot, SortKey,
+        plain::{HEADER, cells, widths},
+    },
     session::{Next, Session},
 };
 

@@ -1,8 +1,9 @@
-//! `top` without a terminal: a table per interval, or one JSON line.
+//! A snapshot without a terminal (`top --plain`/`--json`, and `replay`
+//! of a `top --record` file): tables, or one JSON line.
 
 use std::io::{self, Write};
 
-use super::view::{Row, Snapshot};
+use super::{Row, Snapshot};
 use crate::timefmt::duration_ns;
 
 /// Writes one snapshot: two tables cut to `rows` rows, or one JSON line.

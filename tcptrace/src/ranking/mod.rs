@@ -1,6 +1,10 @@
 //! What `top` shows, as plain data: one row per process and per peer,
 //! with totals, per-second rates since the previous snapshot, and
-//! connect latency percentiles. Both front ends render a `Snapshot`.
+//! connect latency percentiles. `top`'s two front ends render a
+//! `Snapshot`, and `replay` the snapshots of a `top --record` file
+//! (`plain`: as plain tables or JSON lines).
+
+pub mod plain;
 
 use std::{
     collections::{BTreeMap, HashMap},
