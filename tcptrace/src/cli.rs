@@ -37,7 +37,7 @@ pub enum Command {
     Top(TopArgs),
     /// Serve Prometheus/OpenMetrics metrics and findings, always on.
     Exporter(ExporterArgs),
-    /// Print what `trace` or `diagnose` printed for a file made by its --record.
+    /// Print what `trace`, `diagnose` or `top` printed for a file made by its --record.
     Replay(ReplayArgs),
 }
 
@@ -160,10 +160,11 @@ pub struct TraceArgs {
 /// `tcptrace replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// A file written by `trace --record` or `diagnose --record`.
+    /// A file written by `trace --record`, `diagnose --record` or
+    /// `top --record`.
     pub file: PathBuf,
     /// Print JSON, as the recording command's --json does (NDJSON for
-    /// `trace`, one document for `diagnose`).
+    /// `trace`, one document for `diagnose`, a line per snapshot for `top`).
     #[arg(long)]
     pub json: bool,
     /// Do not print the summary (on stderr) at the end (`trace`).
@@ -505,6 +506,12 @@ pub struct TopArgs {
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = 8192, value_parser = parse_ring_kib)]
     pub ring_kib: u32,
+    /// Also write the kernel's raw records and what each snapshot took
+    /// (counts, opens counted in the kernel, owners' pods) to this file
+    /// (mode 0600; docs/record.md); `tcptrace replay FILE [--json]` prints
+    /// the same snapshots. No TUI while recording: plain snapshots.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 /// `tcptrace exporter`.

@@ -31,6 +31,7 @@ use std::{
     fs::File,
     io::{self, BufReader, BufWriter, Read, Write},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use rustc_hash::FxHashMap;
@@ -84,6 +85,8 @@ const SURVEY: u8 = b'S';
 const LISTENERS: u8 = b'Q';
 const OWNERS: u8 = b'P';
 const DIAGNOSE_END: u8 = b'F';
+// `top`.
+const TICK: u8 = b'T';
 
 /// The command that recorded a file, whose output `replay` prints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +97,8 @@ pub enum Recorded {
     Trace,
     /// `diagnose --record`.
     Diagnose,
+    /// `top --record`.
+    Top,
 }
 
 /// What the recording host knew that decoding and printing need.
@@ -124,6 +129,9 @@ pub struct Header {
     pub names: Names,
     /// What that kernel could not trace, one phrase each.
     pub missing: Vec<String>,
+    /// `top`: its `--rows` (rows per table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
 }
 
 impl Header {
@@ -143,6 +151,7 @@ impl Header {
             boot_unix_ns: i64::try_from(boot_unix_ns).unwrap_or(0),
             names,
             missing,
+            rows: None,
         }
     }
 }
@@ -235,6 +244,17 @@ impl From<&PcapRecord> for RecorderReport {
             error: r.error.clone(),
         }
     }
+}
+
+/// A `T` frame: when `top` took a snapshot, and what it took then
+/// besides the events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TickRecord {
+    /// Since the session started (`Session::elapsed`).
+    elapsed_ns: u64,
+    counts: CountsRecord,
+    /// Opens the kernel counted since the previous snapshot.
+    opens: Vec<diagnosis::OpenRecord>,
 }
 
 /// `Counts` as a record file keeps them (arrays by kind index).
@@ -382,29 +402,64 @@ impl<W: Write> RecordWriter<W> {
     /// Failures to write.
     pub fn event(&mut self, ev: &TcpEvent, raw: &[u8], cgroups: &mut Cgroups) -> io::Result<()> {
         if let Some(owner) = &ev.owner {
-            let key = cgroups.owner_key(owner.pid, owner.cgroup_id);
-            let info = cgroups.lookup_owner(owner.pid, owner.cgroup_id);
-            let last = self.written.get(&key).and_then(Option::as_ref);
-            let same = match (last, info) {
-                (Some(last), Some(info)) => last.prints_as(info),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                let record = CgroupRecord {
-                    key,
-                    cgroup: info.map(OwnerCgroup::of),
-                };
-                self.write_pending()?;
-                self.json_frame(CGROUP, &record)?;
-                self.written.insert(key, record.cgroup);
-            }
+            self.owner_cgroup(owner.pid, owner.cgroup_id, cgroups)?;
         }
         self.pending.push(raw);
         if self.pending.as_bytes().len() >= EVENTS_PER_FRAME * EVENT_SIZE {
             self.write_pending()?;
         }
         Ok(())
+    }
+
+    /// Looks up the cgroup of the owner `pid` in `cgroup_id` in
+    /// `cgroups` and writes a `C` frame when what it prints changed.
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn owner_cgroup(
+        &mut self,
+        pid: u32,
+        cgroup_id: u64,
+        cgroups: &mut Cgroups,
+    ) -> io::Result<()> {
+        let key = cgroups.owner_key(pid, cgroup_id);
+        let info = cgroups.lookup_owner(pid, cgroup_id);
+        let last = self.written.get(&key).and_then(Option::as_ref);
+        let same = match (last, info) {
+            (Some(last), Some(info)) => last.prints_as(info),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let record = CgroupRecord {
+                key,
+                cgroup: info.map(OwnerCgroup::of),
+            };
+            self.write_pending()?;
+            self.json_frame(CGROUP, &record)?;
+            self.written.insert(key, record.cgroup);
+        }
+        Ok(())
+    }
+
+    /// `top`: a snapshot was taken after the events so far, `elapsed`
+    /// into the run, with these counts and the opens the kernel counted
+    /// since the last one (a `T` frame).
+    ///
+    /// # Errors
+    /// Failures to write.
+    pub fn tick(
+        &mut self,
+        elapsed: Duration,
+        counts: &Counts,
+        opens: &[OpenCount],
+    ) -> io::Result<()> {
+        let tick = TickRecord {
+            elapsed_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            counts: counts.into(),
+            opens: opens.iter().map(diagnosis::open_record).collect(),
+        };
+        self.frame_after_events(TICK, &tick)
     }
 
     /// A loss check: an `L` frame if any loss counter moved since the
@@ -598,6 +653,9 @@ pub enum Frame<'a> {
     /// `diagnose`: how its `--during` load ended, and the opens the
     /// kernel counted.
     DiagnoseEnd(Option<String>, Vec<OpenCount>),
+    /// `top`: a snapshot, taken this long into the run, with these
+    /// counts and the opens counted since the previous one.
+    Tick(Duration, Counts, Vec<OpenCount>),
 }
 
 /// What the end frame holds, checked.
@@ -759,7 +817,7 @@ impl RecordReader {
             RUN | READING | SURVEY | LISTENERS | OWNERS | DIAGNOSE_END
                 if self.header.command != Recorded::Diagnose =>
             {
-                return Err(self.corrupt(at, "a diagnose frame in a trace recording"));
+                return Err(self.corrupt(at, "a diagnose frame in another command's recording"));
             }
             RUN => Frame::Run(Box::new(self.json(at)?)),
             READING => {
@@ -775,6 +833,21 @@ impl RecordReader {
             DIAGNOSE_END => {
                 let end: diagnosis::EndRecord = self.json(at)?;
                 Frame::DiagnoseEnd(end.load_status, diagnosis::opens(&end.opens))
+            }
+            TICK if self.header.command != Recorded::Top => {
+                return Err(self.corrupt(at, "a top frame in another command's recording"));
+            }
+            TICK => {
+                let tick: TickRecord = self.json(at)?;
+                let counts = tick
+                    .counts
+                    .to_counts()
+                    .ok_or_else(|| self.corrupt(at, "counts are not one per event kind"))?;
+                Frame::Tick(
+                    Duration::from_nanos(tick.elapsed_ns),
+                    counts,
+                    diagnosis::opens(&tick.opens),
+                )
             }
             HEADER => return Err(self.corrupt(at, "a second header")),
             other => {

@@ -16,10 +16,12 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    aggregate::Aggregate,
     cli::ReplayArgs,
     decode::Decoder,
     host::cgroups::Cgroups,
     kernel::clock::WallClock,
+    ranking::{self, Snapshot},
     record::{Frame, RecordReader, Recorded, replay_diagnosis},
     sink::{Context, HumanSink, JsonSink, LossTracker, Output, Sink},
     summary::Summary,
@@ -36,6 +38,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     match reader.header().command {
         Recorded::Trace => trace(&args, reader),
         Recorded::Diagnose => diagnosis(&args),
+        Recorded::Top => top(&args, reader),
     }
 }
 
@@ -84,13 +87,14 @@ fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode
                 summary.finish(end.seconds, end.counts, &header.missing, &names);
                 summary.set_packets(end.tc, end.pcap);
             }
-            // The reader refuses diagnose frames in a trace recording.
+            // The reader refuses other commands' frames.
             Frame::Run(_)
             | Frame::Reading(..)
             | Frame::Survey(..)
             | Frame::Listeners(_)
             | Frame::Owners(_)
-            | Frame::DiagnoseEnd(..) => {}
+            | Frame::DiagnoseEnd(..)
+            | Frame::Tick(..) => {}
         }
     }
     if args.json {
@@ -100,6 +104,46 @@ fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode
     if !args.no_summary {
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `top --plain` or `--json` printed: a snapshot at every recorded
+/// tick, of the same aggregate over the same events, opens counted in
+/// the kernel, counts and owners' cgroups as the recording host had them.
+fn top(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
+    let header = reader.header().clone();
+    let decoder = Decoder::new(header.hz);
+    let rows = usize::from(header.rows.unwrap_or(20));
+    let mut agg = Aggregate::new(header.names);
+    let mut cgroups = Cgroups::fixed();
+    let mut previous = Snapshot::default();
+    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    while let Some(frame) = reader.next_frame()? {
+        match frame {
+            Frame::Events(records) => {
+                // The reader checked every length.
+                for record in split_records(records).map_while(Result::ok) {
+                    let ev = decoder
+                        .decode(record)
+                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?;
+                    agg.add(&ev);
+                }
+            }
+            Frame::Cgroup(key, info) => cgroups.insert(key, info),
+            Frame::Tick(elapsed, counts, opens) => {
+                agg.add_opens(&opens);
+                let mut snap = Snapshot::take(&agg, &previous, elapsed, counts);
+                snap.name_pods(&mut cgroups);
+                ranking::plain::write(&mut out, &snap, rows, args.json)
+                    .context("writing snapshots to stdout")?;
+                previous = snap;
+            }
+            // The reader refuses other commands' frames; top records no
+            // loss checks (the snapshots carry the counts).
+            _ => {}
+        }
+    }
+    out.flush().context("writing snapshots to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -273,3 +273,77 @@ fn replay_prints_what_the_live_diagnosis_printed() {
         }
     }
 }
+
+/// `top --record`: every snapshot `top --json` (and `--plain`) printed
+/// live, replayed byte for byte from the file after the namespace is
+/// gone: the same aggregate over the same events, with the opens the
+/// kernel counted and the counts each snapshot took.
+#[test]
+fn replay_prints_the_snapshots_live_top_printed() {
+    require_root();
+    let scratch = Scratch::new();
+    for (tag, json) in [("topjson", true), ("topplain", false)] {
+        let ns = Netns::new(tag);
+        let record = scratch.0.join(format!("{tag}.rec"));
+        let mut cmd = Command::new(tests::tcptrace_bin());
+        cmd.args(["top", "--netns", ns.name(), "--interval", "300ms"])
+            .arg(if json { "--json" } else { "--plain" })
+            .arg("--record")
+            .arg(&record);
+        let (mut child, stderr, mut seen) = spawn_until(&mut cmd, "Ctrl-C to stop");
+        let (refused, listener) = incident(&ns);
+        assert_eq!(refused, 5, "{tag}: refused connects");
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        wait_within(&mut child, Duration::from_secs(30));
+        let (live, status) = collect(&mut child, &stderr, &mut seen);
+        assert!(status.success(), "top --record: {status}: {seen:?}");
+        drop(listener);
+        let mode = fs::metadata(&record).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the record file names processes: 0600");
+        drop(ns);
+        let args: &[&str] = if json { &["--json"] } else { &[] };
+        let replayed = replay(args, &record);
+        assert!(
+            replayed.status.success(),
+            "{tag}: replay failed: {}",
+            String::from_utf8_lossy(&replayed.stderr)
+        );
+        let replayed_text = String::from_utf8_lossy(&replayed.stdout);
+        assert!(
+            replayed.stdout == live.as_bytes(),
+            "{tag}: replay differs from live top ({} vs {} bytes); first differing line: {:?}",
+            replayed.stdout.len(),
+            live.len(),
+            replayed_text
+                .lines()
+                .zip(live.lines())
+                .find(|(a, b)| a != b)
+        );
+        if json {
+            // Several snapshots, the last with what the incident made:
+            // 5 refused connects, 5 resets each way, 6 opens counted in
+            // the kernel.
+            let snaps: Vec<serde_json::Value> = live
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert!(snaps.len() >= 3, "{tag}: {} snapshots", snaps.len());
+            let last = snaps.last().unwrap();
+            assert!(
+                last["opens_counted_in_kernel"].as_u64() >= Some(6),
+                "{tag}: {last}"
+            );
+            // This test process made every connection.
+            let me = last["processes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["pid"] == u64::from(std::process::id()))
+                .unwrap_or_else(|| panic!("{tag}: this process is ranked: {last}"));
+            assert_eq!(me["connect_failed"], 5, "{tag}: {me}");
+            assert_eq!(me["rst_sent"], 5, "{tag}: {me}");
+            assert!(me["connects"].as_u64() >= Some(6), "{tag}: {me}");
+        }
+    }
+}

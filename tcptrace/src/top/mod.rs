@@ -18,7 +18,10 @@ use crate::{
     event::TcpEvent,
     filter_args::{self, session_options},
     host::cgroups::Cgroups,
+    kernel::clock::WallClock,
     ranking::{Snapshot, plain},
+    record::{Header, RecordWriter, Recorded},
+    safe_file,
     session::{Next, Session, TracerOptions},
     stop::stop_signal,
 };
@@ -26,7 +29,8 @@ use crate::{
 /// Runs `tcptrace top`.
 ///
 /// # Errors
-/// What the session refuses, and failures to write the output.
+/// What the session refuses, and failures to write the output or the
+/// record file.
 pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let (options, _netns) = session_options(&args.filter, args.ring_kib)?;
     // Aggregation has no use for the opening transitions: not sending
@@ -39,18 +43,40 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         ..options
     };
     let mut cgroups = filter_args::cgroups(&args.filter)?;
-    let interactive = !args.json && !args.plain && std::io::stdout().is_terminal();
-    let session = Session::start(&options, stop_signal(args.duration))?;
+    // Opened before the tracer loads: a refused path fails fast.
+    let record_file = match &args.record {
+        Some(path) => Some(safe_file::create(path)?),
+        None => None,
+    };
+    let interactive =
+        !args.json && !args.plain && record_file.is_none() && std::io::stdout().is_terminal();
+    let mut session = Session::start(&options, stop_signal(args.duration))?;
     let agg = Aggregate::new(session.names().clone());
     if interactive {
         let counts = tui::run(session, agg, &args, &mut cgroups).await?;
         // After the terminal is restored: what the view was made of.
         eprintln!("tcptrace top: {}", counts.human());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("tcptrace: top; Ctrl-C to stop");
-        plain_loop(session, agg, &args, &mut cgroups).await
+        return Ok(ExitCode::SUCCESS);
     }
+    let record = match record_file {
+        Some(file) => {
+            session.keep_raw_records();
+            let header = Header {
+                command: Recorded::Top,
+                rows: Some(args.rows),
+                ..Header::here(
+                    session.decoder().hz(),
+                    WallClock::now().boot_unix_ns(),
+                    session.names().clone(),
+                    session.missing().to_vec(),
+                )
+            };
+            Some(RecordWriter::new(file, &header).map_err(record_err(&args))?)
+        }
+        None => None,
+    };
+    eprintln!("tcptrace: top; Ctrl-C to stop");
+    plain_loop(session, agg, &args, &mut cgroups, record).await
 }
 
 async fn plain_loop(
@@ -58,6 +84,7 @@ async fn plain_loop(
     mut agg: Aggregate,
     args: &TopArgs,
     cgroups: &mut Cgroups,
+    mut record: Option<RecordWriter>,
 ) -> anyhow::Result<ExitCode> {
     let mut previous = Snapshot::default();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
@@ -73,15 +100,18 @@ async fn plain_loop(
                     // interval: no second one with the same time.
                     continue;
                 }
-                agg.add_opens(&session.take_opens()?);
-                let mut snap = Snapshot::take(&agg, &previous, session.elapsed(), session.counts()?);
-                snap.name_pods(cgroups);
-                plain::write(&mut out, &snap, args.rows.into(), args.json)?;
-                previous = snap;
+                let opens = session.take_opens()?;
+                let snapshot = Moment { elapsed: session.elapsed(), counts: session.counts()?, opens };
+                previous = snapshot.print(&mut agg, &previous, cgroups, record.as_mut(), &mut out, args)?;
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
-                Next::Events => agg.add_batch(&mut batch),
+                Next::Events => {
+                    agg.add_batch(&mut batch);
+                    if let (Some(record), Some(raw)) = (record.as_mut(), session.raw_records()) {
+                        record.raw_events(raw).map_err(record_err(args))?;
+                    }
+                }
             },
         }
     }
@@ -89,17 +119,85 @@ async fn plain_loop(
     // counts are exact.
     let elapsed = session.elapsed();
     let (counts, opens) = session
-        .finish_counting(&mut batch, |batch| {
+        .finish_counting_raw(&mut batch, |batch, raw| {
             agg.add_batch(batch);
+            if let Some(record) = record.as_mut() {
+                record.raw_events(raw).map_err(record_err(args))?;
+            }
             Ok::<_, anyhow::Error>(())
         })
         .await?;
-    agg.add_opens(&opens);
-    let mut snap = Snapshot::take(&agg, &previous, elapsed, counts);
-    snap.name_pods(cgroups);
-    plain::write(&mut out, &snap, args.rows.into(), args.json)?;
+    let last = Moment {
+        elapsed,
+        counts,
+        opens,
+    };
+    last.print(
+        &mut agg,
+        &previous,
+        cgroups,
+        record.as_mut(),
+        &mut out,
+        args,
+    )?;
     out.flush()?;
+    if let Some(record) = record {
+        let file = record
+            .finish(elapsed.as_secs_f64(), &last.counts, None, None)
+            .map_err(record_err(args))?;
+        file.sync_all().map_err(record_err(args))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a snapshot takes besides the events: when, the session's counts,
+/// and the opens the kernel counted since the previous one.
+struct Moment {
+    elapsed: Duration,
+    counts: crate::counts::Counts,
+    opens: Vec<crate::event::OpenCount>,
+}
+
+impl Moment {
+    /// Adds the opens, takes the snapshot, names its pods, prints it (and
+    /// records it, with the cgroups of its processes, in `record`);
+    /// returns it, the next one's previous.
+    fn print(
+        &self,
+        agg: &mut Aggregate,
+        previous: &Snapshot,
+        cgroups: &mut Cgroups,
+        record: Option<&mut RecordWriter>,
+        out: &mut impl std::io::Write,
+        args: &TopArgs,
+    ) -> anyhow::Result<Snapshot> {
+        agg.add_opens(&self.opens);
+        let mut snap = Snapshot::take(agg, previous, self.elapsed, self.counts.clone());
+        if let Some(record) = record {
+            // What `name_pods` will look up, recorded first: replay's
+            // lookups answer from these frames.
+            for row in &snap.processes {
+                if let Some(pid) = row.pid.filter(|p| *p != 0) {
+                    record
+                        .owner_cgroup(pid, row.cgroup_id, cgroups)
+                        .map_err(record_err(args))?;
+                }
+            }
+            record
+                .tick(self.elapsed, &self.counts, &self.opens)
+                .map_err(record_err(args))?;
+        }
+        snap.name_pods(cgroups);
+        plain::write(out, &snap, args.rows.into(), args.json)?;
+        Ok(snap)
+    }
+}
+
+fn record_err(args: &TopArgs) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
+    move |e| {
+        let path = args.record.as_deref().unwrap_or(std::path::Path::new("?"));
+        anyhow::Error::new(e).context(format!("writing the record to {}", path.display()))
+    }
 }
 
 /// Whether `--duration` ends less than half an `interval` after
