@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Frames, in the order the live command met them: `H` (first, once:
-//! JSON `Header`, which names the command that recorded, `trace` or
-//! `diagnose`), `E` (raw records, each after its length: `event_size`
+//! JSON `Header`, which names the command that recorded, `trace`,
+//! `diagnose` or `top`), `E` (raw records, each after its length: `event_size`
 //! bytes, or `event_with_peer_size` for a received RST with the TC
 //! programs' profile of the peer), `C` (JSON: what a socket owner's
 //! cgroup resolved to, path, container, pod and namespace, whenever that
@@ -19,7 +19,8 @@
 //! counts and the summary's TC and `--pcap` lines). A file without its
 //! `Z` frame was cut short and is refused as a whole. `diagnose` adds
 //! its host readings and options (`D`, `R`, `S`, `Q`, `P`, `F`: see
-//! `diagnosis`).
+//! `diagnosis`); `top` a `T` frame at each snapshot (JSON: its time into
+//! the run, the counts, the opens the kernel counted since the last one).
 //!
 //! Writing costs a copy of each record, a CRC per frame and one
 //! `write(2)` per 1 MiB (or per flush): no formatting; an owner's cgroup
@@ -63,10 +64,10 @@ use crate::{
 pub const MAGIC: &[u8; 16] = b"tcptrace record\n";
 /// The version of the format this build writes (and reads, with the
 /// older ones in `READS_VERSIONS`).
-pub const FORMAT_VERSION: u32 = 2;
-/// Versions this build reads: 1 (`trace` only, no command in the header)
-/// and 2 (the command named; `diagnose` frames).
-const READS_VERSIONS: [u32; 2] = [1, 2];
+pub const FORMAT_VERSION: u32 = 3;
+/// Versions this build reads: 1 (`trace` only, no command in the header),
+/// 2 (the command named; `diagnose` frames) and 3 (`top` recordings).
+const READS_VERSIONS: [u32; 3] = [1, 2, 3];
 /// A frame longer than this is corruption, not data (memory stays
 /// bounded whatever the file says).
 const MAX_FRAME: u32 = 64 << 20;
@@ -1222,11 +1223,11 @@ mod tests {
         let reader = RecordReader::open(&path).unwrap();
         assert_eq!(reader.header().command, Recorded::Trace);
         let _ = std::fs::remove_file(&path);
-        let mut v3 = v1;
-        v3[16..20].copy_from_slice(&3u32.to_le_bytes());
-        let err = read(&v3).unwrap_err();
+        let mut v4 = v1;
+        v4[16..20].copy_from_slice(&4u32.to_le_bytes());
+        let err = read(&v4).unwrap_err();
         assert!(
-            err.contains("record format version 3; this tcptrace reads versions 1 to 2"),
+            err.contains("record format version 4; this tcptrace reads versions 1 to 3"),
             "{err}"
         );
     }
