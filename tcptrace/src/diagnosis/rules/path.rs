@@ -7,14 +7,19 @@ use super::*;
 use crate::aggregate::{DropGroup, DropKey};
 
 /// Drop reasons that name another cause (accept queue, PAWS, nothing
-/// listening or a reply that skipped reverse NAT): SYNs lost to them are
-/// not "on the path".
-const OTHER_CAUSES: [&str; 5] = [
+/// listening or a reply that skipped reverse NAT) or no loss at all:
+/// SYNs lost to them are not "on the path". `TCP_INVALID_SYN` is a SYN
+/// or SYN-ACK reaching a socket already synchronized (tcp_validate_incoming
+/// answers it with a challenge ACK): the duplicate answer to a retransmitted
+/// SYN, after the first answer arrived late; the retransmit itself still
+/// counts.
+const OTHER_CAUSES: [&str; 6] = [
     "NO_SOCKET",
     "TCP_LISTEN_OVERFLOW",
     "TCP_RFC7323_PAWS",
     "TCP_RFC7323_TW_PAWS",
     "TCP_REQQFULLDROP",
+    "TCP_INVALID_SYN",
 ];
 
 /// Connects that got no answer at all (failed, not refused).
