@@ -62,6 +62,7 @@ impl Session {
     ) -> Result<Session> {
         raise_reader_priority();
         let tracer = Tracer::start(options)?;
+        release_startup_memory();
         for missing in tracer.missing() {
             eprintln!("tcptrace: warning: not traced on this kernel: {missing}");
         }
@@ -279,4 +280,13 @@ fn raise_reader_priority() {
     if let Err(err) = rustix::process::setpriority_process(None, READER_NICE) {
         log::debug!("could not raise the reader's priority: {err}");
     }
+}
+
+/// Hands the heap start-up freed back to the kernel. Parsing the
+/// kernel's BTF and loading the programs take tens of MiB for a moment;
+/// glibc keeps freed memory for reuse, so without this an always-on
+/// tracer would hold it for its whole life.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
 }
