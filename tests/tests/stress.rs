@@ -376,6 +376,63 @@ fn stress_churn_interrupted_prints_the_report_so_far() {
     assert_eq!(server.stop()["accepted"], connected);
 }
 
+/// Every client mode, not only churn, ends on Ctrl-C, SIGTERM or SIGHUP
+/// with the report of what it did so far (and with --trace, the kernel's
+/// view with its exact counts).
+#[test]
+fn every_stress_mode_reports_when_stopped_by_a_signal() {
+    require_root();
+    let ns = Netns::new("ssig");
+    let server = Server::start(&ns, "127.0.0.1:7211", &[]);
+    for (mode, signal, name) in [
+        (
+            "hold 127.0.0.1:7211 --count 20 --duration 60s",
+            libc::SIGTERM,
+            "SIGTERM",
+        ),
+        (
+            "pool 127.0.0.1:7211 --connections 4 --idle 100ms --duration 60s",
+            libc::SIGHUP,
+            "SIGHUP",
+        ),
+        (
+            "pool 127.0.0.1:7211 --connections 2 --idle 100ms --duration 60s --trace",
+            libc::SIGINT,
+            "SIGINT",
+        ),
+        (
+            "latency 127.0.0.1:7211 --interval 100ms --samples 1000 --duration 60s",
+            libc::SIGINT,
+            "SIGINT",
+        ),
+    ] {
+        let mut child = stress_command(&ns, &format!("{mode} --json"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        // SAFETY: kill(2) on our own child (ip netns exec became tcptrace).
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = tests::trace::wait_within(&mut child, Duration::from_secs(15));
+        let out = std::io::read_to_string(child.stdout.take().unwrap()).unwrap();
+        let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+        assert!(status.success(), "{mode}: {status}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}: stopping")),
+            "{mode}: {stderr}"
+        );
+        let report: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{mode}: no report ({e}): {out} {stderr}"));
+        assert!(report["connected"].as_u64() > Some(0), "{mode}: {report}");
+        if mode.contains("--trace") {
+            let kernel = &report["kernel"];
+            assert!(kernel.is_object(), "{mode}: {report}");
+        }
+    }
+    server.stop();
+}
+
 #[test]
 fn stress_stops_by_itself_at_the_duration() {
     require_root();

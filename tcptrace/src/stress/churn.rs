@@ -5,8 +5,9 @@
 //! `--rate` ticket `i` starts at `start + i / rate`, which spreads the rate
 //! over all workers without a central scheduler.
 //!
-//! Ctrl-C, SIGTERM or SIGHUP end the run early: the workers stop, and the
-//! report of what was done so far is printed as at the end of a run.
+//! Ctrl-C, SIGTERM or SIGHUP end the run early (`Run::stopped`, as in
+//! every mode): the workers stop, and the report of what was done so far
+//! is printed as at the end of a run.
 
 use std::{
     sync::{
@@ -37,12 +38,10 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     let live = Live::new(workers);
     let _progress = live.progress(Mode::Churn, run.start);
     let tickets = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let signals = tokio::spawn(stop_on(stop_signals(), stop));
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..workers {
         let (run, live, tickets) = (run.clone(), Arc::clone(&live), Arc::clone(&tickets));
-        let mut stopped = stopped.clone();
+        let mut stopped = run.stopped.clone();
         tasks.spawn(async move {
             for round in 1u64.. {
                 if *stopped.borrow() {
@@ -94,43 +93,5 @@ pub async fn run(run: Run, args: ChurnArgs) -> anyhow::Result<Tally> {
     while let Some(done) = tasks.join_next().await {
         done?;
     }
-    signals.abort();
     Ok(live.total())
-}
-
-type Signals = Vec<(tokio::signal::unix::Signal, &'static str)>;
-
-/// Handlers for Ctrl-C, SIGTERM and SIGHUP, installed by this call (not
-/// at the first poll), so a signal right after the start stops the run
-/// cleanly instead of killing the process without a report.
-fn stop_signals() -> Signals {
-    use tokio::signal::unix::{SignalKind, signal};
-    let kinds = [
-        (SignalKind::interrupt(), "SIGINT"),
-        (SignalKind::terminate(), "SIGTERM"),
-        (SignalKind::hangup(), "SIGHUP"),
-    ];
-    let mut streams = Vec::new();
-    for (kind, name) in kinds {
-        match signal(kind) {
-            Ok(stream) => streams.push((stream, name)),
-            Err(e) => log::debug!("cannot handle {name}: {e}"),
-        }
-    }
-    streams
-}
-
-/// Waits for the first of `signals`, then tells the workers to stop.
-async fn stop_on(mut signals: Signals, stop: tokio::sync::watch::Sender<bool>) {
-    let received = std::future::poll_fn(|cx| {
-        for (stream, name) in signals.iter_mut() {
-            if stream.poll_recv(cx).is_ready() {
-                return std::task::Poll::Ready(*name);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await;
-    eprintln!("tcptrace: {received}: stopping; the report covers the attempts so far");
-    let _ = stop.send(true);
 }

@@ -27,6 +27,7 @@ pub async fn run(run: Run, args: HoldArgs) -> anyhow::Result<Tally> {
         let permit = tokio::select! {
             permit = Arc::clone(&connecting).acquire_owned() => permit?,
             () = tokio::time::sleep_until(run.deadline.into()) => break,
+            () = run.stop() => break,
         };
         let (run, live, mut released) = (run.clone(), Arc::clone(&live), released.clone());
         let worker = usize::try_from(i).unwrap_or_default();
@@ -53,12 +54,13 @@ pub async fn run(run: Run, args: HoldArgs) -> anyhow::Result<Tally> {
     tokio::select! {
         _ = connecting.acquire_many(args.concurrency) => {}
         () = tokio::time::sleep_until(run.deadline.into()) => {}
+        () = run.stop() => {}
     }
     let until = match args.hold {
         Some(hold) => run.deadline.min(std::time::Instant::now() + hold),
         None => run.deadline,
     };
-    tokio::time::sleep_until(until.into()).await;
+    run.sleep_until(until).await;
     release.send_replace(true);
     while let Some(done) = tasks.join_next().await {
         done?;

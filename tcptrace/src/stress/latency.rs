@@ -21,9 +21,16 @@ pub async fn run(run: Run, args: LatencyArgs) -> anyhow::Result<Tally> {
         if due >= run.deadline {
             break;
         }
-        tokio::time::sleep_until(due.into()).await;
+        if !run.sleep_until(due).await {
+            break;
+        }
         let started = Instant::now();
-        match connect(run.target.addr, run.connect_timeout).await {
+        let attempt = tokio::select! {
+            attempt = connect(run.target.addr, run.connect_timeout) => attempt,
+            // A sample cut short has no outcome: not counted.
+            () = run.stop() => break,
+        };
+        match attempt {
             Ok(socket) => {
                 let elapsed = started.elapsed();
                 drop(socket);

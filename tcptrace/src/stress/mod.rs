@@ -97,6 +97,32 @@ pub struct Run {
     pub deadline: Instant,
     /// How long a connect may take before it counts as ETIMEDOUT.
     pub connect_timeout: Duration,
+    /// Becomes true on Ctrl-C, SIGTERM or SIGHUP: every mode then stops
+    /// starting work, and the report covers what was done so far.
+    pub stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Run {
+    /// Whether a stop signal arrived.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Resolves when a stop signal arrives (never otherwise).
+    pub async fn stop(&self) {
+        let mut stopped = self.stopped.clone();
+        if stopped.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sleeps until `when`; false if a stop signal came first.
+    pub async fn sleep_until(&self, when: Instant) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep_until(when.into()) => true,
+            () = self.stop() => false,
+        }
+    }
 }
 
 /// Resolves the target, runs a client mode with live progress, prints the
@@ -115,14 +141,20 @@ where
     if let Some(parent) = &parent {
         parent::say_started(parent);
     }
+    // Installed before the first connect: a signal right after the start
+    // stops the run cleanly instead of killing it without a report.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(stop_on(stop_signals(), stop));
     let start = Instant::now();
     let run = Run {
         deadline: start + load.duration.unwrap_or(mode.default_duration()),
         target: target.clone(),
         start,
         connect_timeout: load.connect_timeout,
+        stopped,
     };
     let tally = work(run).await?;
+    signals.abort();
     let elapsed = start.elapsed();
     let address = target.addr.to_string();
     let mut report = Report::new(mode, &target.text, &address, elapsed, &tally);
@@ -141,6 +173,42 @@ where
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+type Signals = Vec<(tokio::signal::unix::Signal, &'static str)>;
+
+/// Handlers for Ctrl-C, SIGTERM and SIGHUP, installed by this call (not
+/// at the first poll).
+fn stop_signals() -> Signals {
+    use tokio::signal::unix::{SignalKind, signal};
+    let kinds = [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ];
+    let mut streams = Vec::new();
+    for (kind, name) in kinds {
+        match signal(kind) {
+            Ok(stream) => streams.push((stream, name)),
+            Err(e) => log::debug!("cannot handle {name}: {e}"),
+        }
+    }
+    streams
+}
+
+/// Waits for the first of `signals`, then tells the mode to stop.
+async fn stop_on(mut signals: Signals, stop: tokio::sync::watch::Sender<bool>) {
+    let received = std::future::poll_fn(|cx| {
+        for (stream, name) in signals.iter_mut() {
+            if stream.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*name);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    eprintln!("tcptrace: {received}: stopping; the report covers the attempts so far");
+    let _ = stop.send(true);
 }
 
 /// Held connections and fast churn need many descriptors: use the hard

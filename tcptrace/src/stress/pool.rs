@@ -79,6 +79,7 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
             let mut pooled: Option<Pooled> = None;
             while tickets.fetch_add(1, Ordering::Relaxed) < requests
                 && Instant::now() < run.deadline
+                && !run.is_stopped()
             {
                 let (mut conn, idle_before) = match pooled.take() {
                     Some(conn) => {
@@ -87,10 +88,12 @@ pub async fn run(run: Run, args: PoolArgs) -> anyhow::Result<Tally> {
                     }
                     None => {
                         let started = Instant::now();
-                        match connect(run.target.addr, run.connect_timeout)
-                            .await
-                            .and_then(into_stream)
-                        {
+                        let attempt = tokio::select! {
+                            attempt = connect(run.target.addr, run.connect_timeout) => attempt,
+                            // Cut short: no outcome, not counted.
+                            () = run.stop() => break,
+                        };
+                        match attempt.and_then(into_stream) {
                             Ok(stream) => {
                                 live.with(worker, |t| t.connect_ok(started.elapsed()));
                                 (
@@ -140,8 +143,7 @@ async fn gap(idle: Spread, run: &Run, tickets: &AtomicU64, requests: u64) -> boo
     if tickets.load(Ordering::Relaxed) >= requests || Instant::now() + gap >= run.deadline {
         return false;
     }
-    tokio::time::sleep(gap).await;
-    true
+    run.sleep_until(Instant::now() + gap).await
 }
 
 /// One request and its reply within the reply timeout. `Ok(true)` if the
