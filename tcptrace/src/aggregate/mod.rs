@@ -950,12 +950,15 @@ impl Update {
                 });
             }
             EventKind::Drop => {
+                let reason = ev
+                    .dropped()
+                    .and_then(|d| d.reason)
+                    .map_or("UNKNOWN", |r| names.drop_reason(r));
+                if ev.dropped().is_some_and(|d| closing_fin(reason, d)) {
+                    return Update::default();
+                }
                 u.incident = true;
-                u.drop_reason = Some(
-                    ev.dropped()
-                        .and_then(|d| d.reason)
-                        .map_or("UNKNOWN", |r| names.drop_reason(r)),
-                );
+                u.drop_reason = Some(reason);
             }
             EventKind::SocketError => {
                 u.incident = true;
@@ -1166,6 +1169,20 @@ impl Update {
 /// the side: a server (accepted connection, `peer` keyed with port 0)
 /// sent after the last data it received; a client received after its
 /// last send. Unknown figures judge neither way.
+/// An incoming FIN (no SYN, no RST) freed without a reason: the peer's
+/// FIN reaching a connection this side had closed first, which a
+/// TIME_WAIT socket answers with an ACK before the segment is freed at
+/// `discard_it` with no reason (`tcp_v4_rcv`, `TCP_TW_ACK`). The normal
+/// end of a connection, once per close: not a drop the tables count.
+fn closing_fin(reason: &str, d: &crate::event::Dropped) -> bool {
+    const FIN: u8 = 0x01;
+    const SYN_OR_RST: u8 = 0x02 | 0x04;
+    reason == "NOT_SPECIFIED"
+        && d.incoming
+        && d.tcp_flags & FIN != 0
+        && d.tcp_flags & SYN_OR_RST == 0
+}
+
 fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
     let Some(q) = ev.queues() else {
         return (false, false);

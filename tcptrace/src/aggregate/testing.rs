@@ -47,7 +47,8 @@ pub const REASONS: [&str; 17] = [
 ];
 
 /// Some `enum skb_drop_reason` values (numbers of this file only).
-pub const DROP_REASONS: [(u32, &str); 4] = [
+pub const DROP_REASONS: [(u32, &str); 5] = [
+    (1, "NOT_SPECIFIED"),
     (2, "NO_SOCKET"),
     (12, "NETFILTER_DROP"),
     (40, "IP_INNOROUTES"),
@@ -174,6 +175,15 @@ impl Ev {
             reason: Some(reason),
             tcp_flags,
             incoming: false,
+        });
+        self
+    }
+    /// A received packet dropped for `reason` with these TCP flags.
+    pub fn dropped_incoming(mut self, reason: u32, tcp_flags: u8) -> Ev {
+        self.0.detail = crate::event::Detail::Drop(crate::event::Dropped {
+            reason: Some(reason),
+            tcp_flags,
+            incoming: true,
         });
         self
     }

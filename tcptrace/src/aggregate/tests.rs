@@ -473,3 +473,28 @@ fn a_counted_open_closes_with_its_lifetime() {
     assert_eq!(lifetimes.count, 1);
     assert!((lifetimes.p50_ns as i64 - 7_000_000_000).abs() < 100_000_000);
 }
+
+/// The peer's FIN answered by a TIME_WAIT socket and freed without a
+/// reason ends every connection this side closed first: no drop in the
+/// tables. A FIN freed for a reason, or an ACK freed without one, is.
+#[test]
+fn a_closing_fin_freed_without_a_reason_is_no_drop() {
+    let mut agg = Aggregate::new(names());
+    let fin_ack = 0x11;
+    for (i, (reason, flags)) in [(1, fin_ack), (1, fin_ack), (2, fin_ack), (1, 0x10)]
+        .into_iter()
+        .enumerate()
+    {
+        agg.add(
+            &ev(K::Drop, 100 + i as u64)
+                .owner(7, "srv")
+                .remote("10.0.0.9:40000")
+                .dropped_incoming(reason, flags)
+                .build(),
+        );
+    }
+    let drops = &agg.process(7).unwrap().stats.drops;
+    assert_eq!(drops.get("NOT_SPECIFIED"), Some(&1), "{drops:?}");
+    assert_eq!(drops.get("NO_SOCKET"), Some(&1), "{drops:?}");
+    assert_eq!(agg.total.drops_total(), 2);
+}
