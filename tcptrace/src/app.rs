@@ -30,9 +30,26 @@ pub fn main() -> ExitCode {
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", error_line(&one_line(&err)));
-            ExitCode::FAILURE
+            if is_usage(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// A command line that parsed but asks for what cannot be: a `tune
+/// --set` key tune does not manage, or a value its key refuses. Exit 2,
+/// as for any other usage error.
+fn is_usage(err: &anyhow::Error) -> bool {
+    use crate::tune::TuneError;
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<TuneError>(),
+            Some(TuneError::UnknownKey(_) | TuneError::BadValue { .. })
+        )
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -39,11 +39,16 @@ pub fn success(output: &Output) -> String {
 /// The error of a run that must have failed: exit 1 and exactly one
 /// `tcptrace: ...` line on stderr.
 pub fn failure(output: &Output) -> String {
+    failure_with(output, 1)
+}
+
+/// `failure` with exit status `code` (2: a usage error).
+pub fn failure_with(output: &Output, code: i32) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(
         output.status.code(),
-        Some(1),
-        "expected exit 1, stderr: {stderr}"
+        Some(code),
+        "expected exit {code}, stderr: {stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line of error: {stderr:?}");
     assert!(stderr.starts_with("tcptrace: "), "{stderr:?}");

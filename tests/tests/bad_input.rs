@@ -192,17 +192,17 @@ const CASES: &[Case] = &[
     ),
     (
         &["tune", "--set", "kernel.core_pattern=|/bin/sh"],
-        ERROR,
+        USAGE,
         "unknown key 'kernel.core_pattern'",
     ),
     (
         &["tune", "--set", "net.ipv4.tcp_fin_timeout=0"],
-        ERROR,
+        USAGE,
         "out of range (1 to 3600)",
     ),
     (
         &["tune", "--set", "net.ipv4.tcp_fin_timeout=x"],
-        ERROR,
+        USAGE,
         "'x' is not an integer",
     ),
     // stress client modes
