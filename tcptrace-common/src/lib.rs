@@ -637,7 +637,13 @@ pub struct TaskLayout {
     pub fdt_fd: u16,
     pub file_private_data: u16,
     pub socket_sk: u16,
-    pub _pad: [u16; 3],
+    /// `task_struct.group_leader` (pointer) and `task_struct.comm`
+    /// (16 bytes): the process's name is its main thread's comm, where
+    /// `bpf_get_current_comm` gives the running thread's (a named worker
+    /// thread: `tokio-rt-worker`, a Java pool thread).
+    pub group_leader: u16,
+    pub comm: u16,
+    pub _pad: [u16; 1],
 }
 const _: () = assert!(size_of::<TaskLayout>() == 16);
 
@@ -649,7 +655,9 @@ impl Default for TaskLayout {
             fdt_fd: ABSENT_OFFSET,
             file_private_data: ABSENT_OFFSET,
             socket_sk: ABSENT_OFFSET,
-            _pad: [0; 3],
+            group_leader: ABSENT_OFFSET,
+            comm: ABSENT_OFFSET,
+            _pad: [0; 1],
         }
     }
 }

@@ -4,29 +4,53 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use tcptrace_common::{ConnKey, Event, ListenKey, Owner, SockInfo, SockLayout, opened_by};
+use tcptrace_common::{
+    ABSENT_OFFSET, ConnKey, Event, ListenKey, Owner, SockInfo, SockLayout, opened_by,
+};
 
 use crate::{
     maps::{LISTENERS, PREEXISTING, SOCKS},
     read,
 };
 
-/// The task running now. Only meaningful in process context.
+/// The task running now, named after its process (the main thread's
+/// comm). Only meaningful in process context.
 #[inline(always)]
 pub fn current() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut owner = MaybeUninit::<Owner>::uninit();
     let ptr = owner.as_mut_ptr();
-    // SAFETY: every field is written before `assume_init`; the helper
-    // fills all 16 comm bytes (NUL-padded, or zeroed on failure), so comm
-    // needs no zeroing first (which LLVM makes a byte-loop memset call).
+    // SAFETY: every field is written before `assume_init`; the probe read
+    // and the helper each fill all 16 comm bytes (NUL-padded, or zeroed on
+    // failure), so comm needs no zeroing first (which LLVM makes a
+    // byte-loop memset call).
     unsafe {
         (*ptr).tgid = (pid_tgid >> 32) as u32;
         (*ptr).pid = pid_tgid as u32;
         (*ptr).cgroup_id = bpf_get_current_cgroup_id();
-        generated::bpf_get_current_comm((*ptr).comm.as_mut_ptr().cast(), 16);
+        let comm = (*ptr).comm.as_mut_ptr();
+        if !process_comm(comm) {
+            generated::bpf_get_current_comm(comm.cast(), 16);
+        }
         owner.assume_init()
     }
+}
+
+/// Copies the running process's name (`current->group_leader->comm`) to
+/// `dst` (16 bytes); false without the offsets or when a read failed.
+#[inline(always)]
+fn process_comm(dst: *mut u8) -> bool {
+    let Some(cfg) = read::config() else {
+        return false;
+    };
+    let task = &cfg.task;
+    if task.group_leader == ABSENT_OFFSET || task.comm == ABSENT_OFFSET {
+        return false;
+    }
+    // SAFETY: a helper without arguments.
+    let me = unsafe { generated::bpf_get_current_task() };
+    let leader: u64 = read::member_or(me, task.group_leader, 0);
+    leader != 0 && read::bytes_into(leader + u64::from(task.comm), dst, 16)
 }
 
 /// The socket's entry in SOCKS, null when it has none. A raw pointer,

@@ -391,6 +391,52 @@ fn state_changes_are_the_same_from_the_socket_and_from_the_record() {
     }
 }
 
+/// A connection made by a named worker thread (tokio, Java and most
+/// servers name theirs) is the process's: events carry the process's
+/// name, and `--comm` with that name keeps them.
+#[test]
+fn owners_are_named_after_their_process_not_the_thread() {
+    require_root();
+    let ns = Netns::new("comm");
+    let process = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string();
+    let trace = Trace::start(&[
+        "--netns",
+        &netns_arg(&ns),
+        "--comm",
+        &process,
+        "--events",
+        "connect",
+    ]);
+    let port = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::Builder::new()
+            .name("conn-worker".into())
+            .spawn(move || drop(TcpStream::connect(("127.0.0.1", port)).unwrap()))
+            .unwrap()
+            .join()
+            .unwrap();
+        drop(listener.accept().unwrap());
+        port
+    });
+    let records = stop_settled(trace);
+    let connects = records.on_port("connect", port);
+    assert_eq!(connects.len(), 1, "{:?}", records.records);
+    assert_eq!(
+        connects[0]["owner"]["comm"],
+        process.as_str(),
+        "{}",
+        connects[0]
+    );
+    assert_ne!(
+        connects[0]["owner"]["tid"], connects[0]["owner"]["pid"],
+        "a worker thread connected"
+    );
+}
+
 /// How many raw (BPF_PROG_TYPE_RAW_TRACEPOINT, 17) and formatted
 /// (BPF_PROG_TYPE_TRACEPOINT, 5) tracepoint programs process `pid` holds.
 fn prog_types(pid: u32) -> (usize, usize) {

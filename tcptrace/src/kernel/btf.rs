@@ -62,6 +62,9 @@ fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
     task.fdt_fd = find("fdtable", &["fd"]);
     task.file_private_data = find("file", &["private_data"]);
     task.socket_sk = find("socket", &["sk"]);
+    // Owners are named after their process, not the thread that ran.
+    task.group_leader = find("task_struct", &["group_leader"]);
+    task.comm = find("task_struct", &["comm"]);
     // Socket errors and reuse read the socket's own addresses.
     layout.skc_family = find("sock_common", &["skc_family"]);
     layout.skc_num = find("sock_common", &["skc_num"]);
@@ -170,6 +173,7 @@ mod tests {
         }
         let (Layouts { sock, task, skb }, missing) = layouts();
         assert!(task.task_files > 0 && task.socket_sk > 0);
+        assert!(task.group_leader > 0 && task.comm > 0);
         assert!(missing.is_empty(), "missing: {missing:?}");
         // sock_common starts with addresses and ports; skc_state is never first.
         assert!(sock.skc_state > 0 && sock.skc_state < 64);
