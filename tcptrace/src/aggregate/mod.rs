@@ -549,7 +549,12 @@ impl Aggregate {
             &mut self.pending,
         );
         let netns = ev.netns.unwrap_or(0);
-        self.namespaces.entry(&netns, Namespace::default).events += 1;
+        // One lookup for the namespace's count and figures.
+        let ns = self.namespaces.entry(&netns, Namespace::default);
+        ns.events += 1;
+        if !update.is_empty() {
+            update.apply(&mut ns.stats);
+        }
         self.flows
             .observe(ev, accepted, update.rst_sent_reason, update.drop_reason);
         if let Some(reason) = update.drop_reason {
@@ -557,9 +562,6 @@ impl Aggregate {
         }
         if update.is_empty() {
             return;
-        }
-        if let Some(ns) = self.namespaces.get_mut(&netns) {
-            update.apply(&mut ns.stats);
         }
         if let Some(reason) = update.drop_reason {
             self.midflow.add(ev, reason);
