@@ -31,9 +31,19 @@ impl<K, V> std::fmt::Debug for Generations<K, V> {
     }
 }
 
-/// The one hash of `key` every probe of an operation uses.
+/// The one hash of `key` every probe of an operation uses: FxHash, then
+/// mixed (murmur3's finalizer). Fx alone leaves the top bits, which the
+/// table compares first (its 7-bit tags), nearly equal for keys that
+/// differ only in a port: under a churn of loopback connections most
+/// probes then matched a tag, compared a whole key in a cache line
+/// missed for it, and went on.
 fn hash_of<K: Hash>(key: &K) -> u64 {
-    FxBuildHasher.hash_one(key)
+    let mut h = FxBuildHasher.hash_one(key);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Rehashes an entry when a table grows.
