@@ -4,15 +4,17 @@
 //! the churn.
 //!
 //! Under a connection storm every event looks a key up here, so each
-//! operation hashes its key once, whichever generations it probes (a
-//! `HashMap` would hash again for each: young, old, then the insert),
+//! operation hashes its key once (`hashing::hash_of`), whichever
+//! generations it probes (a `HashMap` would hash again for each: young,
+//! old, then the insert),
 //! and an ageing reuses the forgotten generation's allocation instead of
 //! growing a new table from empty.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 
 use hashbrown::{HashTable, hash_table::Entry};
-use rustc_hash::FxBuildHasher;
+
+use super::hashing::hash_of;
 
 /// Keys and values in two generations of at most `capacity` each.
 pub struct Generations<K, V> {
@@ -29,21 +31,6 @@ impl<K, V> std::fmt::Debug for Generations<K, V> {
             .field("capacity", &self.capacity)
             .finish()
     }
-}
-
-/// The one hash of `key` every probe of an operation uses: FxHash, then
-/// mixed (murmur3's finalizer). Fx alone leaves the top bits, which the
-/// table compares first (its 7-bit tags), nearly equal for keys that
-/// differ only in a port: under a churn of loopback connections most
-/// probes then matched a tag, compared a whole key in a cache line
-/// missed for it, and went on.
-fn hash_of<K: Hash>(key: &K) -> u64 {
-    let mut h = FxBuildHasher.hash_one(key);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// Rehashes an entry when a table grows.
