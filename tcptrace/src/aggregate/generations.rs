@@ -6,8 +6,7 @@
 //! Under a connection storm every event looks a key up here, so each
 //! operation hashes its key once (`hashing::hash_of`), whichever
 //! generations it probes (a `HashMap` would hash again for each: young,
-//! old, then the insert),
-//! and an ageing reuses the forgotten generation's allocation instead of
+//! old, then the insert), and an ageing reuses the forgotten generation's allocation instead of
 //! growing a new table from empty.
 
 use std::hash::Hash;
