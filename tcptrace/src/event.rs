@@ -144,7 +144,8 @@ impl Comm {
             .min(16)];
         let mut bytes = [0u8; 16];
         bytes[..raw.len()].copy_from_slice(raw);
-        if std::str::from_utf8(raw).is_err() {
+        // ASCII (nearly every name) is checked inline, without a call.
+        if !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
             for b in &mut bytes[..raw.len()] {
                 if !b.is_ascii() {
                     *b = b'?';

@@ -7,9 +7,7 @@
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use rustc_hash::FxHashMap;
-
-use super::generations::Generations;
+use super::{generations::Generations, hashing::MixHashMap};
 use crate::event::Comm;
 
 /// Connections per generation.
@@ -107,7 +105,7 @@ pub struct PendingCloses {
     order: VecDeque<PendingClose>,
     /// Socket -> close time of its live entry (a socket address can be
     /// reused; only the newest entry counts).
-    live: FxHashMap<u64, u64>,
+    live: MixHashMap<u64, u64>,
 }
 
 impl PendingCloses {
@@ -127,8 +125,19 @@ impl PendingCloses {
         self.live.remove(&sock);
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    /// Whether `due` would look at any close: the oldest is older than
+    /// `window_ns` at `now_ns` (or `now_ns` is `u64::MAX`). Inlined into
+    /// the per-event check, so the usual "not yet" costs no call.
+    #[inline]
+    pub fn any_due(&self, now_ns: u64, window_ns: u64) -> bool {
+        self.order.front().is_some_and(|front| {
+            now_ns == u64::MAX || front.closed_ns.saturating_add(window_ns) < now_ns
+        })
     }
 
     /// Takes the closes older than `window_ns` at `now_ns` (all if

@@ -155,18 +155,22 @@ impl Dist {
 
     /// The histogram to record into (a sealed one is unsealed first).
     fn dense(&mut self) -> &mut Histogram<u32> {
-        let hist = match self.store.take() {
+        // Already a histogram is the usual case (every value recorded):
+        // checked first, so recording moves nothing in and out of `store`.
+        if !matches!(self.store, Some(Store::Dense(_))) {
+            let hist = match self.store.take() {
+                Some(Store::Sealed(buckets)) => {
+                    let mut hist = Box::new(self.empty_histogram());
+                    add_buckets(&mut hist, &buckets);
+                    hist
+                }
+                _ => Box::new(self.empty_histogram()),
+            };
+            self.store = Some(Store::Dense(hist));
+        }
+        match &mut self.store {
             Some(Store::Dense(hist)) => hist,
-            Some(Store::Sealed(buckets)) => {
-                let mut hist = Box::new(self.empty_histogram());
-                add_buckets(&mut hist, &buckets);
-                hist
-            }
-            None => Box::new(self.empty_histogram()),
-        };
-        match self.store.insert(Store::Dense(hist)) {
-            Store::Dense(hist) => hist,
-            Store::Sealed(_) => unreachable!("just stored a histogram"),
+            _ => unreachable!("just stored a histogram"),
         }
     }
 

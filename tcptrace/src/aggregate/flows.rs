@@ -19,9 +19,7 @@
 
 use std::net::SocketAddr;
 
-use rustc_hash::FxHashMap;
-
-use super::{Weight, generations::Generations, topn::TopN};
+use super::{Weight, generations::Generations, hashing::MixHashMap, topn::TopN};
 use crate::event::{Comm, EventKind, TcpEvent};
 
 /// Flows per generation.
@@ -157,9 +155,9 @@ pub struct Flows {
     /// (netns, local) of connections this host opened -> their remote.
     ports: Generations<(u32, SocketAddr), SocketAddr>,
     /// Recent strays as (local, stray remote): the resets they cause.
-    recent: FxHashMap<(SocketAddr, SocketAddr), u32>,
+    recent: MixHashMap<(SocketAddr, SocketAddr), u32>,
     /// Holder pid by (netns, local) of recent strays.
-    recent_ports: FxHashMap<(u32, SocketAddr), u32>,
+    recent_ports: MixHashMap<(u32, SocketAddr), u32>,
     /// The figures.
     pub strays: Strays,
 }
@@ -169,8 +167,8 @@ impl Default for Flows {
         Flows {
             holders: Generations::new(GENERATION),
             ports: Generations::new(GENERATION),
-            recent: FxHashMap::default(),
-            recent_ports: FxHashMap::default(),
+            recent: MixHashMap::default(),
+            recent_ports: MixHashMap::default(),
             strays: Strays::default(),
         }
     }

@@ -4,71 +4,120 @@
 //! the churn.
 //!
 //! Under a connection storm every event looks a key up here, so each
-//! operation hashes the key as few times as it can (one on a hit, two on
-//! a miss) and an ageing reuses the forgotten generation's allocation
-//! instead of growing a new table from empty.
+//! operation hashes its key once (`hashing::hash_of`), whichever
+//! generations it probes (a `HashMap` would hash again for each: young,
+//! old, then the insert), and an ageing reuses the forgotten generation's allocation instead of
+//! growing a new table from empty.
 
 use std::hash::Hash;
 
-use rustc_hash::FxHashMap;
+use hashbrown::{HashTable, hash_table::Entry};
+
+use super::hashing::hash_of;
 
 /// Keys and values in two generations of at most `capacity` each.
-#[derive(Debug)]
 pub struct Generations<K, V> {
-    young: FxHashMap<K, V>,
-    old: FxHashMap<K, V>,
+    young: HashTable<(K, V)>,
+    old: HashTable<(K, V)>,
     capacity: usize,
+}
+
+impl<K, V> std::fmt::Debug for Generations<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generations")
+            .field("young", &self.young.len())
+            .field("old", &self.old.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// Rehashes an entry when a table grows.
+fn rehash<K: Hash, V>(entry: &(K, V)) -> u64 {
+    hash_of(&entry.0)
 }
 
 impl<K: Hash + Eq, V> Generations<K, V> {
     /// An empty map whose generations hold at most `capacity` keys.
     pub fn new(capacity: usize) -> Generations<K, V> {
         Generations {
-            young: FxHashMap::default(),
-            old: FxHashMap::default(),
+            young: HashTable::new(),
+            old: HashTable::new(),
             capacity,
         }
     }
 
     /// The value of `key`, young or old.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.young.get(key).or_else(|| self.old.get(key))
+        let hash = hash_of(key);
+        let eq = |e: &(K, V)| e.0 == *key;
+        self.young
+            .find(hash, eq)
+            .or_else(|| self.old.find(hash, eq))
+            .map(|(_, v)| v)
     }
 
     /// The value of `key`, young or old, to change in place (an old one
     /// stays old: only `entry` and `insert` make a key young again).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        match self.young.get_mut(key) {
-            Some(value) => Some(value),
-            None => self.old.get_mut(key),
+        let hash = hash_of(key);
+        let eq = |e: &(K, V)| e.0 == *key;
+        match self.young.find_mut(hash, eq) {
+            Some((_, value)) => Some(value),
+            None => self.old.find_mut(hash, eq).map(|(_, v)| v),
         }
     }
 
     /// Whether `key` is held.
     pub fn contains_key(&self, key: &K) -> bool {
-        self.young.contains_key(key) || self.old.contains_key(key)
+        self.get(key).is_some()
     }
 
     /// The young value of `key`: an old one moves to the young
     /// generation, an unknown one is made by `new`.
     pub fn entry(&mut self, key: K, new: impl FnOnce() -> V) -> &mut V {
-        self.make_room_for(&key);
+        let hash = hash_of(&key);
+        self.make_room_for(hash, &key);
         let old = &mut self.old;
-        self.young
-            .entry(key)
-            .or_insert_with_key(|key| old.remove(key).unwrap_or_else(new))
+        match self.young.entry(hash, |e| e.0 == key, rehash) {
+            Entry::Occupied(e) => &mut e.into_mut().1,
+            Entry::Vacant(e) => {
+                let value = match old.find_entry(hash, |e| e.0 == key) {
+                    Ok(found) => found.remove().0.1,
+                    Err(_) => new(),
+                };
+                &mut e.insert((key, value)).into_mut().1
+            }
+        }
     }
 
     /// Sets `key` to `value` in the young generation.
     pub fn insert(&mut self, key: K, value: V) {
-        self.make_room_for(&key);
-        self.old.remove(&key);
-        self.young.insert(key, value);
+        let hash = hash_of(&key);
+        self.make_room_for(hash, &key);
+        if let Ok(found) = self.old.find_entry(hash, |e| e.0 == key) {
+            found.remove();
+        }
+        match self.young.entry(hash, |e| e.0 == key, rehash) {
+            Entry::Occupied(mut e) => e.get_mut().1 = value,
+            Entry::Vacant(e) => {
+                e.insert((key, value));
+            }
+        }
     }
 
     /// Removes `key`, young or old.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        self.young.remove(key).or_else(|| self.old.remove(key))
+        let hash = hash_of(key);
+        let eq = |e: &(K, V)| e.0 == *key;
+        match self.young.find_entry(hash, eq) {
+            Ok(found) => Some(found.remove().0.1),
+            Err(_) => self
+                .old
+                .find_entry(hash, eq)
+                .ok()
+                .map(|found| found.remove().0.1),
+        }
     }
 
     /// Keys held, both generations.
@@ -77,10 +126,10 @@ impl<K: Hash + Eq, V> Generations<K, V> {
         self.young.len() + self.old.len()
     }
 
-    /// Ages the young generation when it is full and `key` is not in it.
-    /// Hashes `key` only then (once per generation).
-    fn make_room_for(&mut self, key: &K) {
-        if self.young.len() >= self.capacity && !self.young.contains_key(key) {
+    /// Ages the young generation when it is full and `key` (of `hash`)
+    /// is not in it.
+    fn make_room_for(&mut self, hash: u64, key: &K) {
+        if self.young.len() >= self.capacity && self.young.find(hash, |e| e.0 == *key).is_none() {
             std::mem::swap(&mut self.young, &mut self.old);
             self.young.clear();
         }

@@ -12,6 +12,7 @@ mod dist;
 mod drops;
 mod flows;
 mod generations;
+mod hashing;
 mod listeners;
 mod midflow;
 pub mod recent;
@@ -33,6 +34,7 @@ use rustc_hash::FxHashMap;
 
 use self::{
     conns::{ConnTable, PendingClose, PendingCloses},
+    hashing::MixHashMap,
     recent::{Brief, Recent},
     reuse::{ReuseTracker, Settled},
     scattered::ScatteredResets,
@@ -437,7 +439,7 @@ pub struct Aggregate {
     /// RSTs owned local sockets sent, by (local, remote) endpoint, until a
     /// local client receives them: an RST received on the reversed
     /// 4-tuple came from that process, not from a middlebox.
-    local_rsts: FxHashMap<(SocketAddr, SocketAddr), PairedRst>,
+    local_rsts: MixHashMap<(SocketAddr, SocketAddr), PairedRst>,
     reuses: ReuseTracker,
     /// Reuses whose outcome was just decided (kept to reuse the allocation).
     settled: Vec<Settled>,
@@ -471,7 +473,7 @@ impl Aggregate {
             handshakes: Handshakes::default(),
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
-            local_rsts: FxHashMap::default(),
+            local_rsts: MixHashMap::default(),
             reuses: ReuseTracker::default(),
             settled: Vec::new(),
             last_ns: 0,
@@ -549,7 +551,12 @@ impl Aggregate {
             &mut self.pending,
         );
         let netns = ev.netns.unwrap_or(0);
-        self.namespaces.entry(&netns, Namespace::default).events += 1;
+        // One lookup for the namespace's count and figures.
+        let ns = self.namespaces.entry(&netns, Namespace::default);
+        ns.events += 1;
+        if !update.is_empty() {
+            update.apply(&mut ns.stats);
+        }
         self.flows
             .observe(ev, accepted, update.rst_sent_reason, update.drop_reason);
         if let Some(reason) = update.drop_reason {
@@ -557,9 +564,6 @@ impl Aggregate {
         }
         if update.is_empty() {
             return;
-        }
-        if let Some(ns) = self.namespaces.get_mut(&netns) {
-            update.apply(&mut ns.stats);
         }
         if let Some(reason) = update.drop_reason {
             self.midflow.add(ev, reason);
@@ -779,10 +783,11 @@ impl Aggregate {
 
     /// Abortive closes with no RST within the window are timeouts.
     fn settle(&mut self, now_ns: u64, all: bool) {
-        if self.pending.is_empty() {
+        let now_ns = if all { u64::MAX } else { now_ns };
+        // Once per event: the usual answer is "nothing due yet".
+        if !self.pending.any_due(now_ns, CLOSE_SETTLE_NS) {
             return;
         }
-        let now_ns = if all { u64::MAX } else { now_ns };
         let due = self.pending.due(now_ns, CLOSE_SETTLE_NS);
         for close in due {
             // Only the kernel's write/user timeout ends an established

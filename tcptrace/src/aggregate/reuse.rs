@@ -15,10 +15,9 @@
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use rustc_hash::FxHashMap;
 use tcptrace_common::tcp_state;
 
-use super::dist::Dist;
+use super::{dist::Dist, hashing::MixHashMap};
 use crate::event::{Comm, EventKind, TcpEvent};
 
 /// Connections with a reuse being followed; beyond this new reuses are
@@ -341,7 +340,7 @@ impl Open {
 /// Follows each reuse on its connection until its outcome is known.
 #[derive(Debug, Default)]
 pub(super) struct ReuseTracker {
-    open: FxHashMap<u64, Open>,
+    open: MixHashMap<u64, Open>,
     /// Sockets closed, in close order, waiting for their error.
     closing: VecDeque<(u64, u64)>,
     /// Reuses not followed since the last `take_untracked`.
