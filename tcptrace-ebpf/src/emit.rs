@@ -28,8 +28,13 @@ pub mod buffer {
     pub const SOCKET_ERROR: u32 = 1;
     /// The reuse-after-idle programs (raw tracepoints, process context).
     pub const REUSE: u32 = 2;
-    /// Buffers per CPU.
-    pub const COUNT: u32 = 3;
+    /// `inet_sock_set_state` as a raw tracepoint (process context or
+    /// softirq): the kernel keeps a formatted tracepoint's program from
+    /// running inside another's, not a raw one's, so it may interrupt a
+    /// reset or drop program half-way through its event.
+    pub const STATE: u32 = 3;
+    /// Buffers per CPU (of events, records and tcp_sock spans alike).
+    pub const COUNT: u32 = 4;
 }
 
 /// The CPU's event under construction in `buffer` (see `buffer`), all

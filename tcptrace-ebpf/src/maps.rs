@@ -14,17 +14,21 @@ use tcptrace_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Per-CPU copy of the tracepoint record being handled (see
-/// `read::Record`); twice the copied size, so that a field read at any
-/// offset below `RECORD_BYTES` is provably in bounds for the verifier.
+/// Per-CPU copy of the tracepoint record (or socket head) being handled
+/// (see `read::Record`, `read::SockHead`), one per `emit::buffer` as the
+/// events are; twice the copied size, so that a field read at any offset
+/// below `RECORD_BYTES` is provably in bounds for the verifier.
 #[map]
-pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+pub static RECORD: PerCpuArray<[u8; 2 * RECORD_BYTES]> =
+    PerCpuArray::with_max_entries(crate::emit::buffer::COUNT, 0);
 
 /// Per-CPU copy of the span of a `tcp_sock` a reset reads (see
 /// `read::TcpSpan`); 8 bytes over `TCP_SPAN_BYTES`, so that a 4-byte read
 /// at any masked offset is provably in bounds for the verifier.
+/// One per `emit::buffer`, as the events are.
 #[map]
-pub static TCP_SPAN: PerCpuArray<[u8; TCP_SPAN_BYTES + 8]> = PerCpuArray::with_max_entries(1, 0);
+pub static TCP_SPAN: PerCpuArray<[u8; TCP_SPAN_BYTES + 8]> =
+    PerCpuArray::with_max_entries(crate::emit::buffer::COUNT, 0);
 
 /// Per-CPU events under construction, one per kind of program that may
 /// interrupt another on the CPU (`emit::buffer`), with room for the

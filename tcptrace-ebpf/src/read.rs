@@ -72,7 +72,7 @@ pub struct Record<'a> {
 /// Copies the record `ctx` points to.
 #[inline(always)]
 pub fn record<'a>(ctx: &TracePointContext, layout: &'a TracepointLayout) -> Option<Record<'a>> {
-    let buf = RECORD.get_ptr_mut(0)?;
+    let buf = RECORD.get_ptr_mut(crate::emit::buffer::TRACEPOINT)?;
     // Bounded for the verifier; userspace already caps it.
     let len = if usize::from(layout.record_bytes) > RECORD_BYTES {
         RECORD_BYTES as u32
@@ -273,7 +273,7 @@ pub fn sock_head(sock: &SockLayout, sk: u64) -> Option<SockHead> {
     if sk == 0 || len == 0 {
         return None;
     }
-    let buf = RECORD.get_ptr_mut(0)?;
+    let buf = RECORD.get_ptr_mut(crate::emit::buffer::STATE)?;
     // Bounded for the verifier; userspace already caps it.
     let len = if len > RECORD_BYTES as u32 {
         RECORD_BYTES as u32
@@ -360,7 +360,7 @@ pub struct TcpSpan<'a> {
 
 /// Copies the span of `sk` (a full TCP socket) the members lie in.
 #[inline(always)]
-pub fn tcp_span(sock: &SockLayout, sk: u64) -> TcpSpan<'_> {
+pub fn tcp_span(sock: &SockLayout, sk: u64, buffer: u32) -> TcpSpan<'_> {
     let mut span = TcpSpan {
         sock,
         sk,
@@ -370,7 +370,7 @@ pub fn tcp_span(sock: &SockLayout, sk: u64) -> TcpSpan<'_> {
     if sk == 0 || len == 0 {
         return span;
     }
-    let Some(buf) = TCP_SPAN.get_ptr_mut(0) else {
+    let Some(buf) = TCP_SPAN.get_ptr_mut(buffer) else {
         return span;
     };
     // Bounded for the verifier; userspace already caps it.

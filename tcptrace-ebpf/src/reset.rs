@@ -54,7 +54,7 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
     if full {
-        let span = read::tcp_span(&cfg.sock, sk);
+        let span = read::tcp_span(&cfg.sock, sk, emit::buffer::TRACEPOINT);
         let now = unsafe { bpf_jiffies64() } as u32;
         idle(cfg, &span, now, ev);
         queues(cfg, &span, now, ev);

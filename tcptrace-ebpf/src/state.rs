@@ -44,6 +44,7 @@ fn from_socket(ctx: &RawTracePointContext) -> Option<()> {
     let head = read::sock_head(&cfg.sock, sk)?;
     handle(
         cfg,
+        emit::buffer::STATE,
         sk,
         old,
         new,
@@ -65,6 +66,7 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
     let new: i32 = rec.field(field::NEWSTATE)?;
     handle(
         cfg,
+        emit::buffer::TRACEPOINT,
         sk,
         old,
         new,
@@ -75,10 +77,11 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
 
 /// The transition `old` -> `new` of `sk`, whose endpoints `endpoints`
 /// writes into the event and whose namespace `netns` reads from the
-/// socket (when its entry does not hold it).
+/// socket (when its entry does not hold it); built in `buffer`.
 #[inline(always)]
 fn handle(
     cfg: &Config,
+    buffer: u32,
     sk: u64,
     old: i32,
     new: i32,
@@ -110,7 +113,7 @@ fn handle(
         known => known,
     };
 
-    let ev = emit::blank(emit::buffer::TRACEPOINT)?;
+    let ev = emit::blank(buffer)?;
     endpoints(ev)?;
     ev.skaddr = sk;
     ev.netns = netns;
@@ -184,7 +187,7 @@ fn handle(
             // The first close of an established connection, by us
             // (FIN_WAIT1) or by the peer (CLOSE_WAIT): how long it had
             // been idle is the closer's idle timeout (keep-alive, LB).
-            let span = read::tcp_span(&cfg.sock, sk);
+            let span = read::tcp_span(&cfg.sock, sk, buffer);
             reset::idle(cfg, &span, unsafe { bpf_jiffies64() } as u32, ev);
             let info = owner::info_or_preexisting(sk, entry, ev);
             age_since = info.established_ns;
