@@ -61,12 +61,8 @@ fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode
     while let Some(frame) = reader.next_frame()? {
         match frame {
             Frame::Events(records) => {
-                // The reader checked every length.
-                for record in split_records(records).map_while(Result::ok) {
-                    // Only records that decoded live were recorded.
-                    let ev = decoder
-                        .decode(record)
-                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?;
+                for ev in events(&decoder, records, args) {
+                    let ev = ev?;
                     summary.add(&ev);
                     let mut ctx = Context {
                         names: &names,
@@ -121,12 +117,8 @@ fn top(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> 
     while let Some(frame) = reader.next_frame()? {
         match frame {
             Frame::Events(records) => {
-                // The reader checked every length.
-                for record in split_records(records).map_while(Result::ok) {
-                    let ev = decoder
-                        .decode(record)
-                        .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))?;
-                    agg.add(&ev);
+                for ev in events(&decoder, records, args) {
+                    agg.add(&ev?);
                 }
             }
             Frame::Cgroup(key, info) => cgroups.insert(key, info),
@@ -156,4 +148,21 @@ fn diagnosis(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .print(&json, args.json, &mut io::stdout().lock())
         .context("writing the report")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The events of an `E` frame's records, decoded as the recording host
+/// did. The reader checked every length; only records that decoded live
+/// were recorded, so one that does not decode now is corruption.
+fn events<'a>(
+    decoder: &'a Decoder,
+    records: &'a [u8],
+    args: &'a ReplayArgs,
+) -> impl Iterator<Item = anyhow::Result<crate::event::TcpEvent>> + 'a {
+    split_records(records)
+        .map_while(Result::ok)
+        .map(move |record| {
+            decoder
+                .decode(record)
+                .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", args.file.display()))
+        })
 }

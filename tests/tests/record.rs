@@ -202,6 +202,52 @@ fn incident(ns: &Netns) -> (usize, (TcpListener, TcpStream)) {
     })
 }
 
+/// Runs `cmd` (which records to `record`) through the incident in `ns`,
+/// stops it with Ctrl-C once it said `ready`, checks the file's mode, and
+/// asserts that `replay` (`--json` when `json`) prints byte for byte
+/// what the command printed live, once `ns` is gone. Returns that output.
+fn live_equals_replay(
+    cmd: &mut Command,
+    ready: &str,
+    ns: Netns,
+    record: &Path,
+    json: bool,
+    tag: &str,
+) -> String {
+    let (mut child, stderr, mut seen) = spawn_until(cmd, ready);
+    let (refused, listener) = incident(&ns);
+    assert_eq!(refused, 5, "{tag}: refused connects");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_within(&mut child, Duration::from_secs(30));
+    let (live, status) = collect(&mut child, &stderr, &mut seen);
+    assert!(status.success(), "{tag}: {status}: {seen:?}");
+    drop(listener);
+    let mode = fs::metadata(record).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the record file names processes: 0600");
+    // The replay needs nothing of the host it was recorded on.
+    drop(ns);
+    let args: &[&str] = if json { &["--json"] } else { &[] };
+    let replayed = replay(args, record);
+    assert!(
+        replayed.status.success(),
+        "{tag}: replay failed: {}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let replayed_text = String::from_utf8_lossy(&replayed.stdout);
+    assert!(
+        replayed.stdout == live.as_bytes(),
+        "{tag}: replay differs from the live output ({} vs {} bytes); first differing line: {:?}",
+        replayed.stdout.len(),
+        live.len(),
+        replayed_text
+            .lines()
+            .zip(live.lines())
+            .find(|(a, b)| a != b)
+    );
+    live
+}
+
 #[test]
 fn replay_prints_what_the_live_diagnosis_printed() {
     require_root();
@@ -214,37 +260,7 @@ fn replay_prints_what_the_live_diagnosis_printed() {
             .args(json.then_some("--json"))
             .arg("--record")
             .arg(&record);
-        let (mut child, stderr, mut seen) = spawn_until(&mut cmd, "diagnosing");
-        let (refused, listener) = incident(&ns);
-        assert_eq!(refused, 5, "{tag}: refused connects");
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        wait_within(&mut child, Duration::from_secs(30));
-        let (live, status) = collect(&mut child, &stderr, &mut seen);
-        assert!(status.success(), "diagnose --record: {status}: {seen:?}");
-        drop(listener);
-        let mode = fs::metadata(&record).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "the record file names processes: 0600");
-        // The replay needs nothing of the host it was recorded on.
-        drop(ns);
-        let args: &[&str] = if json { &["--json"] } else { &[] };
-        let replayed = replay(args, &record);
-        assert!(
-            replayed.status.success(),
-            "{tag}: replay failed: {}",
-            String::from_utf8_lossy(&replayed.stderr)
-        );
-        let replayed_text = String::from_utf8_lossy(&replayed.stdout);
-        assert!(
-            replayed.stdout == live.as_bytes(),
-            "{tag}: replay differs from the live report ({} vs {} bytes); first differing line: {:?}",
-            replayed.stdout.len(),
-            live.len(),
-            replayed_text
-                .lines()
-                .zip(live.lines())
-                .find(|(a, b)| a != b)
-        );
+        let live = live_equals_replay(&mut cmd, "diagnosing", ns, &record, json, tag);
         let size = fs::metadata(&record).unwrap().len();
         eprintln!("{tag}: record file {size} bytes");
         if json {
@@ -290,36 +306,7 @@ fn replay_prints_the_snapshots_live_top_printed() {
             .arg(if json { "--json" } else { "--plain" })
             .arg("--record")
             .arg(&record);
-        let (mut child, stderr, mut seen) = spawn_until(&mut cmd, "Ctrl-C to stop");
-        let (refused, listener) = incident(&ns);
-        assert_eq!(refused, 5, "{tag}: refused connects");
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        wait_within(&mut child, Duration::from_secs(30));
-        let (live, status) = collect(&mut child, &stderr, &mut seen);
-        assert!(status.success(), "top --record: {status}: {seen:?}");
-        drop(listener);
-        let mode = fs::metadata(&record).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "the record file names processes: 0600");
-        drop(ns);
-        let args: &[&str] = if json { &["--json"] } else { &[] };
-        let replayed = replay(args, &record);
-        assert!(
-            replayed.status.success(),
-            "{tag}: replay failed: {}",
-            String::from_utf8_lossy(&replayed.stderr)
-        );
-        let replayed_text = String::from_utf8_lossy(&replayed.stdout);
-        assert!(
-            replayed.stdout == live.as_bytes(),
-            "{tag}: replay differs from live top ({} vs {} bytes); first differing line: {:?}",
-            replayed.stdout.len(),
-            live.len(),
-            replayed_text
-                .lines()
-                .zip(live.lines())
-                .find(|(a, b)| a != b)
-        );
+        let live = live_equals_replay(&mut cmd, "Ctrl-C to stop", ns, &record, json, tag);
         if json {
             // Several snapshots, the last with what the incident made:
             // 5 refused connects, 5 resets each way, 6 opens counted in
