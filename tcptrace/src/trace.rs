@@ -121,13 +121,21 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let interactive = prints && args.output.is_none() && io::stdout().is_terminal();
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A write that fails (a full disk, a file system gone read-only) ends
+    // the run, not the accounting: the events still in the ring are
+    // counted, the summary says what was seen, and the error is the last
+    // line.
+    let mut failed: Option<anyhow::Error> = None;
     loop {
         // Biased, ticks before events: a storm keeps the ring always
         // ready and must not starve the flush and loss reporting.
         tokio::select! {
             biased;
             _ = flush_tick.tick() => {
-                flush(&mut sink, &mut record_writer)?;
+                if let Err(e) = flush(&mut sink, &mut record_writer) {
+                    failed = Some(e);
+                    break;
+                }
                 if let Some(flight_recorder) = flight_recorder.as_mut() {
                     let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
                     flight_recorder.write_due(clock::monotonic_ns(), &session, &mut ctx);
@@ -139,13 +147,19 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let counts = session.counts()?;
-                if let Some(sink) = &mut sink {
-                    losses.report(&counts, sink.as_mut()).map_err(write_err)?;
+                let reported = (|| {
+                    if let Some(sink) = &mut sink {
+                        losses.report(&counts, sink.as_mut()).map_err(write_err)?;
+                    }
+                    if let Some(record_writer) = &mut record_writer {
+                        record_writer.losses(&counts).map_err(record_err(&args))?;
+                    }
+                    flush(&mut sink, &mut record_writer)
+                })();
+                if let Err(e) = reported {
+                    failed = Some(e);
+                    break;
                 }
-                if let Some(record_writer) = &mut record_writer {
-                    record_writer.losses(&counts).map_err(record_err(&args))?;
-                }
-                flush(&mut sink, &mut record_writer)?;
             }
             next = session.next(&mut batch) => match next? {
                 Next::Stopped(_) => break,
@@ -156,16 +170,26 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
                     let mut ctx = Context { names: &names, clock: &clock, cgroups: &mut cgroups };
                     let raw = session.raw_records().unwrap_or(&mut no_raw);
                     let mut out = Outputs { sink: sink.as_deref_mut(), record: record_writer.as_mut() };
-                    write_batch(&mut batch, raw, &mut summary, &mut out, &mut ctx)
-                        .map_err(|e| out_err(e, &destination, &args))?;
-                    if interactive {
-                        flush(&mut sink, &mut record_writer)?;
+                    let written = write_batch(&mut batch, raw, &mut summary, &mut out, &mut ctx)
+                        .map_err(|e| out_err(e, &destination, &args))
+                        .and_then(|()| match interactive {
+                            true => flush(&mut sink, &mut record_writer),
+                            false => Ok(()),
+                        });
+                    if let Err(e) = written {
+                        failed = Some(e);
+                        break;
                     }
                 }
             },
         }
     }
 
+    if failed.is_some() {
+        // Nothing more is written; what is left is only counted.
+        sink = None;
+        record_writer = None;
+    }
     let seconds = session.elapsed().as_secs_f64();
     let missing = session.missing().to_vec();
     let mut ctx = Context {
@@ -217,6 +241,9 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     if !args.no_summary {
         // stderr keeps the event stream clean for pipes.
         let _ = io::stderr().write_all(summary.to_human().as_bytes());
+    }
+    if let Some(failed) = failed {
+        return Err(failed);
     }
     // Captures that could not be written (a full disk) fail the run, as
     // a failed --output write does, once everything else is out.

@@ -182,3 +182,44 @@ fn diagnose_during_load_that_fails_at_once_is_an_error() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["load"]["status"], "exit status: 1", "{report:#}");
 }
+
+/// A run shorter than its load asks the load to stop and lets it print
+/// its report of the attempts so far (it was killed without one), and
+/// diagnose still reports in time.
+#[test]
+fn diagnose_during_load_cut_short_prints_the_loads_report() {
+    require_root();
+    let ns = Netns::new("durcut");
+    let (_server, port) = server(&ns);
+    let load = format!("stress churn 127.0.0.1:{port} --rate 200 --duration 60s");
+    let t0 = Instant::now();
+    let out = Command::new(tcptrace_bin())
+        .args([
+            "diagnose",
+            "--json",
+            "--duration",
+            "2s",
+            "--netns",
+            ns.name(),
+            "--during",
+            &load,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "ended with its --duration, not the load's"
+    );
+    assert!(
+        stderr.contains("SIGTERM: stopping; the report covers the attempts so far"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("connect time"),
+        "the load's report: {stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["load"]["status"], "exit status: 0", "{report:#}");
+}

@@ -571,6 +571,8 @@ fn json_piped_to_head_exits_quietly() {
     );
 }
 
+/// A full disk ends the run with the summary of what was seen and one
+/// error line last, exit 1.
 #[test]
 fn full_disk_is_one_clear_error() {
     require_root();
@@ -601,6 +603,11 @@ fn full_disk_is_one_clear_error() {
         "{lines:?}"
     );
     assert!(lines.iter().all(|l| !l.contains("panicked")));
+    // The run still says what it saw before the error.
+    assert!(
+        lines.iter().any(|l| l.starts_with("--- tcptrace: ")),
+        "the summary: {lines:?}"
+    );
 }
 
 #[test]

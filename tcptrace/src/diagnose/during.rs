@@ -4,8 +4,12 @@
 //! a task: it can live in another namespace, and its progress and report
 //! go to our stderr, never mixed with the diagnose report.
 //!
+//! At the end of the run the load is asked to stop (SIGTERM, as Ctrl-C on
+//! `stress` alone would) and given `GRACE` to print its report of the
+//! attempts so far: the person reads both reports.
+//!
 //! The load never outlives diagnose: it runs in a process group of its own
-//! that `stop` and `Drop` kill, and with `PR_SET_PDEATHSIG` = SIGKILL, so a
+//! that `stop` (after the grace) and `Drop` kill, and with `PR_SET_PDEATHSIG` = SIGKILL, so a
 //! SIGKILL of diagnose (or anything else that ends it without unwinding)
 //! ends the load too. The kernel sends that signal when the *thread* that
 //! spawned the child exits: diagnose runs on a current-thread runtime, so
@@ -27,6 +31,7 @@ use std::{
     },
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -51,6 +56,10 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<String>> {
         Err(err) => anyhow::bail!("--during '{text}': {}", usage_error(&err)),
     }
 }
+
+/// How long a load asked to stop has to print its report before it is
+/// killed: `stress` stops its clients and prints within milliseconds.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// The load, started; killed if the diagnosis stops first.
 pub struct Load {
@@ -126,8 +135,27 @@ impl Load {
         }
     }
 
-    /// Stops it (its whole process group) if it still runs; its exit status.
+    /// Asks it to stop (SIGTERM to its process group) if it still runs,
+    /// without waiting: it prints its report meanwhile, and `stop` reaps it.
+    pub fn ask_to_stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None))
+            && let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32)
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        }
+    }
+
+    /// Waits up to `GRACE` for it to end once asked, then stops its whole
+    /// process group; its exit status.
     pub fn stop(mut self) -> Option<ExitStatus> {
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
+            }
+        }
         self.kill_and_reap()
     }
 

@@ -155,7 +155,11 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let load_status = load.map(during::Load::stop);
+    // Asked now, reaped once the tracer is done: its report is printed
+    // while the last events drain.
+    if let Some(load) = load.as_mut() {
+        load.ask_to_stop();
+    }
     let seconds = session.elapsed().as_secs_f64();
     let tc = session.tc_report().cloned();
     let (counts, opens) = session
@@ -165,6 +169,7 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
             Ok::<_, anyhow::Error>(())
         })
         .await?;
+    let load_status = load.map(during::Load::stop);
     let end = RunEnd {
         seconds,
         counts: counts.clone(),

@@ -267,8 +267,9 @@ impl Report {
                         .map_or_else(String::new, |c| format!(" in {c}"));
                     writeln!(
                         out,
-                        "   - {who} {}{peer}{cgroup}: {} events",
-                        a.role, a.events
+                        "   - {who} {}{peer}{cgroup}: {}",
+                        a.role,
+                        events(a.events)
                     )?;
                 }
             }
@@ -334,14 +335,22 @@ impl Report {
     }
 }
 
+/// `1 event`, `12 events`.
+fn events(n: u64) -> String {
+    match n {
+        1 => "1 event".to_string(),
+        n => format!("{n} events"),
+    }
+}
+
 /// `netns ctf-node (4026532301): 12 events; counters: TcpRetransSegs +3;
 /// conntrack: ...`
 fn namespace_line(ns: &NamespaceFacts) -> String {
     let mut line = format!(
-        "{}{}: {} events",
+        "{}{}: {}",
         ns.label(),
         if ns.watched { " (watched)" } else { "" },
-        ns.events
+        events(ns.events)
     );
     if ns.created_during_run {
         line += ", created during the run";
