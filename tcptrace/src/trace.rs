@@ -218,25 +218,33 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let pcap_report = flight_recorder.as_ref().map(|r| r.report().clone());
     drop(session);
     if let Some(record_writer) = record_writer.take() {
-        let file = record_writer
+        let finished = record_writer
             .finish(seconds, &counts, tc_report.as_ref(), pcap_report.as_ref())
-            .map_err(record_err(&args))?;
-        // A regular file is synced (a device such as /dev/null cannot be).
-        if file.metadata().is_ok_and(|m| m.is_file()) {
-            file.sync_all().map_err(record_err(&args))?;
+            .and_then(|file| {
+                // A regular file is synced (a device such as /dev/null cannot be).
+                match file.metadata().is_ok_and(|m| m.is_file()) {
+                    true => file.sync_all(),
+                    false => Ok(()),
+                }
+            });
+        if let Err(e) = finished {
+            failed.get_or_insert(record_err(&args)(e));
         }
     }
     let pcap_failed = pcap_report.as_ref().is_some_and(|r| r.failed > 0);
-    if let Some(sink) = &mut sink {
-        losses.report(&counts, sink.as_mut()).map_err(write_err)?;
-    }
+    let losses_written = match &mut sink {
+        Some(sink) => losses.report(&counts, sink.as_mut()),
+        None => Ok(()),
+    };
     summary.finish(seconds, counts, &missing, &names);
     summary.set_packets(tc_report, pcap_report);
-    if let Some(sink) = &mut sink {
-        if args.json {
-            sink.summary(&summary).map_err(write_err)?;
-        }
-        sink.flush().map_err(write_err)?;
+    let ended = losses_written.and_then(|()| match &mut sink {
+        Some(sink) if args.json => sink.summary(&summary).and_then(|()| sink.flush()),
+        Some(sink) => sink.flush(),
+        None => Ok(()),
+    });
+    if let Err(e) = ended {
+        failed.get_or_insert(write_err(e));
     }
     if !args.no_summary {
         // stderr keeps the event stream clean for pipes.
