@@ -787,13 +787,27 @@ pub fn usage_error(err: &clap::Error) -> String {
             format!("{command} needs a subcommand: {names}")
         };
     }
-    text.lines()
+    let line = text
+        .lines()
         .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    // `--duration -5s`: clap takes `-5s` for flags and names `-5`; the
+    // person meant a value, and no value of ours is negative.
+    let negative = err
+        .get(clap::error::ContextKind::InvalidArg)
+        .is_some_and(|arg| {
+            let arg = arg.to_string();
+            arg.strip_prefix('-')
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        });
+    if err.kind() == clap::error::ErrorKind::UnknownArgument && negative {
+        return format!("{line}: a value cannot be negative");
+    }
+    line
 }
 
 #[cfg(test)]
@@ -876,6 +890,10 @@ mod tests {
         assert_eq!(
             error(&["tcptrace", "stress", "churn"]),
             "the following required arguments were not provided: <TARGET>"
+        );
+        assert_eq!(
+            error(&["tcptrace", "trace", "--duration", "-5s"]),
+            "unexpected argument '-5' found: a value cannot be negative"
         );
         let profile = error(&["tcptrace", "tune", "--profile", "x"]);
         assert!(profile.contains("[possible values: default,"), "{profile}");

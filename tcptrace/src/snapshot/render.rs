@@ -264,7 +264,9 @@ pub fn human(out: &mut impl Write, report: &Report) -> io::Result<()> {
     match report.counters.interval {
         Some(seconds) => section(out, &format!("Kernel counters over the last {seconds:.1}s"))?,
         // A namespace's counters start when it is created, not at boot.
-        None if report.netns.is_some() => section(out, "Kernel counters since the namespace was created")?,
+        None if report.netns.is_some() => {
+            section(out, "Kernel counters since the namespace was created")?
+        }
         None => section(out, "Kernel counters since boot")?,
     }
     let rows: Vec<Vec<String>> = report

@@ -41,16 +41,16 @@ pub(super) fn port_exhaustion(i: &Inputs) -> Outcome {
     let mut hit = processes_with(i.agg, |s| s.connects);
     hit.retain(|(_, p, _)| p.stats.related.get(&Related::Peer(dest)).is_some());
     hit.sort_by_key(|h| std::cmp::Reverse(h.2));
-    let client_runs_out = hit.first().map_or_else(
-        || "clients run out".into(),
-        |(pid, p, _)| format!("{} runs out", who(*pid, &p.comm)),
+    let (client, runs_out) = hit.first().map_or_else(
+        || ("the clients".to_string(), "run out"),
+        |(pid, p, _)| (who(*pid, &p.comm), "runs out"),
     );
     let mut f = Finding::new(
         Cause::PortExhaustion,
         confidence,
         tw,
         format!(
-            "{tw} connections to {dest} sit in TIME_WAIT, {:.0} % of the {size} ephemeral ports: {client_runs_out} of source ports",
+            "{tw} connections to {dest} sit in TIME_WAIT, {:.0} % of the {size} ephemeral ports: {client} {runs_out} of source ports",
             used * 100.0
         ),
     );
