@@ -156,8 +156,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Quiet: a test may have deleted it already.
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.name])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

@@ -75,7 +75,8 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let netns_path = netns.as_ref().map(|ns| ns.path.clone());
-    let live = LiveHost::new(netns_path.clone(), cgroups);
+    let live = LiveHost::new(netns.as_ref(), cgroups)
+        .with_context(|| format!("cannot open network namespace {:?}", args.filter.netns))?;
     // Until the file has its header (which names what the session
     // learns), what is recorded waits in memory.
     let mut host = RecordingHost::new(live, record_file.is_some());

@@ -109,6 +109,10 @@ pub struct NamespaceFacts {
     /// Created during the run (not there at the start): its counters are
     /// counted from zero at its creation.
     pub created_during_run: bool,
+    /// Deleted during the run: its end figures were read through the hold
+    /// `diagnose` kept on it (see `survey::Held`), as its last process
+    /// or `ip netns del` left them.
+    pub deleted_during_run: bool,
     /// Change of each TCP/ICMP counter over the run, by nstat name.
     pub counters: BTreeMap<String, i64>,
     /// Its conntrack at the start and the end (start = end for one
@@ -183,6 +187,7 @@ impl NamespaceFacts {
                     watched: watched == Some(*inode),
                     events: events.get(inode).copied().unwrap_or(0),
                     created_during_run: start.is_none(),
+                    deleted_during_run: end.deleted,
                     counters: tcp_delta(&end.counters, start.map(|s| &s.counters)),
                     conntrack,
                 })
@@ -507,6 +512,7 @@ mod tests {
             counters: Counters::parse("", &snmp).unwrap(),
             conntrack: None,
             cookie,
+            deleted: false,
         }
     }
 

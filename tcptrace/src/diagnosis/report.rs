@@ -355,6 +355,9 @@ fn namespace_line(ns: &NamespaceFacts) -> String {
     if ns.created_during_run {
         line += ", created during the run";
     }
+    if ns.deleted_during_run {
+        line += ", deleted during the run (read at the end through tcptrace's hold on it)";
+    }
     let changed: Vec<String> = ns
         .counters
         .iter()
@@ -387,6 +390,7 @@ fn namespaces_json(host: &HostFacts) -> Value {
                 "watched": ns.watched,
                 "events": ns.events,
                 "created_during_run": ns.created_during_run,
+                "deleted_during_run": ns.deleted_during_run,
                 "counters": counters,
                 "conntrack": ns.conntrack,
             })

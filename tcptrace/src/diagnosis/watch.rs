@@ -34,11 +34,11 @@ use crate::{
         conntrack::{Conntrack, ConntrackChange},
         counters::Counters,
         global::HostGlobal,
-        netns,
+        netns::{self, Netns},
         owners::{Owner, socket_owners},
         reading::{self, ReadingError, is_tcp_counter, tcp_delta},
         sock_diag::dump_tcp_listeners,
-        survey::Survey,
+        survey::{Held, Survey},
     },
     kernel::names::Names,
 };
@@ -152,15 +152,34 @@ pub trait HostSource {
 
 /// The running host, seen from the watched namespace (`--netns`) or ours.
 pub struct LiveHost {
+    /// The watched namespace, opened through `held`: `None` for ours.
     netns: Option<PathBuf>,
+    /// The watched namespace and, from the start survey on, every
+    /// namespace surveyed: held until the end reading (`survey::Held`).
+    held: Held,
     cgroups: Cgroups,
 }
 
 impl LiveHost {
-    /// Reads inside the namespace at `netns` (or ours); owners' cgroups
+    /// Reads inside `netns` (or ours), held from now on; owners' cgroups
     /// are named by `cgroups`.
-    pub fn new(netns: Option<PathBuf>, cgroups: Cgroups) -> LiveHost {
-        LiveHost { netns, cgroups }
+    ///
+    /// # Errors
+    /// `netns` cannot be opened (deleted since it was resolved).
+    pub fn new(netns: Option<&Netns>, cgroups: Cgroups) -> std::io::Result<LiveHost> {
+        let mut held = Held::default();
+        let netns = match netns {
+            Some(ns) => {
+                held.hold(ns.inode, &ns.path)?;
+                held.path_of(ns.inode)
+            }
+            None => None,
+        };
+        Ok(LiveHost {
+            netns,
+            held,
+            cgroups,
+        })
     }
 }
 
@@ -172,8 +191,11 @@ impl HostSource for LiveHost {
         )?))
     }
 
-    fn survey(&mut self, _at: Moment) -> Result<Survey, SourceError> {
-        let mut survey = Survey::read();
+    fn survey(&mut self, at: Moment) -> Result<Survey, SourceError> {
+        if at == Moment::Start {
+            self.held.hold_in_use();
+        }
+        let mut survey = Survey::read_with(&self.held);
         // The rules quote only these (`NamespaceFacts::from_surveys`).
         for ns in survey.namespaces.values_mut() {
             ns.counters.retain(is_tcp_counter);

@@ -16,8 +16,19 @@
 //! meanwhile is left out (logged at debug level): the host is live. Pods
 //! come and go, and a new namespace may take over a deleted one's inode:
 //! each reading keeps the namespace's cookie so the two are told apart.
+//!
+//! `diagnose` holds the namespaces it found at the start (`Held`): a pod
+//! that died mid-incident is often the evidence, and the kernel keeps a
+//! namespace, counters and conntrack included, while a file refers to it.
+//! So the end reading still finds those deleted meanwhile, through the
+//! hold, and marks them `deleted`.
 
-use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +55,59 @@ pub struct NamespaceReading {
     /// Its cookie ([`netns::cookie`]): tells a namespace from a newer one
     /// that took over its inode between two readings. `None` before 5.14.
     pub cookie: Option<u64>,
+    /// No process or /run/netns name used it any more: it was read
+    /// through a [`Held`] file, so it was deleted after the hold began.
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+/// Network namespaces held open by this process, with the names they had
+/// then. While held, a namespace outlives `ip netns del` and the exit of
+/// its last process (its sockets close as usual; the namespace and its
+/// counters stay), and its inode is not reused. Dropping the hold frees
+/// them. Best effort: one that vanishes before it is opened is skipped.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// (inode, name when held, the open namespace file).
+    open: Vec<(u32, String, File)>,
+}
+
+impl Held {
+    /// Holds every namespace in use now (at most `MAX_NAMESPACES`), on top
+    /// of those already held.
+    pub fn hold_in_use(&mut self) {
+        for (inode, path) in netns::in_use(MAX_NAMESPACES) {
+            if let Err(err) = self.hold(inode, &path) {
+                log::debug!("namespace {inode} not held: {err}");
+            }
+        }
+    }
+
+    /// Holds the namespace at `path`, whose inode is `inode`.
+    ///
+    /// # Errors
+    /// It cannot be opened, or is no longer that inode.
+    pub fn hold(&mut self, inode: u32, path: &Path) -> std::io::Result<()> {
+        if self.path_of(inode).is_some() {
+            return Ok(());
+        }
+        let file = File::open(path)?;
+        if file.metadata()?.ino() != u64::from(inode) {
+            return Err(std::io::Error::other("replaced by another namespace"));
+        }
+        let name = name_of(path);
+        self.open.push((inode, name, file));
+        Ok(())
+    }
+
+    /// A path that opens the held namespace with this inode as its
+    /// original path did, also once that is gone: /proc/self/fd/N.
+    pub fn path_of(&self, inode: u32) -> Option<PathBuf> {
+        self.open
+            .iter()
+            .find(|(held, _, _)| *held == inode)
+            .map(|(_, _, file)| PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+    }
 }
 
 /// Every namespace in use, read at one moment.
@@ -61,17 +125,34 @@ impl Survey {
     /// root (entering a namespace); without it, or if the helper thread
     /// fails, the survey is empty and the reason is logged.
     pub fn read() -> Survey {
+        Survey::read_with(&Held::default())
+    }
+
+    /// [`Survey::read`], plus every namespace `held` keeps that nothing
+    /// else uses any more, read through the hold and marked `deleted`.
+    pub fn read_with(held: &Held) -> Survey {
         let found = netns::in_use(MAX_NAMESPACES + 1);
         let truncated = found.len() > MAX_NAMESPACES;
         let initial = netns::initial()
             .and_then(|p| fs::metadata(p).ok())
             .map(|m| m.ino());
-        let found: Vec<_> = found.into_iter().take(MAX_NAMESPACES).collect();
+        let mut found: Vec<(u32, PathBuf, Option<String>)> = found
+            .into_iter()
+            .take(MAX_NAMESPACES)
+            .map(|(inode, path)| (inode, path, None))
+            .collect();
+        for (inode, name, _) in &held.open {
+            if !found.iter().any(|(seen, _, _)| seen == inode)
+                && let Some(path) = held.path_of(*inode)
+            {
+                found.push((*inode, path, Some(name.clone())));
+            }
+        }
         let namespaces = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
                     let mut read = BTreeMap::new();
-                    for (inode, path) in &found {
+                    for (inode, path, held_name) in &found {
                         if let Err(err) = netns::enter(path) {
                             log::debug!("namespace {inode} not read: {err}");
                             continue;
@@ -86,10 +167,10 @@ impl Survey {
                         let conntrack = Conntrack::read()
                             .inspect_err(|err| log::debug!("namespace {inode}: {err}"))
                             .ok();
-                        let name = if Some(u64::from(*inode)) == initial {
-                            "host".to_string()
-                        } else {
-                            name_of(path)
+                        let name = match held_name {
+                            Some(name) => name.clone(),
+                            None if Some(u64::from(*inode)) == initial => "host".to_string(),
+                            None => name_of(path),
                         };
                         read.insert(
                             *inode,
@@ -98,6 +179,7 @@ impl Survey {
                                 counters,
                                 conntrack,
                                 cookie: netns::cookie(),
+                                deleted: held_name.is_some(),
                             },
                         );
                     }

@@ -607,6 +607,7 @@ mod tests {
                 counters: counters(if at == Moment::Start { 0 } else { 5 }),
                 conntrack: Some(conntrack()),
                 cookie: Some(7),
+                deleted: false,
             };
             Ok(Survey {
                 namespaces: BTreeMap::from([(4_026_532_458, reading)]),
