@@ -326,6 +326,51 @@ fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
     assert_eq!(high(&findings), vec![Cause::RetransmissionTimeout]);
 }
 
+/// The same death, with the data segments dropped by a netfilter rule on
+/// this host: the fix names that rule, not the path beyond.
+#[test]
+fn a_timeout_whose_segments_a_local_firewall_dropped_names_the_firewall() {
+    let mut events = connect(600, 10, 61, "client", "198.18.0.2:9000");
+    for t in [500, 700, 1_100, 1_900] {
+        events.push(
+            ev(K::Retransmit, t)
+                .sock(600)
+                .owner(61, "client")
+                .remote("198.18.0.2:9000")
+                .state("ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::Drop, t)
+                .sock(600)
+                .owner(61, "client")
+                .remote("198.18.0.2:9000")
+                .dropped(12, 0x18)
+                .build(),
+        );
+    }
+    events.push(
+        ev(K::State, 2_500)
+            .sock(600)
+            .owner(61, "client")
+            .remote("198.18.0.2:9000")
+            .transition("ESTABLISHED", "CLOSE")
+            .build(),
+    );
+    let (findings, _) = run(&events, &counters(&[("TcpExtTCPAbortOnTimeout", 1)]));
+    let f = findings
+        .iter()
+        .find(|f| f.cause == Cause::RetransmissionTimeout)
+        .expect("the timeout");
+    assert_eq!(f.figures["netfilter_drops"], 4.0, "{f:#?}");
+    assert!(f.fix[0].contains("iptables -L -v -n"), "{:?}", f.fix);
+    assert!(
+        f.evidence.iter().any(|e| e.contains("NETFILTER_DROP")),
+        "{:?}",
+        f.evidence
+    );
+}
+
 #[test]
 fn refused_connects_mean_nothing_listens() {
     let mut events = Vec::new();

@@ -166,9 +166,29 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     if let Some((_, _, x)) = rate {
         f.figures.insert("retransmit_rate", x);
     }
-    f.fix.push(format!(
-        "Find where packets to {peer} are lost: a firewall dropping (iptables/nftables DROP, security groups), a dead route, an MTU black hole (try `ping -M do -s 1472`)."
-    ));
+    // A netfilter rule on this host that dropped the watched connections'
+    // packets is where to look first, not the path beyond.
+    let netfilter = i.agg.drops.with_reason("NETFILTER_DROP");
+    match netfilter.first() {
+        Some((key, g)) => {
+            let place = i
+                .host
+                .namespace(key.netns)
+                .map_or_else(|| format!("netns {}", key.netns), |ns| ns.label());
+            let all: u64 = netfilter.iter().map(|(_, g)| g.count).sum();
+            f.evidence.push(format!(
+                "{all} of the watched connections' packets dropped on this host with reason NETFILTER_DROP, {} of them in {place}: a firewall rule here",
+                g.count
+            ));
+            f.figures.insert("netfilter_drops", all as f64);
+            f.fix.push(format!(
+                "In {place}: find the rule that drops packets to or from {peer} (`iptables -L -v -n` / `nft list ruleset`: the DROP counters that rise) and allow the connection's traffic."
+            ));
+        }
+        None => f.fix.push(format!(
+            "Find where packets to {peer} are lost: a firewall dropping (iptables/nftables DROP, security groups), a dead route, an MTU black hole (try `ping -M do -s 1472`)."
+        )),
+    }
     f.fix.push(format!(
         "Fail faster meanwhile: TCP_USER_TIMEOUT in the client, or net.ipv4.tcp_retries2 = 8 (now {}, 15 means ~15 min before giving up); keepalive 60 s / 10 s / 3 for idle connections.",
         i.host.sysctl("net.ipv4.tcp_retries2").unwrap_or("?")
