@@ -499,8 +499,35 @@ pub(super) enum Ready {
     After(Duration),
 }
 
+/// A tracer process that a bench stopped by an error (a failed scrape,
+/// a tracer that never became ready) must not leave running: killed and
+/// reaped on drop, unless `Tracer::stop` reaped it first (and forgets it).
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub(super) struct Tracer {
-    child: Child,
+    child: KillOnDrop,
     stderr: mpsc::Receiver<String>,
     startup_cpu: f64,
     /// What it said before it was ready.
@@ -536,11 +563,12 @@ impl Tracer {
             Some(path) => Stdio::from(fs::File::create(path)?),
             None => Stdio::null(),
         };
-        let mut child = cmd
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let mut child = KillOnDrop(
+            cmd.stdout(stdout)
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start {cmd:?}"))?,
+        );
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
         std::thread::spawn(move || {
