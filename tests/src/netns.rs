@@ -152,6 +152,41 @@ impl Netns {
         self.sysctl("net.ipv4.ip_forward", "1");
         self.sysctl("net.ipv6.conf.all.forwarding", "1");
     }
+
+    /// The link-layer address of `dev`.
+    pub fn mac(&self, dev: &str) -> String {
+        self.exec_line(&format!("cat /sys/class/net/{dev}/address"))
+            .trim()
+            .to_string()
+    }
+}
+
+/// One end of a link: a namespace, its device, and the device's addresses
+/// (without prefix length).
+pub type LinkEnd<'a> = (&'a Netns, &'a str, &'a [&'a str]);
+
+/// Permanent neighbour entries on both ends of a link, so neither end
+/// sends an ARP request or neighbour solicitation over it. One sent while
+/// a fresh veth comes up may be lost and is retried after 1 s, delaying a
+/// test's first packets by that second: the first SYN of every lane is
+/// answered after its retransmit, and the test's timeline shifts.
+pub fn pin_neighbours(a: LinkEnd<'_>, b: LinkEnd<'_>) {
+    for ((here, dev, _), (there, there_dev, addrs)) in [(a, b), (b, a)] {
+        let mac = there.mac(there_dev);
+        for addr in addrs {
+            here.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
 }
 
 impl Drop for Netns {
@@ -190,6 +225,10 @@ impl NetnsPair {
         b.up(
             "veth1",
             &[&format!("{}/24", Self::B4), &format!("{}/64", Self::B6)],
+        );
+        pin_neighbours(
+            (&a, "veth0", &[Self::A4, Self::A6]),
+            (&b, "veth1", &[Self::B4, Self::B6]),
         );
         NetnsPair { a, b }
     }
@@ -234,6 +273,11 @@ impl Routed {
             );
             end.default_route(&gw4);
             end.default_route(&gw6);
+            let (end4, end6) = (format!("198.18.{net}.1"), format!("2001:db8:{net}::1"));
+            pin_neighbours(
+                (&router, dev, &[&gw4, &gw6]),
+                (end, "eth0", &[&end4, &end6]),
+            );
         }
         router.forward();
         Routed {

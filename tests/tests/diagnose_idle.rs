@@ -24,6 +24,7 @@ use serde_json::Value;
 use tests::{
     Netns,
     diagnose::{Diagnose, assert_top, describe_since, figure, findings, first_affected},
+    netns::pin_neighbours,
     require_root,
     server::Server,
     set_linger_zero, sockopt,
@@ -119,30 +120,10 @@ impl NatPath {
             "net.netfilter.nf_conntrack_tcp_timeout_established",
             &timeout_s.to_string(),
         );
-        // Static neighbours: a neighbour solicitation (or ARP request)
-        // lost while a fresh veth comes up is retried after 1 s, which
-        // delays every lane's first SYN by that second, gets the original
-        // SYN answered after its retransmit, and shifts the whole timeline
-        // the test asserts on.
-        for (ns, dev, peer, peer_ns, peer_dev) in [
-            (&app, "a0", node_a, &node, "n0"),
-            (&node, "n0", app_addr, &app, "a0"),
-            (&node, "n1", db_addr, &db, "d0"),
-            (&db, "d0", node_d, &node, "n1"),
-        ] {
-            let mac = peer_ns.exec_line(&format!("cat /sys/class/net/{peer_dev}/address"));
-            ns.ip(&[
-                "neigh",
-                "replace",
-                peer,
-                "lladdr",
-                mac.trim(),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
+        // No neighbour discovery to lose on the fresh veths (see
+        // `pin_neighbours`): the test's timeline is to the millisecond.
+        pin_neighbours((&app, "a0", &[app_addr]), (&node, "n0", &[node_a]));
+        pin_neighbours((&node, "n1", &[node_d]), (&db, "d0", &[db_addr]));
         let server = echo_server(&db, backend);
         NatPath {
             app,
