@@ -100,6 +100,14 @@ pub fn findings(report: &Value) -> &Vec<Value> {
     report["findings"].as_array().expect("findings array")
 }
 
+/// The cause of each finding, in the report's order.
+pub fn causes(report: &Value) -> Vec<&str> {
+    findings(report)
+        .iter()
+        .filter_map(|f| f["cause"].as_str())
+        .collect()
+}
+
 /// Asserts the top finding is `cause` at high confidence and that no
 /// other finding is high; returns it.
 pub fn assert_top<'a>(report: &'a Value, cause: &str) -> &'a Value {

@@ -10,7 +10,12 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{Netns, diagnose::Diagnose, require_root, sh, tcptrace_bin, trace::spawn_until};
+use tests::{
+    Netns,
+    diagnose::{Diagnose, causes},
+    require_root, sh, tcptrace_bin,
+    trace::spawn_until,
+};
 
 /// Refused connects made in `ns` (nothing listens on port 1).
 const REFUSED: u64 = 12;
@@ -37,13 +42,7 @@ fn a_watched_namespace_deleted_during_the_run_is_still_diagnosed() {
     // Read at the end through the hold: the changes, not +0.
     assert_eq!(report["counters"]["TcpAttemptFails"], REFUSED, "{report:#}");
     assert_eq!(report["counters"]["TcpOutRsts"], REFUSED, "{report:#}");
-    let causes: Vec<&str> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|f| f["cause"].as_str())
-        .collect();
-    assert!(causes.contains(&"nothing_listening"), "{report:#}");
+    assert!(causes(&report).contains(&"nothing_listening"), "{report:#}");
 }
 
 #[test]

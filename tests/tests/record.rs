@@ -15,7 +15,9 @@ use std::{
 };
 
 use tests::{
-    Netns, require_root,
+    Netns,
+    diagnose::causes,
+    require_root,
     trace::{collect, spawn_until, wait_within},
 };
 
@@ -265,12 +267,7 @@ fn replay_prints_what_the_live_diagnosis_printed() {
         eprintln!("{tag}: record file {size} bytes");
         if json {
             let report: serde_json::Value = serde_json::from_str(&live).unwrap();
-            let causes: Vec<&str> = report["findings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|f| f["cause"].as_str())
-                .collect();
+            let causes = causes(&report);
             assert!(
                 causes.contains(&"nothing_listening"),
                 "the finding is there: {causes:?}"

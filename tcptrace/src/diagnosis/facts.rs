@@ -255,6 +255,13 @@ impl HostFacts {
         self.namespaces.iter().find(|ns| ns.inode == inode)
     }
 
+    /// How a report names the namespace with this inode: its label when
+    /// it was kept (`netns ctf-node (4026532301)`), else `netns INODE`.
+    pub fn namespace_label(&self, inode: u32) -> String {
+        self.namespace(inode)
+            .map_or_else(|| format!("netns {inode}"), NamespaceFacts::label)
+    }
+
     /// A counter's change in one namespace (0: absent or not read).
     pub fn counter_in(&self, inode: u32, name: &str) -> i64 {
         self.namespace(inode).map_or(0, |ns| ns.counter(name))

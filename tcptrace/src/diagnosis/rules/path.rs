@@ -178,10 +178,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
     f.figures.insert("dropped_syns", dropped as f64);
     match groups.first() {
         Some((key, _)) if key.reason == "NETFILTER_DROP" => {
-            let place = i
-                .host
-                .namespace(key.netns)
-                .map_or_else(|| format!("netns {}", key.netns), |ns| ns.label());
+            let place = i.host.namespace_label(key.netns);
             f.fix.push(format!(
                 "In {place}: find the rule that drops them (`iptables -L -v -n` / `nft list ruleset`: the DROP counters that rise) and allow TCP SYNs to {peer_text}."
             ));

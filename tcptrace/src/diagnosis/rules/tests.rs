@@ -296,27 +296,38 @@ fn linger_zero_by_an_app_is_high_by_a_proxy_low() {
     assert_eq!(findings[0].confidence, Confidence::Low);
 }
 
-#[test]
-fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
+/// A client's connection that retransmits 4 times until the kernel closes
+/// it; each retransmitted segment also dropped on this host for
+/// `dropped` (a drop reason number), if given.
+fn retransmitting_until_closed(dropped: Option<u32>) -> Vec<TcpEvent> {
     let mut events = connect(600, 10, 61, "client", "198.18.0.2:9000");
-    for t in [500, 700, 1_100, 1_900] {
-        events.push(
-            ev(K::Retransmit, t)
-                .sock(600)
-                .owner(61, "client")
-                .remote("198.18.0.2:9000")
-                .state("ESTABLISHED")
-                .build(),
-        );
-    }
-    events.push(
-        ev(K::State, 2_500)
+    let on_the_connection = |kind, t| {
+        ev(kind, t)
             .sock(600)
             .owner(61, "client")
             .remote("198.18.0.2:9000")
+    };
+    for t in [500, 700, 1_100, 1_900] {
+        events.push(
+            on_the_connection(K::Retransmit, t)
+                .state("ESTABLISHED")
+                .build(),
+        );
+        if let Some(reason) = dropped {
+            events.push(on_the_connection(K::Drop, t).dropped(reason, 0x18).build());
+        }
+    }
+    events.push(
+        on_the_connection(K::State, 2_500)
             .transition("ESTABLISHED", "CLOSE")
             .build(),
     );
+    events
+}
+
+#[test]
+fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
+    let events = retransmitting_until_closed(None);
     let (findings, _) = run(&events, &counters(&[("TcpExtTCPAbortOnTimeout", 1)]));
     let top = &findings[0];
     assert_eq!(top.cause, Cause::RetransmissionTimeout);
@@ -330,33 +341,8 @@ fn retransmitting_until_the_kernel_gives_up_is_a_timeout() {
 /// this host: the fix names that rule, not the path beyond.
 #[test]
 fn a_timeout_whose_segments_a_local_firewall_dropped_names_the_firewall() {
-    let mut events = connect(600, 10, 61, "client", "198.18.0.2:9000");
-    for t in [500, 700, 1_100, 1_900] {
-        events.push(
-            ev(K::Retransmit, t)
-                .sock(600)
-                .owner(61, "client")
-                .remote("198.18.0.2:9000")
-                .state("ESTABLISHED")
-                .build(),
-        );
-        events.push(
-            ev(K::Drop, t)
-                .sock(600)
-                .owner(61, "client")
-                .remote("198.18.0.2:9000")
-                .dropped(12, 0x18)
-                .build(),
-        );
-    }
-    events.push(
-        ev(K::State, 2_500)
-            .sock(600)
-            .owner(61, "client")
-            .remote("198.18.0.2:9000")
-            .transition("ESTABLISHED", "CLOSE")
-            .build(),
-    );
+    // 12: NETFILTER_DROP in the test kernel's names.
+    let events = retransmitting_until_closed(Some(12));
     let (findings, _) = run(&events, &counters(&[("TcpExtTCPAbortOnTimeout", 1)]));
     let f = findings
         .iter()

@@ -171,10 +171,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let netfilter = i.agg.drops.with_reason("NETFILTER_DROP");
     match netfilter.first() {
         Some((key, g)) => {
-            let place = i
-                .host
-                .namespace(key.netns)
-                .map_or_else(|| format!("netns {}", key.netns), |ns| ns.label());
+            let place = i.host.namespace_label(key.netns);
             let all: u64 = netfilter.iter().map(|(_, g)| g.count).sum();
             f.evidence.push(format!(
                 "{all} of the watched connections' packets dropped on this host with reason NETFILTER_DROP, {} of them in {place}: a firewall rule here",
