@@ -75,8 +75,10 @@ pub async fn run(args: DiagnoseArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let netns_path = netns.as_ref().map(|ns| ns.path.clone());
-    let live = LiveHost::new(netns.as_ref(), cgroups)
-        .with_context(|| format!("cannot open network namespace {:?}", args.filter.netns))?;
+    let live = LiveHost::new(netns.as_ref(), cgroups).with_context(|| {
+        let path = netns_path.as_deref().unwrap_or(Path::new("?"));
+        format!("cannot open network namespace {}", path.display())
+    })?;
     // Until the file has its header (which names what the session
     // learns), what is recorded waits in memory.
     let mut host = RecordingHost::new(live, record_file.is_some());

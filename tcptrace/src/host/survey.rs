@@ -106,8 +106,13 @@ impl Held {
         self.open
             .iter()
             .find(|(held, _, _)| *held == inode)
-            .map(|(_, _, file)| PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+            .map(|(_, _, file)| fd_path(file))
     }
+}
+
+/// /proc/self/fd/N of an open file: opening it opens the same file.
+fn fd_path(file: &File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// Every namespace in use, read at one moment.
@@ -141,11 +146,9 @@ impl Survey {
             .take(MAX_NAMESPACES)
             .map(|(inode, path)| (inode, path, None))
             .collect();
-        for (inode, name, _) in &held.open {
-            if !found.iter().any(|(seen, _, _)| seen == inode)
-                && let Some(path) = held.path_of(*inode)
-            {
-                found.push((*inode, path, Some(name.clone())));
+        for (inode, name, file) in &held.open {
+            if !found.iter().any(|(seen, _, _)| seen == inode) {
+                found.push((*inode, fd_path(file), Some(name.clone())));
             }
         }
         let namespaces = std::thread::scope(|scope| {

@@ -207,7 +207,8 @@ async fn stop_on(mut signals: Signals, stop: tokio::sync::watch::Sender<bool>) {
         std::task::Poll::Pending
     })
     .await;
-    eprintln!("tcptrace: {received}: stopping; the report covers the attempts so far");
+    // Named as stress: under `diagnose --during` it shares diagnose's stderr.
+    eprintln!("tcptrace stress: {received}: stopping; the report covers the attempts so far");
     let _ = stop.send(true);
 }
 
