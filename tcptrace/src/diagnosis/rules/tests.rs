@@ -381,11 +381,35 @@ fn refused_connects_mean_nothing_listens() {
                 .build(),
         );
     }
+    // The refusals as the host saw them when the client is local: each
+    // SYN dropped for want of a socket and answered by an unowned RST.
+    for n in 0..4 {
+        events.push(
+            ev(K::Drop, 10 + n)
+                .local("127.0.0.1:7999")
+                .remote("127.0.0.1:40000")
+                .dropped_incoming(2, 0x02)
+                .build(),
+        );
+        events.push(
+            ev(K::RstSent, 10 + n)
+                .local("127.0.0.1:7999")
+                .remote("127.0.0.1:40000")
+                .reason("NO_SOCKET")
+                .build(),
+        );
+    }
     let (findings, _) = run(&events, &counters(&[]));
     assert_eq!(findings[0].cause, Cause::NothingListening);
     assert_eq!(findings[0].confidence, Confidence::High);
     assert!(findings[0].summary.contains("127.0.0.1:7999"));
     assert_eq!(high(&findings), vec![Cause::NothingListening]);
+    // The refusals' own RSTs and drops are no second, unexplained problem.
+    assert_eq!(
+        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        vec![Cause::NothingListening],
+        "{findings:#?}"
+    );
 }
 
 #[test]

@@ -145,9 +145,13 @@ fn explains(cause: Cause, incident: Incident) -> bool {
             I::SocketError(e) => matches!(e, "ETIMEDOUT" | "EHOSTUNREACH"),
             _ => false,
         },
+        // The refusal itself, seen from the listening side: the SYN
+        // found no socket, was dropped (NO_SOCKET) and answered by an
+        // RST with reason NO_SOCKET (`tcp_v4_rcv`, `tcp_v6_rcv`).
         Cause::NothingListening => match incident {
             I::Refused => true,
             I::SocketError(e) => e == "ECONNREFUSED",
+            I::RstSent(r) | I::Drop(r) => r == "NO_SOCKET",
             _ => false,
         },
         Cause::ConntrackTableFull => match incident {
