@@ -3,7 +3,7 @@
 use super::*;
 use crate::{
     aggregate::HandshakeTrouble,
-    diagnosis::facts::{Listener, listener_for},
+    diagnosis::facts::{Listener, NamespaceFacts, listener_for},
 };
 
 /// A client gets this RST reason when `tcp_abort_on_overflow=1` refuses
@@ -99,15 +99,83 @@ fn all_listeners<'a>(i: &'a Inputs) -> impl Iterator<Item = &'a Listener> {
     )
 }
 
+/// Where the overflow counters come from: the watched namespace (or the
+/// host), or, when `--netns` watches the clients, the namespace of this
+/// host where their server listens.
+#[derive(Clone, Copy)]
+enum Counted<'a> {
+    Watched(&'a HostFacts),
+    ServerNamespace(&'a NamespaceFacts),
+}
+
+impl Counted<'_> {
+    fn counter(self, name: &str) -> i64 {
+        match self {
+            Counted::Watched(host) => host.counter(name),
+            Counted::ServerNamespace(ns) => ns.counter(name),
+        }
+    }
+
+    /// `TcpExtListenOverflows +315, TcpExtListenDrops +315`, with where
+    /// they were counted when that is not the watched namespace.
+    fn line(self, names: &[&str]) -> String {
+        let figures = names
+            .iter()
+            .map(|n| format!("{n} {:+}", self.counter(n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match self {
+            Counted::Watched(_) => figures,
+            Counted::ServerNamespace(ns) => format!("{figures} in {}", ns.label()),
+        }
+    }
+}
+
+/// When `--netns` watches clients whose connects suffer (SYN retransmits,
+/// RSTs on connections just established) and no listener of theirs
+/// overflowed, the server they call may listen in another namespace of
+/// this host, whose counters the survey read: the one whose listeners
+/// overflowed most during the run.
+fn server_namespace<'a>(i: &'a Inputs) -> Option<&'a NamespaceFacts> {
+    let watched = i.host.watched_netns?;
+    let clients_hurt =
+        i.agg.total.syn_retransmits > 0 || i.agg.total.rst_received.contains_key("ESTABLISHED");
+    if !clients_hurt
+        || i.host.counter("TcpExtListenOverflows") > 0
+        || i.host.counter("TcpExtListenDrops") > 0
+    {
+        return None;
+    }
+    i.host
+        .namespaces
+        .iter()
+        .filter(|ns| ns.inode != watched && ns.counter("TcpExtListenOverflows") > 0)
+        .max_by_key(|ns| ns.counter("TcpExtListenOverflows"))
+}
+
 /// Cause 2: a listener's accept queue is full; SYNs / final ACKs are
 /// dropped, clients retransmit their SYN and connects take 1 s, 3 s...;
 /// with `tcp_abort_on_overflow=1` the clients get an RST instead.
 pub(super) fn accept_queue(i: &Inputs) -> Outcome {
-    let overflows = i.host.counter("TcpExtListenOverflows");
-    let drops = i.host.counter("TcpExtListenDrops");
+    let server_ns = server_namespace(i);
+    let counted = server_ns.map_or(Counted::Watched(i.host), Counted::ServerNamespace);
+    let overflows = counted.counter("TcpExtListenOverflows");
+    let drops = counted.counter("TcpExtListenDrops");
     let syn = i.agg.total.syn_retransmits;
     let synack = i.agg.total.synack_retransmits;
-    let abort_on_overflow = i.host.sysctl_u64("net.ipv4.tcp_abort_on_overflow") == Some(1);
+    // The sysctl is the namespace's own: for a server elsewhere, its
+    // embryonic resets say it is on (`tcp_check_req`).
+    let abort_on_overflow = match server_ns {
+        Some(ns) => ns.counter("TcpExtEmbryonicRsts") > 0,
+        None => i.host.sysctl_u64("net.ipv4.tcp_abort_on_overflow") == Some(1),
+    };
+    let resets_in_use = i
+        .agg
+        .total
+        .rst_received
+        .get("ESTABLISHED")
+        .copied()
+        .unwrap_or(0);
     let mut full: Vec<&Listener> = Vec::new();
     for l in all_listeners(i).filter(|l| at_limit(l)) {
         if !full.iter().any(|f| f.local == l.local) {
@@ -122,7 +190,7 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
         .map_or(0, |(_, t)| t.total());
     let checked = format!(
         "accept queues: {}, SYN retransmits {syn}, SYN-ACK retransmits {synack}, {} listener(s) seen full, tcp_abort_on_overflow {}",
-        counter_line(i.host, &["TcpExtListenOverflows", "TcpExtListenDrops"]),
+        counted.line(&["TcpExtListenOverflows", "TcpExtListenDrops"]),
         full.len(),
         i.host
             .sysctl("net.ipv4.tcp_abort_on_overflow")
@@ -132,6 +200,9 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
         && (syn > 0 || synack > 0 || !full.is_empty() || trouble_at_listener > 0)
     {
         Confidence::High
+    } else if overflows > 0 && server_ns.is_some() {
+        // Clients hurt here, overflows where their server listens.
+        Confidence::High
     } else if overflows > 0 || drops > 0 || (syn >= 3 && !full.is_empty()) {
         Confidence::Medium
     } else {
@@ -140,22 +211,46 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
             findings: Vec::new(),
         };
     };
-    let clients = processes_with(i.agg, |s| s.syn_retransmits);
+    // Clients of a server elsewhere also count the RSTs an overflow
+    // turned into (their handshake done, the server's refused).
+    let clients = processes_with(i.agg, |s| {
+        let refused_in_use = server_ns.map_or(0, |_| {
+            s.rst_received.get("ESTABLISHED").copied().unwrap_or(0)
+        });
+        s.syn_retransmits + refused_in_use
+    });
     let culprit = culprit(i, &clients);
     let listener_text = culprit
         .as_ref()
         .map_or_else(|| "a local listener".into(), Culprit::text);
-    let resets = culprit
-        .as_ref()
-        .and_then(|c| c.trouble)
-        .map_or(0, |t| t.resets.get(OVERFLOW_RESET).copied().unwrap_or(0));
+    let resets = match server_ns {
+        // What the clients received; the server's side is not traced.
+        Some(_) if abort_on_overflow => resets_in_use,
+        Some(_) => 0,
+        None => culprit
+            .as_ref()
+            .and_then(|c| c.trouble)
+            .map_or(0, |t| t.resets.get(OVERFLOW_RESET).copied().unwrap_or(0)),
+    };
     let limit = culprit
         .as_ref()
         .and_then(|c| c.socket)
         .and_then(|l| l.limit);
-    let somaxconn = i.host.sysctl_u64("net.core.somaxconn");
+    // Per-namespace sysctls: the watched namespace's say nothing of a
+    // server listening in another one.
+    let sysctl = |key: &str| {
+        if server_ns.is_some() {
+            None
+        } else {
+            i.host.sysctl_u64(key)
+        }
+    };
+    let somaxconn = sysctl("net.core.somaxconn");
 
     let mut summary = format!("the accept queue of {listener_text}");
+    if let Some(ns) = server_ns {
+        summary.push_str(&format!(" in {}", ns.label()));
+    }
     if let Some(limit) = limit {
         summary.push_str(&format!(" (limit {limit})"));
     }
@@ -179,16 +274,19 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
     );
     f.evidence.push(format!(
         "{} over {:.1} s",
-        counter_line(
-            i.host,
-            &[
-                "TcpExtListenOverflows",
-                "TcpExtListenDrops",
-                "TcpExtTCPReqQFullDrop"
-            ]
-        ),
+        counted.line(&[
+            "TcpExtListenOverflows",
+            "TcpExtListenDrops",
+            "TcpExtTCPReqQFullDrop"
+        ]),
         i.seconds
     ));
+    if let Some(ns) = server_ns {
+        f.evidence.push(format!(
+            "the watched namespace's own listeners did not overflow; its clients' SYN retransmits ({syn}) and RSTs on connections just established ({resets_in_use}) match the overflows of {}, the namespace of this host whose listeners overflowed most",
+            ns.label()
+        ));
+    }
     if let Some(c) = &culprit {
         let mut line = format!("listener {}", c.text());
         if let Some(limit) = limit {
@@ -207,8 +305,13 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
     }
     if abort_on_overflow {
         f.evidence.push(format!(
-            "net.ipv4.tcp_abort_on_overflow=1: a client whose handshake completes while the queue is full gets an RST instead of a retried handshake ({resets} RSTs with reason {OVERFLOW_RESET} from the listener, TcpExtEmbryonicRsts {:+}); clients see \"connection reset by peer\" right after connecting",
-            i.host.counter("TcpExtEmbryonicRsts")
+            "net.ipv4.tcp_abort_on_overflow=1: a client whose handshake completes while the queue is full gets an RST instead of a retried handshake ({resets} RSTs {}, TcpExtEmbryonicRsts {:+}); clients see \"connection reset by peer\" right after connecting",
+            if server_ns.is_some() {
+                "received by the clients on connections just established".to_string()
+            } else {
+                format!("with reason {OVERFLOW_RESET} from the listener")
+            },
+            counted.counter("TcpExtEmbryonicRsts")
         ));
     } else if synack > 0 {
         f.evidence.push(format!(
@@ -267,12 +370,12 @@ pub(super) fn accept_queue(i: &Inputs) -> Outcome {
         "Accept faster in {server}: more accept threads / workers, no blocking work (a full worker pool, a lock) between accept() calls."
     ));
     if abort_on_overflow {
-        f.fix.push(
-            "Set net.ipv4.tcp_abort_on_overflow=0 (now 1) unless clients must fail fast: an overflow then delays the handshake (the client's ACK is retried) instead of resetting the connection."
-                .into(),
-        );
+        f.fix.push(format!(
+            "Set net.ipv4.tcp_abort_on_overflow=0 ({}) unless clients must fail fast: an overflow then delays the handshake (the client's ACK is retried) instead of resetting the connection.",
+            server_ns.map_or_else(|| "now 1".to_string(), |ns| format!("on in {}", ns.label()))
+        ));
     }
-    if let Some(v) = i.host.sysctl_u64("net.ipv4.tcp_max_syn_backlog")
+    if let Some(v) = sysctl("net.ipv4.tcp_max_syn_backlog")
         && v < 4096
     {
         f.fix.push(format!(

@@ -18,6 +18,7 @@ mod refused;
 mod resets;
 mod timeout;
 mod unexplained;
+mod wake;
 
 use std::net::SocketAddr;
 
@@ -77,6 +78,12 @@ pub const RULES: [Rule; 16] = [
 /// (`unexplained`: it reads their findings, so it runs last).
 pub fn evaluate(inputs: &Inputs) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = RULES.iter().map(|rule| rule(inputs)).collect();
+    wake::lower_wakes(
+        &mut outcomes
+            .iter_mut()
+            .flat_map(|o| o.findings.iter_mut())
+            .collect::<Vec<_>>(),
+    );
     let found: Vec<Finding> = outcomes
         .iter()
         .flat_map(|o| o.findings.iter().cloned())

@@ -219,6 +219,87 @@ fn accept_queue_overflow_needs_the_counters() {
     );
 }
 
+/// `--netns` on the clients of a server in another namespace of the
+/// host: the overflows are counted where the server listens.
+#[test]
+fn accept_queue_overflow_of_a_server_in_another_namespace() {
+    use crate::diagnosis::facts::NamespaceFacts;
+    const CLIENTS: u32 = 4026532001;
+    const SERVER: u32 = 4026532002;
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.extend(connect(300 + n, 10, 77, "loadgen", "10.9.0.2:5000"));
+        events.push(
+            ev(K::RstReceived, 20 + n)
+                .sock(300 + n)
+                .owner(77, "loadgen")
+                .remote("10.9.0.2:5000")
+                .state("ESTABLISHED")
+                .build(),
+        );
+    }
+    let namespace = |inode: u32, name: &str, counters: &[(&str, i64)]| NamespaceFacts {
+        inode,
+        name: name.into(),
+        watched: inode == CLIENTS,
+        counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..NamespaceFacts::default()
+    };
+    let mut host = counters(&[]);
+    host.watched_netns = Some(CLIENTS);
+    host.namespaces = vec![
+        namespace(CLIENTS, "cli", &[]),
+        namespace(
+            SERVER,
+            "srv",
+            &[
+                ("TcpExtListenOverflows", 40),
+                ("TcpExtListenDrops", 40),
+                ("TcpExtEmbryonicRsts", 10),
+            ],
+        ),
+    ];
+    let (findings, _) = run(&events, &host);
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::AcceptQueueOverflow, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High);
+    assert!(top.summary.contains("10.9.0.2:5000"), "{}", top.summary);
+    assert!(top.summary.contains("netns srv"), "{}", top.summary);
+    assert_eq!(top.figures["listen_overflows"], 40.0);
+    assert_eq!(top.figures["overflow_resets"], 10.0);
+    assert_eq!(top.affected[0].pid, 77);
+    // The resets are the overflow's, not the peer aborting connections
+    // in use: said at low, not as a second problem.
+    let serious: Vec<Cause> = findings
+        .iter()
+        .filter(|f| f.confidence > Confidence::Low)
+        .map(|f| f.cause)
+        .collect();
+    assert_eq!(serious, vec![Cause::AcceptQueueOverflow], "{findings:#?}");
+    let reset = findings
+        .iter()
+        .find(|f| f.cause == Cause::LingerZeroAbort)
+        .expect("the resets are still listed");
+    assert!(
+        reset
+            .evidence
+            .last()
+            .unwrap()
+            .contains("wake of the accept queue overflow"),
+        "{reset:#?}"
+    );
+    // The same clients, with no namespace of the host overflowing: no
+    // overflow to blame.
+    host.namespaces[1].counters.clear();
+    let (findings, _) = run(&events, &host);
+    assert!(
+        findings
+            .iter()
+            .all(|f| f.cause != Cause::AcceptQueueOverflow),
+        "{findings:#?}"
+    );
+}
+
 #[test]
 fn time_wait_filling_the_port_range_is_port_exhaustion() {
     let mut events = Vec::new();
