@@ -47,11 +47,21 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
         return none();
     }
     let icmp_seen = icmp_v4 + icmp_v6 > 0;
+    // A hop drops a packet as PKT_TOO_BIG right after sending its ICMP
+    // "fragmentation needed" (`ip_forward`, `ip6_forward`): that is path
+    // MTU discovery at work, a black hole only when the ICMP never
+    // reaches the sender, which then retransmits on timeout (the
+    // signature). With the ICMP received and no such retransmits, the
+    // path works.
+    if !black_hole && icmp_seen {
+        return none();
+    }
     let confidence = if black_hole && (!icmp_seen || too_big_drops > 0) {
         Confidence::High
-    } else if black_hole || too_big_drops >= MIN_RETRANSMITS {
+    } else if black_hole {
         Confidence::Medium
     } else {
+        // Drops at a hop, the sender not watched: worth listing.
         Confidence::Low
     };
     let hit = processes_with(i.agg, |s| s.full_size_retransmits);

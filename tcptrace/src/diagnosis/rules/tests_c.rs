@@ -95,6 +95,37 @@ fn full_size_retransmits_on_timeout_are_a_pmtu_black_hole() {
     assert!(find(&run(&mixed, &host), Cause::PmtuBlackHole).is_none());
 }
 
+/// Path MTU discovery that works: a hop drops the first full-size
+/// packets as PKT_TOO_BIG and sends its ICMP, the sender lowers its MSS;
+/// a few retransmits, none on timeout.
+#[test]
+fn pmtu_discovery_at_work_is_no_finding() {
+    const PKT_TOO_BIG: u32 = 93;
+    let mut events = retransmits(3, 1448);
+    for t in 0..30u64 {
+        events.push(
+            ev(K::Drop, 300 + t)
+                .owner(51, "uploader")
+                .local("10.0.0.9:41000")
+                .remote("10.0.0.2:443")
+                .dropped(PKT_TOO_BIG, 0x18)
+                .build(),
+        );
+    }
+    let host = counters(&[("IcmpMsgInType3", 33), ("TcpOutSegs", 4000)]);
+    let findings = run(&events, &host);
+    assert!(findings.is_empty(), "{findings:#?}");
+    // The same drops with no ICMP received (the sender not watched, or
+    // the ICMP filtered) are listed, at low only.
+    let findings = run(&events, &counters(&[("TcpOutSegs", 4000)]));
+    let f = find(&findings, Cause::PmtuBlackHole).expect("listed");
+    assert_eq!(f.confidence, Confidence::Low, "{findings:#?}");
+    assert!(
+        findings.iter().all(|f| f.confidence == Confidence::Low),
+        "{findings:#?}"
+    );
+}
+
 #[test]
 fn loss_is_judged_against_segments_sent() {
     let events = retransmits(30, 600);

@@ -57,6 +57,12 @@ const DUPLICATE_DROPS: [&str; 4] = [
     "TCP_OFOMERGE",
 ];
 
+/// A hop's drop of a packet longer than its next link, sent right after
+/// its ICMP "fragmentation needed" (`ip_forward`): path MTU discovery at
+/// work. When the ICMP never arrives, `pmtu_black_hole` judges it from
+/// the sender's retransmits.
+const PMTU_DISCOVERY_DROP: &str = "PKT_TOO_BIG";
+
 /// The incidents of one group, with counts.
 fn incidents(s: &Stats) -> Vec<(Incident, u64)> {
     let mut out = Vec::new();
@@ -82,7 +88,7 @@ fn incidents(s: &Stats) -> Vec<(Incident, u64)> {
     out.extend(
         s.drops
             .iter()
-            .filter(|(r, _)| !DUPLICATE_DROPS.contains(r))
+            .filter(|(r, _)| !DUPLICATE_DROPS.contains(r) && **r != PMTU_DISCOVERY_DROP)
             .map(|(r, n)| (Incident::Drop(r), *n)),
     );
     out.retain(|(_, n)| *n > 0);
