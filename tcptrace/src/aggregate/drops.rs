@@ -67,6 +67,10 @@ pub struct DropGroup {
     /// By (local, remote) as the events give them (local: the
     /// destination of a received packet).
     pub flows: TopN<(SocketAddr, SocketAddr), u64>,
+    /// Connection attempts (SYNs) by the local address they were for:
+    /// with no socket for them (`NO_SOCKET`), the ports nothing listens
+    /// on.
+    pub syn_targets: TopN<SocketAddr, u64>,
     /// By the process whose connection it was (pid 0: nobody known).
     pub owners: TopN<u32, DropOwner>,
 }
@@ -80,6 +84,7 @@ impl Default for DropGroup {
             resets: 0,
             incoming: 0,
             flows: TopN::new(MAX_PER_GROUP),
+            syn_targets: TopN::new(MAX_PER_GROUP),
             owners: TopN::new(MAX_PER_GROUP),
         }
     }
@@ -135,8 +140,11 @@ impl Drops {
             .entry(&DropKey { netns, reason }, DropGroup::default);
         group.count += 1;
         let flags = dropped.tcp_flags;
+        let local = SocketAddr::new(ev.local.ip().to_canonical(), ev.local.port());
+        let remote = SocketAddr::new(ev.remote.ip().to_canonical(), ev.remote.port());
         if flags & SYN != 0 && flags & ACK == 0 {
             group.syns += 1;
+            *group.syn_targets.entry(&local, || 0) += 1;
         } else if flags & SYN != 0 {
             group.synacks += 1;
         }
@@ -144,8 +152,6 @@ impl Drops {
             group.resets += 1;
         }
         group.incoming += u64::from(dropped.incoming);
-        let local = SocketAddr::new(ev.local.ip().to_canonical(), ev.local.port());
-        let remote = SocketAddr::new(ev.remote.ip().to_canonical(), ev.remote.port());
         *group.flows.entry(&(local, remote), || 0) += 1;
         let (pid, comm, cgroup_id, elsewhere) = match (&ev.owner, flows.holder(local, remote)) {
             (Some(o), _) => (o.pid, o.comm, o.cgroup_id, false),
@@ -190,6 +196,7 @@ impl Drops {
                     resets,
                     incoming,
                     flows,
+                    syn_targets,
                     owners,
                 } = theirs;
                 ours.count += count;
@@ -198,6 +205,8 @@ impl Drops {
                 ours.resets += resets;
                 ours.incoming += incoming;
                 ours.flows.merge_from(flows, || 0, |a, b| *a += b);
+                ours.syn_targets
+                    .merge_from(syn_targets, || 0, |a, b| *a += b);
                 ours.owners.merge_from(
                     owners,
                     || DropOwner {

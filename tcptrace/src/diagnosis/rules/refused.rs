@@ -2,22 +2,34 @@
 
 use super::*;
 
-/// Cause 9: connects answered by an RST (ECONNREFUSED).
+/// Connects refused this many times make it sure (high); fewer, medium.
+const SURE_FROM: u64 = 3;
+
+/// Cause 9: connects answered by an RST (ECONNREFUSED). Seen from the
+/// clients (their connects refused), or, when they are not watched, from
+/// the host that should serve them: SYNs dropped for want of a socket.
 pub(super) fn nothing_listening(i: &Inputs) -> Outcome {
     let refused = i.agg.total.refused;
     let failed = i.agg.total.connect_failed;
-    let checked = format!(
+    let here = refused_here(i);
+    let mut checked = format!(
         "refused connects: {refused} of {} attempts ({failed} failed in all)",
         i.agg.total.connects + failed
     );
+    if let Some(r) = &here {
+        checked.push_str(&format!(
+            "; {} SYNs to {} found no socket",
+            r.syns, r.target
+        ));
+    }
     let hit = processes_with(i.agg, |s| s.refused);
     let Some((pid, process, n)) = hit.first().copied() else {
         return Outcome {
             checked,
-            findings: Vec::new(),
+            findings: here.map(|r| r.finding(i)).into_iter().collect(),
         };
     };
-    let confidence = if n >= 3 {
+    let confidence = if n >= SURE_FROM {
         Confidence::High
     } else {
         Confidence::Medium
@@ -48,5 +60,84 @@ pub(super) fn nothing_listening(i: &Inputs) -> Outcome {
     Outcome {
         checked,
         findings: vec![f],
+    }
+}
+
+/// Refusals as the host that should serve them sees them.
+struct RefusedHere {
+    /// The local address and port the SYNs were for.
+    target: SocketAddr,
+    /// SYNs to it dropped for want of a socket.
+    syns: u64,
+    /// The namespace that dropped them.
+    netns: u32,
+    /// The client that sent most of them.
+    client: Option<SocketAddr>,
+}
+
+/// The local address most SYNs were dropped for with no socket
+/// (`NO_SOCKET`: no listener on it, `tcp_v4_rcv` / `tcp_v6_rcv`
+/// `no_tcp_socket`, each answered by an RST), in the watched namespace (or
+/// anywhere host-wide); `None` under `SURE_FROM` SYNs.
+fn refused_here(i: &Inputs) -> Option<RefusedHere> {
+    i.agg
+        .drops
+        .with_reason("NO_SOCKET")
+        .into_iter()
+        .filter(|(key, _)| i.host.watched_netns.is_none_or(|w| w == key.netns))
+        .flat_map(|(key, group)| {
+            group.syn_targets.iter().map(move |(target, syns)| {
+                let client = group
+                    .top_flows()
+                    .into_iter()
+                    .find(|((local, _), _)| local == target)
+                    .map(|((_, remote), _)| SocketAddr::new(remote.ip(), 0));
+                RefusedHere {
+                    target: *target,
+                    syns: *syns,
+                    netns: key.netns,
+                    client,
+                }
+            })
+        })
+        .filter(|r| r.syns >= SURE_FROM)
+        .max_by_key(|r| (r.syns, std::cmp::Reverse(r.target)))
+}
+
+impl RefusedHere {
+    fn finding(&self, i: &Inputs) -> Finding {
+        let target = self.target;
+        let place = i.host.namespace_label(self.netns);
+        let from = self
+            .client
+            .map_or_else(String::new, |c| format!(" from {}", c.ip()));
+        let mut f = Finding::new(
+            Cause::NothingListening,
+            Confidence::High,
+            self.syns,
+            format!(
+                "nothing listens on {target} in {place}: {} connection attempts{from} were refused",
+                self.syns
+            ),
+        );
+        f.evidence.push(format!(
+            "{} SYNs to {target}{from} dropped for want of a socket (drop reason NO_SOCKET) and answered by an RST: the clients get ECONNREFUSED",
+            self.syns
+        ));
+        f.evidence.push(format!(
+            "{} over {:.1} s",
+            counter_line(i.host, &["TcpOutRsts", "TcpAttemptFails"]),
+            i.seconds
+        ));
+        f.figures.insert("refused", self.syns as f64);
+        f.fix.push(format!(
+            "Start (or restart) the service that should listen on port {} ({target}), or point the clients at the right address/port; `ss -ltnp` shows what listens.",
+            target.port()
+        ));
+        f.fix.push(
+            "Take the address out of the load balancer's pool (or fail its readiness check) while the service is down."
+                .into(),
+        );
+        f
     }
 }

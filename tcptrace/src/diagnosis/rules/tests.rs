@@ -493,6 +493,51 @@ fn refused_connects_mean_nothing_listens() {
     );
 }
 
+/// The server's host, the clients elsewhere: each SYN to a port nothing
+/// listens on is dropped (NO_SOCKET) and answered by an RST.
+#[test]
+fn syns_to_a_port_nothing_listens_on_are_refusals() {
+    let mut events = Vec::new();
+    for n in 0..6 {
+        let client = format!("10.0.0.1:{}", 40000 + n);
+        events.push(
+            ev(K::Drop, 10 + n)
+                .local("10.0.0.9:5432")
+                .remote(&client)
+                .dropped_incoming(2, 0x02)
+                .build(),
+        );
+        events.push(
+            ev(K::RstSent, 10 + n)
+                .local("10.0.0.9:5432")
+                .remote(&client)
+                .reason("NO_SOCKET")
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    assert_eq!(
+        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        vec![Cause::NothingListening],
+        "{findings:#?}"
+    );
+    let f = &findings[0];
+    assert_eq!(f.confidence, Confidence::High);
+    assert!(f.summary.contains("10.0.0.9:5432"), "{}", f.summary);
+    assert!(
+        f.summary.contains("6 connection attempts from 10.0.0.1"),
+        "{}",
+        f.summary
+    );
+    assert!(f.fix[0].contains("port 5432"), "{}", f.fix[0]);
+    // Two stray SYNs are no outage.
+    let (findings, _) = run(&events[..4], &counters(&[]));
+    assert!(
+        findings.iter().all(|f| f.cause != Cause::NothingListening),
+        "{findings:#?}"
+    );
+}
+
 #[test]
 fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
     let mut events = Vec::new();
