@@ -268,6 +268,14 @@ impl HostFacts {
     }
 }
 
+/// The 10 endpoints with the most sockets, most first.
+fn most_first(by_peer: HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
+    let mut by_peer: Vec<_> = by_peer.into_iter().collect();
+    by_peer.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    by_peer.truncate(10);
+    by_peer
+}
+
 /// A socket table reduced to what the rules use.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SocketFacts {
@@ -278,6 +286,10 @@ pub struct SocketFacts {
     /// (local port a listener's) are left out: their remote ports are
     /// the clients' ephemeral ports, and they hold none of ours.
     pub time_wait_by_peer: Vec<(SocketAddr, u64)>,
+    /// Client-side sockets in any state by remote endpoint, most first
+    /// (top 10): each holds one of this host's ephemeral ports, whether
+    /// in TIME_WAIT or still open (a leak, an unbounded pool).
+    pub held_by_peer: Vec<(SocketAddr, u64)>,
     /// Listening sockets with their accept queues.
     pub listeners: Vec<Listener>,
 }
@@ -289,6 +301,7 @@ impl SocketFacts {
     pub fn of(sockets: &[TcpSocket]) -> SocketFacts {
         let mut facts = SocketFacts::default();
         let mut time_wait: HashMap<SocketAddr, u64> = HashMap::new();
+        let mut held: HashMap<SocketAddr, u64> = HashMap::new();
         let listening: std::collections::HashSet<u16> = sockets
             .iter()
             .filter(|s| s.state == TcpState::Listen)
@@ -296,6 +309,11 @@ impl SocketFacts {
             .collect();
         for s in sockets {
             *facts.states.entry(s.state.name().to_string()).or_default() += 1;
+            let client_side = s.state != TcpState::Listen && !listening.contains(&s.local.port());
+            if client_side {
+                let remote = SocketAddr::new(s.remote.ip().to_canonical(), s.remote.port());
+                *held.entry(remote).or_default() += 1;
+            }
             match s.state {
                 TcpState::TimeWait if listening.contains(&s.local.port()) => {}
                 TcpState::TimeWait => {
@@ -314,10 +332,8 @@ impl SocketFacts {
                 _ => {}
             }
         }
-        let mut by_peer: Vec<_> = time_wait.into_iter().collect();
-        by_peer.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        by_peer.truncate(10);
-        facts.time_wait_by_peer = by_peer;
+        facts.time_wait_by_peer = most_first(time_wait);
+        facts.held_by_peer = most_first(held);
         facts
     }
 

@@ -86,6 +86,9 @@ impl ListenerRecord {
 pub(super) struct SocketsRecord {
     states: BTreeMap<String, u64>,
     time_wait_by_peer: Vec<(SocketAddr, u64)>,
+    /// Absent from records written before it.
+    #[serde(default)]
+    held_by_peer: Vec<(SocketAddr, u64)>,
     listeners: Vec<ListenerRecord>,
 }
 
@@ -109,6 +112,7 @@ impl ReadingRecord {
             sockets: r.sockets.as_ref().map(|s| SocketsRecord {
                 states: s.states.clone(),
                 time_wait_by_peer: s.time_wait_by_peer.clone(),
+                held_by_peer: s.held_by_peer.clone(),
                 listeners: s.listeners.iter().map(ListenerRecord::from).collect(),
             }),
             conntrack: r.conntrack.clone(),
@@ -125,6 +129,7 @@ pub(super) fn reading(r: &ReadingRecord) -> (Moment, HostReading) {
         sockets: r.sockets.as_ref().map(|s| SocketFacts {
             states: s.states.clone(),
             time_wait_by_peer: s.time_wait_by_peer.clone(),
+            held_by_peer: s.held_by_peer.clone(),
             listeners: s
                 .listeners
                 .iter()

@@ -339,6 +339,57 @@ fn time_wait_filling_the_port_range_is_port_exhaustion() {
     assert!(run(&events, &host).0.is_empty());
 }
 
+/// A process that never closes its connections holds every port of the
+/// range open; its next connects fail at once (EADDRNOTAVAIL, no SYN).
+#[test]
+fn open_connections_filling_the_port_range_are_port_exhaustion() {
+    let dest = "198.18.0.2:8080";
+    let mut events = Vec::new();
+    for n in 0..10 {
+        events.extend(connect(500 + n, 10 + n, 56, "leaky", dest));
+    }
+    for n in 0..8 {
+        events.push(
+            ev(K::ConnectFailed, 100 + n)
+                .sock(600 + n)
+                .owner(56, "leaky")
+                .remote(dest)
+                .transition("SYN_SENT", "CLOSE")
+                .connect_ms(0.01)
+                .build(),
+        );
+    }
+    let mut host = counters(&[]);
+    host.sysctls
+        .insert("net.ipv4.ip_local_port_range".into(), "40000\t40009".into());
+    host.sockets_end = Some(SocketFacts {
+        states: [("ESTABLISHED".to_string(), 10)].into(),
+        held_by_peer: vec![(dest.parse().unwrap(), 10)],
+        ..SocketFacts::default()
+    });
+    let (findings, _) = run(&events, &host);
+    assert_eq!(
+        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        vec![Cause::PortExhaustion],
+        "{findings:#?}"
+    );
+    let top = &findings[0];
+    assert_eq!(top.confidence, Confidence::High);
+    assert_eq!(top.affected[0].pid, 56);
+    assert!(top.summary.contains("10 still open"), "{}", top.summary);
+    assert_eq!(top.figures["failed_connects"], 8.0);
+    assert!(top.fix[0].contains("leak"), "{}", top.fix[0]);
+    assert!(!top.fix.iter().any(|f| f.contains("tcp_tw_reuse")));
+    // The same open connections with every connect working: a big pool,
+    // no failure.
+    let ok: Vec<TcpEvent> = events
+        .iter()
+        .filter(|e| e.kind != K::ConnectFailed)
+        .cloned()
+        .collect();
+    assert!(run(&ok, &host).0.is_empty());
+}
+
 fn resets_sent(pid: u32, comm: &str, reason: &str, n: u64) -> Vec<TcpEvent> {
     (0..n)
         .map(|i| {

@@ -125,7 +125,8 @@ fn explains(cause: Cause, incident: Incident) -> bool {
             I::SocketError(e) => reset_error(e) || e == "ETIMEDOUT",
             I::Refused => false,
         },
-        Cause::PortExhaustion => false,
+        // With no source port left, connect() fails before any SYN.
+        Cause::PortExhaustion => incident == I::ConnectTimeout,
         Cause::CloseWithUnreadData => match incident {
             I::RstReceived(_) => true,
             I::RstSent(r) => r == "TCP_ABORT_ON_CLOSE" || after_reset(r),
