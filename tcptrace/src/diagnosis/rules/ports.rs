@@ -90,12 +90,18 @@ pub(super) fn port_exhaustion(i: &Inputs) -> Outcome {
             "{failed} connects to {dest} failed without an answer: no free source port, connect() fails with EADDRNOTAVAIL before any SYN is sent"
         ));
     }
-    if let Some((pid, p, connects)) = hit.first() {
+    if let Some((pid, p, _)) = hit.first() {
         f.evidence.push(format!(
-            "{} opened {connects} connections to {dest} in {:.1} s and closed {} of them itself (each close holds the port 60 s)",
+            "{} opened {} connections to {dest} in {:.1} s and closed {} of them itself{}",
             who(*pid, &p.comm),
+            p.stats.connects,
             i.seconds,
-            p.stats.active_closes
+            p.stats.active_closes,
+            if time_wait {
+                " (each close holds the port 60 s)"
+            } else {
+                ""
+            }
         ));
     }
     f.figures.insert("time_wait", tw as f64);

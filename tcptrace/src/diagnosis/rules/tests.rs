@@ -377,6 +377,12 @@ fn open_connections_filling_the_port_range_are_port_exhaustion() {
     assert_eq!(top.confidence, Confidence::High);
     assert_eq!(top.affected[0].pid, 56);
     assert!(top.summary.contains("10 still open"), "{}", top.summary);
+    assert!(
+        top.evidence
+            .iter()
+            .any(|e| e.contains("opened 10 connections")),
+        "{top:#?}"
+    );
     assert_eq!(top.figures["failed_connects"], 8.0);
     assert!(top.fix[0].contains("leak"), "{}", top.fix[0]);
     assert!(!top.fix.iter().any(|f| f.contains("tcp_tw_reuse")));
