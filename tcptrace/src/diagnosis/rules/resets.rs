@@ -16,6 +16,15 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         "close with unread data: {events} RSTs with reason TCP_ABORT_ON_CLOSE, TcpExtTCPAbortOnClose {counter:+}"
     );
     let hit = rst_sent_by(i.agg, &["TCP_ABORT_ON_CLOSE"]);
+    if events == 0
+        && counter == 0
+        && let Some(f) = closed_unread_elsewhere(i)
+    {
+        return Outcome {
+            checked,
+            findings: vec![f],
+        };
+    }
     // One stray abort (an unrelated process in host-wide mode) is worth
     // listing, not an alarm.
     let (confidence, score) = match events {
@@ -64,6 +73,59 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
         checked,
         findings: vec![f],
     }
+}
+
+/// Cause 4a seen from the clients (`--netns` on them) of a server in
+/// another namespace of this host: their connections reset while in use,
+/// and that namespace counted closes with unread data
+/// (`TcpExtTCPAbortOnClose`, the one where it rose most).
+fn closed_unread_elsewhere(i: &Inputs) -> Option<Finding> {
+    let watched = i.host.watched_netns?;
+    let server_ns = i
+        .host
+        .namespaces
+        .iter()
+        .filter(|ns| ns.inode != watched && ns.counter("TcpExtTCPAbortOnClose") >= 3)
+        .max_by_key(|ns| ns.counter("TcpExtTCPAbortOnClose"))?;
+    let aborts = server_ns.counter("TcpExtTCPAbortOnClose") as u64;
+    let hit = processes_with(i.agg, |s| s.rst_while_active);
+    let (pid, process, n) = hit.first().copied()?;
+    if n < 3 {
+        return None;
+    }
+    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
+    let me = who(pid, &process.comm);
+    let place = server_ns.label();
+    let mut f = Finding::new(
+        Cause::CloseWithUnreadData,
+        Confidence::High,
+        n,
+        format!(
+            "{peer} in {place} closed connections with unread data: {n} connections of {me} were reset while in use"
+        ),
+    );
+    f.evidence.push(format!(
+        "{n} RSTs received by {me} in ESTABLISHED with no idle gap, no FIN first ({} cut an exchange short)",
+        n - process.stats.rst_received_clean.min(n)
+    ));
+    f.evidence.push(format!(
+        "TcpExtTCPAbortOnClose {aborts:+} in {place} over {:.1} s: its kernel sent an RST instead of a FIN when a close() found received data unread; the namespace of this host where it rose most",
+        i.seconds
+    ));
+    let errors = process.stats.socket_errors_total();
+    if errors > 0 {
+        f.evidence.push(format!(
+            "{me} was handed {errors} socket errors ({})",
+            errno_list(&process.stats)
+        ));
+    }
+    f.figures.insert("resets", n as f64);
+    f.figures.insert("abort_on_close", aborts as f64);
+    f.fix.push(format!(
+        "In the server on {peer}: read the request completely (drain the socket) before close(), or shutdown(SHUT_WR) and read until EOF; HTTP servers must consume the request body before replying with an error (413) and closing. `tcptrace diagnose --netns` on {place} names the process."
+    ));
+    f.affected = affected(&hit, "client");
+    Some(f)
 }
 
 /// Cause 4b: SO_LINGER 0 (or another application abort) resets

@@ -219,10 +219,10 @@ fn accept_queue_overflow_needs_the_counters() {
     );
 }
 
-/// `--netns` on the clients of a server in another namespace of the
-/// host: the overflows are counted where the server listens.
-#[test]
-fn accept_queue_overflow_of_a_server_in_another_namespace() {
+/// `--netns` on pid 77's namespace: its 10 connections to 10.9.0.2:5000
+/// are each reset just after connecting; the server listens in another
+/// namespace of the host ("srv"), which counted `server`.
+fn clients_reset_in_use(server: &[(&str, i64)]) -> (Vec<TcpEvent>, HostFacts) {
     use crate::diagnosis::facts::NamespaceFacts;
     const CLIENTS: u32 = 4026532001;
     const SERVER: u32 = 4026532002;
@@ -249,16 +249,20 @@ fn accept_queue_overflow_of_a_server_in_another_namespace() {
     host.watched_netns = Some(CLIENTS);
     host.namespaces = vec![
         namespace(CLIENTS, "cli", &[]),
-        namespace(
-            SERVER,
-            "srv",
-            &[
-                ("TcpExtListenOverflows", 40),
-                ("TcpExtListenDrops", 40),
-                ("TcpExtEmbryonicRsts", 10),
-            ],
-        ),
+        namespace(SERVER, "srv", server),
     ];
+    (events, host)
+}
+
+/// The clients of a server in another namespace of the host: the
+/// overflows are counted where the server listens.
+#[test]
+fn accept_queue_overflow_of_a_server_in_another_namespace() {
+    let (events, mut host) = clients_reset_in_use(&[
+        ("TcpExtListenOverflows", 40),
+        ("TcpExtListenDrops", 40),
+        ("TcpExtEmbryonicRsts", 10),
+    ]);
     let (findings, _) = run(&events, &host);
     let top = &findings[0];
     assert_eq!(top.cause, Cause::AcceptQueueOverflow, "{findings:#?}");
@@ -422,6 +426,36 @@ fn close_with_unread_data_names_the_closer() {
     // Kernels without reasons: the counter alone, less sure.
     let (findings, _) = run(&[], &counters(&[("TcpExtTCPAbortOnClose", 4)]));
     assert_eq!(findings[0].confidence, Confidence::Medium);
+}
+
+/// The clients of a server in another namespace of the host that closes
+/// with unread data (a 413 before reading the upload): named from that
+/// namespace's counter, the resets at the clients its wake.
+#[test]
+fn close_with_unread_data_of_a_server_in_another_namespace() {
+    let (events, mut host) = clients_reset_in_use(&[("TcpExtTCPAbortOnClose", 10)]);
+    let (findings, _) = run(&events, &host);
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::CloseWithUnreadData, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High);
+    assert!(
+        top.summary.contains("10.9.0.2:5000 in netns srv"),
+        "{}",
+        top.summary
+    );
+    assert_eq!(top.figures["abort_on_close"], 10.0);
+    assert_eq!(high(&findings), vec![Cause::CloseWithUnreadData]);
+    assert!(
+        findings
+            .iter()
+            .skip(1)
+            .all(|f| f.confidence == Confidence::Low),
+        "{findings:#?}"
+    );
+    // Without the counter there, the resets stay the peer's aborts.
+    host.namespaces[1].counters.clear();
+    let (findings, _) = run(&events, &host);
+    assert_eq!(findings[0].cause, Cause::LingerZeroAbort, "{findings:#?}");
 }
 
 #[test]
