@@ -136,6 +136,12 @@ pub struct Stats {
     /// RSTs received in ESTABLISHED on a connection in use (no quiet
     /// gap): the peer (or something in between) aborted it.
     pub rst_while_active: u64,
+    /// RSTs received on an accepted connection idle both ways for a
+    /// quiet gap (this server sent nothing either): the client dropped
+    /// its idle connection abortively (pool eviction with SO_LINGER 0, a
+    /// proxy purging idle server connections); not counted in
+    /// `rst_after_quiet_gap`.
+    pub rst_on_idle_accepted: u64,
     /// RSTs received in CLOSE_WAIT: the peer had closed (FIN), the
     /// application still sent on the connection.
     pub rst_after_peer_close: u64,
@@ -238,6 +244,7 @@ impl Default for Stats {
             rst_after_quiet_gap: 0,
             rst_after_quiet_gap_from_local: 0,
             rst_while_active: 0,
+            rst_on_idle_accepted: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
             peer_close_idle: Dist::new(Dist::MILLIS),
@@ -836,6 +843,7 @@ struct Update {
     idle_before_rst_ns: Option<u64>,
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
+    idle_dropped_rst: bool,
     active_rst: bool,
     /// A received RST's origin, and the hops closer of a middlebox's.
     rst_origin: Option<(&'static str, Option<u8>)>,
@@ -935,8 +943,17 @@ impl Update {
                         // Only here is "idle" the connection's idle gap;
                         // in SYN_SENT nothing was ever received.
                         u.idle_before_rst_ns = ev.idle_recv_ns;
-                        u.quiet_gap_rst = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
-                        u.active_rst = !u.quiet_gap_rst;
+                        let quiet = ev.idle_recv_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                        // A server's accepted connection idle both ways
+                        // (it sent nothing either): no send of ours met a
+                        // forgotten flow; the client dropped its idle
+                        // connection with an RST (a pool evicting with
+                        // SO_LINGER 0, a proxy purging idle server
+                        // connections).
+                        u.idle_dropped_rst =
+                            quiet && passive && ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                        u.quiet_gap_rst = quiet && !u.idle_dropped_rst;
+                        u.active_rst = !quiet;
                     }
                     // A client reusing a connection its server had closed;
                     // on the server's own (accepted) side an RST in
@@ -1102,6 +1119,7 @@ impl Update {
         }
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
         s.rst_while_active += u64::from(self.active_rst);
+        s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
         if let Some((origin, hops)) = self.rst_origin {
             *s.rst_origin.entry(origin).or_default() += 1;
             if let Some(hops) = hops {

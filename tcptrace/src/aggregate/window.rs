@@ -139,6 +139,7 @@ impl Stats {
             rst_after_quiet_gap,
             rst_after_quiet_gap_from_local,
             rst_while_active,
+            rst_on_idle_accepted,
             rst_after_peer_close,
             reuse_after_peer_close,
             peer_close_idle,
@@ -189,6 +190,7 @@ impl Stats {
         self.rst_after_quiet_gap += rst_after_quiet_gap;
         self.rst_after_quiet_gap_from_local += rst_after_quiet_gap_from_local;
         self.rst_while_active += rst_while_active;
+        self.rst_on_idle_accepted += rst_on_idle_accepted;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);
         self.peer_close_idle.merge(peer_close_idle);

@@ -426,3 +426,60 @@ fn accepted_connections_reset_in_close_wait_are_no_keepalive_timeout() {
         "{findings:#?}"
     );
 }
+
+/// Accepted connections, each answered then reset by its client after
+/// `idle_ms` of silence both ways (`sent_ms_before`: how long before the
+/// RST this server last sent).
+fn clients_drop_idle(idle_ms: u64, sent_ms_before: u64) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for sock in 1..=8u64 {
+        let client = format!("10.106.0.1:{}", 41000 + sock);
+        events.push(
+            ev(K::State, sock * 10)
+                .sock(sock)
+                .owner(80, "ledger-api")
+                .local("10.106.0.2:8080")
+                .remote(&client)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, sock * 10 + idle_ms)
+                .sock(sock)
+                .owner(80, "ledger-api")
+                .local("10.106.0.2:8080")
+                .remote(&client)
+                .state("ESTABLISHED")
+                .idle_ms(sent_ms_before, idle_ms)
+                // Nothing in flight, the request (received 10 ms before
+                // the answer) answered.
+                .queues(0, 0, idle_ms + 10)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn clients_dropping_idle_connections_with_an_rst_are_benign() {
+    // A pool (or a proxy) evicting its idle connections to this server
+    // with SO_LINGER 0: the server sent nothing in the gap either.
+    let findings = diagnose_events(&clients_drop_idle(4_300, 4_300), &HostFacts::default());
+    assert!(serious(&findings).is_empty(), "{findings:#?}");
+    let f = findings
+        .iter()
+        .find(|f| f.cause == Cause::LingerZeroAbort)
+        .expect("listed as the clients' abortive close");
+    assert!(
+        f.evidence[0].contains("8 on connections idle both ways"),
+        "{f:#?}"
+    );
+    // The server answering after the same gap (its send met the reset):
+    // something in between forgot the flows.
+    let findings = diagnose_events(&clients_drop_idle(4_300, 0), &HostFacts::default());
+    assert_eq!(
+        serious(&findings),
+        vec![Cause::LbIdleTimeout],
+        "{findings:#?}"
+    );
+}

@@ -360,9 +360,11 @@ pub(super) fn forged_on_path(i: &Inputs) -> Outcome {
 /// design (low); when they cut exchanges short (data in flight or
 /// unread, a request unanswered) the peer aborted them (medium).
 fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
-    // RSTs a device on the path forged are `forged_on_path`'s, not the peer's.
+    // RSTs a device on the path forged are `forged_on_path`'s, not the
+    // peer's. A client dropping its idle connection to this server is
+    // the peer's abortive close too.
     let hit = processes_with(i.agg, |s| {
-        s.rst_while_active.saturating_sub(s.forged_while_active)
+        s.rst_while_active.saturating_sub(s.forged_while_active) + s.rst_on_idle_accepted
     });
     let Some((pid, process, n)) = hit.first().copied() else {
         return Vec::new();
@@ -395,8 +397,17 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         hit.iter().map(|h| h.2).sum(),
         summary,
     );
+    let idle = process.stats.rst_on_idle_accepted.min(n);
     f.evidence.push(format!(
-        "{n} RSTs received by {me} ({role}) in ESTABLISHED with no idle gap, no FIN first; no local process sent such RSTs"
+        "{n} RSTs received by {me} ({role}) in ESTABLISHED, no FIN first{}; no local process sent such RSTs",
+        if idle > 0 {
+            format!(
+                ": {idle} on connections idle both ways (the client dropped an idle connection), {} with no idle gap",
+                n - idle
+            )
+        } else {
+            " and no idle gap".to_string()
+        }
     ));
     f.evidence.push(format!(
         "{clean} of them after a complete exchange (nothing unacknowledged, nothing unread, the last request answered), {lossy} cut an exchange short ({} with data in flight or unread)",
