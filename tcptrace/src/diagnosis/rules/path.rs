@@ -22,6 +22,12 @@ const OTHER_CAUSES: [&str; 6] = [
     "TCP_INVALID_SYN",
 ];
 
+/// SYNs to one local address dropped in the watched namespace that make
+/// its clients' failure sure when they are not watched: each connect
+/// retries its SYN (1 s, 3 s...), so this is one or two clients giving
+/// up.
+const SERVER_SIDE_SURE: u64 = 4;
+
 /// Connects that got no answer at all (failed, not refused).
 fn unanswered(s: &Stats) -> u64 {
     s.connect_failed.saturating_sub(s.refused)
@@ -81,10 +87,20 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
         return nothing(checked);
     }
     let hit = processes_with(i.agg, |s| handshake_retransmits(s) + unanswered(s));
+    // Seen from the server, its clients elsewhere: the SYNs to one local
+    // address dropped here, again and again (each retry drops too).
+    let dropped_here = groups
+        .iter()
+        .filter(|(k, _)| i.host.watched_netns.is_none_or(|w| w == k.netns))
+        .flat_map(|(_, g)| g.syn_targets.iter().map(|(t, n)| (*t, *n)))
+        .max_by_key(|(t, n)| (*n, std::cmp::Reverse(*t)))
+        .filter(|(_, n)| *n >= SERVER_SIDE_SURE);
     let confidence = if dropped >= 2 && syn >= 2 && (failed >= 1 || syn >= 4) {
         Confidence::High
     } else if syn >= 3 && (failed >= 1 || dropped >= 1) {
         Confidence::Medium
+    } else if dropped_here.is_some() {
+        Confidence::High
     } else {
         Confidence::Low
     };
@@ -92,6 +108,7 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
         Some((pid, p, _)) => (*pid, p.comm.clone(), hit.peer(*pid)),
         None => (0, String::new(), None),
     };
+    let peer = peer.or(dropped_here.map(|(target, _)| target));
     let peer_text = peer.map_or_else(|| "their peers".into(), endpoint);
     let client = if pid == 0 && comm.is_empty() {
         "clients".to_string()
@@ -106,13 +123,19 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
     } else {
         format!("SYNs from {client} to {peer_text}")
     };
+    let summary = match dropped_here {
+        Some((target, n)) if syn + failed == 0 => format!(
+            "SYNs to {target} are dropped on this host before they reach it: {n} connection attempts (retries included) from clients elsewhere"
+        ),
+        _ => format!(
+            "{what} are dropped on the way: {syn} handshake retransmits, {failed} connects unanswered"
+        ),
+    };
     let mut f = Finding::new(
         Cause::SynDroppedOnPath,
         confidence,
         syn + failed + dropped,
-        format!(
-            "{what} are dropped on the way: {syn} handshake retransmits, {failed} connects unanswered"
-        ),
+        summary,
     );
     for (pid, p, _) in hit.iter().take(3) {
         let s = &p.stats;

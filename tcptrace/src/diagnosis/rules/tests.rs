@@ -629,6 +629,36 @@ fn syns_to_a_port_nothing_listens_on_are_refusals() {
     );
 }
 
+/// The server's own firewall drops the SYNs to its service; the clients
+/// (elsewhere) retry each SYN, then give up: seen only as drops here.
+#[test]
+fn syns_to_a_local_port_dropped_by_a_local_firewall_are_found_from_the_server() {
+    const NETFILTER_DROP: u32 = 12;
+    let mut events = Vec::new();
+    for n in 0..12u64 {
+        let client = format!("10.108.0.1:{}", 40000 + n / 3);
+        events.push(
+            ev(K::Drop, 10 + n * 1000)
+                .local("10.108.0.2:5432")
+                .remote(&client)
+                .dropped_incoming(NETFILTER_DROP, 0x02)
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::SynDroppedOnPath, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High);
+    assert!(top.summary.contains("10.108.0.2:5432"), "{}", top.summary);
+    assert!(top.fix[0].contains("iptables -L -v -n"), "{}", top.fix[0]);
+    // A few stray SYNs dropped stay a low note.
+    let (findings, _) = run(&events[..3], &counters(&[]));
+    assert!(
+        findings.iter().all(|f| f.confidence == Confidence::Low),
+        "{findings:#?}"
+    );
+}
+
 #[test]
 fn healthy_traffic_has_no_finding_and_says_what_was_checked() {
     let mut events = Vec::new();
