@@ -268,6 +268,13 @@ impl HostFacts {
     }
 }
 
+/// Consecutive retransmission timeouts of one segment from which a
+/// connection counts as stuck: 200 ms + 400 + 800 ms at the least, more
+/// than any loss TCP repairs by itself.
+pub const STUCK_RTOS: u8 = 3;
+/// And no ACK received for this long (ms).
+const STUCK_WITHOUT_ACK_MS: u32 = 1000;
+
 /// The 10 endpoints with the most sockets, most first.
 fn most_first(by_peer: HashMap<SocketAddr, u64>) -> Vec<(SocketAddr, u64)> {
     let mut by_peer: Vec<_> = by_peer.into_iter().collect();
@@ -290,6 +297,12 @@ pub struct SocketFacts {
     /// (top 10): each holds one of this host's ephemeral ports, whether
     /// in TIME_WAIT or still open (a leak, an unbounded pool).
     pub held_by_peer: Vec<(SocketAddr, u64)>,
+    /// Connections stuck when the table was read: the current segment
+    /// retransmitted on timeout `STUCK_RTOS` times or more in a row with
+    /// no ACK for a second (`tcp_info` `tcpi_retransmits`,
+    /// `tcpi_last_ack_recv`), by remote endpoint (a server's clients by
+    /// address, port 0), most first (top 10). Empty without `tcp_info`.
+    pub stuck_by_peer: Vec<(SocketAddr, u64)>,
     /// Listening sockets with their accept queues.
     pub listeners: Vec<Listener>,
 }
@@ -302,6 +315,7 @@ impl SocketFacts {
         let mut facts = SocketFacts::default();
         let mut time_wait: HashMap<SocketAddr, u64> = HashMap::new();
         let mut held: HashMap<SocketAddr, u64> = HashMap::new();
+        let mut stuck: HashMap<SocketAddr, u64> = HashMap::new();
         let listening: std::collections::HashSet<u16> = sockets
             .iter()
             .filter(|s| s.state == TcpState::Listen)
@@ -313,6 +327,14 @@ impl SocketFacts {
             if client_side {
                 let remote = SocketAddr::new(s.remote.ip().to_canonical(), s.remote.port());
                 *held.entry(remote).or_default() += 1;
+            }
+            if s.info.is_some_and(|i| {
+                i.retransmits >= STUCK_RTOS && i.last_ack_recv_ms >= STUCK_WITHOUT_ACK_MS
+            }) {
+                let port = if client_side { s.remote.port() } else { 0 };
+                *stuck
+                    .entry(SocketAddr::new(s.remote.ip().to_canonical(), port))
+                    .or_default() += 1;
             }
             match s.state {
                 TcpState::TimeWait if listening.contains(&s.local.port()) => {}
@@ -334,6 +356,7 @@ impl SocketFacts {
         }
         facts.time_wait_by_peer = most_first(time_wait);
         facts.held_by_peer = most_first(held);
+        facts.stuck_by_peer = most_first(stuck);
         facts
     }
 
@@ -525,6 +548,66 @@ mod tests {
                 owner: None,
                 inode: 0,
             }]
+        );
+    }
+
+    #[test]
+    fn sockets_held_and_stuck_by_peer() {
+        use crate::host::sock_diag::TcpInfo;
+        let stuck = TcpInfo {
+            retransmits: 4,
+            last_ack_recv_ms: 6_000,
+            ..TcpInfo::default()
+        };
+        let recovering = TcpInfo {
+            retransmits: 1,
+            last_ack_recv_ms: 300,
+            ..TcpInfo::default()
+        };
+        let with = |mut s: TcpSocket, info: TcpInfo| {
+            s.info = Some(info);
+            s
+        };
+        let facts = SocketFacts::of(&[
+            socket(TcpState::Listen, "10.0.0.1:8080", "0.0.0.0:0", 0, 16),
+            with(
+                socket(
+                    TcpState::Established,
+                    "10.0.0.1:40000",
+                    "10.0.0.2:5672",
+                    0,
+                    0,
+                ),
+                stuck,
+            ),
+            with(
+                socket(
+                    TcpState::Established,
+                    "10.0.0.1:40001",
+                    "10.0.0.2:5672",
+                    0,
+                    0,
+                ),
+                recovering,
+            ),
+            socket(TcpState::TimeWait, "10.0.0.1:40002", "10.0.0.2:5672", 0, 0),
+            // A client of our server, stuck: keyed by its address alone.
+            with(
+                socket(
+                    TcpState::Established,
+                    "10.0.0.1:8080",
+                    "10.0.0.9:51000",
+                    0,
+                    0,
+                ),
+                stuck,
+            ),
+        ]);
+        let peer: SocketAddr = "10.0.0.2:5672".parse().unwrap();
+        assert_eq!(facts.held_by_peer, vec![(peer, 3)]);
+        assert_eq!(
+            facts.stuck_by_peer,
+            vec![(peer, 1), ("10.0.0.9:0".parse().unwrap(), 1)]
         );
     }
 

@@ -89,6 +89,9 @@ pub(super) struct SocketsRecord {
     /// Absent from records written before it.
     #[serde(default)]
     held_by_peer: Vec<(SocketAddr, u64)>,
+    /// Absent from records written before it.
+    #[serde(default)]
+    stuck_by_peer: Vec<(SocketAddr, u64)>,
     listeners: Vec<ListenerRecord>,
 }
 
@@ -113,6 +116,7 @@ impl ReadingRecord {
                 states: s.states.clone(),
                 time_wait_by_peer: s.time_wait_by_peer.clone(),
                 held_by_peer: s.held_by_peer.clone(),
+                stuck_by_peer: s.stuck_by_peer.clone(),
                 listeners: s.listeners.iter().map(ListenerRecord::from).collect(),
             }),
             conntrack: r.conntrack.clone(),
@@ -130,6 +134,7 @@ pub(super) fn reading(r: &ReadingRecord) -> (Moment, HostReading) {
             states: s.states.clone(),
             time_wait_by_peer: s.time_wait_by_peer.clone(),
             held_by_peer: s.held_by_peer.clone(),
+            stuck_by_peer: s.stuck_by_peer.clone(),
             listeners: s
                 .listeners
                 .iter()

@@ -64,6 +64,15 @@ pub(super) fn explained_stalls(agg: &Aggregate) -> (u64, u64) {
         })
 }
 
+/// The peers whose stalls `explained_stalls` counts.
+pub(super) fn explained_peers(agg: &Aggregate) -> Vec<SocketAddr> {
+    idle_bounded_peers(agg, |r| r.silent())
+        .iter()
+        .filter(|b| confidence_of(&b.bound) > Confidence::Low)
+        .map(|b| b.peer)
+        .collect()
+}
+
 fn confidence_of(b: &crate::aggregate::IdleBound) -> Confidence {
     if b.failed >= 2 && b.worked >= 1 {
         Confidence::High

@@ -126,6 +126,38 @@ fn pmtu_discovery_at_work_is_no_finding() {
     );
 }
 
+/// A peer that died silently: a few retransmits each (the backoff
+/// doubles), no connection dead yet when the run ends, every one stuck.
+#[test]
+fn connections_stuck_retransmitting_at_the_end_are_a_timeout() {
+    let events = retransmits(6, 600);
+    let mut host = counters(&[("TcpExtTCPTimeouts", 6), ("TcpOutSegs", 40)]);
+    host.sysctls
+        .insert("net.ipv4.tcp_retries2".into(), "15".into());
+    // Below the floor of retransmits alone.
+    assert!(find(&run(&events, &host), Cause::RetransmissionTimeout).is_none());
+    host.sockets_end = Some(crate::diagnosis::facts::SocketFacts {
+        stuck_by_peer: vec![("10.0.0.2:443".parse().unwrap(), 3)],
+        ..Default::default()
+    });
+    let findings = run(&events, &host);
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::RetransmissionTimeout, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High);
+    assert!(
+        top.summary.contains("3 connections to 10.0.0.2:443 stuck"),
+        "{}",
+        top.summary
+    );
+    assert_eq!(top.figures["stuck_connections"], 3.0);
+    assert!(
+        top.evidence
+            .iter()
+            .any(|e| e.contains("tcp_retries2 (now 15)")),
+        "{top:#?}"
+    );
+}
+
 #[test]
 fn loss_is_judged_against_segments_sent() {
     let events = retransmits(30, 600);

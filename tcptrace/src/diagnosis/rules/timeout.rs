@@ -30,6 +30,22 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let (idle_retrans, idle_aborts) = blackhole::explained_stalls(i.agg);
     let aborts = t.timeout_aborts.saturating_sub(idle_aborts);
     let keepalive = t.rst_sent_with("TCP_KEEPALIVE_TIMEOUT");
+    // Connections stuck retransmitting when the run ended: not dead yet
+    // (tcp_retries2 15 gives ~15 min), already lost to their application.
+    let forgotten = blackhole::explained_peers(i.agg);
+    let stuck: Vec<(SocketAddr, u64)> = i
+        .host
+        .sockets_end
+        .as_ref()
+        .map(|s| {
+            s.stuck_by_peer
+                .iter()
+                .filter(|(peer, _)| !forgotten.contains(peer))
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default();
+    let stuck_total: u64 = stuck.iter().map(|(_, n)| n).sum();
     let counter = i.host.counter("TcpExtTCPAbortOnTimeout");
     let retrans = t.retransmits_total().saturating_sub(idle_retrans);
     let explained = if idle_retrans + idle_aborts > 0 {
@@ -50,7 +66,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         },
     );
     let checked = format!(
-        "retransmission timeouts: {aborts} connections died retransmitting, {keepalive} keepalive timeouts, {retrans} data retransmits, {rate_text}, TcpExtTCPAbortOnTimeout {counter:+}{explained}"
+        "retransmission timeouts: {aborts} connections died retransmitting, {stuck_total} stuck retransmitting at the end, {keepalive} keepalive timeouts, {retrans} data retransmits, {rate_text}, TcpExtTCPAbortOnTimeout {counter:+}{explained}"
     );
     let none = || Outcome {
         checked: checked.clone(),
@@ -60,7 +76,7 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
         s.timeout_aborts + s.rst_sent_with("TCP_KEEPALIVE_TIMEOUT")
     });
     let unexplained_counter = counter - idle_aborts as i64;
-    let died = aborts + keepalive > 0 || (unexplained_counter > 0 && retrans >= 3);
+    let died = aborts + keepalive + stuck_total > 0 || (unexplained_counter > 0 && retrans >= 3);
     let mut confidence = if died {
         Confidence::High
     } else if retrans >= MIN_RETRANSMITS {
@@ -88,8 +104,17 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
     let Some((pid, process, _)) = hit.first().copied() else {
         return none();
     };
-    let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
-    let summary = if aborts + keepalive > 0 {
+    let peer = hit
+        .peer(pid)
+        .or(stuck.first().map(|(p, _)| *p))
+        .map_or_else(|| "its peer".into(), endpoint);
+    let summary = if aborts + keepalive == 0 && stuck_total > 0 {
+        format!(
+            "{} has {stuck_total} connections to {peer} stuck retransmitting: nothing acknowledged for {} timeouts in a row when the run ended, the peer or the path is gone",
+            who(pid, &process.comm),
+            crate::diagnosis::facts::STUCK_RTOS
+        )
+    } else if aborts + keepalive > 0 {
         format!(
             "{} lost {} connections to {peer}: sent without an answer until the kernel gave up",
             who(pid, &process.comm),
@@ -128,6 +153,20 @@ pub(super) fn retransmission_timeout(i: &Inputs) -> Outcome {
             spread(&p)
         ));
         f.figures.insert("retransmitting_for_s", secs(p.p50_ns));
+    }
+    if stuck_total > 0 {
+        let to: Vec<String> = stuck
+            .iter()
+            .take(3)
+            .map(|(p, n)| format!("{n} to {}", endpoint(*p)))
+            .collect();
+        f.evidence.push(format!(
+            "{stuck_total} connections stuck when the run ended ({}): their current segment retransmitted on timeout >= {} times in a row with no ACK for >= 1 s (tcp_info tcpi_retransmits); the application waits until tcp_retries2 (now {}) gives up",
+            to.join(", "),
+            crate::diagnosis::facts::STUCK_RTOS,
+            i.host.sysctl("net.ipv4.tcp_retries2").unwrap_or("?")
+        ));
+        f.figures.insert("stuck_connections", stuck_total as f64);
     }
     f.evidence.push(shape(i));
     if full_size_only {
