@@ -73,8 +73,16 @@ pub(super) fn explained_peers(agg: &Aggregate) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Failed idle gaps all shorter than this, with no reuse that worked,
+/// are no idle timeout: a connection that sent every few hundred ms and
+/// stopped being answered lost its peer or its path (the timeout rule
+/// names it). Middlebox idle timeouts are seconds to minutes.
+const SHORTEST_IDLE_TIMEOUT_NS: u64 = 1_000_000_000;
+
 fn confidence_of(b: &crate::aggregate::IdleBound) -> Confidence {
-    if b.failed >= 2 && b.worked >= 1 {
+    if b.worked == 0 && b.failed_max_ns < SHORTEST_IDLE_TIMEOUT_NS {
+        Confidence::Low
+    } else if b.failed >= 2 && b.worked >= 1 {
         Confidence::High
     } else if b.failed >= 2 || b.worked >= 1 {
         Confidence::Medium
@@ -338,4 +346,36 @@ fn node_view(node: Node) -> Finding {
         },
     );
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::IdleBound;
+
+    fn bound(survived_ms: Option<u64>, failed_ms: (u64, u64), failed: u64) -> IdleBound {
+        IdleBound {
+            survived_ns: survived_ms.map(|ms| ms * 1_000_000),
+            failed_ns: failed_ms.0 * 1_000_000,
+            failed_max_ns: failed_ms.1 * 1_000_000,
+            failed,
+            worked: u64::from(survived_ms.is_some()),
+        }
+    }
+
+    #[test]
+    fn sub_second_stalls_with_nothing_working_are_no_idle_timeout() {
+        // A stream whose peer died: sends after ~0.5 s of silence stall.
+        assert_eq!(confidence_of(&bound(None, (516, 564), 9)), Confidence::Low);
+        // Seconds of idle before each stall: a middlebox's timeout.
+        assert_eq!(
+            confidence_of(&bound(None, (3_000, 3_200), 3)),
+            Confidence::Medium
+        );
+        // Bounded from below by a reuse that worked: sure.
+        assert_eq!(
+            confidence_of(&bound(Some(300), (600, 700), 3)),
+            Confidence::High
+        );
+    }
 }
