@@ -142,6 +142,10 @@ pub struct Stats {
     /// proxy purging idle server connections); not counted in
     /// `rst_after_quiet_gap`.
     pub rst_on_idle_accepted: u64,
+    /// RSTs (reason TCP_STATE) a listener sent as it closed, one to each
+    /// connection still in its accept queue, never accepted: a restart
+    /// or shutdown that did not drain (also among `rst_sent`).
+    pub rst_listener_flush: u64,
     /// RSTs received in CLOSE_WAIT: the peer had closed (FIN), the
     /// application still sent on the connection.
     pub rst_after_peer_close: u64,
@@ -245,6 +249,7 @@ impl Default for Stats {
             rst_after_quiet_gap_from_local: 0,
             rst_while_active: 0,
             rst_on_idle_accepted: 0,
+            rst_listener_flush: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
             peer_close_idle: Dist::new(Dist::MILLIS),
@@ -447,6 +452,8 @@ pub struct Aggregate {
     /// local client receives them: an RST received on the reversed
     /// 4-tuple came from that process, not from a middlebox.
     local_rsts: MixHashMap<(SocketAddr, SocketAddr), PairedRst>,
+    /// Listeners that closed lately: (namespace, port, when).
+    closed_listeners: std::collections::VecDeque<(u32, u16, u64)>,
     reuses: ReuseTracker,
     /// Reuses whose outcome was just decided (kept to reuse the allocation).
     settled: Vec<Settled>,
@@ -481,6 +488,7 @@ impl Aggregate {
             conns: ConnTable::default(),
             pending: PendingCloses::default(),
             local_rsts: MixHashMap::default(),
+            closed_listeners: std::collections::VecDeque::new(),
             reuses: ReuseTracker::default(),
             settled: Vec::new(),
             last_ns: 0,
@@ -548,7 +556,7 @@ impl Aggregate {
         let passive = peer.port() == 0;
         let errno = ev.socket_errno().map(|e| self.names.errno(e));
         self.follow_reuses(ev, peer, errno);
-        let update = Update::from_event(
+        let mut update = Update::from_event(
             ev,
             peer,
             passive,
@@ -558,6 +566,7 @@ impl Aggregate {
             &mut self.pending,
         );
         let netns = ev.netns.unwrap_or(0);
+        update.listener_flush = self.listener_flush(ev, netns, &update);
         // One lookup for the namespace's count and figures.
         let ns = self.namespaces.entry(&netns, Namespace::default);
         ns.events += 1;
@@ -624,6 +633,29 @@ impl Aggregate {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
         }
         self.match_local_rst(ev, pid, peer, update.quiet_gap_rst);
+    }
+
+    /// Whether `ev` is an RST a closing listener sent to a connection
+    /// still in its accept queue: `inet_csk_listen_stop` disconnects
+    /// each queued child (`tcp_disconnect`, reason TCP_STATE) right after
+    /// the listener's LISTEN -> CLOSE. Remembers the listener closes.
+    fn listener_flush(&mut self, ev: &TcpEvent, netns: u32, update: &Update) -> bool {
+        const WITHIN_NS: u64 = 100_000_000;
+        const KEPT: usize = 16;
+        let listen = i32::from(tcp_state::LISTEN) as u8;
+        let close = i32::from(tcp_state::CLOSE) as u8;
+        if ev.kind == EventKind::State && ev.transition == Some((listen, close)) {
+            if self.closed_listeners.len() >= KEPT {
+                self.closed_listeners.pop_front();
+            }
+            self.closed_listeners
+                .push_back((netns, ev.local.port(), ev.mono_ns));
+            return false;
+        }
+        update.rst_sent_reason == Some("TCP_STATE")
+            && self.closed_listeners.iter().any(|&(ns, port, at)| {
+                ns == netns && port == ev.local.port() && ev.mono_ns.saturating_sub(at) <= WITHIN_NS
+            })
     }
 
     /// Pairs an RST a local process sent with the same RST arriving at a
@@ -844,6 +876,8 @@ struct Update {
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
     idle_dropped_rst: bool,
+    /// An RST a closing listener sent to a queued connection.
+    listener_flush: bool,
     active_rst: bool,
     /// A received RST's origin, and the hops closer of a middlebox's.
     rst_origin: Option<(&'static str, Option<u8>)>,
@@ -1120,6 +1154,7 @@ impl Update {
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
+        s.rst_listener_flush += u64::from(self.listener_flush);
         if let Some((origin, hops)) = self.rst_origin {
             *s.rst_origin.entry(origin).or_default() += 1;
             if let Some(hops) = hops {

@@ -49,6 +49,7 @@ impl Aggregate {
             conns: Default::default(),
             pending: Default::default(),
             local_rsts: Default::default(),
+            closed_listeners: Default::default(),
             reuses: Default::default(),
             settled: Vec::new(),
             last_ns: self.last_ns,
@@ -140,6 +141,7 @@ impl Stats {
             rst_after_quiet_gap_from_local,
             rst_while_active,
             rst_on_idle_accepted,
+            rst_listener_flush,
             rst_after_peer_close,
             reuse_after_peer_close,
             peer_close_idle,
@@ -191,6 +193,7 @@ impl Stats {
         self.rst_after_quiet_gap_from_local += rst_after_quiet_gap_from_local;
         self.rst_while_active += rst_while_active;
         self.rst_on_idle_accepted += rst_on_idle_accepted;
+        self.rst_listener_flush += rst_listener_flush;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);
         self.peer_close_idle.merge(peer_close_idle);

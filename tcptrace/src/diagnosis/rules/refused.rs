@@ -8,7 +8,56 @@ const SURE_FROM: u64 = 3;
 /// Cause 9: connects answered by an RST (ECONNREFUSED). Seen from the
 /// clients (their connects refused), or, when they are not watched, from
 /// the host that should serve them: SYNs dropped for want of a socket.
+/// A listener that closed with connections in its queue reset each of
+/// them first (a restart that did not drain).
 pub(super) fn nothing_listening(i: &Inputs) -> Outcome {
+    let mut outcome = refusals(i);
+    let flushed = processes_with(i.agg, |s| s.rst_listener_flush);
+    let Some((pid, process, n)) = flushed.first().copied() else {
+        return outcome;
+    };
+    let me = who(pid, &process.comm);
+    let line = format!(
+        "{me} closed its listener with {n} connections still in its accept queue: the kernel reset each (RST reason TCP_STATE, never accepted)"
+    );
+    let fix = format!(
+        "Restart {} without dropping connections: stop accepting new ones first (fail the readiness check, drain from the load balancer), accept and finish what is queued, then close; or hand the listening socket to the new process (SO_REUSEPORT with both running, systemd socket activation).",
+        process.comm
+    );
+    outcome.checked.push_str(&format!(
+        "; {n} queued connections reset by a closing listener"
+    ));
+    match outcome.findings.first_mut() {
+        Some(f) => {
+            f.evidence.push(line);
+            f.fix.insert(0, fix);
+            f.score += n;
+        }
+        None => {
+            let mut f = Finding::new(
+                Cause::NothingListening,
+                if n >= SURE_FROM {
+                    Confidence::High
+                } else {
+                    Confidence::Medium
+                },
+                n,
+                line.clone(),
+            );
+            f.evidence.push(format!(
+                "{n} RSTs sent by {me} with reason TCP_STATE within 100 ms of its listener's LISTEN -> CLOSE, to connections it had not accepted"
+            ));
+            f.figures.insert("queued_resets", n as f64);
+            f.fix.push(fix);
+            f.affected = affected(&flushed, "server");
+            outcome.findings.push(f);
+        }
+    }
+    outcome
+}
+
+/// Connects refused, from either end.
+fn refusals(i: &Inputs) -> Outcome {
     let refused = i.agg.total.refused;
     let failed = i.agg.total.connect_failed;
     let here = refused_here(i);

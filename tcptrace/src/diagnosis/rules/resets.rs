@@ -136,13 +136,19 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         "TCP_STATE",
         "TCP_DISCONNECT_WITH_DATA",
     ];
-    let events: u64 = REASONS.iter().map(|r| i.agg.total.rst_sent_with(r)).sum();
+    // A closing listener's RSTs to its queued connections are
+    // `nothing_listening`'s (a restart that did not drain).
+    let aborted = |s: &Stats| -> u64 {
+        let sent: u64 = REASONS.iter().map(|r| s.rst_sent_with(r)).sum();
+        sent.saturating_sub(s.rst_listener_flush)
+    };
+    let events = aborted(&i.agg.total);
     let checked = format!(
         "abortive closes: {events} RSTs sent with reason {}, {} received on connections in use",
         REASONS.join("/"),
         i.agg.total.rst_while_active
     );
-    let hit = rst_sent_by(i.agg, &REASONS);
+    let hit = processes_with(i.agg, aborted);
     let mut findings = Vec::new();
     // A proxy resetting its own backend connections does it on purpose
     // (HAProxy avoids TIME_WAIT that way): worth knowing, rarely the bug.
@@ -152,7 +158,7 @@ pub(super) fn abortive_close(i: &Inputs) -> Outcome {
         .filter(|(pid, ..)| *pid != 0)
         .partition(|(_, p, _)| !is_proxy(&p.comm));
     for (rows, proxy) in [(apps, false), (proxies, true)] {
-        let group = rst_sent_by(i.agg, &REASONS).with_rows(rows);
+        let group = processes_with(i.agg, aborted).with_rows(rows);
         let Some((pid, process, n)) = group.first().copied() else {
             continue;
         };

@@ -458,6 +458,51 @@ fn close_with_unread_data_of_a_server_in_another_namespace() {
     assert_eq!(findings[0].cause, Cause::LingerZeroAbort, "{findings:#?}");
 }
 
+/// A restart that does not drain: the listener closes with connections
+/// in its queue, and the kernel resets each (TCP_STATE, as SO_LINGER 0
+/// would).
+#[test]
+fn a_listener_closed_with_queued_connections_is_no_linger_zero() {
+    let mut events = vec![
+        ev(K::State, 1_000)
+            .owner(90, "search-api")
+            .local("10.0.0.1:8080")
+            .remote("0.0.0.0:0")
+            .transition("LISTEN", "CLOSE")
+            .build(),
+    ];
+    for n in 0..5 {
+        events.push(
+            ev(K::RstSent, 1_001 + n)
+                .sock(900 + n)
+                .owner(90, "search-api")
+                .local("10.0.0.1:8080")
+                .remote(&format!("10.0.0.9:{}", 41000 + n))
+                .reason("TCP_STATE")
+                .age_ms(250)
+                .build(),
+        );
+    }
+    let (findings, _) = run(&events, &counters(&[]));
+    assert_eq!(
+        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        vec![Cause::NothingListening],
+        "{findings:#?}"
+    );
+    let f = &findings[0];
+    assert_eq!(f.confidence, Confidence::High);
+    assert!(
+        f.summary.contains("closed its listener with 5 connections"),
+        "{}",
+        f.summary
+    );
+    assert!(f.fix[0].contains("drain"), "{}", f.fix[0]);
+    // The same resets with no listener closing are the application's
+    // aborts.
+    let (findings, _) = run(&events[1..], &counters(&[]));
+    assert_eq!(findings[0].cause, Cause::LingerZeroAbort, "{findings:#?}");
+}
+
 #[test]
 fn linger_zero_by_an_app_is_high_by_a_proxy_low() {
     let (findings, _) = run(&resets_sent(32, "closer", "TCP_STATE", 5), &counters(&[]));

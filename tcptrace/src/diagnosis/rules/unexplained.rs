@@ -154,11 +154,13 @@ fn explains(cause: Cause, incident: Incident) -> bool {
         },
         // The refusal itself, seen from the listening side: the SYN
         // found no socket, was dropped (NO_SOCKET) and answered by an
-        // RST with reason NO_SOCKET (`tcp_v4_rcv`, `tcp_v6_rcv`).
+        // RST with reason NO_SOCKET (`tcp_v4_rcv`, `tcp_v6_rcv`); a
+        // closing listener's resets of its queue (TCP_STATE).
         Cause::NothingListening => match incident {
             I::Refused => true,
             I::SocketError(e) => e == "ECONNREFUSED",
-            I::RstSent(r) | I::Drop(r) => r == "NO_SOCKET",
+            I::RstSent(r) => matches!(r, "NO_SOCKET" | "TCP_STATE"),
+            I::Drop(r) => r == "NO_SOCKET",
             _ => false,
         },
         Cause::ConntrackTableFull => match incident {
