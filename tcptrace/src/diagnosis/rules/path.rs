@@ -22,10 +22,10 @@ const OTHER_CAUSES: [&str; 6] = [
     "TCP_INVALID_SYN",
 ];
 
-/// SYNs to one local address dropped in the watched namespace that make
-/// its clients' failure sure when they are not watched: each connect
-/// retries its SYN (1 s, 3 s...), so this is one or two clients giving
-/// up.
+/// SYNs to one local address dropped by a firewall rule in the watched
+/// namespace that make its clients' failure sure when they are not
+/// watched: each connect retries its SYN (1 s, 3 s...), so this is one
+/// or two clients giving up.
 const SERVER_SIDE_SURE: u64 = 4;
 
 /// Connects that got no answer at all (failed, not refused).
@@ -89,9 +89,14 @@ pub(super) fn syn_dropped_on_path(i: &Inputs) -> Outcome {
     let hit = processes_with(i.agg, |s| handshake_retransmits(s) + unanswered(s));
     // Seen from the server, its clients elsewhere: the SYNs to one local
     // address dropped here, again and again (each retry drops too).
+    // A firewall rule's drops only: a listener being torn down drops the
+    // SYNs in flight to it too (NOT_SPECIFIED), a restart that
+    // `nothing_listening` names.
     let dropped_here = groups
         .iter()
-        .filter(|(k, _)| i.host.watched_netns.is_none_or(|w| w == k.netns))
+        .filter(|(k, _)| {
+            k.reason == "NETFILTER_DROP" && i.host.watched_netns.is_none_or(|w| w == k.netns)
+        })
         .flat_map(|(_, g)| g.syn_targets.iter().map(|(t, n)| (*t, *n)))
         .max_by_key(|(t, n)| (*n, std::cmp::Reverse(*t)))
         .filter(|(_, n)| *n >= SERVER_SIDE_SURE);
