@@ -642,8 +642,8 @@ impl Aggregate {
     fn listener_flush(&mut self, ev: &TcpEvent, netns: u32, update: &Update) -> bool {
         const WITHIN_NS: u64 = 100_000_000;
         const KEPT: usize = 16;
-        let listen = i32::from(tcp_state::LISTEN) as u8;
-        let close = i32::from(tcp_state::CLOSE) as u8;
+        let listen = tcp_state::LISTEN as u8;
+        let close = tcp_state::CLOSE as u8;
         if ev.kind == EventKind::State && ev.transition == Some((listen, close)) {
             if self.closed_listeners.len() >= KEPT {
                 self.closed_listeners.pop_front();
