@@ -262,6 +262,18 @@ impl HostFacts {
             .map_or_else(|| format!("netns {inode}"), NamespaceFacts::label)
     }
 
+    /// With `--netns`, the other namespace of this host where `counter`
+    /// rose most over the run, if by `at_least`: where the other end of
+    /// the watched connections may be (a server in another pod of the
+    /// node). `None` host-wide.
+    pub fn elsewhere_most(&self, counter: &str, at_least: i64) -> Option<&NamespaceFacts> {
+        let watched = self.watched_netns?;
+        self.namespaces
+            .iter()
+            .filter(|ns| ns.inode != watched && ns.counter(counter) >= at_least)
+            .max_by_key(|ns| ns.counter(counter))
+    }
+
     /// A counter's change in one namespace (0: absent or not read).
     pub fn counter_in(&self, inode: u32, name: &str) -> i64 {
         self.namespace(inode).map_or(0, |ns| ns.counter(name))

@@ -137,7 +137,6 @@ impl Counted<'_> {
 /// this host, whose counters the survey read: the one whose listeners
 /// overflowed most during the run.
 fn server_namespace<'a>(i: &'a Inputs) -> Option<&'a NamespaceFacts> {
-    let watched = i.host.watched_netns?;
     let clients_hurt =
         i.agg.total.syn_retransmits > 0 || i.agg.total.rst_received.contains_key("ESTABLISHED");
     if !clients_hurt
@@ -146,11 +145,7 @@ fn server_namespace<'a>(i: &'a Inputs) -> Option<&'a NamespaceFacts> {
     {
         return None;
     }
-    i.host
-        .namespaces
-        .iter()
-        .filter(|ns| ns.inode != watched && ns.counter("TcpExtListenOverflows") > 0)
-        .max_by_key(|ns| ns.counter("TcpExtListenOverflows"))
+    i.host.elsewhere_most("TcpExtListenOverflows", 1)
 }
 
 /// Cause 2: a listener's accept queue is full; SYNs / final ACKs are

@@ -80,13 +80,7 @@ pub(super) fn close_with_unread_data(i: &Inputs) -> Outcome {
 /// and that namespace counted closes with unread data
 /// (`TcpExtTCPAbortOnClose`, the one where it rose most).
 fn closed_unread_elsewhere(i: &Inputs) -> Option<Finding> {
-    let watched = i.host.watched_netns?;
-    let server_ns = i
-        .host
-        .namespaces
-        .iter()
-        .filter(|ns| ns.inode != watched && ns.counter("TcpExtTCPAbortOnClose") >= 3)
-        .max_by_key(|ns| ns.counter("TcpExtTCPAbortOnClose"))?;
+    let server_ns = i.host.elsewhere_most("TcpExtTCPAbortOnClose", 3)?;
     let aborts = server_ns.counter("TcpExtTCPAbortOnClose") as u64;
     let hit = processes_with(i.agg, |s| s.rst_while_active);
     let (pid, process, n) = hit.first().copied()?;
