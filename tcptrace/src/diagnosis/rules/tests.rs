@@ -28,6 +28,20 @@ fn run(events: &[TcpEvent], host: &HostFacts) -> (Vec<Finding>, Vec<String>) {
     (findings, checked)
 }
 
+/// The rules on `events` with no counters find `cause` alone, high: that
+/// finding.
+fn the_only(events: &[TcpEvent], cause: Cause) -> Finding {
+    let (findings, _) = run(events, &counters(&[]));
+    assert_eq!(causes(&findings), vec![cause], "{findings:#?}");
+    assert_eq!(findings[0].confidence, Confidence::High);
+    findings[0].clone()
+}
+
+/// Every finding's cause, in rank order.
+fn causes(findings: &[Finding]) -> Vec<Cause> {
+    findings.iter().map(|f| f.cause).collect()
+}
+
 fn high(findings: &[Finding]) -> Vec<Cause> {
     findings
         .iter()
@@ -373,7 +387,7 @@ fn open_connections_filling_the_port_range_are_port_exhaustion() {
     });
     let (findings, _) = run(&events, &host);
     assert_eq!(
-        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        causes(&findings),
         vec![Cause::PortExhaustion],
         "{findings:#?}"
     );
@@ -483,14 +497,7 @@ fn a_listener_closed_with_queued_connections_is_no_linger_zero() {
                 .build(),
         );
     }
-    let (findings, _) = run(&events, &counters(&[]));
-    assert_eq!(
-        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
-        vec![Cause::NothingListening],
-        "{findings:#?}"
-    );
-    let f = &findings[0];
-    assert_eq!(f.confidence, Confidence::High);
+    let f = &the_only(&events, Cause::NothingListening);
     assert!(
         f.summary.contains("closed its listener with 5 connections"),
         "{}",
@@ -623,7 +630,7 @@ fn refused_connects_mean_nothing_listens() {
     assert_eq!(high(&findings), vec![Cause::NothingListening]);
     // The refusals' own RSTs and drops are no second, unexplained problem.
     assert_eq!(
-        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
+        causes(&findings),
         vec![Cause::NothingListening],
         "{findings:#?}"
     );
@@ -651,14 +658,7 @@ fn syns_to_a_port_nothing_listens_on_are_refusals() {
                 .build(),
         );
     }
-    let (findings, _) = run(&events, &counters(&[]));
-    assert_eq!(
-        findings.iter().map(|f| f.cause).collect::<Vec<_>>(),
-        vec![Cause::NothingListening],
-        "{findings:#?}"
-    );
-    let f = &findings[0];
-    assert_eq!(f.confidence, Confidence::High);
+    let f = &the_only(&events, Cause::NothingListening);
     assert!(f.summary.contains("10.0.0.9:5432"), "{}", f.summary);
     assert!(
         f.summary.contains("6 connection attempts from 10.0.0.1"),
