@@ -135,11 +135,16 @@ pub struct SockInfo {
     /// Jiffies of the last send seen by `sock_send_length` (kernels
     /// without `tcp_sendmsg_locked`; 0: none seen).
     pub last_send_jiffies: u32,
-    /// Network namespace inode, read once when the entry is made, so
-    /// later events of the socket need not read it again (two probe-reads
-    /// each); 0: unknown, read it.
+    /// Network namespace inode of the socket the entry was made for. An
+    /// entry outlives its socket (nothing deletes it at close, and a
+    /// missed opening leaves it in place), so it is only taken for a
+    /// socket of the same namespace (`owner::checked`).
     pub netns: u32,
-    pub _pad: u32,
+    /// Remote port of the socket the entry was made for (0: not known
+    /// yet, a passive child before ESTABLISHED): a second check that the
+    /// entry is this socket's and not a freed one's at the same address.
+    pub peer_port: u16,
+    pub _pad: u16,
 }
 const _: () = assert!(size_of::<SockInfo>() == 64);
 

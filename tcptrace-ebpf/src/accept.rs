@@ -48,6 +48,6 @@ fn handle(ctx: &TracePointContext, which: usize) -> Option<()> {
     if sk == 0 {
         return None;
     }
-    owner::claim(sk);
+    owner::claim(&cfg.sock, sk);
     Some(())
 }

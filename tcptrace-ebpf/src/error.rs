@@ -45,9 +45,8 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     let ev = emit::blank(emit::buffer::SOCKET_ERROR)?;
     read::sock_endpoints(sock, sk, ev)?;
     ev.skaddr = sk;
-    // A full socket (the hook's argument): its entry's namespace holds.
-    let entry = owner::entry(sk);
-    ev.netns = owner::netns(sock, sk, entry);
+    ev.netns = read::netns(sock, sk);
+    let entry = owner::own_entry(sk, ev);
     ev.kind = kind::SOCKET_ERROR;
     ev.old_state = read::member_or::<u8>(sk, sock.skc_state, 0);
     ev.err = err;

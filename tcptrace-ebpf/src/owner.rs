@@ -63,6 +63,45 @@ pub fn entry(sk: u64) -> *mut SockInfo {
     SOCKS.get_ptr_mut(sk).unwrap_or(core::ptr::null_mut())
 }
 
+/// `entry` (maybe null) when it is the entry of the socket it was looked
+/// up for, whose namespace is `netns` and remote port `peer_port`; null
+/// when it was made for another socket.
+///
+/// Entries are keyed by the socket's address and nothing deletes them
+/// when a socket is freed: the next socket at that address overwrites
+/// the entry when it opens. Under churn some sockets reach their resets
+/// and errors with no transition of theirs recorded (measured on 6.18:
+/// hundreds in 12 s, far more than the kernel's `recursion_misses`; the
+/// cause is not pinned down), and find a freed socket's entry, possibly
+/// from another namespace: their events were charged to that socket's
+/// namespace and owner. A mismatch in namespace or remote port tells
+/// them apart; the entry is then left alone (unknown owner) until the
+/// socket's own opening or the preexisting table overwrites it.
+#[inline(always)]
+pub fn checked(entry: *mut SockInfo, netns: u32, peer_port: u16) -> *mut SockInfo {
+    if entry.is_null() || is_own(entry, netns, peer_port) {
+        entry
+    } else {
+        core::ptr::null_mut()
+    }
+}
+
+/// Whether the entry `entry` (not null) was made for a socket of
+/// namespace `netns` and remote port `peer_port` (see `checked`).
+#[inline(always)]
+pub fn is_own(entry: *const SockInfo, netns: u32, peer_port: u16) -> bool {
+    // SAFETY: a valid map value pointer from a lookup (or a stack copy).
+    let (known_netns, known_port) = unsafe { ((*entry).netns, (*entry).peer_port) };
+    known_netns == netns && (known_port == 0 || known_port == peer_port)
+}
+
+/// The socket's entry if it is its own (see `checked`), else null. `ev`
+/// holds the socket's namespace and addresses.
+#[inline(always)]
+pub fn own_entry(sk: u64, ev: &Event) -> *mut SockInfo {
+    checked(entry(sk), ev.netns, ev.dport)
+}
+
 /// The entry `entry` points to, or zeros (owner unknown, times unknown).
 #[inline(always)]
 pub fn info(entry: *const SockInfo) -> SockInfo {
@@ -71,28 +110,6 @@ pub fn info(entry: *const SockInfo) -> SockInfo {
     }
     // SAFETY: a valid map value pointer from a lookup.
     unsafe { copied(entry) }
-}
-
-/// Network namespace inode of the full socket `sk` whose entry is
-/// `entry`: the one recorded when the entry was made, else read from the
-/// socket. Only for full sockets: a time-wait or request socket may sit
-/// at the address of a freed socket whose entry is still there.
-#[inline(always)]
-pub fn netns(sock: &SockLayout, sk: u64, entry: *const SockInfo) -> u32 {
-    match known_netns(entry) {
-        0 => read::netns(sock, sk),
-        known => known,
-    }
-}
-
-/// The namespace recorded in the entry `entry` (maybe null), 0 if none.
-#[inline(always)]
-pub fn known_netns(entry: *const SockInfo) -> u32 {
-    if entry.is_null() {
-        return 0;
-    }
-    // SAFETY: a valid map value pointer from a lookup.
-    unsafe { (*entry).netns }
 }
 
 /// A copy of `*value` made of 8-byte loads. A plain `*value` copies
@@ -128,15 +145,17 @@ pub unsafe fn copy_words<T: Copy>(dst: *mut T, src: *const T) {
     }
 }
 
-/// The socket's entry; for a socket the programs never saw open, the
-/// owner userspace found for its addresses at start-up (copied into
-/// SOCKS so the next event finds it directly). `ev` holds the addresses.
+/// The socket's own entry (see `checked`); for a socket the programs
+/// never saw open, the owner userspace found for its addresses at
+/// start-up (copied into SOCKS so the next event finds it directly).
+/// `ev` holds the socket's namespace and addresses.
 #[inline(always)]
 pub fn sock_info_or_preexisting(sk: u64, ev: &Event) -> SockInfo {
-    info_or_preexisting(sk, entry(sk), ev)
+    info_or_preexisting(sk, own_entry(sk, ev), ev)
 }
 
-/// `sock_info_or_preexisting` for a socket already looked up (`entry`).
+/// `sock_info_or_preexisting` for a socket already looked up (`entry`,
+/// its own or null: see `checked`).
 #[inline(always)]
 pub fn info_or_preexisting(sk: u64, entry: *const SockInfo, ev: &Event) -> SockInfo {
     let info = info(entry);
@@ -156,6 +175,7 @@ pub fn info_or_preexisting(sk: u64, entry: *const SockInfo, ev: &Event) -> SockI
             let info = SockInfo {
                 owner: unsafe { copied(owner) },
                 netns: ev.netns,
+                peer_port: ev.dport,
                 ..info
             };
             remember(sk, &info);
@@ -174,7 +194,9 @@ pub fn info_or_preexisting(sk: u64, entry: *const SockInfo, ev: &Event) -> SockI
 /// `state.rs` on what the verifier makes of those.
 #[inline(always)]
 pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
-    if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
+    let found = entry(sk);
+    let entry = checked(found, ev.netns, ev.dport);
+    if !entry.is_null() {
         // SAFETY: a valid map value pointer from the lookup.
         unsafe {
             if (*entry).reuse_mark == mark {
@@ -206,18 +228,27 @@ pub fn claim_reuse(sk: u64, ev: &Event, mark: u32) -> SockInfo {
         reuse_mark: mark,
         last_send_jiffies: 0,
         netns: ev.netns,
+        peer_port: ev.dport,
         _pad: 0,
     };
-    insert(sk, &info);
+    if found.is_null() {
+        insert(sk, &info);
+    } else {
+        // A freed socket's entry: this socket's replaces it.
+        // SAFETY: a valid map value pointer from the lookup.
+        unsafe { copy_words(found, &info) };
+    }
     info
 }
 
 /// Records a send at `stamp` (never 0) and returns the socket's entry
 /// as it was before, its `last_send_jiffies` 0 when no send was seen. A
 /// socket the programs never saw gets an entry owned by the task sending
-/// now (sendmsg runs in the owner's process context).
+/// now (sendmsg runs in the owner's process context). The entry found is
+/// not checked (see `checked`): the caller does, for the rare send that
+/// makes an event.
 #[inline(always)]
-pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
+pub fn swap_last_send(sock: &SockLayout, sk: u64, stamp: u32) -> SockInfo {
     if let Some(entry) = SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
         unsafe {
@@ -236,7 +267,8 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
         established_ns: 0,
         reuse_mark: 0,
         last_send_jiffies: stamp,
-        netns: 0,
+        netns: read::netns(sock, sk),
+        peer_port: peer_port(sock, sk),
         _pad: 0,
     };
     insert(sk, &info);
@@ -246,24 +278,29 @@ pub fn swap_last_send(sk: u64, stamp: u32) -> SockInfo {
     }
 }
 
-/// Records the ESTABLISHED time in place (no second map update) in the
-/// socket's entry (`entry`, maybe null) and returns the entry (zeros if
-/// unknown).
+/// Records the ESTABLISHED time and the remote port (a passive child's
+/// is set after its SYN_RECV is reported) in place (no second map
+/// update) in the socket's own entry (`entry`, maybe null: see
+/// `checked`) and returns the entry (zeros if unknown).
 #[inline(always)]
-pub fn mark_established(entry: *mut SockInfo, now: u64) -> SockInfo {
+pub fn mark_established(entry: *mut SockInfo, now: u64, peer_port: u16) -> SockInfo {
     if entry.is_null() {
         return SockInfo::default();
     }
     // SAFETY: a valid map value pointer from a lookup.
     unsafe {
         (*entry).established_ns = now;
+        (*entry).peer_port = peer_port;
         copied(entry)
     }
 }
 
 /// Makes the running task the owner, in place when the socket is known.
+/// An entry found is not checked (see `checked`): a freed socket's entry
+/// keeps its namespace and remote port, so the events that check it
+/// still refuse it, and the hot path costs no probe read.
 #[inline(always)]
-pub fn claim(sk: u64) {
+pub fn claim(sock: &SockLayout, sk: u64) {
     let me = current();
     match SOCKS.get_ptr_mut(&sk) {
         // SAFETY: a valid map value pointer from the lookup.
@@ -272,10 +309,19 @@ pub fn claim(sk: u64) {
             sk,
             &SockInfo {
                 owner: me,
+                netns: read::netns(sock, sk),
+                peer_port: peer_port(sock, sk),
                 ..SockInfo::default()
             },
         ),
     }
+}
+
+/// The remote port of `sk` in host order (0 if unknown), as events carry
+/// it (`Event::dport`).
+#[inline(always)]
+fn peer_port(sock: &SockLayout, sk: u64) -> u16 {
+    u16::from_be(read::member_or::<u16>(sk, sock.skc_dport, 0))
 }
 
 /// Makes `info` the entry of `sk`: in place when the address already has

@@ -39,17 +39,18 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     let ev = emit::blank(emit::buffer::TRACEPOINT)?;
     rec.endpoints_into(ev)?;
     ev.skaddr = sk;
-    let entry = owner::entry(sk);
     let full = is_full_tcp_sock(state);
     ev.netns = if sk == 0 {
         // An RST for a segment no socket owns: the namespace of the
         // device the segment came in on is where it was answered.
         read::skb_netns(cfg, rec.field(field::SKBADDR).unwrap_or(0))
-    } else if full {
-        owner::netns(&cfg.sock, sk, entry)
     } else {
         read::netns(&cfg.sock, sk)
     };
+    // A time-wait or request socket, or a socket whose opening was
+    // missed, may sit at the address of a freed socket whose entry is
+    // still there: only the socket's own is taken.
+    let entry = owner::own_entry(sk, ev);
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);

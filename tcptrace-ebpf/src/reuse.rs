@@ -110,7 +110,7 @@ fn after_send(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let now = unsafe { bpf_jiffies64() } as u32;
-    let before = owner::swap_last_send(sk, now | 1);
+    let before = owner::swap_last_send(sock, sk, now | 1);
     if before.last_send_jiffies == 0 {
         return None;
     }
@@ -131,6 +131,11 @@ fn after_send(ctx: &RawTracePointContext) -> Option<()> {
     let ev = emit::blank(emit::buffer::REUSE)?;
     read::sock_endpoints(sock, sk, ev)?;
     ev.netns = read::netns(sock, sk);
+    // A freed socket's entry (see `owner::checked`): its last send and
+    // owner are not this socket's.
+    if !owner::is_own(&before, ev.netns, ev.dport) {
+        return None;
+    }
     submit(cfg, sk, state, idle_send, idle_recv, &before, ev);
     Some(())
 }

@@ -77,7 +77,7 @@ fn from_record(ctx: &TracePointContext) -> Option<()> {
 
 /// The transition `old` -> `new` of `sk`, whose endpoints `endpoints`
 /// writes into the event and whose namespace `netns` reads from the
-/// socket (when its entry does not hold it); built in `buffer`.
+/// socket; built in `buffer`.
 #[inline(always)]
 fn handle(
     cfg: &Config,
@@ -100,21 +100,19 @@ fn handle(
     let mut age_since = 0u64;
     let opening =
         new == tcp_state::SYN_SENT || new == tcp_state::LISTEN || new == tcp_state::SYN_RECV;
-    // Every later transition finds the entry an opening made, which holds
-    // the namespace: looked up once here, read from the socket only when
-    // there is none.
-    let entry = if opening {
-        core::ptr::null_mut()
-    } else {
-        owner::entry(sk)
-    };
-    let netns = match owner::known_netns(entry) {
-        0 => netns(),
-        known => known,
-    };
+    // Always the socket's own: an entry may be a freed socket's (see
+    // `owner::checked`), and the namespace is what tells them apart.
+    let netns = netns();
 
     let ev = emit::blank(buffer)?;
     endpoints(ev)?;
+    // Every later transition finds the entry an opening made: looked up
+    // once here, taken only if it is this socket's.
+    let entry = if opening {
+        core::ptr::null_mut()
+    } else {
+        owner::checked(owner::entry(sk), netns, ev.dport)
+    };
     ev.skaddr = sk;
     ev.netns = netns;
     ev.kind = kind::STATE;
@@ -136,6 +134,7 @@ fn handle(
                 reuse_mark: 0,
                 last_send_jiffies: 0,
                 netns,
+                peer_port: ev.dport,
                 _pad: 0,
             };
             owner::remember(sk, &info);
@@ -154,16 +153,19 @@ fn handle(
         tcp_state::SYN_RECV => {
             // A passive child, created in softirq: provisionally owned by
             // the listener until accept() names the real owner.
+            // Its remote port is set just after this is reported (0 then:
+            // not checked until ESTABLISHED records it).
             let info = SockInfo {
                 owner: owner::listener(netns, ev.sport),
                 netns,
+                peer_port: ev.dport,
                 ..SockInfo::default()
             };
             owner::remember(sk, &info);
             owner::attribute(ev, &info);
         }
         tcp_state::ESTABLISHED => {
-            let info = owner::mark_established(entry, now);
+            let info = owner::mark_established(entry, now, ev.dport);
             if old == tcp_state::SYN_SENT && info.syn_sent_ns != 0 {
                 ev.kind = kind::CONNECT;
                 duration_since = info.syn_sent_ns;
