@@ -18,22 +18,24 @@ use std::{
 use crate::{
     aggregate::{Aggregate, Window},
     diagnosis::{
-        facts::{HostFacts, KernelDrops, NamespaceFacts, SYSCTLS, SocketFacts},
+        facts::{HostFacts, KernelDrops, NamespaceFacts, SYSCTLS},
         finding::{Finding, rank},
         rules::{Inputs, evaluate},
+        watch::{self, HostReading},
     },
     host::{
         conntrack::ConntrackChange,
-        reading::{self, Reading, ReadingError},
+        reading::{self, ReadingError, tcp_delta},
         survey::Survey,
     },
     kernel::clock::monotonic_ns,
 };
 
-/// One reading of the host at a cut, the socket table already reduced.
+/// One reading of the host at a cut, reduced as `diagnose` reduces its
+/// own (`HostReading::of`, `watch::reduced`): the window keeps one per
+/// slice for its whole length, so only what the rules read of it.
 struct Boundary {
-    reading: Reading,
-    sockets: Option<SocketFacts>,
+    reading: HostReading,
     /// Every namespace's counters and conntrack (host-wide mode quotes
     /// counters per namespace that had events).
     survey: Survey,
@@ -41,12 +43,9 @@ struct Boundary {
 
 impl Boundary {
     fn read(netns: Option<&std::path::Path>) -> Result<Boundary, ReadingError> {
-        let mut reading = reading::read(netns, &SYSCTLS)?;
-        let sockets = reading.sockets.take().as_deref().map(SocketFacts::of);
         Ok(Boundary {
-            reading,
-            sockets,
-            survey: Survey::read(),
+            reading: HostReading::of(reading::read(netns, &SYSCTLS)?),
+            survey: watch::reduced(Survey::read()),
         })
     }
 }
@@ -137,7 +136,7 @@ impl Findings {
         );
         // As diagnose quotes them: the watched namespace's, or summed over
         // the namespaces that had events.
-        let delta = end.reading.counter_delta(&start.reading);
+        let delta = tcp_delta(&end.reading.counters, Some(&start.reading.counters));
         let counters = match watched_netns {
             Some(_) => delta,
             None => NamespaceFacts::summed(&namespaces).unwrap_or(delta),
@@ -145,8 +144,8 @@ impl Findings {
         let host = HostFacts {
             counters,
             sysctls: start.reading.sysctls.clone(),
-            sockets_start: start.sockets.clone(),
-            sockets_end: end.sockets.clone(),
+            sockets_start: start.reading.sockets.clone(),
+            sockets_end: end.reading.sockets.clone(),
             conntrack: start
                 .reading
                 .conntrack
