@@ -8,8 +8,8 @@
 use std::{collections::VecDeque, mem, net::SocketAddr, time::Duration};
 
 use super::{
-    Aggregate, Closer, Interned, MAX_CLOSERS, MAX_NAMESPACES, MAX_PEERS, MAX_PROCESSES, Namespace,
-    Process, ScatteredResets, Stats, Timeline, TopN, peer_key,
+    Aggregate, Closer, Interned, MAX_CLOSERS, MAX_NAMESPACES, MAX_PEERS, MAX_PROCESSES,
+    ScatteredResets, Stats, Timeline, TopN, peer_key,
 };
 use crate::event::TcpEvent;
 
@@ -64,7 +64,7 @@ impl Aggregate {
     pub fn seal_distributions(&mut self) {
         self.total.seal();
         self.processes.values_mut().for_each(|p| p.stats.seal());
-        self.peers.values_mut().for_each(Stats::seal);
+        self.peers.values_mut().for_each(|s| s.seal());
         self.namespaces.values_mut().for_each(|n| n.stats.seal());
         self.closers.values_mut().for_each(|c| c.idle.seal());
     }
@@ -75,7 +75,7 @@ impl Aggregate {
     pub fn merge(&mut self, other: &Aggregate) {
         self.total.merge(&other.total);
         self.processes
-            .merge_from(&other.processes, Process::default, |ours, theirs| {
+            .merge_from(&other.processes, Box::default, |ours, theirs| {
                 if !theirs.comm.is_empty() {
                     ours.comm.clone_from(&theirs.comm);
                 }
@@ -85,7 +85,9 @@ impl Aggregate {
                 ours.stats.merge(&theirs.stats);
             });
         self.peers
-            .merge_from(&other.peers, Stats::default, Stats::merge);
+            .merge_from(&other.peers, Box::default, |ours, theirs| {
+                ours.merge(theirs)
+            });
         self.closers.merge_from(
             &other.closers,
             || Closer {
@@ -110,7 +112,7 @@ impl Aggregate {
         self.drops.merge(&other.drops);
         self.flows.strays.merge(&other.flows.strays);
         self.namespaces
-            .merge_from(&other.namespaces, Namespace::default, |ours, theirs| {
+            .merge_from(&other.namespaces, Box::default, |ours, theirs| {
                 ours.events += theirs.events;
                 ours.stats.merge(&theirs.stats);
             });
