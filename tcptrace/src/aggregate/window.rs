@@ -59,9 +59,11 @@ impl Aggregate {
         }
     }
 
-    /// Seals every distribution of this aggregate's figures (`Dist::seal`):
-    /// a window keeps its slices for minutes, only to merge them.
+    /// Seals every distribution of this aggregate's figures (`Dist::seal`)
+    /// and drops what only counting needs (`MidflowDrops::seal`): a window
+    /// keeps its slices for minutes, only to merge them.
     pub fn seal_distributions(&mut self) {
+        self.midflow.seal();
         self.total.seal();
         self.processes.values_mut().for_each(|p| p.stats.seal());
         self.peers.values_mut().for_each(|s| s.seal());
@@ -335,6 +337,47 @@ mod tests {
             whole.peers.get(&peer).unwrap().rst_received_total()
         );
         assert!(sliced.events == 0 && sliced.total.rst_received.is_empty());
+    }
+
+    /// Mid-flow drops cut into sealed slices merge into the figures of
+    /// one aggregate: the distinct flows a slice remembered while counting
+    /// are dropped at the seal, its counts kept.
+    #[test]
+    fn sealed_midflow_drops_merge_as_counted() {
+        let drop = |t: u64, client: u16| {
+            ev(K::Drop, t)
+                .sock(0)
+                .local("10.0.0.1:80")
+                .remote(&format!("10.0.0.{}:{}", 2 + client % 3, 40_000 + client))
+                .dropped_incoming(2, 0x10)
+                .build()
+        };
+        let mut whole = Aggregate::new(names());
+        let mut sliced = Aggregate::new(names());
+        let mut window = Window::new(Duration::from_secs(60));
+        for t in 0..40u64 {
+            let e = drop(t, (t % 12) as u16);
+            whole.add(&e);
+            sliced.add(&e);
+            if t % 10 == 9 {
+                window.push(Duration::from_secs(5), sliced.take_figures());
+            }
+        }
+        assert!(
+            window
+                .slices
+                .iter()
+                .all(|(_, s)| s.midflow.flows.is_empty())
+        );
+        let merged = window.merged().unwrap();
+        let dest: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let (m, w) = (
+            &merged.midflow.by_dest[&dest],
+            &whole.midflow.by_dest[&dest],
+        );
+        assert_eq!((m.drops, m.reasons.clone()), (w.drops, w.reasons.clone()));
+        assert_eq!(m.clients.len(), w.clients.len());
+        assert_eq!(m.drops, 40);
     }
 
     #[test]
