@@ -11,7 +11,7 @@
 
 use std::hash::Hash;
 
-use hashbrown::{HashTable, hash_table::Entry};
+use hashbrown::HashTable;
 
 use super::hashing::hash_of;
 
@@ -77,33 +77,39 @@ impl<K: Hash + Eq, V> Generations<K, V> {
     /// generation, an unknown one is made by `new`.
     pub fn entry(&mut self, key: K, new: impl FnOnce() -> V) -> &mut V {
         let hash = hash_of(&key);
-        self.make_room_for(hash, &key);
-        let old = &mut self.old;
-        match self.young.entry(hash, |e| e.0 == key, rehash) {
-            Entry::Occupied(e) => &mut e.into_mut().1,
-            Entry::Vacant(e) => {
-                let value = match old.find_entry(hash, |e| e.0 == key) {
-                    Ok(found) => found.remove().0.1,
-                    Err(_) => new(),
-                };
-                &mut e.insert((key, value)).into_mut().1
-            }
+        // Not `HashTable::entry`: it makes room for one more key before it
+        // looks, and a full generation would double for a key it holds.
+        let young = match self.young.find_entry(hash, |e| e.0 == key) {
+            Ok(found) => return &mut found.into_mut().1,
+            Err(absent) => absent.into_table(),
+        };
+        if young.len() >= self.capacity {
+            age(young, &mut self.old);
         }
+        let value = match self.old.find_entry(hash, |e| e.0 == key) {
+            Ok(found) => found.remove().0.1,
+            Err(_) => new(),
+        };
+        &mut young.insert_unique(hash, (key, value), rehash).into_mut().1
     }
 
     /// Sets `key` to `value` in the young generation.
     pub fn insert(&mut self, key: K, value: V) {
         let hash = hash_of(&key);
-        self.make_room_for(hash, &key);
+        let young = match self.young.find_entry(hash, |e| e.0 == key) {
+            Ok(mut found) => {
+                found.get_mut().1 = value;
+                return;
+            }
+            Err(absent) => absent.into_table(),
+        };
+        if young.len() >= self.capacity {
+            age(young, &mut self.old);
+        }
         if let Ok(found) = self.old.find_entry(hash, |e| e.0 == key) {
             found.remove();
         }
-        match self.young.entry(hash, |e| e.0 == key, rehash) {
-            Entry::Occupied(mut e) => e.get_mut().1 = value,
-            Entry::Vacant(e) => {
-                e.insert((key, value));
-            }
-        }
+        young.insert_unique(hash, (key, value), rehash);
     }
 
     /// Removes `key`, young or old.
@@ -125,15 +131,13 @@ impl<K: Hash + Eq, V> Generations<K, V> {
     pub fn len(&self) -> usize {
         self.young.len() + self.old.len()
     }
+}
 
-    /// Ages the young generation when it is full and `key` (of `hash`)
-    /// is not in it.
-    fn make_room_for(&mut self, hash: u64, key: &K) {
-        if self.young.len() >= self.capacity && self.young.find(hash, |e| e.0 == *key).is_none() {
-            std::mem::swap(&mut self.young, &mut self.old);
-            self.young.clear();
-        }
-    }
+/// Forgets the old generation: the young one becomes old, and a new
+/// young one starts in the old one's allocation.
+fn age<T>(young: &mut HashTable<T>, old: &mut HashTable<T>) {
+    std::mem::swap(young, old);
+    young.clear();
 }
 
 #[cfg(test)]
@@ -166,6 +170,26 @@ mod tests {
             g.insert(k, k);
         }
         assert!(g.len() <= 8);
+    }
+
+    /// A full generation keeps its table when a key it holds is touched
+    /// again: `HashTable::entry` makes room for one more key before it
+    /// looks, so a generation filled to what its table holds (7/8 of the
+    /// buckets) doubled at once, and both generations then kept the
+    /// doubled tables.
+    #[test]
+    fn a_full_generation_does_not_grow() {
+        let mut g = Generations::new(56); // 7/8 of 64 buckets
+        for round in 0..4u32 {
+            for k in round * 56..(round + 1) * 56 {
+                g.insert(k, k);
+            }
+            let last = (round + 1) * 56 - 1;
+            *g.entry(last, || 0) += 1;
+            g.insert(last, 7);
+            assert_eq!(g.get(&last), Some(&7));
+        }
+        assert_eq!((g.young.capacity(), g.old.capacity()), (56, 56));
     }
 
     #[test]

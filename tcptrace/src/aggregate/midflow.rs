@@ -43,7 +43,7 @@ pub struct MidflowDrops {
     pub by_dest: FxHashMap<SocketAddr, MidflowDest>,
     /// Drops whose destination was not kept (too many destinations).
     pub untracked: u64,
-    flows: FxHashSet<(SocketAddr, SocketAddr)>,
+    pub(super) flows: FxHashSet<(SocketAddr, SocketAddr)>,
 }
 
 impl MidflowDrops {
@@ -88,6 +88,13 @@ impl MidflowDrops {
 }
 
 impl MidflowDrops {
+    /// Forgets the flows remembered to count distinct ones (up to
+    /// `MAX_FLOWS`, 0.5 MiB): a slice of the exporter's window is only
+    /// read and merged from now on, and its counts already hold them.
+    pub fn seal(&mut self) {
+        self.flows = FxHashSet::default();
+    }
+
     /// Adds the drops of `other` (an exporter window's slices).
     pub fn merge(&mut self, other: &MidflowDrops) {
         for (dest, theirs) in &other.by_dest {

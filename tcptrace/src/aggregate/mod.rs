@@ -429,9 +429,13 @@ pub struct Aggregate {
     /// All events together.
     pub total: Stats,
     /// By process id (pid 0: no owner known), the `MAX_PROCESSES` heaviest.
-    pub processes: TopN<u32, Process>,
+    /// Groups are boxed: a `Stats` is about 1 KiB, a hash table has up to
+    /// twice as many slots as entries, and the exporter keeps these maps
+    /// in each of its window's slices (one-off peers fill `peers` in each:
+    /// 0.5 MiB a slice unboxed, under churn).
+    pub processes: TopN<u32, Box<Process>>,
     /// By remote endpoint (port 0 for the clients of a local server), the `MAX_PEERS` heaviest.
-    pub peers: TopN<SocketAddr, Stats>,
+    pub peers: TopN<SocketAddr, Box<Stats>>,
     /// By local endpoint: who closes connections after they idled.
     pub closers: TopN<SocketAddr, Closer>,
     /// Segments of established flows dropped with no socket (a node that
@@ -468,7 +472,7 @@ pub struct Aggregate {
     /// Which connection holds which ends; replies that skipped reverse NAT.
     pub flows: Flows,
     /// By network namespace inode (0: unknown), the `MAX_NAMESPACES` busiest.
-    pub namespaces: TopN<u32, Namespace>,
+    pub namespaces: TopN<u32, Box<Namespace>>,
 }
 
 impl Aggregate {
@@ -507,12 +511,12 @@ impl Aggregate {
 
     /// The figures of process `pid`, if it is among those kept.
     pub fn process(&self, pid: u32) -> Option<&Process> {
-        self.processes.get(&pid)
+        self.processes.get(&pid).map(|p| &**p)
     }
 
     /// Processes by incidents, heaviest first; ties by pid.
     pub fn ranked_processes(&self) -> Vec<(u32, &Process)> {
-        let mut all: Vec<_> = self.processes.iter().map(|(p, v)| (*p, v)).collect();
+        let mut all: Vec<_> = self.processes.iter().map(|(p, v)| (*p, &**v)).collect();
         all.sort_by(|a, b| {
             (b.1.stats.incidents(), b.1.stats.weight(), a.0).cmp(&(
                 a.1.stats.incidents(),
@@ -568,7 +572,7 @@ impl Aggregate {
         let netns = ev.netns.unwrap_or(0);
         update.listener_flush = self.listener_flush(ev, netns, &update);
         // One lookup for the namespace's count and figures.
-        let ns = self.namespaces.entry(&netns, Namespace::default);
+        let ns = self.namespaces.entry(&netns, Box::default);
         ns.events += 1;
         if !update.is_empty() {
             update.apply(&mut ns.stats);
@@ -614,7 +618,7 @@ impl Aggregate {
             closer.late_data_resets += 1;
         }
         update.apply(&mut self.total);
-        let process = self.processes.entry(&pid, Process::default);
+        let process = self.processes.entry(&pid, Box::default);
         if let Some(owner) = &ev.owner {
             if process.comm != *owner.comm {
                 process.comm = owner.comm.to_string();
@@ -627,7 +631,7 @@ impl Aggregate {
         if update.incident || update.connect_ns.is_some() {
             *process.stats.related.entry(&Related::Peer(peer), || 0) += 1;
         }
-        let peer_stats = self.peers.entry(&peer, Stats::default);
+        let peer_stats = self.peers.entry(&peer, Box::default);
         update.apply(peer_stats);
         if update.incident || update.connect_ns.is_some() {
             *peer_stats.related.entry(&Related::Process(pid), || 0) += 1;
@@ -757,7 +761,7 @@ impl Aggregate {
             };
             let ns = self
                 .namespaces
-                .entry(&open.netns.unwrap_or(0), Namespace::default);
+                .entry(&open.netns.unwrap_or(0), Box::default);
             ns.events += open.n;
             if open.passive {
                 continue;
@@ -765,7 +769,7 @@ impl Aggregate {
             apply(&mut ns.stats);
             let pid = open.owner.as_ref().map_or(0, |o| o.pid);
             apply(&mut self.total);
-            let process = self.processes.entry(&pid, Process::default);
+            let process = self.processes.entry(&pid, Box::default);
             if let Some(owner) = &open.owner {
                 if process.comm != *owner.comm {
                     process.comm = owner.comm.to_string();
@@ -776,7 +780,7 @@ impl Aggregate {
             }
             apply(&mut process.stats);
             *process.stats.related.entry(&Related::Peer(open.peer), || 0) += open.n;
-            let peer = self.peers.entry(&open.peer, Stats::default);
+            let peer = self.peers.entry(&open.peer, Box::default);
             apply(peer);
             *peer.related.entry(&Related::Process(pid), || 0) += open.n;
         }
@@ -807,14 +811,14 @@ impl Aggregate {
     fn apply_reuses(&mut self, settled: &mut Vec<Settled>) {
         for s in settled.drain(..) {
             self.total.reuse_outcomes.apply(&s);
-            let process = self.processes.entry(&s.pid, Process::default);
+            let process = self.processes.entry(&s.pid, Box::default);
             if process.comm.is_empty() {
                 process.comm = s.comm.to_string();
                 process.cgroup_id = s.cgroup_id;
             }
             process.stats.reuse_outcomes.apply(&s);
             self.peers
-                .entry(&s.peer, Stats::default)
+                .entry(&s.peer, Box::default)
                 .reuse_outcomes
                 .apply(&s);
         }
@@ -841,7 +845,7 @@ impl Aggregate {
                 }
             };
             apply(&mut self.total);
-            let process = self.processes.entry(&close.pid, Process::default);
+            let process = self.processes.entry(&close.pid, Box::default);
             if process.comm.is_empty() {
                 process.comm = close.comm.to_string();
             }
@@ -850,7 +854,7 @@ impl Aggregate {
                 .stats
                 .related
                 .entry(&Related::Peer(close.peer), || 0) += 1;
-            let peer = self.peers.entry(&close.peer, Stats::default);
+            let peer = self.peers.entry(&close.peer, Box::default);
             apply(peer);
             *peer.related.entry(&Related::Process(close.pid), || 0) += 1;
             if let Some(ns) = self.namespaces.get_mut(&close.netns) {

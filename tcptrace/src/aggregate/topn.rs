@@ -12,6 +12,13 @@ pub trait Weight {
     fn weight(&self) -> u64;
 }
 
+/// A value kept apart (in a box) weighs what it does.
+impl<T: Weight> Weight for Box<T> {
+    fn weight(&self) -> u64 {
+        (**self).weight()
+    }
+}
+
 /// A map that keeps at most `capacity` entries, the heaviest by `Weight`: a port scan or a day-long run cannot grow it without limit.
 #[derive(Debug, Clone)]
 pub struct TopN<K, V> {

@@ -8,8 +8,8 @@
 use std::{collections::VecDeque, mem, net::SocketAddr, time::Duration};
 
 use super::{
-    Aggregate, Closer, Interned, MAX_CLOSERS, MAX_NAMESPACES, MAX_PEERS, MAX_PROCESSES, Namespace,
-    Process, ScatteredResets, Stats, Timeline, TopN, peer_key,
+    Aggregate, Closer, Interned, MAX_CLOSERS, MAX_NAMESPACES, MAX_PEERS, MAX_PROCESSES,
+    ScatteredResets, Stats, Timeline, TopN, peer_key,
 };
 use crate::event::TcpEvent;
 
@@ -60,12 +60,14 @@ impl Aggregate {
         }
     }
 
-    /// Seals every distribution of this aggregate's figures (`Dist::seal`):
-    /// a window keeps its slices for minutes, only to merge them.
+    /// Seals every distribution of this aggregate's figures (`Dist::seal`)
+    /// and drops what only counting needs (`MidflowDrops::seal`): a window
+    /// keeps its slices for minutes, only to merge them.
     pub fn seal_distributions(&mut self) {
+        self.midflow.seal();
         self.total.seal();
         self.processes.values_mut().for_each(|p| p.stats.seal());
-        self.peers.values_mut().for_each(Stats::seal);
+        self.peers.values_mut().for_each(|s| s.seal());
         self.namespaces.values_mut().for_each(|n| n.stats.seal());
         self.closers.values_mut().for_each(|c| c.idle.seal());
     }
@@ -76,7 +78,7 @@ impl Aggregate {
     pub fn merge(&mut self, other: &Aggregate) {
         self.total.merge(&other.total);
         self.processes
-            .merge_from(&other.processes, Process::default, |ours, theirs| {
+            .merge_from(&other.processes, Box::default, |ours, theirs| {
                 if !theirs.comm.is_empty() {
                     ours.comm.clone_from(&theirs.comm);
                 }
@@ -86,7 +88,9 @@ impl Aggregate {
                 ours.stats.merge(&theirs.stats);
             });
         self.peers
-            .merge_from(&other.peers, Stats::default, Stats::merge);
+            .merge_from(&other.peers, Box::default, |ours, theirs| {
+                ours.merge(theirs)
+            });
         self.closers.merge_from(
             &other.closers,
             || Closer {
@@ -111,7 +115,7 @@ impl Aggregate {
         self.drops.merge(&other.drops);
         self.flows.strays.merge(&other.flows.strays);
         self.namespaces
-            .merge_from(&other.namespaces, Namespace::default, |ours, theirs| {
+            .merge_from(&other.namespaces, Box::default, |ours, theirs| {
                 ours.events += theirs.events;
                 ours.stats.merge(&theirs.stats);
             });
@@ -338,6 +342,47 @@ mod tests {
             whole.peers.get(&peer).unwrap().rst_received_total()
         );
         assert!(sliced.events == 0 && sliced.total.rst_received.is_empty());
+    }
+
+    /// Mid-flow drops cut into sealed slices merge into the figures of
+    /// one aggregate: the distinct flows a slice remembered while counting
+    /// are dropped at the seal, its counts kept.
+    #[test]
+    fn sealed_midflow_drops_merge_as_counted() {
+        let drop = |t: u64, client: u16| {
+            ev(K::Drop, t)
+                .sock(0)
+                .local("10.0.0.1:80")
+                .remote(&format!("10.0.0.{}:{}", 2 + client % 3, 40_000 + client))
+                .dropped_incoming(2, 0x10)
+                .build()
+        };
+        let mut whole = Aggregate::new(names());
+        let mut sliced = Aggregate::new(names());
+        let mut window = Window::new(Duration::from_secs(60));
+        for t in 0..40u64 {
+            let e = drop(t, (t % 12) as u16);
+            whole.add(&e);
+            sliced.add(&e);
+            if t % 10 == 9 {
+                window.push(Duration::from_secs(5), sliced.take_figures());
+            }
+        }
+        assert!(
+            window
+                .slices
+                .iter()
+                .all(|(_, s)| s.midflow.flows.is_empty())
+        );
+        let merged = window.merged().unwrap();
+        let dest: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let (m, w) = (
+            &merged.midflow.by_dest[&dest],
+            &whole.midflow.by_dest[&dest],
+        );
+        assert_eq!((m.drops, m.reasons.clone()), (w.drops, w.reasons.clone()));
+        assert_eq!(m.clients.len(), w.clients.len());
+        assert_eq!(m.drops, 40);
     }
 
     #[test]

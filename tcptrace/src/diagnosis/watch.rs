@@ -96,6 +96,16 @@ impl HostReading {
     }
 }
 
+/// A survey reduced to what a diagnosis uses: each namespace's counters
+/// that `NamespaceFacts::from_surveys` quotes (`reading::is_tcp_counter`),
+/// a third of them.
+pub fn reduced(mut survey: Survey) -> Survey {
+    for ns in survey.namespaces.values_mut() {
+        ns.counters.retain(is_tcp_counter);
+    }
+    survey
+}
+
 /// Why a host reading could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -195,12 +205,7 @@ impl HostSource for LiveHost {
         if at == Moment::Start {
             self.held.hold_in_use();
         }
-        let mut survey = Survey::read_with(&self.held);
-        // The rules quote only these (`NamespaceFacts::from_surveys`).
-        for ns in survey.namespaces.values_mut() {
-            ns.counters.retain(is_tcp_counter);
-        }
-        Ok(survey)
+        Ok(reduced(Survey::read_with(&self.held)))
     }
 
     fn listeners(&mut self) -> Result<Option<Vec<Listener>>, SourceError> {

@@ -144,6 +144,14 @@ impl Counters {
     }
 }
 
+impl FromIterator<(String, i64)> for Counters {
+    fn from_iter<I: IntoIterator<Item = (String, i64)>>(iter: I) -> Counters {
+        Counters {
+            values: iter.into_iter().collect(),
+        }
+    }
+}
+
 /// The change of every counter over an interval.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]

@@ -43,15 +43,6 @@ pub enum ReadingError {
     Counters(#[from] CounterError),
 }
 
-impl Reading {
-    /// TCP and ICMP counter changes from `before` to `self`, by nstat
-    /// name (the other IP/UDP ones say nothing about TCP and only add
-    /// noise; ICMP unreachable / too big and failed fragmentation do).
-    pub fn counter_delta(&self, before: &Reading) -> BTreeMap<String, i64> {
-        tcp_delta(&self.counters, Some(&before.counters))
-    }
-}
-
 /// /proc/net/snmp fields that are settings, not counters.
 const CONSTANTS: [&str; 4] = ["TcpRtoAlgorithm", "TcpRtoMin", "TcpRtoMax", "TcpMaxConn"];
 

@@ -125,7 +125,7 @@ pub fn detail(agg: &Aggregate, row: &Row, clock: &WallClock) -> Detail {
     let stats = match row.key {
         RowKey::Host => Some(&agg.total),
         RowKey::Process(pid) => agg.process(pid).map(|p| &p.stats),
-        RowKey::Peer(peer) => agg.peers.get(&peer),
+        RowKey::Peer(peer) => agg.peers.get(&peer).map(|s| &**s),
         RowKey::Scattered(_) => None,
     };
     let mut d = Detail::default();
