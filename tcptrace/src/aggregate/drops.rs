@@ -71,6 +71,11 @@ pub struct DropGroup {
     /// with no socket for them (`NO_SOCKET`), the ports nothing listens
     /// on.
     pub syn_targets: TopN<SocketAddr, u64>,
+    /// When the first and the last of them were dropped (monotonic ns):
+    /// a burst, or drops that go on.
+    pub first_ns: u64,
+    /// See `first_ns`.
+    pub last_ns: u64,
     /// By the process whose connection it was (pid 0: nobody known).
     pub owners: TopN<u32, DropOwner>,
 }
@@ -85,6 +90,8 @@ impl Default for DropGroup {
             incoming: 0,
             flows: TopN::new(MAX_PER_GROUP),
             syn_targets: TopN::new(MAX_PER_GROUP),
+            first_ns: 0,
+            last_ns: 0,
             owners: TopN::new(MAX_PER_GROUP),
         }
     }
@@ -97,6 +104,11 @@ impl Weight for DropGroup {
 }
 
 impl DropGroup {
+    /// From the first drop to the last.
+    pub fn span_ns(&self) -> u64 {
+        self.last_ns.saturating_sub(self.first_ns)
+    }
+
     /// The flows most dropped, heaviest first.
     pub fn top_flows(&self) -> Vec<((SocketAddr, SocketAddr), u64)> {
         let mut all: Vec<_> = self.flows.iter().map(|(k, v)| (*k, *v)).collect();
@@ -139,6 +151,10 @@ impl Drops {
             .groups
             .entry(&DropKey { netns, reason }, DropGroup::default);
         group.count += 1;
+        if group.count == 1 {
+            group.first_ns = ev.mono_ns;
+        }
+        group.last_ns = ev.mono_ns;
         let flags = dropped.tcp_flags;
         let local = SocketAddr::new(ev.local.ip().to_canonical(), ev.local.port());
         let remote = SocketAddr::new(ev.remote.ip().to_canonical(), ev.remote.port());
@@ -197,8 +213,15 @@ impl Drops {
                     incoming,
                     flows,
                     syn_targets,
+                    first_ns,
+                    last_ns,
                     owners,
                 } = theirs;
+                // Slices merge in time order; an empty group has no first.
+                if ours.count == 0 {
+                    ours.first_ns = *first_ns;
+                }
+                ours.last_ns = ours.last_ns.max(*last_ns);
                 ours.count += count;
                 ours.syns += syns;
                 ours.synacks += synacks;

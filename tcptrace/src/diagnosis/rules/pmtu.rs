@@ -4,6 +4,10 @@ use super::*;
 
 /// Share of sized retransmits that must be full-size (90 %).
 const FULL_SIZE_SHARE: f64 = 0.9;
+/// PKT_TOO_BIG drops still going on this long after the first: the
+/// sender never learnt the smaller MTU (path MTU discovery settles within
+/// a round trip of the hop's ICMP).
+const NEVER_LEARNS_NS: u64 = 1_000_000_000;
 /// Sized retransmits needed at all.
 const MIN_RETRANSMITS: u64 = 3;
 
@@ -49,19 +53,28 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
     let icmp_seen = icmp_v4 + icmp_v6 > 0;
     // A hop drops a packet as PKT_TOO_BIG right after sending its ICMP
     // "fragmentation needed" (`ip_forward`, `ip6_forward`): that is path
-    // MTU discovery at work, a black hole only when the ICMP never
-    // reaches the sender, which then retransmits on timeout (the
-    // signature). With the ICMP received and no such retransmits, the
-    // path works.
-    if !black_hole && icmp_seen {
+    // MTU discovery at work, a burst of drops until the sender lowers its
+    // segment size for that destination. Drops that go on for seconds are
+    // a sender that never learns: its ICMP does not reach it (what the
+    // receiver's side sees of a black hole).
+    let too_big_for_ns = i
+        .agg
+        .drops
+        .with_reason("PKT_TOO_BIG")
+        .iter()
+        .map(|(_, g)| g.span_ns())
+        .max()
+        .unwrap_or(0);
+    let never_learns = too_big_drops >= MIN_RETRANSMITS && too_big_for_ns >= NEVER_LEARNS_NS;
+    if !black_hole && !never_learns && icmp_seen {
         return none();
     }
     let confidence = if black_hole && (!icmp_seen || too_big_drops > 0) {
         Confidence::High
-    } else if black_hole {
+    } else if black_hole || never_learns {
         Confidence::Medium
     } else {
-        // Drops at a hop, the sender not watched: worth listing.
+        // A burst of drops at a hop, the sender not watched: worth listing.
         Confidence::Low
     };
     let hit = processes_with(i.agg, |s| s.full_size_retransmits);
@@ -110,7 +123,13 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
     }
     if too_big_drops > 0 {
         f.evidence.push(format!(
-            "{too_big_drops} packets dropped as PKT_TOO_BIG (longer than the next hop's MTU)"
+            "{too_big_drops} packets dropped as PKT_TOO_BIG (longer than the next hop's MTU) over {}{}",
+            duration_ns(too_big_for_ns),
+            if never_learns {
+                ": they go on, so the sender never learns the smaller MTU"
+            } else {
+                ""
+            }
         ));
     }
     f.figures.insert("full_size_retransmits", full as f64);

@@ -115,14 +115,32 @@ fn pmtu_discovery_at_work_is_no_finding() {
     let host = counters(&[("IcmpMsgInType3", 33), ("TcpOutSegs", 4000)]);
     let findings = run(&events, &host);
     assert!(findings.is_empty(), "{findings:#?}");
-    // The same drops with no ICMP received (the sender not watched, or
-    // the ICMP filtered) are listed, at low only.
+    // The same burst with no ICMP received (the sender not watched, or
+    // the ICMP filtered) is listed, at low only.
     let findings = run(&events, &counters(&[("TcpOutSegs", 4000)]));
     let f = find(&findings, Cause::PmtuBlackHole).expect("listed");
     assert_eq!(f.confidence, Confidence::Low, "{findings:#?}");
     assert!(
         findings.iter().all(|f| f.confidence == Confidence::Low),
         "{findings:#?}"
+    );
+    // Drops that go on for seconds: the sender never learns (the
+    // receiver's view of a black hole).
+    let spread: Vec<TcpEvent> = (0..30u64)
+        .map(|t| {
+            ev(K::Drop, 300 + t * 200)
+                .local("10.0.0.9:41000")
+                .remote("10.0.0.2:443")
+                .dropped(PKT_TOO_BIG, 0x18)
+                .build()
+        })
+        .collect();
+    let findings = run(&spread, &counters(&[("TcpOutSegs", 4000)]));
+    let f = find(&findings, Cause::PmtuBlackHole).expect("found");
+    assert_eq!(f.confidence, Confidence::Medium, "{findings:#?}");
+    assert!(
+        f.evidence.iter().any(|e| e.contains("never learns")),
+        "{f:#?}"
     );
 }
 
