@@ -84,13 +84,39 @@ pub(super) fn pmtu_black_hole(i: &Inputs) -> Outcome {
         .map_or_else(|| "its peer".into(), endpoint);
     let sender = culprit.map_or_else(|| "a local process".into(), |(pid, p, _)| who(pid, &p.comm));
     let mss = t.retransmit_mss;
+    let summary = if black_hole {
+        format!(
+            "full-size segments from {sender} to {peer} never arrive: {full} of {sized} retransmits were full-size (MSS {mss}), small ones got through; a smaller-MTU hop drops them and its ICMP is filtered"
+        )
+    } else {
+        // The receiver's side (or the hop's): whose packets were dropped.
+        let dropped = i.agg.drops.with_reason("PKT_TOO_BIG");
+        let flow = dropped
+            .first()
+            .and_then(|(_, g)| g.top_flows().first().copied());
+        let owner = dropped.first().and_then(|(_, g)| {
+            g.top_owners()
+                .first()
+                .filter(|(pid, _)| *pid != 0)
+                .map(|(pid, o)| who(*pid, &o.comm.to_string()))
+        });
+        let (to, from) = flow.map_or_else(
+            || ("this host".to_string(), "their sender".to_string()),
+            |((local, remote), _)| {
+                let to = owner.map_or_else(|| local.to_string(), |o| format!("{o} on {local}"));
+                (to, endpoint(remote))
+            },
+        );
+        format!(
+            "full-size packets from {from} to {to} are dropped at a hop with a smaller MTU ({too_big_drops} in {}): the sender never learns, its ICMP \"fragmentation needed\" is filtered on the way back",
+            duration_ns(too_big_for_ns)
+        )
+    };
     let mut f = Finding::new(
         Cause::PmtuBlackHole,
         confidence,
         full + too_big_drops,
-        format!(
-            "full-size segments from {sender} to {peer} never arrive: {full} of {sized} retransmits were full-size (MSS {mss}), small ones got through; a smaller-MTU hop drops them and its ICMP is filtered"
-        ),
+        summary,
     );
     f.evidence.push(format!(
         "{full} of {sized} retransmitted segments were full-size (length = segments x MSS {mss}); {} were smaller",

@@ -142,6 +142,12 @@ fn pmtu_discovery_at_work_is_no_finding() {
         f.evidence.iter().any(|e| e.contains("never learns")),
         "{f:#?}"
     );
+    assert!(
+        f.summary
+            .starts_with("full-size packets from 10.0.0.2:443 to 10.0.0.9:41000 are dropped"),
+        "{}",
+        f.summary
+    );
 }
 
 /// A peer that died silently: a few retransmits each (the backoff
