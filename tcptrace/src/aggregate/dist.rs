@@ -432,3 +432,37 @@ mod tests {
         );
     }
 }
+
+/// When the first and the last of some events happened (monotonic ns),
+/// for telling one moment (a burst) from events spread over the run.
+/// Empty until the first `record`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    /// The earliest moment recorded; 0 when none was.
+    pub first_ns: u64,
+    /// The latest moment recorded.
+    pub last_ns: u64,
+}
+
+impl Span {
+    /// Takes one moment in.
+    pub fn record(&mut self, ns: u64) {
+        if self.first_ns == 0 || ns < self.first_ns {
+            self.first_ns = ns;
+        }
+        self.last_ns = self.last_ns.max(ns);
+    }
+
+    /// Takes another span's moments in.
+    pub fn merge(&mut self, other: &Span) {
+        if other.first_ns != 0 {
+            self.record(other.first_ns);
+            self.record(other.last_ns);
+        }
+    }
+
+    /// Last minus first (0 for none or one moment).
+    pub fn len_ns(&self) -> u64 {
+        self.last_ns.saturating_sub(self.first_ns)
+    }
+}

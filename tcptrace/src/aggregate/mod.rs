@@ -41,7 +41,7 @@ use self::{
     timeline::Timeline,
 };
 pub use self::{
-    dist::{Dist, Micros, Percentiles, log_bins, serialize_micros},
+    dist::{Dist, Micros, Percentiles, Span, log_bins, serialize_micros},
     drops::{DropGroup, DropKey, DropOwner, Drops},
     flows::{Flows, Holder, StrayHolder, StrayPair, Strays},
     listeners::{HandshakeTrouble, Handshakes},
@@ -142,6 +142,15 @@ pub struct Stats {
     /// proxy purging idle server connections); not counted in
     /// `rst_after_quiet_gap`.
     pub rst_on_idle_accepted: u64,
+    /// RSTs received by a client in ESTABLISHED on a connection idle
+    /// both ways for a quiet gap: nothing it sent provoked them (the
+    /// peer closing abortively, a restarting server resetting its accept
+    /// queue, a middlebox resetting idle flows). Also counted in
+    /// `rst_after_quiet_gap`.
+    pub rst_unprovoked: u64,
+    /// When the first and last of those arrived: all within a moment is
+    /// one event at the peer, not each connection's own idle timer.
+    pub rst_unprovoked_span: Span,
     /// RSTs (reason TCP_STATE) a listener sent as it closed, one to each
     /// connection still in its accept queue, never accepted: a restart
     /// or shutdown that did not drain (also among `rst_sent`).
@@ -249,6 +258,8 @@ impl Default for Stats {
             rst_after_quiet_gap_from_local: 0,
             rst_while_active: 0,
             rst_on_idle_accepted: 0,
+            rst_unprovoked: 0,
+            rst_unprovoked_span: Span::default(),
             rst_listener_flush: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
@@ -880,6 +891,9 @@ struct Update {
     age_at_rst_ns: Option<u64>,
     quiet_gap_rst: bool,
     idle_dropped_rst: bool,
+    /// A client's quiet-gap RST with nothing sent since either: its
+    /// arrival time.
+    unprovoked_rst_at: Option<u64>,
     /// An RST a closing listener sent to a queued connection.
     listener_flush: bool,
     active_rst: bool,
@@ -991,6 +1005,9 @@ impl Update {
                         u.idle_dropped_rst =
                             quiet && passive && ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.quiet_gap_rst = quiet && !u.idle_dropped_rst;
+                        let sent_nothing = ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
+                        u.unprovoked_rst_at =
+                            (u.quiet_gap_rst && sent_nothing).then_some(ev.mono_ns);
                         u.active_rst = !quiet;
                     }
                     // A client reusing a connection its server had closed;
@@ -1158,6 +1175,10 @@ impl Update {
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
+        if let Some(ns) = self.unprovoked_rst_at {
+            s.rst_unprovoked += 1;
+            s.rst_unprovoked_span.record(ns);
+        }
         s.rst_listener_flush += u64::from(self.listener_flush);
         if let Some((origin, hops)) = self.rst_origin {
             *s.rst_origin.entry(origin).or_default() += 1;

@@ -145,6 +145,8 @@ impl Stats {
             rst_after_quiet_gap_from_local,
             rst_while_active,
             rst_on_idle_accepted,
+            rst_unprovoked,
+            rst_unprovoked_span,
             rst_listener_flush,
             rst_after_peer_close,
             reuse_after_peer_close,
@@ -197,6 +199,8 @@ impl Stats {
         self.rst_after_quiet_gap_from_local += rst_after_quiet_gap_from_local;
         self.rst_while_active += rst_while_active;
         self.rst_on_idle_accepted += rst_on_idle_accepted;
+        self.rst_unprovoked += rst_unprovoked;
+        self.rst_unprovoked_span.merge(rst_unprovoked_span);
         self.rst_listener_flush += rst_listener_flush;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);

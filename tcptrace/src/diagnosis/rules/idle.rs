@@ -167,6 +167,21 @@ pub(super) fn idle_timeouts(i: &Inputs) -> Outcome {
 
 /// Most of these quiet-gap RSTs were sent by a traced local process: its
 /// own idle close explains them, not a device in between.
+/// Unprovoked resets this close together are one event at the peer.
+const BURST_NS: u64 = 1_000_000_000;
+
+/// The resets after quiet gaps are (nearly all) unprovoked, at least two,
+/// and arrived within `BURST_NS` of each other: the peer reset its idle
+/// connections at one moment (a restart or shutdown: a closing listener
+/// resets every connection still in its accept queue, a killed process
+/// with unread data resets its own), not each connection's idle timer
+/// running out, which fires at its own moment after its own last packet.
+pub(super) fn unprovoked_burst(s: &Stats) -> bool {
+    s.rst_unprovoked >= 2
+        && s.rst_unprovoked * 10 >= s.rst_after_quiet_gap * 9
+        && s.rst_unprovoked_span.len_ns() <= BURST_NS
+}
+
 pub(super) fn reset_by_local_closer(s: &Stats) -> bool {
     s.rst_after_quiet_gap_from_local > 0
         && s.rst_after_quiet_gap_from_local * 2 >= s.rst_after_quiet_gap
@@ -454,6 +469,7 @@ fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
         p.stats.reuse_outcomes.reset.count == 0
             && quiet_gaps_cluster(&p.stats)
             && !reset_by_local_closer(&p.stats)
+            && !(unprovoked_burst(&p.stats) && !forged(&p.stats))
     });
     let (pid, process, resets) = hit.first().copied()?;
     let idle = process
@@ -598,12 +614,17 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
                     .bound(p.stats.reuse_outcomes.reset, MIN_IDLE_NS)
                     .is_some()
         } else {
-            quiet_gaps_cluster(&p.stats)
+            quiet_gaps_cluster(&p.stats) && !unprovoked_burst(&p.stats)
         };
-        !idle_explains && !reset_by_local_closer(&p.stats)
+        !idle_explains && !reset_by_local_closer(&p.stats) && !forged(&p.stats)
     });
     let mut findings = Vec::new();
     if let Some((pid, process, resets)) = hit.first().copied() {
+        if unprovoked_burst(&process.stats) {
+            let peer = hit.peer(pid);
+            findings.push(restart_burst_finding(pid, process, peer, &hit));
+            return Outcome { checked, findings };
+        }
         let idle = process.stats.quiet_gap_idle.percentiles();
         let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
         let confidence = if resets >= 2 {
@@ -641,4 +662,68 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
         findings.push(f);
     }
     Outcome { checked, findings }
+}
+
+/// Most received RSTs of `s` whose origin is known came from a middlebox
+/// (forged on the path): `reset_on_path` speaks for them.
+fn forged(s: &Stats) -> bool {
+    let of = |o: &str| s.rst_origin.get(o).copied().unwrap_or(0);
+    of("middlebox") > 0 && of("middlebox") >= of("peer")
+}
+
+/// A client's idle connections reset by its peer at one moment
+/// (`unprovoked_burst`): the peer restarted or shut down without
+/// draining them.
+fn restart_burst_finding(
+    pid: u32,
+    process: &Process,
+    peer: Option<SocketAddr>,
+    hit: &Hits<'_>,
+) -> Finding {
+    let s = &process.stats;
+    let me = who(pid, &process.comm);
+    let peer_text = peer.map_or_else(|| "its peer".into(), endpoint);
+    let n = s.rst_unprovoked;
+    let from_peer = s.rst_origin.get("peer").copied().unwrap_or(0);
+    let confidence = if n >= 3 && (s.refused > 0 || from_peer * 2 >= n) {
+        Confidence::High
+    } else {
+        Confidence::Medium
+    };
+    let mut f = Finding::new(
+        Cause::HalfOpenAfterPeerRestart,
+        confidence,
+        hit.iter().map(|h| h.2).sum(),
+        format!(
+            "{me} had {n} idle connections to {peer_text} reset at one moment, with nothing sent on them: the peer restarted or shut down without draining its connections"
+        ),
+    );
+    f.evidence.push(format!(
+        "{n} RSTs received in ESTABLISHED within {} of each other, on connections idle both ways (nothing sent since the gap, so no send of {me} provoked them); an idle timer would reset each connection at its own moment",
+        duration_ns(s.rst_unprovoked_span.len_ns())
+    ));
+    if from_peer > 0 {
+        f.evidence.push(format!(
+            "{from_peer} of the received RSTs came from the peer itself (same hop count as its own segments), none forged on the path"
+        ));
+    }
+    if s.refused > 0 {
+        f.evidence.push(format!(
+            "{} connects by {me} to {peer_text} refused (RST to the SYN) in the same run: nothing listened there for a while",
+            s.refused
+        ));
+    }
+    f.evidence.push("a listener that closes resets every connection still in its accept queue (never accepted); a process killed with unread data resets its own: both look like this from the client".into());
+    f.figures.insert("resets", n as f64);
+    f.figures
+        .insert("burst_s", secs(s.rst_unprovoked_span.len_ns()));
+    f.fix.push(format!(
+        "Restart the service on {peer_text} without dropping connections: fail its readiness check and drain it from the load balancer first, accept and finish what is queued, then close (or hand the listening socket over: SO_REUSEPORT, systemd socket activation)."
+    ));
+    f.fix.push(format!(
+        "On {}: retry idempotent requests once on ECONNRESET, and validate pooled connections idle for long before use.",
+        process.comm
+    ));
+    f.affected = affected(hit, "client");
+    f
 }

@@ -483,3 +483,85 @@ fn clients_dropping_idle_connections_with_an_rst_are_benign() {
         "{findings:#?}"
     );
 }
+
+/// `n` pooled client connections opened at 10 ms, each reset after a
+/// quiet gap of 2.88 s without receiving: `at(i)` is when connection
+/// `i`'s RST arrives, `sent_ms` how long before it the client last sent
+/// (small: the RST met a send).
+fn pool_resets(n: u64, at: impl Fn(u64) -> u64, sent_ms: u64, origin: Option<u8>) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for i in 0..n {
+        let sock = 900 + i;
+        events.extend(connect(sock, 10, 77, "pool", "10.77.0.2:8080"));
+        let local = format!("10.0.0.1:{}", 40_000 + sock % 20_000);
+        let t = at(i);
+        let mut rst = ev(K::RstReceived, t)
+            .sock(sock)
+            .owner(77, "pool")
+            .local(&local)
+            .remote("10.77.0.2:8080")
+            .state("ESTABLISHED")
+            .idle_ms(sent_ms, 2_880);
+        if let Some(hops) = origin {
+            rst = rst.origin(hops);
+        }
+        events.push(rst.build());
+    }
+    events
+}
+
+#[test]
+fn idle_connections_reset_at_one_moment_are_a_peer_restart_not_an_idle_timeout() {
+    // restart_cli: 20 never-used pooled connections sat in a busy
+    // server's accept queue; the server was killed and its closing
+    // listener reset them all within microseconds, idle 2.88 s each. The
+    // client sent nothing: no middlebox forgot a flow it was using.
+    let mut events = pool_resets(20, |i| 2_890 + i / 10, 2_880, Some(0));
+    events.push(
+        ev(K::RstReceived, 3_100)
+            .sock(990)
+            .owner(77, "pool")
+            .local("10.0.0.1:0")
+            .remote("10.77.0.2:8080")
+            .state("SYN_SENT")
+            .build(),
+    );
+    let findings = diagnose_events(&events, &HostFacts::default());
+    assert!(
+        !findings.iter().any(|f| f.cause == Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::HalfOpenAfterPeerRestart, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High, "{top:#?}");
+    assert_eq!(top.affected[0].comm, "pool");
+    within(top, "resets", 20.0, 20.0);
+    within(top, "burst_s", 0.0, 0.01);
+}
+
+#[test]
+fn idle_connections_reset_each_at_its_own_moment_stay_an_idle_timeout() {
+    // The same pool went idle at different times (used one after the
+    // other, 700 ms apart); something resets each ~2.9 s after its last
+    // packet, unprovoked (an LB with reset on idle): spread over 3.5 s.
+    let events = pool_resets(6, |i| 2_900 + i * 700, 2_890, None);
+    let findings = diagnose_events(&events, &HostFacts::default());
+    assert_eq!(
+        serious(&findings).first(),
+        Some(&Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn resets_that_met_a_send_after_the_gap_stay_an_idle_timeout_even_at_one_moment() {
+    // A pool reused all its connections at once after 2.9 s idle; each
+    // send met an RST from a middlebox that had forgotten the flow.
+    let events = pool_resets(6, |i| 2_900 + i, 1, None);
+    let findings = diagnose_events(&events, &HostFacts::default());
+    assert_eq!(
+        serious(&findings).first(),
+        Some(&Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+}
