@@ -176,7 +176,7 @@ const BURST_NS: u64 = 1_000_000_000;
 /// resets every connection still in its accept queue, a killed process
 /// with unread data resets its own), not each connection's idle timer
 /// running out, which fires at its own moment after its own last packet.
-pub(super) fn unprovoked_burst(s: &Stats) -> bool {
+fn unprovoked_burst(s: &Stats) -> bool {
     s.rst_unprovoked >= 2
         && s.rst_unprovoked * 10 >= s.rst_after_quiet_gap * 9
         && s.rst_unprovoked_span.len_ns() <= BURST_NS
@@ -469,7 +469,7 @@ fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
         p.stats.reuse_outcomes.reset.count == 0
             && quiet_gaps_cluster(&p.stats)
             && !reset_by_local_closer(&p.stats)
-            && !(unprovoked_burst(&p.stats) && !forged(&p.stats))
+            && !peer_burst(&p.stats)
     });
     let (pid, process, resets) = hit.first().copied()?;
     let idle = process
@@ -620,7 +620,7 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
     });
     let mut findings = Vec::new();
     if let Some((pid, process, resets)) = hit.first().copied() {
-        if unprovoked_burst(&process.stats) {
+        if peer_burst(&process.stats) {
             let peer = hit.peer(pid);
             findings.push(restart_burst_finding(pid, process, peer, &hit));
             return Outcome { checked, findings };
@@ -662,6 +662,11 @@ pub(super) fn half_open(i: &Inputs) -> Outcome {
         findings.push(f);
     }
     Outcome { checked, findings }
+}
+
+/// An unprovoked burst the peer itself sent (none forged on the path).
+fn peer_burst(s: &Stats) -> bool {
+    unprovoked_burst(s) && !forged(s)
 }
 
 /// Most received RSTs of `s` whose origin is known came from a middlebox
