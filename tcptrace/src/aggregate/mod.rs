@@ -53,7 +53,7 @@ pub use self::{
 use crate::{
     event::{Comm, EventKind, OpenCount, TcpEvent},
     kernel::names::Names,
-    origin::Origin,
+    origin::{Origin, Provenance},
 };
 
 /// Processes kept (the heaviest by incidents, then activity).
@@ -215,6 +215,12 @@ pub struct Stats {
     /// RSTs received on such a connection: the peer aborted it after a
     /// complete exchange, nothing was lost on this side.
     pub rst_received_clean: u64,
+    /// RSTs a server received in ESTABLISHED within `ANSWER_ACK_NS` of
+    /// answering (its answer still unacknowledged, nothing unread): the
+    /// client had the answer in its kernel and reset before its delayed
+    /// ACK went out, as HAProxy's HTTP health checks do. Also among
+    /// `rst_lost_data` (the answer was never acknowledged).
+    pub rst_received_after_answer: u64,
     /// RSTs (either way) that lost data: bytes unacknowledged or unread.
     pub rst_lost_data: u64,
     /// The MSS of the last data retransmit that carried one (0: none).
@@ -282,6 +288,7 @@ impl Default for Stats {
             reuse_outcomes: ReuseOutcomes::default(),
             rst_sent_clean: 0,
             rst_received_clean: 0,
+            rst_received_after_answer: 0,
             rst_lost_data: 0,
             retransmit_mss: 0,
             retransmit_pmtu: 0,
@@ -915,6 +922,8 @@ struct Update {
     /// A reset that lost nothing (`complete_exchange`), or lost data.
     rst_clean: bool,
     rst_lost_data: bool,
+    /// See `Stats::rst_received_after_answer`.
+    rst_after_answer: bool,
     /// A data retransmit's (MSS, path MTU), when known.
     retransmit_path: Option<(Option<u32>, Option<u32>)>,
     incident: bool,
@@ -1005,6 +1014,7 @@ impl Update {
                         u.idle_dropped_rst =
                             quiet && passive && ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.quiet_gap_rst = quiet && !u.idle_dropped_rst;
+                        u.rst_after_answer = passive && reset_right_after_answer(ev);
                         let sent_nothing = ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.unprovoked_rst_at =
                             (u.quiet_gap_rst && sent_nothing).then_some(ev.mono_ns);
@@ -1228,6 +1238,7 @@ impl Update {
             }
         }
         s.rst_lost_data += u64::from(self.rst_lost_data);
+        s.rst_received_after_answer += u64::from(self.rst_after_answer);
         if let Some((mss, pmtu)) = self.retransmit_path {
             s.retransmit_mss = mss.unwrap_or(s.retransmit_mss);
             s.retransmit_pmtu = pmtu.unwrap_or(s.retransmit_pmtu);
@@ -1275,6 +1286,27 @@ fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
         Some(true) => (complete_exchange(ev, peer.port() == 0), false),
         None => (false, false),
     }
+}
+
+/// The longest a receiver holds back an ACK (Linux `TCP_DELACK_MAX`,
+/// 200 ms, include/net/tcp.h): an answer still unacknowledged this soon
+/// after it went out may well have arrived.
+const ANSWER_ACK_NS: u64 = 200_000_000;
+
+/// A server's RST received just after it answered the last request: the
+/// answer unacknowledged but sent within `ANSWER_ACK_NS`, nothing
+/// unread. The client reset after reading what it needed. An RST sent
+/// without the connection's state (`Provenance::stateless`: a kernel
+/// that no longer knew it, as behind a NAT bypass) is no such close.
+fn reset_right_after_answer(ev: &TcpEvent) -> bool {
+    let Some(q) = ev.queues() else {
+        return false;
+    };
+    !ev.provenance().is_some_and(Provenance::stateless)
+        && q.unread == Some(0)
+        && q.unacked.is_some_and(|n| n > 0)
+        && ev.idle_send_ns.is_some_and(|n| n <= ANSWER_ACK_NS)
+        && complete_exchange(ev, true)
 }
 
 fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {

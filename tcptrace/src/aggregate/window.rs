@@ -165,6 +165,7 @@ impl Stats {
             reuse_outcomes,
             rst_sent_clean,
             rst_received_clean,
+            rst_received_after_answer,
             rst_lost_data,
             retransmit_mss,
             retransmit_pmtu,
@@ -217,6 +218,7 @@ impl Stats {
         self.reuse_outcomes.merge(reuse_outcomes);
         self.rst_sent_clean += rst_sent_clean;
         self.rst_received_clean += rst_received_clean;
+        self.rst_received_after_answer += rst_received_after_answer;
         self.rst_lost_data += rst_lost_data;
         // The last data retransmit's MSS and path MTU: the newer slice's.
         if *retransmit_mss != 0 {

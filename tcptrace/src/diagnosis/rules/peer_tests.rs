@@ -299,3 +299,57 @@ fn local_server_resets_idle_is_its_keepalive(sent_first: bool) {
         "ECONNRESET on reuse called lossless: {findings:#?}"
     );
 }
+
+/// `n` health checks accepted by `backend` on 10.78.0.2:8080, each reset
+/// by the checker `reset_after_ms` after the backend's answer went out
+/// (answer of 769 bytes unacknowledged, request read 4 ms before).
+fn checks_reset_after_answer(n: u64, reset_after_ms: u64) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let sock = 3_000 + k;
+        let client = format!("10.78.0.1:{}", 42_000 + k);
+        let at = 300 * k + 10;
+        events.push(
+            ev(K::State, at)
+                .sock(sock)
+                .owner(7, "backend")
+                .local("10.78.0.2:8080")
+                .remote(&client)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, at + 2 + reset_after_ms)
+                .sock(sock)
+                .owner(7, "backend")
+                .local("10.78.0.2:8080")
+                .remote(&client)
+                .state("ESTABLISHED")
+                .idle_ms(reset_after_ms, reset_after_ms + 4)
+                .queues(769, 0, reset_after_ms + 4)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn health_checks_reset_right_after_the_answer_are_benign() {
+    // hc_http_be: HAProxy's `option httpchk` reads the status line and
+    // resets (SO_LINGER 0) before its kernel's delayed ACK of the answer:
+    // every check leaves the backend an RST with its answer unacked.
+    let findings = run(&checks_reset_after_answer(12, 0));
+    assert!(
+        findings.iter().all(|f| f.confidence == Confidence::Low),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn resets_long_after_the_answer_still_cut_exchanges_short() {
+    // The same answers never acknowledged for 2 s, then reset: the
+    // answer was lost, not read.
+    let findings = run(&checks_reset_after_answer(12, 2_000));
+    let f = finding(&findings, Cause::LingerZeroAbort);
+    assert_eq!(f.confidence, Confidence::Medium, "{f:#?}");
+}

@@ -370,8 +370,10 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         return Vec::new();
     };
     let clean = process.stats.rst_received_clean.min(n);
-    let lossy = n - clean;
-    let benign = clean * 10 >= n * 9;
+    // Reset right after answering: the client had the answer.
+    let answered = process.stats.rst_received_after_answer.min(n - clean);
+    let lossy = n - clean - answered;
+    let benign = (clean + answered) * 10 >= n * 9;
     if n < 3 && !benign {
         return Vec::new();
     }
@@ -382,7 +384,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         (
             Confidence::Low,
             format!(
-                "{peer} closed {n} connections of {me} with an RST after complete exchanges: nothing was lost; benign (an abortive close by design, e.g. HAProxy's SO_LINGER 0 to its servers)"
+                "{peer} closed {n} connections of {me} with an RST after complete exchanges: nothing was lost; benign (an abortive close by design, e.g. HAProxy's SO_LINGER 0 to its servers and its health checks)"
             ),
         )
     } else {
@@ -410,7 +412,7 @@ fn aborted_by_peer(i: &Inputs) -> Vec<Finding> {
         }
     ));
     f.evidence.push(format!(
-        "{clean} of them after a complete exchange (nothing unacknowledged, nothing unread, the last request answered), {lossy} cut an exchange short ({} with data in flight or unread)",
+        "{clean} of them after a complete exchange (nothing unacknowledged, nothing unread, the last request answered), {answered} within 200 ms of {me} answering the last request (the answer not yet acknowledged: the client reset once it had it, as HAProxy's HTTP checks do), {lossy} cut an exchange short ({} with data in flight or unread)",
         process.stats.rst_lost_data
     ));
     let errors = process.stats.socket_errors_total();
