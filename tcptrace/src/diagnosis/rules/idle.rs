@@ -719,6 +719,7 @@ fn restart_burst_finding(
         ));
     }
     f.evidence.push("a listener that closes resets every connection still in its accept queue (never accepted); a process killed with unread data resets its own: both look like this from the client".into());
+    f.title = "Peer restarted: its connections were reset at once";
     f.figures.insert("resets", n as f64);
     f.figures
         .insert("burst_s", secs(s.rst_unprovoked_span.len_ns()));

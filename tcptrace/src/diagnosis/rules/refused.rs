@@ -47,6 +47,8 @@ pub(super) fn nothing_listening(i: &Inputs) -> Outcome {
             f.evidence.push(format!(
                 "{n} RSTs sent by {me} with reason TCP_STATE within 100 ms of its listener's LISTEN -> CLOSE, to connections it had not accepted"
             ));
+            f.title =
+                "Listener closed with connections still queued (a restart that did not drain)";
             f.figures.insert("queued_resets", n as f64);
             f.fix.push(fix);
             f.affected = affected(&flushed, "server");
