@@ -71,9 +71,17 @@ pub struct OverheadArgs {
     #[arg(long, value_name = "BIN")]
     pub previous: Option<std::path::PathBuf>,
     /// Leave out the runs that compare with another tool or every hook
-    /// (tcpstates, bpftrace, `--events all`): tcptrace's own modes only.
+    /// (tcpstates, bpftrace counting, `--events all`): tcptrace's own
+    /// modes, and the floor (bpftrace's empty programs on the same
+    /// tracepoints) when bpftrace is there.
     #[arg(long)]
     pub quick: bool,
+    /// Only the rows that bound the kernel hooks: no tracer, bpftrace's
+    /// empty programs on tcptrace's tracepoints (with and without the
+    /// syscall exits), bpftrace counting, tcptrace hooks only. Short
+    /// rounds, so that many fit: the floor of issue 13's hooks goal.
+    #[arg(long, conflicts_with_all = ["quick", "previous"])]
+    pub floor: bool,
     /// Do not rewrite BENCHMARKS.md.
     #[arg(long)]
     pub no_write: bool,
@@ -123,6 +131,23 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     use overhead::Setup;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = args.threads.unwrap_or(2 * cores);
+    if args.floor {
+        let has_bpftrace = std::process::Command::new("bpftrace")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_bpftrace {
+            bail!("--floor needs Debian's bpftrace");
+        }
+        let setups = vec![
+            Setup::Baseline,
+            Setup::BpftraceEmpty,
+            Setup::BpftraceEmptyNoSyscalls,
+            Setup::Bpftrace,
+            Setup::KernelOnly,
+        ];
+        return overhead_table(tcptrace, args, setups, cores, threads);
+    }
     let mut setups = vec![Setup::Baseline, Setup::TraceJson];
     let has_top = std::process::Command::new(tcptrace)
         .args(["top", "--help"])
@@ -145,16 +170,20 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
     } else {
         eprintln!("xtask bench: no tcpstates (Debian's libbpf-tools); skipping its run");
     }
-    if args.quick {
-        // --quick: no comparison with another tool.
-    } else if std::process::Command::new("bpftrace")
+    let has_bpftrace = std::process::Command::new("bpftrace")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        setups.push(Setup::Bpftrace);
+        .is_ok_and(|o| o.status.success());
+    if !has_bpftrace {
+        eprintln!("xtask bench: no bpftrace (Debian's bpftrace); skipping its runs");
     } else {
-        eprintln!("xtask bench: no bpftrace (Debian's bpftrace); skipping its run");
+        if !args.quick {
+            setups.push(Setup::Bpftrace);
+        }
+        // The floor under the hooks-only row (empty programs on the same
+        // tracepoints), in --quick too: the one figure that bounds it.
+        setups.push(Setup::BpftraceEmpty);
+        setups.push(Setup::BpftraceEmptyNoSyscalls);
     }
     setups.push(Setup::Record);
     setups.push(Setup::KernelOnly);
@@ -172,6 +201,19 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
         setups.push(Setup::PreviousAggregate);
         setups.push(Setup::PreviousKernelOnly);
     }
+    overhead_table(tcptrace, args, setups, cores, threads)
+}
+
+/// Runs `setups` in alternating rounds and prints (and unless
+/// `--no-write`, writes) their table.
+fn overhead_table(
+    tcptrace: &Path,
+    args: &OverheadArgs,
+    setups: Vec<overhead::Setup>,
+    cores: usize,
+    threads: usize,
+) -> Result<()> {
+    use overhead::Setup;
     let options = overhead::Options {
         seconds: args.seconds,
         rounds: args.rounds,
@@ -267,17 +309,19 @@ fn overhead(tcptrace: &Path, args: &OverheadArgs) -> Result<()> {
             .map(|p| format!(" --previous {}", p.display()))
             .unwrap_or_default();
         let command = format!(
-            "sudo cargo xtask bench overhead --seconds {} --rounds {}{}{previous}{} (threads: {threads}, cores: {cores})",
+            "sudo cargo xtask bench overhead --seconds {} --rounds {}{}{previous}{}{} (threads: {threads}, cores: {cores})",
             args.seconds,
             args.rounds,
             args.threads
                 .map(|t| format!(" --threads {t}"))
                 .unwrap_or_default(),
-            if args.quick { " --quick" } else { "" }
+            if args.quick { " --quick" } else { "" },
+            if args.floor { " --floor" } else { "" }
         );
         // The default load has its own section; other thread counts
-        // (how cost grows with load) get one each.
+        // (how cost grows with load) get one each, and so does --floor.
         let section = match args.threads {
+            _ if args.floor => "overhead-floor".to_string(),
             Some(t) if t != 2 * cores => format!("overhead-{t}-threads"),
             _ => "overhead".to_string(),
         };

@@ -50,6 +50,15 @@ pub enum Setup {
     /// bpftrace counting the same tracepoints in maps (per-CPU counts,
     /// no per-event output): the in-kernel floor another tool reaches.
     Bpftrace,
+    /// bpftrace with an empty action on every tracepoint tcptrace attaches
+    /// by default (`top`, `trace`, hooks only): what attaching programs
+    /// there costs the churn before any program does anything, the floor
+    /// under the hooks-only row.
+    BpftraceEmpty,
+    /// The same without the two `syscalls:sys_exit_accept*` tracepoints:
+    /// the difference is what putting every syscall of the host on the
+    /// slow path costs, on its own.
+    BpftraceEmptyNoSyscalls,
     /// `--previous BIN trace --json --output FILE`: another build (the one
     /// before a change) in the same rounds, for a like-for-like ratio.
     PreviousJson,
@@ -75,6 +84,10 @@ impl Setup {
             Setup::Exporter => "tcptrace exporter (scraped every 1 s)",
             Setup::Diagnose => "tcptrace diagnose --json (aggregation only)",
             Setup::Bpftrace => "bpftrace counting the same tracepoints in maps",
+            Setup::BpftraceEmpty => "bpftrace, empty programs on tcptrace's tracepoints",
+            Setup::BpftraceEmptyNoSyscalls => {
+                "bpftrace, empty programs on tcptrace's tracepoints but the syscall exits"
+            }
             Setup::ExporterRulesEverySecond => {
                 "tcptrace exporter --interval 1s (scraped every 1 s)"
             }
@@ -249,6 +262,18 @@ fn measure(
             Ready::After(Duration::from_secs(5)),
             Some(&output),
         )?),
+        Setup::BpftraceEmpty | Setup::BpftraceEmptyNoSyscalls => Some(Tracer::start(
+            Command::new("bpftrace").args([
+                "-e",
+                if setup == Setup::BpftraceEmpty {
+                    BPFTRACE_EMPTY
+                } else {
+                    BPFTRACE_EMPTY_NO_SYSCALLS
+                },
+            ]),
+            Ready::After(Duration::from_secs(5)),
+            Some(&output),
+        )?),
         // tcpstates block-buffers its output to a file: give it time to attach.
         Setup::Tcpstates => Some(Tracer::start(
             &mut Command::new("tcpstates"),
@@ -327,7 +352,10 @@ fn measure(
                     bail!("the exporter answered no scrape (stderr: {stderr:?})");
                 }
             }
-            Setup::Baseline | Setup::Bpftrace => {}
+            Setup::Baseline
+            | Setup::Bpftrace
+            | Setup::BpftraceEmpty
+            | Setup::BpftraceEmptyNoSyscalls => {}
         }
     }
     Ok(run)
@@ -345,6 +373,37 @@ tracepoint:tcp:tcp_receive_reset { @rst_received = count(); }
 tracepoint:tcp:tcp_retransmit_skb { @retransmits[args->state] = count(); }
 tracepoint:tcp:tcp_retransmit_synack { @synack_retransmits = count(); }
 tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }";
+
+/// Every tracepoint tcptrace attaches by default on this kernel (`top`,
+/// `trace` and the hooks-only run: all kinds but reuse), each with an
+/// empty action: bpftrace 0.17 loads a program that returns at once, so
+/// what is left is the tracepoint machinery. Two of tcptrace's hooks are
+/// raw tracepoints (`inet_sock_set_state` where BTF is there, and
+/// `inet_sk_error_report`); bpftrace 0.17 has no `rawtracepoint:` probe,
+/// so those two are the formatted tracepoints here, which build their
+/// record first: this floor is, if anything, a little above tcptrace's.
+/// The syscall exits put every syscall of the host on the slow path
+/// (`syscall_trace_exit`) while attached.
+const BPFTRACE_EMPTY: &str = "\
+tracepoint:sock:inet_sock_set_state {}
+tracepoint:sock:inet_sk_error_report {}
+tracepoint:tcp:tcp_send_reset {}
+tracepoint:tcp:tcp_receive_reset {}
+tracepoint:tcp:tcp_retransmit_skb {}
+tracepoint:tcp:tcp_retransmit_synack {}
+tracepoint:skb:kfree_skb {}
+tracepoint:syscalls:sys_exit_accept4 {}
+tracepoint:syscalls:sys_exit_accept {}";
+
+/// `BPFTRACE_EMPTY` without the syscall exits.
+const BPFTRACE_EMPTY_NO_SYSCALLS: &str = "\
+tracepoint:sock:inet_sock_set_state {}
+tracepoint:sock:inet_sk_error_report {}
+tracepoint:tcp:tcp_send_reset {}
+tracepoint:tcp:tcp_receive_reset {}
+tracepoint:tcp:tcp_retransmit_skb {}
+tracepoint:tcp:tcp_retransmit_synack {}
+tracepoint:skb:kfree_skb {}";
 
 /// `trace --record` prints only its human summary, on stderr:
 /// `--- tcptrace: 4.2 s, R events received, P produced, L lost ---`.
