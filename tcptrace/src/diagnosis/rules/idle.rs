@@ -484,6 +484,15 @@ fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
         Confidence::Medium
     };
     let all: u64 = hit.iter().map(|h| h.2).sum();
+    if sent_by_peer(&process.stats, resets) {
+        return Some(peer_idle_reset_finding(
+            (pid, process, resets),
+            &idle,
+            &peer,
+            confidence,
+            &hit,
+        ));
+    }
     let mut f = Finding::new(
         Cause::LbIdleTimeout,
         confidence,
@@ -495,11 +504,16 @@ fn clustered_quiet_gap_finding(agg: &Aggregate) -> Option<Finding> {
             secs(idle.p50_ns)
         ),
     );
+    let when = if process.stats.rst_unprovoked * 2 > resets {
+        "while idle both ways (nothing sent since the gap: unprovoked, as a device resetting idle flows sends them)"
+    } else {
+        "right after the first send following an idle gap"
+    };
     f.evidence.push(format!(
-            "{resets} RSTs received by {} from {peer} in ESTABLISHED, right after the first send following an idle gap of {}",
-            who(pid, &process.comm),
-            spread(&idle)
-        ));
+        "{resets} RSTs received by {} from {peer} in ESTABLISHED, {when} of {}",
+        who(pid, &process.comm),
+        spread(&idle)
+    ));
     f.evidence.push(
             "the idle times cluster around one value and the peer never closed (no FIN): a load balancer / NAT / firewall idle timeout".into(),
         );
@@ -730,6 +744,83 @@ fn restart_burst_finding(
         "On {}: retry idempotent requests once on ECONNRESET, and validate pooled connections idle for long before use.",
         process.comm
     ));
+    f.affected = affected(hit, "client");
+    f
+}
+
+/// Most of `resets` came from the peer itself (`rst_origin`: the RST's
+/// TTL, IP ID and options as the peer's own segments) and none was
+/// forged on the path: no device in between timed the flows out.
+fn sent_by_peer(s: &Stats, resets: u64) -> bool {
+    let of = |o: &str| s.rst_origin.get(o).copied().unwrap_or(0);
+    of("middlebox") == 0 && of("peer") * 2 >= resets && of("peer") > 0
+}
+
+/// RSTs after quiet gaps clustering around one idle time, sent by the
+/// peer itself: its own timeout, closing abortively. After complete
+/// exchanges it is the peer's idle (keep-alive) timeout; with the
+/// client's last request unanswered, a request timeout that resets.
+fn peer_idle_reset_finding(
+    (pid, process, resets): (u32, &Process, u64),
+    idle: &Percentiles,
+    peer: &str,
+    confidence: Confidence,
+    hit: &Hits<'_>,
+) -> Finding {
+    let s = &process.stats;
+    let me = who(pid, &process.comm);
+    let timeout = secs(idle.p50_ns);
+    let clean = s.rst_received_clean.min(resets);
+    let idle_close = clean * 10 >= resets * 9;
+    let all: u64 = hit.iter().map(|h| h.2).sum();
+    let mut f = if idle_close {
+        let mut f = Finding::new(
+            Cause::ServerKeepaliveTimeout,
+            confidence,
+            all,
+            format!(
+                "{peer} itself reset {resets} connections of {me} idle {} (no FIN first): its idle timeout (~{timeout:.1} s) closes them abortively, and {} keeps them longer",
+                duration_ns(idle.p50_ns),
+                process.comm
+            ),
+        );
+        f.fix.push(format!(
+            "Keep {}'s pooled connections to {peer} idle less than {timeout:.1} s (pool idle timeout / max idle {}), or have the peer close idle connections with a FIN (no SO_LINGER 0) so the pool sees them go.",
+            process.comm,
+            below(idle.p50_ns)
+        ));
+        f
+    } else {
+        let mut f = Finding::new(
+            Cause::LingerZeroAbort,
+            confidence,
+            all,
+            format!(
+                "{peer} itself aborted {resets} connections of {me} after ~{timeout:.1} s of silence, its last request unanswered: a timeout on the peer that closes with an RST"
+            ),
+        );
+        f.fix.push(format!(
+            "On {peer}: find the timeout of ~{timeout:.1} s that resets (nginx `client_body_timeout` / `send_timeout` with `reset_timedout_connection on`, a proxy's client/server timeout, an application deadline); raise it above what {} needs, or make {} send its request without pausing.",
+            process.comm, process.comm
+        ));
+        f
+    };
+    f.evidence.push(format!(
+        "{resets} RSTs received by {me} from {peer} in ESTABLISHED after quiet gaps of {}, {} of them unprovoked (nothing sent since the gap)",
+        spread(idle),
+        s.rst_unprovoked.min(resets)
+    ));
+    f.evidence.push(format!(
+        "{} of the received RSTs came from the peer itself (TTL, IP ID and options as its own segments), none forged on the path: no load balancer or NAT in between timed these flows out",
+        s.rst_origin.get("peer").copied().unwrap_or(0)
+    ));
+    f.evidence.push(format!(
+        "{clean} of them after a complete exchange (the last request answered, nothing unacknowledged or unread)"
+    ));
+    f.figures.insert("idle_timeout_s", timeout);
+    f.figures.insert("resets", resets as f64);
+    f.fix
+        .push("Retry idempotent requests once on ECONNRESET, on a fresh connection.".into());
     f.affected = affected(hit, "client");
     f
 }

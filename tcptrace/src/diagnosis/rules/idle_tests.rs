@@ -489,6 +489,19 @@ fn clients_dropping_idle_connections_with_an_rst_are_benign() {
 /// `i`'s RST arrives, `sent_ms` how long before it the client last sent
 /// (small: the RST met a send).
 fn pool_resets(n: u64, at: impl Fn(u64) -> u64, sent_ms: u64, origin: Option<u8>) -> Vec<TcpEvent> {
+    pool_resets_with(n, at, sent_ms, origin, None)
+}
+
+/// `pool_resets`, the RSTs also telling what the connections held:
+/// `answered` Some(true) when the last request had been answered (data
+/// received 5 ms after the last send), Some(false) when not.
+fn pool_resets_with(
+    n: u64,
+    at: impl Fn(u64) -> u64,
+    sent_ms: u64,
+    origin: Option<u8>,
+    answered: Option<bool>,
+) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for i in 0..n {
         let sock = 900 + i;
@@ -502,6 +515,10 @@ fn pool_resets(n: u64, at: impl Fn(u64) -> u64, sent_ms: u64, origin: Option<u8>
             .remote("10.77.0.2:8080")
             .state("ESTABLISHED")
             .idle_ms(sent_ms, 2_880);
+        if let Some(answered) = answered {
+            let data_ms = if answered { sent_ms - 5 } else { sent_ms + 5 };
+            rst = rst.queues(0, 0, data_ms);
+        }
         if let Some(hops) = origin {
             rst = rst.origin(hops);
         }
@@ -562,6 +579,50 @@ fn resets_that_met_a_send_after_the_gap_stay_an_idle_timeout_even_at_one_moment(
     assert_eq!(
         serious(&findings).first(),
         Some(&Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn idle_resets_the_peer_itself_sent_after_complete_exchanges_are_its_idle_timeout() {
+    // server_idle_rst: a server closes connections idle 2 s with
+    // SO_LINGER 0; each RST came from the server's own stack (origin
+    // peer), each connection at its own moment, after answered requests.
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(true));
+    let findings = diagnose_events(&events, &HostFacts::default());
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::ServerKeepaliveTimeout, "{findings:#?}");
+    assert_eq!(top.confidence, Confidence::High);
+    assert!(top.summary.contains("itself"), "{top:#?}");
+    within(top, "idle_timeout_s", 2.8, 3.0);
+    assert!(
+        !serious(&findings).contains(&Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn idle_resets_the_peer_itself_sent_on_unanswered_requests_are_its_request_timeout() {
+    // nginx reset_timedout_connection, client view: the client sent part
+    // of a request and paused; nginx reset it when its timeout fired.
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(false));
+    let findings = diagnose_events(&events, &HostFacts::default());
+    let top = &findings[0];
+    assert_eq!(top.cause, Cause::LingerZeroAbort, "{findings:#?}");
+    assert!(top.summary.contains("unanswered"), "{top:#?}");
+    assert!(
+        !serious(&findings).contains(&Cause::LbIdleTimeout),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn idle_resets_forged_on_the_path_stay_a_middlebox() {
+    // The same resets, 2 hops closer than the peer: a device in between.
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(2), Some(true));
+    let findings = diagnose_events(&events, &HostFacts::default());
+    assert!(
+        !serious(&findings).contains(&Cause::ServerKeepaliveTimeout),
         "{findings:#?}"
     );
 }
