@@ -151,6 +151,11 @@ pub struct Stats {
     /// When the first and last of those arrived: all within a moment is
     /// one event at the peer, not each connection's own idle timer.
     pub rst_unprovoked_span: Span,
+    /// RSTs received by a client in ESTABLISHED after a quiet gap while
+    /// its last request had no answer (it had sent strictly after the
+    /// last data it received, in jiffies): the peer gave up on a request
+    /// rather than on an idle connection.
+    pub rst_awaiting_answer: u64,
     /// RSTs (reason TCP_STATE) a listener sent as it closed, one to each
     /// connection still in its accept queue, never accepted: a restart
     /// or shutdown that did not drain (also among `rst_sent`).
@@ -266,6 +271,7 @@ impl Default for Stats {
             rst_on_idle_accepted: 0,
             rst_unprovoked: 0,
             rst_unprovoked_span: Span::default(),
+            rst_awaiting_answer: 0,
             rst_listener_flush: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
@@ -901,6 +907,8 @@ struct Update {
     /// A client's quiet-gap RST with nothing sent since either: its
     /// arrival time.
     unprovoked_rst_at: Option<u64>,
+    /// See `Stats::rst_awaiting_answer`.
+    awaiting_answer_rst: bool,
     /// An RST a closing listener sent to a queued connection.
     listener_flush: bool,
     active_rst: bool,
@@ -1018,6 +1026,12 @@ impl Update {
                         let sent_nothing = ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.unprovoked_rst_at =
                             (u.quiet_gap_rst && sent_nothing).then_some(ev.mono_ns);
+                        // Sent strictly later than it last received:
+                        // same jiffy may be request and answer.
+                        let data_recv = ev.queues().and_then(|q| q.idle_data_recv_ns);
+                        u.awaiting_answer_rst = u.quiet_gap_rst
+                            && !passive
+                            && matches!((ev.idle_send_ns, data_recv), (Some(send), Some(recv)) if send < recv);
                         u.active_rst = !quiet;
                     }
                     // A client reusing a connection its server had closed;
@@ -1185,6 +1199,7 @@ impl Update {
         s.rst_after_quiet_gap += u64::from(self.quiet_gap_rst);
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
+        s.rst_awaiting_answer += u64::from(self.awaiting_answer_rst);
         if let Some(ns) = self.unprovoked_rst_at {
             s.rst_unprovoked += 1;
             s.rst_unprovoked_span.record(ns);

@@ -147,6 +147,7 @@ impl Stats {
             rst_on_idle_accepted,
             rst_unprovoked,
             rst_unprovoked_span,
+            rst_awaiting_answer,
             rst_listener_flush,
             rst_after_peer_close,
             reuse_after_peer_close,
@@ -202,6 +203,7 @@ impl Stats {
         self.rst_on_idle_accepted += rst_on_idle_accepted;
         self.rst_unprovoked += rst_unprovoked;
         self.rst_unprovoked_span.merge(rst_unprovoked_span);
+        self.rst_awaiting_answer += rst_awaiting_answer;
         self.rst_listener_flush += rst_listener_flush;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);

@@ -771,7 +771,8 @@ fn peer_idle_reset_finding(
     let me = who(pid, &process.comm);
     let timeout = secs(idle.p50_ns);
     let clean = s.rst_received_clean.min(resets);
-    let idle_close = clean * 10 >= resets * 9;
+    let awaiting = s.rst_awaiting_answer.min(resets);
+    let idle_close = awaiting * 2 < resets;
     let all: u64 = hit.iter().map(|h| h.2).sum();
     let mut f = if idle_close {
         let mut f = Finding::new(
@@ -815,7 +816,8 @@ fn peer_idle_reset_finding(
         s.rst_origin.get("peer").copied().unwrap_or(0)
     ));
     f.evidence.push(format!(
-        "{clean} of them after a complete exchange (the last request answered, nothing unacknowledged or unread)"
+        "{awaiting} of them while {}'s last request had no answer yet (it had sent after the last data it received), {clean} after a complete exchange (answered, nothing unacknowledged or unread)",
+        process.comm
     ));
     f.figures.insert("idle_timeout_s", timeout);
     f.figures.insert("resets", resets as f64);

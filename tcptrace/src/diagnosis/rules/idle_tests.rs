@@ -493,14 +493,15 @@ fn pool_resets(n: u64, at: impl Fn(u64) -> u64, sent_ms: u64, origin: Option<u8>
 }
 
 /// `pool_resets`, the RSTs also telling what the connections held:
-/// `answered` Some(true) when the last request had been answered (data
-/// received 5 ms after the last send), Some(false) when not.
+/// `answered_after` Some(ms): the last data arrived that long after the
+/// last send (negative: before it, the request unanswered; 0: in the
+/// same jiffy, as a fast answer on veth).
 fn pool_resets_with(
     n: u64,
     at: impl Fn(u64) -> u64,
     sent_ms: u64,
     origin: Option<u8>,
-    answered: Option<bool>,
+    answered_after: Option<i64>,
 ) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for i in 0..n {
@@ -515,9 +516,8 @@ fn pool_resets_with(
             .remote("10.77.0.2:8080")
             .state("ESTABLISHED")
             .idle_ms(sent_ms, 2_880);
-        if let Some(answered) = answered {
-            let data_ms = if answered { sent_ms - 5 } else { sent_ms + 5 };
-            rst = rst.queues(0, 0, data_ms);
+        if let Some(after) = answered_after {
+            rst = rst.queues(0, 0, sent_ms.checked_add_signed(-after).unwrap());
         }
         if let Some(hops) = origin {
             rst = rst.origin(hops);
@@ -588,7 +588,7 @@ fn idle_resets_the_peer_itself_sent_after_complete_exchanges_are_its_idle_timeou
     // server_idle_rst: a server closes connections idle 2 s with
     // SO_LINGER 0; each RST came from the server's own stack (origin
     // peer), each connection at its own moment, after answered requests.
-    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(true));
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(5));
     let findings = diagnose_events(&events, &HostFacts::default());
     let top = &findings[0];
     assert_eq!(top.cause, Cause::ServerKeepaliveTimeout, "{findings:#?}");
@@ -605,7 +605,7 @@ fn idle_resets_the_peer_itself_sent_after_complete_exchanges_are_its_idle_timeou
 fn idle_resets_the_peer_itself_sent_on_unanswered_requests_are_its_request_timeout() {
     // nginx reset_timedout_connection, client view: the client sent part
     // of a request and paused; nginx reset it when its timeout fired.
-    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(false));
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(-5));
     let findings = diagnose_events(&events, &HostFacts::default());
     let top = &findings[0];
     assert_eq!(top.cause, Cause::LingerZeroAbort, "{findings:#?}");
@@ -619,10 +619,23 @@ fn idle_resets_the_peer_itself_sent_on_unanswered_requests_are_its_request_timeo
 #[test]
 fn idle_resets_forged_on_the_path_stay_a_middlebox() {
     // The same resets, 2 hops closer than the peer: a device in between.
-    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(2), Some(true));
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(2), Some(5));
     let findings = diagnose_events(&events, &HostFacts::default());
     assert!(
         !serious(&findings).contains(&Cause::ServerKeepaliveTimeout),
+        "{findings:#?}"
+    );
+}
+
+#[test]
+fn idle_resets_after_an_answer_in_the_same_jiffy_are_still_an_idle_timeout() {
+    // server_idle_rst on veth: the answer came within the jiffy of the
+    // request, so the two idle times are equal: no request was pending.
+    let events = pool_resets_with(6, |i| 2_900 + i * 700, 2_890, Some(0), Some(0));
+    let findings = diagnose_events(&events, &HostFacts::default());
+    assert_eq!(
+        findings[0].cause,
+        Cause::ServerKeepaliveTimeout,
         "{findings:#?}"
     );
 }
