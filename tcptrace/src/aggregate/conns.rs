@@ -17,6 +17,10 @@ const GENERATION: usize = 32_768;
 pub struct Conn {
     pub established_ns: u64,
     pub peer_closed_ns: Option<u64>,
+    /// On an accepted connection: how long this server had sent nothing
+    /// when the client's FIN came (ms, saturating): the client's (or the
+    /// proxy's) read timeout when a late answer then meets an RST.
+    pub silent_at_fin_ms: u32,
     pub retransmits: u32,
     pub first_retransmit_ns: u64,
     pub reset: bool,

@@ -156,6 +156,13 @@ pub struct Stats {
     /// last data it received, in jiffies): the peer gave up on a request
     /// rather than on an idle connection.
     pub rst_awaiting_answer: u64,
+    /// RSTs a server received in CLOSE_WAIT on an accepted connection
+    /// right after sending (its answer came after the client had closed:
+    /// the client's closed socket reset it): the client stopped waiting.
+    pub late_answers: u64,
+    /// For those: how long the server had sent nothing when the client's
+    /// FIN came, i.e. how long the client waited (its read timeout).
+    pub client_waited: Dist,
     /// RSTs (reason TCP_STATE) a listener sent as it closed, one to each
     /// connection still in its accept queue, never accepted: a restart
     /// or shutdown that did not drain (also among `rst_sent`).
@@ -272,6 +279,8 @@ impl Default for Stats {
             rst_unprovoked: 0,
             rst_unprovoked_span: Span::default(),
             rst_awaiting_answer: 0,
+            late_answers: 0,
+            client_waited: Dist::new(Dist::MILLIS),
             rst_listener_flush: 0,
             rst_after_peer_close: 0,
             reuse_after_peer_close: Dist::new(Dist::MILLIS),
@@ -320,6 +329,7 @@ impl Stats {
             &mut self.lifetimes,
             &mut self.reuse_idle,
             &mut self.forged_idle,
+            &mut self.client_waited,
             &mut self.connect_failed_after,
             &mut self.reuse_outcomes.stall_start,
         ] {
@@ -909,6 +919,8 @@ struct Update {
     unprovoked_rst_at: Option<u64>,
     /// See `Stats::rst_awaiting_answer`.
     awaiting_answer_rst: bool,
+    /// See `Stats::late_answers`: the client's wait.
+    late_answer_waited_ns: Option<u64>,
     /// An RST a closing listener sent to a queued connection.
     listener_flush: bool,
     active_rst: bool,
@@ -1043,6 +1055,18 @@ impl Update {
                             .peer_closed_ns
                             .map(|fin| ev.mono_ns.saturating_sub(fin));
                     }
+                    // The server answered after its client had closed:
+                    // a late answer, if it had been silent since before
+                    // the FIN (it sent just now, nothing in between).
+                    tcp_state::CLOSE_WAIT => {
+                        let sent_now = ev.idle_send_ns.is_some_and(|n| n <= LATE_SEND_NS);
+                        if let (true, Some(fin)) = (sent_now, conn.peer_closed_ns) {
+                            let waited = u64::from(conn.silent_at_fin_ms) * 1_000_000;
+                            let silent_since_fin = ev.mono_ns.saturating_sub(fin) >= LATE_SEND_NS;
+                            u.late_answer_waited_ns =
+                                (silent_since_fin && waited > 0).then_some(waited);
+                        }
+                    }
                     _ => {}
                 }
                 u.rst_origin = ev.provenance().map(|p| {
@@ -1083,7 +1107,11 @@ impl Update {
                         // The server closing a client's connection is its
                         // keep-alive; a client closing is no timeout.
                         u.peer_close_idle_ns = ev.idle_send_ns.filter(|_| !passive);
-                        conns.get_or_insert(ev.sock).peer_closed_ns = Some(ev.mono_ns);
+                        let conn = conns.get_or_insert(ev.sock);
+                        conn.peer_closed_ns = Some(ev.mono_ns);
+                        conn.silent_at_fin_ms = ev
+                            .idle_send_ns
+                            .map_or(0, |n| u32::try_from(n / 1_000_000).unwrap_or(u32::MAX));
                     }
                     (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1) => {
                         u.active_close = true;
@@ -1200,6 +1228,10 @@ impl Update {
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
         s.rst_awaiting_answer += u64::from(self.awaiting_answer_rst);
+        if let Some(ns) = self.late_answer_waited_ns {
+            s.late_answers += 1;
+            s.client_waited.record(ns);
+        }
         if let Some(ns) = self.unprovoked_rst_at {
             s.rst_unprovoked += 1;
             s.rst_unprovoked_span.record(ns);
@@ -1302,6 +1334,10 @@ fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
         None => (false, false),
     }
 }
+
+/// A send this recent at an RST is what the RST answered (a jiffy is
+/// 1-10 ms; anything older was not the send that met a closed socket).
+const LATE_SEND_NS: u64 = 20_000_000;
 
 /// The longest a receiver holds back an ACK (Linux `TCP_DELACK_MAX`,
 /// 200 ms, include/net/tcp.h): an answer still unacknowledged this soon

@@ -148,6 +148,8 @@ impl Stats {
             rst_unprovoked,
             rst_unprovoked_span,
             rst_awaiting_answer,
+            late_answers,
+            client_waited,
             rst_listener_flush,
             rst_after_peer_close,
             reuse_after_peer_close,
@@ -204,6 +206,8 @@ impl Stats {
         self.rst_unprovoked += rst_unprovoked;
         self.rst_unprovoked_span.merge(rst_unprovoked_span);
         self.rst_awaiting_answer += rst_awaiting_answer;
+        self.late_answers += late_answers;
+        self.client_waited.merge(client_waited);
         self.rst_listener_flush += rst_listener_flush;
         self.rst_after_peer_close += rst_after_peer_close;
         self.reuse_after_peer_close.merge(reuse_after_peer_close);

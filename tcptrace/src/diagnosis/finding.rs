@@ -46,6 +46,9 @@ pub enum Cause {
     OrphanOrMemoryAbort,
     /// SYNs reusing a tuple the server holds in TIME_WAIT rejected by PAWS (clients behind NAT).
     PawsRejectedSyn,
+    /// The client (or the proxy in front) stops waiting before the server
+    /// answers: its read timeout is shorter than the server's response time.
+    ClientTimeout,
     /// Failures the run saw that no known cause explains: listed, never silent.
     Unexplained,
 }
@@ -71,6 +74,7 @@ impl Cause {
             Cause::PmtuBlackHole => "pmtu_black_hole",
             Cause::OrphanOrMemoryAbort => "orphan_or_memory_abort",
             Cause::PawsRejectedSyn => "paws_rejected_syn",
+            Cause::ClientTimeout => "client_timeout",
             Cause::Unexplained => "unexplained",
         }
     }
@@ -108,6 +112,9 @@ impl Cause {
             }
             Cause::PawsRejectedSyn => {
                 "SYNs rejected by PAWS at a TIME_WAIT socket (clients behind NAT)"
+            }
+            Cause::ClientTimeout => {
+                "Client (or proxy) timeout shorter than the server's response time"
             }
             Cause::Unexplained => "Failures no known cause explains",
         }

@@ -24,6 +24,7 @@ fn series_of(cause: Cause) -> &'static [Series] {
             &[ConnectFailed, RstReceived, SocketErrors]
         }
         Cause::CloseWithUnreadData | Cause::LingerZeroAbort => &[RstSent, RstReceived],
+        Cause::ClientTimeout => &[RstReceived, SocketErrors],
         Cause::RetransmissionTimeout => &[Retransmits, SocketErrors, Drops],
         #[allow(unreachable_patterns, reason = "causes added later rest on every kind")]
         _ => &Series::ALL,

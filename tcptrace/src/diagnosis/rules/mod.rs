@@ -7,6 +7,7 @@
 
 mod accept;
 mod blackhole;
+mod client_timeout;
 mod conntrack;
 mod idle;
 mod memory;
@@ -53,7 +54,7 @@ pub struct Outcome {
 type Rule = fn(&Inputs) -> Outcome;
 
 /// Every rule, in the order the "checked" list shows them.
-pub const RULES: [Rule; 16] = [
+pub const RULES: [Rule; 17] = [
     idle::idle_timeouts,
     blackhole::middlebox_idle_blackhole,
     idle::half_open,
@@ -72,6 +73,7 @@ pub const RULES: [Rule; 16] = [
     pmtu::pmtu_black_hole,
     memory::orphan_or_memory_abort,
     paws::paws_rejected_syn,
+    client_timeout::client_timeout,
 ];
 
 /// Runs every rule, then the one that lists what none of them explained

@@ -353,3 +353,66 @@ fn resets_long_after_the_answer_still_cut_exchanges_short() {
     let f = finding(&findings, Cause::LingerZeroAbort);
     assert_eq!(f.confidence, Confidence::Medium, "{f:#?}");
 }
+
+/// `n` requests accepted by `backend`; the proxy closes each after the
+/// backend was silent `waited_ms` (FIN), the backend answers
+/// `late_ms` after that and meets an RST in CLOSE_WAIT.
+fn late_answers(n: u64, waited_ms: impl Fn(u64) -> u64, late_ms: u64) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let sock = 4_000 + k;
+        let client = format!("10.79.0.1:{}", 43_000 + k);
+        let at = 500 * k + 10;
+        let waited = waited_ms(k);
+        let base = ev(K::State, at)
+            .sock(sock)
+            .owner(8, "node-api")
+            .local("10.79.0.2:8080")
+            .remote(&client);
+        events.push(base.clone().transition("SYN_RECV", "ESTABLISHED").build());
+        events.push(
+            ev(K::State, at + waited)
+                .sock(sock)
+                .owner(8, "node-api")
+                .local("10.79.0.2:8080")
+                .remote(&client)
+                .transition("ESTABLISHED", "CLOSE_WAIT")
+                .idle_ms(waited, 0)
+                .build(),
+        );
+        events.push(
+            ev(K::RstReceived, at + waited + late_ms)
+                .sock(sock)
+                .owner(8, "node-api")
+                .local("10.79.0.2:8080")
+                .remote(&client)
+                .state("CLOSE_WAIT")
+                .idle_ms(0, 0)
+                .queues(120, 0, waited + late_ms)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn a_proxy_giving_up_before_the_backend_answers_is_its_timeout() {
+    // nginx proxy_read_timeout 2s in front of a backend taking 2.6 s:
+    // nginx closes each upstream connection after 2 s of silence, the
+    // backend's answer 0.6 s later meets an RST (and EPIPE).
+    let findings = run(&late_answers(5, |_| 2_000, 600));
+    let f = &findings[0];
+    assert_eq!(f.cause, Cause::ClientTimeout, "{findings:#?}");
+    assert_eq!(f.confidence, Confidence::High, "{f:#?}");
+    assert_eq!(f.affected[0].comm, "node-api");
+    let t = f.figures["client_timeout_s"];
+    assert!((1.9..=2.1).contains(&t), "{f:#?}");
+}
+
+#[test]
+fn scattered_client_waits_are_no_sure_timeout() {
+    // Clients going away after 0.3-4 s, each its own choice.
+    let findings = run(&late_answers(5, |k| 300 + k * 900, 600));
+    let f = finding(&findings, Cause::ClientTimeout);
+    assert_eq!(f.confidence, Confidence::Medium, "{f:#?}");
+}

@@ -460,7 +460,7 @@ fn side(stats: &Stats) -> &'static str {
 }
 
 /// `ECONNRESET 60, EPIPE 2`
-fn errno_list(stats: &Stats) -> String {
+pub(super) fn errno_list(stats: &Stats) -> String {
     stats
         .socket_errors
         .iter()

@@ -217,6 +217,14 @@ fn explains(cause: Cause, incident: Incident) -> bool {
             I::SocketError(e) => e == "ETIMEDOUT",
             _ => false,
         },
+        // Late answers met RSTs in CLOSE_WAIT; the application got
+        // EPIPE / ECONNRESET writing them.
+        Cause::ClientTimeout => match incident {
+            I::RstReceived(_) => true,
+            I::SocketError(e) => reset_error(e),
+            I::Drop(r) => after_reset(r),
+            _ => false,
+        },
         Cause::Unexplained => false,
     }
 }
