@@ -157,11 +157,16 @@ pub struct Stats {
     /// rather than on an idle connection.
     pub rst_awaiting_answer: u64,
     /// RSTs a server received in CLOSE_WAIT on an accepted connection
-    /// right after sending (its answer came after the client had closed:
-    /// the client's closed socket reset it): the client stopped waiting.
+    /// the client had closed (FIN) while the server was silent: the
+    /// client stopped waiting (and reset as it closed, or when the
+    /// server's late answer reached its closed socket).
+    pub client_gave_up: u64,
+    /// Of those, RSTs right after the server sent: its answer came after
+    /// the client had closed.
     pub late_answers: u64,
-    /// For those: how long the server had sent nothing when the client's
-    /// FIN came, i.e. how long the client waited (its read timeout).
+    /// For `client_gave_up`: how long the server had sent nothing when
+    /// the client's FIN came, i.e. how long the client waited (its read
+    /// timeout).
     pub client_waited: Dist,
     /// RSTs (reason TCP_STATE) a listener sent as it closed, one to each
     /// connection still in its accept queue, never accepted: a restart
@@ -279,6 +284,7 @@ impl Default for Stats {
             rst_unprovoked: 0,
             rst_unprovoked_span: Span::default(),
             rst_awaiting_answer: 0,
+            client_gave_up: 0,
             late_answers: 0,
             client_waited: Dist::new(Dist::MILLIS),
             rst_listener_flush: 0,
@@ -919,8 +925,9 @@ struct Update {
     unprovoked_rst_at: Option<u64>,
     /// See `Stats::rst_awaiting_answer`.
     awaiting_answer_rst: bool,
-    /// See `Stats::late_answers`: the client's wait.
-    late_answer_waited_ns: Option<u64>,
+    /// See `Stats::client_gave_up`: the client's wait, and whether the
+    /// RST met a late answer.
+    client_gave_up: Option<(u64, bool)>,
     /// An RST a closing listener sent to a queued connection.
     listener_flush: bool,
     active_rst: bool,
@@ -1055,16 +1062,17 @@ impl Update {
                             .peer_closed_ns
                             .map(|fin| ev.mono_ns.saturating_sub(fin));
                     }
-                    // The server answered after its client had closed:
-                    // a late answer, if it had been silent since before
-                    // the FIN (it sent just now, nothing in between).
+                    // The client closed while this server was silent:
+                    // it gave up waiting. Its RST came with its close
+                    // (a proxy's abortive close) or answered this
+                    // server's late answer (a send just now, after the
+                    // FIN, nothing in between).
                     tcp_state::CLOSE_WAIT => {
-                        let sent_now = ev.idle_send_ns.is_some_and(|n| n <= LATE_SEND_NS);
-                        if let (true, Some(fin)) = (sent_now, conn.peer_closed_ns) {
+                        if let Some(fin) = conn.peer_closed_ns {
                             let waited = u64::from(conn.silent_at_fin_ms) * 1_000_000;
-                            let silent_since_fin = ev.mono_ns.saturating_sub(fin) >= LATE_SEND_NS;
-                            u.late_answer_waited_ns =
-                                (silent_since_fin && waited > 0).then_some(waited);
+                            let late = ev.idle_send_ns.is_some_and(|n| n <= LATE_SEND_NS)
+                                && ev.mono_ns.saturating_sub(fin) >= LATE_SEND_NS;
+                            u.client_gave_up = (waited > 0).then_some((waited, late));
                         }
                     }
                     _ => {}
@@ -1228,9 +1236,10 @@ impl Update {
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
         s.rst_awaiting_answer += u64::from(self.awaiting_answer_rst);
-        if let Some(ns) = self.late_answer_waited_ns {
-            s.late_answers += 1;
-            s.client_waited.record(ns);
+        if let Some((waited_ns, late)) = self.client_gave_up {
+            s.client_gave_up += 1;
+            s.late_answers += u64::from(late);
+            s.client_waited.record(waited_ns);
         }
         if let Some(ns) = self.unprovoked_rst_at {
             s.rst_unprovoked += 1;

@@ -148,6 +148,7 @@ impl Stats {
             rst_unprovoked,
             rst_unprovoked_span,
             rst_awaiting_answer,
+            client_gave_up,
             late_answers,
             client_waited,
             rst_listener_flush,
@@ -206,6 +207,7 @@ impl Stats {
         self.rst_unprovoked += rst_unprovoked;
         self.rst_unprovoked_span.merge(rst_unprovoked_span);
         self.rst_awaiting_answer += rst_awaiting_answer;
+        self.client_gave_up += client_gave_up;
         self.late_answers += late_answers;
         self.client_waited.merge(client_waited);
         self.rst_listener_flush += rst_listener_flush;

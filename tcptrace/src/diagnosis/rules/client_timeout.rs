@@ -8,16 +8,18 @@ use super::{idle::MIN_IDLE_NS, resets::errno_list, *};
 const SURE_FROM: u64 = 3;
 
 /// Cause 15, seen from the server: clients closed connections (FIN) after
-/// this server had sent nothing for a while, and its answers, sent after
-/// they closed, met an RST (RST in CLOSE_WAIT right after a send; EPIPE /
-/// ECONNRESET for the application). How long the server had been silent
-/// when each FIN came is the client's read timeout: HAProxy `timeout
-/// server`, nginx `proxy_read_timeout`, a client deadline. (The client's
-/// side of it is an abort or a close the client chose; the server's
-/// figures say which timeout it was.)
+/// this server had sent nothing for a while, then reset them (RST in
+/// CLOSE_WAIT: with the close, as HAProxy does, or when the server's late
+/// answer reached the closed socket), and the server's writes failed
+/// (that late answer, or EPIPE / ECONNRESET). How long the server had
+/// been silent when each FIN came is the client's read timeout: HAProxy
+/// `timeout server`, nginx `proxy_read_timeout`, a client deadline. A
+/// client that closes idle connections the server owes nothing gives no
+/// failed write, and no finding.
 pub(super) fn client_timeout(i: &Inputs) -> Outcome {
     let checked = format!(
-        "client timeouts: {} answers sent after the client had closed, clients waited {}",
+        "client timeouts: {} connections reset after the client closed on a silent server ({} right after a late answer), clients waited {}",
+        i.agg.total.client_gave_up,
         i.agg.total.late_answers,
         i.agg
             .total
@@ -25,7 +27,17 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
             .percentiles()
             .map_or_else(|| "n/a".into(), |p| spread(&p))
     );
-    let hit = processes_with(i.agg, |s| s.late_answers);
+    // The server wanted to write after the client left: a late answer,
+    // or write errors for about as many connections.
+    let hit = processes_with(i.agg, |s| {
+        let failed_writes = s.socket_errors.get("EPIPE").copied().unwrap_or(0)
+            + s.socket_errors.get("ECONNRESET").copied().unwrap_or(0);
+        if s.late_answers > 0 || failed_writes * 2 >= s.client_gave_up {
+            s.client_gave_up
+        } else {
+            0
+        }
+    });
     let Some((pid, process, n)) = hit.first().copied() else {
         return Outcome {
             checked,
@@ -59,7 +71,7 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
         confidence,
         hit.iter().map(|h| h.2).sum(),
         format!(
-            "{peer} stopped waiting for {me} after ~{timeout:.1} s: it closed {n} connections while {me} was still working, and the late answers met an RST"
+            "{peer} stopped waiting for {me} after ~{timeout:.1} s: it closed {n} connections while {me} had not answered yet, and {me}'s later writes failed"
         ),
     );
     f.evidence.push(format!(
@@ -72,7 +84,8 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
         }
     ));
     f.evidence.push(format!(
-        "{me} then sent its answer on each and got an RST in CLOSE_WAIT (the client's socket was gone): the request failed for the client, and {me}'s work was wasted"
+        "then RSTs in CLOSE_WAIT ({} right after {me}'s late answer reached the closed socket): the request failed for the client, and {me}'s work was wasted",
+        process.stats.late_answers.min(n)
     ));
     let errors = process.stats.socket_errors_total();
     if errors > 0 {
@@ -82,7 +95,7 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
         ));
     }
     f.figures.insert("client_timeout_s", timeout);
-    f.figures.insert("late_answers", n as f64);
+    f.figures.insert("connections", n as f64);
     f.fix.push(format!(
         "Make the client's (or proxy's) read timeout longer than {}'s slowest answer, e.g. above {} (HAProxy `timeout server`, nginx `proxy_read_timeout`, the client library's read deadline), or make {} answer (or send keep-alive data on a stream) within {timeout:.1} s.",
         process.comm,

@@ -416,3 +416,69 @@ fn scattered_client_waits_are_no_sure_timeout() {
     let f = finding(&findings, Cause::ClientTimeout);
     assert_eq!(f.confidence, Confidence::Medium, "{f:#?}");
 }
+
+/// HAProxy's `timeout server` in mode tcp: it closes the silent server
+/// connection with a FIN and an RST 50 us later; the backend's next push
+/// fails with EPIPE when `pushes`.
+fn proxy_cuts_silent_streams(n: u64, pushes: bool) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let sock = 5_000 + k;
+        let client = format!("10.222.1.1:{}", 44_000 + k);
+        let at = 200 * k + 10;
+        let at_ = |t: u64, kind: K| {
+            ev(kind, t)
+                .sock(sock)
+                .owner(9, "notify-svc")
+                .local("10.222.1.2:7070")
+                .remote(&client)
+        };
+        events.push(
+            at_(at, K::State)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            at_(at + 2_300, K::State)
+                .transition("ESTABLISHED", "CLOSE_WAIT")
+                .idle_ms(2_000, 0)
+                .build(),
+        );
+        events.push(
+            at_(at + 2_300, K::RstReceived)
+                .state("CLOSE_WAIT")
+                .idle_ms(2_000, 0)
+                .queues(0, 0, 2_300)
+                .build(),
+        );
+        events.push(
+            at_(at + 2_300, K::State)
+                .transition("CLOSE_WAIT", "CLOSE")
+                .build(),
+        );
+        if pushes {
+            events.push(at_(at + 3_000, K::SocketError).socket_errno(32).build());
+        }
+    }
+    events
+}
+
+#[test]
+fn a_proxy_cutting_silent_streams_is_its_timeout_when_the_server_writes_again() {
+    let findings = run(&proxy_cuts_silent_streams(5, true));
+    let f = &findings[0];
+    assert_eq!(f.cause, Cause::ClientTimeout, "{findings:#?}");
+    assert_eq!(f.confidence, Confidence::High, "{f:#?}");
+    let t = f.figures["client_timeout_s"];
+    assert!((1.9..=2.1).contains(&t), "{f:#?}");
+}
+
+#[test]
+fn clients_closing_connections_the_server_owes_nothing_are_no_timeout() {
+    // The same closes, and the server never writes again.
+    let findings = run(&proxy_cuts_silent_streams(5, false));
+    assert!(
+        !findings.iter().any(|f| f.cause == Cause::ClientTimeout),
+        "{findings:#?}"
+    );
+}
