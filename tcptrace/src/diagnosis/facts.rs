@@ -147,9 +147,18 @@ impl NamespaceFacts {
             .any(|k| ct.delta_of(k) > 0)
     }
 
+    /// A failure counter rose over the run (`NOTABLE_COUNTERS`): the
+    /// other end of watched connections may live here (a server's
+    /// namespace seen from its clients with `--netns`, which keeps its
+    /// events out).
+    pub fn counters_notable(&self) -> bool {
+        NOTABLE_COUNTERS.iter().any(|c| self.counter(c) > 0)
+    }
+
     /// Per-namespace facts from a survey before and after the run:
     /// the namespaces in `events` (inode -> events from it), the
-    /// `watched` one, and those whose conntrack is notable, most
+    /// `watched` one, and those whose conntrack is notable or where a
+    /// failure counter rose (`counters_notable`), most
     /// events first. A namespace in `after` only was created during the
     /// run, unless `before` was truncated (then it is left out: its
     /// counters could not be told from their change).
@@ -192,7 +201,9 @@ impl NamespaceFacts {
                     conntrack,
                 })
             })
-            .filter(|ns| ns.events > 0 || ns.watched || ns.conntrack_notable())
+            .filter(|ns| {
+                ns.events > 0 || ns.watched || ns.conntrack_notable() || ns.counters_notable()
+            })
             .collect();
         facts.sort_by(|a, b| (b.watched, b.events, a.inode).cmp(&(a.watched, a.events, b.inode)));
         facts
@@ -279,6 +290,21 @@ impl HostFacts {
         self.namespace(inode).map_or(0, |ns| ns.counter(name))
     }
 }
+
+/// Counters whose rise in a namespace without events keeps it in the
+/// facts: the other end's failures the rules read through
+/// `HostFacts::elsewhere_most` (listen queue overflows, closes with
+/// unread data, aborts).
+const NOTABLE_COUNTERS: [&str; 8] = [
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtEmbryonicRsts",
+    "TcpExtTCPAbortOnClose",
+    "TcpExtTCPAbortOnData",
+    "TcpExtTCPAbortOnLinger",
+    "TcpExtTCPAbortOnMemory",
+    "TcpExtTCPAbortOnTimeout",
+];
 
 /// Consecutive retransmission timeouts of one segment from which a
 /// connection counts as stuck: 200 ms + 400 + 800 ms at the least, more
