@@ -164,6 +164,10 @@ pub struct Stats {
     /// Of those, RSTs right after the server sent: its answer came after
     /// the client had closed.
     pub late_answers: u64,
+    /// Also in `client_gave_up`: RSTs a server received in ESTABLISHED
+    /// while it owed the client an answer (`request_pending`): the client
+    /// (or proxy) abandoned the request abortively.
+    pub requests_reset: u64,
     /// For `client_gave_up`: how long the server had sent nothing when
     /// the client's FIN came, i.e. how long the client waited (its read
     /// timeout).
@@ -286,6 +290,7 @@ impl Default for Stats {
             rst_awaiting_answer: 0,
             client_gave_up: 0,
             late_answers: 0,
+            requests_reset: 0,
             client_waited: Dist::new(Dist::MILLIS),
             rst_listener_flush: 0,
             rst_after_peer_close: 0,
@@ -925,9 +930,8 @@ struct Update {
     unprovoked_rst_at: Option<u64>,
     /// See `Stats::rst_awaiting_answer`.
     awaiting_answer_rst: bool,
-    /// See `Stats::client_gave_up`: the client's wait, and whether the
-    /// RST met a late answer.
-    client_gave_up: Option<(u64, bool)>,
+    /// See `Stats::client_gave_up`: the client's wait, and how.
+    client_gave_up: Option<(u64, GaveUp)>,
     /// An RST a closing listener sent to a queued connection.
     listener_flush: bool,
     active_rst: bool,
@@ -1042,6 +1046,15 @@ impl Update {
                             quiet && passive && ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.quiet_gap_rst = quiet && !u.idle_dropped_rst;
                         u.rst_after_answer = passive && reset_right_after_answer(ev);
+                        // A client resetting while this server still owed
+                        // an answer: it gave up on the request.
+                        if passive && request_pending(ev) {
+                            u.client_gave_up = ev
+                                .queues()
+                                .and_then(|q| q.idle_data_recv_ns)
+                                .filter(|&n| n > 0)
+                                .map(|waited| (waited, GaveUp::Reset));
+                        }
                         let sent_nothing = ev.idle_send_ns.is_some_and(|n| n >= QUIET_GAP_NS);
                         u.unprovoked_rst_at =
                             (u.quiet_gap_rst && sent_nothing).then_some(ev.mono_ns);
@@ -1072,7 +1085,12 @@ impl Update {
                             let waited = u64::from(conn.silent_at_fin_ms) * 1_000_000;
                             let late = ev.idle_send_ns.is_some_and(|n| n <= LATE_SEND_NS)
                                 && ev.mono_ns.saturating_sub(fin) >= LATE_SEND_NS;
-                            u.client_gave_up = (waited > 0).then_some((waited, late));
+                            let how = if late {
+                                GaveUp::LateAnswer
+                            } else {
+                                GaveUp::Closed
+                            };
+                            u.client_gave_up = (waited > 0).then_some((waited, how));
                         }
                     }
                     _ => {}
@@ -1236,9 +1254,10 @@ impl Update {
         s.rst_while_active += u64::from(self.active_rst);
         s.rst_on_idle_accepted += u64::from(self.idle_dropped_rst);
         s.rst_awaiting_answer += u64::from(self.awaiting_answer_rst);
-        if let Some((waited_ns, late)) = self.client_gave_up {
+        if let Some((waited_ns, how)) = self.client_gave_up {
             s.client_gave_up += 1;
-            s.late_answers += u64::from(late);
+            s.late_answers += u64::from(how == GaveUp::LateAnswer);
+            s.requests_reset += u64::from(how == GaveUp::Reset);
             s.client_waited.record(waited_ns);
         }
         if let Some(ns) = self.unprovoked_rst_at {
@@ -1342,6 +1361,24 @@ fn judge_reset(ev: &TcpEvent, peer: SocketAddr) -> (bool, bool) {
         Some(true) => (complete_exchange(ev, peer.port() == 0), false),
         None => (false, false),
     }
+}
+
+/// How a client gave up on a server (`Stats::client_gave_up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GaveUp {
+    /// It closed (FIN) and reset with or soon after its close.
+    Closed,
+    /// It closed; the server's late answer met its closed socket.
+    LateAnswer,
+    /// It reset the connection with the request unanswered.
+    Reset,
+}
+
+/// A server's connection, at an RST, still owed the client an answer:
+/// it had sent nothing since the last data it received (strictly: in
+/// the same jiffy it may have answered).
+fn request_pending(ev: &TcpEvent) -> bool {
+    ev.answered() == Some(false)
 }
 
 /// A send this recent at an RST is what the RST answered (a jiffy is

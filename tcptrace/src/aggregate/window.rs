@@ -150,6 +150,7 @@ impl Stats {
             rst_awaiting_answer,
             client_gave_up,
             late_answers,
+            requests_reset,
             client_waited,
             rst_listener_flush,
             rst_after_peer_close,
@@ -209,6 +210,7 @@ impl Stats {
         self.rst_awaiting_answer += rst_awaiting_answer;
         self.client_gave_up += client_gave_up;
         self.late_answers += late_answers;
+        self.requests_reset += requests_reset;
         self.client_waited.merge(client_waited);
         self.rst_listener_flush += rst_listener_flush;
         self.rst_after_peer_close += rst_after_peer_close;

@@ -32,7 +32,7 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
     let hit = processes_with(i.agg, |s| {
         let failed_writes = s.socket_errors.get("EPIPE").copied().unwrap_or(0)
             + s.socket_errors.get("ECONNRESET").copied().unwrap_or(0);
-        if s.late_answers > 0 || failed_writes * 2 >= s.client_gave_up {
+        if s.late_answers + s.requests_reset > 0 || failed_writes * 2 >= s.client_gave_up {
             s.client_gave_up
         } else {
             0
@@ -71,22 +71,28 @@ pub(super) fn client_timeout(i: &Inputs) -> Outcome {
         confidence,
         hit.iter().map(|h| h.2).sum(),
         format!(
-            "{peer} stopped waiting for {me} after ~{timeout:.1} s: it closed {n} connections while {me} had not answered yet, and {me}'s later writes failed"
+            "{peer} stopped waiting for {me} after ~{timeout:.1} s: it gave up on {n} connections while {me} had not answered yet"
         ),
     );
+    let stats = &process.stats;
+    let reset = stats.requests_reset.min(n);
+    let closed = n - reset;
     f.evidence.push(format!(
-        "{n} connections accepted by {me} were closed by the client (FIN) after {me} had sent nothing for {}{}",
+        "the client gave up after {}{}: how long {me} had sent nothing since the request",
         spread(&waited),
-        if clustered {
-            ": one timeout"
-        } else {
-            ""
-        }
+        if clustered { ", one timeout" } else { "" }
     ));
-    f.evidence.push(format!(
-        "then RSTs in CLOSE_WAIT ({} right after {me}'s late answer reached the closed socket): the request failed for the client, and {me}'s work was wasted",
-        process.stats.late_answers.min(n)
-    ));
+    if closed > 0 {
+        f.evidence.push(format!(
+            "{closed} connections accepted by {me} closed by the client (FIN) while {me} was silent, then reset in CLOSE_WAIT ({} right after {me}'s late answer reached the closed socket): {me}'s work was wasted",
+            stats.late_answers.min(closed)
+        ));
+    }
+    if reset > 0 {
+        f.evidence.push(format!(
+            "{reset} connections reset by the client (RST in ESTABLISHED) while {me} still owed the answer to the request it had received"
+        ));
+    }
     let errors = process.stats.socket_errors_total();
     if errors > 0 {
         f.evidence.push(format!(

@@ -482,3 +482,41 @@ fn clients_closing_connections_the_server_owes_nothing_are_no_timeout() {
         "{findings:#?}"
     );
 }
+
+#[test]
+fn a_proxy_resetting_requests_it_stopped_waiting_for_is_its_timeout() {
+    // HAProxy `timeout server 1s` (its server side closes with an RST):
+    // on kept-alive backend connections, each new request arrived 1.003 s
+    // before the RST, the previous answer 1.5 s before it.
+    let mut events = Vec::new();
+    for k in 0..5u64 {
+        let sock = 6_000 + k;
+        let client = format!("10.80.1.1:{}", 45_000 + k);
+        let at = 300 * k + 10;
+        let at_ = |t: u64, kind: K| {
+            ev(kind, t)
+                .sock(sock)
+                .owner(11, "pricing")
+                .local("10.80.1.2:8080")
+                .remote(&client)
+        };
+        events.push(
+            at_(at, K::State)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            at_(at + 2_000, K::RstReceived)
+                .state("ESTABLISHED")
+                .idle_ms(1_500, 1_003)
+                .queues(0, 0, 1_003)
+                .build(),
+        );
+    }
+    let findings = run(&events);
+    let f = &findings[0];
+    assert_eq!(f.cause, Cause::ClientTimeout, "{findings:#?}");
+    assert_eq!(f.confidence, Confidence::High, "{f:#?}");
+    let t = f.figures["client_timeout_s"];
+    assert!((0.95..=1.05).contains(&t), "{f:#?}");
+}
