@@ -264,12 +264,8 @@ fn measure(
         )?),
         Setup::BpftraceEmpty | Setup::BpftraceEmptyNoSyscalls => Some(Tracer::start(
             Command::new("bpftrace").args([
-                "-e",
-                if setup == Setup::BpftraceEmpty {
-                    BPFTRACE_EMPTY
-                } else {
-                    BPFTRACE_EMPTY_NO_SYSCALLS
-                },
+                "-e".to_string(),
+                bpftrace_empty(setup == Setup::BpftraceEmpty),
             ]),
             Ready::After(Duration::from_secs(5)),
             Some(&output),
@@ -383,19 +379,17 @@ tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }";
 /// so those two are the formatted tracepoints here, which build their
 /// record first: this floor is, if anything, a little above tcptrace's.
 /// The syscall exits put every syscall of the host on the slow path
-/// (`syscall_trace_exit`) while attached.
-const BPFTRACE_EMPTY: &str = "\
-tracepoint:sock:inet_sock_set_state {}
-tracepoint:sock:inet_sk_error_report {}
-tracepoint:tcp:tcp_send_reset {}
-tracepoint:tcp:tcp_receive_reset {}
-tracepoint:tcp:tcp_retransmit_skb {}
-tracepoint:tcp:tcp_retransmit_synack {}
-tracepoint:skb:kfree_skb {}
-tracepoint:syscalls:sys_exit_accept4 {}
-tracepoint:syscalls:sys_exit_accept {}";
+/// (`syscall_trace_exit`) while attached; `with_syscalls` false leaves
+/// them out.
+fn bpftrace_empty(with_syscalls: bool) -> String {
+    let mut script = BPFTRACE_EMPTY_NO_SYSCALLS.to_string();
+    if with_syscalls {
+        script.push_str(SYSCALL_EXITS_EMPTY);
+    }
+    script
+}
 
-/// `BPFTRACE_EMPTY` without the syscall exits.
+/// The tracepoints of `bpftrace_empty` but the syscall exits.
 const BPFTRACE_EMPTY_NO_SYSCALLS: &str = "\
 tracepoint:sock:inet_sock_set_state {}
 tracepoint:sock:inet_sk_error_report {}
@@ -404,6 +398,11 @@ tracepoint:tcp:tcp_receive_reset {}
 tracepoint:tcp:tcp_retransmit_skb {}
 tracepoint:tcp:tcp_retransmit_synack {}
 tracepoint:skb:kfree_skb {}";
+
+/// The syscall exits the accept programs hang on.
+const SYSCALL_EXITS_EMPTY: &str = "
+tracepoint:syscalls:sys_exit_accept4 {}
+tracepoint:syscalls:sys_exit_accept {}";
 
 /// `trace --record` prints only its human summary, on stderr:
 /// `--- tcptrace: 4.2 s, R events received, P produced, L lost ---`.

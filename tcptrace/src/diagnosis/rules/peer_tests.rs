@@ -300,30 +300,41 @@ fn local_server_resets_idle_is_its_keepalive(sent_first: bool) {
     );
 }
 
+/// A server's accepted connection `k`: `on(t, kind)` starts its event
+/// of `kind` at `t` ms (pid `pid`, `comm`, on `local`, from `client_ip`
+/// port 40_000 + k, socket `sock_base` + k).
+fn accepted(
+    (pid, comm): (u32, &'static str),
+    local: &'static str,
+    client_ip: &'static str,
+    sock_base: u64,
+    k: u64,
+) -> impl Fn(u64, K) -> Ev {
+    let client = format!("{client_ip}:{}", 40_000 + k);
+    move |t, kind| {
+        ev(kind, t)
+            .sock(sock_base + k)
+            .owner(pid, comm)
+            .local(local)
+            .remote(&client)
+    }
+}
+
 /// `n` health checks accepted by `backend` on 10.78.0.2:8080, each reset
 /// by the checker `reset_after_ms` after the backend's answer went out
 /// (answer of 769 bytes unacknowledged, request read 4 ms before).
 fn checks_reset_after_answer(n: u64, reset_after_ms: u64) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for k in 0..n {
-        let sock = 3_000 + k;
-        let client = format!("10.78.0.1:{}", 42_000 + k);
+        let on = accepted((7, "backend"), "10.78.0.2:8080", "10.78.0.1", 3_000, k);
         let at = 300 * k + 10;
         events.push(
-            ev(K::State, at)
-                .sock(sock)
-                .owner(7, "backend")
-                .local("10.78.0.2:8080")
-                .remote(&client)
+            on(at, K::State)
                 .transition("SYN_RECV", "ESTABLISHED")
                 .build(),
         );
         events.push(
-            ev(K::RstReceived, at + 2 + reset_after_ms)
-                .sock(sock)
-                .owner(7, "backend")
-                .local("10.78.0.2:8080")
-                .remote(&client)
+            on(at + 2 + reset_after_ms, K::RstReceived)
                 .state("ESTABLISHED")
                 .idle_ms(reset_after_ms, reset_after_ms + 4)
                 .queues(769, 0, reset_after_ms + 4)
@@ -354,38 +365,28 @@ fn resets_long_after_the_answer_still_cut_exchanges_short() {
     assert_eq!(f.confidence, Confidence::Medium, "{f:#?}");
 }
 
-/// `n` requests accepted by `backend`; the proxy closes each after the
-/// backend was silent `waited_ms` (FIN), the backend answers
+/// `n` requests accepted by `node-api`; the proxy closes each after the
+/// backend was silent `waited_ms(k)` (FIN), the backend answers
 /// `late_ms` after that and meets an RST in CLOSE_WAIT.
 fn late_answers(n: u64, waited_ms: impl Fn(u64) -> u64, late_ms: u64) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for k in 0..n {
-        let sock = 4_000 + k;
-        let client = format!("10.79.0.1:{}", 43_000 + k);
+        let on = accepted((8, "node-api"), "10.79.0.2:8080", "10.79.0.1", 4_000, k);
         let at = 500 * k + 10;
         let waited = waited_ms(k);
-        let base = ev(K::State, at)
-            .sock(sock)
-            .owner(8, "node-api")
-            .local("10.79.0.2:8080")
-            .remote(&client);
-        events.push(base.clone().transition("SYN_RECV", "ESTABLISHED").build());
         events.push(
-            ev(K::State, at + waited)
-                .sock(sock)
-                .owner(8, "node-api")
-                .local("10.79.0.2:8080")
-                .remote(&client)
+            on(at, K::State)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        events.push(
+            on(at + waited, K::State)
                 .transition("ESTABLISHED", "CLOSE_WAIT")
                 .idle_ms(waited, 0)
                 .build(),
         );
         events.push(
-            ev(K::RstReceived, at + waited + late_ms)
-                .sock(sock)
-                .owner(8, "node-api")
-                .local("10.79.0.2:8080")
-                .remote(&client)
+            on(at + waited + late_ms, K::RstReceived)
                 .state("CLOSE_WAIT")
                 .idle_ms(0, 0)
                 .queues(120, 0, waited + late_ms)
@@ -423,41 +424,33 @@ fn scattered_client_waits_are_no_sure_timeout() {
 fn proxy_cuts_silent_streams(n: u64, pushes: bool) -> Vec<TcpEvent> {
     let mut events = Vec::new();
     for k in 0..n {
-        let sock = 5_000 + k;
-        let client = format!("10.222.1.1:{}", 44_000 + k);
+        let on = accepted((9, "notify-svc"), "10.222.1.2:7070", "10.222.1.1", 5_000, k);
         let at = 200 * k + 10;
-        let at_ = |t: u64, kind: K| {
-            ev(kind, t)
-                .sock(sock)
-                .owner(9, "notify-svc")
-                .local("10.222.1.2:7070")
-                .remote(&client)
-        };
         events.push(
-            at_(at, K::State)
+            on(at, K::State)
                 .transition("SYN_RECV", "ESTABLISHED")
                 .build(),
         );
         events.push(
-            at_(at + 2_300, K::State)
+            on(at + 2_300, K::State)
                 .transition("ESTABLISHED", "CLOSE_WAIT")
                 .idle_ms(2_000, 0)
                 .build(),
         );
         events.push(
-            at_(at + 2_300, K::RstReceived)
+            on(at + 2_300, K::RstReceived)
                 .state("CLOSE_WAIT")
                 .idle_ms(2_000, 0)
                 .queues(0, 0, 2_300)
                 .build(),
         );
         events.push(
-            at_(at + 2_300, K::State)
+            on(at + 2_300, K::State)
                 .transition("CLOSE_WAIT", "CLOSE")
                 .build(),
         );
         if pushes {
-            events.push(at_(at + 3_000, K::SocketError).socket_errno(32).build());
+            events.push(on(at + 3_000, K::SocketError).socket_errno(32).build());
         }
     }
     events
@@ -490,23 +483,15 @@ fn a_proxy_resetting_requests_it_stopped_waiting_for_is_its_timeout() {
     // before the RST, the previous answer 1.5 s before it.
     let mut events = Vec::new();
     for k in 0..5u64 {
-        let sock = 6_000 + k;
-        let client = format!("10.80.1.1:{}", 45_000 + k);
+        let on = accepted((11, "pricing"), "10.80.1.2:8080", "10.80.1.1", 6_000, k);
         let at = 300 * k + 10;
-        let at_ = |t: u64, kind: K| {
-            ev(kind, t)
-                .sock(sock)
-                .owner(11, "pricing")
-                .local("10.80.1.2:8080")
-                .remote(&client)
-        };
         events.push(
-            at_(at, K::State)
+            on(at, K::State)
                 .transition("SYN_RECV", "ESTABLISHED")
                 .build(),
         );
         events.push(
-            at_(at + 2_000, K::RstReceived)
+            on(at + 2_000, K::RstReceived)
                 .state("ESTABLISHED")
                 .idle_ms(1_500, 1_003)
                 .queues(0, 0, 1_003)
