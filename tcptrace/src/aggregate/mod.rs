@@ -1358,6 +1358,7 @@ const ANSWER_ACK_NS: u64 = 200_000_000;
 /// unread. The client reset after reading what it needed. An RST sent
 /// without the connection's state (`Provenance::stateless`: a kernel
 /// that no longer knew it, as behind a NAT bypass) is no such close.
+/// There must have been an answer: a data segment sent, when known.
 fn reset_right_after_answer(ev: &TcpEvent) -> bool {
     let Some(q) = ev.queues() else {
         return false;
@@ -1365,15 +1366,16 @@ fn reset_right_after_answer(ev: &TcpEvent) -> bool {
     !ev.provenance().is_some_and(Provenance::stateless)
         && q.unread == Some(0)
         && q.unacked.is_some_and(|n| n > 0)
+        && q.data_segs_out.is_none_or(|n| n > 0)
         && ev.idle_send_ns.is_some_and(|n| n <= ANSWER_ACK_NS)
         && complete_exchange(ev, true)
 }
 
 fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
-    let (Some(sent), Some(received)) = (
-        ev.idle_send_ns,
-        ev.queues().and_then(|q| q.idle_data_recv_ns),
-    ) else {
+    let Some(q) = ev.queues() else {
+        return false;
+    };
+    let (Some(sent), Some(received)) = (ev.idle_send_ns, q.idle_data_recv_ns) else {
         return false;
     };
     // Jiffies: a server answering within the jiffy its request came in
@@ -1381,7 +1383,12 @@ fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
     // jiffy may have had no answer at all (the handshake counts as
     // received), so only a strictly later receive proves one.
     if server {
-        sent <= received
+        // A passive child's `lsndtime` and `lrcvtime` both start at the
+        // jiffy it was created in (tcp_create_openreq_child): a request
+        // in that jiffy and no answer at all compare equal. A server
+        // that sent no data segment answered nothing. Unknown (old
+        // kernel or recording): the jiffies alone.
+        sent <= received && q.data_segs_out != Some(0)
     } else {
         received < sent
     }

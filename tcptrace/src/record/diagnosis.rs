@@ -385,7 +385,7 @@ pub fn replay(path: &Path) -> Result<(Report, Aggregate), RecordError> {
     let mut reader = RecordReader::open(path)?;
     let header = reader.header().clone();
     let mut watch = Watch::begin(run, header.names, start);
-    let decoder = Decoder::new(header.hz);
+    let decoder = reader.decoder();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         let at = reader.offset;
