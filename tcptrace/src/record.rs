@@ -1248,6 +1248,48 @@ mod tests {
         );
     }
 
+    /// A reset's `seg_len` is its socket's data segments sent from
+    /// version 4 on; before, 0 there is no figure and replay decodes it
+    /// as unknown, not as "never sent a byte".
+    #[test]
+    fn old_versions_have_no_data_segments_on_resets() {
+        let (_, raw) = rst_with_peer(9);
+        for (version, expect) in [(2u32, None), (3, None), (FORMAT_VERSION, Some(0))] {
+            let mut file = MAGIC.to_vec();
+            file.extend_from_slice(&version.to_le_bytes());
+            write_frame(&mut file, HEADER, &serde_json::to_vec(&header()).unwrap()).unwrap();
+            let mut records = RawRecords::default();
+            records.push(&raw);
+            write_frame(&mut file, EVENTS, records.as_bytes()).unwrap();
+            let end = End {
+                seconds: 1.0,
+                counts: (&counts(0)).into(),
+                tc: None,
+                pcap: None,
+            };
+            write_frame(&mut file, END, &serde_json::to_vec(&end).unwrap()).unwrap();
+            let path = std::env::temp_dir().join(format!(
+                "tcptrace-record-segs-{version}-{}",
+                std::process::id()
+            ));
+            std::fs::write(&path, &file).unwrap();
+            let mut reader = RecordReader::open(&path).unwrap();
+            assert_eq!(reader.version(), version);
+            let decoder = reader.decoder();
+            let mut seen = Vec::new();
+            while let Some(frame) = reader.next_frame().unwrap() {
+                if let Frame::Events(bytes) = frame {
+                    for record in split_records(bytes) {
+                        let ev = decoder.decode(record.unwrap()).unwrap();
+                        seen.push(ev.queues().unwrap().data_segs_out);
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(seen, [expect], "version {version}");
+        }
+    }
+
     /// Seconds are printed with every digit (diagnose's report): the
     /// f64 read back must be the one written.
     #[test]
