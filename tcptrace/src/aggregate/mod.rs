@@ -1317,8 +1317,9 @@ impl Update {
 /// Clean is a complete exchange: nothing unacknowledged, nothing unread,
 /// and the last request answered. Which way "answered" goes depends on
 /// the side: a server (accepted connection, `peer` keyed with port 0)
-/// sent after the last data it received; a client received after its
-/// last send. Unknown figures judge neither way.
+/// sent after the last data it received (and sent a data segment at
+/// all, when `Queues::data_segs_out` is known); a client received after
+/// its last send. Unknown figures judge neither way.
 /// An incoming FIN (no SYN, no RST) freed without a reason: the peer's
 /// FIN reaching a connection this side had closed first, which a
 /// TIME_WAIT socket answers with an ACK before the segment is freed at
