@@ -253,6 +253,12 @@ pub struct Event {
     /// RETRANSMIT: payload bytes of the retransmitted skb (`skb->len`;
     /// 0 for a bare SYN/FIN) and the segments it is sent as
     /// (`tcp_skb_pcount`); `UNKNOWN_U32` / 0 when unknown.
+    /// RST (sent or received, on a full TCP socket): the data segments
+    /// the socket had sent (`tcp_sock.data_segs_out`, 4.6+): 0 when it
+    /// never answered, which the jiffy timestamps cannot tell from an
+    /// answer in the jiffy the connection was created; `UNKNOWN_U32`
+    /// when unknown. (Record files before format version 4 hold 0 here
+    /// for resets: unknown.)
     pub seg_len: u32,
     /// RETRANSMIT: the connection's `tcp_sock.mss_cache` and
     /// `icsk_pmtu_cookie` (path MTU) at the time (0: unknown).
@@ -451,6 +457,9 @@ pub struct SockLayout {
     /// arrived, and what the application read.
     pub rcv_nxt: u16,
     pub copied_seq: u16,
+    /// `tcp_sock.data_segs_out` (u32, 4.6+): data segments sent, so a
+    /// reset tells "never sent a byte" from an answer in the same jiffy.
+    pub data_segs_out: u16,
     /// Where the bytes holding the members a reset reads (`TCP_SPAN_MEMBERS`:
     /// idle times and queue sequence numbers) start in the socket, and how
     /// many there are: one probe read of them costs less than one per
@@ -466,7 +475,7 @@ pub struct SockLayout {
     /// or `sk_protocol` is unknown, or they reach past `RECORD_BYTES`: the
     /// hook then runs as the formatted tracepoint. Set by `with_head`.
     pub head_bytes: u16,
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 2],
 }
 const _: () = assert!(size_of::<SockLayout>() == 56);
 
@@ -478,7 +487,7 @@ const _: () = assert!(TCP_SPAN_BYTES.is_power_of_two());
 
 impl SockLayout {
     /// The members a reset reads from a full TCP socket (4-byte each).
-    pub const fn tcp_span_members(&self) -> [u16; 7] {
+    pub const fn tcp_span_members(&self) -> [u16; 8] {
         [
             self.lsndtime,
             self.rcv_tstamp,
@@ -487,6 +496,7 @@ impl SockLayout {
             self.snd_una,
             self.rcv_nxt,
             self.copied_seq,
+            self.data_segs_out,
         ]
     }
 
@@ -573,10 +583,11 @@ impl Default for SockLayout {
             snd_una: ABSENT_OFFSET,
             rcv_nxt: ABSENT_OFFSET,
             copied_seq: ABSENT_OFFSET,
+            data_segs_out: ABSENT_OFFSET,
             tcp_span_start: 0,
             tcp_span_bytes: 0,
             head_bytes: 0,
-            _pad: [0; 3],
+            _pad: [0; 2],
         }
     }
 }

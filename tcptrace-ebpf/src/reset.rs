@@ -54,6 +54,8 @@ fn handle(ctx: &TracePointContext, which: usize, event_kind: u8) -> Option<()> {
     ev.kind = event_kind;
     ev.old_state = state as u8;
     ev.reason = rec.field(field::REASON).unwrap_or(UNKNOWN_U32);
+    // Data segments sent (`queues`): unknown unless a full socket's.
+    ev.seg_len = UNKNOWN_U32;
     if full {
         let span = read::tcp_span(&cfg.sock, sk, emit::buffer::TRACEPOINT);
         let now = unsafe { bpf_jiffies64() } as u32;
@@ -165,12 +167,19 @@ pub fn idle(cfg: &Config, span: &TcpSpan, now: u32, ev: &mut Event) {
 /// the application wrote that the peer had not acknowledged, and bytes
 /// received it had not read. Both zero after a complete exchange (an
 /// abortive close that lost nothing); either one non-zero means data was
-/// lost. Also when the last data arrived, to tell whether it was answered.
+/// lost. Also when the last data arrived, to tell whether it was answered,
+/// and how many data segments the socket sent (`seg_len`): 0 means it
+/// never answered, even when its timestamps share the creation jiffy.
 #[inline(always)]
 fn queues(cfg: &Config, span: &TcpSpan, now: u32, ev: &mut Event) {
     ev.idle_data_recv_jiffies = jiffies_since(span, cfg.sock.lrcvtime, now);
     ev.unacked = seq_gap(span, cfg.sock.write_seq, cfg.sock.snd_una);
     ev.unread = seq_gap(span, cfg.sock.rcv_nxt, cfg.sock.copied_seq);
+    ev.seg_len = if span.has_socket() && cfg.sock.data_segs_out != tcptrace_common::ABSENT_OFFSET {
+        span.u32_or(cfg.sock.data_segs_out, UNKNOWN_U32)
+    } else {
+        UNKNOWN_U32
+    };
 }
 
 /// `later - earlier` of two sequence-number members, or `UNKNOWN_U32`.

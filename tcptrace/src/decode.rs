@@ -36,6 +36,9 @@ pub struct Decoder {
     hz: Option<u32>,
     /// Nanoseconds per jiffy; `None` if HZ is unknown (idle then unknown).
     ns_per_jiffy: Option<u64>,
+    /// Whether resets carry `data_segs_out` in `seg_len` (false for
+    /// record files before format version 4, which hold 0 there).
+    reset_segs: bool,
 }
 
 impl Decoder {
@@ -46,6 +49,17 @@ impl Decoder {
             ns_per_jiffy: hz
                 .filter(|hz| *hz > 0)
                 .map(|hz| 1_000_000_000 / u64::from(hz)),
+            reset_segs: true,
+        }
+    }
+
+    /// A decoder for the records of a file of record format `version`:
+    /// before version 4 a reset's `seg_len` was always 0, not the data
+    /// segments sent, and is decoded as unknown.
+    pub fn for_record(hz: Option<u32>, version: u32) -> Decoder {
+        Decoder {
+            reset_segs: version >= 4,
+            ..Decoder::new(hz)
         }
     }
 
@@ -139,7 +153,7 @@ impl Decoder {
                 None
             },
             err: (kind == EventKind::Retransmit && raw.err != 0).then_some(raw.err),
-            detail: detail(kind, raw, jiffies),
+            detail: detail(kind, raw, jiffies, self.reset_segs),
         })
     }
 }
@@ -164,7 +178,12 @@ pub fn open_count(key: &OpenKey, n: u64) -> Result<OpenCount, DecodeError> {
     })
 }
 
-fn detail(kind: EventKind, raw: &Event, jiffies: impl Fn(u32) -> Option<u64>) -> Detail {
+fn detail(
+    kind: EventKind,
+    raw: &Event,
+    jiffies: impl Fn(u32) -> Option<u64>,
+    reset_segs: bool,
+) -> Detail {
     match kind {
         EventKind::Drop => Detail::Drop(Dropped {
             reason: (raw.reason != UNKNOWN_U32).then_some(raw.reason),
@@ -183,6 +202,8 @@ fn detail(kind: EventKind, raw: &Event, jiffies: impl Fn(u32) -> Option<u64>) ->
                 unacked: (raw.unacked != UNKNOWN_U32).then_some(raw.unacked),
                 unread: (raw.unread != UNKNOWN_U32).then_some(raw.unread),
                 idle_data_recv_ns: jiffies(raw.idle_data_recv_jiffies),
+                // RST records carry `tcp_sock.data_segs_out` in `seg_len`.
+                data_segs_out: (reset_segs && raw.seg_len != UNKNOWN_U32).then_some(raw.seg_len),
             },
             None,
         ),
@@ -246,6 +267,9 @@ mod tests {
             age_ns: 2_000_000_000,
             idle_send_jiffies: 250,
             idle_recv_jiffies: 500,
+            // What the reset program writes when the socket's data
+            // segments are unknown.
+            seg_len: UNKNOWN_U32,
             ..Event::default()
         }
     }
@@ -297,6 +321,71 @@ mod tests {
         let ev = d.decode(&bytes(&raw)).unwrap();
         assert_eq!(ev.queues().unwrap().drained(), None);
         assert_eq!(ev.answered(), None);
+    }
+
+    /// A reset's `seg_len` is the socket's `data_segs_out`: 0 is "never
+    /// sent a data segment", which makes a same-jiffy send/receive pair
+    /// no answer; unknown stays unknown, and so does every value in a
+    /// record file before format version 4 (whose resets hold 0 there).
+    #[test]
+    fn resets_carry_the_data_segments_sent() {
+        let mut raw = rst(kind::RST_SENT);
+        raw.unacked = 0;
+        raw.unread = 0;
+        // The passive child's lsndtime and lrcvtime: the same jiffy.
+        raw.idle_send_jiffies = 251;
+        raw.idle_data_recv_jiffies = 251;
+        let d = Decoder::new(Some(250));
+        assert_eq!(
+            d.decode(&bytes(&raw))
+                .unwrap()
+                .queues()
+                .unwrap()
+                .data_segs_out,
+            None
+        );
+        assert_eq!(d.decode(&bytes(&raw)).unwrap().answered(), Some(true));
+        raw.seg_len = 0;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.queues().unwrap().data_segs_out, Some(0));
+        assert_eq!(ev.answered(), Some(false), "nothing was ever sent");
+        raw.seg_len = 3;
+        let ev = d.decode(&bytes(&raw)).unwrap();
+        assert_eq!(ev.queues().unwrap().data_segs_out, Some(3));
+        assert_eq!(ev.answered(), Some(true));
+        // Received resets too.
+        raw.kind = kind::RST_RECEIVED;
+        assert_eq!(
+            d.decode(&bytes(&raw))
+                .unwrap()
+                .queues()
+                .unwrap()
+                .data_segs_out,
+            Some(3)
+        );
+        // Old recordings: 0 there meant nothing.
+        raw.seg_len = 0;
+        for version in [1, 2, 3] {
+            let old = Decoder::for_record(Some(250), version);
+            let ev = old.decode(&bytes(&raw)).unwrap();
+            assert_eq!(
+                ev.queues().unwrap().data_segs_out,
+                None,
+                "version {version}"
+            );
+            assert_eq!(ev.answered(), Some(true));
+        }
+        let ev = Decoder::for_record(Some(250), 4)
+            .decode(&bytes(&raw))
+            .unwrap();
+        assert_eq!(ev.queues().unwrap().data_segs_out, Some(0));
+        // A retransmit's seg_len stays its segment's length.
+        let mut re = rst(kind::RETRANSMIT);
+        re.seg_len = 1448;
+        let ev = Decoder::for_record(Some(250), 3)
+            .decode(&bytes(&re))
+            .unwrap();
+        assert_eq!(ev.segment().unwrap().len, Some(1448));
     }
 
     #[test]

@@ -287,6 +287,12 @@ pub struct Queues {
     /// Time since the last data (not a bare ACK) arrived
     /// (`icsk_ack.lrcvtime`, jiffy resolution).
     pub idle_data_recv_ns: Option<u64>,
+    /// Data segments this side had sent (`tcp_sock.data_segs_out`). 0:
+    /// it never sent a byte, so it answered nothing, whatever the jiffy
+    /// timestamps say (a passive child's `lsndtime` and `lrcvtime` both
+    /// start at its creation jiffy). `None` when unknown (a kernel
+    /// without the member, a recording before format version 4).
+    pub data_segs_out: Option<u32>,
 }
 
 impl Queues {
@@ -398,11 +404,13 @@ impl TcpEvent {
 
     /// Resets: was the last request answered, i.e. had this side sent
     /// data since the last data it received (same jiffy counts as
-    /// answered)? `None` when unknown or nothing was ever received.
+    /// answered, unless it never sent a data segment)? `None` when
+    /// unknown or nothing was ever received.
     pub fn answered(&self) -> Option<bool> {
-        let recv = self.queues()?.idle_data_recv_ns?;
+        let q = self.queues()?;
+        let recv = q.idle_data_recv_ns?;
         let send = self.idle_send_ns?;
-        Some(send <= recv)
+        Some(send <= recv && q.data_segs_out != Some(0))
     }
 
     /// `retransmit` events: the retransmitted segment and the path.

@@ -64,10 +64,12 @@ use crate::{
 pub const MAGIC: &[u8; 16] = b"tcptrace record\n";
 /// The version of the format this build writes (and reads, with the
 /// older ones in `READS_VERSIONS`).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Versions this build reads: 1 (`trace` only, no command in the header),
-/// 2 (the command named; `diagnose` frames) and 3 (`top` recordings).
-const READS_VERSIONS: [u32; 3] = [1, 2, 3];
+/// 2 (the command named; `diagnose` frames), 3 (`top` recordings) and 4
+/// (resets carry the data segments sent in `seg_len`; before, 0 there
+/// means unknown: `Decoder::for_record`).
+const READS_VERSIONS: [u32; 4] = [1, 2, 3, 4];
 /// A frame longer than this is corruption, not data (memory stays
 /// bounded whatever the file says).
 const MAX_FRAME: u32 = 64 << 20;
@@ -679,6 +681,7 @@ pub struct RecordReader {
     path: PathBuf,
     input: BufReader<File>,
     offset: u64,
+    version: u32,
     header: Header,
     payload: Vec<u8>,
     ended: bool,
@@ -701,6 +704,17 @@ impl RecordReader {
         &self.header
     }
 
+    /// The file's record format version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// A decoder for this file's records: its host's HZ, and what its
+    /// format version put in each field (`Decoder::for_record`).
+    pub fn decoder(&self) -> crate::decode::Decoder {
+        crate::decode::Decoder::for_record(self.header.hz, self.version)
+    }
+
     fn start(path: &Path) -> Result<RecordReader, RecordError> {
         let file = File::open(path).map_err(|source| RecordError::Io {
             path: path.to_path_buf(),
@@ -710,6 +724,7 @@ impl RecordReader {
             path: path.to_path_buf(),
             input: BufReader::with_capacity(1 << 20, file),
             offset: 0,
+            version: 0,
             header: Header::here(None, 0, Names::default(), Vec::new()),
             payload: Vec::new(),
             ended: false,
@@ -726,6 +741,7 @@ impl RecordReader {
                 found: version,
             });
         }
+        reader.version = version;
         let at = reader.offset;
         match reader.frame()? {
             Some(HEADER) => reader.header = reader.json(at)?,
@@ -1223,13 +1239,55 @@ mod tests {
         let reader = RecordReader::open(&path).unwrap();
         assert_eq!(reader.header().command, Recorded::Trace);
         let _ = std::fs::remove_file(&path);
-        let mut v4 = v1;
-        v4[16..20].copy_from_slice(&4u32.to_le_bytes());
-        let err = read(&v4).unwrap_err();
+        let mut v5 = v1;
+        v5[16..20].copy_from_slice(&5u32.to_le_bytes());
+        let err = read(&v5).unwrap_err();
         assert!(
-            err.contains("record format version 4; this tcptrace reads versions 1 to 3"),
+            err.contains("record format version 5; this tcptrace reads versions 1 to 4"),
             "{err}"
         );
+    }
+
+    /// A reset's `seg_len` is its socket's data segments sent from
+    /// version 4 on; before, 0 there is no figure and replay decodes it
+    /// as unknown, not as "never sent a byte".
+    #[test]
+    fn old_versions_have_no_data_segments_on_resets() {
+        let (_, raw) = rst_with_peer(9);
+        for (version, expect) in [(2u32, None), (3, None), (FORMAT_VERSION, Some(0))] {
+            let mut file = MAGIC.to_vec();
+            file.extend_from_slice(&version.to_le_bytes());
+            write_frame(&mut file, HEADER, &serde_json::to_vec(&header()).unwrap()).unwrap();
+            let mut records = RawRecords::default();
+            records.push(&raw);
+            write_frame(&mut file, EVENTS, records.as_bytes()).unwrap();
+            let end = End {
+                seconds: 1.0,
+                counts: (&counts(0)).into(),
+                tc: None,
+                pcap: None,
+            };
+            write_frame(&mut file, END, &serde_json::to_vec(&end).unwrap()).unwrap();
+            let path = std::env::temp_dir().join(format!(
+                "tcptrace-record-segs-{version}-{}",
+                std::process::id()
+            ));
+            std::fs::write(&path, &file).unwrap();
+            let mut reader = RecordReader::open(&path).unwrap();
+            assert_eq!(reader.version(), version);
+            let decoder = reader.decoder();
+            let mut seen = Vec::new();
+            while let Some(frame) = reader.next_frame().unwrap() {
+                if let Frame::Events(bytes) = frame {
+                    for record in split_records(bytes) {
+                        let ev = decoder.decode(record.unwrap()).unwrap();
+                        seen.push(ev.queues().unwrap().data_segs_out);
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(seen, [expect], "version {version}");
+        }
     }
 
     /// Seconds are printed with every digit (diagnose's report): the

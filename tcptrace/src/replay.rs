@@ -45,7 +45,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// What `trace` printed: the events as they come, then the summary.
 fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
     let header = reader.header().clone();
-    let decoder = Decoder::new(header.hz);
+    let decoder = reader.decoder();
     let clock = WallClock::from_boot_unix_ns(i128::from(header.boot_unix_ns));
     let names = header.names;
     let mut cgroups = Cgroups::fixed();
@@ -108,7 +108,7 @@ fn trace(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode
 /// the kernel, counts and owners' cgroups as the recording host had them.
 fn top(args: &ReplayArgs, mut reader: RecordReader) -> anyhow::Result<ExitCode> {
     let header = reader.header().clone();
-    let decoder = Decoder::new(header.hz);
+    let decoder = reader.decoder();
     let rows = usize::from(header.rows.unwrap_or(20));
     let mut agg = Aggregate::new(header.names);
     let mut cgroups = Cgroups::fixed();

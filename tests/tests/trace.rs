@@ -169,7 +169,7 @@ fn reset_reasons_match_the_kernel() {
     let ns = Netns::new("reason");
     let trace = Trace::start(&["--netns", &netns_arg(&ns), "--events", "rst"]);
     let raw = RawTracepoint::enable("tcp/tcp_send_reset");
-    let (linger_port, unread_port) = ns.run(|| {
+    let (linger_port, unread_port, unread_client, answered_port, server_port) = ns.run(|| {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
 
@@ -185,13 +185,61 @@ fn reset_reasons_match_the_kernel() {
         client.write_all(b"never read").unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let unread_port = accepted.local_addr().unwrap().port();
+        let unread_client = client.local_addr().unwrap().port();
         drop(accepted);
         let mut buf = [0u8; 8];
         let _ = client.read(&mut buf);
-        (linger_port, unread_port)
+
+        // 3. The server answers a request, then aborts with SO_LINGER 0.
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut request = [0u8; 4];
+        accepted.read_exact(&mut request).unwrap();
+        accepted.write_all(b"pong").unwrap();
+        client.read_exact(&mut request).unwrap();
+        let answered_port = client.local_addr().unwrap().port();
+        std::thread::sleep(Duration::from_millis(50));
+        linger0_close(accepted);
+        let _ = client.read(&mut buf);
+        (
+            linger_port,
+            unread_port,
+            unread_client,
+            answered_port,
+            addr.port(),
+        )
     });
     let records = stop_settled(trace);
     let kernel = raw.text();
+
+    // Data segments each side had sent when its connection was reset:
+    // 0 for a side that never sent a byte (however the jiffies compare),
+    // more after a send.
+    let segs = |kind: &str, local: u16, remote: u16| -> u64 {
+        let found: Vec<_> = records
+            .of_kind(kind)
+            .filter(|e| e["local_port"] == local && e["remote_port"] == remote)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{kind} {local}->{remote}: {:?}",
+            records.records
+        );
+        found[0]["data_segs_out"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("data_segs_out known on this kernel: {:?}", found[0]))
+    };
+    // 1: neither side sent anything.
+    assert_eq!(segs("rst_sent", linger_port, server_port), 0);
+    assert_eq!(segs("rst_received", server_port, linger_port), 0);
+    // 2: the server read nothing and answered nothing; the client had sent.
+    assert_eq!(segs("rst_sent", server_port, unread_client), 0);
+    assert!(segs("rst_received", unread_client, server_port) >= 1);
+    // 3: both had sent.
+    assert!(segs("rst_sent", server_port, answered_port) >= 1);
+    assert!(segs("rst_received", answered_port, server_port) >= 1);
 
     let ours = |port: u16| -> String {
         let sent: Vec<_> = records

@@ -1336,8 +1336,9 @@ impl Update {
 /// Clean is a complete exchange: nothing unacknowledged, nothing unread,
 /// and the last request answered. Which way "answered" goes depends on
 /// the side: a server (accepted connection, `peer` keyed with port 0)
-/// sent after the last data it received; a client received after its
-/// last send. Unknown figures judge neither way.
+/// sent after the last data it received (and sent a data segment at
+/// all, when `Queues::data_segs_out` is known); a client received after
+/// its last send. Unknown figures judge neither way.
 /// An incoming FIN (no SYN, no RST) freed without a reason: the peer's
 /// FIN reaching a connection this side had closed first, which a
 /// TIME_WAIT socket answers with an ACK before the segment is freed at
@@ -1375,10 +1376,19 @@ enum GaveUp {
 }
 
 /// A server's connection, at an RST, still owed the client an answer:
-/// it had sent nothing since the last data it received (strictly: in
-/// the same jiffy it may have answered).
+/// it had sent data before, and nothing since the last data it received
+/// (strictly: in the same jiffy it may have answered). A connection that
+/// never sent a data segment (`data_segs_out` 0) may as well never have
+/// received a request (a pool's unused connection, a TCP health check):
+/// without the segments received, it is left out.
 fn request_pending(ev: &TcpEvent) -> bool {
-    ev.answered() == Some(false)
+    let (Some(send), Some(recv)) = (
+        ev.idle_send_ns,
+        ev.queues().and_then(|q| q.idle_data_recv_ns),
+    ) else {
+        return false;
+    };
+    send > recv && ev.queues().and_then(|q| q.data_segs_out) != Some(0)
 }
 
 /// A send this recent at an RST is what the RST answered (a jiffy is
@@ -1395,6 +1405,7 @@ const ANSWER_ACK_NS: u64 = 200_000_000;
 /// unread. The client reset after reading what it needed. An RST sent
 /// without the connection's state (`Provenance::stateless`: a kernel
 /// that no longer knew it, as behind a NAT bypass) is no such close.
+/// There must have been an answer: a data segment sent, when known.
 fn reset_right_after_answer(ev: &TcpEvent) -> bool {
     let Some(q) = ev.queues() else {
         return false;
@@ -1402,15 +1413,16 @@ fn reset_right_after_answer(ev: &TcpEvent) -> bool {
     !ev.provenance().is_some_and(Provenance::stateless)
         && q.unread == Some(0)
         && q.unacked.is_some_and(|n| n > 0)
+        && q.data_segs_out.is_none_or(|n| n > 0)
         && ev.idle_send_ns.is_some_and(|n| n <= ANSWER_ACK_NS)
         && complete_exchange(ev, true)
 }
 
 fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
-    let (Some(sent), Some(received)) = (
-        ev.idle_send_ns,
-        ev.queues().and_then(|q| q.idle_data_recv_ns),
-    ) else {
+    let Some(q) = ev.queues() else {
+        return false;
+    };
+    let (Some(sent), Some(received)) = (ev.idle_send_ns, q.idle_data_recv_ns) else {
         return false;
     };
     // Jiffies: a server answering within the jiffy its request came in
@@ -1418,7 +1430,12 @@ fn complete_exchange(ev: &TcpEvent, server: bool) -> bool {
     // jiffy may have had no answer at all (the handshake counts as
     // received), so only a strictly later receive proves one.
     if server {
-        sent <= received
+        // A passive child's `lsndtime` and `lrcvtime` both start at the
+        // jiffy it was created in (tcp_create_openreq_child): a request
+        // in that jiffy and no answer at all compare equal. A server
+        // that sent no data segment answered nothing. Unknown (old
+        // kernel or recording): the jiffies alone.
+        sent <= received && q.data_segs_out != Some(0)
     } else {
         received < sent
     }

@@ -250,9 +250,18 @@ impl Ev {
                 unacked: Some(unacked),
                 unread: Some(unread),
                 idle_data_recv_ns: Some(data_recv_ms * 1_000_000),
+                data_segs_out: None,
             },
             origin,
         );
+        self
+    }
+
+    /// A reset's data segments sent (after `queues`).
+    pub fn data_segs_out(mut self, n: u32) -> Ev {
+        if let crate::event::Detail::Reset(q, _) = &mut self.0.detail {
+            q.data_segs_out = Some(n);
+        }
         self
     }
     /// The event.
@@ -339,6 +348,7 @@ pub fn from_ndjson(text: &str) -> Vec<TcpEvent> {
                         unacked: u64_of(&v, "unacked").map(|n| n as u32),
                         unread: u64_of(&v, "unread").map(|n| n as u32),
                         idle_data_recv_ns: u64_of(&v, "idle_data_recv_ns"),
+                        data_segs_out: u64_of(&v, "data_segs_out").map(|n| n as u32),
                     },
                     None,
                 ),

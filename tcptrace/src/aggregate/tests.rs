@@ -498,3 +498,97 @@ fn a_closing_fin_freed_without_a_reason_is_no_drop() {
     assert_eq!(drops.get("NO_SOCKET"), Some(&1), "{drops:?}");
     assert_eq!(agg.total.drops_total(), 2);
 }
+
+/// A passive child's `lsndtime` and `lrcvtime` both start at its
+/// creation jiffy: a request that arrived in that jiffy and no answer at
+/// all compare equal. The data segments sent tell them apart; unknown,
+/// the jiffies alone decide as before.
+#[test]
+fn complete_exchange_needs_a_data_segment_sent_when_known() {
+    let reset = |segs: Option<u32>| {
+        let e = ev(K::RstSent, 2_000)
+            .sock(1)
+            .owner(7, "backend")
+            .state("ESTABLISHED")
+            .idle_ms(1_003, 1_003)
+            .queues(0, 0, 1_003);
+        match segs {
+            Some(n) => e.data_segs_out(n),
+            None => e,
+        }
+        .build()
+    };
+    // Equal jiffies, server side.
+    assert!(
+        !complete_exchange(&reset(Some(0)), true),
+        "never sent a byte"
+    );
+    assert!(complete_exchange(&reset(Some(1)), true));
+    assert!(complete_exchange(&reset(None), true), "unknown: jiffies");
+    assert_eq!(reset(Some(0)).answered(), Some(false));
+    assert_eq!(reset(Some(2)).answered(), Some(true));
+    // The client side is unchanged (equal jiffies are no answer there).
+    for segs in [Some(0), Some(1), None] {
+        assert!(!complete_exchange(&reset(segs), false));
+    }
+    // A server whose answer went out 1 ms ago, request 5 ms ago, reset by
+    // the client before its ACK: right after the answer, unless the
+    // "answer" was no data segment at all.
+    let checked = |segs: Option<u32>| {
+        let e = ev(K::RstReceived, 2_000)
+            .sock(2)
+            .owner(7, "backend")
+            .state("ESTABLISHED")
+            .idle_ms(1, 1)
+            .queues(769, 0, 5);
+        match segs {
+            Some(n) => e.data_segs_out(n),
+            None => e,
+        }
+        .build()
+    };
+    assert!(reset_right_after_answer(&checked(Some(1))));
+    assert!(reset_right_after_answer(&checked(None)));
+    assert!(!reset_right_after_answer(&checked(Some(0))));
+}
+
+/// Counted per process: a server's RSTs with nothing ever sent are not
+/// clean, those after an answer are.
+#[test]
+fn resets_of_a_server_that_sent_nothing_are_not_clean() {
+    let events = |segs: u32, kind: K| -> Vec<TcpEvent> {
+        (0..4u64)
+            .flat_map(|k| {
+                let client = format!("10.0.0.9:{}", 51_000 + k);
+                [
+                    ev(K::State, 10 * k)
+                        .sock(100 + k)
+                        .owner(7, "backend")
+                        .local("10.0.0.1:8080")
+                        .remote(&client)
+                        .transition("SYN_RECV", "ESTABLISHED")
+                        .build(),
+                    ev(kind, 10 * k + 1_003)
+                        .sock(100 + k)
+                        .owner(7, "backend")
+                        .local("10.0.0.1:8080")
+                        .remote(&client)
+                        .state("ESTABLISHED")
+                        .reason("TCP_ABORT_ON_LINGER")
+                        .idle_ms(1_003, 1_003)
+                        .queues(0, 0, 1_003)
+                        .data_segs_out(segs)
+                        .build(),
+                ]
+            })
+            .collect()
+    };
+    let a = agg(events(0, K::RstSent));
+    assert_eq!((a.total.rst_sent_clean, a.total.rst_lost_data), (0, 0));
+    let a = agg(events(3, K::RstSent));
+    assert_eq!(a.total.rst_sent_clean, 4);
+    let a = agg(events(0, K::RstReceived));
+    assert_eq!(a.total.rst_received_clean, 0);
+    let a = agg(events(3, K::RstReceived));
+    assert_eq!(a.total.rst_received_clean, 4);
+}

@@ -83,6 +83,10 @@ fn layouts_from(btf: &Btf, missing: &mut Vec<String>) -> Layouts {
     layout.snd_una = find("tcp_sock", &["snd_una"]);
     layout.rcv_nxt = find("tcp_sock", &["rcv_nxt"]);
     layout.copied_seq = find("tcp_sock", &["copied_seq"]);
+    // Whether the socket ever sent data: a reset of a connection that
+    // never answered, which jiffy timestamps cannot tell apart from an
+    // answer within the jiffy the connection was created in.
+    layout.data_segs_out = find("tcp_sock", &["data_segs_out"]);
     // Dropped packets: their headers, socket and device.
     skb.head = find("sk_buff", &["head"]);
     skb.network_header = find("sk_buff", &["network_header"]);
@@ -185,6 +189,7 @@ mod tests {
         assert!(sock.mss_cache > 512 && sock.pmtu_cookie > 512);
         assert!(sock.write_seq > 512 && sock.snd_una > 512);
         assert!(sock.rcv_nxt > 512 && sock.copied_seq > 512);
+        assert!(sock.data_segs_out > 512 && sock.data_segs_out % 4 == 0);
         // Members inside anonymous unions and struct groups are found.
         assert!(skb.dev > 0 && skb.dev < 64, "sk_buff.dev at {}", skb.dev);
         assert!(skb.network_header > skb.dev && skb.head > skb.network_header);
@@ -269,7 +274,8 @@ mod tests {
     #[test]
     fn tcp_span_covers_the_members_or_is_off() {
         use tcptrace_common::TCP_SPAN_BYTES;
-        // 6.18's offsets: 464 bytes from lrcvtime to rcv_tstamp.
+        // 6.18's offsets: 464 bytes from lrcvtime to rcv_tstamp
+        // (data_segs_out in between).
         let close = SockLayout {
             lsndtime: 1584,
             rcv_tstamp: 1724,
@@ -278,6 +284,7 @@ mod tests {
             snd_una: 1672,
             rcv_nxt: 1664,
             copied_seq: 1464,
+            data_segs_out: 1540,
             ..SockLayout::default()
         }
         .with_tcp_span();

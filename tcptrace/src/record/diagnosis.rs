@@ -32,7 +32,6 @@ use super::{
 use crate::{
     aggregate::Aggregate,
     counts::Counts,
-    decode::Decoder,
     diagnosis::{
         facts::{Listener, SocketFacts},
         report::Report,
@@ -385,7 +384,7 @@ pub fn replay(path: &Path) -> Result<(Report, Aggregate), RecordError> {
     let mut reader = RecordReader::open(path)?;
     let header = reader.header().clone();
     let mut watch = Watch::begin(run, header.names, start);
-    let decoder = Decoder::new(header.hz);
+    let decoder = reader.decoder();
     let mut batch: Vec<TcpEvent> = Vec::with_capacity(4096);
     loop {
         let at = reader.offset;
@@ -744,7 +743,7 @@ mod tests {
             .unwrap();
         host.run(&run_facts()).unwrap();
         let mut watch = Watch::begin(run_facts(), names(), start);
-        let decoder = Decoder::new(Some(250));
+        let decoder = crate::decode::Decoder::new(Some(250));
         let mut raw = RawRecords::default();
         let mut batch = Vec::new();
         for record in raw_resets() {

@@ -261,6 +261,12 @@ fn write_detail(
             num_field(out, n, b",\"unacked\":", q.unacked.map(u64::from))?;
             num_field(out, n, b",\"unread\":", q.unread.map(u64::from))?;
             num_field(out, n, b",\"idle_data_recv_ns\":", q.idle_data_recv_ns)?;
+            num_field(
+                out,
+                n,
+                b",\"data_segs_out\":",
+                q.data_segs_out.map(u64::from),
+            )?;
             match origin {
                 Some(p) => write_origin(out, p),
                 None => Ok(()),
@@ -479,6 +485,30 @@ mod tests {
         assert_eq!(v["segs"], 1);
         assert_eq!(v["mss"], 1448);
         assert!(v.get("pmtu").is_none(), "unknown figures are left out");
+
+        for kind in [EventKind::RstSent, EventKind::RstReceived] {
+            ev.kind = kind;
+            ev.detail = Detail::Reset(
+                crate::event::Queues {
+                    unacked: Some(0),
+                    unread: Some(0),
+                    idle_data_recv_ns: Some(4_000_000),
+                    data_segs_out: Some(0),
+                },
+                None,
+            );
+            let v = line(&ev);
+            assert_eq!(v["data_segs_out"], 0, "sent nothing: 0, not left out");
+            assert!(v.get("seg_len").is_none());
+            ev.detail = Detail::Reset(
+                crate::event::Queues {
+                    data_segs_out: None,
+                    ..Default::default()
+                },
+                None,
+            );
+            assert!(line(&ev).get("data_segs_out").is_none());
+        }
     }
 
     #[test]

@@ -505,3 +505,89 @@ fn a_proxy_resetting_requests_it_stopped_waiting_for_is_its_timeout() {
     let t = f.figures["client_timeout_s"];
     assert!((0.95..=1.05).contains(&t), "{f:#?}");
 }
+
+/// `n` connections accepted by `comm` (pid 7) on 10.208.0.2:80, each
+/// reset `after_ms` after the request arrived (the creation jiffy, so
+/// `lsndtime` = `lrcvtime`), nothing in flight or unread, having sent
+/// `segs` data segments: `sent` RSTs (the server aborts), or received
+/// ones (its client, a proxy timing out, aborts).
+fn server_resets(comm: &str, n: u64, after_ms: u64, segs: u32, sent: bool) -> Vec<TcpEvent> {
+    let mut events = Vec::new();
+    for k in 0..n {
+        let sock = 5_000 + k;
+        let client = format!("10.208.0.1:{}", 43_000 + k);
+        let at = 300 * k + 10;
+        events.push(
+            ev(K::State, at)
+                .sock(sock)
+                .owner(7, comm)
+                .local("10.208.0.2:80")
+                .remote(&client)
+                .transition("SYN_RECV", "ESTABLISHED")
+                .build(),
+        );
+        let rst = if sent {
+            ev(K::RstSent, at + after_ms).reason("TCP_ABORT_ON_LINGER")
+        } else {
+            ev(K::RstReceived, at + after_ms)
+        };
+        events.push(
+            rst.sock(sock)
+                .owner(7, comm)
+                .local("10.208.0.2:80")
+                .remote(&client)
+                .state("ESTABLISHED")
+                .age_ms(after_ms)
+                .idle_ms(after_ms, after_ms)
+                .queues(0, 0, after_ms)
+                .data_segs_out(segs)
+                .build(),
+        );
+    }
+    events
+}
+
+#[test]
+fn a_server_resetting_before_it_answered_is_not_benign() {
+    // nginx `reset_timedout_connection on`: the server resets stalled
+    // uploads after client_body_timeout, having sent nothing.
+    let findings = run(&server_resets("nginx", 6, 1_003, 0, true));
+    let f = finding(&findings, Cause::LingerZeroAbort);
+    assert!(!f.summary.contains("benign"), "{f:#?}");
+    assert!(!f.summary.contains("complete exchange"), "{f:#?}");
+    assert_eq!(f.confidence, Confidence::High, "{f:#?}");
+    assert!(
+        f.evidence
+            .iter()
+            .any(|e| e.starts_with("0 of the 6 after a complete exchange")),
+        "{f:#?}"
+    );
+    // The same resets after an answer went out: benign by design.
+    let findings = run(&server_resets("nginx", 6, 1_003, 2, true));
+    let f = finding(&findings, Cause::LingerZeroAbort);
+    assert!(f.summary.contains("after complete exchanges"), "{f:#?}");
+    assert_eq!(f.confidence, Confidence::Low);
+}
+
+#[test]
+fn a_backend_reset_by_its_proxy_before_it_answered_is_not_benign() {
+    // HAProxy `timeout server 1s` against a 1.6 s backend: the backend
+    // receives the RST 1.003 s after the request, never having answered.
+    let findings = run(&server_resets("backend", 6, 1_003, 0, false));
+    assert!(
+        findings
+            .iter()
+            .all(|f| !f.summary.contains("benign") && !f.summary.contains("no problem")),
+        "{findings:#?}"
+    );
+    assert!(
+        findings.iter().any(|f| f.confidence >= Confidence::Medium),
+        "{findings:#?}"
+    );
+    // Answered (a data segment sent): the proxy's abortive close by design.
+    let findings = run(&server_resets("backend", 6, 1_003, 1, false));
+    assert!(
+        findings.iter().all(|f| f.confidence == Confidence::Low),
+        "{findings:#?}"
+    );
+}

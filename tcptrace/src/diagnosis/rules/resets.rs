@@ -84,7 +84,12 @@ fn closed_unread_elsewhere(i: &Inputs) -> Option<Finding> {
     let aborts = server_ns.counter("TcpExtTCPAbortOnClose") as u64;
     let hit = processes_with(i.agg, |s| s.rst_while_active);
     let (pid, process, n) = hit.first().copied()?;
-    if n < 3 {
+    // Resets after complete exchanges, or right after this side's answer,
+    // are the peer's abortive close by design (HAProxy's checks read the
+    // status line and close with the rest unread): `aborted_by_peer`.
+    let s = &process.stats;
+    let benign = (s.rst_received_clean + s.rst_received_after_answer).min(n);
+    if n < 3 || benign * 10 >= n * 9 {
         return None;
     }
     let peer = hit.peer(pid).map_or_else(|| "its peer".into(), endpoint);
