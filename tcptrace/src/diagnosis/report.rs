@@ -301,8 +301,9 @@ impl Report {
         if let Some(conntrack) = &self.host.conntrack {
             wrap(out, &conntrack.to_string(), "", "  ")?;
         }
-        // Per namespace when the run spans more than the one watched.
-        if self.host.namespaces.iter().any(|ns| !ns.watched) {
+        // Per namespace when the run spans more than one (a lone one's
+        // counters are the line above).
+        if self.host.namespaces.len() > 1 {
             for ns in &self.host.namespaces {
                 wrap(out, &namespace_line(ns), "", "  ")?;
             }
@@ -325,9 +326,8 @@ impl Report {
                 "  ",
             )?;
         }
-        if let Some(global) = self.host.host_global_end.as_ref() {
-            wrap(out, &global.to_string(), "", "  ")?;
-        }
+        // The host-global figures (orphans, TCP memory) are in the
+        // orphans / TCP memory check's line already.
         for m in &self.missing {
             wrap(out, &format!("not traced on this kernel: {m}"), "", "  ")?;
         }
