@@ -413,6 +413,16 @@ impl TcpEvent {
         Some(send <= recv && q.data_segs_out != Some(0))
     }
 
+    /// Resets: did this side send strictly after the last data it
+    /// received (`Some(true)`), or receive strictly after its last send
+    /// (`Some(false)`)? `None` when unknown or both fall in one jiffy,
+    /// which cannot order them.
+    pub fn sent_since_data(&self) -> Option<bool> {
+        let recv = self.queues()?.idle_data_recv_ns?;
+        let send = self.idle_send_ns?;
+        (send != recv).then_some(send < recv)
+    }
+
     /// `retransmit` events: the retransmitted segment and the path.
     pub fn segment(&self) -> Option<&Segment> {
         match &self.detail {

@@ -1060,10 +1060,8 @@ impl Update {
                             (u.quiet_gap_rst && sent_nothing).then_some(ev.mono_ns);
                         // Sent strictly later than it last received:
                         // same jiffy may be request and answer.
-                        let data_recv = ev.queues().and_then(|q| q.idle_data_recv_ns);
-                        u.awaiting_answer_rst = u.quiet_gap_rst
-                            && !passive
-                            && matches!((ev.idle_send_ns, data_recv), (Some(send), Some(recv)) if send < recv);
+                        u.awaiting_answer_rst =
+                            u.quiet_gap_rst && !passive && ev.sent_since_data() == Some(true);
                         u.active_rst = !quiet;
                     }
                     // A client reusing a connection its server had closed;
@@ -1382,13 +1380,7 @@ enum GaveUp {
 /// received a request (a pool's unused connection, a TCP health check):
 /// without the segments received, it is left out.
 fn request_pending(ev: &TcpEvent) -> bool {
-    let (Some(send), Some(recv)) = (
-        ev.idle_send_ns,
-        ev.queues().and_then(|q| q.idle_data_recv_ns),
-    ) else {
-        return false;
-    };
-    send > recv && ev.queues().and_then(|q| q.data_segs_out) != Some(0)
+    ev.sent_since_data() == Some(false) && ev.queues().and_then(|q| q.data_segs_out) != Some(0)
 }
 
 /// A send this recent at an RST is what the RST answered (a jiffy is
